@@ -1,0 +1,230 @@
+//! Sans-IO MQTT codec for protocol levels 3 (3.1), 4 (3.1.1) and 5 (5.0).
+//!
+//! The codec never touches a socket or a clock. Decoding is two steps, as in
+//! rumqttd: [`check`] reads only the fixed header and enforces the maximum
+//! packet size *before* the body is buffered, then [`read`] splits the whole
+//! packet off the input buffer and parses it. Payloads, topics and binary
+//! properties are `Bytes` slices of the input buffer, never copies, so a
+//! PUBLISH read from a socket reaches every subscriber's shard by refcount.
+//!
+//! One packet type per file in [`packet`]; a packet that differs between
+//! versions takes the negotiated [`ProtocolVersion`] when read or written.
+
+pub mod packet;
+pub mod reason;
+pub mod topic;
+mod wire;
+
+pub use packet::*;
+pub use reason::ReasonCode;
+
+use bytes::BytesMut;
+
+/// Protocol level negotiated by CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProtocolVersion {
+    /// MQIsdp, level 3.
+    V3_1,
+    /// MQTT 3.1.1, level 4.
+    V3_1_1,
+    /// MQTT 5.0, level 5.
+    V5,
+}
+
+impl ProtocolVersion {
+    pub fn is_v5(self) -> bool {
+        self == ProtocolVersion::V5
+    }
+
+    pub fn level(self) -> u8 {
+        match self {
+            ProtocolVersion::V3_1 => 3,
+            ProtocolVersion::V3_1_1 => 4,
+            ProtocolVersion::V5 => 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum QoS {
+    #[default]
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    pub fn from_u8(value: u8) -> Option<QoS> {
+        match value {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+/// The control packet type from the high nibble of the first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketType {
+    Connect = 1,
+    ConnAck,
+    Publish,
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    PingReq,
+    PingResp,
+    Disconnect,
+    Auth,
+}
+
+/// What [`check`] learns from the fixed header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedHeader {
+    pub packet_type: PacketType,
+    /// The low nibble of the first byte.
+    pub flags: u8,
+    /// Bytes of the fixed header itself (1 + the remaining-length varint).
+    pub header_len: usize,
+    /// The remaining length: variable header plus payload.
+    pub remaining_len: usize,
+}
+
+impl FixedHeader {
+    pub fn frame_len(&self) -> usize {
+        self.header_len + self.remaining_len
+    }
+}
+
+/// Every control packet. PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    Connect(Box<Connect>),
+    ConnAck(ConnAck),
+    Publish(Publish),
+    PubAck(PubResponse),
+    PubRec(PubResponse),
+    PubRel(PubResponse),
+    PubComp(PubResponse),
+    Subscribe(Subscribe),
+    SubAck(SubAck),
+    Unsubscribe(Unsubscribe),
+    UnsubAck(UnsubAck),
+    PingReq,
+    PingResp,
+    Disconnect(Disconnect),
+    Auth(Auth),
+}
+
+/// Why bytes could not be decoded. Each maps to the v5 reason code the
+/// server closes the connection with ([`DecodeError::reason_code`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("packet of {size} bytes exceeds the maximum of {max}")]
+    PacketTooLarge { size: usize, max: usize },
+    #[error("malformed remaining length")]
+    MalformedRemainingLength,
+    #[error("reserved packet type 0")]
+    ReservedPacketType,
+    #[error("invalid fixed header flags {flags:#x} for {packet_type:?}")]
+    InvalidHeaderFlags { packet_type: PacketType, flags: u8 },
+    #[error("invalid protocol name")]
+    InvalidProtocolName,
+    #[error("unsupported protocol level {0}")]
+    UnsupportedProtocolLevel(u8),
+    #[error("reserved bit set in CONNECT flags")]
+    ConnectReservedFlag,
+    #[error("invalid QoS {0}")]
+    InvalidQoS(u8),
+    #[error("packet ended early")]
+    Truncated,
+    #[error("{0} trailing bytes after the packet")]
+    TrailingBytes(usize),
+    #[error("invalid UTF-8 string")]
+    InvalidUtf8,
+    #[error("string contains U+0000")]
+    NullCharacter,
+    #[error("invalid property identifier {0:#x}")]
+    InvalidPropertyId(u8),
+    #[error("property {0:#x} not allowed here or repeated")]
+    UnexpectedProperty(u8),
+    #[error("invalid property value for {0:#x}")]
+    InvalidPropertyValue(u8),
+    #[error("invalid reason code {0:#x}")]
+    InvalidReasonCode(u8),
+    #[error("packet identifier 0")]
+    ZeroPacketId,
+    #[error("SUBSCRIBE or UNSUBSCRIBE with no topic filters")]
+    EmptySubscription,
+    #[error("invalid subscription options {0:#x}")]
+    InvalidSubscriptionOptions(u8),
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+}
+
+/// Why a packet could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("packet of {size} bytes exceeds the limit of {max}")]
+    PacketTooLarge { size: usize, max: usize },
+    #[error("string or binary field longer than 65535 bytes")]
+    FieldTooLong,
+    #[error("{0:?} does not exist in this protocol version")]
+    NotInVersion(PacketType),
+}
+
+/// Reads the fixed header at the start of `buf`.
+///
+/// `Ok(None)` means more bytes are needed. Fails as soon as the remaining
+/// length says the packet will exceed `max_packet_size` (the whole packet,
+/// fixed header included, as MQTT 5 counts it), so an oversized body is
+/// never buffered.
+pub fn check(buf: &[u8], max_packet_size: usize) -> Result<Option<FixedHeader>, DecodeError> {
+    wire::check(buf, max_packet_size)
+}
+
+/// Splits one complete packet off the front of `buf` and parses it.
+///
+/// `Ok(None)` leaves `buf` untouched and means more bytes are needed.
+/// CONNECT carries its own protocol level, so `version` is what the
+/// connection negotiated and is ignored for CONNECT itself.
+pub fn read(
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    max_packet_size: usize,
+) -> Result<Option<Packet>, DecodeError> {
+    wire::read(buf, version, max_packet_size)
+}
+
+impl Packet {
+    /// Appends the encoded packet to `buf`, returning the bytes written.
+    pub fn write(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<usize, EncodeError> {
+        wire::write(self, version, buf)
+    }
+
+    pub fn packet_type(&self) -> PacketType {
+        match self {
+            Packet::Connect(_) => PacketType::Connect,
+            Packet::ConnAck(_) => PacketType::ConnAck,
+            Packet::Publish(_) => PacketType::Publish,
+            Packet::PubAck(_) => PacketType::PubAck,
+            Packet::PubRec(_) => PacketType::PubRec,
+            Packet::PubRel(_) => PacketType::PubRel,
+            Packet::PubComp(_) => PacketType::PubComp,
+            Packet::Subscribe(_) => PacketType::Subscribe,
+            Packet::SubAck(_) => PacketType::SubAck,
+            Packet::Unsubscribe(_) => PacketType::Unsubscribe,
+            Packet::UnsubAck(_) => PacketType::UnsubAck,
+            Packet::PingReq => PacketType::PingReq,
+            Packet::PingResp => PacketType::PingResp,
+            Packet::Disconnect(_) => PacketType::Disconnect,
+            Packet::Auth(_) => PacketType::Auth,
+        }
+    }
+}

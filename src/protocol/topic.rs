@@ -1,0 +1,97 @@
+//! Topic names and topic filters (spec 4.7).
+//!
+//! The codec already guarantees well-formed UTF-8 without U+0000; these rules
+//! are the ones about levels and wildcards.
+
+/// Maximum topic length in bytes: the 16-bit string length of the wire.
+pub const MAX_TOPIC_LEN: usize = 65_535;
+
+/// A topic name a PUBLISH may carry: non-empty, no wildcards.
+/// Empty levels (`a//b`, `/a`) are allowed.
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.contains(['+', '#'])
+}
+
+/// A topic filter a SUBSCRIBE may carry: non-empty, `#` only as the whole
+/// last level, `+` only as a whole level.
+pub fn valid_topic_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > MAX_TOPIC_LEN {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let is_last = levels.peek().is_none();
+        match level {
+            "#" if is_last => {}
+            "+" => {}
+            _ if level.contains(['+', '#']) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Whether `filter` (already valid) matches `topic` (already valid).
+///
+/// Topics starting with `$` are not matched by a filter whose first level is
+/// a wildcard (spec 4.7.2), so `#` does not see `$SYS/...`.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut filter_levels = filter.split('/');
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(valid_topic_name("a/b/c"));
+        assert!(valid_topic_name("/"));
+        assert!(valid_topic_name("a//b"));
+        assert!(!valid_topic_name(""));
+        assert!(!valid_topic_name("a/+/c"));
+        assert!(!valid_topic_name("a/#"));
+        assert!(!valid_topic_name("a+"));
+    }
+
+    #[test]
+    fn topic_filters() {
+        for ok in ["#", "+", "a/#", "+/+", "/+", "a//#", "sport/+/player1", "$SYS/#"] {
+            assert!(valid_topic_filter(ok), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a#", "a/b#", "a+/b", "#/a", "++"] {
+            assert!(!valid_topic_filter(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn matching_follows_the_spec_examples() {
+        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
+        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
+        assert!(matches("sport/#", "sport"));
+        assert!(matches("sport/tennis/+", "sport/tennis/player1"));
+        assert!(!matches("sport/tennis/+", "sport/tennis/player1/ranking"));
+        assert!(!matches("sport/+", "sport"));
+        assert!(matches("sport/+", "sport/"));
+        assert!(matches("+/+", "/finance"));
+        assert!(matches("/+", "/finance"));
+        assert!(!matches("+", "/finance"));
+        assert!(!matches("#", "$SYS/uptime"));
+        assert!(!matches("+/monitor/Clients", "$SYS/monitor/Clients"));
+        assert!(matches("$SYS/#", "$SYS/monitor/Clients"));
+        assert!(matches("$SYS/monitor/+", "$SYS/monitor/Clients"));
+    }
+}

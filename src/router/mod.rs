@@ -1,0 +1,9 @@
+//! Pure data structures for routing: the subscription trie, the route table
+//! (which other shards have subscribers for which filters) and the retained
+//! message store. No I/O, no clocks, no `Send` requirements.
+
+pub mod retained;
+pub mod trie;
+
+pub use retained::RetainedStore;
+pub use trie::TopicTrie;
