@@ -1,7 +1,43 @@
 //! ringmq: a thread-per-core MQTT broker on io_uring.
+//!
+//! # The shape of it
+//!
+//! One thread per core, pinned, each with its own monoio runtime on
+//! io_uring (or epoll where io_uring is unavailable). A thread is a
+//! *shard*: it accepts connections (every shard listens on the same port
+//! through SO_REUSEPORT), owns the sessions whose client ids hash to it,
+//! and owns the part of the subscription trie those sessions created.
+//! Shard state is `Rc`/`RefCell`, not `Send`: there is no lock to take on
+//! the publish path because there is nothing shared to lock. Shards
+//! exchange messages ([`shard::mesh::ShardMsg`]) through lock-free queues,
+//! in batches, waking each other at most once per batch.
+//!
+//! A PUBLISH is decoded once into a refcounted [`message::Message`] whose
+//! payload is a slice of the read buffer; the publisher's shard looks up
+//! which shards have matching subscribers (its route table), sends each of
+//! them the same `Arc`, and delivers to its own subscribers. Each target
+//! shard matches against its own trie. Nothing is copied per subscriber
+//! until the bytes are encoded into that subscriber's socket buffer, and a
+//! connection's output is written once per turn of the loop, however many
+//! packets it holds.
+//!
+//! # The rooms
+//!
+//! - [`protocol`]: sans-IO MQTT 3.1 / 3.1.1 / 5.0 codec, one file per packet
+//!   type; bytes in, packets out; no runtime, no clock.
+//! - [`session`]: the per-client state machine (QoS flows, inflight, queue,
+//!   will, expiry); packets and `now` in, actions and packets out.
+//! - [`router`]: pure data structures: the topic trie and the retained
+//!   store.
+//! - [`shard`]: the only code that awaits: threads, runtimes, listeners,
+//!   connections, the cross-core mesh, and the routing glue.
+//! - [`config`]: command line and TOML, validated once.
+//!
+//! Each room's module documentation gives the reasons for its design.
 
 pub mod config;
 pub mod message;
 pub mod protocol;
 pub mod router;
 pub mod session;
+pub mod shard;

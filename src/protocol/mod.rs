@@ -228,3 +228,9 @@ impl Packet {
         }
     }
 }
+
+impl DecodeError {
+    pub fn reason_code(&self) -> ReasonCode {
+        todo!("codec")
+    }
+}

@@ -1,0 +1,367 @@
+//! One client connection: reading its CONNECT wherever it was accepted,
+//! moving it to its session's home shard, then a reader task that decodes
+//! and hands packets to the shard and a writer task that flushes whatever
+//! the shard appended to the connection's output, in one write per wake-up.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::mesh::{Handoff, ShardMsg};
+use super::notify::LocalNotify;
+use super::state::{SessionKey, ShardState};
+use super::{ShardId, home_shard};
+use crate::protocol::{
+    self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties, Packet, ProtocolVersion,
+    ReasonCode,
+};
+
+/// How much the reader asks the kernel for at a time.
+const READ_CHUNK: usize = 4 * 1024;
+
+/// A TCP connection that has not completed its CONNECT within this long is
+/// closed, so idle sockets cannot pin file descriptors.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shard's handle on a live connection: where packets for the client
+/// are encoded, and how its writer is woken or told to close.
+pub struct ConnHandle {
+    /// Distinguishes this connection from a later one of the same session.
+    pub id: u64,
+    pub key: SessionKey,
+    pub version: ProtocolVersion,
+    fd: RawFd,
+    out: RefCell<BytesMut>,
+    writer: LocalNotify,
+    closing: Cell<bool>,
+}
+
+impl ConnHandle {
+    pub fn new(id: u64, key: SessionKey, version: ProtocolVersion, fd: RawFd) -> ConnHandle {
+        ConnHandle {
+            id,
+            key,
+            version,
+            fd,
+            out: RefCell::new(BytesMut::new()),
+            writer: LocalNotify::default(),
+            closing: Cell::new(false),
+        }
+    }
+
+    /// Encodes `packet` after whatever is already waiting; the writer sends
+    /// everything appended in this turn of the loop in one write.
+    pub fn send(&self, packet: &Packet) {
+        if self.closing.get() {
+            return;
+        }
+        if let Err(error) = packet.write(self.version, &mut self.out.borrow_mut()) {
+            warn!(%error, packet = ?packet.packet_type(), "cannot encode packet; closing connection");
+            self.close();
+        }
+        self.writer.notify();
+    }
+
+    /// Bytes encoded and not yet handed to the kernel.
+    pub fn buffered(&self) -> usize {
+        self.out.borrow().len()
+    }
+
+    /// The writer flushes what is buffered, then shuts the socket down.
+    pub fn close(&self) {
+        self.closing.set(true);
+        self.writer.notify();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// v5 clients are told why with a DISCONNECT; then the connection closes.
+    pub fn disconnect(&self, reason: ReasonCode) {
+        if self.version.is_v5() {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason,
+                properties: DisconnectProperties::default(),
+            }));
+        }
+        self.close();
+    }
+}
+
+/// Reads the CONNECT of a freshly accepted connection, then serves it here
+/// or hands it to its client id's home shard.
+pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer: SocketAddr) {
+    // Small MQTT packets must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let max_packet_size = state.borrow().config().max_packet_size;
+    let (mut connect, read_buf) =
+        match monoio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream, max_packet_size)).await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+                debug!(%peer, level, "unsupported protocol level");
+                // Spec 3.1.2.2: answer 0x01 in the 3.1.1 form, then close.
+                refuse(&mut stream, ProtocolVersion::V3_1_1, ReasonCode::UnsupportedProtocolVersion).await;
+                return;
+            }
+            Ok(Err(error)) => {
+                debug!(%peer, %error, "closing connection before CONNECT");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "no CONNECT within the connect timeout");
+                return;
+            }
+        };
+
+    let assigned_client_id = connect.client_id.is_empty();
+    if assigned_client_id {
+        // 3.1.1 only allows an empty client id with a clean session
+        // (spec 3.1.3-8); v5 always gets one assigned.
+        if !connect.clean_start && !connect.protocol.is_v5() {
+            refuse(&mut stream, connect.protocol, ReasonCode::ClientIdentifierNotValid).await;
+            return;
+        }
+        connect.client_id = assign_client_id(state.borrow().id());
+    }
+
+    let (me, shards) = {
+        let state = state.borrow();
+        (state.id(), state.mesh.shard_count())
+    };
+    let home = home_shard(&connect.client_id, shards);
+    if home == me {
+        serve(state, stream, peer, connect, assigned_client_id, read_buf).await;
+        return;
+    }
+    // SAFETY: `into_raw_fd` gives up monoio's ownership of the descriptor
+    // (and deregisters it from this runtime), so the `OwnedFd` is its sole
+    // owner.
+    let socket = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+    let mut state = state.borrow_mut();
+    state.mesh.push(
+        home,
+        ShardMsg::Handoff(Box::new(Handoff {
+            socket,
+            peer,
+            connect,
+            assigned_client_id,
+            read_buf,
+        })),
+    );
+    state.mesh.flush();
+}
+
+/// Serves a connection another shard handed over.
+pub async fn serve_handoff(state: Rc<RefCell<ShardState>>, handoff: Handoff) {
+    let stream = match TcpStream::from_std(std::net::TcpStream::from(handoff.socket)) {
+        Ok(stream) => stream,
+        Err(error) => {
+            warn!(%error, peer = %handoff.peer, "cannot adopt handed-over connection");
+            return;
+        }
+    };
+    serve(
+        state,
+        stream,
+        handoff.peer,
+        handoff.connect,
+        handoff.assigned_client_id,
+        handoff.read_buf,
+    )
+    .await;
+}
+
+/// Runs a connection on its session's home shard until it closes.
+async fn serve(
+    state: Rc<RefCell<ShardState>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    connect: Connect,
+    assigned_client_id: bool,
+    read_buf: BytesMut,
+) {
+    let client_id = connect.client_id.clone();
+    state.borrow_mut().connection_opened();
+    let attached = state
+        .borrow_mut()
+        .attach(&connect, assigned_client_id, stream.as_raw_fd(), Instant::now());
+    let conn = attached.conn;
+    info!(client = %client_id, version = connect.protocol.level(), %peer, "client connected");
+    drop(connect);
+
+    let (reader, writer) = stream.into_split();
+    monoio::spawn(write_loop(state.clone(), conn.clone(), writer));
+    let reason = if conn.is_closing() {
+        "connect refused"
+    } else {
+        read_loop(&state, &conn, reader, read_buf, attached.keep_alive).await
+    };
+    {
+        let mut state = state.borrow_mut();
+        state.detach(&conn, Instant::now());
+        state.connection_closed();
+    }
+    info!(client = %client_id, %peer, reason, "client disconnected");
+}
+
+async fn read_loop(
+    state: &RefCell<ShardState>,
+    conn: &ConnHandle,
+    mut reader: OwnedReadHalf<TcpStream>,
+    mut buf: BytesMut,
+    keep_alive: Option<Duration>,
+) -> &'static str {
+    let max_packet_size = state.borrow().config().max_packet_size;
+    let mut packets = Vec::new();
+    loop {
+        // Decode everything buffered (a client may pipeline many packets
+        // into one segment), then hand them over in one borrow.
+        let decoded = loop {
+            match protocol::read(&mut buf, conn.version, max_packet_size) {
+                Ok(Some(packet)) => packets.push(packet),
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        if !packets.is_empty() {
+            state
+                .borrow_mut()
+                .handle_packets(conn, packets.drain(..), Instant::now());
+        }
+        if let Err(error) = decoded {
+            debug!(%error, "malformed packet");
+            state.borrow_mut().handle_malformed(conn, error.reason_code());
+            return "malformed packet";
+        }
+        if conn.is_closing() {
+            return "closed by server";
+        }
+
+        buf.reserve(READ_CHUNK);
+        let read = reader.read(buf);
+        let (result, returned) = match keep_alive {
+            Some(limit) => match monoio::time::timeout(limit, read).await {
+                Ok(done) => done,
+                Err(_) => {
+                    conn.disconnect(ReasonCode::KeepAliveTimeout);
+                    return "keep-alive timeout";
+                }
+            },
+            None => read.await,
+        };
+        buf = returned;
+        match result {
+            Ok(0) if conn.is_closing() => return "closed by server",
+            Ok(0) => return "closed by client",
+            Ok(_) => {}
+            Err(_) if conn.is_closing() => return "closed by server",
+            Err(_) => return "read error",
+        }
+    }
+}
+
+async fn write_loop(state: Rc<RefCell<ShardState>>, conn: Rc<ConnHandle>, mut writer: OwnedWriteHalf<TcpStream>) {
+    let mut spare = BytesMut::new();
+    loop {
+        conn.writer.notified().await;
+        loop {
+            let out = std::mem::replace(&mut *conn.out.borrow_mut(), spare);
+            if out.is_empty() {
+                spare = out;
+                break;
+            }
+            let (result, mut written) = writer.write_all(out).await;
+            if result.is_err() {
+                conn.close();
+                shutdown(conn.fd);
+                return;
+            }
+            written.clear();
+            // A buffer that grew for a burst is not kept by an idle client.
+            spare = if written.capacity() > 4 * READ_CHUNK {
+                BytesMut::new()
+            } else {
+                written
+            };
+            state.borrow_mut().on_written(&conn, Instant::now());
+        }
+        if conn.is_closing() {
+            shutdown(conn.fd);
+            return;
+        }
+    }
+}
+
+/// Shuts both directions down so that a reader blocked on this socket wakes
+/// up with end-of-file, whichever driver it waits in.
+fn shutdown(fd: RawFd) {
+    // SAFETY: called by the writer, which holds half of the stream, so the
+    // descriptor is still open; shutdown(2) touches no memory.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    #[error("first packet was {0:?}, not CONNECT")]
+    NotConnect(protocol::PacketType),
+    #[error("closed before CONNECT")]
+    Closed,
+}
+
+async fn read_connect(stream: &mut TcpStream, max_packet_size: usize) -> Result<(Connect, BytesMut), HandshakeError> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        // The level CONNECT carries is what counts; the argument only
+        // matters for packets that are not CONNECT, which are refused.
+        if let Some(packet) = protocol::read(&mut buf, ProtocolVersion::V5, max_packet_size)? {
+            return match packet {
+                Packet::Connect(connect) => Ok((*connect, buf)),
+                other => Err(HandshakeError::NotConnect(other.packet_type())),
+            };
+        }
+        buf.reserve(READ_CHUNK);
+        let (result, returned) = stream.read(buf).await;
+        buf = returned;
+        match result {
+            Ok(0) | Err(_) => return Err(HandshakeError::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends a refusing CONNACK and lets the stream drop (closing it).
+async fn refuse(stream: &mut TcpStream, version: ProtocolVersion, reason: ReasonCode) {
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason,
+        properties: ConnAckProperties::default(),
+    });
+    let mut out = BytesMut::new();
+    if connack.write(version, &mut out).is_ok() {
+        let _ = stream.write_all(out).await;
+    }
+}
+
+/// A client id unique within this process and across restarts of it.
+fn assign_client_id(shard: ShardId) -> ByteString {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    ByteString::from(format!("ringmq-{started:x}-{shard}-{n}"))
+}

@@ -1,0 +1,229 @@
+//! The cross-core mesh: how shards talk.
+//!
+//! Every shard has one inbox, a lock-free multi-producer queue
+//! (crossbeam's list channel) of *batches*. A shard never pushes a single
+//! message: it collects what it has for each peer during a turn of its loop
+//! in a local `Vec` and [`Mesh::flush`] hands each non-empty `Vec` over in
+//! one push, then rings the peer's [`Doorbell`] at most once. Ringing is an
+//! atomic swap; only the ring that finds the bell silent pays for a wake-up
+//! (an eventfd write into the peer's io_uring runtime), so a busy peer that
+//! has not drained its inbox yet costs nothing more to feed.
+//!
+//! Payloads travel as `Arc<Message>`, whose payload is a refcounted
+//! `Bytes`: a PUBLISH fanned out to every shard is never copied.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+use bytes::BytesMut;
+use bytestring::ByteString;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use super::ShardId;
+use super::notify::LocalNotify;
+use crate::message::Message;
+use crate::protocol::Connect;
+
+/// Everything one shard can ask of another. This is the only door between
+/// shards; a node in a cluster will receive the same routing messages.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Deliver to this shard's subscribers whose filters match.
+    Publish(Arc<Message>),
+    /// Apply to this shard's replica of the retained store.
+    Retain(Arc<Message>),
+    /// `from` gained its first subscriber for `filter`.
+    RouteAdd { filter: ByteString, from: ShardId },
+    /// `from` lost its last subscriber for `filter`.
+    RouteRemove { filter: ByteString, from: ShardId },
+    /// A connection whose client id belongs to this shard, accepted
+    /// elsewhere, after its CONNECT was read.
+    Handoff(Box<Handoff>),
+    /// Stop accepting, say goodbye to clients, return.
+    Shutdown,
+}
+
+/// A connection in transit between shards, with the bytes already read
+/// past the CONNECT (a client may pipeline packets behind it).
+#[derive(Debug)]
+pub struct Handoff {
+    pub socket: OwnedFd,
+    pub peer: SocketAddr,
+    pub connect: Connect,
+    pub assigned_client_id: bool,
+    pub read_buf: BytesMut,
+}
+
+/// Wakes a shard's inbox task from another thread.
+#[derive(Debug, Default)]
+pub struct Doorbell {
+    waker: AtomicWaker,
+    rung: AtomicBool,
+}
+
+impl Doorbell {
+    pub fn ring(&self) {
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+}
+
+/// A shard's end of the mesh: its inbox and senders to every shard
+/// (itself included, so that shutdown and handoff need no special case).
+pub struct Mesh {
+    me: ShardId,
+    inbox: Receiver<Vec<ShardMsg>>,
+    doorbell: Arc<Doorbell>,
+    peers: Vec<Peer>,
+}
+
+struct Peer {
+    sender: Sender<Vec<ShardMsg>>,
+    doorbell: Arc<Doorbell>,
+    pending: Vec<ShardMsg>,
+}
+
+/// The shared half of the mesh, from which each shard's [`Mesh`] and the
+/// signal handler's [`MeshHandle`] are made.
+#[derive(Clone)]
+pub struct MeshHandle {
+    senders: Vec<Sender<Vec<ShardMsg>>>,
+    doorbells: Vec<Arc<Doorbell>>,
+}
+
+impl MeshHandle {
+    /// Builds the full mesh for `shards` shards: one inbox each.
+    pub fn build(shards: usize) -> (MeshHandle, Vec<Receiver<Vec<ShardMsg>>>) {
+        let (senders, receivers) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
+        let doorbells = (0..shards).map(|_| Arc::new(Doorbell::default())).collect();
+        (MeshHandle { senders, doorbells }, receivers)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// This shard's end, owning its inbox.
+    pub fn attach(&self, me: ShardId, inbox: Receiver<Vec<ShardMsg>>) -> Mesh {
+        let peers = self
+            .senders
+            .iter()
+            .zip(&self.doorbells)
+            .map(|(sender, doorbell)| Peer {
+                sender: sender.clone(),
+                doorbell: doorbell.clone(),
+                pending: Vec::new(),
+            })
+            .collect();
+        Mesh {
+            me,
+            inbox,
+            doorbell: self.doorbells[me].clone(),
+            peers,
+        }
+    }
+
+    /// Sends one message to every shard, outside any shard (signals).
+    pub fn broadcast(&self, make: impl Fn() -> ShardMsg) {
+        for (sender, doorbell) in self.senders.iter().zip(&self.doorbells) {
+            // A shard that already exited has dropped its inbox; nothing to tell it.
+            if sender.send(vec![make()]).is_ok() {
+                doorbell.ring();
+            }
+        }
+    }
+}
+
+impl Mesh {
+    pub fn me(&self) -> ShardId {
+        self.me
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Queues `msg` for `to`; it leaves at the next [`Mesh::flush`].
+    pub fn push(&mut self, to: ShardId, msg: ShardMsg) {
+        self.peers[to].pending.push(msg);
+    }
+
+    /// Queues a message for every other shard.
+    pub fn push_others(&mut self, make: impl Fn() -> ShardMsg) {
+        for (to, peer) in self.peers.iter_mut().enumerate() {
+            if to != self.me {
+                peer.pending.push(make());
+            }
+        }
+    }
+
+    /// Hands every pending batch to its shard and rings each bell once.
+    /// Returns the number of messages sent.
+    pub fn flush(&mut self) -> usize {
+        let mut sent = 0;
+        for peer in &mut self.peers {
+            if peer.pending.is_empty() {
+                continue;
+            }
+            sent += peer.pending.len();
+            let batch = std::mem::take(&mut peer.pending);
+            // A peer's inbox only closes when that shard has exited at
+            // shutdown; its messages have no one left to serve.
+            if peer.sender.send(batch).is_ok() {
+                peer.doorbell.ring();
+            }
+        }
+        sent
+    }
+
+    /// A batch already waiting, without blocking.
+    pub fn try_recv(&self) -> Option<Vec<ShardMsg>> {
+        try_recv(&self.inbox)
+    }
+
+    /// A second handle on this shard's inbox for the task that sleeps on it.
+    pub fn inbox(&self) -> Inbox {
+        Inbox {
+            receiver: self.inbox.clone(),
+            doorbell: self.doorbell.clone(),
+        }
+    }
+}
+
+/// The waiting end of a shard's inbox.
+pub struct Inbox {
+    receiver: Receiver<Vec<ShardMsg>>,
+    doorbell: Arc<Doorbell>,
+}
+
+impl Inbox {
+    /// Waits until a batch arrives (`Some`) or `local` is notified (`None`):
+    /// the shard's own tasks use `local` when they drained the inbox
+    /// themselves and left work for the inbox task.
+    pub async fn recv_or(&self, local: &LocalNotify) -> Option<Vec<ShardMsg>> {
+        std::future::poll_fn(|cx| {
+            // Register before clearing the bell, and clear it before looking:
+            // a push that lands after the look then finds the bell silent
+            // and wakes the registered waker.
+            self.doorbell.waker.register(cx.waker());
+            self.doorbell.rung.store(false, Ordering::SeqCst);
+            if let Some(batch) = try_recv(&self.receiver) {
+                return Poll::Ready(Some(batch));
+            }
+            local.poll_notified(cx).map(|()| None)
+        })
+        .await
+    }
+}
+
+fn try_recv(receiver: &Receiver<Vec<ShardMsg>>) -> Option<Vec<ShardMsg>> {
+    match receiver.try_recv() {
+        Ok(batch) => Some(batch),
+        Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+    }
+}

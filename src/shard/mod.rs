@@ -1,0 +1,251 @@
+//! Shards: the only code that awaits.
+//!
+//! One thread per core, pinned, each running its own monoio runtime on
+//! io_uring (or epoll where io_uring is unavailable). A shard owns the
+//! connections it serves, the sessions homed on it and its partition of
+//! the subscription trie; nothing it owns is `Send`, so no lock can creep
+//! onto the hot path. Shards talk only through [`mesh::ShardMsg`].
+//!
+//! # Placement
+//!
+//! A session lives on the shard picked by hashing its client id
+//! ([`home_shard`]). Connections are accepted on every shard
+//! (SO_REUSEPORT); the accepting shard reads the CONNECT and, when the
+//! client id belongs elsewhere, hands the socket and any bytes read past
+//! the CONNECT to the home shard. The cost is one hop per connection, paid
+//! once. What it buys: a client id has exactly one home, so session
+//! takeover, resume and persistent state are local decisions with no
+//! cross-core directory and no race between two shards claiming a session.
+//!
+//! # Routing
+//!
+//! Each shard keeps, in a topic trie, the filters of its own sessions, and
+//! in a second trie (the route table) the filters for which some *other*
+//! shard has at least one subscriber. A shard tells the others only when a
+//! filter gains its first or loses its last local subscriber, so the route
+//! table changes at the rate of distinct filters, not of SUBSCRIBE packets.
+//!
+//! A PUBLISH is matched once against the route table to find the shards
+//! that need it, and pushed to each of those once (whatever the number of
+//! subscribers there) as an `Arc<Message>`; the target matches it against
+//! its own trie. The message is never copied: the payload is the `Bytes`
+//! slice of the publisher's read buffer. Pushes are batched per target and
+//! flushed after each batch of packets read from a socket, waking the
+//! target once per batch ([`mesh`]).
+//!
+//! To the route table, another shard is simply "a place with subscribers
+//! for this filter"; a node of a cluster is the same thing one hop further,
+//! which is how clustering will extend this without changing the session
+//! or trie code.
+//!
+//! # Causality
+//!
+//! Route and retained updates travel on the same queues as publishes.
+//! Before routing a PUBLISH or answering a SUBSCRIBE with retained messages
+//! a shard drains its inbox, so a SUBACK seen by one client happens-before
+//! any PUBLISH another client sends after it: the publisher's shard has
+//! seen the route by the time it routes.
+//!
+//! Per publisher, per topic order holds because one connection is read by
+//! one task, a shard's pushes to a peer go through one FIFO queue, and the
+//! target delivers a batch in order.
+//!
+//! The retained store is replicated on every shard (the `Message`s are
+//! shared by refcount, only the index is per shard) so that a SUBSCRIBE is
+//! answered from local memory.
+
+mod connection;
+mod listener;
+pub mod mesh;
+mod notify;
+mod state;
+
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use rustc_hash::FxHasher;
+use tracing::{error, info, warn};
+
+use crate::config::IoDriver;
+use mesh::{MeshHandle, ShardMsg};
+pub use state::ShardConfig;
+use state::ShardState;
+
+/// Index of a shard, 0-based.
+pub type ShardId = usize;
+
+/// How often offline sessions' wills and expiries are checked. Their
+/// intervals are whole seconds, so this bounds their lateness well inside
+/// one.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How long a shutting-down shard waits for goodbyes to be written.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The shard a client id's session lives on. Stable for the life of the
+/// process, the same on every thread.
+pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
+    let mut hasher = FxHasher::default();
+    client_id.hash(&mut hasher);
+    (hasher.finish() % shards as u64) as ShardId
+}
+
+/// What the shards are started with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub shards: usize,
+    pub io_driver: IoDriver,
+    pub shard: ShardConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Listen(io::Error),
+    #[error("io_uring was requested (--io-driver uring) but is not available on this kernel")]
+    UringUnavailable,
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+    #[error("cannot start shard thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Starts the shards and blocks until they have all shut down (after
+/// SIGINT or SIGTERM).
+pub fn run(config: ServerConfig) -> Result<(), StartError> {
+    let uring = match config.io_driver {
+        IoDriver::Uring if !monoio::utils::detect_uring() => return Err(StartError::UringUnavailable),
+        IoDriver::Uring => true,
+        IoDriver::Epoll => false,
+        IoDriver::Auto => monoio::utils::detect_uring(),
+    };
+    info!(driver = if uring { "io_uring" } else { "epoll" }, shards = config.shards, "starting");
+
+    let listeners = listener::bind_all(&config.listen, config.shards).map_err(StartError::Listen)?;
+    let (mesh, inboxes) = MeshHandle::build(config.shards);
+    watch_signals(mesh.clone())?;
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::new();
+    for (id, (inbox, listeners)) in inboxes.into_iter().zip(listeners).enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let mesh = mesh.clone();
+        let shard_config = config.shard.clone();
+        let thread = thread::Builder::new()
+            .name(format!("ringmq-shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = core
+                    && !core_affinity::set_for_current(core)
+                {
+                    warn!(shard = id, "cannot pin shard thread to its core");
+                }
+                let shard = shard_main(id, mesh, inbox, listeners, shard_config);
+                let result = if uring {
+                    RuntimeBuilder::<IoUringDriver>::new()
+                        .enable_timer()
+                        .with_entries(4096)
+                        .build()
+                        .map(|mut runtime| runtime.block_on(shard))
+                } else {
+                    RuntimeBuilder::<LegacyDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .map(|mut runtime| runtime.block_on(shard))
+                };
+                if let Err(error) = result {
+                    error!(shard = id, %error, "cannot start the shard's runtime");
+                }
+            })
+            .map_err(StartError::Thread)?;
+        threads.push(thread);
+    }
+    for thread in threads {
+        // A panicking shard has already printed its panic; the others
+        // still shut down cleanly.
+        let _ = thread.join();
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// The first SIGINT or SIGTERM asks every shard to drain.
+fn watch_signals(mesh: MeshHandle) -> Result<(), StartError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(StartError::Signals)?;
+    thread::Builder::new()
+        .name("ringmq-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                info!(signal, "shutting down");
+                mesh.broadcast(|| ShardMsg::Shutdown);
+            }
+        })
+        .map_err(StartError::Thread)?;
+    Ok(())
+}
+
+async fn shard_main(
+    id: ShardId,
+    mesh: MeshHandle,
+    inbox: Receiver<Vec<ShardMsg>>,
+    listeners: Vec<std::net::TcpListener>,
+    config: ShardConfig,
+) {
+    let mesh = mesh.attach(id, inbox);
+    let inbox = mesh.inbox();
+    let state = ShardState::new(mesh, Rc::new(config));
+    for listener in listeners {
+        match monoio::net::TcpListener::from_std(listener) {
+            Ok(listener) => {
+                monoio::spawn(listener::accept_loop(state.clone(), listener));
+            }
+            Err(error) => error!(shard = id, %error, "cannot adopt listening socket"),
+        }
+    }
+    monoio::spawn(tick_loop(state.clone()));
+
+    let wake = state.borrow().wake.clone();
+    loop {
+        let batch = inbox.recv_or(&wake).await;
+        let now = Instant::now();
+        let (handoffs, draining) = {
+            let mut state = state.borrow_mut();
+            if let Some(batch) = batch {
+                state.apply_batch(batch, now);
+            }
+            state.drain_inbox(now);
+            state.mesh.flush();
+            (std::mem::take(&mut state.handoffs), state.draining)
+        };
+        if draining {
+            break;
+        }
+        for handoff in handoffs {
+            monoio::spawn(connection::serve_handoff(state.clone(), handoff));
+        }
+    }
+
+    state.borrow_mut().disconnect_all();
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    while state.borrow().live_connections() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn tick_loop(state: Rc<std::cell::RefCell<ShardState>>) {
+    loop {
+        monoio::time::sleep(TICK).await;
+        let mut state = state.borrow_mut();
+        if state.draining {
+            return;
+        }
+        state.tick(Instant::now());
+    }
+}

@@ -1,0 +1,74 @@
+//! A single-waiter, same-thread wake-up flag: the writer task of a
+//! connection sleeps on it and anything on the shard that appends bytes to
+//! the connection's output rings it. Shard-local, so `Cell`s and no atomics.
+
+use std::cell::Cell;
+use std::task::{Context, Poll, Waker};
+
+#[derive(Default)]
+pub struct LocalNotify {
+    notified: Cell<bool>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl LocalNotify {
+    /// Wakes the waiter, or lets its next `notified()` return at once.
+    /// Ringing many times before the waiter runs wakes it once.
+    pub fn notify(&self) {
+        if !self.notified.replace(true)
+            && let Some(waker) = self.waiter.take()
+        {
+            waker.wake();
+        }
+    }
+
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await
+    }
+
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notified.replace(false) {
+            Poll::Ready(())
+        } else {
+            self.waiter.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn many_notifies_wake_once_and_are_not_lost() {
+        let notify = LocalNotify::default();
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        let mut wait = Box::pin(notify.notified());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        notify.notify();
+        notify.notify();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+
+        // A notify with no waiter is remembered for the next wait.
+        notify.notify();
+        let mut next = Box::pin(notify.notified());
+        assert!(next.as_mut().poll(&mut cx).is_ready());
+    }
+}

@@ -1,0 +1,597 @@
+//! Everything one shard owns: its sessions, its partition of the
+//! subscription trie, its view of which other shards subscribe to what, and
+//! its replica of the retained store. Only the shard's own thread touches
+//! it (`Rc<RefCell<_>>`, not `Send`); other shards reach it through the
+//! mesh.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use rustc_hash::{FxHashMap, FxHashSet};
+use slab::Slab;
+use tracing::{debug, info, warn};
+
+use super::ShardId;
+use super::connection::ConnHandle;
+use super::mesh::{Handoff, Mesh, ShardMsg};
+use super::notify::LocalNotify;
+use crate::message::Message;
+use crate::protocol::{Connect, Packet, ReasonCode, SubscriptionOptions};
+use crate::router::{RetainedStore, TopicTrie};
+use crate::session::{DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig};
+
+/// Index of a session in its shard's slab; stable while the session lives.
+pub type SessionKey = usize;
+
+/// Bytes of encoded output a connection may hold before the shard stops
+/// moving messages out of the session's queue: beyond this the socket is
+/// slower than the publishers, and the bounded session queue, not this
+/// buffer, absorbs (and drops) the surplus.
+const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// Configuration every shard shares.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub session: SessionConfig,
+    pub max_packet_size: usize,
+}
+
+/// A subscription as the local trie holds it.
+#[derive(Debug, Clone, Copy)]
+struct LocalSubscription {
+    options: SubscriptionOptions,
+    id: Option<u32>,
+}
+
+struct SessionSlot {
+    session: Session,
+    conn: Option<Rc<ConnHandle>>,
+    /// The filters this session holds in the trie, so that ending the
+    /// session removes exactly them.
+    filters: FxHashSet<ByteString>,
+}
+
+/// The shards (other than this one) with at least one subscriber for a
+/// filter. A later cluster layer adds nodes beside shards.
+#[derive(Debug, Default)]
+struct ShardSet(Vec<ShardId>);
+
+/// Messages dropped on this shard, by reason; logged while non-zero and
+/// exposed by the metrics layer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DropCounters {
+    pub queue_full: u64,
+    pub expired: u64,
+}
+
+pub struct ShardState {
+    pub mesh: Mesh,
+    config: Rc<ShardConfig>,
+    sessions: Slab<SessionSlot>,
+    by_client_id: FxHashMap<ByteString, SessionKey>,
+    subscriptions: TopicTrie<FxHashMap<SessionKey, LocalSubscription>>,
+    routes: TopicTrie<ShardSet>,
+    retained: RetainedStore,
+    /// Offline sessions' next will or expiry deadline. Entries go stale
+    /// when a session reconnects; `tick` re-checks with the session.
+    timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
+    /// Connections other shards handed over, waiting for a task.
+    pub handoffs: Vec<Handoff>,
+    pub draining: bool,
+    /// Wakes the shard's inbox task when another task drained the inbox
+    /// and left handoffs or a shutdown for it.
+    pub wake: Rc<LocalNotify>,
+    /// Connections being served, for the shutdown drain.
+    connections: usize,
+    pub drops: DropCounters,
+    drops_logged: DropCounters,
+    next_conn_id: u64,
+    /// Reused per publish: which shards to forward to.
+    forward_to: Vec<bool>,
+    /// Reused per publish: the local sessions that matched.
+    matched: Vec<(SessionKey, Delivery)>,
+}
+
+/// What a new connection gets from [`ShardState::attach`].
+pub struct Attached {
+    pub conn: Rc<ConnHandle>,
+    pub keep_alive: Option<Duration>,
+}
+
+impl ShardState {
+    pub fn new(mesh: Mesh, config: Rc<ShardConfig>) -> Rc<RefCell<ShardState>> {
+        let shards = mesh.shard_count();
+        Rc::new(RefCell::new(ShardState {
+            mesh,
+            config,
+            sessions: Slab::new(),
+            by_client_id: FxHashMap::default(),
+            subscriptions: TopicTrie::new(),
+            routes: TopicTrie::new(),
+            retained: RetainedStore::new(),
+            timers: BinaryHeap::new(),
+            handoffs: Vec::new(),
+            draining: false,
+            wake: Rc::default(),
+            connections: 0,
+            drops: DropCounters::default(),
+            drops_logged: DropCounters::default(),
+            next_conn_id: 0,
+            forward_to: vec![false; shards],
+            matched: Vec::new(),
+        }))
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.mesh.me()
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    /// Binds a connection whose CONNECT names a client id homed here to its
+    /// session: resumes, takes over or starts one. The CONNACK (and, on
+    /// resume, the redelivered messages) are already in the connection's
+    /// output; a refused CONNECT leaves the connection closing.
+    pub fn attach(&mut self, connect: &Connect, assigned_client_id: bool, fd: i32, now: Instant) -> Attached {
+        let version = connect.protocol;
+        let existing = self.by_client_id.get(&connect.client_id).copied();
+        if let Some(key) = existing {
+            self.take_over(key, now);
+        }
+        // Taking over may have ended the old session (clean session 1).
+        let mut key = self.by_client_id.get(&connect.client_id).copied();
+        if connect.clean_start
+            && let Some(old) = key.take()
+        {
+            self.end_session(old);
+        }
+        let created = key.is_none();
+        let key = key.unwrap_or_else(|| {
+            let session = Session::new(connect.client_id.clone(), now);
+            let key = self.sessions.insert(SessionSlot {
+                session,
+                conn: None,
+                filters: FxHashSet::default(),
+            });
+            self.by_client_id.insert(connect.client_id.clone(), key);
+            key
+        });
+
+        self.next_conn_id += 1;
+        let conn = Rc::new(ConnHandle::new(self.next_conn_id, key, version, fd));
+        let slot = &mut self.sessions[key];
+        let connack = slot
+            .session
+            .handle_connect(connect, assigned_client_id, &self.config.session, now);
+        let refused = connack.reason.is_error();
+        conn.send(&Packet::ConnAck(connack));
+        if refused {
+            conn.close();
+            if created {
+                self.end_session(key);
+            }
+            return Attached { conn, keep_alive: None };
+        }
+        let keep_alive = slot.session.keep_alive_timeout();
+        slot.conn = Some(conn.clone());
+        self.run_actions(key, now);
+        self.pump(key, now);
+        Attached { conn, keep_alive }
+    }
+
+    /// A second connection for a connected client id closes the first:
+    /// v5 clients are told why (0x8E), and the old connection counts as
+    /// lost, so its will follows the usual rules.
+    fn take_over(&mut self, key: SessionKey, now: Instant) {
+        let Some(old) = self.sessions[key].conn.take() else {
+            return;
+        };
+        info!(client = %self.sessions[key].session.client_id(), "session taken over");
+        old.disconnect(ReasonCode::SessionTakenOver);
+        self.sessions[key].session.handle_connection_lost(now);
+        self.run_actions(key, now);
+        self.schedule(key);
+    }
+
+    /// Packets read from a connection, in order. Stops at the first that
+    /// closes the connection.
+    pub fn handle_packets(&mut self, conn: &ConnHandle, packets: impl IntoIterator<Item = Packet>, now: Instant) {
+        let key = conn.key;
+        if !self.is_current(key, conn) {
+            return;
+        }
+        for packet in packets {
+            // The outcome is also queued as an action (Close) and, for v5,
+            // a DISCONNECT; the reason is only logged here.
+            if let Err(reason) = self.sessions[key].session.handle_packet(packet, now) {
+                debug!(client = %self.sessions[key].session.client_id(), ?reason, "closing connection on protocol error");
+            }
+            self.run_actions(key, now);
+            if conn.is_closing() || !self.is_current(key, conn) {
+                break;
+            }
+        }
+        self.mesh.flush();
+        if self.is_current(key, conn) {
+            self.pump(key, now);
+        }
+    }
+
+    /// The peer sent bytes that do not decode: a v5 client is told why,
+    /// then the connection closes (and counts as lost: the will goes out).
+    pub fn handle_malformed(&mut self, conn: &ConnHandle, reason: ReasonCode) {
+        if conn.version.is_v5() {
+            conn.disconnect(reason);
+        } else {
+            conn.close();
+        }
+    }
+
+    /// The network connection has ended, for whatever reason.
+    pub fn detach(&mut self, conn: &ConnHandle, now: Instant) {
+        conn.close();
+        let key = conn.key;
+        if !self.is_current(key, conn) {
+            return;
+        }
+        self.sessions[key].conn = None;
+        self.sessions[key].session.handle_connection_lost(now);
+        self.run_actions(key, now);
+        self.mesh.flush();
+        self.schedule(key);
+    }
+
+    fn is_current(&self, key: SessionKey, conn: &ConnHandle) -> bool {
+        self.sessions
+            .get(key)
+            .and_then(|slot| slot.conn.as_ref())
+            .is_some_and(|current| current.id == conn.id)
+    }
+
+    fn schedule(&mut self, key: SessionKey) {
+        if let Some(slot) = self.sessions.get(key)
+            && let Some(at) = slot.session.poll_timeout()
+        {
+            self.timers.push(Reverse((at, key)));
+        }
+    }
+
+    /// Fires due wills and session expiries.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            if slot.session.poll_timeout().is_some_and(|due| due <= now) {
+                slot.session.handle_timeout(now);
+                self.run_actions(key, now);
+                self.schedule(key);
+            }
+        }
+        self.mesh.flush();
+        self.log_drops();
+    }
+
+    fn log_drops(&mut self) {
+        let (now, then) = (self.drops, self.drops_logged);
+        if now.queue_full != then.queue_full || now.expired != then.expired {
+            warn!(
+                shard = self.id(),
+                queue_full = now.queue_full - then.queue_full,
+                expired = now.expired - then.expired,
+                "messages dropped"
+            );
+            self.drops_logged = now;
+        }
+    }
+
+    /// Carries out what a session asked for.
+    fn run_actions(&mut self, key: SessionKey, now: Instant) {
+        while let Some(action) = self.sessions.get_mut(key).and_then(|slot| slot.session.poll_action()) {
+            match action {
+                SessionAction::Publish(message) => self.publish(message, now),
+                SessionAction::Subscribe {
+                    filter,
+                    options,
+                    subscription_id,
+                    send_retained,
+                } => self.subscribe(key, filter, options, subscription_id, send_retained, now),
+                SessionAction::Unsubscribe { filter } => self.unsubscribe(key, &filter),
+                SessionAction::Close => {
+                    self.pump(key, now);
+                    if let Some(conn) = &self.sessions[key].conn {
+                        conn.close();
+                    }
+                }
+                SessionAction::Expired => {
+                    self.end_session(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Removes a session and every subscription it held.
+    fn end_session(&mut self, key: SessionKey) {
+        let filters: Vec<ByteString> = self.sessions[key].filters.drain().collect();
+        for filter in &filters {
+            self.unsubscribe(key, filter);
+        }
+        let slot = self.sessions.remove(key);
+        if let Some(conn) = slot.conn {
+            conn.close();
+        }
+        self.by_client_id.remove(slot.session.client_id());
+    }
+
+    /// Routes a message published on this shard: to other shards that have
+    /// a subscriber, to local subscribers, and to every replica of the
+    /// retained store.
+    fn publish(&mut self, message: Arc<Message>, now: Instant) {
+        // Route and retained updates from other shards that happened before
+        // this PUBLISH was read must be seen before routing it.
+        self.drain_inbox(now);
+        let me = self.id();
+        self.forward_to.fill(false);
+        let forward_to = &mut self.forward_to;
+        self.routes.for_each_match(&message.topic, |shards| {
+            for &shard in &shards.0 {
+                forward_to[shard] = true;
+            }
+        });
+        for shard in 0..self.forward_to.len() {
+            if self.forward_to[shard] && shard != me {
+                self.mesh.push(shard, ShardMsg::Publish(message.clone()));
+            }
+        }
+        if message.retain {
+            self.retained.apply(message.clone());
+            self.mesh.push_others(|| ShardMsg::Retain(message.clone()));
+        }
+        self.deliver_local(&message, now);
+    }
+
+    /// Delivers to this shard's sessions, once per session however many of
+    /// its subscriptions match (at the highest granted QoS, with every
+    /// matching subscription identifier).
+    fn deliver_local(&mut self, message: &Arc<Message>, now: Instant) {
+        let mut matched = std::mem::take(&mut self.matched);
+        let sessions = &self.sessions;
+        self.subscriptions.for_each_match(&message.topic, |subscribers| {
+            for (&key, subscription) in subscribers {
+                let options = subscription.options;
+                if options.no_local && sessions[key].session.client_id() == &message.publisher {
+                    continue;
+                }
+                matched.push((
+                    key,
+                    Delivery {
+                        granted_qos: options.qos,
+                        retain_as_published: options.retain_as_published,
+                        from_retained_store: false,
+                        subscription_ids: subscription.id.into_iter().collect(),
+                    },
+                ));
+            }
+        });
+        if matched.len() > 1 {
+            merge_overlapping(&mut matched);
+        }
+        for (key, delivery) in matched.drain(..) {
+            self.deliver(key, message, delivery, now);
+        }
+        self.matched = matched;
+    }
+
+    fn deliver(&mut self, key: SessionKey, message: &Arc<Message>, delivery: Delivery, now: Instant) {
+        let slot = &mut self.sessions[key];
+        match slot.session.handle_deliver(message, delivery, now) {
+            DeliverOutcome::Queued => {}
+            DeliverOutcome::Skipped => return,
+            DeliverOutcome::Dropped(DropReason::QueueFull) => self.drops.queue_full += 1,
+            DeliverOutcome::Dropped(DropReason::Expired) => self.drops.expired += 1,
+        }
+        // A full queue under the disconnect policy asks to close.
+        self.run_actions(key, now);
+        self.pump(key, now);
+    }
+
+    fn subscribe(
+        &mut self,
+        key: SessionKey,
+        filter: ByteString,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+        send_retained: bool,
+        now: Instant,
+    ) {
+        let subscribers = self.subscriptions.entry(&filter);
+        let first_here = subscribers.is_empty();
+        subscribers.insert(key, LocalSubscription { options, id });
+        if first_here {
+            let me = self.id();
+            self.mesh.push_others(|| ShardMsg::RouteAdd {
+                filter: filter.clone(),
+                from: me,
+            });
+        }
+        self.sessions[key].filters.insert(filter.clone());
+        if !send_retained {
+            return;
+        }
+        // Retained messages published on other shards before this
+        // SUBSCRIBE was read are in the inbox.
+        self.drain_inbox(now);
+        let mut retained = Vec::new();
+        self.retained.for_each_match(&filter, |message| retained.push(message.clone()));
+        for message in retained {
+            let delivery = Delivery {
+                granted_qos: options.qos,
+                retain_as_published: options.retain_as_published,
+                from_retained_store: true,
+                subscription_ids: id.into_iter().collect(),
+            };
+            self.deliver(key, &message, delivery, now);
+        }
+    }
+
+    fn unsubscribe(&mut self, key: SessionKey, filter: &ByteString) {
+        if let Some(slot) = self.sessions.get_mut(key) {
+            slot.filters.remove(filter);
+        }
+        let Some(subscribers) = self.subscriptions.get_mut(filter) else {
+            return;
+        };
+        if subscribers.remove(&key).is_some() && subscribers.is_empty() {
+            self.subscriptions.remove(filter);
+            let me = self.id();
+            self.mesh.push_others(|| ShardMsg::RouteRemove {
+                filter: filter.clone(),
+                from: me,
+            });
+        }
+    }
+
+    /// Moves packets from the session into the connection's output, up to
+    /// the high-water mark, and wakes the writer.
+    pub fn pump(&mut self, key: SessionKey, now: Instant) {
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(conn) = &slot.conn else {
+            return;
+        };
+        while conn.buffered() < OUTPUT_HIGH_WATER {
+            match slot.session.poll_transmit(now) {
+                Some(packet) => conn.send(&packet),
+                None => break,
+            }
+        }
+    }
+
+    /// Called by a connection's writer after a write completed: there may
+    /// be room for more of the session's queue.
+    pub fn on_written(&mut self, conn: &ConnHandle, now: Instant) {
+        if self.is_current(conn.key, conn) {
+            self.pump(conn.key, now);
+        }
+    }
+
+    /// Applies every batch waiting in the inbox, without blocking.
+    pub fn drain_inbox(&mut self, now: Instant) {
+        while let Some(batch) = self.mesh.try_recv() {
+            self.apply_batch(batch, now);
+        }
+    }
+
+    pub fn apply_batch(&mut self, batch: Vec<ShardMsg>, now: Instant) {
+        for msg in batch {
+            match msg {
+                ShardMsg::Publish(message) => self.deliver_local(&message, now),
+                ShardMsg::Retain(message) => self.retained.apply(message),
+                ShardMsg::RouteAdd { filter, from } => {
+                    let shards = &mut self.routes.entry(&filter).0;
+                    if !shards.contains(&from) {
+                        shards.push(from);
+                    }
+                }
+                ShardMsg::RouteRemove { filter, from } => {
+                    if let Some(shards) = self.routes.get_mut(&filter) {
+                        shards.0.retain(|&shard| shard != from);
+                        if shards.0.is_empty() {
+                            self.routes.remove(&filter);
+                        }
+                    }
+                }
+                ShardMsg::Handoff(handoff) => {
+                    self.handoffs.push(*handoff);
+                    self.wake.notify();
+                }
+                ShardMsg::Shutdown => {
+                    self.draining = true;
+                    self.wake.notify();
+                }
+            }
+        }
+    }
+
+    /// Tells every v5 client the server is going away and closes every
+    /// connection.
+    pub fn disconnect_all(&mut self) {
+        for (_, slot) in &mut self.sessions {
+            if let Some(conn) = slot.conn.take() {
+                conn.disconnect(ReasonCode::ServerShuttingDown);
+            }
+        }
+    }
+
+    pub fn connection_opened(&mut self) {
+        self.connections += 1;
+    }
+
+    pub fn connection_closed(&mut self) {
+        self.connections -= 1;
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.connections
+    }
+}
+
+/// Folds the deliveries of one session into one: highest granted QoS,
+/// retain-as-published if any subscription asks, every identifier.
+fn merge_overlapping(matched: &mut Vec<(SessionKey, Delivery)>) {
+    matched.sort_by_key(|(key, _)| *key);
+    matched.dedup_by(|(key, later), (kept_key, kept)| {
+        if key != kept_key {
+            return false;
+        }
+        kept.granted_qos = kept.granted_qos.max(later.granted_qos);
+        kept.retain_as_published |= later.retain_as_published;
+        kept.subscription_ids.append(&mut later.subscription_ids);
+        true
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QoS;
+
+    fn delivery(qos: QoS, ids: &[u32]) -> Delivery {
+        Delivery {
+            granted_qos: qos,
+            retain_as_published: false,
+            from_retained_store: false,
+            subscription_ids: ids.to_vec(),
+        }
+    }
+
+    #[test]
+    fn overlapping_subscriptions_make_one_delivery_at_the_highest_qos() {
+        let mut matched = vec![
+            (3, delivery(QoS::AtMostOnce, &[1])),
+            (1, delivery(QoS::AtLeastOnce, &[])),
+            (3, delivery(QoS::ExactlyOnce, &[2])),
+        ];
+        merge_overlapping(&mut matched);
+        assert_eq!(matched.len(), 2);
+        assert_eq!(matched[0].0, 1);
+        assert_eq!(matched[1].0, 3);
+        assert_eq!(matched[1].1.granted_qos, QoS::ExactlyOnce);
+        let mut ids = matched[1].1.subscription_ids.clone();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2]);
+    }
+}
