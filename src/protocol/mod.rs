@@ -204,7 +204,11 @@ pub fn read(
 
 impl Packet {
     /// Appends the encoded packet to `buf`, returning the bytes written.
-    pub fn write(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<usize, EncodeError> {
+    pub fn write(
+        &self,
+        version: ProtocolVersion,
+        buf: &mut BytesMut,
+    ) -> Result<usize, EncodeError> {
         wire::write(self, version, buf)
     }
 

@@ -69,7 +69,16 @@ mod tests {
 
     #[test]
     fn topic_filters() {
-        for ok in ["#", "+", "a/#", "+/+", "/+", "a//#", "sport/+/player1", "$SYS/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "a//#",
+            "sport/+/player1",
+            "$SYS/#",
+        ] {
             assert!(valid_topic_filter(ok), "{ok}");
         }
         for bad in ["", "a/#/b", "a#", "a/b#", "a+/b", "#/a", "++"] {
@@ -80,7 +89,10 @@ mod tests {
     #[test]
     fn matching_follows_the_spec_examples() {
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(matches("sport/#", "sport"));
         assert!(matches("sport/tennis/+", "sport/tennis/player1"));
         assert!(!matches("sport/tennis/+", "sport/tennis/player1/ranking"));

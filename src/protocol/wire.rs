@@ -5,7 +5,10 @@ use bytes::BytesMut;
 
 use super::{DecodeError, EncodeError, FixedHeader, Packet, ProtocolVersion};
 
-pub(super) fn check(_buf: &[u8], _max_packet_size: usize) -> Result<Option<FixedHeader>, DecodeError> {
+pub(super) fn check(
+    _buf: &[u8],
+    _max_packet_size: usize,
+) -> Result<Option<FixedHeader>, DecodeError> {
     todo!("codec")
 }
 
@@ -17,6 +20,10 @@ pub(super) fn read(
     todo!("codec")
 }
 
-pub(super) fn write(_packet: &Packet, _version: ProtocolVersion, _buf: &mut BytesMut) -> Result<usize, EncodeError> {
+pub(super) fn write(
+    _packet: &Packet,
+    _version: ProtocolVersion,
+    _buf: &mut BytesMut,
+) -> Result<usize, EncodeError> {
     todo!("codec")
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 
 use crate::message::Message;
-use crate::protocol::{ConnAck, Connect, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use crate::protocol::{
+    ConnAck, Connect, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions,
+};
 
 /// Limits from configuration that shape every session on a shard.
 #[derive(Debug, Clone)]
@@ -82,7 +84,9 @@ pub enum SessionAction {
         subscription_id: Option<u32>,
         send_retained: bool,
     },
-    Unsubscribe { filter: ByteString },
+    Unsubscribe {
+        filter: ByteString,
+    },
     /// Close the network connection. Any DISCONNECT to send first is
     /// already queued for `poll_transmit`.
     Close,
@@ -146,7 +150,12 @@ impl Session {
     }
 
     /// A message routed to this session.
-    pub fn handle_deliver(&mut self, message: &Arc<Message>, delivery: Delivery, now: Instant) -> DeliverOutcome {
+    pub fn handle_deliver(
+        &mut self,
+        message: &Arc<Message>,
+        delivery: Delivery,
+        now: Instant,
+    ) -> DeliverOutcome {
         let _ = (message, delivery, now);
         todo!("session")
     }

@@ -21,8 +21,8 @@ use super::notify::LocalNotify;
 use super::state::{SessionKey, ShardState};
 use super::{ShardId, home_shard};
 use crate::protocol::{
-    self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties, Packet, ProtocolVersion,
-    ReasonCode,
+    self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
+    Packet, ProtocolVersion, ReasonCode,
 };
 
 /// How much the reader asks the kernel for at a time.
@@ -105,12 +105,19 @@ pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer:
     let _ = stream.set_nodelay(true);
     let max_packet_size = state.borrow().config().max_packet_size;
     let (mut connect, read_buf) =
-        match monoio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream, max_packet_size)).await {
+        match monoio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream, max_packet_size))
+            .await
+        {
             Ok(Ok(connected)) => connected,
             Ok(Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
                 debug!(%peer, level, "unsupported protocol level");
                 // Spec 3.1.2.2: answer 0x01 in the 3.1.1 form, then close.
-                refuse(&mut stream, ProtocolVersion::V3_1_1, ReasonCode::UnsupportedProtocolVersion).await;
+                refuse(
+                    &mut stream,
+                    ProtocolVersion::V3_1_1,
+                    ReasonCode::UnsupportedProtocolVersion,
+                )
+                .await;
                 return;
             }
             Ok(Err(error)) => {
@@ -128,7 +135,12 @@ pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer:
         // 3.1.1 only allows an empty client id with a clean session
         // (spec 3.1.3-8); v5 always gets one assigned.
         if !connect.clean_start && !connect.protocol.is_v5() {
-            refuse(&mut stream, connect.protocol, ReasonCode::ClientIdentifierNotValid).await;
+            refuse(
+                &mut stream,
+                connect.protocol,
+                ReasonCode::ClientIdentifierNotValid,
+            )
+            .await;
             return;
         }
         connect.client_id = assign_client_id(state.borrow().id());
@@ -192,9 +204,12 @@ async fn serve(
 ) {
     let client_id = connect.client_id.clone();
     state.borrow_mut().connection_opened();
-    let attached = state
-        .borrow_mut()
-        .attach(&connect, assigned_client_id, stream.as_raw_fd(), Instant::now());
+    let attached = state.borrow_mut().attach(
+        &connect,
+        assigned_client_id,
+        stream.as_raw_fd(),
+        Instant::now(),
+    );
     let conn = attached.conn;
     info!(client = %client_id, version = connect.protocol.level(), %peer, "client connected");
     drop(connect);
@@ -240,7 +255,9 @@ async fn read_loop(
         }
         if let Err(error) = decoded {
             debug!(%error, "malformed packet");
-            state.borrow_mut().handle_malformed(conn, error.reason_code());
+            state
+                .borrow_mut()
+                .handle_malformed(conn, error.reason_code());
             return "malformed packet";
         }
         if conn.is_closing() {
@@ -270,7 +287,11 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(state: Rc<RefCell<ShardState>>, conn: Rc<ConnHandle>, mut writer: OwnedWriteHalf<TcpStream>) {
+async fn write_loop(
+    state: Rc<RefCell<ShardState>>,
+    conn: Rc<ConnHandle>,
+    mut writer: OwnedWriteHalf<TcpStream>,
+) {
     let mut spare = BytesMut::new();
     loop {
         conn.writer.notified().await;
@@ -322,7 +343,10 @@ enum HandshakeError {
     Closed,
 }
 
-async fn read_connect(stream: &mut TcpStream, max_packet_size: usize) -> Result<(Connect, BytesMut), HandshakeError> {
+async fn read_connect(
+    stream: &mut TcpStream,
+    max_packet_size: usize,
+) -> Result<(Connect, BytesMut), HandshakeError> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         // The level CONNECT carries is what counts; the argument only

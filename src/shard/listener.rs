@@ -19,12 +19,20 @@ const BACKLOG: i32 = 4096;
 /// Binds every address once per shard. Port 0 is resolved by the first
 /// bind, and the other shards bind the port it got. Returns, per shard, its
 /// listeners.
-pub fn bind_all(addrs: &[SocketAddr], shards: usize) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
+pub fn bind_all(
+    addrs: &[SocketAddr],
+    shards: usize,
+) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
     let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
     for &requested in addrs {
         let mut addr = requested;
         for listeners in &mut per_shard {
-            let listener = bind(addr).map_err(|error| io::Error::new(error.kind(), format!("cannot listen on {requested}: {error}")))?;
+            let listener = bind(addr).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen on {requested}: {error}"),
+                )
+            })?;
             addr = listener.local_addr()?;
             listeners.push(listener);
         }

@@ -121,14 +121,21 @@ pub enum StartError {
 /// SIGINT or SIGTERM).
 pub fn run(config: ServerConfig) -> Result<(), StartError> {
     let uring = match config.io_driver {
-        IoDriver::Uring if !monoio::utils::detect_uring() => return Err(StartError::UringUnavailable),
+        IoDriver::Uring if !monoio::utils::detect_uring() => {
+            return Err(StartError::UringUnavailable);
+        }
         IoDriver::Uring => true,
         IoDriver::Epoll => false,
         IoDriver::Auto => monoio::utils::detect_uring(),
     };
-    info!(driver = if uring { "io_uring" } else { "epoll" }, shards = config.shards, "starting");
+    info!(
+        driver = if uring { "io_uring" } else { "epoll" },
+        shards = config.shards,
+        "starting"
+    );
 
-    let listeners = listener::bind_all(&config.listen, config.shards).map_err(StartError::Listen)?;
+    let listeners =
+        listener::bind_all(&config.listen, config.shards).map_err(StartError::Listen)?;
     let (mesh, inboxes) = MeshHandle::build(config.shards);
     watch_signals(mesh.clone())?;
 
@@ -178,7 +185,8 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
 /// The first SIGINT or SIGTERM asks every shard to drain.
 fn watch_signals(mesh: MeshHandle) -> Result<(), StartError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(StartError::Signals)?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(StartError::Signals)?;
     thread::Builder::new()
         .name("ringmq-signals".into())
         .spawn(move || {

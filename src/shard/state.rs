@@ -139,7 +139,13 @@ impl ShardState {
     /// session: resumes, takes over or starts one. The CONNACK (and, on
     /// resume, the redelivered messages) are already in the connection's
     /// output; a refused CONNECT leaves the connection closing.
-    pub fn attach(&mut self, connect: &Connect, assigned_client_id: bool, fd: i32, now: Instant) -> Attached {
+    pub fn attach(
+        &mut self,
+        connect: &Connect,
+        assigned_client_id: bool,
+        fd: i32,
+        now: Instant,
+    ) -> Attached {
         let version = connect.protocol;
         let existing = self.by_client_id.get(&connect.client_id).copied();
         if let Some(key) = existing {
@@ -167,9 +173,9 @@ impl ShardState {
         self.next_conn_id += 1;
         let conn = Rc::new(ConnHandle::new(self.next_conn_id, key, version, fd));
         let slot = &mut self.sessions[key];
-        let connack = slot
-            .session
-            .handle_connect(connect, assigned_client_id, &self.config.session, now);
+        let connack =
+            slot.session
+                .handle_connect(connect, assigned_client_id, &self.config.session, now);
         let refused = connack.reason.is_error();
         conn.send(&Packet::ConnAck(connack));
         if refused {
@@ -177,7 +183,10 @@ impl ShardState {
             if created {
                 self.end_session(key);
             }
-            return Attached { conn, keep_alive: None };
+            return Attached {
+                conn,
+                keep_alive: None,
+            };
         }
         let keep_alive = slot.session.keep_alive_timeout();
         slot.conn = Some(conn.clone());
@@ -202,7 +211,12 @@ impl ShardState {
 
     /// Packets read from a connection, in order. Stops at the first that
     /// closes the connection.
-    pub fn handle_packets(&mut self, conn: &ConnHandle, packets: impl IntoIterator<Item = Packet>, now: Instant) {
+    pub fn handle_packets(
+        &mut self,
+        conn: &ConnHandle,
+        packets: impl IntoIterator<Item = Packet>,
+        now: Instant,
+    ) {
         let key = conn.key;
         if !self.is_current(key, conn) {
             return;
@@ -298,7 +312,11 @@ impl ShardState {
 
     /// Carries out what a session asked for.
     fn run_actions(&mut self, key: SessionKey, now: Instant) {
-        while let Some(action) = self.sessions.get_mut(key).and_then(|slot| slot.session.poll_action()) {
+        while let Some(action) = self
+            .sessions
+            .get_mut(key)
+            .and_then(|slot| slot.session.poll_action())
+        {
             match action {
                 SessionAction::Publish(message) => self.publish(message, now),
                 SessionAction::Subscribe {
@@ -368,23 +386,24 @@ impl ShardState {
     fn deliver_local(&mut self, message: &Arc<Message>, now: Instant) {
         let mut matched = std::mem::take(&mut self.matched);
         let sessions = &self.sessions;
-        self.subscriptions.for_each_match(&message.topic, |subscribers| {
-            for (&key, subscription) in subscribers {
-                let options = subscription.options;
-                if options.no_local && sessions[key].session.client_id() == &message.publisher {
-                    continue;
+        self.subscriptions
+            .for_each_match(&message.topic, |subscribers| {
+                for (&key, subscription) in subscribers {
+                    let options = subscription.options;
+                    if options.no_local && sessions[key].session.client_id() == &message.publisher {
+                        continue;
+                    }
+                    matched.push((
+                        key,
+                        Delivery {
+                            granted_qos: options.qos,
+                            retain_as_published: options.retain_as_published,
+                            from_retained_store: false,
+                            subscription_ids: subscription.id.into_iter().collect(),
+                        },
+                    ));
                 }
-                matched.push((
-                    key,
-                    Delivery {
-                        granted_qos: options.qos,
-                        retain_as_published: options.retain_as_published,
-                        from_retained_store: false,
-                        subscription_ids: subscription.id.into_iter().collect(),
-                    },
-                ));
-            }
-        });
+            });
         if matched.len() > 1 {
             merge_overlapping(&mut matched);
         }
@@ -394,7 +413,13 @@ impl ShardState {
         self.matched = matched;
     }
 
-    fn deliver(&mut self, key: SessionKey, message: &Arc<Message>, delivery: Delivery, now: Instant) {
+    fn deliver(
+        &mut self,
+        key: SessionKey,
+        message: &Arc<Message>,
+        delivery: Delivery,
+        now: Instant,
+    ) {
         let slot = &mut self.sessions[key];
         match slot.session.handle_deliver(message, delivery, now) {
             DeliverOutcome::Queued => {}
@@ -434,7 +459,8 @@ impl ShardState {
         // SUBSCRIBE was read are in the inbox.
         self.drain_inbox(now);
         let mut retained = Vec::new();
-        self.retained.for_each_match(&filter, |message| retained.push(message.clone()));
+        self.retained
+            .for_each_match(&filter, |message| retained.push(message.clone()));
         for message in retained {
             let delivery = Delivery {
                 granted_qos: options.qos,

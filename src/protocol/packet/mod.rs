@@ -20,7 +20,9 @@ pub use disconnect::{Disconnect, DisconnectProperties};
 pub use publish::{Publish, PublishProperties};
 pub use pubresp::{PubResponse, PubResponseProperties};
 pub use suback::{SubAck, SubAckProperties};
-pub use subscribe::{RetainHandling, Subscribe, SubscribeProperties, SubscriptionOptions, TopicSubscription};
+pub use subscribe::{
+    RetainHandling, Subscribe, SubscribeProperties, SubscriptionOptions, TopicSubscription,
+};
 pub use unsuback::{UnsubAck, UnsubAckProperties};
 pub use unsubscribe::{Unsubscribe, UnsubscribeProperties};
 
