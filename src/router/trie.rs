@@ -181,10 +181,10 @@ impl<T> Node<T> {
     /// Visits the values of filters that match a topic whose current level is
     /// `level` and whose remaining levels are `rest`, from this node down.
     /// `wildcards` is false only for a first level starting with `$`.
-    fn match_level<'t>(
+    fn match_level(
         &self,
         level: &str,
-        mut rest: Split<'t, char>,
+        mut rest: Split<'_, char>,
         wildcards: bool,
         f: &mut impl FnMut(&T),
     ) {
