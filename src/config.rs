@@ -1,9 +1,574 @@
-//! Command line (clap) and TOML configuration, merged and validated once
-//! into typed values; the command line wins over the file.
+//! Command line and TOML configuration, validated once into [`Config`].
+//!
+//! Every setting can come from a flag (`--max-inflight`) or the same key in
+//! snake case in the file given with `--config` (`max_inflight`); the flag
+//! wins, then the file, then the default. Both sources are read into structs
+//! of `Option`s so the merge knows what was actually given, and the range
+//! checks run once on the merged value, whichever source it came from.
+//! `deploy/ringmq.toml` documents every key.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use tracing::level_filters::LevelFilter;
+
+use crate::session::{QueueFullPolicy, SessionConfig};
+
+const DEFAULT_PORT: u16 = 1883;
+const DEFAULT_MAX_INFLIGHT: u16 = 100;
+const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
+const DEFAULT_MAX_KEEPALIVE: u16 = u16::MAX;
+const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+/// The smallest limit that still admits a useful CONNECT.
+const MIN_PACKET_SIZE: u32 = 16;
+/// The largest size the remaining-length varint can express (spec 2.1.4).
+const MAX_PACKET_SIZE: u32 = 268_435_455;
+
+/// The broker's settings, complete and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Never empty. Port 0 asks the OS for a free port.
+    pub listen: Vec<SocketAddr>,
+    /// Shards to start, one thread each. At least 1; more than the CPU
+    /// count is allowed and pinned modulo the CPUs.
+    pub cores: usize,
+    pub io_driver: IoDriver,
+    pub log_level: LogLevel,
+    /// At least 1.
+    pub max_inflight: u16,
+    /// At least 1.
+    pub max_queued_messages: usize,
+    pub queue_full_policy: QueueFullPolicy,
+    pub max_keepalive: u16,
+    /// Between 16 and 268,435,455 bytes.
+    pub max_packet_size: u32,
+}
+
+/// Which I/O backend the shards run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IoDriver {
+    /// io_uring where the kernel supports it, epoll otherwise.
+    #[default]
     Auto,
+    /// io_uring, with no fallback.
     Uring,
+    /// epoll, for kernels or sandboxes without io_uring.
     Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+/// Why the configuration was refused. Each message names the flag or key
+/// at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A bad flag, or `--help`/`--version`: `main` calls `exit()` on it,
+    /// which prints it and exits with the right status.
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// toml's message names the key and shows its line.
+    #[error("invalid config file {}: {source}", path.display())]
+    ParseFile {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid value for `{key}` (--{flag}): {reason}", flag = key.replace('_', "-"))]
+    InvalidValue { key: &'static str, reason: String },
+}
+
+/// The command line. Flags are optional so a file value is not overridden
+/// by a default; defaults are applied in [`Config::merge`].
+#[derive(Debug, Default, Parser)]
+#[command(name = "ringmq", version, about = "A thread-per-core MQTT broker")]
+struct Cli {
+    /// TOML file with the same settings in snake case; flags override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to accept MQTT connections on; repeat for several
+    /// [default: 0.0.0.0:1883].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<Vec<SocketAddr>>,
+    /// Number of shards (threads) [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// I/O backend [default: auto].
+    #[arg(long, value_name = "DRIVER")]
+    io_driver: Option<IoDriver>,
+    /// Most verbose level logged [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LogLevel>,
+    /// Outgoing QoS 1/2 messages in flight per client, 1 to 65535
+    /// [default: 100].
+    #[arg(long, value_name = "N")]
+    max_inflight: Option<u16>,
+    /// Messages queued per session, online or offline [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_queued_messages: Option<usize>,
+    /// What a QoS 1/2 message finding the queue full does [default: drop].
+    #[arg(long, value_name = "POLICY")]
+    queue_full_policy: Option<QueueFull>,
+    /// Longest keep-alive granted to a client, in seconds [default: 65535].
+    #[arg(long, value_name = "SECS")]
+    max_keepalive: Option<u16>,
+    /// Largest packet accepted, 16 to 268435455 bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<u32>,
+}
+
+/// The TOML file: the flags' settings except `config` itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<SocketAddr>>,
+    cores: Option<usize>,
+    io_driver: Option<IoDriver>,
+    log_level: Option<LogLevel>,
+    max_inflight: Option<u16>,
+    max_queued_messages: Option<usize>,
+    queue_full_policy: Option<QueueFull>,
+    max_keepalive: Option<u16>,
+    max_packet_size: Option<u32>,
+}
+
+/// How [`QueueFullPolicy`] is spelled in flags and files; the session type
+/// stays free of clap and serde.
+#[derive(Debug, Clone, Copy, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum QueueFull {
+    /// Drop the message.
+    Drop,
+    /// Disconnect the client.
+    Disconnect,
+}
+
+impl Config {
+    /// Parses the command line (program name first), reads the file it
+    /// names if any, and validates the result.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        let file = match &cli.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(cli, file)
+    }
+
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            max_inflight: self.max_inflight,
+            max_queued_messages: self.max_queued_messages,
+            queue_full: self.queue_full_policy,
+            max_keepalive: self.max_keepalive,
+            max_packet_size: self.max_packet_size,
+        }
+    }
+
+    fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let listen = cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT))]);
+        ensure(
+            !listen.is_empty(),
+            "listen",
+            "must name at least one address",
+        )?;
+
+        let cores = cli.cores.or(file.cores).unwrap_or_else(|| {
+            // The CPU count can be unknowable (restricted /proc); one shard
+            // still serves.
+            std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+        });
+        ensure(cores >= 1, "cores", "must be at least 1")?;
+
+        let max_inflight = cli
+            .max_inflight
+            .or(file.max_inflight)
+            .unwrap_or(DEFAULT_MAX_INFLIGHT);
+        ensure(
+            max_inflight >= 1,
+            "max_inflight",
+            "must be between 1 and 65535",
+        )?;
+
+        let max_queued_messages = cli
+            .max_queued_messages
+            .or(file.max_queued_messages)
+            .unwrap_or(DEFAULT_MAX_QUEUED_MESSAGES);
+        ensure(
+            max_queued_messages >= 1,
+            "max_queued_messages",
+            "must be at least 1",
+        )?;
+
+        let max_packet_size = cli
+            .max_packet_size
+            .or(file.max_packet_size)
+            .unwrap_or(DEFAULT_MAX_PACKET_SIZE);
+        ensure(
+            (MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&max_packet_size),
+            "max_packet_size",
+            &format!("must be between {MIN_PACKET_SIZE} and {MAX_PACKET_SIZE}"),
+        )?;
+
+        let queue_full_policy = match cli.queue_full_policy.or(file.queue_full_policy) {
+            None | Some(QueueFull::Drop) => QueueFullPolicy::Drop,
+            Some(QueueFull::Disconnect) => QueueFullPolicy::Disconnect,
+        };
+
+        Ok(Config {
+            listen,
+            cores,
+            io_driver: cli.io_driver.or(file.io_driver).unwrap_or_default(),
+            log_level: cli.log_level.or(file.log_level).unwrap_or_default(),
+            max_inflight,
+            max_queued_messages,
+            queue_full_policy,
+            max_keepalive: cli
+                .max_keepalive
+                .or(file.max_keepalive)
+                .unwrap_or(DEFAULT_MAX_KEEPALIVE),
+            max_packet_size,
+        })
+    }
+}
+
+impl LogLevel {
+    /// For `tracing_subscriber`'s level filter.
+    pub fn level_filter(self) -> LevelFilter {
+        match self {
+            LogLevel::Trace => LevelFilter::TRACE,
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Warn => LevelFilter::WARN,
+            LogLevel::Error => LevelFilter::ERROR,
+        }
+    }
+}
+
+impl FileConfig {
+    fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        FileConfig::parse(&text, path)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+fn ensure(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidValue {
+            key,
+            reason: reason.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::from_args(std::iter::once("ringmq").chain(args.iter().copied()))
+    }
+
+    fn merge(args: &[&str], toml: &str) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("ringmq").chain(args.iter().copied()))?;
+        let file = FileConfig::parse(toml, Path::new("ringmq.toml"))?;
+        Config::merge(cli, file)
+    }
+
+    /// A file under the system temp directory, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &str) -> TempFile {
+            let path = std::env::temp_dir().join(format!("ringmq-{}-{name}", std::process::id()));
+            std::fs::write(&path, contents).expect("temp dir is writable");
+            TempFile(path)
+        }
+
+        fn arg(&self) -> &str {
+            self.0.to_str().expect("temp path is UTF-8")
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&[]).expect("no flags is valid");
+        assert_eq!(config.listen, ["0.0.0.0:1883".parse().expect("literal")]);
+        assert!(config.cores >= 1);
+        assert_eq!(config.io_driver, IoDriver::Auto);
+        assert_eq!(config.log_level, LogLevel::Info);
+        assert_eq!(config.log_level.level_filter(), LevelFilter::INFO);
+        let session = config.session_config();
+        assert_eq!(session.max_inflight, 100);
+        assert_eq!(session.max_queued_messages, 1000);
+        assert_eq!(session.queue_full, QueueFullPolicy::Drop);
+        assert_eq!(session.max_keepalive, 65535);
+        assert_eq!(session.max_packet_size, 1_048_576);
+    }
+
+    #[test]
+    fn file_only() {
+        let file = TempFile::new(
+            "file-only.toml",
+            r#"
+            listen = ["127.0.0.1:0", "[::1]:8883"]
+            cores = 3
+            io_driver = "epoll"
+            log_level = "debug"
+            max_inflight = 10
+            max_queued_messages = 5
+            queue_full_policy = "disconnect"
+            max_keepalive = 60
+            max_packet_size = 4096
+            "#,
+        );
+        let config = parse(&["--config", file.arg()]).expect("valid file");
+        assert_eq!(
+            config,
+            Config {
+                listen: vec![
+                    "127.0.0.1:0".parse().expect("literal"),
+                    "[::1]:8883".parse().expect("literal"),
+                ],
+                cores: 3,
+                io_driver: IoDriver::Epoll,
+                log_level: LogLevel::Debug,
+                max_inflight: 10,
+                max_queued_messages: 5,
+                queue_full_policy: QueueFullPolicy::Disconnect,
+                max_keepalive: 60,
+                max_packet_size: 4096,
+            }
+        );
+    }
+
+    #[test]
+    fn cli_overrides_file() {
+        let toml = r#"
+            listen = ["127.0.0.1:1"]
+            cores = 3
+            io_driver = "epoll"
+            max_inflight = 10
+            queue_full_policy = "disconnect"
+        "#;
+        let config = merge(
+            &[
+                "--listen",
+                "127.0.0.1:2",
+                "--io-driver",
+                "uring",
+                "--max-inflight",
+                "20",
+                "--queue-full-policy",
+                "drop",
+                "--log-level",
+                "warn",
+            ],
+            toml,
+        )
+        .expect("valid");
+        assert_eq!(config.listen, ["127.0.0.1:2".parse().expect("literal")]);
+        assert_eq!(config.cores, 3, "not given on the command line");
+        assert_eq!(config.io_driver, IoDriver::Uring);
+        assert_eq!(config.max_inflight, 20);
+        assert_eq!(config.queue_full_policy, QueueFullPolicy::Drop);
+        assert_eq!(config.log_level, LogLevel::Warn);
+    }
+
+    #[test]
+    fn listen_is_repeatable() {
+        let config = parse(&["--listen", "127.0.0.1:1883", "--listen", "[::]:0"]).expect("valid");
+        assert_eq!(
+            config.listen,
+            [
+                "127.0.0.1:1883".parse::<SocketAddr>().expect("literal"),
+                "[::]:0".parse().expect("literal"),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = merge(&[], "max_inflight = 5\nmax_infligth = 5\n").expect_err("typo");
+        let message = error.to_string();
+        assert!(matches!(error, ConfigError::ParseFile { .. }));
+        assert!(message.contains("ringmq.toml"), "{message}");
+        assert!(message.contains("max_infligth"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+    }
+
+    #[test]
+    fn config_is_not_a_file_key() {
+        let error = merge(&[], "config = \"other.toml\"").expect_err("cli only");
+        assert!(error.to_string().contains("config"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            (
+                merge(&["--max-inflight", "0"], ""),
+                "invalid value for `max_inflight` (--max-inflight): must be between 1 and 65535",
+            ),
+            (
+                merge(&[], "max_queued_messages = 0"),
+                "invalid value for `max_queued_messages` (--max-queued-messages): must be at least 1",
+            ),
+            (
+                merge(&["--max-packet-size", "15"], ""),
+                "invalid value for `max_packet_size` (--max-packet-size): must be between 16 and 268435455",
+            ),
+            (
+                merge(&[], "max_packet_size = 268435456"),
+                "invalid value for `max_packet_size` (--max-packet-size): must be between 16 and 268435455",
+            ),
+            (
+                merge(&[], "listen = []"),
+                "invalid value for `listen` (--listen): must name at least one address",
+            ),
+        ];
+        for (result, expected) in cases {
+            assert_eq!(result.expect_err(expected).to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_named() {
+        let message = merge(&[], "io_driver = \"kqueue\"")
+            .expect_err("bad")
+            .to_string();
+        assert!(message.contains("io_driver"), "{message}");
+        let message = merge(&[], "max_inflight = 70000")
+            .expect_err("bad")
+            .to_string();
+        assert!(message.contains("max_inflight"), "{message}");
+
+        let error = parse(&["--listen", "localhost"]).expect_err("not an address");
+        assert!(error.to_string().contains("--listen"), "{error}");
+        let error = parse(&["--queue-full-policy", "block"]).expect_err("bad");
+        assert!(error.to_string().contains("--queue-full-policy"), "{error}");
+    }
+
+    #[test]
+    fn cores_zero_is_rejected() {
+        let error = parse(&["--cores", "0"]).expect_err("zero");
+        assert_eq!(
+            error.to_string(),
+            "invalid value for `cores` (--cores): must be at least 1"
+        );
+        assert!(merge(&[], "cores = 0").is_err());
+        assert_eq!(
+            parse(&["--cores", "1024"])
+                .expect("above the CPU count")
+                .cores,
+            1024
+        );
+    }
+
+    #[test]
+    fn unknown_flag_is_named() {
+        let error = parse(&["--max-infligt", "5"]).expect_err("typo");
+        let ConfigError::Cli(clap_error) = &error else {
+            panic!("expected a clap error, got {error}");
+        };
+        assert_eq!(clap_error.kind(), ErrorKind::UnknownArgument);
+        assert!(error.to_string().contains("--max-infligt"), "{error}");
+    }
+
+    #[test]
+    fn help_and_version_are_clap_errors_to_exit_with() {
+        let kind = |args: &[&str]| match parse(args) {
+            Err(ConfigError::Cli(error)) => Some(error.kind()),
+            _ => None,
+        };
+        assert_eq!(kind(&["--help"]), Some(ErrorKind::DisplayHelp));
+        assert_eq!(kind(&["--version"]), Some(ErrorKind::DisplayVersion));
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let error = parse(&["--config", "/nonexistent/ringmq.toml"]).expect_err("missing");
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot read config file /nonexistent/ringmq.toml: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn deploy_example_parses_and_sets_every_key() {
+        let file = FileConfig::parse(
+            include_str!("../deploy/ringmq.toml"),
+            Path::new("deploy/ringmq.toml"),
+        )
+        .expect("example config parses");
+        // Destructured without `..` so a new key fails to compile here until
+        // the example documents it.
+        let FileConfig {
+            listen,
+            cores,
+            io_driver,
+            log_level,
+            max_inflight,
+            max_queued_messages,
+            queue_full_policy,
+            max_keepalive,
+            max_packet_size,
+        } = &file;
+        assert!(listen.is_some());
+        assert!(cores.is_some());
+        assert!(io_driver.is_some());
+        assert!(log_level.is_some());
+        assert!(max_inflight.is_some());
+        assert!(max_queued_messages.is_some());
+        assert!(queue_full_policy.is_some());
+        assert!(max_keepalive.is_some());
+        assert!(max_packet_size.is_some());
+        Config::merge(Cli::default(), file).expect("example config is valid");
+    }
 }

@@ -1,1 +1,39 @@
-fn main() {}
+//! The `ringmq` binary: parse the configuration, start the shards, wait.
+
+use std::process::ExitCode;
+
+use ringmq::config::{Config, ConfigError};
+use ringmq::shard::{self, ServerConfig, ShardConfig};
+
+fn main() -> ExitCode {
+    let config = match Config::from_args(std::env::args_os()) {
+        Ok(config) => config,
+        // clap prints help, version and its own errors, with the right status.
+        Err(ConfigError::Cli(error)) => error.exit(),
+        Err(error) => {
+            eprintln!("ringmq: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(config.log_level.level_filter())
+        .with_writer(std::io::stderr)
+        .init();
+
+    let server = ServerConfig {
+        listen: config.listen.clone(),
+        shards: config.cores,
+        io_driver: config.io_driver,
+        shard: ShardConfig {
+            session: config.session_config(),
+            max_packet_size: config.max_packet_size as usize,
+        },
+    };
+    match shard::run(server) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            ExitCode::FAILURE
+        }
+    }
+}

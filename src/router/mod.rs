@@ -3,6 +3,8 @@
 //! message store. No I/O, no clocks, no `Send` requirements.
 
 pub mod retained;
+#[cfg(test)]
+mod strategies;
 pub mod trie;
 
 pub use retained::RetainedStore;
