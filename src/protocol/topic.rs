@@ -6,16 +6,28 @@
 /// Maximum topic length in bytes: the 16-bit string length of the wire.
 pub const MAX_TOPIC_LEN: usize = 65_535;
 
+/// Most levels a topic name or filter may have. The spec sets no limit,
+/// but the trie walks recurse once per level: a 64 KiB topic of slashes
+/// would otherwise be 65,536 nested calls on a shard's stack.
+pub const MAX_TOPIC_LEVELS: usize = 1024;
+
 /// A topic name a PUBLISH may carry: non-empty, no wildcards.
 /// Empty levels (`a//b`, `/a`) are allowed.
 pub fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.contains(['+', '#'])
+    !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_LEN
+        && !topic.contains(['+', '#'])
+        && within_level_limit(topic)
+}
+
+fn within_level_limit(topic: &str) -> bool {
+    topic.bytes().filter(|&b| b == b'/').count() < MAX_TOPIC_LEVELS
 }
 
 /// A topic filter a SUBSCRIBE may carry: non-empty, `#` only as the whole
 /// last level, `+` only as a whole level.
 pub fn valid_topic_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.len() > MAX_TOPIC_LEN {
+    if filter.is_empty() || filter.len() > MAX_TOPIC_LEN || !within_level_limit(filter) {
         return false;
     }
     let mut levels = filter.split('/').peekable();
@@ -65,6 +77,8 @@ mod tests {
         assert!(!valid_topic_name("a/+/c"));
         assert!(!valid_topic_name("a/#"));
         assert!(!valid_topic_name("a+"));
+        assert!(valid_topic_name(&"/".repeat(MAX_TOPIC_LEVELS - 1)));
+        assert!(!valid_topic_name(&"/".repeat(MAX_TOPIC_LEVELS)));
     }
 
     #[test]
@@ -84,6 +98,7 @@ mod tests {
         for bad in ["", "a/#/b", "a#", "a/b#", "a+/b", "#/a", "++"] {
             assert!(!valid_topic_filter(bad), "{bad}");
         }
+        assert!(!valid_topic_filter(&"+/".repeat(MAX_TOPIC_LEVELS)));
     }
 
     #[test]
