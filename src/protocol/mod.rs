@@ -13,6 +13,10 @@
 pub mod packet;
 mod properties;
 pub mod reason;
+#[cfg(test)]
+mod strategies;
+#[cfg(test)]
+mod tests;
 pub mod topic;
 mod wire;
 

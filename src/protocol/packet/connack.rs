@@ -70,7 +70,7 @@ pub(crate) const CONNACK_REASONS: &[ReasonCode] = &[
 ];
 
 /// The 3.1.1 return codes, indexed by their wire value.
-const RETURN_CODES: [ReasonCode; 6] = [
+pub(crate) const RETURN_CODES: [ReasonCode; 6] = [
     ReasonCode::Success,
     ReasonCode::UnsupportedProtocolVersion,
     ReasonCode::ClientIdentifierNotValid,

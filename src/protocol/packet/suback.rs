@@ -38,7 +38,7 @@ pub(crate) const SUBACK_REASONS: &[ReasonCode] = &[
 ];
 
 /// What 3.1.1 can say: the granted QoS, or 0x80 for any failure.
-const V3_SUBACK_REASONS: &[ReasonCode] = &[
+pub(crate) const V3_SUBACK_REASONS: &[ReasonCode] = &[
     ReasonCode::Success,
     ReasonCode::GrantedQoS1,
     ReasonCode::GrantedQoS2,
