@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
-use super::wire::{MAX_VARINT, Reader, field_len, put_field, put_varint, varint_len};
+use super::wire::{MAX_FIELD_LEN, MAX_VARINT, Reader, put_field, put_varint, varint_len};
 use super::{
     DecodeError, EncodeError, PubResponseProperties, QoS, ReasonCode, SubAckProperties,
     UnsubAckProperties, UserProperties,
@@ -239,29 +239,39 @@ pub(crate) fn read<P: Properties>(r: &mut Reader) -> Result<P, DecodeError> {
     Ok(properties)
 }
 
-/// The bytes the properties take after the property length.
-pub(crate) fn content_len<P: Properties>(properties: &P) -> Result<usize, EncodeError> {
+/// Walks the properties once for their length after the property length,
+/// and whether every field fits its length prefix.
+fn measure<P: Properties>(properties: &P) -> (usize, bool) {
     let mut len = 0;
-    let mut result = Ok(());
+    let mut fits = true;
     properties.visit(&mut |_, value| {
-        let value_len = match value {
-            Value::Byte(_) => Ok(1),
-            Value::Two(_) => Ok(2),
-            Value::Four(_) => Ok(4),
-            Value::Varint(v) if v as usize > MAX_VARINT => Err(EncodeError::FieldTooLong),
-            Value::Varint(v) => Ok(varint_len(v as usize)),
-            Value::Str(s) => field_len(s.as_bytes()),
-            Value::Binary(b) => field_len(b),
-            Value::Pair(k, v) => {
-                field_len(k.as_bytes()).and_then(|k| Ok(k + field_len(v.as_bytes())?))
-            }
+        let (value_len, largest) = match value {
+            Value::Byte(_) => (1, 0),
+            Value::Two(_) => (2, 0),
+            Value::Four(_) => (4, 0),
+            // Not a string, but the same failure: a value too big for its
+            // length encoding.
+            Value::Varint(v) => (
+                varint_len(v as usize),
+                (v as usize).saturating_sub(MAX_VARINT),
+            ),
+            Value::Str(s) => (2 + s.len(), s.len()),
+            Value::Binary(b) => (2 + b.len(), b.len()),
+            Value::Pair(k, v) => (4 + k.len() + v.len(), k.len().max(v.len())),
         };
-        match value_len {
-            Ok(n) => len += 1 + n,
-            Err(error) => result = Err(error),
-        }
+        len += 1 + value_len;
+        fits &= largest <= MAX_FIELD_LEN;
     });
-    result.map(|()| len)
+    (len, fits)
+}
+
+/// The bytes the properties take after the property length. Checking every
+/// field here is what lets [`write`] be infallible.
+pub(crate) fn content_len<P: Properties>(properties: &P) -> Result<usize, EncodeError> {
+    match measure(properties) {
+        (len, true) => Ok(len),
+        (_, false) => Err(EncodeError::FieldTooLong),
+    }
 }
 
 /// The property length plus the properties.
@@ -270,8 +280,9 @@ pub(crate) fn encoded_len<P: Properties>(properties: &P) -> Result<usize, Encode
     Ok(varint_len(len) + len)
 }
 
-pub(crate) fn write<P: Properties>(properties: &P, buf: &mut BytesMut) -> Result<(), EncodeError> {
-    put_varint(buf, content_len(properties)?);
+/// Writes properties whose [`encoded_len`] was accepted.
+pub(crate) fn write<P: Properties>(properties: &P, buf: &mut BytesMut) {
+    put_varint(buf, measure(properties).0);
     properties.visit(&mut |id, value| {
         buf.put_u8(id);
         match value {
@@ -287,7 +298,51 @@ pub(crate) fn write<P: Properties>(properties: &P, buf: &mut BytesMut) -> Result
             }
         }
     });
-    Ok(())
+}
+
+/// The v5 tail of PUBACK to PUBCOMP, DISCONNECT and AUTH: a reason code then
+/// properties, where the packet may end before either (spec 3.4.2.1,
+/// 3.14.2.1): no reason means Success, no property length means none.
+pub(crate) fn read_reason_tail<P: Properties>(
+    r: &mut Reader,
+    valid: &[ReasonCode],
+) -> Result<(ReasonCode, P), DecodeError> {
+    if r.remaining() == 0 {
+        return Ok((ReasonCode::Success, P::default()));
+    }
+    let reason = r.reason_code(valid)?;
+    if r.remaining() == 0 {
+        return Ok((reason, P::default()));
+    }
+    Ok((reason, read(r)?))
+}
+
+/// The shortest form [`read_reason_tail`] reads back as the same values.
+pub(crate) fn reason_tail_len<P: Properties>(
+    reason: ReasonCode,
+    properties: &P,
+) -> Result<usize, EncodeError> {
+    Ok(match content_len(properties)? {
+        0 if reason == ReasonCode::Success => 0,
+        0 => 1,
+        len => 1 + varint_len(len) + len,
+    })
+}
+
+/// Writes a tail whose [`reason_tail_len`] was accepted.
+pub(crate) fn write_reason_tail<P: Properties>(
+    reason: ReasonCode,
+    properties: &P,
+    buf: &mut BytesMut,
+) {
+    match measure(properties).0 {
+        0 if reason == ReasonCode::Success => {}
+        0 => buf.put_u8(reason as u8),
+        _ => {
+            buf.put_u8(reason as u8);
+            write(properties, buf);
+        }
+    }
 }
 
 /// The acknowledgements (PUBACK to PUBCOMP, SUBACK, UNSUBACK) all carry the
@@ -315,48 +370,3 @@ macro_rules! reason_properties {
 }
 
 reason_properties!(PubResponseProperties, SubAckProperties, UnsubAckProperties);
-
-/// The v5 tail of PUBACK to PUBCOMP, DISCONNECT and AUTH: a reason code then
-/// properties, where the packet may end before either (spec 3.4.2.1,
-/// 3.14.2.1): no reason means Success, no property length means none.
-pub(crate) fn read_reason_tail<P: Properties>(
-    r: &mut Reader,
-    valid: &[ReasonCode],
-) -> Result<(ReasonCode, P), DecodeError> {
-    if r.remaining() == 0 {
-        return Ok((ReasonCode::Success, P::default()));
-    }
-    let reason = r.reason_code(valid)?;
-    if r.remaining() == 0 {
-        return Ok((reason, P::default()));
-    }
-    Ok((reason, read(r)?))
-}
-
-/// The shortest form [`read_reason_tail`] reads back as the same values.
-pub(crate) fn reason_tail_len<P: Properties>(
-    reason: ReasonCode,
-    properties: &P,
-) -> Result<usize, EncodeError> {
-    Ok(match content_len(properties)? {
-        0 if reason == ReasonCode::Success => 0,
-        0 => 1,
-        _ => 1 + encoded_len(properties)?,
-    })
-}
-
-pub(crate) fn write_reason_tail<P: Properties>(
-    reason: ReasonCode,
-    properties: &P,
-    buf: &mut BytesMut,
-) -> Result<(), EncodeError> {
-    match reason_tail_len(reason, properties)? {
-        0 => {}
-        1 => buf.put_u8(reason as u8),
-        _ => {
-            buf.put_u8(reason as u8);
-            write(properties, buf)?;
-        }
-    }
-    Ok(())
-}

@@ -15,7 +15,7 @@ use super::{
 pub(crate) const MAX_VARINT: usize = 268_435_455;
 
 /// Strings and binary data carry a 16-bit length prefix.
-const MAX_FIELD_LEN: usize = u16::MAX as usize;
+pub(crate) const MAX_FIELD_LEN: usize = u16::MAX as usize;
 
 /// The fixed-header flags PUBREL, SUBSCRIBE and UNSUBSCRIBE must carry.
 const FLAGS_0010: u8 = 0b0010;
@@ -114,11 +114,7 @@ pub(super) fn write(
     buf.reserve(total);
     buf.put_u8(((packet.packet_type() as u8) << 4) | header_flags(packet));
     put_varint(buf, remaining);
-    if let Err(error) = write_body(packet, version, buf) {
-        // Never leave half a packet in a buffer that may already hold others.
-        buf.truncate(start);
-        return Err(error);
-    }
+    write_body(packet, version, buf);
     debug_assert_eq!(
         buf.len() - start,
         total,
@@ -148,11 +144,7 @@ fn body_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeEr
     }
 }
 
-fn write_body(
-    packet: &Packet,
-    version: ProtocolVersion,
-    buf: &mut BytesMut,
-) -> Result<(), EncodeError> {
+fn write_body(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
     match packet {
         Packet::Connect(connect) => connect.write_body(buf),
         Packet::ConnAck(connack) => connack.write_body(version, buf),
@@ -165,7 +157,7 @@ fn write_body(
         Packet::SubAck(suback) => suback.write_body(version, buf),
         Packet::Unsubscribe(unsubscribe) => unsubscribe.write_body(version, buf),
         Packet::UnsubAck(unsuback) => unsuback.write_body(version, buf),
-        Packet::PingReq | Packet::PingResp => Ok(()),
+        Packet::PingReq | Packet::PingResp => {}
         Packet::Disconnect(disconnect) => disconnect.write_body(version, buf),
         Packet::Auth(auth) => auth.write_body(buf),
     }

@@ -53,9 +53,9 @@ impl Auth {
         Ok(1 + properties::encoded_len(&self.properties)?)
     }
 
-    pub(crate) fn write_body(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, buf: &mut BytesMut) {
         if self.is_short() {
-            return Ok(());
+            return;
         }
         buf.put_u8(self.reason as u8);
         properties::write(&self.properties, buf)

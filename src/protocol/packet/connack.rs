@@ -116,23 +116,19 @@ impl ConnAck {
         Ok(2 + properties::encoded_len(&self.properties)?)
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: ProtocolVersion,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         buf.put_u8(u8::from(
             self.session_present && version != ProtocolVersion::V3_1,
         ));
         if version.is_v5() {
             buf.put_u8(self.reason as u8);
-            return properties::write(&self.properties, buf);
+            properties::write(&self.properties, buf);
+        } else {
+            let code = RETURN_CODES
+                .iter()
+                .position(|&reason| reason == self.reason);
+            buf.put_u8(code.map_or(SERVER_UNAVAILABLE, |code| code as u8));
         }
-        let code = RETURN_CODES
-            .iter()
-            .position(|&reason| reason == self.reason);
-        buf.put_u8(code.map_or(SERVER_UNAVAILABLE, |code| code as u8));
-        Ok(())
     }
 }
 

@@ -173,19 +173,19 @@ impl Connect {
         Ok(len)
     }
 
-    pub(crate) fn write_body(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, buf: &mut BytesMut) {
         let v5 = self.protocol.is_v5();
         put_field(buf, protocol_name(self.protocol));
         buf.put_u8(self.protocol.level());
         buf.put_u8(self.flags());
         buf.put_u16(self.keep_alive);
         if v5 {
-            properties::write(&self.properties, buf)?;
+            properties::write(&self.properties, buf);
         }
         put_field(buf, self.client_id.as_bytes());
         if let Some(will) = &self.will {
             if v5 {
-                properties::write(&will.properties, buf)?;
+                properties::write(&will.properties, buf);
             }
             put_field(buf, will.topic.as_bytes());
             put_field(buf, &will.payload);
@@ -196,7 +196,6 @@ impl Connect {
         if let Some(password) = &self.password {
             put_field(buf, password);
         }
-        Ok(())
     }
 
     fn flags(&self) -> u8 {

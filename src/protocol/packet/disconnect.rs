@@ -77,15 +77,10 @@ impl Disconnect {
         properties::reason_tail_len(self.reason, &self.properties)
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: ProtocolVersion,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         if version.is_v5() {
-            properties::write_reason_tail(self.reason, &self.properties, buf)?;
+            properties::write_reason_tail(self.reason, &self.properties, buf);
         }
-        Ok(())
     }
 }
 

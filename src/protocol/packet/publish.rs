@@ -83,20 +83,15 @@ impl Publish {
         Ok(len)
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: ProtocolVersion,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         put_field(buf, self.topic.as_bytes());
         if self.qos != QoS::AtMostOnce {
             buf.put_u16(self.packet_id);
         }
         if version.is_v5() {
-            properties::write(&self.properties, buf)?;
+            properties::write(&self.properties, buf);
         }
         buf.put_slice(&self.payload);
-        Ok(())
     }
 }
 

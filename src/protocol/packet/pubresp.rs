@@ -72,15 +72,10 @@ impl PubResponse {
         Ok(2 + properties::reason_tail_len(self.reason, &self.properties)?)
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: ProtocolVersion,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         buf.put_u16(self.packet_id);
         if version.is_v5() {
-            properties::write_reason_tail(self.reason, &self.properties, buf)?;
+            properties::write_reason_tail(self.reason, &self.properties, buf);
         }
-        Ok(())
     }
 }

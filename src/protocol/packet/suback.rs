@@ -73,14 +73,10 @@ impl SubAck {
         Ok(2 + properties_len + self.reasons.len())
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: ProtocolVersion,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         buf.put_u16(self.packet_id);
         if version.is_v5() {
-            properties::write(&self.properties, buf)?;
+            properties::write(&self.properties, buf);
             buf.extend(self.reasons.iter().map(|&reason| reason as u8));
         } else {
             buf.extend(self.reasons.iter().map(|&reason| match reason {
@@ -90,6 +86,5 @@ impl SubAck {
                 _ => ReasonCode::UnspecifiedError as u8,
             }));
         }
-        Ok(())
     }
 }

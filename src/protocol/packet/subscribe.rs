@@ -83,20 +83,15 @@ impl Subscribe {
         Ok(len)
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: ProtocolVersion,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         buf.put_u16(self.packet_id);
         if version.is_v5() {
-            properties::write(&self.properties, buf)?;
+            properties::write(&self.properties, buf);
         }
         for subscription in &self.filters {
             put_field(buf, subscription.filter.as_bytes());
             buf.put_u8(subscription.options.to_byte(version));
         }
-        Ok(())
     }
 }
 

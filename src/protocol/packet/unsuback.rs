@@ -57,16 +57,11 @@ impl UnsubAck {
         Ok(2 + properties::encoded_len(&self.properties)? + self.reasons.len())
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: ProtocolVersion,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         buf.put_u16(self.packet_id);
         if version.is_v5() {
-            properties::write(&self.properties, buf)?;
+            properties::write(&self.properties, buf);
             buf.extend(self.reasons.iter().map(|&reason| reason as u8));
         }
-        Ok(())
     }
 }

@@ -55,19 +55,14 @@ impl Unsubscribe {
         Ok(len)
     }
 
-    pub(crate) fn write_body(
-        &self,
-        version: ProtocolVersion,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         buf.put_u16(self.packet_id);
         if version.is_v5() {
-            properties::write(&self.properties, buf)?;
+            properties::write(&self.properties, buf);
         }
         for filter in &self.filters {
             put_field(buf, filter.as_bytes());
         }
-        Ok(())
     }
 }
 
