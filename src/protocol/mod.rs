@@ -16,7 +16,7 @@ pub mod reason;
 #[cfg(test)]
 mod strategies;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod topic;
 mod wire;
 

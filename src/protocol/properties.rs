@@ -240,27 +240,23 @@ pub(crate) fn read<P: Properties>(r: &mut Reader) -> Result<P, DecodeError> {
 }
 
 /// Walks the properties once for their length after the property length,
-/// and whether every field fits its length prefix.
+/// and whether every value fits its length prefix or, for a subscription
+/// identifier, its variable byte integer.
 fn measure<P: Properties>(properties: &P) -> (usize, bool) {
     let mut len = 0;
     let mut fits = true;
     properties.visit(&mut |_, value| {
-        let (value_len, largest) = match value {
-            Value::Byte(_) => (1, 0),
-            Value::Two(_) => (2, 0),
-            Value::Four(_) => (4, 0),
-            // Not a string, but the same failure: a value too big for its
-            // length encoding.
-            Value::Varint(v) => (
-                varint_len(v as usize),
-                (v as usize).saturating_sub(MAX_VARINT),
-            ),
-            Value::Str(s) => (2 + s.len(), s.len()),
-            Value::Binary(b) => (2 + b.len(), b.len()),
-            Value::Pair(k, v) => (4 + k.len() + v.len(), k.len().max(v.len())),
+        let (value_len, value_fits) = match value {
+            Value::Byte(_) => (1, true),
+            Value::Two(_) => (2, true),
+            Value::Four(_) => (4, true),
+            Value::Varint(v) => (varint_len(v as usize), v as usize <= MAX_VARINT),
+            Value::Str(s) => (2 + s.len(), s.len() <= MAX_FIELD_LEN),
+            Value::Binary(b) => (2 + b.len(), b.len() <= MAX_FIELD_LEN),
+            Value::Pair(k, v) => (4 + k.len() + v.len(), k.len().max(v.len()) <= MAX_FIELD_LEN),
         };
         len += 1 + value_len;
-        fits &= largest <= MAX_FIELD_LEN;
+        fits &= value_fits;
     });
     (len, fits)
 }
@@ -370,3 +366,147 @@ macro_rules! reason_properties {
 }
 
 reason_properties!(PubResponseProperties, SubAckProperties, UnsubAckProperties);
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::tests::encode;
+    use crate::protocol::{
+        ConnAckProperties, Packet, ProtocolVersion, PublishProperties, SubscribeProperties,
+        UnsubAck,
+    };
+
+    fn parse<P: Properties>(bytes: &'static [u8]) -> Result<P, DecodeError> {
+        let mut r = Reader::new(Bytes::from_static(bytes));
+        let properties = read(&mut r)?;
+        r.finish()?;
+        Ok(properties)
+    }
+
+    #[test]
+    fn unknown_identifiers_are_malformed() {
+        for id in [0x00, 0x04, 0x2B, 0x7F, 0x80] {
+            let bytes: &'static [u8] = Box::leak(Box::new([0x02, id, 0x00]));
+            assert_eq!(
+                parse::<ConnAckProperties>(bytes),
+                Err(DecodeError::InvalidPropertyId(id))
+            );
+        }
+    }
+
+    #[test]
+    fn a_property_must_belong_to_the_packet_and_appear_once() {
+        assert_eq!(
+            parse::<SubscribeProperties>(&[0x03, 0x23, 0x00, 0x01]),
+            Err(DecodeError::UnexpectedProperty(id::TOPIC_ALIAS))
+        );
+        assert_eq!(
+            parse::<PubResponseProperties>(&[0x06, 0x1F, 0x00, 0x00, 0x1F, 0x00, 0x00]),
+            Err(DecodeError::UnexpectedProperty(id::REASON_STRING))
+        );
+        assert_eq!(
+            parse::<SubscribeProperties>(&[0x04, 0x0B, 0x01, 0x0B, 0x02]),
+            Err(DecodeError::UnexpectedProperty(id::SUBSCRIPTION_IDENTIFIER))
+        );
+    }
+
+    #[test]
+    fn user_properties_and_publish_subscription_identifiers_repeat_in_order() {
+        let properties = parse::<PublishProperties>(&[
+            0x12, 0x26, 0x00, 0x01, b'k', 0x00, 0x01, b'2', 0x0B, 0x05, 0x26, 0x00, 0x01, b'k',
+            0x00, 0x01, b'1', 0x0B, 0x01,
+        ])
+        .unwrap();
+        assert_eq!(
+            properties.user_properties,
+            [("k".into(), "2".into()), ("k".into(), "1".into())]
+        );
+        assert_eq!(properties.subscription_identifiers, [5, 1]);
+    }
+
+    #[test]
+    fn values_the_spec_forbids_are_refused() {
+        let cases: [(&'static [u8], u8); 7] = [
+            (&[0x03, 0x21, 0x00, 0x00], id::RECEIVE_MAXIMUM),
+            (
+                &[0x05, 0x27, 0x00, 0x00, 0x00, 0x00],
+                id::MAXIMUM_PACKET_SIZE,
+            ),
+            (&[0x02, 0x24, 0x02], id::MAXIMUM_QOS),
+            (&[0x02, 0x25, 0x02], id::RETAIN_AVAILABLE),
+            (&[0x02, 0x28, 0xFF], id::WILDCARD_SUBSCRIPTION_AVAILABLE),
+            (&[0x02, 0x29, 0x02], id::SUBSCRIPTION_IDENTIFIER_AVAILABLE),
+            (&[0x02, 0x2A, 0x02], id::SHARED_SUBSCRIPTION_AVAILABLE),
+        ];
+        for (bytes, id) in cases {
+            assert_eq!(
+                parse::<ConnAckProperties>(bytes),
+                Err(DecodeError::InvalidPropertyValue(id))
+            );
+        }
+        assert_eq!(
+            parse::<PublishProperties>(&[0x02, 0x01, 0x02]),
+            Err(DecodeError::InvalidPropertyValue(
+                id::PAYLOAD_FORMAT_INDICATOR
+            ))
+        );
+        assert_eq!(
+            parse::<PublishProperties>(&[0x02, 0x0B, 0x00]),
+            Err(DecodeError::InvalidPropertyValue(
+                id::SUBSCRIPTION_IDENTIFIER
+            ))
+        );
+    }
+
+    #[test]
+    fn properties_stay_within_their_length() {
+        // Receive Maximum needs two bytes; the property length gives it one.
+        assert_eq!(
+            parse::<ConnAckProperties>(&[0x02, 0x21, 0x00, 0x05]),
+            Err(DecodeError::Malformed(
+                "property runs past the property length"
+            ))
+        );
+        assert_eq!(
+            parse::<ConnAckProperties>(&[0x05, 0x21, 0x00]),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            parse::<ConnAckProperties>(&[0x80, 0x80, 0x80, 0x80, 0x01]),
+            Err(DecodeError::Malformed(
+                "variable byte integer longer than 4 bytes"
+            ))
+        );
+    }
+
+    #[test]
+    fn values_too_long_for_their_encoding_are_refused() {
+        let v5 = ProtocolVersion::V5;
+        let mut unsuback = UnsubAck {
+            packet_id: 1,
+            reasons: Vec::new(),
+            properties: Default::default(),
+        };
+        unsuback.properties.user_properties = vec![("k".into(), "v".repeat(65_536).into())];
+        assert_eq!(
+            encode(&Packet::UnsubAck(unsuback), v5),
+            Err(EncodeError::FieldTooLong)
+        );
+        let mut publish = crate::protocol::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: 0,
+            properties: PublishProperties::default(),
+            payload: Bytes::new(),
+        };
+        publish.properties.subscription_identifiers = vec![MAX_VARINT as u32 + 1];
+        assert_eq!(
+            encode(&Packet::Publish(publish), v5),
+            Err(EncodeError::FieldTooLong)
+        );
+    }
+}

@@ -380,3 +380,213 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+
+    use super::*;
+    use crate::protocol::tests::{decode, encode};
+    use crate::protocol::{PublishProperties, QoS, check, read};
+
+    #[test]
+    fn check_waits_for_the_whole_fixed_header() {
+        assert_eq!(check(&[], 100), Ok(None));
+        assert_eq!(check(&[0x30], 100), Ok(None));
+        assert_eq!(check(&[0x30, 0x80], 1000), Ok(None));
+        assert_eq!(
+            check(&[0x30, 0x80, 0x01], 1000),
+            Ok(Some(FixedHeader {
+                packet_type: PacketType::Publish,
+                flags: 0,
+                header_len: 3,
+                remaining_len: 128,
+            }))
+        );
+    }
+
+    #[test]
+    fn the_fourth_length_byte_must_end_the_integer() {
+        let largest = [0x30, 0xFF, 0xFF, 0xFF, 0x7F];
+        let header = check(&largest, usize::MAX).unwrap().unwrap();
+        assert_eq!(header.remaining_len, MAX_VARINT);
+        // Known malformed without waiting for a fifth byte.
+        assert_eq!(
+            check(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF], usize::MAX),
+            Err(DecodeError::MalformedRemainingLength)
+        );
+    }
+
+    #[test]
+    fn the_size_limit_counts_the_fixed_header_and_needs_no_body() {
+        // 2 header bytes + 10 remaining.
+        assert!(check(&[0x30, 0x0A], 12).unwrap().is_some());
+        assert_eq!(
+            check(&[0x30, 0x0A], 11),
+            Err(DecodeError::PacketTooLarge { size: 12, max: 11 })
+        );
+    }
+
+    #[test]
+    fn reserved_type_and_flags_are_rejected() {
+        assert_eq!(
+            check(&[0x00, 0x00], 10),
+            Err(DecodeError::ReservedPacketType)
+        );
+        for (first, packet_type) in [
+            (0x60, PacketType::PubRel),
+            (0x80, PacketType::Subscribe),
+            (0xA0, PacketType::Unsubscribe),
+            (0x41, PacketType::PubAck),
+            (0xC2, PacketType::PingReq),
+            (0x18, PacketType::Connect),
+        ] {
+            assert_eq!(
+                check(&[first, 0x00], 10),
+                Err(DecodeError::InvalidHeaderFlags {
+                    packet_type,
+                    flags: first & 0x0F,
+                }),
+            );
+        }
+        for first in [0x62, 0x82, 0xA2, 0x3F & !0x06] {
+            assert!(check(&[first, 0x00], 10).is_ok(), "{first:#x}");
+        }
+        assert_eq!(check(&[0x36, 0x00], 10), Err(DecodeError::InvalidQoS(3)));
+    }
+
+    #[test]
+    fn varints_use_the_fewest_bytes() {
+        for (value, len) in [
+            (0, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (2_097_151, 3),
+            (2_097_152, 4),
+            (MAX_VARINT, 4),
+        ] {
+            let mut buf = BytesMut::new();
+            put_varint(&mut buf, value);
+            assert_eq!(buf.len(), len, "{value}");
+            assert_eq!(varint_len(value), len, "{value}");
+            let mut r = Reader::new(buf.freeze());
+            assert_eq!(r.varint(), Ok(value));
+        }
+    }
+
+    fn publish_with_topic(topic: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0x30, 2 + topic.len() as u8, 0x00, topic.len() as u8];
+        bytes.extend_from_slice(topic);
+        bytes
+    }
+
+    #[test]
+    fn strings_must_be_utf8_without_nul() {
+        let v5 = ProtocolVersion::V5;
+        assert_eq!(
+            decode(&publish_with_topic(b"\xC3\x28"), ProtocolVersion::V3_1_1),
+            Err(DecodeError::InvalidUtf8)
+        );
+        // UTF-16 surrogates are not UTF-8 either (spec 1.5.4).
+        assert_eq!(
+            decode(
+                &publish_with_topic(b"\xED\xA0\x80"),
+                ProtocolVersion::V3_1_1
+            ),
+            Err(DecodeError::InvalidUtf8)
+        );
+        assert_eq!(
+            decode(&publish_with_topic(b"a\0b"), ProtocolVersion::V3_1_1),
+            Err(DecodeError::NullCharacter)
+        );
+        // The string's length says 3 but only 1 byte follows.
+        assert_eq!(
+            decode(&[0x30, 0x03, 0x00, 0x03, b'a'], v5),
+            Err(DecodeError::Truncated)
+        );
+    }
+
+    #[test]
+    fn decoded_fields_are_slices_of_the_read_buffer() {
+        let packet = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "sensors/1".into(),
+            packet_id: 0,
+            properties: PublishProperties::default(),
+            payload: Bytes::from_static(b"21.5"),
+        });
+        let mut buf = BytesMut::from(&encode(&packet, ProtocolVersion::V3_1_1).unwrap()[..]);
+        let range = buf.as_ptr_range();
+        let Some(Packet::Publish(publish)) =
+            read(&mut buf, ProtocolVersion::V3_1_1, usize::MAX).unwrap()
+        else {
+            panic!("not a PUBLISH");
+        };
+        assert!(range.contains(&publish.topic.as_ptr()));
+        assert!(range.contains(&publish.payload.as_ptr()));
+    }
+
+    #[test]
+    fn writing_a_publish_only_grows_the_buffer() {
+        let packet = Packet::Publish(Publish {
+            dup: true,
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            topic: "t".into(),
+            packet_id: 1,
+            properties: PublishProperties {
+                user_properties: vec![("k".into(), "v".into())],
+                subscription_identifiers: vec![1, 300],
+                ..Default::default()
+            },
+            payload: Bytes::from(vec![7; 1000]),
+        });
+        let mut buf = BytesMut::with_capacity(2048);
+        let start = buf.as_ptr();
+        let written = packet.write(ProtocolVersion::V5, &mut buf).unwrap();
+        assert_eq!(buf.len(), written);
+        assert_eq!(
+            buf.as_ptr(),
+            start,
+            "no reallocation when capacity suffices"
+        );
+        assert_eq!(buf.capacity(), 2048);
+    }
+
+    #[test]
+    fn fields_and_packets_too_long_to_encode_are_refused() {
+        let mut publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "x".repeat(65_536).into(),
+            packet_id: 0,
+            properties: PublishProperties::default(),
+            payload: Bytes::new(),
+        };
+        let mut buf = BytesMut::from(&b"earlier"[..]);
+        let packet = Packet::Publish(publish.clone());
+        assert_eq!(
+            packet.write(ProtocolVersion::V3_1_1, &mut buf),
+            Err(EncodeError::FieldTooLong)
+        );
+        assert_eq!(&buf[..], b"earlier", "a refused packet writes nothing");
+
+        publish.topic = "x".repeat(65_535).into();
+        assert!(encode(&Packet::Publish(publish.clone()), ProtocolVersion::V3_1_1).is_ok());
+
+        // Zeroed pages: the payload is measured, never touched.
+        publish.payload = Bytes::from(vec![0; MAX_VARINT]);
+        assert_eq!(
+            encode(&Packet::Publish(publish), ProtocolVersion::V3_1_1),
+            Err(EncodeError::PacketTooLarge {
+                size: MAX_VARINT + 65_537,
+                max: MAX_VARINT,
+            })
+        );
+    }
+}
