@@ -231,3 +231,104 @@ impl Properties for ConnAckProperties {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{decode, encode, roundtrip};
+    use crate::protocol::{Packet, ProtocolVersion::*};
+
+    fn connack(session_present: bool, reason: ReasonCode) -> Packet {
+        Packet::ConnAck(ConnAck {
+            session_present,
+            reason,
+            properties: ConnAckProperties::default(),
+        })
+    }
+
+    #[test]
+    fn v3_connack_bytes() {
+        assert_eq!(
+            roundtrip(&connack(true, ReasonCode::Success), V3_1_1),
+            [0x20, 0x02, 0x01, 0x00]
+        );
+        assert_eq!(
+            roundtrip(&connack(false, ReasonCode::NotAuthorized), V3_1_1),
+            [0x20, 0x02, 0x00, 0x05]
+        );
+        // 3.1 has no session-present flag to set.
+        assert_eq!(
+            encode(&connack(true, ReasonCode::Success), V3_1),
+            Ok(vec![0x20, 0x02, 0x00, 0x00])
+        );
+    }
+
+    #[test]
+    fn v5_reasons_map_onto_3_1_1_return_codes() {
+        for (reason, code) in [
+            (ReasonCode::Success, 0),
+            (ReasonCode::UnsupportedProtocolVersion, 1),
+            (ReasonCode::ClientIdentifierNotValid, 2),
+            (ReasonCode::ServerUnavailable, 3),
+            (ReasonCode::BadUserNameOrPassword, 4),
+            (ReasonCode::NotAuthorized, 5),
+            (ReasonCode::Banned, 3),
+            (ReasonCode::ServerBusy, 3),
+        ] {
+            assert_eq!(
+                encode(&connack(false, reason), V3_1_1),
+                Ok(vec![0x20, 0x02, 0x00, code]),
+                "{reason:?}"
+            );
+        }
+        assert_eq!(
+            decode(&[0x20, 0x02, 0x00, 0x06], V3_1_1),
+            Err(DecodeError::InvalidReasonCode(6))
+        );
+    }
+
+    #[test]
+    fn v5_connack_bytes() {
+        // The short answer to a v5 client on an unsupported level.
+        assert_eq!(
+            roundtrip(&connack(false, ReasonCode::UnsupportedProtocolVersion), V5),
+            [0x20, 0x03, 0x00, 0x84, 0x00]
+        );
+        assert_eq!(
+            decode(&[0x20, 0x03, 0x00, 0x04, 0x00], V5),
+            Err(DecodeError::InvalidReasonCode(0x04))
+        );
+        assert_eq!(
+            decode(&[0x20, 0x03, 0x02, 0x00, 0x00], V5),
+            Err(DecodeError::Malformed("reserved CONNACK flags set"))
+        );
+    }
+
+    #[test]
+    fn v5_connack_with_every_property_round_trips() {
+        let packet = Packet::ConnAck(ConnAck {
+            session_present: true,
+            reason: ReasonCode::Success,
+            properties: ConnAckProperties {
+                session_expiry_interval: Some(0),
+                receive_maximum: Some(100),
+                maximum_qos: Some(QoS::AtLeastOnce),
+                retain_available: Some(false),
+                maximum_packet_size: Some(65_536),
+                assigned_client_identifier: Some("auto-1".into()),
+                topic_alias_maximum: Some(16),
+                reason_string: Some("welcome".into()),
+                user_properties: vec![("node".into(), "a".into())],
+                wildcard_subscription_available: Some(true),
+                subscription_identifiers_available: Some(true),
+                shared_subscription_available: Some(false),
+                server_keep_alive: Some(30),
+                response_information: Some("resp/".into()),
+                server_reference: Some("other:1883".into()),
+                authentication_method: Some("SCRAM-SHA-1".into()),
+                authentication_data: Some(Bytes::from_static(b"server-first")),
+            },
+        });
+        roundtrip(&packet, V5);
+    }
+}

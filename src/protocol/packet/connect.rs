@@ -329,3 +329,198 @@ impl Properties for WillProperties {
         emit_user_properties(f, &self.user_properties);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{decode, roundtrip};
+    use crate::protocol::{Packet, ProtocolVersion::*};
+
+    /// A CONNECT from its variable header fields and the rest of its body.
+    fn connect_bytes(name: &[u8], level: u8, flags: u8, rest: &[u8]) -> Vec<u8> {
+        let mut body = vec![0x00, name.len() as u8];
+        body.extend_from_slice(name);
+        body.extend_from_slice(&[level, flags, 0x00, 0x3C]);
+        body.extend_from_slice(rest);
+        let mut bytes = vec![0x10, body.len() as u8];
+        bytes.extend(body);
+        bytes
+    }
+
+    fn minimal(protocol: ProtocolVersion) -> Connect {
+        Connect {
+            protocol,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "client1".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        }
+    }
+
+    #[test]
+    fn mosquitto_pub_connect_at_3_1_1() {
+        // mosquitto_pub -V mqttv311 -i client1 -t t -m hi
+        let wire = [
+            0x10, 0x13, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x07,
+            b'c', b'l', b'i', b'e', b'n', b't', b'1',
+        ];
+        let packet = Packet::Connect(Box::new(minimal(V3_1_1)));
+        assert_eq!(roundtrip(&packet, V3_1_1), wire);
+        // A CONNECT is read at its own level, whatever the caller expected.
+        assert_eq!(decode(&wire, V5), Ok(packet));
+    }
+
+    #[test]
+    fn mqisdp_connect_with_will_and_credentials() {
+        let connect = Connect {
+            will: Some(LastWill {
+                topic: "w".into(),
+                payload: Bytes::from_static(b"bye"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                properties: WillProperties::default(),
+            }),
+            username: Some("u".into()),
+            password: Some(Bytes::from_static(b"p")),
+            ..minimal(V3_1)
+        };
+        let rest = [
+            0x00, 0x07, b'c', b'l', b'i', b'e', b'n', b't', b'1', 0x00, 0x01, b'w', 0x00, 0x03,
+            b'b', b'y', b'e', 0x00, 0x01, b'u', 0x00, 0x01, b'p',
+        ];
+        let wire = connect_bytes(b"MQIsdp", 3, 0xEE, &rest);
+        assert_eq!(roundtrip(&Packet::Connect(Box::new(connect)), V3_1), wire);
+    }
+
+    #[test]
+    fn v5_connect_with_session_expiry() {
+        let wire = [
+            0x10, 0x13, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x05, 0x11,
+            0x00, 0x00, 0x0E, 0x10, 0x00, 0x01, b'c',
+        ];
+        let connect = Connect {
+            client_id: "c".into(),
+            properties: ConnectProperties {
+                session_expiry_interval: Some(3600),
+                ..Default::default()
+            },
+            ..minimal(V5)
+        };
+        assert_eq!(roundtrip(&Packet::Connect(Box::new(connect)), V5), wire);
+    }
+
+    #[test]
+    fn v5_connect_with_every_property_round_trips() {
+        let connect = Connect {
+            clean_start: false,
+            will: Some(LastWill {
+                topic: "will/topic".into(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                properties: WillProperties {
+                    will_delay_interval: Some(30),
+                    payload_format_indicator: Some(1),
+                    message_expiry_interval: Some(600),
+                    content_type: Some("text/plain".into()),
+                    response_topic: Some("reply".into()),
+                    correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+                    user_properties: vec![("a".into(), "b".into())],
+                },
+            }),
+            username: None,
+            // v5 allows a password without a user name.
+            password: Some(Bytes::from_static(b"token")),
+            properties: ConnectProperties {
+                session_expiry_interval: Some(u32::MAX),
+                receive_maximum: Some(20),
+                maximum_packet_size: Some(1 << 20),
+                topic_alias_maximum: Some(10),
+                request_response_information: Some(true),
+                request_problem_information: Some(false),
+                user_properties: vec![("x".into(), "1".into()), ("x".into(), "2".into())],
+                authentication_method: Some("SCRAM-SHA-1".into()),
+                authentication_data: Some(Bytes::from_static(b"client-first")),
+            },
+            ..minimal(V5)
+        };
+        roundtrip(&Packet::Connect(Box::new(connect)), V5);
+    }
+
+    #[test]
+    fn protocol_name_and_level_must_agree() {
+        let rest = [0x00, 0x01, b'c'];
+        for (name, level, error) in [
+            (&b"MQTX"[..], 4, DecodeError::InvalidProtocolName),
+            (b"MQTT", 6, DecodeError::UnsupportedProtocolLevel(6)),
+            (b"MQTT", 3, DecodeError::UnsupportedProtocolLevel(3)),
+            (b"MQIsdp", 4, DecodeError::UnsupportedProtocolLevel(4)),
+        ] {
+            assert_eq!(
+                decode(&connect_bytes(name, level, 0x02, &rest), V5),
+                Err(error)
+            );
+        }
+        // The level is judged before the rest of the packet, which a future
+        // version may lay out differently.
+        let bare = [0x10, 0x07, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06];
+        assert_eq!(
+            decode(&bare, V5),
+            Err(DecodeError::UnsupportedProtocolLevel(6))
+        );
+    }
+
+    #[test]
+    fn connect_flags_are_checked() {
+        let rest = [0x00, 0x01, b'c'];
+        let cases = [
+            (0x03, DecodeError::ConnectReservedFlag),
+            (0x1E, DecodeError::InvalidQoS(3)),
+            (
+                0x0A,
+                DecodeError::Malformed("will QoS or retain set without a will"),
+            ),
+            (
+                0x22,
+                DecodeError::Malformed("will QoS or retain set without a will"),
+            ),
+            (0x42, DecodeError::Malformed("password without a user name")),
+        ];
+        for (flags, error) in cases {
+            assert_eq!(
+                decode(&connect_bytes(b"MQTT", 4, flags, &rest), V3_1_1),
+                Err(error)
+            );
+        }
+    }
+
+    #[test]
+    fn connect_body_must_match_its_flags() {
+        // The username flag promises a field the packet does not have.
+        let truncated = connect_bytes(b"MQTT", 4, 0x82, &[0x00, 0x01, b'c']);
+        assert_eq!(decode(&truncated, V3_1_1), Err(DecodeError::Truncated));
+        let trailing = connect_bytes(b"MQTT", 4, 0x02, &[0x00, 0x01, b'c', 0xFF]);
+        assert_eq!(
+            decode(&trailing, V3_1_1),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn authentication_data_needs_a_method() {
+        let rest = [0x03, 0x16, 0x00, 0x00, 0x00, 0x01, b'c'];
+        assert_eq!(
+            decode(&connect_bytes(b"MQTT", 5, 0x02, &rest), V5),
+            Err(DecodeError::UnexpectedProperty(id::AUTHENTICATION_DATA))
+        );
+        // A CONNACK property has no place in a CONNECT.
+        let rest = [0x02, 0x24, 0x01, 0x00, 0x01, b'c'];
+        assert_eq!(
+            decode(&connect_bytes(b"MQTT", 5, 0x02, &rest), V5),
+            Err(DecodeError::UnexpectedProperty(id::MAXIMUM_QOS))
+        );
+    }
+}
