@@ -79,7 +79,9 @@ mod tests {
             reasons: Vec::new(),
             properties: UnsubAckProperties::default(),
         });
-        assert_eq!(roundtrip(&v3, V3_1_1), [0xB0, 0x02, 0x00, 0x01]);
+        for version in [V3_1, V3_1_1] {
+            assert_eq!(roundtrip(&v3, version), [0xB0, 0x02, 0x00, 0x01]);
+        }
         assert_eq!(
             decode(&[0xB0, 0x03, 0x00, 0x01, 0x00], V3_1_1),
             Err(DecodeError::TrailingBytes(1))

@@ -95,10 +95,12 @@ mod tests {
             filters: vec!["a".into()],
             properties: UnsubscribeProperties::default(),
         });
-        assert_eq!(
-            roundtrip(&packet, V3_1_1),
-            [0xA2, 0x05, 0x00, 0x01, 0x00, 0x01, b'a']
-        );
+        for version in [V3_1, V3_1_1] {
+            assert_eq!(
+                roundtrip(&packet, version),
+                [0xA2, 0x05, 0x00, 0x01, 0x00, 0x01, b'a']
+            );
+        }
         assert_eq!(
             roundtrip(&packet, V5),
             [0xA2, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, b'a']
