@@ -52,7 +52,6 @@ impl Session {
         connect: &Connect,
         assigned_client_id: bool,
         config: &SessionConfig,
-        now: Instant,
     ) -> ConnAck {
         // Checked before anything changes: a refused CONNECT must leave a
         // stored session as it was.
@@ -64,9 +63,6 @@ impl Session {
                 reason: ReasonCode::TopicNameInvalid,
                 properties: ConnAckProperties::default(),
             };
-        }
-        if self.connected {
-            self.connection_lost(now);
         }
 
         let session_present = self.had_connection;
@@ -178,7 +174,7 @@ mod tests {
     use super::*;
     use crate::protocol::{DisconnectProperties, LastWill, QoS};
     use crate::session::testing::*;
-    use crate::session::{Delivery, QueueFullPolicy, SessionAction};
+    use crate::session::{QueueFullPolicy, SessionAction};
 
     #[test]
     fn keep_alive_rules() {
@@ -310,17 +306,6 @@ mod tests {
         let connack =
             session.handle_connect(&persistent(ProtocolVersion::V3_1_1), false, &config(), now);
         assert!(connack.session_present);
-    }
-
-    #[test]
-    fn connect_while_connected_counts_as_a_lost_connection() {
-        let (mut session, now) = connected_with(persistent_with_will(ProtocolVersion::V5, "gone"));
-        let connack =
-            session.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
-        assert!(connack.session_present);
-        assert!(
-            matches!(actions(&mut session).as_slice(), [SessionAction::Publish(m)] if m.topic == "will/gone")
-        );
     }
 
     #[test]
@@ -534,7 +519,37 @@ mod tests {
     }
 
     #[test]
-    fn queue_full_disconnect_policy_after_resume() {
+    fn resend_skipped_when_the_flow_moved_on_first() {
+        let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
+        session.handle_deliver(
+            &message("q1", QoS::AtLeastOnce),
+            delivery(QoS::AtLeastOnce),
+            now,
+        );
+        session.handle_deliver(
+            &message("q2", QoS::ExactlyOnce),
+            delivery(QoS::ExactlyOnce),
+            now,
+        );
+        assert_eq!(transmit(&mut session, now).len(), 2);
+        session.handle_connection_lost(now);
+        session.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
+        // Acks for the first connection's messages arrive before the
+        // resends have gone out.
+        session
+            .handle_packet(Packet::PubAck(pub_response(1, ReasonCode::Success)), now)
+            .unwrap();
+        session
+            .handle_packet(Packet::PubRec(pub_response(2, ReasonCode::Success)), now)
+            .unwrap();
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::PubRel(pub_response(2, ReasonCode::Success))]
+        );
+    }
+
+    #[test]
+    fn queue_full_disconnect_policy_applies_once_online_again() {
         let config = SessionConfig {
             max_queued_messages: 1,
             queue_full: QueueFullPolicy::Disconnect,
@@ -544,14 +559,13 @@ mod tests {
         let mut session = Session::new("c".into(), now);
         session.handle_connect(&persistent(ProtocolVersion::V5), false, &config, now);
         session.handle_connection_lost(now);
-        // Offline the policy can't close anything: the message is dropped.
-        session.handle_deliver(&message("a", QoS::AtLeastOnce), Delivery::default(), now);
         let m = message("b", QoS::AtLeastOnce);
-        let d = delivery(QoS::AtLeastOnce);
-        session.handle_deliver(&m, d.clone(), now);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        // Offline the policy has no connection to close.
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
         assert!(actions(&mut session).is_empty());
         session.handle_connect(&persistent(ProtocolVersion::V5), false, &config, now);
-        session.handle_deliver(&m, d, now);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
         assert_eq!(actions(&mut session), vec![SessionAction::Close]);
     }
 }

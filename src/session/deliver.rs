@@ -244,6 +244,28 @@ mod tests {
     }
 
     #[test]
+    fn discarded_publish_frees_its_slot() {
+        let mut connect = connect(ProtocolVersion::V5);
+        connect.properties.receive_maximum = Some(1);
+        let (mut session, now) = connected_with(connect);
+        session.handle_deliver(
+            &message("big", QoS::AtLeastOnce),
+            delivery(QoS::AtLeastOnce),
+            now,
+        );
+        session.handle_deliver(
+            &message("small", QoS::AtLeastOnce),
+            delivery(QoS::AtLeastOnce),
+            now,
+        );
+        let sent = publishes(transmit(&mut session, now));
+        assert_eq!(sent.len(), 1);
+        session.discard_publish(sent[0].packet_id);
+        let sent = publishes(transmit(&mut session, now));
+        assert_eq!(sent[0].topic, "small");
+    }
+
+    #[test]
     fn qos0_does_not_overtake_a_waiting_qos1() {
         let mut connect = connect(ProtocolVersion::V5);
         connect.properties.receive_maximum = Some(1);

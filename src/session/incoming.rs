@@ -23,6 +23,10 @@ impl Session {
         if !valid_topic_name(&publish.topic) {
             return Err(ReasonCode::TopicNameInvalid);
         }
+        // Subscription identifiers are the server's to add (spec 3.3.4).
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return Err(ReasonCode::ProtocolError);
+        }
         let packet_id = publish.packet_id;
         match publish.qos {
             QoS::AtMostOnce => self.route(publish, now),
@@ -65,8 +69,7 @@ impl Session {
     }
 
     fn route(&mut self, publish: Publish, now: Instant) {
-        let mut properties = publish.properties;
-        properties.subscription_identifiers.clear();
+        let properties = publish.properties;
         // An interval too large for `Instant` is as good as none.
         let expires_at = properties
             .message_expiry_interval
@@ -140,7 +143,6 @@ mod tests {
                 message_expiry_interval: Some(30),
                 response_topic: Some("reply".into()),
                 user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
-                subscription_identifiers: vec![9],
                 ..PublishProperties::default()
             },
             payload: Bytes::from_static(b"x"),
@@ -297,6 +299,20 @@ mod tests {
             disconnect_reason(&mut session, now),
             Some(ReasonCode::TopicAliasInvalid)
         );
+    }
+
+    #[test]
+    fn subscription_identifier_from_the_client_is_a_protocol_error() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let mut packet = publish_in("t", QoS::AtMostOnce, 0);
+        if let Packet::Publish(publish) = &mut packet {
+            publish.properties.subscription_identifiers = vec![1];
+        }
+        assert_eq!(
+            session.handle_packet(packet, now),
+            Err(ReasonCode::ProtocolError)
+        );
+        assert_eq!(actions(&mut session), vec![SessionAction::Close]);
     }
 
     #[test]

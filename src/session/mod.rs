@@ -230,9 +230,9 @@ impl Session {
         connect: &Connect,
         assigned_client_id: bool,
         config: &SessionConfig,
-        now: Instant,
+        _now: Instant,
     ) -> ConnAck {
-        self.connect(connect, assigned_client_id, config, now)
+        self.connect(connect, assigned_client_id, config)
     }
 
     /// The keep-alive deadline: no packet within this long closes the
@@ -245,6 +245,14 @@ impl Session {
     /// larger packet (spec 3.1.2.11.4), and discards it instead.
     pub fn client_max_packet_size(&self) -> Option<u32> {
         self.client_max_packet_size
+    }
+
+    /// The shard did not send the PUBLISH with `packet_id` because it is
+    /// larger than [`Session::client_max_packet_size`]: the spec has it
+    /// treated as delivered (3.1.2.11.4), so its inflight slot and packet id
+    /// are freed.
+    pub fn discard_publish(&mut self, packet_id: u16) {
+        self.inflight.remove(packet_id);
     }
 
     /// A packet from the client after CONNECT. `Err` carries the reason to

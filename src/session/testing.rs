@@ -47,13 +47,6 @@ pub fn persistent(protocol: ProtocolVersion) -> Connect {
     connect
 }
 
-pub fn persistent_with_will(protocol: ProtocolVersion, name: &str) -> Connect {
-    Connect {
-        will: Some(will(name)),
-        ..persistent(protocol)
-    }
-}
-
 /// QoS 1 will on `will/<name>`.
 pub fn will(name: &str) -> LastWill {
     LastWill {
