@@ -32,12 +32,6 @@ fn session_expiry(connect: &Connect) -> u32 {
     }
 }
 
-fn resend_id(resend: Resend) -> u16 {
-    match resend {
-        Resend::Publish(packet_id) | Resend::Release(packet_id) => packet_id,
-    }
-}
-
 pub(super) fn pub_response(packet_id: u16, reason: ReasonCode) -> PubResponse {
     PubResponse {
         packet_id,
@@ -85,7 +79,8 @@ impl Session {
         self.will = connect.will.clone();
         self.will_due = None;
         self.expires_at = None;
-        self.resend();
+        // Every unacknowledged outgoing flow is owed again (spec 4.4).
+        self.resend = self.inflight.resends().into();
 
         let properties = if connect.protocol.is_v5() {
             ConnAckProperties {
@@ -110,17 +105,10 @@ impl Session {
         }
     }
 
-    /// Every unacknowledged outgoing flow is owed again, in the order the
-    /// flows began (spec 4.4): PUBLISH with DUP for messages not yet
-    /// acknowledged, PUBREL for those already received.
-    fn resend(&mut self) {
-        self.resend = self.inflight.resends().into();
-    }
-
     /// The packet for a resend whose turn has come, built now so that it
     /// reflects acks that arrived since the reconnect.
     pub(super) fn resend_packet(&mut self, resend: Resend, now: Instant) -> Option<Packet> {
-        match (resend, self.inflight.get(resend_id(resend))?) {
+        match (resend, self.inflight.get(resend.packet_id())?) {
             (
                 Resend::Publish(packet_id),
                 Flight::AtLeastOnce(outgoing) | Flight::ExactlyOnce(outgoing),

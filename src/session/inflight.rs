@@ -27,6 +27,14 @@ pub(super) enum Resend {
     Release(u16),
 }
 
+impl Resend {
+    pub fn packet_id(self) -> u16 {
+        match self {
+            Resend::Publish(packet_id) | Resend::Release(packet_id) => packet_id,
+        }
+    }
+}
+
 /// What a PUBREC did to a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PubRecOutcome {
@@ -117,7 +125,8 @@ impl Inflight {
         self.flights.remove(&packet_id);
     }
 
-    /// Every flow, in the order it started (spec 4.6).
+    /// Every flow, in the order it started (spec 4.6): PUBLISH again (with
+    /// DUP) for messages not acknowledged, PUBREL for those received.
     pub fn resends(&self) -> Vec<Resend> {
         let mut flights: Vec<_> = self
             .flights

@@ -6,6 +6,18 @@
 //! never touches a socket or a clock: the shard feeds it packets, routed
 //! messages and `now`, and drains what it wants done with [`Session::poll_action`]
 //! (for the router) and [`Session::poll_transmit`] (for the socket).
+//!
+//! One file per concern: `connect` (CONNECT, DISCONNECT, resume),
+//! `incoming` (PUBLISH and PUBREL from the client), `subscribe`, `deliver`
+//! (routed messages through the queue and the inflight window, and the
+//! client's acks for them), `inflight` (packet ids and outgoing QoS 1/2
+//! state), `queue` (a message waiting for this client) and `will` (the
+//! will and the session's end once the connection is gone).
+//!
+//! Where the spec leaves room, Mosquitto's behaviour is followed: expired
+//! messages are dropped even from the inflight set when their resend comes,
+//! and a client's ack for an unknown packet id is ignored rather than
+//! treated as an error.
 
 mod connect;
 mod deliver;
@@ -111,6 +123,7 @@ pub enum SessionAction {
     Expired,
 }
 
+/// One client's MQTT session; see the module documentation.
 pub struct Session {
     client_id: ByteString,
     protocol: ProtocolVersion,
