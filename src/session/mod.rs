@@ -337,6 +337,15 @@ impl Session {
         self.connection_lost(now);
     }
 
+    /// The shard is ending this session before its time, after
+    /// [`Session::handle_connection_lost`]: a clean start took it over. A
+    /// will still waiting out its delay is published now, since a will goes
+    /// out when the session ends if that is sooner (spec 3.1.2.5); then
+    /// [`SessionAction::Expired`].
+    pub fn handle_discard(&mut self, now: Instant) {
+        self.end(now);
+    }
+
     /// When [`Session::handle_timeout`] next has work (will delay, expiry).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match (self.will_due, self.expires_at) {

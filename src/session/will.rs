@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytestring::ByteString;
+
 use super::{Session, SessionAction};
 use crate::message::Message;
 use crate::protocol::{LastWill, PublishProperties};
@@ -54,7 +56,7 @@ impl Session {
     /// The session is over. A will still waiting out its delay goes now:
     /// it is sent when the delay passes or the session ends, whichever
     /// comes first (spec 3.1.2.5).
-    fn end(&mut self, now: Instant) {
+    pub(super) fn end(&mut self, now: Instant) {
         self.publish_will(now);
         self.expires_at = None;
         self.actions.push_back(SessionAction::Expired);
@@ -70,7 +72,7 @@ impl Session {
     }
 }
 
-fn will_message(will: LastWill, publisher: bytestring::ByteString, now: Instant) -> Message {
+fn will_message(will: LastWill, publisher: ByteString, now: Instant) -> Message {
     let p = will.properties;
     let expires_at = p
         .message_expiry_interval
@@ -267,6 +269,20 @@ mod tests {
             &acts[..],
             [SessionAction::Publish(_), SessionAction::Expired]
         ));
+    }
+
+    #[test]
+    fn discarding_the_session_publishes_a_delayed_will() {
+        let (mut session, now) =
+            connected_with(with_will(ProtocolVersion::V5, Some(60), Some(600)));
+        session.handle_connection_lost(now);
+        assert!(actions(&mut session).is_empty());
+        session.handle_discard(now + Duration::from_secs(1));
+        let acts = actions(&mut session);
+        assert!(
+            matches!(&acts[..], [SessionAction::Publish(m), SessionAction::Expired] if m.topic == "will/w")
+        );
+        assert_eq!(session.poll_timeout(), None);
     }
 
     #[test]
