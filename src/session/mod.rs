@@ -389,3 +389,175 @@ impl Session {
         self.actions.push_back(SessionAction::Close);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::testing::*;
+    use super::*;
+    use crate::protocol::topic::matches;
+    use crate::protocol::{
+        PubResponse, PubResponseProperties, Publish, Subscribe, SubscribeProperties,
+        TopicSubscription,
+    };
+
+    /// The smallest shard that exercises the contract: sessions by index,
+    /// subscriptions as (session, filter, options, id), no retained store.
+    struct Shard {
+        sessions: Vec<Session>,
+        subscriptions: Vec<(usize, ByteString, SubscriptionOptions, Option<u32>)>,
+    }
+
+    impl Shard {
+        fn run_actions(&mut self, from: usize, now: Instant) {
+            while let Some(action) = self.sessions[from].poll_action() {
+                match action {
+                    SessionAction::Publish(message) => {
+                        let targets: Vec<_> = self
+                            .subscriptions
+                            .iter()
+                            .filter(|(_, filter, _, _)| matches(filter, &message.topic))
+                            .cloned()
+                            .collect();
+                        for (to, _, options, id) in targets {
+                            let delivery = Delivery {
+                                granted_qos: options.qos,
+                                retain_as_published: options.retain_as_published,
+                                from_retained_store: false,
+                                subscription_ids: id.into_iter().collect(),
+                            };
+                            self.sessions[to].handle_deliver(&message, delivery, now);
+                        }
+                    }
+                    SessionAction::Subscribe {
+                        filter,
+                        options,
+                        subscription_id,
+                        ..
+                    } => {
+                        self.subscriptions
+                            .retain(|(to, f, _, _)| !(*to == from && *f == filter));
+                        self.subscriptions
+                            .push((from, filter, options, subscription_id));
+                    }
+                    SessionAction::Unsubscribe { filter } => self
+                        .subscriptions
+                        .retain(|(to, f, _, _)| !(*to == from && *f == filter)),
+                    SessionAction::Close | SessionAction::Expired => {}
+                }
+            }
+        }
+
+        fn send(&mut self, from: usize, packet: Packet, now: Instant) -> Result<(), ReasonCode> {
+            let result = self.sessions[from].handle_packet(packet, now);
+            self.run_actions(from, now);
+            result
+        }
+    }
+
+    fn ack(packet_id: u16) -> PubResponse {
+        PubResponse {
+            packet_id,
+            reason: ReasonCode::Success,
+            properties: PubResponseProperties::default(),
+        }
+    }
+
+    #[test]
+    fn qos2_publish_reaches_a_subscriber_exactly_once_across_its_reconnect() {
+        let now = Instant::now();
+        let mut publisher = Session::new("pub".into(), now);
+        publisher.handle_connect(&connect(ProtocolVersion::V5), false, &config(), now);
+        let mut subscriber = Session::new("sub".into(), now);
+        subscriber.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
+        let mut shard = Shard {
+            sessions: vec![publisher, subscriber],
+            subscriptions: Vec::new(),
+        };
+        let subscribe = Subscribe {
+            packet_id: 1,
+            filters: vec![TopicSubscription {
+                filter: "sensors/+/temp".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: SubscribeProperties {
+                subscription_identifier: Some(7),
+                ..SubscribeProperties::default()
+            },
+        };
+        shard.send(1, Packet::Subscribe(subscribe), now).unwrap();
+        assert!(matches!(
+            transmit(&mut shard.sessions[1], now).as_slice(),
+            [Packet::SubAck(_)]
+        ));
+
+        let publish = Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "sensors/kitchen/temp".into(),
+            packet_id: 10,
+            properties: Default::default(),
+            payload: "21.5".into(),
+        };
+        shard
+            .send(0, Packet::Publish(publish.clone()), now)
+            .unwrap();
+        // The publisher's PUBREC went missing; it sends the PUBLISH again.
+        shard
+            .send(
+                0,
+                Packet::Publish(Publish {
+                    dup: true,
+                    ..publish
+                }),
+                now,
+            )
+            .unwrap();
+        shard.send(0, Packet::PubRel(ack(10)), now).unwrap();
+        assert_eq!(
+            transmit(&mut shard.sessions[0], now)
+                .iter()
+                .map(Packet::packet_type)
+                .collect::<Vec<_>>(),
+            vec![
+                crate::protocol::PacketType::PubRec,
+                crate::protocol::PacketType::PubRec,
+                crate::protocol::PacketType::PubComp
+            ]
+        );
+
+        let first = publishes(transmit(&mut shard.sessions[1], now));
+        assert_eq!(first.len(), 1, "routed once");
+        assert_eq!(first[0].properties.subscription_identifiers, vec![7]);
+        assert_eq!(first[0].payload, "21.5".as_bytes());
+        let id = first[0].packet_id;
+
+        // The subscriber drops off before acknowledging, and comes back.
+        let later = now + Duration::from_secs(5);
+        shard.sessions[1].handle_connection_lost(later);
+        let connack = shard.sessions[1].handle_connect(
+            &persistent(ProtocolVersion::V5),
+            false,
+            &config(),
+            later,
+        );
+        assert!(connack.session_present);
+        let again = publishes(transmit(&mut shard.sessions[1], later));
+        assert_eq!(again.len(), 1);
+        assert!(again[0].dup);
+        assert_eq!(again[0].packet_id, id);
+        shard.send(1, Packet::PubRec(ack(id)), later).unwrap();
+        assert_eq!(
+            transmit(&mut shard.sessions[1], later),
+            vec![Packet::PubRel(ack(id))]
+        );
+        shard.send(1, Packet::PubComp(ack(id)), later).unwrap();
+        assert_eq!(transmit(&mut shard.sessions[1], later), vec![]);
+        assert_eq!(shard.sessions[1].inflight.len(), 0);
+    }
+}
