@@ -223,6 +223,25 @@ mod tests {
     }
 
     #[test]
+    fn v3_failures_are_errors_for_the_codec_to_write_as_0x80() {
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        let packet = subscribe(
+            &[
+                ("$share/g/a", qos(QoS::AtLeastOnce)),
+                ("a+", qos(QoS::AtLeastOnce)),
+            ],
+            None,
+        );
+        session.handle_packet(packet, now).unwrap();
+        assert!(actions(&mut session).is_empty());
+        assert!(
+            suback_reasons(&mut session, now)
+                .iter()
+                .all(|r| r.is_error())
+        );
+    }
+
+    #[test]
     fn retain_handling_0_always_sends() {
         let (mut session, now) = connected(ProtocolVersion::V5);
         let packet = subscribe(&[("a", retain_handling(RetainHandling::OnSubscribe))], None);
