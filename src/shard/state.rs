@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use rustc_hash::{FxHashMap, FxHashSet};
 use slab::Slab;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::ShardId;
-use super::connection::ConnHandle;
+use super::connection::{CloseReason, ConnHandle};
 use super::mesh::{Handoff, Mesh, ShardMsg};
 use super::notify::LocalNotify;
 use crate::message::Message;
@@ -67,6 +67,8 @@ struct ShardSet(Vec<ShardId>);
 pub struct DropCounters {
     pub queue_full: u64,
     pub expired: u64,
+    /// Larger than the subscriber's v5 Maximum Packet Size.
+    pub too_large: u64,
 }
 
 pub struct ShardState {
@@ -156,7 +158,10 @@ impl ShardState {
         if connect.clean_start
             && let Some(old) = key.take()
         {
-            self.end_session(old);
+            // Ends it the way expiry would, so a will still in its delay
+            // goes out now.
+            self.sessions[old].session.handle_discard(now);
+            self.run_actions(old, now);
         }
         let created = key.is_none();
         let key = key.unwrap_or_else(|| {
@@ -176,10 +181,10 @@ impl ShardState {
         let connack =
             slot.session
                 .handle_connect(connect, assigned_client_id, &self.config.session, now);
-        let refused = connack.reason.is_error();
+        let refused = connack.reason.is_error().then_some(connack.reason);
         conn.send(&Packet::ConnAck(connack));
-        if refused {
-            conn.close();
+        if let Some(reason) = refused {
+            conn.close(CloseReason::Refused(reason));
             if created {
                 self.end_session(key);
             }
@@ -222,10 +227,13 @@ impl ShardState {
             return;
         }
         for packet in packets {
-            // The outcome is also queued as an action (Close) and, for v5,
-            // a DISCONNECT; the reason is only logged here.
+            if let Packet::Disconnect(disconnect) = &packet {
+                conn.close(CloseReason::ClientDisconnect(disconnect.reason));
+            }
+            // The session has queued the Close action and, for v5, the
+            // DISCONNECT; the reason is recorded for the log.
             if let Err(reason) = self.sessions[key].session.handle_packet(packet, now) {
-                debug!(client = %self.sessions[key].session.client_id(), ?reason, "closing connection on protocol error");
+                conn.close(CloseReason::Server(reason));
             }
             self.run_actions(key, now);
             if conn.is_closing() || !self.is_current(key, conn) {
@@ -241,16 +249,12 @@ impl ShardState {
     /// The peer sent bytes that do not decode: a v5 client is told why,
     /// then the connection closes (and counts as lost: the will goes out).
     pub fn handle_malformed(&mut self, conn: &ConnHandle, reason: ReasonCode) {
-        if conn.version.is_v5() {
-            conn.disconnect(reason);
-        } else {
-            conn.close();
-        }
+        conn.disconnect(reason);
     }
 
     /// The network connection has ended, for whatever reason.
     pub fn detach(&mut self, conn: &ConnHandle, now: Instant) {
-        conn.close();
+        conn.close(CloseReason::ClientClosed);
         let key = conn.key;
         if !self.is_current(key, conn) {
             return;
@@ -299,11 +303,14 @@ impl ShardState {
 
     fn log_drops(&mut self) {
         let (now, then) = (self.drops, self.drops_logged);
-        if now.queue_full != then.queue_full || now.expired != then.expired {
+        if (now.queue_full, now.expired, now.too_large)
+            != (then.queue_full, then.expired, then.too_large)
+        {
             warn!(
                 shard = self.id(),
                 queue_full = now.queue_full - then.queue_full,
                 expired = now.expired - then.expired,
+                too_large = now.too_large - then.too_large,
                 "messages dropped"
             );
             self.drops_logged = now;
@@ -329,7 +336,7 @@ impl ShardState {
                 SessionAction::Close => {
                     self.pump(key, now);
                     if let Some(conn) = &self.sessions[key].conn {
-                        conn.close();
+                        conn.close(CloseReason::SessionLimit);
                     }
                 }
                 SessionAction::Expired => {
@@ -348,7 +355,7 @@ impl ShardState {
         }
         let slot = self.sessions.remove(key);
         if let Some(conn) = slot.conn {
-            conn.close();
+            conn.close(CloseReason::Server(ReasonCode::Success));
         }
         self.by_client_id.remove(slot.session.client_id());
     }
@@ -498,12 +505,24 @@ impl ShardState {
         let Some(conn) = &slot.conn else {
             return;
         };
+        let limit = slot
+            .session
+            .client_max_packet_size()
+            .map_or(usize::MAX, |max| max as usize);
         while conn.buffered() < OUTPUT_HIGH_WATER {
-            match slot.session.poll_transmit(now) {
-                Some(packet) => conn.send(&packet),
-                None => break,
+            let Some(packet) = slot.session.poll_transmit(now) else {
+                break;
+            };
+            if !conn.send_within(&packet, limit)
+                && let Packet::Publish(publish) = &packet
+            {
+                // Spec 3.1.2.11.4: a message the client cannot take is
+                // discarded as if delivered.
+                slot.session.discard_publish(publish.packet_id);
+                self.drops.too_large += 1;
             }
         }
+        self.drops.expired += slot.session.take_dropped_expired();
     }
 
     /// Called by a connection's writer after a write completed: there may
