@@ -493,3 +493,111 @@ mod against_rumqttc_v5 {
         both_ways(ours, their_packet);
     }
 }
+
+/// The hot path, measured: allocations made by this thread while a PUBLISH
+/// is read or written. Counting per thread keeps tests running in parallel
+/// out of each other's numbers.
+mod allocations {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    struct CountingAllocator;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn count() {
+        // A const-initialised Cell has no destructor, so this never fails;
+        // try_with only spares the allocator a panic path.
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator.
+    unsafe impl GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: CountingAllocator = CountingAllocator;
+
+    fn allocations_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let before = ALLOCATIONS.with(Cell::get);
+        let result = f();
+        (result, ALLOCATIONS.with(Cell::get) - before)
+    }
+
+    fn publish(user_properties: UserProperties) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "sensors/kitchen/temperature".into(),
+            packet_id: 1,
+            properties: PublishProperties {
+                message_expiry_interval: Some(60),
+                user_properties,
+                ..Default::default()
+            },
+            payload: Bytes::from_static(&[0x42; 256]),
+        })
+    }
+
+    /// The first split of a fresh `BytesMut` allocates its shared header
+    /// once; every packet after that is refcounting only.
+    fn read_second(packet: &Packet, version: ProtocolVersion) -> (Packet, usize) {
+        let mut buf = BytesMut::new();
+        packet.write(version, &mut buf).unwrap();
+        packet.write(version, &mut buf).unwrap();
+        read(&mut buf, version, usize::MAX).unwrap().unwrap();
+        let (decoded, allocations) =
+            allocations_during(|| read(&mut buf, version, usize::MAX).unwrap().unwrap());
+        (decoded, allocations)
+    }
+
+    #[test]
+    fn reading_a_publish_allocates_nothing() {
+        for version in VERSIONS {
+            let packet = publish(Vec::new());
+            let (decoded, allocations) = read_second(&packet, version);
+            assert!(matches!(decoded, Packet::Publish(_)));
+            assert_eq!(allocations, 0, "{version:?}");
+        }
+    }
+
+    #[test]
+    fn user_properties_cost_one_vec() {
+        let packet = publish(vec![("k".into(), "v".into()), ("k2".into(), "v2".into())]);
+        let (decoded, allocations) = read_second(&packet, ProtocolVersion::V5);
+        assert_eq!(decoded, packet);
+        assert_eq!(allocations, 1);
+    }
+
+    #[test]
+    fn writing_a_publish_allocates_nothing_when_the_buffer_has_room() {
+        let packet = publish(vec![("k".into(), "v".into())]);
+        for version in VERSIONS {
+            let mut buf = BytesMut::with_capacity(1024);
+            let (written, allocations) =
+                allocations_during(|| packet.write(version, &mut buf).unwrap());
+            assert_eq!(written, buf.len());
+            assert_eq!(allocations, 0, "{version:?}");
+        }
+    }
+}
