@@ -369,9 +369,10 @@ impl Reader {
             .ok_or(DecodeError::InvalidReasonCode(byte))
     }
 
-    /// The rest of the body, for PUBLISH payloads.
+    /// The rest of the body, for PUBLISH payloads. Taking the handle rather
+    /// than slicing it saves a refcount increment and decrement per PUBLISH.
     pub(crate) fn rest(&mut self) -> Bytes {
-        self.bytes.split_to(self.bytes.len())
+        std::mem::take(&mut self.bytes)
     }
 
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
