@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use bytestring::ByteString;
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -310,8 +311,7 @@ async fn read_loop(
             return;
         }
 
-        buf.reserve(READ_CHUNK);
-        let read = reader.read(buf);
+        let read = read_more(&mut reader, buf);
         let (result, returned) = match keep_alive {
             Some(limit) => match monoio::time::timeout(limit, read).await {
                 Ok(done) => done,
@@ -367,6 +367,19 @@ async fn write_loop(
     }
 }
 
+/// Reads into the spare capacity after what `buf` already holds: a partial
+/// packet left from the previous read must be extended, not overwritten
+/// (monoio reads into a whole `BytesMut` from its start).
+async fn read_more(
+    reader: &mut impl AsyncReadRent,
+    mut buf: BytesMut,
+) -> (std::io::Result<usize>, BytesMut) {
+    buf.reserve(READ_CHUNK);
+    let (filled, capacity) = (buf.len(), buf.capacity());
+    let (result, spare) = reader.read(buf.slice_mut(filled..capacity)).await;
+    (result, spare.into_inner())
+}
+
 /// Shuts both directions down so that a reader blocked on this socket wakes
 /// up with end-of-file, whichever driver it waits in.
 fn shutdown(fd: RawFd) {
@@ -401,8 +414,7 @@ async fn read_connect(
                 other => Err(HandshakeError::NotConnect(other.packet_type())),
             };
         }
-        buf.reserve(READ_CHUNK);
-        let (result, returned) = stream.read(buf).await;
+        let (result, returned) = read_more(stream, buf).await;
         buf = returned;
         match result {
             Ok(0) | Err(_) => return Err(HandshakeError::Closed),
