@@ -11,7 +11,12 @@
 //! versions takes the negotiated [`ProtocolVersion`] when read or written.
 
 pub mod packet;
+mod properties;
 pub mod reason;
+#[cfg(test)]
+mod strategies;
+#[cfg(test)]
+pub(crate) mod tests;
 pub mod topic;
 mod wire;
 
@@ -168,6 +173,44 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
+impl DecodeError {
+    /// The v5 reason code for the DISCONNECT (or CONNACK) that closes the
+    /// connection. The spec calls a wrong value or a repeated property a
+    /// Protocol Error, and bytes that cannot be parsed a Malformed Packet.
+    pub fn reason_code(&self) -> ReasonCode {
+        use DecodeError as E;
+        match self {
+            E::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            // Spec 3.1.2.1 also allows 0x84 for a wrong protocol name.
+            E::UnsupportedProtocolLevel(_) | E::InvalidProtocolName => {
+                ReasonCode::UnsupportedProtocolVersion
+            }
+            E::UnexpectedProperty(_)
+            | E::InvalidPropertyValue(_)
+            | E::ZeroPacketId
+            | E::EmptySubscription => ReasonCode::ProtocolError,
+            // Retain Handling 3 is a Protocol Error; reserved bits (the only
+            // other cause, and the only one with bit 6 or 7) are malformed.
+            E::InvalidSubscriptionOptions(options) if options & 0xC0 == 0 => {
+                ReasonCode::ProtocolError
+            }
+            E::MalformedRemainingLength
+            | E::ReservedPacketType
+            | E::InvalidHeaderFlags { .. }
+            | E::ConnectReservedFlag
+            | E::InvalidQoS(_)
+            | E::Truncated
+            | E::TrailingBytes(_)
+            | E::InvalidUtf8
+            | E::NullCharacter
+            | E::InvalidPropertyId(_)
+            | E::InvalidReasonCode(_)
+            | E::InvalidSubscriptionOptions(_)
+            | E::Malformed(_) => ReasonCode::MalformedPacket,
+        }
+    }
+}
+
 /// Why a packet could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
@@ -204,6 +247,11 @@ pub fn read(
 
 impl Packet {
     /// Appends the encoded packet to `buf`, returning the bytes written.
+    ///
+    /// The length is computed before anything is written, so `buf` grows at
+    /// most once and is left unchanged on error. CONNECT is written at its own
+    /// `protocol`, not `version`. In v5 the short forms are used whenever they
+    /// say the same thing.
     pub fn write(
         &self,
         version: ProtocolVersion,
@@ -230,11 +278,5 @@ impl Packet {
             Packet::Disconnect(_) => PacketType::Disconnect,
             Packet::Auth(_) => PacketType::Auth,
         }
-    }
-}
-
-impl DecodeError {
-    pub fn reason_code(&self) -> ReasonCode {
-        todo!("codec")
     }
 }

@@ -6,16 +6,44 @@
 //! never touches a socket or a clock: the shard feeds it packets, routed
 //! messages and `now`, and drains what it wants done with [`Session::poll_action`]
 //! (for the router) and [`Session::poll_transmit`] (for the socket).
+//!
+//! One file per concern: `connect` (CONNECT, DISCONNECT, resume),
+//! `incoming` (PUBLISH and PUBREL from the client), `subscribe`, `deliver`
+//! (routed messages through the queue and the inflight window, and the
+//! client's acks for them), `inflight` (packet ids and outgoing QoS 1/2
+//! state), `queue` (a message waiting for this client) and `will` (the
+//! will and the session's end once the connection is gone).
+//!
+//! Where the spec leaves room, Mosquitto's behaviour is followed: expired
+//! messages are dropped even from the inflight set when their resend comes,
+//! and a client's ack for an unknown packet id is ignored rather than
+//! treated as an error.
 
+mod connect;
+mod deliver;
+mod incoming;
+mod inflight;
+mod queue;
+mod subscribe;
+mod will;
+
+#[cfg(test)]
+mod testing;
+
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
+use rustc_hash::FxHashSet;
 
 use crate::message::Message;
 use crate::protocol::{
-    ConnAck, Connect, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions,
+    ConnAck, Connect, Disconnect, DisconnectProperties, LastWill, Packet, ProtocolVersion, QoS,
+    ReasonCode, SubscriptionOptions,
 };
+use inflight::{Inflight, Resend};
+use queue::Outgoing;
 
 /// Limits from configuration that shape every session on a shard.
 #[derive(Debug, Clone)]
@@ -95,27 +123,112 @@ pub enum SessionAction {
     Expired,
 }
 
+/// One client's MQTT session; see the module documentation.
 pub struct Session {
-    _todo: (),
+    client_id: ByteString,
+    protocol: ProtocolVersion,
+    /// A copy of the shard's limits from the last CONNECT, so delivery and
+    /// incoming flows need no config argument.
+    config: SessionConfig,
+    connected: bool,
+    /// Close has been asked for on the current connection: nothing but the
+    /// control packets already queued (ending with any DISCONNECT) goes out,
+    /// and later packets from the client are ignored.
+    closing: bool,
+    /// Session Present in CONNACK: the shard makes a new `Session` for
+    /// clean start and unknown clients, so an earlier connection on this
+    /// object means the client's state is here.
+    had_connection: bool,
+    /// Negotiated keep-alive in seconds; 0 is none.
+    keep_alive: u16,
+    /// Seconds the session outlives its connection; `u32::MAX` is never
+    /// (also 3.1.1 clean session 0).
+    session_expiry: u32,
+    /// A DISCONNECT may not turn a session that CONNECT asked to end with
+    /// the connection into one that persists (spec 3.14.2.2.2).
+    connected_with_zero_expiry: bool,
+    /// CONNECT carried an Authentication Method, which changes what an AUTH
+    /// packet means.
+    authenticating: bool,
+    /// Outgoing QoS 1/2 messages allowed in flight: the smaller of the
+    /// client's Receive Maximum and ours.
+    window: usize,
+    client_max_packet_size: Option<u32>,
+    /// Filters as the client subscribed them, for retain handling 1 and
+    /// UNSUBACK reason codes.
+    subscriptions: FxHashSet<ByteString>,
+    /// Incoming QoS 2 packet ids routed and waiting for PUBREL: a repeated
+    /// PUBLISH with one of them is not routed again (exactly once), across
+    /// reconnects too.
+    incoming_qos2: FxHashSet<u16>,
+    inflight: Inflight,
+    /// Messages waiting to be sent, in the order they arrived, whatever
+    /// their QoS: MQTT orders messages per topic, and one FIFO keeps a QoS 0
+    /// message from overtaking a QoS 1 one that waits for window room.
+    queue: VecDeque<Outgoing>,
+    /// Acks and responses: they go out first.
+    control: VecDeque<Packet>,
+    /// Flows owed again after a reconnect: after control packets, before
+    /// queued messages.
+    resend: VecDeque<Resend>,
+    actions: VecDeque<SessionAction>,
+    /// The will of the current connection, or of the last one while its
+    /// delay runs.
+    will: Option<LastWill>,
+    will_due: Option<Instant>,
+    expires_at: Option<Instant>,
+    dropped_expired: u64,
 }
 
+/// What a session that never connected holds: nothing.
+const NEVER_CONNECTED: SessionConfig = SessionConfig {
+    max_inflight: 1,
+    max_queued_messages: 0,
+    queue_full: QueueFullPolicy::Drop,
+    max_keepalive: u16::MAX,
+    max_packet_size: u32::MAX,
+};
+
 impl Session {
-    pub fn new(client_id: ByteString, now: Instant) -> Session {
-        let _ = (client_id, now);
-        todo!("session")
+    pub fn new(client_id: ByteString, _now: Instant) -> Session {
+        Session {
+            client_id,
+            protocol: ProtocolVersion::V5,
+            config: NEVER_CONNECTED,
+            connected: false,
+            closing: false,
+            had_connection: false,
+            keep_alive: 0,
+            session_expiry: 0,
+            connected_with_zero_expiry: true,
+            authenticating: false,
+            window: 1,
+            client_max_packet_size: None,
+            subscriptions: FxHashSet::default(),
+            incoming_qos2: FxHashSet::default(),
+            inflight: Inflight::default(),
+            queue: VecDeque::new(),
+            control: VecDeque::new(),
+            resend: VecDeque::new(),
+            actions: VecDeque::new(),
+            will: None,
+            will_due: None,
+            expires_at: None,
+            dropped_expired: 0,
+        }
     }
 
     pub fn client_id(&self) -> &ByteString {
-        todo!("session")
+        &self.client_id
     }
 
     /// Protocol level of the current (or last) connection.
     pub fn protocol(&self) -> ProtocolVersion {
-        todo!("session")
+        self.protocol
     }
 
     pub fn is_connected(&self) -> bool {
-        todo!("session")
+        self.connected
     }
 
     /// Attaches a new connection. The shard has already validated the
@@ -130,23 +243,82 @@ impl Session {
         connect: &Connect,
         assigned_client_id: bool,
         config: &SessionConfig,
-        now: Instant,
+        _now: Instant,
     ) -> ConnAck {
-        let _ = (connect, assigned_client_id, config, now);
-        todo!("session")
+        self.connect(connect, assigned_client_id, config)
     }
 
     /// The keep-alive deadline: no packet within this long closes the
     /// connection (1.5 times the negotiated keep-alive). `None` when 0.
     pub fn keep_alive_timeout(&self) -> Option<Duration> {
-        todo!("session")
+        (self.keep_alive != 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// The client's v5 Maximum Packet Size: the shard must not send a
+    /// larger packet (spec 3.1.2.11.4), and discards it instead.
+    pub fn client_max_packet_size(&self) -> Option<u32> {
+        self.client_max_packet_size
+    }
+
+    /// The shard did not send the PUBLISH with `packet_id` because it is
+    /// larger than [`Session::client_max_packet_size`]: the spec has it
+    /// treated as delivered (3.1.2.11.4), so its inflight slot and packet id
+    /// are freed.
+    pub fn discard_publish(&mut self, packet_id: u16) {
+        self.inflight.remove(packet_id);
     }
 
     /// A packet from the client after CONNECT. `Err` carries the reason to
     /// close the connection with; a v5 DISCONNECT with it is already queued.
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) -> Result<(), ReasonCode> {
-        let _ = (packet, now);
-        todo!("session")
+        if !self.connected || self.closing {
+            // Read after the connection was condemned: acting on it could
+            // only queue packets that will never be sent.
+            return Ok(());
+        }
+        let result = match packet {
+            Packet::Publish(publish) => self.handle_publish(publish, now),
+            Packet::PubRel(pubrel) => {
+                self.handle_pubrel(pubrel.packet_id);
+                Ok(())
+            }
+            Packet::PubAck(ack) => {
+                self.inflight.puback(ack.packet_id);
+                Ok(())
+            }
+            Packet::PubRec(pubrec) => {
+                self.handle_pubrec(&pubrec);
+                Ok(())
+            }
+            Packet::PubComp(pubcomp) => {
+                self.inflight.pubcomp(pubcomp.packet_id);
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                self.handle_subscribe(subscribe);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.handle_unsubscribe(unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.control.push_back(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => self.handle_disconnect(&disconnect),
+            // No authentication method is supported, so one named in
+            // CONNECT can't be continued; without one, AUTH is out of place
+            // (spec 4.12).
+            Packet::Auth(_) if self.authenticating => Err(ReasonCode::BadAuthenticationMethod),
+            Packet::Auth(_)
+            | Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => Err(ReasonCode::ProtocolError),
+        };
+        result.inspect_err(|&reason| self.close(Some(reason)))
     }
 
     /// A message routed to this session.
@@ -156,35 +328,236 @@ impl Session {
         delivery: Delivery,
         now: Instant,
     ) -> DeliverOutcome {
-        let _ = (message, delivery, now);
-        todo!("session")
+        self.deliver(message, delivery, now)
     }
 
     /// The connection is gone (abnormal close, takeover, or after
     /// DISCONNECT). Schedules or emits the will and the session's end.
     pub fn handle_connection_lost(&mut self, now: Instant) {
-        let _ = now;
-        todo!("session")
+        self.connection_lost(now);
+    }
+
+    /// The shard is ending this session before its time, after
+    /// [`Session::handle_connection_lost`]: a clean start took it over. A
+    /// will still waiting out its delay is published now, since a will goes
+    /// out when the session ends if that is sooner (spec 3.1.2.5); then
+    /// [`SessionAction::Expired`].
+    pub fn handle_discard(&mut self, now: Instant) {
+        self.end(now);
     }
 
     /// When [`Session::handle_timeout`] next has work (will delay, expiry).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!("session")
+        match (self.will_due, self.expires_at) {
+            (Some(will), Some(expiry)) => Some(will.min(expiry)),
+            (will, expiry) => will.or(expiry),
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
-        todo!("session")
+        self.timeout(now);
     }
 
     pub fn poll_action(&mut self) -> Option<SessionAction> {
-        todo!("session")
+        self.actions.pop_front()
     }
 
     /// The next packet for the socket, control packets first, then queued
     /// messages while the inflight window allows. `None` when offline.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Packet> {
-        let _ = now;
-        todo!("session")
+        self.transmit(now)
+    }
+
+    /// Queued messages found expired when their turn to be sent came (or
+    /// on resend after a reconnect), since the last call. They were dropped
+    /// without a [`DeliverOutcome`], so the shard counts them from here.
+    pub fn take_dropped_expired(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped_expired)
+    }
+
+    /// Ends the current connection: a v5 client is told `reason` first.
+    fn close(&mut self, reason: Option<ReasonCode>) {
+        if let Some(reason) = reason
+            && self.protocol.is_v5()
+        {
+            self.control.push_back(Packet::Disconnect(Disconnect {
+                reason,
+                properties: DisconnectProperties::default(),
+            }));
+        }
+        self.closing = true;
+        self.actions.push_back(SessionAction::Close);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::testing::*;
+    use super::*;
+    use crate::protocol::topic::matches;
+    use crate::protocol::{
+        PubResponse, PubResponseProperties, Publish, Subscribe, SubscribeProperties,
+        TopicSubscription,
+    };
+
+    /// The smallest shard that exercises the contract: sessions by index,
+    /// subscriptions as (session, filter, options, id), no retained store.
+    struct Shard {
+        sessions: Vec<Session>,
+        subscriptions: Vec<(usize, ByteString, SubscriptionOptions, Option<u32>)>,
+    }
+
+    impl Shard {
+        fn run_actions(&mut self, from: usize, now: Instant) {
+            while let Some(action) = self.sessions[from].poll_action() {
+                match action {
+                    SessionAction::Publish(message) => {
+                        let targets: Vec<_> = self
+                            .subscriptions
+                            .iter()
+                            .filter(|(_, filter, _, _)| matches(filter, &message.topic))
+                            .cloned()
+                            .collect();
+                        for (to, _, options, id) in targets {
+                            let delivery = Delivery {
+                                granted_qos: options.qos,
+                                retain_as_published: options.retain_as_published,
+                                from_retained_store: false,
+                                subscription_ids: id.into_iter().collect(),
+                            };
+                            self.sessions[to].handle_deliver(&message, delivery, now);
+                        }
+                    }
+                    SessionAction::Subscribe {
+                        filter,
+                        options,
+                        subscription_id,
+                        ..
+                    } => {
+                        self.subscriptions
+                            .retain(|(to, f, _, _)| !(*to == from && *f == filter));
+                        self.subscriptions
+                            .push((from, filter, options, subscription_id));
+                    }
+                    SessionAction::Unsubscribe { filter } => self
+                        .subscriptions
+                        .retain(|(to, f, _, _)| !(*to == from && *f == filter)),
+                    SessionAction::Close | SessionAction::Expired => {}
+                }
+            }
+        }
+
+        fn send(&mut self, from: usize, packet: Packet, now: Instant) -> Result<(), ReasonCode> {
+            let result = self.sessions[from].handle_packet(packet, now);
+            self.run_actions(from, now);
+            result
+        }
+    }
+
+    fn ack(packet_id: u16) -> PubResponse {
+        PubResponse {
+            packet_id,
+            reason: ReasonCode::Success,
+            properties: PubResponseProperties::default(),
+        }
+    }
+
+    #[test]
+    fn qos2_publish_reaches_a_subscriber_exactly_once_across_its_reconnect() {
+        let now = Instant::now();
+        let mut publisher = Session::new("pub".into(), now);
+        publisher.handle_connect(&connect(ProtocolVersion::V5), false, &config(), now);
+        let mut subscriber = Session::new("sub".into(), now);
+        subscriber.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
+        let mut shard = Shard {
+            sessions: vec![publisher, subscriber],
+            subscriptions: Vec::new(),
+        };
+        let subscribe = Subscribe {
+            packet_id: 1,
+            filters: vec![TopicSubscription {
+                filter: "sensors/+/temp".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: SubscribeProperties {
+                subscription_identifier: Some(7),
+                ..SubscribeProperties::default()
+            },
+        };
+        shard.send(1, Packet::Subscribe(subscribe), now).unwrap();
+        assert!(matches!(
+            transmit(&mut shard.sessions[1], now).as_slice(),
+            [Packet::SubAck(_)]
+        ));
+
+        let publish = Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "sensors/kitchen/temp".into(),
+            packet_id: 10,
+            properties: Default::default(),
+            payload: "21.5".into(),
+        };
+        shard
+            .send(0, Packet::Publish(publish.clone()), now)
+            .unwrap();
+        // The publisher's PUBREC went missing; it sends the PUBLISH again.
+        shard
+            .send(
+                0,
+                Packet::Publish(Publish {
+                    dup: true,
+                    ..publish
+                }),
+                now,
+            )
+            .unwrap();
+        shard.send(0, Packet::PubRel(ack(10)), now).unwrap();
+        assert_eq!(
+            transmit(&mut shard.sessions[0], now)
+                .iter()
+                .map(Packet::packet_type)
+                .collect::<Vec<_>>(),
+            vec![
+                crate::protocol::PacketType::PubRec,
+                crate::protocol::PacketType::PubRec,
+                crate::protocol::PacketType::PubComp
+            ]
+        );
+
+        let first = publishes(transmit(&mut shard.sessions[1], now));
+        assert_eq!(first.len(), 1, "routed once");
+        assert_eq!(first[0].properties.subscription_identifiers, vec![7]);
+        assert_eq!(first[0].payload, "21.5".as_bytes());
+        let id = first[0].packet_id;
+
+        // The subscriber drops off before acknowledging, and comes back.
+        let later = now + Duration::from_secs(5);
+        shard.sessions[1].handle_connection_lost(later);
+        let connack = shard.sessions[1].handle_connect(
+            &persistent(ProtocolVersion::V5),
+            false,
+            &config(),
+            later,
+        );
+        assert!(connack.session_present);
+        let again = publishes(transmit(&mut shard.sessions[1], later));
+        assert_eq!(again.len(), 1);
+        assert!(again[0].dup);
+        assert_eq!(again[0].packet_id, id);
+        shard.send(1, Packet::PubRec(ack(id)), later).unwrap();
+        assert_eq!(
+            transmit(&mut shard.sessions[1], later),
+            vec![Packet::PubRel(ack(id))]
+        );
+        shard.send(1, Packet::PubComp(ack(id)), later).unwrap();
+        assert_eq!(transmit(&mut shard.sessions[1], later), vec![]);
+        assert_eq!(shard.sessions[1].inflight.len(), 0);
     }
 }

@@ -61,14 +61,32 @@ impl ConnHandle {
     /// Encodes `packet` after whatever is already waiting; the writer sends
     /// everything appended in this turn of the loop in one write.
     pub fn send(&self, packet: &Packet) {
+        self.send_within(packet, usize::MAX);
+    }
+
+    /// Like [`ConnHandle::send`], but a packet that encodes to more than
+    /// `limit` bytes is taken back out and `false` returned.
+    pub fn send_within(&self, packet: &Packet, limit: usize) -> bool {
         if self.closing.get() {
-            return;
+            return true;
         }
-        if let Err(error) = packet.write(self.version, &mut self.out.borrow_mut()) {
-            warn!(%error, packet = ?packet.packet_type(), "cannot encode packet; closing connection");
-            self.close();
+        let mut out = self.out.borrow_mut();
+        let before = out.len();
+        match packet.write(self.version, &mut out) {
+            Ok(written) if written > limit => {
+                out.truncate(before);
+                return false;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                out.truncate(before);
+                warn!(%error, packet = ?packet.packet_type(), "cannot encode packet; closing connection");
+                drop(out);
+                self.close();
+            }
         }
         self.writer.notify();
+        true
     }
 
     /// Bytes encoded and not yet handed to the kernel.

@@ -67,6 +67,8 @@ struct ShardSet(Vec<ShardId>);
 pub struct DropCounters {
     pub queue_full: u64,
     pub expired: u64,
+    /// Larger than the subscriber's v5 Maximum Packet Size.
+    pub too_large: u64,
 }
 
 pub struct ShardState {
@@ -156,7 +158,10 @@ impl ShardState {
         if connect.clean_start
             && let Some(old) = key.take()
         {
-            self.end_session(old);
+            // Ends it the way expiry would, so a will still in its delay
+            // goes out now.
+            self.sessions[old].session.handle_discard(now);
+            self.run_actions(old, now);
         }
         let created = key.is_none();
         let key = key.unwrap_or_else(|| {
@@ -299,11 +304,14 @@ impl ShardState {
 
     fn log_drops(&mut self) {
         let (now, then) = (self.drops, self.drops_logged);
-        if now.queue_full != then.queue_full || now.expired != then.expired {
+        if (now.queue_full, now.expired, now.too_large)
+            != (then.queue_full, then.expired, then.too_large)
+        {
             warn!(
                 shard = self.id(),
                 queue_full = now.queue_full - then.queue_full,
                 expired = now.expired - then.expired,
+                too_large = now.too_large - then.too_large,
                 "messages dropped"
             );
             self.drops_logged = now;
@@ -498,12 +506,24 @@ impl ShardState {
         let Some(conn) = &slot.conn else {
             return;
         };
+        let limit = slot
+            .session
+            .client_max_packet_size()
+            .map_or(usize::MAX, |max| max as usize);
         while conn.buffered() < OUTPUT_HIGH_WATER {
-            match slot.session.poll_transmit(now) {
-                Some(packet) => conn.send(&packet),
-                None => break,
+            let Some(packet) = slot.session.poll_transmit(now) else {
+                break;
+            };
+            if !conn.send_within(&packet, limit)
+                && let Packet::Publish(publish) = &packet
+            {
+                // Spec 3.1.2.11.4: a message the client cannot take is
+                // discarded as if delivered.
+                slot.session.discard_publish(publish.packet_id);
+                self.drops.too_large += 1;
             }
         }
+        self.drops.expired += slot.session.take_dropped_expired();
     }
 
     /// Called by a connection's writer after a write completed: there may

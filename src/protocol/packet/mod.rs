@@ -26,6 +26,17 @@ pub use subscribe::{
 pub use unsuback::{UnsubAck, UnsubAckProperties};
 pub use unsubscribe::{Unsubscribe, UnsubscribeProperties};
 
+/// The reason codes each packet may carry, for the test strategies.
+#[cfg(test)]
+pub(crate) use {
+    auth::AUTH_REASONS,
+    connack::{CONNACK_REASONS, RETURN_CODES},
+    disconnect::DISCONNECT_REASONS,
+    pubresp::{PUBACK_PUBREC_REASONS, PUBREL_PUBCOMP_REASONS},
+    suback::{SUBACK_REASONS, V3_SUBACK_REASONS},
+    unsuback::UNSUBACK_REASONS,
+};
+
 use bytestring::ByteString;
 
 /// v5 User Property pairs, in the order received (order is significant and

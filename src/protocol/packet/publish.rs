@@ -1,8 +1,12 @@
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use super::UserProperties;
-use crate::protocol::QoS;
+use crate::protocol::properties::{
+    self, Properties, Property, Value, emit, emit_user_properties, id, once,
+};
+use crate::protocol::wire::{Reader, field_len, put_field};
+use crate::protocol::{DecodeError, EncodeError, ProtocolVersion, QoS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -28,4 +32,111 @@ pub struct PublishProperties {
     /// Server to client only; one per matching subscription.
     pub subscription_identifiers: Vec<u32>,
     pub content_type: Option<ByteString>,
+}
+
+impl Publish {
+    /// The hot path: apart from the user-property Vec, decoding allocates
+    /// nothing; topic and payload are slices of the frame.
+    pub(crate) fn read(
+        flags: u8,
+        r: &mut Reader,
+        version: ProtocolVersion,
+    ) -> Result<Publish, DecodeError> {
+        let dup = flags & 0b1000 != 0;
+        let qos_bits = (flags >> 1) & 0b11;
+        let qos = QoS::from_u8(qos_bits).ok_or(DecodeError::InvalidQoS(qos_bits))?;
+        // MQTT-3.3.1-2 (3.1.1 and 5.0). MQTT 3.1 has no such rule, and old
+        // clients are not refused for it.
+        if dup && qos == QoS::AtMostOnce && version != ProtocolVersion::V3_1 {
+            return Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH"));
+        }
+        let topic = r.string()?;
+        let packet_id = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            r.packet_id()?
+        };
+        let properties = if version.is_v5() {
+            properties::read(r)?
+        } else {
+            PublishProperties::default()
+        };
+        Ok(Publish {
+            dup,
+            qos,
+            retain: flags & 0b0001 != 0,
+            topic,
+            packet_id,
+            properties,
+            payload: r.rest(),
+        })
+    }
+
+    pub(crate) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let mut len = field_len(self.topic.as_bytes())? + self.payload.len();
+        if self.qos != QoS::AtMostOnce {
+            len += 2;
+        }
+        if version.is_v5() {
+            len += properties::encoded_len(&self.properties)?;
+        }
+        Ok(len)
+    }
+
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        put_field(buf, self.topic.as_bytes());
+        if self.qos != QoS::AtMostOnce {
+            buf.put_u16(self.packet_id);
+        }
+        if version.is_v5() {
+            properties::write(&self.properties, buf);
+        }
+        buf.put_slice(&self.payload);
+    }
+}
+
+impl Properties for PublishProperties {
+    fn accept(&mut self, id: u8, property: Property) -> Result<(), DecodeError> {
+        match property {
+            Property::PayloadFormatIndicator(v) => once(&mut self.payload_format_indicator, id, v),
+            Property::MessageExpiryInterval(v) => once(&mut self.message_expiry_interval, id, v),
+            Property::TopicAlias(v) => once(&mut self.topic_alias, id, v),
+            Property::ResponseTopic(v) => once(&mut self.response_topic, id, v),
+            Property::CorrelationData(v) => once(&mut self.correlation_data, id, v),
+            Property::ContentType(v) => once(&mut self.content_type, id, v),
+            Property::SubscriptionIdentifier(v) => {
+                self.subscription_identifiers.push(v);
+                Ok(())
+            }
+            Property::User(k, v) => {
+                self.user_properties.push((k, v));
+                Ok(())
+            }
+            _ => Err(DecodeError::UnexpectedProperty(id)),
+        }
+    }
+
+    fn visit<'a>(&'a self, f: &mut impl FnMut(u8, Value<'a>)) {
+        emit(
+            f,
+            id::PAYLOAD_FORMAT_INDICATOR,
+            self.payload_format_indicator.map(Value::Byte),
+        );
+        emit(
+            f,
+            id::MESSAGE_EXPIRY_INTERVAL,
+            self.message_expiry_interval.map(Value::Four),
+        );
+        emit(f, id::TOPIC_ALIAS, self.topic_alias.map(Value::Two));
+        emit(f, id::RESPONSE_TOPIC, self.response_topic.as_ref());
+        emit(f, id::CORRELATION_DATA, self.correlation_data.as_ref());
+        emit_user_properties(f, &self.user_properties);
+        for &subscription_identifier in &self.subscription_identifiers {
+            f(
+                id::SUBSCRIPTION_IDENTIFIER,
+                Value::Varint(subscription_identifier),
+            );
+        }
+        emit(f, id::CONTENT_TYPE, self.content_type.as_ref());
+    }
 }

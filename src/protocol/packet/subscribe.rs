@@ -1,7 +1,12 @@
+use bytes::{BufMut, BytesMut};
 use bytestring::ByteString;
 
 use super::UserProperties;
-use crate::protocol::QoS;
+use crate::protocol::properties::{
+    self, Properties, Property, Value, emit, emit_user_properties, id, once,
+};
+use crate::protocol::wire::{Reader, field_len, put_field};
+use crate::protocol::{DecodeError, EncodeError, ProtocolVersion, QoS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
@@ -41,4 +46,112 @@ pub struct SubscribeProperties {
     /// 1..=268,435,455 when present.
     pub subscription_identifier: Option<u32>,
     pub user_properties: UserProperties,
+}
+
+impl Subscribe {
+    pub(crate) fn read(r: &mut Reader, version: ProtocolVersion) -> Result<Subscribe, DecodeError> {
+        let packet_id = r.packet_id()?;
+        let properties = if version.is_v5() {
+            properties::read(r)?
+        } else {
+            SubscribeProperties::default()
+        };
+        let mut filters = Vec::new();
+        while r.remaining() > 0 {
+            let filter = r.string()?;
+            let options = SubscriptionOptions::from_byte(r.u8()?, version)?;
+            filters.push(TopicSubscription { filter, options });
+        }
+        if filters.is_empty() {
+            return Err(DecodeError::EmptySubscription);
+        }
+        Ok(Subscribe {
+            packet_id,
+            filters,
+            properties,
+        })
+    }
+
+    pub(crate) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let mut len = 2;
+        if version.is_v5() {
+            len += properties::encoded_len(&self.properties)?;
+        }
+        for subscription in &self.filters {
+            len += field_len(subscription.filter.as_bytes())? + 1;
+        }
+        Ok(len)
+    }
+
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        buf.put_u16(self.packet_id);
+        if version.is_v5() {
+            properties::write(&self.properties, buf);
+        }
+        for subscription in &self.filters {
+            put_field(buf, subscription.filter.as_bytes());
+            buf.put_u8(subscription.options.to_byte(version));
+        }
+    }
+}
+
+impl SubscriptionOptions {
+    /// Spec 3.8.3.1: reserved bits are malformed, checked before the fields
+    /// they would otherwise be mistaken for.
+    fn from_byte(byte: u8, version: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError> {
+        let reserved = if version.is_v5() {
+            0b1100_0000
+        } else {
+            0b1111_1100
+        };
+        if byte & reserved != 0 {
+            return Err(DecodeError::InvalidSubscriptionOptions(byte));
+        }
+        let qos_bits = byte & 0b11;
+        let qos = QoS::from_u8(qos_bits).ok_or(DecodeError::InvalidQoS(qos_bits))?;
+        let retain_handling = match (byte >> 4) & 0b11 {
+            0 => RetainHandling::OnSubscribe,
+            1 => RetainHandling::OnNewSubscribe,
+            2 => RetainHandling::DoNotSend,
+            _ => return Err(DecodeError::InvalidSubscriptionOptions(byte)),
+        };
+        Ok(SubscriptionOptions {
+            qos,
+            no_local: byte & 0b0100 != 0,
+            retain_as_published: byte & 0b1000 != 0,
+            retain_handling,
+        })
+    }
+
+    fn to_byte(self, version: ProtocolVersion) -> u8 {
+        let qos = self.qos as u8;
+        if !version.is_v5() {
+            return qos;
+        }
+        qos | (u8::from(self.no_local) << 2)
+            | (u8::from(self.retain_as_published) << 3)
+            | ((self.retain_handling as u8) << 4)
+    }
+}
+
+impl Properties for SubscribeProperties {
+    fn accept(&mut self, id: u8, property: Property) -> Result<(), DecodeError> {
+        match property {
+            Property::SubscriptionIdentifier(v) => once(&mut self.subscription_identifier, id, v),
+            Property::User(k, v) => {
+                self.user_properties.push((k, v));
+                Ok(())
+            }
+            _ => Err(DecodeError::UnexpectedProperty(id)),
+        }
+    }
+
+    fn visit<'a>(&'a self, f: &mut impl FnMut(u8, Value<'a>)) {
+        emit(
+            f,
+            id::SUBSCRIPTION_IDENTIFIER,
+            self.subscription_identifier.map(Value::Varint),
+        );
+        emit_user_properties(f, &self.user_properties);
+    }
 }

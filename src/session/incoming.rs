@@ -1,0 +1,384 @@
+//! PUBLISH and PUBREL from the client: the receiving side of QoS 0, 1, 2.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::connect::pub_response;
+use super::{Session, SessionAction};
+use crate::message::Message;
+use crate::protocol::topic::valid_topic_name;
+use crate::protocol::{Packet, Publish, QoS, ReasonCode};
+
+impl Session {
+    pub(super) fn handle_publish(
+        &mut self,
+        publish: Publish,
+        now: Instant,
+    ) -> Result<(), ReasonCode> {
+        // Topic Alias Maximum is not sent in CONNACK, so it is 0 and any
+        // alias is invalid (spec 3.3.2.3.4).
+        if publish.properties.topic_alias.is_some() {
+            return Err(ReasonCode::TopicAliasInvalid);
+        }
+        if !valid_topic_name(&publish.topic) {
+            return Err(ReasonCode::TopicNameInvalid);
+        }
+        // Subscription identifiers are the server's to add (spec 3.3.4).
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return Err(ReasonCode::ProtocolError);
+        }
+        let packet_id = publish.packet_id;
+        match publish.qos {
+            QoS::AtMostOnce => self.route(publish, now),
+            QoS::AtLeastOnce => {
+                self.route(publish, now);
+                self.control
+                    .push_back(Packet::PubAck(pub_response(packet_id, ReasonCode::Success)));
+            }
+            QoS::ExactlyOnce => {
+                // A repeat of an id awaiting PUBREL is the client resending
+                // a PUBLISH whose PUBREC it missed: answer, don't route.
+                if !self.incoming_qos2.contains(&packet_id) {
+                    // 3.1.1 has no Receive Maximum to exceed; the 16-bit id
+                    // space bounds the set there.
+                    if self.protocol.is_v5()
+                        && self.incoming_qos2.len() >= usize::from(self.config.max_inflight)
+                    {
+                        return Err(ReasonCode::ReceiveMaximumExceeded);
+                    }
+                    self.incoming_qos2.insert(packet_id);
+                    self.route(publish, now);
+                }
+                self.control
+                    .push_back(Packet::PubRec(pub_response(packet_id, ReasonCode::Success)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Both answers are PUBCOMP: for an unknown id the client is still
+    /// waiting for one, and v5 is told the id was not found.
+    pub(super) fn handle_pubrel(&mut self, packet_id: u16) {
+        let reason = if self.incoming_qos2.remove(&packet_id) || !self.protocol.is_v5() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.control
+            .push_back(Packet::PubComp(pub_response(packet_id, reason)));
+    }
+
+    fn route(&mut self, publish: Publish, now: Instant) {
+        let properties = publish.properties;
+        // An interval too large for `Instant` is as good as none.
+        let expires_at = properties
+            .message_expiry_interval
+            .and_then(|secs| now.checked_add(Duration::from_secs(secs.into())));
+        let message = Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            publisher: self.client_id.clone(),
+            expires_at,
+        };
+        self.actions
+            .push_back(SessionAction::Publish(Arc::new(message)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::{Disconnect, ProtocolVersion, PublishProperties};
+    use crate::session::testing::*;
+
+    fn routed(session: &mut Session) -> Vec<Arc<Message>> {
+        actions(session)
+            .into_iter()
+            .map(|action| match action {
+                SessionAction::Publish(message) => message,
+                other => panic!("expected Publish, got {other:?}"),
+            })
+            .collect()
+    }
+
+    fn disconnect_reason(session: &mut Session, now: Instant) -> Option<ReasonCode> {
+        transmit(session, now)
+            .into_iter()
+            .find_map(|packet| match packet {
+                Packet::Disconnect(Disconnect { reason, .. }) => Some(reason),
+                _ => None,
+            })
+    }
+
+    #[test]
+    fn qos0_is_routed_without_an_answer() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(publish_in("a/b", QoS::AtMostOnce, 0), now)
+            .unwrap();
+        let messages = routed(&mut session);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].topic, "a/b");
+        assert_eq!(messages[0].payload, Bytes::from_static(b"in"));
+        assert_eq!(messages[0].publisher, "c");
+        assert_eq!(messages[0].qos, QoS::AtMostOnce);
+        assert_eq!(transmit(&mut session, now), vec![]);
+    }
+
+    #[test]
+    fn message_built_from_publish() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: "t".into(),
+            packet_id: 4,
+            properties: PublishProperties {
+                message_expiry_interval: Some(30),
+                response_topic: Some("reply".into()),
+                user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+                ..PublishProperties::default()
+            },
+            payload: Bytes::from_static(b"x"),
+        };
+        session
+            .handle_packet(Packet::Publish(publish), now)
+            .unwrap();
+        let message = routed(&mut session).pop().unwrap();
+        assert!(message.retain);
+        assert_eq!(message.qos, QoS::AtLeastOnce);
+        assert_eq!(message.expires_at, Some(now + Duration::from_secs(30)));
+        assert_eq!(message.properties.message_expiry_interval, Some(30));
+        assert_eq!(message.properties.response_topic.as_deref(), Some("reply"));
+        assert_eq!(message.properties.user_properties.len(), 2);
+        assert!(message.properties.subscription_identifiers.is_empty());
+        assert_eq!(message.properties.topic_alias, None);
+    }
+
+    #[test]
+    fn qos1_is_routed_and_acknowledged() {
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 12), now)
+            .unwrap();
+        assert_eq!(routed(&mut session).len(), 1);
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::PubAck(pub_response(12, ReasonCode::Success))]
+        );
+    }
+
+    #[test]
+    fn qos2_flow_routes_exactly_once() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 5), now)
+            .unwrap();
+        assert_eq!(routed(&mut session).len(), 1);
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::PubRec(pub_response(5, ReasonCode::Success))]
+        );
+        // The PUBREC was lost; the client sends the PUBLISH again.
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 5), now)
+            .unwrap();
+        assert!(routed(&mut session).is_empty());
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::PubRec(pub_response(5, ReasonCode::Success))]
+        );
+        session
+            .handle_packet(Packet::PubRel(pub_response(5, ReasonCode::Success)), now)
+            .unwrap();
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::PubComp(pub_response(5, ReasonCode::Success))]
+        );
+        // The flow is over: the id may carry a new message.
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 5), now)
+            .unwrap();
+        assert_eq!(routed(&mut session).len(), 1);
+    }
+
+    #[test]
+    fn pubrel_for_unknown_id() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(Packet::PubRel(pub_response(77, ReasonCode::Success)), now)
+            .unwrap();
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::PubComp(pub_response(
+                77,
+                ReasonCode::PacketIdentifierNotFound
+            ))]
+        );
+
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        session
+            .handle_packet(Packet::PubRel(pub_response(77, ReasonCode::Success)), now)
+            .unwrap();
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::PubComp(pub_response(77, ReasonCode::Success))]
+        );
+    }
+
+    #[test]
+    fn too_many_incoming_qos2_exceeds_receive_maximum() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        for id in 1..=10 {
+            session
+                .handle_packet(publish_in("t", QoS::ExactlyOnce, id), now)
+                .unwrap();
+        }
+        // A repeat of a known id is not a new message.
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 3), now)
+            .unwrap();
+        let result = session.handle_packet(publish_in("t", QoS::ExactlyOnce, 11), now);
+        assert_eq!(result, Err(ReasonCode::ReceiveMaximumExceeded));
+        assert_eq!(routed_count(&mut session), 10);
+        assert_eq!(
+            disconnect_reason(&mut session, now),
+            Some(ReasonCode::ReceiveMaximumExceeded)
+        );
+    }
+
+    fn routed_count(session: &mut Session) -> usize {
+        actions(session)
+            .iter()
+            .filter(|action| matches!(action, SessionAction::Publish(_)))
+            .count()
+    }
+
+    #[test]
+    fn v3_has_no_incoming_qos2_limit_below_the_id_space() {
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        for id in 1..=50 {
+            session
+                .handle_packet(publish_in("t", QoS::ExactlyOnce, id), now)
+                .unwrap();
+        }
+        assert_eq!(routed(&mut session).len(), 50);
+    }
+
+    #[test]
+    fn invalid_topic_name_closes() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let result = session.handle_packet(publish_in("a/#", QoS::AtMostOnce, 0), now);
+        assert_eq!(result, Err(ReasonCode::TopicNameInvalid));
+        assert_eq!(actions(&mut session), vec![SessionAction::Close]);
+        assert_eq!(
+            disconnect_reason(&mut session, now),
+            Some(ReasonCode::TopicNameInvalid)
+        );
+    }
+
+    #[test]
+    fn topic_alias_is_invalid() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let mut packet = publish_in("", QoS::AtMostOnce, 0);
+        if let Packet::Publish(publish) = &mut packet {
+            publish.properties.topic_alias = Some(1);
+        }
+        assert_eq!(
+            session.handle_packet(packet, now),
+            Err(ReasonCode::TopicAliasInvalid)
+        );
+        assert_eq!(actions(&mut session), vec![SessionAction::Close]);
+        assert_eq!(
+            disconnect_reason(&mut session, now),
+            Some(ReasonCode::TopicAliasInvalid)
+        );
+    }
+
+    #[test]
+    fn subscription_identifier_from_the_client_is_a_protocol_error() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let mut packet = publish_in("t", QoS::AtMostOnce, 0);
+        if let Packet::Publish(publish) = &mut packet {
+            publish.properties.subscription_identifiers = vec![1];
+        }
+        assert_eq!(
+            session.handle_packet(packet, now),
+            Err(ReasonCode::ProtocolError)
+        );
+        assert_eq!(actions(&mut session), vec![SessionAction::Close]);
+    }
+
+    #[test]
+    fn message_expiry_too_large_for_instant_never_expires() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let mut packet = publish_in("t", QoS::AtMostOnce, 0);
+        if let Packet::Publish(publish) = &mut packet {
+            publish.properties.message_expiry_interval = Some(u32::MAX);
+        }
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(routed(&mut session).len(), 1);
+    }
+
+    #[test]
+    fn auth_is_a_protocol_error_without_a_method() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let auth = Packet::Auth(crate::protocol::Auth {
+            reason: ReasonCode::ContinueAuthentication,
+            properties: Default::default(),
+        });
+        assert_eq!(
+            session.handle_packet(auth.clone(), now),
+            Err(ReasonCode::ProtocolError)
+        );
+
+        let mut connect = connect(ProtocolVersion::V5);
+        connect.properties.authentication_method = Some("SCRAM-SHA-1".into());
+        let (mut session, now) = connected_with(connect);
+        assert_eq!(
+            session.handle_packet(auth, now),
+            Err(ReasonCode::BadAuthenticationMethod)
+        );
+    }
+
+    #[test]
+    fn server_packets_from_the_client_are_protocol_errors() {
+        for packet in [
+            Packet::PingResp,
+            Packet::SubAck(crate::protocol::SubAck {
+                packet_id: 1,
+                reasons: vec![],
+                properties: Default::default(),
+            }),
+            Packet::UnsubAck(crate::protocol::UnsubAck {
+                packet_id: 1,
+                reasons: vec![],
+                properties: Default::default(),
+            }),
+            Packet::ConnAck(crate::protocol::ConnAck {
+                session_present: false,
+                reason: ReasonCode::Success,
+                properties: Default::default(),
+            }),
+        ] {
+            let (mut session, now) = connected(ProtocolVersion::V5);
+            assert_eq!(
+                session.handle_packet(packet, now),
+                Err(ReasonCode::ProtocolError)
+            );
+        }
+    }
+
+    #[test]
+    fn pingreq_answered() {
+        let (mut session, now) = connected(ProtocolVersion::V3_1);
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        assert_eq!(transmit(&mut session, now), vec![Packet::PingResp]);
+    }
+}

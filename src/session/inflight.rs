@@ -1,0 +1,330 @@
+//! Outgoing QoS 1 and QoS 2 messages between PUBLISH and their final
+//! acknowledgement, keyed by packet id.
+
+use rustc_hash::FxHashMap;
+
+use super::queue::Outgoing;
+use crate::protocol::QoS;
+
+/// Where an outgoing flow stands.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Flight {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AtLeastOnce(Outgoing),
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    ExactlyOnce(Outgoing),
+    /// QoS 2 PUBREL sent, waiting for PUBCOMP; the message itself is no
+    /// longer needed.
+    Released,
+}
+
+/// A flow owed to the client again after a reconnect, named by the stage it
+/// was in then: if the flow has moved on before its turn to be sent, the
+/// resend is stale and skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resend {
+    Publish(u16),
+    Release(u16),
+}
+
+impl Resend {
+    pub fn packet_id(self) -> u16 {
+        match self {
+            Resend::Publish(packet_id) | Resend::Release(packet_id) => packet_id,
+        }
+    }
+}
+
+/// What a PUBREC did to a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PubRecOutcome {
+    /// Send PUBREL (again, if this PUBREC repeats an earlier one).
+    Release,
+    /// The client refused the message (v5 error reason): the flow is over.
+    Ended,
+    Unknown,
+}
+
+/// The slots counted against the inflight window: the spec counts a QoS 2
+/// message until PUBCOMP, not just until PUBREC (spec 4.9).
+#[derive(Debug, Default)]
+pub(super) struct Inflight {
+    /// The sequence number orders resends after a reconnect the way the
+    /// messages were first sent (spec 4.6); packet ids wrap, so they can't.
+    flights: FxHashMap<u16, (u64, Flight)>,
+    last_id: u16,
+    next_seq: u64,
+}
+
+impl Inflight {
+    pub fn len(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// The next free packet id after the last one handed out, wrapping
+    /// from 65535 to 1. `None` only when all 65535 are in flight.
+    pub fn next_free_id(&self) -> Option<u16> {
+        let mut id = self.last_id;
+        for _ in 0..u16::MAX {
+            id = id.checked_add(1).unwrap_or(1);
+            if !self.flights.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Records a PUBLISH sent with `packet_id` (from [`Inflight::next_free_id`]).
+    pub fn start(&mut self, packet_id: u16, outgoing: Outgoing) {
+        let flight = if outgoing.qos == QoS::ExactlyOnce {
+            Flight::ExactlyOnce(outgoing)
+        } else {
+            Flight::AtLeastOnce(outgoing)
+        };
+        self.last_id = packet_id;
+        self.flights.insert(packet_id, (self.next_seq, flight));
+        self.next_seq += 1;
+    }
+
+    /// Ends a QoS 1 flow. An unknown id, or one in another state, is
+    /// ignored: a late or confused ack is no reason to drop the client.
+    pub fn puback(&mut self, packet_id: u16) {
+        if let Some((_, Flight::AtLeastOnce(_))) = self.flights.get(&packet_id) {
+            self.flights.remove(&packet_id);
+        }
+    }
+
+    pub fn pubrec(&mut self, packet_id: u16, accepted: bool) -> PubRecOutcome {
+        let Some((_, flight)) = self.flights.get_mut(&packet_id) else {
+            return PubRecOutcome::Unknown;
+        };
+        match flight {
+            Flight::ExactlyOnce(_) if !accepted => {
+                self.flights.remove(&packet_id);
+                PubRecOutcome::Ended
+            }
+            Flight::ExactlyOnce(_) | Flight::Released => {
+                *flight = Flight::Released;
+                PubRecOutcome::Release
+            }
+            Flight::AtLeastOnce(_) => PubRecOutcome::Unknown,
+        }
+    }
+
+    pub fn pubcomp(&mut self, packet_id: u16) {
+        if let Some((_, Flight::Released)) = self.flights.get(&packet_id) {
+            self.flights.remove(&packet_id);
+        }
+    }
+
+    pub fn get(&self, packet_id: u16) -> Option<&Flight> {
+        self.flights.get(&packet_id).map(|(_, flight)| flight)
+    }
+
+    pub fn remove(&mut self, packet_id: u16) {
+        self.flights.remove(&packet_id);
+    }
+
+    /// Every flow, in the order it started (spec 4.6): PUBLISH again (with
+    /// DUP) for messages not acknowledged, PUBREL for those received.
+    pub fn resends(&self) -> Vec<Resend> {
+        let mut flights: Vec<_> = self
+            .flights
+            .iter()
+            .map(|(&id, (seq, flight))| (*seq, id, flight))
+            .collect();
+        flights.sort_unstable_by_key(|&(seq, _, _)| seq);
+        flights
+            .into_iter()
+            .map(|(_, id, flight)| match flight {
+                Flight::Released => Resend::Release(id),
+                Flight::AtLeastOnce(_) | Flight::ExactlyOnce(_) => Resend::Publish(id),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::message::Message;
+    use crate::protocol::PublishProperties;
+
+    fn outgoing(qos: QoS) -> Outgoing {
+        Outgoing {
+            message: Arc::new(Message {
+                topic: "t".into(),
+                payload: Default::default(),
+                qos,
+                retain: false,
+                properties: PublishProperties::default(),
+                publisher: "p".into(),
+                expires_at: None,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn send(inflight: &mut Inflight, qos: QoS) -> u16 {
+        let id = inflight.next_free_id().expect("free id");
+        inflight.start(id, outgoing(qos));
+        id
+    }
+
+    #[test]
+    fn ids_start_at_one_and_increase() {
+        let mut inflight = Inflight::default();
+        assert_eq!(send(&mut inflight, QoS::AtLeastOnce), 1);
+        assert_eq!(send(&mut inflight, QoS::AtLeastOnce), 2);
+        inflight.puback(1);
+        // A freed id is not reused straight away: a late ack for it would
+        // otherwise hit the wrong message.
+        assert_eq!(send(&mut inflight, QoS::AtLeastOnce), 3);
+    }
+
+    #[test]
+    fn ids_wrap_past_65535_and_skip_ids_in_use() {
+        let mut inflight = Inflight::default();
+        assert_eq!(send(&mut inflight, QoS::AtLeastOnce), 1);
+        inflight.last_id = 65_534;
+        assert_eq!(send(&mut inflight, QoS::AtLeastOnce), 65_535);
+        // 1 is still in flight, so the wrap lands on 2.
+        assert_eq!(send(&mut inflight, QoS::AtLeastOnce), 2);
+        assert_eq!(inflight.len(), 3);
+    }
+
+    #[test]
+    fn no_id_when_all_are_in_flight() {
+        let mut inflight = Inflight::default();
+        for _ in 0..u16::MAX {
+            send(&mut inflight, QoS::AtLeastOnce);
+        }
+        assert_eq!(inflight.next_free_id(), None);
+        inflight.puback(40_000);
+        assert_eq!(inflight.next_free_id(), Some(40_000));
+    }
+
+    #[test]
+    fn qos1_ends_on_puback_only() {
+        let mut inflight = Inflight::default();
+        let id = send(&mut inflight, QoS::AtLeastOnce);
+        assert_eq!(inflight.pubrec(id, true), PubRecOutcome::Unknown);
+        inflight.pubcomp(id);
+        assert_eq!(inflight.len(), 1);
+        inflight.puback(id);
+        assert_eq!(inflight.len(), 0);
+    }
+
+    #[test]
+    fn qos2_holds_its_slot_until_pubcomp() {
+        let mut inflight = Inflight::default();
+        let id = send(&mut inflight, QoS::ExactlyOnce);
+        inflight.puback(id);
+        inflight.pubcomp(id);
+        assert_eq!(inflight.len(), 1);
+        assert_eq!(inflight.pubrec(id, true), PubRecOutcome::Release);
+        assert_eq!(inflight.get(id), Some(&Flight::Released));
+        assert_eq!(inflight.resends(), vec![Resend::Release(id)]);
+        assert_eq!(
+            inflight.pubrec(id, true),
+            PubRecOutcome::Release,
+            "repeated PUBREC"
+        );
+        assert_eq!(inflight.len(), 1);
+        inflight.pubcomp(id);
+        assert_eq!(inflight.len(), 0);
+    }
+
+    #[test]
+    fn refused_pubrec_ends_the_flow() {
+        let mut inflight = Inflight::default();
+        let id = send(&mut inflight, QoS::ExactlyOnce);
+        assert_eq!(inflight.pubrec(id, false), PubRecOutcome::Ended);
+        assert_eq!(inflight.len(), 0);
+        assert_eq!(inflight.pubrec(id, true), PubRecOutcome::Unknown);
+    }
+
+    #[test]
+    fn send_order_survives_id_wrap() {
+        let mut inflight = Inflight {
+            last_id: 65_534,
+            ..Inflight::default()
+        };
+        let ids: Vec<u16> = (0..3)
+            .map(|_| send(&mut inflight, QoS::AtLeastOnce))
+            .collect();
+        assert_eq!(ids, vec![65_535, 1, 2]);
+        let order: Vec<Resend> = ids.iter().map(|&id| Resend::Publish(id)).collect();
+        assert_eq!(inflight.resends(), order);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Send(bool),
+        PubAck(usize),
+        PubRec(usize, bool),
+        PubComp(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            any::<bool>().prop_map(Op::Send),
+            any::<usize>().prop_map(Op::PubAck),
+            (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Op::PubRec(i, ok)),
+            any::<usize>().prop_map(Op::PubComp),
+        ]
+    }
+
+    proptest! {
+        /// Acks for any id in any order never make an id in use be handed
+        /// out again, and the tracked set always matches a model.
+        #[test]
+        fn ids_in_use_are_never_reused(ops in proptest::collection::vec(op(), 1..400), start in any::<u16>()) {
+            let mut inflight = Inflight { last_id: start, ..Inflight::default() };
+            let mut model: HashSet<u16> = HashSet::new();
+            for op in ops {
+                let pick = |i: usize| -> u16 {
+                    let mut ids: Vec<u16> = model.iter().copied().collect();
+                    ids.sort_unstable();
+                    if ids.is_empty() { (i % 65_535) as u16 + 1 } else { ids[i % ids.len()] }
+                };
+                match op {
+                    Op::Send(qos2) => {
+                        let id = inflight.next_free_id().expect("far from 65535 in flight");
+                        prop_assert!(id != 0);
+                        prop_assert!(model.insert(id), "id {} handed out while in use", id);
+                        inflight.start(id, outgoing(if qos2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce }));
+                    }
+                    Op::PubAck(i) => {
+                        let id = pick(i);
+                        if let Some((_, Flight::AtLeastOnce(_))) = inflight.flights.get(&id) {
+                            model.remove(&id);
+                        }
+                        inflight.puback(id);
+                    }
+                    Op::PubRec(i, ok) => {
+                        let id = pick(i);
+                        if inflight.pubrec(id, ok) == PubRecOutcome::Ended {
+                            model.remove(&id);
+                        }
+                    }
+                    Op::PubComp(i) => {
+                        let id = pick(i);
+                        if let Some((_, Flight::Released)) = inflight.flights.get(&id) {
+                            model.remove(&id);
+                        }
+                        inflight.pubcomp(id);
+                    }
+                }
+                prop_assert_eq!(inflight.len(), model.len());
+            }
+        }
+    }
+}

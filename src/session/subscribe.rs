@@ -1,0 +1,353 @@
+//! SUBSCRIBE and UNSUBSCRIBE. The router holds the subscriptions that
+//! match; the session keeps the filters only to answer the questions the
+//! spec asks of "this session's" subscriptions.
+
+use super::{Session, SessionAction};
+use crate::protocol::topic::valid_topic_filter;
+use crate::protocol::{
+    Packet, QoS, ReasonCode, RetainHandling, SubAck, SubAckProperties, Subscribe, UnsubAck,
+    UnsubAckProperties, Unsubscribe,
+};
+
+fn granted(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    }
+}
+
+impl Session {
+    /// Each filter is answered on its own; the SUBACK is queued after the
+    /// Subscribe actions, but as a control packet it still leaves before
+    /// the retained messages those actions deliver.
+    pub(super) fn handle_subscribe(&mut self, subscribe: Subscribe) {
+        let subscription_id = if self.protocol.is_v5() {
+            subscribe.properties.subscription_identifier
+        } else {
+            None
+        };
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        for subscription in subscribe.filters {
+            let filter = subscription.filter;
+            let options = subscription.options;
+            if filter.starts_with("$share/") {
+                reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
+                continue;
+            }
+            if !valid_topic_filter(&filter) {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            let is_new = self.subscriptions.insert(filter.clone());
+            let send_retained = match options.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscribe => is_new,
+                RetainHandling::DoNotSend => false,
+            };
+            reasons.push(granted(options.qos));
+            self.actions.push_back(SessionAction::Subscribe {
+                filter,
+                options,
+                subscription_id,
+                send_retained,
+            });
+        }
+        self.control.push_back(Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reasons,
+            properties: SubAckProperties::default(),
+        }));
+    }
+
+    pub(super) fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in unsubscribe.filters {
+            if self.subscriptions.remove(&filter) {
+                reasons.push(ReasonCode::Success);
+                self.actions
+                    .push_back(SessionAction::Unsubscribe { filter });
+            } else {
+                reasons.push(ReasonCode::NoSubscriptionExisted);
+            }
+        }
+        // 3.1.1 UNSUBACK has no reason codes.
+        if !self.protocol.is_v5() {
+            reasons.clear();
+        }
+        self.control.push_back(Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reasons,
+            properties: UnsubAckProperties::default(),
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytestring::ByteString;
+
+    use super::*;
+    use crate::protocol::{
+        ProtocolVersion, SubscribeProperties, SubscriptionOptions, TopicSubscription,
+    };
+    use crate::session::testing::*;
+
+    fn subscribe(filters: &[(&str, SubscriptionOptions)], id: Option<u32>) -> Packet {
+        Packet::Subscribe(Subscribe {
+            packet_id: 3,
+            filters: filters
+                .iter()
+                .map(|&(filter, options)| TopicSubscription {
+                    filter: filter.into(),
+                    options,
+                })
+                .collect(),
+            properties: SubscribeProperties {
+                subscription_identifier: id,
+                ..SubscribeProperties::default()
+            },
+        })
+    }
+
+    fn qos(qos: QoS) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        }
+    }
+
+    fn retain_handling(retain_handling: RetainHandling) -> SubscriptionOptions {
+        SubscriptionOptions {
+            retain_handling,
+            ..SubscriptionOptions::default()
+        }
+    }
+
+    fn unsubscribe(filters: &[&str]) -> Packet {
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: 8,
+            filters: filters.iter().map(|&f| ByteString::from(f)).collect(),
+            properties: Default::default(),
+        })
+    }
+
+    fn suback_reasons(session: &mut Session, now: Instant) -> Vec<ReasonCode> {
+        match transmit(session, now).as_slice() {
+            [Packet::SubAck(suback)] => {
+                assert_eq!(suback.packet_id, 3);
+                suback.reasons.clone()
+            }
+            other => panic!("expected one SUBACK, got {other:?}"),
+        }
+    }
+
+    fn send_retained(session: &mut Session) -> Vec<bool> {
+        actions(session)
+            .into_iter()
+            .map(|action| match action {
+                SessionAction::Subscribe { send_retained, .. } => send_retained,
+                other => panic!("expected Subscribe, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn granted_qos_and_failures_per_filter() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let packet = subscribe(
+            &[
+                ("a/+", qos(QoS::AtMostOnce)),
+                ("a/#/b", qos(QoS::AtLeastOnce)),
+                ("$share/g/a", qos(QoS::AtLeastOnce)),
+                ("b/#", qos(QoS::AtLeastOnce)),
+                ("c", qos(QoS::ExactlyOnce)),
+            ],
+            Some(42),
+        );
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(
+            suback_reasons(&mut session, now),
+            vec![
+                ReasonCode::Success,
+                ReasonCode::TopicFilterInvalid,
+                ReasonCode::SharedSubscriptionsNotSupported,
+                ReasonCode::GrantedQoS1,
+                ReasonCode::GrantedQoS2,
+            ]
+        );
+        assert_eq!(
+            actions(&mut session),
+            vec![
+                SessionAction::Subscribe {
+                    filter: "a/+".into(),
+                    options: qos(QoS::AtMostOnce),
+                    subscription_id: Some(42),
+                    send_retained: true,
+                },
+                SessionAction::Subscribe {
+                    filter: "b/#".into(),
+                    options: qos(QoS::AtLeastOnce),
+                    subscription_id: Some(42),
+                    send_retained: true,
+                },
+                SessionAction::Subscribe {
+                    filter: "c".into(),
+                    options: qos(QoS::ExactlyOnce),
+                    subscription_id: Some(42),
+                    send_retained: true,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn v3_gets_no_subscription_id() {
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        session
+            .handle_packet(subscribe(&[("a", qos(QoS::AtLeastOnce))], Some(42)), now)
+            .unwrap();
+        assert!(matches!(
+            actions(&mut session).as_slice(),
+            [SessionAction::Subscribe {
+                subscription_id: None,
+                ..
+            }]
+        ));
+        assert_eq!(
+            suback_reasons(&mut session, now),
+            vec![ReasonCode::GrantedQoS1]
+        );
+    }
+
+    #[test]
+    fn v3_failures_are_errors_for_the_codec_to_write_as_0x80() {
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        let packet = subscribe(
+            &[
+                ("$share/g/a", qos(QoS::AtLeastOnce)),
+                ("a+", qos(QoS::AtLeastOnce)),
+            ],
+            None,
+        );
+        session.handle_packet(packet, now).unwrap();
+        assert!(actions(&mut session).is_empty());
+        assert!(
+            suback_reasons(&mut session, now)
+                .iter()
+                .all(|r| r.is_error())
+        );
+    }
+
+    #[test]
+    fn retain_handling_0_always_sends() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let packet = subscribe(&[("a", retain_handling(RetainHandling::OnSubscribe))], None);
+        session.handle_packet(packet.clone(), now).unwrap();
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(send_retained(&mut session), vec![true, true]);
+    }
+
+    #[test]
+    fn retain_handling_1_sends_for_new_subscriptions_only() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let packet = subscribe(
+            &[("a", retain_handling(RetainHandling::OnNewSubscribe))],
+            None,
+        );
+        session.handle_packet(packet.clone(), now).unwrap();
+        session.handle_packet(packet.clone(), now).unwrap();
+        session.handle_packet(unsubscribe(&["a"]), now).unwrap();
+        actions(&mut session);
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(send_retained(&mut session), vec![true]);
+    }
+
+    #[test]
+    fn retain_handling_1_for_a_subscription_kept_across_reconnect() {
+        let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
+        let packet = subscribe(
+            &[("a", retain_handling(RetainHandling::OnNewSubscribe))],
+            None,
+        );
+        session.handle_packet(packet.clone(), now).unwrap();
+        assert_eq!(send_retained(&mut session), vec![true]);
+        session.handle_connection_lost(now);
+        session.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(send_retained(&mut session), vec![false]);
+    }
+
+    #[test]
+    fn retain_handling_2_never_sends() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let packet = subscribe(&[("a", retain_handling(RetainHandling::DoNotSend))], None);
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(send_retained(&mut session), vec![false]);
+    }
+
+    #[test]
+    fn unsubscribe_reasons() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(subscribe(&[("a", qos(QoS::AtMostOnce))], None), now)
+            .unwrap();
+        transmit(&mut session, now);
+        actions(&mut session);
+        session
+            .handle_packet(unsubscribe(&["a", "b", "a"]), now)
+            .unwrap();
+        assert_eq!(
+            actions(&mut session),
+            vec![SessionAction::Unsubscribe { filter: "a".into() }]
+        );
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::UnsubAck(UnsubAck {
+                packet_id: 8,
+                reasons: vec![
+                    ReasonCode::Success,
+                    ReasonCode::NoSubscriptionExisted,
+                    ReasonCode::NoSubscriptionExisted
+                ],
+                properties: UnsubAckProperties::default(),
+            })]
+        );
+    }
+
+    #[test]
+    fn v3_unsuback_has_no_reasons() {
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        session
+            .handle_packet(subscribe(&[("a", qos(QoS::AtMostOnce))], None), now)
+            .unwrap();
+        transmit(&mut session, now);
+        actions(&mut session);
+        session.handle_packet(unsubscribe(&["a"]), now).unwrap();
+        assert_eq!(
+            actions(&mut session),
+            vec![SessionAction::Unsubscribe { filter: "a".into() }]
+        );
+        assert!(matches!(
+            transmit(&mut session, now).as_slice(),
+            [Packet::UnsubAck(UnsubAck { packet_id: 8, reasons, .. })] if reasons.is_empty()
+        ));
+    }
+
+    #[test]
+    fn suback_goes_out_before_retained_messages_delivered_after_it() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(subscribe(&[("a", qos(QoS::AtLeastOnce))], None), now)
+            .unwrap();
+        // What the shard does on the Subscribe action.
+        assert_eq!(send_retained(&mut session), vec![true]);
+        let mut retained = delivery(QoS::AtLeastOnce);
+        retained.from_retained_store = true;
+        session.handle_deliver(&message("a", QoS::AtLeastOnce), retained, now);
+        let sent = transmit(&mut session, now);
+        assert!(matches!(sent.as_slice(), [Packet::SubAck(_), Packet::Publish(p)] if p.retain));
+    }
+}

@@ -1,0 +1,138 @@
+//! Builders shared by the session's unit tests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Delivery, QueueFullPolicy, Session, SessionAction, SessionConfig};
+use crate::message::Message;
+use crate::protocol::{
+    Connect, ConnectProperties, Disconnect, DisconnectProperties, LastWill, Packet,
+    ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode, WillProperties,
+};
+
+pub fn config() -> SessionConfig {
+    SessionConfig {
+        max_inflight: 10,
+        max_queued_messages: 100,
+        queue_full: QueueFullPolicy::Drop,
+        max_keepalive: u16::MAX,
+        max_packet_size: 1 << 20,
+    }
+}
+
+/// Clean start, keep-alive 60 s, no will.
+pub fn connect(protocol: ProtocolVersion) -> Connect {
+    Connect {
+        protocol,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: "c".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    }
+}
+
+/// A session that outlives its connection: 3.1.1 clean session 0, v5 one
+/// hour of expiry.
+pub fn persistent(protocol: ProtocolVersion) -> Connect {
+    let mut connect = connect(protocol);
+    connect.clean_start = false;
+    if protocol.is_v5() {
+        connect.properties.session_expiry_interval = Some(3600);
+    }
+    connect
+}
+
+/// QoS 1 will on `will/<name>`.
+pub fn will(name: &str) -> LastWill {
+    LastWill {
+        topic: format!("will/{name}").into(),
+        payload: Bytes::from_static(b"bye"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: WillProperties::default(),
+    }
+}
+
+pub fn connected(protocol: ProtocolVersion) -> (Session, Instant) {
+    connected_with(connect(protocol))
+}
+
+pub fn connected_with(connect: Connect) -> (Session, Instant) {
+    let now = Instant::now();
+    let mut session = Session::new("c".into(), now);
+    let connack = session.handle_connect(&connect, false, &config(), now);
+    assert_eq!(connack.reason, ReasonCode::Success);
+    (session, now)
+}
+
+pub fn message(topic: &str, qos: QoS) -> Arc<Message> {
+    Arc::new(Message {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"payload"),
+        qos,
+        retain: false,
+        properties: PublishProperties::default(),
+        publisher: "other".into(),
+        expires_at: None,
+    })
+}
+
+pub fn expiring_message(topic: &str, qos: QoS, now: Instant, secs: u32) -> Arc<Message> {
+    let mut message = Arc::unwrap_or_clone(message(topic, qos));
+    message.properties.message_expiry_interval = Some(secs);
+    message.expires_at = Some(now + Duration::from_secs(secs.into()));
+    Arc::new(message)
+}
+
+pub fn delivery(granted_qos: QoS) -> Delivery {
+    Delivery {
+        granted_qos,
+        ..Delivery::default()
+    }
+}
+
+pub fn publish_in(topic: &str, qos: QoS, packet_id: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id,
+        properties: PublishProperties::default(),
+        payload: Bytes::from_static(b"in"),
+    })
+}
+
+pub fn disconnect(reason: ReasonCode, session_expiry_interval: Option<u32>) -> Packet {
+    Packet::Disconnect(Disconnect {
+        reason,
+        properties: DisconnectProperties {
+            session_expiry_interval,
+            ..DisconnectProperties::default()
+        },
+    })
+}
+
+/// Everything `poll_transmit` has to send right now.
+pub fn transmit(session: &mut Session, now: Instant) -> Vec<Packet> {
+    std::iter::from_fn(|| session.poll_transmit(now)).collect()
+}
+
+pub fn publishes(packets: Vec<Packet>) -> Vec<Publish> {
+    packets
+        .into_iter()
+        .map(|packet| match packet {
+            Packet::Publish(publish) => publish,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect()
+}
+
+pub fn actions(session: &mut Session) -> Vec<SessionAction> {
+    std::iter::from_fn(|| session.poll_action()).collect()
+}
