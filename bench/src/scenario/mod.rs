@@ -277,7 +277,8 @@ impl Snapshot {
     }
 
     fn until(&self, end: &Snapshot, duration: Duration) -> Window {
-        let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        // CPU time comes in clock ticks; round off the float noise.
+        let diff = |a: Option<f64>, b: Option<f64>| Some(((b? - a?) * 1e3).round() / 1e3);
         Window {
             seconds: duration.as_secs_f64(),
             sent: end.totals.sent - self.totals.sent,
