@@ -43,6 +43,27 @@ pub struct ConnHandle {
     out: RefCell<BytesMut>,
     writer: LocalNotify,
     closing: Cell<bool>,
+    /// Why the connection ended, for the disconnect log line; the first
+    /// reason recorded wins.
+    why: Cell<Option<CloseReason>>,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT with this reason.
+    ClientDisconnect(ReasonCode),
+    /// The client closed the socket without DISCONNECT.
+    ClientClosed,
+    /// The broker closed the connection, with this reason (sent to v5
+    /// clients).
+    Server(ReasonCode),
+    /// The broker refused the CONNECT.
+    Refused(ReasonCode),
+    /// The session ended the connection for a reason of its own: a full
+    /// queue under the disconnect policy.
+    SessionLimit,
+    SocketError,
 }
 
 impl ConnHandle {
@@ -55,6 +76,7 @@ impl ConnHandle {
             out: RefCell::new(BytesMut::new()),
             writer: LocalNotify::default(),
             closing: Cell::new(false),
+            why: Cell::new(None),
         }
     }
 
@@ -82,7 +104,7 @@ impl ConnHandle {
                 out.truncate(before);
                 warn!(%error, packet = ?packet.packet_type(), "cannot encode packet; closing connection");
                 drop(out);
-                self.close();
+                self.close(CloseReason::Server(ReasonCode::ImplementationSpecificError));
             }
         }
         self.writer.notify();
@@ -95,9 +117,16 @@ impl ConnHandle {
     }
 
     /// The writer flushes what is buffered, then shuts the socket down.
-    pub fn close(&self) {
+    pub fn close(&self, why: CloseReason) {
+        if self.why.get().is_none() {
+            self.why.set(Some(why));
+        }
         self.closing.set(true);
         self.writer.notify();
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.why.get()
     }
 
     pub fn is_closing(&self) -> bool {
@@ -112,7 +141,7 @@ impl ConnHandle {
                 properties: DisconnectProperties::default(),
             }));
         }
-        self.close();
+        self.close(CloseReason::Server(reason));
     }
 }
 
@@ -234,17 +263,16 @@ async fn serve(
 
     let (reader, writer) = stream.into_split();
     monoio::spawn(write_loop(state.clone(), conn.clone(), writer));
-    let reason = if conn.is_closing() {
-        "connect refused"
-    } else {
-        read_loop(&state, &conn, reader, read_buf, attached.keep_alive).await
-    };
+    if !conn.is_closing() {
+        read_loop(&state, &conn, reader, read_buf, attached.keep_alive).await;
+    }
     {
         let mut state = state.borrow_mut();
         state.detach(&conn, Instant::now());
         state.connection_closed();
     }
-    info!(client = %client_id, %peer, reason, "client disconnected");
+    let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
+    info!(client = %client_id, %peer, ?reason, "client disconnected");
 }
 
 async fn read_loop(
@@ -253,7 +281,7 @@ async fn read_loop(
     mut reader: OwnedReadHalf<TcpStream>,
     mut buf: BytesMut,
     keep_alive: Option<Duration>,
-) -> &'static str {
+) {
     let max_packet_size = state.borrow().config().max_packet_size;
     let mut packets = Vec::new();
     loop {
@@ -276,10 +304,10 @@ async fn read_loop(
             state
                 .borrow_mut()
                 .handle_malformed(conn, error.reason_code());
-            return "malformed packet";
+            return;
         }
         if conn.is_closing() {
-            return "closed by server";
+            return;
         }
 
         buf.reserve(READ_CHUNK);
@@ -289,18 +317,16 @@ async fn read_loop(
                 Ok(done) => done,
                 Err(_) => {
                     conn.disconnect(ReasonCode::KeepAliveTimeout);
-                    return "keep-alive timeout";
+                    return;
                 }
             },
             None => read.await,
         };
         buf = returned;
         match result {
-            Ok(0) if conn.is_closing() => return "closed by server",
-            Ok(0) => return "closed by client",
+            Ok(0) => return conn.close(CloseReason::ClientClosed),
             Ok(_) => {}
-            Err(_) if conn.is_closing() => return "closed by server",
-            Err(_) => return "read error",
+            Err(_) => return conn.close(CloseReason::SocketError),
         }
     }
 }
@@ -321,7 +347,7 @@ async fn write_loop(
             }
             let (result, mut written) = writer.write_all(out).await;
             if result.is_err() {
-                conn.close();
+                conn.close(CloseReason::SocketError);
                 shutdown(conn.fd);
                 return;
             }

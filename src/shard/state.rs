@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use rustc_hash::{FxHashMap, FxHashSet};
 use slab::Slab;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::ShardId;
-use super::connection::ConnHandle;
+use super::connection::{CloseReason, ConnHandle};
 use super::mesh::{Handoff, Mesh, ShardMsg};
 use super::notify::LocalNotify;
 use crate::message::Message;
@@ -181,10 +181,10 @@ impl ShardState {
         let connack =
             slot.session
                 .handle_connect(connect, assigned_client_id, &self.config.session, now);
-        let refused = connack.reason.is_error();
+        let refused = connack.reason.is_error().then_some(connack.reason);
         conn.send(&Packet::ConnAck(connack));
-        if refused {
-            conn.close();
+        if let Some(reason) = refused {
+            conn.close(CloseReason::Refused(reason));
             if created {
                 self.end_session(key);
             }
@@ -227,10 +227,13 @@ impl ShardState {
             return;
         }
         for packet in packets {
-            // The outcome is also queued as an action (Close) and, for v5,
-            // a DISCONNECT; the reason is only logged here.
+            if let Packet::Disconnect(disconnect) = &packet {
+                conn.close(CloseReason::ClientDisconnect(disconnect.reason));
+            }
+            // The session has queued the Close action and, for v5, the
+            // DISCONNECT; the reason is recorded for the log.
             if let Err(reason) = self.sessions[key].session.handle_packet(packet, now) {
-                debug!(client = %self.sessions[key].session.client_id(), ?reason, "closing connection on protocol error");
+                conn.close(CloseReason::Server(reason));
             }
             self.run_actions(key, now);
             if conn.is_closing() || !self.is_current(key, conn) {
@@ -246,16 +249,12 @@ impl ShardState {
     /// The peer sent bytes that do not decode: a v5 client is told why,
     /// then the connection closes (and counts as lost: the will goes out).
     pub fn handle_malformed(&mut self, conn: &ConnHandle, reason: ReasonCode) {
-        if conn.version.is_v5() {
-            conn.disconnect(reason);
-        } else {
-            conn.close();
-        }
+        conn.disconnect(reason);
     }
 
     /// The network connection has ended, for whatever reason.
     pub fn detach(&mut self, conn: &ConnHandle, now: Instant) {
-        conn.close();
+        conn.close(CloseReason::ClientClosed);
         let key = conn.key;
         if !self.is_current(key, conn) {
             return;
@@ -337,7 +336,7 @@ impl ShardState {
                 SessionAction::Close => {
                     self.pump(key, now);
                     if let Some(conn) = &self.sessions[key].conn {
-                        conn.close();
+                        conn.close(CloseReason::SessionLimit);
                     }
                 }
                 SessionAction::Expired => {
@@ -356,7 +355,7 @@ impl ShardState {
         }
         let slot = self.sessions.remove(key);
         if let Some(conn) = slot.conn {
-            conn.close();
+            conn.close(CloseReason::Server(ReasonCode::Success));
         }
         self.by_client_id.remove(slot.session.client_id());
     }
