@@ -224,6 +224,11 @@ impl Connection {
 /// A PUBLISH encoded once by the codec, then copied per message with its
 /// packet id and send timestamp patched in place.
 ///
+/// Payload layout: bytes 0..8 the send timestamp, bytes 8..16 (when the
+/// payload is that long) the run's tag, so a subscriber can tell this run's
+/// messages from stale ones a broker still delivers from an earlier run
+/// with the same topics.
+///
 /// Encoding a fresh packet (and allocating its payload) per message would
 /// make the load generator, which shares the machine with the broker, spend
 /// more CPU per message than it needs to. At MQTT 3.1.1 the packet id is the
@@ -239,10 +244,18 @@ pub struct PublishTemplate {
 impl PublishTemplate {
     const PROBE_ID: u16 = 0xA55A;
 
-    pub fn new(topic: &str, qos: QoS, payload_len: usize) -> Result<Self, ClientError> {
+    pub fn new(
+        topic: &str,
+        qos: QoS,
+        payload_len: usize,
+        run_tag: u64,
+    ) -> Result<Self, ClientError> {
         let payload_len = payload_len.max(8);
         let mut payload = BytesMut::zeroed(payload_len);
         payload[8..].fill(b'x');
+        if let Some(tag) = payload.get_mut(8..16) {
+            tag.copy_from_slice(&run_tag.to_be_bytes());
+        }
         let packet_id = if qos == QoS::AtMostOnce {
             0
         } else {
@@ -293,10 +306,17 @@ impl PublishTemplate {
     }
 }
 
-/// The send timestamp a [`PublishTemplate`] put in a payload.
-pub fn stamp_of(payload: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = payload.get(..8)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
+/// The send timestamp a [`PublishTemplate`] of this run (`run_tag`) put in
+/// a payload; `None` for a payload too short or tagged by another run.
+pub fn stamp_of(payload: &[u8], run_tag: u64) -> Option<u64> {
+    let word = |at: usize| {
+        let bytes: [u8; 8] = payload.get(at..at + 8)?.try_into().ok()?;
+        Some(u64::from_be_bytes(bytes))
+    };
+    match word(8) {
+        Some(tag) if tag != run_tag => None,
+        _ => word(0),
+    }
 }
 
 #[cfg(test)]
@@ -308,11 +328,12 @@ mod tests {
     #[test]
     fn template_matches_codec() {
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
-            let template = PublishTemplate::new("bench/pair/7", qos, 64).expect("template");
+            let template = PublishTemplate::new("bench/pair/7", qos, 64, 0xABCD).expect("template");
             let mut out = BytesMut::new();
             template.append(&mut out, 4242, 0x0102_0304_0506_0708);
             let mut payload = vec![b'x'; 64];
             payload[..8].copy_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+            payload[8..16].copy_from_slice(&0xABCDu64.to_be_bytes());
             let expected = Packet::Publish(Publish {
                 dup: false,
                 qos,
@@ -330,7 +351,18 @@ mod tests {
             let Packet::Publish(publish) = decoded else {
                 unreachable!()
             };
-            assert_eq!(stamp_of(&publish.payload), Some(0x0102_0304_0506_0708));
+            assert_eq!(
+                stamp_of(&publish.payload, 0xABCD),
+                Some(0x0102_0304_0506_0708)
+            );
+            assert_eq!(stamp_of(&publish.payload, 0xABCE), None);
         }
+    }
+
+    #[test]
+    fn short_payloads_carry_only_a_stamp() {
+        assert_eq!(stamp_of(&7u64.to_be_bytes(), 1), Some(7));
+        assert_eq!(stamp_of(&[0; 12], 1), Some(0));
+        assert_eq!(stamp_of(&[0; 7], 1), None);
     }
 }

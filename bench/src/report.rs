@@ -88,6 +88,8 @@ pub struct Summary {
     /// Over the whole run, warmup and drain included.
     pub sent: u64,
     pub received: u64,
+    /// Deliveries left over from an earlier run (not counted as received).
+    pub stale: u64,
     /// PUBACKs (QoS 1) or PUBCOMPs (QoS 2) received by publishers.
     pub acked: u64,
     /// Deliveries expected from what was sent but never received.
@@ -153,6 +155,7 @@ impl Summary {
             publishers_connected: run.publishers_ok,
             sent: run.totals.sent,
             received: run.totals.received,
+            stale: run.totals.stale,
             acked: run.totals.acked,
             missing: (run.totals.sent * plan.deliveries_per_publish)
                 .saturating_sub(run.totals.received),
@@ -184,6 +187,13 @@ impl Summary {
             "total    sent {}  received {}  acked {}  missing {}",
             self.sent, self.received, self.acked, self.missing
         )?;
+        if self.stale > 0 {
+            writeln!(
+                out,
+                "stale    {} deliveries from an earlier run ignored",
+                self.stale
+            )?;
+        }
         match &self.window {
             Some(w) => {
                 writeln!(

@@ -39,6 +39,9 @@ pub struct WorkerStats {
     pub sent: Counter,
     /// PUBLISH packets received by subscribers.
     pub received: Counter,
+    /// Deliveries not from this run (see `PublishTemplate`): acknowledged
+    /// but neither counted as received nor timed.
+    pub stale: Counter,
     /// QoS 1 PUBACKs and QoS 2 PUBCOMPs received by publishers.
     pub acked: Counter,
     pub opened: Counter,
@@ -66,6 +69,7 @@ impl Counter {
 pub struct Totals {
     pub sent: u64,
     pub received: u64,
+    pub stale: u64,
     pub acked: u64,
     pub connections: u64,
     pub errors: u64,
@@ -77,6 +81,7 @@ impl Totals {
         for w in workers {
             t.sent += w.sent.get();
             t.received += w.received.get();
+            t.stale += w.stale.get();
             t.acked += w.acked.get();
             t.connections += w.opened.get().saturating_sub(w.closed.get());
             t.errors += w.errors.get();

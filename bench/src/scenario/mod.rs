@@ -37,6 +37,8 @@ pub struct Shared {
     /// One per worker, indexed by worker.
     pub stats: Vec<Arc<WorkerStats>>,
     pub errors: ErrorLog,
+    /// Written into every payload; see `client::PublishTemplate`.
+    pub run_tag: u64,
 }
 
 /// What a scenario expects of a run, for the coordinator.
@@ -184,6 +186,7 @@ where
             .map(|_| Arc::new(WorkerStats::default()))
             .collect(),
         errors: ErrorLog::default(),
+        run_tag: run_tag(),
     });
     let threads = {
         let shared = shared.clone();
@@ -248,6 +251,14 @@ where
             publishers_ok: control.publishers_ok.load(Relaxed),
         },
     ))
+}
+
+/// Different for every run: wall-clock nanoseconds mixed with the pid.
+fn run_tag() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
 }
 
 /// Everything [`Summary::new`] needs from a finished run.

@@ -130,9 +130,12 @@ async fn receive_loop(ctx: &WorkerCtx, conn: &mut Connection) -> Result<Infallib
         while let Some(packet) = conn.next_packet()? {
             match packet {
                 Packet::Publish(publish) => {
-                    received += 1;
-                    if let Some(stamp) = stamp_of(&publish.payload) {
-                        ctx.record_latency(now, stamp);
+                    match stamp_of(&publish.payload, ctx.shared.run_tag) {
+                        Some(stamp) => {
+                            received += 1;
+                            ctx.record_latency(now, stamp);
+                        }
+                        None => ctx.stats().stale.add(1),
                     }
                     match publish.qos {
                         QoS::AtMostOnce => {}
@@ -164,7 +167,8 @@ async fn publish(
     topic: &str,
     n: usize,
 ) -> Result<(), ClientError> {
-    let template = PublishTemplate::new(topic, args.qos, args.payload as usize)?;
+    let template =
+        PublishTemplate::new(topic, args.qos, args.payload as usize, ctx.shared.run_tag)?;
     let stats = ctx.stats();
     let end = ctx.control().window_end();
     let mut pace = Pace::new(
