@@ -41,6 +41,10 @@ pub struct CommonArgs {
     /// After the window, how long to wait for messages still in flight.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Most handshakes (connect, and subscribe) in progress at once, over
+    /// all workers; keeps a connection storm within the broker's backlog.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connect_concurrency: u32,
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,

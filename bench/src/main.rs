@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod control;
 mod cpu;
+mod gate;
 mod report;
 mod scenario;
 mod stats;

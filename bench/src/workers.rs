@@ -35,6 +35,32 @@ pub fn check_cpus(cpus: &CpuList) -> Result<(), String> {
     }
 }
 
+/// Raises this process's open-file limit to its hard limit: every
+/// connection is a file descriptor, and the usual soft limit of 1024 would
+/// cap a run at about a thousand connections. Returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 /// Starts one pinned worker per CPU. `make(index)` builds the worker's
 /// future on its own thread, so the future itself need not be `Send`.
 pub fn spawn<F, Fut, T>(cpus: &CpuList, make: F) -> io::Result<Vec<JoinHandle<io::Result<T>>>>

@@ -26,6 +26,7 @@ use crate::cli::CommonArgs;
 use crate::client::ClientError;
 use crate::control::{Control, LocalPhase, Phase};
 use crate::cpu;
+use crate::gate::Gate;
 use crate::report::{Progress, Summary, Window};
 use crate::stats::{self, ErrorLog, Totals, WorkerStats};
 use crate::workers;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub errors: ErrorLog,
     /// Written into every payload; see `client::PublishTemplate`.
     pub run_tag: u64,
+    /// Each worker's share of `--connect-concurrency`.
+    pub connect_limit: usize,
 }
 
 /// What a scenario expects of a run, for the coordinator.
@@ -69,6 +72,8 @@ pub struct WorkerCtx {
     pub index: usize,
     pub shared: Arc<Shared>,
     pub phase: LocalPhase,
+    /// Limits concurrent handshakes on this worker.
+    pub connect_gate: Gate,
     /// [`Control::window_start`] in [`stats::now_nanos`] time; `u64::MAX`
     /// until the run starts.
     window_start_ns: Cell<u64>,
@@ -79,6 +84,7 @@ impl WorkerCtx {
     pub fn new(index: usize, shared: Arc<Shared>) -> Rc<WorkerCtx> {
         Rc::new(WorkerCtx {
             index,
+            connect_gate: Gate::new(shared.connect_limit),
             shared,
             phase: LocalPhase::default(),
             window_start_ns: Cell::new(u64::MAX),
@@ -177,6 +183,11 @@ where
 {
     stats::init_clock();
     workers::check_cpus(&common.cpus)?;
+    let fd_limit = workers::raise_fd_limit();
+    let connections = (plan.subscribers + plan.publishers) as u64;
+    if fd_limit < connections + 64 {
+        eprintln!("warning: open-file limit {fd_limit} is too low for {connections} connections");
+    }
     if let Some(pid) = common.broker_pid {
         cpu::cpu_seconds(Some(pid))?;
     }
@@ -187,6 +198,7 @@ where
             .collect(),
         errors: ErrorLog::default(),
         run_tag: run_tag(),
+        connect_limit: (common.connect_concurrency as usize).div_ceil(common.cpus.0.len()),
     });
     let threads = {
         let shared = shared.clone();

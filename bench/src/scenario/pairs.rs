@@ -33,6 +33,7 @@ pub fn run(args: &PairsArgs) -> Result<crate::report::Summary, String> {
             "rate": args.rate,
             "inflight": args.inflight,
             "batch": args.batch,
+            "connect_concurrency": args.common.connect_concurrency,
         }),
     };
     let args = Arc::new(args.clone());
@@ -60,6 +61,7 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
 
     let subscriber = ctx
         .or_stop(async {
+            let _turn = ctx.connect_gate.acquire().await;
             let mut conn = Connection::open(args.common.broker, &format!("bench-sub-{n}")).await?;
             conn.subscribe(&topic, args.qos).await?;
             Ok::<_, ClientError>(conn)
@@ -84,10 +86,10 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
     }
     let publisher = match receiver {
         Some(_) => ctx
-            .or_stop(Connection::open(
-                args.common.broker,
-                &format!("bench-pub-{n}"),
-            ))
+            .or_stop(async {
+                let _turn = ctx.connect_gate.acquire().await;
+                Connection::open(args.common.broker, &format!("bench-pub-{n}")).await
+            })
             .await
             .and_then(|result| result.map_err(|e| ctx.error("publisher", &e)).ok()),
         None => None,
