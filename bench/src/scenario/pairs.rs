@@ -81,37 +81,44 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
     control.subscribers_settled.fetch_add(1, Release);
     let receiver = subscriber.map(|conn| monoio::spawn(receive(ctx.clone(), conn)));
 
-    if !ctx.reached(Phase::Connect).await {
-        return;
+    if ctx.reached(Phase::Connect).await {
+        publisher(&ctx, &args, &topic, n, receiver.is_some()).await;
     }
-    let publisher = match receiver {
-        Some(_) => ctx
+    // Whatever happened, the subscriber's task ends before the worker's.
+    if let Some(receiver) = receiver {
+        receiver.await;
+    }
+}
+
+/// The publisher of pair `n`: connects (unless its subscriber could not),
+/// waits for the run, publishes.
+async fn publisher(ctx: &WorkerCtx, args: &PairsArgs, topic: &str, n: usize, subscribed: bool) {
+    let control = ctx.control();
+    let conn = match subscribed {
+        true => ctx
             .or_stop(async {
                 let _turn = ctx.connect_gate.acquire().await;
                 Connection::open(args.common.broker, &format!("bench-pub-{n}")).await
             })
             .await
             .and_then(|result| result.map_err(|e| ctx.error("publisher", &e)).ok()),
-        None => None,
+        false => None,
     };
-    if publisher.is_some() {
+    if conn.is_some() {
         control.publishers_ok.fetch_add(1, AcqRel);
         control.publishers_active.fetch_add(1, AcqRel);
     }
     control.publishers_settled.fetch_add(1, Release);
 
-    if let Some(conn) = publisher {
+    if let Some(conn) = conn {
         let _open = OpenConnection::new(ctx.stats());
         if ctx.reached(Phase::Run).await {
-            let publishing = publish(&ctx, conn, &args, &topic, n);
+            let publishing = publish(ctx, conn, args, topic, n);
             if let Some(Err(e)) = ctx.or_stop(publishing).await {
                 ctx.error("publisher", &e);
             }
         }
         control.publishers_active.fetch_sub(1, AcqRel);
-    }
-    if let Some(receiver) = receiver {
-        receiver.await;
     }
 }
 
