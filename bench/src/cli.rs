@@ -73,6 +73,11 @@ pub struct PairsArgs {
     /// QoS 1/2: unacknowledged publishes a publisher may have outstanding.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub inflight: u16,
+    /// Most messages a publisher may be ahead of its subscriber (sent but
+    /// not yet received); 0 publishes open-loop, however far the broker
+    /// falls behind.
+    #[arg(long, default_value_t = 500)]
+    pub max_lag: u32,
     /// Most PUBLISH packets coalesced into one write.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod control;
 mod cpu;
+mod flow;
 mod gate;
 mod report;
 mod scenario;

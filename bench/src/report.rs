@@ -94,6 +94,9 @@ pub struct Summary {
     pub acked: u64,
     /// Deliveries expected from what was sent but never received.
     pub missing: u64,
+    /// QoS 0 deliveries that stalled publishers stopped waiting for (see
+    /// `--max-lag`); they may still have arrived later.
+    pub written_off: u64,
     /// `None` if the run never reached its measured window.
     pub window: Option<Window>,
     pub sent_per_second: f64,
@@ -156,6 +159,7 @@ impl Summary {
             sent: run.totals.sent,
             received: run.totals.received,
             stale: run.totals.stale,
+            written_off: run.totals.written_off,
             acked: run.totals.acked,
             missing: (run.totals.sent * plan.deliveries_per_publish)
                 .saturating_sub(run.totals.received),
@@ -187,6 +191,13 @@ impl Summary {
             "total    sent {}  received {}  acked {}  missing {}",
             self.sent, self.received, self.acked, self.missing
         )?;
+        if self.written_off > 0 {
+            writeln!(
+                out,
+                "stalls   publishers stopped waiting for {} QoS 0 deliveries",
+                self.written_off
+            )?;
+        }
         if self.stale > 0 {
             writeln!(
                 out,

@@ -44,6 +44,8 @@ pub struct WorkerStats {
     pub stale: Counter,
     /// QoS 1 PUBACKs and QoS 2 PUBCOMPs received by publishers.
     pub acked: Counter,
+    /// QoS 0 deliveries a stalled publisher stopped waiting for (`flow`).
+    pub written_off: Counter,
     pub opened: Counter,
     pub closed: Counter,
     pub errors: Counter,
@@ -71,6 +73,7 @@ pub struct Totals {
     pub received: u64,
     pub stale: u64,
     pub acked: u64,
+    pub written_off: u64,
     pub connections: u64,
     pub errors: u64,
 }
@@ -83,6 +86,7 @@ impl Totals {
             t.received += w.received.get();
             t.stale += w.stale.get();
             t.acked += w.acked.get();
+            t.written_off += w.written_off.get();
             t.connections += w.opened.get().saturating_sub(w.closed.get());
             t.errors += w.errors.get();
         }

@@ -17,6 +17,7 @@ use super::{Plan, Shared, WorkerCtx, WorkerOutput, yield_now};
 use crate::cli::PairsArgs;
 use crate::client::{ClientError, Connection, PublishTemplate, stamp_of};
 use crate::control::Phase;
+use crate::flow::Flow;
 use crate::stats::{OpenConnection, nanos_at, now_nanos};
 
 pub fn run(args: &PairsArgs) -> Result<crate::report::Summary, String> {
@@ -33,6 +34,7 @@ pub fn run(args: &PairsArgs) -> Result<crate::report::Summary, String> {
             "rate": args.rate,
             "inflight": args.inflight,
             "batch": args.batch,
+            "max_lag": args.max_lag,
             "connect_concurrency": args.common.connect_concurrency,
         }),
     };
@@ -79,10 +81,11 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
         None => None,
     };
     control.subscribers_settled.fetch_add(1, Release);
-    let receiver = subscriber.map(|conn| monoio::spawn(receive(ctx.clone(), conn)));
+    let flow = Rc::new(Flow::new(args.max_lag, 1, args.qos == QoS::AtMostOnce));
+    let receiver = subscriber.map(|conn| monoio::spawn(receive(ctx.clone(), conn, flow.clone())));
 
     if ctx.reached(Phase::Connect).await {
-        publisher(&ctx, &args, &topic, n, receiver.is_some()).await;
+        publisher(&ctx, &args, &topic, n, receiver.is_some(), &flow).await;
     }
     // Whatever happened, the subscriber's task ends before the worker's.
     if let Some(receiver) = receiver {
@@ -92,7 +95,14 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
 
 /// The publisher of pair `n`: connects (unless its subscriber could not),
 /// waits for the run, publishes.
-async fn publisher(ctx: &WorkerCtx, args: &PairsArgs, topic: &str, n: usize, subscribed: bool) {
+async fn publisher(
+    ctx: &WorkerCtx,
+    args: &PairsArgs,
+    topic: &str,
+    n: usize,
+    subscribed: bool,
+    flow: &Flow,
+) {
     let control = ctx.control();
     let conn = match subscribed {
         true => ctx
@@ -113,7 +123,7 @@ async fn publisher(ctx: &WorkerCtx, args: &PairsArgs, topic: &str, n: usize, sub
     if let Some(conn) = conn {
         let _open = OpenConnection::new(ctx.stats());
         if ctx.reached(Phase::Run).await {
-            let publishing = publish(ctx, conn, args, topic, n);
+            let publishing = publish(ctx, conn, args, topic, n, flow);
             if let Some(Err(e)) = ctx.or_stop(publishing).await {
                 ctx.error("publisher", &e);
             }
@@ -123,15 +133,19 @@ async fn publisher(ctx: &WorkerCtx, args: &PairsArgs, topic: &str, n: usize, sub
 }
 
 /// A subscriber's life after SUBACK, until the run stops.
-async fn receive(ctx: Rc<WorkerCtx>, mut conn: Connection) {
+async fn receive(ctx: Rc<WorkerCtx>, mut conn: Connection, flow: Rc<Flow>) {
     let _open = OpenConnection::new(ctx.stats());
-    if let Some(Err(e)) = ctx.or_stop(receive_loop(&ctx, &mut conn)).await {
+    if let Some(Err(e)) = ctx.or_stop(receive_loop(&ctx, &mut conn, &flow)).await {
         ctx.error("subscriber", &e);
     }
 }
 
 /// Receive, acknowledge and time deliveries; returns only on error.
-async fn receive_loop(ctx: &WorkerCtx, conn: &mut Connection) -> Result<Infallible, ClientError> {
+async fn receive_loop(
+    ctx: &WorkerCtx,
+    conn: &mut Connection,
+    flow: &Flow,
+) -> Result<Infallible, ClientError> {
     loop {
         // One clock read per socket read: every packet in it arrived then.
         let now = now_nanos();
@@ -162,6 +176,7 @@ async fn receive_loop(ctx: &WorkerCtx, conn: &mut Connection) -> Result<Infallib
             }
         }
         ctx.stats().received.add(received);
+        flow.delivered(received);
         conn.flush().await?;
         conn.fill().await?;
     }
@@ -175,6 +190,7 @@ async fn publish(
     args: &PairsArgs,
     topic: &str,
     n: usize,
+    flow: &Flow,
 ) -> Result<(), ClientError> {
     let template =
         PublishTemplate::new(topic, args.qos, args.payload as usize, ctx.shared.run_tag)?;
@@ -186,14 +202,17 @@ async fn publish(
         n as f64 / f64::from(args.pairs),
     );
     let mut ids = PacketIds::new(args.qos, args.inflight);
+    let mut sent = 0;
     loop {
         let now = Instant::now();
         if now >= end {
             break;
         }
+        let room = flow.room(sent);
         let count = (args.batch as usize)
             .min(ids.free())
-            .min(pace.due(now) as usize);
+            .min(pace.due(now) as usize)
+            .min(room as usize);
         if count > 0 {
             let stamp = nanos_at(now);
             for _ in 0..count {
@@ -203,11 +222,15 @@ async fn publish(
             conn.flush().await?;
             stats.sent.add(count as u64);
             pace.sent(count as u64);
+            sent += count as u64;
             yield_now().await;
         } else if ids.outstanding() > 0 {
             conn.fill().await?;
             handle_acks(&mut conn, &mut ids, ctx)?;
             conn.flush().await?;
+        } else if room == 0 {
+            let written_off = flow.wait_for_room(sent).await;
+            stats.written_off.add(written_off);
         } else {
             let next = pace.next_at().min(end);
             sleep_until(monoio::time::Instant::from_std(next)).await;
