@@ -9,6 +9,23 @@
 //!
 //! One packet type per file in [`packet`]; a packet that differs between
 //! versions takes the negotiated [`ProtocolVersion`] when read or written.
+//! `wire` holds the fixed header and the primitives, `properties` the one
+//! generic v5 property reader and writer every packet's properties use.
+//!
+//! Writing computes the remaining length first, checking every field's
+//! length on the way, then writes straight into the caller's buffer: no
+//! second buffer, no allocation beyond growing it, nothing written on error.
+//!
+//! Where the spec leaves room, the codec decides:
+//! - DUP on a QoS 0 PUBLISH is malformed at levels 4 and 5 (MQTT-3.3.1-2);
+//!   MQTT 3.1 has no such rule and is not held to it.
+//! - A CONNECT with a known protocol name ("MQIsdp", "MQTT") but the wrong
+//!   level is [`DecodeError::UnsupportedProtocolLevel`], so the client gets
+//!   its CONNACK 0x01 / 0x84; any other name is
+//!   [`DecodeError::InvalidProtocolName`].
+//! - Rules that need session state are the session's: topic name and filter
+//!   syntax, topic alias 0 or above the maximum, a client sending a
+//!   Subscription Identifier, AUTH flow order.
 
 pub mod packet;
 mod properties;

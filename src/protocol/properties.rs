@@ -179,7 +179,7 @@ impl<'a> From<&'a Bytes> for Value<'a> {
 /// The properties one packet (or a CONNECT's will) may carry.
 pub(crate) trait Properties: Default {
     /// Takes one decoded property; anything this packet does not allow, or a
-    /// repeat of a single-valued property, is an [`DecodeError::UnexpectedProperty`].
+    /// repeat of a single-valued property, is a [`DecodeError::UnexpectedProperty`].
     fn accept(&mut self, id: u8, property: Property) -> Result<(), DecodeError>;
 
     /// Hands every present property to `f`, in the order they are written.
@@ -262,7 +262,7 @@ fn measure<P: Properties>(properties: &P) -> (usize, bool) {
 }
 
 /// The bytes the properties take after the property length. Checking every
-/// field here is what lets [`write`] be infallible.
+/// field here is what lets [`write()`] be infallible.
 pub(crate) fn content_len<P: Properties>(properties: &P) -> Result<usize, EncodeError> {
     match measure(properties) {
         (len, true) => Ok(len),

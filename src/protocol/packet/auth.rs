@@ -95,3 +95,54 @@ impl Properties for AuthProperties {
         emit_user_properties(f, &self.user_properties);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{decode, encode, roundtrip};
+    use crate::protocol::{Packet, ProtocolVersion::*};
+
+    fn auth(reason: ReasonCode) -> Packet {
+        Packet::Auth(Auth {
+            reason,
+            properties: AuthProperties::default(),
+        })
+    }
+
+    #[test]
+    fn auth_forms() {
+        assert_eq!(roundtrip(&auth(ReasonCode::Success), V5), [0xF0, 0x00]);
+        let continue_auth = auth(ReasonCode::ContinueAuthentication);
+        assert_eq!(roundtrip(&continue_auth, V5), [0xF0, 0x02, 0x18, 0x00]);
+        // Read leniently, like DISCONNECT's reason-only form.
+        assert_eq!(decode(&[0xF0, 0x01, 0x18], V5), Ok(continue_auth));
+        assert_eq!(
+            decode(&[0xF0, 0x01, 0x01], V5),
+            Err(DecodeError::InvalidReasonCode(0x01))
+        );
+        let with_properties = Packet::Auth(Auth {
+            reason: ReasonCode::ReAuthenticate,
+            properties: AuthProperties {
+                authentication_method: Some("SCRAM-SHA-1".into()),
+                authentication_data: Some(Bytes::from_static(b"client-final")),
+                reason_string: Some("again".into()),
+                user_properties: vec![("k".into(), "v".into())],
+            },
+        });
+        roundtrip(&with_properties, V5);
+    }
+
+    #[test]
+    fn auth_does_not_exist_before_v5() {
+        for version in [V3_1, V3_1_1] {
+            assert_eq!(
+                decode(&[0xF0, 0x00], version),
+                Err(DecodeError::Malformed("AUTH before MQTT 5"))
+            );
+            assert_eq!(
+                encode(&auth(ReasonCode::Success), version),
+                Err(EncodeError::NotInVersion(PacketType::Auth))
+            );
+        }
+    }
+}

@@ -256,6 +256,10 @@ mod tests {
             roundtrip(&connack(false, ReasonCode::NotAuthorized), V3_1_1),
             [0x20, 0x02, 0x00, 0x05]
         );
+        assert_eq!(
+            roundtrip(&connack(false, ReasonCode::BadUserNameOrPassword), V3_1),
+            [0x20, 0x02, 0x00, 0x04]
+        );
         // 3.1 has no session-present flag to set.
         assert_eq!(
             encode(&connack(true, ReasonCode::Success), V3_1),

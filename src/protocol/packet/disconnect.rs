@@ -109,3 +109,57 @@ impl Properties for DisconnectProperties {
         emit(f, id::SERVER_REFERENCE, self.server_reference.as_ref());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{decode, roundtrip};
+    use crate::protocol::{Packet, ProtocolVersion::*};
+
+    fn disconnect(reason: ReasonCode) -> Packet {
+        Packet::Disconnect(Disconnect {
+            reason,
+            properties: DisconnectProperties::default(),
+        })
+    }
+
+    #[test]
+    fn disconnect_has_no_body_before_v5() {
+        for version in [V3_1, V3_1_1] {
+            assert_eq!(
+                roundtrip(&disconnect(ReasonCode::Success), version),
+                [0xE0, 0x00]
+            );
+            assert_eq!(
+                decode(&[0xE0, 0x01, 0x00], version),
+                Err(DecodeError::TrailingBytes(1))
+            );
+        }
+    }
+
+    #[test]
+    fn v5_disconnect_forms() {
+        assert_eq!(
+            roundtrip(&disconnect(ReasonCode::Success), V5),
+            [0xE0, 0x00]
+        );
+        let taken_over = disconnect(ReasonCode::SessionTakenOver);
+        assert_eq!(roundtrip(&taken_over, V5), [0xE0, 0x01, 0x8E]);
+        assert_eq!(decode(&[0xE0, 0x02, 0x8E, 0x00], V5), Ok(taken_over));
+        assert_eq!(
+            decode(&[0xE0, 0x01, 0x01], V5),
+            Err(DecodeError::InvalidReasonCode(0x01))
+        );
+        let with_properties = Packet::Disconnect(Disconnect {
+            reason: ReasonCode::UseAnotherServer,
+            properties: DisconnectProperties {
+                session_expiry_interval: Some(0),
+                reason_string: Some("moving".into()),
+                user_properties: vec![("k".into(), "v".into())],
+                server_reference: Some("other:1883".into()),
+            },
+        });
+        roundtrip(&with_properties, V5);
+        roundtrip(&disconnect(ReasonCode::DisconnectWithWillMessage), V5);
+    }
+}

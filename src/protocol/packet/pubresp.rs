@@ -79,3 +79,94 @@ impl PubResponse {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{decode, roundtrip};
+    use crate::protocol::{Packet, ProtocolVersion::*};
+
+    fn response(reason: ReasonCode) -> PubResponse {
+        PubResponse {
+            packet_id: 1,
+            reason,
+            properties: PubResponseProperties::default(),
+        }
+    }
+
+    #[test]
+    fn acknowledgements_are_two_bytes_before_v5() {
+        let success = response(ReasonCode::Success);
+        for version in [V3_1, V3_1_1] {
+            assert_eq!(
+                roundtrip(&Packet::PubAck(success.clone()), version),
+                [0x40, 0x02, 0x00, 0x01]
+            );
+            assert_eq!(
+                roundtrip(&Packet::PubRec(success.clone()), version),
+                [0x50, 0x02, 0x00, 0x01]
+            );
+            assert_eq!(
+                roundtrip(&Packet::PubRel(success.clone()), version),
+                [0x62, 0x02, 0x00, 0x01]
+            );
+            assert_eq!(
+                roundtrip(&Packet::PubComp(success.clone()), version),
+                [0x70, 0x02, 0x00, 0x01]
+            );
+        }
+        assert_eq!(
+            decode(&[0x40, 0x03, 0x00, 0x01, 0x00], V3_1_1),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        assert_eq!(
+            decode(&[0x40, 0x02, 0x00, 0x00], V3_1_1),
+            Err(DecodeError::ZeroPacketId)
+        );
+    }
+
+    #[test]
+    fn v5_uses_the_short_forms() {
+        let success = Packet::PubAck(response(ReasonCode::Success));
+        assert_eq!(roundtrip(&success, V5), [0x40, 0x02, 0x00, 0x01]);
+        let no_subscribers = Packet::PubAck(response(ReasonCode::NoMatchingSubscribers));
+        assert_eq!(
+            roundtrip(&no_subscribers, V5),
+            [0x40, 0x03, 0x00, 0x01, 0x10]
+        );
+        // The long forms of the same packets read the same.
+        assert_eq!(
+            decode(&[0x40, 0x04, 0x00, 0x01, 0x00, 0x00], V5),
+            Ok(success)
+        );
+        assert_eq!(
+            decode(&[0x40, 0x04, 0x00, 0x01, 0x10, 0x00], V5),
+            Ok(no_subscribers)
+        );
+        let with_reason_string = Packet::PubComp(PubResponse {
+            properties: PubResponseProperties {
+                reason_string: Some("gone".into()),
+                user_properties: vec![("k".into(), "v".into())],
+            },
+            ..response(ReasonCode::PacketIdentifierNotFound)
+        });
+        roundtrip(&with_reason_string, V5);
+    }
+
+    #[test]
+    fn reasons_must_fit_the_packet_type() {
+        // No Matching Subscribers is a PUBACK/PUBREC code, not a PUBREL one.
+        assert_eq!(
+            decode(&[0x62, 0x03, 0x00, 0x01, 0x10], V5),
+            Err(DecodeError::InvalidReasonCode(0x10))
+        );
+        assert_eq!(
+            decode(&[0x50, 0x03, 0x00, 0x01, 0x92], V5),
+            Err(DecodeError::InvalidReasonCode(0x92))
+        );
+        assert_eq!(
+            decode(&[0x40, 0x03, 0x00, 0x01, 0x03], V5),
+            Err(DecodeError::InvalidReasonCode(0x03))
+        );
+    }
+}

@@ -88,3 +88,65 @@ impl SubAck {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{decode, encode, roundtrip};
+    use crate::protocol::{Packet, ProtocolVersion::*};
+
+    fn suback(reasons: Vec<ReasonCode>) -> Packet {
+        Packet::SubAck(SubAck {
+            packet_id: 1,
+            reasons,
+            properties: SubAckProperties::default(),
+        })
+    }
+
+    #[test]
+    fn v3_suback_bytes() {
+        let packet = suback(vec![
+            ReasonCode::Success,
+            ReasonCode::GrantedQoS2,
+            ReasonCode::UnspecifiedError,
+        ]);
+        let wire = [0x90, 0x05, 0x00, 0x01, 0x00, 0x02, 0x80];
+        assert_eq!(roundtrip(&packet, V3_1_1), wire);
+        assert_eq!(roundtrip(&packet, V3_1), wire);
+        // 3.1.1 has one failure code for every v5 reason.
+        assert_eq!(
+            encode(&suback(vec![ReasonCode::NotAuthorized]), V3_1_1),
+            Ok(vec![0x90, 0x03, 0x00, 0x01, 0x80])
+        );
+        assert_eq!(
+            decode(&[0x90, 0x03, 0x00, 0x01, 0x03], V3_1_1),
+            Err(DecodeError::InvalidReasonCode(0x03))
+        );
+        assert_eq!(
+            decode(&[0x90, 0x03, 0x00, 0x01, 0x87], V3_1_1),
+            Err(DecodeError::InvalidReasonCode(0x87))
+        );
+    }
+
+    #[test]
+    fn v5_suback_bytes() {
+        let packet = suback(vec![ReasonCode::GrantedQoS1, ReasonCode::NotAuthorized]);
+        assert_eq!(
+            roundtrip(&packet, V5),
+            [0x90, 0x05, 0x00, 0x01, 0x00, 0x01, 0x87]
+        );
+        assert_eq!(
+            decode(&[0x90, 0x04, 0x00, 0x01, 0x00, 0x11], V5),
+            Err(DecodeError::InvalidReasonCode(0x11))
+        );
+        let with_properties = Packet::SubAck(SubAck {
+            packet_id: 2,
+            reasons: vec![ReasonCode::SharedSubscriptionsNotSupported],
+            properties: SubAckProperties {
+                reason_string: Some("no shared subscriptions".into()),
+                user_properties: vec![("k".into(), "v".into())],
+            },
+        });
+        roundtrip(&with_properties, V5);
+    }
+}

@@ -155,3 +155,121 @@ impl Properties for SubscribeProperties {
         emit_user_properties(f, &self.user_properties);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{decode, roundtrip};
+    use crate::protocol::{Packet, ProtocolVersion::*};
+
+    fn subscribe(options: SubscriptionOptions) -> Packet {
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![TopicSubscription {
+                filter: "a/b".into(),
+                options,
+            }],
+            properties: SubscribeProperties::default(),
+        })
+    }
+
+    #[test]
+    fn subscribe_bytes() {
+        let at_least_once = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        let wire = [0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'a', b'/', b'b', 0x01];
+        assert_eq!(roundtrip(&subscribe(at_least_once), V3_1), wire);
+        assert_eq!(roundtrip(&subscribe(at_least_once), V3_1_1), wire);
+
+        let every_option = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: RetainHandling::DoNotSend,
+        };
+        let wire = [
+            0x82, 0x09, 0x00, 0x01, 0x00, 0x00, 0x03, b'a', b'/', b'b', 0x2D,
+        ];
+        assert_eq!(roundtrip(&subscribe(every_option), V5), wire);
+    }
+
+    #[test]
+    fn v5_subscribe_with_properties_round_trips() {
+        let packet = Packet::Subscribe(Subscribe {
+            packet_id: 9,
+            filters: vec![
+                TopicSubscription {
+                    filter: "$share/g/a/+".into(),
+                    options: SubscriptionOptions {
+                        retain_handling: RetainHandling::OnNewSubscribe,
+                        ..Default::default()
+                    },
+                },
+                TopicSubscription {
+                    filter: "#".into(),
+                    options: SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        ..Default::default()
+                    },
+                },
+            ],
+            properties: SubscribeProperties {
+                subscription_identifier: Some(268_435_455),
+                user_properties: vec![("k".into(), "v".into())],
+            },
+        });
+        roundtrip(&packet, V5);
+    }
+
+    fn with_options(options: u8, v5: bool) -> Vec<u8> {
+        let mut bytes = vec![0x82, 0x06, 0x00, 0x01];
+        if v5 {
+            bytes[1] += 1;
+            bytes.push(0x00);
+        }
+        bytes.extend_from_slice(&[0x00, 0x01, b'a', options]);
+        bytes
+    }
+
+    #[test]
+    fn subscription_options_are_checked() {
+        let cases = [
+            (0x40, V5, DecodeError::InvalidSubscriptionOptions(0x40)),
+            (0x80, V5, DecodeError::InvalidSubscriptionOptions(0x80)),
+            (0x30, V5, DecodeError::InvalidSubscriptionOptions(0x30)),
+            (0x03, V5, DecodeError::InvalidQoS(3)),
+            (0x04, V3_1_1, DecodeError::InvalidSubscriptionOptions(0x04)),
+            (0x03, V3_1_1, DecodeError::InvalidQoS(3)),
+        ];
+        for (options, version, error) in cases {
+            assert_eq!(
+                decode(&with_options(options, version.is_v5()), version),
+                Err(error),
+                "{options:#x} at {version:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn subscribe_needs_an_id_and_a_filter() {
+        assert_eq!(
+            decode(&[0x82, 0x02, 0x00, 0x01], V3_1_1),
+            Err(DecodeError::EmptySubscription)
+        );
+        assert_eq!(
+            decode(&[0x82, 0x03, 0x00, 0x01, 0x00], V5),
+            Err(DecodeError::EmptySubscription)
+        );
+        assert_eq!(
+            decode(&[0x82, 0x06, 0x00, 0x00, 0x00, 0x01, b'a', 0x00], V3_1_1),
+            Err(DecodeError::ZeroPacketId)
+        );
+        // A filter without its options byte.
+        assert_eq!(
+            decode(&[0x82, 0x05, 0x00, 0x01, 0x00, 0x01, b'a'], V3_1_1),
+            Err(DecodeError::Truncated)
+        );
+    }
+}

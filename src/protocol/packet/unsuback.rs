@@ -65,3 +65,55 @@ impl UnsubAck {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{decode, encode, roundtrip};
+    use crate::protocol::{Packet, ProtocolVersion::*};
+
+    #[test]
+    fn unsuback_bytes() {
+        let v3 = Packet::UnsubAck(UnsubAck {
+            packet_id: 1,
+            reasons: Vec::new(),
+            properties: UnsubAckProperties::default(),
+        });
+        for version in [V3_1, V3_1_1] {
+            assert_eq!(roundtrip(&v3, version), [0xB0, 0x02, 0x00, 0x01]);
+        }
+        assert_eq!(
+            decode(&[0xB0, 0x03, 0x00, 0x01, 0x00], V3_1_1),
+            Err(DecodeError::TrailingBytes(1))
+        );
+
+        let v5 = Packet::UnsubAck(UnsubAck {
+            packet_id: 1,
+            reasons: vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted],
+            properties: UnsubAckProperties::default(),
+        });
+        assert_eq!(
+            roundtrip(&v5, V5),
+            [0xB0, 0x05, 0x00, 0x01, 0x00, 0x00, 0x11]
+        );
+        // Before v5 the reasons have nowhere to go.
+        assert_eq!(encode(&v5, V3_1_1), Ok(vec![0xB0, 0x02, 0x00, 0x01]));
+        assert_eq!(
+            decode(&[0xB0, 0x04, 0x00, 0x01, 0x00, 0x10], V5),
+            Err(DecodeError::InvalidReasonCode(0x10))
+        );
+    }
+
+    #[test]
+    fn v5_unsuback_with_properties_round_trips() {
+        let packet = Packet::UnsubAck(UnsubAck {
+            packet_id: 4,
+            reasons: vec![ReasonCode::TopicFilterInvalid],
+            properties: UnsubAckProperties {
+                reason_string: Some("bad filter".into()),
+                user_properties: vec![("k".into(), "v".into())],
+            },
+        });
+        roundtrip(&packet, V5);
+    }
+}

@@ -81,3 +81,53 @@ impl Properties for UnsubscribeProperties {
         emit_user_properties(f, &self.user_properties);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{decode, roundtrip};
+    use crate::protocol::{Packet, ProtocolVersion::*};
+
+    #[test]
+    fn unsubscribe_bytes() {
+        let packet = Packet::Unsubscribe(Unsubscribe {
+            packet_id: 1,
+            filters: vec!["a".into()],
+            properties: UnsubscribeProperties::default(),
+        });
+        for version in [V3_1, V3_1_1] {
+            assert_eq!(
+                roundtrip(&packet, version),
+                [0xA2, 0x05, 0x00, 0x01, 0x00, 0x01, b'a']
+            );
+        }
+        assert_eq!(
+            roundtrip(&packet, V5),
+            [0xA2, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, b'a']
+        );
+        let with_properties = Packet::Unsubscribe(Unsubscribe {
+            packet_id: 3,
+            filters: vec!["a/+".into(), "b/#".into()],
+            properties: UnsubscribeProperties {
+                user_properties: vec![("k".into(), "v".into())],
+            },
+        });
+        roundtrip(&with_properties, V5);
+    }
+
+    #[test]
+    fn unsubscribe_needs_a_filter() {
+        assert_eq!(
+            decode(&[0xA2, 0x02, 0x00, 0x01], V3_1_1),
+            Err(DecodeError::EmptySubscription)
+        );
+        assert_eq!(
+            decode(&[0xA2, 0x03, 0x00, 0x01, 0x00], V5),
+            Err(DecodeError::EmptySubscription)
+        );
+        assert_eq!(
+            decode(&[0xA2, 0x05, 0x00, 0x00, 0x00, 0x01, b'a'], V3_1_1),
+            Err(DecodeError::ZeroPacketId)
+        );
+    }
+}
