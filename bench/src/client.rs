@@ -1,0 +1,368 @@
+//! One MQTT 3.1.1 client connection over a monoio `TcpStream`.
+//!
+//! Reads use monoio's owned-buffer API: the read buffer is lent to the
+//! kernel and handed back, and [`protocol::read`] splits complete packets
+//! off its front. Writes are batched: callers queue any number of packets
+//! into the write buffer and [`Connection::flush`] sends them in one
+//! `write_all`.
+
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use ringmq::protocol::{
+    self, Connect, ConnectProperties, DecodeError, Disconnect, DisconnectProperties, EncodeError,
+    Packet, PacketType, ProtocolVersion, PubResponse, PubResponseProperties, Publish,
+    PublishProperties, QoS, ReasonCode, Subscribe, SubscribeProperties, SubscriptionOptions,
+    TopicSubscription,
+};
+
+pub const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
+
+/// The largest packet MQTT can frame; a broker is trusted not to send more.
+const MAX_PACKET_SIZE: usize = 268_435_460;
+
+/// Free space guaranteed before each socket read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Connect plus CONNACK, subscribe plus SUBACK.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    #[error("decode: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("encode: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("broker closed the connection")]
+    Closed,
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("connection refused by broker: {0:?}")]
+    Refused(ReasonCode),
+    #[error("subscription refused by broker: {0:?}")]
+    SubscribeRefused(ReasonCode),
+    #[error("unexpected {0:?} packet")]
+    Unexpected(PacketType),
+    #[error("{0:?} for unknown packet id")]
+    UnknownPacketId(PacketType),
+    #[error("publish template: the codec did not lay out PUBLISH as MQTT 3.1.1 does")]
+    Template,
+}
+
+pub struct Connection {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+}
+
+impl Connection {
+    /// TCP connect, CONNECT (clean session, keep-alive off), await CONNACK.
+    ///
+    /// Keep-alive is 0 (disabled, spec 3.1.2.10): a subscriber of a quiet
+    /// topic then needs no PINGREQ timer, and a benchmark connection lives
+    /// only as long as the run.
+    pub async fn open(broker: SocketAddr, client_id: &str) -> Result<Connection, ClientError> {
+        let handshake = async {
+            let stream = TcpStream::connect(broker)
+                .await
+                .map_err(ClientError::Connect)?;
+            stream.set_nodelay(true)?;
+            let mut conn = Connection {
+                stream,
+                read_buf: BytesMut::with_capacity(READ_CHUNK),
+                write_buf: BytesMut::with_capacity(READ_CHUNK),
+            };
+            conn.queue(&Packet::Connect(Box::new(Connect {
+                protocol: VERSION,
+                clean_start: true,
+                keep_alive: 0,
+                client_id: ByteString::from(client_id),
+                will: None,
+                username: None,
+                password: None,
+                properties: ConnectProperties::default(),
+            })))?;
+            conn.flush().await?;
+            match conn.recv().await? {
+                Packet::ConnAck(ack) if ack.reason == ReasonCode::Success => Ok(conn),
+                Packet::ConnAck(ack) => Err(ClientError::Refused(ack.reason)),
+                other => Err(ClientError::Unexpected(other.packet_type())),
+            }
+        };
+        monoio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// SUBSCRIBE to one filter and await its SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), ClientError> {
+        const PACKET_ID: u16 = 1;
+        self.queue(&Packet::Subscribe(Subscribe {
+            packet_id: PACKET_ID,
+            filters: vec![TopicSubscription {
+                filter: ByteString::from(filter),
+                options: SubscriptionOptions {
+                    qos,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: SubscribeProperties::default(),
+        }))?;
+        let exchange = async {
+            self.flush().await?;
+            match self.recv().await? {
+                Packet::SubAck(ack) if ack.packet_id == PACKET_ID => {
+                    match ack.reasons.first().copied() {
+                        Some(
+                            ReasonCode::Success | ReasonCode::GrantedQoS1 | ReasonCode::GrantedQoS2,
+                        ) => Ok(()),
+                        Some(reason) => Err(ClientError::SubscribeRefused(reason)),
+                        None => Err(ClientError::SubscribeRefused(ReasonCode::UnspecifiedError)),
+                    }
+                }
+                other => Err(ClientError::Unexpected(other.packet_type())),
+            }
+        };
+        monoio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Appends one encoded packet to the write buffer.
+    pub fn queue(&mut self, packet: &Packet) -> Result<(), ClientError> {
+        packet.write(VERSION, &mut self.write_buf)?;
+        Ok(())
+    }
+
+    /// Queues PUBACK, PUBREC, PUBREL or PUBCOMP (chosen by `kind`).
+    pub fn queue_response(
+        &mut self,
+        kind: fn(PubResponse) -> Packet,
+        packet_id: u16,
+    ) -> Result<(), ClientError> {
+        self.queue(&kind(PubResponse {
+            packet_id,
+            reason: ReasonCode::Success,
+            properties: PubResponseProperties::default(),
+        }))
+    }
+
+    /// The write buffer, for callers that append pre-encoded packets.
+    pub fn write_buf(&mut self) -> &mut BytesMut {
+        &mut self.write_buf
+    }
+
+    /// Writes everything queued in one `write_all`.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        let buf = mem::take(&mut self.write_buf);
+        let (result, mut buf) = self.stream.write_all(buf).await;
+        buf.clear();
+        self.write_buf = buf;
+        result?;
+        Ok(())
+    }
+
+    /// The next complete packet already buffered, if any.
+    pub fn next_packet(&mut self) -> Result<Option<Packet>, ClientError> {
+        Ok(protocol::read(
+            &mut self.read_buf,
+            VERSION,
+            MAX_PACKET_SIZE,
+        )?)
+    }
+
+    /// One socket read, appended to the read buffer.
+    pub async fn fill(&mut self) -> Result<(), ClientError> {
+        let mut buf = mem::take(&mut self.read_buf);
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let len = buf.len();
+        let capacity = buf.capacity();
+        let (result, slice) = self.stream.read(buf.slice_mut(len..capacity)).await;
+        self.read_buf = slice.into_inner();
+        match result? {
+            0 => Err(ClientError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next packet, reading from the socket as needed.
+    pub async fn recv(&mut self) -> Result<Packet, ClientError> {
+        loop {
+            if let Some(packet) = self.next_packet()? {
+                return Ok(packet);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Sends DISCONNECT; the socket closes when `self` drops.
+    pub async fn disconnect(mut self) -> Result<(), ClientError> {
+        self.queue(&Packet::Disconnect(Disconnect {
+            reason: ReasonCode::Success,
+            properties: DisconnectProperties::default(),
+        }))?;
+        self.flush().await
+    }
+}
+
+/// A PUBLISH encoded once by the codec, then copied per message with its
+/// packet id and send timestamp patched in place.
+///
+/// Payload layout: bytes 0..8 the send timestamp, bytes 8..16 (when the
+/// payload is that long) the run's tag, so a subscriber can tell this run's
+/// messages from stale ones a broker still delivers from an earlier run
+/// with the same topics.
+///
+/// Encoding a fresh packet (and allocating its payload) per message would
+/// make the load generator, which shares the machine with the broker, spend
+/// more CPU per message than it needs to. At MQTT 3.1.1 the packet id is the
+/// two bytes right before the payload, and the payload is the packet's tail;
+/// [`PublishTemplate::new`] checks that layout against the codec's output.
+#[derive(Debug, Clone)]
+pub struct PublishTemplate {
+    bytes: Bytes,
+    stamp_at: usize,
+    packet_id_at: Option<usize>,
+}
+
+impl PublishTemplate {
+    const PROBE_ID: u16 = 0xA55A;
+
+    pub fn new(
+        topic: &str,
+        qos: QoS,
+        payload_len: usize,
+        run_tag: u64,
+    ) -> Result<Self, ClientError> {
+        let payload_len = payload_len.max(8);
+        let mut payload = BytesMut::zeroed(payload_len);
+        payload[8..].fill(b'x');
+        if let Some(tag) = payload.get_mut(8..16) {
+            tag.copy_from_slice(&run_tag.to_be_bytes());
+        }
+        let packet_id = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            Self::PROBE_ID
+        };
+        let mut bytes = BytesMut::new();
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: ByteString::from(topic),
+            packet_id,
+            properties: PublishProperties::default(),
+            payload: payload.freeze(),
+        })
+        .write(VERSION, &mut bytes)?;
+        let stamp_at = bytes
+            .len()
+            .checked_sub(payload_len)
+            .ok_or(ClientError::Template)?;
+        let packet_id_at = match qos {
+            QoS::AtMostOnce => None,
+            _ => {
+                let at = stamp_at.checked_sub(2).ok_or(ClientError::Template)?;
+                if bytes[at..stamp_at] != Self::PROBE_ID.to_be_bytes() {
+                    return Err(ClientError::Template);
+                }
+                Some(at)
+            }
+        };
+        Ok(PublishTemplate {
+            bytes: bytes.freeze(),
+            stamp_at,
+            packet_id_at,
+        })
+    }
+
+    /// Appends one PUBLISH carrying `packet_id` (ignored at QoS 0) and the
+    /// send timestamp `stamp` (see [`crate::stats::now_nanos`]).
+    pub fn append(&self, out: &mut BytesMut, packet_id: u16, stamp: u64) {
+        let start = out.len();
+        out.put_slice(&self.bytes);
+        let packet = &mut out[start..];
+        if let Some(at) = self.packet_id_at {
+            packet[at..at + 2].copy_from_slice(&packet_id.to_be_bytes());
+        }
+        packet[self.stamp_at..self.stamp_at + 8].copy_from_slice(&stamp.to_be_bytes());
+    }
+}
+
+/// The send timestamp a [`PublishTemplate`] of this run (`run_tag`) put in
+/// a payload; `None` for a payload too short or tagged by another run.
+pub fn stamp_of(payload: &[u8], run_tag: u64) -> Option<u64> {
+    let word = |at: usize| {
+        let bytes: [u8; 8] = payload.get(at..at + 8)?.try_into().ok()?;
+        Some(u64::from_be_bytes(bytes))
+    };
+    match word(8) {
+        Some(tag) if tag != run_tag => None,
+        _ => word(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs the codec: the template must equal what the codec encodes for
+    /// the same packet.
+    #[test]
+    fn template_matches_codec() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let template = PublishTemplate::new("bench/pair/7", qos, 64, 0xABCD).expect("template");
+            let mut out = BytesMut::new();
+            template.append(&mut out, 4242, 0x0102_0304_0506_0708);
+            let mut payload = vec![b'x'; 64];
+            payload[..8].copy_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+            payload[8..16].copy_from_slice(&0xABCDu64.to_be_bytes());
+            let expected = Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: ByteString::from("bench/pair/7"),
+                packet_id: if qos == QoS::AtMostOnce { 0 } else { 4242 },
+                properties: PublishProperties::default(),
+                payload: Bytes::from(payload),
+            });
+            let decoded = protocol::read(&mut out, VERSION, MAX_PACKET_SIZE)
+                .expect("decodes")
+                .expect("complete");
+            assert_eq!(decoded, expected);
+            assert!(out.is_empty());
+            let Packet::Publish(publish) = decoded else {
+                unreachable!()
+            };
+            assert_eq!(
+                stamp_of(&publish.payload, 0xABCD),
+                Some(0x0102_0304_0506_0708)
+            );
+            assert_eq!(stamp_of(&publish.payload, 0xABCE), None);
+        }
+    }
+
+    #[test]
+    fn short_payloads_carry_only_a_stamp() {
+        assert_eq!(stamp_of(&7u64.to_be_bytes(), 1), Some(7));
+        assert_eq!(stamp_of(&[0; 12], 1), Some(0));
+        assert_eq!(stamp_of(&[0; 7], 1), None);
+    }
+}

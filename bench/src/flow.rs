@@ -1,0 +1,157 @@
+//! Closed-loop flow control between a publisher and its subscriber(s) on
+//! the same worker: a publisher may run at most `max_lag` messages ahead of
+//! what its subscribers have received.
+//!
+//! Without it, "as fast as possible" at QoS 0 measures how much a broker
+//! will buffer: a broker that reads without bound accepts millions of
+//! publishes in the warmup, delivers them during the window, and the
+//! figures describe the backlog rather than the broker. With it, the
+//! publisher's rate settles at what the broker actually delivers, and
+//! latency reflects a bounded queue. `--max-lag 0` turns it off.
+//!
+//! A broker may drop QoS 0 messages, which would leave the lag open
+//! forever; at QoS 0 a publisher that waits longer than [`STALL`] writes
+//! the gap off as lost and carries on. QoS 1 and 2 messages are not lost,
+//! only late, so there the publisher waits as long as it takes.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+/// How long a publisher waits for its subscribers before writing the
+/// outstanding messages off as lost.
+pub const STALL: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Flow {
+    /// 0: no limit.
+    max_lag: u64,
+    /// Deliveries each publish should produce.
+    fanout: u64,
+    /// Whether a stall writes outstanding deliveries off (QoS 0).
+    forgive: bool,
+    /// Deliveries received by the subscribers.
+    received: Cell<u64>,
+    /// Deliveries written off as lost after a stall.
+    forgiven: Cell<u64>,
+    /// Woken once `received` reaches `wake_at`.
+    waiter: RefCell<Option<Waker>>,
+    wake_at: Cell<u64>,
+}
+
+impl Flow {
+    pub fn new(max_lag: u32, fanout: u64, forgive: bool) -> Flow {
+        Flow {
+            max_lag: u64::from(max_lag),
+            fanout: fanout.max(1),
+            forgive,
+            received: Cell::new(0),
+            forgiven: Cell::new(0),
+            waiter: RefCell::new(None),
+            wake_at: Cell::new(u64::MAX),
+        }
+    }
+
+    /// Subscriber side: `count` more deliveries arrived.
+    pub fn delivered(&self, count: u64) {
+        let received = self.received.get() + count;
+        self.received.set(received);
+        if received >= self.wake_at.get()
+            && let Some(waker) = self.waiter.borrow_mut().take()
+        {
+            waker.wake();
+        }
+    }
+
+    /// Messages the publisher may send now, having sent `sent`.
+    pub fn room(&self, sent: u64) -> u64 {
+        if self.max_lag == 0 {
+            return u64::MAX;
+        }
+        self.max_lag.saturating_sub(self.lag(sent))
+    }
+
+    /// Messages sent whose deliveries have not all arrived.
+    fn lag(&self, sent: u64) -> u64 {
+        let expected = sent * self.fanout;
+        let arrived = self.received.get() + self.forgiven.get();
+        expected.saturating_sub(arrived).div_ceil(self.fanout)
+    }
+
+    /// Waits until the lag is down to half of `max_lag`, or, if this flow
+    /// forgives, writes the outstanding deliveries off after [`STALL`].
+    /// Returns the number of deliveries written off.
+    pub async fn wait_for_room(&self, sent: u64) -> u64 {
+        let target_lag = self.max_lag / 2;
+        let needed = (sent.saturating_sub(target_lag)) * self.fanout;
+        let arrived = || self.received.get() + self.forgiven.get();
+        self.wake_at.set(needed.saturating_sub(self.forgiven.get()));
+        let wait = poll_fn(|cx| {
+            if arrived() >= needed {
+                Poll::Ready(())
+            } else {
+                *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        let arrived_in_time = match self.forgive {
+            true => monoio::time::timeout(STALL, wait).await.is_ok(),
+            false => {
+                wait.await;
+                true
+            }
+        };
+        self.wake_at.set(u64::MAX);
+        self.waiter.borrow_mut().take();
+        if arrived_in_time {
+            return 0;
+        }
+        let missing = (sent * self.fanout).saturating_sub(arrived());
+        self.forgiven.set(self.forgiven.get() + missing);
+        missing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_follows_deliveries() {
+        let flow = Flow::new(100, 1, true);
+        assert_eq!(flow.room(0), 100);
+        assert_eq!(flow.room(60), 40);
+        flow.delivered(50);
+        assert_eq!(flow.room(120), 30);
+        assert_eq!(Flow::new(0, 1, true).room(1_000_000), u64::MAX);
+        let fanout = Flow::new(10, 4, false);
+        fanout.delivered(6);
+        // 3 publishes: 12 deliveries due, 6 arrived: 2 publishes lagging.
+        assert_eq!(fanout.room(3), 8);
+    }
+
+    #[test]
+    fn waiting_publisher_is_woken_or_forgives() {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let flow = std::rc::Rc::new(Flow::new(10, 1, true));
+            let subscriber = {
+                let flow = flow.clone();
+                monoio::spawn(async move {
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                    flow.delivered(5);
+                })
+            };
+            assert_eq!(flow.wait_for_room(10).await, 0);
+            subscriber.await;
+            assert_eq!(flow.room(10), 5);
+            // Nothing more arrives: after STALL the 5 missing are forgiven.
+            assert_eq!(flow.wait_for_room(12).await, 7);
+            assert_eq!(flow.room(12), 10);
+        });
+    }
+}
