@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::Broker;
 use common::raw::{Raw, RecvError};
 use common::wire::{self, Connect, Pub};
-use common::Broker;
 
 /// Messages per flood and their size: 20,000 x 4 KiB = 80 MiB, far more
 /// than kernel socket buffers plus a bounded queue can hold.
@@ -97,7 +97,8 @@ async fn slow_consumer_is_isolated(qos: u8) {
     let mut slow = slow_subscriber(broker.addr, "bp-slow", qos).await;
 
     // A healthy subscriber on the flood topic and on a probe topic.
-    let (mut healthy, _) = Raw::connect_ok(broker.addr, Connect::v4("bp-healthy").keep_alive(0)).await;
+    let (mut healthy, _) =
+        Raw::connect_ok(broker.addr, Connect::v4("bp-healthy").keep_alive(0)).await;
     healthy
         .subscribe(1, &[("bp/flood", qos), ("bp/probe", 1)])
         .await;
@@ -132,12 +133,17 @@ async fn slow_consumer_is_isolated(qos: u8) {
 
     // The probe reaches the healthy subscriber promptly after the flood.
     let (mut prober, _) = Raw::connect_ok(broker.addr, Connect::v4("bp-prober")).await;
-    prober.publish(Pub::new("bp/probe", b"probe").qos(1, 1)).await;
+    prober
+        .publish(Pub::new("bp/probe", b"probe").qos(1, 1))
+        .await;
     let flood_seen = tokio::time::timeout(Duration::from_secs(30), healthy_task)
         .await
         .expect("probe never reached the healthy subscriber")
         .unwrap();
-    assert!(flood_seen > 0, "healthy subscriber received none of the flood");
+    assert!(
+        flood_seen > 0,
+        "healthy subscriber received none of the flood"
+    );
 
     // With the drop policy the slow client is still connected: drain what
     // the broker kept for it, then it answers a ping.
@@ -154,7 +160,9 @@ async fn slow_consumer_is_isolated(qos: u8) {
                 }
             }
             Ok(p) => panic!("unexpected packet {p:?}"),
-            Err(RecvError::Closed) => panic!("slow consumer was disconnected under the drop policy"),
+            Err(RecvError::Closed) => {
+                panic!("slow consumer was disconnected under the drop policy")
+            }
             Err(RecvError::Timeout) => panic!("no PINGRESP for the slow consumer"),
         }
     }
@@ -183,7 +191,8 @@ async fn disconnect_policy_closes_slow_consumer() {
         "50",
     ]);
     let mut slow = slow_subscriber(broker.addr, "bp-slow-dc", 0).await;
-    let (mut healthy, _) = Raw::connect_ok(broker.addr, Connect::v4("bp-healthy-dc").keep_alive(0)).await;
+    let (mut healthy, _) =
+        Raw::connect_ok(broker.addr, Connect::v4("bp-healthy-dc").keep_alive(0)).await;
     healthy.subscribe(1, &[("bp/probe", 1)]).await;
 
     flood(broker.addr, "bp/flood", 0).await;
@@ -202,7 +211,9 @@ async fn disconnect_policy_closes_slow_consumer() {
 
     // Everyone else is unaffected.
     let (mut prober, _) = Raw::connect_ok(broker.addr, Connect::v4("bp-prober-dc")).await;
-    prober.publish(Pub::new("bp/probe", b"probe").qos(1, 1)).await;
+    prober
+        .publish(Pub::new("bp/probe", b"probe").qos(1, 1))
+        .await;
     let p = healthy.recv_publish().await;
     assert_eq!(p.payload, b"probe");
 }

@@ -63,7 +63,11 @@ fn bad_toml_value_is_refused_by_name() {
 fn missing_config_file_is_an_error() {
     let out = run_to_exit(&["--config", "/nonexistent/ringmq.toml"], None);
     assert!(!out.status.success());
-    assert!(out.stderr.contains("/nonexistent/ringmq.toml"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/nonexistent/ringmq.toml"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test]
@@ -109,7 +113,9 @@ async fn epoll_driver_serves_clients() {
     let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v5("epoll-sub")).await;
     sub.subscribe(1, &[("epoll/t", 1)]).await;
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v5("epoll-pub")).await;
-    publisher.publish(Pub::new("epoll/t", b"via epoll").qos(1, 1)).await;
+    publisher
+        .publish(Pub::new("epoll/t", b"via epoll").qos(1, 1))
+        .await;
     assert_eq!(sub.recv_publish().await.payload, b"via epoll");
 }
 
@@ -127,12 +133,17 @@ async fn max_packet_size_is_enforced() {
     sub.subscribe(1, &[("mps/#", 0)]).await;
 
     let (mut small, _) = Raw::connect_ok(broker.addr, Connect::v5("mps-small")).await;
-    small.publish(Pub::new("mps/ok", &[b's'; 500]).qos(1, 1)).await;
+    small
+        .publish(Pub::new("mps/ok", &[b's'; 500]).qos(1, 1))
+        .await;
     assert_eq!(sub.recv_publish().await.payload.len(), 500);
 
     for version in [wire::V4, wire::V5] {
-        let (mut big, _) =
-            Raw::connect_ok(broker.addr, Connect::new(version, &format!("mps-big-{version}"))).await;
+        let (mut big, _) = Raw::connect_ok(
+            broker.addr,
+            Connect::new(version, &format!("mps-big-{version}")),
+        )
+        .await;
         big.send_lossy(&Pub::new("mps/big", &[b'b'; 4000]).qos(1, 1).encode(version))
             .await;
         let seen = big.expect_closed(RECV_TIMEOUT).await;
@@ -163,7 +174,11 @@ async fn max_inflight_limits_unacked_deliveries() {
             Err(RecvError::Closed) => panic!("subscriber closed"),
         }
     }
-    assert_eq!(held.len(), 5, "exactly --max-inflight unacked QoS 1 deliveries");
+    assert_eq!(
+        held.len(),
+        5,
+        "exactly --max-inflight unacked QoS 1 deliveries"
+    );
     // Acking one releases exactly one more, the next in order.
     sub.send(&wire::ack(wire::PUBACK, held[0].pkid)).await;
     let next = sub.recv_publish().await;
@@ -188,15 +203,10 @@ async fn max_queued_messages_bounds_offline_queue() {
     let (mut sub, connack) = Raw::connect_ok(broker.addr, Connect::v4("mq-sub").clean(false)).await;
     assert!(connack.session_present);
     let mut received = 0;
-    loop {
-        match sub.try_recv(Duration::from_secs(1)).await {
-            Ok(p) => {
-                let p = p.publish(wire::V4);
-                sub.send(&wire::ack(wire::PUBACK, p.pkid)).await;
-                received += 1;
-            }
-            Err(_) => break,
-        }
+    while let Ok(p) = sub.try_recv(Duration::from_secs(1)).await {
+        let p = p.publish(wire::V4);
+        sub.send(&wire::ack(wire::PUBACK, p.pkid)).await;
+        received += 1;
     }
     assert!(
         (1..=6).contains(&received),

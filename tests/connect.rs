@@ -102,7 +102,8 @@ async fn keep_alive_expiry_closes_silent_client() {
 #[tokio::test]
 async fn keep_alive_expiry_sends_v5_disconnect_or_closes() {
     let broker = Broker::start(&[]);
-    let (mut raw, _) = Raw::connect_ok(broker.addr, Connect::v5("ka-silent-v5").keep_alive(1)).await;
+    let (mut raw, _) =
+        Raw::connect_ok(broker.addr, Connect::v5("ka-silent-v5").keep_alive(1)).await;
     let seen = raw.expect_closed(Duration::from_secs(10)).await;
     for p in &seen {
         // If the broker says why, the reason is Keep Alive timeout (0x8D).
@@ -135,7 +136,8 @@ async fn keep_alive_zero_disables_timeout() {
 #[tokio::test]
 async fn v5_server_keep_alive_caps_client_request() {
     let broker = Broker::start(&["--max-keepalive", "10"]);
-    let (_raw, connack) = Raw::connect_ok(broker.addr, Connect::v5("ska-high").keep_alive(100)).await;
+    let (_raw, connack) =
+        Raw::connect_ok(broker.addr, Connect::v5("ska-high").keep_alive(100)).await;
     assert_eq!(
         connack.prop(wire::SERVER_KEEP_ALIVE),
         Some(&Prop::U16(10)),
@@ -152,7 +154,8 @@ async fn v5_server_keep_alive_caps_client_request() {
 #[tokio::test]
 async fn v5_server_keep_alive_is_enforced() {
     let broker = Broker::start(&["--max-keepalive", "1"]);
-    let (mut raw, connack) = Raw::connect_ok(broker.addr, Connect::v5("ska-enforced").keep_alive(600)).await;
+    let (mut raw, connack) =
+        Raw::connect_ok(broker.addr, Connect::v5("ska-enforced").keep_alive(600)).await;
     assert_eq!(connack.prop(wire::SERVER_KEEP_ALIVE), Some(&Prop::U16(1)));
     // The broker must time out on its own 1 s, not the 600 s asked for.
     raw.expect_closed(Duration::from_secs(10)).await;

@@ -114,7 +114,9 @@ async fn qos2_publish_flow_and_exactly_once() {
     assert_eq!(p.ack().0, 7);
     // The publisher did not see PUBREC (as far as the broker knows) and
     // retransmits with DUP: the broker must not deliver it twice.
-    publisher.send(&publish.clone().dup().encode(wire::V4)).await;
+    publisher
+        .send(&publish.clone().dup().encode(wire::V4))
+        .await;
     assert_eq!(publisher.recv_kind(wire::PUBREC).await.ack().0, 7);
     publisher.send(&wire::ack(wire::PUBREL, 7)).await;
     let p = publisher.recv_kind(wire::PUBCOMP).await;
@@ -127,7 +129,9 @@ async fn qos2_publish_flow_and_exactly_once() {
 
     // After PUBCOMP the packet id is free again: a new message with id 7
     // is a new message.
-    publisher.publish(Pub::new("eo/t", b"again").qos(2, 7)).await;
+    publisher
+        .publish(Pub::new("eo/t", b"again").qos(2, 7))
+        .await;
     assert_eq!(sub.recv_publish().await.payload, b"again");
 }
 

@@ -22,7 +22,10 @@ async fn new_subscriber_gets_retained_message_with_retain_flag() {
     let p = sub.recv_publish().await;
     assert_eq!(p.topic, "ret/a");
     assert_eq!(p.payload, b"kept");
-    assert!(p.retain, "a retained message sent on subscribe has RETAIN=1");
+    assert!(
+        p.retain,
+        "a retained message sent on subscribe has RETAIN=1"
+    );
     assert_eq!(p.qos, 1);
     sub.send(&wire::ack(wire::PUBACK, p.pkid)).await;
     sub.expect_silence(QUIET).await;
@@ -32,17 +35,26 @@ async fn new_subscriber_gets_retained_message_with_retain_flag() {
 async fn retained_message_is_replaced_and_cleared() {
     let broker = Broker::start(&[]);
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("ret-repl-pub")).await;
-    publisher.publish(Pub::new("ret/r", b"old").qos(1, 1).retain()).await;
-    publisher.publish(Pub::new("ret/r", b"new").qos(1, 2).retain()).await;
+    publisher
+        .publish(Pub::new("ret/r", b"old").qos(1, 1).retain())
+        .await;
+    publisher
+        .publish(Pub::new("ret/r", b"new").qos(1, 2).retain())
+        .await;
 
     let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("ret-repl-sub1")).await;
     sub.subscribe(1, &[("ret/r", 0)]).await;
     let p = sub.recv_publish().await;
-    assert_eq!(p.payload, b"new", "only the latest retained message is kept");
+    assert_eq!(
+        p.payload, b"new",
+        "only the latest retained message is kept"
+    );
     sub.expect_silence(QUIET).await;
 
     // An empty retained payload deletes the retained message.
-    publisher.publish(Pub::new("ret/r", b"").qos(1, 3).retain()).await;
+    publisher
+        .publish(Pub::new("ret/r", b"").qos(1, 3).retain())
+        .await;
     // The existing subscriber still gets that (empty) publication live.
     let live = sub.recv_publish().await;
     assert!(live.payload.is_empty());
@@ -71,14 +83,19 @@ async fn live_delivery_clears_retain_flag_in_v4() {
 async fn wildcard_subscription_receives_every_matching_retained_message() {
     let broker = Broker::start(&[]);
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("ret-wild-pub")).await;
-    for (topic, payload) in [("ret/w/1", "a"), ("ret/w/2", "b"), ("ret/w/x/3", "c"), ("ret/other", "d")] {
+    for (topic, payload) in [
+        ("ret/w/1", "a"),
+        ("ret/w/2", "b"),
+        ("ret/w/x/3", "c"),
+        ("ret/other", "d"),
+    ] {
         publisher
             .publish(Pub::new(topic, payload.as_bytes()).qos(1, 1).retain())
             .await;
     }
     let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("ret-wild-sub")).await;
     sub.subscribe(1, &[("ret/w/+", 0)]).await;
-    let mut got = vec![sub.recv_publish().await, sub.recv_publish().await];
+    let mut got = [sub.recv_publish().await, sub.recv_publish().await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(got[0].topic, "ret/w/1");
     assert_eq!(got[0].payload, b"a");
@@ -102,7 +119,9 @@ async fn wildcard_subscription_receives_every_matching_retained_message() {
 async fn retained_delivery_qos_is_min_of_stored_and_granted() {
     let broker = Broker::start(&[]);
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("ret-qos-pub")).await;
-    publisher.publish(Pub::new("ret/q", b"q2").qos(2, 1).retain()).await;
+    publisher
+        .publish(Pub::new("ret/q", b"q2").qos(2, 1).retain())
+        .await;
     let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("ret-qos-sub")).await;
     sub.subscribe(1, &[("ret/q", 1)]).await;
     let p = sub.recv_publish().await;
@@ -115,7 +134,9 @@ async fn retained_delivery_qos_is_min_of_stored_and_granted() {
 async fn retained_counts(options: u8) -> (usize, usize) {
     let broker = Broker::start(&[]);
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v5("rh-pub")).await;
-    publisher.publish(Pub::new("rh/t", b"r").qos(1, 1).retain()).await;
+    publisher
+        .publish(Pub::new("rh/t", b"r").qos(1, 1).retain())
+        .await;
     let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v5("rh-sub")).await;
     let mut counts = [0, 0];
     for (round, count) in counts.iter_mut().enumerate() {

@@ -38,7 +38,8 @@ async fn persistent_session_keeps_subscriptions_and_queues_offline_messages() {
         assert_eq!(sub.subscribe(1, &[("ps/t", 1)]).await, vec![1]);
         leave(&mut sub).await;
 
-        let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::new(version, "ps-pub")).await;
+        let (mut publisher, _) =
+            Raw::connect_ok(broker.addr, Connect::new(version, "ps-pub")).await;
         for i in 0..5u16 {
             publisher
                 .publish(Pub::new("ps/t", format!("offline {i}").as_bytes()).qos(1, i + 1))
@@ -46,7 +47,10 @@ async fn persistent_session_keeps_subscriptions_and_queues_offline_messages() {
         }
 
         let (mut sub, connack) = Raw::connect_ok(broker.addr, persistent(version, "ps-sub")).await;
-        assert!(connack.session_present, "v{version}: session must be resumed");
+        assert!(
+            connack.session_present,
+            "v{version}: session must be resumed"
+        );
         for i in 0..5 {
             let p = sub.recv_publish().await;
             assert_eq!(p.payload, format!("offline {i}").as_bytes(), "v{version}");
@@ -66,7 +70,8 @@ async fn clean_session_discards_previous_session() {
         let (mut sub, _) = Raw::connect_ok(broker.addr, persistent(version, "cs-sub")).await;
         sub.subscribe(1, &[("cs/t", 1)]).await;
         leave(&mut sub).await;
-        let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::new(version, "cs-pub")).await;
+        let (mut publisher, _) =
+            Raw::connect_ok(broker.addr, Connect::new(version, "cs-pub")).await;
         publisher.publish(Pub::new("cs/t", b"lost").qos(1, 1)).await;
 
         let (mut sub, connack) =
@@ -74,7 +79,9 @@ async fn clean_session_discards_previous_session() {
         assert!(!connack.session_present, "v{version}");
         sub.expect_silence(QUIET).await;
         // And the old subscription is gone.
-        publisher.publish(Pub::new("cs/t", b"after").qos(1, 2)).await;
+        publisher
+            .publish(Pub::new("cs/t", b"after").qos(1, 2))
+            .await;
         sub.expect_silence(QUIET).await;
     }
 }
@@ -112,7 +119,10 @@ async fn v5_session_expires_after_interval() {
     leave(&mut sub).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (_sub, connack) = Raw::connect_ok(broker.addr, connect).await;
-    assert!(!connack.session_present, "session should have expired after 1 s");
+    assert!(
+        !connack.session_present,
+        "session should have expired after 1 s"
+    );
 }
 
 #[tokio::test]
@@ -145,7 +155,10 @@ async fn v5_session_expiry_changed_at_disconnect() {
     .await;
     sub.expect_closed(RECV_TIMEOUT).await;
     let (mut sub, connack) = Raw::connect_ok(broker.addr, connect.clone()).await;
-    assert!(!connack.session_present, "DISCONNECT expiry 0 ends the session");
+    assert!(
+        !connack.session_present,
+        "DISCONNECT expiry 0 ends the session"
+    );
 
     // And the other way round: 300 s at CONNECT, 1 s at DISCONNECT.
     sub.subscribe(1, &[("sec/t", 1)]).await;
@@ -166,14 +179,18 @@ async fn unacked_qos1_is_redelivered_with_dup_on_reconnect() {
         let broker = Broker::start(&[]);
         let (mut sub, _) = Raw::connect_ok(broker.addr, persistent(version, "dup1-sub")).await;
         sub.subscribe(1, &[("dup/t", 1)]).await;
-        let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::new(version, "dup1-pub")).await;
-        publisher.publish(Pub::new("dup/t", b"unacked").qos(1, 1)).await;
+        let (mut publisher, _) =
+            Raw::connect_ok(broker.addr, Connect::new(version, "dup1-pub")).await;
+        publisher
+            .publish(Pub::new("dup/t", b"unacked").qos(1, 1))
+            .await;
         let first = sub.recv_publish().await;
         assert!(!first.dup);
         // Drop without PUBACK.
         sub.drop_abruptly();
 
-        let (mut sub, connack) = Raw::connect_ok(broker.addr, persistent(version, "dup1-sub")).await;
+        let (mut sub, connack) =
+            Raw::connect_ok(broker.addr, persistent(version, "dup1-sub")).await;
         assert!(connack.session_present);
         let again = sub.recv_publish().await;
         assert_eq!(again.payload, b"unacked", "v{version}");
@@ -190,7 +207,9 @@ async fn unacked_qos2_is_redelivered_and_pubrel_resent() {
     let (mut sub, _) = Raw::connect_ok(broker.addr, persistent(wire::V4, "dup2-sub")).await;
     sub.subscribe(1, &[("dup2/a", 2), ("dup2/b", 2)]).await;
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("dup2-pub")).await;
-    publisher.publish(Pub::new("dup2/a", b"no pubrec").qos(2, 1)).await;
+    publisher
+        .publish(Pub::new("dup2/a", b"no pubrec").qos(2, 1))
+        .await;
     let a = sub.recv_publish().await;
     assert_eq!(a.payload, b"no pubrec");
     sub.drop_abruptly();
@@ -224,12 +243,18 @@ async fn v5_takeover_disconnects_old_connection_with_0x8e() {
     let (mut new, connack) = Raw::connect_ok(broker.addr, persistent(wire::V5, "take-v5")).await;
     assert!(connack.session_present, "takeover resumes the session");
     let seen = old.expect_closed(RECV_TIMEOUT).await;
-    assert_eq!(seen.len(), 1, "old connection gets exactly a DISCONNECT: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "old connection gets exactly a DISCONNECT: {seen:?}"
+    );
     assert_eq!(seen[0].disconnect_reason(), 0x8E, "Session taken over");
 
     // The new connection owns the subscription.
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v5("take-pub")).await;
-    publisher.publish(Pub::new("take/t", b"to new").qos(1, 1)).await;
+    publisher
+        .publish(Pub::new("take/t", b"to new").qos(1, 1))
+        .await;
     assert_eq!(new.recv_publish().await.payload, b"to new");
 }
 

@@ -7,9 +7,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::Broker;
 use common::raw::Raw;
 use common::wire::{self, Connect, Pub};
-use common::Broker;
 
 const PAIRS: usize = 20;
 const MESSAGES: u16 = 200;
@@ -38,7 +38,11 @@ async fn publish_sequence(addr: SocketAddr, id: String, topic: String, count: u1
     // broker has many in flight between shards at once.
     let mut batch = Vec::new();
     for i in 0..count {
-        batch.extend_from_slice(&Pub::new(&topic, format!("{i}").as_bytes()).qos(1, i + 1).encode(wire::V4));
+        batch.extend_from_slice(
+            &Pub::new(&topic, format!("{i}").as_bytes())
+                .qos(1, i + 1)
+                .encode(wire::V4),
+        );
     }
     publisher.send(&batch).await;
     for i in 0..count {
@@ -52,9 +56,17 @@ async fn twenty_pairs_across_two_shards_deliver_everything_in_order() {
     let broker = Broker::start(&["--cores", "2"]);
     let mut subscribers = Vec::new();
     for i in 0..PAIRS {
-        let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4(&format!("shard-sub-{i}"))).await;
-        assert_eq!(sub.subscribe(1, &[(&format!("shard/{i}"), 1)]).await, vec![1]);
-        subscribers.push(tokio::spawn(expect_sequence(sub, format!("pair {i}"), MESSAGES)));
+        let (mut sub, _) =
+            Raw::connect_ok(broker.addr, Connect::v4(&format!("shard-sub-{i}"))).await;
+        assert_eq!(
+            sub.subscribe(1, &[(&format!("shard/{i}"), 1)]).await,
+            vec![1]
+        );
+        subscribers.push(tokio::spawn(expect_sequence(
+            sub,
+            format!("pair {i}"),
+            MESSAGES,
+        )));
     }
     let publishers: Vec<_> = (0..PAIRS)
         .map(|i| {
@@ -83,7 +95,11 @@ async fn fan_out_reaches_subscribers_on_every_shard() {
         // Mix exact and wildcard filters.
         let filter = if i % 2 == 0 { "fan/all" } else { "fan/+" };
         sub.subscribe(1, &[(filter, 1)]).await;
-        subscribers.push(tokio::spawn(expect_sequence(sub, format!("fan sub {i}"), 100)));
+        subscribers.push(tokio::spawn(expect_sequence(
+            sub,
+            format!("fan sub {i}"),
+            100,
+        )));
     }
     publish_sequence(broker.addr, "fan-pub".into(), "fan/all".into(), 100).await;
     for s in subscribers {
@@ -97,7 +113,11 @@ async fn retained_and_sessions_work_across_shards() {
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("xs-pub")).await;
     for i in 0..PAIRS {
         publisher
-            .publish(Pub::new(&format!("xs/{i}"), format!("r{i}").as_bytes()).qos(1, 1).retain())
+            .publish(
+                Pub::new(&format!("xs/{i}"), format!("r{i}").as_bytes())
+                    .qos(1, 1)
+                    .retain(),
+            )
             .await;
     }
     for i in 0..PAIRS {

@@ -24,7 +24,11 @@ async fn shutdown_on(signal: libc::c_int) {
 
     for (i, client) in v5_clients.iter_mut().enumerate() {
         let seen = client.expect_closed(Duration::from_secs(10)).await;
-        assert_eq!(seen.len(), 1, "v5 client {i}: expected one DISCONNECT, got {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "v5 client {i}: expected one DISCONNECT, got {seen:?}"
+        );
         assert_eq!(seen[0].kind(), wire::DISCONNECT);
         assert_eq!(seen[0].disconnect_reason(), 0x8B, "server shutting down");
     }
@@ -32,7 +36,12 @@ async fn shutdown_on(signal: libc::c_int) {
     assert!(seen.is_empty(), "3.1.1 clients are just closed: {seen:?}");
 
     let status = broker.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "exit status {status}; stderr:\n{}", broker.logs());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}; stderr:\n{}",
+        broker.logs()
+    );
 }
 
 #[tokio::test]

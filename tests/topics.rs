@@ -14,7 +14,11 @@ use common::{Broker, QUIET, RECV_TIMEOUT};
 async fn matches(filter: &str, topics: &[&str]) -> Vec<String> {
     let broker = Broker::start(&[]);
     let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("match-sub")).await;
-    assert_eq!(sub.subscribe(1, &[(filter, 0)]).await, vec![0], "filter {filter}");
+    assert_eq!(
+        sub.subscribe(1, &[(filter, 0)]).await,
+        vec![0],
+        "filter {filter}"
+    );
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("match-pub")).await;
     for topic in topics {
         publisher.publish(Pub::new(topic, b"m").qos(1, 1)).await;
@@ -34,7 +38,12 @@ async fn matches(filter: &str, topics: &[&str]) -> Vec<String> {
 async fn single_level_wildcard() {
     let got = matches(
         "sport/+/player",
-        &["sport/tennis/player", "sport/player", "sport/tennis/x/player", "sport//player"],
+        &[
+            "sport/tennis/player",
+            "sport/player",
+            "sport/tennis/x/player",
+            "sport//player",
+        ],
     )
     .await;
     assert_eq!(got, ["sport/tennis/player", "sport//player"]);
@@ -44,7 +53,13 @@ async fn single_level_wildcard() {
 async fn multi_level_wildcard_includes_parent() {
     let got = matches(
         "sport/tennis/#",
-        &["sport/tennis", "sport/tennis/a", "sport/tennis/a/b", "sport/tennisx", "sport"],
+        &[
+            "sport/tennis",
+            "sport/tennis/a",
+            "sport/tennis/a/b",
+            "sport/tennisx",
+            "sport",
+        ],
     )
     .await;
     assert_eq!(got, ["sport/tennis", "sport/tennis/a", "sport/tennis/a/b"]);
@@ -113,15 +128,13 @@ async fn invalid_filters_get_failure_codes_per_filter() {
         for (i, filter) in invalid.iter().enumerate() {
             // Each invalid filter sits between two valid ones.
             let codes = raw
-                .subscribe(
-                    i as u16 + 1,
-                    &[("ok/one", 1), (filter, 1), ("ok/two", 0)],
-                )
+                .subscribe(i as u16 + 1, &[("ok/one", 1), (filter, 1), ("ok/two", 0)])
                 .await;
             assert_eq!(codes, vec![1, failure, 0], "v{version} filter {filter:?}");
         }
         // The connection is still usable and the valid filters work.
-        let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::new(version, "bf-pub")).await;
+        let (mut publisher, _) =
+            Raw::connect_ok(broker.addr, Connect::new(version, "bf-pub")).await;
         publisher.publish(Pub::new("ok/two", b"fine")).await;
         assert_eq!(raw.recv_publish().await.payload, b"fine");
     }
@@ -144,7 +157,10 @@ async fn rumqttc_v5_shared_subscription_refused() {
     let codes = c
         .subscribe_filter(v5::Filter::new("$share/g/t", v5::QoS::AtMostOnce), None)
         .await;
-    assert_eq!(codes, vec![v5::SubscribeReasonCode::SharedSubscriptionsNotSupported]);
+    assert_eq!(
+        codes,
+        vec![v5::SubscribeReasonCode::SharedSubscriptionsNotSupported]
+    );
 }
 
 #[tokio::test]
@@ -157,7 +173,9 @@ async fn unsubscribe_stops_delivery() {
     assert_eq!(p.body, vec![0x00, 0x02]);
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("unsub-pub")).await;
     publisher.publish(Pub::new("un/t", b"gone").qos(1, 1)).await;
-    publisher.publish(Pub::new("un/keep", b"kept").qos(1, 2)).await;
+    publisher
+        .publish(Pub::new("un/keep", b"kept").qos(1, 2))
+        .await;
     let p = sub.recv_publish().await;
     assert_eq!(p.topic, "un/keep");
     sub.expect_silence(QUIET).await;

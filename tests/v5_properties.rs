@@ -61,17 +61,21 @@ async fn retained_message_keeps_its_properties() {
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v5("rprops-pub")).await;
     publisher
         .publish(
-            Pub::new("rprops/t", b"r")
-                .qos(1, 1)
-                .retain()
-                .props(Props::new().string(wire::CONTENT_TYPE, "text/plain").user("u", "1")),
+            Pub::new("rprops/t", b"r").qos(1, 1).retain().props(
+                Props::new()
+                    .string(wire::CONTENT_TYPE, "text/plain")
+                    .user("u", "1"),
+            ),
         )
         .await;
     let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v5("rprops-sub")).await;
     sub.subscribe(1, &[("rprops/t", 0)]).await;
     let p = sub.recv_publish().await;
     assert!(p.retain);
-    assert_eq!(p.prop(wire::CONTENT_TYPE), Some(&Prop::Str("text/plain".into())));
+    assert_eq!(
+        p.prop(wire::CONTENT_TYPE),
+        Some(&Prop::Str("text/plain".into()))
+    );
     assert_eq!(p.user_props(), vec![("u".to_string(), "1".to_string())]);
 }
 
@@ -138,7 +142,10 @@ async fn subscription_identifier_is_attached_to_deliveries() {
     assert_eq!(a.payload, b"a");
     assert_eq!(a.prop(wire::SUBSCRIPTION_ID), Some(&Prop::Varint(7)));
     let b = sub.recv_publish().await;
-    assert_eq!(b.prop(wire::SUBSCRIPTION_ID), Some(&Prop::Varint(268_435_455)));
+    assert_eq!(
+        b.prop(wire::SUBSCRIPTION_ID),
+        Some(&Prop::Varint(268_435_455))
+    );
     let c = sub.recv_publish().await;
     assert_eq!(c.prop(wire::SUBSCRIPTION_ID), None);
 }
@@ -147,10 +154,16 @@ async fn subscription_identifier_is_attached_to_deliveries() {
 async fn subscription_identifier_on_retained_delivery() {
     let broker = Broker::start(&[]);
     let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v5("sidr-pub")).await;
-    publisher.publish(Pub::new("sidr/t", b"r").qos(1, 1).retain()).await;
-    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v5("sidr-sub")).await;
-    sub.subscribe_with(1, &[("sidr/#", 0)], Props::new().varint(wire::SUBSCRIPTION_ID, 42))
+    publisher
+        .publish(Pub::new("sidr/t", b"r").qos(1, 1).retain())
         .await;
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v5("sidr-sub")).await;
+    sub.subscribe_with(
+        1,
+        &[("sidr/#", 0)],
+        Props::new().varint(wire::SUBSCRIPTION_ID, 42),
+    )
+    .await;
     let p = sub.recv_publish().await;
     assert_eq!(p.prop(wire::SUBSCRIPTION_ID), Some(&Prop::Varint(42)));
 }
@@ -180,7 +193,10 @@ async fn rumqttc_v5_properties_round_trip() {
     assert_eq!(got.correlation_data.as_deref(), Some(&b"corr-1"[..]));
     assert_eq!(
         got.user_properties,
-        vec![("x".to_string(), "1".to_string()), ("y".to_string(), "2".to_string())]
+        vec![
+            ("x".to_string(), "1".to_string()),
+            ("y".to_string(), "2".to_string())
+        ]
     );
 }
 
@@ -191,7 +207,8 @@ async fn rumqttc_v5_no_local() {
     let mut filter = v5::Filter::new("lib/nl", v5::QoS::AtLeastOnce);
     filter.nolocal = true;
     me.subscribe_filter(filter, None).await;
-    me.publish("lib/nl", v5::QoS::AtLeastOnce, false, b"self").await;
+    me.publish("lib/nl", v5::QoS::AtLeastOnce, false, b"self")
+        .await;
     me.expect_no_publish(QUIET).await;
 }
 
@@ -210,6 +227,9 @@ async fn rumqttc_v5_subscription_identifier() {
         .publish("lib/sid", v5::QoS::AtMostOnce, false, b"x")
         .await;
     let p = sub.next_publish().await;
-    let ids = p.properties.map(|p| p.subscription_identifiers).unwrap_or_default();
+    let ids = p
+        .properties
+        .map(|p| p.subscription_identifiers)
+        .unwrap_or_default();
     assert_eq!(ids, vec![99]);
 }

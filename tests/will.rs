@@ -103,7 +103,9 @@ async fn will_is_published_on_protocol_violation() {
     )
     .await;
     // PUBLISH to a topic with a wildcard is a protocol violation.
-    client.send(&wire::Pub::new("will/+", b"x").encode(wire::V4)).await;
+    client
+        .send(&wire::Pub::new("will/+", b"x").encode(wire::V4))
+        .await;
     client.expect_closed(Duration::from_secs(5)).await;
     let p = watcher.recv_publish().await;
     assert_eq!(p.payload, b"violation");
@@ -130,7 +132,10 @@ async fn v5_will_delay_postpones_the_will() {
         Err(e) => panic!("delayed will never arrived: {e:?}"),
     };
     assert_eq!(p.payload, b"late");
-    assert!(dropped.elapsed() >= Duration::from_millis(2500), "will came too early");
+    assert!(
+        dropped.elapsed() >= Duration::from_millis(2500),
+        "will came too early"
+    );
 }
 
 #[tokio::test]
@@ -158,7 +163,9 @@ async fn v5_will_is_published_when_session_ends_before_will_delay() {
         broker.addr,
         Connect::v5("wds-client")
             .props(Props::new().u32(wire::SESSION_EXPIRY, 1))
-            .will(Will::new("wds/t", b"session over").props(Props::new().u32(wire::WILL_DELAY, 60))),
+            .will(
+                Will::new("wds/t", b"session over").props(Props::new().u32(wire::WILL_DELAY, 60)),
+            ),
     )
     .await;
     client.drop_abruptly();

@@ -53,7 +53,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn put_bin(out: &mut Vec<u8>, b: &[u8]) {
-    put_u16(out, u16::try_from(b.len()).expect("field longer than 65535"));
+    put_u16(
+        out,
+        u16::try_from(b.len()).expect("field longer than 65535"),
+    );
     out.extend_from_slice(b);
 }
 
