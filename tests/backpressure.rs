@@ -163,7 +163,9 @@ async fn slow_consumer_is_isolated(qos: u8) {
             Err(RecvError::Closed) => {
                 panic!("slow consumer was disconnected under the drop policy")
             }
-            Err(RecvError::Timeout) => panic!("no PINGRESP for the slow consumer"),
+            Err(RecvError::Timeout) => {
+                panic!("no PINGRESP for the slow consumer after {received} messages")
+            }
         }
     }
     assert!(

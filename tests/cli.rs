@@ -213,3 +213,30 @@ async fn max_queued_messages_bounds_offline_queue() {
         "queue of 5 (+1 in flight) delivered {received} of 50"
     );
 }
+
+#[tokio::test]
+async fn default_max_packet_size_is_one_mebibyte() {
+    let broker = Broker::start(&[]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("dmps-sub")).await;
+    sub.subscribe(1, &[("dmps/#", 0)]).await;
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("dmps-pub")).await;
+    // 1,000,000 bytes of payload: the packet is under 1,048,576 bytes.
+    publisher
+        .publish(Pub::new("dmps/ok", &vec![b'a'; 1_000_000]).qos(1, 1))
+        .await;
+    assert_eq!(sub.recv_publish().await.payload.len(), 1_000_000);
+    // 1,100,000 bytes: over the default limit.
+    publisher
+        .send_lossy(
+            &Pub::new("dmps/big", &vec![b'b'; 1_100_000])
+                .qos(1, 2)
+                .encode(wire::V4),
+        )
+        .await;
+    let seen = publisher.expect_closed(RECV_TIMEOUT).await;
+    assert!(
+        seen.iter().all(|p| p.kind() != wire::PUBACK),
+        "oversized packet acknowledged: {seen:?}"
+    );
+    sub.expect_silence(QUIET).await;
+}
