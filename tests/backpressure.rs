@@ -131,15 +131,24 @@ async fn slow_consumer_is_isolated(qos: u8) {
         "broker RSS grew from {rss_before} KiB to {rss_after} KiB while a slow consumer was flooded"
     );
 
-    // The probe reaches the healthy subscriber promptly after the flood.
-    let (mut prober, _) = Raw::connect_ok(broker.addr, Connect::v4("bp-prober")).await;
-    prober
-        .publish(Pub::new("bp/probe", b"probe").qos(1, 1))
-        .await;
+    // A probe reaches the healthy subscriber after the flood. It is repeated
+    // because the healthy subscriber may itself still be catching up, with
+    // a full queue that drops a single probe.
+    let addr = broker.addr;
+    let prober = tokio::spawn(async move {
+        let (mut prober, _) = Raw::connect_ok(addr, Connect::v4("bp-prober")).await;
+        for pkid in 1.. {
+            prober
+                .publish(Pub::new("bp/probe", b"probe").qos(1, pkid))
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
     let flood_seen = tokio::time::timeout(Duration::from_secs(30), healthy_task)
         .await
         .expect("probe never reached the healthy subscriber")
         .unwrap();
+    prober.abort();
     assert!(
         flood_seen > 0,
         "healthy subscriber received none of the flood"
