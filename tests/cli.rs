@@ -240,3 +240,29 @@ async fn default_max_packet_size_is_one_mebibyte() {
     );
     sub.expect_silence(QUIET).await;
 }
+
+#[tokio::test]
+async fn each_listen_address_is_announced_and_served() {
+    let broker = Broker::start(&["--listen", "127.0.0.1:0"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let addrs = loop {
+        let addrs = broker.listen_addrs();
+        if addrs.len() >= 2 || std::time::Instant::now() > deadline {
+            break addrs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        addrs.len(),
+        2,
+        "one `listening` line per --listen:\n{}",
+        broker.logs()
+    );
+    assert_ne!(addrs[0], addrs[1]);
+    // A message crosses from one listener to the other.
+    let (mut sub, _) = Raw::connect_ok(addrs[0], Connect::v4("two-listeners-sub")).await;
+    sub.subscribe(1, &[("listen/t", 0)]).await;
+    let (mut publisher, _) = Raw::connect_ok(addrs[1], Connect::v4("two-listeners-pub")).await;
+    publisher.publish(Pub::new("listen/t", b"across")).await;
+    assert_eq!(sub.recv_publish().await.payload, b"across");
+}

@@ -157,6 +157,11 @@ impl Broker {
         }
     }
 
+    /// Every address announced with `listening addr=` so far, in order.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.logs().lines().filter_map(parse_listening).collect()
+    }
+
     /// Resident set size of the broker process in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
