@@ -293,24 +293,3 @@ pub fn unique_id(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
-
-#[test]
-fn parses_listening_line() {
-    let line = "2026-01-01T00:00:00.000Z  INFO ringmq::shard: listening addr=127.0.0.1:41234";
-    assert_eq!(
-        parse_listening(line),
-        Some("127.0.0.1:41234".parse().unwrap())
-    );
-    let quoted = "INFO listening addr=\"127.0.0.1:5\" shard=0";
-    assert_eq!(
-        parse_listening(quoted),
-        Some("127.0.0.1:5".parse().unwrap())
-    );
-    let coloured =
-        "\u{1b}[32m INFO\u{1b}[0m listening \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:9";
-    assert_eq!(
-        parse_listening(&strip_ansi(coloured)),
-        Some("127.0.0.1:9".parse().unwrap())
-    );
-    assert_eq!(parse_listening("INFO starting cores=2"), None);
-}
