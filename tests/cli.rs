@@ -1,0 +1,268 @@
+//! Command line and TOML configuration: bad input is refused by name, TOML
+//! keys apply, flags override TOML, and the limits the flags set are
+//! enforced on the wire.
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw::{Raw, RecvError};
+use common::wire::{self, Connect, Prop, Pub};
+use common::{Broker, QUIET, RECV_TIMEOUT, run_to_exit};
+
+#[test]
+fn unknown_flag_is_refused_by_name() {
+    let out = run_to_exit(&["--no-such-flag", "1"], None);
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(
+        out.stderr.contains("--no-such-flag"),
+        "stderr does not name the flag:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn unknown_toml_key_is_refused_by_name() {
+    let out = run_to_exit(&[], Some("cores = 1\nno_such_key = 5\n"));
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(
+        out.stderr.contains("no_such_key"),
+        "stderr does not name the key:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn bad_flag_values_are_refused_by_name() {
+    for (args, name) in [
+        (&["--cores", "abc"][..], "cores"),
+        (&["--io-driver", "carrier-pigeon"], "io-driver"),
+        (&["--queue-full-policy", "sometimes"], "queue-full-policy"),
+        (&["--log-level", "loud"], "log-level"),
+        (&["--max-inflight", "-3"], "max-inflight"),
+        (&["--max-packet-size", "big"], "max-packet-size"),
+    ] {
+        let out = run_to_exit(args, None);
+        assert!(!out.status.success(), "{args:?} exit status {}", out.status);
+        assert!(
+            out.stderr.contains(name),
+            "{args:?}: stderr does not name {name}:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn bad_toml_value_is_refused_by_name() {
+    let out = run_to_exit(&[], Some("max_keepalive = \"forever\"\n"));
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(out.stderr.contains("max_keepalive"), "{}", out.stderr);
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let out = run_to_exit(&["--config", "/nonexistent/ringmq.toml"], None);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("/nonexistent/ringmq.toml"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn every_documented_toml_key_is_accepted() {
+    let broker = Broker::start_with_config(
+        r#"
+cores = 2
+io_driver = "auto"
+log_level = "info"
+max_inflight = 50
+max_queued_messages = 500
+queue_full_policy = "drop"
+max_keepalive = 120
+max_packet_size = 65536
+"#,
+        &[],
+    );
+    let (mut raw, _) = Raw::connect_ok(broker.addr, Connect::v4("all-keys")).await;
+    raw.send(&wire::pingreq()).await;
+    raw.recv_kind(wire::PINGRESP).await;
+}
+
+async fn server_keep_alive(broker: &Broker) -> Option<Prop> {
+    let (_raw, connack) = Raw::connect_ok(broker.addr, Connect::v5("ska").keep_alive(1000)).await;
+    connack.prop(wire::SERVER_KEEP_ALIVE).cloned()
+}
+
+#[tokio::test]
+async fn toml_value_is_applied() {
+    let broker = Broker::start_with_config("max_keepalive = 30\n", &[]);
+    assert_eq!(server_keep_alive(&broker).await, Some(Prop::U16(30)));
+}
+
+#[tokio::test]
+async fn flag_overrides_toml() {
+    let broker = Broker::start_with_config("max_keepalive = 30\n", &["--max-keepalive", "20"]);
+    assert_eq!(server_keep_alive(&broker).await, Some(Prop::U16(20)));
+}
+
+#[tokio::test]
+async fn epoll_driver_serves_clients() {
+    let broker = Broker::start(&["--io-driver", "epoll", "--cores", "2"]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v5("epoll-sub")).await;
+    sub.subscribe(1, &[("epoll/t", 1)]).await;
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v5("epoll-pub")).await;
+    publisher
+        .publish(Pub::new("epoll/t", b"via epoll").qos(1, 1))
+        .await;
+    assert_eq!(sub.recv_publish().await.payload, b"via epoll");
+}
+
+#[tokio::test]
+async fn log_level_debug_still_announces_listening() {
+    // Broker::start itself fails if the listening line is missing.
+    let broker = Broker::start(&["--log-level", "debug"]);
+    let (_raw, _) = Raw::connect_ok(broker.addr, Connect::v4("debug-logs")).await;
+}
+
+#[tokio::test]
+async fn max_packet_size_is_enforced() {
+    let broker = Broker::start(&["--max-packet-size", "1024"]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v5("mps-sub")).await;
+    sub.subscribe(1, &[("mps/#", 0)]).await;
+
+    let (mut small, _) = Raw::connect_ok(broker.addr, Connect::v5("mps-small")).await;
+    small
+        .publish(Pub::new("mps/ok", &[b's'; 500]).qos(1, 1))
+        .await;
+    assert_eq!(sub.recv_publish().await.payload.len(), 500);
+
+    for version in [wire::V4, wire::V5] {
+        let (mut big, _) = Raw::connect_ok(
+            broker.addr,
+            Connect::new(version, &format!("mps-big-{version}")),
+        )
+        .await;
+        big.send_lossy(&Pub::new("mps/big", &[b'b'; 4000]).qos(1, 1).encode(version))
+            .await;
+        let seen = big.expect_closed(RECV_TIMEOUT).await;
+        for p in &seen {
+            assert_eq!(p.kind(), wire::DISCONNECT, "v{version}: unexpected {p:?}");
+            assert_eq!(p.disconnect_reason(), 0x95, "Packet too large");
+        }
+    }
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn max_inflight_limits_unacked_deliveries() {
+    let broker = Broker::start(&["--max-inflight", "5"]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("inflight-sub")).await;
+    sub.subscribe(1, &[("inflight/t", 1)]).await;
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("inflight-pub")).await;
+    for i in 0..20u16 {
+        publisher
+            .publish(Pub::new("inflight/t", format!("{i}").as_bytes()).qos(1, i + 1))
+            .await;
+    }
+    let mut held = Vec::new();
+    loop {
+        match sub.try_recv(Duration::from_secs(1)).await {
+            Ok(p) => held.push(p.publish(wire::V4)),
+            Err(RecvError::Timeout) => break,
+            Err(RecvError::Closed) => panic!("subscriber closed"),
+        }
+    }
+    assert_eq!(
+        held.len(),
+        5,
+        "exactly --max-inflight unacked QoS 1 deliveries"
+    );
+    // Acking one releases exactly one more, the next in order.
+    sub.send(&wire::ack(wire::PUBACK, held[0].pkid)).await;
+    let next = sub.recv_publish().await;
+    assert_eq!(next.payload, b"5");
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn max_queued_messages_bounds_offline_queue() {
+    let broker = Broker::start(&["--max-queued-messages", "5", "--max-inflight", "1"]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("mq-sub").clean(false)).await;
+    sub.subscribe(1, &[("mq/t", 1)]).await;
+    sub.send(&wire::disconnect_v4()).await;
+    sub.expect_closed(RECV_TIMEOUT).await;
+
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("mq-pub")).await;
+    for i in 0..50u16 {
+        publisher
+            .publish(Pub::new("mq/t", format!("{i}").as_bytes()).qos(1, i + 1))
+            .await;
+    }
+    let (mut sub, connack) = Raw::connect_ok(broker.addr, Connect::v4("mq-sub").clean(false)).await;
+    assert!(connack.session_present);
+    let mut received = 0;
+    while let Ok(p) = sub.try_recv(Duration::from_secs(1)).await {
+        let p = p.publish(wire::V4);
+        sub.send(&wire::ack(wire::PUBACK, p.pkid)).await;
+        received += 1;
+    }
+    assert!(
+        (1..=6).contains(&received),
+        "queue of 5 (+1 in flight) delivered {received} of 50"
+    );
+}
+
+#[tokio::test]
+async fn default_max_packet_size_is_one_mebibyte() {
+    let broker = Broker::start(&[]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("dmps-sub")).await;
+    sub.subscribe(1, &[("dmps/#", 0)]).await;
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("dmps-pub")).await;
+    // 1,000,000 bytes of payload: the packet is under 1,048,576 bytes.
+    publisher
+        .publish(Pub::new("dmps/ok", &vec![b'a'; 1_000_000]).qos(1, 1))
+        .await;
+    assert_eq!(sub.recv_publish().await.payload.len(), 1_000_000);
+    // 1,100,000 bytes: over the default limit.
+    publisher
+        .send_lossy(
+            &Pub::new("dmps/big", &vec![b'b'; 1_100_000])
+                .qos(1, 2)
+                .encode(wire::V4),
+        )
+        .await;
+    let seen = publisher.expect_closed(RECV_TIMEOUT).await;
+    assert!(
+        seen.iter().all(|p| p.kind() != wire::PUBACK),
+        "oversized packet acknowledged: {seen:?}"
+    );
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn each_listen_address_is_announced_and_served() {
+    let broker = Broker::start(&["--listen", "127.0.0.1:0"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let addrs = loop {
+        let addrs = broker.listen_addrs();
+        if addrs.len() >= 2 || std::time::Instant::now() > deadline {
+            break addrs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        addrs.len(),
+        2,
+        "one `listening` line per --listen:\n{}",
+        broker.logs()
+    );
+    assert_ne!(addrs[0], addrs[1]);
+    // A message crosses from one listener to the other.
+    let (mut sub, _) = Raw::connect_ok(addrs[0], Connect::v4("two-listeners-sub")).await;
+    sub.subscribe(1, &[("listen/t", 0)]).await;
+    let (mut publisher, _) = Raw::connect_ok(addrs[1], Connect::v4("two-listeners-pub")).await;
+    publisher.publish(Pub::new("listen/t", b"across")).await;
+    assert_eq!(sub.recv_publish().await.payload, b"across");
+}

@@ -1,0 +1,198 @@
+//! Topic names and filters: wildcard matching, `$` topics, invalid topics
+//! and filters, unsubscribe, and unsupported shared subscriptions.
+
+mod common;
+
+use std::time::Duration;
+
+use common::clients::{v4, v5};
+use common::raw::Raw;
+use common::wire::{self, Connect, Pub};
+use common::{Broker, QUIET, RECV_TIMEOUT};
+
+/// Publishes each topic and returns the ones `filter` received.
+async fn matches(filter: &str, topics: &[&str]) -> Vec<String> {
+    let broker = Broker::start(&[]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("match-sub")).await;
+    assert_eq!(
+        sub.subscribe(1, &[(filter, 0)]).await,
+        vec![0],
+        "filter {filter}"
+    );
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("match-pub")).await;
+    for topic in topics {
+        publisher.publish(Pub::new(topic, b"m").qos(1, 1)).await;
+    }
+    // A final marker on a topic the filter is known to match tells us all
+    // earlier messages have been routed.
+    let mut got = Vec::new();
+    loop {
+        match sub.try_recv(Duration::from_millis(1500)).await {
+            Ok(p) => got.push(p.publish(wire::V4).topic),
+            Err(_) => return got,
+        }
+    }
+}
+
+#[tokio::test]
+async fn single_level_wildcard() {
+    let got = matches(
+        "sport/+/player",
+        &[
+            "sport/tennis/player",
+            "sport/player",
+            "sport/tennis/x/player",
+            "sport//player",
+        ],
+    )
+    .await;
+    assert_eq!(got, ["sport/tennis/player", "sport//player"]);
+}
+
+#[tokio::test]
+async fn multi_level_wildcard_includes_parent() {
+    let got = matches(
+        "sport/tennis/#",
+        &[
+            "sport/tennis",
+            "sport/tennis/a",
+            "sport/tennis/a/b",
+            "sport/tennisx",
+            "sport",
+        ],
+    )
+    .await;
+    assert_eq!(got, ["sport/tennis", "sport/tennis/a", "sport/tennis/a/b"]);
+}
+
+#[tokio::test]
+async fn plus_matches_empty_levels_and_leading_slash() {
+    let got = matches("+/+", &["/finance", "a/b", "a", "a/b/c"]).await;
+    assert_eq!(got, ["/finance", "a/b"]);
+}
+
+#[tokio::test]
+async fn topics_are_case_sensitive_and_exact() {
+    let got = matches("a/B", &["a/b", "a/B", "A/B", "a/B/"]).await;
+    assert_eq!(got, ["a/B"]);
+}
+
+#[tokio::test]
+async fn dollar_topics_are_not_matched_by_leading_wildcards() {
+    let got = matches("#", &["$SYS/x", "$internal", "plain/t"]).await;
+    assert_eq!(got, ["plain/t"]);
+    let got = matches("+/x", &["$SYS/x", "a/x"]).await;
+    assert_eq!(got, ["a/x"]);
+}
+
+#[tokio::test]
+async fn dollar_topics_are_matched_explicitly() {
+    let got = matches("$app/#", &["$app/a", "$app/b/c", "app/a"]).await;
+    assert_eq!(got, ["$app/a", "$app/b/c"]);
+}
+
+#[tokio::test]
+async fn publish_to_wildcard_topic_closes_v4_connection() {
+    for topic in ["bad/+", "bad/#", "+"] {
+        let broker = Broker::start(&[]);
+        let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("wild-watch")).await;
+        sub.subscribe(1, &[("#", 0)]).await;
+        let (mut raw, _) = Raw::connect_ok(broker.addr, Connect::v4("wild-pub")).await;
+        raw.send(&Pub::new(topic, b"x").qos(1, 1).encode(wire::V4))
+            .await;
+        let seen = raw.expect_closed(RECV_TIMEOUT).await;
+        assert!(
+            seen.iter().all(|p| p.kind() != wire::PUBACK),
+            "{topic}: must not be acknowledged: {seen:?}"
+        );
+        sub.expect_silence(QUIET).await;
+    }
+}
+
+#[tokio::test]
+async fn publish_to_wildcard_topic_gets_v5_disconnect_0x90() {
+    let broker = Broker::start(&[]);
+    let (mut raw, _) = Raw::connect_ok(broker.addr, Connect::v5("wild-pub-v5")).await;
+    raw.send(&Pub::new("bad/+/x", b"x").encode(wire::V5)).await;
+    let seen = raw.expect_closed(RECV_TIMEOUT).await;
+    assert_eq!(seen.len(), 1, "expected one DISCONNECT: {seen:?}");
+    assert_eq!(seen[0].disconnect_reason(), 0x90, "Topic Name invalid");
+}
+
+#[tokio::test]
+async fn invalid_filters_get_failure_codes_per_filter() {
+    let invalid = ["a/#/b", "a+/b", "a/b#", "#/a", "+x"];
+    for (version, failure) in [(wire::V4, 0x80u8), (wire::V5, 0x8F)] {
+        let broker = Broker::start(&[]);
+        let (mut raw, _) = Raw::connect_ok(broker.addr, Connect::new(version, "bad-filter")).await;
+        for (i, filter) in invalid.iter().enumerate() {
+            // Each invalid filter sits between two valid ones.
+            let codes = raw
+                .subscribe(i as u16 + 1, &[("ok/one", 1), (filter, 1), ("ok/two", 0)])
+                .await;
+            assert_eq!(codes, vec![1, failure, 0], "v{version} filter {filter:?}");
+        }
+        // The connection is still usable and the valid filters work.
+        let (mut publisher, _) =
+            Raw::connect_ok(broker.addr, Connect::new(version, "bf-pub")).await;
+        publisher.publish(Pub::new("ok/two", b"fine")).await;
+        assert_eq!(raw.recv_publish().await.payload, b"fine");
+    }
+}
+
+#[tokio::test]
+async fn v5_shared_subscription_is_refused_with_0x9e() {
+    let broker = Broker::start(&[]);
+    let (mut raw, _) = Raw::connect_ok(broker.addr, Connect::v5("shared")).await;
+    let codes = raw
+        .subscribe(1, &[("$share/group/t", 1), ("plain/t", 1)])
+        .await;
+    assert_eq!(codes, vec![0x9E, 1]);
+}
+
+#[tokio::test]
+async fn rumqttc_v5_shared_subscription_refused() {
+    let broker = Broker::start(&[]);
+    let mut c = v5::Client::simple(broker.addr, "shared-lib").await;
+    let codes = c
+        .subscribe_filter(v5::Filter::new("$share/g/t", v5::QoS::AtMostOnce), None)
+        .await;
+    assert_eq!(
+        codes,
+        vec![v5::SubscribeReasonCode::SharedSubscriptionsNotSupported]
+    );
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let broker = Broker::start(&[]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("unsub")).await;
+    sub.subscribe(1, &[("un/t", 0), ("un/keep", 0)]).await;
+    sub.send(&wire::unsubscribe(wire::V4, 2, &["un/t"])).await;
+    let p = sub.recv_kind(wire::UNSUBACK).await;
+    assert_eq!(p.body, vec![0x00, 0x02]);
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("unsub-pub")).await;
+    publisher.publish(Pub::new("un/t", b"gone").qos(1, 1)).await;
+    publisher
+        .publish(Pub::new("un/keep", b"kept").qos(1, 2))
+        .await;
+    let p = sub.recv_publish().await;
+    assert_eq!(p.topic, "un/keep");
+    sub.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_deliver_at_most_once_per_v4_client() {
+    let broker = Broker::start(&[]);
+    let mut sub = v4::Client::simple(broker.addr, "overlap").await;
+    sub.subscribe("ov/+", v4::QoS::AtLeastOnce).await;
+    sub.subscribe("ov/#", v4::QoS::AtMostOnce).await;
+    let mut publisher = v4::Client::simple(broker.addr, "overlap-pub").await;
+    publisher
+        .publish("ov/t", v4::QoS::AtLeastOnce, false, b"x")
+        .await;
+    // 3.1.1 lets a server deliver one copy (at the max QoS) or one per
+    // subscription; either way at least one copy arrives.
+    let p = sub.next_publish().await;
+    assert_eq!(&p.payload[..], b"x");
+}

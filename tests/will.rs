@@ -1,0 +1,195 @@
+//! Will messages: published on abnormal disconnect only, with retain and
+//! QoS, on keep-alive expiry, and (v5) after the will delay interval.
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw::Raw;
+use common::wire::{self, Connect, Props, Will};
+use common::{Broker, QUIET};
+
+async fn will_watcher(broker: &Broker, id: &str, filter: &str, version: u8) -> Raw {
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::new(version, id)).await;
+    assert_eq!(sub.subscribe(1, &[(filter, 1)]).await, vec![1]);
+    sub
+}
+
+#[tokio::test]
+async fn will_is_published_on_abnormal_disconnect() {
+    for version in [wire::V4, wire::V5] {
+        let broker = Broker::start(&[]);
+        let mut watcher = will_watcher(&broker, "will-watch", "will/#", version).await;
+        let (client, _) = Raw::connect_ok(
+            broker.addr,
+            Connect::new(version, "will-dies").will(Will::new("will/dies", b"gone").qos(1)),
+        )
+        .await;
+        watcher.expect_silence(QUIET).await;
+        client.drop_abruptly();
+        let p = watcher.recv_publish().await;
+        assert_eq!(p.topic, "will/dies", "v{version}");
+        assert_eq!(p.payload, b"gone");
+        assert_eq!(p.qos, 1);
+        assert!(!p.retain);
+    }
+}
+
+#[tokio::test]
+async fn will_is_not_published_on_normal_disconnect() {
+    for version in [wire::V4, wire::V5] {
+        let broker = Broker::start(&[]);
+        let mut watcher = will_watcher(&broker, "will-watch", "will/#", version).await;
+        let (mut client, _) = Raw::connect_ok(
+            broker.addr,
+            Connect::new(version, "will-polite").will(Will::new("will/polite", b"no")),
+        )
+        .await;
+        let disconnect = if version == wire::V5 {
+            wire::disconnect_v5(0, Props::new())
+        } else {
+            wire::disconnect_v4()
+        };
+        client.send(&disconnect).await;
+        client.expect_closed(Duration::from_secs(5)).await;
+        watcher.expect_silence(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn retained_will_is_stored() {
+    let broker = Broker::start(&[]);
+    let (client, _) = Raw::connect_ok(
+        broker.addr,
+        Connect::v4("will-ret").will(Will::new("will/ret", b"last").retain()),
+    )
+    .await;
+    client.drop_abruptly();
+    // Give the broker time to publish the will before subscribing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut late = will_watcher(&broker, "will-late", "will/ret", wire::V4).await;
+    let p = late.recv_publish().await;
+    assert_eq!(p.payload, b"last");
+    assert!(p.retain);
+}
+
+#[tokio::test]
+async fn will_is_published_on_keep_alive_expiry() {
+    let broker = Broker::start(&[]);
+    let mut watcher = will_watcher(&broker, "will-watch", "will/#", wire::V4).await;
+    // The client goes silent but keeps its socket open.
+    let (_silent, _) = Raw::connect_ok(
+        broker.addr,
+        Connect::v4("will-silent")
+            .keep_alive(1)
+            .will(Will::new("will/silent", b"timeout")),
+    )
+    .await;
+    let p = match watcher.try_recv(Duration::from_secs(10)).await {
+        Ok(p) => p.publish(wire::V4),
+        Err(e) => panic!("no will after keep-alive expiry: {e:?}"),
+    };
+    assert_eq!(p.topic, "will/silent");
+    assert_eq!(p.payload, b"timeout");
+}
+
+#[tokio::test]
+async fn will_is_published_on_protocol_violation() {
+    let broker = Broker::start(&[]);
+    let mut watcher = will_watcher(&broker, "will-watch", "will/#", wire::V4).await;
+    let (mut client, _) = Raw::connect_ok(
+        broker.addr,
+        Connect::v4("will-bad").will(Will::new("will/bad", b"violation")),
+    )
+    .await;
+    // PUBLISH to a topic with a wildcard is a protocol violation.
+    client
+        .send(&wire::Pub::new("will/+", b"x").encode(wire::V4))
+        .await;
+    client.expect_closed(Duration::from_secs(5)).await;
+    let p = watcher.recv_publish().await;
+    assert_eq!(p.payload, b"violation");
+}
+
+#[tokio::test]
+async fn v5_will_delay_postpones_the_will() {
+    let broker = Broker::start(&[]);
+    let mut watcher = will_watcher(&broker, "wd-watch", "wd/#", wire::V5).await;
+    let (client, _) = Raw::connect_ok(
+        broker.addr,
+        Connect::v5("wd-client")
+            .props(Props::new().u32(wire::SESSION_EXPIRY, 60))
+            .will(Will::new("wd/t", b"late").props(Props::new().u32(wire::WILL_DELAY, 3))),
+    )
+    .await;
+    let dropped = std::time::Instant::now();
+    client.drop_abruptly();
+    // Not before the delay has (nearly) elapsed...
+    watcher.expect_silence(Duration::from_millis(1500)).await;
+    // ...but it does come.
+    let p = match watcher.try_recv(Duration::from_secs(10)).await {
+        Ok(p) => p.publish(wire::V5),
+        Err(e) => panic!("delayed will never arrived: {e:?}"),
+    };
+    assert_eq!(p.payload, b"late");
+    assert!(
+        dropped.elapsed() >= Duration::from_millis(2500),
+        "will came too early"
+    );
+}
+
+#[tokio::test]
+async fn v5_will_delay_is_cancelled_by_reconnect() {
+    let broker = Broker::start(&[]);
+    let mut watcher = will_watcher(&broker, "wdc-watch", "wdc/#", wire::V5).await;
+    let connect = Connect::v5("wdc-client")
+        .clean(false)
+        .props(Props::new().u32(wire::SESSION_EXPIRY, 60))
+        .will(Will::new("wdc/t", b"cancelled").props(Props::new().u32(wire::WILL_DELAY, 3)));
+    let (client, _) = Raw::connect_ok(broker.addr, connect.clone()).await;
+    client.drop_abruptly();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_back, connack) = Raw::connect_ok(broker.addr, connect).await;
+    assert!(connack.session_present);
+    watcher.expect_silence(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn v5_will_is_published_when_session_ends_before_will_delay() {
+    let broker = Broker::start(&[]);
+    let mut watcher = will_watcher(&broker, "wds-watch", "wds/#", wire::V5).await;
+    // Session expiry 1 s < will delay 60 s: the will goes when the session ends.
+    let (client, _) = Raw::connect_ok(
+        broker.addr,
+        Connect::v5("wds-client")
+            .props(Props::new().u32(wire::SESSION_EXPIRY, 1))
+            .will(
+                Will::new("wds/t", b"session over").props(Props::new().u32(wire::WILL_DELAY, 60)),
+            ),
+    )
+    .await;
+    client.drop_abruptly();
+    let p = match watcher.try_recv(Duration::from_secs(10)).await {
+        Ok(p) => p.publish(wire::V5),
+        Err(e) => panic!("will not published at session end: {e:?}"),
+    };
+    assert_eq!(p.payload, b"session over");
+}
+
+#[tokio::test]
+async fn rumqttc_v4_will() {
+    use common::clients::v4;
+    let broker = Broker::start(&[]);
+    let mut watcher = v4::Client::simple(broker.addr, "will-lib-watch").await;
+    watcher.subscribe("will/lib", v4::QoS::AtLeastOnce).await;
+    let (mut raw, _) = Raw::connect_ok(
+        broker.addr,
+        Connect::v4("will-lib-raw").will(Will::new("will/lib", b"bye").qos(1)),
+    )
+    .await;
+    raw.send(&wire::pingreq()).await;
+    raw.recv_kind(wire::PINGRESP).await;
+    raw.drop_abruptly();
+    let p = watcher.next_publish().await;
+    assert_eq!(&p.payload[..], b"bye");
+}
