@@ -98,7 +98,14 @@ pub enum ConfigError {
 /// The command line. Flags are optional so a file value is not overridden
 /// by a default; defaults are applied in [`Config::merge`].
 #[derive(Debug, Default, Parser)]
-#[command(name = "ringmq", version, about = "A thread-per-core MQTT broker")]
+#[command(
+    name = "ringmq",
+    version,
+    about = "A thread-per-core MQTT broker",
+    // So that `--max-inflight -3` is reported as a bad value of that flag,
+    // not as an unknown argument `-3`.
+    allow_negative_numbers = true
+)]
 struct Cli {
     /// TOML file with the same settings in snake case; flags override it.
     #[arg(long, value_name = "PATH")]

@@ -201,12 +201,13 @@ async fn disconnect_policy_closes_slow_consumer() {
         "--max-queued-messages",
         "50",
     ]);
-    let mut slow = slow_subscriber(broker.addr, "bp-slow-dc", 0).await;
+    // The policy is about QoS 1/2: QoS 0 past the limit is always dropped.
+    let mut slow = slow_subscriber(broker.addr, "bp-slow-dc", 1).await;
     let (mut healthy, _) =
         Raw::connect_ok(broker.addr, Connect::v4("bp-healthy-dc").keep_alive(0)).await;
     healthy.subscribe(1, &[("bp/probe", 1)]).await;
 
-    flood(broker.addr, "bp/flood", 0).await;
+    flood(broker.addr, "bp/flood", 1).await;
     // Reading now drains whatever was in flight, then must hit EOF.
     let mut received = 0usize;
     loop {

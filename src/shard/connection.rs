@@ -117,11 +117,17 @@ impl ConnHandle {
         self.out.borrow().len()
     }
 
-    /// The writer flushes what is buffered, then shuts the socket down.
-    pub fn close(&self, why: CloseReason) {
+    /// Records why the connection is ending, for the log, when the closing
+    /// itself comes later (after a goodbye packet is queued).
+    pub fn note_close_reason(&self, why: CloseReason) {
         if self.why.get().is_none() {
             self.why.set(Some(why));
         }
+    }
+
+    /// The writer flushes what is buffered, then shuts the socket down.
+    pub fn close(&self, why: CloseReason) {
+        self.note_close_reason(why);
         self.closing.set(true);
         self.writer.notify();
     }

@@ -228,12 +228,12 @@ impl ShardState {
         }
         for packet in packets {
             if let Packet::Disconnect(disconnect) = &packet {
-                conn.close(CloseReason::ClientDisconnect(disconnect.reason));
+                conn.note_close_reason(CloseReason::ClientDisconnect(disconnect.reason));
             }
             // The session has queued the Close action and, for v5, the
-            // DISCONNECT; the reason is recorded for the log.
+            // DISCONNECT that the Close action flushes first.
             if let Err(reason) = self.sessions[key].session.handle_packet(packet, now) {
-                conn.close(CloseReason::Server(reason));
+                conn.note_close_reason(CloseReason::Server(reason));
             }
             self.run_actions(key, now);
             if conn.is_closing() || !self.is_current(key, conn) {
