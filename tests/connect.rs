@@ -215,3 +215,34 @@ async fn unsupported_protocol_level_is_refused() {
         assert_eq!(p.connack(wire::V4).code, 0x01, "{p:?}");
     }
 }
+
+#[tokio::test]
+async fn connect_with_reserved_flag_bit_is_closed_without_connack() {
+    let broker = Broker::start(&[]);
+    let mut bytes = Connect::v4("reserved-bit").encode();
+    // Fixed header (2) + protocol name (2 + 4) + level (1): the flags byte.
+    assert_eq!(&bytes[4..8], b"MQTT");
+    bytes[9] |= 0x01;
+    let mut raw = Raw::open(broker.addr, wire::V4).await;
+    raw.send(&bytes).await;
+    let seen = raw.expect_closed(RECV_TIMEOUT).await;
+    assert!(
+        seen.is_empty(),
+        "a malformed CONNECT gets no CONNACK: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn connect_with_wrong_protocol_name_is_refused() {
+    let broker = Broker::start(&[]);
+    let mut bytes = Connect::v4("wrong-name").encode();
+    bytes[4..8].copy_from_slice(b"MQTX");
+    let mut raw = Raw::open(broker.addr, wire::V4).await;
+    raw.send(&bytes).await;
+    let seen = raw.expect_closed(RECV_TIMEOUT).await;
+    assert!(
+        seen.iter()
+            .all(|p| p.kind() != wire::CONNACK || p.connack(wire::V4).code != 0),
+        "a wrong protocol name must not be accepted: {seen:?}"
+    );
+}

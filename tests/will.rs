@@ -193,3 +193,46 @@ async fn rumqttc_v4_will() {
     let p = watcher.next_publish().await;
     assert_eq!(&p.payload[..], b"bye");
 }
+
+#[tokio::test]
+async fn v5_disconnect_with_will_message_publishes_the_will_with_its_properties() {
+    let broker = Broker::start(&[]);
+    let mut watcher = will_watcher(&broker, "will-watch-04", "will/#", wire::V5).await;
+    let will = Will::new("will/asked", b"as requested").qos(1).props(
+        Props::new()
+            .string(wire::CONTENT_TYPE, "text/plain")
+            .string(wire::RESPONSE_TOPIC, "will/replies")
+            .binary(wire::CORRELATION_DATA, b"corr-1")
+            .byte(wire::PAYLOAD_FORMAT, 1)
+            .user("origin", "test")
+            .user("origin", "again"),
+    );
+    let (mut client, _) = Raw::connect_ok(broker.addr, Connect::v5("will-04").will(will)).await;
+    // 0x04: Disconnect with Will Message.
+    client.send(&wire::disconnect_v5(0x04, Props::new())).await;
+    client.expect_closed(Duration::from_secs(5)).await;
+
+    let p = watcher.recv_publish().await;
+    assert_eq!(p.topic, "will/asked");
+    assert_eq!(p.payload, b"as requested");
+    assert_eq!(
+        p.prop(wire::CONTENT_TYPE),
+        Some(&wire::Prop::Str("text/plain".into()))
+    );
+    assert_eq!(
+        p.prop(wire::RESPONSE_TOPIC),
+        Some(&wire::Prop::Str("will/replies".into()))
+    );
+    assert_eq!(
+        p.prop(wire::CORRELATION_DATA),
+        Some(&wire::Prop::Bin(b"corr-1".to_vec()))
+    );
+    assert_eq!(p.prop(wire::PAYLOAD_FORMAT), Some(&wire::Prop::Byte(1)));
+    assert_eq!(
+        p.user_props(),
+        vec![
+            ("origin".to_string(), "test".to_string()),
+            ("origin".to_string(), "again".to_string())
+        ]
+    );
+}
