@@ -134,10 +134,12 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         "starting"
     );
 
+    let (mesh, inboxes) = MeshHandle::build(config.shards);
+    // Before the listeners announce themselves: a SIGTERM sent as soon as
+    // the port is known must find the handler installed, not kill us.
+    watch_signals(mesh.clone())?;
     let listeners =
         listener::bind_all(&config.listen, config.shards).map_err(StartError::Listen)?;
-    let (mesh, inboxes) = MeshHandle::build(config.shards);
-    watch_signals(mesh.clone())?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
