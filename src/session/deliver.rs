@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::connect::pub_response;
 use super::inflight::PubRecOutcome;
 use super::queue::Outgoing;
-use super::{DeliverOutcome, Delivery, DropReason, QueueFullPolicy, Session};
+use super::{DeliverOutcome, Delivery, DropReason, Problem, QueueFullPolicy, Session};
 use crate::message::Message;
 use crate::protocol::{Packet, PubResponse, QoS, ReasonCode};
 
@@ -31,7 +31,13 @@ impl Session {
                 && qos != QoS::AtMostOnce
                 && self.config.queue_full == QueueFullPolicy::Disconnect
             {
-                self.close(Some(ReasonCode::QuotaExceeded));
+                self.close(Some(Problem::new(
+                    ReasonCode::QuotaExceeded,
+                    format!(
+                        "queue of {} messages is full",
+                        self.config.max_queued_messages
+                    ),
+                )));
             }
             return DeliverOutcome::Dropped(DropReason::QueueFull);
         }
@@ -54,7 +60,20 @@ impl Session {
         DeliverOutcome::Queued
     }
 
+    /// The next packet, with the connection's v5 extras applied: topic
+    /// aliases on PUBLISH, and no problem information where the client
+    /// asked for none.
     pub(super) fn transmit(&mut self, now: Instant) -> Option<Packet> {
+        let mut packet = self.next_packet(now)?;
+        match &mut packet {
+            Packet::Publish(publish) => self.outgoing_aliases.apply(publish),
+            packet if !self.problem_information => withhold_problem_information(packet),
+            _ => {}
+        }
+        Some(packet)
+    }
+
+    fn next_packet(&mut self, now: Instant) -> Option<Packet> {
         if !self.connected {
             return None;
         }
@@ -108,6 +127,33 @@ impl Session {
     }
 }
 
+/// Request Problem Information 0: no Reason String or User Property on any
+/// packet but PUBLISH, CONNACK and DISCONNECT (spec 3.1.2.11.7). Done here,
+/// on the way out, so that no handler has to remember the rule.
+fn withhold_problem_information(packet: &mut Packet) {
+    let (reason_string, user_properties) = match packet {
+        Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => (
+            &mut ack.properties.reason_string,
+            &mut ack.properties.user_properties,
+        ),
+        Packet::SubAck(suback) => (
+            &mut suback.properties.reason_string,
+            &mut suback.properties.user_properties,
+        ),
+        Packet::UnsubAck(unsuback) => (
+            &mut unsuback.properties.reason_string,
+            &mut unsuback.properties.user_properties,
+        ),
+        Packet::Auth(auth) => (
+            &mut auth.properties.reason_string,
+            &mut auth.properties.user_properties,
+        ),
+        _ => return,
+    };
+    *reason_string = None;
+    user_properties.clear();
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -129,6 +175,144 @@ mod tests {
         let mut session = Session::new("c".into(), now);
         session.handle_connect(&connect, false, &config, now);
         (session, now)
+    }
+
+    fn aliasing(max: u16) -> crate::protocol::Connect {
+        let mut connect = persistent(ProtocolVersion::V5);
+        connect.properties.topic_alias_maximum = Some(max);
+        connect
+    }
+
+    fn topics_and_aliases(packets: Vec<Packet>) -> Vec<(String, Option<u16>)> {
+        publishes(packets)
+            .into_iter()
+            .map(|p| (p.topic.to_string(), p.properties.topic_alias))
+            .collect()
+    }
+
+    #[test]
+    fn outgoing_topic_aliases_up_to_the_client_maximum() {
+        let (mut session, now) = connected_with(aliasing(2));
+        for topic in ["a", "a", "b", "c", "b", "c"] {
+            session.handle_deliver(
+                &message(topic, QoS::AtMostOnce),
+                delivery(QoS::AtMostOnce),
+                now,
+            );
+        }
+        assert_eq!(
+            topics_and_aliases(transmit(&mut session, now)),
+            vec![
+                ("a".into(), Some(1)),
+                ("".into(), Some(1)),
+                ("b".into(), Some(2)),
+                ("c".into(), None),
+                ("".into(), Some(2)),
+                ("c".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_outgoing_aliases_unless_the_client_and_config_allow() {
+        let m = message("a", QoS::AtMostOnce);
+        // The client did not send a Topic Alias Maximum.
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session.handle_deliver(&m, delivery(QoS::AtMostOnce), now);
+        session.handle_deliver(&m, delivery(QoS::AtMostOnce), now);
+        assert!(
+            topics_and_aliases(transmit(&mut session, now))
+                .iter()
+                .all(|(topic, alias)| topic == "a" && alias.is_none())
+        );
+        // The broker is configured not to.
+        let config = SessionConfig {
+            server_topic_aliases: false,
+            ..config()
+        };
+        let (mut session, now) = with_config(config, aliasing(5));
+        session.handle_deliver(&m, delivery(QoS::AtMostOnce), now);
+        session.handle_deliver(&m, delivery(QoS::AtMostOnce), now);
+        assert!(
+            topics_and_aliases(transmit(&mut session, now))
+                .iter()
+                .all(|(topic, alias)| topic == "a" && alias.is_none())
+        );
+    }
+
+    #[test]
+    fn resend_after_reconnect_names_its_topic_again() {
+        let (mut session, now) = connected_with(aliasing(5));
+        let m = message("a", QoS::AtLeastOnce);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        assert_eq!(
+            topics_and_aliases(transmit(&mut session, now)),
+            vec![("a".into(), Some(1)), ("".into(), Some(1))]
+        );
+        session.handle_connection_lost(now);
+        session.handle_connect(&aliasing(5), false, &config(), now);
+        let resent = publishes(transmit(&mut session, now));
+        assert!(resent.iter().all(|p| p.dup));
+        assert_eq!(
+            topics_and_aliases(resent.into_iter().map(Packet::Publish).collect()),
+            vec![("a".into(), Some(1)), ("".into(), Some(1))]
+        );
+        // A client that no longer takes aliases gets full topics.
+        session.handle_connection_lost(now);
+        session.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
+        assert_eq!(
+            topics_and_aliases(transmit(&mut session, now)),
+            vec![("a".into(), None), ("a".into(), None)]
+        );
+    }
+
+    #[test]
+    fn discarded_announcement_is_made_again() {
+        let (mut session, now) = connected_with(aliasing(5));
+        let m = message("a", QoS::AtLeastOnce);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        let sent = publishes(transmit(&mut session, now));
+        assert_eq!(
+            (sent[0].topic.as_ref(), sent[0].properties.topic_alias),
+            ("a", Some(1))
+        );
+        session.discard_publish(&sent[0]);
+        assert_eq!(session.inflight.len(), 0);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        assert_eq!(
+            topics_and_aliases(transmit(&mut session, now)),
+            vec![("a".into(), Some(1))]
+        );
+    }
+
+    #[test]
+    fn problem_information_withheld_on_acks_but_not_on_disconnect() {
+        let config = SessionConfig {
+            max_queued_messages: 1,
+            queue_full: QueueFullPolicy::Disconnect,
+            ..config()
+        };
+        let mut quiet = connect(ProtocolVersion::V5);
+        quiet.properties.request_problem_information = Some(false);
+        let (mut session, now) = with_config(config, quiet);
+        let mut pubcomp = ack(3);
+        pubcomp.properties.reason_string = Some("why".into());
+        pubcomp.properties.user_properties = vec![("k".into(), "v".into())];
+        let mut packet = Packet::PubComp(pubcomp);
+        withhold_problem_information(&mut packet);
+        assert_eq!(packet, Packet::PubComp(ack(3)));
+
+        let m = message("t", QoS::AtLeastOnce);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        match transmit(&mut session, now).as_slice() {
+            [Packet::Disconnect(disconnect)] => assert_eq!(
+                disconnect.properties.reason_string.as_deref(),
+                Some("queue of 1 messages is full")
+            ),
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
     }
 
     #[test]
@@ -260,7 +444,7 @@ mod tests {
         );
         let sent = publishes(transmit(&mut session, now));
         assert_eq!(sent.len(), 1);
-        session.discard_publish(sent[0].packet_id);
+        session.discard_publish(&sent[0]);
         let sent = publishes(transmit(&mut session, now));
         assert_eq!(sent[0].topic, "small");
     }
