@@ -25,9 +25,9 @@ impl IncomingAliases {
 
     /// Replaces an aliased PUBLISH's topic by the real one, binding the
     /// alias when the packet names a topic, and takes the alias off: the
-    /// routed message carries only the topic. The topic is checked as a
-    /// topic name by the caller afterwards, so a failed check must close the
-    /// connection (it does: every error here and there is fatal).
+    /// routed message carries only the topic. The caller checks the topic
+    /// name afterwards; an invalid one bound here does no harm, since that
+    /// check failing ends the connection and the table with it.
     pub fn resolve(&mut self, publish: &mut Publish) -> Result<(), Problem> {
         let Some(alias) = publish.properties.topic_alias.take() else {
             return Ok(());

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
+use bytestring::ByteString;
+
 use super::connect::pub_response;
 use super::inflight::PubRecOutcome;
 use super::queue::Outgoing;
 use super::{DeliverOutcome, Delivery, DropReason, Problem, QueueFullPolicy, Session};
 use crate::message::Message;
-use crate::protocol::{Packet, PubResponse, QoS, ReasonCode};
+use crate::protocol::{Packet, PubResponse, QoS, ReasonCode, UserProperties};
 
 impl Session {
     pub(super) fn deliver(
@@ -61,16 +64,44 @@ impl Session {
     }
 
     /// The next packet, with the connection's v5 extras applied: topic
-    /// aliases on PUBLISH, and no problem information where the client
-    /// asked for none.
+    /// aliases on PUBLISH, and problem information only where the client
+    /// takes it.
     pub(super) fn transmit(&mut self, now: Instant) -> Option<Packet> {
         let mut packet = self.next_packet(now)?;
         match &mut packet {
             Packet::Publish(publish) => self.outgoing_aliases.apply(publish),
-            packet if !self.problem_information => withhold_problem_information(packet),
-            _ => {}
+            packet => self.fit_problem_information(packet),
         }
         Some(packet)
+    }
+
+    /// Takes the Reason String and User Properties off a packet when the
+    /// client asked for no problem information (spec 3.1.2.11.7: PUBLISH,
+    /// CONNACK and DISCONNECT are exempt), or when they would make it larger
+    /// than the client's Maximum Packet Size: the packet still goes out,
+    /// where the shard would drop it whole. Done here, on the way out, so no
+    /// handler has to remember either rule.
+    fn fit_problem_information(&self, packet: &mut Packet) {
+        let Some((reason_string, user_properties)) = problem_information(packet) else {
+            return;
+        };
+        if reason_string.is_none() && user_properties.is_empty() {
+            return;
+        }
+        let exempt = matches!(packet, Packet::Disconnect(_));
+        let withhold = (!self.problem_information && !exempt)
+            || self.client_max_packet_size.is_some_and(|max| {
+                // Only packets carrying problem information get here: errors,
+                // not the hot path, so a trial encoding is cheap enough.
+                let mut scratch = BytesMut::new();
+                packet
+                    .write(self.protocol, &mut scratch)
+                    .map_or(true, |len| len > max as usize)
+            });
+        if withhold && let Some((reason_string, user_properties)) = problem_information(packet) {
+            *reason_string = None;
+            user_properties.clear();
+        }
     }
 
     fn next_packet(&mut self, now: Instant) -> Option<Packet> {
@@ -127,11 +158,12 @@ impl Session {
     }
 }
 
-/// Request Problem Information 0: no Reason String or User Property on any
-/// packet but PUBLISH, CONNACK and DISCONNECT (spec 3.1.2.11.7). Done here,
-/// on the way out, so that no handler has to remember the rule.
-fn withhold_problem_information(packet: &mut Packet) {
-    let (reason_string, user_properties) = match packet {
+/// The Reason String and User Properties of a packet the session sends,
+/// for the kinds that have them.
+fn problem_information(
+    packet: &mut Packet,
+) -> Option<(&mut Option<ByteString>, &mut UserProperties)> {
+    Some(match packet {
         Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => (
             &mut ack.properties.reason_string,
             &mut ack.properties.user_properties,
@@ -148,10 +180,12 @@ fn withhold_problem_information(packet: &mut Packet) {
             &mut auth.properties.reason_string,
             &mut auth.properties.user_properties,
         ),
-        _ => return,
-    };
-    *reason_string = None;
-    user_properties.clear();
+        Packet::Disconnect(disconnect) => (
+            &mut disconnect.properties.reason_string,
+            &mut disconnect.properties.user_properties,
+        ),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -300,7 +334,7 @@ mod tests {
         pubcomp.properties.reason_string = Some("why".into());
         pubcomp.properties.user_properties = vec![("k".into(), "v".into())];
         let mut packet = Packet::PubComp(pubcomp);
-        withhold_problem_information(&mut packet);
+        session.fit_problem_information(&mut packet);
         assert_eq!(packet, Packet::PubComp(ack(3)));
 
         let m = message("t", QoS::AtLeastOnce);
@@ -313,6 +347,38 @@ mod tests {
             ),
             other => panic!("expected DISCONNECT, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn problem_information_dropped_rather_than_exceed_the_client_maximum() {
+        let mut small = connect(ProtocolVersion::V5);
+        small.properties.maximum_packet_size = Some(20);
+        let (mut session, now) = connected_with(small);
+        session.handle_packet(topic_alias_99(), now).unwrap_err();
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::Disconnect(Disconnect {
+                reason: ReasonCode::TopicAliasInvalid,
+                properties: Default::default(),
+            })]
+        );
+
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session.handle_packet(topic_alias_99(), now).unwrap_err();
+        match transmit(&mut session, now).as_slice() {
+            [Packet::Disconnect(disconnect)] => {
+                assert!(disconnect.properties.reason_string.is_some())
+            }
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+
+    fn topic_alias_99() -> Packet {
+        let mut packet = publish_in("t", QoS::AtMostOnce, 0);
+        if let Packet::Publish(publish) = &mut packet {
+            publish.properties.topic_alias = Some(99);
+        }
+        packet
     }
 
     #[test]
