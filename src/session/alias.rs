@@ -173,10 +173,7 @@ mod tests {
         let mut aliases = IncomingAliases::new(10);
         let problem = resolved(&mut aliases, "t", 11).expect_err("above max");
         assert_eq!(problem.reason, ReasonCode::TopicAliasInvalid);
-        assert_eq!(
-            problem.detail.as_deref(),
-            Some("topic alias 11 exceeds maximum 10")
-        );
+        assert_eq!(problem.detail, "topic alias 11 exceeds maximum 10");
         let problem = resolved(&mut aliases, "t", 0).expect_err("zero");
         assert_eq!(problem.reason, ReasonCode::TopicAliasInvalid);
         let mut none = IncomingAliases::new(0);
@@ -190,8 +187,8 @@ mod tests {
         let problem = resolved(&mut aliases, "", 3).expect_err("unbound");
         assert_eq!(problem.reason, ReasonCode::ProtocolError);
         assert_eq!(
-            problem.detail.as_deref(),
-            Some("topic alias 3 is not bound to a topic on this connection")
+            problem.detail,
+            "topic alias 3 is not bound to a topic on this connection"
         );
     }
 

@@ -2,8 +2,6 @@
 
 use std::time::Instant;
 
-use bytestring::ByteString;
-
 use super::alias::{IncomingAliases, OutgoingAliases};
 use super::inflight::{Flight, Resend};
 use super::{Problem, Session, SessionConfig};
@@ -78,7 +76,7 @@ impl Session {
             // Information says (spec 3.1.2.11.7); 3.1.1 has no properties.
             let properties = if connect.protocol.is_v5() {
                 ConnAckProperties {
-                    reason_string: problem.detail.map(ByteString::from),
+                    reason_string: Some(problem.detail.into()),
                     ..ConnAckProperties::default()
                 }
             } else {

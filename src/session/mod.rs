@@ -97,17 +97,14 @@ pub struct Delivery {
 /// Why the session refuses what a client did: the reason code, and what
 /// to say about it in a v5 Reason String.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Problem {
+struct Problem {
     pub reason: ReasonCode,
-    pub detail: Option<String>,
+    pub detail: String,
 }
 
 impl Problem {
     fn new(reason: ReasonCode, detail: String) -> Problem {
-        Problem {
-            reason,
-            detail: Some(detail),
-        }
+        Problem { reason, detail }
     }
 }
 
@@ -431,7 +428,7 @@ impl Session {
             self.control.push_back(Packet::Disconnect(Disconnect {
                 reason: problem.reason,
                 properties: DisconnectProperties {
-                    reason_string: problem.detail.map(ByteString::from),
+                    reason_string: Some(problem.detail.into()),
                     ..DisconnectProperties::default()
                 },
             }));
