@@ -372,6 +372,34 @@ async fn message_larger_than_the_client_maximum_packet_size_is_skipped() {
 }
 
 #[tokio::test]
+async fn alias_announced_by_a_skipped_message_is_announced_again() {
+    let broker = Broker::start(&[]);
+    let connect = Connect::v5("mps-alias").props(
+        Props::new()
+            .u32(wire::MAX_PACKET_SIZE, 100)
+            .u16(wire::TOPIC_ALIAS_MAXIMUM, 5),
+    );
+    let (mut sub, _) = Raw::connect_ok(broker.addr, connect).await;
+    sub.subscribe(1, &[("mpsa/t", 0)]).await;
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v5("mps-alias-pub")).await;
+    publisher
+        .publish(Pub::new("mpsa/t", &[b'x'; 500]).qos(1, 1))
+        .await;
+    publisher.publish(Pub::new("mpsa/t", b"1").qos(1, 2)).await;
+    publisher.publish(Pub::new("mpsa/t", b"2").qos(1, 3)).await;
+    // The too-large message would have bound alias 1; the client never saw
+    // it, so the next message binds it.
+    let first = sub.recv_publish().await;
+    assert_eq!(first.topic, "mpsa/t");
+    assert_eq!(first.prop(wire::TOPIC_ALIAS), Some(&Prop::U16(1)));
+    assert_eq!(first.payload, b"1");
+    let second = sub.recv_publish().await;
+    assert_eq!(second.topic, "");
+    assert_eq!(second.prop(wire::TOPIC_ALIAS), Some(&Prop::U16(1)));
+    assert_eq!(second.payload, b"2");
+}
+
+#[tokio::test]
 async fn expired_message_is_not_delivered_to_a_returning_session() {
     let broker = Broker::start(&[]);
     let id = unique_id("exp-off");
