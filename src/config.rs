@@ -23,6 +23,7 @@ const DEFAULT_MAX_INFLIGHT: u16 = 100;
 const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 const DEFAULT_MAX_KEEPALIVE: u16 = u16::MAX;
 const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 10;
 /// The smallest limit that still admits a useful CONNECT.
 const MIN_PACKET_SIZE: u32 = 16;
 /// The largest size the remaining-length varint can express (spec 2.1.4).
@@ -46,6 +47,10 @@ pub struct Config {
     pub max_keepalive: u16,
     /// Between 16 and 268,435,455 bytes.
     pub max_packet_size: u32,
+    /// Topic aliases a v5 client may use on PUBLISH; 0 disables them.
+    pub topic_alias_maximum: u16,
+    /// Whether the broker assigns topic aliases to v5 subscribers.
+    pub server_topic_aliases: bool,
 }
 
 /// Which I/O backend the shards run on.
@@ -139,6 +144,14 @@ struct Cli {
     /// Largest packet accepted, 16 to 268435455 bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_packet_size: Option<u32>,
+    /// Topic aliases an MQTT 5 client may use on PUBLISH, 0 to 65535; 0
+    /// disables them [default: 10].
+    #[arg(long, value_name = "N")]
+    topic_alias_maximum: Option<u16>,
+    /// Assign topic aliases to messages sent to MQTT 5 clients that accept
+    /// them, true or false [default: true].
+    #[arg(long, value_name = "BOOL")]
+    server_topic_aliases: Option<bool>,
 }
 
 /// The TOML file: the flags' settings except `config` itself.
@@ -154,6 +167,8 @@ struct FileConfig {
     queue_full_policy: Option<QueueFull>,
     max_keepalive: Option<u16>,
     max_packet_size: Option<u32>,
+    topic_alias_maximum: Option<u16>,
+    server_topic_aliases: Option<bool>,
 }
 
 /// How [`QueueFullPolicy`] is spelled in flags and files; the session type
@@ -190,6 +205,8 @@ impl Config {
             queue_full: self.queue_full_policy,
             max_keepalive: self.max_keepalive,
             max_packet_size: self.max_packet_size,
+            topic_alias_maximum: self.topic_alias_maximum,
+            server_topic_aliases: self.server_topic_aliases,
         }
     }
 
@@ -259,6 +276,14 @@ impl Config {
                 .or(file.max_keepalive)
                 .unwrap_or(DEFAULT_MAX_KEEPALIVE),
             max_packet_size,
+            topic_alias_maximum: cli
+                .topic_alias_maximum
+                .or(file.topic_alias_maximum)
+                .unwrap_or(DEFAULT_TOPIC_ALIAS_MAXIMUM),
+            server_topic_aliases: cli
+                .server_topic_aliases
+                .or(file.server_topic_aliases)
+                .unwrap_or(true),
         })
     }
 }
@@ -355,6 +380,8 @@ mod tests {
         assert_eq!(session.queue_full, QueueFullPolicy::Drop);
         assert_eq!(session.max_keepalive, 65535);
         assert_eq!(session.max_packet_size, 1_048_576);
+        assert_eq!(session.topic_alias_maximum, 10);
+        assert!(session.server_topic_aliases);
     }
 
     #[test]
@@ -371,6 +398,8 @@ mod tests {
             queue_full_policy = "disconnect"
             max_keepalive = 60
             max_packet_size = 4096
+            topic_alias_maximum = 0
+            server_topic_aliases = false
             "#,
         );
         let config = parse(&["--config", file.arg()]).expect("valid file");
@@ -389,6 +418,8 @@ mod tests {
                 queue_full_policy: QueueFullPolicy::Disconnect,
                 max_keepalive: 60,
                 max_packet_size: 4096,
+                topic_alias_maximum: 0,
+                server_topic_aliases: false,
             }
         );
     }
@@ -424,6 +455,18 @@ mod tests {
         assert_eq!(config.max_inflight, 20);
         assert_eq!(config.queue_full_policy, QueueFullPolicy::Drop);
         assert_eq!(config.log_level, LogLevel::Warn);
+        let config = merge(
+            &[
+                "--topic-alias-maximum",
+                "3",
+                "--server-topic-aliases",
+                "false",
+            ],
+            "topic_alias_maximum = 100\nserver_topic_aliases = true",
+        )
+        .expect("valid");
+        assert_eq!(config.topic_alias_maximum, 3);
+        assert!(!config.server_topic_aliases);
     }
 
     #[test]
@@ -498,6 +541,20 @@ mod tests {
         assert!(error.to_string().contains("--listen"), "{error}");
         let error = parse(&["--queue-full-policy", "block"]).expect_err("bad");
         assert!(error.to_string().contains("--queue-full-policy"), "{error}");
+        let error = parse(&["--topic-alias-maximum", "65536"]).expect_err("bad");
+        assert!(
+            error.to_string().contains("--topic-alias-maximum"),
+            "{error}"
+        );
+        let error = parse(&["--server-topic-aliases", "yes"]).expect_err("bad");
+        assert!(
+            error.to_string().contains("--server-topic-aliases"),
+            "{error}"
+        );
+        let message = merge(&[], "server_topic_aliases = 1")
+            .expect_err("bad")
+            .to_string();
+        assert!(message.contains("server_topic_aliases"), "{message}");
     }
 
     #[test]
@@ -566,6 +623,8 @@ mod tests {
             queue_full_policy,
             max_keepalive,
             max_packet_size,
+            topic_alias_maximum,
+            server_topic_aliases,
         } = &file;
         assert!(listen.is_some());
         assert!(cores.is_some());
@@ -576,6 +635,8 @@ mod tests {
         assert!(queue_full_policy.is_some());
         assert!(max_keepalive.is_some());
         assert!(max_packet_size.is_some());
+        assert!(topic_alias_maximum.is_some());
+        assert!(server_topic_aliases.is_some());
         Config::merge(Cli::default(), file).expect("example config is valid");
     }
 }

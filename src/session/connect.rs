@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
+use super::alias::{IncomingAliases, OutgoingAliases};
 use super::inflight::{Flight, Resend};
-use super::{Session, SessionConfig};
+use super::{Problem, Session, SessionConfig};
 use crate::protocol::topic::valid_topic_name;
 use crate::protocol::{
     ConnAck, ConnAckProperties, Connect, Disconnect, Packet, ProtocolVersion, PubResponse,
@@ -32,6 +33,27 @@ fn session_expiry(connect: &Connect) -> u32 {
     }
 }
 
+/// Why a CONNECT is refused, if it is.
+fn refusal(connect: &Connect) -> Option<Problem> {
+    if let Some(will) = &connect.will
+        && !valid_topic_name(&will.topic)
+    {
+        return Some(Problem::new(
+            ReasonCode::TopicNameInvalid,
+            format!("invalid will topic {:?}", &*will.topic),
+        ));
+    }
+    // No enhanced authentication method is supported: a server that does
+    // not support the one named refuses with 0x8C (spec 4.12).
+    if let Some(method) = &connect.properties.authentication_method {
+        return Some(Problem::new(
+            ReasonCode::BadAuthenticationMethod,
+            format!("authentication method {:?} is not supported", &**method),
+        ));
+    }
+    None
+}
+
 pub(super) fn pub_response(packet_id: u16, reason: ReasonCode) -> PubResponse {
     PubResponse {
         packet_id,
@@ -49,13 +71,21 @@ impl Session {
     ) -> ConnAck {
         // Checked before anything changes: a refused CONNECT must leave a
         // stored session as it was.
-        if let Some(will) = &connect.will
-            && !valid_topic_name(&will.topic)
-        {
+        if let Some(problem) = refusal(connect) {
+            // CONNACK may carry a Reason String whatever Request Problem
+            // Information says (spec 3.1.2.11.7); 3.1.1 has no properties.
+            let properties = if connect.protocol.is_v5() {
+                ConnAckProperties {
+                    reason_string: Some(problem.detail.into()),
+                    ..ConnAckProperties::default()
+                }
+            } else {
+                ConnAckProperties::default()
+            };
             return ConnAck {
                 session_present: false,
-                reason: ReasonCode::TopicNameInvalid,
-                properties: ConnAckProperties::default(),
+                reason: problem.reason,
+                properties,
             };
         }
 
@@ -68,7 +98,21 @@ impl Session {
         self.keep_alive = negotiate_keep_alive(connect.keep_alive, config.max_keepalive);
         self.session_expiry = session_expiry(connect);
         self.connected_with_zero_expiry = self.session_expiry == 0;
-        self.authenticating = connect.properties.authentication_method.is_some();
+        self.problem_information = connect
+            .properties
+            .request_problem_information
+            .unwrap_or(true);
+        // Aliases belong to the network connection (spec 3.3.2.3.4): each
+        // CONNECT starts both tables empty, so a PUBLISH resent after a
+        // reconnect names its topic in full. Below v5 both stay off.
+        let v5 = connect.protocol.is_v5();
+        let incoming_max = if v5 { config.topic_alias_maximum } else { 0 };
+        let outgoing_max = match connect.properties.topic_alias_maximum {
+            Some(max) if v5 && config.server_topic_aliases => max,
+            _ => 0,
+        };
+        self.incoming_aliases = IncomingAliases::new(incoming_max);
+        self.outgoing_aliases = OutgoingAliases::new(outgoing_max);
         let client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
         // A zero would stall every QoS 1/2 delivery for good; the codec
         // rejects it, this keeps the window sane regardless.
@@ -82,9 +126,16 @@ impl Session {
         // Every unacknowledged outgoing flow is owed again (spec 4.4).
         self.resend = self.inflight.resends().into();
 
-        let properties = if connect.protocol.is_v5() {
+        // Request Response Information gets no Response Information: the
+        // broker has no response-topic convention (such as a per-client
+        // prefix its authorization would allow) to point clients at, and
+        // the spec lets the server send none (3.2.2.3.15). Maximum QoS is
+        // left out because it is 2.
+        let properties = if v5 {
             ConnAckProperties {
                 receive_maximum: Some(config.max_inflight),
+                topic_alias_maximum: (config.topic_alias_maximum != 0)
+                    .then_some(config.topic_alias_maximum),
                 maximum_packet_size: Some(config.max_packet_size),
                 retain_available: Some(true),
                 wildcard_subscription_available: Some(true),
@@ -136,10 +187,13 @@ impl Session {
         }
     }
 
-    pub(super) fn handle_disconnect(&mut self, disconnect: &Disconnect) -> Result<(), ReasonCode> {
+    pub(super) fn handle_disconnect(&mut self, disconnect: &Disconnect) -> Result<(), Problem> {
         if let Some(expiry) = disconnect.properties.session_expiry_interval {
             if self.connected_with_zero_expiry && expiry != 0 {
-                return Err(ReasonCode::ProtocolError);
+                return Err(Problem::new(
+                    ReasonCode::ProtocolError,
+                    "DISCONNECT may not set a session expiry when CONNECT set 0".into(),
+                ));
             }
             self.session_expiry = expiry;
         }
@@ -189,13 +243,75 @@ mod tests {
         assert_eq!(p.wildcard_subscription_available, Some(true));
         assert_eq!(p.subscription_identifiers_available, Some(true));
         assert_eq!(p.shared_subscription_available, Some(false));
-        assert_eq!(p.topic_alias_maximum, None);
+        assert_eq!(p.topic_alias_maximum, Some(10));
         assert_eq!(p.maximum_qos, None);
+        assert_eq!(p.response_information, None);
+        assert_eq!(p.reason_string, None);
         assert_eq!(p.assigned_client_identifier, None);
         assert_eq!(p.server_keep_alive, None);
         assert_eq!(session.keep_alive_timeout(), Some(Duration::from_secs(90)));
         assert!(session.is_connected());
         assert_eq!(session.protocol(), ProtocolVersion::V5);
+    }
+
+    #[test]
+    fn topic_alias_maximum_zero_is_not_advertised() {
+        let now = Instant::now();
+        let mut session = Session::new("c".into(), now);
+        let config = SessionConfig {
+            topic_alias_maximum: 0,
+            ..config()
+        };
+        let connack = session.handle_connect(&connect(ProtocolVersion::V5), false, &config, now);
+        assert_eq!(connack.properties.topic_alias_maximum, None);
+    }
+
+    #[test]
+    fn response_information_is_never_returned() {
+        let now = Instant::now();
+        let mut session = Session::new("c".into(), now);
+        let mut packet = connect(ProtocolVersion::V5);
+        packet.properties.request_response_information = Some(true);
+        let connack = session.handle_connect(&packet, false, &config(), now);
+        assert_eq!(connack.reason, ReasonCode::Success);
+        assert_eq!(connack.properties.response_information, None);
+    }
+
+    #[test]
+    fn authentication_method_is_refused_without_touching_the_session() {
+        let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
+        session.handle_connection_lost(now);
+        let mut packet = persistent(ProtocolVersion::V5);
+        packet.properties.authentication_method = Some("SCRAM-SHA-1".into());
+        let connack = session.handle_connect(&packet, false, &config(), now);
+        assert_eq!(connack.reason, ReasonCode::BadAuthenticationMethod);
+        assert_eq!(
+            connack.properties.reason_string.as_deref(),
+            Some("authentication method \"SCRAM-SHA-1\" is not supported")
+        );
+        assert!(!connack.session_present);
+        assert!(!session.is_connected());
+        // Only the reason: a refusal advertises no limits.
+        assert_eq!(connack.properties.receive_maximum, None);
+        // Even a client asking for no problem information gets the string:
+        // CONNACK is exempt (spec 3.1.2.11.7).
+        packet.properties.request_problem_information = Some(false);
+        let connack = session.handle_connect(&packet, false, &config(), now);
+        assert!(connack.properties.reason_string.is_some());
+    }
+
+    #[test]
+    fn refusal_below_v5_has_no_reason_string() {
+        let now = Instant::now();
+        let mut session = Session::new("c".into(), now);
+        let mut packet = connect(ProtocolVersion::V3_1_1);
+        packet.will = Some(LastWill {
+            topic: "a/#".into(),
+            ..will("w")
+        });
+        let connack = session.handle_connect(&packet, false, &config(), now);
+        assert_eq!(connack.reason, ReasonCode::TopicNameInvalid);
+        assert_eq!(connack.properties, ConnAckProperties::default());
     }
 
     #[test]
@@ -476,7 +592,12 @@ mod tests {
             transmit(&mut session, now),
             vec![Packet::Disconnect(Disconnect {
                 reason: ReasonCode::ProtocolError,
-                properties: DisconnectProperties::default(),
+                properties: DisconnectProperties {
+                    reason_string: Some(
+                        "DISCONNECT may not set a session expiry when CONNECT set 0".into()
+                    ),
+                    ..DisconnectProperties::default()
+                },
             })]
         );
     }

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
+use bytestring::ByteString;
+
 use super::connect::pub_response;
 use super::inflight::PubRecOutcome;
 use super::queue::Outgoing;
-use super::{DeliverOutcome, Delivery, DropReason, QueueFullPolicy, Session};
+use super::{DeliverOutcome, Delivery, DropReason, Problem, QueueFullPolicy, Session};
 use crate::message::Message;
-use crate::protocol::{Packet, PubResponse, QoS, ReasonCode};
+use crate::protocol::{Packet, PubResponse, QoS, ReasonCode, UserProperties};
 
 impl Session {
     pub(super) fn deliver(
@@ -31,7 +34,13 @@ impl Session {
                 && qos != QoS::AtMostOnce
                 && self.config.queue_full == QueueFullPolicy::Disconnect
             {
-                self.close(Some(ReasonCode::QuotaExceeded));
+                self.close(Some(Problem::new(
+                    ReasonCode::QuotaExceeded,
+                    format!(
+                        "queue of {} messages is full",
+                        self.config.max_queued_messages
+                    ),
+                )));
             }
             return DeliverOutcome::Dropped(DropReason::QueueFull);
         }
@@ -54,7 +63,48 @@ impl Session {
         DeliverOutcome::Queued
     }
 
+    /// The next packet, with the connection's v5 extras applied: topic
+    /// aliases on PUBLISH, and problem information only where the client
+    /// takes it.
     pub(super) fn transmit(&mut self, now: Instant) -> Option<Packet> {
+        let mut packet = self.next_packet(now)?;
+        match &mut packet {
+            Packet::Publish(publish) => self.outgoing_aliases.apply(publish),
+            packet => self.fit_problem_information(packet),
+        }
+        Some(packet)
+    }
+
+    /// Takes the Reason String and User Properties off a packet when the
+    /// client asked for no problem information (spec 3.1.2.11.7: PUBLISH,
+    /// CONNACK and DISCONNECT are exempt), or when they would make it larger
+    /// than the client's Maximum Packet Size: the packet still goes out,
+    /// where the shard would drop it whole. Done here, on the way out, so no
+    /// handler has to remember either rule.
+    fn fit_problem_information(&self, packet: &mut Packet) {
+        let Some((reason_string, user_properties)) = problem_information(packet) else {
+            return;
+        };
+        if reason_string.is_none() && user_properties.is_empty() {
+            return;
+        }
+        let exempt = matches!(packet, Packet::Disconnect(_));
+        let withhold = (!self.problem_information && !exempt)
+            || self.client_max_packet_size.is_some_and(|max| {
+                // Only packets carrying problem information get here: errors,
+                // not the hot path, so a trial encoding is cheap enough.
+                let mut scratch = BytesMut::new();
+                packet
+                    .write(self.protocol, &mut scratch)
+                    .map_or(true, |len| len > max as usize)
+            });
+        if withhold && let Some((reason_string, user_properties)) = problem_information(packet) {
+            *reason_string = None;
+            user_properties.clear();
+        }
+    }
+
+    fn next_packet(&mut self, now: Instant) -> Option<Packet> {
         if !self.connected {
             return None;
         }
@@ -108,6 +158,36 @@ impl Session {
     }
 }
 
+/// The Reason String and User Properties of a packet the session sends,
+/// for the kinds that have them.
+fn problem_information(
+    packet: &mut Packet,
+) -> Option<(&mut Option<ByteString>, &mut UserProperties)> {
+    Some(match packet {
+        Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => (
+            &mut ack.properties.reason_string,
+            &mut ack.properties.user_properties,
+        ),
+        Packet::SubAck(suback) => (
+            &mut suback.properties.reason_string,
+            &mut suback.properties.user_properties,
+        ),
+        Packet::UnsubAck(unsuback) => (
+            &mut unsuback.properties.reason_string,
+            &mut unsuback.properties.user_properties,
+        ),
+        Packet::Auth(auth) => (
+            &mut auth.properties.reason_string,
+            &mut auth.properties.user_properties,
+        ),
+        Packet::Disconnect(disconnect) => (
+            &mut disconnect.properties.reason_string,
+            &mut disconnect.properties.user_properties,
+        ),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -129,6 +209,176 @@ mod tests {
         let mut session = Session::new("c".into(), now);
         session.handle_connect(&connect, false, &config, now);
         (session, now)
+    }
+
+    fn aliasing(max: u16) -> crate::protocol::Connect {
+        let mut connect = persistent(ProtocolVersion::V5);
+        connect.properties.topic_alias_maximum = Some(max);
+        connect
+    }
+
+    fn topics_and_aliases(packets: Vec<Packet>) -> Vec<(String, Option<u16>)> {
+        publishes(packets)
+            .into_iter()
+            .map(|p| (p.topic.to_string(), p.properties.topic_alias))
+            .collect()
+    }
+
+    #[test]
+    fn outgoing_topic_aliases_up_to_the_client_maximum() {
+        let (mut session, now) = connected_with(aliasing(2));
+        for topic in ["a", "a", "b", "c", "b", "c"] {
+            session.handle_deliver(
+                &message(topic, QoS::AtMostOnce),
+                delivery(QoS::AtMostOnce),
+                now,
+            );
+        }
+        assert_eq!(
+            topics_and_aliases(transmit(&mut session, now)),
+            vec![
+                ("a".into(), Some(1)),
+                ("".into(), Some(1)),
+                ("b".into(), Some(2)),
+                ("c".into(), None),
+                ("".into(), Some(2)),
+                ("c".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_outgoing_aliases_unless_the_client_and_config_allow() {
+        let m = message("a", QoS::AtMostOnce);
+        // The client did not send a Topic Alias Maximum.
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session.handle_deliver(&m, delivery(QoS::AtMostOnce), now);
+        session.handle_deliver(&m, delivery(QoS::AtMostOnce), now);
+        assert!(
+            topics_and_aliases(transmit(&mut session, now))
+                .iter()
+                .all(|(topic, alias)| topic == "a" && alias.is_none())
+        );
+        // The broker is configured not to.
+        let config = SessionConfig {
+            server_topic_aliases: false,
+            ..config()
+        };
+        let (mut session, now) = with_config(config, aliasing(5));
+        session.handle_deliver(&m, delivery(QoS::AtMostOnce), now);
+        session.handle_deliver(&m, delivery(QoS::AtMostOnce), now);
+        assert!(
+            topics_and_aliases(transmit(&mut session, now))
+                .iter()
+                .all(|(topic, alias)| topic == "a" && alias.is_none())
+        );
+    }
+
+    #[test]
+    fn resend_after_reconnect_names_its_topic_again() {
+        let (mut session, now) = connected_with(aliasing(5));
+        let m = message("a", QoS::AtLeastOnce);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        assert_eq!(
+            topics_and_aliases(transmit(&mut session, now)),
+            vec![("a".into(), Some(1)), ("".into(), Some(1))]
+        );
+        session.handle_connection_lost(now);
+        session.handle_connect(&aliasing(5), false, &config(), now);
+        let resent = publishes(transmit(&mut session, now));
+        assert!(resent.iter().all(|p| p.dup));
+        assert_eq!(
+            topics_and_aliases(resent.into_iter().map(Packet::Publish).collect()),
+            vec![("a".into(), Some(1)), ("".into(), Some(1))]
+        );
+        // A client that no longer takes aliases gets full topics.
+        session.handle_connection_lost(now);
+        session.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
+        assert_eq!(
+            topics_and_aliases(transmit(&mut session, now)),
+            vec![("a".into(), None), ("a".into(), None)]
+        );
+    }
+
+    #[test]
+    fn discarded_announcement_is_made_again() {
+        let (mut session, now) = connected_with(aliasing(5));
+        let m = message("a", QoS::AtLeastOnce);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        let sent = publishes(transmit(&mut session, now));
+        assert_eq!(
+            (sent[0].topic.as_ref(), sent[0].properties.topic_alias),
+            ("a", Some(1))
+        );
+        session.discard_publish(&sent[0]);
+        assert_eq!(session.inflight.len(), 0);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        assert_eq!(
+            topics_and_aliases(transmit(&mut session, now)),
+            vec![("a".into(), Some(1))]
+        );
+    }
+
+    #[test]
+    fn problem_information_withheld_on_acks_but_not_on_disconnect() {
+        let config = SessionConfig {
+            max_queued_messages: 1,
+            queue_full: QueueFullPolicy::Disconnect,
+            ..config()
+        };
+        let mut quiet = connect(ProtocolVersion::V5);
+        quiet.properties.request_problem_information = Some(false);
+        let (mut session, now) = with_config(config, quiet);
+        let mut pubcomp = ack(3);
+        pubcomp.properties.reason_string = Some("why".into());
+        pubcomp.properties.user_properties = vec![("k".into(), "v".into())];
+        let mut packet = Packet::PubComp(pubcomp);
+        session.fit_problem_information(&mut packet);
+        assert_eq!(packet, Packet::PubComp(ack(3)));
+
+        let m = message("t", QoS::AtLeastOnce);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        session.handle_deliver(&m, delivery(QoS::AtLeastOnce), now);
+        match transmit(&mut session, now).as_slice() {
+            [Packet::Disconnect(disconnect)] => assert_eq!(
+                disconnect.properties.reason_string.as_deref(),
+                Some("queue of 1 messages is full")
+            ),
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn problem_information_dropped_rather_than_exceed_the_client_maximum() {
+        let mut small = connect(ProtocolVersion::V5);
+        small.properties.maximum_packet_size = Some(20);
+        let (mut session, now) = connected_with(small);
+        session.handle_packet(topic_alias_99(), now).unwrap_err();
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::Disconnect(Disconnect {
+                reason: ReasonCode::TopicAliasInvalid,
+                properties: Default::default(),
+            })]
+        );
+
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session.handle_packet(topic_alias_99(), now).unwrap_err();
+        match transmit(&mut session, now).as_slice() {
+            [Packet::Disconnect(disconnect)] => {
+                assert!(disconnect.properties.reason_string.is_some())
+            }
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+
+    fn topic_alias_99() -> Packet {
+        let mut packet = publish_in("t", QoS::AtMostOnce, 0);
+        if let Packet::Publish(publish) = &mut packet {
+            publish.properties.topic_alias = Some(99);
+        }
+        packet
     }
 
     #[test]
@@ -260,7 +510,7 @@ mod tests {
         );
         let sent = publishes(transmit(&mut session, now));
         assert_eq!(sent.len(), 1);
-        session.discard_publish(sent[0].packet_id);
+        session.discard_publish(&sent[0]);
         let sent = publishes(transmit(&mut session, now));
         assert_eq!(sent[0].topic, "small");
     }

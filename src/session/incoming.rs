@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connect::pub_response;
-use super::{Session, SessionAction};
+use super::{Problem, Session, SessionAction};
 use crate::message::Message;
 use crate::protocol::topic::valid_topic_name;
 use crate::protocol::{Packet, Publish, QoS, ReasonCode};
@@ -12,24 +12,31 @@ use crate::protocol::{Packet, Publish, QoS, ReasonCode};
 impl Session {
     pub(super) fn handle_publish(
         &mut self,
-        publish: Publish,
+        mut publish: Publish,
         now: Instant,
-    ) -> Result<(), ReasonCode> {
-        // Topic Alias Maximum is not sent in CONNACK, so it is 0 and any
-        // alias is invalid (spec 3.3.2.3.4).
-        if publish.properties.topic_alias.is_some() {
-            return Err(ReasonCode::TopicAliasInvalid);
-        }
+    ) -> Result<(), Problem> {
+        // Below v5 the codec reads no properties, so there is never an
+        // alias to resolve.
+        self.incoming_aliases.resolve(&mut publish)?;
         if !valid_topic_name(&publish.topic) {
-            return Err(ReasonCode::TopicNameInvalid);
+            return Err(Problem::new(
+                ReasonCode::TopicNameInvalid,
+                format!("invalid topic name {:?}", &*publish.topic),
+            ));
         }
         // Subscription identifiers are the server's to add (spec 3.3.4).
         if !publish.properties.subscription_identifiers.is_empty() {
-            return Err(ReasonCode::ProtocolError);
+            return Err(Problem::new(
+                ReasonCode::ProtocolError,
+                "a client PUBLISH may not carry a subscription identifier".into(),
+            ));
         }
         let packet_id = publish.packet_id;
         match publish.qos {
             QoS::AtMostOnce => self.route(publish, now),
+            // Receive Maximum counts QoS 1 and 2 PUBLISH not yet answered
+            // (spec 3.3.4): QoS 1 is answered as it is read, so only QoS 2
+            // awaiting PUBREL can pile up against it.
             QoS::AtLeastOnce => {
                 self.route(publish, now);
                 self.control
@@ -44,7 +51,13 @@ impl Session {
                     if self.protocol.is_v5()
                         && self.incoming_qos2.len() >= usize::from(self.config.max_inflight)
                     {
-                        return Err(ReasonCode::ReceiveMaximumExceeded);
+                        return Err(Problem::new(
+                            ReasonCode::ReceiveMaximumExceeded,
+                            format!(
+                                "more than {} QoS 2 messages awaiting PUBREL",
+                                self.config.max_inflight
+                            ),
+                        ));
                     }
                     self.incoming_qos2.insert(packet_id);
                     self.route(publish, now);
@@ -59,13 +72,13 @@ impl Session {
     /// Both answers are PUBCOMP: for an unknown id the client is still
     /// waiting for one, and v5 is told the id was not found.
     pub(super) fn handle_pubrel(&mut self, packet_id: u16) {
-        let reason = if self.incoming_qos2.remove(&packet_id) || !self.protocol.is_v5() {
-            ReasonCode::Success
-        } else {
-            ReasonCode::PacketIdentifierNotFound
-        };
-        self.control
-            .push_back(Packet::PubComp(pub_response(packet_id, reason)));
+        let mut pubcomp = pub_response(packet_id, ReasonCode::Success);
+        if !self.incoming_qos2.remove(&packet_id) && self.protocol.is_v5() {
+            pubcomp.reason = ReasonCode::PacketIdentifierNotFound;
+            pubcomp.properties.reason_string =
+                Some(format!("packet id {packet_id} is not awaiting PUBREL").into());
+        }
+        self.control.push_back(Packet::PubComp(pubcomp));
     }
 
     fn route(&mut self, publish: Publish, now: Instant) {
@@ -94,6 +107,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::{Disconnect, ProtocolVersion, PublishProperties};
+    use crate::session::SessionConfig;
     use crate::session::testing::*;
 
     fn routed(session: &mut Session) -> Vec<Arc<Message>> {
@@ -214,6 +228,17 @@ mod tests {
         session
             .handle_packet(Packet::PubRel(pub_response(77, ReasonCode::Success)), now)
             .unwrap();
+        let mut expected = pub_response(77, ReasonCode::PacketIdentifierNotFound);
+        expected.properties.reason_string = Some("packet id 77 is not awaiting PUBREL".into());
+        assert_eq!(transmit(&mut session, now), vec![Packet::PubComp(expected)]);
+
+        // Request Problem Information 0: the reason code, not the string.
+        let mut quiet = connect(ProtocolVersion::V5);
+        quiet.properties.request_problem_information = Some(false);
+        let (mut session, now) = connected_with(quiet);
+        session
+            .handle_packet(Packet::PubRel(pub_response(77, ReasonCode::Success)), now)
+            .unwrap();
         assert_eq!(
             transmit(&mut session, now),
             vec![Packet::PubComp(pub_response(
@@ -283,21 +308,114 @@ mod tests {
         );
     }
 
-    #[test]
-    fn topic_alias_is_invalid() {
-        let (mut session, now) = connected(ProtocolVersion::V5);
-        let mut packet = publish_in("", QoS::AtMostOnce, 0);
+    fn aliased(topic: &str, alias: u16) -> Packet {
+        let mut packet = publish_in(topic, QoS::AtMostOnce, 0);
         if let Packet::Publish(publish) = &mut packet {
-            publish.properties.topic_alias = Some(1);
+            publish.properties.topic_alias = Some(alias);
         }
+        packet
+    }
+
+    fn disconnect_reason_string(session: &mut Session, now: Instant) -> Option<String> {
+        transmit(session, now)
+            .into_iter()
+            .find_map(|packet| match packet {
+                Packet::Disconnect(disconnect) => {
+                    disconnect.properties.reason_string.map(|s| s.to_string())
+                }
+                _ => None,
+            })
+    }
+
+    #[test]
+    fn topic_alias_binds_and_resolves_and_is_not_routed() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session.handle_packet(aliased("a/b", 1), now).unwrap();
+        session.handle_packet(aliased("", 1), now).unwrap();
+        session.handle_packet(aliased("c", 1), now).unwrap();
+        session.handle_packet(aliased("", 1), now).unwrap();
+        session.handle_packet(aliased("max", 10), now).unwrap();
+        session.handle_packet(aliased("", 10), now).unwrap();
+        let messages = routed(&mut session);
+        let topics: Vec<_> = messages.iter().map(|m| m.topic.to_string()).collect();
+        assert_eq!(topics, vec!["a/b", "a/b", "c", "c", "max", "max"]);
+        assert!(messages.iter().all(|m| m.properties.topic_alias.is_none()));
+    }
+
+    #[test]
+    fn topic_alias_above_maximum_is_invalid() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
         assert_eq!(
-            session.handle_packet(packet, now),
+            session.handle_packet(aliased("t", 11), now),
             Err(ReasonCode::TopicAliasInvalid)
         );
         assert_eq!(actions(&mut session), vec![SessionAction::Close]);
         assert_eq!(
+            disconnect_reason_string(&mut session, now).as_deref(),
+            Some("topic alias 11 exceeds maximum 10")
+        );
+
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        assert_eq!(
+            session.handle_packet(aliased("t", 0), now),
+            Err(ReasonCode::TopicAliasInvalid)
+        );
+    }
+
+    #[test]
+    fn topic_alias_maximum_zero_accepts_none() {
+        let now = Instant::now();
+        let mut session = Session::new("c".into(), now);
+        let config = SessionConfig {
+            topic_alias_maximum: 0,
+            ..config()
+        };
+        session.handle_connect(&connect(ProtocolVersion::V5), false, &config, now);
+        assert_eq!(
+            session.handle_packet(aliased("t", 1), now),
+            Err(ReasonCode::TopicAliasInvalid)
+        );
+        assert_eq!(
             disconnect_reason(&mut session, now),
             Some(ReasonCode::TopicAliasInvalid)
+        );
+    }
+
+    #[test]
+    fn unknown_topic_alias_is_a_protocol_error() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        assert_eq!(
+            session.handle_packet(aliased("", 1), now),
+            Err(ReasonCode::ProtocolError)
+        );
+        assert_eq!(
+            disconnect_reason(&mut session, now),
+            Some(ReasonCode::ProtocolError)
+        );
+    }
+
+    #[test]
+    fn topic_aliases_reset_on_a_new_connection() {
+        let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
+        session.handle_packet(aliased("a", 1), now).unwrap();
+        session.handle_connection_lost(now);
+        session.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
+        assert_eq!(
+            session.handle_packet(aliased("", 1), now),
+            Err(ReasonCode::ProtocolError)
+        );
+    }
+
+    #[test]
+    fn aliased_invalid_topic_is_refused_and_not_bound() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        assert_eq!(
+            session.handle_packet(aliased("a/+", 1), now),
+            Err(ReasonCode::TopicNameInvalid)
+        );
+        assert_eq!(
+            disconnect_reason_string(&mut session, now).as_deref(),
+            Some("invalid topic name \"a/+\"")
         );
     }
 
@@ -327,23 +445,19 @@ mod tests {
     }
 
     #[test]
-    fn auth_is_a_protocol_error_without_a_method() {
+    fn auth_is_a_protocol_error() {
         let (mut session, now) = connected(ProtocolVersion::V5);
         let auth = Packet::Auth(crate::protocol::Auth {
             reason: ReasonCode::ContinueAuthentication,
             properties: Default::default(),
         });
         assert_eq!(
-            session.handle_packet(auth.clone(), now),
+            session.handle_packet(auth, now),
             Err(ReasonCode::ProtocolError)
         );
-
-        let mut connect = connect(ProtocolVersion::V5);
-        connect.properties.authentication_method = Some("SCRAM-SHA-1".into());
-        let (mut session, now) = connected_with(connect);
         assert_eq!(
-            session.handle_packet(auth, now),
-            Err(ReasonCode::BadAuthenticationMethod)
+            disconnect_reason_string(&mut session, now).as_deref(),
+            Some("unexpected AUTH packet")
         );
     }
 

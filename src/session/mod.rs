@@ -8,6 +8,7 @@
 //! (for the router) and [`Session::poll_transmit`] (for the socket).
 //!
 //! One file per concern: `connect` (CONNECT, DISCONNECT, resume),
+//! `alias` (v5 topic aliases in both directions),
 //! `incoming` (PUBLISH and PUBREL from the client), `subscribe`, `deliver`
 //! (routed messages through the queue and the inflight window, and the
 //! client's acks for them), `inflight` (packet ids and outgoing QoS 1/2
@@ -19,6 +20,7 @@
 //! and a client's ack for an unknown packet id is ignored rather than
 //! treated as an error.
 
+mod alias;
 mod connect;
 mod deliver;
 mod incoming;
@@ -39,9 +41,10 @@ use rustc_hash::FxHashSet;
 
 use crate::message::Message;
 use crate::protocol::{
-    ConnAck, Connect, Disconnect, DisconnectProperties, LastWill, Packet, ProtocolVersion, QoS,
-    ReasonCode, SubscriptionOptions,
+    ConnAck, Connect, Disconnect, DisconnectProperties, LastWill, Packet, ProtocolVersion, Publish,
+    QoS, ReasonCode, SubscriptionOptions,
 };
+use alias::{IncomingAliases, OutgoingAliases};
 use inflight::{Inflight, Resend};
 use queue::Outgoing;
 
@@ -60,6 +63,12 @@ pub struct SessionConfig {
     pub max_keepalive: u16,
     /// Largest packet the broker accepts, advertised in v5 CONNACK.
     pub max_packet_size: u32,
+    /// Topic Alias Maximum advertised to v5 clients: the aliases they may
+    /// use on PUBLISH are 1 to this; 0 accepts none.
+    pub topic_alias_maximum: u16,
+    /// Assign topic aliases to the PUBLISH packets sent to v5 clients that
+    /// accept them (their CONNECT Topic Alias Maximum).
+    pub server_topic_aliases: bool,
 }
 
 /// What happens to a QoS 1/2 message that finds the queue full. QoS 0
@@ -83,6 +92,20 @@ pub struct Delivery {
     pub from_retained_store: bool,
     /// v5 Subscription Identifiers of all matching subscriptions.
     pub subscription_ids: Vec<u32>,
+}
+
+/// Why the session refuses what a client did: the reason code, and what
+/// to say about it in a v5 Reason String.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem {
+    pub reason: ReasonCode,
+    pub detail: String,
+}
+
+impl Problem {
+    fn new(reason: ReasonCode, detail: String) -> Problem {
+        Problem { reason, detail }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,9 +170,12 @@ pub struct Session {
     /// A DISCONNECT may not turn a session that CONNECT asked to end with
     /// the connection into one that persists (spec 3.14.2.2.2).
     connected_with_zero_expiry: bool,
-    /// CONNECT carried an Authentication Method, which changes what an AUTH
-    /// packet means.
-    authenticating: bool,
+    /// v5 Request Problem Information: when false, no Reason String or
+    /// User Property goes on packets other than PUBLISH, CONNACK and
+    /// DISCONNECT (spec 3.1.2.11.7).
+    problem_information: bool,
+    incoming_aliases: IncomingAliases,
+    outgoing_aliases: OutgoingAliases,
     /// Outgoing QoS 1/2 messages allowed in flight: the smaller of the
     /// client's Receive Maximum and ours.
     window: usize,
@@ -187,6 +213,8 @@ const NEVER_CONNECTED: SessionConfig = SessionConfig {
     queue_full: QueueFullPolicy::Drop,
     max_keepalive: u16::MAX,
     max_packet_size: u32::MAX,
+    topic_alias_maximum: 0,
+    server_topic_aliases: false,
 };
 
 impl Session {
@@ -201,7 +229,9 @@ impl Session {
             keep_alive: 0,
             session_expiry: 0,
             connected_with_zero_expiry: true,
-            authenticating: false,
+            problem_information: true,
+            incoming_aliases: IncomingAliases::default(),
+            outgoing_aliases: OutgoingAliases::default(),
             window: 1,
             client_max_packet_size: None,
             subscriptions: FxHashSet::default(),
@@ -260,12 +290,16 @@ impl Session {
         self.client_max_packet_size
     }
 
-    /// The shard did not send the PUBLISH with `packet_id` because it is
-    /// larger than [`Session::client_max_packet_size`]: the spec has it
-    /// treated as delivered (3.1.2.11.4), so its inflight slot and packet id
-    /// are freed.
-    pub fn discard_publish(&mut self, packet_id: u16) {
-        self.inflight.remove(packet_id);
+    /// The shard did not send `publish` (from [`Session::poll_transmit`])
+    /// because it is larger than [`Session::client_max_packet_size`]: the
+    /// spec has it treated as delivered (3.1.2.11.4), so its inflight slot
+    /// and packet id are freed; a topic alias it would have announced is
+    /// announced again by the next PUBLISH on its topic.
+    pub fn discard_publish(&mut self, publish: &Publish) {
+        if publish.qos != QoS::AtMostOnce {
+            self.inflight.remove(publish.packet_id);
+        }
+        self.outgoing_aliases.forget(publish);
     }
 
     /// A packet from the client after CONNECT. `Err` carries the reason to
@@ -307,18 +341,27 @@ impl Session {
                 Ok(())
             }
             Packet::Disconnect(disconnect) => self.handle_disconnect(&disconnect),
-            // No authentication method is supported, so one named in
-            // CONNECT can't be continued; without one, AUTH is out of place
-            // (spec 4.12).
-            Packet::Auth(_) if self.authenticating => Err(ReasonCode::BadAuthenticationMethod),
-            Packet::Auth(_)
+            // A CONNECT naming an authentication method is refused (none is
+            // supported), so no connection is ever authenticating and AUTH
+            // is always out of place (spec 4.12).
+            other @ (Packet::Auth(_)
             | Packet::Connect(_)
             | Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
-            | Packet::PingResp => Err(ReasonCode::ProtocolError),
+            | Packet::PingResp) => Err(Problem::new(
+                ReasonCode::ProtocolError,
+                format!(
+                    "unexpected {} packet",
+                    format!("{:?}", other.packet_type()).to_uppercase()
+                ),
+            )),
         };
-        result.inspect_err(|&reason| self.close(Some(reason)))
+        result.map_err(|problem| {
+            let reason = problem.reason;
+            self.close(Some(problem));
+            reason
+        })
     }
 
     /// A message routed to this session.
@@ -375,14 +418,19 @@ impl Session {
         std::mem::take(&mut self.dropped_expired)
     }
 
-    /// Ends the current connection: a v5 client is told `reason` first.
-    fn close(&mut self, reason: Option<ReasonCode>) {
-        if let Some(reason) = reason
+    /// Ends the current connection: a v5 client is told why first. The
+    /// Reason String goes out whatever Request Problem Information said:
+    /// DISCONNECT is exempt (spec 3.1.2.11.7).
+    fn close(&mut self, problem: Option<Problem>) {
+        if let Some(problem) = problem
             && self.protocol.is_v5()
         {
             self.control.push_back(Packet::Disconnect(Disconnect {
-                reason,
-                properties: DisconnectProperties::default(),
+                reason: problem.reason,
+                properties: DisconnectProperties {
+                    reason_string: Some(problem.detail.into()),
+                    ..DisconnectProperties::default()
+                },
             }));
         }
         self.closing = true;

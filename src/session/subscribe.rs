@@ -2,6 +2,8 @@
 //! match; the session keeps the filters only to answer the questions the
 //! spec asks of "this session's" subscriptions.
 
+use bytestring::ByteString;
+
 use super::{Session, SessionAction};
 use crate::protocol::topic::valid_topic_filter;
 use crate::protocol::{
@@ -17,6 +19,25 @@ fn granted(qos: QoS) -> ReasonCode {
     }
 }
 
+/// A Reason String naming each refused filter and why, or `None` when all
+/// were granted.
+fn refusals(filters: &[ByteString], reasons: &[ReasonCode]) -> Option<ByteString> {
+    let refused: Vec<String> = filters
+        .iter()
+        .zip(reasons)
+        .filter(|(_, reason)| reason.is_error())
+        .map(|(filter, reason)| {
+            let why = match reason {
+                ReasonCode::TopicFilterInvalid => "invalid topic filter",
+                ReasonCode::SharedSubscriptionsNotSupported => "shared subscriptions not supported",
+                _ => "refused",
+            };
+            format!("{filter:?}: {why}")
+        })
+        .collect();
+    (!refused.is_empty()).then(|| refused.join("; ").into())
+}
+
 impl Session {
     /// Each filter is answered on its own; the SUBACK is queued after the
     /// Subscribe actions, but as a control packet it still leaves before
@@ -27,6 +48,12 @@ impl Session {
         } else {
             None
         };
+        // Kept for the Reason String (refcounted, not copied).
+        let filters: Vec<_> = subscribe
+            .filters
+            .iter()
+            .map(|subscription| subscription.filter.clone())
+            .collect();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         for subscription in subscribe.filters {
             let filter = subscription.filter;
@@ -53,10 +80,14 @@ impl Session {
                 send_retained,
             });
         }
+        let properties = SubAckProperties {
+            reason_string: refusals(&filters, &reasons),
+            ..SubAckProperties::default()
+        };
         self.control.push_back(Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reasons,
-            properties: SubAckProperties::default(),
+            properties,
         }));
     }
 
@@ -152,6 +183,48 @@ mod tests {
                 other => panic!("expected Subscribe, got {other:?}"),
             })
             .collect()
+    }
+
+    fn suback_reason_string(session: &mut Session, now: Instant) -> Option<String> {
+        match transmit(session, now).as_slice() {
+            [Packet::SubAck(suback)] => suback
+                .properties
+                .reason_string
+                .as_ref()
+                .map(|s| s.to_string()),
+            other => panic!("expected one SUBACK, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_filters_are_named_in_the_reason_string() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let packet = subscribe(
+            &[
+                ("a/#/b", qos(QoS::AtMostOnce)),
+                ("ok", qos(QoS::AtMostOnce)),
+            ],
+            None,
+        );
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(
+            suback_reason_string(&mut session, now).as_deref(),
+            Some("\"a/#/b\": invalid topic filter")
+        );
+
+        let packet = subscribe(&[("ok", qos(QoS::AtMostOnce))], None);
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(suback_reason_string(&mut session, now), None);
+    }
+
+    #[test]
+    fn no_reason_string_when_the_client_asked_for_no_problem_information() {
+        let mut quiet = connect(ProtocolVersion::V5);
+        quiet.properties.request_problem_information = Some(false);
+        let (mut session, now) = connected_with(quiet);
+        let packet = subscribe(&[("a/#/b", qos(QoS::AtMostOnce))], None);
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(suback_reason_string(&mut session, now), None);
     }
 
     #[test]

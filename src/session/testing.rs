@@ -19,6 +19,8 @@ pub fn config() -> SessionConfig {
         queue_full: QueueFullPolicy::Drop,
         max_keepalive: u16::MAX,
         max_packet_size: 1 << 20,
+        topic_alias_maximum: 10,
+        server_topic_aliases: true,
     }
 }
 

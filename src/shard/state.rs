@@ -518,7 +518,7 @@ impl ShardState {
             {
                 // Spec 3.1.2.11.4: a message the client cannot take is
                 // discarded as if delivered.
-                slot.session.discard_publish(publish.packet_id);
+                slot.session.discard_publish(publish);
                 self.drops.too_large += 1;
             }
         }

@@ -593,3 +593,40 @@ pub fn take_packet(buf: &mut Vec<u8>) -> Option<Packet> {
     buf.drain(..i + len);
     Some(packet)
 }
+
+// More MQTT 5 property identifiers, for the CONNACK limits and topic aliases.
+pub const AUTHENTICATION_METHOD: u8 = 0x15;
+pub const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
+pub const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+pub const RESPONSE_INFORMATION: u8 = 0x1A;
+pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+pub const TOPIC_ALIAS: u8 = 0x23;
+pub const MAXIMUM_QOS: u8 = 0x24;
+pub const RETAIN_AVAILABLE: u8 = 0x25;
+pub const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
+pub const SUBSCRIPTION_IDS_AVAILABLE: u8 = 0x29;
+pub const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
+
+impl Packet {
+    /// MQTT 5 DISCONNECT properties (none when the body stops early).
+    pub fn disconnect_props(&self) -> Vec<(u8, Prop)> {
+        assert_eq!(self.kind(), DISCONNECT, "expected DISCONNECT, got {self:?}");
+        let mut r = Reader::new(&self.body);
+        if r.remaining() < 2 {
+            return Vec::new();
+        }
+        r.u8();
+        r.props()
+    }
+
+    /// MQTT 5 SUBACK / UNSUBACK properties.
+    pub fn suback_props(&self) -> Vec<(u8, Prop)> {
+        assert!(
+            self.kind() == SUBACK || self.kind() == UNSUBACK,
+            "expected SUBACK/UNSUBACK, got {self:?}"
+        );
+        let mut r = Reader::new(&self.body);
+        r.u16();
+        r.props()
+    }
+}
