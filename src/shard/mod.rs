@@ -59,6 +59,7 @@ mod listener;
 pub mod mesh;
 mod notify;
 mod state;
+pub mod websocket;
 
 use std::hash::{Hash, Hasher};
 use std::io;
@@ -100,6 +101,8 @@ pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
+    /// Addresses serving MQTT over WebSocket.
+    pub ws_listen: Vec<SocketAddr>,
     pub shards: usize,
     pub io_driver: IoDriver,
     pub shard: ShardConfig,
@@ -134,8 +137,8 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         "starting"
     );
 
-    let listeners =
-        listener::bind_all(&config.listen, config.shards).map_err(StartError::Listen)?;
+    let listeners = listener::bind_all(&config.listen, &config.ws_listen, config.shards)
+        .map_err(StartError::Listen)?;
     let (mesh, inboxes) = MeshHandle::build(config.shards);
     watch_signals(mesh.clone())?;
 
@@ -203,16 +206,20 @@ async fn shard_main(
     id: ShardId,
     mesh: MeshHandle,
     inbox: Receiver<Vec<ShardMsg>>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<listener::Listener>,
     config: ShardConfig,
 ) {
     let mesh = mesh.attach(id, inbox);
     let inbox = mesh.inbox();
     let state = ShardState::new(mesh, Rc::new(config));
     for listener in listeners {
-        match monoio::net::TcpListener::from_std(listener) {
-            Ok(listener) => {
-                monoio::spawn(listener::accept_loop(state.clone(), listener));
+        match monoio::net::TcpListener::from_std(listener.socket) {
+            Ok(socket) => {
+                monoio::spawn(listener::accept_loop(
+                    state.clone(),
+                    socket,
+                    listener.transport,
+                ));
             }
             Err(error) => error!(shard = id, %error, "cannot adopt listening socket"),
         }
