@@ -595,7 +595,7 @@ async fn upgrade(
                 }
                 let mut mqtt = BytesMut::with_capacity(READ_CHUNK);
                 framing.handle_wire(&request[consumed..], &mut mqtt)?;
-                return Ok((framing, mqtt));
+                return Ok((*framing, mqtt));
             }
         }
     }

@@ -64,7 +64,7 @@ pub enum Upgrade {
     /// `consumed` bytes were the request; any after it are already frames.
     Accepted {
         response: Vec<u8>,
-        framing: WsFraming,
+        framing: Box<WsFraming>,
         consumed: usize,
     },
     /// Write `response`, then close.
@@ -109,7 +109,7 @@ pub fn handle_upgrade(request: &[u8], max_packet_size: usize) -> Upgrade {
     }
     Upgrade::Accepted {
         response: bytes,
-        framing: WsFraming::new(max_packet_size),
+        framing: Box::new(WsFraming::new(max_packet_size)),
         consumed,
     }
 }
@@ -310,7 +310,7 @@ mod tests {
                 consumed,
             } => (
                 String::from_utf8(response).expect("ASCII response"),
-                framing,
+                *framing,
                 consumed,
             ),
             other => panic!("expected an upgrade, got {other:?}"),
