@@ -137,10 +137,12 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         "starting"
     );
 
+    let (mesh, inboxes) = MeshHandle::build(config.shards);
+    // Before binding: once `listening` is logged, a SIGTERM must already
+    // mean a clean shutdown, not the default action (death by signal).
+    watch_signals(mesh.clone())?;
     let listeners = listener::bind_all(&config.listen, &config.ws_listen, config.shards)
         .map_err(StartError::Listen)?;
-    let (mesh, inboxes) = MeshHandle::build(config.shards);
-    watch_signals(mesh.clone())?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
