@@ -378,3 +378,13 @@ fn broker_side_close_sends_a_close_frame() {
     client.send(&Connect::v4("again").encode());
     assert_eq!(client.expect_close(), CloseCode::Normal);
 }
+
+#[test]
+fn refused_connect_arrives_framed_before_the_close() {
+    let broker = broker();
+    let mut client = Client::ws(broker.ws_addr());
+    client.send(&Connect::new(9, &unique_id("ws-level-9")).encode());
+    let connack = client.recv_kind(wire::CONNACK).connack(wire::V4);
+    assert_eq!(connack.code, 0x01, "unacceptable protocol version");
+    assert_eq!(client.expect_close(), CloseCode::Normal);
+}

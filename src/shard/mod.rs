@@ -12,7 +12,8 @@
 //! ([`home_shard`]). Connections are accepted on every shard
 //! (SO_REUSEPORT); the accepting shard reads the CONNECT and, when the
 //! client id belongs elsewhere, hands the socket and any bytes read past
-//! the CONNECT to the home shard. The cost is one hop per connection, paid
+//! the CONNECT to the home shard (for a WebSocket connection, its framing
+//! state too: [`websocket`]). The cost is one hop per connection, paid
 //! once. What it buys: a client id has exactly one home, so session
 //! takeover, resume and persistent state are local decisions with no
 //! cross-core directory and no race between two shards claiming a session.
