@@ -34,6 +34,9 @@ const MAX_PACKET_SIZE: u32 = 268_435_455;
 pub struct Config {
     /// Never empty. Port 0 asks the OS for a free port.
     pub listen: Vec<SocketAddr>,
+    /// Addresses serving MQTT over WebSocket (path `/mqtt`); may be empty.
+    /// Port 0 asks the OS for a free port.
+    pub ws_listen: Vec<SocketAddr>,
     /// Shards to start, one thread each. At least 1; more than the CPU
     /// count is allowed and pinned modulo the CPUs.
     pub cores: usize,
@@ -119,6 +122,10 @@ struct Cli {
     /// [default: 0.0.0.0:1883].
     #[arg(long, value_name = "ADDR")]
     listen: Option<Vec<SocketAddr>>,
+    /// Address to accept MQTT over WebSocket on (HTTP upgrade on /mqtt);
+    /// repeat for several [default: none].
+    #[arg(long, value_name = "ADDR")]
+    ws_listen: Option<Vec<SocketAddr>>,
     /// Number of shards (threads) [default: number of CPUs].
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
@@ -159,6 +166,7 @@ struct Cli {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<Vec<SocketAddr>>,
+    ws_listen: Option<Vec<SocketAddr>>,
     cores: Option<usize>,
     io_driver: Option<IoDriver>,
     log_level: Option<LogLevel>,
@@ -265,6 +273,7 @@ impl Config {
 
         Ok(Config {
             listen,
+            ws_listen: cli.ws_listen.or(file.ws_listen).unwrap_or_default(),
             cores,
             io_driver: cli.io_driver.or(file.io_driver).unwrap_or_default(),
             log_level: cli.log_level.or(file.log_level).unwrap_or_default(),
@@ -370,6 +379,7 @@ mod tests {
     fn defaults() {
         let config = parse(&[]).expect("no flags is valid");
         assert_eq!(config.listen, ["0.0.0.0:1883".parse().expect("literal")]);
+        assert!(config.ws_listen.is_empty());
         assert!(config.cores >= 1);
         assert_eq!(config.io_driver, IoDriver::Auto);
         assert_eq!(config.log_level, LogLevel::Info);
@@ -390,6 +400,7 @@ mod tests {
             "file-only.toml",
             r#"
             listen = ["127.0.0.1:0", "[::1]:8883"]
+            ws_listen = ["127.0.0.1:8083"]
             cores = 3
             io_driver = "epoll"
             log_level = "debug"
@@ -410,6 +421,7 @@ mod tests {
                     "127.0.0.1:0".parse().expect("literal"),
                     "[::1]:8883".parse().expect("literal"),
                 ],
+                ws_listen: vec!["127.0.0.1:8083".parse().expect("literal")],
                 cores: 3,
                 io_driver: IoDriver::Epoll,
                 log_level: LogLevel::Debug,
@@ -479,6 +491,24 @@ mod tests {
                 "[::]:0".parse().expect("literal"),
             ]
         );
+    }
+
+    #[test]
+    fn ws_listen_is_repeatable_and_overrides_the_file() {
+        let config = merge(
+            &["--ws-listen", "127.0.0.1:8083", "--ws-listen", "[::1]:0"],
+            "ws_listen = [\"0.0.0.0:9001\"]",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.ws_listen,
+            [
+                "127.0.0.1:8083".parse::<SocketAddr>().expect("literal"),
+                "[::1]:0".parse().expect("literal"),
+            ]
+        );
+        let error = parse(&["--ws-listen", "localhost"]).expect_err("not an address");
+        assert!(error.to_string().contains("--ws-listen"), "{error}");
     }
 
     #[test]
@@ -615,6 +645,7 @@ mod tests {
         // the example documents it.
         let FileConfig {
             listen,
+            ws_listen,
             cores,
             io_driver,
             log_level,
@@ -627,6 +658,7 @@ mod tests {
             server_topic_aliases,
         } = &file;
         assert!(listen.is_some());
+        assert!(ws_listen.is_some());
         assert!(cores.is_some());
         assert!(io_driver.is_some());
         assert!(log_level.is_some());

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
 
     let server = ServerConfig {
         listen: config.listen.clone(),
+        ws_listen: config.ws_listen.clone(),
         shards: config.cores,
         io_driver: config.io_driver,
         shard: ShardConfig {

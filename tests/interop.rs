@@ -80,6 +80,24 @@ fn paho_python_client() {
 }
 
 #[test]
+fn paho_python_client_over_websocket() {
+    require(
+        Command::new("python3").args([
+            "-c",
+            "import paho.mqtt.client as m, sys; sys.exit(0 if hasattr(m, 'CallbackAPIVersion') else 1)",
+        ]),
+        "python3 with paho-mqtt 2.x (`pip install 'paho-mqtt>=2,<3'`)",
+    );
+    let broker = Broker::start(&["--ws-listen", "127.0.0.1:0", "--cores", "2"]);
+    let mut cmd = Command::new("python3");
+    cmd.arg(script("paho_websocket.py"))
+        .arg(broker.addr.ip().to_string())
+        .arg(broker.addr.port().to_string())
+        .arg(broker.ws_addr().port().to_string());
+    run_script(cmd, "paho_websocket.py");
+}
+
+#[test]
 fn mosquitto_command_line_clients() {
     for tool in ["mosquitto_pub", "mosquitto_sub"] {
         // `--help` exits 1, so ask the shell whether the tool exists.

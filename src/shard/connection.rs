@@ -2,6 +2,11 @@
 //! moving it to its session's home shard, then a reader task that decodes
 //! and hands packets to the shard and a writer task that flushes whatever
 //! the shard appended to the connection's output, in one write per wake-up.
+//!
+//! A WebSocket connection first answers its HTTP upgrade; from then on the
+//! reader passes what the socket gives through the connection's
+//! [`WsFraming`] before decoding, and the writer wraps each flush in one
+//! binary frame. Above that layer, the MQTT code is the same for both.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -17,9 +22,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::listener::Transport;
 use super::mesh::{Handoff, ShardMsg};
 use super::notify::LocalNotify;
 use super::state::{SessionKey, ShardState};
+use super::websocket::{self, Upgrade, WsError, WsFraming};
 use super::{ShardId, home_shard};
 use crate::protocol::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -29,8 +36,9 @@ use crate::protocol::{
 /// How much the reader asks the kernel for at a time.
 const READ_CHUNK: usize = 4 * 1024;
 
-/// A TCP connection that has not completed its CONNECT within this long is
-/// closed, so idle sockets cannot pin file descriptors.
+/// A TCP connection that has not completed its CONNECT (or its WebSocket
+/// upgrade) within this long is closed, so idle sockets cannot pin file
+/// descriptors.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The shard's handle on a live connection: where packets for the client
@@ -154,35 +162,62 @@ impl ConnHandle {
 
 /// Reads the CONNECT of a freshly accepted connection, then serves it here
 /// or hands it to its client id's home shard.
-pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn accept(
+    state: Rc<RefCell<ShardState>>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+) {
     // Small MQTT packets must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     let max_packet_size = state.borrow().config().max_packet_size;
-    let (mut connect, read_buf) =
-        match monoio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream, max_packet_size))
-            .await
-        {
-            Ok(Ok(connected)) => connected,
-            Ok(Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
-                debug!(%peer, level, "unsupported protocol level");
-                // Spec 3.1.2.2: answer 0x01 in the 3.1.1 form, then close.
-                refuse(
-                    &mut stream,
-                    ProtocolVersion::V3_1_1,
-                    ReasonCode::UnsupportedProtocolVersion,
-                )
-                .await;
-                return;
+    // In a `RefCell` only so that this task and, once served here, the
+    // connection's reader and writer use it the same way.
+    let (framing, read_buf) = match transport {
+        Transport::Tcp => (None, BytesMut::with_capacity(READ_CHUNK)),
+        Transport::WebSocket => {
+            match monoio::time::timeout(CONNECT_TIMEOUT, upgrade(&mut stream, max_packet_size))
+                .await
+            {
+                Ok(Ok((framing, read_buf))) => (Some(RefCell::new(framing)), read_buf),
+                Ok(Err(error)) => {
+                    debug!(%peer, %error, "closing connection before websocket upgrade");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "no websocket upgrade within the connect timeout");
+                    return;
+                }
             }
-            Ok(Err(error)) => {
-                debug!(%peer, %error, "closing connection before CONNECT");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "no CONNECT within the connect timeout");
-                return;
-            }
-        };
+        }
+    };
+    let websocket = framing.as_ref();
+    let read = read_connect(&mut stream, websocket, read_buf, max_packet_size);
+    let (mut connect, read_buf) = match monoio::time::timeout(CONNECT_TIMEOUT, read).await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+            debug!(%peer, level, "unsupported protocol level");
+            // Spec 3.1.2.2: answer 0x01 in the 3.1.1 form, then close.
+            refuse(
+                &mut stream,
+                websocket,
+                ProtocolVersion::V3_1_1,
+                ReasonCode::UnsupportedProtocolVersion,
+            )
+            .await;
+            return;
+        }
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "closing connection before CONNECT");
+            // A WebSocket may owe the client a close frame.
+            write_framing_output(&mut stream, websocket).await;
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout");
+            return;
+        }
+    };
 
     let assigned_client_id = connect.client_id.is_empty();
     if assigned_client_id {
@@ -191,6 +226,7 @@ pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer:
         if !connect.clean_start && !connect.protocol.is_v5() {
             refuse(
                 &mut stream,
+                websocket,
                 connect.protocol,
                 ReasonCode::ClientIdentifierNotValid,
             )
@@ -205,8 +241,18 @@ pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer:
         (state.id(), state.mesh.shard_count())
     };
     let home = home_shard(&connect.client_id, shards);
+    let websocket = framing.map(RefCell::into_inner);
     if home == me {
-        serve(state, stream, peer, connect, assigned_client_id, read_buf).await;
+        serve(
+            state,
+            stream,
+            peer,
+            connect,
+            assigned_client_id,
+            read_buf,
+            websocket,
+        )
+        .await;
         return;
     }
     // SAFETY: `into_raw_fd` gives up monoio's ownership of the descriptor
@@ -222,6 +268,7 @@ pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer:
             connect,
             assigned_client_id,
             read_buf,
+            websocket,
         })),
     );
     state.mesh.flush();
@@ -243,6 +290,7 @@ pub async fn serve_handoff(state: Rc<RefCell<ShardState>>, handoff: Handoff) {
         handoff.connect,
         handoff.assigned_client_id,
         handoff.read_buf,
+        handoff.websocket,
     )
     .await;
 }
@@ -255,6 +303,7 @@ async fn serve(
     connect: Connect,
     assigned_client_id: bool,
     read_buf: BytesMut,
+    websocket: Option<WsFraming>,
 ) {
     let client_id = connect.client_id.clone();
     state.borrow_mut().connection_opened();
@@ -268,10 +317,26 @@ async fn serve(
     info!(client = %client_id, version = connect.protocol.level(), %peer, "client connected");
     drop(connect);
 
+    // Shared by the reader, which feeds it and may owe a pong, and the
+    // writer, which frames the output; neither holds it across an await.
+    let framing = websocket.map(|framing| Rc::new(RefCell::new(framing)));
     let (reader, writer) = stream.into_split();
-    monoio::spawn(write_loop(state.clone(), conn.clone(), writer));
+    monoio::spawn(write_loop(
+        state.clone(),
+        conn.clone(),
+        writer,
+        framing.clone(),
+    ));
     if !conn.is_closing() {
-        read_loop(&state, &conn, reader, read_buf, attached.keep_alive).await;
+        read_loop(
+            &state,
+            &conn,
+            reader,
+            read_buf,
+            attached.keep_alive,
+            framing.as_deref(),
+        )
+        .await;
     }
     {
         let mut state = state.borrow_mut();
@@ -288,9 +353,11 @@ async fn read_loop(
     mut reader: OwnedReadHalf<TcpStream>,
     mut buf: BytesMut,
     keep_alive: Option<Duration>,
+    websocket: Option<&RefCell<WsFraming>>,
 ) {
     let max_packet_size = state.borrow().config().max_packet_size;
     let mut packets = Vec::new();
+    let mut wire = BytesMut::new();
     loop {
         // Decode everything buffered (a client may pipeline many packets
         // into one segment), then hand them over in one borrow.
@@ -317,8 +384,8 @@ async fn read_loop(
             return;
         }
 
-        let read = read_more(&mut reader, buf);
-        let (result, returned) = match keep_alive {
+        let read = read_mqtt(&mut reader, &mut buf, websocket, &mut wire);
+        let result = match keep_alive {
             Some(limit) => match monoio::time::timeout(limit, read).await {
                 Ok(done) => done,
                 Err(_) => {
@@ -328,11 +395,15 @@ async fn read_loop(
             },
             None => read.await,
         };
-        buf = returned;
-        match result {
-            Ok(0) => return conn.close(CloseReason::ClientClosed),
-            Ok(_) => {}
-            Err(_) => return conn.close(CloseReason::SocketError),
+        if websocket.is_some_and(|framing| framing.borrow().has_output()) {
+            // A pong or a close frame to send.
+            conn.writer.notify();
+        }
+        if let Err(end) = result {
+            if let ReadEnd::WebSocket(error) = &end {
+                debug!(%error, "websocket closed");
+            }
+            return conn.close(end.close_reason());
         }
     }
 }
@@ -341,36 +412,120 @@ async fn write_loop(
     state: Rc<RefCell<ShardState>>,
     conn: Rc<ConnHandle>,
     mut writer: OwnedWriteHalf<TcpStream>,
+    websocket: Option<Rc<RefCell<WsFraming>>>,
 ) {
     let mut spare = BytesMut::new();
     loop {
         conn.writer.notified().await;
         loop {
             let out = std::mem::replace(&mut *conn.out.borrow_mut(), spare);
-            if out.is_empty() {
-                spare = out;
-                break;
-            }
-            let (result, mut written) = writer.write_all(out).await;
+            let result = match &websocket {
+                None => {
+                    if out.is_empty() {
+                        spare = out;
+                        break;
+                    }
+                    let (result, mut written) = writer.write_all(out).await;
+                    written.clear();
+                    // A buffer that grew for a burst is not kept by an idle client.
+                    spare = if written.capacity() > 4 * READ_CHUNK {
+                        BytesMut::new()
+                    } else {
+                        written
+                    };
+                    result
+                }
+                Some(framing) => {
+                    // Frames are written even with no MQTT output: the
+                    // reader may have left a pong or a close frame.
+                    let wire = {
+                        let mut framing = framing.borrow_mut();
+                        if out.is_empty() {
+                            spare = out;
+                        } else {
+                            // The frame copies the bytes; the buffer goes
+                            // with the `Bytes` rather than being kept.
+                            framing.send(out.freeze());
+                            spare = BytesMut::new();
+                        }
+                        framing.take_output()
+                    };
+                    if wire.is_empty() {
+                        break;
+                    }
+                    writer.write_all(wire).await.0
+                }
+            };
             if result.is_err() {
                 conn.close(CloseReason::SocketError);
                 shutdown(conn.fd);
                 return;
             }
-            written.clear();
-            // A buffer that grew for a burst is not kept by an idle client.
-            spare = if written.capacity() > 4 * READ_CHUNK {
-                BytesMut::new()
-            } else {
-                written
-            };
             state.borrow_mut().on_written(&conn, Instant::now());
         }
         if conn.is_closing() {
+            if let Some(framing) = &websocket {
+                // The closing handshake, unless the client began it.
+                let wire = {
+                    let mut framing = framing.borrow_mut();
+                    framing.close();
+                    framing.take_output()
+                };
+                let _ = writer.write_all(wire).await;
+            }
             shutdown(conn.fd);
             return;
         }
     }
+}
+
+/// Why a connection's reading ended.
+enum ReadEnd {
+    Closed,
+    SocketError,
+    WebSocket(WsError),
+}
+
+impl ReadEnd {
+    fn close_reason(&self) -> CloseReason {
+        match self {
+            ReadEnd::Closed | ReadEnd::WebSocket(WsError::Closed) => CloseReason::ClientClosed,
+            ReadEnd::SocketError => CloseReason::SocketError,
+            ReadEnd::WebSocket(WsError::TextFrame | WsError::Protocol(_)) => {
+                CloseReason::Server(ReasonCode::ProtocolError)
+            }
+        }
+    }
+}
+
+/// Reads from the socket once and appends to `buf` the MQTT bytes that
+/// arrived: all of them over TCP; over WebSocket, the payloads of the
+/// binary messages they complete, perhaps none (`wire` is the reader's
+/// buffer for the frames).
+async fn read_mqtt(
+    reader: &mut impl AsyncReadRent,
+    buf: &mut BytesMut,
+    websocket: Option<&RefCell<WsFraming>>,
+    wire: &mut BytesMut,
+) -> Result<(), ReadEnd> {
+    let target = if websocket.is_some() {
+        &mut *wire
+    } else {
+        &mut *buf
+    };
+    let (result, returned) = read_more(reader, std::mem::take(target)).await;
+    *target = returned;
+    match result {
+        Ok(0) => return Err(ReadEnd::Closed),
+        Ok(_) => {}
+        Err(_) => return Err(ReadEnd::SocketError),
+    }
+    if let Some(framing) = websocket {
+        let unframed = framing.borrow_mut().handle_wire(wire, buf);
+        wire.clear();
+        unframed.map_err(ReadEnd::WebSocket)?;
+    }
+    Ok(())
 }
 
 /// Reads into the spare capacity after what `buf` already holds: a partial
@@ -404,13 +559,55 @@ enum HandshakeError {
     NotConnect(protocol::PacketType),
     #[error("closed before CONNECT")]
     Closed,
+    #[error("websocket upgrade refused: {0}")]
+    Upgrade(&'static str),
+    #[error("{0}")]
+    WebSocket(#[from] WsError),
+}
+
+/// Answers a WebSocket connection's HTTP upgrade request. Returns its
+/// framing and the MQTT bytes of any frames sent along with the request.
+async fn upgrade(
+    stream: &mut TcpStream,
+    max_packet_size: usize,
+) -> Result<(WsFraming, BytesMut), HandshakeError> {
+    let mut request = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let (result, returned) = read_more(stream, request).await;
+        request = returned;
+        match result {
+            Ok(0) | Err(_) => return Err(HandshakeError::Closed),
+            Ok(_) => {}
+        }
+        match websocket::handle_upgrade(&request, max_packet_size) {
+            Upgrade::Incomplete => {}
+            Upgrade::Refused { response, why } => {
+                let _ = stream.write_all(response).await;
+                return Err(HandshakeError::Upgrade(why));
+            }
+            Upgrade::Accepted {
+                response,
+                mut framing,
+                consumed,
+            } => {
+                if stream.write_all(response).await.0.is_err() {
+                    return Err(HandshakeError::Closed);
+                }
+                let mut mqtt = BytesMut::with_capacity(READ_CHUNK);
+                framing.handle_wire(&request[consumed..], &mut mqtt)?;
+                return Ok((*framing, mqtt));
+            }
+        }
+    }
 }
 
 async fn read_connect(
     stream: &mut TcpStream,
+    websocket: Option<&RefCell<WsFraming>>,
+    mut buf: BytesMut,
     max_packet_size: usize,
 ) -> Result<(Connect, BytesMut), HandshakeError> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut wire = BytesMut::new();
     loop {
         // The level CONNECT carries is what counts; the argument only
         // matters for packets that are not CONNECT, which are refused.
@@ -420,25 +617,52 @@ async fn read_connect(
                 other => Err(HandshakeError::NotConnect(other.packet_type())),
             };
         }
-        let (result, returned) = read_more(stream, buf).await;
-        buf = returned;
-        match result {
-            Ok(0) | Err(_) => return Err(HandshakeError::Closed),
-            Ok(_) => {}
+        match read_mqtt(stream, &mut buf, websocket, &mut wire).await {
+            Ok(()) => {}
+            Err(ReadEnd::WebSocket(error)) => return Err(error.into()),
+            Err(ReadEnd::Closed | ReadEnd::SocketError) => return Err(HandshakeError::Closed),
         }
     }
 }
 
 /// Sends a refusing CONNACK and lets the stream drop (closing it).
-async fn refuse(stream: &mut TcpStream, version: ProtocolVersion, reason: ReasonCode) {
+async fn refuse(
+    stream: &mut TcpStream,
+    websocket: Option<&RefCell<WsFraming>>,
+    version: ProtocolVersion,
+    reason: ReasonCode,
+) {
     let connack = Packet::ConnAck(ConnAck {
         session_present: false,
         reason,
         properties: ConnAckProperties::default(),
     });
     let mut out = BytesMut::new();
-    if connack.write(version, &mut out).is_ok() {
-        let _ = stream.write_all(out).await;
+    if connack.write(version, &mut out).is_err() {
+        return;
+    }
+    match websocket {
+        None => {
+            let _ = stream.write_all(out).await;
+        }
+        Some(framing) => {
+            {
+                let mut framing = framing.borrow_mut();
+                framing.send(out.freeze());
+                framing.close();
+            }
+            write_framing_output(stream, websocket).await;
+        }
+    }
+}
+
+/// Writes what a WebSocket's framing has for the client, if anything.
+async fn write_framing_output(stream: &mut TcpStream, websocket: Option<&RefCell<WsFraming>>) {
+    let Some(wire) = websocket.map(|framing| framing.borrow_mut().take_output()) else {
+        return;
+    };
+    if !wire.is_empty() {
+        let _ = stream.write_all(wire).await;
     }
 }
 

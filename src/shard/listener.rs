@@ -1,6 +1,7 @@
 //! Listening sockets: one per shard per address, bound with SO_REUSEPORT so
 //! the kernel spreads incoming connections over the shards and no thread
-//! accepts for all.
+//! accepts for all. An address speaks MQTT over plain TCP or over
+//! WebSocket ([`Transport`]).
 
 use std::cell::RefCell;
 use std::io;
@@ -16,27 +17,50 @@ use super::state::ShardState;
 
 const BACKLOG: i32 = 4096;
 
-/// Binds every address once per shard. Port 0 is resolved by the first
-/// bind, and the other shards bind the port it got. Returns, per shard, its
-/// listeners.
+/// How MQTT reaches the broker on a listening address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// MQTT packets directly on the TCP stream.
+    Tcp,
+    /// MQTT packets in WebSocket binary frames, after an HTTP upgrade on
+    /// `/mqtt` (spec 6.0).
+    WebSocket,
+}
+
+/// A shard's listening socket and what it speaks.
+pub struct Listener {
+    pub socket: std::net::TcpListener,
+    pub transport: Transport,
+}
+
+/// Binds every address once per shard, the TCP ones first (so the first
+/// `listening` line of the log names a TCP address). Port 0 is resolved by
+/// the first bind, and the other shards bind the port it got. Returns, per
+/// shard, its listeners.
 pub fn bind_all(
-    addrs: &[SocketAddr],
+    tcp: &[SocketAddr],
+    websocket: &[SocketAddr],
     shards: usize,
-) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
-    let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
-    for &requested in addrs {
+) -> io::Result<Vec<Vec<Listener>>> {
+    let mut per_shard: Vec<Vec<Listener>> = (0..shards).map(|_| Vec::new()).collect();
+    let addrs = (tcp.iter().map(|&addr| (addr, Transport::Tcp)))
+        .chain(websocket.iter().map(|&addr| (addr, Transport::WebSocket)));
+    for (requested, transport) in addrs {
         let mut addr = requested;
         for listeners in &mut per_shard {
-            let listener = bind(addr).map_err(|error| {
+            let socket = bind(addr).map_err(|error| {
                 io::Error::new(
                     error.kind(),
                     format!("cannot listen on {requested}: {error}"),
                 )
             })?;
-            addr = listener.local_addr()?;
-            listeners.push(listener);
+            addr = socket.local_addr()?;
+            listeners.push(Listener { socket, transport });
         }
-        info!(%addr, "listening");
+        match transport {
+            Transport::Tcp => info!(%addr, "listening"),
+            Transport::WebSocket => info!(%addr, transport = %"websocket", "listening"),
+        }
     }
     Ok(per_shard)
 }
@@ -52,14 +76,18 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Accepts until the shard drains.
-pub async fn accept_loop(state: Rc<RefCell<ShardState>>, listener: monoio::net::TcpListener) {
+pub async fn accept_loop(
+    state: Rc<RefCell<ShardState>>,
+    listener: monoio::net::TcpListener,
+    transport: Transport,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 if state.borrow().draining {
                     return;
                 }
-                monoio::spawn(connection::accept(state.clone(), stream, peer));
+                monoio::spawn(connection::accept(state.clone(), stream, peer, transport));
             }
             Err(error) => {
                 // Typically EMFILE: back off instead of spinning on the error.

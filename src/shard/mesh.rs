@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::ShardId;
 use super::notify::LocalNotify;
+use super::websocket::WsFraming;
 use crate::message::Message;
 use crate::protocol::Connect;
 
@@ -55,7 +56,11 @@ pub struct Handoff {
     pub peer: SocketAddr,
     pub connect: Connect,
     pub assigned_client_id: bool,
+    /// MQTT bytes, already out of their WebSocket frames if any.
     pub read_buf: BytesMut,
+    /// A WebSocket connection's framing state (a partial frame, a pong
+    /// owed); `None` for plain TCP.
+    pub websocket: Option<WsFraming>,
 }
 
 /// Wakes a shard's inbox task from another thread.

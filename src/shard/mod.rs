@@ -12,7 +12,8 @@
 //! ([`home_shard`]). Connections are accepted on every shard
 //! (SO_REUSEPORT); the accepting shard reads the CONNECT and, when the
 //! client id belongs elsewhere, hands the socket and any bytes read past
-//! the CONNECT to the home shard. The cost is one hop per connection, paid
+//! the CONNECT to the home shard (for a WebSocket connection, its framing
+//! state too: [`websocket`]). The cost is one hop per connection, paid
 //! once. What it buys: a client id has exactly one home, so session
 //! takeover, resume and persistent state are local decisions with no
 //! cross-core directory and no race between two shards claiming a session.
@@ -59,6 +60,7 @@ mod listener;
 pub mod mesh;
 mod notify;
 mod state;
+pub mod websocket;
 
 use std::hash::{Hash, Hasher};
 use std::io;
@@ -100,6 +102,8 @@ pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
+    /// Addresses serving MQTT over WebSocket.
+    pub ws_listen: Vec<SocketAddr>,
     pub shards: usize,
     pub io_driver: IoDriver,
     pub shard: ShardConfig,
@@ -135,11 +139,11 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     );
 
     let (mesh, inboxes) = MeshHandle::build(config.shards);
-    // Before the listeners announce themselves: a SIGTERM sent as soon as
-    // the port is known must find the handler installed, not kill us.
+    // Before binding: once `listening` is logged, a SIGTERM must already
+    // mean a clean shutdown, not the default action (death by signal).
     watch_signals(mesh.clone())?;
-    let listeners =
-        listener::bind_all(&config.listen, config.shards).map_err(StartError::Listen)?;
+    let listeners = listener::bind_all(&config.listen, &config.ws_listen, config.shards)
+        .map_err(StartError::Listen)?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
@@ -205,16 +209,20 @@ async fn shard_main(
     id: ShardId,
     mesh: MeshHandle,
     inbox: Receiver<Vec<ShardMsg>>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<listener::Listener>,
     config: ShardConfig,
 ) {
     let mesh = mesh.attach(id, inbox);
     let inbox = mesh.inbox();
     let state = ShardState::new(mesh, Rc::new(config));
     for listener in listeners {
-        match monoio::net::TcpListener::from_std(listener) {
-            Ok(listener) => {
-                monoio::spawn(listener::accept_loop(state.clone(), listener));
+        match monoio::net::TcpListener::from_std(listener.socket) {
+            Ok(socket) => {
+                monoio::spawn(listener::accept_loop(
+                    state.clone(),
+                    socket,
+                    listener.transport,
+                ));
             }
             Err(error) => error!(shard = id, %error, "cannot adopt listening socket"),
         }

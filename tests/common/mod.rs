@@ -293,3 +293,28 @@ pub fn unique_id(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
+
+impl Broker {
+    /// The address announced with `listening addr=... transport=websocket`
+    /// (given `--ws-listen`). The broker logs it after its TCP addresses,
+    /// possibly after [`Broker::start`] returned, so this waits for it.
+    pub fn ws_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let found = self
+                .logs()
+                .lines()
+                .filter(|line| line.contains("transport=websocket"))
+                .find_map(parse_listening);
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `listening addr=... transport=websocket` line; stderr:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
