@@ -131,11 +131,8 @@ impl<M: Clone + PartialEq> Group<M> {
         exclude: Option<&M>,
     ) -> Option<(&M, bool)> {
         let other = |member: &Member<M>| exclude != Some(&member.id);
-        let tiers: [&dyn Fn(&Member<M>) -> bool; 3] = [
-            &|member| member.online && other(member),
-            &other,
-            &|_| true,
-        ];
+        let tiers: [&dyn Fn(&Member<M>) -> bool; 3] =
+            [&|member| member.online && other(member), &other, &|_| true];
         let at = tiers
             .iter()
             .find_map(|eligible| self.choose(strategy, random, eligible))?;

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytestring::ByteString;
+
 use super::connect::pub_response;
 use super::inflight::PubRecOutcome;
 use super::queue::Outgoing;
@@ -16,6 +18,7 @@ impl Session {
         &mut self,
         message: &Arc<Message>,
         delivery: Delivery,
+        shared: Option<ByteString>,
         now: Instant,
     ) -> DeliverOutcome {
         if message.is_expired(now) {
@@ -50,6 +53,7 @@ impl Session {
             qos,
             retain,
             subscription_ids,
+            shared,
         });
         DeliverOutcome::Queued
     }
