@@ -16,6 +16,7 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
+use crate::router::shared::Strategy;
 use crate::session::{QueueFullPolicy, SessionConfig};
 
 const DEFAULT_PORT: u16 = 1883;
@@ -46,6 +47,8 @@ pub struct Config {
     pub max_keepalive: u16,
     /// Between 16 and 268,435,455 bytes.
     pub max_packet_size: u32,
+    /// How a shared subscription group picks the member for a message.
+    pub shared_subscription_strategy: Strategy,
 }
 
 /// Which I/O backend the shards run on.
@@ -139,6 +142,10 @@ struct Cli {
     /// Largest packet accepted, 16 to 268435455 bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_packet_size: Option<u32>,
+    /// How a shared subscription group picks the member for each message
+    /// [default: round_robin].
+    #[arg(long, value_name = "STRATEGY")]
+    shared_subscription_strategy: Option<SharedStrategy>,
 }
 
 /// The TOML file: the flags' settings except `config` itself.
@@ -154,6 +161,7 @@ struct FileConfig {
     queue_full_policy: Option<QueueFull>,
     max_keepalive: Option<u16>,
     max_packet_size: Option<u32>,
+    shared_subscription_strategy: Option<SharedStrategy>,
 }
 
 /// How [`QueueFullPolicy`] is spelled in flags and files; the session type
@@ -165,6 +173,20 @@ enum QueueFull {
     Drop,
     /// Disconnect the client.
     Disconnect,
+}
+
+/// How [`Strategy`] is spelled in flags and files, in snake case like the
+/// keys; the router type stays free of clap and serde.
+#[derive(Debug, Clone, Copy, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+enum SharedStrategy {
+    /// Each member in turn.
+    RoundRobin,
+    /// A member at random.
+    Random,
+    /// The same member until it leaves or goes offline.
+    Sticky,
 }
 
 impl Config {
@@ -246,6 +268,15 @@ impl Config {
             Some(QueueFull::Disconnect) => QueueFullPolicy::Disconnect,
         };
 
+        let shared_subscription_strategy = match cli
+            .shared_subscription_strategy
+            .or(file.shared_subscription_strategy)
+        {
+            None | Some(SharedStrategy::RoundRobin) => Strategy::RoundRobin,
+            Some(SharedStrategy::Random) => Strategy::Random,
+            Some(SharedStrategy::Sticky) => Strategy::Sticky,
+        };
+
         Ok(Config {
             listen,
             cores,
@@ -259,6 +290,7 @@ impl Config {
                 .or(file.max_keepalive)
                 .unwrap_or(DEFAULT_MAX_KEEPALIVE),
             max_packet_size,
+            shared_subscription_strategy,
         })
     }
 }
@@ -355,6 +387,7 @@ mod tests {
         assert_eq!(session.queue_full, QueueFullPolicy::Drop);
         assert_eq!(session.max_keepalive, 65535);
         assert_eq!(session.max_packet_size, 1_048_576);
+        assert_eq!(config.shared_subscription_strategy, Strategy::RoundRobin);
     }
 
     #[test]
@@ -371,6 +404,7 @@ mod tests {
             queue_full_policy = "disconnect"
             max_keepalive = 60
             max_packet_size = 4096
+            shared_subscription_strategy = "sticky"
             "#,
         );
         let config = parse(&["--config", file.arg()]).expect("valid file");
@@ -389,6 +423,7 @@ mod tests {
                 queue_full_policy: QueueFullPolicy::Disconnect,
                 max_keepalive: 60,
                 max_packet_size: 4096,
+                shared_subscription_strategy: Strategy::Sticky,
             }
         );
     }
@@ -401,6 +436,7 @@ mod tests {
             io_driver = "epoll"
             max_inflight = 10
             queue_full_policy = "disconnect"
+            shared_subscription_strategy = "random"
         "#;
         let config = merge(
             &[
@@ -414,6 +450,8 @@ mod tests {
                 "drop",
                 "--log-level",
                 "warn",
+                "--shared-subscription-strategy",
+                "round_robin",
             ],
             toml,
         )
@@ -424,6 +462,9 @@ mod tests {
         assert_eq!(config.max_inflight, 20);
         assert_eq!(config.queue_full_policy, QueueFullPolicy::Drop);
         assert_eq!(config.log_level, LogLevel::Warn);
+        assert_eq!(config.shared_subscription_strategy, Strategy::RoundRobin);
+        let config = merge(&[], toml).expect("valid");
+        assert_eq!(config.shared_subscription_strategy, Strategy::Random);
     }
 
     #[test]
@@ -498,6 +539,18 @@ mod tests {
         assert!(error.to_string().contains("--listen"), "{error}");
         let error = parse(&["--queue-full-policy", "block"]).expect_err("bad");
         assert!(error.to_string().contains("--queue-full-policy"), "{error}");
+        let error = parse(&["--shared-subscription-strategy", "round-robin"]).expect_err("bad");
+        assert!(
+            error.to_string().contains("--shared-subscription-strategy"),
+            "{error}"
+        );
+        let message = merge(&[], "shared_subscription_strategy = \"fair\"")
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            message.contains("shared_subscription_strategy"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -566,6 +619,7 @@ mod tests {
             queue_full_policy,
             max_keepalive,
             max_packet_size,
+            shared_subscription_strategy,
         } = &file;
         assert!(listen.is_some());
         assert!(cores.is_some());
@@ -576,6 +630,7 @@ mod tests {
         assert!(queue_full_policy.is_some());
         assert!(max_keepalive.is_some());
         assert!(max_packet_size.is_some());
+        assert!(shared_subscription_strategy.is_some());
         Config::merge(Cli::default(), file).expect("example config is valid");
     }
 }

@@ -53,6 +53,9 @@ pub enum Strategy {
     Sticky,
 }
 
+/// Which members a choice may fall on.
+type Eligible<'a, M> = dyn Fn(&Member<M>) -> bool + 'a;
+
 /// One member as the group sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Member<M> {
@@ -131,7 +134,7 @@ impl<M: Clone + PartialEq> Group<M> {
         exclude: Option<&M>,
     ) -> Option<(&M, bool)> {
         let other = |member: &Member<M>| exclude != Some(&member.id);
-        let tiers: [&dyn Fn(&Member<M>) -> bool; 3] =
+        let tiers: [&Eligible<'_, M>; 3] =
             [&|member| member.online && other(member), &other, &|_| true];
         let at = tiers
             .iter()
@@ -145,7 +148,7 @@ impl<M: Clone + PartialEq> Group<M> {
         &mut self,
         strategy: Strategy,
         random: u64,
-        eligible: &dyn Fn(&Member<M>) -> bool,
+        eligible: &Eligible<'_, M>,
     ) -> Option<usize> {
         match strategy {
             Strategy::RoundRobin => self.round_robin(eligible),
@@ -176,7 +179,7 @@ impl<M: Clone + PartialEq> Group<M> {
         }
     }
 
-    fn round_robin(&mut self, eligible: &dyn Fn(&Member<M>) -> bool) -> Option<usize> {
+    fn round_robin(&mut self, eligible: &Eligible<'_, M>) -> Option<usize> {
         let len = self.members.len();
         let at = (0..len)
             .map(|offset| (self.next + offset) % len)

@@ -91,8 +91,21 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 /// The shard a client id's session lives on. Stable for the life of the
 /// process, the same on every thread.
 pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
+    place(client_id, shards)
+}
+
+/// The shard that owns the shared subscription `share`
+/// (`$share/{group}/{filter}`): it holds the group's member list and picks
+/// the member for each message.
+pub fn group_owner(share: &str, shards: usize) -> ShardId {
+    place(share, shards)
+}
+
+/// A name's shard: stable for the life of the process, the same on every
+/// thread.
+fn place(name: &str, shards: usize) -> ShardId {
     let mut hasher = FxHasher::default();
-    client_id.hash(&mut hasher);
+    name.hash(&mut hasher);
     (hasher.finish() % shards as u64) as ShardId
 }
 
