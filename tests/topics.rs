@@ -164,7 +164,10 @@ async fn rumqttc_v5_shared_subscription_granted() {
     let codes = c
         .subscribe_filter(v5::Filter::new("$share/g/t", v5::QoS::AtMostOnce), None)
         .await;
-    assert_eq!(codes, vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]);
+    assert_eq!(
+        codes,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
+    );
 }
 
 #[tokio::test]
