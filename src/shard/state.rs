@@ -232,6 +232,9 @@ impl ShardState {
         self.set_online(key, true, now);
         self.run_actions(key, now);
         self.pump(key, now);
+        // The groups' owners hear of the connection now, not at the next
+        // packet or tick.
+        self.mesh.flush();
         Attached { conn, keep_alive }
     }
 
