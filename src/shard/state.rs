@@ -19,15 +19,17 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use slab::Slab;
 use tracing::{info, warn};
 
+use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
 use super::mesh::{Handoff, Mesh, ShardMsg, SharedMember};
 use super::notify::LocalNotify;
-use super::{ShardId, group_owner};
 use crate::message::Message;
 use crate::protocol::{Connect, Packet, ReasonCode, SubscriptionOptions};
-use crate::router::shared::{self, Group, Strategy};
+use crate::router::shared::{Group, Strategy, is_shared};
 use crate::router::{RetainedStore, TopicTrie};
 use crate::session::{DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig};
+
+mod groups;
 
 /// Index of a session in its shard's slab; stable while the session lives.
 pub type SessionKey = usize;
@@ -100,7 +102,8 @@ pub struct ShardState {
     /// This shard's members of each shared subscription, by share name.
     shared_members: FxHashMap<ByteString, FxHashMap<SessionKey, LocalSubscription>>,
     routes: TopicTrie<Places>,
-    /// The shared subscription groups this shard owns ([`group_owner`]),
+    /// The shared subscription groups this shard owns
+    /// ([`super::group_owner`]),
     /// by share name.
     groups: FxHashMap<ByteString, Group<SharedMember>>,
     /// State of the generator behind the random strategy.
@@ -520,7 +523,7 @@ impl ShardState {
         send_retained: bool,
         now: Instant,
     ) {
-        if shared::is_shared(&filter) {
+        if is_shared(&filter) {
             // The session only reports well-formed share names, and a
             // shared subscription gets no retained messages (spec 4.8.2).
             self.join_group(key, filter, LocalSubscription { options, id }, now);
@@ -561,7 +564,7 @@ impl ShardState {
         if let Some(slot) = self.sessions.get_mut(key) {
             slot.filters.remove(filter);
         }
-        if shared::is_shared(filter) {
+        if is_shared(filter) {
             self.leave_group(key, filter, now);
             return;
         }
@@ -692,218 +695,6 @@ impl ShardState {
         } else {
             self.mesh.push(to, msg);
         }
-    }
-
-    fn owner(&self, share: &str) -> ShardId {
-        group_owner(share, self.mesh.shard_count())
-    }
-
-    fn member(&self, key: SessionKey) -> SharedMember {
-        SharedMember {
-            shard: self.id(),
-            client_id: self.sessions[key].session.client_id().clone(),
-        }
-    }
-
-    /// Adds a session to the shared subscription `share`: to this shard's
-    /// members (the first one announces the group's route to every
-    /// shard), and to the owner's member list.
-    fn join_group(
-        &mut self,
-        key: SessionKey,
-        share: ByteString,
-        subscription: LocalSubscription,
-        now: Instant,
-    ) {
-        let members = self.shared_members.entry(share.clone()).or_default();
-        let first_here = members.is_empty();
-        members.insert(key, subscription);
-        self.sessions[key].filters.insert(share.clone());
-        let me = self.id();
-        if first_here {
-            // Before the SUBACK leaves: a PUBLISH sent after it must find
-            // the route on whichever shard reads it.
-            self.mesh.push_others(|| ShardMsg::SharedRouteAdd {
-                share: share.clone(),
-                from: me,
-            });
-            self.add_group_route(share.clone(), me);
-        }
-        let msg = ShardMsg::SharedJoin {
-            member: self.member(key),
-            online: self.sessions[key].conn.is_some(),
-            share: share.clone(),
-        };
-        self.send(self.owner(&share), msg, now);
-    }
-
-    fn leave_group(&mut self, key: SessionKey, share: &ByteString, now: Instant) {
-        let me = self.id();
-        let Some(members) = self.shared_members.get_mut(share) else {
-            return;
-        };
-        if members.remove(&key).is_none() {
-            return;
-        }
-        if members.is_empty() {
-            self.shared_members.remove(share);
-            self.mesh.push_others(|| ShardMsg::SharedRouteRemove {
-                share: share.clone(),
-                from: me,
-            });
-            self.remove_group_route(share, me);
-        }
-        let msg = ShardMsg::SharedLeave {
-            share: share.clone(),
-            member: self.member(key),
-        };
-        self.send(self.owner(share), msg, now);
-    }
-
-    /// Tells the owners of the session's groups that it gained or lost its
-    /// connection.
-    fn set_online(&mut self, key: SessionKey, online: bool, now: Instant) {
-        let shares: Vec<ByteString> = self.sessions[key]
-            .filters
-            .iter()
-            .filter(|filter| shared::is_shared(filter))
-            .cloned()
-            .collect();
-        for share in shares {
-            let msg = ShardMsg::SharedJoin {
-                share: share.clone(),
-                member: self.member(key),
-                online,
-            };
-            self.send(self.owner(&share), msg, now);
-        }
-    }
-
-    /// Hands the shared messages the session has not acknowledged back to
-    /// their groups' owners, to go to another member.
-    fn reroute_unacked(&mut self, key: SessionKey, now: Instant) {
-        let unacked = self.sessions[key].session.take_shared_unacked();
-        let client_id = self.sessions[key].session.client_id().clone();
-        for (share, message) in unacked {
-            self.send_back(share, message, client_id.clone(), now);
-        }
-    }
-
-    /// Returns `message` to the owner of `share`, to pick a member other
-    /// than `client_id` (homed here).
-    fn send_back(
-        &mut self,
-        share: ByteString,
-        message: Arc<Message>,
-        client_id: ByteString,
-        now: Instant,
-    ) {
-        let exclude = Some(SharedMember {
-            shard: self.id(),
-            client_id,
-        });
-        let owner = self.owner(&share);
-        let msg = ShardMsg::SharedPublish {
-            share,
-            message,
-            exclude,
-        };
-        self.send(owner, msg, now);
-    }
-
-    fn add_group_route(&mut self, share: ByteString, from: ShardId) {
-        let Some(name) = shared::parse(&share) else {
-            return;
-        };
-        let groups = &mut self.routes.entry(name.filter).groups;
-        match groups.iter_mut().find(|group| group.share == share) {
-            Some(group) if !group.shards.contains(&from) => group.shards.push(from),
-            Some(_) => {}
-            None => groups.push(GroupPlace {
-                share: share.clone(),
-                shards: vec![from],
-            }),
-        }
-    }
-
-    fn remove_group_route(&mut self, share: &ByteString, from: ShardId) {
-        let Some(name) = shared::parse(share) else {
-            return;
-        };
-        let Some(places) = self.routes.get_mut(name.filter) else {
-            return;
-        };
-        if let Some(at) = places.groups.iter().position(|group| group.share == share) {
-            let shards = &mut places.groups[at].shards;
-            shards.retain(|&shard| shard != from);
-            if shards.is_empty() {
-                places.groups.swap_remove(at);
-            }
-        }
-        if places.is_empty() {
-            self.routes.remove(name.filter);
-        }
-    }
-
-    /// As the owner of `share`: picks the member `message` goes to and
-    /// sends it to that member's shard. A group with no member left drops
-    /// the message, as a filter with no subscriber would.
-    fn pick_member(
-        &mut self,
-        share: ByteString,
-        message: Arc<Message>,
-        exclude: Option<&SharedMember>,
-        now: Instant,
-    ) {
-        let random = shared::next_random(&mut self.random);
-        let strategy = self.config.shared_strategy;
-        let Some((member, online)) = self
-            .groups
-            .get_mut(&share)
-            .and_then(|group| group.pick(strategy, random, exclude))
-        else {
-            return;
-        };
-        let to = member.shard;
-        let msg = ShardMsg::SharedDeliver {
-            share,
-            client_id: member.client_id.clone(),
-            message,
-            online,
-        };
-        self.send(to, msg, now);
-    }
-
-    /// As the chosen member's shard: delivers a message a group picked
-    /// this session for, or sends it back to the owner if the member has
-    /// left or (unbeknown to the owner when it chose) gone offline; the
-    /// owner has heard of either by then, since both went out first on the
-    /// same queue.
-    fn deliver_shared(
-        &mut self,
-        share: ByteString,
-        client_id: ByteString,
-        message: Arc<Message>,
-        online: bool,
-        now: Instant,
-    ) {
-        let member = self.by_client_id.get(&client_id).and_then(|&key| {
-            let subscription = self.shared_members.get(&share)?.get(&key)?;
-            Some((key, *subscription))
-        });
-        let Some((key, subscription)) =
-            member.filter(|&(key, _)| !online || self.sessions[key].conn.is_some())
-        else {
-            self.send_back(share, message, client_id, now);
-            return;
-        };
-        let delivery = Delivery {
-            granted_qos: subscription.options.qos,
-            retain_as_published: subscription.options.retain_as_published,
-            from_retained_store: false,
-            subscription_ids: subscription.id.into_iter().collect(),
-        };
-        self.deliver(key, &message, delivery, Some(share), now);
     }
 
     /// Tells every v5 client the server is going away and closes every
