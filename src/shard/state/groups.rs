@@ -16,6 +16,7 @@ use crate::shard::mesh::{ShardMsg, SharedMember};
 use crate::shard::{ShardId, group_owner};
 
 impl ShardState {
+    /// The shard that keeps `share`'s member list and picks its members.
     pub(super) fn owner(&self, share: &str) -> ShardId {
         group_owner(share, self.mesh.shard_count())
     }
@@ -59,6 +60,9 @@ impl ShardState {
         self.send(self.owner(&share), msg, now);
     }
 
+    /// Removes a session from the shared subscription `share`: the last
+    /// member here withdraws the group's route from every shard, and the
+    /// owner forgets the member.
     pub(super) fn leave_group(&mut self, key: SessionKey, share: &ByteString, now: Instant) {
         let me = self.id();
         let Some(members) = self.shared_members.get_mut(share) else {
@@ -133,6 +137,8 @@ impl ShardState {
         self.send(owner, msg, now);
     }
 
+    /// `from` has a member of `share`: messages matching its filter are
+    /// handed to the group's owner. Only well-formed names are announced.
     pub(super) fn add_group_route(&mut self, share: ByteString, from: ShardId) {
         let Some(name) = shared::parse(&share) else {
             return;
