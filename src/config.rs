@@ -16,6 +16,7 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
+use crate::router::shared::Strategy;
 use crate::session::{QueueFullPolicy, SessionConfig};
 
 const DEFAULT_PORT: u16 = 1883;
@@ -54,6 +55,8 @@ pub struct Config {
     pub topic_alias_maximum: u16,
     /// Whether the broker assigns topic aliases to v5 subscribers.
     pub server_topic_aliases: bool,
+    /// How a shared subscription group picks the member for a message.
+    pub shared_subscription_strategy: Strategy,
 }
 
 /// Which I/O backend the shards run on.
@@ -159,6 +162,10 @@ struct Cli {
     /// them, true or false [default: true].
     #[arg(long, value_name = "BOOL")]
     server_topic_aliases: Option<bool>,
+    /// How a shared subscription group picks the member for each message
+    /// [default: round_robin].
+    #[arg(long, value_name = "STRATEGY")]
+    shared_subscription_strategy: Option<SharedStrategy>,
 }
 
 /// The TOML file: the flags' settings except `config` itself.
@@ -177,6 +184,7 @@ struct FileConfig {
     max_packet_size: Option<u32>,
     topic_alias_maximum: Option<u16>,
     server_topic_aliases: Option<bool>,
+    shared_subscription_strategy: Option<SharedStrategy>,
 }
 
 /// How [`QueueFullPolicy`] is spelled in flags and files; the session type
@@ -188,6 +196,20 @@ enum QueueFull {
     Drop,
     /// Disconnect the client.
     Disconnect,
+}
+
+/// How [`Strategy`] is spelled in flags and files, in snake case like the
+/// keys; the router type stays free of clap and serde.
+#[derive(Debug, Clone, Copy, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+enum SharedStrategy {
+    /// Each member in turn.
+    RoundRobin,
+    /// A member at random.
+    Random,
+    /// The same member until it leaves or goes offline.
+    Sticky,
 }
 
 impl Config {
@@ -271,6 +293,15 @@ impl Config {
             Some(QueueFull::Disconnect) => QueueFullPolicy::Disconnect,
         };
 
+        let shared_subscription_strategy = match cli
+            .shared_subscription_strategy
+            .or(file.shared_subscription_strategy)
+        {
+            None | Some(SharedStrategy::RoundRobin) => Strategy::RoundRobin,
+            Some(SharedStrategy::Random) => Strategy::Random,
+            Some(SharedStrategy::Sticky) => Strategy::Sticky,
+        };
+
         Ok(Config {
             listen,
             ws_listen: cli.ws_listen.or(file.ws_listen).unwrap_or_default(),
@@ -293,6 +324,7 @@ impl Config {
                 .server_topic_aliases
                 .or(file.server_topic_aliases)
                 .unwrap_or(true),
+            shared_subscription_strategy,
         })
     }
 }
@@ -392,6 +424,7 @@ mod tests {
         assert_eq!(session.max_packet_size, 1_048_576);
         assert_eq!(session.topic_alias_maximum, 10);
         assert!(session.server_topic_aliases);
+        assert_eq!(config.shared_subscription_strategy, Strategy::RoundRobin);
     }
 
     #[test]
@@ -411,6 +444,7 @@ mod tests {
             max_packet_size = 4096
             topic_alias_maximum = 0
             server_topic_aliases = false
+            shared_subscription_strategy = "sticky"
             "#,
         );
         let config = parse(&["--config", file.arg()]).expect("valid file");
@@ -432,6 +466,7 @@ mod tests {
                 max_packet_size: 4096,
                 topic_alias_maximum: 0,
                 server_topic_aliases: false,
+                shared_subscription_strategy: Strategy::Sticky,
             }
         );
     }
@@ -444,6 +479,7 @@ mod tests {
             io_driver = "epoll"
             max_inflight = 10
             queue_full_policy = "disconnect"
+            shared_subscription_strategy = "random"
         "#;
         let config = merge(
             &[
@@ -457,6 +493,8 @@ mod tests {
                 "drop",
                 "--log-level",
                 "warn",
+                "--shared-subscription-strategy",
+                "round_robin",
             ],
             toml,
         )
@@ -479,6 +517,9 @@ mod tests {
         .expect("valid");
         assert_eq!(config.topic_alias_maximum, 3);
         assert!(!config.server_topic_aliases);
+        assert_eq!(config.shared_subscription_strategy, Strategy::RoundRobin);
+        let config = merge(&[], toml).expect("valid");
+        assert_eq!(config.shared_subscription_strategy, Strategy::Random);
     }
 
     #[test]
@@ -585,6 +626,18 @@ mod tests {
             .expect_err("bad")
             .to_string();
         assert!(message.contains("server_topic_aliases"), "{message}");
+        let error = parse(&["--shared-subscription-strategy", "round-robin"]).expect_err("bad");
+        assert!(
+            error.to_string().contains("--shared-subscription-strategy"),
+            "{error}"
+        );
+        let message = merge(&[], "shared_subscription_strategy = \"fair\"")
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            message.contains("shared_subscription_strategy"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -656,6 +709,7 @@ mod tests {
             max_packet_size,
             topic_alias_maximum,
             server_topic_aliases,
+            shared_subscription_strategy,
         } = &file;
         assert!(listen.is_some());
         assert!(ws_listen.is_some());
@@ -669,6 +723,7 @@ mod tests {
         assert!(max_packet_size.is_some());
         assert!(topic_alias_maximum.is_some());
         assert!(server_topic_aliases.is_some());
+        assert!(shared_subscription_strategy.is_some());
         Config::merge(Cli::default(), file).expect("example config is valid");
     }
 }

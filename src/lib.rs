@@ -27,8 +27,8 @@
 //!   type; bytes in, packets out; no runtime, no clock.
 //! - [`session`]: the per-client state machine (QoS flows, inflight, queue,
 //!   will, expiry); packets and `now` in, actions and packets out.
-//! - [`router`]: pure data structures: the topic trie and the retained
-//!   store.
+//! - [`router`]: pure data structures: the topic trie, the retained
+//!   store, and shared subscription groups.
 //! - [`shard`]: the only code that awaits: threads, runtimes, listeners,
 //!   connections, the cross-core mesh, and the routing glue.
 //! - [`config`]: command line and TOML, validated once.

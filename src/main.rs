@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         shard: ShardConfig {
             session: config.session_config(),
             max_packet_size: config.max_packet_size as usize,
+            shared_strategy: config.shared_subscription_strategy,
         },
     };
     match shard::run(server) {

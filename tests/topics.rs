@@ -1,5 +1,6 @@
 //! Topic names and filters: wildcard matching, `$` topics, invalid topics
-//! and filters, unsubscribe, and unsupported shared subscriptions.
+//! and filters, unsubscribe, and shared subscription names (the shared
+//! delivery itself is tested in `shared.rs`).
 
 mod common;
 
@@ -141,17 +142,23 @@ async fn invalid_filters_get_failure_codes_per_filter() {
 }
 
 #[tokio::test]
-async fn v5_shared_subscription_is_refused_with_0x9e() {
+async fn v5_shared_subscription_is_granted_and_advertised() {
     let broker = Broker::start(&[]);
-    let (mut raw, _) = Raw::connect_ok(broker.addr, Connect::v5("shared")).await;
+    let (mut raw, connack) = Raw::connect_ok(broker.addr, Connect::v5("shared")).await;
+    // Shared Subscription Available (0x2A) is 1, or absent (which means 1).
+    assert!(
+        matches!(connack.prop(0x2A), None | Some(wire::Prop::Byte(1))),
+        "{:?}",
+        connack.prop(0x2A)
+    );
     let codes = raw
         .subscribe(1, &[("$share/group/t", 1), ("plain/t", 1)])
         .await;
-    assert_eq!(codes, vec![0x9E, 1]);
+    assert_eq!(codes, vec![1, 1]);
 }
 
 #[tokio::test]
-async fn rumqttc_v5_shared_subscription_refused() {
+async fn rumqttc_v5_shared_subscription_granted() {
     let broker = Broker::start(&[]);
     let mut c = v5::Client::simple(broker.addr, "shared-lib").await;
     let codes = c
@@ -159,7 +166,7 @@ async fn rumqttc_v5_shared_subscription_refused() {
         .await;
     assert_eq!(
         codes,
-        vec![v5::SubscribeReasonCode::SharedSubscriptionsNotSupported]
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
     );
 }
 

@@ -140,7 +140,7 @@ impl Session {
                 retain_available: Some(true),
                 wildcard_subscription_available: Some(true),
                 subscription_identifiers_available: Some(true),
-                shared_subscription_available: Some(false),
+                shared_subscription_available: Some(true),
                 assigned_client_identifier: assigned_client_id.then(|| self.client_id.clone()),
                 server_keep_alive: (self.keep_alive != connect.keep_alive)
                     .then_some(self.keep_alive),
@@ -242,7 +242,7 @@ mod tests {
         assert_eq!(p.retain_available, Some(true));
         assert_eq!(p.wildcard_subscription_available, Some(true));
         assert_eq!(p.subscription_identifiers_available, Some(true));
-        assert_eq!(p.shared_subscription_available, Some(false));
+        assert_eq!(p.shared_subscription_available, Some(true));
         assert_eq!(p.topic_alias_maximum, Some(10));
         assert_eq!(p.maximum_qos, None);
         assert_eq!(p.response_information, None);

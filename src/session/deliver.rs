@@ -19,6 +19,7 @@ impl Session {
         &mut self,
         message: &Arc<Message>,
         delivery: Delivery,
+        shared: Option<ByteString>,
         now: Instant,
     ) -> DeliverOutcome {
         if message.is_expired(now) {
@@ -59,6 +60,7 @@ impl Session {
             qos,
             retain,
             subscription_ids,
+            shared,
         });
         DeliverOutcome::Queued
     }

@@ -125,6 +125,30 @@ impl Inflight {
         self.flights.remove(&packet_id);
     }
 
+    /// Ends every flow whose message has not been received by the client
+    /// (PUBLISH sent, no PUBACK or PUBREC yet) and that `take` selects,
+    /// returning those messages in the order they were first sent.
+    pub fn take_unreceived(&mut self, take: impl Fn(&Outgoing) -> bool) -> Vec<Outgoing> {
+        let mut ids: Vec<(u64, u16)> = self
+            .flights
+            .iter()
+            .filter(|(_, (_, flight))| match flight {
+                Flight::AtLeastOnce(outgoing) | Flight::ExactlyOnce(outgoing) => take(outgoing),
+                Flight::Released => false,
+            })
+            .map(|(&id, &(seq, _))| (seq, id))
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|(_, id)| match self.flights.remove(&id) {
+                Some((_, Flight::AtLeastOnce(outgoing) | Flight::ExactlyOnce(outgoing))) => {
+                    Some(outgoing)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every flow, in the order it started (spec 4.6): PUBLISH again (with
     /// DUP) for messages not acknowledged, PUBREL for those received.
     pub fn resends(&self) -> Vec<Resend> {
@@ -169,6 +193,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Vec::new(),
+            shared: None,
         }
     }
 

@@ -12,7 +12,8 @@
 //! `incoming` (PUBLISH and PUBREL from the client), `subscribe`, `deliver`
 //! (routed messages through the queue and the inflight window, and the
 //! client's acks for them), `inflight` (packet ids and outgoing QoS 1/2
-//! state), `queue` (a message waiting for this client) and `will` (the
+//! state), `queue` (a message waiting for this client), `shared` (messages
+//! chosen for this session by a shared subscription group) and `will` (the
 //! will and the session's end once the connection is gone).
 //!
 //! Where the spec leaves room, Mosquitto's behaviour is followed: expired
@@ -26,6 +27,7 @@ mod deliver;
 mod incoming;
 mod inflight;
 mod queue;
+mod shared;
 mod subscribe;
 mod will;
 
@@ -128,7 +130,9 @@ pub enum SessionAction {
     /// Route to subscribers (and to the retained store if `retain`).
     Publish(Arc<Message>),
     /// Add or replace this session's subscription in the trie, then deliver
-    /// retained messages matching it if `send_retained`.
+    /// retained messages matching it if `send_retained`. A `filter`
+    /// starting with `$share/` is a well-formed shared subscription
+    /// (`send_retained` is then false): the session joins that group.
     Subscribe {
         filter: ByteString,
         options: SubscriptionOptions,
@@ -328,10 +332,7 @@ impl Session {
                 self.inflight.pubcomp(pubcomp.packet_id);
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => {
-                self.handle_subscribe(subscribe);
-                Ok(())
-            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => {
                 self.handle_unsubscribe(unsubscribe);
                 Ok(())
@@ -371,7 +372,7 @@ impl Session {
         delivery: Delivery,
         now: Instant,
     ) -> DeliverOutcome {
-        self.deliver(message, delivery, now)
+        self.deliver(message, delivery, None, now)
     }
 
     /// The connection is gone (abnormal close, takeover, or after

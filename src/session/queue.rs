@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytestring::ByteString;
+
 use crate::message::Message;
 use crate::protocol::{ProtocolVersion, Publish, PublishProperties, QoS};
 
@@ -16,6 +18,10 @@ pub(super) struct Outgoing {
     pub retain: bool,
     /// Empty for clients below v5, which have no such property.
     pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/{group}/{filter}`) this message was
+    /// chosen for, so that it can go to another member of the group if
+    /// this session goes away before acknowledging it.
+    pub shared: Option<ByteString>,
 }
 
 impl Outgoing {
@@ -56,7 +62,6 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use bytestring::ByteString;
 
     use super::*;
 
@@ -79,6 +84,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             subscription_ids: vec![3, 7],
+            shared: None,
         }
     }
 

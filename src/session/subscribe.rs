@@ -1,15 +1,20 @@
 //! SUBSCRIBE and UNSUBSCRIBE. The router holds the subscriptions that
 //! match; the session keeps the filters only to answer the questions the
 //! spec asks of "this session's" subscriptions.
+//!
+//! A shared subscription is kept and reported under its whole name
+//! (`$share/{group}/{filter}`): that name is what UNSUBSCRIBE gives back,
+//! and the shard parses it to find the group.
 
 use bytestring::ByteString;
 
-use super::{Session, SessionAction};
+use super::{Problem, Session, SessionAction};
 use crate::protocol::topic::valid_topic_filter;
 use crate::protocol::{
     Packet, QoS, ReasonCode, RetainHandling, SubAck, SubAckProperties, Subscribe, UnsubAck,
     UnsubAckProperties, Unsubscribe,
 };
+use crate::router::shared;
 
 fn granted(qos: QoS) -> ReasonCode {
     match qos {
@@ -42,7 +47,20 @@ impl Session {
     /// Each filter is answered on its own; the SUBACK is queued after the
     /// Subscribe actions, but as a control packet it still leaves before
     /// the retained messages those actions deliver.
-    pub(super) fn handle_subscribe(&mut self, subscribe: Subscribe) {
+    ///
+    /// `Err` for a v5 SUBSCRIBE setting No Local on a shared subscription,
+    /// a Protocol Error (spec 3.8.3.1) that refuses the whole packet.
+    pub(super) fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Problem> {
+        if let Some(shared) = subscribe
+            .filters
+            .iter()
+            .find(|s| s.options.no_local && shared::is_shared(&s.filter))
+        {
+            return Err(Problem::new(
+                ReasonCode::ProtocolError,
+                format!("no local on shared subscription {}", shared.filter),
+            ));
+        }
         let subscription_id = if self.protocol.is_v5() {
             subscribe.properties.subscription_identifier
         } else {
@@ -58,20 +76,24 @@ impl Session {
         for subscription in subscribe.filters {
             let filter = subscription.filter;
             let options = subscription.options;
-            if filter.starts_with("$share/") {
-                reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
-                continue;
-            }
-            if !valid_topic_filter(&filter) {
+            let is_shared = shared::is_shared(&filter);
+            let valid = if is_shared {
+                shared::parse(&filter).is_some()
+            } else {
+                valid_topic_filter(&filter)
+            };
+            if !valid {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
             let is_new = self.subscriptions.insert(filter.clone());
-            let send_retained = match options.retain_handling {
-                RetainHandling::OnSubscribe => true,
-                RetainHandling::OnNewSubscribe => is_new,
-                RetainHandling::DoNotSend => false,
-            };
+            // A shared subscription gets no retained messages (spec 4.8.2).
+            let send_retained = !is_shared
+                && match options.retain_handling {
+                    RetainHandling::OnSubscribe => true,
+                    RetainHandling::OnNewSubscribe => is_new,
+                    RetainHandling::DoNotSend => false,
+                };
             reasons.push(granted(options.qos));
             self.actions.push_back(SessionAction::Subscribe {
                 filter,
@@ -89,6 +111,7 @@ impl Session {
             reasons,
             properties,
         }));
+        Ok(())
     }
 
     pub(super) fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
@@ -235,6 +258,7 @@ mod tests {
                 ("a/+", qos(QoS::AtMostOnce)),
                 ("a/#/b", qos(QoS::AtLeastOnce)),
                 ("$share/g/a", qos(QoS::AtLeastOnce)),
+                ("$share/g", qos(QoS::AtLeastOnce)),
                 ("b/#", qos(QoS::AtLeastOnce)),
                 ("c", qos(QoS::ExactlyOnce)),
             ],
@@ -246,7 +270,8 @@ mod tests {
             vec![
                 ReasonCode::Success,
                 ReasonCode::TopicFilterInvalid,
-                ReasonCode::SharedSubscriptionsNotSupported,
+                ReasonCode::GrantedQoS1,
+                ReasonCode::TopicFilterInvalid,
                 ReasonCode::GrantedQoS1,
                 ReasonCode::GrantedQoS2,
             ]
@@ -259,6 +284,12 @@ mod tests {
                     options: qos(QoS::AtMostOnce),
                     subscription_id: Some(42),
                     send_retained: true,
+                },
+                SessionAction::Subscribe {
+                    filter: "$share/g/a".into(),
+                    options: qos(QoS::AtLeastOnce),
+                    subscription_id: Some(42),
+                    send_retained: false,
                 },
                 SessionAction::Subscribe {
                     filter: "b/#".into(),
@@ -300,7 +331,7 @@ mod tests {
         let (mut session, now) = connected(ProtocolVersion::V3_1_1);
         let packet = subscribe(
             &[
-                ("$share/g/a", qos(QoS::AtLeastOnce)),
+                ("$share//a", qos(QoS::AtLeastOnce)),
                 ("a+", qos(QoS::AtLeastOnce)),
             ],
             None,
@@ -422,5 +453,52 @@ mod tests {
         session.handle_deliver(&message("a", QoS::AtLeastOnce), retained, now);
         let sent = transmit(&mut session, now);
         assert!(matches!(sent.as_slice(), [Packet::SubAck(_), Packet::Publish(p)] if p.retain));
+    }
+
+    #[test]
+    fn shared_subscriptions_get_no_retained_messages_and_unsubscribe_alone() {
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        let packet = subscribe(
+            &[
+                ("$share/g/a", retain_handling(RetainHandling::OnSubscribe)),
+                ("a", retain_handling(RetainHandling::OnSubscribe)),
+            ],
+            None,
+        );
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(send_retained(&mut session), vec![false, true]);
+        transmit(&mut session, now);
+        session
+            .handle_packet(unsubscribe(&["$share/g/a"]), now)
+            .unwrap();
+        assert_eq!(
+            actions(&mut session),
+            vec![SessionAction::Unsubscribe {
+                filter: "$share/g/a".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn no_local_on_a_shared_subscription_is_a_protocol_error() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let no_local = SubscriptionOptions {
+            no_local: true,
+            ..SubscriptionOptions::default()
+        };
+        let packet = subscribe(
+            &[("a", qos(QoS::AtMostOnce)), ("$share/g/a", no_local)],
+            None,
+        );
+        assert_eq!(
+            session.handle_packet(packet, now),
+            Err(ReasonCode::ProtocolError)
+        );
+        assert_eq!(actions(&mut session), vec![SessionAction::Close]);
+        let sent = transmit(&mut session, now);
+        assert!(
+            matches!(sent.as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::ProtocolError),
+            "{sent:?}"
+        );
     }
 }

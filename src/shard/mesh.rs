@@ -41,11 +41,56 @@ pub enum ShardMsg {
     RouteAdd { filter: ByteString, from: ShardId },
     /// `from` lost its last subscriber for `filter`.
     RouteRemove { filter: ByteString, from: ShardId },
+    /// `from` gained its first member of the shared subscription `share`
+    /// (`$share/{group}/{filter}`): messages matching its filter go to the
+    /// group's owner.
+    SharedRouteAdd { share: ByteString, from: ShardId },
+    /// `from` lost its last member of `share`.
+    SharedRouteRemove { share: ByteString, from: ShardId },
+    /// To the owner of `share`: `member` joined the group, or its session
+    /// gained (`online`) or lost its connection.
+    SharedJoin {
+        share: ByteString,
+        member: SharedMember,
+        online: bool,
+    },
+    /// To the owner of `share`: `member` left the group (unsubscribed, or
+    /// its session ended).
+    SharedLeave {
+        share: ByteString,
+        member: SharedMember,
+    },
+    /// To the owner of `share`: pick one member for `message`. `exclude` is
+    /// the member the message comes back from (gone, or offline with it
+    /// unacknowledged), chosen again only if no other member is left.
+    SharedPublish {
+        share: ByteString,
+        message: Arc<Message>,
+        exclude: Option<SharedMember>,
+    },
+    /// From the owner of `share` to the chosen member's shard. `online` is
+    /// the member's state as the owner knew it: a member the owner thought
+    /// online but found offline sends the message back to be chosen again;
+    /// one chosen knowing it was offline (no one else left) queues it.
+    SharedDeliver {
+        share: ByteString,
+        client_id: ByteString,
+        message: Arc<Message>,
+        online: bool,
+    },
     /// A connection whose client id belongs to this shard, accepted
     /// elsewhere, after its CONNECT was read.
     Handoff(Box<Handoff>),
     /// Stop accepting, say goodbye to clients, return.
     Shutdown,
+}
+
+/// A session that is a member of a shared subscription group. The client
+/// id alone is unique; the shard saves the owner a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMember {
+    pub shard: ShardId,
+    pub client_id: ByteString,
 }
 
 /// A connection in transit between shards, with the bytes already read

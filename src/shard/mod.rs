@@ -39,6 +39,58 @@
 //! which is how clustering will extend this without changing the session
 //! or trie code.
 //!
+//! ## Shared subscriptions
+//!
+//! A shared subscription `$share/{group}/{filter}` delivers each matching
+//! message to exactly one of the group's members, wherever they live. Each
+//! group (group and filter together: `$share/g/a` and `$share/g/b` are two
+//! groups) has an *owner* shard, picked by hashing its name like a client
+//! id ([`group_owner`]). The owner alone holds the member list and the
+//! strategy's state (round-robin cursor, sticky member,
+//! [`crate::router::shared`]); members' shards register them with
+//! `SharedJoin` / `SharedLeave` and report when a member's session gains
+//! or loses its connection.
+//!
+//! The route table carries a group as one more place for its filter: a
+//! shard announces `SharedRouteAdd` to every shard when it gains its first
+//! member of a group (and records it in its own table too, since a group is
+//! reached through its owner even from a member's shard). The publisher's
+//! shard, and only it, sends each matching message once to each matching
+//! group's owner (`SharedPublish`); the owner picks a member and forwards
+//! the message to that member's shard (`SharedDeliver`), which delivers it
+//! like any other, except that the session remembers the group until the
+//! client has the message. A hop to or from this shard's own owner is a
+//! direct call, not a trip through the inbox.
+//!
+//! Why an owner rather than membership replicated on every shard with the
+//! publisher choosing: the choice is made in one place, so exactly-once per
+//! message needs no agreement between publishers; round robin is one
+//! cursor over all publishers, so it is fair to the message, not just per
+//! publishing shard, and sticky means one member, not one per shard; and a
+//! membership change is one message to the owner, not one to every shard.
+//! The cost is at most one extra hop per message for groups owned by
+//! neither the publisher's nor the member's shard: one more `Arc` push in
+//! an already batched queue, and no lock.
+//!
+//! Member loss: a member whose connection ends stays in its groups while
+//! its session lives, but the owner chooses online members while there are
+//! any. Its shard takes back every shared message the client had not
+//! acknowledged (queued, or sent without PUBACK / PUBREC) and returns each
+//! to its owner, which gives it to another member, or back to the same
+//! one, to queue, if it is the only one left. A session that ends leaves
+//! its groups first, then returns its messages the same way. A
+//! `SharedDeliver` that finds its member gone, or offline when the owner
+//! thought it online, goes back to the owner too; the owner has heard of
+//! the change by then, because the member's shard sent it first on the
+//! same FIFO queue, so a message is never bounced between the two forever.
+//!
+//! Causality carries over: the route and the membership leave the
+//! member's shard before its SUBACK is written, so a PUBLISH sent after the
+//! SUBACK finds the route on the publisher's shard (which drains its inbox
+//! first) and the member at the owner (whose inbox is one FIFO). Order per
+//! publisher and topic holds per member, since each hop is a FIFO queue;
+//! messages spread over several members have no order between them.
+//!
 //! # Causality
 //!
 //! Route and retained updates travel on the same queues as publishes.
@@ -93,8 +145,21 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 /// The shard a client id's session lives on. Stable for the life of the
 /// process, the same on every thread.
 pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
+    place(client_id, shards)
+}
+
+/// The shard that owns the shared subscription `share`
+/// (`$share/{group}/{filter}`): it holds the group's member list and picks
+/// the member for each message.
+pub fn group_owner(share: &str, shards: usize) -> ShardId {
+    place(share, shards)
+}
+
+/// A name's shard: stable for the life of the process, the same on every
+/// thread.
+fn place(name: &str, shards: usize) -> ShardId {
     let mut hasher = FxHasher::default();
-    client_id.hash(&mut hasher);
+    name.hash(&mut hasher);
     (hasher.finish() % shards as u64) as ShardId
 }
 

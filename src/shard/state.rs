@@ -1,12 +1,15 @@
 //! Everything one shard owns: its sessions, its partition of the
-//! subscription trie, its view of which other shards subscribe to what, and
-//! its replica of the retained store. Only the shard's own thread touches
+//! subscription trie, its view of which other shards subscribe to what, its
+//! replica of the retained store, and the shared subscription groups it
+//! owns. Only the shard's own thread touches
 //! it (`Rc<RefCell<_>>`, not `Send`); other shards reach it through the
 //! mesh.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +21,15 @@ use tracing::{info, warn};
 
 use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
-use super::mesh::{Handoff, Mesh, ShardMsg};
+use super::mesh::{Handoff, Mesh, ShardMsg, SharedMember};
 use super::notify::LocalNotify;
 use crate::message::Message;
 use crate::protocol::{Connect, Packet, ReasonCode, SubscriptionOptions};
+use crate::router::shared::{Group, Strategy, is_shared};
 use crate::router::{RetainedStore, TopicTrie};
 use crate::session::{DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig};
+
+mod groups;
 
 /// Index of a session in its shard's slab; stable while the session lives.
 pub type SessionKey = usize;
@@ -39,6 +45,7 @@ const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 pub struct ShardConfig {
     pub session: SessionConfig,
     pub max_packet_size: usize,
+    pub shared_strategy: Strategy,
 }
 
 /// A subscription as the local trie holds it.
@@ -51,15 +58,30 @@ struct LocalSubscription {
 struct SessionSlot {
     session: Session,
     conn: Option<Rc<ConnHandle>>,
-    /// The filters this session holds in the trie, so that ending the
+    /// The filters this session holds in the trie, and the shared
+    /// subscriptions (`$share/...`) it is a member of, so that ending the
     /// session removes exactly them.
     filters: FxHashSet<ByteString>,
 }
 
-/// The shards (other than this one) with at least one subscriber for a
-/// filter. A later cluster layer adds nodes beside shards.
+/// The places a message matching one filter must go to. A later cluster
+/// layer adds nodes beside shards.
 #[derive(Debug, Default)]
-struct ShardSet(Vec<ShardId>);
+struct Places {
+    /// Shards (other than this one) with at least one subscriber.
+    shards: Vec<ShardId>,
+    /// Shared subscriptions on this filter with at least one member on
+    /// some shard, this one included: the message goes to each group's
+    /// owner once, whoever published it.
+    groups: Vec<GroupPlace>,
+}
+
+#[derive(Debug)]
+struct GroupPlace {
+    share: ByteString,
+    /// Shards with at least one member.
+    shards: Vec<ShardId>,
+}
 
 /// Messages dropped on this shard, by reason; logged while non-zero and
 /// exposed by the metrics layer.
@@ -77,7 +99,15 @@ pub struct ShardState {
     sessions: Slab<SessionSlot>,
     by_client_id: FxHashMap<ByteString, SessionKey>,
     subscriptions: TopicTrie<FxHashMap<SessionKey, LocalSubscription>>,
-    routes: TopicTrie<ShardSet>,
+    /// This shard's members of each shared subscription, by share name.
+    shared_members: FxHashMap<ByteString, FxHashMap<SessionKey, LocalSubscription>>,
+    routes: TopicTrie<Places>,
+    /// The shared subscription groups this shard owns
+    /// ([`super::group_owner`]),
+    /// by share name.
+    groups: FxHashMap<ByteString, Group<SharedMember>>,
+    /// State of the generator behind the random strategy.
+    random: u64,
     retained: RetainedStore,
     /// Offline sessions' next will or expiry deadline. Entries go stale
     /// when a session reconnects; `tick` re-checks with the session.
@@ -95,6 +125,8 @@ pub struct ShardState {
     next_conn_id: u64,
     /// Reused per publish: which shards to forward to.
     forward_to: Vec<bool>,
+    /// Reused per publish: which shared subscriptions match.
+    shared_to: Vec<ByteString>,
     /// Reused per publish: the local sessions that matched.
     matched: Vec<(SessionKey, Delivery)>,
 }
@@ -108,13 +140,17 @@ pub struct Attached {
 impl ShardState {
     pub fn new(mesh: Mesh, config: Rc<ShardConfig>) -> Rc<RefCell<ShardState>> {
         let shards = mesh.shard_count();
+        let random = RandomState::new().hash_one(mesh.me());
         Rc::new(RefCell::new(ShardState {
             mesh,
             config,
             sessions: Slab::new(),
             by_client_id: FxHashMap::default(),
             subscriptions: TopicTrie::new(),
+            shared_members: FxHashMap::default(),
             routes: TopicTrie::new(),
+            groups: FxHashMap::default(),
+            random,
             retained: RetainedStore::new(),
             timers: BinaryHeap::new(),
             handoffs: Vec::new(),
@@ -125,6 +161,7 @@ impl ShardState {
             drops_logged: DropCounters::default(),
             next_conn_id: 0,
             forward_to: vec![false; shards],
+            shared_to: Vec::new(),
             matched: Vec::new(),
         }))
     }
@@ -186,7 +223,7 @@ impl ShardState {
         if let Some(reason) = refused {
             conn.close(CloseReason::Refused(reason));
             if created {
-                self.end_session(key);
+                self.end_session(key, now);
             }
             return Attached {
                 conn,
@@ -195,8 +232,12 @@ impl ShardState {
         }
         let keep_alive = slot.session.keep_alive_timeout();
         slot.conn = Some(conn.clone());
+        self.set_online(key, true, now);
         self.run_actions(key, now);
         self.pump(key, now);
+        // The groups' owners hear of the connection now, not at the next
+        // packet or tick.
+        self.mesh.flush();
         Attached { conn, keep_alive }
     }
 
@@ -262,6 +303,13 @@ impl ShardState {
         self.sessions[key].conn = None;
         self.sessions[key].session.handle_connection_lost(now);
         self.run_actions(key, now);
+        // A session that outlives its connection stays a member of its
+        // groups, but new messages go to online members while there are
+        // any, and what it had not acknowledged goes to one of them.
+        if self.sessions.contains(key) {
+            self.set_online(key, false, now);
+            self.reroute_unacked(key, now);
+        }
         self.mesh.flush();
         self.schedule(key);
     }
@@ -332,7 +380,7 @@ impl ShardState {
                     subscription_id,
                     send_retained,
                 } => self.subscribe(key, filter, options, subscription_id, send_retained, now),
-                SessionAction::Unsubscribe { filter } => self.unsubscribe(key, &filter),
+                SessionAction::Unsubscribe { filter } => self.unsubscribe(key, &filter, now),
                 SessionAction::Close => {
                     self.pump(key, now);
                     if let Some(conn) = &self.sessions[key].conn {
@@ -340,24 +388,30 @@ impl ShardState {
                     }
                 }
                 SessionAction::Expired => {
-                    self.end_session(key);
+                    self.end_session(key, now);
                     return;
                 }
             }
         }
     }
 
-    /// Removes a session and every subscription it held.
-    fn end_session(&mut self, key: SessionKey) {
+    /// Removes a session and every subscription it held. Messages shared
+    /// groups chose it for and it had not acknowledged go to other members,
+    /// after it has left the groups.
+    fn end_session(&mut self, key: SessionKey, now: Instant) {
+        let unacked = self.sessions[key].session.take_shared_unacked();
         let filters: Vec<ByteString> = self.sessions[key].filters.drain().collect();
         for filter in &filters {
-            self.unsubscribe(key, filter);
+            self.unsubscribe(key, filter, now);
         }
         let slot = self.sessions.remove(key);
         if let Some(conn) = slot.conn {
             conn.close(CloseReason::Server(ReasonCode::Success));
         }
         self.by_client_id.remove(slot.session.client_id());
+        for (share, message) in unacked {
+            self.send_back(share, message, slot.session.client_id().clone(), now);
+        }
     }
 
     /// Routes a message published on this shard: to other shards that have
@@ -370,10 +424,12 @@ impl ShardState {
         let me = self.id();
         self.forward_to.fill(false);
         let forward_to = &mut self.forward_to;
-        self.routes.for_each_match(&message.topic, |shards| {
-            for &shard in &shards.0 {
+        let mut shared_to = std::mem::take(&mut self.shared_to);
+        self.routes.for_each_match(&message.topic, |places| {
+            for &shard in &places.shards {
                 forward_to[shard] = true;
             }
+            shared_to.extend(places.groups.iter().map(|group| group.share.clone()));
         });
         for shard in 0..self.forward_to.len() {
             if self.forward_to[shard] && shard != me {
@@ -385,6 +441,18 @@ impl ShardState {
             self.mesh.push_others(|| ShardMsg::Retain(message.clone()));
         }
         self.deliver_local(&message, now);
+        // Only the publisher's shard hands a message to a group, so each
+        // group sees it once however many shards hold members.
+        for share in shared_to.drain(..) {
+            let owner = self.owner(&share);
+            let msg = ShardMsg::SharedPublish {
+                share,
+                message: message.clone(),
+                exclude: None,
+            };
+            self.send(owner, msg, now);
+        }
+        self.shared_to = shared_to;
     }
 
     /// Delivers to this shard's sessions, once per session however many of
@@ -415,20 +483,27 @@ impl ShardState {
             merge_overlapping(&mut matched);
         }
         for (key, delivery) in matched.drain(..) {
-            self.deliver(key, message, delivery, now);
+            self.deliver(key, message, delivery, None, now);
         }
         self.matched = matched;
     }
 
+    /// `shared` names the shared subscription that chose this session, if
+    /// one did.
     fn deliver(
         &mut self,
         key: SessionKey,
         message: &Arc<Message>,
         delivery: Delivery,
+        shared: Option<ByteString>,
         now: Instant,
     ) {
-        let slot = &mut self.sessions[key];
-        match slot.session.handle_deliver(message, delivery, now) {
+        let session = &mut self.sessions[key].session;
+        let outcome = match shared {
+            Some(share) => session.handle_deliver_shared(message, delivery, share, now),
+            None => session.handle_deliver(message, delivery, now),
+        };
+        match outcome {
             DeliverOutcome::Queued => {}
             DeliverOutcome::Skipped => return,
             DeliverOutcome::Dropped(DropReason::QueueFull) => self.drops.queue_full += 1,
@@ -448,6 +523,12 @@ impl ShardState {
         send_retained: bool,
         now: Instant,
     ) {
+        if is_shared(&filter) {
+            // The session only reports well-formed share names, and a
+            // shared subscription gets no retained messages (spec 4.8.2).
+            self.join_group(key, filter, LocalSubscription { options, id }, now);
+            return;
+        }
         let subscribers = self.subscriptions.entry(&filter);
         let first_here = subscribers.is_empty();
         subscribers.insert(key, LocalSubscription { options, id });
@@ -475,13 +556,17 @@ impl ShardState {
                 from_retained_store: true,
                 subscription_ids: id.into_iter().collect(),
             };
-            self.deliver(key, &message, delivery, now);
+            self.deliver(key, &message, delivery, None, now);
         }
     }
 
-    fn unsubscribe(&mut self, key: SessionKey, filter: &ByteString) {
+    fn unsubscribe(&mut self, key: SessionKey, filter: &ByteString, now: Instant) {
         if let Some(slot) = self.sessions.get_mut(key) {
             slot.filters.remove(filter);
+        }
+        if is_shared(filter) {
+            self.leave_group(key, filter, now);
+            return;
         }
         let Some(subscribers) = self.subscriptions.get_mut(filter) else {
             return;
@@ -542,32 +627,73 @@ impl ShardState {
 
     pub fn apply_batch(&mut self, batch: Vec<ShardMsg>, now: Instant) {
         for msg in batch {
-            match msg {
-                ShardMsg::Publish(message) => self.deliver_local(&message, now),
-                ShardMsg::Retain(message) => self.retained.apply(message),
-                ShardMsg::RouteAdd { filter, from } => {
-                    let shards = &mut self.routes.entry(&filter).0;
-                    if !shards.contains(&from) {
-                        shards.push(from);
-                    }
-                }
-                ShardMsg::RouteRemove { filter, from } => {
-                    if let Some(shards) = self.routes.get_mut(&filter) {
-                        shards.0.retain(|&shard| shard != from);
-                        if shards.0.is_empty() {
-                            self.routes.remove(&filter);
-                        }
-                    }
-                }
-                ShardMsg::Handoff(handoff) => {
-                    self.handoffs.push(*handoff);
-                    self.wake.notify();
-                }
-                ShardMsg::Shutdown => {
-                    self.draining = true;
-                    self.wake.notify();
+            self.apply(msg, now);
+        }
+    }
+
+    fn apply(&mut self, msg: ShardMsg, now: Instant) {
+        match msg {
+            ShardMsg::Publish(message) => self.deliver_local(&message, now),
+            ShardMsg::Retain(message) => self.retained.apply(message),
+            ShardMsg::RouteAdd { filter, from } => {
+                let shards = &mut self.routes.entry(&filter).shards;
+                if !shards.contains(&from) {
+                    shards.push(from);
                 }
             }
+            ShardMsg::RouteRemove { filter, from } => {
+                if let Some(places) = self.routes.get_mut(&filter) {
+                    places.shards.retain(|&shard| shard != from);
+                    if places.is_empty() {
+                        self.routes.remove(&filter);
+                    }
+                }
+            }
+            ShardMsg::SharedRouteAdd { share, from } => self.add_group_route(share, from),
+            ShardMsg::SharedRouteRemove { share, from } => self.remove_group_route(&share, from),
+            ShardMsg::SharedJoin {
+                share,
+                member,
+                online,
+            } => self.groups.entry(share).or_default().join(member, online),
+            ShardMsg::SharedLeave { share, member } => {
+                if let Some(group) = self.groups.get_mut(&share)
+                    && group.leave(&member)
+                    && group.is_empty()
+                {
+                    self.groups.remove(&share);
+                }
+            }
+            ShardMsg::SharedPublish {
+                share,
+                message,
+                exclude,
+            } => self.pick_member(share, message, exclude.as_ref(), now),
+            ShardMsg::SharedDeliver {
+                share,
+                client_id,
+                message,
+                online,
+            } => self.deliver_shared(share, client_id, message, online, now),
+            ShardMsg::Handoff(handoff) => {
+                self.handoffs.push(*handoff);
+                self.wake.notify();
+            }
+            ShardMsg::Shutdown => {
+                self.draining = true;
+                self.wake.notify();
+            }
+        }
+    }
+
+    /// Queues `msg` for shard `to`, or, when that is this shard, acts on it
+    /// now: a group owned here needs no trip through the inbox, and acting
+    /// at once keeps it in order with what this shard sends elsewhere.
+    fn send(&mut self, to: ShardId, msg: ShardMsg, now: Instant) {
+        if to == self.id() {
+            self.apply(msg, now);
+        } else {
+            self.mesh.push(to, msg);
         }
     }
 
@@ -591,6 +717,12 @@ impl ShardState {
 
     pub fn live_connections(&self) -> usize {
         self.connections
+    }
+}
+
+impl Places {
+    fn is_empty(&self) -> bool {
+        self.shards.is_empty() && self.groups.is_empty()
     }
 }
 
