@@ -523,3 +523,19 @@ async fn unsupported_authentication_method_is_refused() {
     let (_raw, connack) = Raw::connect_ok(broker.addr, Connect::v5("auth")).await;
     assert!(!connack.session_present);
 }
+
+#[tokio::test]
+async fn refused_connect_does_not_take_over_the_connected_client() {
+    let broker = Broker::start(&[]);
+    let (mut first, _) = Raw::connect_ok(broker.addr, Connect::v5("auth-victim")).await;
+    let refused = Connect::v5("auth-victim")
+        .props(Props::new().string(wire::AUTHENTICATION_METHOD, "SCRAM-SHA-256"));
+    let (mut second, connack) = Raw::connect(broker.addr, refused).await;
+    assert_eq!(connack.code, 0x8C);
+    second.expect_closed(RECV_TIMEOUT).await;
+
+    // The client already connected was not told to go (no DISCONNECT 0x8E)
+    // and still gets answers.
+    first.send(&wire::pingreq()).await;
+    assert_eq!(first.recv().await.kind(), wire::PINGRESP);
+}

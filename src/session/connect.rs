@@ -63,6 +63,28 @@ pub(super) fn pub_response(packet_id: u16, reason: ReasonCode) -> PubResponse {
 }
 
 impl Session {
+    /// The CONNACK refusing `connect`, if it must be refused whatever the
+    /// session: the shard asks before it takes over a connected session, so
+    /// that a refused client cannot knock out the one already connected.
+    pub fn refuse_connect(connect: &Connect) -> Option<ConnAck> {
+        let problem = refusal(connect)?;
+        // CONNACK may carry a Reason String whatever Request Problem
+        // Information says (spec 3.1.2.11.7); 3.1.1 has no properties.
+        let properties = if connect.protocol.is_v5() {
+            ConnAckProperties {
+                reason_string: Some(problem.detail.into()),
+                ..ConnAckProperties::default()
+            }
+        } else {
+            ConnAckProperties::default()
+        };
+        Some(ConnAck {
+            session_present: false,
+            reason: problem.reason,
+            properties,
+        })
+    }
+
     pub(super) fn connect(
         &mut self,
         connect: &Connect,
@@ -71,22 +93,8 @@ impl Session {
     ) -> ConnAck {
         // Checked before anything changes: a refused CONNECT must leave a
         // stored session as it was.
-        if let Some(problem) = refusal(connect) {
-            // CONNACK may carry a Reason String whatever Request Problem
-            // Information says (spec 3.1.2.11.7); 3.1.1 has no properties.
-            let properties = if connect.protocol.is_v5() {
-                ConnAckProperties {
-                    reason_string: Some(problem.detail.into()),
-                    ..ConnAckProperties::default()
-                }
-            } else {
-                ConnAckProperties::default()
-            };
-            return ConnAck {
-                session_present: false,
-                reason: problem.reason,
-                properties,
-            };
+        if let Some(connack) = Session::refuse_connect(connect) {
+            return connack;
         }
 
         let session_present = self.had_connection;

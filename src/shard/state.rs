@@ -34,6 +34,10 @@ mod groups;
 /// Index of a session in its shard's slab; stable while the session lives.
 pub type SessionKey = usize;
 
+/// The key of a connection refused before it had a session: no slab entry
+/// ever has it, so the connection is never taken for a session's current one.
+const NO_SESSION: SessionKey = usize::MAX;
+
 /// Bytes of encoded output a connection may hold before the shard stops
 /// moving messages out of the session's queue: beyond this the socket is
 /// slower than the publishers, and the bounded session queue, not this
@@ -186,6 +190,19 @@ impl ShardState {
         now: Instant,
     ) -> Attached {
         let version = connect.protocol;
+        self.next_conn_id += 1;
+        // Refused before any session is touched: a CONNECT that fails must
+        // not knock out the client already connected with that id.
+        if let Some(connack) = Session::refuse_connect(connect) {
+            let conn = Rc::new(ConnHandle::new(self.next_conn_id, NO_SESSION, version, fd));
+            let reason = connack.reason;
+            conn.send(&Packet::ConnAck(connack));
+            conn.close(CloseReason::Refused(reason));
+            return Attached {
+                conn,
+                keep_alive: None,
+            };
+        }
         let existing = self.by_client_id.get(&connect.client_id).copied();
         if let Some(key) = existing {
             self.take_over(key, now);
@@ -200,7 +217,6 @@ impl ShardState {
             self.sessions[old].session.handle_discard(now);
             self.run_actions(old, now);
         }
-        let created = key.is_none();
         let key = key.unwrap_or_else(|| {
             let session = Session::new(connect.client_id.clone(), now);
             let key = self.sessions.insert(SessionSlot {
@@ -212,24 +228,12 @@ impl ShardState {
             key
         });
 
-        self.next_conn_id += 1;
         let conn = Rc::new(ConnHandle::new(self.next_conn_id, key, version, fd));
         let slot = &mut self.sessions[key];
         let connack =
             slot.session
                 .handle_connect(connect, assigned_client_id, &self.config.session, now);
-        let refused = connack.reason.is_error().then_some(connack.reason);
         conn.send(&Packet::ConnAck(connack));
-        if let Some(reason) = refused {
-            conn.close(CloseReason::Refused(reason));
-            if created {
-                self.end_session(key, now);
-            }
-            return Attached {
-                conn,
-                keep_alive: None,
-            };
-        }
         let keep_alive = slot.session.keep_alive_timeout();
         slot.conn = Some(conn.clone());
         self.set_online(key, true, now);
