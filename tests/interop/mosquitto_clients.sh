@@ -39,16 +39,16 @@ start_sub() {
     : >"$WORK/$name.out" # exists before the background job opens it
     # stdbuf: mosquitto_sub block-buffers stdout into a file, and the
     # SUBACK line must be visible as soon as it is printed.
-    stdbuf -oL mosquitto_sub -h "$HOST" -p "$PORT" -V "$version" -d -C "$count" -W 10 \
+    stdbuf -oL mosquitto_sub -h "$HOST" -p "$PORT" -V "$version" -d -C "$count" -W 30 \
         -F "$FORMAT" "$@" >"$WORK/$name.out" 2>&1 &
     SUB_PID=$!
     PIDS+=("$SUB_PID")
-    for _ in $(seq 100); do
+    for _ in $(seq 400); do
         grep -q 'SUBACK' "$WORK/$name.out" && return 0
         kill -0 "$SUB_PID" 2>/dev/null || fail "$name: mosquitto_sub exited before subscribing"
         sleep 0.05
     done
-    fail "$name: no SUBACK within 5s"
+    fail "$name: no SUBACK within 20s"
 }
 
 # wait_sub NAME PID : waits for mosquitto_sub to exit after its -C count.
