@@ -179,8 +179,14 @@ fn packets_v4() -> Vec<(&'static str, Packet)> {
             }),
         ),
         ("publish-qos0", publish(QoS::AtMostOnce, Default::default())),
-        ("publish-qos1", publish(QoS::AtLeastOnce, Default::default())),
-        ("publish-qos2", publish(QoS::ExactlyOnce, Default::default())),
+        (
+            "publish-qos1",
+            publish(QoS::AtLeastOnce, Default::default()),
+        ),
+        (
+            "publish-qos2",
+            publish(QoS::ExactlyOnce, Default::default()),
+        ),
         ("puback", Packet::PubAck(response(ReasonCode::Success))),
         ("pubrec", Packet::PubRec(response(ReasonCode::Success))),
         ("pubrel", Packet::PubRel(response(ReasonCode::Success))),
@@ -258,8 +264,14 @@ fn packets_v5() -> Vec<(&'static str, Packet)> {
             }),
         ),
         ("publish-qos0", publish(QoS::AtMostOnce, Default::default())),
-        ("publish-qos1", publish(QoS::AtLeastOnce, Default::default())),
-        ("publish-qos2", publish(QoS::ExactlyOnce, Default::default())),
+        (
+            "publish-qos1",
+            publish(QoS::AtLeastOnce, Default::default()),
+        ),
+        (
+            "publish-qos2",
+            publish(QoS::ExactlyOnce, Default::default()),
+        ),
         (
             "publish-qos0-props",
             publish(QoS::AtMostOnce, all_publish_properties.clone()),
@@ -283,7 +295,10 @@ fn packets_v5() -> Vec<(&'static str, Packet)> {
                 ..response(ReasonCode::NoMatchingSubscribers)
             }),
         ),
-        ("pubrec", Packet::PubRec(response(ReasonCode::QuotaExceeded))),
+        (
+            "pubrec",
+            Packet::PubRec(response(ReasonCode::QuotaExceeded)),
+        ),
         (
             "pubrel",
             Packet::PubRel(response(ReasonCode::PacketIdentifierNotFound)),
@@ -375,7 +390,10 @@ const HAND_WRITTEN_V5: &[(&str, &[u8])] = &[
     ("disconnect-reason-only", b"\xe0\x01\x8e"),
     ("auth-reason-only", b"\xf0\x01\x18"),
     // A subscription identifier as a non-minimal varint (1 in 2 bytes).
-    ("publish-varint-not-minimal", b"\x30\x08\x00\x01a\x03\x0b\x81\x00x"),
+    (
+        "publish-varint-not-minimal",
+        b"\x30\x08\x00\x01a\x03\x0b\x81\x00x",
+    ),
     // Two PUBLISHes in one read.
     (
         "stream-two-publishes",
@@ -395,5 +413,8 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     ("empty-levels", "a//b\n/\n//\na/+/b\na/+/+\n+//+\n/#\n//#"),
     ("invalid", "a/#/b\na#\na+/b\n#/a\n++\n\na/b#"),
-    ("unicode", "caf\u{e9}/+\ncaf\u{e9}/cr\u{e8}me\n\u{1f600}/#\n\u{1f600}"),
+    (
+        "unicode",
+        "caf\u{e9}/+\ncaf\u{e9}/cr\u{e8}me\n\u{1f600}/#\n\u{1f600}",
+    ),
 ];
