@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use bytes::BytesMut;
 use ringmq::protocol::topic::{matches, valid_topic_filter, valid_topic_name};
-use ringmq::protocol::{EncodeError, Packet, ProtocolVersion, check, read};
+use ringmq::protocol::{DecodeError, EncodeError, Packet, ProtocolVersion, check, read};
 use ringmq::router::TopicTrie;
 
 /// Picks the pre-v5 level from the first input byte, so one target covers
@@ -55,6 +55,11 @@ pub fn decode_stream(stream: &[u8], version: ProtocolVersion) {
             Ok(Some(packet)) => {
                 let header = header.expect("read decoded a packet check said was incomplete");
                 let frame_len = header.frame_len();
+                // The limit counts the whole frame and is inclusive.
+                assert!(matches!(
+                    check(&stream[stream.len() - before..], frame_len - 1),
+                    Err(DecodeError::PacketTooLarge { size, .. }) if size == frame_len
+                ));
                 assert_eq!(
                     before - buf.len(),
                     frame_len,
@@ -116,6 +121,9 @@ pub fn roundtrip(packet: &Packet, version: ProtocolVersion, frame_len: usize) {
     );
 }
 
+/// Lines of a `topic` input beyond this many are ignored.
+pub const MAX_TOPIC_LINES: usize = 64;
+
 /// Turns fuzz input into lines. An odd first byte maps every byte into a
 /// tiny alphabet of the characters topic rules are about, so the fuzzer
 /// spends its time on structure rather than on spelling; an even one keeps
@@ -130,7 +138,12 @@ pub fn topic_lines(data: &[u8]) -> Vec<String> {
     } else {
         String::from_utf8_lossy(rest).into_owned()
     };
-    text.split('\n').map(str::to_owned).collect()
+    // Every name is matched against every filter: a cap keeps an input's
+    // cost bounded, so time goes to more inputs rather than longer ones.
+    text.split('\n')
+        .take(MAX_TOPIC_LINES)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Checks the topic rules on every line as name and as filter, then builds a
@@ -159,6 +172,9 @@ pub fn topics(lines: &[String]) {
         assert_eq!(trie.insert(filter, filter.to_string()), None);
     }
     assert_eq!(trie.len(), filters.len());
+    for filter in &filters {
+        assert_eq!(trie.get(filter).map(String::as_str), Some(*filter));
+    }
     check_matches(&trie, &filters, &names);
 
     let removed: Vec<&str> = filters.iter().copied().step_by(2).collect();
@@ -166,6 +182,7 @@ pub fn topics(lines: &[String]) {
         assert_eq!(trie.remove(filter).as_deref(), Some(*filter));
         assert_eq!(trie.remove(filter), None);
         filters.remove(filter);
+        assert_eq!(trie.get(filter), None);
     }
     assert_eq!(trie.len(), filters.len());
     check_matches(&trie, &filters, &names);
