@@ -6,11 +6,15 @@
 //! the input that caused it.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use ringmq::message::Message;
 use ringmq::protocol::topic::{matches, valid_topic_filter, valid_topic_name};
-use ringmq::protocol::{DecodeError, EncodeError, Packet, ProtocolVersion, check, read};
-use ringmq::router::TopicTrie;
+use ringmq::protocol::{
+    DecodeError, EncodeError, Packet, ProtocolVersion, PublishProperties, QoS, check, read,
+};
+use ringmq::router::{RetainedStore, TopicTrie};
 
 /// Picks the pre-v5 level from the first input byte, so one target covers
 /// both MQTT 3.1 and 3.1.1. Returns the version and the stream to decode.
@@ -27,8 +31,9 @@ pub fn split_v4_input(data: &[u8]) -> Option<(ProtocolVersion, &[u8])> {
 /// Decodes `stream` as a connection would see it, packet after packet, at
 /// `version`, and checks every packet that decodes:
 ///
-/// - `check` and `read` agree on where the frame ends, and a `read` that
-///   needs more bytes leaves the buffer alone;
+/// - `check` and `read` agree on where the frame ends and on errors, the size
+///   limit counts the whole frame, a `read` that needs more bytes leaves the
+///   buffer alone, and no prefix of a frame that reads is an error;
 /// - the packet re-encodes: a decoded packet carries no field longer than the
 ///   wire allows and no type the version lacks, so no `EncodeError` is
 ///   acceptable;
@@ -55,11 +60,20 @@ pub fn decode_stream(stream: &[u8], version: ProtocolVersion) {
             Ok(Some(packet)) => {
                 let header = header.expect("read decoded a packet check said was incomplete");
                 let frame_len = header.frame_len();
+                let frame = &stream[stream.len() - before..][..frame_len];
                 // The limit counts the whole frame and is inclusive.
+                assert_eq!(check(frame, frame_len), Ok(Some(header)));
                 assert!(matches!(
-                    check(&stream[stream.len() - before..], frame_len - 1),
+                    check(frame, frame_len - 1),
                     Err(DecodeError::PacketTooLarge { size, .. }) if size == frame_len
                 ));
+                // Bytes arrive in any split: a prefix of a frame that reads
+                // must only ever ask for more, never fail.
+                for len in (0..header.header_len).chain([frame_len - 1]) {
+                    let mut prefix = BytesMut::from(&frame[..len]);
+                    assert_eq!(read(&mut prefix, version, max), Ok(None), "prefix {len}");
+                    assert_eq!(prefix.len(), len);
+                }
                 assert_eq!(
                     before - buf.len(),
                     frame_len,
@@ -149,7 +163,8 @@ pub fn topic_lines(data: &[u8]) -> Vec<String> {
 /// Checks the topic rules on every line as name and as filter, then builds a
 /// trie of the valid filters and checks, for every valid name, that the
 /// trie's matches are exactly the filters `matches` accepts. Removing half
-/// the filters must keep the two in step.
+/// the filters must keep the two in step. Then the same for the retained
+/// store: a filter must find exactly the valid names it `matches`.
 pub fn topics(lines: &[String]) {
     let mut filters = BTreeSet::new();
     let mut names = BTreeSet::new();
@@ -176,6 +191,7 @@ pub fn topics(lines: &[String]) {
         assert_eq!(trie.get(filter).map(String::as_str), Some(*filter));
     }
     check_matches(&trie, &filters, &names);
+    retained(&filters, names.clone());
 
     let removed: Vec<&str> = filters.iter().copied().step_by(2).collect();
     for filter in &removed {
@@ -186,6 +202,60 @@ pub fn topics(lines: &[String]) {
     }
     assert_eq!(trie.len(), filters.len());
     check_matches(&trie, &filters, &names);
+}
+
+/// The retained store walks the other way round, a filter's levels over a
+/// trie of topic names; it must agree with `matches` too, also after empty
+/// payloads delete half the topics.
+fn retained(filters: &BTreeSet<&str>, mut names: BTreeSet<&str>) {
+    let message = |topic: &str, payload: &'static [u8]| {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            publisher: "fuzz".into(),
+            expires_at: None,
+        })
+    };
+    let mut store = RetainedStore::new();
+    for name in &names {
+        store.apply(message(name, b"retained"));
+    }
+    assert_eq!(store.len(), names.len());
+    check_retained(&store, filters, &names);
+
+    let deleted: Vec<&str> = names.iter().copied().step_by(2).collect();
+    for name in deleted {
+        store.apply(message(name, b""));
+        names.remove(name);
+    }
+    assert_eq!(store.len(), names.len());
+    check_retained(&store, filters, &names);
+}
+
+fn check_retained(store: &RetainedStore, filters: &BTreeSet<&str>, names: &BTreeSet<&str>) {
+    for filter in filters {
+        let mut from_store = Vec::new();
+        store.for_each_match(filter, |message| from_store.push(message.topic.to_string()));
+        let count = from_store.len();
+        let from_store: BTreeSet<String> = from_store.into_iter().collect();
+        assert_eq!(
+            count,
+            from_store.len(),
+            "retained store visited a topic twice"
+        );
+        let expected: BTreeSet<String> = names
+            .iter()
+            .filter(|name| matches(filter, name))
+            .map(|name| name.to_string())
+            .collect();
+        assert_eq!(
+            from_store, expected,
+            "retained store and matches disagree on {filter:?}"
+        );
+    }
 }
 
 fn check_matches(trie: &TopicTrie<String>, filters: &BTreeSet<&str>, names: &BTreeSet<&str>) {
