@@ -50,7 +50,7 @@ impl Session {
         // Checked before anything changes: a refused CONNECT must leave a
         // stored session as it was.
         if let Some(will) = &connect.will
-            && !valid_topic_name(&will.topic)
+            && !(valid_topic_name(&will.topic) && config.topics.admits(&will.topic))
         {
             return ConnAck {
                 session_present: false,
@@ -285,6 +285,31 @@ mod tests {
         assert!(!connack.session_present);
         assert!(!session.is_connected());
         assert_eq!(session.poll_transmit(now), None);
+    }
+
+    #[test]
+    fn will_topic_past_the_limits_refused() {
+        let now = Instant::now();
+        let config = SessionConfig {
+            topics: crate::protocol::topic::TopicLimits {
+                max_length: 100,
+                max_levels: 2,
+            },
+            ..config()
+        };
+        let mut session = Session::new("c".into(), now);
+        let mut packet = connect(ProtocolVersion::V5);
+        packet.will = Some(LastWill {
+            topic: "will/deep/topic".into(),
+            ..will("w")
+        });
+        let connack = session.handle_connect(&packet, false, &config, now);
+        assert_eq!(connack.reason, ReasonCode::TopicNameInvalid);
+        assert!(!session.is_connected());
+        // "will/w" is two levels.
+        packet.will = Some(will("w"));
+        let connack = session.handle_connect(&packet, false, &config, now);
+        assert_eq!(connack.reason, ReasonCode::Success);
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl Session {
         if publish.properties.topic_alias.is_some() {
             return Err(ReasonCode::TopicAliasInvalid);
         }
-        if !valid_topic_name(&publish.topic) {
+        if !valid_topic_name(&publish.topic) || !self.config.topics.admits(&publish.topic) {
             return Err(ReasonCode::TopicNameInvalid);
         }
         // Subscription identifiers are the server's to add (spec 3.3.4).
@@ -281,6 +281,28 @@ mod tests {
             disconnect_reason(&mut session, now),
             Some(ReasonCode::TopicNameInvalid)
         );
+    }
+
+    #[test]
+    fn topic_past_the_limits_is_invalid() {
+        let config = crate::session::SessionConfig {
+            topics: crate::protocol::topic::TopicLimits {
+                max_length: 5,
+                max_levels: 2,
+            },
+            ..config()
+        };
+        for (topic, ok) in [("a/b", true), ("a/b/c", false), ("abcdef", false)] {
+            let (mut session, now) = connected_with_config(connect(ProtocolVersion::V5), &config);
+            let result = session.handle_packet(publish_in(topic, QoS::AtMostOnce, 0), now);
+            if ok {
+                assert_eq!(result, Ok(()), "{topic}");
+                assert_eq!(routed(&mut session).len(), 1);
+            } else {
+                assert_eq!(result, Err(ReasonCode::TopicNameInvalid), "{topic}");
+                assert_eq!(actions(&mut session), vec![SessionAction::Close]);
+            }
+        }
     }
 
     #[test]

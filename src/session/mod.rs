@@ -38,6 +38,7 @@ use bytestring::ByteString;
 use rustc_hash::FxHashSet;
 
 use crate::message::Message;
+use crate::protocol::topic::TopicLimits;
 use crate::protocol::{
     ConnAck, Connect, Disconnect, DisconnectProperties, LastWill, Packet, ProtocolVersion, QoS,
     ReasonCode, SubscriptionOptions,
@@ -60,6 +61,12 @@ pub struct SessionConfig {
     pub max_keepalive: u16,
     /// Largest packet the broker accepts, advertised in v5 CONNACK.
     pub max_packet_size: u32,
+    /// Topic names (PUBLISH, will) and filters (SUBSCRIBE) past these are
+    /// refused like invalid ones.
+    pub topics: TopicLimits,
+    /// Distinct filters one session may hold; a SUBSCRIBE past it is
+    /// refused per filter with Quota exceeded. `usize::MAX` for none.
+    pub max_subscriptions: usize,
 }
 
 /// What happens to a QoS 1/2 message that finds the queue full. QoS 0
@@ -187,6 +194,8 @@ const NEVER_CONNECTED: SessionConfig = SessionConfig {
     queue_full: QueueFullPolicy::Drop,
     max_keepalive: u16::MAX,
     max_packet_size: u32::MAX,
+    topics: TopicLimits::PROTOCOL,
+    max_subscriptions: 0,
 };
 
 impl Session {

@@ -35,8 +35,15 @@ impl Session {
                 reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
                 continue;
             }
-            if !valid_topic_filter(&filter) {
+            if !valid_topic_filter(&filter) || !self.config.topics.admits(&filter) {
                 reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            // Replacing a subscription the session holds adds nothing.
+            if self.subscriptions.len() >= self.config.max_subscriptions
+                && !self.subscriptions.contains(&filter)
+            {
+                reasons.push(ReasonCode::QuotaExceeded);
                 continue;
             }
             let is_new = self.subscriptions.insert(filter.clone());
@@ -90,9 +97,11 @@ mod tests {
     use bytestring::ByteString;
 
     use super::*;
+    use crate::protocol::topic::TopicLimits;
     use crate::protocol::{
         ProtocolVersion, SubscribeProperties, SubscriptionOptions, TopicSubscription,
     };
+    use crate::session::SessionConfig;
     use crate::session::testing::*;
 
     fn subscribe(filters: &[(&str, SubscriptionOptions)], id: Option<u32>) -> Packet {
@@ -201,6 +210,75 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn filters_past_the_topic_limits_are_invalid() {
+        let config = SessionConfig {
+            topics: TopicLimits {
+                max_length: 8,
+                max_levels: 3,
+            },
+            ..config()
+        };
+        let (mut session, now) = connected_with_config(connect(ProtocolVersion::V5), &config);
+        let packet = subscribe(
+            &[
+                ("a/b/c", qos(QoS::AtMostOnce)),
+                ("a/b/c/d", qos(QoS::AtMostOnce)),
+                ("abcdefghi", qos(QoS::AtMostOnce)),
+                ("+/+/#", qos(QoS::AtMostOnce)),
+            ],
+            None,
+        );
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(
+            suback_reasons(&mut session, now),
+            vec![
+                ReasonCode::Success,
+                ReasonCode::TopicFilterInvalid,
+                ReasonCode::TopicFilterInvalid,
+                ReasonCode::Success,
+            ]
+        );
+    }
+
+    #[test]
+    fn subscriptions_past_the_limit_exceed_the_quota() {
+        let config = SessionConfig {
+            max_subscriptions: 2,
+            ..config()
+        };
+        let (mut session, now) = connected_with_config(connect(ProtocolVersion::V5), &config);
+        let packet = subscribe(
+            &[
+                ("a", qos(QoS::AtMostOnce)),
+                ("b", qos(QoS::AtMostOnce)),
+                ("c", qos(QoS::AtMostOnce)),
+                // Replacing one held is not a new subscription.
+                ("a", qos(QoS::AtLeastOnce)),
+            ],
+            None,
+        );
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(
+            suback_reasons(&mut session, now),
+            vec![
+                ReasonCode::Success,
+                ReasonCode::Success,
+                ReasonCode::QuotaExceeded,
+                ReasonCode::GrantedQoS1,
+            ]
+        );
+        assert_eq!(actions(&mut session).len(), 3);
+        // Unsubscribing frees a place.
+        session.handle_packet(unsubscribe(&["b"]), now).unwrap();
+        transmit(&mut session, now);
+        actions(&mut session);
+        session
+            .handle_packet(subscribe(&[("c", qos(QoS::AtMostOnce))], None), now)
+            .unwrap();
+        assert_eq!(suback_reasons(&mut session, now), vec![ReasonCode::Success]);
     }
 
     #[test]

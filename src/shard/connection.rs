@@ -17,6 +17,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::limit::ConnectionPermit;
 use super::mesh::{Handoff, ShardMsg};
 use super::notify::LocalNotify;
 use super::state::{SessionKey, ShardState};
@@ -28,10 +29,6 @@ use crate::protocol::{
 
 /// How much the reader asks the kernel for at a time.
 const READ_CHUNK: usize = 4 * 1024;
-
-/// A TCP connection that has not completed its CONNECT within this long is
-/// closed, so idle sockets cannot pin file descriptors.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The shard's handle on a live connection: where packets for the client
 /// are encoded, and how its writer is woken or told to close.
@@ -153,13 +150,28 @@ impl ConnHandle {
 }
 
 /// Reads the CONNECT of a freshly accepted connection, then serves it here
-/// or hands it to its client id's home shard.
-pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer: SocketAddr) {
+/// or hands it to its client id's home shard. `permit` is `None` when the
+/// connection limit was reached: the CONNECT is still read, so the client
+/// is refused in its own protocol version and learns why.
+pub async fn accept(
+    state: Rc<RefCell<ShardState>>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<ConnectionPermit>,
+) {
     // Small MQTT packets must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
-    let max_packet_size = state.borrow().config().max_packet_size;
+    let (max_packet_size, connect_timeout, max_client_id_length) = {
+        let state = state.borrow();
+        let config = state.config();
+        (
+            config.max_packet_size,
+            config.connect_timeout,
+            config.max_client_id_length,
+        )
+    };
     let (mut connect, read_buf) =
-        match monoio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream, max_packet_size))
+        match monoio::time::timeout(connect_timeout, read_connect(&mut stream, max_packet_size))
             .await
         {
             Ok(Ok(connected)) => connected,
@@ -183,6 +195,24 @@ pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer:
                 return;
             }
         };
+
+    let Some(permit) = permit else {
+        warn!(%peer, "max_connections reached; connection refused");
+        // 0x97 names the cause: a configured limit, not a transient state
+        // (0x89 Server busy); 3.1.1 can only say Server unavailable.
+        refuse(&mut stream, connect.protocol, ReasonCode::QuotaExceeded).await;
+        return;
+    };
+    if connect.client_id.len() > max_client_id_length {
+        debug!(%peer, len = connect.client_id.len(), "client id too long");
+        refuse(
+            &mut stream,
+            connect.protocol,
+            ReasonCode::ClientIdentifierNotValid,
+        )
+        .await;
+        return;
+    }
 
     let assigned_client_id = connect.client_id.is_empty();
     if assigned_client_id {
@@ -222,6 +252,7 @@ pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer:
             connect,
             assigned_client_id,
             read_buf,
+            permit,
         })),
     );
     state.mesh.flush();
@@ -229,6 +260,8 @@ pub async fn accept(state: Rc<RefCell<ShardState>>, mut stream: TcpStream, peer:
 
 /// Serves a connection another shard handed over.
 pub async fn serve_handoff(state: Rc<RefCell<ShardState>>, handoff: Handoff) {
+    // Held until the connection ends, here.
+    let _permit = handoff.permit;
     let stream = match TcpStream::from_std(std::net::TcpStream::from(handoff.socket)) {
         Ok(stream) => stream,
         Err(error) => {
@@ -291,6 +324,10 @@ async fn read_loop(
 ) {
     let max_packet_size = state.borrow().config().max_packet_size;
     let mut packets = Vec::new();
+    // Keep-alive is about control packets, not bytes (spec 3.1.2.10): a
+    // client dribbling a packet that never completes is as silent as one
+    // sending nothing, and must not hold its read buffer for ever.
+    let mut deadline = keep_alive.map(|limit| Instant::now() + limit);
     loop {
         // Decode everything buffered (a client may pipeline many packets
         // into one segment), then hand them over in one borrow.
@@ -302,9 +339,11 @@ async fn read_loop(
             }
         };
         if !packets.is_empty() {
+            let now = Instant::now();
+            deadline = keep_alive.map(|limit| now + limit);
             state
                 .borrow_mut()
-                .handle_packets(conn, packets.drain(..), Instant::now());
+                .handle_packets(conn, packets.drain(..), now);
         }
         if let Err(error) = decoded {
             debug!(%error, "malformed packet");
@@ -318,8 +357,8 @@ async fn read_loop(
         }
 
         let read = read_more(&mut reader, buf);
-        let (result, returned) = match keep_alive {
-            Some(limit) => match monoio::time::timeout(limit, read).await {
+        let (result, returned) = match deadline {
+            Some(deadline) => match monoio::time::timeout_at(deadline.into(), read).await {
                 Ok(done) => done,
                 Err(_) => {
                     conn.disconnect(ReasonCode::KeepAliveTimeout);

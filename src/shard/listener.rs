@@ -59,7 +59,8 @@ pub async fn accept_loop(state: Rc<RefCell<ShardState>>, listener: monoio::net::
                 if state.borrow().draining {
                     return;
                 }
-                monoio::spawn(connection::accept(state.clone(), stream, peer));
+                let permit = state.borrow().config().connections.admit();
+                monoio::spawn(connection::accept(state.clone(), stream, peer, permit));
             }
             Err(error) => {
                 // Typically EMFILE: back off instead of spinning on the error.

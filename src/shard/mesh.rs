@@ -24,6 +24,7 @@ use bytestring::ByteString;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::ShardId;
+use super::limit::ConnectionPermit;
 use super::notify::LocalNotify;
 use crate::message::Message;
 use crate::protocol::Connect;
@@ -56,6 +57,8 @@ pub struct Handoff {
     pub connect: Connect,
     pub assigned_client_id: bool,
     pub read_buf: BytesMut,
+    /// The connection's place under the broker-wide limit travels with it.
+    pub permit: ConnectionPermit,
 }
 
 /// Wakes a shard's inbox task from another thread.

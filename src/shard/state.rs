@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
+use super::limit::ConnectionLimit;
 use super::mesh::{Handoff, Mesh, ShardMsg};
 use super::notify::LocalNotify;
 use crate::message::Message;
@@ -39,6 +40,13 @@ const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 pub struct ShardConfig {
     pub session: SessionConfig,
     pub max_packet_size: usize,
+    /// Shared by all shards: clones count against the same limit.
+    pub connections: ConnectionLimit,
+    /// A connection that has not delivered its CONNECT within this long
+    /// is closed (slow-loris defence).
+    pub connect_timeout: Duration,
+    /// Longer client ids are refused with Client Identifier not valid.
+    pub max_client_id_length: usize,
 }
 
 /// A subscription as the local trie holds it.
