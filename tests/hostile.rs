@@ -547,6 +547,60 @@ async fn server_packets_from_a_client_are_protocol_errors() {
     witness.finish().await;
 }
 
+#[tokio::test]
+async fn a_pingreq_flood_that_never_reads_the_answers_is_not_buffered() {
+    let (broker, witness) = start(&[]).await;
+    let (mut flooder, _) = Raw::connect_ok(broker.addr, Connect::v4("flooder")).await;
+    flooder.set_recv_buffer(4096);
+    let rss_before = broker.rss_kib();
+    // 64 KiB of PINGREQs a write, never reading a PINGRESP, until the
+    // broker stops reading (a write times out) or 16 MiB have gone.
+    let chunk: Vec<u8> = wire::pingreq().repeat(32 * 1024);
+    let mut sent = 0;
+    while sent < 16 << 20 && flooder.send_lossy(&chunk).await {
+        sent += chunk.len();
+    }
+    let grown = broker.rss_kib().saturating_sub(rss_before);
+    // Each PINGREQ queued a PINGRESP of a hundred-odd bytes in memory
+    // before the broker applied back-pressure: gigabytes for 16 MiB.
+    assert!(
+        grown < 64 * 1024,
+        "broker grew by {grown} KiB for {sent} bytes of PINGREQ"
+    );
+    // The connection is paused, not dropped: reading lets it go on.
+    assert_eq!(
+        flooder.recv_kind(wire::PINGRESP).await.kind(),
+        wire::PINGRESP
+    );
+    witness.finish().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_is_reset_after_its_keep_alive() {
+    let (broker, witness) = start(&[]).await;
+    let (mut stalled, _) = Raw::connect_ok(broker.addr, Connect::v4("stalled").keep_alive(1)).await;
+    stalled.set_recv_buffer(4096);
+    assert_eq!(stalled.subscribe(1, &[("firehose/t", 0)]).await, vec![0]);
+    let with_stalled = open_fds(broker.pid());
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("firehose")).await;
+    for _ in 0..100 {
+        publisher
+            .send(&Pub::new("firehose/t", &[b'f'; 60_000]).encode(V4))
+            .await;
+    }
+    // The keep-alive (1.5 s) ends the connection; the writer, blocked on a
+    // peer that reads nothing, gets a grace period (5 s) and is then cut
+    // off: the broker's descriptor is released without the peer's help.
+    wait_for_fds(
+        broker.pid(),
+        Duration::from_secs(15),
+        "stalled subscriber",
+        |n| n < with_stalled + 1,
+    )
+    .await;
+    witness.finish().await;
+}
+
 /// Raises this process's soft open-file limit to the hard one: the test
 /// holds 10,000 sockets at once.
 fn raise_open_file_limit() -> u64 {

@@ -377,6 +377,13 @@ impl Session {
         self.transmit(now)
     }
 
+    /// Answers (acks, PINGRESP, SUBACK...) waiting for room in the
+    /// connection's output: grows when the client sends requests faster
+    /// than it reads the answers.
+    pub fn unanswered(&self) -> usize {
+        self.control.len()
+    }
+
     /// Queued messages found expired when their turn to be sent came (or
     /// on resend after a reconnect), since the last call. They were dropped
     /// without a [`DeliverOutcome`], so the shard counts them from here.

@@ -5,7 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,6 +30,15 @@ use crate::protocol::{
 /// How much the reader asks the kernel for at a time.
 const READ_CHUNK: usize = 4 * 1024;
 
+/// Answers a client may leave unread before the broker stops reading its
+/// requests; well above what a client that reads while it sends runs up.
+const MAX_UNANSWERED: usize = 1024;
+
+/// How long a closing connection's writer gets to flush the goodbye. A
+/// peer that stopped reading would otherwise block the write, and hold
+/// the socket and its buffers, for ever.
+const WRITE_GRACE: Duration = Duration::from_secs(5);
+
 /// The shard's handle on a live connection: where packets for the client
 /// are encoded, and how its writer is woken or told to close.
 pub struct ConnHandle {
@@ -40,6 +49,9 @@ pub struct ConnHandle {
     fd: RawFd,
     out: RefCell<BytesMut>,
     writer: LocalNotify,
+    /// Rung by the writer after each write: there may be room for answers
+    /// the reader is waiting to make.
+    written: LocalNotify,
     closing: Cell<bool>,
     /// Why the connection ended, for the disconnect log line; the first
     /// reason recorded wins.
@@ -73,6 +85,7 @@ impl ConnHandle {
             fd,
             out: RefCell::new(BytesMut::new()),
             writer: LocalNotify::default(),
+            written: LocalNotify::default(),
             closing: Cell::new(false),
             why: Cell::new(None),
         }
@@ -302,15 +315,22 @@ async fn serve(
     drop(connect);
 
     let (reader, writer) = stream.into_split();
-    monoio::spawn(write_loop(state.clone(), conn.clone(), writer));
+    let writer = monoio::spawn(write_loop(state.clone(), conn.clone(), writer));
     if !conn.is_closing() {
         read_loop(&state, &conn, reader, read_buf, attached.keep_alive).await;
     }
-    {
-        let mut state = state.borrow_mut();
-        state.detach(&conn, Instant::now());
-        state.connection_closed();
+    state.borrow_mut().detach(&conn, Instant::now());
+    if monoio::time::timeout(WRITE_GRACE, writer).await.is_err() {
+        debug!(client = %client_id, %peer, "peer not reading; resetting the connection");
+        // SAFETY: the writer has not returned, so its half of the stream
+        // keeps the descriptor open and it is still this connection's.
+        let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
+        // Unsent bytes are discarded (RST on close) rather than left to a
+        // socket nobody reads; the shutdown fails the blocked write.
+        let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+        shutdown(conn.fd);
     }
+    state.borrow_mut().connection_closed();
     let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
     info!(client = %client_id, %peer, ?reason, "client disconnected");
 }
@@ -354,6 +374,28 @@ async fn read_loop(
         }
         if conn.is_closing() {
             return;
+        }
+        // A client sending requests (a PINGREQ flood) while it does not
+        // read the answers would grow them without bound: it is not read
+        // from until its writer has made room, for at most its keep-alive.
+        while state.borrow().unanswered(conn) > MAX_UNANSWERED {
+            let written = conn.written.notified();
+            let made_room = match deadline {
+                Some(deadline) => monoio::time::timeout_at(deadline.into(), written)
+                    .await
+                    .is_ok(),
+                None => {
+                    written.await;
+                    true
+                }
+            };
+            if !made_room {
+                conn.disconnect(ReasonCode::KeepAliveTimeout);
+                return;
+            }
+            if conn.is_closing() {
+                return;
+            }
         }
 
         let read = read_more(&mut reader, buf);
@@ -404,6 +446,7 @@ async fn write_loop(
                 written
             };
             state.borrow_mut().on_written(&conn, Instant::now());
+            conn.written.notify();
         }
         if conn.is_closing() {
             shutdown(conn.fd);

@@ -136,10 +136,12 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         "starting"
     );
 
-    let listeners =
-        listener::bind_all(&config.listen, config.shards).map_err(StartError::Listen)?;
+    // Signals are watched before the listeners announce themselves: a
+    // SIGTERM sent as soon as `listening` is logged must drain, not kill.
     let (mesh, inboxes) = MeshHandle::build(config.shards);
     watch_signals(mesh.clone())?;
+    let listeners =
+        listener::bind_all(&config.listen, config.shards).map_err(StartError::Listen)?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();

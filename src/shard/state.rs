@@ -533,6 +533,15 @@ impl ShardState {
         self.drops.expired += slot.session.take_dropped_expired();
     }
 
+    /// Answers to the client on `conn` that did not fit in its output yet.
+    pub fn unanswered(&self, conn: &ConnHandle) -> usize {
+        if self.is_current(conn.key, conn) {
+            self.sessions[conn.key].session.unanswered()
+        } else {
+            0
+        }
+    }
+
     /// Called by a connection's writer after a write completed: there may
     /// be room for more of the session's queue.
     pub fn on_written(&mut self, conn: &ConnHandle, now: Instant) {
