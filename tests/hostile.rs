@@ -17,6 +17,11 @@
 //! - tests/framing.rs: packets split across reads and joined in one.
 //! - tests/limits.rs: the connect timeout against one silent and one
 //!   dribbling socket, keep-alive against a dribbled packet.
+//!
+//! Beyond bad bytes, two clients that stop reading: one flooding PINGREQs
+//! (the broker must stop reading it rather than buffer the answers), and
+//! a subscriber whose socket fills (it must be cut off after its
+//! keep-alive, not hold a descriptor for ever).
 
 mod common;
 
@@ -669,9 +674,10 @@ async fn ten_thousand_silent_connections_are_shed_after_the_connect_timeout() {
     .await
     .expect("connecting thread");
     let opened = Instant::now();
-    // The broker accepted them (they hold its descriptors)...
+    // The broker accepted them (they hold its descriptors)... Half is
+    // enough to show it: on a slow host the first may be shed already.
     wait_for_fds(pid, RECV_TIMEOUT, "accepting", |n| {
-        n >= baseline + SILENT * 9 / 10
+        n >= baseline + SILENT / 2
     })
     .await;
 
