@@ -210,7 +210,7 @@ pub async fn accept(
         };
 
     let Some(permit) = permit else {
-        warn!(%peer, "max_connections reached; connection refused");
+        debug!(%peer, "connection limit reached; refused");
         // 0x97 names the cause: a configured limit, not a transient state
         // (0x89 Server busy); 3.1.1 can only say Server unavailable.
         refuse(&mut stream, connect.protocol, ReasonCode::QuotaExceeded).await;

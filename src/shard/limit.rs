@@ -7,7 +7,9 @@
 //! enough; nothing else is synchronised through it, hence `Relaxed`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tracing::warn;
 
 /// How many client connections may be open at once, and how many are.
 #[derive(Debug, Clone)]
@@ -15,6 +17,8 @@ pub struct ConnectionLimit {
     /// `usize::MAX` for no limit.
     max: usize,
     open: Arc<AtomicUsize>,
+    /// Connections refused so far, for the log.
+    refused: Arc<AtomicU64>,
 }
 
 /// One admitted connection's place under the limit, given back when it is
@@ -30,20 +34,35 @@ impl ConnectionLimit {
         ConnectionLimit {
             max: if max == 0 { usize::MAX } else { max },
             open: Arc::default(),
+            refused: Arc::default(),
         }
     }
 
     /// A place for a new connection, or `None` when all are taken. A
     /// refused connection takes no place: it is answered and closed.
     pub fn admit(&self) -> Option<ConnectionPermit> {
-        self.open
+        let admitted = self
+            .open
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
                 (open < self.max).then_some(open + 1)
             })
-            .ok()
-            .map(|_| ConnectionPermit {
-                open: self.open.clone(),
-            })
+            .is_ok();
+        if !admitted {
+            // Logged at the 1st, 2nd, 4th, 8th... refusal: an operator
+            // learns the limit is hit without a flood of connections
+            // becoming a flood of log lines.
+            let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused.is_power_of_two() {
+                warn!(
+                    max_connections = self.max,
+                    refused, "connection limit reached; refusing new connections"
+                );
+            }
+            return None;
+        }
+        Some(ConnectionPermit {
+            open: self.open.clone(),
+        })
     }
 }
 
@@ -68,6 +87,7 @@ mod tests {
         assert!(limit.admit().is_none());
         drop((b, c));
         assert_eq!(limit.open.load(Ordering::Relaxed), 0);
+        assert_eq!(limit.refused.load(Ordering::Relaxed), 2);
     }
 
     #[test]
