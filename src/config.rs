@@ -11,11 +11,13 @@ use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
+use crate::protocol::topic::{MAX_TOPIC_LEN, MAX_TOPIC_LEVELS, TopicLimits};
 use crate::router::shared::Strategy;
 use crate::session::{QueueFullPolicy, SessionConfig};
 
@@ -29,6 +31,25 @@ const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 10;
 const MIN_PACKET_SIZE: u32 = 16;
 /// The largest size the remaining-length varint can express (spec 2.1.4).
 const MAX_PACKET_SIZE: u32 = 268_435_455;
+/// Enough for a default-configured broker to serve a large fleet, low
+/// enough that a connection flood is refused with a CONNACK long before it
+/// exhausts memory; hosts tuned for more (tuning/) raise it.
+const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Long enough for a CONNECT over a slow mobile link, short enough that
+/// idle sockets opened to hold descriptors are shed quickly.
+const DEFAULT_CONNECT_TIMEOUT: u32 = 10;
+/// EMQX's default; Mosquitto hard-codes 200. Real topics have a handful of
+/// levels, and each level is a trie node.
+const DEFAULT_MAX_TOPIC_LEVELS: usize = 128;
+/// Generous for hierarchical filter sets; one client cannot grow every
+/// shard's route table without bound (each new filter is announced to all
+/// shards).
+const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 1000;
+/// Room for UUIDs, device serials and host names (253), while a session's
+/// key, logs and assigned-id comparisons stay small.
+const DEFAULT_MAX_CLIENT_ID_LENGTH: u16 = 256;
+/// A server must accept client ids of 1 to 23 bytes (spec 3.1.3.1).
+const MIN_CLIENT_ID_LENGTH: u16 = 23;
 
 /// The broker's settings, complete and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +78,18 @@ pub struct Config {
     pub server_topic_aliases: bool,
     /// How a shared subscription group picks the member for a message.
     pub shared_subscription_strategy: Strategy,
+    /// Client connections open at once, broker-wide; 0 is no limit.
+    pub max_connections: usize,
+    /// Seconds a new connection has to deliver its CONNECT. At least 1.
+    pub connect_timeout: u32,
+    /// Bytes in a topic name or filter. At least 1.
+    pub max_topic_length: u16,
+    /// Levels in a topic name or filter, 1 to [`MAX_TOPIC_LEVELS`].
+    pub max_topic_levels: usize,
+    /// Subscriptions one session may hold; 0 is no limit.
+    pub max_subscriptions_per_client: usize,
+    /// Bytes in a client id. At least 23.
+    pub max_client_id_length: u16,
 }
 
 /// Which I/O backend the shards run on.
@@ -166,6 +199,26 @@ struct Cli {
     /// [default: round_robin].
     #[arg(long, value_name = "STRATEGY")]
     shared_subscription_strategy: Option<SharedStrategy>,
+    /// Client connections open at once, broker-wide; 0 is no limit
+    /// [default: 100000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Seconds a new connection has to send its CONNECT [default: 10].
+    #[arg(long, value_name = "SECS")]
+    connect_timeout: Option<u32>,
+    /// Longest topic name or filter, 1 to 65535 bytes [default: 65535].
+    #[arg(long, value_name = "BYTES")]
+    max_topic_length: Option<u16>,
+    /// Most levels in a topic name or filter, 1 to 1024 [default: 128].
+    #[arg(long, value_name = "N")]
+    max_topic_levels: Option<usize>,
+    /// Subscriptions one client's session may hold; 0 is no limit
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_subscriptions_per_client: Option<usize>,
+    /// Longest client id accepted, 23 to 65535 bytes [default: 256].
+    #[arg(long, value_name = "BYTES")]
+    max_client_id_length: Option<u16>,
 }
 
 /// The TOML file: the flags' settings except `config` itself.
@@ -185,6 +238,12 @@ struct FileConfig {
     topic_alias_maximum: Option<u16>,
     server_topic_aliases: Option<bool>,
     shared_subscription_strategy: Option<SharedStrategy>,
+    max_connections: Option<usize>,
+    connect_timeout: Option<u32>,
+    max_topic_length: Option<u16>,
+    max_topic_levels: Option<usize>,
+    max_subscriptions_per_client: Option<usize>,
+    max_client_id_length: Option<u16>,
 }
 
 /// How [`QueueFullPolicy`] is spelled in flags and files; the session type
@@ -237,7 +296,20 @@ impl Config {
             max_packet_size: self.max_packet_size,
             topic_alias_maximum: self.topic_alias_maximum,
             server_topic_aliases: self.server_topic_aliases,
+            topics: TopicLimits {
+                max_length: usize::from(self.max_topic_length),
+                max_levels: self.max_topic_levels,
+            },
+            max_subscriptions: match self.max_subscriptions_per_client {
+                0 => usize::MAX,
+                n => n,
+            },
         }
+    }
+
+    /// How long a new connection has to send its CONNECT.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.connect_timeout))
     }
 
     fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
@@ -288,6 +360,46 @@ impl Config {
             &format!("must be between {MIN_PACKET_SIZE} and {MAX_PACKET_SIZE}"),
         )?;
 
+        let connect_timeout = cli
+            .connect_timeout
+            .or(file.connect_timeout)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        ensure(
+            connect_timeout >= 1,
+            "connect_timeout",
+            "must be at least 1",
+        )?;
+
+        let max_topic_length = cli
+            .max_topic_length
+            .or(file.max_topic_length)
+            .unwrap_or(u16::MAX);
+        ensure(
+            max_topic_length >= 1,
+            "max_topic_length",
+            &format!("must be between 1 and {MAX_TOPIC_LEN}"),
+        )?;
+
+        let max_topic_levels = cli
+            .max_topic_levels
+            .or(file.max_topic_levels)
+            .unwrap_or(DEFAULT_MAX_TOPIC_LEVELS);
+        ensure(
+            (1..=MAX_TOPIC_LEVELS).contains(&max_topic_levels),
+            "max_topic_levels",
+            &format!("must be between 1 and {MAX_TOPIC_LEVELS}"),
+        )?;
+
+        let max_client_id_length = cli
+            .max_client_id_length
+            .or(file.max_client_id_length)
+            .unwrap_or(DEFAULT_MAX_CLIENT_ID_LENGTH);
+        ensure(
+            max_client_id_length >= MIN_CLIENT_ID_LENGTH,
+            "max_client_id_length",
+            &format!("must be between {MIN_CLIENT_ID_LENGTH} and 65535"),
+        )?;
+
         let queue_full_policy = match cli.queue_full_policy.or(file.queue_full_policy) {
             None | Some(QueueFull::Drop) => QueueFullPolicy::Drop,
             Some(QueueFull::Disconnect) => QueueFullPolicy::Disconnect,
@@ -325,6 +437,18 @@ impl Config {
                 .or(file.server_topic_aliases)
                 .unwrap_or(true),
             shared_subscription_strategy,
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            connect_timeout,
+            max_topic_length,
+            max_topic_levels,
+            max_subscriptions_per_client: cli
+                .max_subscriptions_per_client
+                .or(file.max_subscriptions_per_client)
+                .unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT),
+            max_client_id_length,
         })
     }
 }
@@ -425,6 +549,30 @@ mod tests {
         assert_eq!(session.topic_alias_maximum, 10);
         assert!(session.server_topic_aliases);
         assert_eq!(config.shared_subscription_strategy, Strategy::RoundRobin);
+        assert_eq!(
+            session.topics,
+            TopicLimits {
+                max_length: 65535,
+                max_levels: 128
+            }
+        );
+        assert_eq!(session.max_subscriptions, 1000);
+        assert_eq!(config.max_connections, 100_000);
+        assert_eq!(config.connect_timeout(), Duration::from_secs(10));
+        assert_eq!(config.max_client_id_length, 256);
+    }
+
+    #[test]
+    fn zero_means_no_limit_where_documented() {
+        let config = parse(&[
+            "--max-connections",
+            "0",
+            "--max-subscriptions-per-client",
+            "0",
+        ])
+        .expect("valid");
+        assert_eq!(config.max_connections, 0);
+        assert_eq!(config.session_config().max_subscriptions, usize::MAX);
     }
 
     #[test]
@@ -445,6 +593,12 @@ mod tests {
             topic_alias_maximum = 0
             server_topic_aliases = false
             shared_subscription_strategy = "sticky"
+            max_connections = 7
+            connect_timeout = 3
+            max_topic_length = 100
+            max_topic_levels = 8
+            max_subscriptions_per_client = 20
+            max_client_id_length = 64
             "#,
         );
         let config = parse(&["--config", file.arg()]).expect("valid file");
@@ -467,6 +621,12 @@ mod tests {
                 topic_alias_maximum: 0,
                 server_topic_aliases: false,
                 shared_subscription_strategy: Strategy::Sticky,
+                max_connections: 7,
+                connect_timeout: 3,
+                max_topic_length: 100,
+                max_topic_levels: 8,
+                max_subscriptions_per_client: 20,
+                max_client_id_length: 64,
             }
         );
     }
@@ -591,6 +751,26 @@ mod tests {
                 merge(&[], "listen = []"),
                 "invalid value for `listen` (--listen): must name at least one address",
             ),
+            (
+                merge(&["--connect-timeout", "0"], ""),
+                "invalid value for `connect_timeout` (--connect-timeout): must be at least 1",
+            ),
+            (
+                merge(&[], "max_topic_length = 0"),
+                "invalid value for `max_topic_length` (--max-topic-length): must be between 1 and 65535",
+            ),
+            (
+                merge(&["--max-topic-levels", "1025"], ""),
+                "invalid value for `max_topic_levels` (--max-topic-levels): must be between 1 and 1024",
+            ),
+            (
+                merge(&[], "max_topic_levels = 0"),
+                "invalid value for `max_topic_levels` (--max-topic-levels): must be between 1 and 1024",
+            ),
+            (
+                merge(&["--max-client-id-length", "22"], ""),
+                "invalid value for `max_client_id_length` (--max-client-id-length): must be between 23 and 65535",
+            ),
         ];
         for (result, expected) in cases {
             assert_eq!(result.expect_err(expected).to_string(), expected);
@@ -710,6 +890,12 @@ mod tests {
             topic_alias_maximum,
             server_topic_aliases,
             shared_subscription_strategy,
+            max_connections,
+            connect_timeout,
+            max_topic_length,
+            max_topic_levels,
+            max_subscriptions_per_client,
+            max_client_id_length,
         } = &file;
         assert!(listen.is_some());
         assert!(ws_listen.is_some());
@@ -724,6 +910,12 @@ mod tests {
         assert!(topic_alias_maximum.is_some());
         assert!(server_topic_aliases.is_some());
         assert!(shared_subscription_strategy.is_some());
+        assert!(max_connections.is_some());
+        assert!(connect_timeout.is_some());
+        assert!(max_topic_length.is_some());
+        assert!(max_topic_levels.is_some());
+        assert!(max_subscriptions_per_client.is_some());
+        assert!(max_client_id_length.is_some());
         Config::merge(Cli::default(), file).expect("example config is valid");
     }
 }

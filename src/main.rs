@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use ringmq::config::{Config, ConfigError};
-use ringmq::shard::{self, ServerConfig, ShardConfig};
+use ringmq::shard::{self, ConnectionLimit, ServerConfig, ShardConfig};
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
@@ -30,6 +30,9 @@ fn main() -> ExitCode {
             session: config.session_config(),
             max_packet_size: config.max_packet_size as usize,
             shared_strategy: config.shared_subscription_strategy,
+            connections: ConnectionLimit::new(config.max_connections),
+            connect_timeout: config.connect_timeout(),
+            max_client_id_length: usize::from(config.max_client_id_length),
         },
     };
     match shard::run(server) {

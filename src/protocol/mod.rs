@@ -206,8 +206,9 @@ impl DecodeError {
             | E::InvalidPropertyValue(_)
             | E::ZeroPacketId
             | E::EmptySubscription => ReasonCode::ProtocolError,
-            // Retain Handling 3 is a Protocol Error; reserved bits (the only
-            // other cause, and the only one with bit 6 or 7) are malformed.
+            // Retain Handling 3 and Maximum QoS 3 are Protocol Errors;
+            // reserved bits (the only other cause, and the only one with
+            // bit 6 or 7) are malformed.
             E::InvalidSubscriptionOptions(options) if options & 0xC0 == 0 => {
                 ReasonCode::ProtocolError
             }

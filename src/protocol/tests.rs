@@ -108,6 +108,10 @@ fn reason_codes_follow_the_spec_wording() {
             ReasonCode::ProtocolError,
         ),
         (
+            E::InvalidSubscriptionOptions(0x03),
+            ReasonCode::ProtocolError,
+        ),
+        (
             E::InvalidSubscriptionOptions(0x40),
             ReasonCode::MalformedPacket,
         ),

@@ -21,7 +21,38 @@ pub fn valid_topic_name(topic: &str) -> bool {
 }
 
 fn within_level_limit(topic: &str) -> bool {
-    topic.bytes().filter(|&b| b == b'/').count() < MAX_TOPIC_LEVELS
+    levels(topic) <= MAX_TOPIC_LEVELS
+}
+
+/// Levels in a topic name or filter: one more than its separators.
+fn levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
+}
+
+/// The operator's limits on topic names and filters, tighter than the
+/// protocol's own ([`MAX_TOPIC_LEN`], [`MAX_TOPIC_LEVELS`]): every level
+/// is a trie node and every byte is kept per subscription and per
+/// retained message, so these bound what one client can make the broker
+/// hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    /// Bytes, at most [`MAX_TOPIC_LEN`].
+    pub max_length: usize,
+    /// At most [`MAX_TOPIC_LEVELS`].
+    pub max_levels: usize,
+}
+
+impl TopicLimits {
+    /// No limit beyond the protocol's.
+    pub const PROTOCOL: TopicLimits = TopicLimits {
+        max_length: MAX_TOPIC_LEN,
+        max_levels: MAX_TOPIC_LEVELS,
+    };
+
+    /// Whether a topic name or filter (already valid) is within the limits.
+    pub fn admits(&self, topic: &str) -> bool {
+        topic.len() <= self.max_length && levels(topic) <= self.max_levels
+    }
 }
 
 /// A topic filter a SUBSCRIBE may carry: non-empty, `#` only as the whole
@@ -99,6 +130,22 @@ mod tests {
             assert!(!valid_topic_filter(bad), "{bad}");
         }
         assert!(!valid_topic_filter(&"+/".repeat(MAX_TOPIC_LEVELS)));
+    }
+
+    #[test]
+    fn limits_count_bytes_and_levels() {
+        let limits = TopicLimits {
+            max_length: 5,
+            max_levels: 3,
+        };
+        assert!(limits.admits("a/b/c"));
+        assert!(!limits.admits("a/b/cd"), "6 bytes");
+        assert!(!limits.admits("a/b/c/"), "4 levels, the last empty");
+        assert!(limits.admits("//"), "3 empty levels");
+        assert!(!limits.admits("///"));
+        assert!(limits.admits("é/+"), "4 bytes: length is in bytes");
+        assert!(!limits.admits("éé/+"));
+        assert!(TopicLimits::PROTOCOL.admits(&"/".repeat(MAX_TOPIC_LEVELS - 1)));
     }
 
     #[test]

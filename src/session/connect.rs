@@ -34,9 +34,9 @@ fn session_expiry(connect: &Connect) -> u32 {
 }
 
 /// Why a CONNECT is refused, if it is.
-fn refusal(connect: &Connect) -> Option<Problem> {
+fn refusal(connect: &Connect, config: &SessionConfig) -> Option<Problem> {
     if let Some(will) = &connect.will
-        && !valid_topic_name(&will.topic)
+        && !(valid_topic_name(&will.topic) && config.topics.admits(&will.topic))
     {
         return Some(Problem::new(
             ReasonCode::TopicNameInvalid,
@@ -66,8 +66,8 @@ impl Session {
     /// The CONNACK refusing `connect`, if it must be refused whatever the
     /// session: the shard asks before it takes over a connected session, so
     /// that a refused client cannot knock out the one already connected.
-    pub fn refuse_connect(connect: &Connect) -> Option<ConnAck> {
-        let problem = refusal(connect)?;
+    pub fn refuse_connect(connect: &Connect, config: &SessionConfig) -> Option<ConnAck> {
+        let problem = refusal(connect, config)?;
         // CONNACK may carry a Reason String whatever Request Problem
         // Information says (spec 3.1.2.11.7); 3.1.1 has no properties.
         let properties = if connect.protocol.is_v5() {
@@ -93,7 +93,7 @@ impl Session {
     ) -> ConnAck {
         // Checked before anything changes: a refused CONNECT must leave a
         // stored session as it was.
-        if let Some(connack) = Session::refuse_connect(connect) {
+        if let Some(connack) = Session::refuse_connect(connect, config) {
             return connack;
         }
 
@@ -409,6 +409,31 @@ mod tests {
         assert!(!connack.session_present);
         assert!(!session.is_connected());
         assert_eq!(session.poll_transmit(now), None);
+    }
+
+    #[test]
+    fn will_topic_past_the_limits_refused() {
+        let now = Instant::now();
+        let config = SessionConfig {
+            topics: crate::protocol::topic::TopicLimits {
+                max_length: 100,
+                max_levels: 2,
+            },
+            ..config()
+        };
+        let mut session = Session::new("c".into(), now);
+        let mut packet = connect(ProtocolVersion::V5);
+        packet.will = Some(LastWill {
+            topic: "will/deep/topic".into(),
+            ..will("w")
+        });
+        let connack = session.handle_connect(&packet, false, &config, now);
+        assert_eq!(connack.reason, ReasonCode::TopicNameInvalid);
+        assert!(!session.is_connected());
+        // "will/w" is two levels.
+        packet.will = Some(will("w"));
+        let connack = session.handle_connect(&packet, false, &config, now);
+        assert_eq!(connack.reason, ReasonCode::Success);
     }
 
     #[test]

@@ -18,7 +18,7 @@ impl Session {
         // Below v5 the codec reads no properties, so there is never an
         // alias to resolve.
         self.incoming_aliases.resolve(&mut publish)?;
-        if !valid_topic_name(&publish.topic) {
+        if !valid_topic_name(&publish.topic) || !self.config.topics.admits(&publish.topic) {
             return Err(Problem::new(
                 ReasonCode::TopicNameInvalid,
                 format!("invalid topic name {:?}", &*publish.topic),
@@ -306,6 +306,28 @@ mod tests {
             disconnect_reason(&mut session, now),
             Some(ReasonCode::TopicNameInvalid)
         );
+    }
+
+    #[test]
+    fn topic_past_the_limits_is_invalid() {
+        let config = crate::session::SessionConfig {
+            topics: crate::protocol::topic::TopicLimits {
+                max_length: 5,
+                max_levels: 2,
+            },
+            ..config()
+        };
+        for (topic, ok) in [("a/b", true), ("a/b/c", false), ("abcdef", false)] {
+            let (mut session, now) = connected_with_config(connect(ProtocolVersion::V5), &config);
+            let result = session.handle_packet(publish_in(topic, QoS::AtMostOnce, 0), now);
+            if ok {
+                assert_eq!(result, Ok(()), "{topic}");
+                assert_eq!(routed(&mut session).len(), 1);
+            } else {
+                assert_eq!(result, Err(ReasonCode::TopicNameInvalid), "{topic}");
+                assert_eq!(actions(&mut session), vec![SessionAction::Close]);
+            }
+        }
     }
 
     fn aliased(topic: &str, alias: u16) -> Packet {

@@ -42,6 +42,7 @@ use bytestring::ByteString;
 use rustc_hash::FxHashSet;
 
 use crate::message::Message;
+use crate::protocol::topic::TopicLimits;
 use crate::protocol::{
     ConnAck, Connect, Disconnect, DisconnectProperties, LastWill, Packet, ProtocolVersion, Publish,
     QoS, ReasonCode, SubscriptionOptions,
@@ -71,6 +72,12 @@ pub struct SessionConfig {
     /// Assign topic aliases to the PUBLISH packets sent to v5 clients that
     /// accept them (their CONNECT Topic Alias Maximum).
     pub server_topic_aliases: bool,
+    /// Topic names (PUBLISH, will) and filters (SUBSCRIBE) past these are
+    /// refused like invalid ones.
+    pub topics: TopicLimits,
+    /// Distinct filters one session may hold; a SUBSCRIBE past it is
+    /// refused per filter with Quota exceeded. `usize::MAX` for none.
+    pub max_subscriptions: usize,
 }
 
 /// What happens to a QoS 1/2 message that finds the queue full. QoS 0
@@ -219,6 +226,8 @@ const NEVER_CONNECTED: SessionConfig = SessionConfig {
     max_packet_size: u32::MAX,
     topic_alias_maximum: 0,
     server_topic_aliases: false,
+    topics: TopicLimits::PROTOCOL,
+    max_subscriptions: 0,
 };
 
 impl Session {
@@ -410,6 +419,13 @@ impl Session {
     /// messages while the inflight window allows. `None` when offline.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Packet> {
         self.transmit(now)
+    }
+
+    /// Answers (acks, PINGRESP, SUBACK...) waiting for room in the
+    /// connection's output: grows when the client sends requests faster
+    /// than it reads the answers.
+    pub fn unanswered(&self) -> usize {
+        self.control.len()
     }
 
     /// Queued messages found expired when their turn to be sent came (or

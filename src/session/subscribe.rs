@@ -77,13 +77,21 @@ impl Session {
             let filter = subscription.filter;
             let options = subscription.options;
             let is_shared = shared::is_shared(&filter);
+            let topics = &self.config.topics;
             let valid = if is_shared {
-                shared::parse(&filter).is_some()
+                shared::parse(&filter).is_some_and(|share| topics.admits(share.filter))
             } else {
-                valid_topic_filter(&filter)
+                valid_topic_filter(&filter) && topics.admits(&filter)
             };
             if !valid {
                 reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            // Replacing a subscription the session holds adds nothing.
+            if self.subscriptions.len() >= self.config.max_subscriptions
+                && !self.subscriptions.contains(&filter)
+            {
+                reasons.push(ReasonCode::QuotaExceeded);
                 continue;
             }
             let is_new = self.subscriptions.insert(filter.clone());
@@ -144,9 +152,11 @@ mod tests {
     use bytestring::ByteString;
 
     use super::*;
+    use crate::protocol::topic::TopicLimits;
     use crate::protocol::{
         ProtocolVersion, SubscribeProperties, SubscriptionOptions, TopicSubscription,
     };
+    use crate::session::SessionConfig;
     use crate::session::testing::*;
 
     fn subscribe(filters: &[(&str, SubscriptionOptions)], id: Option<u32>) -> Packet {
@@ -305,6 +315,75 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn filters_past_the_topic_limits_are_invalid() {
+        let config = SessionConfig {
+            topics: TopicLimits {
+                max_length: 8,
+                max_levels: 3,
+            },
+            ..config()
+        };
+        let (mut session, now) = connected_with_config(connect(ProtocolVersion::V5), &config);
+        let packet = subscribe(
+            &[
+                ("a/b/c", qos(QoS::AtMostOnce)),
+                ("a/b/c/d", qos(QoS::AtMostOnce)),
+                ("abcdefghi", qos(QoS::AtMostOnce)),
+                ("+/+/#", qos(QoS::AtMostOnce)),
+            ],
+            None,
+        );
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(
+            suback_reasons(&mut session, now),
+            vec![
+                ReasonCode::Success,
+                ReasonCode::TopicFilterInvalid,
+                ReasonCode::TopicFilterInvalid,
+                ReasonCode::Success,
+            ]
+        );
+    }
+
+    #[test]
+    fn subscriptions_past_the_limit_exceed_the_quota() {
+        let config = SessionConfig {
+            max_subscriptions: 2,
+            ..config()
+        };
+        let (mut session, now) = connected_with_config(connect(ProtocolVersion::V5), &config);
+        let packet = subscribe(
+            &[
+                ("a", qos(QoS::AtMostOnce)),
+                ("b", qos(QoS::AtMostOnce)),
+                ("c", qos(QoS::AtMostOnce)),
+                // Replacing one held is not a new subscription.
+                ("a", qos(QoS::AtLeastOnce)),
+            ],
+            None,
+        );
+        session.handle_packet(packet, now).unwrap();
+        assert_eq!(
+            suback_reasons(&mut session, now),
+            vec![
+                ReasonCode::Success,
+                ReasonCode::Success,
+                ReasonCode::QuotaExceeded,
+                ReasonCode::GrantedQoS1,
+            ]
+        );
+        assert_eq!(actions(&mut session).len(), 3);
+        // Unsubscribing frees a place.
+        session.handle_packet(unsubscribe(&["b"]), now).unwrap();
+        transmit(&mut session, now);
+        actions(&mut session);
+        session
+            .handle_packet(subscribe(&[("c", qos(QoS::AtMostOnce))], None), now)
+            .unwrap();
+        assert_eq!(suback_reasons(&mut session, now), vec![ReasonCode::Success]);
     }
 
     #[test]

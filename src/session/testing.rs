@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{Delivery, QueueFullPolicy, Session, SessionAction, SessionConfig};
 use crate::message::Message;
+use crate::protocol::topic::TopicLimits;
 use crate::protocol::{
     Connect, ConnectProperties, Disconnect, DisconnectProperties, LastWill, Packet,
     ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode, WillProperties,
@@ -21,6 +22,8 @@ pub fn config() -> SessionConfig {
         max_packet_size: 1 << 20,
         topic_alias_maximum: 10,
         server_topic_aliases: true,
+        topics: TopicLimits::PROTOCOL,
+        max_subscriptions: usize::MAX,
     }
 }
 
@@ -65,9 +68,13 @@ pub fn connected(protocol: ProtocolVersion) -> (Session, Instant) {
 }
 
 pub fn connected_with(connect: Connect) -> (Session, Instant) {
+    connected_with_config(connect, &config())
+}
+
+pub fn connected_with_config(connect: Connect, config: &SessionConfig) -> (Session, Instant) {
     let now = Instant::now();
     let mut session = Session::new("c".into(), now);
-    let connack = session.handle_connect(&connect, false, &config(), now);
+    let connack = session.handle_connect(&connect, false, config, now);
     assert_eq!(connack.reason, ReasonCode::Success);
     (session, now)
 }

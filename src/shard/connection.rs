@@ -10,7 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,6 +22,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::limit::ConnectionPermit;
 use super::listener::Transport;
 use super::mesh::{Handoff, ShardMsg};
 use super::notify::LocalNotify;
@@ -36,10 +37,14 @@ use crate::protocol::{
 /// How much the reader asks the kernel for at a time.
 const READ_CHUNK: usize = 4 * 1024;
 
-/// A TCP connection that has not completed its CONNECT (or its WebSocket
-/// upgrade) within this long is closed, so idle sockets cannot pin file
-/// descriptors.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Answers a client may leave unread before the broker stops reading its
+/// requests; well above what a client that reads while it sends runs up.
+const MAX_UNANSWERED: usize = 1024;
+
+/// How long a closing connection's writer gets to flush the goodbye. A
+/// peer that stopped reading would otherwise block the write, and hold
+/// the socket and its buffers, for ever.
+const WRITE_GRACE: Duration = Duration::from_secs(5);
 
 /// The shard's handle on a live connection: where packets for the client
 /// are encoded, and how its writer is woken or told to close.
@@ -51,6 +56,9 @@ pub struct ConnHandle {
     fd: RawFd,
     out: RefCell<BytesMut>,
     writer: LocalNotify,
+    /// Rung by the writer after each write: there may be room for answers
+    /// the reader is waiting to make.
+    written: LocalNotify,
     closing: Cell<bool>,
     /// Why the connection ended, for the disconnect log line; the first
     /// reason recorded wins.
@@ -84,6 +92,7 @@ impl ConnHandle {
             fd,
             out: RefCell::new(BytesMut::new()),
             writer: LocalNotify::default(),
+            written: LocalNotify::default(),
             closing: Cell::new(false),
             why: Cell::new(None),
         }
@@ -161,22 +170,36 @@ impl ConnHandle {
 }
 
 /// Reads the CONNECT of a freshly accepted connection, then serves it here
-/// or hands it to its client id's home shard.
+/// or hands it to its client id's home shard. `permit` is `None` when the
+/// connection limit was reached: the CONNECT is still read, so the client
+/// is refused in its own protocol version and learns why.
 pub async fn accept(
     state: Rc<RefCell<ShardState>>,
     mut stream: TcpStream,
     peer: SocketAddr,
     transport: Transport,
+    permit: Option<ConnectionPermit>,
 ) {
     // Small MQTT packets must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
-    let max_packet_size = state.borrow().config().max_packet_size;
+    let (max_packet_size, connect_timeout, max_client_id_length) = {
+        let state = state.borrow();
+        let config = state.config();
+        (
+            config.max_packet_size,
+            config.connect_timeout,
+            config.max_client_id_length,
+        )
+    };
+    // One deadline for the upgrade and the CONNECT together: a client
+    // cannot buy time by dribbling either.
+    let deadline = Instant::now() + connect_timeout;
     // In a `RefCell` only so that this task and, once served here, the
     // connection's reader and writer use it the same way.
     let (framing, read_buf) = match transport {
         Transport::Tcp => (None, BytesMut::with_capacity(READ_CHUNK)),
         Transport::WebSocket => {
-            match monoio::time::timeout(CONNECT_TIMEOUT, upgrade(&mut stream, max_packet_size))
+            match monoio::time::timeout_at(deadline.into(), upgrade(&mut stream, max_packet_size))
                 .await
             {
                 Ok(Ok((framing, read_buf))) => (Some(RefCell::new(framing)), read_buf),
@@ -193,7 +216,7 @@ pub async fn accept(
     };
     let websocket = framing.as_ref();
     let read = read_connect(&mut stream, websocket, read_buf, max_packet_size);
-    let (mut connect, read_buf) = match monoio::time::timeout(CONNECT_TIMEOUT, read).await {
+    let (mut connect, read_buf) = match monoio::time::timeout_at(deadline.into(), read).await {
         Ok(Ok(connected)) => connected,
         Ok(Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
             debug!(%peer, level, "unsupported protocol level");
@@ -218,6 +241,31 @@ pub async fn accept(
             return;
         }
     };
+
+    let Some(permit) = permit else {
+        debug!(%peer, "connection limit reached; refused");
+        // 0x97 names the cause: a configured limit, not a transient state
+        // (0x89 Server busy); 3.1.1 can only say Server unavailable.
+        refuse(
+            &mut stream,
+            websocket,
+            connect.protocol,
+            ReasonCode::QuotaExceeded,
+        )
+        .await;
+        return;
+    };
+    if connect.client_id.len() > max_client_id_length {
+        debug!(%peer, len = connect.client_id.len(), "client id too long");
+        refuse(
+            &mut stream,
+            websocket,
+            connect.protocol,
+            ReasonCode::ClientIdentifierNotValid,
+        )
+        .await;
+        return;
+    }
 
     let assigned_client_id = connect.client_id.is_empty();
     if assigned_client_id {
@@ -269,6 +317,7 @@ pub async fn accept(
             assigned_client_id,
             read_buf,
             websocket,
+            permit,
         })),
     );
     state.mesh.flush();
@@ -276,6 +325,8 @@ pub async fn accept(
 
 /// Serves a connection another shard handed over.
 pub async fn serve_handoff(state: Rc<RefCell<ShardState>>, handoff: Handoff) {
+    // Held until the connection ends, here.
+    let _permit = handoff.permit;
     let stream = match TcpStream::from_std(std::net::TcpStream::from(handoff.socket)) {
         Ok(stream) => stream,
         Err(error) => {
@@ -321,7 +372,7 @@ async fn serve(
     // writer, which frames the output; neither holds it across an await.
     let framing = websocket.map(|framing| Rc::new(RefCell::new(framing)));
     let (reader, writer) = stream.into_split();
-    monoio::spawn(write_loop(
+    let writer = monoio::spawn(write_loop(
         state.clone(),
         conn.clone(),
         writer,
@@ -338,11 +389,18 @@ async fn serve(
         )
         .await;
     }
-    {
-        let mut state = state.borrow_mut();
-        state.detach(&conn, Instant::now());
-        state.connection_closed();
+    state.borrow_mut().detach(&conn, Instant::now());
+    if monoio::time::timeout(WRITE_GRACE, writer).await.is_err() {
+        debug!(client = %client_id, %peer, "peer not reading; resetting the connection");
+        // SAFETY: the writer has not returned, so its half of the stream
+        // keeps the descriptor open and it is still this connection's.
+        let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
+        // Unsent bytes are discarded (RST on close) rather than left to a
+        // socket nobody reads; the shutdown fails the blocked write.
+        let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+        shutdown(conn.fd);
     }
+    state.borrow_mut().connection_closed();
     let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
     info!(client = %client_id, %peer, ?reason, "client disconnected");
 }
@@ -358,6 +416,10 @@ async fn read_loop(
     let max_packet_size = state.borrow().config().max_packet_size;
     let mut packets = Vec::new();
     let mut wire = BytesMut::new();
+    // Keep-alive is about control packets, not bytes (spec 3.1.2.10): a
+    // client dribbling a packet that never completes is as silent as one
+    // sending nothing, and must not hold its read buffer for ever.
+    let mut deadline = keep_alive.map(|limit| Instant::now() + limit);
     loop {
         // Decode everything buffered (a client may pipeline many packets
         // into one segment), then hand them over in one borrow.
@@ -369,9 +431,11 @@ async fn read_loop(
             }
         };
         if !packets.is_empty() {
+            let now = Instant::now();
+            deadline = keep_alive.map(|limit| now + limit);
             state
                 .borrow_mut()
-                .handle_packets(conn, packets.drain(..), Instant::now());
+                .handle_packets(conn, packets.drain(..), now);
         }
         if let Err(error) = decoded {
             debug!(%error, "malformed packet");
@@ -383,10 +447,32 @@ async fn read_loop(
         if conn.is_closing() {
             return;
         }
+        // A client sending requests (a PINGREQ flood) while it does not
+        // read the answers would grow them without bound: it is not read
+        // from until its writer has made room, for at most its keep-alive.
+        while state.borrow().unanswered(conn) > MAX_UNANSWERED {
+            let written = conn.written.notified();
+            let made_room = match deadline {
+                Some(deadline) => monoio::time::timeout_at(deadline.into(), written)
+                    .await
+                    .is_ok(),
+                None => {
+                    written.await;
+                    true
+                }
+            };
+            if !made_room {
+                conn.disconnect(ReasonCode::KeepAliveTimeout);
+                return;
+            }
+            if conn.is_closing() {
+                return;
+            }
+        }
 
         let read = read_mqtt(&mut reader, &mut buf, websocket, &mut wire);
-        let result = match keep_alive {
-            Some(limit) => match monoio::time::timeout(limit, read).await {
+        let result = match deadline {
+            Some(deadline) => match monoio::time::timeout_at(deadline.into(), read).await {
                 Ok(done) => done,
                 Err(_) => {
                     conn.disconnect(ReasonCode::KeepAliveTimeout);
@@ -462,6 +548,7 @@ async fn write_loop(
                 return;
             }
             state.borrow_mut().on_written(&conn, Instant::now());
+            conn.written.notify();
         }
         if conn.is_closing() {
             if let Some(framing) = &websocket {

@@ -87,7 +87,14 @@ pub async fn accept_loop(
                 if state.borrow().draining {
                     return;
                 }
-                monoio::spawn(connection::accept(state.clone(), stream, peer, transport));
+                let permit = state.borrow().config().connections.admit();
+                monoio::spawn(connection::accept(
+                    state.clone(),
+                    stream,
+                    peer,
+                    transport,
+                    permit,
+                ));
             }
             Err(error) => {
                 // Typically EMFILE: back off instead of spinning on the error.

@@ -24,6 +24,7 @@ use bytestring::ByteString;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::ShardId;
+use super::limit::ConnectionPermit;
 use super::notify::LocalNotify;
 use super::websocket::WsFraming;
 use crate::message::Message;
@@ -106,6 +107,8 @@ pub struct Handoff {
     /// A WebSocket connection's framing state (a partial frame, a pong
     /// owed); `None` for plain TCP.
     pub websocket: Option<WsFraming>,
+    /// The connection's place under the broker-wide limit travels with it.
+    pub permit: ConnectionPermit,
 }
 
 /// Wakes a shard's inbox task from another thread.

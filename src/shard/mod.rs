@@ -108,6 +108,7 @@
 //! answered from local memory.
 
 mod connection;
+mod limit;
 mod listener;
 pub mod mesh;
 mod notify;
@@ -127,6 +128,7 @@ use rustc_hash::FxHasher;
 use tracing::{error, info, warn};
 
 use crate::config::IoDriver;
+pub use limit::ConnectionLimit;
 use mesh::{MeshHandle, ShardMsg};
 pub use state::ShardConfig;
 use state::ShardState;

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
+use super::limit::ConnectionLimit;
 use super::mesh::{Handoff, Mesh, ShardMsg, SharedMember};
 use super::notify::LocalNotify;
 use crate::message::Message;
@@ -50,6 +51,13 @@ pub struct ShardConfig {
     pub session: SessionConfig,
     pub max_packet_size: usize,
     pub shared_strategy: Strategy,
+    /// Shared by all shards: clones count against the same limit.
+    pub connections: ConnectionLimit,
+    /// A connection that has not delivered its CONNECT within this long
+    /// is closed (slow-loris defence).
+    pub connect_timeout: Duration,
+    /// Longer client ids are refused with Client Identifier not valid.
+    pub max_client_id_length: usize,
 }
 
 /// A subscription as the local trie holds it.
@@ -193,7 +201,7 @@ impl ShardState {
         self.next_conn_id += 1;
         // Refused before any session is touched: a CONNECT that fails must
         // not knock out the client already connected with that id.
-        if let Some(connack) = Session::refuse_connect(connect) {
+        if let Some(connack) = Session::refuse_connect(connect, &self.config.session) {
             let conn = Rc::new(ConnHandle::new(self.next_conn_id, NO_SESSION, version, fd));
             let reason = connack.reason;
             conn.send(&Packet::ConnAck(connack));
@@ -612,6 +620,15 @@ impl ShardState {
             }
         }
         self.drops.expired += slot.session.take_dropped_expired();
+    }
+
+    /// Answers to the client on `conn` that did not fit in its output yet.
+    pub fn unanswered(&self, conn: &ConnHandle) -> usize {
+        if self.is_current(conn.key, conn) {
+            self.sessions[conn.key].session.unanswered()
+        } else {
+            0
+        }
     }
 
     /// Called by a connection's writer after a write completed: there may

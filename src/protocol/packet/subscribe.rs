@@ -107,8 +107,10 @@ impl SubscriptionOptions {
         if byte & reserved != 0 {
             return Err(DecodeError::InvalidSubscriptionOptions(byte));
         }
-        let qos_bits = byte & 0b11;
-        let qos = QoS::from_u8(qos_bits).ok_or(DecodeError::InvalidQoS(qos_bits))?;
+        // Maximum QoS 3 is a Protocol Error (spec 3.8.3.1), unlike QoS 3 in
+        // a fixed header, which is malformed: reported as options so that
+        // it maps to 0x82.
+        let qos = QoS::from_u8(byte & 0b11).ok_or(DecodeError::InvalidSubscriptionOptions(byte))?;
         let retain_handling = match (byte >> 4) & 0b11 {
             0 => RetainHandling::OnSubscribe,
             1 => RetainHandling::OnNewSubscribe,
@@ -239,9 +241,9 @@ mod tests {
             (0x40, V5, DecodeError::InvalidSubscriptionOptions(0x40)),
             (0x80, V5, DecodeError::InvalidSubscriptionOptions(0x80)),
             (0x30, V5, DecodeError::InvalidSubscriptionOptions(0x30)),
-            (0x03, V5, DecodeError::InvalidQoS(3)),
+            (0x03, V5, DecodeError::InvalidSubscriptionOptions(0x03)),
             (0x04, V3_1_1, DecodeError::InvalidSubscriptionOptions(0x04)),
-            (0x03, V3_1_1, DecodeError::InvalidQoS(3)),
+            (0x03, V3_1_1, DecodeError::InvalidSubscriptionOptions(0x03)),
         ];
         for (options, version, error) in cases {
             assert_eq!(
