@@ -113,9 +113,130 @@ impl Flow {
     }
 }
 
+/// What a publisher asks of its flow control: [`Flow`] for a publisher
+/// whose subscribers share its worker, [`SharedFlow`] when deliveries land
+/// on any worker (fan-in, fan-out).
+pub trait FlowControl {
+    /// Subscriber side: `count` more deliveries arrived.
+    fn delivered(&self, count: u64);
+    /// Messages the publisher may send now, having sent `sent`.
+    fn room(&self, sent: u64) -> u64;
+    /// Waits for room; returns the deliveries written off (QoS 0 stalls).
+    fn wait_for_room(&self, sent: u64) -> impl std::future::Future<Output = u64>;
+}
+
+impl FlowControl for Flow {
+    fn delivered(&self, count: u64) {
+        Flow::delivered(self, count)
+    }
+    fn room(&self, sent: u64) -> u64 {
+        Flow::room(self, sent)
+    }
+    async fn wait_for_room(&self, sent: u64) -> u64 {
+        Flow::wait_for_room(self, sent).await
+    }
+}
+
+/// Flow control over every worker at once, for layouts where a publish is
+/// delivered to subscribers on other threads. The run's totals stand in
+/// for one publisher's counts: all publishers together may be at most
+/// `max_lag x publishers` messages ahead of their deliveries, and each at
+/// most `max_lag`. Waiting polls every millisecond (wakers cannot cross
+/// threads cheaply, and a millisecond is far below any stall).
+#[derive(Debug)]
+pub struct SharedFlow {
+    max_lag: u64,
+    publishers: u64,
+    fanout: u64,
+    forgive: bool,
+    stats: Vec<std::sync::Arc<crate::stats::WorkerStats>>,
+    forgiven: std::sync::atomic::AtomicU64,
+}
+
+impl SharedFlow {
+    pub fn new(
+        max_lag: u32,
+        publishers: u64,
+        fanout: u64,
+        forgive: bool,
+        stats: Vec<std::sync::Arc<crate::stats::WorkerStats>>,
+    ) -> SharedFlow {
+        SharedFlow {
+            max_lag: u64::from(max_lag),
+            publishers: publishers.max(1),
+            fanout: fanout.max(1),
+            forgive,
+            stats,
+            forgiven: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Publishes (over all publishers) whose deliveries have not all arrived.
+    fn lag(&self) -> u64 {
+        let totals = crate::stats::Totals::sum(&self.stats);
+        let forgiven = self.forgiven.load(std::sync::atomic::Ordering::Relaxed);
+        shared_lag(totals.sent, totals.received + forgiven, self.fanout)
+    }
+}
+
+/// Publishes not yet fully delivered, given deliveries that arrived.
+fn shared_lag(sent: u64, arrived: u64, fanout: u64) -> u64 {
+    (sent * fanout).saturating_sub(arrived).div_ceil(fanout)
+}
+
+impl FlowControl for SharedFlow {
+    fn delivered(&self, _count: u64) {
+        // Deliveries are read from the workers' counters.
+    }
+
+    fn room(&self, _sent: u64) -> u64 {
+        if self.max_lag == 0 {
+            return u64::MAX;
+        }
+        (self.max_lag * self.publishers)
+            .saturating_sub(self.lag())
+            .min(self.max_lag)
+    }
+
+    async fn wait_for_room(&self, _sent: u64) -> u64 {
+        let target = self.max_lag * self.publishers / 2;
+        let started = std::time::Instant::now();
+        while self.lag() > target {
+            if self.forgive && started.elapsed() >= STALL {
+                let totals = crate::stats::Totals::sum(&self.stats);
+                let missing = (totals.sent * self.fanout).saturating_sub(totals.received);
+                let before = self
+                    .forgiven
+                    .fetch_max(missing, std::sync::atomic::Ordering::Relaxed);
+                return missing.saturating_sub(before);
+            }
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_flow_counts_every_worker() {
+        use crate::stats::WorkerStats;
+        use std::sync::Arc;
+        let (a, b) = (
+            Arc::new(WorkerStats::default()),
+            Arc::new(WorkerStats::default()),
+        );
+        let flow = SharedFlow::new(10, 2, 3, true, vec![a.clone(), b.clone()]);
+        assert_eq!(flow.room(0), 10);
+        a.sent.add(15);
+        // 15 publishes, 45 deliveries due, none arrived: 20 allowed in all.
+        assert_eq!(flow.room(0), 5);
+        b.received.add(30);
+        assert_eq!(flow.room(0), 10);
+        assert_eq!(shared_lag(4, 10, 3), 1);
+    }
 
     #[test]
     fn room_follows_deliveries() {
