@@ -156,9 +156,9 @@ pub struct PubsubArgs {
     /// QoS 1/2: unacknowledged publishes a publisher may have outstanding.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub inflight: u16,
-    /// Most messages a publisher may be ahead of its deliveries; 0 is open
-    /// loop. In fan-in and fan-out it bounds all publishers together
-    /// (`max-lag x publishers`).
+    /// Most messages a subscriber may be behind; 0 is open loop. In pairs
+    /// per publisher; in fan-in and fan-out all publishers together, since
+    /// every subscriber receives every publish.
     #[arg(long, default_value_t = 500)]
     pub max_lag: u32,
     /// Most PUBLISH packets coalesced into one write.

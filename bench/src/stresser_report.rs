@@ -182,7 +182,8 @@ pub struct StresserReport {
     pub completed: u64,
     /// Workers that ended in anything but `Completed`.
     pub errors: u64,
-    pub by_event: Vec<(Event, u64)>,
+    /// Workers by how they ended, errors only.
+    pub by_event: std::collections::BTreeMap<String, u64>,
     pub phases: PhaseCounts,
     pub publishing: Option<Throughput>,
     pub receiving: Option<Throughput>,
@@ -250,7 +251,10 @@ impl StresserReport {
                 .iter()
                 .filter(|w| w.event != Event::Completed)
                 .count() as u64,
-            by_event: events.iter().map(|&e| (e, count(e))).collect(),
+            by_event: events
+                .iter()
+                .map(|&e| (format!("{e:?}"), count(e)))
+                .collect(),
             phases,
             publishing: Throughput::of(workers.iter().filter_map(|w| w.publish_rate()).collect()),
             receiving: Throughput::of(workers.iter().filter_map(|w| w.receive_rate()).collect()),
@@ -299,8 +303,19 @@ impl StresserReport {
             percent(self.errors, self.clients)
         )?;
         if self.errors > 0 {
-            for (event, count) in &self.by_event {
-                let name = format!("{event:?}:");
+            let events = [
+                "ConnectFailed",
+                "SubscribeFailed",
+                "TimeoutExceeded",
+                "Aborted",
+                "NotStarted",
+            ];
+            for event in events {
+                let count = self.by_event.get(event).unwrap_or(&0);
+                if event == "NotStarted" && *count == 0 {
+                    continue;
+                }
+                let name = format!("{event}:");
                 writeln!(
                     out,
                     "- {name:<19} {count} ({:.0}%)",

@@ -79,9 +79,7 @@ async fn worker(
 ) -> WorkerOutput {
     let flow = Rc::new(SharedFlow::new(
         args.max_lag,
-        u64::from(args.pairs),
         u64::from(subscribers),
-        args.qos == ringmq::protocol::QoS::AtMostOnce,
         shared.stats.clone(),
     ));
     let ctx = WorkerCtx::new(index, shared);
