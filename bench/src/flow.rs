@@ -141,8 +141,13 @@ impl FlowControl for Flow {
 /// delivered to subscribers on other threads. In fan-in and fan-out every
 /// subscriber receives every publish, so a subscriber's backlog is the
 /// publishers' lag all together: the run's totals are held to at most
-/// `max_lag` publishes ahead of their deliveries, the same per-subscriber
-/// bound as `pairs`. Waiting polls every millisecond (wakers cannot cross
+/// about `max_lag` publishes ahead of their deliveries, the same
+/// per-subscriber bound as `pairs`. A publish is counted only once its
+/// write completes, so publishers on one worker could all see the same
+/// room at once; hence half of `max_lag` is shared out and each publisher
+/// takes at most its share (`max_lag / 2 / publishers`) at a time, which
+/// keeps the worst case near `max_lag`, under a broker's usual queue limit
+/// of 1,000 messages per session. Waiting polls every millisecond (wakers cannot cross
 /// threads cheaply, and a millisecond is far below any stall).
 ///
 /// A stall of [`STALL`] writes the missing deliveries off at every QoS,
@@ -151,7 +156,10 @@ impl FlowControl for Flow {
 /// would stop the run. They still count as `missing`.
 #[derive(Debug)]
 pub struct SharedFlow {
-    max_lag: u64,
+    /// Publishes all together may lag: half of `--max-lag`.
+    limit: u64,
+    /// Most one publisher takes at a time.
+    share: u64,
     fanout: u64,
     stats: Vec<std::sync::Arc<crate::stats::WorkerStats>>,
     forgiven: std::sync::atomic::AtomicU64,
@@ -160,11 +168,14 @@ pub struct SharedFlow {
 impl SharedFlow {
     pub fn new(
         max_lag: u32,
+        publishers: u64,
         fanout: u64,
         stats: Vec<std::sync::Arc<crate::stats::WorkerStats>>,
     ) -> SharedFlow {
+        let limit = u64::from(max_lag).div_ceil(2);
         SharedFlow {
-            max_lag: u64::from(max_lag),
+            limit,
+            share: (limit / publishers.max(1)).max(1),
             fanout: fanout.max(1),
             stats,
             forgiven: std::sync::atomic::AtomicU64::new(0),
@@ -190,14 +201,14 @@ impl FlowControl for SharedFlow {
     }
 
     fn room(&self, _sent: u64) -> u64 {
-        if self.max_lag == 0 {
+        if self.limit == 0 {
             return u64::MAX;
         }
-        self.max_lag.saturating_sub(self.lag())
+        self.limit.saturating_sub(self.lag()).min(self.share)
     }
 
     async fn wait_for_room(&self, _sent: u64) -> u64 {
-        let target = self.max_lag / 2;
+        let target = self.limit / 2;
         let started = std::time::Instant::now();
         while self.lag() > target {
             if started.elapsed() >= STALL {
@@ -226,13 +237,14 @@ mod tests {
             Arc::new(WorkerStats::default()),
             Arc::new(WorkerStats::default()),
         );
-        let flow = SharedFlow::new(20, 3, vec![a.clone(), b.clone()]);
-        assert_eq!(flow.room(0), 20);
+        // 40 -> 20 in all, at most 10 per publisher at a time.
+        let flow = SharedFlow::new(40, 2, 3, vec![a.clone(), b.clone()]);
+        assert_eq!(flow.room(0), 10);
         a.sent.add(15);
         // 15 publishes, 45 deliveries due, none arrived: 5 more allowed.
         assert_eq!(flow.room(0), 5);
         b.received.add(30);
-        assert_eq!(flow.room(0), 15);
+        assert_eq!(flow.room(0), 10);
         assert_eq!(shared_lag(4, 10, 3), 1);
     }
 

@@ -79,6 +79,7 @@ async fn worker(
 ) -> WorkerOutput {
     let flow = Rc::new(SharedFlow::new(
         args.max_lag,
+        u64::from(args.pairs),
         u64::from(subscribers),
         shared.stats.clone(),
     ));
