@@ -195,7 +195,11 @@ def num(x, digits=0):
         return "n/a"
     return f"{x:,.{digits}f}"
 
-tags = sorted(f[:-5] for f in os.listdir(work) if f.endswith(".json"))
+order = {"mosquitto": 0, "rumqttd": 1, "ringmq": 2}
+def key(tag):
+    parts = tag.split(".")
+    return (parts[1:], order.get(parts[0], 9))
+tags = sorted((f[:-5] for f in os.listdir(work) if f.endswith(".json")), key=key)
 lines = []
 w = lines.append
 w(f"## Peers side by side ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{', quick sizes' if quick == '1' else ''})")

@@ -34,6 +34,14 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Connect plus CONNACK, subscribe plus SUBACK.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Keep-alive of the publish/subscribe scenarios' connections, seconds.
+///
+/// Not 0 (disabled, spec 3.1.2.10), though a benchmark connection lives
+/// only as long as the run: rumqttd refuses a CONNECT with keep-alive 0
+/// (`ZeroKeepAlive`). Publishers send all the time; a subscriber sends
+/// PINGREQ every half interval while it receives ([`Connection::ping_due`]).
+pub const KEEP_ALIVE: u16 = 60;
+
 /// What a CONNECT says, and where the TCP connection comes from.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -54,7 +62,7 @@ impl ConnectOptions {
     pub fn new(client_id: &str) -> ConnectOptions {
         ConnectOptions {
             client_id: client_id.to_owned(),
-            keep_alive: 0,
+            keep_alive: KEEP_ALIVE,
             username: None,
             password: None,
             source: None,
@@ -126,11 +134,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// TCP connect, CONNECT (clean session, keep-alive off), await CONNACK.
-    ///
-    /// Keep-alive is 0 (disabled, spec 3.1.2.10): a subscriber of a quiet
-    /// topic then needs no PINGREQ timer, and a benchmark connection lives
-    /// only as long as the run.
+    /// TCP connect, CONNECT (clean session, keep-alive [`KEEP_ALIVE`]),
+    /// await CONNACK.
     pub async fn open(broker: SocketAddr, client_id: &str) -> Result<Connection, ClientError> {
         Self::open_with(broker, &ConnectOptions::new(client_id)).await
     }
@@ -295,6 +300,20 @@ impl Connection {
             }
             self.fill().await?;
         }
+    }
+
+    /// Queues a PINGREQ if half the keep-alive has passed since `last`
+    /// (and moves `last` to `now`). For connections that only receive.
+    pub fn ping_due(
+        &mut self,
+        last: &mut std::time::Instant,
+        now: std::time::Instant,
+    ) -> Result<(), ClientError> {
+        if now.duration_since(*last) >= Duration::from_secs(u64::from(KEEP_ALIVE) / 2) {
+            *last = now;
+            self.queue(&Packet::PingReq)?;
+        }
+        Ok(())
     }
 
     /// Sends PINGREQ and waits for PINGRESP (anything else is an error).

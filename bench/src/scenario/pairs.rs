@@ -28,7 +28,10 @@ pub fn run(args: &PairsArgs) -> Result<crate::report::Summary, String> {
         publishers: pairs,
         deliveries_per_publish: 1,
         params: serde_json::json!({
+            "layout": "pairs",
             "pairs": args.pairs,
+            "publishers": args.pairs,
+            "subscribers": args.pairs,
             "qos": args.qos as u8,
             "payload": args.payload,
             "rate": args.rate,
@@ -146,6 +149,7 @@ async fn receive_loop(
     conn: &mut Connection,
     flow: &impl FlowControl,
 ) -> Result<Infallible, ClientError> {
+    let mut last_ping = Instant::now();
     loop {
         // One clock read per socket read: every packet in it arrived then.
         let now = now_nanos();
@@ -177,6 +181,7 @@ async fn receive_loop(
         }
         ctx.stats().received.add(received);
         flow.delivered(received);
+        conn.ping_due(&mut last_ping, Instant::now())?;
         conn.flush().await?;
         conn.fill().await?;
     }

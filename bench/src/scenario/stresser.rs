@@ -296,8 +296,10 @@ async fn receive(
     expected: u64,
     progress: &Received,
 ) -> Result<(), ClientError> {
+    let mut last_ping = Instant::now();
     while progress.count.get() < expected {
         conn.fill().await?;
+        conn.ping_due(&mut last_ping, Instant::now())?;
         let now = Instant::now();
         let mut count = 0;
         while let Some(packet) = conn.next_packet()? {
