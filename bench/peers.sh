@@ -3,6 +3,7 @@
 # loopback and writes markdown tables to OUT.
 #
 #   bench/peers.sh [--quick] OUT.md
+#   bench/peers.sh --from DIR OUT.md    (tables again from an earlier run's DIR)
 #
 # Each broker in turn is started pinned to CPU 0 (`taskset -c 0`), the load
 # generator runs pinned to CPU 1 (`--cpus 1`), and the broker is stopped
@@ -23,18 +24,25 @@ set -euo pipefail
 
 QUICK=0
 OUT=""
-for arg in "$@"; do
+FROM=""
+while (($#)); do
+    arg=$1
+    shift
     case "$arg" in
     --quick) QUICK=1 ;;
+    --from)
+        FROM="$(cd "${1:?--from needs a directory}" && pwd)"
+        shift
+        ;;
     -h | --help)
-        sed -n '2,22p' "$0"
+        sed -n '2,23p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
     esac
 done
 if [[ -z "$OUT" ]]; then
-    echo "usage: bench/peers.sh [--quick] OUT.md" >&2
+    echo "usage: bench/peers.sh [--quick | --from DIR] OUT.md" >&2
     exit 2
 fi
 if [[ "$OUT" != /* ]]; then
@@ -46,11 +54,13 @@ TOOLS="$ROOT/bench/.tools"
 BENCH="$ROOT/target/release/ringmq-bench"
 RINGMQ="$ROOT/target/release/ringmq"
 RUMQTTD="$TOOLS/bin/rumqttd"
-WORK="$(mktemp -d /tmp/ringmq-peers.XXXXXX)"
+WORK="${FROM:-$(mktemp -d /tmp/ringmq-peers.XXXXXX)}"
 BROKER_CPU=0
 BENCH_CPU=1
 
 log() { echo "peers: $*" >&2; }
+
+if [[ -z "$FROM" ]]; then
 
 # --- install -------------------------------------------------------------
 if ! command -v mosquitto >/dev/null; then
@@ -175,13 +185,20 @@ for broker in mosquitto rumqttd ringmq; do
     stop_broker
 done
 
+# What ran, for the tables (and for --from later).
+{
+    echo "quick=$QUICK"
+    echo "when=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "load=$(cut -d' ' -f1 /proc/loadavg)"
+    echo "versions=$(mosquitto -h 2>&1 | head -n 1 || true), $(grep -o 'rumqttd [0-9.]*' "$TOOLS/.crates.toml" 2>/dev/null | head -n 1 || echo rumqttd), ringmq $(cd "$ROOT" && git rev-parse --short HEAD)"
+} >"$WORK/run.txt"
+fi
+
 # --- tables --------------------------------------------------------------
-MOSQUITTO_VERSION="$(mosquitto -h 2>&1 | head -n 1 || true)"
-RUMQTTD_VERSION="$(grep -o 'rumqttd [0-9.]*' "$TOOLS/.crates.toml" 2>/dev/null | head -n 1 || echo rumqttd)"
-RINGMQ_VERSION="ringmq $(cd "$ROOT" && git rev-parse --short HEAD)"
-python3 - "$WORK" "$OUT" "$QUICK" "$MOSQUITTO_VERSION" "$RUMQTTD_VERSION" "$RINGMQ_VERSION" <<'PY'
-import json, os, platform, subprocess, sys, time
-work, out, quick, *versions = sys.argv[1:]
+python3 - "$WORK" "$OUT" <<'PY'
+import json, os, platform, sys
+work, out = sys.argv[1:]
+run = dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "run.txt")))
 
 def load(tag):
     try:
@@ -202,12 +219,12 @@ def key(tag):
 tags = sorted((f[:-5] for f in os.listdir(work) if f.endswith(".json")), key=key)
 lines = []
 w = lines.append
-w(f"## Peers side by side ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{', quick sizes' if quick == '1' else ''})")
+w(f"## Peers side by side ({run['when']}{', quick sizes' if run['quick'] == '1' else ''})")
 w("")
-w(f"Brokers: {', '.join(versions)}. Each pinned to CPU 0 (`taskset -c 0`, ringmq "
+w(f"Brokers: {run['versions']}. Each pinned to CPU 0 (`taskset -c 0`, ringmq "
   "`--cores 1`), one at a time; load generator `ringmq-bench ... --cpus 1`, loopback. "
   f"Machine: {os.cpu_count()} CPUs, Linux {platform.release()}, load average "
-  f"{os.getloadavg()[0]:.1f} at the end of the run. Broker CPU is utime+stime from "
+  f"{float(run['load']):.1f} at the end of the run. Broker CPU is utime+stime from "
   "/proc/PID/stat: per delivered message it is the figure least moved by the load "
   "generator sharing the machine; msg/s depend on how the two cores are shared.")
 w("")
@@ -239,11 +256,18 @@ for tag in tags:
     r = load(tag)
     p = r["params"]
     lat = r["latency_us"]
-    ms = lambda us: f"{us / 1000:,.1f}"
+    # No sample: nothing sent in the window arrived by the end.
+    ms = lambda us: f"{us / 1000:,.1f}" if lat["samples"] else "n/a"
     w(f"| {parts[0]} | {p['layout']} | {p['publishers']} -> {p['subscribers']} | {p['qos']} | "
       f"{num(r['received_per_second'])} | {num(r.get('broker_cpu_us_per_message'), 2)} | "
       f"{ms(lat['p50'])} | {ms(lat['p99'])} | {ms(lat['p99_9'])} | {r['missing']:,} | "
       f"{r['written_off']:,} | {r['errors']} |")
+w("")
+w("Publishers run closed-loop (`--max-lag 500`), so latency is time in a bounded queue at "
+  "saturation. *Written off*: deliveries publishers stopped waiting for after a 1 s stall "
+  "(see bench/README.md); with many, the run was open loop and latency `n/a` means nothing "
+  "sent in the window arrived before the end. *Missing* at QoS 1: messages the broker "
+  "dropped (Mosquitto and ringmq drop QoS 1 messages past 1,000 queued per session).")
 w("")
 
 w("### Idle connections (`ringmq-bench conn --connections N --source-addrs 127.0.0.2,...,127.0.0.5`, keep-alive 60 s)")
