@@ -19,8 +19,44 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Scenario {
-    /// N subscriber/publisher pairs, each pair on its own topic `bench/pair/N`.
+    /// N subscriber/publisher pairs, each pair on its own topic `bench/pair/N`
+    /// (the same as `pubsub --layout pairs`).
     Pairs(PairsArgs),
+    /// Publishers and subscribers in a layout (emqtt-bench style): pairs,
+    /// fan-in (many publishers, few subscribers of one filter) or fan-out
+    /// (few publishers, many subscribers of one topic).
+    Pubsub(PubsubArgs),
+    /// The mqtt-stresser flow; takes mqtt-stresser's single-dash flags
+    /// (`-num-clients 100`) as well as double-dash ones.
+    Stresser(StresserArgs),
+    /// Holds N idle connections (PINGREQ keep-alive), from several source
+    /// addresses and processes; reports connect rate and broker memory.
+    Conn(ConnArgs),
+}
+
+/// Rewrites mqtt-stresser's single-dash long flags (`-num-clients`,
+/// `-broker=tcp://...`) to clap's double-dash form. Only a dash followed by
+/// a letter and at least one more letter, digit or dash is rewritten, so
+/// short flags (`-h`) and negative numbers pass unchanged; a value that
+/// itself starts with such a dash must be written `-flag=value`.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .map(|arg| {
+            let name = arg.split('=').next().unwrap_or("");
+            let bytes = name.as_bytes();
+            let single_dash_long = bytes.len() >= 3
+                && bytes[0] == b'-'
+                && bytes[1].is_ascii_alphabetic()
+                && bytes[2..]
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+            if single_dash_long {
+                format!("-{arg}")
+            } else {
+                arg
+            }
+        })
+        .collect()
 }
 
 /// Flags every scenario understands.
@@ -81,6 +117,176 @@ pub struct PairsArgs {
     /// Most PUBLISH packets coalesced into one write.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
+}
+
+/// Where publishers and subscribers meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// Publisher N to subscriber N on `bench/pair/N`.
+    Pairs,
+    /// Publisher N on `bench/fan-in/N`; every subscriber on `bench/fan-in/+`.
+    FanIn,
+    /// Every publisher on `bench/fan-out`; every subscriber on it too.
+    FanOut,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PubsubArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long, value_enum, default_value = "pairs")]
+    pub layout: Layout,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub publishers: u32,
+    /// Subscribing connections; default: as many as publishers for pairs
+    /// (which needs them equal), 1 for fan-in, 100 for fan-out.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub subscribers: Option<u32>,
+    /// QoS of the publishes and the subscriptions: 0, 1 or 2.
+    #[arg(long, default_value = "0", value_parser = parse_qos)]
+    pub qos: QoS,
+    /// Payload bytes per message; the first 8 carry the send timestamp.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=16_777_216))]
+    pub payload: u32,
+    /// Messages per second per publisher; 0 publishes as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
+    /// QoS 1/2: unacknowledged publishes a publisher may have outstanding.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inflight: u16,
+    /// Most messages a subscriber may be behind; 0 is open loop. In pairs
+    /// per publisher; in fan-in and fan-out all publishers together, since
+    /// every subscriber receives every publish.
+    #[arg(long, default_value_t = 500)]
+    pub max_lag: u32,
+    /// Most PUBLISH packets coalesced into one write.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+}
+
+impl PubsubArgs {
+    pub fn subscribers(&self) -> u32 {
+        self.subscribers.unwrap_or(match self.layout {
+            Layout::Pairs => self.publishers,
+            Layout::FanIn => 1,
+            Layout::FanOut => 100,
+        })
+    }
+
+    /// The publishing flags in the form the `pairs` machinery takes.
+    pub fn as_pairs(&self) -> PairsArgs {
+        PairsArgs {
+            common: self.common.clone(),
+            pairs: self.publishers,
+            qos: self.qos,
+            payload: self.payload,
+            rate: self.rate,
+            inflight: self.inflight,
+            max_lag: self.max_lag,
+            batch: self.batch,
+        }
+    }
+}
+
+/// mqtt-stresser's flags, same names and defaults.
+#[derive(Debug, Clone, Args)]
+pub struct StresserArgs {
+    /// Broker URL, `tcp://host:port` (or `host:port`).
+    #[arg(long, default_value = "tcp://127.0.0.1:1883", value_parser = parse_broker_url)]
+    pub broker: SocketAddr,
+    /// Workers; each has one subscriber and one publisher connection.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub num_clients: u32,
+    /// Messages each worker publishes (and its subscriber must receive).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub num_messages: u32,
+    /// Workers started per batch.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rampup_size: u32,
+    /// Pause between batches.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub rampup_delay: Duration,
+    #[arg(long, default_value = "0", value_parser = parse_qos)]
+    pub publisher_qos: QoS,
+    #[arg(long, default_value = "0", value_parser = parse_qos)]
+    pub subscriber_qos: QoS,
+    /// Limit on each action: connect, subscribe, one publish's completion.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Limit on the whole test; workers still receiving then time out.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub global_timeout: Duration,
+    /// Payload of every message; default `this is msg #N!`.
+    #[arg(long)]
+    pub constant_payload: Option<String>,
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long)]
+    pub password: Option<String>,
+    /// CPUs to pin worker threads to (not an mqtt-stresser flag).
+    #[arg(long, default_value = "0", value_parser = parse_cpus)]
+    pub cpus: CpuList,
+    /// Broker process id: its CPU time over the test, per delivered message.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: SocketAddr,
+    /// Idle connections to hold, over all processes.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+    /// Local addresses to connect from, round robin: `127.0.0.2,127.0.0.3`.
+    #[arg(long, value_delimiter = ',')]
+    pub source_addrs: Vec<std::net::IpAddr>,
+    /// Processes to spread the connections over (this one re-executed);
+    /// default: as few as the open-file limit allows.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub processes: Option<u32>,
+    /// Keep-alive in the CONNECT, seconds; PINGREQ goes out at this interval.
+    #[arg(long, default_value_t = 60)]
+    pub keep_alive: u16,
+    /// How long to hold the connections once all are up.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// Most handshakes in progress at once per process.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connect_concurrency: u32,
+    #[arg(long, default_value = "0", value_parser = parse_cpus)]
+    pub cpus: CpuList,
+    /// Broker process id: its VmRSS before and after, and CPU time.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run as child number N of a multi-process run (its share
+    /// of connections is `--connections`); reports on stdout, holds until
+    /// stdin closes.
+    #[arg(long, hide = true)]
+    pub child: Option<u32>,
+}
+
+/// `tcp://host:port`, `mqtt://host:port` or `host:port`; the host may be a
+/// name (resolved once, first address).
+pub fn parse_broker_url(text: &str) -> Result<SocketAddr, String> {
+    let rest = match text.split_once("://") {
+        Some(("tcp" | "mqtt", rest)) => rest,
+        Some((scheme, _)) => return Err(format!("unsupported scheme `{scheme}` (use tcp://)")),
+        None => text,
+    };
+    let rest = rest.trim_end_matches('/');
+    use std::net::ToSocketAddrs;
+    rest.to_socket_addrs()
+        .map_err(|e| format!("`{text}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
 /// The CPUs worker threads are pinned to, in the order given.
@@ -184,9 +390,80 @@ mod tests {
             "3s",
         ])
         .expect("valid command line");
-        let Scenario::Pairs(args) = cli.scenario;
+        let Scenario::Pairs(args) = cli.scenario else {
+            panic!("not pairs")
+        };
         assert_eq!(args.common.cpus, CpuList(vec![0, 1]));
         assert_eq!(args.qos, QoS::AtLeastOnce);
         assert_eq!(args.pairs, 100);
+    }
+
+    #[test]
+    fn stresser_takes_single_dash_flags() {
+        let argv = [
+            "ringmq-bench",
+            "stresser",
+            "-broker",
+            "tcp://127.0.0.1:1884",
+            "-num-clients",
+            "500",
+            "-num-messages=100",
+            "-rampup-delay",
+            "1s",
+            "-publisher-qos",
+            "2",
+            "--subscriber-qos",
+            "1",
+            "-constant-payload",
+            "hello",
+            "-h2",
+        ];
+        let args = normalize_args(argv.iter().map(|s| s.to_string()));
+        assert_eq!(args[2], "--broker");
+        assert_eq!(args[6], "--num-messages=100");
+        assert_eq!(args[11], "--subscriber-qos");
+        assert_eq!(args[15], "--h2");
+        let cli = Cli::try_parse_from(&args[..15]).expect("valid command line");
+        let Scenario::Stresser(s) = cli.scenario else {
+            panic!("not stresser")
+        };
+        assert_eq!(s.broker, "127.0.0.1:1884".parse().expect("literal"));
+        assert_eq!(
+            (s.num_clients, s.num_messages, s.rampup_size),
+            (500, 100, 100)
+        );
+        assert_eq!(s.rampup_delay, Duration::from_secs(1));
+        assert_eq!(
+            (s.publisher_qos, s.subscriber_qos),
+            (QoS::ExactlyOnce, QoS::AtLeastOnce)
+        );
+        assert_eq!(s.constant_payload.as_deref(), Some("hello"));
+        assert_eq!(
+            normalize_args(["-h".to_string(), "-5".to_string()]),
+            ["-h", "-5"]
+        );
+    }
+
+    #[test]
+    fn broker_urls() {
+        let addr: SocketAddr = "127.0.0.1:1883".parse().expect("literal");
+        assert_eq!(parse_broker_url("tcp://127.0.0.1:1883"), Ok(addr));
+        assert_eq!(parse_broker_url("127.0.0.1:1883"), Ok(addr));
+        assert!(parse_broker_url("ssl://127.0.0.1:8883").is_err());
+    }
+
+    #[test]
+    fn pubsub_defaults_follow_layout() {
+        let parse = |layout: &str| {
+            let cli = Cli::try_parse_from(["b", "pubsub", "--layout", layout, "--publishers", "5"])
+                .expect("valid");
+            let Scenario::Pubsub(args) = cli.scenario else {
+                panic!("not pubsub")
+            };
+            args.subscribers()
+        };
+        assert_eq!(parse("pairs"), 5);
+        assert_eq!(parse("fan-in"), 1);
+        assert_eq!(parse("fan-out"), 100);
     }
 }

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::mem;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -33,6 +33,70 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Connect plus CONNACK, subscribe plus SUBACK.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keep-alive of the publish/subscribe scenarios' connections, seconds.
+///
+/// Not 0 (disabled, spec 3.1.2.10), though a benchmark connection lives
+/// only as long as the run: rumqttd refuses a CONNECT with keep-alive 0
+/// (`ZeroKeepAlive`). Publishers send all the time; a subscriber sends
+/// PINGREQ every half interval while it receives ([`Connection::ping_due`]).
+pub const KEEP_ALIVE: u16 = 60;
+
+/// What a CONNECT says, and where the TCP connection comes from.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub client_id: String,
+    /// Seconds; 0 disables keep-alive (spec 3.1.2.10).
+    pub keep_alive: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Local address to bind before connecting (port chosen by the kernel):
+    /// each 127.0.0.x source has its own 28,000-odd ephemeral ports.
+    pub source: Option<IpAddr>,
+    /// Initial capacity of the read and write buffers. Idle connections
+    /// need little; see `conn`.
+    pub buffer: usize,
+}
+
+impl ConnectOptions {
+    pub fn new(client_id: &str) -> ConnectOptions {
+        ConnectOptions {
+            client_id: client_id.to_owned(),
+            keep_alive: KEEP_ALIVE,
+            username: None,
+            password: None,
+            source: None,
+            buffer: READ_CHUNK,
+        }
+    }
+}
+
+/// A blocking connect from `source` (monoio's connect cannot bind first).
+/// On loopback the handshake completes in microseconds, so blocking the
+/// worker briefly is cheaper than a readiness dance.
+fn connect_from(source: IpAddr, broker: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
+    let domain = socket2::Domain::for_address(broker);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    // Pick the port at connect, per (source, destination): otherwise bind
+    // reserves a port for the source address alone and the 28,000-odd
+    // ephemeral ports run out across every destination together.
+    let yes: libc::c_int = 1;
+    // SAFETY: a valid socket, option value and length.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&yes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&broker.into(), limit)?;
+    socket.set_nonblocking(true)?;
+    TcpStream::from_std(socket.into())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -64,33 +128,60 @@ pub struct Connection {
     stream: TcpStream,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// Free space guaranteed before each socket read ([`READ_CHUNK`] unless
+    /// the connection asked for small buffers).
+    read_chunk: usize,
 }
 
 impl Connection {
-    /// TCP connect, CONNECT (clean session, keep-alive off), await CONNACK.
-    ///
-    /// Keep-alive is 0 (disabled, spec 3.1.2.10): a subscriber of a quiet
-    /// topic then needs no PINGREQ timer, and a benchmark connection lives
-    /// only as long as the run.
+    /// TCP connect, CONNECT (clean session, keep-alive [`KEEP_ALIVE`]),
+    /// await CONNACK.
     pub async fn open(broker: SocketAddr, client_id: &str) -> Result<Connection, ClientError> {
+        Self::open_with(broker, &ConnectOptions::new(client_id)).await
+    }
+
+    /// TCP connect (from `options.source` if set), CONNECT, await CONNACK,
+    /// all within [`HANDSHAKE_TIMEOUT`].
+    pub async fn open_with(
+        broker: SocketAddr,
+        options: &ConnectOptions,
+    ) -> Result<Connection, ClientError> {
+        Self::open_within(broker, options, HANDSHAKE_TIMEOUT).await
+    }
+
+    /// [`Connection::open_with`] with its own time limit.
+    pub async fn open_within(
+        broker: SocketAddr,
+        options: &ConnectOptions,
+        limit: Duration,
+    ) -> Result<Connection, ClientError> {
         let handshake = async {
-            let stream = TcpStream::connect(broker)
-                .await
-                .map_err(ClientError::Connect)?;
+            let stream = match options.source {
+                None => TcpStream::connect(broker)
+                    .await
+                    .map_err(ClientError::Connect)?,
+                Some(source) => {
+                    connect_from(source, broker, limit).map_err(ClientError::Connect)?
+                }
+            };
             stream.set_nodelay(true)?;
             let mut conn = Connection {
                 stream,
-                read_buf: BytesMut::with_capacity(READ_CHUNK),
-                write_buf: BytesMut::with_capacity(READ_CHUNK),
+                read_buf: BytesMut::with_capacity(options.buffer),
+                write_buf: BytesMut::with_capacity(options.buffer),
+                read_chunk: options.buffer.clamp(64, READ_CHUNK),
             };
             conn.queue(&Packet::Connect(Box::new(Connect {
                 protocol: VERSION,
                 clean_start: true,
-                keep_alive: 0,
-                client_id: ByteString::from(client_id),
+                keep_alive: options.keep_alive,
+                client_id: ByteString::from(options.client_id.as_str()),
                 will: None,
-                username: None,
-                password: None,
+                username: options.username.as_deref().map(ByteString::from),
+                password: options
+                    .password
+                    .as_ref()
+                    .map(|p| Bytes::copy_from_slice(p.as_bytes())),
                 properties: ConnectProperties::default(),
             })))?;
             conn.flush().await?;
@@ -100,7 +191,7 @@ impl Connection {
                 other => Err(ClientError::Unexpected(other.packet_type())),
             }
         };
-        monoio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        monoio::time::timeout(limit, handshake)
             .await
             .map_err(|_| ClientError::Timeout)?
     }
@@ -188,8 +279,8 @@ impl Connection {
     /// One socket read, appended to the read buffer.
     pub async fn fill(&mut self) -> Result<(), ClientError> {
         let mut buf = mem::take(&mut self.read_buf);
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        if buf.capacity() - buf.len() < self.read_chunk / 4 {
+            buf.reserve(self.read_chunk);
         }
         let len = buf.len();
         let capacity = buf.capacity();
@@ -208,6 +299,30 @@ impl Connection {
                 return Ok(packet);
             }
             self.fill().await?;
+        }
+    }
+
+    /// Queues a PINGREQ if half the keep-alive has passed since `last`
+    /// (and moves `last` to `now`). For connections that only receive.
+    pub fn ping_due(
+        &mut self,
+        last: &mut std::time::Instant,
+        now: std::time::Instant,
+    ) -> Result<(), ClientError> {
+        if now.duration_since(*last) >= Duration::from_secs(u64::from(KEEP_ALIVE) / 2) {
+            *last = now;
+            self.queue(&Packet::PingReq)?;
+        }
+        Ok(())
+    }
+
+    /// Sends PINGREQ and waits for PINGRESP (anything else is an error).
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.queue(&Packet::PingReq)?;
+        self.flush().await?;
+        match self.recv().await? {
+            Packet::PingResp => Ok(()),
+            other => Err(ClientError::Unexpected(other.packet_type())),
         }
     }
 

@@ -113,9 +113,140 @@ impl Flow {
     }
 }
 
+/// What a publisher asks of its flow control: [`Flow`] for a publisher
+/// whose subscribers share its worker, [`SharedFlow`] when deliveries land
+/// on any worker (fan-in, fan-out).
+pub trait FlowControl {
+    /// Subscriber side: `count` more deliveries arrived.
+    fn delivered(&self, count: u64);
+    /// Messages the publisher may send now, having sent `sent`.
+    fn room(&self, sent: u64) -> u64;
+    /// Waits for room; returns the deliveries written off (QoS 0 stalls).
+    fn wait_for_room(&self, sent: u64) -> impl std::future::Future<Output = u64>;
+}
+
+impl FlowControl for Flow {
+    fn delivered(&self, count: u64) {
+        Flow::delivered(self, count)
+    }
+    fn room(&self, sent: u64) -> u64 {
+        Flow::room(self, sent)
+    }
+    async fn wait_for_room(&self, sent: u64) -> u64 {
+        Flow::wait_for_room(self, sent).await
+    }
+}
+
+/// Flow control over every worker at once, for layouts where a publish is
+/// delivered to subscribers on other threads. In fan-in and fan-out every
+/// subscriber receives every publish, so a subscriber's backlog is the
+/// publishers' lag all together: the run's totals are held to at most
+/// about `max_lag` publishes ahead of their deliveries, the same
+/// per-subscriber bound as `pairs`. A publish is counted only once its
+/// write completes, so publishers on one worker could all see the same
+/// room at once; hence half of `max_lag` is shared out and each publisher
+/// takes at most its share (`max_lag / 2 / publishers`) at a time, which
+/// keeps the worst case near `max_lag`, under a broker's usual queue limit
+/// of 1,000 messages per session. Waiting polls every millisecond (wakers cannot cross
+/// threads cheaply, and a millisecond is far below any stall).
+///
+/// A stall of [`STALL`] writes the missing deliveries off at every QoS,
+/// not only 0: a broker may drop QoS 1 messages for a subscriber whose
+/// queue is full (Mosquitto's `max_queued_messages`), and waiting for them
+/// would stop the run. They still count as `missing`.
+#[derive(Debug)]
+pub struct SharedFlow {
+    /// Publishes all together may lag: half of `--max-lag`.
+    limit: u64,
+    /// Most one publisher takes at a time.
+    share: u64,
+    fanout: u64,
+    stats: Vec<std::sync::Arc<crate::stats::WorkerStats>>,
+    forgiven: std::sync::atomic::AtomicU64,
+}
+
+impl SharedFlow {
+    pub fn new(
+        max_lag: u32,
+        publishers: u64,
+        fanout: u64,
+        stats: Vec<std::sync::Arc<crate::stats::WorkerStats>>,
+    ) -> SharedFlow {
+        let limit = u64::from(max_lag).div_ceil(2);
+        SharedFlow {
+            limit,
+            share: (limit / publishers.max(1)).max(1),
+            fanout: fanout.max(1),
+            stats,
+            forgiven: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Publishes (over all publishers) whose deliveries have not all arrived.
+    fn lag(&self) -> u64 {
+        let totals = crate::stats::Totals::sum(&self.stats);
+        let forgiven = self.forgiven.load(std::sync::atomic::Ordering::Relaxed);
+        shared_lag(totals.sent, totals.received + forgiven, self.fanout)
+    }
+}
+
+/// Publishes not yet fully delivered, given deliveries that arrived.
+fn shared_lag(sent: u64, arrived: u64, fanout: u64) -> u64 {
+    (sent * fanout).saturating_sub(arrived).div_ceil(fanout)
+}
+
+impl FlowControl for SharedFlow {
+    fn delivered(&self, _count: u64) {
+        // Deliveries are read from the workers' counters.
+    }
+
+    fn room(&self, _sent: u64) -> u64 {
+        if self.limit == 0 {
+            return u64::MAX;
+        }
+        self.limit.saturating_sub(self.lag()).min(self.share)
+    }
+
+    async fn wait_for_room(&self, _sent: u64) -> u64 {
+        let target = self.limit / 2;
+        let started = std::time::Instant::now();
+        while self.lag() > target {
+            if started.elapsed() >= STALL {
+                let totals = crate::stats::Totals::sum(&self.stats);
+                let missing = (totals.sent * self.fanout).saturating_sub(totals.received);
+                let before = self
+                    .forgiven
+                    .fetch_max(missing, std::sync::atomic::Ordering::Relaxed);
+                return missing.saturating_sub(before);
+            }
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_flow_counts_every_worker() {
+        use crate::stats::WorkerStats;
+        use std::sync::Arc;
+        let (a, b) = (
+            Arc::new(WorkerStats::default()),
+            Arc::new(WorkerStats::default()),
+        );
+        // 40 -> 20 in all, at most 10 per publisher at a time.
+        let flow = SharedFlow::new(40, 2, 3, vec![a.clone(), b.clone()]);
+        assert_eq!(flow.room(0), 10);
+        a.sent.add(15);
+        // 15 publishes, 45 deliveries due, none arrived: 5 more allowed.
+        assert_eq!(flow.room(0), 5);
+        b.received.add(30);
+        assert_eq!(flow.room(0), 10);
+        assert_eq!(shared_lag(4, 10, 3), 1);
+    }
 
     #[test]
     fn room_follows_deliveries() {

@@ -94,8 +94,8 @@ pub struct Summary {
     pub acked: u64,
     /// Deliveries expected from what was sent but never received.
     pub missing: u64,
-    /// QoS 0 deliveries that stalled publishers stopped waiting for (see
-    /// `--max-lag`); they may still have arrived later.
+    /// Deliveries that stalled publishers stopped waiting for (see
+    /// `--max-lag`; QoS 0 only in pairs); they may still have arrived later.
     pub written_off: u64,
     /// `None` if the run never reached its measured window.
     pub window: Option<Window>,
@@ -194,7 +194,7 @@ impl Summary {
         if self.written_off > 0 {
             writeln!(
                 out,
-                "stalls   publishers stopped waiting for {} QoS 0 deliveries",
+                "stalls   publishers stopped waiting for {} deliveries",
                 self.written_off
             )?;
         }

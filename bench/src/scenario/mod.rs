@@ -9,7 +9,10 @@
 //! stops when every publisher has finished and every expected delivery has
 //! arrived, or when `--drain` runs out.
 
+pub mod conn;
+pub mod fan;
 pub mod pairs;
+pub mod stresser;
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};

@@ -17,7 +17,7 @@ use super::{Plan, Shared, WorkerCtx, WorkerOutput, yield_now};
 use crate::cli::PairsArgs;
 use crate::client::{ClientError, Connection, PublishTemplate, stamp_of};
 use crate::control::Phase;
-use crate::flow::Flow;
+use crate::flow::{Flow, FlowControl};
 use crate::stats::{OpenConnection, nanos_at, now_nanos};
 
 pub fn run(args: &PairsArgs) -> Result<crate::report::Summary, String> {
@@ -28,7 +28,10 @@ pub fn run(args: &PairsArgs) -> Result<crate::report::Summary, String> {
         publishers: pairs,
         deliveries_per_publish: 1,
         params: serde_json::json!({
+            "layout": "pairs",
             "pairs": args.pairs,
+            "publishers": args.pairs,
+            "subscribers": args.pairs,
             "qos": args.qos as u8,
             "payload": args.payload,
             "rate": args.rate,
@@ -85,7 +88,7 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
     let receiver = subscriber.map(|conn| monoio::spawn(receive(ctx.clone(), conn, flow.clone())));
 
     if ctx.reached(Phase::Connect).await {
-        publisher(&ctx, &args, &topic, n, receiver.is_some(), &flow).await;
+        publisher(&ctx, &args, &topic, n, receiver.is_some(), &*flow).await;
     }
     // Whatever happened, the subscriber's task ends before the worker's.
     if let Some(receiver) = receiver {
@@ -95,13 +98,13 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
 
 /// The publisher of pair `n`: connects (unless its subscriber could not),
 /// waits for the run, publishes.
-async fn publisher(
+pub(super) async fn publisher(
     ctx: &WorkerCtx,
     args: &PairsArgs,
     topic: &str,
     n: usize,
     subscribed: bool,
-    flow: &Flow,
+    flow: &impl FlowControl,
 ) {
     let control = ctx.control();
     let conn = match subscribed {
@@ -133,9 +136,9 @@ async fn publisher(
 }
 
 /// A subscriber's life after SUBACK, until the run stops.
-async fn receive(ctx: Rc<WorkerCtx>, mut conn: Connection, flow: Rc<Flow>) {
+pub(super) async fn receive<F: FlowControl>(ctx: Rc<WorkerCtx>, mut conn: Connection, flow: Rc<F>) {
     let _open = OpenConnection::new(ctx.stats());
-    if let Some(Err(e)) = ctx.or_stop(receive_loop(&ctx, &mut conn, &flow)).await {
+    if let Some(Err(e)) = ctx.or_stop(receive_loop(&ctx, &mut conn, &*flow)).await {
         ctx.error("subscriber", &e);
     }
 }
@@ -144,8 +147,9 @@ async fn receive(ctx: Rc<WorkerCtx>, mut conn: Connection, flow: Rc<Flow>) {
 async fn receive_loop(
     ctx: &WorkerCtx,
     conn: &mut Connection,
-    flow: &Flow,
+    flow: &impl FlowControl,
 ) -> Result<Infallible, ClientError> {
+    let mut last_ping = Instant::now();
     loop {
         // One clock read per socket read: every packet in it arrived then.
         let now = now_nanos();
@@ -177,6 +181,7 @@ async fn receive_loop(
         }
         ctx.stats().received.add(received);
         flow.delivered(received);
+        conn.ping_due(&mut last_ping, Instant::now())?;
         conn.flush().await?;
         conn.fill().await?;
     }
@@ -190,7 +195,7 @@ async fn publish(
     args: &PairsArgs,
     topic: &str,
     n: usize,
-    flow: &Flow,
+    flow: &impl FlowControl,
 ) -> Result<(), ClientError> {
     let template =
         PublishTemplate::new(topic, args.qos, args.payload as usize, ctx.shared.run_tag)?;
