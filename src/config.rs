@@ -25,6 +25,7 @@ const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 const DEFAULT_MAX_KEEPALIVE: u16 = u16::MAX;
 const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
 const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 10;
+const DEFAULT_SYS_INTERVAL: u64 = 10;
 /// The smallest limit that still admits a useful CONNECT.
 const MIN_PACKET_SIZE: u32 = 16;
 /// The largest size the remaining-length varint can express (spec 2.1.4).
@@ -57,6 +58,10 @@ pub struct Config {
     pub server_topic_aliases: bool,
     /// How a shared subscription group picks the member for a message.
     pub shared_subscription_strategy: Strategy,
+    /// Where to serve `/metrics`, `/health` and `/ready`; off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds between `$SYS` updates; 0 turns them off.
+    pub sys_interval: u64,
 }
 
 /// Which I/O backend the shards run on.
@@ -166,6 +171,14 @@ struct Cli {
     /// [default: round_robin].
     #[arg(long, value_name = "STRATEGY")]
     shared_subscription_strategy: Option<SharedStrategy>,
+    /// Address to serve Prometheus metrics (/metrics), /health and /ready
+    /// on [default: none].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Seconds between updates of the $SYS topics; 0 turns them off
+    /// [default: 10].
+    #[arg(long, value_name = "SECS")]
+    sys_interval: Option<u64>,
 }
 
 /// The TOML file: the flags' settings except `config` itself.
@@ -185,6 +198,8 @@ struct FileConfig {
     topic_alias_maximum: Option<u16>,
     server_topic_aliases: Option<bool>,
     shared_subscription_strategy: Option<SharedStrategy>,
+    metrics_listen: Option<SocketAddr>,
+    sys_interval: Option<u64>,
 }
 
 /// How [`QueueFullPolicy`] is spelled in flags and files; the session type
@@ -325,6 +340,11 @@ impl Config {
                 .or(file.server_topic_aliases)
                 .unwrap_or(true),
             shared_subscription_strategy,
+            metrics_listen: cli.metrics_listen.or(file.metrics_listen),
+            sys_interval: cli
+                .sys_interval
+                .or(file.sys_interval)
+                .unwrap_or(DEFAULT_SYS_INTERVAL),
         })
     }
 }
@@ -445,6 +465,8 @@ mod tests {
             topic_alias_maximum = 0
             server_topic_aliases = false
             shared_subscription_strategy = "sticky"
+            metrics_listen = "127.0.0.1:9090"
+            sys_interval = 0
             "#,
         );
         let config = parse(&["--config", file.arg()]).expect("valid file");
@@ -467,6 +489,8 @@ mod tests {
                 topic_alias_maximum: 0,
                 server_topic_aliases: false,
                 shared_subscription_strategy: Strategy::Sticky,
+                metrics_listen: Some("127.0.0.1:9090".parse().expect("literal")),
+                sys_interval: 0,
             }
         );
     }
@@ -710,6 +734,8 @@ mod tests {
             topic_alias_maximum,
             server_topic_aliases,
             shared_subscription_strategy,
+            metrics_listen,
+            sys_interval,
         } = &file;
         assert!(listen.is_some());
         assert!(ws_listen.is_some());
@@ -724,6 +750,8 @@ mod tests {
         assert!(topic_alias_maximum.is_some());
         assert!(server_topic_aliases.is_some());
         assert!(shared_subscription_strategy.is_some());
+        assert!(metrics_listen.is_some());
+        assert!(sys_interval.is_some());
         Config::merge(Cli::default(), file).expect("example config is valid");
     }
 }

@@ -31,6 +31,9 @@ fn main() -> ExitCode {
             max_packet_size: config.max_packet_size as usize,
             shared_strategy: config.shared_subscription_strategy,
         },
+        metrics_listen: config.metrics_listen,
+        sys_interval: (config.sys_interval > 0)
+            .then(|| std::time::Duration::from_secs(config.sys_interval)),
     };
     match shard::run(server) {
         Ok(()) => ExitCode::SUCCESS,
