@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use common::Broker;
 use common::clients::v4;
 use common::http::{get, sample};
+use common::raw::Raw;
+use common::wire::{Connect, Props};
 
 /// Every `_bucket` sample of histogram `name`, in order.
 fn buckets(text: &str, name: &str) -> Vec<(String, f64)> {
@@ -143,4 +145,33 @@ async fn sys_uptime_reaches_a_subscriber() {
         .parse()
         .expect("a count");
     assert!(n >= 1, "at least the first subscriber is connected");
+}
+
+#[tokio::test]
+async fn refused_connects_are_counted_by_reason() {
+    let broker = Broker::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = broker.metrics_addr();
+    // 3.1.1 forbids an empty client id without a clean session.
+    let (_raw, connack) = Raw::connect(broker.addr, Connect::v4("").clean(false)).await;
+    assert_eq!(connack.code, 0x02);
+    // A v5 CONNECT asking for an unknown authentication method.
+    let bad_auth = Connect::v5("metrics-auth").props(Props::new().string(0x15, "nope"));
+    let (_raw, connack) = Raw::connect(broker.addr, bad_auth).await;
+    assert_eq!(connack.code, 0x8C);
+
+    let (_, text) = get(metrics, "/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "ringmq_connections_rejected_total{reason=\"ClientIdentifierNotValid\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ringmq_connections_rejected_total{reason=\"BadAuthenticationMethod\"}"
+        ),
+        1.0
+    );
 }
