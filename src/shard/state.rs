@@ -617,6 +617,11 @@ impl ShardState {
             .session
             .client_max_packet_size()
             .map_or(usize::MAX, |max| max as usize);
+        // The clock is read here, once per call, rather than using `now`:
+        // `now` was read when the batch began, often the very instant the
+        // PUBLISH was stamped with, which would make every same-turn
+        // delivery look instantaneous.
+        let mut encoded_at = None;
         while conn.buffered() < OUTPUT_HIGH_WATER {
             let Some(packet) = slot.session.poll_transmit(now) else {
                 break;
@@ -633,9 +638,10 @@ impl ShardState {
                 // loop unless the socket is full, and per-message stamps
                 // there would cost a queue beside the buffer.
                 if let Some(received_at) = slot.session.take_sent_received_at() {
+                    let encoded_at = *encoded_at.get_or_insert_with(Instant::now);
                     self.metrics
                         .publish_latency
-                        .record(now.saturating_duration_since(received_at));
+                        .record(encoded_at.saturating_duration_since(received_at));
                 }
             } else {
                 // Spec 3.1.2.11.4: a message the client cannot take is
