@@ -27,6 +27,7 @@ const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 const DEFAULT_MAX_KEEPALIVE: u16 = u16::MAX;
 const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
 const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 10;
+const DEFAULT_SYS_INTERVAL: u64 = 10;
 /// The smallest limit that still admits a useful CONNECT.
 const MIN_PACKET_SIZE: u32 = 16;
 /// The largest size the remaining-length varint can express (spec 2.1.4).
@@ -90,6 +91,10 @@ pub struct Config {
     pub max_subscriptions_per_client: usize,
     /// Bytes in a client id. At least 23.
     pub max_client_id_length: u16,
+    /// Where to serve `/metrics`, `/health` and `/ready`; off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds between `$SYS` updates; 0 turns them off.
+    pub sys_interval: u64,
 }
 
 /// Which I/O backend the shards run on.
@@ -219,6 +224,14 @@ struct Cli {
     /// Longest client id accepted, 23 to 65535 bytes [default: 256].
     #[arg(long, value_name = "BYTES")]
     max_client_id_length: Option<u16>,
+    /// Address to serve Prometheus metrics (/metrics), /health and /ready
+    /// on [default: none].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Seconds between updates of the $SYS topics; 0 turns them off
+    /// [default: 10].
+    #[arg(long, value_name = "SECS")]
+    sys_interval: Option<u64>,
 }
 
 /// The TOML file: the flags' settings except `config` itself.
@@ -244,6 +257,8 @@ struct FileConfig {
     max_topic_levels: Option<usize>,
     max_subscriptions_per_client: Option<usize>,
     max_client_id_length: Option<u16>,
+    metrics_listen: Option<SocketAddr>,
+    sys_interval: Option<u64>,
 }
 
 /// How [`QueueFullPolicy`] is spelled in flags and files; the session type
@@ -449,6 +464,11 @@ impl Config {
                 .or(file.max_subscriptions_per_client)
                 .unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT),
             max_client_id_length,
+            metrics_listen: cli.metrics_listen.or(file.metrics_listen),
+            sys_interval: cli
+                .sys_interval
+                .or(file.sys_interval)
+                .unwrap_or(DEFAULT_SYS_INTERVAL),
         })
     }
 }
@@ -599,6 +619,8 @@ mod tests {
             max_topic_levels = 8
             max_subscriptions_per_client = 20
             max_client_id_length = 64
+            metrics_listen = "127.0.0.1:9090"
+            sys_interval = 0
             "#,
         );
         let config = parse(&["--config", file.arg()]).expect("valid file");
@@ -627,6 +649,8 @@ mod tests {
                 max_topic_levels: 8,
                 max_subscriptions_per_client: 20,
                 max_client_id_length: 64,
+                metrics_listen: Some("127.0.0.1:9090".parse().expect("literal")),
+                sys_interval: 0,
             }
         );
     }
@@ -896,6 +920,8 @@ mod tests {
             max_topic_levels,
             max_subscriptions_per_client,
             max_client_id_length,
+            metrics_listen,
+            sys_interval,
         } = &file;
         assert!(listen.is_some());
         assert!(ws_listen.is_some());
@@ -916,6 +942,8 @@ mod tests {
         assert!(max_topic_levels.is_some());
         assert!(max_subscriptions_per_client.is_some());
         assert!(max_client_id_length.is_some());
+        assert!(metrics_listen.is_some());
+        assert!(sys_interval.is_some());
         Config::merge(Cli::default(), file).expect("example config is valid");
     }
 }

@@ -31,12 +31,15 @@
 //!   store, and shared subscription groups.
 //! - [`shard`]: the only code that awaits: threads, runtimes, listeners,
 //!   connections, the cross-core mesh, and the routing glue.
+//! - [`metrics`]: per-shard counters and histograms gathered through the
+//!   mesh when scraped; HTTP `/metrics`, `/health`, `/ready`; `$SYS`.
 //! - [`config`]: command line and TOML, validated once.
 //!
 //! Each room's module documentation gives the reasons for its design.
 
 pub mod config;
 pub mod message;
+pub mod metrics;
 pub mod protocol;
 pub mod router;
 pub mod session;

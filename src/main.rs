@@ -34,6 +34,9 @@ fn main() -> ExitCode {
             connect_timeout: config.connect_timeout(),
             max_client_id_length: usize::from(config.max_client_id_length),
         },
+        metrics_listen: config.metrics_listen,
+        sys_interval: (config.sys_interval > 0)
+            .then(|| std::time::Duration::from_secs(config.sys_interval)),
     };
     match shard::run(server) {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,9 @@ pub struct Message {
     pub publisher: ByteString,
     /// From the Message Expiry Interval, if any.
     pub expires_at: Option<Instant>,
+    /// When the broker decoded the PUBLISH (or made the will or `$SYS`
+    /// message): the start of the publish latency the metrics report.
+    pub received_at: Instant,
 }
 
 impl Message {

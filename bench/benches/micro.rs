@@ -138,6 +138,7 @@ fn retained(c: &mut Criterion) {
             properties: PublishProperties::default(),
             publisher: ByteString::from_static("bench"),
             expires_at: None,
+            received_at: std::time::Instant::now(),
         }));
     }
     let mut group = c.benchmark_group(format!("retained_match_{n}_topics"));

@@ -137,6 +137,7 @@ mod tests {
             properties: PublishProperties::default(),
             publisher: "publisher".into(),
             expires_at: None,
+            received_at: std::time::Instant::now(),
         })
     }
 

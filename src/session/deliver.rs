@@ -130,6 +130,7 @@ impl Session {
             }
             if next.qos == QoS::AtMostOnce {
                 let outgoing = self.queue.pop_front()?;
+                self.sent_received_at = outgoing.latency_start();
                 return Some(Packet::Publish(outgoing.publish(
                     0,
                     false,
@@ -142,6 +143,7 @@ impl Session {
             }
             let packet_id = self.inflight.next_free_id()?;
             let outgoing = self.queue.pop_front()?;
+            self.sent_received_at = outgoing.latency_start();
             let publish = outgoing.publish(packet_id, false, self.protocol, now);
             self.inflight.start(packet_id, outgoing);
             return Some(Packet::Publish(publish));

@@ -95,6 +95,7 @@ impl Session {
             properties,
             publisher: self.client_id.clone(),
             expires_at,
+            received_at: now,
         };
         self.actions
             .push_back(SessionAction::Publish(Arc::new(message)));

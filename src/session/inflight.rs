@@ -189,6 +189,7 @@ mod tests {
                 properties: PublishProperties::default(),
                 publisher: "p".into(),
                 expires_at: None,
+                received_at: std::time::Instant::now(),
             }),
             qos,
             retain: false,

@@ -215,6 +215,9 @@ pub struct Session {
     will_due: Option<Instant>,
     expires_at: Option<Instant>,
     dropped_expired: u64,
+    /// When the message of the last new PUBLISH [`Session::poll_transmit`]
+    /// returned was received, for the shard's publish latency.
+    sent_received_at: Option<Instant>,
 }
 
 /// What a session that never connected holds: nothing.
@@ -258,6 +261,7 @@ impl Session {
             will_due: None,
             expires_at: None,
             dropped_expired: 0,
+            sent_received_at: None,
         }
     }
 
@@ -426,6 +430,13 @@ impl Session {
     /// than it reads the answers.
     pub fn unanswered(&self) -> usize {
         self.control.len()
+    }
+
+    /// When the message of the PUBLISH just polled was received by the
+    /// broker; `None` for a resend (measured on its first send) or when
+    /// already taken.
+    pub fn take_sent_received_at(&mut self) -> Option<Instant> {
+        self.sent_received_at.take()
     }
 
     /// Queued messages found expired when their turn to be sent came (or

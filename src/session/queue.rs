@@ -25,6 +25,13 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
+    /// When the broker received the message, unless it goes out with
+    /// RETAIN set: then it may come from the retained store, published
+    /// any time ago, and its age is no latency of the broker's.
+    pub fn latency_start(&self) -> Option<Instant> {
+        (!self.retain).then_some(self.message.received_at)
+    }
+
     /// The PUBLISH for this delivery. Built at send time, not at queue
     /// time, because the v5 Message Expiry Interval sent is what remains
     /// at that moment (spec 3.3.2.3.3).
@@ -80,6 +87,7 @@ mod tests {
                 },
                 publisher: "pub".into(),
                 expires_at: expires_in.map(|d| now + d),
+                received_at: now,
             }),
             qos: QoS::AtLeastOnce,
             retain: false,

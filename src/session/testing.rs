@@ -88,6 +88,7 @@ pub fn message(topic: &str, qos: QoS) -> Arc<Message> {
         properties: PublishProperties::default(),
         publisher: "other".into(),
         expires_at: None,
+        received_at: Instant::now(),
     })
 }
 

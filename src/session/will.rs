@@ -94,6 +94,7 @@ fn will_message(will: LastWill, publisher: ByteString, now: Instant) -> Message 
         },
         publisher,
         expires_at,
+        received_at: now,
     }
 }
 

@@ -221,13 +221,9 @@ pub async fn accept(
         Ok(Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
             debug!(%peer, level, "unsupported protocol level");
             // Spec 3.1.2.2: answer 0x01 in the 3.1.1 form, then close.
-            refuse(
-                &mut stream,
-                websocket,
-                ProtocolVersion::V3_1_1,
-                ReasonCode::UnsupportedProtocolVersion,
-            )
-            .await;
+            let reason = ReasonCode::UnsupportedProtocolVersion;
+            state.borrow_mut().metrics.refused(reason);
+            refuse(&mut stream, websocket, ProtocolVersion::V3_1_1, reason).await;
             return;
         }
         Ok(Err(error)) => {
@@ -272,13 +268,9 @@ pub async fn accept(
         // 3.1.1 only allows an empty client id with a clean session
         // (spec 3.1.3-8); v5 always gets one assigned.
         if !connect.clean_start && !connect.protocol.is_v5() {
-            refuse(
-                &mut stream,
-                websocket,
-                connect.protocol,
-                ReasonCode::ClientIdentifierNotValid,
-            )
-            .await;
+            let reason = ReasonCode::ClientIdentifierNotValid;
+            state.borrow_mut().metrics.refused(reason);
+            refuse(&mut stream, websocket, connect.protocol, reason).await;
             return;
         }
         connect.client_id = assign_client_id(state.borrow().id());

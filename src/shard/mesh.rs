@@ -17,6 +17,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
+use std::time::Instant;
 
 use atomic_waker::AtomicWaker;
 use bytes::BytesMut;
@@ -28,6 +29,7 @@ use super::limit::ConnectionPermit;
 use super::notify::LocalNotify;
 use super::websocket::WsFraming;
 use crate::message::Message;
+use crate::metrics::Snapshot;
 use crate::protocol::Connect;
 
 /// Everything one shard can ask of another. This is the only door between
@@ -84,6 +86,21 @@ pub enum ShardMsg {
     Handoff(Box<Handoff>),
     /// Stop accepting, say goodbye to clients, return.
     Shutdown,
+    /// From the metrics thread: send back a copy of this shard's counters.
+    /// Also the health check's ping: a shard that cannot answer is stuck.
+    Scrape(Sender<Snapshot>),
+    /// From the `$SYS` thread, to one shard: publish these retained
+    /// messages as if a client had.
+    Sys(Vec<Arc<Message>>),
+}
+
+/// What travels through an inbox: the messages one shard had for another
+/// in one turn of its loop, stamped when flushed so the receiver can
+/// measure the hop.
+#[derive(Debug)]
+pub struct Batch {
+    pub sent_at: Instant,
+    pub messages: Vec<ShardMsg>,
 }
 
 /// A session that is a member of a shared subscription group. The client
@@ -130,13 +147,15 @@ impl Doorbell {
 /// (itself included, so that shutdown and handoff need no special case).
 pub struct Mesh {
     me: ShardId,
-    inbox: Receiver<Vec<ShardMsg>>,
+    inbox: Receiver<Batch>,
     doorbell: Arc<Doorbell>,
     peers: Vec<Peer>,
+    /// Messages sent to other shards, ever.
+    sent: u64,
 }
 
 struct Peer {
-    sender: Sender<Vec<ShardMsg>>,
+    sender: Sender<Batch>,
     doorbell: Arc<Doorbell>,
     pending: Vec<ShardMsg>,
 }
@@ -145,13 +164,13 @@ struct Peer {
 /// signal handler's [`MeshHandle`] are made.
 #[derive(Clone)]
 pub struct MeshHandle {
-    senders: Vec<Sender<Vec<ShardMsg>>>,
+    senders: Vec<Sender<Batch>>,
     doorbells: Vec<Arc<Doorbell>>,
 }
 
 impl MeshHandle {
     /// Builds the full mesh for `shards` shards: one inbox each.
-    pub fn build(shards: usize) -> (MeshHandle, Vec<Receiver<Vec<ShardMsg>>>) {
+    pub fn build(shards: usize) -> (MeshHandle, Vec<Receiver<Batch>>) {
         let (senders, receivers) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
         let doorbells = (0..shards).map(|_| Arc::new(Doorbell::default())).collect();
         (MeshHandle { senders, doorbells }, receivers)
@@ -162,7 +181,7 @@ impl MeshHandle {
     }
 
     /// This shard's end, owning its inbox.
-    pub fn attach(&self, me: ShardId, inbox: Receiver<Vec<ShardMsg>>) -> Mesh {
+    pub fn attach(&self, me: ShardId, inbox: Receiver<Batch>) -> Mesh {
         let peers = self
             .senders
             .iter()
@@ -178,6 +197,19 @@ impl MeshHandle {
             inbox,
             doorbell: self.doorbells[me].clone(),
             peers,
+            sent: 0,
+        }
+    }
+
+    /// Sends one message to one shard, from outside any shard.
+    pub fn send(&self, to: ShardId, msg: ShardMsg) {
+        let batch = Batch {
+            sent_at: Instant::now(),
+            messages: vec![msg],
+        };
+        // A shard that already exited has nothing left to do with it.
+        if self.senders[to].send(batch).is_ok() {
+            self.doorbells[to].ring();
         }
     }
 
@@ -185,7 +217,11 @@ impl MeshHandle {
     pub fn broadcast(&self, make: impl Fn() -> ShardMsg) {
         for (sender, doorbell) in self.senders.iter().zip(&self.doorbells) {
             // A shard that already exited has dropped its inbox; nothing to tell it.
-            if sender.send(vec![make()]).is_ok() {
+            let batch = Batch {
+                sent_at: Instant::now(),
+                messages: vec![make()],
+            };
+            if sender.send(batch).is_ok() {
                 doorbell.ring();
             }
         }
@@ -219,12 +255,19 @@ impl Mesh {
     /// Returns the number of messages sent.
     pub fn flush(&mut self) -> usize {
         let mut sent = 0;
-        for peer in &mut self.peers {
+        let sent_at = Instant::now();
+        for (to, peer) in self.peers.iter_mut().enumerate() {
             if peer.pending.is_empty() {
                 continue;
             }
+            if to != self.me {
+                self.sent += peer.pending.len() as u64;
+            }
             sent += peer.pending.len();
-            let batch = std::mem::take(&mut peer.pending);
+            let batch = Batch {
+                sent_at,
+                messages: std::mem::take(&mut peer.pending),
+            };
             // A peer's inbox only closes when that shard has exited at
             // shutdown; its messages have no one left to serve.
             if peer.sender.send(batch).is_ok() {
@@ -234,8 +277,18 @@ impl Mesh {
         sent
     }
 
+    /// Messages sent to other shards since the shard started.
+    pub fn sent_to_others(&self) -> u64 {
+        self.sent
+    }
+
+    /// Batches waiting in this shard's inbox.
+    pub fn inbox_depth(&self) -> usize {
+        self.inbox.len()
+    }
+
     /// A batch already waiting, without blocking.
-    pub fn try_recv(&self) -> Option<Vec<ShardMsg>> {
+    pub fn try_recv(&self) -> Option<Batch> {
         try_recv(&self.inbox)
     }
 
@@ -250,7 +303,7 @@ impl Mesh {
 
 /// The waiting end of a shard's inbox.
 pub struct Inbox {
-    receiver: Receiver<Vec<ShardMsg>>,
+    receiver: Receiver<Batch>,
     doorbell: Arc<Doorbell>,
 }
 
@@ -258,7 +311,7 @@ impl Inbox {
     /// Waits until a batch arrives (`Some`) or `local` is notified (`None`):
     /// the shard's own tasks use `local` when they drained the inbox
     /// themselves and left work for the inbox task.
-    pub async fn recv_or(&self, local: &LocalNotify) -> Option<Vec<ShardMsg>> {
+    pub async fn recv_or(&self, local: &LocalNotify) -> Option<Batch> {
         std::future::poll_fn(|cx| {
             // Register before clearing the bell, and clear it before looking:
             // a push that lands after the look then finds the bell silent
@@ -274,7 +327,7 @@ impl Inbox {
     }
 }
 
-fn try_recv(receiver: &Receiver<Vec<ShardMsg>>) -> Option<Vec<ShardMsg>> {
+fn try_recv(receiver: &Receiver<Batch>) -> Option<Batch> {
     // Disconnected only happens once every other shard has exited at
     // shutdown; to the caller it is the same as an empty inbox.
     receiver.try_recv().ok()
@@ -298,6 +351,7 @@ mod tests {
             properties: PublishProperties::default(),
             publisher: ByteString::from_static("p"),
             expires_at: None,
+            received_at: std::time::Instant::now(),
         })
     }
 
@@ -320,7 +374,7 @@ mod tests {
                 let mut next = 0;
                 while next < MESSAGES {
                     let batch = inbox.recv_or(&never).await.expect("only batches wake us");
-                    for msg in batch {
+                    for msg in batch.messages {
                         let ShardMsg::Publish(message) = msg else {
                             panic!("unexpected message {msg:?}");
                         };

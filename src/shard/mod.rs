@@ -128,8 +128,9 @@ use rustc_hash::FxHasher;
 use tracing::{error, info, warn};
 
 use crate::config::IoDriver;
+use crate::metrics::{self, Readiness};
 pub use limit::ConnectionLimit;
-use mesh::{MeshHandle, ShardMsg};
+use mesh::{Batch, MeshHandle, ShardMsg};
 pub use state::ShardConfig;
 use state::ShardState;
 
@@ -174,6 +175,10 @@ pub struct ServerConfig {
     pub shards: usize,
     pub io_driver: IoDriver,
     pub shard: ShardConfig,
+    /// Where `/metrics`, `/health` and `/ready` are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often `$SYS` topics are published; `None` for never.
+    pub sys_interval: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,11 +211,19 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     );
 
     let (mesh, inboxes) = MeshHandle::build(config.shards);
+    let readiness = Readiness::default();
     // Before binding: once `listening` is logged, a SIGTERM must already
     // mean a clean shutdown, not the default action (death by signal).
-    watch_signals(mesh.clone())?;
+    watch_signals(mesh.clone(), readiness.clone())?;
     let listeners = listener::bind_all(&config.listen, &config.ws_listen, config.shards)
         .map_err(StartError::Listen)?;
+    // After the MQTT listeners, whose `listening` lines come first.
+    if let Some(addr) = config.metrics_listen {
+        metrics::http::start(addr, mesh.clone(), readiness.clone()).map_err(StartError::Listen)?;
+    }
+    if let Some(interval) = config.sys_interval {
+        metrics::sys::start(interval, mesh.clone()).map_err(StartError::Thread)?;
+    }
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
@@ -246,6 +259,9 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             .map_err(StartError::Thread)?;
         threads.push(thread);
     }
+    // Every listening socket is bound and listening: the kernel queues
+    // connections from now on, even before a shard's first accept.
+    readiness.set_ready();
     for thread in threads {
         // A panicking shard has already printed its panic; the others
         // still shut down cleanly.
@@ -256,7 +272,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
 }
 
 /// The first SIGINT or SIGTERM asks every shard to drain.
-fn watch_signals(mesh: MeshHandle) -> Result<(), StartError> {
+fn watch_signals(mesh: MeshHandle, readiness: Readiness) -> Result<(), StartError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(StartError::Signals)?;
@@ -265,6 +281,7 @@ fn watch_signals(mesh: MeshHandle) -> Result<(), StartError> {
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 info!(signal, "shutting down");
+                readiness.set_draining();
                 mesh.broadcast(|| ShardMsg::Shutdown);
             }
         })
@@ -275,7 +292,7 @@ fn watch_signals(mesh: MeshHandle) -> Result<(), StartError> {
 async fn shard_main(
     id: ShardId,
     mesh: MeshHandle,
-    inbox: Receiver<Vec<ShardMsg>>,
+    inbox: Receiver<Batch>,
     listeners: Vec<listener::Listener>,
     config: ShardConfig,
 ) {

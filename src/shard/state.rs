@@ -22,9 +22,10 @@ use tracing::{info, warn};
 use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
 use super::limit::ConnectionLimit;
-use super::mesh::{Handoff, Mesh, ShardMsg, SharedMember};
+use super::mesh::{Batch, Handoff, Mesh, ShardMsg, SharedMember};
 use super::notify::LocalNotify;
 use crate::message::Message;
+use crate::metrics::{ShardMetrics, Snapshot};
 use crate::protocol::{Connect, Packet, ReasonCode, SubscriptionOptions};
 use crate::router::shared::{Group, Strategy, is_shared};
 use crate::router::{RetainedStore, TopicTrie};
@@ -134,6 +135,7 @@ pub struct ShardState {
     connections: usize,
     pub drops: DropCounters,
     drops_logged: DropCounters,
+    pub metrics: ShardMetrics,
     next_conn_id: u64,
     /// Reused per publish: which shards to forward to.
     forward_to: Vec<bool>,
@@ -171,6 +173,7 @@ impl ShardState {
             connections: 0,
             drops: DropCounters::default(),
             drops_logged: DropCounters::default(),
+            metrics: ShardMetrics::default(),
             next_conn_id: 0,
             forward_to: vec![false; shards],
             shared_to: Vec::new(),
@@ -206,6 +209,8 @@ impl ShardState {
             let reason = connack.reason;
             conn.send(&Packet::ConnAck(connack));
             conn.close(CloseReason::Refused(reason));
+            self.metrics.refused(reason);
+            self.metrics.connect_latency.record(now.elapsed());
             return Attached {
                 conn,
                 keep_alive: None,
@@ -250,6 +255,9 @@ impl ShardState {
         // The groups' owners hear of the connection now, not at the next
         // packet or tick.
         self.mesh.flush();
+        // `now` was read just before the call, after the CONNECT was
+        // decoded (or handed over), so this is the handling time.
+        self.metrics.connect_latency.record(now.elapsed());
         Attached { conn, keep_alive }
     }
 
@@ -385,7 +393,10 @@ impl ShardState {
             .and_then(|slot| slot.session.poll_action())
         {
             match action {
-                SessionAction::Publish(message) => self.publish(message, now),
+                SessionAction::Publish(message) => {
+                    self.metrics.received(&message);
+                    self.publish(message, now);
+                }
                 SessionAction::Subscribe {
                     filter,
                     options,
@@ -443,16 +454,22 @@ impl ShardState {
             }
             shared_to.extend(places.groups.iter().map(|group| group.share.clone()));
         });
+        let mut forwarded = false;
         for shard in 0..self.forward_to.len() {
             if self.forward_to[shard] && shard != me {
                 self.mesh.push(shard, ShardMsg::Publish(message.clone()));
+                forwarded = true;
             }
         }
         if message.retain {
             self.retained.apply(message.clone());
             self.mesh.push_others(|| ShardMsg::Retain(message.clone()));
         }
-        self.deliver_local(&message, now);
+        let local = self.deliver_local(&message, now);
+        // A retained message with no subscriber is kept, not dropped.
+        if !forwarded && local == 0 && shared_to.is_empty() && !message.retain {
+            self.metrics.no_subscribers += 1;
+        }
         // Only the publisher's shard hands a message to a group, so each
         // group sees it once however many shards hold members.
         for share in shared_to.drain(..) {
@@ -469,8 +486,8 @@ impl ShardState {
 
     /// Delivers to this shard's sessions, once per session however many of
     /// its subscriptions match (at the highest granted QoS, with every
-    /// matching subscription identifier).
-    fn deliver_local(&mut self, message: &Arc<Message>, now: Instant) {
+    /// matching subscription identifier). Returns the number of sessions.
+    fn deliver_local(&mut self, message: &Arc<Message>, now: Instant) -> usize {
         let mut matched = std::mem::take(&mut self.matched);
         let sessions = &self.sessions;
         self.subscriptions
@@ -494,10 +511,12 @@ impl ShardState {
         if matched.len() > 1 {
             merge_overlapping(&mut matched);
         }
+        let sessions = matched.len();
         for (key, delivery) in matched.drain(..) {
             self.deliver(key, message, delivery, None, now);
         }
         self.matched = matched;
+        sessions
     }
 
     /// `shared` names the shared subscription that chose this session, if
@@ -606,13 +625,33 @@ impl ShardState {
             .session
             .client_max_packet_size()
             .map_or(usize::MAX, |max| max as usize);
+        // The clock is read here, once per call, rather than using `now`:
+        // `now` was read when the batch began, often the very instant the
+        // PUBLISH was stamped with, which would make every same-turn
+        // delivery look instantaneous.
+        let mut encoded_at = None;
         while conn.buffered() < OUTPUT_HIGH_WATER {
             let Some(packet) = slot.session.poll_transmit(now) else {
                 break;
             };
-            if !conn.send_within(&packet, limit)
-                && let Packet::Publish(publish) = &packet
-            {
+            let fits = conn.send_within(&packet, limit);
+            let Packet::Publish(publish) = &packet else {
+                continue;
+            };
+            if fits {
+                self.metrics.sent(publish.qos, publish.payload.len());
+                // Observed when encoded into the output, not when the
+                // kernel takes the bytes: the writer flushes the whole
+                // output at its next wake-up, within the same turn of the
+                // loop unless the socket is full, and per-message stamps
+                // there would cost a queue beside the buffer.
+                if let Some(received_at) = slot.session.take_sent_received_at() {
+                    let encoded_at = *encoded_at.get_or_insert_with(Instant::now);
+                    self.metrics
+                        .publish_latency
+                        .record(encoded_at.saturating_duration_since(received_at));
+                }
+            } else {
                 // Spec 3.1.2.11.4: a message the client cannot take is
                 // discarded as if delivered.
                 slot.session.discard_publish(publish);
@@ -646,15 +685,20 @@ impl ShardState {
         }
     }
 
-    pub fn apply_batch(&mut self, batch: Vec<ShardMsg>, now: Instant) {
-        for msg in batch {
+    pub fn apply_batch(&mut self, batch: Batch, now: Instant) {
+        self.metrics
+            .hop_latency
+            .record(now.saturating_duration_since(batch.sent_at));
+        for msg in batch.messages {
             self.apply(msg, now);
         }
     }
 
     fn apply(&mut self, msg: ShardMsg, now: Instant) {
         match msg {
-            ShardMsg::Publish(message) => self.deliver_local(&message, now),
+            ShardMsg::Publish(message) => {
+                self.deliver_local(&message, now);
+            }
             ShardMsg::Retain(message) => self.retained.apply(message),
             ShardMsg::RouteAdd { filter, from } => {
                 let shards = &mut self.routes.entry(&filter).shards;
@@ -704,6 +748,15 @@ impl ShardState {
                 self.draining = true;
                 self.wake.notify();
             }
+            ShardMsg::Scrape(reply) => {
+                // The scraper gave up on a shard this late; nothing to do.
+                let _ = reply.send(self.snapshot());
+            }
+            ShardMsg::Sys(messages) => {
+                for message in messages {
+                    self.publish(message, now);
+                }
+            }
         }
     }
 
@@ -730,6 +783,7 @@ impl ShardState {
 
     pub fn connection_opened(&mut self) {
         self.connections += 1;
+        self.metrics.connections_total += 1;
     }
 
     pub fn connection_closed(&mut self) {
@@ -738,6 +792,36 @@ impl ShardState {
 
     pub fn live_connections(&self) -> usize {
         self.connections
+    }
+
+    /// This shard's gauges now and a copy of its counters, for a scrape.
+    /// Walks the sessions: a scrape is rare, a counter kept up to date on
+    /// every connect and disconnect would be paid all the time.
+    fn snapshot(&self) -> Snapshot {
+        let online = self
+            .sessions
+            .iter()
+            .filter(|(_, slot)| slot.conn.is_some())
+            .count();
+        let subscriptions = self
+            .sessions
+            .iter()
+            .map(|(_, slot)| slot.filters.len())
+            .sum::<usize>();
+        Snapshot {
+            shard: self.id(),
+            connections: self.connections as u64,
+            sessions_online: online as u64,
+            sessions_offline: (self.sessions.len() - online) as u64,
+            subscriptions: subscriptions as u64,
+            retained: self.retained.len() as u64,
+            inbox_depth: self.mesh.inbox_depth() as u64,
+            cross_shard_sent: self.mesh.sent_to_others(),
+            dropped_queue_full: self.drops.queue_full,
+            dropped_expired: self.drops.expired,
+            dropped_too_large: self.drops.too_large,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 

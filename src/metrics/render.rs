@@ -1,0 +1,273 @@
+//! The shards' snapshots, summed, in the OpenMetrics text exposition
+//! (which Prometheus scrapes natively).
+//!
+//! A fresh prometheus-client `Registry` is filled from the snapshots on
+//! every scrape: the counters live in the shards, so there is nothing
+//! long-lived to register, and a scrape every few seconds can afford it.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::Snapshot;
+use super::histogram::Latency;
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+
+const QOS: [&str; 3] = ["0", "1", "2"];
+
+/// Sums the shards' snapshots and encodes them.
+pub fn render(snapshots: &[Snapshot]) -> String {
+    let mut registry = Registry::with_prefix("ringmq");
+    let sum = |f: fn(&Snapshot) -> u64| snapshots.iter().map(f).sum::<u64>();
+
+    gauge(
+        &mut registry,
+        "connections_current",
+        "Client connections open now",
+        sum(|s| s.connections),
+    );
+    counter(
+        &mut registry,
+        "connections",
+        "Client connections accepted (their CONNECT read) since start",
+        sum(|s| s.metrics.connections_total),
+    );
+    let rejected = Family::<Labels, Counter>::default();
+    for snapshot in snapshots {
+        for (reason, n) in &snapshot.metrics.rejected {
+            rejected
+                .get_or_create(&vec![("reason".into(), reason.clone())])
+                .inc_by(*n);
+        }
+    }
+    registry.register(
+        "connections_rejected",
+        "CONNECTs refused, by reason code",
+        rejected,
+    );
+
+    let sessions = Family::<Labels, Gauge>::default();
+    for (state, n) in [
+        ("online", sum(|s| s.sessions_online)),
+        ("offline", sum(|s| s.sessions_offline)),
+    ] {
+        sessions
+            .get_or_create(&vec![("state".into(), state.into())])
+            .set(n as i64);
+    }
+    registry.register("sessions", "Sessions, by connection state", sessions);
+    gauge(
+        &mut registry,
+        "subscriptions",
+        "Subscriptions held by sessions, shared ones included",
+        sum(|s| s.subscriptions),
+    );
+    // Every shard holds a replica; the largest is the most up to date.
+    gauge(
+        &mut registry,
+        "retained_messages",
+        "Messages in the retained store",
+        snapshots.iter().map(|s| s.retained).max().unwrap_or(0),
+    );
+
+    per_qos(
+        &mut registry,
+        snapshots,
+        "messages_received",
+        "PUBLISH packets received from clients (and wills), by QoS",
+        |s| &s.metrics.messages_in,
+    );
+    per_qos(
+        &mut registry,
+        snapshots,
+        "received_payload_bytes",
+        "Payload bytes received in PUBLISH packets, by QoS",
+        |s| &s.metrics.bytes_in,
+    );
+    per_qos(
+        &mut registry,
+        snapshots,
+        "messages_sent",
+        "PUBLISH packets sent to subscribers, by QoS granted",
+        |s| &s.metrics.messages_out,
+    );
+    per_qos(
+        &mut registry,
+        snapshots,
+        "sent_payload_bytes",
+        "Payload bytes sent in PUBLISH packets, by QoS granted",
+        |s| &s.metrics.bytes_out,
+    );
+
+    let dropped = Family::<Labels, Counter>::default();
+    for (reason, n) in [
+        ("queue_full", sum(|s| s.dropped_queue_full)),
+        ("expired", sum(|s| s.dropped_expired)),
+        ("too_large", sum(|s| s.dropped_too_large)),
+        ("no_subscribers", sum(|s| s.metrics.no_subscribers)),
+    ] {
+        dropped
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc_by(n);
+    }
+    registry.register("messages_dropped", "Messages dropped, by reason", dropped);
+
+    let depth = Family::<Labels, Gauge>::default();
+    let cross = Family::<Labels, Counter>::default();
+    for snapshot in snapshots {
+        let shard = vec![("shard".into(), snapshot.shard.to_string())];
+        depth.get_or_create(&shard).set(snapshot.inbox_depth as i64);
+        cross
+            .get_or_create(&shard)
+            .inc_by(snapshot.cross_shard_sent);
+    }
+    registry.register(
+        "shard_inbox_depth",
+        "Batches waiting in each shard's inbox",
+        depth,
+    );
+    registry.register(
+        "cross_shard_messages_sent",
+        "Messages each shard sent to other shards",
+        cross,
+    );
+
+    histogram(
+        &mut registry,
+        snapshots,
+        "publish_latency_seconds",
+        "PUBLISH decoded to encoded into a subscriber's output, per subscriber",
+        |s| &s.metrics.publish_latency,
+    );
+    histogram(
+        &mut registry,
+        snapshots,
+        "cross_shard_hop_seconds",
+        "Mesh batch flushed by one shard to applied by another",
+        |s| &s.metrics.hop_latency,
+    );
+    histogram(
+        &mut registry,
+        snapshots,
+        "connect_duration_seconds",
+        "CONNECT handled: session found or made and CONNACK encoded",
+        |s| &s.metrics.connect_latency,
+    );
+
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let gauge = Gauge::<i64>::default();
+    gauge.set(value as i64);
+    registry.register(name, help, gauge);
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(value);
+    registry.register(name, help, counter);
+}
+
+fn per_qos(
+    registry: &mut Registry,
+    snapshots: &[Snapshot],
+    name: &str,
+    help: &str,
+    field: fn(&Snapshot) -> &[u64; 3],
+) {
+    let family = Family::<Labels, Counter>::default();
+    for (qos, label) in QOS.iter().enumerate() {
+        let n = snapshots.iter().map(|s| field(s)[qos]).sum();
+        family
+            .get_or_create(&vec![("qos".into(), (*label).into())])
+            .inc_by(n);
+    }
+    registry.register(name, help, family);
+}
+
+fn histogram(
+    registry: &mut Registry,
+    snapshots: &[Snapshot],
+    name: &str,
+    help: &str,
+    field: fn(&Snapshot) -> &Latency,
+) {
+    let mut merged = Latency::new();
+    for snapshot in snapshots {
+        merged.merge(field(snapshot));
+    }
+    registry.register(name, help, merged.buckets());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn sums_shards_and_writes_cumulative_buckets() {
+        let mut a = Snapshot {
+            connections: 2,
+            ..Snapshot::default()
+        };
+        a.metrics.messages_in[1] = 3;
+        a.metrics.publish_latency.record(Duration::from_micros(20));
+        let mut b = Snapshot {
+            shard: 1,
+            connections: 1,
+            ..Snapshot::default()
+        };
+        b.metrics.messages_in[1] = 4;
+        b.metrics.publish_latency.record(Duration::from_millis(2));
+        b.metrics
+            .refused(crate::protocol::ReasonCode::NotAuthorized);
+
+        let text = render(&[a, b]);
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|line| line.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(
+            line("ringmq_connections_current "),
+            "ringmq_connections_current 3"
+        );
+        assert_eq!(
+            line("ringmq_messages_received_total{qos=\"1\"}"),
+            "ringmq_messages_received_total{qos=\"1\"} 7"
+        );
+        assert_eq!(
+            line("ringmq_connections_rejected_total"),
+            "ringmq_connections_rejected_total{reason=\"NotAuthorized\"} 1"
+        );
+        assert_eq!(
+            line("ringmq_publish_latency_seconds_bucket{le=\"0.000025\"}"),
+            "ringmq_publish_latency_seconds_bucket{le=\"0.000025\"} 1"
+        );
+        assert_eq!(
+            line("ringmq_publish_latency_seconds_bucket{le=\"0.0025\"}"),
+            "ringmq_publish_latency_seconds_bucket{le=\"0.0025\"} 2"
+        );
+        assert_eq!(
+            line("ringmq_publish_latency_seconds_bucket{le=\"+Inf\"}"),
+            "ringmq_publish_latency_seconds_bucket{le=\"+Inf\"} 2"
+        );
+        assert_eq!(
+            line("ringmq_publish_latency_seconds_count"),
+            "ringmq_publish_latency_seconds_count 2"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
