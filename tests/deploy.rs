@@ -43,6 +43,11 @@ fn haproxy_accepts_the_config() {
         "haproxy",
     );
     assert!(output.status.success(), "haproxy -c:\n{}", text(&output));
+    assert!(
+        !text(&output).contains("[WARNING]"),
+        "haproxy -c warns:\n{}",
+        text(&output)
+    );
 }
 
 #[test]
