@@ -60,6 +60,10 @@ pub struct Config {
     /// Addresses serving MQTT over WebSocket (path `/mqtt`); may be empty.
     /// Port 0 asks the OS for a free port.
     pub ws_listen: Vec<SocketAddr>,
+    /// Whether every `listen` address (not `ws_listen`) expects a PROXY
+    /// protocol v1 or v2 header before the client's bytes: true behind a
+    /// load balancer that sends one, such as HAProxy with `send-proxy-v2`.
+    pub proxy_protocol: bool,
     /// Shards to start, one thread each. At least 1; more than the CPU
     /// count is allowed and pinned modulo the CPUs.
     pub cores: usize,
@@ -167,6 +171,12 @@ struct Cli {
     /// repeat for several [default: none].
     #[arg(long, value_name = "ADDR")]
     ws_listen: Option<Vec<SocketAddr>>,
+    /// Expect a PROXY protocol (v1 or v2) header at the start of every
+    /// connection on every --listen address, and log the client address it
+    /// names; connections without one are closed. `--proxy-protocol` alone
+    /// means true [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    proxy_protocol: Option<bool>,
     /// Number of shards (threads) [default: number of CPUs].
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
@@ -240,6 +250,7 @@ struct Cli {
 struct FileConfig {
     listen: Option<Vec<SocketAddr>>,
     ws_listen: Option<Vec<SocketAddr>>,
+    proxy_protocol: Option<bool>,
     cores: Option<usize>,
     io_driver: Option<IoDriver>,
     log_level: Option<LogLevel>,
@@ -432,6 +443,7 @@ impl Config {
         Ok(Config {
             listen,
             ws_listen: cli.ws_listen.or(file.ws_listen).unwrap_or_default(),
+            proxy_protocol: cli.proxy_protocol.or(file.proxy_protocol).unwrap_or(false),
             cores,
             io_driver: cli.io_driver.or(file.io_driver).unwrap_or_default(),
             log_level: cli.log_level.or(file.log_level).unwrap_or_default(),
@@ -556,6 +568,7 @@ mod tests {
         let config = parse(&[]).expect("no flags is valid");
         assert_eq!(config.listen, ["0.0.0.0:1883".parse().expect("literal")]);
         assert!(config.ws_listen.is_empty());
+        assert!(!config.proxy_protocol);
         assert!(config.cores >= 1);
         assert_eq!(config.io_driver, IoDriver::Auto);
         assert_eq!(config.log_level, LogLevel::Info);
@@ -602,6 +615,7 @@ mod tests {
             r#"
             listen = ["127.0.0.1:0", "[::1]:8883"]
             ws_listen = ["127.0.0.1:8083"]
+            proxy_protocol = true
             cores = 3
             io_driver = "epoll"
             log_level = "debug"
@@ -632,6 +646,7 @@ mod tests {
                     "[::1]:8883".parse().expect("literal"),
                 ],
                 ws_listen: vec!["127.0.0.1:8083".parse().expect("literal")],
+                proxy_protocol: true,
                 cores: 3,
                 io_driver: IoDriver::Epoll,
                 log_level: LogLevel::Debug,
@@ -734,6 +749,18 @@ mod tests {
         );
         let error = parse(&["--ws-listen", "localhost"]).expect_err("not an address");
         assert!(error.to_string().contains("--ws-listen"), "{error}");
+    }
+
+    #[test]
+    fn proxy_protocol_flag_alone_means_true() {
+        assert!(parse(&["--proxy-protocol"]).expect("valid").proxy_protocol);
+        let config = merge(&["--proxy-protocol", "false"], "proxy_protocol = true").expect("valid");
+        assert!(!config.proxy_protocol);
+        assert!(
+            merge(&[], "proxy_protocol = true")
+                .expect("valid")
+                .proxy_protocol
+        );
     }
 
     #[test]
@@ -903,6 +930,7 @@ mod tests {
         let FileConfig {
             listen,
             ws_listen,
+            proxy_protocol,
             cores,
             io_driver,
             log_level,
@@ -925,6 +953,7 @@ mod tests {
         } = &file;
         assert!(listen.is_some());
         assert!(ws_listen.is_some());
+        assert!(proxy_protocol.is_some());
         assert!(cores.is_some());
         assert!(io_driver.is_some());
         assert!(log_level.is_some());

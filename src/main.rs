@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     let server = ServerConfig {
         listen: config.listen.clone(),
         ws_listen: config.ws_listen.clone(),
+        proxy_protocol: config.proxy_protocol,
         shards: config.cores,
         io_driver: config.io_driver,
         shard: ShardConfig {

@@ -26,6 +26,7 @@ use super::limit::ConnectionPermit;
 use super::listener::Transport;
 use super::mesh::{Handoff, ShardMsg};
 use super::notify::LocalNotify;
+use super::proxy;
 use super::state::{SessionKey, ShardState};
 use super::websocket::{self, Upgrade, WsError, WsFraming};
 use super::{ShardId, home_shard};
@@ -35,7 +36,7 @@ use crate::protocol::{
 };
 
 /// How much the reader asks the kernel for at a time.
-const READ_CHUNK: usize = 4 * 1024;
+pub(super) const READ_CHUNK: usize = 4 * 1024;
 
 /// Answers a client may leave unread before the broker stops reading its
 /// requests; well above what a client that reads while it sends runs up.
@@ -176,7 +177,7 @@ impl ConnHandle {
 pub async fn accept(
     state: Rc<RefCell<ShardState>>,
     mut stream: TcpStream,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
     transport: Transport,
     permit: Option<ConnectionPermit>,
 ) {
@@ -197,7 +198,26 @@ pub async fn accept(
     // In a `RefCell` only so that this task and, once served here, the
     // connection's reader and writer use it the same way.
     let (framing, read_buf) = match transport {
-        Transport::Tcp => (None, BytesMut::with_capacity(READ_CHUNK)),
+        Transport::Tcp { proxy: false } => (None, BytesMut::with_capacity(READ_CHUNK)),
+        Transport::Tcp { proxy: true } => {
+            match monoio::time::timeout(proxy::HEADER_TIMEOUT, proxy::read_header(&mut stream))
+                .await
+            {
+                Ok(Ok((client, after))) => {
+                    // From here on, logs name the client, not the balancer.
+                    peer = client.unwrap_or(peer);
+                    (None, after)
+                }
+                Ok(Err(error)) => {
+                    debug!(%peer, %error, "closing connection");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "no proxy protocol header within its timeout");
+                    return;
+                }
+            }
+        }
         Transport::WebSocket => {
             match monoio::time::timeout_at(deadline.into(), upgrade(&mut stream, max_packet_size))
                 .await
@@ -610,7 +630,7 @@ async fn read_mqtt(
 /// Reads into the spare capacity after what `buf` already holds: a partial
 /// packet left from the previous read must be extended, not overwritten
 /// (monoio reads into a whole `BytesMut` from its start).
-async fn read_more(
+pub(super) async fn read_more(
     reader: &mut impl AsyncReadRent,
     mut buf: BytesMut,
 ) -> (std::io::Result<usize>, BytesMut) {

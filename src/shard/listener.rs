@@ -20,8 +20,9 @@ const BACKLOG: i32 = 4096;
 /// How MQTT reaches the broker on a listening address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// MQTT packets directly on the TCP stream.
-    Tcp,
+    /// MQTT packets directly on the TCP stream; with `proxy`, after a
+    /// PROXY protocol header from a load balancer ([`super::proxy`]).
+    Tcp { proxy: bool },
     /// MQTT packets in WebSocket binary frames, after an HTTP upgrade on
     /// `/mqtt` (spec 6.0).
     WebSocket,
@@ -40,10 +41,11 @@ pub struct Listener {
 pub fn bind_all(
     tcp: &[SocketAddr],
     websocket: &[SocketAddr],
+    proxy: bool,
     shards: usize,
 ) -> io::Result<Vec<Vec<Listener>>> {
     let mut per_shard: Vec<Vec<Listener>> = (0..shards).map(|_| Vec::new()).collect();
-    let addrs = (tcp.iter().map(|&addr| (addr, Transport::Tcp)))
+    let addrs = (tcp.iter().map(|&addr| (addr, Transport::Tcp { proxy })))
         .chain(websocket.iter().map(|&addr| (addr, Transport::WebSocket)));
     for (requested, transport) in addrs {
         let mut addr = requested;
@@ -58,7 +60,8 @@ pub fn bind_all(
             listeners.push(Listener { socket, transport });
         }
         match transport {
-            Transport::Tcp => info!(%addr, "listening"),
+            Transport::Tcp { proxy: false } => info!(%addr, "listening"),
+            Transport::Tcp { proxy: true } => info!(%addr, proxy_protocol = true, "listening"),
             Transport::WebSocket => info!(%addr, transport = %"websocket", "listening"),
         }
     }

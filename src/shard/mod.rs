@@ -112,6 +112,7 @@ mod limit;
 mod listener;
 pub mod mesh;
 mod notify;
+pub mod proxy;
 mod state;
 pub mod websocket;
 
@@ -172,6 +173,8 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Addresses serving MQTT over WebSocket.
     pub ws_listen: Vec<SocketAddr>,
+    /// Whether every `listen` address expects a PROXY protocol header.
+    pub proxy_protocol: bool,
     pub shards: usize,
     pub io_driver: IoDriver,
     pub shard: ShardConfig,
@@ -215,8 +218,13 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     // Before binding: once `listening` is logged, a SIGTERM must already
     // mean a clean shutdown, not the default action (death by signal).
     watch_signals(mesh.clone(), readiness.clone())?;
-    let listeners = listener::bind_all(&config.listen, &config.ws_listen, config.shards)
-        .map_err(StartError::Listen)?;
+    let listeners = listener::bind_all(
+        &config.listen,
+        &config.ws_listen,
+        config.proxy_protocol,
+        config.shards,
+    )
+    .map_err(StartError::Listen)?;
     // After the MQTT listeners, whose `listening` lines come first.
     if let Some(addr) = config.metrics_listen {
         metrics::http::start(addr, mesh.clone(), readiness.clone()).map_err(StartError::Listen)?;

@@ -37,6 +37,34 @@ impl Raw {
         }
     }
 
+    /// Like [`Raw::open`], from the local address `source` (any port), so
+    /// that the broker, or a proxy in front of it, sees that address.
+    pub async fn open_from(addr: SocketAddr, source: std::net::IpAddr, version: u8) -> Raw {
+        let socket = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("cannot create a socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .unwrap_or_else(|error| panic!("cannot bind to {source}: {error}"));
+        let stream = tokio::time::timeout(RECV_TIMEOUT, socket.connect(addr))
+            .await
+            .expect("TCP connect timed out")
+            .expect("TCP connect failed");
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+            version,
+        }
+    }
+
+    /// The local address of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("a connected socket")
+    }
+
     /// Opens a socket, sends `connect`, and returns the CONNACK.
     pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, Connack) {
         let mut raw = Raw::open(addr, connect.version).await;
