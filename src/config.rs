@@ -69,6 +69,7 @@ pub struct Config {
     pub cores: usize,
     pub io_driver: IoDriver,
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
     /// At least 1.
     pub max_inflight: u16,
     /// At least 1.
@@ -123,6 +124,16 @@ pub enum LogLevel {
     Info,
     Warn,
     Error,
+}
+
+/// How log lines are written: `text` for people, `json` (one object per
+/// line) for log collectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Why the configuration was refused. Each message names the flag or key
@@ -186,6 +197,9 @@ struct Cli {
     /// Most verbose level logged [default: info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<LogLevel>,
+    /// Log line format, text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     /// Outgoing QoS 1/2 messages in flight per client, 1 to 65535
     /// [default: 100].
     #[arg(long, value_name = "N")]
@@ -254,6 +268,7 @@ struct FileConfig {
     cores: Option<usize>,
     io_driver: Option<IoDriver>,
     log_level: Option<LogLevel>,
+    log_format: Option<LogFormat>,
     max_inflight: Option<u16>,
     max_queued_messages: Option<usize>,
     queue_full_policy: Option<QueueFull>,
@@ -447,6 +462,7 @@ impl Config {
             cores,
             io_driver: cli.io_driver.or(file.io_driver).unwrap_or_default(),
             log_level: cli.log_level.or(file.log_level).unwrap_or_default(),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             max_inflight,
             max_queued_messages,
             queue_full_policy,
@@ -572,6 +588,7 @@ mod tests {
         assert!(config.cores >= 1);
         assert_eq!(config.io_driver, IoDriver::Auto);
         assert_eq!(config.log_level, LogLevel::Info);
+        assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_level.level_filter(), LevelFilter::INFO);
         let session = config.session_config();
         assert_eq!(session.max_inflight, 100);
@@ -619,6 +636,7 @@ mod tests {
             cores = 3
             io_driver = "epoll"
             log_level = "debug"
+            log_format = "json"
             max_inflight = 10
             max_queued_messages = 5
             queue_full_policy = "disconnect"
@@ -650,6 +668,7 @@ mod tests {
                 cores: 3,
                 io_driver: IoDriver::Epoll,
                 log_level: LogLevel::Debug,
+                log_format: LogFormat::Json,
                 max_inflight: 10,
                 max_queued_messages: 5,
                 queue_full_policy: QueueFullPolicy::Disconnect,
@@ -934,6 +953,7 @@ mod tests {
             cores,
             io_driver,
             log_level,
+            log_format,
             max_inflight,
             max_queued_messages,
             queue_full_policy,
@@ -957,6 +977,7 @@ mod tests {
         assert!(cores.is_some());
         assert!(io_driver.is_some());
         assert!(log_level.is_some());
+        assert!(log_format.is_some());
         assert!(max_inflight.is_some());
         assert!(max_queued_messages.is_some());
         assert!(queue_full_policy.is_some());

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use ringmq::config::{Config, ConfigError};
+use ringmq::config::{Config, ConfigError, LogFormat};
 use ringmq::shard::{self, ConnectionLimit, ServerConfig, ShardConfig};
 
 fn main() -> ExitCode {
@@ -15,11 +15,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_max_level(config.log_level.level_filter())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
 
     let server = ServerConfig {
         listen: config.listen.clone(),

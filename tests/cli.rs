@@ -266,3 +266,64 @@ async fn each_listen_address_is_announced_and_served() {
     publisher.publish(Pub::new("listen/t", b"across")).await;
     assert_eq!(sub.recv_publish().await.payload, b"across");
 }
+
+#[tokio::test]
+async fn json_log_format_writes_one_object_per_line_with_the_connect_fields() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--log-format",
+            "json",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringmq");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let value = serde_json::from_str(&line)
+                .unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line}"));
+            if lines_tx.send(value).is_err() {
+                return;
+            }
+        }
+    });
+    let next_with = |message: &str| loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no `{message}` log line"));
+        if line["fields"]["message"] == message {
+            return line;
+        }
+    };
+
+    let listening = next_with("listening");
+    let addr = listening["fields"]["addr"]
+        .as_str()
+        .expect("addr field")
+        .parse()
+        .expect("a socket address");
+    let (raw, _) = Raw::connect_ok(addr, Connect::v5("json-logged")).await;
+    let connected = next_with("client connected");
+    assert_eq!(connected["fields"]["client"], "json-logged");
+    assert_eq!(connected["fields"]["version"], 5);
+    assert_eq!(
+        connected["fields"]["peer"],
+        raw.local_addr().to_string(),
+        "the client's own address"
+    );
+    drop(raw);
+    let disconnected = next_with("client disconnected");
+    assert_eq!(disconnected["fields"]["client"], "json-logged");
+    assert_eq!(disconnected["fields"]["version"], 5);
+    assert!(disconnected["fields"]["reason"].is_string());
+    let _ = child.kill();
+    let _ = child.wait();
+}

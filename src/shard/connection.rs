@@ -414,7 +414,13 @@ async fn serve(
     }
     state.borrow_mut().connection_closed();
     let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
-    info!(client = %client_id, %peer, ?reason, "client disconnected");
+    info!(
+        client = %client_id,
+        version = conn.version.level(),
+        %peer,
+        ?reason,
+        "client disconnected"
+    );
 }
 
 async fn read_loop(
