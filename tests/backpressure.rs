@@ -85,7 +85,11 @@ async fn flood(addr: SocketAddr, topic: &str, qos: u8) {
 /// A subscriber that never reads: tiny receive buffer, no keep-alive.
 async fn slow_subscriber(addr: SocketAddr, id: &str, qos: u8) -> Raw {
     let mut raw = Raw::open(addr, wire::V4).await;
-    raw.set_recv_buffer(4096);
+    // Small, so the broker's side backs up quickly, but above loopback's
+    // MSS (about 64 KiB): a receive window smaller than one segment is only
+    // reopened by the sender's zero-window probes, whose backoff reaches
+    // minutes, and draining afterwards would take that long.
+    raw.set_recv_buffer(128 * 1024);
     raw.send(&Connect::v4(id).keep_alive(0).encode()).await;
     assert_eq!(raw.recv().await.connack(wire::V4).code, 0);
     assert_eq!(raw.subscribe(1, &[("bp/flood", qos)]).await, vec![qos]);
