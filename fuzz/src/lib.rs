@@ -208,6 +208,7 @@ pub fn topics(lines: &[String]) {
 /// trie of topic names; it must agree with `matches` too, also after empty
 /// payloads delete half the topics.
 fn retained(filters: &BTreeSet<&str>, mut names: BTreeSet<&str>) {
+    let now = std::time::Instant::now();
     let message = |topic: &str, payload: &'static [u8]| {
         Arc::new(Message {
             topic: topic.into(),
@@ -217,6 +218,7 @@ fn retained(filters: &BTreeSet<&str>, mut names: BTreeSet<&str>) {
             properties: PublishProperties::default(),
             publisher: "fuzz".into(),
             expires_at: None,
+            received_at: now,
         })
     };
     let mut store = RetainedStore::new();
