@@ -8,96 +8,21 @@ messages, wills, and (5.0) publish properties passed through unchanged.
 Exits 0 when every check passes, 1 on the first failure.
 """
 
-import queue
-import socket
 import sys
-import time
-import uuid
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-TIMEOUT = 5.0
+import paho_common
+from paho_common import check, versions
+
 HOST = sys.argv[1]
 PORT = int(sys.argv[2])
 
 
-class Failure(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failure(what)
-
-
-class Peer:
-    """A paho client with its network loop running and received messages
-    collected in a queue."""
-
-    def __init__(self, name, protocol, will=None):
-        self.protocol = protocol
-        self.client_id = f"paho-{name}-{uuid.uuid4().hex[:8]}"
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=protocol,
-        )
-        self.messages = queue.Queue()
-        self.connacks = queue.Queue()
-        self.subacks = queue.Queue()
-        self.client.on_connect = lambda c, u, flags, rc, props: self.connacks.put(rc)
-        self.client.on_message = lambda c, u, msg: self.messages.put(msg)
-        self.client.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put(rcs)
-        if will is not None:
-            topic, payload, qos, retain = will
-            self.client.will_set(topic, payload, qos=qos, retain=retain)
-        self.client.connect(HOST, PORT, keepalive=30)
-        self.client.loop_start()
-        rc = self.connacks.get(timeout=TIMEOUT)
-        check(not rc.is_failure, f"{self.client_id}: CONNACK {rc}")
-
-    def subscribe(self, topic, qos):
-        self.client.subscribe(topic, qos)
-        codes = self.subacks.get(timeout=TIMEOUT)
-        check(
-            all(not c.is_failure and c.value == qos for c in codes),
-            f"SUBACK for {topic}: {codes}",
-        )
-
-    def publish(self, topic, payload, qos=0, retain=False, properties=None):
-        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
-        info.wait_for_publish(timeout=TIMEOUT)
-        check(info.is_published(), f"publish to {topic} at QoS {qos} not completed")
-
-    def next_message(self):
-        try:
-            return self.messages.get(timeout=TIMEOUT)
-        except queue.Empty:
-            raise Failure(f"{self.client_id}: no message within {TIMEOUT}s") from None
-
-    def expect_none(self, secs=0.7):
-        try:
-            msg = self.messages.get(timeout=secs)
-        except queue.Empty:
-            return
-        raise Failure(f"{self.client_id}: unexpected message on {msg.topic}")
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def drop(self):
-        """Vanish without DISCONNECT (an abnormal disconnect)."""
-        sock = self.client.socket()
-        self.client.loop_stop()
-        sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-
-
-def versions():
-    return [("v311", mqtt.MQTTv311), ("v5", mqtt.MQTTv5)]
+def Peer(name, protocol, will=None):
+    return paho_common.Peer(f"paho-{name}", protocol, HOST, PORT, will=will)
 
 
 def check_qos(tag, protocol):
@@ -188,16 +113,7 @@ def main():
             (f"{tag} will", lambda t=tag, p=protocol: check_will(t, p)),
         ]
     checks.append(("v5 properties", check_v5_properties))
-    for name, fn in checks:
-        start = time.monotonic()
-        try:
-            fn()
-        except Exception as e:  # any exception is a failed check
-            print(f"FAIL {name}: {type(e).__name__}: {e}", flush=True)
-            return 1
-        print(f"ok   {name} ({time.monotonic() - start:.1f}s)", flush=True)
-    print("all paho checks passed")
-    return 0
+    return paho_common.run(checks, "paho")
 
 
 if __name__ == "__main__":
