@@ -16,50 +16,149 @@ fn elapsed_msg(what: &str) -> String {
     format!("timed out after {RECV_TIMEOUT:?} waiting for {what}")
 }
 
+/// What the 3.1.1 and 5.0 clients share, written once: rumqttc's two
+/// modules have same-shaped but distinct types (`Event`, `Packet`, `QoS`,
+/// `MqttOptions`), so this expands in each module against its own imports.
+macro_rules! rumqttc_client {
+    () => {
+        pub struct Client {
+            pub client: AsyncClient,
+            events: mpsc::UnboundedReceiver<Result<Event, String>>,
+            task: JoinHandle<()>,
+        }
+
+        pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+            let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+            o.set_keep_alive(Duration::from_secs(30));
+            o
+        }
+
+        impl Client {
+            /// Starts the event loop on its own task; the CONNACK is the
+            /// first thing `next_event` will see.
+            fn start(opts: MqttOptions) -> Client {
+                let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+                let (tx, events) = mpsc::unbounded_channel();
+                let task = tokio::spawn(async move {
+                    loop {
+                        match eventloop.poll().await {
+                            Ok(ev) => {
+                                if tx.send(Ok(ev)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e.to_string()));
+                                return;
+                            }
+                        }
+                    }
+                });
+                Client {
+                    client,
+                    events,
+                    task,
+                }
+            }
+
+            pub async fn simple(addr: SocketAddr, id: &str) -> Client {
+                Client::connect(options(addr, id)).await.0
+            }
+
+            pub async fn next_event(&mut self) -> Event {
+                match tokio::time::timeout(RECV_TIMEOUT, self.events.recv()).await {
+                    Err(_) => panic!("{}", elapsed_msg("a client event")),
+                    Ok(None) => panic!("client event loop ended"),
+                    Ok(Some(Err(e))) => panic!("client connection error: {e}"),
+                    Ok(Some(Ok(ev))) => ev,
+                }
+            }
+
+            /// Waits for the broker's final ack of a QoS 1/2 publish.
+            async fn wait_ack(&mut self, qos: QoS) {
+                if qos == QoS::AtMostOnce {
+                    return;
+                }
+                loop {
+                    match self.next_event().await {
+                        Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return,
+                        Event::Incoming(Packet::PubComp(_)) if qos == QoS::ExactlyOnce => return,
+                        _ => {}
+                    }
+                }
+            }
+
+            /// Publishes and, for QoS 1/2, waits for the broker's final ack.
+            pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
+                self.client
+                    .publish(topic, qos, retain, payload.to_vec())
+                    .await
+                    .unwrap();
+                self.wait_ack(qos).await;
+            }
+
+            /// Next PUBLISH received, skipping other events.
+            pub async fn next_publish(&mut self) -> Publish {
+                loop {
+                    if let Event::Incoming(Packet::Publish(p)) = self.next_event().await {
+                        return p;
+                    }
+                }
+            }
+
+            /// Asserts no PUBLISH arrives within `d`.
+            pub async fn expect_no_publish(&mut self, d: Duration) {
+                let deadline = tokio::time::Instant::now() + d;
+                loop {
+                    match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                        Err(_) => return,
+                        Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
+                            panic!("unexpected PUBLISH {p:?}")
+                        }
+                        Ok(Some(Err(e))) => panic!("client connection error: {e}"),
+                        Ok(None) => panic!("client event loop ended"),
+                        Ok(Some(Ok(_))) => {}
+                    }
+                }
+            }
+
+            /// Sends DISCONNECT and waits until it is on the wire.
+            pub async fn disconnect(mut self) {
+                self.client.disconnect().await.unwrap();
+                let _ = tokio::time::timeout(RECV_TIMEOUT, async {
+                    while let Some(Ok(ev)) = self.events.recv().await {
+                        if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                // Let the event loop flush and close before the test moves on.
+                let _ = tokio::time::timeout(RECV_TIMEOUT, &mut self.task).await;
+            }
+        }
+
+        impl Drop for Client {
+            fn drop(&mut self) {
+                self.task.abort();
+            }
+        }
+    };
+}
+
 /// MQTT 3.1.1 client.
 pub mod v4 {
     use super::*;
     #[allow(unused_imports)]
     pub use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, Publish, QoS};
 
-    pub struct Client {
-        pub client: AsyncClient,
-        events: mpsc::UnboundedReceiver<Result<Event, String>>,
-        task: JoinHandle<()>,
-    }
-
-    pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
-        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        o.set_keep_alive(Duration::from_secs(30));
-        o
-    }
+    rumqttc_client!();
 
     impl Client {
         /// Connects with `opts` and waits for a successful CONNACK; returns
         /// the client and the CONNACK's session-present flag.
         pub async fn connect(opts: MqttOptions) -> (Client, bool) {
-            let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-            let (tx, events) = mpsc::unbounded_channel();
-            let task = tokio::spawn(async move {
-                loop {
-                    match eventloop.poll().await {
-                        Ok(ev) => {
-                            if tx.send(Ok(ev)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string()));
-                            return;
-                        }
-                    }
-                }
-            });
-            let mut c = Client {
-                client,
-                events,
-                task,
-            };
+            let mut c = Client::start(opts);
             let session_present = loop {
                 match c.next_event().await {
                     Event::Incoming(Packet::ConnAck(ack)) => {
@@ -70,19 +169,6 @@ pub mod v4 {
                 }
             };
             (c, session_present)
-        }
-
-        pub async fn simple(addr: SocketAddr, id: &str) -> Client {
-            Client::connect(options(addr, id)).await.0
-        }
-
-        pub async fn next_event(&mut self) -> Event {
-            match tokio::time::timeout(RECV_TIMEOUT, self.events.recv()).await {
-                Err(_) => panic!("{}", elapsed_msg("a client event")),
-                Ok(None) => panic!("client event loop ended"),
-                Ok(Some(Err(e))) => panic!("client connection error: {e}"),
-                Ok(Some(Ok(ev))) => ev,
-            }
         }
 
         /// Subscribes and waits for the SUBACK.
@@ -100,70 +186,6 @@ pub mod v4 {
                 }
             }
         }
-
-        /// Publishes and, for QoS 1/2, waits for the broker's final ack.
-        pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
-            self.client
-                .publish(topic, qos, retain, payload.to_vec())
-                .await
-                .unwrap();
-            if qos == QoS::AtMostOnce {
-                return;
-            }
-            loop {
-                match self.next_event().await {
-                    Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return,
-                    Event::Incoming(Packet::PubComp(_)) if qos == QoS::ExactlyOnce => return,
-                    _ => {}
-                }
-            }
-        }
-
-        /// Next PUBLISH received, skipping other events.
-        pub async fn next_publish(&mut self) -> Publish {
-            loop {
-                if let Event::Incoming(Packet::Publish(p)) = self.next_event().await {
-                    return p;
-                }
-            }
-        }
-
-        /// Asserts no PUBLISH arrives within `d`.
-        pub async fn expect_no_publish(&mut self, d: Duration) {
-            let deadline = tokio::time::Instant::now() + d;
-            loop {
-                match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                    Err(_) => return,
-                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
-                        panic!("unexpected PUBLISH {p:?}")
-                    }
-                    Ok(Some(Err(e))) => panic!("client connection error: {e}"),
-                    Ok(None) => panic!("client event loop ended"),
-                    Ok(Some(Ok(_))) => {}
-                }
-            }
-        }
-
-        /// Sends DISCONNECT and waits until it is on the wire.
-        pub async fn disconnect(mut self) {
-            self.client.disconnect().await.unwrap();
-            let _ = tokio::time::timeout(RECV_TIMEOUT, async {
-                while let Some(Ok(ev)) = self.events.recv().await {
-                    if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-            // Let the event loop flush and close before the test moves on.
-            let _ = tokio::time::timeout(RECV_TIMEOUT, &mut self.task).await;
-        }
-    }
-
-    impl Drop for Client {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
     }
 }
 
@@ -179,43 +201,12 @@ pub mod v5 {
     };
     pub use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-    pub struct Client {
-        pub client: AsyncClient,
-        events: mpsc::UnboundedReceiver<Result<Event, String>>,
-        task: JoinHandle<()>,
-    }
-
-    pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
-        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        o.set_keep_alive(Duration::from_secs(30));
-        o
-    }
+    rumqttc_client!();
 
     impl Client {
         /// Connects with `opts` and waits for a successful CONNACK.
         pub async fn connect(opts: MqttOptions) -> (Client, ConnAck) {
-            let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-            let (tx, events) = mpsc::unbounded_channel();
-            let task = tokio::spawn(async move {
-                loop {
-                    match eventloop.poll().await {
-                        Ok(ev) => {
-                            if tx.send(Ok(ev)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string()));
-                            return;
-                        }
-                    }
-                }
-            });
-            let mut c = Client {
-                client,
-                events,
-                task,
-            };
+            let mut c = Client::start(opts);
             let connack = loop {
                 if let Event::Incoming(Packet::ConnAck(ack)) = c.next_event().await {
                     assert_eq!(ack.code, ConnectReturnCode::Success);
@@ -223,19 +214,6 @@ pub mod v5 {
                 }
             };
             (c, connack)
-        }
-
-        pub async fn simple(addr: SocketAddr, id: &str) -> Client {
-            Client::connect(options(addr, id)).await.0
-        }
-
-        pub async fn next_event(&mut self) -> Event {
-            match tokio::time::timeout(RECV_TIMEOUT, self.events.recv()).await {
-                Err(_) => panic!("{}", elapsed_msg("a client event")),
-                Ok(None) => panic!("client event loop ended"),
-                Ok(Some(Err(e))) => panic!("client connection error: {e}"),
-                Ok(Some(Ok(ev))) => ev,
-            }
         }
 
         /// Next event or the connection error that ended the event loop.
@@ -293,69 +271,6 @@ pub mod v5 {
                 .await
                 .unwrap();
             self.wait_ack(qos).await;
-        }
-
-        pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
-            self.client
-                .publish(topic, qos, retain, payload.to_vec())
-                .await
-                .unwrap();
-            self.wait_ack(qos).await;
-        }
-
-        async fn wait_ack(&mut self, qos: QoS) {
-            if qos == QoS::AtMostOnce {
-                return;
-            }
-            loop {
-                match self.next_event().await {
-                    Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return,
-                    Event::Incoming(Packet::PubComp(_)) if qos == QoS::ExactlyOnce => return,
-                    _ => {}
-                }
-            }
-        }
-
-        pub async fn next_publish(&mut self) -> Publish {
-            loop {
-                if let Event::Incoming(Packet::Publish(p)) = self.next_event().await {
-                    return p;
-                }
-            }
-        }
-
-        pub async fn expect_no_publish(&mut self, d: Duration) {
-            let deadline = tokio::time::Instant::now() + d;
-            loop {
-                match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                    Err(_) => return,
-                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
-                        panic!("unexpected PUBLISH {p:?}")
-                    }
-                    Ok(Some(Err(e))) => panic!("client connection error: {e}"),
-                    Ok(None) => panic!("client event loop ended"),
-                    Ok(Some(Ok(_))) => {}
-                }
-            }
-        }
-
-        pub async fn disconnect(mut self) {
-            self.client.disconnect().await.unwrap();
-            let _ = tokio::time::timeout(RECV_TIMEOUT, async {
-                while let Some(Ok(ev)) = self.events.recv().await {
-                    if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-            let _ = tokio::time::timeout(RECV_TIMEOUT, &mut self.task).await;
-        }
-    }
-
-    impl Drop for Client {
-        fn drop(&mut self) {
-            self.task.abort();
         }
     }
 }
