@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::sync::atomic::Ordering::Acquire;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -441,7 +441,6 @@ async fn worker(
 /// One idle connection: connect, then PINGREQ every keep-alive until the
 /// run stops.
 async fn idle(ctx: Rc<WorkerCtx>, args: Arc<ConnArgs>, n: usize) {
-    let control = ctx.control();
     let source = match args.source_addrs.len() {
         0 => None,
         len => Some(args.source_addrs[n % len]),
@@ -461,18 +460,7 @@ async fn idle(ctx: Rc<WorkerCtx>, args: Arc<ConnArgs>, n: usize) {
             Connection::open_with(args.broker, &options).await
         })
         .await;
-    let conn = match connected {
-        Some(Ok(conn)) => {
-            control.subscribers_ok.fetch_add(1, AcqRel);
-            Some(conn)
-        }
-        Some(Err(e)) => {
-            ctx.error("connect", &e);
-            None
-        }
-        None => None,
-    };
-    control.subscribers_settled.fetch_add(1, Release);
+    let conn = ctx.settle_subscriber("connect", connected);
     let Some(mut conn) = conn else { return };
     let _open = OpenConnection::new(ctx.stats());
     let interval = Duration::from_secs(u64::from(args.keep_alive));

@@ -13,7 +13,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{AcqRel, Release};
+use std::sync::atomic::Ordering::Release;
 
 use super::pairs::{publisher, receive};
 use super::{Plan, Shared, WorkerCtx, WorkerOutput};
@@ -125,7 +125,6 @@ async fn subscriber(
     n: usize,
     flow: Rc<SharedFlow>,
 ) {
-    let control = ctx.control();
     let connected = ctx
         .or_stop(async {
             let _turn = ctx.connect_gate.acquire().await;
@@ -138,18 +137,7 @@ async fn subscriber(
             Ok::<_, ClientError>(conn)
         })
         .await;
-    let conn = match connected {
-        Some(Ok(conn)) => {
-            control.subscribers_ok.fetch_add(1, AcqRel);
-            Some(conn)
-        }
-        Some(Err(e)) => {
-            ctx.error("subscriber", &e);
-            None
-        }
-        None => None,
-    };
-    control.subscribers_settled.fetch_add(1, Release);
+    let conn = ctx.settle_subscriber("subscriber", connected);
     if let Some(conn) = conn {
         receive(ctx, conn, flow).await;
     }

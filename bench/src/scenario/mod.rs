@@ -18,7 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::cli::CommonArgs;
-use crate::client::ClientError;
+use crate::client::{ClientError, Connection};
 use crate::control::{Control, LocalPhase, Phase};
 use crate::cpu;
 use crate::gate::Gate;
@@ -111,6 +111,30 @@ impl WorkerCtx {
         self.shared
             .errors
             .record(self.stats(), format!("{role}: {error}"));
+    }
+
+    /// Counts a subscriber connection attempt as settled (and as connected
+    /// if it was), recording its error under `role`; the main thread waits
+    /// for every subscriber to settle before publishing starts.
+    pub fn settle_subscriber(
+        &self,
+        role: &str,
+        attempt: Option<Result<Connection, ClientError>>,
+    ) -> Option<Connection> {
+        let control = self.control();
+        let conn = match attempt {
+            Some(Ok(conn)) => {
+                control.subscribers_ok.fetch_add(1, AcqRel);
+                Some(conn)
+            }
+            Some(Err(e)) => {
+                self.error(role, &e);
+                None
+            }
+            None => None,
+        };
+        control.subscribers_settled.fetch_add(1, Release);
+        conn
     }
 
     /// Records one delivery's latency if it was sent inside the window.

@@ -62,7 +62,6 @@ async fn worker(index: usize, shared: Arc<Shared>, args: Arc<PairsArgs>) -> Work
 
 async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
     let topic = format!("bench/pair/{n}");
-    let control = ctx.control();
 
     let subscriber = ctx
         .or_stop(async {
@@ -72,18 +71,7 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
             Ok::<_, ClientError>(conn)
         })
         .await;
-    let subscriber = match subscriber {
-        Some(Ok(conn)) => {
-            control.subscribers_ok.fetch_add(1, AcqRel);
-            Some(conn)
-        }
-        Some(Err(e)) => {
-            ctx.error("subscriber", &e);
-            None
-        }
-        None => None,
-    };
-    control.subscribers_settled.fetch_add(1, Release);
+    let subscriber = ctx.settle_subscriber("subscriber", subscriber);
     let flow = Rc::new(Flow::new(args.max_lag, 1, args.qos == QoS::AtMostOnce));
     let receiver = subscriber.map(|conn| monoio::spawn(receive(ctx.clone(), conn, flow.clone())));
 
