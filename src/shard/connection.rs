@@ -2,6 +2,8 @@
 //! moving it to its session's home shard, then a reader task that decodes
 //! and hands packets to the shard and a writer task that flushes whatever
 //! the shard appended to the connection's output, in one write per wake-up.
+//! Both wait for readiness and then read or write without blocking, so an
+//! idle connection holds no buffer ([`socket`]).
 //!
 //! A WebSocket connection first answers its HTTP upgrade; from then on the
 //! reader passes what the socket gives through the connection's
@@ -9,24 +11,30 @@
 //! binary frame. Above that layer, the MQTT code is the same for both.
 
 use std::cell::{Cell, RefCell};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use monoio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::deadline::{self, Deadline};
 use super::limit::ConnectionPermit;
 use super::listener::Transport;
 use super::mesh::{Handoff, ShardMsg};
 use super::notify::LocalNotify;
 use super::proxy;
+use super::socket::{self, Input, READ_CHUNK, Received};
 use super::state::{SessionKey, ShardState};
 use super::websocket::{self, Upgrade, WsError, WsFraming};
 use super::{ShardId, home_shard};
@@ -34,9 +42,6 @@ use crate::protocol::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
     Packet, ProtocolVersion, ReasonCode,
 };
-
-/// How much the reader asks the kernel for at a time.
-pub(super) const READ_CHUNK: usize = 4 * 1024;
 
 /// Answers a client may leave unread before the broker stops reading its
 /// requests; well above what a client that reads while it sends runs up.
@@ -60,6 +65,12 @@ pub struct ConnHandle {
     /// Rung by the writer after each write: there may be room for answers
     /// the reader is waiting to make.
     written: LocalNotify,
+    /// Rung when the connection starts closing: the reader stops waiting
+    /// for the client.
+    reader: LocalNotify,
+    /// When the client's keep-alive runs out, if it has one
+    /// ([`super::deadline`]).
+    deadline: Cell<Option<Instant>>,
     closing: Cell<bool>,
     /// Why the connection ended, for the disconnect log line; the first
     /// reason recorded wins.
@@ -94,6 +105,8 @@ impl ConnHandle {
             out: RefCell::new(BytesMut::new()),
             writer: LocalNotify::default(),
             written: LocalNotify::default(),
+            reader: LocalNotify::default(),
+            deadline: Cell::new(None),
             closing: Cell::new(false),
             why: Cell::new(None),
         }
@@ -112,6 +125,9 @@ impl ConnHandle {
             return true;
         }
         let mut out = self.out.borrow_mut();
+        if out.capacity() == 0 {
+            *out = socket::output_buffer();
+        }
         let before = out.len();
         match packet.write(self.version, &mut out) {
             Ok(written) if written > limit => {
@@ -148,6 +164,13 @@ impl ConnHandle {
         self.note_close_reason(why);
         self.closing.set(true);
         self.writer.notify();
+        self.reader.notify();
+    }
+
+    /// A control packet arrived at `now`: the next must come within
+    /// `timeout` (one and a half keep-alives, spec 3.1.2.10).
+    pub fn heard_from(&self, now: Instant, timeout: Duration) {
+        self.deadline.set(Some(now + timeout));
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -167,6 +190,20 @@ impl ConnHandle {
             }));
         }
         self.close(CloseReason::Server(reason));
+    }
+}
+
+/// The keep-alive.
+impl Deadline for ConnHandle {
+    fn due(&self) -> Option<Instant> {
+        if self.closing.get() {
+            return None;
+        }
+        self.deadline.get()
+    }
+
+    fn expire(&self) {
+        self.disconnect(ReasonCode::KeepAliveTimeout);
     }
 }
 
@@ -194,51 +231,52 @@ pub async fn accept(
     };
     // One deadline for the upgrade and the CONNECT together: a client
     // cannot buy time by dribbling either.
-    let deadline = Instant::now() + connect_timeout;
+    let deadline = state
+        .borrow_mut()
+        .deadlines
+        .alarm(Instant::now() + connect_timeout);
     // In a `RefCell` only so that this task and, once served here, the
     // connection's reader and writer use it the same way.
     let (framing, read_buf) = match transport {
-        Transport::Tcp { proxy: false } => (None, BytesMut::with_capacity(READ_CHUNK)),
+        Transport::Tcp { proxy: false } => (None, BytesMut::new()),
         Transport::Tcp { proxy: true } => {
-            match monoio::time::timeout(proxy::HEADER_TIMEOUT, proxy::read_header(&mut stream))
-                .await
-            {
-                Ok(Ok((client, after))) => {
+            let limit = state
+                .borrow_mut()
+                .deadlines
+                .alarm(Instant::now() + proxy::HEADER_TIMEOUT);
+            match limit.on(proxy::read_header(&mut stream)).await {
+                Some(Ok((client, after))) => {
                     // From here on, logs name the client, not the balancer.
                     peer = client.unwrap_or(peer);
                     (None, after)
                 }
-                Ok(Err(error)) => {
+                Some(Err(error)) => {
                     debug!(%peer, %error, "closing connection");
                     return;
                 }
-                Err(_) => {
+                None => {
                     debug!(%peer, "no proxy protocol header within its timeout");
                     return;
                 }
             }
         }
-        Transport::WebSocket => {
-            match monoio::time::timeout_at(deadline.into(), upgrade(&mut stream, max_packet_size))
-                .await
-            {
-                Ok(Ok((framing, read_buf))) => (Some(RefCell::new(framing)), read_buf),
-                Ok(Err(error)) => {
-                    debug!(%peer, %error, "closing connection before websocket upgrade");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "no websocket upgrade within the connect timeout");
-                    return;
-                }
+        Transport::WebSocket => match deadline.on(upgrade(&mut stream, max_packet_size)).await {
+            Some(Ok((framing, read_buf))) => (Some(RefCell::new(framing)), read_buf),
+            Some(Err(error)) => {
+                debug!(%peer, %error, "closing connection before websocket upgrade");
+                return;
             }
-        }
+            None => {
+                debug!(%peer, "no websocket upgrade within the connect timeout");
+                return;
+            }
+        },
     };
     let websocket = framing.as_ref();
-    let read = read_connect(&mut stream, websocket, read_buf, max_packet_size);
-    let (mut connect, read_buf) = match monoio::time::timeout_at(deadline.into(), read).await {
-        Ok(Ok(connected)) => connected,
-        Ok(Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+    let read = read_connect(&stream, websocket, Input::new(read_buf), max_packet_size);
+    let (mut connect, input) = match deadline.on(read).await {
+        Some(Ok(connected)) => connected,
+        Some(Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
             debug!(%peer, level, "unsupported protocol level");
             // Spec 3.1.2.2: answer 0x01 in the 3.1.1 form, then close.
             let reason = ReasonCode::UnsupportedProtocolVersion;
@@ -246,13 +284,13 @@ pub async fn accept(
             refuse(&mut stream, websocket, ProtocolVersion::V3_1_1, reason).await;
             return;
         }
-        Ok(Err(error)) => {
+        Some(Err(error)) => {
             debug!(%peer, %error, "closing connection before CONNECT");
             // A WebSocket may owe the client a close frame.
             write_framing_output(&mut stream, websocket).await;
             return;
         }
-        Err(_) => {
+        None => {
             debug!(%peer, "no CONNECT within the connect timeout");
             return;
         }
@@ -303,16 +341,15 @@ pub async fn accept(
     let home = home_shard(&connect.client_id, shards);
     let websocket = framing.map(RefCell::into_inner);
     if home == me {
-        serve(
-            state,
-            stream,
+        let arrival = Arrival {
             peer,
             connect,
             assigned_client_id,
-            read_buf,
+            read_buf: input.into_bytes(),
             websocket,
-        )
-        .await;
+            permit,
+        };
+        serve(state, stream, arrival);
         return;
     }
     // SAFETY: `into_raw_fd` gives up monoio's ownership of the descriptor
@@ -327,7 +364,7 @@ pub async fn accept(
             peer,
             connect,
             assigned_client_id,
-            read_buf,
+            read_buf: input.into_bytes(),
             websocket,
             permit,
         })),
@@ -336,9 +373,7 @@ pub async fn accept(
 }
 
 /// Serves a connection another shard handed over.
-pub async fn serve_handoff(state: Rc<RefCell<ShardState>>, handoff: Handoff) {
-    // Held until the connection ends, here.
-    let _permit = handoff.permit;
+pub fn serve_handoff(state: Rc<RefCell<ShardState>>, handoff: Handoff) {
     let stream = match TcpStream::from_std(std::net::TcpStream::from(handoff.socket)) {
         Ok(stream) => stream,
         Err(error) => {
@@ -346,29 +381,40 @@ pub async fn serve_handoff(state: Rc<RefCell<ShardState>>, handoff: Handoff) {
             return;
         }
     };
-    serve(
-        state,
-        stream,
-        handoff.peer,
-        handoff.connect,
-        handoff.assigned_client_id,
-        handoff.read_buf,
-        handoff.websocket,
-    )
-    .await;
+    let arrival = Arrival {
+        peer: handoff.peer,
+        connect: handoff.connect,
+        assigned_client_id: handoff.assigned_client_id,
+        read_buf: handoff.read_buf,
+        websocket: handoff.websocket,
+        permit: handoff.permit,
+    };
+    serve(state, stream, arrival);
 }
 
-/// Runs a connection on its session's home shard until it closes.
-async fn serve(
-    state: Rc<RefCell<ShardState>>,
-    stream: TcpStream,
+/// A connection whose CONNECT has been read, on its session's home shard.
+struct Arrival {
     peer: SocketAddr,
     connect: Connect,
     assigned_client_id: bool,
+    /// Bytes read past the CONNECT.
     read_buf: BytesMut,
     websocket: Option<WsFraming>,
-) {
-    let client_id = connect.client_id.clone();
+    permit: ConnectionPermit,
+}
+
+/// Attaches a connection to its session, then leaves it to a reader task
+/// and a writer task. The task that read the CONNECT ends here: a
+/// connection holds for its life only what those two need.
+fn serve(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival) {
+    let Arrival {
+        peer,
+        connect,
+        assigned_client_id,
+        read_buf,
+        websocket,
+        permit,
+    } = arrival;
     state.borrow_mut().connection_opened();
     let attached = state.borrow_mut().attach(
         &connect,
@@ -377,209 +423,311 @@ async fn serve(
         Instant::now(),
     );
     let conn = attached.conn;
-    info!(client = %client_id, version = connect.protocol.level(), %peer, "client connected");
-    drop(connect);
+    info!(client = %connect.client_id, version = connect.protocol.level(), %peer, "client connected");
 
+    if let Some(timeout) = attached.keep_alive {
+        conn.heard_from(Instant::now(), timeout);
+        state.borrow_mut().deadlines.watch(&conn);
+    }
+    let stream = Rc::new(stream);
     // Shared by the reader, which feeds it and may owe a pong, and the
     // writer, which frames the output; neither holds it across an await.
     let framing = websocket.map(|framing| Rc::new(RefCell::new(framing)));
-    let (reader, writer) = stream.into_split();
     let writer = monoio::spawn(write_loop(
         state.clone(),
         conn.clone(),
-        writer,
+        stream.clone(),
         framing.clone(),
     ));
-    if !conn.is_closing() {
-        read_loop(
-            &state,
-            &conn,
-            reader,
-            read_buf,
-            attached.keep_alive,
-            framing.as_deref(),
-        )
-        .await;
-    }
-    state.borrow_mut().detach(&conn, Instant::now());
-    if monoio::time::timeout(WRITE_GRACE, writer).await.is_err() {
-        debug!(client = %client_id, %peer, "peer not reading; resetting the connection");
-        // SAFETY: the writer has not returned, so its half of the stream
-        // keeps the descriptor open and it is still this connection's.
-        let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
-        // Unsent bytes are discarded (RST on close) rather than left to a
-        // socket nobody reads; the shutdown fails the blocked write.
-        let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
-        shutdown(conn.fd);
-    }
-    state.borrow_mut().connection_closed();
-    let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
-    info!(
-        client = %client_id,
-        version = conn.version.level(),
-        %peer,
-        ?reason,
-        "client disconnected"
-    );
+    let reader = Reader {
+        state,
+        conn,
+        stream,
+        framing,
+        keep_alive: attached.keep_alive,
+        peer,
+        client_id: connect.client_id,
+        _permit: permit,
+    };
+    monoio::spawn(reader.run(Input::new(read_buf), writer));
 }
 
-async fn read_loop(
-    state: &RefCell<ShardState>,
-    conn: &ConnHandle,
-    mut reader: OwnedReadHalf<TcpStream>,
-    mut buf: BytesMut,
-    keep_alive: Option<Duration>,
-    websocket: Option<&RefCell<WsFraming>>,
-) {
-    let max_packet_size = state.borrow().config().max_packet_size;
-    let mut packets = Vec::new();
-    let mut wire = BytesMut::new();
-    // Keep-alive is about control packets, not bytes (spec 3.1.2.10): a
-    // client dribbling a packet that never completes is as silent as one
-    // sending nothing, and must not hold its read buffer for ever.
-    let mut deadline = keep_alive.map(|limit| Instant::now() + limit);
-    loop {
-        // Decode everything buffered (a client may pipeline many packets
-        // into one segment), then hand them over in one borrow.
-        let decoded = loop {
-            match protocol::read(&mut buf, conn.version, max_packet_size) {
-                Ok(Some(packet)) => packets.push(packet),
-                Ok(None) => break Ok(()),
-                Err(error) => break Err(error),
-            }
-        };
-        if !packets.is_empty() {
-            let now = Instant::now();
-            deadline = keep_alive.map(|limit| now + limit);
-            state
-                .borrow_mut()
-                .handle_packets(conn, packets.drain(..), now);
-        }
-        if let Err(error) = decoded {
-            debug!(%error, "malformed packet");
-            state
-                .borrow_mut()
-                .handle_malformed(conn, error.reason_code());
-            return;
-        }
-        if conn.is_closing() {
-            return;
-        }
-        // A client sending requests (a PINGREQ flood) while it does not
-        // read the answers would grow them without bound: it is not read
-        // from until its writer has made room, for at most its keep-alive.
-        while state.borrow().unanswered(conn) > MAX_UNANSWERED {
-            let written = conn.written.notified();
-            let made_room = match deadline {
-                Some(deadline) => monoio::time::timeout_at(deadline.into(), written)
-                    .await
-                    .is_ok(),
-                None => {
-                    written.await;
-                    true
-                }
-            };
-            if !made_room {
-                conn.disconnect(ReasonCode::KeepAliveTimeout);
-                return;
-            }
-            if conn.is_closing() {
-                return;
-            }
-        }
-
-        let read = read_mqtt(&mut reader, &mut buf, websocket, &mut wire);
-        let result = match deadline {
-            Some(deadline) => match monoio::time::timeout_at(deadline.into(), read).await {
-                Ok(done) => done,
-                Err(_) => {
-                    conn.disconnect(ReasonCode::KeepAliveTimeout);
-                    return;
-                }
-            },
-            None => read.await,
-        };
-        if websocket.is_some_and(|framing| framing.borrow().has_output()) {
-            // A pong or a close frame to send.
-            conn.writer.notify();
-        }
-        if let Err(end) = result {
-            if let ReadEnd::WebSocket(error) = &end {
-                debug!(%error, "websocket closed");
-            }
-            return conn.close(end.close_reason());
-        }
-    }
-}
-
-async fn write_loop(
+/// What a connection's reader task holds for the connection's life.
+struct Reader {
     state: Rc<RefCell<ShardState>>,
     conn: Rc<ConnHandle>,
-    mut writer: OwnedWriteHalf<TcpStream>,
-    websocket: Option<Rc<RefCell<WsFraming>>>,
-) {
-    let mut spare = BytesMut::new();
-    loop {
-        conn.writer.notified().await;
-        loop {
-            let out = std::mem::replace(&mut *conn.out.borrow_mut(), spare);
-            let result = match &websocket {
-                None => {
-                    if out.is_empty() {
-                        spare = out;
-                        break;
+    /// Shared with the writer: both only wait on its readiness, and read
+    /// and write through the descriptor themselves ([`socket`]).
+    stream: Rc<TcpStream>,
+    framing: Option<Rc<RefCell<WsFraming>>>,
+    keep_alive: Option<Duration>,
+    peer: SocketAddr,
+    client_id: ByteString,
+    /// Counts against the connection limit until the connection ends.
+    _permit: ConnectionPermit,
+}
+
+// The tasks' futures are written as `fn`s returning `async move` blocks: a
+// block uses what it captures in place, while an `async fn` keeps its
+// arguments in the future twice (as captured and as moved into its body),
+// for the whole life of every connection.
+impl Reader {
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice"
+    )]
+    fn run(self, mut input: Input, writer: JoinHandle<()>) -> impl Future<Output = ()> {
+        async move {
+            if !self.conn.is_closing() {
+                self.read_loop(&mut input).await;
+            }
+            let Reader {
+                state,
+                conn,
+                peer,
+                client_id,
+                ..
+            } = &self;
+            state.borrow_mut().detach(conn, Instant::now());
+            let grace = state
+                .borrow_mut()
+                .deadlines
+                .alarm(Instant::now() + WRITE_GRACE);
+            if grace.on(writer).await.is_none() {
+                debug!(client = %client_id, %peer, "peer not reading; resetting the connection");
+                // SAFETY: this task holds the stream, so the descriptor is
+                // still open and still this connection's.
+                let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
+                // Unsent bytes are discarded (RST on close) rather than
+                // left to a socket nobody reads; the shutdown wakes the
+                // writer, whose next write fails.
+                let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+                shutdown(conn.fd);
+            }
+            state.borrow_mut().connection_closed();
+            let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
+            info!(
+                client = %client_id,
+                version = conn.version.level(),
+                %peer,
+                ?reason,
+                "client disconnected"
+            );
+        }
+    }
+
+    fn read_loop(&self, input: &mut Input) -> impl Future<Output = ()> {
+        let Reader {
+            state,
+            conn,
+            stream,
+            keep_alive,
+            ..
+        } = self;
+        let websocket = self.framing.as_deref();
+        async move {
+            let max_packet_size = state.borrow().config().max_packet_size;
+            // The last read took all the room it had: the socket probably
+            // holds more, so it is read again without waiting for
+            // readiness (only for the shard's other tasks).
+            let mut more = false;
+            loop {
+                // Decodes everything buffered (a client may pipeline many
+                // packets into one segment) and hands it over in one borrow.
+                let mut malformed = None;
+                let bytes = input.bytes();
+                if let Some(first) = decode(bytes, conn.version, max_packet_size, &mut malformed) {
+                    let now = Instant::now();
+                    // Keep-alive is about control packets, not bytes: a
+                    // client dribbling a packet that never completes is as
+                    // silent as one sending nothing, and must not hold its
+                    // read buffer for ever.
+                    if let Some(timeout) = *keep_alive {
+                        conn.heard_from(now, timeout);
                     }
-                    let (result, mut written) = writer.write_all(out).await;
-                    written.clear();
-                    // A buffer that grew for a burst is not kept by an idle client.
-                    spare = if written.capacity() > 4 * READ_CHUNK {
-                        BytesMut::new()
+                    let rest = std::iter::from_fn(|| {
+                        decode(bytes, conn.version, max_packet_size, &mut malformed)
+                    });
+                    state.borrow_mut().handle_packets(
+                        conn,
+                        std::iter::once(first).chain(rest),
+                        now,
+                    );
+                }
+                input.settle();
+                if let Some(error) = malformed {
+                    debug!(%error, "malformed packet");
+                    state
+                        .borrow_mut()
+                        .handle_malformed(conn, error.reason_code());
+                    return;
+                }
+                if conn.is_closing() {
+                    return;
+                }
+                // A client sending requests (a PINGREQ flood) while it does
+                // not read the answers would grow them without bound: it is
+                // not read from until its writer has made room. Its
+                // keep-alive runs meanwhile.
+                while state.borrow().unanswered(conn) > MAX_UNANSWERED {
+                    let written = pin!(conn.written.notified());
+                    if deadline::first(written, &conn.reader).await.is_none() {
+                        return;
+                    }
+                }
+
+                let result = loop {
+                    if more {
+                        yield_now().await;
                     } else {
-                        written
-                    };
-                    result
-                }
-                Some(framing) => {
-                    // Frames are written even with no MQTT output: the
-                    // reader may have left a pong or a close frame.
-                    let wire = {
-                        let mut framing = framing.borrow_mut();
-                        if out.is_empty() {
-                            spare = out;
-                        } else {
-                            // The frame copies the bytes; the buffer goes
-                            // with the `Bytes` rather than being kept.
-                            framing.send(out.freeze());
-                            spare = BytesMut::new();
+                        let readable = pin!(stream.readable(false));
+                        match deadline::first(readable, &conn.reader).await {
+                            None => return,
+                            Some(Ok(())) => {}
+                            Some(Err(_)) => return conn.close(CloseReason::SocketError),
                         }
-                        framing.take_output()
-                    };
-                    if wire.is_empty() {
-                        break;
                     }
-                    writer.write_all(wire).await.0
+                    match read_mqtt(conn.fd, input, websocket) {
+                        Ok(Received::Nothing) => more = false,
+                        Ok(Received::Bytes { filled }) => {
+                            more = filled;
+                            break Ok(());
+                        }
+                        Ok(Received::Closed) => break Err(ReadEnd::Closed),
+                        Err(end) => break Err(end),
+                    }
+                };
+                if websocket.is_some_and(|framing| framing.borrow().has_output()) {
+                    // A pong or a close frame to send.
+                    conn.writer.notify();
                 }
-            };
-            if result.is_err() {
+                if let Err(end) = result {
+                    if let ReadEnd::WebSocket(error) = &end {
+                        debug!(%error, "websocket closed");
+                    }
+                    return conn.close(end.close_reason());
+                }
+            }
+        }
+    }
+}
+
+/// Lets the shard's other tasks run before this one goes on: a client that
+/// keeps its socket full must not keep the rest of the shard waiting.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
+/// The next whole packet in `bytes`, if there is one; a decoding error
+/// ends the packets and is left in `malformed`.
+fn decode(
+    bytes: &mut BytesMut,
+    version: ProtocolVersion,
+    max_packet_size: usize,
+    malformed: &mut Option<DecodeError>,
+) -> Option<Packet> {
+    if malformed.is_some() {
+        return None;
+    }
+    protocol::read(bytes, version, max_packet_size).unwrap_or_else(|error| {
+        *malformed = Some(error);
+        None
+    })
+}
+
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice"
+)]
+fn write_loop(
+    state: Rc<RefCell<ShardState>>,
+    conn: Rc<ConnHandle>,
+    stream: Rc<TcpStream>,
+    websocket: Option<Rc<RefCell<WsFraming>>>,
+) -> impl Future<Output = ()> {
+    async move {
+        // WebSocket frames the socket has not taken yet.
+        let mut frames = Vec::new();
+        loop {
+            conn.writer.notified().await;
+            let flushed = flush(&state, &conn, &stream, websocket.as_deref(), &mut frames).await;
+            if flushed.is_err() {
                 conn.close(CloseReason::SocketError);
                 shutdown(conn.fd);
                 return;
             }
-            state.borrow_mut().on_written(&conn, Instant::now());
-            conn.written.notify();
-        }
-        if conn.is_closing() {
-            if let Some(framing) = &websocket {
-                // The closing handshake, unless the client began it.
-                let wire = {
-                    let mut framing = framing.borrow_mut();
-                    framing.close();
-                    framing.take_output()
-                };
-                let _ = writer.write_all(wire).await;
+            if conn.is_closing() {
+                if let Some(framing) = &websocket {
+                    // The closing handshake, unless the client began it.
+                    framing.borrow_mut().close();
+                    let _ = flush(&state, &conn, &stream, Some(framing), &mut frames).await;
+                }
+                shutdown(conn.fd);
+                return;
             }
-            shutdown(conn.fd);
-            return;
+        }
+    }
+}
+
+/// Hands the socket everything queued for the client, waiting for room
+/// whenever its buffer is full. Over WebSocket, what the reader left
+/// (pongs, a close frame) goes too, so frames are written even with no
+/// MQTT output.
+async fn flush(
+    state: &RefCell<ShardState>,
+    conn: &ConnHandle,
+    stream: &TcpStream,
+    websocket: Option<&RefCell<WsFraming>>,
+    frames: &mut Vec<u8>,
+) -> io::Result<()> {
+    loop {
+        let sent = match websocket {
+            None => {
+                let mut out = conn.out.borrow_mut();
+                if out.is_empty() {
+                    // An idle connection keeps no output buffer.
+                    socket::release_output(&mut out);
+                    return Ok(());
+                }
+                socket::send_from(conn.fd, &mut out)?
+            }
+            Some(framing) => {
+                if frames.is_empty() {
+                    let mut framing = framing.borrow_mut();
+                    let mut out = conn.out.borrow_mut();
+                    if !out.is_empty() {
+                        // The frame copies the bytes.
+                        framing.send(out.split().freeze());
+                    }
+                    socket::release_output(&mut out);
+                    *frames = framing.take_output();
+                    if frames.is_empty() {
+                        return Ok(());
+                    }
+                }
+                let sent = socket::send(conn.fd, frames)?;
+                match sent {
+                    Some(n) if n == frames.len() => *frames = Vec::new(),
+                    Some(n) => drop(frames.drain(..n)),
+                    None => {}
+                }
+                sent
+            }
+        };
+        if sent.is_some() {
+            state.borrow_mut().on_written(conn, Instant::now());
+            conn.written.notify();
+        } else {
+            stream.writable(false).await?;
         }
     }
 }
@@ -603,34 +751,26 @@ impl ReadEnd {
     }
 }
 
-/// Reads from the socket once and appends to `buf` the MQTT bytes that
-/// arrived: all of them over TCP; over WebSocket, the payloads of the
-/// binary messages they complete, perhaps none (`wire` is the reader's
-/// buffer for the frames).
-async fn read_mqtt(
-    reader: &mut impl AsyncReadRent,
-    buf: &mut BytesMut,
+/// Reads from the socket once, without waiting, and appends to `input` the
+/// MQTT bytes that arrived: all of them over TCP; over WebSocket, the
+/// payloads of the binary messages they complete, perhaps none.
+fn read_mqtt(
+    fd: RawFd,
+    input: &mut Input,
     websocket: Option<&RefCell<WsFraming>>,
-    wire: &mut BytesMut,
-) -> Result<(), ReadEnd> {
-    let target = if websocket.is_some() {
-        &mut *wire
-    } else {
-        &mut *buf
+) -> Result<Received, ReadEnd> {
+    let Some(framing) = websocket else {
+        return input.recv(fd).map_err(|_| ReadEnd::SocketError);
     };
-    let (result, returned) = read_more(reader, std::mem::take(target)).await;
-    *target = returned;
-    match result {
-        Ok(0) => return Err(ReadEnd::Closed),
-        Ok(_) => {}
-        Err(_) => return Err(ReadEnd::SocketError),
+    // The frames are only passed through: tungstenite keeps what it needs.
+    let (wire, received) = socket::recv_arena(fd).map_err(|_| ReadEnd::SocketError)?;
+    if let Received::Bytes { .. } = received {
+        framing
+            .borrow_mut()
+            .handle_wire(&wire, input.bytes())
+            .map_err(ReadEnd::WebSocket)?;
     }
-    if let Some(framing) = websocket {
-        let unframed = framing.borrow_mut().handle_wire(wire, buf);
-        wire.clear();
-        unframed.map_err(ReadEnd::WebSocket)?;
-    }
-    Ok(())
+    Ok(received)
 }
 
 /// Reads into the spare capacity after what `buf` already holds: a partial
@@ -646,11 +786,12 @@ pub(super) async fn read_more(
     (result, spare.into_inner())
 }
 
-/// Shuts both directions down so that a reader blocked on this socket wakes
-/// up with end-of-file, whichever driver it waits in.
+/// Shuts both directions down so that a reader waiting on this socket wakes
+/// up to end-of-file, and a writer to an error, whichever driver they wait
+/// in.
 fn shutdown(fd: RawFd) {
-    // SAFETY: called by the writer, which holds half of the stream, so the
-    // descriptor is still open; shutdown(2) touches no memory.
+    // SAFETY: called by a task that holds the stream, so the descriptor is
+    // still open; shutdown(2) touches no memory.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
     }
@@ -698,7 +839,7 @@ async fn upgrade(
                 if stream.write_all(response).await.0.is_err() {
                     return Err(HandshakeError::Closed);
                 }
-                let mut mqtt = BytesMut::with_capacity(READ_CHUNK);
+                let mut mqtt = BytesMut::new();
                 framing.handle_wire(&request[consumed..], &mut mqtt)?;
                 return Ok((*framing, mqtt));
             }
@@ -707,27 +848,55 @@ async fn upgrade(
 }
 
 async fn read_connect(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     websocket: Option<&RefCell<WsFraming>>,
-    mut buf: BytesMut,
+    mut input: Input,
     max_packet_size: usize,
-) -> Result<(Connect, BytesMut), HandshakeError> {
-    let mut wire = BytesMut::new();
+) -> Result<(Connect, Input), HandshakeError> {
     loop {
-        // The level CONNECT carries is what counts; the argument only
-        // matters for packets that are not CONNECT, which are refused.
-        if let Some(packet) = protocol::read(&mut buf, ProtocolVersion::V5, max_packet_size)? {
-            return match packet {
-                Packet::Connect(connect) => Ok((*connect, buf)),
-                other => Err(HandshakeError::NotConnect(other.packet_type())),
-            };
+        if let Some(mut frame) = first_packet(input.bytes(), max_packet_size)? {
+            // The level CONNECT carries is what counts; the argument only
+            // matters for packets that are not CONNECT, which are refused.
+            if let Some(packet) = protocol::read(&mut frame, ProtocolVersion::V5, max_packet_size)?
+            {
+                input.settle();
+                return match packet {
+                    Packet::Connect(connect) => Ok((*connect, input)),
+                    other => Err(HandshakeError::NotConnect(other.packet_type())),
+                };
+            }
         }
-        match read_mqtt(stream, &mut buf, websocket, &mut wire).await {
-            Ok(()) => {}
+        input.settle();
+        if stream.readable(false).await.is_err() {
+            return Err(HandshakeError::Closed);
+        }
+        match read_mqtt(stream.as_raw_fd(), &mut input, websocket) {
+            Ok(Received::Bytes { .. } | Received::Nothing) => {}
+            Ok(Received::Closed) | Err(ReadEnd::Closed | ReadEnd::SocketError) => {
+                return Err(HandshakeError::Closed);
+            }
             Err(ReadEnd::WebSocket(error)) => return Err(error.into()),
-            Err(ReadEnd::Closed | ReadEnd::SocketError) => return Err(HandshakeError::Closed),
         }
     }
+}
+
+/// Takes the first packet off `bytes`, if it has all arrived, as a copy of
+/// its own: the session keeps the CONNECT's client id and will for as long
+/// as it lives, and as slices of the read arena they would keep a whole
+/// arena allocation alive.
+fn first_packet(
+    bytes: &mut BytesMut,
+    max_packet_size: usize,
+) -> Result<Option<BytesMut>, DecodeError> {
+    let Some(header) = protocol::check(bytes, max_packet_size)? else {
+        return Ok(None);
+    };
+    if bytes.len() < header.frame_len() {
+        return Ok(None);
+    }
+    let frame = BytesMut::from(&bytes[..header.frame_len()]);
+    bytes.advance(header.frame_len());
+    Ok(Some(frame))
 }
 
 /// Sends a refusing CONNACK and lets the stream drop (closing it).

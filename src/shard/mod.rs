@@ -108,11 +108,13 @@
 //! answered from local memory.
 
 mod connection;
+mod deadline;
 mod limit;
 mod listener;
 pub mod mesh;
 mod notify;
 pub mod proxy;
+mod socket;
 mod state;
 pub mod websocket;
 
@@ -138,9 +140,9 @@ use state::ShardState;
 /// Index of a shard, 0-based.
 pub type ShardId = usize;
 
-/// How often offline sessions' wills and expiries are checked. Their
-/// intervals are whole seconds, so this bounds their lateness well inside
-/// one.
+/// How often offline sessions' wills and expiries, and connections'
+/// keep-alives, are checked. Their intervals are whole seconds, so this
+/// bounds their lateness well inside one.
 const TICK: Duration = Duration::from_millis(100);
 
 /// How long a shutting-down shard waits for goodbyes to be written.
@@ -338,7 +340,7 @@ async fn shard_main(
             break;
         }
         for handoff in handoffs {
-            monoio::spawn(connection::serve_handoff(state.clone(), handoff));
+            connection::serve_handoff(state.clone(), handoff);
         }
     }
 

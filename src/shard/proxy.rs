@@ -22,7 +22,8 @@ use bytes::{Buf, BytesMut};
 use monoio::net::TcpStream;
 use ppp::{HeaderResult, PartialResult, v1, v2};
 
-use super::connection::{READ_CHUNK, read_more};
+use super::connection::read_more;
+use super::socket::READ_CHUNK;
 
 /// How long a connection on a PROXY listener gets to send its header. The
 /// balancer sends it with its first segment, so this only ever cuts off

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
+use super::deadline::Deadlines;
 use super::limit::ConnectionLimit;
 use super::mesh::{Batch, Handoff, Mesh, ShardMsg, SharedMember};
 use super::notify::LocalNotify;
@@ -125,6 +126,9 @@ pub struct ShardState {
     /// Offline sessions' next will or expiry deadline. Entries go stale
     /// when a session reconnects; `tick` re-checks with the session.
     timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
+    /// Connections' keep-alives, and time limits on handshakes and
+    /// closing.
+    pub deadlines: Deadlines,
     /// Connections other shards handed over, waiting for a task.
     pub handoffs: Vec<Handoff>,
     pub draining: bool,
@@ -167,6 +171,7 @@ impl ShardState {
             random,
             retained: RetainedStore::new(),
             timers: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
             handoffs: Vec::new(),
             draining: false,
             wake: Rc::default(),
@@ -365,6 +370,7 @@ impl ShardState {
                 self.schedule(key);
             }
         }
+        self.deadlines.expire(now);
         self.mesh.flush();
         self.log_drops();
     }
