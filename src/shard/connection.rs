@@ -25,7 +25,6 @@ use bytestring::ByteString;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use monoio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::deadline::{self, Deadline};
@@ -403,9 +402,9 @@ struct Arrival {
     permit: ConnectionPermit,
 }
 
-/// Attaches a connection to its session, then leaves it to a reader task
-/// and a writer task. The task that read the CONNECT ends here: a
-/// connection holds for its life only what those two need.
+/// Attaches a connection to its session, then leaves it to a task of its
+/// own. The task that read the CONNECT ends here: a connection holds for
+/// its life only what [`Connection`] needs.
 fn serve(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival) {
     let Arrival {
         peer,
@@ -429,37 +428,34 @@ fn serve(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival) {
         conn.heard_from(Instant::now(), timeout);
         state.borrow_mut().deadlines.watch(&conn);
     }
-    let stream = Rc::new(stream);
-    // Shared by the reader, which feeds it and may owe a pong, and the
-    // writer, which frames the output; neither holds it across an await.
-    let framing = websocket.map(|framing| Rc::new(RefCell::new(framing)));
-    let writer = monoio::spawn(write_loop(
-        state.clone(),
-        conn.clone(),
-        stream.clone(),
-        framing.clone(),
-    ));
-    let reader = Reader {
+    let connection = Connection {
         state,
         conn,
         stream,
-        framing,
+        framing: websocket.map(|framing| Box::new(RefCell::new(framing))),
         keep_alive: attached.keep_alive,
         peer,
         client_id: connect.client_id,
         _permit: permit,
     };
-    monoio::spawn(reader.run(Input::new(read_buf), writer));
+    monoio::spawn(connection.run(Input::new(read_buf)));
 }
 
-/// What a connection's reader task holds for the connection's life.
-struct Reader {
+/// A served connection: what its task holds for the connection's life.
+///
+/// One task reads and writes. It runs a reader, which decodes and hands
+/// packets to the shard, and a writer, which flushes whatever the shard
+/// appended to the connection's output, each waiting on its own; a task
+/// each would cost a second task and a second copy of what both use.
+struct Connection {
     state: Rc<RefCell<ShardState>>,
     conn: Rc<ConnHandle>,
-    /// Shared with the writer: both only wait on its readiness, and read
-    /// and write through the descriptor themselves ([`socket`]).
-    stream: Rc<TcpStream>,
-    framing: Option<Rc<RefCell<WsFraming>>>,
+    /// Only waited on for readiness: reading and writing go through the
+    /// descriptor ([`socket`]).
+    stream: TcpStream,
+    /// Used by the reader, which feeds it and may owe a pong, and the
+    /// writer, which frames the output; neither holds it across an await.
+    framing: Option<Box<RefCell<WsFraming>>>,
     keep_alive: Option<Duration>,
     peer: SocketAddr,
     client_id: ByteString,
@@ -467,97 +463,73 @@ struct Reader {
     _permit: ConnectionPermit,
 }
 
-// The tasks' futures are written as `fn`s returning `async move` blocks: a
-// block uses what it captures in place, while an `async fn` keeps its
-// arguments in the future twice (as captured and as moved into its body),
-// for the whole life of every connection.
-impl Reader {
+// The futures a connection waits in for its whole life are `fn`s returning
+// `async move` blocks: a block uses what it captures in place, while an
+// `async fn` holds its arguments twice (as captured, and again moved into
+// its body).
+impl Connection {
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn holds its arguments twice"
     )]
-    fn run(self, mut input: Input, writer: JoinHandle<()>) -> impl Future<Output = ()> {
+    fn run(self, mut input: Input) -> impl Future<Output = ()> {
         async move {
+            let mut writing = pin!(self.write_loop());
+            let mut written_all = false;
             if !self.conn.is_closing() {
-                self.read_loop(&mut input).await;
+                let mut reading = pin!(self.read_loop(&mut input));
+                std::future::poll_fn(|cx| {
+                    if !written_all {
+                        written_all = writing.as_mut().poll(cx).is_ready();
+                    }
+                    reading.as_mut().poll(cx)
+                })
+                .await;
             }
-            let Reader {
-                state,
-                conn,
-                peer,
-                client_id,
-                ..
-            } = &self;
-            state.borrow_mut().detach(conn, Instant::now());
-            let grace = state
-                .borrow_mut()
-                .deadlines
-                .alarm(Instant::now() + WRITE_GRACE);
-            if grace.on(writer).await.is_none() {
-                debug!(client = %client_id, %peer, "peer not reading; resetting the connection");
-                // SAFETY: this task holds the stream, so the descriptor is
-                // still open and still this connection's.
-                let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
-                // Unsent bytes are discarded (RST on close) rather than
-                // left to a socket nobody reads; the shutdown wakes the
-                // writer, whose next write fails.
-                let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
-                shutdown(conn.fd);
+            let conn = &self.conn;
+            self.state.borrow_mut().detach(conn, Instant::now());
+            if !written_all {
+                let grace = self
+                    .state
+                    .borrow_mut()
+                    .deadlines
+                    .alarm(Instant::now() + WRITE_GRACE);
+                if grace.on(writing).await.is_none() {
+                    debug!(client = %self.client_id, peer = %self.peer, "peer not reading; resetting the connection");
+                    // SAFETY: `self.stream` owns the descriptor and is alive.
+                    let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
+                    // Unsent bytes are discarded (RST on close) rather than
+                    // left to a socket nobody reads.
+                    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+                }
             }
-            state.borrow_mut().connection_closed();
+            self.state.borrow_mut().connection_closed();
             let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
             info!(
-                client = %client_id,
+                client = %self.client_id,
                 version = conn.version.level(),
-                %peer,
+                peer = %self.peer,
                 ?reason,
                 "client disconnected"
             );
         }
     }
 
-    fn read_loop(&self, input: &mut Input) -> impl Future<Output = ()> {
-        let Reader {
-            state,
-            conn,
-            stream,
-            keep_alive,
-            ..
-        } = self;
-        let websocket = self.framing.as_deref();
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice"
+    )]
+    fn read_loop<'a>(&'a self, input: &'a mut Input) -> impl Future<Output = ()> + 'a {
         async move {
-            let max_packet_size = state.borrow().config().max_packet_size;
+            let conn = &self.conn;
             // The last read took all the room it had: the socket probably
             // holds more, so it is read again without waiting for
             // readiness (only for the shard's other tasks).
             let mut more = false;
             loop {
-                // Decodes everything buffered (a client may pipeline many
-                // packets into one segment) and hands it over in one borrow.
-                let mut malformed = None;
-                let bytes = input.bytes();
-                if let Some(first) = decode(bytes, conn.version, max_packet_size, &mut malformed) {
-                    let now = Instant::now();
-                    // Keep-alive is about control packets, not bytes: a
-                    // client dribbling a packet that never completes is as
-                    // silent as one sending nothing, and must not hold its
-                    // read buffer for ever.
-                    if let Some(timeout) = *keep_alive {
-                        conn.heard_from(now, timeout);
-                    }
-                    let rest = std::iter::from_fn(|| {
-                        decode(bytes, conn.version, max_packet_size, &mut malformed)
-                    });
-                    state.borrow_mut().handle_packets(
-                        conn,
-                        std::iter::once(first).chain(rest),
-                        now,
-                    );
-                }
-                input.settle();
-                if let Some(error) = malformed {
+                if let Err(error) = self.hand_over(input) {
                     debug!(%error, "malformed packet");
-                    state
+                    self.state
                         .borrow_mut()
                         .handle_malformed(conn, error.reason_code());
                     return;
@@ -569,7 +541,7 @@ impl Reader {
                 // not read the answers would grow them without bound: it is
                 // not read from until its writer has made room. Its
                 // keep-alive runs meanwhile.
-                while state.borrow().unanswered(conn) > MAX_UNANSWERED {
+                while self.state.borrow().unanswered(conn) > MAX_UNANSWERED {
                     let written = pin!(conn.written.notified());
                     if deadline::first(written, &conn.reader).await.is_none() {
                         return;
@@ -580,14 +552,14 @@ impl Reader {
                     if more {
                         yield_now().await;
                     } else {
-                        let readable = pin!(stream.readable(false));
+                        let readable = pin!(self.stream.readable(false));
                         match deadline::first(readable, &conn.reader).await {
                             None => return,
                             Some(Ok(())) => {}
                             Some(Err(_)) => return conn.close(CloseReason::SocketError),
                         }
                     }
-                    match read_mqtt(conn.fd, input, websocket) {
+                    match read_mqtt(conn.fd, input, self.framing.as_deref()) {
                         Ok(Received::Nothing) => more = false,
                         Ok(Received::Bytes { filled }) => {
                             more = filled;
@@ -597,7 +569,9 @@ impl Reader {
                         Err(end) => break Err(end),
                     }
                 };
-                if websocket.is_some_and(|framing| framing.borrow().has_output()) {
+                if let Some(framing) = &self.framing
+                    && framing.borrow().has_output()
+                {
                     // A pong or a close frame to send.
                     conn.writer.notify();
                 }
@@ -606,6 +580,117 @@ impl Reader {
                         debug!(%error, "websocket closed");
                     }
                     return conn.close(end.close_reason());
+                }
+            }
+        }
+    }
+
+    /// Decodes everything buffered (a client may pipeline many packets into
+    /// one segment) and hands it to the shard in one borrow.
+    fn hand_over(&self, input: &mut Input) -> Result<(), DecodeError> {
+        let conn = &*self.conn;
+        let mut state = self.state.borrow_mut();
+        let max_packet_size = state.config().max_packet_size;
+        let mut malformed = None;
+        let bytes = input.bytes();
+        if let Some(first) = decode(bytes, conn.version, max_packet_size, &mut malformed) {
+            let now = Instant::now();
+            // Keep-alive is about control packets, not bytes: a client
+            // dribbling a packet that never completes is as silent as one
+            // sending nothing, and must not hold its read buffer for ever.
+            if let Some(timeout) = self.keep_alive {
+                conn.heard_from(now, timeout);
+            }
+            let rest =
+                std::iter::from_fn(|| decode(bytes, conn.version, max_packet_size, &mut malformed));
+            state.handle_packets(conn, std::iter::once(first).chain(rest), now);
+        }
+        input.settle();
+        malformed.map_or(Ok(()), Err)
+    }
+
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice"
+    )]
+    fn write_loop(&self) -> impl Future<Output = ()> + '_ {
+        async move {
+            let conn = &self.conn;
+            // WebSocket frames the socket has not taken yet.
+            let mut frames = Vec::new();
+            loop {
+                conn.writer.notified().await;
+                if self.flush(&mut frames).await.is_err() {
+                    conn.close(CloseReason::SocketError);
+                    shutdown(conn.fd);
+                    return;
+                }
+                if conn.is_closing() {
+                    if let Some(framing) = &self.framing {
+                        // The closing handshake, unless the client began it.
+                        framing.borrow_mut().close();
+                        let _ = self.flush(&mut frames).await;
+                    }
+                    shutdown(conn.fd);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands the socket everything queued for the client, waiting for room
+    /// whenever its buffer is full. Over WebSocket, what the reader left
+    /// (pongs, a close frame) goes too, so frames are written even with no
+    /// MQTT output.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice"
+    )]
+    fn flush<'a>(&'a self, frames: &'a mut Vec<u8>) -> impl Future<Output = io::Result<()>> + 'a {
+        async move {
+            let conn = &self.conn;
+            loop {
+                let sent = match &self.framing {
+                    None => {
+                        let mut out = conn.out.borrow_mut();
+                        if out.is_empty() {
+                            // An idle connection keeps no output buffer.
+                            socket::release_output(&mut out);
+                            return Ok(());
+                        }
+                        socket::send_from(conn.fd, &mut out)?
+                    }
+                    Some(framing) => {
+                        if frames.is_empty() {
+                            let mut framing = framing.borrow_mut();
+                            let mut out = conn.out.borrow_mut();
+                            if !out.is_empty() {
+                                // The frame copies the bytes.
+                                framing.send(out.split().freeze());
+                            }
+                            socket::release_output(&mut out);
+                            *frames = framing.take_output();
+                            if frames.is_empty() {
+                                return Ok(());
+                            }
+                        }
+                        let sent = socket::send(conn.fd, frames)?;
+                        match sent {
+                            Some(n) if n == frames.len() => *frames = Vec::new(),
+                            Some(n) => drop(frames.drain(..n)),
+                            None => {}
+                        }
+                        sent
+                    }
+                };
+                if sent.is_some() {
+                    self.state.borrow_mut().on_written(conn, Instant::now());
+                    conn.written.notify();
+                } else {
+                    // Boxed: only a client slower than its messages waits
+                    // here, and every connection's future would otherwise
+                    // hold room for it.
+                    Box::pin(self.stream.writable(false)).await?;
                 }
             }
         }
@@ -642,94 +727,6 @@ fn decode(
         *malformed = Some(error);
         None
     })
-}
-
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn holds its arguments twice"
-)]
-fn write_loop(
-    state: Rc<RefCell<ShardState>>,
-    conn: Rc<ConnHandle>,
-    stream: Rc<TcpStream>,
-    websocket: Option<Rc<RefCell<WsFraming>>>,
-) -> impl Future<Output = ()> {
-    async move {
-        // WebSocket frames the socket has not taken yet.
-        let mut frames = Vec::new();
-        loop {
-            conn.writer.notified().await;
-            let flushed = flush(&state, &conn, &stream, websocket.as_deref(), &mut frames).await;
-            if flushed.is_err() {
-                conn.close(CloseReason::SocketError);
-                shutdown(conn.fd);
-                return;
-            }
-            if conn.is_closing() {
-                if let Some(framing) = &websocket {
-                    // The closing handshake, unless the client began it.
-                    framing.borrow_mut().close();
-                    let _ = flush(&state, &conn, &stream, Some(framing), &mut frames).await;
-                }
-                shutdown(conn.fd);
-                return;
-            }
-        }
-    }
-}
-
-/// Hands the socket everything queued for the client, waiting for room
-/// whenever its buffer is full. Over WebSocket, what the reader left
-/// (pongs, a close frame) goes too, so frames are written even with no
-/// MQTT output.
-async fn flush(
-    state: &RefCell<ShardState>,
-    conn: &ConnHandle,
-    stream: &TcpStream,
-    websocket: Option<&RefCell<WsFraming>>,
-    frames: &mut Vec<u8>,
-) -> io::Result<()> {
-    loop {
-        let sent = match websocket {
-            None => {
-                let mut out = conn.out.borrow_mut();
-                if out.is_empty() {
-                    // An idle connection keeps no output buffer.
-                    socket::release_output(&mut out);
-                    return Ok(());
-                }
-                socket::send_from(conn.fd, &mut out)?
-            }
-            Some(framing) => {
-                if frames.is_empty() {
-                    let mut framing = framing.borrow_mut();
-                    let mut out = conn.out.borrow_mut();
-                    if !out.is_empty() {
-                        // The frame copies the bytes.
-                        framing.send(out.split().freeze());
-                    }
-                    socket::release_output(&mut out);
-                    *frames = framing.take_output();
-                    if frames.is_empty() {
-                        return Ok(());
-                    }
-                }
-                let sent = socket::send(conn.fd, frames)?;
-                match sent {
-                    Some(n) if n == frames.len() => *frames = Vec::new(),
-                    Some(n) => drop(frames.drain(..n)),
-                    None => {}
-                }
-                sent
-            }
-        };
-        if sent.is_some() {
-            state.borrow_mut().on_written(conn, Instant::now());
-            conn.written.notify();
-        } else {
-            stream.writable(false).await?;
-        }
-    }
 }
 
 /// Why a connection's reading ended.
