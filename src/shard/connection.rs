@@ -665,8 +665,8 @@ impl Connection {
                             let mut framing = framing.borrow_mut();
                             let mut out = conn.out.borrow_mut();
                             if !out.is_empty() {
-                                // The frame copies the bytes.
-                                framing.send(out.split().freeze());
+                                framing.send(&out);
+                                out.clear();
                             }
                             socket::release_output(&mut out);
                             *frames = framing.take_output();
@@ -919,7 +919,7 @@ async fn refuse(
         Some(framing) => {
             {
                 let mut framing = framing.borrow_mut();
-                framing.send(out.freeze());
+                framing.send(&out);
                 framing.close();
             }
             write_framing_output(stream, websocket).await;

@@ -11,9 +11,9 @@
 //! boundaries mean nothing to MQTT (spec 6.0: a packet may span frames and
 //! a frame may hold several packets), so the payloads are simply one byte
 //! stream for the existing decoder. Outgoing, each flush of a connection's
-//! output becomes one binary message ([`WsFraming::send`]), and the writer
-//! takes every encoded byte, pongs and close frames included, with
-//! [`WsFraming::take_output`].
+//! output becomes one binary frame, written here ([`WsFraming::send`]), and
+//! the writer takes every encoded byte, tungstenite's pongs and close frames
+//! included, with [`WsFraming::take_output`].
 //!
 //! The state is plain data and `Send`, so a connection whose CONNECT was
 //! read on one shard moves to its home shard with its framing intact: a
@@ -22,7 +22,7 @@
 
 use std::io::{self, Read, Write};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tungstenite::handshake::machine::TryParse;
 use tungstenite::handshake::server::{Request, create_response, write_response};
 use tungstenite::http::{HeaderValue, StatusCode};
@@ -50,10 +50,13 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// this bound keeps a connection's memory of the same order as over TCP.
 const MESSAGE_SLACK: usize = 64 * 1024;
 
-/// What tungstenite reads from the socket at a time, and allocates up
-/// front per connection (its default, 128 KiB, is too much to hold for
-/// every idle client).
-const READ_CHUNK: usize = 4 * 1024;
+/// What tungstenite copies in at a time from the bytes read, and the
+/// buffer it allocates up front and keeps for the connection's life. Its
+/// default, 128 KiB, is far too much to hold for every idle client; 4 KiB
+/// was most of an idle WebSocket connection. A frame larger than this
+/// grows the buffer; the copying in is from memory, not the socket, so
+/// small steps cost little.
+const READ_CHUNK: usize = 256;
 
 /// The answer to an HTTP upgrade request.
 #[derive(Debug)]
@@ -211,16 +214,30 @@ impl WsFraming {
     }
 
     /// Wraps `mqtt`, what the connection had to send, in one binary
-    /// message.
-    pub fn send(&mut self, mqtt: Bytes) {
-        let mut io = Io {
-            input: &[],
-            output: &mut self.output,
-        };
-        // Fails only once the closing handshake has begun, when no one is
-        // left to read MQTT bytes.
-        let _ = self.context.write(&mut io, Message::Binary(mqtt));
-        let _ = self.context.flush(&mut io);
+    /// message: a single unmasked frame (RFC 6455 5.2, 5.1: a server does
+    /// not mask). Written here rather than by tungstenite, which would copy
+    /// the bytes twice and keep a buffer as large as the largest message
+    /// for the connection's life. Once the closing handshake has begun no
+    /// one is left to read MQTT bytes, and they are dropped.
+    pub fn send(&mut self, mqtt: &[u8]) {
+        if !self.context.can_write() {
+            return;
+        }
+        self.output.push(0x80 | 0x2);
+        match mqtt.len() {
+            len @ 0..126 => self.output.push(len as u8),
+            len => match u16::try_from(len) {
+                Ok(len) => {
+                    self.output.push(126);
+                    self.output.extend_from_slice(&len.to_be_bytes());
+                }
+                Err(_) => {
+                    self.output.push(127);
+                    self.output.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+            },
+        }
+        self.output.extend_from_slice(mqtt);
     }
 
     /// Starts the closing handshake, unless it has begun already.
@@ -494,7 +511,7 @@ mod tests {
     #[test]
     fn send_wraps_output_in_one_binary_frame() {
         let (_, mut framing, _) = accepted(&request("/mqtt", Some("mqtt")));
-        framing.send(Bytes::from_static(b"\x20\x02\x00\x00\xd0\x00"));
+        framing.send(b"\x20\x02\x00\x00\xd0\x00");
         assert_eq!(
             server_frames(&framing.take_output()),
             [(
@@ -505,5 +522,27 @@ mod tests {
         framing.close();
         let frames = server_frames(&framing.take_output());
         assert_eq!(frames[0].1[..2], 1000u16.to_be_bytes());
+        framing.send(b"too late");
+        assert!(!framing.has_output(), "nothing after the close frame");
+    }
+
+    #[test]
+    fn send_uses_each_length_form() {
+        let (_, mut framing, _) = accepted(&request("/mqtt", Some("mqtt")));
+        let payloads = [vec![1; 125], vec![2; 126], vec![3; 65_535], vec![4; 65_536]];
+        for payload in &payloads {
+            framing.send(payload);
+        }
+        let output = framing.take_output();
+        // Headers of 2, 4, 4 and 10 bytes.
+        assert_eq!(
+            output.len(),
+            payloads.iter().map(Vec::len).sum::<usize>() + 2 + 4 + 4 + 10
+        );
+        let binary = OpCode::Data(Data::Binary);
+        assert_eq!(
+            server_frames(&output),
+            payloads.map(|payload| (binary, payload))
+        );
     }
 }
