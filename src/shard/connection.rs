@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
@@ -31,7 +31,6 @@ use super::deadline::{self, Deadline};
 use super::limit::ConnectionPermit;
 use super::listener::Transport;
 use super::mesh::{Handoff, ShardMsg};
-use super::notify::LocalNotify;
 use super::proxy;
 use super::socket::{self, Input, READ_CHUNK, Received};
 use super::state::{SessionKey, ShardState};
@@ -60,13 +59,7 @@ pub struct ConnHandle {
     pub version: ProtocolVersion,
     fd: RawFd,
     out: RefCell<BytesMut>,
-    writer: LocalNotify,
-    /// Rung by the writer after each write: there may be room for answers
-    /// the reader is waiting to make.
-    written: LocalNotify,
-    /// Rung when the connection starts closing: the reader stops waiting
-    /// for the client.
-    reader: LocalNotify,
+    wakes: Wakes,
     /// When the client's keep-alive runs out, if it has one
     /// ([`super::deadline`]).
     deadline: Cell<Option<Instant>>,
@@ -74,6 +67,58 @@ pub struct ConnHandle {
     /// Why the connection ended, for the disconnect log line; the first
     /// reason recorded wins.
     why: Cell<Option<CloseReason>>,
+}
+
+/// What wakes a connection's task, one bit each.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// Output was appended, or the connection is closing: the writer
+    /// flushes.
+    Write = 1,
+    /// The writer wrote: there may be room for answers the reader is
+    /// waiting to make.
+    Written = 2,
+    /// The connection is closing: the reader stops waiting for the client.
+    Close = 4,
+}
+
+/// Wake-ups for a connection's task. It waits on up to three things at
+/// once, but it is one task: one waker does, where a
+/// [`LocalNotify`](super::notify::LocalNotify) each would hold three copies
+/// of it in every connection. Raising a wake that
+/// is already raised wakes nothing; a wake raised with no one waiting is
+/// kept for the next wait.
+#[derive(Default)]
+struct Wakes {
+    raised: Cell<u8>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Wakes {
+    fn raise(&self, wake: Wake) {
+        let raised = self.raised.get();
+        self.raised.set(raised | wake as u8);
+        if raised & wake as u8 == 0
+            && let Some(waker) = self.waker.take()
+        {
+            waker.wake();
+        }
+    }
+
+    /// Ready once `wake` is raised, which it lowers.
+    fn poll(&self, wake: Wake, cx: &mut Context<'_>) -> Poll<()> {
+        let raised = self.raised.get();
+        if raised & wake as u8 != 0 {
+            self.raised.set(raised & !(wake as u8));
+            return Poll::Ready(());
+        }
+        self.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+
+    async fn wait(&self, wake: Wake) {
+        std::future::poll_fn(|cx| self.poll(wake, cx)).await
+    }
 }
 
 /// Why a connection ended.
@@ -102,9 +147,7 @@ impl ConnHandle {
             version,
             fd,
             out: RefCell::new(BytesMut::new()),
-            writer: LocalNotify::default(),
-            written: LocalNotify::default(),
-            reader: LocalNotify::default(),
+            wakes: Wakes::default(),
             deadline: Cell::new(None),
             closing: Cell::new(false),
             why: Cell::new(None),
@@ -141,7 +184,7 @@ impl ConnHandle {
                 self.close(CloseReason::Server(ReasonCode::ImplementationSpecificError));
             }
         }
-        self.writer.notify();
+        self.wakes.raise(Wake::Write);
         true
     }
 
@@ -162,8 +205,8 @@ impl ConnHandle {
     pub fn close(&self, why: CloseReason) {
         self.note_close_reason(why);
         self.closing.set(true);
-        self.writer.notify();
-        self.reader.notify();
+        self.wakes.raise(Wake::Write);
+        self.wakes.raise(Wake::Close);
     }
 
     /// A control packet arrived at `now`: the next must come within
@@ -542,8 +585,11 @@ impl Connection {
                 // not read from until its writer has made room. Its
                 // keep-alive runs meanwhile.
                 while self.state.borrow().unanswered(conn) > MAX_UNANSWERED {
-                    let written = pin!(conn.written.notified());
-                    if deadline::first(written, &conn.reader).await.is_none() {
+                    let written = pin!(conn.wakes.wait(Wake::Written));
+                    if deadline::first(written, |cx| conn.wakes.poll(Wake::Close, cx))
+                        .await
+                        .is_none()
+                    {
                         return;
                     }
                 }
@@ -553,7 +599,8 @@ impl Connection {
                         yield_now().await;
                     } else {
                         let readable = pin!(self.stream.readable(false));
-                        match deadline::first(readable, &conn.reader).await {
+                        let closing = |cx: &mut Context<'_>| conn.wakes.poll(Wake::Close, cx);
+                        match deadline::first(readable, closing).await {
                             None => return,
                             Some(Ok(())) => {}
                             Some(Err(_)) => return conn.close(CloseReason::SocketError),
@@ -573,7 +620,7 @@ impl Connection {
                     && framing.borrow().has_output()
                 {
                     // A pong or a close frame to send.
-                    conn.writer.notify();
+                    conn.wakes.raise(Wake::Write);
                 }
                 if let Err(end) = result {
                     if let ReadEnd::WebSocket(error) = &end {
@@ -619,7 +666,7 @@ impl Connection {
             // WebSocket frames the socket has not taken yet.
             let mut frames = Vec::new();
             loop {
-                conn.writer.notified().await;
+                conn.wakes.wait(Wake::Write).await;
                 if self.flush(&mut frames).await.is_err() {
                     conn.close(CloseReason::SocketError);
                     shutdown(conn.fd);
@@ -685,7 +732,7 @@ impl Connection {
                 };
                 if sent.is_some() {
                     self.state.borrow_mut().on_written(conn, Instant::now());
-                    conn.written.notify();
+                    conn.wakes.raise(Wake::Written);
                 } else {
                     // Boxed: only a client slower than its messages waits
                     // here, and every connection's future would otherwise
@@ -945,4 +992,40 @@ fn assign_client_id(shard: ShardId) -> ByteString {
         .map_or(0, |since| since.as_micros());
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     ByteString::from(format!("ringmq-{started:x}-{shard}-{n}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn wakes_are_kept_apart_and_wake_the_task_once() {
+        let wakes = Wakes::default();
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        assert!(wakes.poll(Wake::Write, &mut cx).is_pending());
+        assert!(wakes.poll(Wake::Close, &mut cx).is_pending());
+        wakes.raise(Wake::Write);
+        wakes.raise(Wake::Write);
+        wakes.raise(Wake::Written);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "one task, woken once");
+        assert!(wakes.poll(Wake::Close, &mut cx).is_pending());
+        assert!(wakes.poll(Wake::Write, &mut cx).is_ready());
+        assert!(wakes.poll(Wake::Write, &mut cx).is_pending(), "lowered");
+        // Raised while nobody waited for it: kept for the next wait.
+        assert!(wakes.poll(Wake::Written, &mut cx).is_ready());
+    }
 }

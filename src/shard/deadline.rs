@@ -20,7 +20,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use super::notify::LocalNotify;
@@ -97,7 +97,7 @@ impl Deadlines {
 impl Alarm {
     /// Runs `work` until it completes, or `None` if the alarm rings first.
     pub async fn on<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        first(std::pin::pin!(work), &self.rung).await
+        first(std::pin::pin!(work), |cx| self.rung.poll_notified(cx)).await
     }
 }
 
@@ -112,18 +112,18 @@ impl Deadline for Alarm {
     }
 }
 
-/// Polls `work` until it completes, or `None` if `stop` rings first.
+/// Polls `work` until it completes, or `None` if `stop` is ready first.
 ///
 /// The caller pins `work` in its own future: moved into an `async fn`, a
 /// future is held twice (as captured, and again once moved into the body),
 /// and a connection's reader waits here for its whole idle life.
 pub fn first<'a, F: Future>(
     mut work: Pin<&'a mut F>,
-    stop: &'a LocalNotify,
+    mut stop: impl FnMut(&mut Context<'_>) -> Poll<()> + 'a,
 ) -> impl Future<Output = Option<F::Output>> + 'a {
     std::future::poll_fn(move |cx| match work.as_mut().poll(cx) {
         Poll::Ready(output) => Poll::Ready(Some(output)),
-        Poll::Pending => stop.poll_notified(cx).map(|()| None),
+        Poll::Pending => stop(cx).map(|()| None),
     })
 }
 
