@@ -27,7 +27,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::deadline::{self, Deadline};
+use super::deadline::{self, Alarm, Deadline};
 use super::limit::ConnectionPermit;
 use super::listener::Transport;
 use super::mesh::{Handoff, ShardMsg};
@@ -273,12 +273,12 @@ pub async fn accept(
     };
     // One deadline for the upgrade and the CONNECT together: a client
     // cannot buy time by dribbling either.
-    let deadline = state
-        .borrow_mut()
-        .deadlines
-        .alarm(Instant::now() + connect_timeout);
+    let mut limit = HandshakeLimit {
+        at: Instant::now() + connect_timeout,
+        alarm: None,
+    };
     // In a `RefCell` only so that this task and, once served here, the
-    // connection's reader and writer use it the same way.
+    // connection's task use it the same way.
     let (framing, read_buf) = match transport {
         Transport::Tcp { proxy: false } => (None, BytesMut::new()),
         Transport::Tcp { proxy: true } => {
@@ -302,7 +302,10 @@ pub async fn accept(
                 }
             }
         }
-        Transport::WebSocket => match deadline.on(upgrade(&mut stream, max_packet_size)).await {
+        Transport::WebSocket => match limit
+            .on(&state, upgrade(&mut stream, max_packet_size))
+            .await
+        {
             Some(Ok((framing, read_buf))) => (Some(RefCell::new(framing)), read_buf),
             Some(Err(error)) => {
                 debug!(%peer, %error, "closing connection before websocket upgrade");
@@ -315,10 +318,18 @@ pub async fn accept(
         },
     };
     let websocket = framing.as_ref();
-    let read = read_connect(&stream, websocket, Input::new(read_buf), max_packet_size);
-    let (mut connect, input) = match deadline.on(read).await {
-        Some(Ok(connected)) => connected,
-        Some(Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+    let input = Input::new(read_buf);
+    let read = read_connect(
+        &state,
+        &stream,
+        websocket,
+        input,
+        max_packet_size,
+        &mut limit,
+    );
+    let (mut connect, input) = match read.await {
+        Ok(connected) => connected,
+        Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level))) => {
             debug!(%peer, level, "unsupported protocol level");
             // Spec 3.1.2.2: answer 0x01 in the 3.1.1 form, then close.
             let reason = ReasonCode::UnsupportedProtocolVersion;
@@ -326,14 +337,14 @@ pub async fn accept(
             refuse(&mut stream, websocket, ProtocolVersion::V3_1_1, reason).await;
             return;
         }
-        Some(Err(error)) => {
+        Err(HandshakeError::TimedOut) => {
+            debug!(%peer, "no CONNECT within the connect timeout");
+            return;
+        }
+        Err(error) => {
             debug!(%peer, %error, "closing connection before CONNECT");
             // A WebSocket may owe the client a close frame.
             write_framing_output(&mut stream, websocket).await;
-            return;
-        }
-        None => {
-            debug!(%peer, "no CONNECT within the connect timeout");
             return;
         }
     };
@@ -841,6 +852,28 @@ fn shutdown(fd: RawFd) {
     }
 }
 
+/// The connect timeout, armed only once the handshake has to wait: a client
+/// that sends its CONNECT at once costs the shard's deadlines nothing.
+struct HandshakeLimit {
+    at: Instant,
+    alarm: Option<Rc<Alarm>>,
+}
+
+impl HandshakeLimit {
+    /// Runs `work` until it completes, or `None` once the limit is past.
+    async fn on<T>(
+        &mut self,
+        state: &RefCell<ShardState>,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        let at = self.at;
+        let alarm = self
+            .alarm
+            .get_or_insert_with(|| state.borrow_mut().deadlines.alarm(at));
+        alarm.on(work).await
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum HandshakeError {
     #[error("{0}")]
@@ -849,6 +882,8 @@ enum HandshakeError {
     NotConnect(protocol::PacketType),
     #[error("closed before CONNECT")]
     Closed,
+    #[error("no CONNECT within the connect timeout")]
+    TimedOut,
     #[error("websocket upgrade refused: {0}")]
     Upgrade(&'static str),
     #[error("{0}")]
@@ -892,10 +927,12 @@ async fn upgrade(
 }
 
 async fn read_connect(
+    state: &RefCell<ShardState>,
     stream: &TcpStream,
     websocket: Option<&RefCell<WsFraming>>,
     mut input: Input,
     max_packet_size: usize,
+    limit: &mut HandshakeLimit,
 ) -> Result<(Connect, Input), HandshakeError> {
     loop {
         if let Some(mut frame) = first_packet(input.bytes(), max_packet_size)? {
@@ -911,11 +948,14 @@ async fn read_connect(
             }
         }
         input.settle();
-        if stream.readable(false).await.is_err() {
-            return Err(HandshakeError::Closed);
-        }
+        // Read before waiting: the CONNECT has usually arrived by now.
         match read_mqtt(stream.as_raw_fd(), &mut input, websocket) {
-            Ok(Received::Bytes { .. } | Received::Nothing) => {}
+            Ok(Received::Bytes { .. }) => {}
+            Ok(Received::Nothing) => match limit.on(state, stream.readable(false)).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return Err(HandshakeError::Closed),
+                None => return Err(HandshakeError::TimedOut),
+            },
             Ok(Received::Closed) | Err(ReadEnd::Closed | ReadEnd::SocketError) => {
                 return Err(HandshakeError::Closed);
             }
