@@ -1,9 +1,9 @@
 //! One client connection: reading its CONNECT wherever it was accepted,
-//! moving it to its session's home shard, then a reader task that decodes
-//! and hands packets to the shard and a writer task that flushes whatever
-//! the shard appended to the connection's output, in one write per wake-up.
-//! Both wait for readiness and then read or write without blocking, so an
-//! idle connection holds no buffer ([`socket`]).
+//! moving it to its session's home shard, then one task that reads, decodes
+//! and hands packets to the shard, and flushes whatever the shard appended
+//! to the connection's output, in one write per wake-up. It waits for
+//! readiness, then reads or writes without blocking, so an idle connection
+//! holds no buffer ([`socket`]).
 //!
 //! A WebSocket connection first answers its HTTP upgrade; from then on the
 //! reader passes what the socket gives through the connection's

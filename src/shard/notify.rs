@@ -1,6 +1,6 @@
-//! A single-waiter, same-thread wake-up flag: the writer task of a
-//! connection sleeps on it and anything on the shard that appends bytes to
-//! the connection's output rings it. Shard-local, so `Cell`s and no atomics.
+//! A single-waiter, same-thread wake-up flag: the shard's inbox task sleeps
+//! on one until another task leaves it work, and a handshake on an alarm's
+//! until its time limit passes. Shard-local, so `Cell`s and no atomics.
 
 use std::cell::Cell;
 use std::task::{Context, Poll, Waker};

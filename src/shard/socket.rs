@@ -17,8 +17,9 @@
 //! Output is encoded into a buffer taken from the shard's spare outputs
 //! when the first packet is queued, and handed back once the socket has
 //! taken all of it. Writes are non-blocking send(2)s; a full socket buffer
-//! means waiting for writability. The stream is then only ever borrowed
-//! shared (for readiness), so reader and writer share one `Rc<TcpStream>`.
+//! means waiting for writability. The stream is only ever borrowed shared,
+//! for readiness, so the connection's reading and writing can wait on it
+//! at the same time.
 //!
 //! Everything here is per thread, hence per shard.
 
