@@ -23,13 +23,13 @@ use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::limit::ConnectionPermit;
-use super::listener::Transport;
 use super::mesh::{Handoff, ShardMsg};
 use super::notify::LocalNotify;
 use super::proxy;
 use super::state::{SessionKey, ShardState};
 use super::websocket::{self, Upgrade, WsError, WsFraming};
 use super::{ShardId, home_shard};
+use crate::config::{ListenerConfig, Transport};
 use crate::protocol::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
     Packet, ProtocolVersion, ReasonCode,
@@ -178,7 +178,7 @@ pub async fn accept(
     state: Rc<RefCell<ShardState>>,
     mut stream: TcpStream,
     mut peer: SocketAddr,
-    transport: Transport,
+    listener: ListenerConfig,
     permit: Option<ConnectionPermit>,
 ) {
     // Small MQTT packets must not wait for Nagle's algorithm.
@@ -192,44 +192,46 @@ pub async fn accept(
             config.max_client_id_length,
         )
     };
+    let reject = |why: EarlyClose| state.borrow_mut().metrics.refused(why);
     // One deadline for the upgrade and the CONNECT together: a client
     // cannot buy time by dribbling either.
     let deadline = Instant::now() + connect_timeout;
-    // In a `RefCell` only so that this task and, once served here, the
-    // connection's reader and writer use it the same way.
-    let (framing, read_buf) = match transport {
-        Transport::Tcp { proxy: false } => (None, BytesMut::with_capacity(READ_CHUNK)),
-        Transport::Tcp { proxy: true } => {
-            match monoio::time::timeout(proxy::HEADER_TIMEOUT, proxy::read_header(&mut stream))
-                .await
-            {
-                Ok(Ok((client, after))) => {
-                    // From here on, logs name the client, not the balancer.
-                    peer = client.unwrap_or(peer);
-                    (None, after)
-                }
-                Ok(Err(error)) => {
-                    debug!(%peer, %error, "closing connection");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "no proxy protocol header within its timeout");
-                    return;
-                }
+    let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
+    if listener.proxy_protocol {
+        match monoio::time::timeout(proxy::HEADER_TIMEOUT, proxy::read_header(&mut stream)).await {
+            Ok(Ok((client, after))) => {
+                // From here on, logs name the client, not the balancer.
+                peer = client.unwrap_or(peer);
+                read_buf = after;
+            }
+            Ok(Err(error)) => {
+                debug!(%peer, %error, "closing connection");
+                return reject(EarlyClose::ProxyHeader);
+            }
+            Err(_) => {
+                debug!(%peer, "no proxy protocol header within its timeout");
+                return reject(EarlyClose::ProxyHeader);
             }
         }
+    }
+    // In a `RefCell` only so that this task and, once served here, the
+    // connection's reader and writer use it the same way.
+    let framing = match listener.transport {
+        Transport::Tcp => None,
         Transport::WebSocket => {
-            match monoio::time::timeout_at(deadline.into(), upgrade(&mut stream, max_packet_size))
-                .await
-            {
-                Ok(Ok((framing, read_buf))) => (Some(RefCell::new(framing)), read_buf),
+            let upgrade = upgrade(&mut stream, read_buf, max_packet_size);
+            match monoio::time::timeout_at(deadline.into(), upgrade).await {
+                Ok(Ok((framing, mqtt))) => {
+                    read_buf = mqtt;
+                    Some(RefCell::new(framing))
+                }
                 Ok(Err(error)) => {
                     debug!(%peer, %error, "closing connection before websocket upgrade");
-                    return;
+                    return reject(EarlyClose::WebSocketUpgrade);
                 }
                 Err(_) => {
                     debug!(%peer, "no websocket upgrade within the connect timeout");
-                    return;
+                    return reject(EarlyClose::ConnectTimeout);
                 }
             }
         }
@@ -246,15 +248,18 @@ pub async fn accept(
             refuse(&mut stream, websocket, ProtocolVersion::V3_1_1, reason).await;
             return;
         }
+        // A client that hung up was not refused anything.
+        Ok(Err(HandshakeError::Closed)) => return,
         Ok(Err(error)) => {
             debug!(%peer, %error, "closing connection before CONNECT");
+            reject(EarlyClose::Malformed);
             // A WebSocket may owe the client a close frame.
             write_framing_output(&mut stream, websocket).await;
             return;
         }
         Err(_) => {
             debug!(%peer, "no CONNECT within the connect timeout");
-            return;
+            return reject(EarlyClose::ConnectTimeout);
         }
     };
 
@@ -262,24 +267,16 @@ pub async fn accept(
         debug!(%peer, "connection limit reached; refused");
         // 0x97 names the cause: a configured limit, not a transient state
         // (0x89 Server busy); 3.1.1 can only say Server unavailable.
-        refuse(
-            &mut stream,
-            websocket,
-            connect.protocol,
-            ReasonCode::QuotaExceeded,
-        )
-        .await;
+        let reason = ReasonCode::QuotaExceeded;
+        state.borrow_mut().metrics.refused(reason);
+        refuse(&mut stream, websocket, connect.protocol, reason).await;
         return;
     };
     if connect.client_id.len() > max_client_id_length {
         debug!(%peer, len = connect.client_id.len(), "client id too long");
-        refuse(
-            &mut stream,
-            websocket,
-            connect.protocol,
-            ReasonCode::ClientIdentifierNotValid,
-        )
-        .await;
+        let reason = ReasonCode::ClientIdentifierNotValid;
+        state.borrow_mut().metrics.refused(reason);
+        refuse(&mut stream, websocket, connect.protocol, reason).await;
         return;
     }
 
@@ -584,6 +581,21 @@ async fn write_loop(
     }
 }
 
+/// Why a connection was closed before it had a CONNECT to refuse: counted
+/// beside the refused CONNECTs, where a flood of half-open or garbage
+/// connections shows up.
+#[derive(Debug, Clone, Copy)]
+enum EarlyClose {
+    /// No CONNECT (or WebSocket upgrade) within `connect_timeout`.
+    ConnectTimeout,
+    /// No valid PROXY protocol header within its timeout.
+    ProxyHeader,
+    /// The HTTP request was not a WebSocket upgrade we accept.
+    WebSocketUpgrade,
+    /// The first packet was malformed or not a CONNECT.
+    Malformed,
+}
+
 /// Why a connection's reading ended.
 enum ReadEnd {
     Closed,
@@ -670,22 +682,25 @@ enum HandshakeError {
     WebSocket(#[from] WsError),
 }
 
-/// Answers a WebSocket connection's HTTP upgrade request. Returns its
-/// framing and the MQTT bytes of any frames sent along with the request.
+/// Answers a WebSocket connection's HTTP upgrade request, of which
+/// `request` holds what was already read (after a PROXY header, say).
+/// Returns its framing and the MQTT bytes of any frames sent along with
+/// the request.
 async fn upgrade(
     stream: &mut TcpStream,
+    mut request: BytesMut,
     max_packet_size: usize,
 ) -> Result<(WsFraming, BytesMut), HandshakeError> {
-    let mut request = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        let (result, returned) = read_more(stream, request).await;
-        request = returned;
-        match result {
-            Ok(0) | Err(_) => return Err(HandshakeError::Closed),
-            Ok(_) => {}
-        }
         match websocket::handle_upgrade(&request, max_packet_size) {
-            Upgrade::Incomplete => {}
+            Upgrade::Incomplete => {
+                let (result, returned) = read_more(stream, request).await;
+                request = returned;
+                match result {
+                    Ok(0) | Err(_) => return Err(HandshakeError::Closed),
+                    Ok(_) => {}
+                }
+            }
             Upgrade::Refused { response, why } => {
                 let _ = stream.write_all(response).await;
                 return Err(HandshakeError::Upgrade(why));
