@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::clients::v5;
-use common::raw::Raw;
+use common::raw::{Raw, RecvError};
 use common::wire::{self, Connect, Prop, Props, Pub};
 use common::{Broker, QUIET, RECV_TIMEOUT, unique_id};
 
@@ -318,6 +318,43 @@ async fn incoming_receive_maximum_counts_qos2_awaiting_pubrel() {
         why.as_deref(),
         Some("more than 2 QoS 2 messages awaiting PUBREL")
     );
+}
+
+#[tokio::test]
+async fn client_answering_pubrecs_after_receive_maximum_burst_reads_0x93() {
+    let broker = Broker::start(&["--max-inflight", "2"]);
+    let (mut raw, _) = Raw::connect_ok(broker.addr, Connect::v5("rm-burst")).await;
+    // Sent before reading anything, as a client does that writes its whole
+    // backlog first: the third is past the limit.
+    let mut burst = Vec::new();
+    for pkid in 1..=3 {
+        burst.extend(Pub::new("rm/burst", b"q2").qos(2, pkid).encode(wire::V5));
+    }
+    raw.send(&burst).await;
+    // The client answers each packet as it reads it, slower than the
+    // broker closes. Were the broker's socket gone (or shut for reading),
+    // the first PUBREL would draw a reset, and the next write would fail
+    // before the DISCONNECT was read.
+    let mut reason = None;
+    loop {
+        let packet = match raw.try_recv(RECV_TIMEOUT).await {
+            Ok(packet) => packet,
+            Err(RecvError::Closed) => break,
+            Err(error) => panic!("broker neither answered nor closed: {error:?}"),
+        };
+        match packet.kind() {
+            wire::PUBREC => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let answered = raw
+                    .send_lossy(&wire::ack(wire::PUBREL, packet.ack().0))
+                    .await;
+                assert!(answered, "connection reset before the DISCONNECT was read");
+            }
+            wire::DISCONNECT => reason = Some(packet.disconnect_reason()),
+            _ => panic!("unexpected {packet:?}"),
+        }
+    }
+    assert_eq!(reason, Some(0x93));
 }
 
 #[tokio::test]
