@@ -203,6 +203,55 @@ async fn outgoing_topic_aliases_up_to_the_client_maximum() {
 }
 
 #[tokio::test]
+async fn outgoing_topic_aliases_only_to_clients_that_accept_them() {
+    let broker = Broker::start(&[]);
+    let accepting = |id| Connect::v5(id).props(Props::new().u16(wire::TOPIC_ALIAS_MAXIMUM, 1));
+    let (mut one, _) = Raw::connect_ok(broker.addr, accepting("ali-one")).await;
+    // Absent means 0 (spec 3.1.2.11.5): the broker must not send any.
+    let (mut absent, _) = Raw::connect_ok(broker.addr, Connect::v5("ali-absent")).await;
+    let zero = Connect::v5("ali-zero-max").props(Props::new().u16(wire::TOPIC_ALIAS_MAXIMUM, 0));
+    let (mut zero, _) = Raw::connect_ok(broker.addr, zero).await;
+    for sub in [&mut one, &mut absent, &mut zero] {
+        sub.subscribe(1, &[("each/qos", 2)]).await;
+    }
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v5("ali-each-pub")).await;
+    for qos in 0..=2 {
+        publisher
+            .publish(Pub::new("each/qos", &[qos]).qos(qos, u16::from(qos)))
+            .await;
+    }
+    let mut seen = Vec::new();
+    for qos in 0..=2 {
+        let p = one.recv_publish().await;
+        assert_eq!((p.qos, p.payload.as_slice()), (qos, &[qos][..]));
+        seen.push((p.topic.clone(), p.prop(wire::TOPIC_ALIAS).cloned()));
+        if qos == 2 {
+            one.send(&wire::ack(wire::PUBREC, p.pkid)).await;
+            one.recv_kind(wire::PUBREL).await;
+            one.send(&wire::ack(wire::PUBCOMP, p.pkid)).await;
+        } else if qos == 1 {
+            one.send(&wire::ack(wire::PUBACK, p.pkid)).await;
+        }
+    }
+    let alias = Some(Prop::U16(1));
+    assert_eq!(
+        seen,
+        vec![
+            ("each/qos".to_string(), alias.clone()),
+            (String::new(), alias.clone()),
+            (String::new(), alias),
+        ]
+    );
+    for sub in [&mut absent, &mut zero] {
+        for qos in 0..=2 {
+            let p = sub.recv_publish().await;
+            assert_eq!((p.topic.as_str(), p.qos), ("each/qos", qos));
+            assert_eq!(p.prop(wire::TOPIC_ALIAS), None);
+        }
+    }
+}
+
+#[tokio::test]
 async fn outgoing_topic_aliases_can_be_turned_off() {
     let broker = Broker::start(&["--server-topic-aliases", "false"]);
     let connect = Connect::v5("ali-off").props(Props::new().u16(wire::TOPIC_ALIAS_MAXIMUM, 5));
