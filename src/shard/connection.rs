@@ -47,6 +47,10 @@ const MAX_UNANSWERED: usize = 1024;
 /// the socket and its buffers, for ever.
 const WRITE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a connection the broker closed keeps reading (and dropping)
+/// what the client still sends, after the goodbye went out; see [`linger`].
+const LINGER: Duration = Duration::from_secs(2);
+
 /// The shard's handle on a live connection: where packets for the client
 /// are encoded, and how its writer is woken or told to close.
 pub struct ConnHandle {
@@ -61,6 +65,11 @@ pub struct ConnHandle {
     /// the reader is waiting to make.
     written: LocalNotify,
     closing: Cell<bool>,
+    /// Set when reading stopped because the connection is closing while
+    /// the client may still be sending: the writer then shuts down only
+    /// its own direction after the goodbye, and the rest is read and
+    /// dropped (see [`linger`]).
+    linger: Cell<bool>,
     /// Why the connection ended, for the disconnect log line; the first
     /// reason recorded wins.
     why: Cell<Option<CloseReason>>,
@@ -95,6 +104,7 @@ impl ConnHandle {
             writer: LocalNotify::default(),
             written: LocalNotify::default(),
             closing: Cell::new(false),
+            linger: Cell::new(false),
             why: Cell::new(None),
         }
     }
@@ -380,26 +390,29 @@ async fn serve(
     // Shared by the reader, which feeds it and may owe a pong, and the
     // writer, which frames the output; neither holds it across an await.
     let framing = websocket.map(|framing| Rc::new(RefCell::new(framing)));
-    let (reader, writer) = stream.into_split();
+    let (mut reader, writer) = stream.into_split();
     let writer = monoio::spawn(write_loop(
         state.clone(),
         conn.clone(),
         writer,
         framing.clone(),
     ));
-    if !conn.is_closing() {
-        read_loop(
+    // Set before the writer next runs: the broker closing the connection
+    // happens in this task, with no await between it and here.
+    let client_may_send = conn.is_closing()
+        || read_loop(
             &state,
             &conn,
-            reader,
+            &mut reader,
             read_buf,
             attached.keep_alive,
             framing.as_deref(),
         )
         .await;
-    }
+    conn.linger.set(client_may_send);
     state.borrow_mut().detach(&conn, Instant::now());
-    if monoio::time::timeout(WRITE_GRACE, writer).await.is_err() {
+    let flushed = monoio::time::timeout(WRITE_GRACE, writer).await.is_ok();
+    if !flushed {
         debug!(client = %client_id, %peer, "peer not reading; resetting the connection");
         // SAFETY: the writer has not returned, so its half of the stream
         // keeps the descriptor open and it is still this connection's.
@@ -407,7 +420,7 @@ async fn serve(
         // Unsent bytes are discarded (RST on close) rather than left to a
         // socket nobody reads; the shutdown fails the blocked write.
         let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
-        shutdown(conn.fd);
+        shutdown(conn.fd, libc::SHUT_RDWR);
     }
     state.borrow_mut().connection_closed();
     let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
@@ -418,16 +431,21 @@ async fn serve(
         ?reason,
         "client disconnected"
     );
+    if flushed && conn.linger.get() {
+        linger(&mut reader).await;
+    }
 }
 
+/// Returns whether the client may still be sending: reading stopped
+/// because the connection is closing, not at the end of the stream.
 async fn read_loop(
     state: &RefCell<ShardState>,
     conn: &ConnHandle,
-    mut reader: OwnedReadHalf<TcpStream>,
+    reader: &mut OwnedReadHalf<TcpStream>,
     mut buf: BytesMut,
     keep_alive: Option<Duration>,
     websocket: Option<&RefCell<WsFraming>>,
-) {
+) -> bool {
     let max_packet_size = state.borrow().config().max_packet_size;
     let mut packets = Vec::new();
     let mut wire = BytesMut::new();
@@ -457,10 +475,10 @@ async fn read_loop(
             state
                 .borrow_mut()
                 .handle_malformed(conn, error.reason_code());
-            return;
+            return true;
         }
         if conn.is_closing() {
-            return;
+            return true;
         }
         // A client sending requests (a PINGREQ flood) while it does not
         // read the answers would grow them without bound: it is not read
@@ -478,20 +496,20 @@ async fn read_loop(
             };
             if !made_room {
                 conn.disconnect(ReasonCode::KeepAliveTimeout);
-                return;
+                return true;
             }
             if conn.is_closing() {
-                return;
+                return true;
             }
         }
 
-        let read = read_mqtt(&mut reader, &mut buf, websocket, &mut wire);
+        let read = read_mqtt(reader, &mut buf, websocket, &mut wire);
         let result = match deadline {
             Some(deadline) => match monoio::time::timeout_at(deadline.into(), read).await {
                 Ok(done) => done,
                 Err(_) => {
                     conn.disconnect(ReasonCode::KeepAliveTimeout);
-                    return;
+                    return true;
                 }
             },
             None => read.await,
@@ -504,7 +522,8 @@ async fn read_loop(
             if let ReadEnd::WebSocket(error) = &end {
                 debug!(%error, "websocket closed");
             }
-            return conn.close(end.close_reason());
+            conn.close(end.close_reason());
+            return false;
         }
     }
 }
@@ -559,7 +578,7 @@ async fn write_loop(
             };
             if result.is_err() {
                 conn.close(CloseReason::SocketError);
-                shutdown(conn.fd);
+                shutdown(conn.fd, libc::SHUT_RDWR);
                 return;
             }
             state.borrow_mut().on_written(&conn, Instant::now());
@@ -575,7 +594,15 @@ async fn write_loop(
                 };
                 let _ = writer.write_all(wire).await;
             }
-            shutdown(conn.fd);
+            // Both ways wakes a reader still blocked on the socket; a
+            // reader that already stopped leaves the client's direction
+            // open for the linger.
+            let how = if conn.linger.get() {
+                libc::SHUT_WR
+            } else {
+                libc::SHUT_RDWR
+            };
+            shutdown(conn.fd, how);
             return;
         }
     }
@@ -658,13 +685,34 @@ pub(super) async fn read_more(
     (result, spare.into_inner())
 }
 
-/// Shuts both directions down so that a reader blocked on this socket wakes
-/// up with end-of-file, whichever driver it waits in.
-fn shutdown(fd: RawFd) {
-    // SAFETY: called by the writer, which holds half of the stream, so the
-    // descriptor is still open; shutdown(2) touches no memory.
+/// Reads and drops what the client still sends after the broker's goodbye,
+/// until it closes its side or [`LINGER`] passes. A socket closed with
+/// unread data, or that receives data once closed, makes the kernel send a
+/// reset, and the reset can destroy the goodbye (the DISCONNECT saying why)
+/// before the client has read it: a client that pipelined PUBLISHes past
+/// its Receive Maximum would see a broken pipe instead of 0x93.
+async fn linger(reader: &mut OwnedReadHalf<TcpStream>) {
+    let drain = async {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            buf.clear();
+            let (result, returned) = read_more(reader, buf).await;
+            buf = returned;
+            if !matches!(result, Ok(read) if read > 0) {
+                return;
+            }
+        }
+    };
+    let _ = monoio::time::timeout(LINGER, drain).await;
+}
+
+/// Shuts `how` (`SHUT_RDWR` or `SHUT_WR`) down; both ways, a reader blocked
+/// on this socket wakes up with end-of-file, whichever driver it waits in.
+fn shutdown(fd: RawFd, how: libc::c_int) {
+    // SAFETY: called while a half of the stream is held, so the descriptor
+    // is still open; shutdown(2) touches no memory.
     unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::shutdown(fd, how);
     }
 }
 
