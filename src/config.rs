@@ -55,15 +55,9 @@ const MIN_CLIENT_ID_LENGTH: u16 = 23;
 /// The broker's settings, complete and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Never empty. Port 0 asks the OS for a free port.
-    pub listen: Vec<SocketAddr>,
-    /// Addresses serving MQTT over WebSocket (path `/mqtt`); may be empty.
-    /// Port 0 asks the OS for a free port.
-    pub ws_listen: Vec<SocketAddr>,
-    /// Whether every `listen` address (not `ws_listen`) expects a PROXY
-    /// protocol v1 or v2 header before the client's bytes: true behind a
-    /// load balancer that sends one, such as HAProxy with `send-proxy-v2`.
-    pub proxy_protocol: bool,
+    /// Where clients are accepted: never empty, TCP ones first, no
+    /// address twice. Port 0 asks the OS for a free port.
+    pub listeners: Vec<ListenerConfig>,
     /// Shards to start, one thread each. At least 1; more than the CPU
     /// count is allowed and pinned modulo the CPUs.
     pub cores: usize,
@@ -100,6 +94,43 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Seconds between `$SYS` updates; 0 turns them off.
     pub sys_interval: u64,
+}
+
+/// One address the broker accepts clients on, and how they arrive there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub transport: Transport,
+    /// Whether each connection starts with a PROXY protocol v1 or v2
+    /// header: true behind a load balancer that sends one (HAProxy's
+    /// `send-proxy-v2`), whose address would otherwise stand for every
+    /// client. Per listener, because a broker commonly also takes direct
+    /// connections from inside the network.
+    pub proxy_protocol: bool,
+}
+
+/// How MQTT reaches the broker on a listening address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT packets directly on the TCP stream.
+    #[default]
+    Tcp,
+    /// MQTT packets in WebSocket binary frames, after an HTTP upgrade on
+    /// `/mqtt` (spec 6.0).
+    WebSocket,
+}
+
+/// A `[[listener]]` table of the file: the one way to give each listener
+/// its own settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerTable {
+    address: SocketAddr,
+    #[serde(default)]
+    transport: Transport,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 /// Which I/O backend the shards run on.
@@ -157,6 +188,10 @@ pub enum ConfigError {
     },
     #[error("invalid value for `{key}` (--{flag}): {reason}", flag = key.replace('_', "-"))]
     InvalidValue { key: &'static str, reason: String },
+    #[error(
+        "listen address {0} is given more than once (in `listen`, `ws_listen` or `[[listener]]`)"
+    )]
+    RepeatedListener(SocketAddr),
 }
 
 /// The command line. Flags are optional so a file value is not overridden
@@ -183,9 +218,10 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     ws_listen: Option<Vec<SocketAddr>>,
     /// Expect a PROXY protocol (v1 or v2) header at the start of every
-    /// connection on every --listen address, and log the client address it
-    /// names; connections without one are closed. `--proxy-protocol` alone
-    /// means true [default: false].
+    /// connection on every --listen address (not --ws-listen), and log the
+    /// client address it names; connections without one are closed.
+    /// `--proxy-protocol` alone means true; `[[listener]]` tables in the
+    /// file set it per listener [default: false].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     proxy_protocol: Option<bool>,
     /// Number of shards (threads) [default: number of CPUs].
@@ -265,6 +301,9 @@ struct FileConfig {
     listen: Option<Vec<SocketAddr>>,
     ws_listen: Option<Vec<SocketAddr>>,
     proxy_protocol: Option<bool>,
+    /// Listeners with settings of their own, beside `listen` and
+    /// `ws_listen` (which `--listen` and `--ws-listen` replace).
+    listener: Option<Vec<ListenerTable>>,
     cores: Option<usize>,
     io_driver: Option<IoDriver>,
     log_level: Option<LogLevel>,
@@ -354,15 +393,7 @@ impl Config {
     }
 
     fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
-        let listen = cli
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT))]);
-        ensure(
-            !listen.is_empty(),
-            "listen",
-            "must name at least one address",
-        )?;
+        let listeners = merge_listeners(&cli, &file)?;
 
         let cores = cli.cores.or(file.cores).unwrap_or_else(|| {
             // The CPU count can be unknowable (restricted /proc); one shard
@@ -456,9 +487,7 @@ impl Config {
         };
 
         Ok(Config {
-            listen,
-            ws_listen: cli.ws_listen.or(file.ws_listen).unwrap_or_default(),
-            proxy_protocol: cli.proxy_protocol.or(file.proxy_protocol).unwrap_or(false),
+            listeners,
             cores,
             io_driver: cli.io_driver.or(file.io_driver).unwrap_or_default(),
             log_level: cli.log_level.or(file.log_level).unwrap_or_default(),
@@ -531,6 +560,63 @@ impl FileConfig {
     }
 }
 
+/// The `listen` and `ws_listen` lists (the flags replacing the file's)
+/// and the file's `[[listener]]` tables, as one list with the TCP
+/// listeners first, so that the first `listening` line names one.
+fn merge_listeners(cli: &Cli, file: &FileConfig) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let tables = file.listener.as_deref().unwrap_or_default();
+    let tcp = match cli.listen.as_ref().or(file.listen.as_ref()) {
+        Some(listen) => {
+            ensure(
+                !listen.is_empty() || !tables.is_empty(),
+                "listen",
+                "must name at least one address",
+            )?;
+            listen.clone()
+        }
+        None if tables.is_empty() => vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT))],
+        None => Vec::new(),
+    };
+    let proxy_protocol = cli.proxy_protocol.or(file.proxy_protocol).unwrap_or(false);
+    let websocket = cli.ws_listen.as_ref().or(file.ws_listen.as_ref());
+    let mut listeners: Vec<ListenerConfig> = tcp
+        .into_iter()
+        .map(|address| ListenerConfig {
+            address,
+            transport: Transport::Tcp,
+            proxy_protocol,
+        })
+        .chain(
+            websocket
+                .into_iter()
+                .flatten()
+                .map(|&address| ListenerConfig {
+                    address,
+                    transport: Transport::WebSocket,
+                    proxy_protocol: false,
+                }),
+        )
+        .chain(tables.iter().map(|table| ListenerConfig {
+            address: table.address,
+            transport: table.transport,
+            proxy_protocol: table.proxy_protocol,
+        }))
+        .collect();
+    listeners.sort_by_key(|listener| listener.transport != Transport::Tcp);
+    // SO_REUSEPORT would let a second socket bind the same address, and the
+    // kernel would then split its clients between two sets of settings.
+    for (i, listener) in listeners.iter().enumerate() {
+        let repeated = listener.address.port() != 0
+            && listeners[..i]
+                .iter()
+                .any(|earlier| earlier.address == listener.address);
+        if repeated {
+            return Err(ConfigError::RepeatedListener(listener.address));
+        }
+    }
+    Ok(listeners)
+}
+
 fn ensure(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
@@ -582,9 +668,7 @@ mod tests {
     #[test]
     fn defaults() {
         let config = parse(&[]).expect("no flags is valid");
-        assert_eq!(config.listen, ["0.0.0.0:1883".parse().expect("literal")]);
-        assert!(config.ws_listen.is_empty());
-        assert!(!config.proxy_protocol);
+        assert_eq!(config.listeners, [tcp("0.0.0.0:1883", false)]);
         assert!(config.cores >= 1);
         assert_eq!(config.io_driver, IoDriver::Auto);
         assert_eq!(config.log_level, LogLevel::Info);
@@ -659,12 +743,11 @@ mod tests {
         assert_eq!(
             config,
             Config {
-                listen: vec![
-                    "127.0.0.1:0".parse().expect("literal"),
-                    "[::1]:8883".parse().expect("literal"),
+                listeners: vec![
+                    tcp("127.0.0.1:0", true),
+                    tcp("[::1]:8883", true),
+                    websocket("127.0.0.1:8083", false),
                 ],
-                ws_listen: vec!["127.0.0.1:8083".parse().expect("literal")],
-                proxy_protocol: true,
                 cores: 3,
                 io_driver: IoDriver::Epoll,
                 log_level: LogLevel::Debug,
@@ -717,7 +800,7 @@ mod tests {
             toml,
         )
         .expect("valid");
-        assert_eq!(config.listen, ["127.0.0.1:2".parse().expect("literal")]);
+        assert_eq!(config.listeners, [tcp("127.0.0.1:2", false)]);
         assert_eq!(config.cores, 3, "not given on the command line");
         assert_eq!(config.io_driver, IoDriver::Uring);
         assert_eq!(config.max_inflight, 20);
@@ -744,11 +827,8 @@ mod tests {
     fn listen_is_repeatable() {
         let config = parse(&["--listen", "127.0.0.1:1883", "--listen", "[::]:0"]).expect("valid");
         assert_eq!(
-            config.listen,
-            [
-                "127.0.0.1:1883".parse::<SocketAddr>().expect("literal"),
-                "[::]:0".parse().expect("literal"),
-            ]
+            config.listeners,
+            [tcp("127.0.0.1:1883", false), tcp("[::]:0", false)]
         );
     }
 
@@ -760,26 +840,120 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            config.ws_listen,
+            config.listeners,
             [
-                "127.0.0.1:8083".parse::<SocketAddr>().expect("literal"),
-                "[::1]:0".parse().expect("literal"),
+                tcp("0.0.0.0:1883", false),
+                websocket("127.0.0.1:8083", false),
+                websocket("[::1]:0", false),
             ]
         );
         let error = parse(&["--ws-listen", "localhost"]).expect_err("not an address");
         assert!(error.to_string().contains("--ws-listen"), "{error}");
     }
 
+    fn tcp(address: &str, proxy_protocol: bool) -> ListenerConfig {
+        ListenerConfig {
+            address: address.parse().expect("literal"),
+            transport: Transport::Tcp,
+            proxy_protocol,
+        }
+    }
+
+    fn websocket(address: &str, proxy_protocol: bool) -> ListenerConfig {
+        ListenerConfig {
+            transport: Transport::WebSocket,
+            ..tcp(address, proxy_protocol)
+        }
+    }
+
     #[test]
     fn proxy_protocol_flag_alone_means_true() {
-        assert!(parse(&["--proxy-protocol"]).expect("valid").proxy_protocol);
+        let proxied = |config: Config| config.listeners.iter().all(|l| l.proxy_protocol);
+        assert!(proxied(parse(&["--proxy-protocol"]).expect("valid")));
         let config = merge(&["--proxy-protocol", "false"], "proxy_protocol = true").expect("valid");
-        assert!(!config.proxy_protocol);
-        assert!(
-            merge(&[], "proxy_protocol = true")
-                .expect("valid")
-                .proxy_protocol
+        assert!(!proxied(config));
+        assert!(proxied(merge(&[], "proxy_protocol = true").expect("valid")));
+    }
+
+    #[test]
+    fn listener_tables_set_proxy_protocol_per_listener() {
+        let toml = r#"
+            listen = ["127.0.0.1:1883"]
+            proxy_protocol = false
+
+            [[listener]]
+            address = "10.0.0.1:1883"
+            proxy_protocol = true
+
+            [[listener]]
+            address = "10.0.0.1:8083"
+            transport = "websocket"
+            proxy_protocol = true
+
+            [[listener]]
+            address = "127.0.0.1:8083"
+            transport = "websocket"
+            "#;
+        let config = merge(&[], toml).expect("valid");
+        assert_eq!(
+            config.listeners,
+            [
+                tcp("127.0.0.1:1883", false),
+                tcp("10.0.0.1:1883", true),
+                websocket("10.0.0.1:8083", true),
+                websocket("127.0.0.1:8083", false),
+            ]
         );
+        // The flag replaces `listen`, and its proxy setting covers only
+        // what it lists; the tables keep theirs.
+        let config = merge(&["--listen", "127.0.0.1:9", "--proxy-protocol"], toml).expect("valid");
+        assert_eq!(config.listeners[0], tcp("127.0.0.1:9", true));
+        assert_eq!(config.listeners[1], tcp("10.0.0.1:1883", true));
+        assert_eq!(config.listeners[3], websocket("127.0.0.1:8083", false));
+    }
+
+    #[test]
+    fn listener_tables_alone_replace_the_default_address() {
+        let config = merge(
+            &[],
+            "[[listener]]\naddress = \"127.0.0.1:2883\"\nproxy_protocol = true\n",
+        )
+        .expect("valid");
+        assert_eq!(config.listeners, [tcp("127.0.0.1:2883", true)]);
+    }
+
+    #[test]
+    fn bad_listener_tables_are_named() {
+        let error = merge(
+            &[],
+            "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy = true\n",
+        )
+        .expect_err("unknown key");
+        assert!(error.to_string().contains("proxy"), "{error}");
+        let error = merge(
+            &[],
+            "[[listener]]\naddress = \"127.0.0.1:1\"\ntransport = \"udp\"\n",
+        )
+        .expect_err("unknown transport");
+        assert!(error.to_string().contains("udp"), "{error}");
+        let error = merge(&[], "[[listener]]\nproxy_protocol = true\n").expect_err("no address");
+        assert!(error.to_string().contains("address"), "{error}");
+    }
+
+    #[test]
+    fn an_address_given_twice_is_refused() {
+        let error = merge(
+            &["--ws-listen", "127.0.0.1:8083"],
+            "[[listener]]\naddress = \"127.0.0.1:8083\"\nproxy_protocol = true\n",
+        )
+        .expect_err("same address twice");
+        assert_eq!(
+            error.to_string(),
+            "listen address 127.0.0.1:8083 is given more than once (in `listen`, `ws_listen` or `[[listener]]`)"
+        );
+        // Port 0 is a fresh port each time.
+        let config = parse(&["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]).expect("valid");
+        assert_eq!(config.listeners.len(), 2);
     }
 
     #[test]
@@ -950,6 +1124,7 @@ mod tests {
             listen,
             ws_listen,
             proxy_protocol,
+            listener,
             cores,
             io_driver,
             log_level,
@@ -974,6 +1149,7 @@ mod tests {
         assert!(listen.is_some());
         assert!(ws_listen.is_some());
         assert!(proxy_protocol.is_some());
+        assert!(listener.as_ref().is_some_and(|tables| !tables.is_empty()));
         assert!(cores.is_some());
         assert!(io_driver.is_some());
         assert!(log_level.is_some());

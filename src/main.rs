@@ -26,9 +26,7 @@ fn main() -> ExitCode {
     }
 
     let server = ServerConfig {
-        listen: config.listen.clone(),
-        ws_listen: config.ws_listen.clone(),
-        proxy_protocol: config.proxy_protocol,
+        listeners: config.listeners.clone(),
         shards: config.cores,
         io_driver: config.io_driver,
         shard: ShardConfig {

@@ -9,7 +9,7 @@ use common::Broker;
 use common::clients::v4;
 use common::http::{get, sample};
 use common::raw::Raw;
-use common::wire::{Connect, Props};
+use common::wire::{self, Connect, Props, Pub};
 
 /// Every `_bucket` sample of histogram `name`, in order.
 fn buckets(text: &str, name: &str) -> Vec<(String, f64)> {
@@ -149,21 +149,58 @@ async fn sys_uptime_reaches_a_subscriber() {
 
 #[tokio::test]
 async fn refused_connects_are_counted_by_reason() {
-    let broker = Broker::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let broker = Broker::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--connect-timeout",
+        "1",
+        "--max-client-id-length",
+        "23",
+    ]);
     let metrics = broker.metrics_addr();
     // 3.1.1 forbids an empty client id without a clean session.
     let (_raw, connack) = Raw::connect(broker.addr, Connect::v4("").clean(false)).await;
     assert_eq!(connack.code, 0x02);
+    let (_raw, connack) = Raw::connect(broker.addr, Connect::v4(&"x".repeat(24))).await;
+    assert_eq!(connack.code, 0x02, "longer than --max-client-id-length");
     // A v5 CONNECT asking for an unknown authentication method.
     let bad_auth = Connect::v5("metrics-auth").props(Props::new().string(0x15, "nope"));
     let (_raw, connack) = Raw::connect(broker.addr, bad_auth).await;
     assert_eq!(connack.code, 0x8C);
+    // Connections closed before they had a CONNECT to refuse: one opening
+    // with a PUBLISH, one silent past the connect timeout.
+    let mut early = Raw::open(broker.addr, wire::V4).await;
+    early
+        .send(&Pub::new("before/connect", b"x").encode(wire::V4))
+        .await;
+    assert!(early.expect_closed(Duration::from_secs(2)).await.is_empty());
+    let mut silent = Raw::open(broker.addr, wire::V4).await;
+    assert!(
+        silent
+            .expect_closed(Duration::from_secs(5))
+            .await
+            .is_empty()
+    );
 
     let (_, text) = get(metrics, "/metrics");
     assert_eq!(
         sample(
             &text,
             "ringmq_connections_rejected_total{reason=\"ClientIdentifierNotValid\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ringmq_connections_rejected_total{reason=\"Malformed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ringmq_connections_rejected_total{reason=\"ConnectTimeout\"}"
         ),
         1.0
     );

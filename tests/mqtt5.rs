@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::clients::v5;
-use common::raw::Raw;
+use common::raw::{Raw, RecvError};
 use common::wire::{self, Connect, Prop, Props, Pub};
 use common::{Broker, QUIET, RECV_TIMEOUT, unique_id};
 
@@ -203,6 +203,55 @@ async fn outgoing_topic_aliases_up_to_the_client_maximum() {
 }
 
 #[tokio::test]
+async fn outgoing_topic_aliases_only_to_clients_that_accept_them() {
+    let broker = Broker::start(&[]);
+    let accepting = |id| Connect::v5(id).props(Props::new().u16(wire::TOPIC_ALIAS_MAXIMUM, 1));
+    let (mut one, _) = Raw::connect_ok(broker.addr, accepting("ali-one")).await;
+    // Absent means 0 (spec 3.1.2.11.5): the broker must not send any.
+    let (mut absent, _) = Raw::connect_ok(broker.addr, Connect::v5("ali-absent")).await;
+    let zero = Connect::v5("ali-zero-max").props(Props::new().u16(wire::TOPIC_ALIAS_MAXIMUM, 0));
+    let (mut zero, _) = Raw::connect_ok(broker.addr, zero).await;
+    for sub in [&mut one, &mut absent, &mut zero] {
+        sub.subscribe(1, &[("each/qos", 2)]).await;
+    }
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v5("ali-each-pub")).await;
+    for qos in 0..=2 {
+        publisher
+            .publish(Pub::new("each/qos", &[qos]).qos(qos, u16::from(qos)))
+            .await;
+    }
+    let mut seen = Vec::new();
+    for qos in 0..=2 {
+        let p = one.recv_publish().await;
+        assert_eq!((p.qos, p.payload.as_slice()), (qos, &[qos][..]));
+        seen.push((p.topic.clone(), p.prop(wire::TOPIC_ALIAS).cloned()));
+        if qos == 2 {
+            one.send(&wire::ack(wire::PUBREC, p.pkid)).await;
+            one.recv_kind(wire::PUBREL).await;
+            one.send(&wire::ack(wire::PUBCOMP, p.pkid)).await;
+        } else if qos == 1 {
+            one.send(&wire::ack(wire::PUBACK, p.pkid)).await;
+        }
+    }
+    let alias = Some(Prop::U16(1));
+    assert_eq!(
+        seen,
+        vec![
+            ("each/qos".to_string(), alias.clone()),
+            (String::new(), alias.clone()),
+            (String::new(), alias),
+        ]
+    );
+    for sub in [&mut absent, &mut zero] {
+        for qos in 0..=2 {
+            let p = sub.recv_publish().await;
+            assert_eq!((p.topic.as_str(), p.qos), ("each/qos", qos));
+            assert_eq!(p.prop(wire::TOPIC_ALIAS), None);
+        }
+    }
+}
+
+#[tokio::test]
 async fn outgoing_topic_aliases_can_be_turned_off() {
     let broker = Broker::start(&["--server-topic-aliases", "false"]);
     let connect = Connect::v5("ali-off").props(Props::new().u16(wire::TOPIC_ALIAS_MAXIMUM, 5));
@@ -318,6 +367,43 @@ async fn incoming_receive_maximum_counts_qos2_awaiting_pubrel() {
         why.as_deref(),
         Some("more than 2 QoS 2 messages awaiting PUBREL")
     );
+}
+
+#[tokio::test]
+async fn client_answering_pubrecs_after_receive_maximum_burst_reads_0x93() {
+    let broker = Broker::start(&["--max-inflight", "2"]);
+    let (mut raw, _) = Raw::connect_ok(broker.addr, Connect::v5("rm-burst")).await;
+    // Sent before reading anything, as a client does that writes its whole
+    // backlog first: the third is past the limit.
+    let mut burst = Vec::new();
+    for pkid in 1..=3 {
+        burst.extend(Pub::new("rm/burst", b"q2").qos(2, pkid).encode(wire::V5));
+    }
+    raw.send(&burst).await;
+    // The client answers each packet as it reads it, slower than the
+    // broker closes. Were the broker's socket gone (or shut for reading),
+    // the first PUBREL would draw a reset, and the next write would fail
+    // before the DISCONNECT was read.
+    let mut reason = None;
+    loop {
+        let packet = match raw.try_recv(RECV_TIMEOUT).await {
+            Ok(packet) => packet,
+            Err(RecvError::Closed) => break,
+            Err(error) => panic!("broker neither answered nor closed: {error:?}"),
+        };
+        match packet.kind() {
+            wire::PUBREC => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let answered = raw
+                    .send_lossy(&wire::ack(wire::PUBREL, packet.ack().0))
+                    .await;
+                assert!(answered, "connection reset before the DISCONNECT was read");
+            }
+            wire::DISCONNECT => reason = Some(packet.disconnect_reason()),
+            _ => panic!("unexpected {packet:?}"),
+        }
+    }
+    assert_eq!(reason, Some(0x93));
 }
 
 #[tokio::test]

@@ -1,17 +1,19 @@
 //! PROXY protocol (`--proxy-protocol`) against the real binary: the
 //! client address in a v1 or v2 header is the one the broker logs, the
 //! MQTT bytes after the header are served as if nothing came before them,
-//! and a connection without a valid header is closed. Then the real thing:
+//! and a connection without a valid header is closed; the setting is per
+//! listener, WebSocket ones included. Then the real thing:
 //! HAProxy, run with deploy/haproxy.cfg itself, in front of ringmq.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::http::{get, sample};
 use common::raw::{Raw, RecvError};
 use common::wire::{self, Connect, Pub};
 use common::{Broker, RECV_TIMEOUT, unique_id};
@@ -138,6 +140,103 @@ async fn garbage_is_closed_at_once() {
     assert!(raw.expect_closed(Duration::from_secs(2)).await.is_empty());
 }
 
+/// A broker taking direct clients on one TCP listener and, from a load
+/// balancer, PROXY-headed TCP and WebSocket on two others: the setting
+/// is per listener.
+fn mixed_broker() -> Broker {
+    Broker::start_with_config(
+        r#"
+        listen = ["127.0.0.1:0"]
+
+        [[listener]]
+        address = "127.0.0.1:0"
+        proxy_protocol = true
+
+        [[listener]]
+        address = "127.0.0.1:0"
+        transport = "websocket"
+        proxy_protocol = true
+        "#,
+        &["--cores", "2", "--metrics-listen", "127.0.0.1:0"],
+    )
+}
+
+#[tokio::test]
+async fn proxy_protocol_is_set_per_listener() {
+    let broker = mixed_broker();
+    // TCP listeners are announced first; the proxied one says so.
+    let proxied = broker.announced_addr("proxy_protocol=true");
+    assert_ne!(proxied, broker.addr);
+
+    let direct_id = unique_id("direct");
+    let (direct, connack) = Raw::connect(broker.addr, Connect::v4(&direct_id)).await;
+    assert_eq!(connack.code, 0, "no header needed on the direct listener");
+    assert_eq!(
+        logged_peer(&broker, &direct_id),
+        direct.local_addr().to_string()
+    );
+
+    let mut headless = Raw::open(proxied, wire::V4).await;
+    headless
+        .send(&Connect::v4(&unique_id("headless")).encode())
+        .await;
+    assert!(
+        headless
+            .expect_closed(Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "the proxied listener closes a connection without a header"
+    );
+
+    let proxied_id = unique_id("proxied");
+    let mut raw = Raw::open(proxied, wire::V4).await;
+    let mut bytes = b"PROXY TCP4 192.0.2.44 127.0.0.1 40200 1883\r\n".to_vec();
+    bytes.extend_from_slice(&Connect::v4(&proxied_id).encode());
+    raw.send(&bytes).await;
+    assert_eq!(raw.recv().await.connack(wire::V4).code, 0);
+    assert_eq!(logged_peer(&broker, &proxied_id), "192.0.2.44:40200");
+
+    let (_, text) = get(broker.metrics_addr(), "/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "ringmq_connections_rejected_total{reason=\"ProxyHeader\"}"
+        ),
+        1.0,
+        "the headless connection is counted as rejected"
+    );
+}
+
+#[test]
+fn websocket_listener_reads_the_header_before_the_upgrade() {
+    let broker = mixed_broker();
+    let addr = broker.announced_addr("transport=websocket");
+    let mut stream = std::net::TcpStream::connect(addr).expect("TCP connect");
+    stream
+        .set_read_timeout(Some(RECV_TIMEOUT))
+        .expect("set timeout");
+    stream
+        .write_all(b"PROXY TCP4 198.51.100.7 127.0.0.1 40100 8083\r\n")
+        .expect("write header");
+    let request = tungstenite::ClientRequestBuilder::new(
+        format!("ws://{addr}/mqtt").parse().expect("valid URI"),
+    )
+    .with_sub_protocol("mqtt");
+    let (mut ws, _) = tungstenite::client(request, stream).expect("upgrade accepted");
+    let id = unique_id("ws-proxied");
+    ws.send(tungstenite::Message::Binary(
+        Connect::v4(&id).encode().into(),
+    ))
+    .expect("send CONNECT");
+    match ws.read().expect("CONNACK") {
+        tungstenite::Message::Binary(connack) => {
+            assert_eq!(&connack[..], [0x20, 2, 0, 0], "CONNACK accepted");
+        }
+        other => panic!("expected a binary frame, got {other:?}"),
+    }
+    assert_eq!(logged_peer(&broker, &id), "198.51.100.7:40100");
+}
+
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_5_seconds() {
     let broker = broker();
@@ -252,23 +351,19 @@ async fn connect_through(proxy: &HaProxy, frontend: SocketAddr, id: &str) -> Raw
 
 #[tokio::test]
 async fn haproxy_in_front_passes_the_client_address_and_messages() {
-    // The broker's own /health answers HAProxy's checks.
-    let broker = Broker::start(&[
-        "--proxy-protocol",
-        "--cores",
-        "2",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ]);
+    // The broker's own /health answers HAProxy's checks; HAProxy sends
+    // to the listener that expects its header.
+    let broker = mixed_broker();
     let health = broker.metrics_addr();
+    let backend = broker.announced_addr("proxy_protocol=true");
     let frontend = SocketAddr::from(([127, 0, 0, 1], free_port()));
     // Both backend servers are the same broker: brokers are not clustered
     // yet, so a subscriber and a publisher balanced onto two brokers would
     // never meet.
     let proxy = HaProxy::start(&[
         ("MQTT_BIND", frontend.to_string()),
-        ("RINGMQ1_ADDR", broker.addr.to_string()),
-        ("RINGMQ2_ADDR", broker.addr.to_string()),
+        ("RINGMQ1_ADDR", backend.to_string()),
+        ("RINGMQ2_ADDR", backend.to_string()),
         ("RINGMQ_HEALTH_PORT", health.port().to_string()),
         // Test machines cap descriptors well below what the production
         // figure needs, and HAProxy refuses to start short of them.

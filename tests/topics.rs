@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::clients::{v4, v5};
+use common::clients::v5;
 use common::raw::Raw;
-use common::wire::{self, Connect, Pub};
+use common::wire::{self, Connect, Prop, Props, Pub};
 use common::{Broker, QUIET, RECV_TIMEOUT};
 
 /// Publishes each topic and returns the ones `filter` received.
@@ -188,18 +188,63 @@ async fn unsubscribe_stops_delivery() {
     sub.expect_silence(QUIET).await;
 }
 
-#[tokio::test]
-async fn overlapping_subscriptions_deliver_at_most_once_per_v4_client() {
+/// Subscribes to three filters matching `ov/t` at QoS 0, 1 and 2 (each
+/// with its own subscription identifier on v5), publishes one QoS 2
+/// message there, and returns the copies delivered.
+async fn overlapping_copies(version: u8) -> Vec<wire::Publish> {
     let broker = Broker::start(&[]);
-    let mut sub = v4::Client::simple(broker.addr, "overlap").await;
-    sub.subscribe("ov/+", v4::QoS::AtLeastOnce).await;
-    sub.subscribe("ov/#", v4::QoS::AtMostOnce).await;
-    let mut publisher = v4::Client::simple(broker.addr, "overlap-pub").await;
-    publisher
-        .publish("ov/t", v4::QoS::AtLeastOnce, false, b"x")
-        .await;
-    // 3.1.1 lets a server deliver one copy (at the max QoS) or one per
-    // subscription; either way at least one copy arrives.
-    let p = sub.next_publish().await;
-    assert_eq!(&p.payload[..], b"x");
+    let connect = if version == wire::V5 {
+        Connect::v5("overlap")
+    } else {
+        Connect::v4("overlap")
+    };
+    let (mut sub, _) = Raw::connect_ok(broker.addr, connect).await;
+    for (pkid, filter, qos) in [(1, "ov/t", 0), (2, "ov/#", 2), (3, "ov/+", 1)] {
+        let props = if version == wire::V5 {
+            Props::new().varint(wire::SUBSCRIPTION_ID, usize::from(pkid))
+        } else {
+            Props::new()
+        };
+        assert_eq!(
+            sub.subscribe_with(pkid, &[(filter, qos)], props).await,
+            vec![qos]
+        );
+    }
+    let (mut publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("overlap-pub")).await;
+    publisher.publish(Pub::new("ov/t", b"x").qos(2, 1)).await;
+    let mut copies = Vec::new();
+    while let Ok(packet) = sub.try_recv(QUIET).await {
+        copies.push(packet.publish(version));
+    }
+    copies
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos_v4() {
+    // 3.1.1 allows one copy per subscription too (3.3.5); ringmq, like
+    // 5.0 requires, sends one, at the highest QoS granted.
+    let copies = overlapping_copies(wire::V4).await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(
+        (copies[0].qos, copies[0].payload.as_slice()),
+        (2, &b"x"[..])
+    );
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos_v5() {
+    let copies = overlapping_copies(wire::V5).await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].qos, 2);
+    // Spec 3.3.4: the one copy carries every matching subscription's identifier.
+    let mut ids: Vec<u32> = copies[0]
+        .props
+        .iter()
+        .filter_map(|(_, prop)| match prop {
+            Prop::Varint(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2, 3]);
 }

@@ -158,22 +158,56 @@ async fn v5_will_delay_is_cancelled_by_reconnect() {
 async fn v5_will_is_published_when_session_ends_before_will_delay() {
     let broker = Broker::start(&[]);
     let mut watcher = will_watcher(&broker, "wds-watch", "wds/#", wire::V5).await;
-    // Session expiry 1 s < will delay 60 s: the will goes when the session ends.
+    // Session expiry 2 s < will delay 60 s: the will goes when the session
+    // ends, not before and not at the delay.
     let (client, _) = Raw::connect_ok(
         broker.addr,
         Connect::v5("wds-client")
-            .props(Props::new().u32(wire::SESSION_EXPIRY, 1))
+            .props(Props::new().u32(wire::SESSION_EXPIRY, 2))
             .will(
                 Will::new("wds/t", b"session over").props(Props::new().u32(wire::WILL_DELAY, 60)),
             ),
     )
     .await;
+    let dropped = std::time::Instant::now();
     client.drop_abruptly();
+    watcher.expect_silence(Duration::from_millis(1000)).await;
     let p = match watcher.try_recv(Duration::from_secs(10)).await {
         Ok(p) => p.publish(wire::V5),
         Err(e) => panic!("will not published at session end: {e:?}"),
     };
     assert_eq!(p.payload, b"session over");
+    assert!(
+        dropped.elapsed() >= Duration::from_millis(1500),
+        "will came before the session ended: {:?}",
+        dropped.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn v5_will_delay_gives_way_to_a_session_that_ends_with_the_connection() {
+    let broker = Broker::start(&[]);
+    let mut watcher = will_watcher(&broker, "wd0-watch", "wd0/#", wire::V5).await;
+    // No Session Expiry Interval: the session ends as the connection does,
+    // and the will with it (spec 3.1.3.2.2), long before the 5 s delay.
+    let (client, _) = Raw::connect_ok(
+        broker.addr,
+        Connect::v5("wd0-client")
+            .will(Will::new("wd0/t", b"now").props(Props::new().u32(wire::WILL_DELAY, 5))),
+    )
+    .await;
+    let dropped = std::time::Instant::now();
+    client.drop_abruptly();
+    let p = match watcher.try_recv(Duration::from_secs(10)).await {
+        Ok(p) => p.publish(wire::V5),
+        Err(e) => panic!("will not published: {e:?}"),
+    };
+    assert_eq!(p.payload, b"now");
+    assert!(
+        dropped.elapsed() < Duration::from_secs(2),
+        "will waited for its delay: {:?}",
+        dropped.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -41,7 +41,8 @@ use histogram::Latency;
 pub struct ShardMetrics {
     /// Connections ever served on this shard (after their CONNECT).
     pub connections_total: u64,
-    /// CONNECTs refused, by reason.
+    /// Connections refused, by CONNACK reason code or by why they were
+    /// closed before a CONNECT came.
     pub rejected: BTreeMap<String, u64>,
     /// Indexed by QoS (0, 1, 2).
     pub messages_in: [u64; 3],

@@ -48,7 +48,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
     }
     registry.register(
         "connections_rejected",
-        "CONNECTs refused, by reason code",
+        "Connections refused, by CONNACK reason code or, for those closed before a CONNECT, why",
         rejected,
     );
 

@@ -29,13 +29,13 @@ use tracing::{debug, info, warn};
 
 use super::deadline::{self, Alarm, Deadline};
 use super::limit::ConnectionPermit;
-use super::listener::Transport;
 use super::mesh::{Handoff, ShardMsg};
 use super::proxy;
 use super::socket::{self, Input, READ_CHUNK, Received};
 use super::state::{SessionKey, ShardState};
 use super::websocket::{self, Upgrade, WsError, WsFraming};
 use super::{ShardId, home_shard};
+use crate::config::{ListenerConfig, Transport};
 use crate::protocol::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
     Packet, ProtocolVersion, ReasonCode,
@@ -49,6 +49,11 @@ const MAX_UNANSWERED: usize = 1024;
 /// peer that stopped reading would otherwise block the write, and hold
 /// the socket and its buffers, for ever.
 const WRITE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a connection the broker closed keeps reading (and dropping)
+/// what the client still sends, after the goodbye went out; see
+/// [`Connection::linger`].
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The shard's handle on a live connection: where packets for the client
 /// are encoded, and how its writer is woken or told to close.
@@ -257,7 +262,7 @@ pub async fn accept(
     state: Rc<RefCell<ShardState>>,
     mut stream: TcpStream,
     mut peer: SocketAddr,
-    transport: Transport,
+    listener: ListenerConfig,
     permit: Option<ConnectionPermit>,
 ) {
     // Small MQTT packets must not wait for Nagle's algorithm.
@@ -271,51 +276,56 @@ pub async fn accept(
             config.max_client_id_length,
         )
     };
+    let reject = |why: EarlyClose| state.borrow_mut().metrics.refused(why);
     // One deadline for the upgrade and the CONNECT together: a client
     // cannot buy time by dribbling either.
     let mut limit = HandshakeLimit {
         at: Instant::now() + connect_timeout,
         alarm: None,
     };
+    let mut read_buf = BytesMut::new();
+    if listener.proxy_protocol {
+        let header_limit = state
+            .borrow_mut()
+            .deadlines
+            .alarm(Instant::now() + proxy::HEADER_TIMEOUT);
+        match header_limit.on(proxy::read_header(&mut stream)).await {
+            Some(Ok((client, after))) => {
+                // From here on, logs name the client, not the balancer.
+                peer = client.unwrap_or(peer);
+                read_buf = after;
+            }
+            Some(Err(error)) => {
+                debug!(%peer, %error, "closing connection");
+                return reject(EarlyClose::ProxyHeader);
+            }
+            None => {
+                debug!(%peer, "no proxy protocol header within its timeout");
+                return reject(EarlyClose::ProxyHeader);
+            }
+        }
+    }
     // In a `RefCell` only so that this task and, once served here, the
     // connection's task use it the same way.
-    let (framing, read_buf) = match transport {
-        Transport::Tcp { proxy: false } => (None, BytesMut::new()),
-        Transport::Tcp { proxy: true } => {
-            let limit = state
-                .borrow_mut()
-                .deadlines
-                .alarm(Instant::now() + proxy::HEADER_TIMEOUT);
-            match limit.on(proxy::read_header(&mut stream)).await {
-                Some(Ok((client, after))) => {
-                    // From here on, logs name the client, not the balancer.
-                    peer = client.unwrap_or(peer);
-                    (None, after)
+    let framing = match listener.transport {
+        Transport::Tcp => None,
+        Transport::WebSocket => {
+            let upgrade = upgrade(&mut stream, read_buf, max_packet_size);
+            match limit.on(&state, upgrade).await {
+                Some(Ok((framing, mqtt))) => {
+                    read_buf = mqtt;
+                    Some(RefCell::new(framing))
                 }
                 Some(Err(error)) => {
-                    debug!(%peer, %error, "closing connection");
-                    return;
+                    debug!(%peer, %error, "closing connection before websocket upgrade");
+                    return reject(EarlyClose::WebSocketUpgrade);
                 }
                 None => {
-                    debug!(%peer, "no proxy protocol header within its timeout");
-                    return;
+                    debug!(%peer, "no websocket upgrade within the connect timeout");
+                    return reject(EarlyClose::ConnectTimeout);
                 }
             }
         }
-        Transport::WebSocket => match limit
-            .on(&state, upgrade(&mut stream, max_packet_size))
-            .await
-        {
-            Some(Ok((framing, read_buf))) => (Some(RefCell::new(framing)), read_buf),
-            Some(Err(error)) => {
-                debug!(%peer, %error, "closing connection before websocket upgrade");
-                return;
-            }
-            None => {
-                debug!(%peer, "no websocket upgrade within the connect timeout");
-                return;
-            }
-        },
     };
     let websocket = framing.as_ref();
     let input = Input::new(read_buf);
@@ -337,12 +347,15 @@ pub async fn accept(
             refuse(&mut stream, websocket, ProtocolVersion::V3_1_1, reason).await;
             return;
         }
+        // A client that hung up was not refused anything.
+        Err(HandshakeError::Closed) => return,
         Err(HandshakeError::TimedOut) => {
             debug!(%peer, "no CONNECT within the connect timeout");
-            return;
+            return reject(EarlyClose::ConnectTimeout);
         }
         Err(error) => {
             debug!(%peer, %error, "closing connection before CONNECT");
+            reject(EarlyClose::Malformed);
             // A WebSocket may owe the client a close frame.
             write_framing_output(&mut stream, websocket).await;
             return;
@@ -353,24 +366,16 @@ pub async fn accept(
         debug!(%peer, "connection limit reached; refused");
         // 0x97 names the cause: a configured limit, not a transient state
         // (0x89 Server busy); 3.1.1 can only say Server unavailable.
-        refuse(
-            &mut stream,
-            websocket,
-            connect.protocol,
-            ReasonCode::QuotaExceeded,
-        )
-        .await;
+        let reason = ReasonCode::QuotaExceeded;
+        state.borrow_mut().metrics.refused(reason);
+        refuse(&mut stream, websocket, connect.protocol, reason).await;
         return;
     };
     if connect.client_id.len() > max_client_id_length {
         debug!(%peer, len = connect.client_id.len(), "client id too long");
-        refuse(
-            &mut stream,
-            websocket,
-            connect.protocol,
-            ReasonCode::ClientIdentifierNotValid,
-        )
-        .await;
+        let reason = ReasonCode::ClientIdentifierNotValid;
+        state.borrow_mut().metrics.refused(reason);
+        refuse(&mut stream, websocket, connect.protocol, reason).await;
         return;
     }
 
@@ -490,6 +495,7 @@ fn serve(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival) {
         keep_alive: attached.keep_alive,
         peer,
         client_id: connect.client_id,
+        lingers: Cell::new(false),
         _permit: permit,
     };
     monoio::spawn(connection.run(Input::new(read_buf)));
@@ -513,6 +519,11 @@ struct Connection {
     keep_alive: Option<Duration>,
     peer: SocketAddr,
     client_id: ByteString,
+    /// Set when reading stopped because the connection is closing while
+    /// the client may still be sending: the writer then shuts down only
+    /// its own direction after the goodbye, and the rest is read and
+    /// dropped ([`Connection::linger`]).
+    lingers: Cell<bool>,
     /// Counts against the connection limit until the connection ends.
     _permit: ConnectionPermit,
 }
@@ -530,25 +541,32 @@ impl Connection {
         async move {
             let mut writing = pin!(self.write_loop());
             let mut written_all = false;
-            if !self.conn.is_closing() {
+            let client_may_send = self.conn.is_closing() || {
                 let mut reading = pin!(self.read_loop(&mut input));
+                // Reading first: when the connection starts closing, the
+                // reader sees it and says whether to linger before the
+                // writer sends the goodbye and shuts the socket down.
                 std::future::poll_fn(|cx| {
-                    if !written_all {
+                    let read = reading.as_mut().poll(cx);
+                    if read.is_pending() && !written_all {
                         written_all = writing.as_mut().poll(cx).is_ready();
                     }
-                    reading.as_mut().poll(cx)
+                    read
                 })
-                .await;
-            }
+                .await
+            };
+            self.lingers.set(client_may_send);
             let conn = &self.conn;
             self.state.borrow_mut().detach(conn, Instant::now());
+            let mut flushed = written_all;
             if !written_all {
                 let grace = self
                     .state
                     .borrow_mut()
                     .deadlines
                     .alarm(Instant::now() + WRITE_GRACE);
-                if grace.on(writing).await.is_none() {
+                flushed = grace.on(writing).await.is_some();
+                if !flushed {
                     debug!(client = %self.client_id, peer = %self.peer, "peer not reading; resetting the connection");
                     // SAFETY: `self.stream` owns the descriptor and is alive.
                     let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
@@ -566,14 +584,47 @@ impl Connection {
                 ?reason,
                 "client disconnected"
             );
+            if flushed && self.lingers.get() {
+                // Boxed: only a closing connection needs its room.
+                Box::pin(self.linger()).await;
+            }
         }
+    }
+
+    /// Reads and drops what the client still sends after the broker's
+    /// goodbye, until it closes its side or [`LINGER`] passes. A socket
+    /// closed with unread data, or that receives data once closed, makes
+    /// the kernel send a reset, and the reset can destroy the goodbye (the
+    /// DISCONNECT saying why) before the client has read it: a client that
+    /// pipelined PUBLISHes past its Receive Maximum would see a broken pipe
+    /// instead of 0x93.
+    async fn linger(&self) {
+        let limit = self
+            .state
+            .borrow_mut()
+            .deadlines
+            .alarm(Instant::now() + LINGER);
+        let drain = async {
+            while let Ok(()) = self.stream.readable(false).await {
+                loop {
+                    match socket::recv_arena(self.conn.fd) {
+                        Ok((_, Received::Bytes { .. })) => {}
+                        Ok((_, Received::Nothing)) => break,
+                        Ok((_, Received::Closed)) | Err(_) => return,
+                    }
+                }
+            }
+        };
+        let _ = limit.on(drain).await;
     }
 
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn holds its arguments twice"
     )]
-    fn read_loop<'a>(&'a self, input: &'a mut Input) -> impl Future<Output = ()> + 'a {
+    /// Returns whether the client may still be sending: reading stopped
+    /// because the connection is closing, not at the end of the stream.
+    fn read_loop<'a>(&'a self, input: &'a mut Input) -> impl Future<Output = bool> + 'a {
         async move {
             let conn = &self.conn;
             // The last read took all the room it had: the socket probably
@@ -586,10 +637,10 @@ impl Connection {
                     self.state
                         .borrow_mut()
                         .handle_malformed(conn, error.reason_code());
-                    return;
+                    return true;
                 }
                 if conn.is_closing() {
-                    return;
+                    return true;
                 }
                 // A client sending requests (a PINGREQ flood) while it does
                 // not read the answers would grow them without bound: it is
@@ -601,7 +652,7 @@ impl Connection {
                         .await
                         .is_none()
                     {
-                        return;
+                        return true;
                     }
                 }
 
@@ -612,9 +663,12 @@ impl Connection {
                         let readable = pin!(self.stream.readable(false));
                         let closing = |cx: &mut Context<'_>| conn.wakes.poll(Wake::Close, cx);
                         match deadline::first(readable, closing).await {
-                            None => return,
+                            None => return true,
                             Some(Ok(())) => {}
-                            Some(Err(_)) => return conn.close(CloseReason::SocketError),
+                            Some(Err(_)) => {
+                                conn.close(CloseReason::SocketError);
+                                return false;
+                            }
                         }
                     }
                     match read_mqtt(conn.fd, input, self.framing.as_deref()) {
@@ -637,7 +691,8 @@ impl Connection {
                     if let ReadEnd::WebSocket(error) = &end {
                         debug!(%error, "websocket closed");
                     }
-                    return conn.close(end.close_reason());
+                    conn.close(end.close_reason());
+                    return false;
                 }
             }
         }
@@ -680,7 +735,7 @@ impl Connection {
                 conn.wakes.wait(Wake::Write).await;
                 if self.flush(&mut frames).await.is_err() {
                     conn.close(CloseReason::SocketError);
-                    shutdown(conn.fd);
+                    shutdown(conn.fd, libc::SHUT_RDWR);
                     return;
                 }
                 if conn.is_closing() {
@@ -689,7 +744,15 @@ impl Connection {
                         framing.borrow_mut().close();
                         let _ = self.flush(&mut frames).await;
                     }
-                    shutdown(conn.fd);
+                    // Both ways wakes a reader still waiting on the socket;
+                    // a reader that already stopped leaves the client's
+                    // direction open for the linger.
+                    let how = if self.lingers.get() {
+                        libc::SHUT_WR
+                    } else {
+                        libc::SHUT_RDWR
+                    };
+                    shutdown(conn.fd, how);
                     return;
                 }
             }
@@ -787,6 +850,21 @@ fn decode(
     })
 }
 
+/// Why a connection was closed before it had a CONNECT to refuse: counted
+/// beside the refused CONNECTs, where a flood of half-open or garbage
+/// connections shows up.
+#[derive(Debug, Clone, Copy)]
+enum EarlyClose {
+    /// No CONNECT (or WebSocket upgrade) within `connect_timeout`.
+    ConnectTimeout,
+    /// No valid PROXY protocol header within its timeout.
+    ProxyHeader,
+    /// The HTTP request was not a WebSocket upgrade we accept.
+    WebSocketUpgrade,
+    /// The first packet was malformed or not a CONNECT.
+    Malformed,
+}
+
 /// Why a connection's reading ended.
 enum ReadEnd {
     Closed,
@@ -841,14 +919,14 @@ pub(super) async fn read_more(
     (result, spare.into_inner())
 }
 
-/// Shuts both directions down so that a reader waiting on this socket wakes
-/// up to end-of-file, and a writer to an error, whichever driver they wait
-/// in.
-fn shutdown(fd: RawFd) {
-    // SAFETY: called by a task that holds the stream, so the descriptor is
-    // still open; shutdown(2) touches no memory.
+/// Shuts `how` (`SHUT_RDWR` or `SHUT_WR`) down; both ways, a reader waiting
+/// on this socket wakes up to end-of-file, and a writer to an error,
+/// whichever driver they wait in.
+fn shutdown(fd: RawFd, how: libc::c_int) {
+    // SAFETY: called by the task that holds the stream, so the descriptor
+    // is still open; shutdown(2) touches no memory.
     unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::shutdown(fd, how);
     }
 }
 
@@ -890,22 +968,25 @@ enum HandshakeError {
     WebSocket(#[from] WsError),
 }
 
-/// Answers a WebSocket connection's HTTP upgrade request. Returns its
-/// framing and the MQTT bytes of any frames sent along with the request.
+/// Answers a WebSocket connection's HTTP upgrade request, of which
+/// `request` holds what was already read (after a PROXY header, say).
+/// Returns its framing and the MQTT bytes of any frames sent along with
+/// the request.
 async fn upgrade(
     stream: &mut TcpStream,
+    mut request: BytesMut,
     max_packet_size: usize,
 ) -> Result<(WsFraming, BytesMut), HandshakeError> {
-    let mut request = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        let (result, returned) = read_more(stream, request).await;
-        request = returned;
-        match result {
-            Ok(0) | Err(_) => return Err(HandshakeError::Closed),
-            Ok(_) => {}
-        }
         match websocket::handle_upgrade(&request, max_packet_size) {
-            Upgrade::Incomplete => {}
+            Upgrade::Incomplete => {
+                let (result, returned) = read_more(stream, request).await;
+                request = returned;
+                match result {
+                    Ok(0) | Err(_) => return Err(HandshakeError::Closed),
+                    Ok(_) => {}
+                }
+            }
             Upgrade::Refused { response, why } => {
                 let _ = stream.write_all(response).await;
                 return Err(HandshakeError::Upgrade(why));

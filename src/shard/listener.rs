@@ -1,7 +1,7 @@
 //! Listening sockets: one per shard per address, bound with SO_REUSEPORT so
 //! the kernel spreads incoming connections over the shards and no thread
-//! accepts for all. An address speaks MQTT over plain TCP or over
-//! WebSocket ([`Transport`]).
+//! accepts for all. Each address has its own [`ListenerConfig`]: MQTT
+//! over plain TCP or WebSocket, behind a PROXY protocol header or not.
 
 use std::cell::RefCell;
 use std::io;
@@ -14,40 +14,24 @@ use tracing::{info, warn};
 
 use super::connection;
 use super::state::ShardState;
+use crate::config::{ListenerConfig, Transport};
 
 const BACKLOG: i32 = 4096;
-
-/// How MQTT reaches the broker on a listening address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// MQTT packets directly on the TCP stream; with `proxy`, after a
-    /// PROXY protocol header from a load balancer ([`super::proxy`]).
-    Tcp { proxy: bool },
-    /// MQTT packets in WebSocket binary frames, after an HTTP upgrade on
-    /// `/mqtt` (spec 6.0).
-    WebSocket,
-}
 
 /// A shard's listening socket and what it speaks.
 pub struct Listener {
     pub socket: std::net::TcpListener,
-    pub transport: Transport,
+    pub config: ListenerConfig,
 }
 
-/// Binds every address once per shard, the TCP ones first (so the first
-/// `listening` line of the log names a TCP address). Port 0 is resolved by
-/// the first bind, and the other shards bind the port it got. Returns, per
-/// shard, its listeners.
-pub fn bind_all(
-    tcp: &[SocketAddr],
-    websocket: &[SocketAddr],
-    proxy: bool,
-    shards: usize,
-) -> io::Result<Vec<Vec<Listener>>> {
+/// Binds every address once per shard, in the order given (the
+/// configuration puts TCP first, so the first `listening` line of the log
+/// names a TCP address). Port 0 is resolved by the first bind, and the
+/// other shards bind the port it got. Returns, per shard, its listeners.
+pub fn bind_all(configs: &[ListenerConfig], shards: usize) -> io::Result<Vec<Vec<Listener>>> {
     let mut per_shard: Vec<Vec<Listener>> = (0..shards).map(|_| Vec::new()).collect();
-    let addrs = (tcp.iter().map(|&addr| (addr, Transport::Tcp { proxy })))
-        .chain(websocket.iter().map(|&addr| (addr, Transport::WebSocket)));
-    for (requested, transport) in addrs {
+    for config in configs {
+        let requested = config.address;
         let mut addr = requested;
         for listeners in &mut per_shard {
             let socket = bind(addr).map_err(|error| {
@@ -57,12 +41,24 @@ pub fn bind_all(
                 )
             })?;
             addr = socket.local_addr()?;
-            listeners.push(Listener { socket, transport });
+            listeners.push(Listener {
+                socket,
+                config: ListenerConfig {
+                    address: addr,
+                    ..*config
+                },
+            });
         }
-        match transport {
-            Transport::Tcp { proxy: false } => info!(%addr, "listening"),
-            Transport::Tcp { proxy: true } => info!(%addr, proxy_protocol = true, "listening"),
-            Transport::WebSocket => info!(%addr, transport = %"websocket", "listening"),
+        match (config.transport, config.proxy_protocol) {
+            (Transport::Tcp, false) => info!(%addr, "listening"),
+            (Transport::Tcp, true) => info!(%addr, proxy_protocol = true, "listening"),
+            (Transport::WebSocket, false) => info!(%addr, transport = %"websocket", "listening"),
+            (Transport::WebSocket, true) => info!(
+                %addr,
+                transport = %"websocket",
+                proxy_protocol = true,
+                "listening"
+            ),
         }
     }
     Ok(per_shard)
@@ -82,7 +78,7 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 pub async fn accept_loop(
     state: Rc<RefCell<ShardState>>,
     listener: monoio::net::TcpListener,
-    transport: Transport,
+    config: ListenerConfig,
 ) {
     loop {
         match listener.accept().await {
@@ -95,7 +91,7 @@ pub async fn accept_loop(
                     state.clone(),
                     stream,
                     peer,
-                    transport,
+                    config,
                     permit,
                 ));
             }

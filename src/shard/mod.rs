@@ -130,7 +130,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use rustc_hash::FxHasher;
 use tracing::{error, info, warn};
 
-use crate::config::IoDriver;
+use crate::config::{IoDriver, ListenerConfig};
 use crate::metrics::{self, Readiness};
 pub use limit::ConnectionLimit;
 use mesh::{Batch, MeshHandle, ShardMsg};
@@ -172,11 +172,7 @@ fn place(name: &str, shards: usize) -> ShardId {
 /// What the shards are started with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: Vec<SocketAddr>,
-    /// Addresses serving MQTT over WebSocket.
-    pub ws_listen: Vec<SocketAddr>,
-    /// Whether every `listen` address expects a PROXY protocol header.
-    pub proxy_protocol: bool,
+    pub listeners: Vec<ListenerConfig>,
     pub shards: usize,
     pub io_driver: IoDriver,
     pub shard: ShardConfig,
@@ -220,13 +216,8 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     // Before binding: once `listening` is logged, a SIGTERM must already
     // mean a clean shutdown, not the default action (death by signal).
     watch_signals(mesh.clone(), readiness.clone())?;
-    let listeners = listener::bind_all(
-        &config.listen,
-        &config.ws_listen,
-        config.proxy_protocol,
-        config.shards,
-    )
-    .map_err(StartError::Listen)?;
+    let listeners =
+        listener::bind_all(&config.listeners, config.shards).map_err(StartError::Listen)?;
     // After the MQTT listeners, whose `listening` lines come first.
     if let Some(addr) = config.metrics_listen {
         metrics::http::start(addr, mesh.clone(), readiness.clone()).map_err(StartError::Listen)?;
@@ -315,7 +306,7 @@ async fn shard_main(
                 monoio::spawn(listener::accept_loop(
                     state.clone(),
                     socket,
-                    listener.transport,
+                    listener.config,
                 ));
             }
             Err(error) => error!(shard = id, %error, "cannot adopt listening socket"),

@@ -4,9 +4,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{Broker, STARTUP_TIMEOUT, parse_listening};
+use super::Broker;
 
 /// Status code and body of `GET path` on `addr`.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -59,26 +59,9 @@ fn unchunk(mut body: &str) -> String {
 
 impl Broker {
     /// The address announced with `listening addr=... transport=metrics`
-    /// (given `--metrics-listen`), which may come after [`Broker::start`]
-    /// returned.
+    /// (given `--metrics-listen`).
     pub fn metrics_addr(&self) -> SocketAddr {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let found = self
-                .logs()
-                .lines()
-                .filter(|line| line.contains("transport=metrics"))
-                .find_map(parse_listening);
-            if let Some(addr) = found {
-                return addr;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no `listening addr=... transport=metrics` line; stderr:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.announced_addr("transport=metrics")
     }
 }
 

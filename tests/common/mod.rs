@@ -297,22 +297,28 @@ pub fn unique_id(prefix: &str) -> String {
 
 impl Broker {
     /// The address announced with `listening addr=... transport=websocket`
-    /// (given `--ws-listen`). The broker logs it after its TCP addresses,
-    /// possibly after [`Broker::start`] returned, so this waits for it.
+    /// (given `--ws-listen`).
     pub fn ws_addr(&self) -> SocketAddr {
+        self.announced_addr("transport=websocket")
+    }
+
+    /// The first address announced on a `listening addr=` line containing
+    /// `marker`. The broker logs its TCP addresses first and the others
+    /// possibly after [`Broker::start`] returned, so this waits for it.
+    pub fn announced_addr(&self, marker: &str) -> SocketAddr {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let found = self
                 .logs()
                 .lines()
-                .filter(|line| line.contains("transport=websocket"))
+                .filter(|line| line.contains(marker))
                 .find_map(parse_listening);
             if let Some(addr) = found {
                 return addr;
             }
             assert!(
                 Instant::now() < deadline,
-                "no `listening addr=... transport=websocket` line; stderr:\n{}",
+                "no `listening addr=... {marker}` line; stderr:\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(20));
