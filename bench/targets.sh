@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# Measures ringmq against the issue #4 targets that bench/peers.sh does not
+# answer on its own, and writes markdown tables (medians over repeats) to OUT.
+#
+#   bench/targets.sh [--reps N] [--only S1,S2,...] OUT.md
+#   bench/targets.sh --from DIR OUT.md   (tables again from an earlier run's DIR)
+#
+# Sections (all by default, in this order):
+#   mosquitto  ringmq against Mosquitto, alternating: pairs 100 QoS 0 and the
+#              stresser flows 500x100 and 100x1000 at QoS 0;
+#   qos1       pairs 100 QoS 1 at saturation, then at half the median
+#              saturated rate (--rate per publisher), for the latency;
+#   fanout     fan-out 5 -> 1000 QoS 0 at fixed offered rates, open loop
+#              (--max-lag 0), 50 msg/s per publisher (250,000 out) and less;
+#   driver     --io-driver uring against epoll, alternating: pairs QoS 0,
+#              pairs QoS 1, fan-out 5 -> 1000 QoS 0 at saturation;
+#   cores      --cores 1 pinned to CPU 0 against --cores 2 unpinned (ringmq
+#              pins shard i to CPU i itself), the same three runs.
+# Every run gets a fresh broker; brokers other than `cores 2` are pinned to
+# CPU 0 (`taskset -c 0`, ringmq `--cores 1`), the generator to CPU 1
+# (`--cpus 1`). Each run is repeated --reps times (default 3), variants
+# alternating within a repeat. Broker CPU is utime+stime from /proc/PID/stat.
+# The JSON of every run stays in a /tmp/ringmq-targets.* directory.
+set -euo pipefail
+
+REPS=3
+ONLY="mosquitto,qos1,fanout,driver,cores"
+OUT=""
+FROM=""
+while (($#)); do
+    arg=$1
+    shift
+    case "$arg" in
+    --reps)
+        REPS=${1:?--reps needs a number}
+        shift
+        ;;
+    --only)
+        ONLY=${1:?--only needs a list}
+        shift
+        ;;
+    --from)
+        FROM="$(cd "${1:?--from needs a directory}" && pwd)"
+        shift
+        ;;
+    -h | --help)
+        sed -n '2,24p' "$0"
+        exit 0
+        ;;
+    *) OUT="$arg" ;;
+    esac
+done
+if [[ -z "$OUT" ]]; then
+    echo "usage: bench/targets.sh [--reps N] [--only S1,S2] [--from DIR] OUT.md" >&2
+    exit 2
+fi
+if [[ "$OUT" != /* ]]; then
+    OUT="$PWD/$OUT"
+fi
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/target/release/ringmq-bench"
+RINGMQ="$ROOT/target/release/ringmq"
+WORK="${FROM:-$(mktemp -d /tmp/ringmq-targets.XXXXXX)}"
+PORT=18940
+# Overridable for a quick check of the script itself.
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-2s}
+
+log() { echo "targets: $*" >&2; }
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+if [[ -z "$FROM" ]]; then
+
+if ! command -v mosquitto >/dev/null; then
+    log "installing mosquitto"
+    apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
+fi
+log "building ringmq and ringmq-bench (release)"
+(cd "$ROOT" && cargo build --quiet --release -p ringmq -p ringmq-bench)
+
+PID=""
+stop_broker() {
+    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
+        kill "$PID"
+        wait "$PID" 2>/dev/null || true
+    fi
+    PID=""
+}
+trap stop_broker EXIT
+
+wait_port() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "nothing listens on port $PORT"
+    return 1
+}
+
+# start_broker VARIANT: mosquitto, ringmq (one shard on CPU 0, auto driver),
+# uring / epoll (ringmq, one shard on CPU 0, that driver), cores1 / cores2.
+start_broker() {
+    local variant=$1 tag=$2
+    case "$variant" in
+    mosquitto)
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\nlog_dest stderr\nlog_type error\nlog_type warning\n' \
+            "$PORT" >"$WORK/mosquitto.conf"
+        taskset -c 0 mosquitto -c "$WORK/mosquitto.conf" 2>"$WORK/$tag.broker.log" &
+        ;;
+    ringmq | cores1)
+        taskset -c 0 "$RINGMQ" --listen "127.0.0.1:$PORT" --cores 1 --log-level warn \
+            >"$WORK/$tag.broker.log" 2>&1 &
+        ;;
+    uring | epoll)
+        taskset -c 0 "$RINGMQ" --listen "127.0.0.1:$PORT" --cores 1 --io-driver "$variant" \
+            --log-level warn >"$WORK/$tag.broker.log" 2>&1 &
+        ;;
+    cores2)
+        "$RINGMQ" --listen "127.0.0.1:$PORT" --cores 2 --log-level warn \
+            >"$WORK/$tag.broker.log" 2>&1 &
+        ;;
+    esac
+    PID=$!
+    wait_port
+}
+
+# run TAG VARIANT ringmq-bench-args...: a fresh broker, one run, its JSON as
+# $WORK/TAG.json and the exact command in $WORK/TAG.cmd. A run with errors
+# exits 1: the JSON still says what happened.
+run() {
+    local tag=$1 variant=$2
+    shift 2
+    # Let the previous broker's sockets leave TIME_WAIT behind them.
+    sleep 1
+    start_broker "$variant" "$tag"
+    local args=("$@" --cpus 1 --broker-pid "$PID" --json)
+    echo "ringmq-bench ${args[*]}" | sed "s/--broker-pid $PID/--broker-pid PID/" >"$WORK/$tag.cmd"
+    log "$tag: ringmq-bench ${args[*]}"
+    local rc=0
+    "$BENCH" "${args[@]}" >"$WORK/$tag.json" 2>"$WORK/$tag.log" || rc=$?
+    if ((rc >= 2)); then
+        log "$tag failed to run (exit $rc): $(tail -n 3 "$WORK/$tag.log")"
+        rm -f "$WORK/$tag.json"
+    fi
+    stop_broker
+}
+
+ADDR="127.0.0.1:$PORT"
+WINDOW=(--duration "$DURATION" --warmup "$WARMUP")
+stresser() { echo stresser -broker "tcp://$ADDR" -num-clients "$1" -num-messages "$2" -global-timeout 120s; }
+
+if want mosquitto; then
+    for rep in $(seq "$REPS"); do
+        for broker in mosquitto ringmq; do
+            run "mosquitto.pairs-q0.$broker.$rep" "$broker" pairs --broker "$ADDR" --pairs 100 --qos 0 "${WINDOW[@]}"
+            # shellcheck disable=SC2046
+            run "mosquitto.stresser-500x100-q0.$broker.$rep" "$broker" $(stresser 500 100)
+            # shellcheck disable=SC2046
+            run "mosquitto.stresser-100x1000-q0.$broker.$rep" "$broker" $(stresser 100 1000)
+        done
+    done
+fi
+
+if want qos1; then
+    for rep in $(seq "$REPS"); do
+        run "qos1.saturated.ringmq.$rep" ringmq pairs --broker "$ADDR" --pairs 100 --qos 1 "${WINDOW[@]}"
+    done
+    # Half the median saturated rate, per publisher.
+    HALF=$(python3 - "$WORK" <<'PY'
+import glob, json, statistics, sys
+rates = [json.load(open(f))["received_per_second"] for f in glob.glob(sys.argv[1] + "/qos1.saturated.*.json")]
+print(int(statistics.median(rates) / 2 / 100))
+PY
+)
+    log "qos1: half of saturation is $HALF msg/s per publisher"
+    for rep in $(seq "$REPS"); do
+        run "qos1.half.ringmq.$rep" ringmq pairs --broker "$ADDR" --pairs 100 --qos 1 --rate "$HALF" "${WINDOW[@]}"
+    done
+fi
+
+if want fanout; then
+    for rep in $(seq "$REPS"); do
+        for rate in 50 40 30 20 10 5; do
+            run "fanout.rate-$rate.ringmq.$rep" ringmq pubsub --layout fan-out --publishers 5 \
+                --subscribers 1000 --qos 0 --rate "$rate" --max-lag 0 --broker "$ADDR" "${WINDOW[@]}"
+        done
+    done
+fi
+
+for section in driver cores; do
+    want "$section" || continue
+    case "$section" in
+    driver) variants=(uring epoll) ;;
+    cores) variants=(cores1 cores2) ;;
+    esac
+    for rep in $(seq "$REPS"); do
+        for variant in "${variants[@]}"; do
+            run "$section.pairs-q0.$variant.$rep" "$variant" pairs --broker "$ADDR" --pairs 100 --qos 0 "${WINDOW[@]}"
+            run "$section.pairs-q1.$variant.$rep" "$variant" pairs --broker "$ADDR" --pairs 100 --qos 1 "${WINDOW[@]}"
+            run "$section.fanout-q0.$variant.$rep" "$variant" pubsub --layout fan-out --publishers 5 \
+                --subscribers 1000 --qos 0 --broker "$ADDR" "${WINDOW[@]}"
+        done
+    done
+done
+
+{
+    echo "when=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "load=$(cut -d' ' -f1 /proc/loadavg)"
+    echo "versions=$(mosquitto -h 2>&1 | head -n 1 || true), ringmq $(cd "$ROOT" && git rev-parse --short HEAD)"
+} >"$WORK/run.txt"
+fi
+
+# --- tables --------------------------------------------------------------
+python3 - "$WORK" "$OUT" <<'PY'
+import glob, json, os, platform, statistics, sys
+work, out = sys.argv[1:]
+run = dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "run.txt")))
+
+# tag = section.test.variant.rep
+runs = {}
+for path in sorted(glob.glob(os.path.join(work, "*.json"))):
+    tag = os.path.basename(path)[:-5]
+    section, test, variant, rep = tag.split(".")
+    with open(path) as f:
+        try:
+            r = json.load(f)
+        except ValueError:
+            continue
+    runs.setdefault((section, test, variant), []).append(r)
+
+def cmd(section, test, variant):
+    tags = sorted(glob.glob(os.path.join(work, f"{section}.{test}.{variant}.*.cmd")))
+    return open(tags[0]).read().strip().replace(" --json", "") if tags else "n/a"
+
+def med(xs, digits):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "n/a"
+    m = statistics.median(xs)
+    if len(xs) == 1:
+        return f"{m:,.{digits}f}"
+    return f"{m:,.{digits}f} ({min(xs):,.{digits}f}–{max(xs):,.{digits}f})"
+
+def ms(r, key):
+    lat = r.get("latency_us") or {}
+    return lat[key] / 1000 if lat.get("samples") else None
+
+lines = []
+w = lines.append
+w(f"## issue #4 targets ({run['when']})")
+w("")
+w(f"{run['versions']}. Machine: {os.cpu_count()} CPUs, Linux {platform.release()}, load "
+  f"average {float(run['load']):.1f} at the end. Fresh broker per run; medians over the "
+  "repeats, range in brackets. Broker CPU is utime+stime from /proc/PID/stat over the "
+  "window (stresser: over the whole test).")
+w("")
+
+def natural(test):
+    # rate-5 before rate-50.
+    head, _, tail = test.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (test, 0)
+
+def pubsub_table(section, title, variants_order):
+    keys = [k for k in runs if k[0] == section and "clients" not in runs[k][0]]
+    if not keys:
+        return
+    w(f"### {title}")
+    w("")
+    w("| test | variant | runs | delivered msg/s | broker CPU µs / msg | broker CPU s / s | p50 ms | p99 ms | p99.9 ms | missing | written off | errors |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    order = lambda k: (natural(k[1]), variants_order.index(k[2]) if k[2] in variants_order else 9)
+    for key in sorted(keys, key=order):
+        rs = runs[key]
+        busy = [r["window"].get("broker_cpu_seconds", 0) / r["window"]["seconds"] for r in rs]
+        w(f"| {key[1]} | {key[2]} | {len(rs)} | {med([r['received_per_second'] for r in rs], 0)} | "
+          f"{med([r.get('broker_cpu_us_per_message') for r in rs], 3)} | {med(busy, 2)} | "
+          f"{med([ms(r, 'p50') for r in rs], 1)} | {med([ms(r, 'p99') for r in rs], 1)} | "
+          f"{med([ms(r, 'p99_9') for r in rs], 1)} | {sum(r['missing'] for r in rs):,} | "
+          f"{sum(r['written_off'] for r in rs):,} | {sum(r['errors'] for r in rs)} |")
+    w("")
+    for key in sorted(keys, key=order):
+        w(f"- {key[1]}, {key[2]}: `{cmd(*key)}`")
+    w("")
+
+def stresser_table(section, variants_order):
+    keys = [k for k in runs if k[0] == section and "clients" in runs[k][0]]
+    if not keys:
+        return
+    w("| test | broker | runs | aggregate msg/s | wall s | broker CPU µs / msg | received / expected | errors |")
+    w("|---|---|---|---|---|---|---|---|")
+    order = lambda k: (k[1], variants_order.index(k[2]) if k[2] in variants_order else 9)
+    for key in sorted(keys, key=order):
+        rs = runs[key]
+        w(f"| {key[1]} | {key[2]} | {len(rs)} | {med([r['aggregate_per_second'] for r in rs], 0)} | "
+          f"{med([r['wall_seconds'] for r in rs], 2)} | {med([r.get('broker_cpu_us_per_message') for r in rs], 2)} | "
+          f"{sum(r['received'] for r in rs):,} / {sum(r['expected'] for r in rs):,} | {sum(r['errors'] for r in rs)} |")
+    w("")
+    for key in sorted(keys, key=order):
+        w(f"- {key[1]}, {key[2]}: `{cmd(*key)}`")
+    w("")
+
+pubsub_table("mosquitto", "ringmq against Mosquitto, QoS 0", ["mosquitto", "ringmq"])
+stresser_table("mosquitto", ["mosquitto", "ringmq"])
+pubsub_table("qos1", "QoS 1 pairs: saturation, then half of it", ["ringmq"])
+pubsub_table("fanout", "Fan-out 5 -> 1000, QoS 0, fixed offered rate, open loop", ["ringmq"])
+pubsub_table("driver", "io_uring against epoll", ["uring", "epoll"])
+pubsub_table("cores", "1 core against 2 cores", ["cores1", "cores2"])
+
+with open(out, "w") as f:
+    f.write("\n".join(lines))
+print("\n".join(lines))
+PY
+log "tables written to $OUT; raw JSON and logs in $WORK"
