@@ -8,10 +8,13 @@
 # Sections (all by default, in this order):
 #   mosquitto  ringmq against Mosquitto, alternating: pairs 100 QoS 0 and the
 #              stresser flows 500x100 and 100x1000 at QoS 0;
-#   qos1       pairs 100 QoS 1 at saturation, then at half the median
-#              saturated rate (--rate per publisher), for the latency;
+#   qos1       pairs 100 QoS 1 at saturation, then at a half, a third and a
+#              quarter of the median saturated rate (--rate per publisher),
+#              for the latency;
 #   fanout     fan-out 5 -> 1000 QoS 0 at fixed offered rates, open loop
-#              (--max-lag 0), 50 msg/s per publisher (250,000 out) and less;
+#              (--max-lag 0): $FANOUT_RATES msg/s per publisher (50 is
+#              250,000 out); and 5 -> 100 at 500 and 50 (250,000 and 25,000
+#              out), to see what the number of subscribers does;
 #   driver     --io-driver uring against epoll, alternating: pairs QoS 0,
 #              pairs QoS 1, fan-out 5 -> 1000 QoS 0 at saturation;
 #   cores      --cores 1 pinned to CPU 0 against --cores 2 unpinned (ringmq
@@ -44,7 +47,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,24p' "$0"
+        sed -n '2,27p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
@@ -66,6 +69,7 @@ PORT=18940
 # Overridable for a quick check of the script itself.
 DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-2s}
+FANOUT_RATES=${FANOUT_RATES:-50 40 30 20 10 5 2 1}
 
 log() { echo "targets: $*" >&2; }
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -168,24 +172,32 @@ if want qos1; then
     for rep in $(seq "$REPS"); do
         run "qos1.saturated.ringmq.$rep" ringmq pairs --broker "$ADDR" --pairs 100 --qos 1 "${WINDOW[@]}"
     done
-    # Half the median saturated rate, per publisher.
-    HALF=$(python3 - "$WORK" <<'PY'
+    # A fraction of the median saturated rate, per publisher.
+    median=$(python3 - "$WORK" <<'PY'
 import glob, json, statistics, sys
 rates = [json.load(open(f))["received_per_second"] for f in glob.glob(sys.argv[1] + "/qos1.saturated.*.json")]
-print(int(statistics.median(rates) / 2 / 100))
+print(int(statistics.median(rates)))
 PY
 )
-    log "qos1: half of saturation is $HALF msg/s per publisher"
+    log "qos1: median saturated rate $median msg/s"
     for rep in $(seq "$REPS"); do
-        run "qos1.half.ringmq.$rep" ringmq pairs --broker "$ADDR" --pairs 100 --qos 1 --rate "$HALF" "${WINDOW[@]}"
+        for fraction in half:2 third:3 quarter:4; do
+            rate=$((median / ${fraction#*:} / 100))
+            run "qos1.${fraction%:*}.ringmq.$rep" ringmq pairs --broker "$ADDR" --pairs 100 --qos 1 \
+                --rate "$rate" "${WINDOW[@]}"
+        done
     done
 fi
 
 if want fanout; then
     for rep in $(seq "$REPS"); do
-        for rate in 50 40 30 20 10 5; do
-            run "fanout.rate-$rate.ringmq.$rep" ringmq pubsub --layout fan-out --publishers 5 \
+        for rate in $FANOUT_RATES; do
+            run "fanout.subs1000-rate-$rate.ringmq.$rep" ringmq pubsub --layout fan-out --publishers 5 \
                 --subscribers 1000 --qos 0 --rate "$rate" --max-lag 0 --broker "$ADDR" "${WINDOW[@]}"
+        done
+        for rate in 500 50; do
+            run "fanout.subs100-rate-$rate.ringmq.$rep" ringmq pubsub --layout fan-out --publishers 5 \
+                --subscribers 100 --qos 0 --rate "$rate" --max-lag 0 --broker "$ADDR" "${WINDOW[@]}"
         done
     done
 fi
@@ -263,20 +275,30 @@ def natural(test):
     head, _, tail = test.rpartition("-")
     return (head, int(tail)) if tail.isdigit() else (test, 0)
 
-def pubsub_table(section, title, variants_order):
+def offered(r):
+    p = r["params"]
+    if not p.get("rate"):
+        return None
+    return p["rate"] * p["publishers"] * (1 if p["layout"] == "pairs" else p["subscribers"])
+
+def pubsub_table(section, title, variants_order, tests_order=()):
     keys = [k for k in runs if k[0] == section and "clients" not in runs[k][0]]
     if not keys:
         return
     w(f"### {title}")
     w("")
-    w("| test | variant | runs | delivered msg/s | broker CPU µs / msg | broker CPU s / s | p50 ms | p99 ms | p99.9 ms | missing | written off | errors |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    order = lambda k: (natural(k[1]), variants_order.index(k[2]) if k[2] in variants_order else 9)
+    w("| test | variant | runs | offered msg/s out | delivered msg/s | broker CPU µs / msg | broker CPU s / s | generator CPU s / s | p50 ms | p99 ms | p99.9 ms | missing | written off | errors |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    order = lambda k: (tests_order.index(k[1]) if k[1] in tests_order else len(tests_order),
+                       natural(k[1]), variants_order.index(k[2]) if k[2] in variants_order else 9)
     for key in sorted(keys, key=order):
         rs = runs[key]
         busy = [r["window"].get("broker_cpu_seconds", 0) / r["window"]["seconds"] for r in rs]
-        w(f"| {key[1]} | {key[2]} | {len(rs)} | {med([r['received_per_second'] for r in rs], 0)} | "
-          f"{med([r.get('broker_cpu_us_per_message') for r in rs], 3)} | {med(busy, 2)} | "
+        bench = [r["window"].get("bench_cpu_seconds", 0) / r["window"]["seconds"] for r in rs]
+        load = offered(rs[0])
+        w(f"| {key[1]} | {key[2]} | {len(rs)} | {'closed loop' if load is None else f'{load:,}'} | "
+          f"{med([r['received_per_second'] for r in rs], 0)} | "
+          f"{med([r.get('broker_cpu_us_per_message') for r in rs], 3)} | {med(busy, 2)} | {med(bench, 2)} | "
           f"{med([ms(r, 'p50') for r in rs], 1)} | {med([ms(r, 'p99') for r in rs], 1)} | "
           f"{med([ms(r, 'p99_9') for r in rs], 1)} | {sum(r['missing'] for r in rs):,} | "
           f"{sum(r['written_off'] for r in rs):,} | {sum(r['errors'] for r in rs)} |")
@@ -304,8 +326,9 @@ def stresser_table(section, variants_order):
 
 pubsub_table("mosquitto", "ringmq against Mosquitto, QoS 0", ["mosquitto", "ringmq"])
 stresser_table("mosquitto", ["mosquitto", "ringmq"])
-pubsub_table("qos1", "QoS 1 pairs: saturation, then half of it", ["ringmq"])
-pubsub_table("fanout", "Fan-out 5 -> 1000, QoS 0, fixed offered rate, open loop", ["ringmq"])
+pubsub_table("qos1", "QoS 1 pairs: saturation, then a half, a third and a quarter of it",
+             ["ringmq"], ["saturated", "half", "third", "quarter"])
+pubsub_table("fanout", "Fan-out 5 -> S, QoS 0, fixed offered rate, open loop", ["ringmq"])
 pubsub_table("driver", "io_uring against epoll", ["uring", "epoll"])
 pubsub_table("cores", "1 core against 2 cores", ["cores1", "cores2"])
 
