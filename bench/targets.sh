@@ -3,7 +3,9 @@
 # answer on its own, and writes markdown tables (medians over repeats) to OUT.
 #
 #   bench/targets.sh [--reps N] [--only S1,S2,...] OUT.md
-#   bench/targets.sh --from DIR OUT.md   (tables again from an earlier run's DIR)
+#   bench/targets.sh --from DIR [--from DIR2 ...] OUT.md
+#                        (tables again from earlier runs, pooled if several;
+#                        with --only, of those sections only)
 #
 # Sections (all by default, in this order):
 #   mosquitto  ringmq against Mosquitto, alternating: pairs 100 QoS 0 and the
@@ -29,7 +31,7 @@ set -euo pipefail
 REPS=3
 ONLY="mosquitto,qos1,fanout,driver,cores"
 OUT=""
-FROM=""
+FROM=()
 while (($#)); do
     arg=$1
     shift
@@ -43,11 +45,11 @@ while (($#)); do
         shift
         ;;
     --from)
-        FROM="$(cd "${1:?--from needs a directory}" && pwd)"
+        FROM+=("$(cd "${1:?--from needs a directory}" && pwd)")
         shift
         ;;
     -h | --help)
-        sed -n '2,27p' "$0"
+        sed -n '2,28p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
@@ -64,7 +66,12 @@ fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/target/release/ringmq-bench"
 RINGMQ="$ROOT/target/release/ringmq"
-WORK="${FROM:-$(mktemp -d /tmp/ringmq-targets.XXXXXX)}"
+if ((${#FROM[@]})); then
+    WORK=${FROM[0]}
+else
+    WORK=$(mktemp -d /tmp/ringmq-targets.XXXXXX)
+    FROM=("$WORK")
+fi
 PORT=18940
 # Overridable for a quick check of the script itself.
 DURATION=${DURATION:-5s}
@@ -74,7 +81,7 @@ FANOUT_RATES=${FANOUT_RATES:-50 40 30 20 10 5 2 1}
 log() { echo "targets: $*" >&2; }
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
-if [[ -z "$FROM" ]]; then
+if [[ "${FROM[0]}" == "$WORK" && ! -e "$WORK/run.txt" ]]; then
 
 if ! command -v mosquitto >/dev/null; then
     log "installing mosquitto"
@@ -226,25 +233,32 @@ done
 fi
 
 # --- tables --------------------------------------------------------------
-python3 - "$WORK" "$OUT" <<'PY'
+python3 - "$OUT" "$ONLY" "${FROM[@]}" <<'PY'
 import glob, json, os, platform, statistics, sys
-work, out = sys.argv[1:]
-run = dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "run.txt")))
+out, only, works = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+infos = [dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "run.txt")))
+         for work in works]
 
-# tag = section.test.variant.rep
+# tag = section.test.variant.rep; runs pooled over the directories, each
+# kept with (directory, rep) so variants of one repeat can be paired.
 runs = {}
-for path in sorted(glob.glob(os.path.join(work, "*.json"))):
-    tag = os.path.basename(path)[:-5]
-    section, test, variant, rep = tag.split(".")
-    with open(path) as f:
-        try:
-            r = json.load(f)
-        except ValueError:
+for work in works:
+    for path in sorted(glob.glob(os.path.join(work, "*.json"))):
+        tag = os.path.basename(path)[:-5]
+        section, test, variant, rep = tag.split(".")
+        if section not in only:
             continue
-    runs.setdefault((section, test, variant), []).append(r)
+        with open(path) as f:
+            try:
+                r = json.load(f)
+            except ValueError:
+                continue
+        r["_repeat"] = (work, rep)
+        runs.setdefault((section, test, variant), []).append(r)
 
 def cmd(section, test, variant):
-    tags = sorted(glob.glob(os.path.join(work, f"{section}.{test}.{variant}.*.cmd")))
+    tags = sorted(t for work in works
+                  for t in glob.glob(os.path.join(work, f"{section}.{test}.{variant}.*.cmd")))
     return open(tags[0]).read().strip().replace(" --json", "") if tags else "n/a"
 
 def med(xs, digits):
@@ -262,10 +276,12 @@ def ms(r, key):
 
 lines = []
 w = lines.append
-w(f"## issue #4 targets ({run['when']})")
+when = "; ".join(i["when"] for i in infos)
+w(f"## issue #4 targets ({when}{', pooled' if len(infos) > 1 else ''})")
 w("")
-w(f"{run['versions']}. Machine: {os.cpu_count()} CPUs, Linux {platform.release()}, load "
-  f"average {float(run['load']):.1f} at the end. Fresh broker per run; medians over the "
+loads = ", ".join(f"{float(i['load']):.1f}" for i in infos)
+w(f"{infos[0]['versions']}. Machine: {os.cpu_count()} CPUs, Linux {platform.release()}, load "
+  f"average {loads} at the end. Fresh broker per run; medians over the "
   "repeats, range in brackets. Broker CPU is utime+stime from /proc/PID/stat over the "
   "window (stresser: over the whole test).")
 w("")
@@ -326,6 +342,24 @@ def stresser_table(section, variants_order):
 
 pubsub_table("mosquitto", "ringmq against Mosquitto, QoS 0", ["mosquitto", "ringmq"])
 stresser_table("mosquitto", ["mosquitto", "ringmq"])
+def ratios(section, ours, theirs):
+    """ours / theirs per repeat, for the tests where both ran."""
+    for test in sorted({k[1] for k in runs if k[0] == section}):
+        a = {r["_repeat"]: r for r in runs.get((section, test, ours), [])}
+        b = {r["_repeat"]: r for r in runs.get((section, test, theirs), [])}
+        both = sorted(set(a) & set(b))
+        if not both:
+            continue
+        rate = "received_per_second" if "received_per_second" in a[both[0]] else "aggregate_per_second"
+        cpu = [a[k]["broker_cpu_us_per_message"] / b[k]["broker_cpu_us_per_message"] for k in both
+               if a[k].get("broker_cpu_us_per_message") and b[k].get("broker_cpu_us_per_message")]
+        rates = [a[k][rate] / b[k][rate] for k in both if b[k][rate]]
+        w(f"- {test}, {ours} / {theirs} in the same repeat ({len(both)}): broker CPU per "
+          f"message {med(cpu, 2)}, at most 1/3 in {sum(c <= 1 / 3 for c in cpu)}; rate "
+          f"{med(rates, 2)}, at least 1 in {sum(x >= 1 for x in rates)}")
+    w("")
+
+ratios("mosquitto", "ringmq", "mosquitto")
 pubsub_table("qos1", "QoS 1 pairs: saturation, then a half, a third and a quarter of it",
              ["ringmq"], ["saturated", "half", "third", "quarter"])
 pubsub_table("fanout", "Fan-out 5 -> S, QoS 0, fixed offered rate, open loop", ["ringmq"])
