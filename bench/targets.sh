@@ -11,16 +11,19 @@
 #   mosquitto  ringmq against Mosquitto, alternating: pairs 100 QoS 0 and the
 #              stresser flows 500x100 and 100x1000 at QoS 0;
 #   qos1       pairs 100 QoS 1 at saturation, then at a half, a third and a
-#              quarter of the median saturated rate (--rate per publisher),
-#              for the latency;
+#              quarter of the median saturated rate and at 500, 250 and 100
+#              msg/s per publisher (--rate), for the latency, with Mosquitto
+#              at the same fixed rates;
 #   fanout     fan-out 5 -> 1000 QoS 0 at fixed offered rates, open loop
 #              (--max-lag 0): $FANOUT_RATES msg/s per publisher (50 is
 #              250,000 out); and 5 -> 100 at 500 and 50 (250,000 and 25,000
-#              out), to see what the number of subscribers does;
+#              out), to see what the number of subscribers does; Mosquitto
+#              at 10, 5 and 1;
 #   driver     --io-driver uring against epoll, alternating: pairs QoS 0,
 #              pairs QoS 1, fan-out 5 -> 1000 QoS 0 at saturation;
 #   cores      --cores 1 pinned to CPU 0 against --cores 2 unpinned (ringmq
-#              pins shard i to CPU i itself), the same three runs.
+#              pins shard i to CPU i itself), the same three runs and
+#              fan-out at 50 msg/s per publisher.
 # Every run gets a fresh broker; brokers other than `cores 2` are pinned to
 # CPU 0 (`taskset -c 0`, ringmq `--cores 1`), the generator to CPU 1
 # (`--cpus 1`). Each run is repeated --reps times (default 3), variants
@@ -49,7 +52,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,28p' "$0"
+        sed -n '2,31p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
@@ -188,10 +191,19 @@ PY
 )
     log "qos1: median saturated rate $median msg/s"
     for rep in $(seq "$REPS"); do
-        for fraction in half:2 third:3 quarter:4; do
-            rate=$((median / ${fraction#*:} / 100))
-            run "qos1.${fraction%:*}.ringmq.$rep" ringmq pairs --broker "$ADDR" --pairs 100 --qos 1 \
-                --rate "$rate" "${WINDOW[@]}"
+        for fraction in half:2 third:3 quarter:4 rate-500:0 rate-250:0 rate-100:0; do
+            name=${fraction%:*} divisor=${fraction#*:}
+            if ((divisor)); then
+                rate=$((median / divisor / 100))
+            else
+                rate=${name#rate-}
+            fi
+            # Mosquitto at the same offered load, for the cost of a
+            # message that travels alone.
+            for broker in ringmq mosquitto; do
+                run "qos1.$name.$broker.$rep" "$broker" pairs --broker "$ADDR" --pairs 100 --qos 1 \
+                    --rate "$rate" "${WINDOW[@]}"
+            done
         done
     done
 fi
@@ -205,6 +217,11 @@ if want fanout; then
         for rate in 500 50; do
             run "fanout.subs100-rate-$rate.ringmq.$rep" ringmq pubsub --layout fan-out --publishers 5 \
                 --subscribers 100 --qos 0 --rate "$rate" --max-lag 0 --broker "$ADDR" "${WINDOW[@]}"
+        done
+        # Mosquitto where it keeps up (it saturates near 100,000 out).
+        for rate in 10 5 1; do
+            run "fanout.subs1000-rate-$rate.mosquitto.$rep" mosquitto pubsub --layout fan-out --publishers 5 \
+                --subscribers 1000 --qos 0 --rate "$rate" --max-lag 0 --broker "$ADDR" "${WINDOW[@]}"
         done
     done
 fi
@@ -221,6 +238,10 @@ for section in driver cores; do
             run "$section.pairs-q1.$variant.$rep" "$variant" pairs --broker "$ADDR" --pairs 100 --qos 1 "${WINDOW[@]}"
             run "$section.fanout-q0.$variant.$rep" "$variant" pubsub --layout fan-out --publishers 5 \
                 --subscribers 1000 --qos 0 --broker "$ADDR" "${WINDOW[@]}"
+            if [[ $section == cores ]]; then
+                run "$section.fanout-q0-rate-50.$variant.$rep" "$variant" pubsub --layout fan-out \
+                    --publishers 5 --subscribers 1000 --qos 0 --rate 50 --max-lag 0 --broker "$ADDR" "${WINDOW[@]}"
+            fi
         done
     done
 done
@@ -360,9 +381,9 @@ def ratios(section, ours, theirs):
     w("")
 
 ratios("mosquitto", "ringmq", "mosquitto")
-pubsub_table("qos1", "QoS 1 pairs: saturation, then a half, a third and a quarter of it",
-             ["ringmq"], ["saturated", "half", "third", "quarter"])
-pubsub_table("fanout", "Fan-out 5 -> S, QoS 0, fixed offered rate, open loop", ["ringmq"])
+pubsub_table("qos1", "QoS 1 pairs: saturation, then fixed rates",
+             ["ringmq", "mosquitto"], ["saturated", "half", "third", "quarter"])
+pubsub_table("fanout", "Fan-out 5 -> S, QoS 0, fixed offered rate, open loop", ["ringmq", "mosquitto"])
 pubsub_table("driver", "io_uring against epoll", ["uring", "epoll"])
 pubsub_table("cores", "1 core against 2 cores", ["cores1", "cores2"])
 
