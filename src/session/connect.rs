@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use super::alias::{IncomingAliases, OutgoingAliases};
 use super::inflight::{Flight, Resend};
+use super::will::Will;
 use super::{Problem, Session, SessionConfig};
 use crate::protocol::topic::valid_topic_name;
 use crate::protocol::{
@@ -128,8 +129,7 @@ impl Session {
         self.client_max_packet_size = connect.properties.maximum_packet_size;
         // A new connection cancels a will still waiting out its delay
         // (spec 3.1.3.2.2), and the session no longer runs toward expiry.
-        self.will = connect.will.clone();
-        self.will_due = None;
+        self.will = connect.will.clone().map(|will| Box::new(Will::new(will)));
         self.expires_at = None;
         // Every unacknowledged outgoing flow is owed again (spec 4.4).
         self.resend = self.inflight.resends().into();
