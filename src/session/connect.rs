@@ -132,7 +132,7 @@ impl Session {
         self.will = connect.will.clone().map(|will| Box::new(Will::new(will)));
         self.expires_at = None;
         // Every unacknowledged outgoing flow is owed again (spec 4.4).
-        self.resend = self.inflight.resends().into();
+        self.inflight.schedule_resends();
 
         // Request Response Information gets no Response Information: the
         // broker has no response-topic convention (such as a per-client

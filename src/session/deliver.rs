@@ -116,7 +116,7 @@ impl Session {
         if self.closing {
             return None;
         }
-        while let Some(resend) = self.resend.pop_front() {
+        while let Some(resend) = self.inflight.next_resend() {
             if let Some(packet) = self.resend_packet(resend, now) {
                 return Some(packet);
             }

@@ -48,7 +48,7 @@ use crate::protocol::{
     ReasonCode, SubscriptionOptions,
 };
 use alias::{IncomingAliases, OutgoingAliases};
-use inflight::{Inflight, Resend};
+use inflight::Inflight;
 use queue::Outgoing;
 use will::Will;
 
@@ -199,6 +199,8 @@ pub struct Session {
     /// PUBLISH with one of them is not routed again (exactly once), across
     /// reconnects too.
     incoming_qos2: FxHashSet<u16>,
+    /// Outgoing QoS 1/2 flows, and those owed again after a reconnect
+    /// (sent after control packets, before queued messages).
     inflight: Inflight,
     /// Messages waiting to be sent, in the order they arrived, whatever
     /// their QoS: MQTT orders messages per topic, and one FIFO keeps a QoS 0
@@ -206,9 +208,6 @@ pub struct Session {
     queue: VecDeque<Outgoing>,
     /// Acks and responses: they go out first.
     control: VecDeque<Packet>,
-    /// Flows owed again after a reconnect: after control packets, before
-    /// queued messages.
-    resend: VecDeque<Resend>,
     actions: VecDeque<SessionAction>,
     /// The will of the current connection, or of the last one while its
     /// delay runs. Boxed: most clients set none, and inline it would cost
@@ -256,7 +255,6 @@ impl Session {
             inflight: Inflight::default(),
             queue: VecDeque::new(),
             control: VecDeque::new(),
-            resend: VecDeque::new(),
             actions: VecDeque::new(),
             will: None,
             expires_at: None,
