@@ -45,11 +45,12 @@ impl Session {
             QoS::ExactlyOnce => {
                 // A repeat of an id awaiting PUBREL is the client resending
                 // a PUBLISH whose PUBREC it missed: answer, don't route.
-                if !self.incoming_qos2.contains(&packet_id) {
+                let awaiting = self.incoming_qos2.get_or_insert_default();
+                if !awaiting.contains(&packet_id) {
                     // 3.1.1 has no Receive Maximum to exceed; the 16-bit id
                     // space bounds the set there.
                     if self.protocol.is_v5()
-                        && self.incoming_qos2.len() >= usize::from(self.config.max_inflight)
+                        && awaiting.len() >= usize::from(self.config.max_inflight)
                     {
                         return Err(Problem::new(
                             ReasonCode::ReceiveMaximumExceeded,
@@ -59,7 +60,7 @@ impl Session {
                             ),
                         ));
                     }
-                    self.incoming_qos2.insert(packet_id);
+                    awaiting.insert(packet_id);
                     self.route(publish, now);
                 }
                 self.control
@@ -73,7 +74,11 @@ impl Session {
     /// waiting for one, and v5 is told the id was not found.
     pub(super) fn handle_pubrel(&mut self, packet_id: u16) {
         let mut pubcomp = pub_response(packet_id, ReasonCode::Success);
-        if !self.incoming_qos2.remove(&packet_id) && self.protocol.is_v5() {
+        let awaited = self
+            .incoming_qos2
+            .as_mut()
+            .is_some_and(|ids| ids.remove(&packet_id));
+        if !awaited && self.protocol.is_v5() {
             pubcomp.reason = ReasonCode::PacketIdentifierNotFound;
             pubcomp.properties.reason_string =
                 Some(format!("packet id {packet_id} is not awaiting PUBREL").into());

@@ -197,8 +197,8 @@ pub struct Session {
     subscriptions: FxHashSet<ByteString>,
     /// Incoming QoS 2 packet ids routed and waiting for PUBREL: a repeated
     /// PUBLISH with one of them is not routed again (exactly once), across
-    /// reconnects too.
-    incoming_qos2: FxHashSet<u16>,
+    /// reconnects too. Allocated on the first QoS 2 PUBLISH.
+    incoming_qos2: Option<Box<FxHashSet<u16>>>,
     /// Outgoing QoS 1/2 flows, and those owed again after a reconnect
     /// (sent after control packets, before queued messages).
     inflight: Inflight,
@@ -251,7 +251,7 @@ impl Session {
             window: 1,
             client_max_packet_size: None,
             subscriptions: FxHashSet::default(),
-            incoming_qos2: FxHashSet::default(),
+            incoming_qos2: None,
             inflight: Inflight::default(),
             queue: VecDeque::new(),
             control: VecDeque::new(),
