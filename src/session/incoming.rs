@@ -18,7 +18,7 @@ impl Session {
         // Below v5 the codec reads no properties, so there is never an
         // alias to resolve.
         self.incoming_aliases.resolve(&mut publish)?;
-        if !valid_topic_name(&publish.topic) || !self.config.topics.admits(&publish.topic) {
+        if !valid_topic_name(&publish.topic) || !self.limits.topics().admits(&publish.topic) {
             return Err(Problem::new(
                 ReasonCode::TopicNameInvalid,
                 format!("invalid topic name {:?}", &*publish.topic),
@@ -50,13 +50,13 @@ impl Session {
                     // 3.1.1 has no Receive Maximum to exceed; the 16-bit id
                     // space bounds the set there.
                     if self.protocol.is_v5()
-                        && awaiting.len() >= usize::from(self.config.max_inflight)
+                        && awaiting.len() >= usize::from(self.limits.max_inflight)
                     {
                         return Err(Problem::new(
                             ReasonCode::ReceiveMaximumExceeded,
                             format!(
                                 "more than {} QoS 2 messages awaiting PUBREL",
-                                self.config.max_inflight
+                                self.limits.max_inflight
                             ),
                         ));
                     }

@@ -42,7 +42,7 @@ use bytestring::ByteString;
 use rustc_hash::FxHashSet;
 
 use crate::message::Message;
-use crate::protocol::topic::TopicLimits;
+use crate::protocol::topic::{MAX_TOPIC_LEN, MAX_TOPIC_LEVELS, TopicLimits};
 use crate::protocol::{
     ConnAck, Connect, Disconnect, DisconnectProperties, Packet, ProtocolVersion, Publish, QoS,
     ReasonCode, SubscriptionOptions,
@@ -162,9 +162,9 @@ pub enum SessionAction {
 pub struct Session {
     client_id: ByteString,
     protocol: ProtocolVersion,
-    /// A copy of the shard's limits from the last CONNECT, so delivery and
-    /// incoming flows need no config argument.
-    config: SessionConfig,
+    /// The shard's limits from the last CONNECT, so delivery and incoming
+    /// flows need no config argument.
+    limits: Limits,
     connected: bool,
     /// Close has been asked for on the current connection: nothing but the
     /// control packets already queued (ending with any DISCONNECT) goes out,
@@ -190,7 +190,7 @@ pub struct Session {
     outgoing_aliases: OutgoingAliases,
     /// Outgoing QoS 1/2 messages allowed in flight: the smaller of the
     /// client's Receive Maximum and ours.
-    window: usize,
+    window: u16,
     client_max_packet_size: Option<u32>,
     /// Filters as the client subscribed them, for retain handling 1 and
     /// UNSUBACK reason codes.
@@ -220,17 +220,63 @@ pub struct Session {
     sent_received_at: Option<Instant>,
 }
 
+/// The part of [`SessionConfig`] the flows consult after CONNECT, in the
+/// narrowest types that hold its range: a copy of the whole config cost
+/// every session 48 bytes, this 16.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Saturated: a queue of 2^32 messages would take hundreds of GiB
+    /// before the difference showed.
+    max_queued_messages: u32,
+    /// Saturated like `max_queued_messages` (`usize::MAX`, none, stays
+    /// out of reach).
+    max_subscriptions: u32,
+    /// Configuration keeps these within [`MAX_TOPIC_LEN`] and
+    /// [`MAX_TOPIC_LEVELS`], which fit.
+    max_topic_length: u16,
+    max_topic_levels: u16,
+    max_inflight: u16,
+    queue_full: QueueFullPolicy,
+}
+
+impl Limits {
+    fn new(config: &SessionConfig) -> Limits {
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let narrow16 = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+        Limits {
+            max_queued_messages: narrow(config.max_queued_messages),
+            max_subscriptions: narrow(config.max_subscriptions),
+            max_topic_length: narrow16(config.topics.max_length),
+            max_topic_levels: narrow16(config.topics.max_levels),
+            max_inflight: config.max_inflight,
+            queue_full: config.queue_full,
+        }
+    }
+
+    fn topics(&self) -> TopicLimits {
+        TopicLimits {
+            max_length: usize::from(self.max_topic_length),
+            max_levels: usize::from(self.max_topic_levels),
+        }
+    }
+
+    fn max_queued_messages(&self) -> usize {
+        self.max_queued_messages as usize
+    }
+
+    fn max_subscriptions(&self) -> usize {
+        self.max_subscriptions as usize
+    }
+}
+
 /// What a session that never connected holds: nothing.
-const NEVER_CONNECTED: SessionConfig = SessionConfig {
-    max_inflight: 1,
+const NEVER_CONNECTED: Limits = Limits {
     max_queued_messages: 0,
-    queue_full: QueueFullPolicy::Drop,
-    max_keepalive: u16::MAX,
-    max_packet_size: u32::MAX,
-    topic_alias_maximum: 0,
-    server_topic_aliases: false,
-    topics: TopicLimits::PROTOCOL,
     max_subscriptions: 0,
+    max_topic_length: MAX_TOPIC_LEN as u16,
+    max_topic_levels: MAX_TOPIC_LEVELS as u16,
+    max_inflight: 1,
+    queue_full: QueueFullPolicy::Drop,
 };
 
 impl Session {
@@ -238,7 +284,7 @@ impl Session {
         Session {
             client_id,
             protocol: ProtocolVersion::V5,
-            config: NEVER_CONNECTED,
+            limits: NEVER_CONNECTED,
             connected: false,
             closing: false,
             had_connection: false,
