@@ -110,6 +110,10 @@ impl Session {
         if !self.connected {
             return None;
         }
+        // Owed only while `control` was empty: nothing there came first.
+        if std::mem::take(&mut self.pingresp_owed) {
+            return Some(Packet::PingResp);
+        }
         if let Some(packet) = self.control.pop_front() {
             return Some(packet);
         }

@@ -523,4 +523,50 @@ mod tests {
         session.handle_packet(Packet::PingReq, now).unwrap();
         assert_eq!(transmit(&mut session, now), vec![Packet::PingResp]);
     }
+
+    #[test]
+    fn pingreq_gives_back_buffers_and_keeps_the_answer_order() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 1), now)
+            .unwrap();
+        actions(&mut session);
+        transmit(&mut session, now);
+        assert!(session.control.capacity() > 0, "the PUBACK left a buffer");
+        assert!(session.actions.capacity() > 0, "the route left a buffer");
+
+        // Idle now: the PINGREQ frees both and is answered all the same.
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        assert_eq!(session.control.capacity(), 0);
+        assert_eq!(session.actions.capacity(), 0);
+        assert_eq!(session.unanswered(), 1);
+        assert_eq!(transmit(&mut session, now), vec![Packet::PingResp]);
+        assert_eq!(session.control.capacity(), 0);
+
+        // Answers queued around it go out in the order they were asked.
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 2), now)
+            .unwrap();
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        assert_eq!(session.unanswered(), 3);
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![
+                Packet::PingResp,
+                Packet::PubAck(pub_response(2, ReasonCode::Success)),
+                Packet::PingResp
+            ]
+        );
+    }
+
+    #[test]
+    fn pingresp_owed_is_dropped_with_the_connection() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        session.handle_connection_lost(now);
+        assert_eq!(session.unanswered(), 0);
+        session.handle_connect(&connect(ProtocolVersion::V5), false, &config(), now);
+        assert_eq!(transmit(&mut session, now), vec![]);
+    }
 }

@@ -208,6 +208,10 @@ pub struct Session {
     queue: VecDeque<Outgoing>,
     /// Acks and responses: they go out first.
     control: VecDeque<Packet>,
+    /// A PINGRESP owed ahead of everything in `control`: answering an idle
+    /// client's PINGREQ through `control` would give it a buffer again (see
+    /// [`Session::handle_pingreq`]).
+    pingresp_owed: bool,
     actions: VecDeque<SessionAction>,
     /// The will of the current connection, or of the last one while its
     /// delay runs. Boxed: most clients set none, and inline it would cost
@@ -301,6 +305,7 @@ impl Session {
             inflight: Inflight::default(),
             queue: VecDeque::new(),
             control: VecDeque::new(),
+            pingresp_owed: false,
             actions: VecDeque::new(),
             will: None,
             expires_at: None,
@@ -395,7 +400,7 @@ impl Session {
                 Ok(())
             }
             Packet::PingReq => {
-                self.control.push_back(Packet::PingResp);
+                self.handle_pingreq();
                 Ok(())
             }
             Packet::Disconnect(disconnect) => self.handle_disconnect(&disconnect),
@@ -474,7 +479,7 @@ impl Session {
     /// connection's output: grows when the client sends requests faster
     /// than it reads the answers.
     pub fn unanswered(&self) -> usize {
-        self.control.len()
+        self.control.len() + usize::from(self.pingresp_owed)
     }
 
     /// When the message of the PUBLISH just polled was received by the
@@ -489,6 +494,30 @@ impl Session {
     /// without a [`DeliverOutcome`], so the shard counts them from here.
     pub fn take_dropped_expired(&mut self) -> u64 {
         std::mem::take(&mut self.dropped_expired)
+    }
+
+    /// A client pings when it has sent nothing else for a while (spec
+    /// 3.1.2.10), which for most is when it is idle: the moment to give
+    /// back the buffers its traffic left behind. An empty `VecDeque` keeps
+    /// its capacity, and the control queue's is over 1 KiB (four 264-byte
+    /// packets) once a single SUBACK or ack has passed through it; an idle
+    /// subscriber would hold that, and the queue's and the actions', for
+    /// good. At worst an active client pays one allocation per keep-alive.
+    /// The PINGRESP itself is a flag, unless answers already wait ahead of
+    /// it.
+    fn handle_pingreq(&mut self) {
+        if !self.control.is_empty() || self.pingresp_owed {
+            self.control.push_back(Packet::PingResp);
+            return;
+        }
+        self.control = VecDeque::new();
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+        if self.actions.is_empty() {
+            self.actions = VecDeque::new();
+        }
+        self.pingresp_owed = true;
     }
 
     /// Ends the current connection: a v5 client is told why first. The

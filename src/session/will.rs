@@ -44,6 +44,7 @@ impl Session {
         // Acks owed to the client are answered again when it resends;
         // resends owed to it are rebuilt from the inflight state on resume.
         self.control.clear();
+        self.pingresp_owed = false;
         self.inflight.clear_resends();
 
         if let Some(will) = &mut self.will {
