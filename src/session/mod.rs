@@ -614,6 +614,21 @@ mod tests {
         }
     }
 
+    /// Every connected client holds a `Session`, idle or not, so its size is
+    /// a per-connection cost: 704 bytes with the will, the config copy and
+    /// the rarely used tables inline, 296 with them boxed or narrowed. This
+    /// catches a field that puts them back; an upper bound, and only where
+    /// it was measured, since std's type sizes differ between targets.
+    #[test]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn an_idle_session_stays_small() {
+        assert!(
+            std::mem::size_of::<Session>() <= 296,
+            "Session grew to {} bytes",
+            std::mem::size_of::<Session>()
+        );
+    }
+
     #[test]
     fn qos2_publish_reaches_a_subscriber_exactly_once_across_its_reconnect() {
         let now = Instant::now();
