@@ -12,15 +12,13 @@ use crate::protocol::{Publish, ReasonCode};
 pub(super) struct IncomingAliases {
     /// The Topic Alias Maximum the broker advertised; 0 accepts none.
     max: u16,
-    topics: FxHashMap<u16, ByteString>,
+    /// Allocated on the first binding: most clients never alias.
+    topics: Option<Box<FxHashMap<u16, ByteString>>>,
 }
 
 impl IncomingAliases {
     pub fn new(max: u16) -> IncomingAliases {
-        IncomingAliases {
-            max,
-            topics: FxHashMap::default(),
-        }
+        IncomingAliases { max, topics: None }
     }
 
     /// Replaces an aliased PUBLISH's topic by the real one, binding the
@@ -47,7 +45,8 @@ impl IncomingAliases {
         if publish.topic.is_empty() {
             // Spec 3.3.2.3.4: an alias with no mapping on this connection
             // is a Protocol Error, not an invalid alias.
-            let topic = self.topics.get(&alias).ok_or_else(|| {
+            let topic = self.topics.as_ref().and_then(|topics| topics.get(&alias));
+            let topic = topic.ok_or_else(|| {
                 Problem::new(
                     ReasonCode::ProtocolError,
                     format!("topic alias {alias} is not bound to a topic on this connection"),
@@ -55,7 +54,9 @@ impl IncomingAliases {
             })?;
             publish.topic = topic.clone();
         } else {
-            self.topics.insert(alias, publish.topic.clone());
+            self.topics
+                .get_or_insert_default()
+                .insert(alias, publish.topic.clone());
         }
         Ok(())
     }
@@ -77,15 +78,13 @@ pub(super) struct OutgoingAliases {
     max: u16,
     /// Alias of each topic, and whether the client has been told the
     /// binding (a PUBLISH naming the topic with the alias went out).
-    aliases: FxHashMap<ByteString, (u16, bool)>,
+    /// Allocated on the first alias assigned: most clients accept none.
+    aliases: Option<Box<FxHashMap<ByteString, (u16, bool)>>>,
 }
 
 impl OutgoingAliases {
     pub fn new(max: u16) -> OutgoingAliases {
-        OutgoingAliases {
-            max,
-            aliases: FxHashMap::default(),
-        }
+        OutgoingAliases { max, aliases: None }
     }
 
     /// Puts an alias on `publish`, and leaves its topic out when the client
@@ -94,13 +93,14 @@ impl OutgoingAliases {
         if self.max == 0 {
             return;
         }
-        let next = self.aliases.len() + 1;
-        let (alias, announced) = match self.aliases.get_mut(&publish.topic) {
+        let aliases = self.aliases.get_or_insert_default();
+        let next = aliases.len() + 1;
+        let (alias, announced) = match aliases.get_mut(&publish.topic) {
             Some(entry) => entry,
             None if next <= usize::from(self.max) => {
                 // `next` is at most `max`, a u16.
                 let alias = u16::try_from(next).unwrap_or(u16::MAX);
-                self.aliases
+                aliases
                     .entry(publish.topic.clone())
                     .or_insert((alias, false))
             }
@@ -119,7 +119,8 @@ impl OutgoingAliases {
     /// on that topic must announce it again.
     pub fn forget(&mut self, publish: &Publish) {
         if publish.properties.topic_alias.is_some()
-            && let Some((_, announced)) = self.aliases.get_mut(&publish.topic)
+            && let Some(aliases) = &mut self.aliases
+            && let Some((_, announced)) = aliases.get_mut(&publish.topic)
         {
             *announced = false;
         }

@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use super::alias::{IncomingAliases, OutgoingAliases};
 use super::inflight::{Flight, Resend};
-use super::{Problem, Session, SessionConfig};
+use super::will::Will;
+use super::{Limits, Problem, Session, SessionConfig};
 use crate::protocol::topic::valid_topic_name;
 use crate::protocol::{
     ConnAck, ConnAckProperties, Connect, Disconnect, Packet, ProtocolVersion, PubResponse,
@@ -102,7 +103,7 @@ impl Session {
         self.connected = true;
         self.closing = false;
         self.protocol = connect.protocol;
-        self.config = config.clone();
+        self.limits = Limits::new(config);
         self.keep_alive = negotiate_keep_alive(connect.keep_alive, config.max_keepalive);
         self.session_expiry = session_expiry(connect);
         self.connected_with_zero_expiry = self.session_expiry == 0;
@@ -124,15 +125,14 @@ impl Session {
         let client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
         // A zero would stall every QoS 1/2 delivery for good; the codec
         // rejects it, this keeps the window sane regardless.
-        self.window = usize::from(client_receive_maximum.min(config.max_inflight).max(1));
+        self.window = client_receive_maximum.min(config.max_inflight).max(1);
         self.client_max_packet_size = connect.properties.maximum_packet_size;
         // A new connection cancels a will still waiting out its delay
         // (spec 3.1.3.2.2), and the session no longer runs toward expiry.
-        self.will = connect.will.clone();
-        self.will_due = None;
+        self.will = connect.will.clone().map(|will| Box::new(Will::new(will)));
         self.expires_at = None;
         // Every unacknowledged outgoing flow is owed again (spec 4.4).
-        self.resend = self.inflight.resends().into();
+        self.inflight.schedule_resends();
 
         // Request Response Information gets no Response Information: the
         // broker has no response-topic convention (such as a per-client

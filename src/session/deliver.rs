@@ -30,16 +30,16 @@ impl Session {
         if !online && qos == QoS::AtMostOnce {
             return DeliverOutcome::Skipped;
         }
-        if self.queue.len() >= self.config.max_queued_messages {
+        if self.queue.len() >= self.limits.max_queued_messages() {
             if online
                 && qos != QoS::AtMostOnce
-                && self.config.queue_full == QueueFullPolicy::Disconnect
+                && self.limits.queue_full == QueueFullPolicy::Disconnect
             {
                 self.close(Some(Problem::new(
                     ReasonCode::QuotaExceeded,
                     format!(
                         "queue of {} messages is full",
-                        self.config.max_queued_messages
+                        self.limits.max_queued_messages
                     ),
                 )));
             }
@@ -110,13 +110,17 @@ impl Session {
         if !self.connected {
             return None;
         }
+        // Owed only while `control` was empty: nothing there came first.
+        if std::mem::take(&mut self.pingresp_owed) {
+            return Some(Packet::PingResp);
+        }
         if let Some(packet) = self.control.pop_front() {
             return Some(packet);
         }
         if self.closing {
             return None;
         }
-        while let Some(resend) = self.resend.pop_front() {
+        while let Some(resend) = self.inflight.next_resend() {
             if let Some(packet) = self.resend_packet(resend, now) {
                 return Some(packet);
             }
@@ -138,7 +142,7 @@ impl Session {
                     now,
                 )));
             }
-            if self.inflight.len() >= self.window {
+            if self.inflight.len() >= usize::from(self.window) {
                 return None;
             }
             let packet_id = self.inflight.next_free_id()?;

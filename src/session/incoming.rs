@@ -18,7 +18,7 @@ impl Session {
         // Below v5 the codec reads no properties, so there is never an
         // alias to resolve.
         self.incoming_aliases.resolve(&mut publish)?;
-        if !valid_topic_name(&publish.topic) || !self.config.topics.admits(&publish.topic) {
+        if !valid_topic_name(&publish.topic) || !self.limits.topics().admits(&publish.topic) {
             return Err(Problem::new(
                 ReasonCode::TopicNameInvalid,
                 format!("invalid topic name {:?}", &*publish.topic),
@@ -45,21 +45,22 @@ impl Session {
             QoS::ExactlyOnce => {
                 // A repeat of an id awaiting PUBREL is the client resending
                 // a PUBLISH whose PUBREC it missed: answer, don't route.
-                if !self.incoming_qos2.contains(&packet_id) {
+                let awaiting = self.incoming_qos2.get_or_insert_default();
+                if !awaiting.contains(&packet_id) {
                     // 3.1.1 has no Receive Maximum to exceed; the 16-bit id
                     // space bounds the set there.
                     if self.protocol.is_v5()
-                        && self.incoming_qos2.len() >= usize::from(self.config.max_inflight)
+                        && awaiting.len() >= usize::from(self.limits.max_inflight)
                     {
                         return Err(Problem::new(
                             ReasonCode::ReceiveMaximumExceeded,
                             format!(
                                 "more than {} QoS 2 messages awaiting PUBREL",
-                                self.config.max_inflight
+                                self.limits.max_inflight
                             ),
                         ));
                     }
-                    self.incoming_qos2.insert(packet_id);
+                    awaiting.insert(packet_id);
                     self.route(publish, now);
                 }
                 self.control
@@ -73,7 +74,11 @@ impl Session {
     /// waiting for one, and v5 is told the id was not found.
     pub(super) fn handle_pubrel(&mut self, packet_id: u16) {
         let mut pubcomp = pub_response(packet_id, ReasonCode::Success);
-        if !self.incoming_qos2.remove(&packet_id) && self.protocol.is_v5() {
+        let awaited = self
+            .incoming_qos2
+            .as_mut()
+            .is_some_and(|ids| ids.remove(&packet_id));
+        if !awaited && self.protocol.is_v5() {
             pubcomp.reason = ReasonCode::PacketIdentifierNotFound;
             pubcomp.properties.reason_string =
                 Some(format!("packet id {packet_id} is not awaiting PUBREL").into());
@@ -517,5 +522,51 @@ mod tests {
         let (mut session, now) = connected(ProtocolVersion::V3_1);
         session.handle_packet(Packet::PingReq, now).unwrap();
         assert_eq!(transmit(&mut session, now), vec![Packet::PingResp]);
+    }
+
+    #[test]
+    fn pingreq_gives_back_buffers_and_keeps_the_answer_order() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 1), now)
+            .unwrap();
+        actions(&mut session);
+        transmit(&mut session, now);
+        assert!(session.control.capacity() > 0, "the PUBACK left a buffer");
+        assert!(session.actions.capacity() > 0, "the route left a buffer");
+
+        // Idle now: the PINGREQ frees both and is answered all the same.
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        assert_eq!(session.control.capacity(), 0);
+        assert_eq!(session.actions.capacity(), 0);
+        assert_eq!(session.unanswered(), 1);
+        assert_eq!(transmit(&mut session, now), vec![Packet::PingResp]);
+        assert_eq!(session.control.capacity(), 0);
+
+        // Answers queued around it go out in the order they were asked.
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 2), now)
+            .unwrap();
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        assert_eq!(session.unanswered(), 3);
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![
+                Packet::PingResp,
+                Packet::PubAck(pub_response(2, ReasonCode::Success)),
+                Packet::PingResp
+            ]
+        );
+    }
+
+    #[test]
+    fn pingresp_owed_is_dropped_with_the_connection() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        session.handle_connection_lost(now);
+        assert_eq!(session.unanswered(), 0);
+        session.handle_connect(&connect(ProtocolVersion::V5), false, &config(), now);
+        assert_eq!(transmit(&mut session, now), vec![]);
     }
 }

@@ -1,6 +1,8 @@
 //! Outgoing QoS 1 and QoS 2 messages between PUBLISH and their final
 //! acknowledgement, keyed by packet id.
 
+use std::collections::VecDeque;
+
 use rustc_hash::FxHashMap;
 
 use super::queue::Outgoing;
@@ -47,27 +49,40 @@ pub(super) enum PubRecOutcome {
 
 /// The slots counted against the inflight window: the spec counts a QoS 2
 /// message until PUBCOMP, not just until PUBREC (spec 4.9).
+///
+/// Nothing is allocated until the first QoS 1/2 message goes out: an idle
+/// session, or one that only ever gets QoS 0, pays one pointer for this.
+/// Once allocated it stays, since the packet id sequence must carry on.
 #[derive(Debug, Default)]
-pub(super) struct Inflight {
+pub(super) struct Inflight(Option<Box<Flows>>);
+
+#[derive(Debug, Default)]
+struct Flows {
     /// The sequence number orders resends after a reconnect the way the
     /// messages were first sent (spec 4.6); packet ids wrap, so they can't.
     flights: FxHashMap<u16, (u64, Flight)>,
+    /// Flows owed again after a reconnect, in the order they started:
+    /// there are some only if there are flows.
+    resend: VecDeque<Resend>,
     last_id: u16,
     next_seq: u64,
 }
 
 impl Inflight {
     pub fn len(&self) -> usize {
-        self.flights.len()
+        self.0.as_ref().map_or(0, |flows| flows.flights.len())
     }
 
     /// The next free packet id after the last one handed out, wrapping
     /// from 65535 to 1. `None` only when all 65535 are in flight.
     pub fn next_free_id(&self) -> Option<u16> {
-        let mut id = self.last_id;
+        let Some(flows) = &self.0 else {
+            return Some(1);
+        };
+        let mut id = flows.last_id;
         for _ in 0..u16::MAX {
             id = id.checked_add(1).unwrap_or(1);
-            if !self.flights.contains_key(&id) {
+            if !flows.flights.contains_key(&id) {
                 return Some(id);
             }
         }
@@ -81,26 +96,30 @@ impl Inflight {
         } else {
             Flight::AtLeastOnce(outgoing)
         };
-        self.last_id = packet_id;
-        self.flights.insert(packet_id, (self.next_seq, flight));
-        self.next_seq += 1;
+        let flows = self.0.get_or_insert_default();
+        flows.last_id = packet_id;
+        flows.flights.insert(packet_id, (flows.next_seq, flight));
+        flows.next_seq += 1;
     }
 
     /// Ends a QoS 1 flow. An unknown id, or one in another state, is
     /// ignored: a late or confused ack is no reason to drop the client.
     pub fn puback(&mut self, packet_id: u16) {
-        if let Some((_, Flight::AtLeastOnce(_))) = self.flights.get(&packet_id) {
-            self.flights.remove(&packet_id);
+        if let Some(Flight::AtLeastOnce(_)) = self.get(packet_id) {
+            self.remove(packet_id);
         }
     }
 
     pub fn pubrec(&mut self, packet_id: u16, accepted: bool) -> PubRecOutcome {
-        let Some((_, flight)) = self.flights.get_mut(&packet_id) else {
+        let Some(flows) = &mut self.0 else {
+            return PubRecOutcome::Unknown;
+        };
+        let Some((_, flight)) = flows.flights.get_mut(&packet_id) else {
             return PubRecOutcome::Unknown;
         };
         match flight {
             Flight::ExactlyOnce(_) if !accepted => {
-                self.flights.remove(&packet_id);
+                flows.flights.remove(&packet_id);
                 PubRecOutcome::Ended
             }
             Flight::ExactlyOnce(_) | Flight::Released => {
@@ -112,24 +131,30 @@ impl Inflight {
     }
 
     pub fn pubcomp(&mut self, packet_id: u16) {
-        if let Some((_, Flight::Released)) = self.flights.get(&packet_id) {
-            self.flights.remove(&packet_id);
+        if let Some(Flight::Released) = self.get(packet_id) {
+            self.remove(packet_id);
         }
     }
 
     pub fn get(&self, packet_id: u16) -> Option<&Flight> {
-        self.flights.get(&packet_id).map(|(_, flight)| flight)
+        let (_, flight) = self.0.as_ref()?.flights.get(&packet_id)?;
+        Some(flight)
     }
 
     pub fn remove(&mut self, packet_id: u16) {
-        self.flights.remove(&packet_id);
+        if let Some(flows) = &mut self.0 {
+            flows.flights.remove(&packet_id);
+        }
     }
 
     /// Ends every flow whose message has not been received by the client
     /// (PUBLISH sent, no PUBACK or PUBREC yet) and that `take` selects,
     /// returning those messages in the order they were first sent.
     pub fn take_unreceived(&mut self, take: impl Fn(&Outgoing) -> bool) -> Vec<Outgoing> {
-        let mut ids: Vec<(u64, u16)> = self
+        let Some(flows) = &mut self.0 else {
+            return Vec::new();
+        };
+        let mut ids: Vec<(u64, u16)> = flows
             .flights
             .iter()
             .filter(|(_, (_, flight))| match flight {
@@ -140,7 +165,7 @@ impl Inflight {
             .collect();
         ids.sort_unstable();
         ids.into_iter()
-            .filter_map(|(_, id)| match self.flights.remove(&id) {
+            .filter_map(|(_, id)| match flows.flights.remove(&id) {
                 Some((_, Flight::AtLeastOnce(outgoing) | Flight::ExactlyOnce(outgoing))) => {
                     Some(outgoing)
                 }
@@ -152,7 +177,10 @@ impl Inflight {
     /// Every flow, in the order it started (spec 4.6): PUBLISH again (with
     /// DUP) for messages not acknowledged, PUBREL for those received.
     pub fn resends(&self) -> Vec<Resend> {
-        let mut flights: Vec<_> = self
+        let Some(flows) = &self.0 else {
+            return Vec::new();
+        };
+        let mut flights: Vec<_> = flows
             .flights
             .iter()
             .map(|(&id, (seq, flight))| (*seq, id, flight))
@@ -165,6 +193,39 @@ impl Inflight {
                 Flight::AtLeastOnce(_) | Flight::ExactlyOnce(_) => Resend::Publish(id),
             })
             .collect()
+    }
+
+    /// A new connection is owed every flow again (spec 4.4), replacing
+    /// what the last one was still owed; [`Inflight::next_resend`] hands
+    /// them out.
+    pub fn schedule_resends(&mut self) {
+        let resend = self.resends().into();
+        if let Some(flows) = &mut self.0 {
+            flows.resend = resend;
+        }
+    }
+
+    /// The next flow owed again since the reconnect. It may have moved on
+    /// since (an ack came first), or ended.
+    pub fn next_resend(&mut self) -> Option<Resend> {
+        self.0.as_mut()?.resend.pop_front()
+    }
+
+    /// The connection is gone: what it was owed is rebuilt on resume.
+    pub fn clear_resends(&mut self) {
+        if let Some(flows) = &mut self.0 {
+            flows.resend.clear();
+        }
+    }
+
+    /// Starts the packet id sequence after `last_id`, for tests of its
+    /// wrap.
+    #[cfg(test)]
+    fn after(last_id: u16) -> Inflight {
+        Inflight(Some(Box::new(Flows {
+            last_id,
+            ..Flows::default()
+        })))
     }
 }
 
@@ -219,7 +280,7 @@ mod tests {
     fn ids_wrap_past_65535_and_skip_ids_in_use() {
         let mut inflight = Inflight::default();
         assert_eq!(send(&mut inflight, QoS::AtLeastOnce), 1);
-        inflight.last_id = 65_534;
+        inflight.0.as_mut().expect("allocated by the send").last_id = 65_534;
         assert_eq!(send(&mut inflight, QoS::AtLeastOnce), 65_535);
         // 1 is still in flight, so the wrap lands on 2.
         assert_eq!(send(&mut inflight, QoS::AtLeastOnce), 2);
@@ -279,10 +340,7 @@ mod tests {
 
     #[test]
     fn send_order_survives_id_wrap() {
-        let mut inflight = Inflight {
-            last_id: 65_534,
-            ..Inflight::default()
-        };
+        let mut inflight = Inflight::after(65_534);
         let ids: Vec<u16> = (0..3)
             .map(|_| send(&mut inflight, QoS::AtLeastOnce))
             .collect();
@@ -313,7 +371,7 @@ mod tests {
         /// out again, and the tracked set always matches a model.
         #[test]
         fn ids_in_use_are_never_reused(ops in proptest::collection::vec(op(), 1..400), start in any::<u16>()) {
-            let mut inflight = Inflight { last_id: start, ..Inflight::default() };
+            let mut inflight = Inflight::after(start);
             let mut model: HashSet<u16> = HashSet::new();
             for op in ops {
                 let pick = |i: usize| -> u16 {
@@ -330,7 +388,7 @@ mod tests {
                     }
                     Op::PubAck(i) => {
                         let id = pick(i);
-                        if let Some((_, Flight::AtLeastOnce(_))) = inflight.flights.get(&id) {
+                        if let Some(Flight::AtLeastOnce(_)) = inflight.get(id) {
                             model.remove(&id);
                         }
                         inflight.puback(id);
@@ -343,7 +401,7 @@ mod tests {
                     }
                     Op::PubComp(i) => {
                         let id = pick(i);
-                        if let Some((_, Flight::Released)) = inflight.flights.get(&id) {
+                        if let Some(Flight::Released) = inflight.get(id) {
                             model.remove(&id);
                         }
                         inflight.pubcomp(id);

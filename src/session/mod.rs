@@ -42,14 +42,15 @@ use bytestring::ByteString;
 use rustc_hash::FxHashSet;
 
 use crate::message::Message;
-use crate::protocol::topic::TopicLimits;
+use crate::protocol::topic::{MAX_TOPIC_LEN, MAX_TOPIC_LEVELS, TopicLimits};
 use crate::protocol::{
-    ConnAck, Connect, Disconnect, DisconnectProperties, LastWill, Packet, ProtocolVersion, Publish,
-    QoS, ReasonCode, SubscriptionOptions,
+    ConnAck, Connect, Disconnect, DisconnectProperties, Packet, ProtocolVersion, Publish, QoS,
+    ReasonCode, SubscriptionOptions,
 };
 use alias::{IncomingAliases, OutgoingAliases};
-use inflight::{Inflight, Resend};
+use inflight::Inflight;
 use queue::Outgoing;
+use will::Will;
 
 /// Limits from configuration that shape every session on a shard.
 #[derive(Debug, Clone)]
@@ -161,9 +162,9 @@ pub enum SessionAction {
 pub struct Session {
     client_id: ByteString,
     protocol: ProtocolVersion,
-    /// A copy of the shard's limits from the last CONNECT, so delivery and
-    /// incoming flows need no config argument.
-    config: SessionConfig,
+    /// The shard's limits from the last CONNECT, so delivery and incoming
+    /// flows need no config argument.
+    limits: Limits,
     connected: bool,
     /// Close has been asked for on the current connection: nothing but the
     /// control packets already queued (ending with any DISCONNECT) goes out,
@@ -189,15 +190,17 @@ pub struct Session {
     outgoing_aliases: OutgoingAliases,
     /// Outgoing QoS 1/2 messages allowed in flight: the smaller of the
     /// client's Receive Maximum and ours.
-    window: usize,
+    window: u16,
     client_max_packet_size: Option<u32>,
     /// Filters as the client subscribed them, for retain handling 1 and
     /// UNSUBACK reason codes.
     subscriptions: FxHashSet<ByteString>,
     /// Incoming QoS 2 packet ids routed and waiting for PUBREL: a repeated
     /// PUBLISH with one of them is not routed again (exactly once), across
-    /// reconnects too.
-    incoming_qos2: FxHashSet<u16>,
+    /// reconnects too. Allocated on the first QoS 2 PUBLISH.
+    incoming_qos2: Option<Box<FxHashSet<u16>>>,
+    /// Outgoing QoS 1/2 flows, and those owed again after a reconnect
+    /// (sent after control packets, before queued messages).
     inflight: Inflight,
     /// Messages waiting to be sent, in the order they arrived, whatever
     /// their QoS: MQTT orders messages per topic, and one FIFO keeps a QoS 0
@@ -205,14 +208,15 @@ pub struct Session {
     queue: VecDeque<Outgoing>,
     /// Acks and responses: they go out first.
     control: VecDeque<Packet>,
-    /// Flows owed again after a reconnect: after control packets, before
-    /// queued messages.
-    resend: VecDeque<Resend>,
+    /// A PINGRESP owed ahead of everything in `control`: answering an idle
+    /// client's PINGREQ through `control` would give it a buffer again (see
+    /// [`Session::handle_pingreq`]).
+    pingresp_owed: bool,
     actions: VecDeque<SessionAction>,
     /// The will of the current connection, or of the last one while its
-    /// delay runs.
-    will: Option<LastWill>,
-    will_due: Option<Instant>,
+    /// delay runs. Boxed: most clients set none, and inline it would cost
+    /// every session over 200 bytes.
+    will: Option<Box<Will>>,
     expires_at: Option<Instant>,
     dropped_expired: u64,
     /// When the message of the last new PUBLISH [`Session::poll_transmit`]
@@ -220,17 +224,63 @@ pub struct Session {
     sent_received_at: Option<Instant>,
 }
 
+/// The part of [`SessionConfig`] the flows consult after CONNECT, in the
+/// narrowest types that hold its range: a copy of the whole config cost
+/// every session 48 bytes, this 16.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Saturated: a queue of 2^32 messages would take hundreds of GiB
+    /// before the difference showed.
+    max_queued_messages: u32,
+    /// Saturated like `max_queued_messages` (`usize::MAX`, none, stays
+    /// out of reach).
+    max_subscriptions: u32,
+    /// Configuration keeps these within [`MAX_TOPIC_LEN`] and
+    /// [`MAX_TOPIC_LEVELS`], which fit.
+    max_topic_length: u16,
+    max_topic_levels: u16,
+    max_inflight: u16,
+    queue_full: QueueFullPolicy,
+}
+
+impl Limits {
+    fn new(config: &SessionConfig) -> Limits {
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let narrow16 = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+        Limits {
+            max_queued_messages: narrow(config.max_queued_messages),
+            max_subscriptions: narrow(config.max_subscriptions),
+            max_topic_length: narrow16(config.topics.max_length),
+            max_topic_levels: narrow16(config.topics.max_levels),
+            max_inflight: config.max_inflight,
+            queue_full: config.queue_full,
+        }
+    }
+
+    fn topics(&self) -> TopicLimits {
+        TopicLimits {
+            max_length: usize::from(self.max_topic_length),
+            max_levels: usize::from(self.max_topic_levels),
+        }
+    }
+
+    fn max_queued_messages(&self) -> usize {
+        self.max_queued_messages as usize
+    }
+
+    fn max_subscriptions(&self) -> usize {
+        self.max_subscriptions as usize
+    }
+}
+
 /// What a session that never connected holds: nothing.
-const NEVER_CONNECTED: SessionConfig = SessionConfig {
-    max_inflight: 1,
+const NEVER_CONNECTED: Limits = Limits {
     max_queued_messages: 0,
-    queue_full: QueueFullPolicy::Drop,
-    max_keepalive: u16::MAX,
-    max_packet_size: u32::MAX,
-    topic_alias_maximum: 0,
-    server_topic_aliases: false,
-    topics: TopicLimits::PROTOCOL,
     max_subscriptions: 0,
+    max_topic_length: MAX_TOPIC_LEN as u16,
+    max_topic_levels: MAX_TOPIC_LEVELS as u16,
+    max_inflight: 1,
+    queue_full: QueueFullPolicy::Drop,
 };
 
 impl Session {
@@ -238,7 +288,7 @@ impl Session {
         Session {
             client_id,
             protocol: ProtocolVersion::V5,
-            config: NEVER_CONNECTED,
+            limits: NEVER_CONNECTED,
             connected: false,
             closing: false,
             had_connection: false,
@@ -251,14 +301,13 @@ impl Session {
             window: 1,
             client_max_packet_size: None,
             subscriptions: FxHashSet::default(),
-            incoming_qos2: FxHashSet::default(),
+            incoming_qos2: None,
             inflight: Inflight::default(),
             queue: VecDeque::new(),
             control: VecDeque::new(),
-            resend: VecDeque::new(),
+            pingresp_owed: false,
             actions: VecDeque::new(),
             will: None,
-            will_due: None,
             expires_at: None,
             dropped_expired: 0,
             sent_received_at: None,
@@ -351,7 +400,7 @@ impl Session {
                 Ok(())
             }
             Packet::PingReq => {
-                self.control.push_back(Packet::PingResp);
+                self.handle_pingreq();
                 Ok(())
             }
             Packet::Disconnect(disconnect) => self.handle_disconnect(&disconnect),
@@ -405,7 +454,8 @@ impl Session {
 
     /// When [`Session::handle_timeout`] next has work (will delay, expiry).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.will_due, self.expires_at) {
+        let will_due = self.will.as_ref().and_then(|will| will.due());
+        match (will_due, self.expires_at) {
             (Some(will), Some(expiry)) => Some(will.min(expiry)),
             (will, expiry) => will.or(expiry),
         }
@@ -429,7 +479,7 @@ impl Session {
     /// connection's output: grows when the client sends requests faster
     /// than it reads the answers.
     pub fn unanswered(&self) -> usize {
-        self.control.len()
+        self.control.len() + usize::from(self.pingresp_owed)
     }
 
     /// When the message of the PUBLISH just polled was received by the
@@ -444,6 +494,30 @@ impl Session {
     /// without a [`DeliverOutcome`], so the shard counts them from here.
     pub fn take_dropped_expired(&mut self) -> u64 {
         std::mem::take(&mut self.dropped_expired)
+    }
+
+    /// A client pings when it has sent nothing else for a while (spec
+    /// 3.1.2.10), which for most is when it is idle: the moment to give
+    /// back the buffers its traffic left behind. An empty `VecDeque` keeps
+    /// its capacity, and the control queue's is over 1 KiB (four 264-byte
+    /// packets) once a single SUBACK or ack has passed through it; an idle
+    /// subscriber would hold that, and the queue's and the actions', for
+    /// good. At worst an active client pays one allocation per keep-alive.
+    /// The PINGRESP itself is a flag, unless answers already wait ahead of
+    /// it.
+    fn handle_pingreq(&mut self) {
+        if !self.control.is_empty() || self.pingresp_owed {
+            self.control.push_back(Packet::PingResp);
+            return;
+        }
+        self.control = VecDeque::new();
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+        if self.actions.is_empty() {
+            self.actions = VecDeque::new();
+        }
+        self.pingresp_owed = true;
     }
 
     /// Ends the current connection: a v5 client is told why first. The
@@ -538,6 +612,21 @@ mod tests {
             reason: ReasonCode::Success,
             properties: PubResponseProperties::default(),
         }
+    }
+
+    /// Every connected client holds a `Session`, idle or not, so its size is
+    /// a per-connection cost: 704 bytes with the will, the config copy and
+    /// the rarely used tables inline, 296 with them boxed or narrowed. This
+    /// catches a field that puts them back; an upper bound, and only where
+    /// it was measured, since std's type sizes differ between targets.
+    #[test]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn an_idle_session_stays_small() {
+        assert!(
+            std::mem::size_of::<Session>() <= 296,
+            "Session grew to {} bytes",
+            std::mem::size_of::<Session>()
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Session {
             let filter = subscription.filter;
             let options = subscription.options;
             let is_shared = shared::is_shared(&filter);
-            let topics = &self.config.topics;
+            let topics = self.limits.topics();
             let valid = if is_shared {
                 shared::parse(&filter).is_some_and(|share| topics.admits(share.filter))
             } else {
@@ -88,7 +88,7 @@ impl Session {
                 continue;
             }
             // Replacing a subscription the session holds adds nothing.
-            if self.subscriptions.len() >= self.config.max_subscriptions
+            if self.subscriptions.len() >= self.limits.max_subscriptions()
                 && !self.subscriptions.contains(&filter)
             {
                 reasons.push(ReasonCode::QuotaExceeded);

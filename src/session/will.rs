@@ -15,6 +15,25 @@ fn deadline(now: Instant, secs: u32) -> Option<Instant> {
     now.checked_add(Duration::from_secs(secs.into()))
 }
 
+/// A connection's will, and when it goes out once its delay has started.
+#[derive(Debug)]
+pub(super) struct Will {
+    last: LastWill,
+    /// Set when the connection is gone and the will has a delay; a will
+    /// without one goes out at once.
+    due: Option<Instant>,
+}
+
+impl Will {
+    pub fn new(last: LastWill) -> Will {
+        Will { last, due: None }
+    }
+
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+}
+
 impl Session {
     pub(super) fn connection_lost(&mut self, now: Instant) {
         if !self.connected {
@@ -25,14 +44,15 @@ impl Session {
         // Acks owed to the client are answered again when it resends;
         // resends owed to it are rebuilt from the inflight state on resume.
         self.control.clear();
-        self.resend.clear();
+        self.pingresp_owed = false;
+        self.inflight.clear_resends();
 
-        if let Some(will) = &self.will {
-            let delay = will.properties.will_delay_interval.unwrap_or(0);
+        if let Some(will) = &mut self.will {
+            let delay = will.last.properties.will_delay_interval.unwrap_or(0);
             if delay == 0 {
                 self.publish_will(now);
             } else {
-                self.will_due = deadline(now, delay);
+                will.due = deadline(now, delay);
                 // A delay too long to represent can only end with the
                 // session; without an expiry either, the will never fires.
             }
@@ -45,7 +65,12 @@ impl Session {
     }
 
     pub(super) fn timeout(&mut self, now: Instant) {
-        if self.will_due.is_some_and(|due| due <= now) {
+        if self
+            .will
+            .as_ref()
+            .and_then(|will| will.due)
+            .is_some_and(|due| due <= now)
+        {
             self.publish_will(now);
         }
         if self.expires_at.is_some_and(|at| at <= now) {
@@ -63,9 +88,8 @@ impl Session {
     }
 
     fn publish_will(&mut self, now: Instant) {
-        self.will_due = None;
         if let Some(will) = self.will.take() {
-            let message = will_message(will, self.client_id.clone(), now);
+            let message = will_message(will.last, self.client_id.clone(), now);
             self.actions
                 .push_back(SessionAction::Publish(Arc::new(message)));
         }

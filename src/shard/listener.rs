@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
@@ -17,6 +17,10 @@ use super::state::ShardState;
 use crate::config::{ListenerConfig, Transport};
 
 const BACKLOG: i32 = 4096;
+
+/// Least time between two `accept failed` lines; `failures` in each counts
+/// the ones in between too.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A shard's listening socket and what it speaks.
 pub struct Listener {
@@ -80,6 +84,10 @@ pub async fn accept_loop(
     listener: monoio::net::TcpListener,
     config: ListenerConfig,
 ) {
+    // Out of descriptors, accept fails every back-off until a client
+    // leaves: one line per failure would flood the log.
+    let mut failures: u64 = 0;
+    let mut last_warning: Option<Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -96,8 +104,12 @@ pub async fn accept_loop(
                 ));
             }
             Err(error) => {
+                failures += 1;
+                if last_warning.is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_INTERVAL) {
+                    warn!(%error, failures, "accept failed");
+                    last_warning = Some(Instant::now());
+                }
                 // Typically EMFILE: back off instead of spinning on the error.
-                warn!(%error, "accept failed");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
