@@ -41,32 +41,21 @@ while (($#)); do
     *) OUT="$arg" ;;
     esac
 done
-if [[ -z "$OUT" ]]; then
-    echo "usage: bench/peers.sh [--quick | --from DIR] OUT.md" >&2
-    exit 2
-fi
-if [[ "$OUT" != /* ]]; then
-    OUT="$PWD/$OUT"
-fi
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_out "usage: bench/peers.sh [--quick | --from DIR] OUT.md"
+
 TOOLS="$ROOT/bench/.tools"
-BENCH="$ROOT/target/release/ringmq-bench"
-RINGMQ="$ROOT/target/release/ringmq"
 RUMQTTD="$TOOLS/bin/rumqttd"
 WORK="${FROM:-$(mktemp -d /tmp/ringmq-peers.XXXXXX)}"
-BROKER_CPU=0
-BENCH_CPU=1
 
 log() { echo "peers: $*" >&2; }
 
 if [[ -z "$FROM" ]]; then
 
 # --- install -------------------------------------------------------------
-if ! command -v mosquitto >/dev/null; then
-    log "installing mosquitto"
-    apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
-fi
+ensure_mosquitto
 if [[ ! -x "$RUMQTTD" ]]; then
     log "installing rumqttd into $TOOLS (a few minutes)"
     # Not --locked: rumqttd 0.20.0's lock file pins metrics 0.22.1, which
@@ -74,8 +63,7 @@ if [[ ! -x "$RUMQTTD" ]]; then
     # newest 0.22.x does. Default features are TLS and websockets, unused.
     cargo install --quiet --root "$TOOLS" --no-default-features rumqttd
 fi
-log "building ringmq and ringmq-bench (release)"
-(cd "$ROOT" && cargo build --quiet --release -p ringmq -p ringmq-bench)
+build_release
 
 # --- sizes ---------------------------------------------------------------
 if ((QUICK)); then
@@ -92,52 +80,23 @@ fi
 SOURCES=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5
 
 # --- brokers -------------------------------------------------------------
-PID=""
-stop_broker() {
-    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
-        kill "$PID"
-        wait "$PID" 2>/dev/null || true
-    fi
-    PID=""
-}
 trap stop_broker EXIT
-
-wait_port() {
-    local port=$1
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    log "nothing listens on port $port"
-    return 1
-}
 
 start_broker() {
     local name=$1 port=$2
     case "$name" in
     mosquitto)
-        cat >"$WORK/mosquitto.conf" <<EOF
-listener $port 127.0.0.1
-allow_anonymous true
-max_connections -1
-log_dest stderr
-log_type error
-log_type warning
-EOF
-        taskset -c $BROKER_CPU mosquitto -c "$WORK/mosquitto.conf" 2>"$WORK/$name.log" &
+        start_mosquitto "$WORK/mosquitto.conf" "$port" 2>"$WORK/$name.log"
         ;;
     rumqttd)
         sed "s/127.0.0.1:18862/127.0.0.1:$port/" "$ROOT/bench/peers/rumqttd.toml" >"$WORK/rumqttd.toml"
-        taskset -c $BROKER_CPU "$RUMQTTD" --quiet --config "$WORK/rumqttd.toml" >"$WORK/$name.log" 2>&1 &
+        taskset -c "$BROKER_CPU" "$RUMQTTD" --quiet --config "$WORK/rumqttd.toml" >"$WORK/$name.log" 2>&1 &
+        PID=$!
         ;;
     ringmq)
-        taskset -c $BROKER_CPU "$RINGMQ" --listen "127.0.0.1:$port" --cores 1 \
-            --log-level warn >"$WORK/$name.log" 2>&1 &
+        start_ringmq "$port" >"$WORK/$name.log" 2>&1
         ;;
     esac
-    PID=$!
     wait_port "$port"
     log "$name started (pid $PID, port $port)"
 }
@@ -148,13 +107,7 @@ run() {
     local tag=$1
     shift
     log "$tag: ringmq-bench $*"
-    local rc=0
-    "$BENCH" "$@" --cpus $BENCH_CPU --broker-pid "$PID" --json \
-        >"$WORK/$tag.json" 2>"$WORK/$tag.log" || rc=$?
-    if ((rc >= 2)); then
-        log "$tag failed to run (exit $rc): $(tail -n 3 "$WORK/$tag.log")"
-        rm -f "$WORK/$tag.json"
-    fi
+    bench_json "$WORK/$tag" "$@" --cpus "$BENCH_CPU" --broker-pid "$PID" --json
 }
 
 port=18860

@@ -32,46 +32,41 @@ shift
 mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PORT=18945
 SYSCALLS=sendto,recvfrom,read,write,writev,sendmsg,recvmsg,io_uring_enter,epoll_wait,epoll_pwait,epoll_ctl,accept4,shutdown,close
-PID=""
 PERF=""
+# This script's messages (and lib.sh's) go to stderr unprefixed.
+log() { echo "$*" >&2; }
 cleanup() {
     if [[ -n "$PERF" ]]; then
         kill -INT "$PERF" 2>/dev/null || true
         wait "$PERF" 2>/dev/null || true
     fi
-    if [[ -n "$PID" ]]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-    fi
-    PERF="" PID=""
+    stop_broker
+    PERF=""
 }
 trap cleanup EXIT
 
 start_broker() {
     case "$BROKER" in
     ringmq)
-        taskset -c 0 "$ROOT/target/release/ringmq" --listen "127.0.0.1:$PORT" --cores 1 \
-            --log-level warn >>"$OUTDIR/broker.log" 2>&1 &
+        start_ringmq "$PORT" >>"$OUTDIR/broker.log" 2>&1
         ;;
     mosquitto)
+        # Not start_mosquitto: this config keeps Mosquitto's default
+        # logging, which notes every connection.
         printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\n' "$PORT" >"$OUTDIR/mosquitto.conf"
-        taskset -c 0 mosquitto -c "$OUTDIR/mosquitto.conf" >>"$OUTDIR/broker.log" 2>&1 &
+        taskset -c "$BROKER_CPU" mosquitto -c "$OUTDIR/mosquitto.conf" >>"$OUTDIR/broker.log" 2>&1 &
+        PID=$!
         ;;
     *)
-        echo "unknown broker $BROKER" >&2
+        log "unknown broker $BROKER"
         exit 2
         ;;
     esac
-    PID=$!
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on port $PORT" >&2
-    exit 2
+    wait_port "$PORT" || exit 2
 }
 
 # measure JSON PERF-ARGS...: a fresh broker, perf attached to it, one run.
@@ -83,15 +78,15 @@ measure() {
     PERF=$!
     sleep 0.5
     local rc=0
-    "$ROOT/target/release/ringmq-bench" "${ARGS[@]}" --broker "127.0.0.1:$PORT" --cpus 1 \
+    "$BENCH" "${ARGS[@]}" --broker "127.0.0.1:$PORT" --cpus "$BENCH_CPU" \
         --broker-pid "$PID" --json >"$OUTDIR/$json" 2>>"$OUTDIR/bench.log" || rc=$?
-    echo "generator exit $rc" >&2
+    log "generator exit $rc"
     cleanup
     sleep 1
 }
 
 ARGS=("$@")
-echo "ringmq-bench ${ARGS[*]} --broker 127.0.0.1:$PORT --cpus 1 --broker-pid PID --json" >"$OUTDIR/command.txt"
+echo "ringmq-bench ${ARGS[*]} --broker 127.0.0.1:$PORT --cpus $BENCH_CPU --broker-pid PID --json" >"$OUTDIR/command.txt"
 measure bench.json record -e cpu-clock -F 4999 -g -o "$OUTDIR/perf.data"
 measure bench-count.json stat -x, -o "$OUTDIR/syscalls.csv" \
     -e "$(echo "$SYSCALLS" | sed 's/\([a-z_0-9]*\)/syscalls:sys_enter_\1/g')"

@@ -58,17 +58,11 @@ while (($#)); do
     *) OUT="$arg" ;;
     esac
 done
-if [[ -z "$OUT" ]]; then
-    echo "usage: bench/targets.sh [--reps N] [--only S1,S2] [--from DIR] OUT.md" >&2
-    exit 2
-fi
-if [[ "$OUT" != /* ]]; then
-    OUT="$PWD/$OUT"
-fi
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BENCH="$ROOT/target/release/ringmq-bench"
-RINGMQ="$ROOT/target/release/ringmq"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_out "usage: bench/targets.sh [--reps N] [--only S1,S2] [--from DIR] OUT.md"
+
 if ((${#FROM[@]})); then
     WORK=${FROM[0]}
 else
@@ -86,33 +80,10 @@ want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 if [[ "${FROM[0]}" == "$WORK" && ! -e "$WORK/run.txt" ]]; then
 
-if ! command -v mosquitto >/dev/null; then
-    log "installing mosquitto"
-    apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
-fi
-log "building ringmq and ringmq-bench (release)"
-(cd "$ROOT" && cargo build --quiet --release -p ringmq -p ringmq-bench)
+ensure_mosquitto
+build_release
 
-PID=""
-stop_broker() {
-    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
-        kill "$PID"
-        wait "$PID" 2>/dev/null || true
-    fi
-    PID=""
-}
 trap stop_broker EXIT
-
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    log "nothing listens on port $PORT"
-    return 1
-}
 
 # start_broker VARIANT: mosquitto, ringmq (one shard on CPU 0, auto driver),
 # uring / epoll (ringmq, one shard on CPU 0, that driver), cores1 / cores2.
@@ -120,25 +91,21 @@ start_broker() {
     local variant=$1 tag=$2
     case "$variant" in
     mosquitto)
-        printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\nlog_dest stderr\nlog_type error\nlog_type warning\n' \
-            "$PORT" >"$WORK/mosquitto.conf"
-        taskset -c 0 mosquitto -c "$WORK/mosquitto.conf" 2>"$WORK/$tag.broker.log" &
+        start_mosquitto "$WORK/mosquitto.conf" "$PORT" 2>"$WORK/$tag.broker.log"
         ;;
     ringmq | cores1)
-        taskset -c 0 "$RINGMQ" --listen "127.0.0.1:$PORT" --cores 1 --log-level warn \
-            >"$WORK/$tag.broker.log" 2>&1 &
+        start_ringmq "$PORT" >"$WORK/$tag.broker.log" 2>&1
         ;;
     uring | epoll)
-        taskset -c 0 "$RINGMQ" --listen "127.0.0.1:$PORT" --cores 1 --io-driver "$variant" \
-            --log-level warn >"$WORK/$tag.broker.log" 2>&1 &
+        start_ringmq "$PORT" --io-driver "$variant" >"$WORK/$tag.broker.log" 2>&1
         ;;
     cores2)
         "$RINGMQ" --listen "127.0.0.1:$PORT" --cores 2 --log-level warn \
             >"$WORK/$tag.broker.log" 2>&1 &
+        PID=$!
         ;;
     esac
-    PID=$!
-    wait_port
+    wait_port "$PORT"
 }
 
 # run TAG VARIANT ringmq-bench-args...: a fresh broker, one run, its JSON as
@@ -150,15 +117,10 @@ run() {
     # Let the previous broker's sockets leave TIME_WAIT behind them.
     sleep 1
     start_broker "$variant" "$tag"
-    local args=("$@" --cpus 1 --broker-pid "$PID" --json)
+    local args=("$@" --cpus "$BENCH_CPU" --broker-pid "$PID" --json)
     echo "ringmq-bench ${args[*]}" | sed "s/--broker-pid $PID/--broker-pid PID/" >"$WORK/$tag.cmd"
     log "$tag: ringmq-bench ${args[*]}"
-    local rc=0
-    "$BENCH" "${args[@]}" >"$WORK/$tag.json" 2>"$WORK/$tag.log" || rc=$?
-    if ((rc >= 2)); then
-        log "$tag failed to run (exit $rc): $(tail -n 3 "$WORK/$tag.log")"
-        rm -f "$WORK/$tag.json"
-    fi
+    bench_json "$WORK/$tag" "${args[@]}"
     stop_broker
 }
 

@@ -1,0 +1,125 @@
+# shellcheck shell=bash
+# What bench/peers.sh, bench/targets.sh and bench/profile.sh share: the
+# paths and CPU layout, installing Mosquitto and building, starting,
+# waiting for and stopping a broker, and one generator run. Sourced after
+# the caller's `set -euo pipefail`, as
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# The functions report through `log MESSAGE...`, which each caller defines
+# for its own messages too (on stderr, prefixed `peers:` or `targets:`).
+
+# The checkout and its release binaries, wherever the script is run from.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/target/release/ringmq-bench"
+RINGMQ="$ROOT/target/release/ringmq"
+# The broker is pinned to BROKER_CPU and the generator (`--cpus`) to
+# BENCH_CPU, so that the two never compete for a core.
+BROKER_CPU=0
+# shellcheck disable=SC2034 # used by the callers
+BENCH_CPU=1
+# The broker started last: for `--broker-pid`, and what stop_broker stops.
+PID=""
+
+# require_out USAGE: peers.sh and targets.sh both end in an OUT.md argument;
+# without one, USAGE and exit 2. OUT is made absolute, as the closing
+# "tables written to" line names it.
+require_out() {
+    if [[ -z "$OUT" ]]; then
+        echo "$1" >&2
+        exit 2
+    fi
+    if [[ "$OUT" != /* ]]; then
+        OUT="$PWD/$OUT"
+    fi
+}
+
+# Mosquitto is the broker every comparison is made against: installed with
+# apt the first time.
+ensure_mosquitto() {
+    if ! command -v mosquitto >/dev/null; then
+        log "installing mosquitto"
+        apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
+    fi
+}
+
+# A run measures the checkout as it is, so both binaries are rebuilt first
+# (quick when nothing changed).
+build_release() {
+    log "building ringmq and ringmq-bench (release)"
+    (cd "$ROOT" && cargo build --quiet --release -p ringmq -p ringmq-bench)
+}
+
+# wait_port PORT: a broker started in the background needs a moment before
+# it listens, and a generator that connects too early counts only errors.
+# Fails (after logging) if nothing listens on 127.0.0.1:PORT within 10 s.
+wait_port() {
+    local port=$1
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "nothing listens on port $port"
+    return 1
+}
+
+# start_ringmq PORT [ARGS...]: ringmq on 127.0.0.1:PORT as the benches run
+# it, one shard (`--cores 1`) with the whole process pinned to BROKER_CPU,
+# and warnings only, so logging costs nothing per message; ARGS go before
+# `--log-level`. In the background, its output wherever the caller
+# redirects this call; sets PID. Does not wait for the port.
+start_ringmq() {
+    local port=$1
+    shift
+    taskset -c "$BROKER_CPU" "$RINGMQ" --listen "127.0.0.1:$port" --cores 1 "$@" \
+        --log-level warn &
+    PID=$!
+}
+
+# start_mosquitto CONF PORT: Mosquitto on 127.0.0.1:PORT, configured the
+# same way for every comparison (config written to CONF): anonymous, no
+# connection limit, and only errors and warnings logged, so logging costs
+# nothing per connection. Pinned to BROKER_CPU, in the background, its
+# output wherever the caller redirects this call; sets PID. Does not wait
+# for the port.
+start_mosquitto() {
+    local conf=$1 port=$2
+    cat >"$conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+max_connections -1
+log_dest stderr
+log_type error
+log_type warning
+EOF
+    taskset -c "$BROKER_CPU" mosquitto -c "$conf" &
+    PID=$!
+}
+
+# Every run starts on a fresh broker, and a script that exits (or fails)
+# must not leave one running: stops PID and waits for it, so its port and
+# CPU are free for the next. Does nothing without one, so it also serves
+# as an EXIT trap.
+stop_broker() {
+    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
+        kill "$PID"
+        wait "$PID" 2>/dev/null || true
+    fi
+    PID=""
+}
+
+# bench_json BASE ARGS...: runs `ringmq-bench ARGS` (which should include
+# --json), its stdout in BASE.json and stderr in BASE.log. A run with
+# errors exits 1 and its JSON still says what happened, so that stays; a
+# run that could not start (exit 2 or more) loses its JSON, so the tables
+# leave it out, and its log's last lines are logged.
+bench_json() {
+    local base=$1
+    shift
+    local tag=${base##*/} rc=0
+    "$BENCH" "$@" >"$base.json" 2>"$base.log" || rc=$?
+    if ((rc >= 2)); then
+        log "$tag failed to run (exit $rc): $(tail -n 3 "$base.log")"
+        rm -f "$base.json"
+    fi
+}
