@@ -25,16 +25,7 @@ pub struct Raw {
 
 impl Raw {
     pub async fn open(addr: SocketAddr, version: u8) -> Raw {
-        let stream = tokio::time::timeout(RECV_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .expect("TCP connect timed out")
-            .expect("TCP connect failed");
-        stream.set_nodelay(true).unwrap();
-        Raw {
-            stream,
-            buf: Vec::new(),
-            version,
-        }
+        Raw::establish(TcpStream::connect(addr), version).await
     }
 
     /// Like [`Raw::open`], from the local address `source` (any port), so
@@ -48,7 +39,17 @@ impl Raw {
         socket
             .bind(SocketAddr::new(source, 0))
             .unwrap_or_else(|error| panic!("cannot bind to {source}: {error}"));
-        let stream = tokio::time::timeout(RECV_TIMEOUT, socket.connect(addr))
+        Raw::establish(socket.connect(addr), version).await
+    }
+
+    /// Waits at most [`RECV_TIMEOUT`] for `connecting` and wraps the stream
+    /// with Nagle off: the one way [`Raw::open`] and [`Raw::open_from`]
+    /// finish, so both time out, fail and send alike.
+    async fn establish(
+        connecting: impl Future<Output = std::io::Result<TcpStream>>,
+        version: u8,
+    ) -> Raw {
+        let stream = tokio::time::timeout(RECV_TIMEOUT, connecting)
             .await
             .expect("TCP connect timed out")
             .expect("TCP connect failed");
