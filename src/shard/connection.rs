@@ -618,12 +618,12 @@ impl Connection {
         let _ = limit.on(drain).await;
     }
 
+    /// Returns whether the client may still be sending: reading stopped
+    /// because the connection is closing, not at the end of the stream.
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn holds its arguments twice"
     )]
-    /// Returns whether the client may still be sending: reading stopped
-    /// because the connection is closing, not at the end of the stream.
     fn read_loop<'a>(&'a self, input: &'a mut Input) -> impl Future<Output = bool> + 'a {
         async move {
             let conn = &self.conn;
