@@ -83,6 +83,10 @@ where
                     let mut runtime = RuntimeBuilder::<FusionDriver>::new()
                         .enable_timer()
                         .with_entries(4096)
+                        // As the broker's: a readable socket under a poll
+                        // must not interrupt a busy worker, or each send the
+                        // broker makes pays for that interrupt.
+                        .uring_builder(ringmq::shard::uring_builder())
                         .build()?;
                     Ok(runtime.block_on(make(index)))
                 })
