@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::protocol::{PublishProperties, QoS};
+use crate::protocol::{LazyPublishProperties, QoS};
 
 /// Shared by `Arc` once routed: one allocation per PUBLISH, whatever the
 /// number of subscribers, and the payload is a refcounted slice of the
@@ -24,7 +24,7 @@ pub struct Message {
     /// `subscription_identifiers` empty: both are per-connection.
     /// `message_expiry_interval` is the value as published; the remaining
     /// interval is derived from `expires_at` when the message is sent.
-    pub properties: PublishProperties,
+    pub properties: LazyPublishProperties,
     /// Client id of the publisher, for v5 No Local.
     pub publisher: ByteString,
     /// From the Message Expiry Interval, if any.

@@ -13,7 +13,9 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use ringmq::message::Message;
-use ringmq::protocol::{self, Packet, ProtocolVersion, Publish, PublishProperties, QoS};
+use ringmq::protocol::{
+    self, LazyPublishProperties, Packet, ProtocolVersion, Publish, PublishProperties, QoS,
+};
 use ringmq::router::{RetainedStore, TopicTrie};
 
 fn scale() -> usize {
@@ -48,8 +50,9 @@ fn publish(version: ProtocolVersion) -> Packet {
             )],
             ..PublishProperties::default()
         }
+        .into()
     } else {
-        PublishProperties::default()
+        LazyPublishProperties::default()
     };
     Packet::Publish(Publish {
         dup: false,
@@ -135,7 +138,7 @@ fn retained(c: &mut Criterion) {
             payload: payload.clone(),
             qos: QoS::AtMostOnce,
             retain: true,
-            properties: PublishProperties::default(),
+            properties: LazyPublishProperties::default(),
             publisher: ByteString::from_static("bench"),
             expires_at: None,
             received_at: std::time::Instant::now(),

@@ -18,8 +18,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use ringmq::protocol::{
     self, Connect, ConnectProperties, DecodeError, Disconnect, DisconnectProperties, EncodeError,
-    Packet, PacketType, ProtocolVersion, PubResponse, PubResponseProperties, Publish,
-    PublishProperties, QoS, ReasonCode, Subscribe, SubscribeProperties, SubscriptionOptions,
+    LazyPublishProperties, Packet, PacketType, ProtocolVersion, PubResponse, PubResponseProperties,
+    Publish, QoS, ReasonCode, Subscribe, SubscribeProperties, SubscriptionOptions,
     TopicSubscription,
 };
 
@@ -328,10 +328,10 @@ impl Connection {
 
     /// Sends DISCONNECT; the socket closes when `self` drops.
     pub async fn disconnect(mut self) -> Result<(), ClientError> {
-        self.queue(&Packet::Disconnect(Disconnect {
+        self.queue(&Packet::Disconnect(Box::new(Disconnect {
             reason: ReasonCode::Success,
             properties: DisconnectProperties::default(),
-        }))?;
+        })))?;
         self.flush().await
     }
 }
@@ -383,7 +383,7 @@ impl PublishTemplate {
             retain: false,
             topic: ByteString::from(topic),
             packet_id,
-            properties: PublishProperties::default(),
+            properties: LazyPublishProperties::default(),
             payload: payload.freeze(),
         })
         .write(VERSION, &mut bytes)?;
@@ -455,7 +455,7 @@ mod tests {
                 retain: false,
                 topic: ByteString::from("bench/pair/7"),
                 packet_id: if qos == QoS::AtMostOnce { 0 } else { 4242 },
-                properties: PublishProperties::default(),
+                properties: LazyPublishProperties::default(),
                 payload: Bytes::from(payload),
             });
             let decoded = protocol::read(&mut out, VERSION, MAX_PACKET_SIZE)

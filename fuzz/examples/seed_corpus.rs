@@ -124,7 +124,7 @@ fn publish(qos: QoS, properties: PublishProperties) -> Packet {
         retain: qos == QoS::AtLeastOnce,
         topic: "sensors/1/temperature".into(),
         packet_id: if qos == QoS::AtMostOnce { 0 } else { 7 },
-        properties,
+        properties: properties.into(),
         payload: Bytes::from_static(b"21.5"),
     })
 }
@@ -172,11 +172,11 @@ fn packets_v4() -> Vec<(&'static str, Packet)> {
         ("connect-v4-will", connect(ProtocolVersion::V3_1_1, true)),
         (
             "connack",
-            Packet::ConnAck(ConnAck {
+            Packet::ConnAck(Box::new(ConnAck {
                 session_present: true,
                 reason: ReasonCode::Success,
                 properties: ConnAckProperties::default(),
-            }),
+            })),
         ),
         ("publish-qos0", publish(QoS::AtMostOnce, Default::default())),
         (
@@ -194,11 +194,11 @@ fn packets_v4() -> Vec<(&'static str, Packet)> {
         ("subscribe", subscribe(Default::default(), false)),
         (
             "suback",
-            Packet::SubAck(SubAck {
+            Packet::SubAck(Box::new(SubAck {
                 packet_id: 3,
                 reasons: vec![ReasonCode::GrantedQoS1, ReasonCode::UnspecifiedError],
                 properties: SubAckProperties::default(),
-            }),
+            })),
         ),
         (
             "unsubscribe",
@@ -210,20 +210,20 @@ fn packets_v4() -> Vec<(&'static str, Packet)> {
         ),
         (
             "unsuback",
-            Packet::UnsubAck(UnsubAck {
+            Packet::UnsubAck(Box::new(UnsubAck {
                 packet_id: 4,
                 reasons: Vec::new(),
                 properties: UnsubAckProperties::default(),
-            }),
+            })),
         ),
         ("pingreq", Packet::PingReq),
         ("pingresp", Packet::PingResp),
         (
             "disconnect",
-            Packet::Disconnect(Disconnect {
+            Packet::Disconnect(Box::new(Disconnect {
                 reason: ReasonCode::Success,
                 properties: DisconnectProperties::default(),
-            }),
+            })),
         ),
     ]
 }
@@ -248,7 +248,7 @@ fn packets_v5() -> Vec<(&'static str, Packet)> {
         ("connect-v5-will", connect(ProtocolVersion::V5, true)),
         (
             "connack",
-            Packet::ConnAck(ConnAck {
+            Packet::ConnAck(Box::new(ConnAck {
                 session_present: false,
                 reason: ReasonCode::Success,
                 properties: ConnAckProperties {
@@ -261,7 +261,7 @@ fn packets_v5() -> Vec<(&'static str, Packet)> {
                     server_keep_alive: Some(30),
                     ..Default::default()
                 },
-            }),
+            })),
         ),
         ("publish-qos0", publish(QoS::AtMostOnce, Default::default())),
         (
@@ -316,14 +316,14 @@ fn packets_v5() -> Vec<(&'static str, Packet)> {
         ),
         (
             "suback",
-            Packet::SubAck(SubAck {
+            Packet::SubAck(Box::new(SubAck {
                 packet_id: 3,
                 reasons: vec![ReasonCode::GrantedQoS1, ReasonCode::TopicFilterInvalid],
                 properties: SubAckProperties {
                     reason_string: Some("partly".into()),
                     user_properties: Vec::new(),
                 },
-            }),
+            })),
         ),
         (
             "unsubscribe",
@@ -337,34 +337,34 @@ fn packets_v5() -> Vec<(&'static str, Packet)> {
         ),
         (
             "unsuback",
-            Packet::UnsubAck(UnsubAck {
+            Packet::UnsubAck(Box::new(UnsubAck {
                 packet_id: 4,
                 reasons: vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted],
                 properties: UnsubAckProperties::default(),
-            }),
+            })),
         ),
         ("pingreq", Packet::PingReq),
         (
             "disconnect",
-            Packet::Disconnect(Disconnect {
+            Packet::Disconnect(Box::new(Disconnect {
                 reason: ReasonCode::DisconnectWithWillMessage,
                 properties: DisconnectProperties {
                     session_expiry_interval: Some(0),
                     reason_string: Some("bye".into()),
                     ..Default::default()
                 },
-            }),
+            })),
         ),
         (
             "auth",
-            Packet::Auth(Auth {
+            Packet::Auth(Box::new(Auth {
                 reason: ReasonCode::ContinueAuthentication,
                 properties: AuthProperties {
                     authentication_method: Some("SCRAM-SHA-256".into()),
                     authentication_data: Some(Bytes::from_static(b"client-first")),
                     ..Default::default()
                 },
-            }),
+            })),
         ),
     ]
 }

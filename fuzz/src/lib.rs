@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use ringmq::message::Message;
 use ringmq::protocol::topic::{matches, valid_topic_filter, valid_topic_name};
 use ringmq::protocol::{
-    DecodeError, EncodeError, Packet, ProtocolVersion, PublishProperties, QoS, check, read,
+    DecodeError, EncodeError, LazyPublishProperties, Packet, ProtocolVersion, QoS, check, read,
 };
 use ringmq::router::{RetainedStore, TopicTrie};
 
@@ -215,7 +215,7 @@ fn retained(filters: &BTreeSet<&str>, mut names: BTreeSet<&str>) {
             payload: Bytes::from_static(payload),
             qos: QoS::AtMostOnce,
             retain: true,
-            properties: PublishProperties::default(),
+            properties: LazyPublishProperties::default(),
             publisher: "fuzz".into(),
             expires_at: None,
             received_at: now,

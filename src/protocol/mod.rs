@@ -125,23 +125,28 @@ impl FixedHeader {
 }
 
 /// Every control packet. PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
+///
+/// Packets move by value from decoding through the session to encoding, so
+/// the ones a connection sees once or seldom are boxed and a `Packet` is no
+/// bigger than a PUBLISH (see `a_packet_stays_small`). SUBSCRIBE and
+/// UNSUBSCRIBE are not: they fit already.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
     Connect(Box<Connect>),
-    ConnAck(ConnAck),
+    ConnAck(Box<ConnAck>),
     Publish(Publish),
     PubAck(PubResponse),
     PubRec(PubResponse),
     PubRel(PubResponse),
     PubComp(PubResponse),
     Subscribe(Subscribe),
-    SubAck(SubAck),
+    SubAck(Box<SubAck>),
     Unsubscribe(Unsubscribe),
-    UnsubAck(UnsubAck),
+    UnsubAck(Box<UnsubAck>),
     PingReq,
     PingResp,
-    Disconnect(Disconnect),
-    Auth(Auth),
+    Disconnect(Box<Disconnect>),
+    Auth(Box<Auth>),
 }
 
 /// Why bytes could not be decoded. Each maps to the v5 reason code the

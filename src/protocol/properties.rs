@@ -491,7 +491,7 @@ mod tests {
         };
         unsuback.properties.user_properties = vec![("k".into(), "v".repeat(65_536).into())];
         assert_eq!(
-            encode(&Packet::UnsubAck(unsuback), v5),
+            encode(&Packet::UnsubAck(Box::new(unsuback)), v5),
             Err(EncodeError::FieldTooLong)
         );
         let mut publish = crate::protocol::Publish {
@@ -500,7 +500,7 @@ mod tests {
             retain: false,
             topic: "t".into(),
             packet_id: 0,
-            properties: PublishProperties::default(),
+            properties: Default::default(),
             payload: Bytes::new(),
         };
         publish.properties.subscription_identifiers = vec![MAX_VARINT as u32 + 1];

@@ -33,7 +33,9 @@ pub fn packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         connect(version)
             .prop_map(|c| Packet::Connect(Box::new(c)))
             .boxed(),
-        connack(version).prop_map(Packet::ConnAck).boxed(),
+        connack(version)
+            .prop_map(|c| Packet::ConnAck(Box::new(c)))
+            .boxed(),
         publish(version).prop_map(Packet::Publish).boxed(),
         pub_response(v5, PUBACK_PUBREC_REASONS)
             .prop_map(Packet::PubAck)
@@ -48,15 +50,19 @@ pub fn packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             .prop_map(Packet::PubComp)
             .boxed(),
         subscribe(v5).prop_map(Packet::Subscribe).boxed(),
-        suback(v5).prop_map(Packet::SubAck).boxed(),
+        suback(v5).prop_map(|s| Packet::SubAck(Box::new(s))).boxed(),
         unsubscribe(v5).prop_map(Packet::Unsubscribe).boxed(),
-        unsuback(v5).prop_map(Packet::UnsubAck).boxed(),
+        unsuback(v5)
+            .prop_map(|u| Packet::UnsubAck(Box::new(u)))
+            .boxed(),
         Just(Packet::PingReq).boxed(),
         Just(Packet::PingResp).boxed(),
-        disconnect(v5).prop_map(Packet::Disconnect).boxed(),
+        disconnect(v5)
+            .prop_map(|d| Packet::Disconnect(Box::new(d)))
+            .boxed(),
     ];
     if v5 {
-        packets.push(auth().prop_map(Packet::Auth).boxed());
+        packets.push(auth().prop_map(|a| Packet::Auth(Box::new(a))).boxed());
     }
     Union::new(packets).boxed()
 }
@@ -278,7 +284,7 @@ pub fn publish(version: ProtocolVersion) -> impl Strategy<Value = Publish> {
                     retain,
                     topic,
                     packet_id: if at_most_once { 0 } else { packet_id },
-                    properties,
+                    properties: properties.into(),
                     payload,
                 }
             },

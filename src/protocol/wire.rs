@@ -80,20 +80,20 @@ fn read_body(
     let t = header.packet_type;
     Ok(match t {
         T::Connect => Packet::Connect(Box::new(Connect::read(r)?)),
-        T::ConnAck => Packet::ConnAck(ConnAck::read(r, version)?),
+        T::ConnAck => Packet::ConnAck(Box::new(ConnAck::read(r, version)?)),
         T::Publish => Packet::Publish(Publish::read(header.flags, r, version)?),
         T::PubAck => Packet::PubAck(PubResponse::read(t, r, version)?),
         T::PubRec => Packet::PubRec(PubResponse::read(t, r, version)?),
         T::PubRel => Packet::PubRel(PubResponse::read(t, r, version)?),
         T::PubComp => Packet::PubComp(PubResponse::read(t, r, version)?),
         T::Subscribe => Packet::Subscribe(Subscribe::read(r, version)?),
-        T::SubAck => Packet::SubAck(SubAck::read(r, version)?),
+        T::SubAck => Packet::SubAck(Box::new(SubAck::read(r, version)?)),
         T::Unsubscribe => Packet::Unsubscribe(Unsubscribe::read(r, version)?),
-        T::UnsubAck => Packet::UnsubAck(UnsubAck::read(r, version)?),
+        T::UnsubAck => Packet::UnsubAck(Box::new(UnsubAck::read(r, version)?)),
         T::PingReq => Packet::PingReq,
         T::PingResp => Packet::PingResp,
-        T::Disconnect => Packet::Disconnect(Disconnect::read(r, version)?),
-        T::Auth => Packet::Auth(Auth::read(r, version)?),
+        T::Disconnect => Packet::Disconnect(Box::new(Disconnect::read(r, version)?)),
+        T::Auth => Packet::Auth(Box::new(Auth::read(r, version)?)),
     })
 }
 
@@ -389,7 +389,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::tests::{decode, encode};
-    use crate::protocol::{PublishProperties, QoS, check, read};
+    use crate::protocol::{LazyPublishProperties, PublishProperties, QoS, check, read};
 
     #[test]
     fn check_waits_for_the_whole_fixed_header() {
@@ -518,7 +518,7 @@ mod tests {
             retain: false,
             topic: "sensors/1".into(),
             packet_id: 0,
-            properties: PublishProperties::default(),
+            properties: LazyPublishProperties::default(),
             payload: Bytes::from_static(b"21.5"),
         });
         let mut buf = BytesMut::from(&encode(&packet, ProtocolVersion::V3_1_1).unwrap()[..]);
@@ -544,7 +544,8 @@ mod tests {
                 user_properties: vec![("k".into(), "v".into())],
                 subscription_identifiers: vec![1, 300],
                 ..Default::default()
-            },
+            }
+            .into(),
             payload: Bytes::from(vec![7; 1000]),
         });
         let mut buf = BytesMut::with_capacity(2048);
@@ -567,7 +568,7 @@ mod tests {
             retain: false,
             topic: "x".repeat(65_536).into(),
             packet_id: 0,
-            properties: PublishProperties::default(),
+            properties: LazyPublishProperties::default(),
             payload: Bytes::new(),
         };
         let mut buf = BytesMut::from(&b"earlier"[..]);

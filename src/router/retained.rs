@@ -125,7 +125,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::topic::matches;
-    use crate::protocol::{PublishProperties, QoS};
+    use crate::protocol::{LazyPublishProperties, QoS};
     use crate::router::strategies::{filter, topic};
 
     fn message(topic: &str, payload: &'static str) -> Arc<Message> {
@@ -134,7 +134,7 @@ mod tests {
             payload: Bytes::from_static(payload.as_bytes()),
             qos: QoS::AtMostOnce,
             retain: true,
-            properties: PublishProperties::default(),
+            properties: LazyPublishProperties::default(),
             publisher: "publisher".into(),
             expires_at: None,
             received_at: std::time::Instant::now(),

@@ -27,7 +27,11 @@ impl IncomingAliases {
     /// name afterwards; an invalid one bound here does no harm, since that
     /// check failing ends the connection and the table with it.
     pub fn resolve(&mut self, publish: &mut Publish) -> Result<(), Problem> {
-        let Some(alias) = publish.properties.topic_alias.take() else {
+        let Some(alias) = publish
+            .properties
+            .get_mut()
+            .and_then(|properties| properties.topic_alias.take())
+        else {
             return Ok(());
         };
         if alias == 0 {
@@ -144,7 +148,8 @@ mod tests {
             properties: PublishProperties {
                 topic_alias: alias,
                 ..PublishProperties::default()
-            },
+            }
+            .into(),
             payload: Bytes::new(),
         }
     }

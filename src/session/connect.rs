@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(actions(&mut session), vec![SessionAction::Close]);
         assert_eq!(
             transmit(&mut session, now),
-            vec![Packet::Disconnect(Disconnect {
+            vec![Packet::Disconnect(Box::new(Disconnect {
                 reason: ReasonCode::ProtocolError,
                 properties: DisconnectProperties {
                     reason_string: Some(
@@ -631,7 +631,7 @@ mod tests {
                     ),
                     ..DisconnectProperties::default()
                 },
-            })]
+            }))]
         );
     }
 
@@ -644,10 +644,7 @@ mod tests {
         assert_eq!(actions(&mut session), vec![SessionAction::Close]);
         assert!(matches!(
             transmit(&mut session, now).as_slice(),
-            [Packet::Disconnect(Disconnect {
-                reason: ReasonCode::ProtocolError,
-                ..
-            })]
+            [Packet::Disconnect(disconnect)] if disconnect.reason == ReasonCode::ProtocolError
         ));
     }
 

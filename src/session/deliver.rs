@@ -365,10 +365,10 @@ mod tests {
         session.handle_packet(topic_alias_99(), now).unwrap_err();
         assert_eq!(
             transmit(&mut session, now),
-            vec![Packet::Disconnect(Disconnect {
+            vec![Packet::Disconnect(Box::new(Disconnect {
                 reason: ReasonCode::TopicAliasInvalid,
                 properties: Default::default(),
-            })]
+            }))]
         );
 
         let (mut session, now) = connected(ProtocolVersion::V5);
@@ -642,10 +642,7 @@ mod tests {
         // next connection.
         assert!(matches!(
             transmit(&mut session, now).as_slice(),
-            [Packet::Disconnect(Disconnect {
-                reason: ReasonCode::QuotaExceeded,
-                ..
-            })]
+            [Packet::Disconnect(disconnect)] if disconnect.reason == ReasonCode::QuotaExceeded
         ));
         // A delivery after Close is treated as for an offline session.
         assert_eq!(

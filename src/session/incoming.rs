@@ -112,7 +112,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::protocol::{Disconnect, ProtocolVersion, PublishProperties};
+    use crate::protocol::{ProtocolVersion, PublishProperties};
     use crate::session::SessionConfig;
     use crate::session::testing::*;
 
@@ -130,7 +130,7 @@ mod tests {
         transmit(session, now)
             .into_iter()
             .find_map(|packet| match packet {
-                Packet::Disconnect(Disconnect { reason, .. }) => Some(reason),
+                Packet::Disconnect(disconnect) => Some(disconnect.reason),
                 _ => None,
             })
     }
@@ -164,7 +164,8 @@ mod tests {
                 response_topic: Some("reply".into()),
                 user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
                 ..PublishProperties::default()
-            },
+            }
+            .into(),
             payload: Bytes::from_static(b"x"),
         };
         session
@@ -475,10 +476,10 @@ mod tests {
     #[test]
     fn auth_is_a_protocol_error() {
         let (mut session, now) = connected(ProtocolVersion::V5);
-        let auth = Packet::Auth(crate::protocol::Auth {
+        let auth = Packet::Auth(Box::new(crate::protocol::Auth {
             reason: ReasonCode::ContinueAuthentication,
             properties: Default::default(),
-        });
+        }));
         assert_eq!(
             session.handle_packet(auth, now),
             Err(ReasonCode::ProtocolError)
@@ -493,21 +494,21 @@ mod tests {
     fn server_packets_from_the_client_are_protocol_errors() {
         for packet in [
             Packet::PingResp,
-            Packet::SubAck(crate::protocol::SubAck {
+            Packet::SubAck(Box::new(crate::protocol::SubAck {
                 packet_id: 1,
                 reasons: vec![],
                 properties: Default::default(),
-            }),
-            Packet::UnsubAck(crate::protocol::UnsubAck {
+            })),
+            Packet::UnsubAck(Box::new(crate::protocol::UnsubAck {
                 packet_id: 1,
                 reasons: vec![],
                 properties: Default::default(),
-            }),
-            Packet::ConnAck(crate::protocol::ConnAck {
+            })),
+            Packet::ConnAck(Box::new(crate::protocol::ConnAck {
                 session_present: false,
                 reason: ReasonCode::Success,
                 properties: Default::default(),
-            }),
+            })),
         ] {
             let (mut session, now) = connected(ProtocolVersion::V5);
             assert_eq!(

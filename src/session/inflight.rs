@@ -238,7 +238,7 @@ mod tests {
 
     use super::*;
     use crate::message::Message;
-    use crate::protocol::PublishProperties;
+    use crate::protocol::LazyPublishProperties;
 
     fn outgoing(qos: QoS) -> Outgoing {
         Outgoing {
@@ -247,7 +247,7 @@ mod tests {
                 payload: Default::default(),
                 qos,
                 retain: false,
-                properties: PublishProperties::default(),
+                properties: LazyPublishProperties::default(),
                 publisher: "p".into(),
                 expires_at: None,
                 received_at: std::time::Instant::now(),

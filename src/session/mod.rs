@@ -527,13 +527,14 @@ impl Session {
         if let Some(problem) = problem
             && self.protocol.is_v5()
         {
-            self.control.push_back(Packet::Disconnect(Disconnect {
-                reason: problem.reason,
-                properties: DisconnectProperties {
-                    reason_string: Some(problem.detail.into()),
-                    ..DisconnectProperties::default()
-                },
-            }));
+            self.control
+                .push_back(Packet::Disconnect(Box::new(Disconnect {
+                    reason: problem.reason,
+                    properties: DisconnectProperties {
+                        reason_string: Some(problem.detail.into()),
+                        ..DisconnectProperties::default()
+                    },
+                })));
         }
         self.closing = true;
         self.actions.push_back(SessionAction::Close);

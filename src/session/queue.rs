@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytestring::ByteString;
 
 use crate::message::Message;
-use crate::protocol::{ProtocolVersion, Publish, PublishProperties, QoS};
+use crate::protocol::{LazyPublishProperties, ProtocolVersion, Publish, PublishProperties, QoS};
 
 /// One delivery as decided when the message reached the session: QoS,
 /// RETAIN and subscription identifiers are per subscriber, so they are kept
@@ -42,15 +42,18 @@ impl Outgoing {
         version: ProtocolVersion,
         now: Instant,
     ) -> Publish {
+        // Built whole and boxed only if anything is set, so that a message
+        // without properties goes out without an allocation at v5 too.
         let properties = if version.is_v5() {
             PublishProperties {
                 message_expiry_interval: self.message.remaining_expiry_secs(now),
                 topic_alias: None,
                 subscription_identifiers: self.subscription_ids.clone(),
-                ..self.message.properties.clone()
+                ..(*self.message.properties).clone()
             }
+            .into()
         } else {
-            PublishProperties::default()
+            LazyPublishProperties::default()
         };
         Publish {
             dup,
@@ -84,7 +87,8 @@ mod tests {
                     content_type: Some(ByteString::from("text/plain")),
                     user_properties: vec![("k".into(), "v".into())],
                     ..PublishProperties::default()
-                },
+                }
+                .into(),
                 publisher: "pub".into(),
                 expires_at: expires_in.map(|d| now + d),
                 received_at: now,
@@ -126,7 +130,7 @@ mod tests {
         let now = Instant::now();
         let out = outgoing(Some(Duration::from_secs(60)), now);
         let publish = out.publish(1, false, ProtocolVersion::V3_1_1, now);
-        assert_eq!(publish.properties, PublishProperties::default());
+        assert_eq!(publish.properties, LazyPublishProperties::default());
     }
 
     #[test]

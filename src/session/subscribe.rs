@@ -114,11 +114,11 @@ impl Session {
             reason_string: refusals(&filters, &reasons),
             ..SubAckProperties::default()
         };
-        self.control.push_back(Packet::SubAck(SubAck {
+        self.control.push_back(Packet::SubAck(Box::new(SubAck {
             packet_id: subscribe.packet_id,
             reasons,
             properties,
-        }));
+        })));
         Ok(())
     }
 
@@ -137,11 +137,11 @@ impl Session {
         if !self.protocol.is_v5() {
             reasons.clear();
         }
-        self.control.push_back(Packet::UnsubAck(UnsubAck {
+        self.control.push_back(Packet::UnsubAck(Box::new(UnsubAck {
             packet_id: unsubscribe.packet_id,
             reasons,
             properties: UnsubAckProperties::default(),
-        }));
+        })));
     }
 }
 
@@ -488,7 +488,7 @@ mod tests {
         );
         assert_eq!(
             transmit(&mut session, now),
-            vec![Packet::UnsubAck(UnsubAck {
+            vec![Packet::UnsubAck(Box::new(UnsubAck {
                 packet_id: 8,
                 reasons: vec![
                     ReasonCode::Success,
@@ -496,7 +496,7 @@ mod tests {
                     ReasonCode::NoSubscriptionExisted
                 ],
                 properties: UnsubAckProperties::default(),
-            })]
+            }))]
         );
     }
 
@@ -515,7 +515,7 @@ mod tests {
         );
         assert!(matches!(
             transmit(&mut session, now).as_slice(),
-            [Packet::UnsubAck(UnsubAck { packet_id: 8, reasons, .. })] if reasons.is_empty()
+            [Packet::UnsubAck(unsuback)] if unsuback.packet_id == 8 && unsuback.reasons.is_empty()
         ));
     }
 

@@ -9,8 +9,8 @@ use super::{Delivery, QueueFullPolicy, Session, SessionAction, SessionConfig};
 use crate::message::Message;
 use crate::protocol::topic::TopicLimits;
 use crate::protocol::{
-    Connect, ConnectProperties, Disconnect, DisconnectProperties, LastWill, Packet,
-    ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode, WillProperties,
+    Connect, ConnectProperties, Disconnect, DisconnectProperties, LastWill, LazyPublishProperties,
+    Packet, ProtocolVersion, Publish, QoS, ReasonCode, WillProperties,
 };
 
 pub fn config() -> SessionConfig {
@@ -85,7 +85,7 @@ pub fn message(topic: &str, qos: QoS) -> Arc<Message> {
         payload: Bytes::from_static(b"payload"),
         qos,
         retain: false,
-        properties: PublishProperties::default(),
+        properties: LazyPublishProperties::default(),
         publisher: "other".into(),
         expires_at: None,
         received_at: Instant::now(),
@@ -113,19 +113,19 @@ pub fn publish_in(topic: &str, qos: QoS, packet_id: u16) -> Packet {
         retain: false,
         topic: topic.into(),
         packet_id,
-        properties: PublishProperties::default(),
+        properties: LazyPublishProperties::default(),
         payload: Bytes::from_static(b"in"),
     })
 }
 
 pub fn disconnect(reason: ReasonCode, session_expiry_interval: Option<u32>) -> Packet {
-    Packet::Disconnect(Disconnect {
+    Packet::Disconnect(Box::new(Disconnect {
         reason,
         properties: DisconnectProperties {
             session_expiry_interval,
             ..DisconnectProperties::default()
         },
-    })
+    }))
 }
 
 /// Everything `poll_transmit` has to send right now.

@@ -115,7 +115,8 @@ fn will_message(will: LastWill, publisher: ByteString, now: Instant) -> Message 
             user_properties: p.user_properties,
             subscription_identifiers: Vec::new(),
             content_type: p.content_type,
-        },
+        }
+        .into(),
         publisher,
         expires_at,
         received_at: now,

@@ -231,10 +231,10 @@ impl ConnHandle {
     /// v5 clients are told why with a DISCONNECT; then the connection closes.
     pub fn disconnect(&self, reason: ReasonCode) {
         if self.version.is_v5() {
-            self.send(&Packet::Disconnect(Disconnect {
+            self.send(&Packet::Disconnect(Box::new(Disconnect {
                 reason,
                 properties: DisconnectProperties::default(),
-            }));
+            })));
         }
         self.close(CloseReason::Server(reason));
     }
@@ -1071,11 +1071,11 @@ async fn refuse(
     version: ProtocolVersion,
     reason: ReasonCode,
 ) {
-    let connack = Packet::ConnAck(ConnAck {
+    let connack = Packet::ConnAck(Box::new(ConnAck {
         session_present: false,
         reason,
         properties: ConnAckProperties::default(),
-    });
+    }));
     let mut out = BytesMut::new();
     if connack.write(version, &mut out).is_err() {
         return;

@@ -340,7 +340,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::protocol::{PublishProperties, QoS};
+    use crate::protocol::{LazyPublishProperties, QoS};
 
     fn message(n: u32) -> Arc<Message> {
         Arc::new(Message {
@@ -348,7 +348,7 @@ mod tests {
             payload: Bytes::from(n.to_be_bytes().to_vec()),
             qos: QoS::AtMostOnce,
             retain: false,
-            properties: PublishProperties::default(),
+            properties: LazyPublishProperties::default(),
             publisher: ByteString::from_static("p"),
             expires_at: None,
             received_at: std::time::Instant::now(),

@@ -212,7 +212,7 @@ impl ShardState {
         if let Some(connack) = Session::refuse_connect(connect, &self.config.session) {
             let conn = Rc::new(ConnHandle::new(self.next_conn_id, NO_SESSION, version, fd));
             let reason = connack.reason;
-            conn.send(&Packet::ConnAck(connack));
+            conn.send(&Packet::ConnAck(Box::new(connack)));
             conn.close(CloseReason::Refused(reason));
             self.metrics.refused(reason);
             self.metrics.connect_latency.record(now.elapsed());
@@ -251,7 +251,7 @@ impl ShardState {
         let connack =
             slot.session
                 .handle_connect(connect, assigned_client_id, &self.config.session, now);
-        conn.send(&Packet::ConnAck(connack));
+        conn.send(&Packet::ConnAck(Box::new(connack)));
         let keep_alive = slot.session.keep_alive_timeout();
         slot.conn = Some(conn.clone());
         self.set_online(key, true, now);

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 use monoio::time::sleep_until;
-use ringmq::protocol::{Packet, Publish, PublishProperties, QoS};
+use ringmq::protocol::{LazyPublishProperties, Packet, Publish, QoS};
 
 use super::{Shared, WorkerCtx, WorkerOutput};
 use crate::cli::StresserArgs;
@@ -355,7 +355,7 @@ async fn publish(
             retain: false,
             topic: topic.clone(),
             packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
-            properties: PublishProperties::default(),
+            properties: LazyPublishProperties::default(),
             payload: payload(args, n),
         }))?;
         conn.flush().await?;

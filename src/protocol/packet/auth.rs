@@ -103,10 +103,10 @@ mod tests {
     use crate::protocol::{Packet, ProtocolVersion::*};
 
     fn auth(reason: ReasonCode) -> Packet {
-        Packet::Auth(Auth {
+        Packet::Auth(Box::new(Auth {
             reason,
             properties: AuthProperties::default(),
-        })
+        }))
     }
 
     #[test]
@@ -120,7 +120,7 @@ mod tests {
             decode(&[0xF0, 0x01, 0x01], V5),
             Err(DecodeError::InvalidReasonCode(0x01))
         );
-        let with_properties = Packet::Auth(Auth {
+        let with_properties = Packet::Auth(Box::new(Auth {
             reason: ReasonCode::ReAuthenticate,
             properties: AuthProperties {
                 authentication_method: Some("SCRAM-SHA-1".into()),
@@ -128,7 +128,7 @@ mod tests {
                 reason_string: Some("again".into()),
                 user_properties: vec![("k".into(), "v".into())],
             },
-        });
+        }));
         roundtrip(&with_properties, V5);
     }
 

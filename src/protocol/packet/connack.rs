@@ -239,11 +239,11 @@ mod tests {
     use crate::protocol::{Packet, ProtocolVersion::*};
 
     fn connack(session_present: bool, reason: ReasonCode) -> Packet {
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present,
             reason,
             properties: ConnAckProperties::default(),
-        })
+        }))
     }
 
     #[test]
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn v5_connack_with_every_property_round_trips() {
-        let packet = Packet::ConnAck(ConnAck {
+        let packet = Packet::ConnAck(Box::new(ConnAck {
             session_present: true,
             reason: ReasonCode::Success,
             properties: ConnAckProperties {
@@ -332,7 +332,7 @@ mod tests {
                 authentication_method: Some("SCRAM-SHA-1".into()),
                 authentication_data: Some(Bytes::from_static(b"server-first")),
             },
-        });
+        }));
         roundtrip(&packet, V5);
     }
 }

@@ -117,10 +117,10 @@ mod tests {
     use crate::protocol::{Packet, ProtocolVersion::*};
 
     fn disconnect(reason: ReasonCode) -> Packet {
-        Packet::Disconnect(Disconnect {
+        Packet::Disconnect(Box::new(Disconnect {
             reason,
             properties: DisconnectProperties::default(),
-        })
+        }))
     }
 
     #[test]
@@ -150,7 +150,7 @@ mod tests {
             decode(&[0xE0, 0x01, 0x01], V5),
             Err(DecodeError::InvalidReasonCode(0x01))
         );
-        let with_properties = Packet::Disconnect(Disconnect {
+        let with_properties = Packet::Disconnect(Box::new(Disconnect {
             reason: ReasonCode::UseAnotherServer,
             properties: DisconnectProperties {
                 session_expiry_interval: Some(0),
@@ -158,7 +158,7 @@ mod tests {
                 user_properties: vec![("k".into(), "v".into())],
                 server_reference: Some("other:1883".into()),
             },
-        });
+        }));
         roundtrip(&with_properties, V5);
         roundtrip(&disconnect(ReasonCode::DisconnectWithWillMessage), V5);
     }

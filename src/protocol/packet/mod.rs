@@ -17,7 +17,7 @@ pub use auth::{Auth, AuthProperties};
 pub use connack::{ConnAck, ConnAckProperties};
 pub use connect::{Connect, ConnectProperties, LastWill, WillProperties};
 pub use disconnect::{Disconnect, DisconnectProperties};
-pub use publish::{Publish, PublishProperties};
+pub use publish::{LazyPublishProperties, Publish, PublishProperties};
 pub use pubresp::{PubResponse, PubResponseProperties};
 pub use suback::{SubAck, SubAckProperties};
 pub use subscribe::{

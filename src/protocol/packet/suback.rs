@@ -96,11 +96,11 @@ mod tests {
     use crate::protocol::{Packet, ProtocolVersion::*};
 
     fn suback(reasons: Vec<ReasonCode>) -> Packet {
-        Packet::SubAck(SubAck {
+        Packet::SubAck(Box::new(SubAck {
             packet_id: 1,
             reasons,
             properties: SubAckProperties::default(),
-        })
+        }))
     }
 
     #[test]
@@ -139,14 +139,14 @@ mod tests {
             decode(&[0x90, 0x04, 0x00, 0x01, 0x00, 0x11], V5),
             Err(DecodeError::InvalidReasonCode(0x11))
         );
-        let with_properties = Packet::SubAck(SubAck {
+        let with_properties = Packet::SubAck(Box::new(SubAck {
             packet_id: 2,
             reasons: vec![ReasonCode::SharedSubscriptionsNotSupported],
             properties: SubAckProperties {
                 reason_string: Some("no shared subscriptions".into()),
                 user_properties: vec![("k".into(), "v".into())],
             },
-        });
+        }));
         roundtrip(&with_properties, V5);
     }
 }

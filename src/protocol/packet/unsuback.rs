@@ -74,11 +74,11 @@ mod tests {
 
     #[test]
     fn unsuback_bytes() {
-        let v3 = Packet::UnsubAck(UnsubAck {
+        let v3 = Packet::UnsubAck(Box::new(UnsubAck {
             packet_id: 1,
             reasons: Vec::new(),
             properties: UnsubAckProperties::default(),
-        });
+        }));
         for version in [V3_1, V3_1_1] {
             assert_eq!(roundtrip(&v3, version), [0xB0, 0x02, 0x00, 0x01]);
         }
@@ -87,11 +87,11 @@ mod tests {
             Err(DecodeError::TrailingBytes(1))
         );
 
-        let v5 = Packet::UnsubAck(UnsubAck {
+        let v5 = Packet::UnsubAck(Box::new(UnsubAck {
             packet_id: 1,
             reasons: vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted],
             properties: UnsubAckProperties::default(),
-        });
+        }));
         assert_eq!(
             roundtrip(&v5, V5),
             [0xB0, 0x05, 0x00, 0x01, 0x00, 0x00, 0x11]
@@ -106,14 +106,14 @@ mod tests {
 
     #[test]
     fn v5_unsuback_with_properties_round_trips() {
-        let packet = Packet::UnsubAck(UnsubAck {
+        let packet = Packet::UnsubAck(Box::new(UnsubAck {
             packet_id: 4,
             reasons: vec![ReasonCode::TopicFilterInvalid],
             properties: UnsubAckProperties {
                 reason_string: Some("bad filter".into()),
                 user_properties: vec![("k".into(), "v".into())],
             },
-        });
+        }));
         roundtrip(&packet, V5);
     }
 }
