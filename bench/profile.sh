@@ -22,6 +22,10 @@
 set -euo pipefail
 
 BROKER=ringmq
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+    sed -n '2,21p' "$0"
+    exit 0
+fi
 while [[ "${1:-}" == --broker ]]; do
     BROKER=${2:?--broker needs ringmq or mosquitto}
     shift 2
