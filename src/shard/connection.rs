@@ -1117,24 +1117,13 @@ fn assign_client_id(shard: ShardId) -> ByteString {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
-
+    use super::super::notify::testing::WakeCounter;
     use super::*;
-
-    struct CountingWaker(AtomicUsize);
-
-    impl std::task::Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     #[test]
     fn wakes_are_kept_apart_and_wake_the_task_once() {
         let wakes = Wakes::default();
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = WakeCounter::new();
         let mut cx = Context::from_waker(&waker);
 
         assert!(wakes.poll(Wake::Write, &mut cx).is_pending());
@@ -1142,7 +1131,7 @@ mod tests {
         wakes.raise(Wake::Write);
         wakes.raise(Wake::Write);
         wakes.raise(Wake::Written);
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "one task, woken once");
+        assert_eq!(counter.wakes(), 1, "one task, woken once");
         assert!(wakes.poll(Wake::Close, &mut cx).is_pending());
         assert!(wakes.poll(Wake::Write, &mut cx).is_ready());
         assert!(wakes.poll(Wake::Write, &mut cx).is_pending(), "lowered");

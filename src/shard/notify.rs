@@ -36,34 +36,51 @@ impl LocalNotify {
     }
 }
 
+/// A waker that counts its wake-ups, for the tests of what wakes a task
+/// here and in [`super::connection`].
 #[cfg(test)]
-mod tests {
+pub(super) mod testing {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
+    use std::task::{Wake, Waker};
 
-    use super::*;
+    pub struct WakeCounter(AtomicUsize);
 
-    struct CountingWaker(AtomicUsize);
+    impl WakeCounter {
+        pub fn new() -> (Arc<WakeCounter>, Waker) {
+            let counter = Arc::new(WakeCounter(AtomicUsize::new(0)));
+            let waker = Waker::from(counter.clone());
+            (counter, waker)
+        }
 
-    impl Wake for CountingWaker {
+        pub fn wakes(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Wake for WakeCounter {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::WakeCounter;
+    use super::*;
 
     #[test]
     fn many_notifies_wake_once_and_are_not_lost() {
         let notify = LocalNotify::default();
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(counter.clone());
+        let (counter, waker) = WakeCounter::new();
         let mut cx = Context::from_waker(&waker);
 
         let mut wait = Box::pin(notify.notified());
         assert!(wait.as_mut().poll(&mut cx).is_pending());
         notify.notify();
         notify.notify();
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(counter.wakes(), 1);
         assert!(wait.as_mut().poll(&mut cx).is_ready());
 
         // A notify with no waiter is remembered for the next wait.
