@@ -80,14 +80,20 @@ where
                     if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
                         eprintln!("warning: cannot pin worker {index} to CPU {cpu}");
                     }
-                    let mut runtime = RuntimeBuilder::<FusionDriver>::new()
-                        .enable_timer()
-                        .with_entries(4096)
-                        // As the broker's: a readable socket under a poll
-                        // must not interrupt a busy worker, or each send the
-                        // broker makes pays for that interrupt.
-                        .uring_builder(ringmq::shard::uring_builder())
-                        .build()?;
+                    let build = |urb| {
+                        RuntimeBuilder::<FusionDriver>::new()
+                            .enable_timer()
+                            .with_entries(4096)
+                            .uring_builder(urb)
+                            .build()
+                    };
+                    // As the broker's: a readable socket under a poll must
+                    // not interrupt a busy worker, or each send the broker
+                    // makes pays for that interrupt. A kernel before 5.19
+                    // refuses the flag, and gets the plain set-up, as the
+                    // broker does.
+                    let mut runtime = build(ringmq::shard::uring_builder())
+                        .or_else(|_| build(io_uring::IoUring::builder()))?;
                     Ok(runtime.block_on(make(index)))
                 })
         })

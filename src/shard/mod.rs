@@ -278,8 +278,8 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
 /// system call every turn of its loop, so nothing waits longer; a shard
 /// asleep in `io_uring_enter` is still woken at once. On this project's
 /// 2-vCPU VM, where an interrupt is a trip through the hypervisor, QoS 1
-/// pairs at 25,000 msg/s cost the broker 17.6 µs per message with it and
-/// 28.5 without (PERF.md, "io_uring set-up").
+/// pairs at 25,000 msg/s cost the broker 16.1 µs per message with it (in
+/// broker and generator) and 27.0 without (PERF.md, "io_uring set-up").
 pub fn uring_builder() -> io_uring::Builder {
     let mut builder = io_uring::IoUring::builder();
     builder.setup_coop_taskrun();
