@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Broker;
 use common::clients::v4;
-use common::http::{get, sample};
+use common::http::{get, sample, wait_ready};
 use common::raw::Raw;
 use common::wire::{self, Connect, Props, Pub};
 
@@ -107,16 +107,7 @@ async fn counters_and_histograms_follow_pub_sub_traffic() {
 fn health_and_ready_answer_200_when_running() {
     let broker = Broker::start(&["--cores", "2", "--metrics-listen", "127.0.0.1:0"]);
     let metrics = broker.metrics_addr();
-    // Ready is set just after the `listening` lines; give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let ready = loop {
-        let answer = get(metrics, "/ready");
-        if answer.0 == 200 || Instant::now() > deadline {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(ready, (200, "OK\n".to_owned()));
+    assert_eq!(wait_ready(metrics), (200, "OK\n".to_owned()));
     assert_eq!(get(metrics, "/health"), (200, "OK\n".to_owned()));
     assert_eq!(get(metrics, "/nothing-here").0, 404);
 }

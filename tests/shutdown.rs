@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Broker;
-use common::http::get;
+use common::http::{get, wait_ready};
 use common::raw::Raw;
 use common::wire::{self, Connect, Pub};
 
@@ -77,7 +77,7 @@ async fn idle_broker_exits_zero_on_sigterm_and_stops_accepting() {
 async fn ready_is_503_while_draining() {
     let mut broker = Broker::start(&["--metrics-listen", "127.0.0.1:0", "--cores", "1"]);
     let metrics = broker.metrics_addr();
-    assert_eq!(get(metrics, "/ready"), (200, "OK\n".to_owned()));
+    assert_eq!(wait_ready(metrics), (200, "OK\n".to_owned()));
 
     let mut stuck = Raw::open(broker.addr, wire::V4).await;
     stuck.set_recv_buffer(128 * 1024);

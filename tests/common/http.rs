@@ -4,9 +4,24 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Broker;
+
+/// The answer to `GET /ready` once it is 200, or the last one after 5 s.
+/// The broker marks itself ready just after its `listening` lines, which
+/// is what [`Broker::start`] waits for, so the first answer may still be
+/// 503 `starting`.
+pub fn wait_ready(addr: SocketAddr) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = get(addr, "/ready");
+        if answer.0 == 200 || Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// Status code and body of `GET path` on `addr`.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
