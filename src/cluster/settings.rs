@@ -1,0 +1,63 @@
+//! The cluster's settings, validated: what `config` produces from the
+//! `[cluster]` table and the `--node-id`, `--cluster-*` and `--seeds`
+//! flags, and what the cluster runtime starts from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a node needs to join a cluster. `None` in the server
+/// configuration means a single node.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Unique in the cluster; defaults to the host name.
+    pub node_id: String,
+    /// The UDP address QUIC (and gossip, inside QUIC) listens on.
+    pub listen: SocketAddr,
+    /// What peers dial to reach this node: `listen` unless told otherwise
+    /// (NAT, Kubernetes). Never an unspecified address.
+    pub advertise: SocketAddr,
+    /// Other nodes' cluster addresses as given (`host:port`), resolved and
+    /// re-resolved by the runtime so that a DNS name may point at a
+    /// changing set of nodes (a Kubernetes headless service).
+    pub seeds: Vec<String>,
+    pub trust: ClusterTrust,
+    pub ack: AckMode,
+    /// How often gossip probes a member; failure detection takes a few
+    /// of these plus `suspect_timeout`.
+    pub probe_interval: Duration,
+    /// How long a suspected member has to refute before it is declared
+    /// down.
+    pub suspect_timeout: Duration,
+    /// Longest a SUBACK waits for live peers to acknowledge a new route.
+    pub route_ack_timeout: Duration,
+    /// Bytes of messages held for one peer that has not acknowledged
+    /// them; past it QoS 0 is dropped first, then QoS 1/2.
+    pub peer_buffer_bytes: usize,
+    /// How long an unreachable peer's routes and outbox are kept.
+    pub peer_hold: Duration,
+}
+
+/// How nodes prove to each other that they belong.
+#[derive(Debug, Clone)]
+pub enum ClusterTrust {
+    /// PEM files: the cluster CA, and this node's certificate and key
+    /// signed by it.
+    Files {
+        ca_file: PathBuf,
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+    /// A secret every node shares, from which each derives the same CA and
+    /// makes its own certificate.
+    Secret(String),
+}
+
+/// When a QoS 1/2 publisher is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// Only once every peer node with matching subscribers has the message.
+    Remote,
+    /// As soon as this node has routed it.
+    Local,
+}
