@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         metrics_listen: config.metrics_listen,
         sys_interval: (config.sys_interval > 0)
             .then(|| std::time::Duration::from_secs(config.sys_interval)),
+        cluster: None,
     };
     match shard::run(server) {
         Ok(()) => ExitCode::SUCCESS,

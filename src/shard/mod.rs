@@ -181,6 +181,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How often `$SYS` topics are published; `None` for never.
     pub sys_interval: Option<Duration>,
+    /// Cluster membership and forwarding; `None` for a single node.
+    pub cluster: Option<crate::cluster::settings::ClusterSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
