@@ -213,14 +213,13 @@ fn node_config_uses_only_known_keys() {
         if let Some((key, _)) = line
             .strip_prefix("# ")
             .and_then(|rest| rest.split_once(" = "))
+            && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
         {
-            if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                assert!(
-                    CLUSTER_KEYS.contains(&key),
-                    "commented-out [cluster] key `{key}` is unknown"
-                );
-                commented += 1;
-            }
+            assert!(
+                CLUSTER_KEYS.contains(&key),
+                "commented-out [cluster] key `{key}` is unknown"
+            );
+            commented += 1;
         }
     }
     assert!(commented > 0, "the optional keys are shown commented out");
