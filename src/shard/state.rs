@@ -157,7 +157,7 @@ pub struct Attached {
 
 impl ShardState {
     pub fn new(mesh: Mesh, config: Rc<ShardConfig>) -> Rc<RefCell<ShardState>> {
-        let shards = mesh.shard_count();
+        let shards = mesh.place_count();
         let random = RandomState::new().hash_one(mesh.me());
         Rc::new(RefCell::new(ShardState {
             mesh,
@@ -763,6 +763,9 @@ impl ShardState {
                     self.publish(message, now);
                 }
             }
+            ShardMsg::Confirm(confirmation) => { let _ = confirmation; }
+            // Only the cluster's place is asked to confirm.
+            ShardMsg::ConfirmAfter(_) => {}
         }
     }
 
