@@ -30,7 +30,9 @@ use crate::metrics::{ShardMetrics, Snapshot};
 use crate::protocol::{Connect, Packet, ReasonCode, SubscriptionOptions};
 use crate::router::shared::{Group, Strategy, is_shared};
 use crate::router::{RetainedStore, TopicTrie};
-use crate::session::{DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig};
+use crate::session::{
+    DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig, Ticket,
+};
 
 mod groups;
 
@@ -399,16 +401,35 @@ impl ShardState {
             .and_then(|slot| slot.session.poll_action())
         {
             match action {
-                SessionAction::Publish(message) => {
+                SessionAction::Publish { message, ticket } => {
                     self.metrics.received(&message);
                     self.publish(message, now);
+                    // The message is routed on this node, which is all a
+                    // single node promises before the PUBACK or PUBREC. The
+                    // cluster defers this until the other nodes have it,
+                    // then calls `confirm`.
+                    if let Some(ticket) = ticket {
+                        self.confirm_here(key, ticket);
+                    }
                 }
                 SessionAction::Subscribe {
                     filter,
                     options,
                     subscription_id,
                     send_retained,
-                } => self.subscribe(key, filter, options, subscription_id, send_retained, now),
+                    ticket,
+                } => {
+                    self.subscribe(key, &filter, options, subscription_id, now);
+                    // The route is in place on this node. The cluster
+                    // defers this until every live peer has acknowledged
+                    // the route, then calls `confirm`. Confirmed before the
+                    // retained messages are delivered so that, on a single
+                    // node, the SUBACK still goes out ahead of them.
+                    self.confirm_here(key, ticket);
+                    if send_retained {
+                        self.send_retained(key, &filter, options, subscription_id, now);
+                    }
+                }
                 SessionAction::Unsubscribe { filter } => self.unsubscribe(key, &filter, now),
                 SessionAction::Close => {
                     self.pump(key, now);
@@ -551,22 +572,52 @@ impl ShardState {
         self.pump(key, now);
     }
 
+    /// What `ticket` waited for is done here, in the same turn as the
+    /// action that carried it: the caller pumps once its batch is done.
+    fn confirm_here(&mut self, key: SessionKey, ticket: Ticket) {
+        if let Some(slot) = self.sessions.get_mut(key) {
+            slot.session.confirm(ticket);
+        }
+    }
+
+    /// What `ticket` waited for is done, some time after the action that
+    /// carried it (the cluster's peers have acknowledged): the answers it
+    /// held go out. `conn` is the id of the connection that was current
+    /// when the action was carried out; a ticket of a connection since
+    /// gone, or of a session since ended (whose slot another may now use),
+    /// is ignored, and the session ignores tickets it no longer holds.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the cluster will confirm asynchronously")
+    )]
+    pub fn confirm(&mut self, key: SessionKey, conn: u64, ticket: Ticket, now: Instant) {
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if slot.conn.as_ref().is_none_or(|current| current.id != conn) {
+            return;
+        }
+        slot.session.confirm(ticket);
+        self.pump(key, now);
+    }
+
+    /// Adds the subscription to this shard's trie (and tells the other
+    /// shards of a filter new here), or joins the shared group.
     fn subscribe(
         &mut self,
         key: SessionKey,
-        filter: ByteString,
+        filter: &ByteString,
         options: SubscriptionOptions,
         id: Option<u32>,
-        send_retained: bool,
         now: Instant,
     ) {
-        if is_shared(&filter) {
+        if is_shared(filter) {
             // The session only reports well-formed share names, and a
             // shared subscription gets no retained messages (spec 4.8.2).
-            self.join_group(key, filter, LocalSubscription { options, id }, now);
+            self.join_group(key, filter.clone(), LocalSubscription { options, id }, now);
             return;
         }
-        let subscribers = self.subscriptions.entry(&filter);
+        let subscribers = self.subscriptions.entry(filter);
         let first_here = subscribers.is_empty();
         subscribers.insert(key, LocalSubscription { options, id });
         if first_here {
@@ -577,15 +628,23 @@ impl ShardState {
             });
         }
         self.sessions[key].filters.insert(filter.clone());
-        if !send_retained {
-            return;
-        }
+    }
+
+    /// Delivers the retained messages matching a subscription just made.
+    fn send_retained(
+        &mut self,
+        key: SessionKey,
+        filter: &ByteString,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+        now: Instant,
+    ) {
         // Retained messages published on other shards before this
         // SUBSCRIBE was read are in the inbox.
         self.drain_inbox(now);
         let mut retained = Vec::new();
         self.retained
-            .for_each_match(&filter, |message| retained.push(message.clone()));
+            .for_each_match(filter, |message| retained.push(message.clone()));
         for message in retained {
             let delivery = Delivery {
                 granted_qos: options.qos,
