@@ -913,8 +913,96 @@ fn merge_overlapping(matched: &mut Vec<(SessionKey, Delivery)>) {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
-    use crate::protocol::QoS;
+    use crate::protocol::topic::TopicLimits;
+    use crate::protocol::{ConnectProperties, ProtocolVersion, Publish, QoS};
+    use crate::session::QueueFullPolicy;
+    use crate::shard::mesh::MeshHandle;
+
+    fn shard() -> Rc<RefCell<ShardState>> {
+        let (handle, mut inboxes) = MeshHandle::build(1);
+        let mesh = handle.attach(0, inboxes.remove(0));
+        let config = ShardConfig {
+            session: SessionConfig {
+                max_inflight: 10,
+                max_queued_messages: 100,
+                queue_full: QueueFullPolicy::Drop,
+                max_keepalive: u16::MAX,
+                max_packet_size: 1 << 20,
+                topic_alias_maximum: 10,
+                server_topic_aliases: true,
+                topics: TopicLimits::PROTOCOL,
+                max_subscriptions: usize::MAX,
+            },
+            max_packet_size: 1 << 20,
+            shared_strategy: Strategy::default(),
+            connections: ConnectionLimit::new(10),
+            connect_timeout: Duration::from_secs(10),
+            max_client_id_length: 64,
+        };
+        ShardState::new(mesh, Rc::new(config))
+    }
+
+    fn qos1_publish(packet_id: u16) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id,
+            properties: Default::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+    }
+
+    /// A 3.1.1 PUBACK is four bytes in the connection's output.
+    const PUBACK_LEN: usize = 4;
+
+    #[test]
+    fn a_late_confirmation_releases_the_answer_on_the_current_connection_only() {
+        let state = shard();
+        let mut state = state.borrow_mut();
+        let now = Instant::now();
+        let connect = Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        };
+        // No socket: nothing here writes, the output only fills.
+        let conn = state.attach(&connect, false, -1, now).conn;
+        let key = conn.key;
+
+        // On one node the answer goes out in the same turn.
+        let before = conn.buffered();
+        state.handle_packets(&conn, [qos1_publish(1)], now);
+        assert_eq!(conn.buffered(), before + PUBACK_LEN);
+
+        // The session's side of `handle_packets`, with the ticket left
+        // for later as the cluster will leave it.
+        let before = conn.buffered();
+        let session = &mut state.sessions[key].session;
+        session.handle_packet(qos1_publish(2), now).unwrap();
+        let Some(SessionAction::Publish {
+            ticket: Some(ticket),
+            ..
+        }) = session.poll_action()
+        else {
+            panic!("expected a route with a ticket");
+        };
+        state.pump(key, now);
+        assert_eq!(conn.buffered(), before, "held");
+        state.confirm(key, conn.id + 1, ticket, now);
+        assert_eq!(conn.buffered(), before, "another connection's ticket");
+        state.confirm(key, conn.id, ticket, now);
+        assert_eq!(conn.buffered(), before + PUBACK_LEN);
+    }
 
     fn delivery(qos: QoS, ids: &[u32]) -> Delivery {
         Delivery {
