@@ -30,7 +30,9 @@ use crate::metrics::{ShardMetrics, Snapshot};
 use crate::protocol::{Connect, Packet, ReasonCode, SubscriptionOptions};
 use crate::router::shared::{Group, Strategy, is_shared};
 use crate::router::{RetainedStore, TopicTrie};
-use crate::session::{DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig};
+use crate::session::{
+    DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig, Ticket,
+};
 
 mod groups;
 
@@ -399,16 +401,35 @@ impl ShardState {
             .and_then(|slot| slot.session.poll_action())
         {
             match action {
-                SessionAction::Publish(message) => {
+                SessionAction::Publish { message, ticket } => {
                     self.metrics.received(&message);
                     self.publish(message, now);
+                    // The message is routed on this node, which is all a
+                    // single node promises before the PUBACK or PUBREC. The
+                    // cluster defers this until the other nodes have it,
+                    // then calls `confirm`.
+                    if let Some(ticket) = ticket {
+                        self.confirm_here(key, ticket);
+                    }
                 }
                 SessionAction::Subscribe {
                     filter,
                     options,
                     subscription_id,
                     send_retained,
-                } => self.subscribe(key, filter, options, subscription_id, send_retained, now),
+                    ticket,
+                } => {
+                    self.subscribe(key, &filter, options, subscription_id, now);
+                    // The route is in place on this node. The cluster
+                    // defers this until every live peer has acknowledged
+                    // the route, then calls `confirm`. Confirmed before the
+                    // retained messages are delivered so that, on a single
+                    // node, the SUBACK still goes out ahead of them.
+                    self.confirm_here(key, ticket);
+                    if send_retained {
+                        self.send_retained(key, &filter, options, subscription_id, now);
+                    }
+                }
                 SessionAction::Unsubscribe { filter } => self.unsubscribe(key, &filter, now),
                 SessionAction::Close => {
                     self.pump(key, now);
@@ -551,22 +572,52 @@ impl ShardState {
         self.pump(key, now);
     }
 
+    /// What `ticket` waited for is done here, in the same turn as the
+    /// action that carried it: the caller pumps once its batch is done.
+    fn confirm_here(&mut self, key: SessionKey, ticket: Ticket) {
+        if let Some(slot) = self.sessions.get_mut(key) {
+            slot.session.confirm(ticket);
+        }
+    }
+
+    /// What `ticket` waited for is done, some time after the action that
+    /// carried it (the cluster's peers have acknowledged): the answers it
+    /// held go out. `conn` is the id of the connection that was current
+    /// when the action was carried out; a ticket of a connection since
+    /// gone, or of a session since ended (whose slot another may now use),
+    /// is ignored, and the session ignores tickets it no longer holds.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the cluster will confirm asynchronously")
+    )]
+    pub fn confirm(&mut self, key: SessionKey, conn: u64, ticket: Ticket, now: Instant) {
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if slot.conn.as_ref().is_none_or(|current| current.id != conn) {
+            return;
+        }
+        slot.session.confirm(ticket);
+        self.pump(key, now);
+    }
+
+    /// Adds the subscription to this shard's trie (and tells the other
+    /// shards of a filter new here), or joins the shared group.
     fn subscribe(
         &mut self,
         key: SessionKey,
-        filter: ByteString,
+        filter: &ByteString,
         options: SubscriptionOptions,
         id: Option<u32>,
-        send_retained: bool,
         now: Instant,
     ) {
-        if is_shared(&filter) {
+        if is_shared(filter) {
             // The session only reports well-formed share names, and a
             // shared subscription gets no retained messages (spec 4.8.2).
-            self.join_group(key, filter, LocalSubscription { options, id }, now);
+            self.join_group(key, filter.clone(), LocalSubscription { options, id }, now);
             return;
         }
-        let subscribers = self.subscriptions.entry(&filter);
+        let subscribers = self.subscriptions.entry(filter);
         let first_here = subscribers.is_empty();
         subscribers.insert(key, LocalSubscription { options, id });
         if first_here {
@@ -577,15 +628,23 @@ impl ShardState {
             });
         }
         self.sessions[key].filters.insert(filter.clone());
-        if !send_retained {
-            return;
-        }
+    }
+
+    /// Delivers the retained messages matching a subscription just made.
+    fn send_retained(
+        &mut self,
+        key: SessionKey,
+        filter: &ByteString,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+        now: Instant,
+    ) {
         // Retained messages published on other shards before this
         // SUBSCRIBE was read are in the inbox.
         self.drain_inbox(now);
         let mut retained = Vec::new();
         self.retained
-            .for_each_match(&filter, |message| retained.push(message.clone()));
+            .for_each_match(filter, |message| retained.push(message.clone()));
         for message in retained {
             let delivery = Delivery {
                 granted_qos: options.qos,
@@ -857,8 +916,96 @@ fn merge_overlapping(matched: &mut Vec<(SessionKey, Delivery)>) {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
-    use crate::protocol::QoS;
+    use crate::protocol::topic::TopicLimits;
+    use crate::protocol::{ConnectProperties, ProtocolVersion, Publish, QoS};
+    use crate::session::QueueFullPolicy;
+    use crate::shard::mesh::MeshHandle;
+
+    fn shard() -> Rc<RefCell<ShardState>> {
+        let (handle, mut inboxes) = MeshHandle::build(1);
+        let mesh = handle.attach(0, inboxes.remove(0));
+        let config = ShardConfig {
+            session: SessionConfig {
+                max_inflight: 10,
+                max_queued_messages: 100,
+                queue_full: QueueFullPolicy::Drop,
+                max_keepalive: u16::MAX,
+                max_packet_size: 1 << 20,
+                topic_alias_maximum: 10,
+                server_topic_aliases: true,
+                topics: TopicLimits::PROTOCOL,
+                max_subscriptions: usize::MAX,
+            },
+            max_packet_size: 1 << 20,
+            shared_strategy: Strategy::default(),
+            connections: ConnectionLimit::new(10),
+            connect_timeout: Duration::from_secs(10),
+            max_client_id_length: 64,
+        };
+        ShardState::new(mesh, Rc::new(config))
+    }
+
+    fn qos1_publish(packet_id: u16) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id,
+            properties: Default::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+    }
+
+    /// A 3.1.1 PUBACK is four bytes in the connection's output.
+    const PUBACK_LEN: usize = 4;
+
+    #[test]
+    fn a_late_confirmation_releases_the_answer_on_the_current_connection_only() {
+        let state = shard();
+        let mut state = state.borrow_mut();
+        let now = Instant::now();
+        let connect = Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        };
+        // No socket: nothing here writes, the output only fills.
+        let conn = state.attach(&connect, false, -1, now).conn;
+        let key = conn.key;
+
+        // On one node the answer goes out in the same turn.
+        let before = conn.buffered();
+        state.handle_packets(&conn, [qos1_publish(1)], now);
+        assert_eq!(conn.buffered(), before + PUBACK_LEN);
+
+        // The session's side of `handle_packets`, with the ticket left
+        // for later as the cluster will leave it.
+        let before = conn.buffered();
+        let session = &mut state.sessions[key].session;
+        session.handle_packet(qos1_publish(2), now).unwrap();
+        let Some(SessionAction::Publish {
+            ticket: Some(ticket),
+            ..
+        }) = session.poll_action()
+        else {
+            panic!("expected a route with a ticket");
+        };
+        state.pump(key, now);
+        assert_eq!(conn.buffered(), before, "held");
+        state.confirm(key, conn.id + 1, ticket, now);
+        assert_eq!(conn.buffered(), before, "another connection's ticket");
+        state.confirm(key, conn.id, ticket, now);
+        assert_eq!(conn.buffered(), before + PUBACK_LEN);
+    }
 
     fn delivery(qos: QoS, ids: &[u32]) -> Delivery {
         Delivery {
