@@ -19,7 +19,7 @@ mod sim;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Default)]
-pub struct MemberCounts;
+pub struct MemberCounts { pub alive: usize, pub suspect: usize, pub down: usize }
 use node::{Node, NodeCounters, PeerStats};
 
 /// What the metrics endpoint shows of the cluster, refreshed by the

@@ -566,7 +566,7 @@ impl Node {
     }
 
     /// A frame from a linked peer.
-    pub fn handle_frame(&mut self, node_id: &str, frame: Frame, now: Instant) {
+    pub fn handle_frame(&mut self, node_id: &str, frame: Frame) {
         let Some(&key) = self.peer_by_id.get(node_id) else {
             return;
         };

@@ -590,7 +590,7 @@ impl Cluster {
             return;
         }
         match decode_frame(&frame, now) {
-            Ok(Decoded::Node(frame)) => self.node.handle_frame(&peer, frame, now),
+            Ok(Decoded::Node(frame)) => self.node.handle_frame(&peer, frame),
             Ok(Decoded::Gossip(data)) => {
                 let addr = self.links.get(&id).map(|link| link.addr);
                 if let Some(addr) = addr {

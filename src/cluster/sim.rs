@@ -19,6 +19,7 @@ use super::node::{Frame, Lane, Node, NodeConfig, NodeOutput};
 use super::settings::AckMode;
 use crate::message::Message;
 use crate::protocol::{LazyPublishProperties, QoS};
+use crate::session::Ticket;
 use crate::shard::mesh::{Confirmation, ShardMsg};
 
 const SHARDS: usize = 2;
@@ -116,8 +117,7 @@ impl Sim {
             }
             let (a, b, lane) = pending[self.rng.random_range(0..pending.len())];
             let frame = self.in_flight[a][b][lane].1.pop_front().expect("non-empty lane");
-            let now = self.now;
-            self.nodes[b].node.handle_frame(&id(a), frame, now);
+            self.nodes[b].node.handle_frame(&id(a), frame);
         }
         panic!("seed {}: the simulation did not settle", self.seed);
     }
@@ -126,10 +126,9 @@ impl Sim {
     /// way.
     fn deliver_all(&mut self, a: usize, b: usize) {
         self.collect_outputs();
-        let now = self.now;
         for (_, frames) in std::mem::take(&mut self.in_flight[a][b]) {
             for frame in frames {
-                self.nodes[b].node.handle_frame(&id(a), frame, now);
+                self.nodes[b].node.handle_frame(&id(a), frame);
             }
         }
     }
@@ -204,7 +203,7 @@ impl Sim {
             .collect()
     }
 
-    fn confirmed(&self, node: usize, shard: usize) -> Vec<u64> {
+    fn confirmed(&self, node: usize, shard: usize) -> Vec<Ticket> {
         self.nodes[node].to_shards[shard]
             .iter()
             .filter_map(|msg| match msg {
@@ -270,7 +269,7 @@ fn confirmation(ticket: u64) -> ShardMsg {
     ShardMsg::ConfirmAfter(Confirmation {
         key: 0,
         conn: 1,
-        ticket,
+        ticket: Ticket::nth(ticket),
     })
 }
 
@@ -308,7 +307,7 @@ fn a_confirmation_waits_for_every_linked_peer_that_got_the_message() {
         sim.collect_outputs();
         assert!(sim.confirmed(0, 1).is_empty(), "seed {seed}: confirmed before any ack");
         sim.settle();
-        assert_eq!(sim.confirmed(0, 1), vec![10], "seed {seed}");
+        assert_eq!(sim.confirmed(0, 1), vec![Ticket::nth(10)], "seed {seed}");
     }
 }
 
@@ -320,7 +319,7 @@ fn local_ack_mode_confirms_without_waiting_for_forwarded_messages() {
     sim.publish(0, 0, "t", 1);
     sim.shard_msg(0, 0, confirmation(3));
     sim.collect_outputs();
-    assert_eq!(sim.confirmed(0, 0), vec![3]);
+    assert_eq!(sim.confirmed(0, 0), vec![Ticket::nth(3)]);
 }
 
 #[test]
@@ -332,7 +331,7 @@ fn a_subscription_is_confirmed_only_once_every_peer_has_the_route() {
         sim.collect_outputs();
         assert!(sim.confirmed(2, 1).is_empty(), "seed {seed}");
         sim.settle();
-        assert_eq!(sim.confirmed(2, 1), vec![5], "seed {seed}");
+        assert_eq!(sim.confirmed(2, 1), vec![Ticket::nth(5)], "seed {seed}");
         // Causality: by the time the SUBACK could go, both peers route to it.
         assert!(sim.routes_to_cluster(0, "new/topic"), "seed {seed}");
         assert!(sim.routes_to_cluster(1, "new/topic"), "seed {seed}");
@@ -349,7 +348,7 @@ fn a_route_wait_on_a_silent_peer_times_out_and_is_counted() {
     sim.in_flight[1][0].clear();
     sim.advance(Duration::from_secs(3));
     sim.collect_outputs();
-    assert_eq!(sim.confirmed(1, 0), vec![1]);
+    assert_eq!(sim.confirmed(1, 0), vec![Ticket::nth(1)]);
     assert_eq!(sim.nodes[1].node.counters.route_ack_timeouts, 1);
 }
 
@@ -378,7 +377,7 @@ fn a_partitioned_peer_gets_everything_once_and_in_order_after_the_heal() {
         // Confirmations do not wait for the unreachable peer.
         sim.shard_msg(0, 0, confirmation(99));
         sim.settle();
-        assert_eq!(sim.confirmed(0, 0), vec![99], "seed {seed}");
+        assert_eq!(sim.confirmed(0, 0), vec![Ticket::nth(99)], "seed {seed}");
         sim.advance(Duration::from_secs(10));
         sim.connect(0, 2);
         sim.settle();

@@ -30,7 +30,7 @@ pub struct Ticket(u64);
 impl Ticket {
     /// The `n`th ticket a session issues, for tests that compare actions.
     #[cfg(test)]
-    pub(super) const fn nth(n: u64) -> Ticket {
+    pub(crate) const fn nth(n: u64) -> Ticket {
         Ticket(n)
     }
 }

@@ -31,6 +31,7 @@ use super::websocket::WsFraming;
 use crate::message::Message;
 use crate::metrics::Snapshot;
 use crate::protocol::Connect;
+use crate::session::Ticket;
 
 /// Everything one shard can ask of another. This is the only door between
 /// shards; a node in a cluster will receive the same routing messages.
@@ -106,7 +107,7 @@ pub enum ShardMsg {
 pub struct Confirmation {
     pub key: usize,
     pub conn: u64,
-    pub ticket: u64,
+    pub ticket: Ticket,
 }
 
 /// The sender of a batch sent from outside the shards and the cluster

@@ -23,7 +23,7 @@ use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
 use super::deadline::Deadlines;
 use super::limit::ConnectionLimit;
-use super::mesh::{Batch, Handoff, Mesh, ShardMsg, SharedMember};
+use super::mesh::{Batch, Confirmation, Handoff, Mesh, ShardMsg, SharedMember};
 use super::notify::LocalNotify;
 use crate::message::Message;
 use crate::metrics::{ShardMetrics, Snapshot};
@@ -403,13 +403,16 @@ impl ShardState {
             match action {
                 SessionAction::Publish { message, ticket } => {
                     self.metrics.received(&message);
-                    self.publish(message, now);
-                    // The message is routed on this node, which is all a
-                    // single node promises before the PUBACK or PUBREC. The
-                    // cluster defers this until the other nodes have it,
-                    // then calls `confirm`.
+                    let to_cluster = self.publish(message, now);
+                    // On one node, routing is all that is promised before
+                    // the PUBACK or PUBREC. A message that went to the
+                    // cluster is answered once the peer nodes have it.
                     if let Some(ticket) = ticket {
-                        self.confirm_here(key, ticket);
+                        if to_cluster {
+                            self.confirm_after_cluster(key, ticket);
+                        } else {
+                            self.confirm_here(key, ticket);
+                        }
                     }
                 }
                 SessionAction::Subscribe {
@@ -420,12 +423,17 @@ impl ShardState {
                     ticket,
                 } => {
                     self.subscribe(key, &filter, options, subscription_id, now);
-                    // The route is in place on this node. The cluster
-                    // defers this until every live peer has acknowledged
-                    // the route, then calls `confirm`. Confirmed before the
-                    // retained messages are delivered so that, on a single
-                    // node, the SUBACK still goes out ahead of them.
-                    self.confirm_here(key, ticket);
+                    // The route is in place on this node; in a cluster the
+                    // SUBACK waits until every live peer has the route, so
+                    // that a message published anywhere after it arrives.
+                    // Confirmed before the retained messages are delivered
+                    // so that, on a single node, the SUBACK still goes out
+                    // ahead of them.
+                    if self.mesh.cluster_place().is_some() {
+                        self.confirm_after_cluster(key, ticket);
+                    } else {
+                        self.confirm_here(key, ticket);
+                    }
                     if send_retained {
                         self.send_retained(key, &filter, options, subscription_id, now);
                     }
@@ -467,7 +475,8 @@ impl ShardState {
     /// Routes a message published on this shard: to other shards that have
     /// a subscriber, to local subscribers, and to every replica of the
     /// retained store.
-    fn publish(&mut self, message: Arc<Message>, now: Instant) {
+    /// Returns whether the message went to the cluster.
+    fn publish(&mut self, message: Arc<Message>, now: Instant) -> bool {
         // Route and retained updates from other shards that happened before
         // this PUBLISH was read must be seen before routing it.
         self.drain_inbox(now);
@@ -488,6 +497,10 @@ impl ShardState {
                 forwarded = true;
             }
         }
+        let to_cluster = self
+            .mesh
+            .cluster_place()
+            .is_some_and(|place| self.forward_to[place]);
         if message.retain {
             self.retained.apply(message.clone());
             self.mesh.push_others(|| ShardMsg::Retain(message.clone()));
@@ -509,6 +522,7 @@ impl ShardState {
             self.send(owner, msg, now);
         }
         self.shared_to = shared_to;
+        to_cluster
     }
 
     /// Delivers to this shard's sessions, once per session however many of
@@ -572,6 +586,25 @@ impl ShardState {
         self.pump(key, now);
     }
 
+    /// Asks the cluster to confirm `ticket` once everything this shard
+    /// sent it so far has reached the peer nodes.
+    fn confirm_after_cluster(&mut self, key: SessionKey, ticket: Ticket) {
+        let (Some(place), Some(conn)) = (
+            self.mesh.cluster_place(),
+            self.sessions.get(key).and_then(|slot| slot.conn.as_ref()),
+        ) else {
+            // No connection to answer on: nothing to hold.
+            self.confirm_here(key, ticket);
+            return;
+        };
+        let confirmation = Confirmation {
+            key,
+            conn: conn.id,
+            ticket,
+        };
+        self.mesh.push(place, ShardMsg::ConfirmAfter(confirmation));
+    }
+
     /// What `ticket` waited for is done here, in the same turn as the
     /// action that carried it: the caller pumps once its batch is done.
     fn confirm_here(&mut self, key: SessionKey, ticket: Ticket) {
@@ -586,10 +619,6 @@ impl ShardState {
     /// when the action was carried out; a ticket of a connection since
     /// gone, or of a session since ended (whose slot another may now use),
     /// is ignored, and the session ignores tickets it no longer holds.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the cluster will confirm asynchronously")
-    )]
     pub fn confirm(&mut self, key: SessionKey, conn: u64, ticket: Ticket, now: Instant) {
         let Some(slot) = self.sessions.get_mut(key) else {
             return;
@@ -822,7 +851,9 @@ impl ShardState {
                     self.publish(message, now);
                 }
             }
-            ShardMsg::Confirm(confirmation) => { let _ = confirmation; }
+            ShardMsg::Confirm(confirmation) => {
+                self.confirm(confirmation.key, confirmation.conn, confirmation.ticket, now)
+            }
             // Only the cluster's place is asked to confirm.
             ShardMsg::ConfirmAfter(_) => {}
         }
@@ -925,7 +956,7 @@ mod tests {
     use crate::shard::mesh::MeshHandle;
 
     fn shard() -> Rc<RefCell<ShardState>> {
-        let (handle, mut inboxes) = MeshHandle::build(1);
+        let (handle, mut inboxes) = MeshHandle::build(1, false);
         let mesh = handle.attach(0, inboxes.remove(0));
         let config = ShardConfig {
             session: SessionConfig {
