@@ -61,3 +61,42 @@ pub enum AckMode {
     /// As soon as this node has routed it.
     Local,
 }
+
+/// Longest node id: ids appear in every gossip message and log line, and
+/// name certificate files.
+pub const MAX_NODE_ID_LEN: usize = 64;
+
+/// Whether `id` may name a node: 1 to [`MAX_NODE_ID_LEN`] characters of
+/// `A-Z a-z 0-9 . _ -`, so that it is safe as a file name, a log field and
+/// a certificate common name. Says why not.
+pub fn check_node_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > MAX_NODE_ID_LEN {
+        return Err("must be 1 to 64 characters");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("may contain only letters, digits, `.`, `_` and `-`");
+    }
+    // `.` and `..` would name directories when the id names a file.
+    if id.bytes().all(|b| b == b'.') {
+        return Err("must not be only dots");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids() {
+        for good in ["a", "node-1", "n1.example.com", "A_b", &"x".repeat(64)] {
+            assert_eq!(check_node_id(good), Ok(()), "{good}");
+        }
+        for bad in ["", &"x".repeat(65), "a b", "a/b", "é", ".", "..", "n:1"] {
+            assert!(check_node_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}
