@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Everything a node needs to join a cluster. `None` in the server
 /// configuration means a single node.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
     /// Unique in the cluster; defaults to the host name.
     pub node_id: String,
@@ -38,8 +38,9 @@ pub struct ClusterSettings {
     pub peer_hold: Duration,
 }
 
-/// How nodes prove to each other that they belong.
-#[derive(Debug, Clone)]
+/// How nodes prove to each other that they belong. `Debug` leaves the
+/// secret out, so that logging the settings does not leak it.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ClusterTrust {
     /// PEM files: the cluster CA, and this node's certificate and key
     /// signed by it.
@@ -51,6 +52,24 @@ pub enum ClusterTrust {
     /// A secret every node shares, from which each derives the same CA and
     /// makes its own certificate.
     Secret(String),
+}
+
+impl std::fmt::Debug for ClusterTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterTrust::Files {
+                ca_file,
+                cert_file,
+                key_file,
+            } => f
+                .debug_struct("Files")
+                .field("ca_file", ca_file)
+                .field("cert_file", cert_file)
+                .field("key_file", key_file)
+                .finish(),
+            ClusterTrust::Secret(_) => f.write_str("Secret(<redacted>)"),
+        }
+    }
 }
 
 /// When a QoS 1/2 publisher is acknowledged.
@@ -89,6 +108,12 @@ pub fn check_node_id(id: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_leaves_the_secret_out() {
+        let trust = ClusterTrust::Secret("hunter2-hunter2-hunter2".to_owned());
+        assert_eq!(format!("{trust:?}"), "Secret(<redacted>)");
+    }
 
     #[test]
     fn node_ids() {

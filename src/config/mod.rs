@@ -5,18 +5,31 @@
 //! wins, then the file, then the default. Both sources are read into structs
 //! of `Option`s so the merge knows what was actually given, and the range
 //! checks run once on the merged value, whichever source it came from.
-//! `deploy/ringmq.toml` documents every key.
+//! `deploy/ringmq.toml` documents every key. Cluster settings live in a
+//! `[cluster]` table whose keys have `--cluster-` flags (`cluster.ack` is
+//! `--cluster-ack`), except `node_id` and `seeds` (`--node-id`,
+//! `--seeds`); see [`cluster`].
+//!
+//! Besides serving, the binary has one subcommand, `cluster-certs`, which
+//! writes a cluster CA and node certificates; [`Command`] is either.
+
+mod cluster;
+mod listeners;
+
+use listeners::ListenerTable;
+pub use listeners::{ListenerConfig, Transport};
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
+use crate::cluster::settings::ClusterSettings;
 use crate::protocol::topic::{MAX_TOPIC_LEN, MAX_TOPIC_LEVELS, TopicLimits};
 use crate::router::shared::Strategy;
 use crate::session::{QueueFullPolicy, SessionConfig};
@@ -94,43 +107,19 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Seconds between `$SYS` updates; 0 turns them off.
     pub sys_interval: u64,
+    /// The cluster this node joins; `None` (no `cluster.listen`) runs a
+    /// single node.
+    pub cluster: Option<ClusterSettings>,
 }
 
-/// One address the broker accepts clients on, and how they arrive there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenerConfig {
-    pub address: SocketAddr,
-    pub transport: Transport,
-    /// Whether each connection starts with a PROXY protocol v1 or v2
-    /// header: true behind a load balancer that sends one (HAProxy's
-    /// `send-proxy-v2`), whose address would otherwise stand for every
-    /// client. Per listener, because a broker commonly also takes direct
-    /// connections from inside the network.
-    pub proxy_protocol: bool,
-}
-
-/// How MQTT reaches the broker on a listening address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// MQTT packets directly on the TCP stream.
-    #[default]
-    Tcp,
-    /// MQTT packets in WebSocket binary frames, after an HTTP upgrade on
-    /// `/mqtt` (spec 6.0).
-    WebSocket,
-}
-
-/// A `[[listener]]` table of the file: the one way to give each listener
-/// its own settings.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListenerTable {
-    address: SocketAddr,
-    #[serde(default)]
-    transport: Transport,
-    #[serde(default)]
-    proxy_protocol: bool,
+/// What the binary was asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Run the broker (no subcommand).
+    Serve(Box<Config>),
+    /// `ringmq cluster-certs`: write a cluster CA and a certificate per node
+    /// into `out`, then exit.
+    ClusterCerts { out: PathBuf, nodes: Vec<String> },
 }
 
 /// Which I/O backend the shards run on.
@@ -186,8 +175,22 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
-    #[error("invalid value for `{key}` (--{flag}): {reason}", flag = key.replace('_', "-"))]
+    #[error("invalid value for `{key}` (--{flag}): {reason}", flag = flag_for_key(key))]
     InvalidValue { key: &'static str, reason: String },
+    #[error("invalid environment variable {var}: {reason}")]
+    InvalidEnv { var: &'static str, reason: String },
+    #[error("cannot read `{key}` (--{flag}) {}: {source}", path.display(), flag = flag_for_key(key))]
+    ReadKeyFile {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// How cluster nodes authenticate each other is missing or ambiguous.
+    #[error("{0}")]
+    ClusterTrust(String),
+    /// [`Config::from_args`] was given a subcommand, which starts no broker.
+    #[error("`{0}` is a subcommand, not a broker configuration")]
+    NotServe(&'static str),
     #[error(
         "listen address {0} is given more than once (in `listen`, `ws_listen` or `[[listener]]`)"
     )]
@@ -203,9 +206,13 @@ pub enum ConfigError {
     about = "A thread-per-core MQTT broker",
     // So that `--max-inflight -3` is reported as a bad value of that flag,
     // not as an unknown argument `-3`.
-    allow_negative_numbers = true
+    allow_negative_numbers = true,
+    // Broker flags before a subcommand would be silently ignored.
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<CliCommand>,
     /// TOML file with the same settings in snake case; flags override it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -292,6 +299,24 @@ struct Cli {
     /// [default: 10].
     #[arg(long, value_name = "SECS")]
     sys_interval: Option<u64>,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Write a new cluster CA (ca.pem, ca.key) and a certificate and key
+    /// per node (<node>.pem, <node>.key) for cluster.ca_file, cert_file and
+    /// key_file; existing files are never overwritten.
+    ClusterCerts {
+        /// Directory to write into; created if missing.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Node ids, comma separated: one certificate each, the id as its
+        /// common name.
+        #[arg(long, value_name = "ID,...", value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 /// The TOML file: the flags' settings except `config` itself.
@@ -324,6 +349,7 @@ struct FileConfig {
     max_client_id_length: Option<u16>,
     metrics_listen: Option<SocketAddr>,
     sys_interval: Option<u64>,
+    cluster: Option<cluster::ClusterTable>,
 }
 
 /// How [`QueueFullPolicy`] is spelled in flags and files; the session type
@@ -351,20 +377,45 @@ enum SharedStrategy {
     Sticky,
 }
 
+impl Command {
+    /// Parses the command line (program name first). Without a
+    /// subcommand, reads the file it names if any, takes the cluster
+    /// secret from `RINGMQ_CLUSTER_SECRET` if set, and validates the
+    /// result.
+    pub fn from_args<I, T>(args: I) -> Result<Command, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut cli = Cli::try_parse_from(args)?;
+        match cli.command.take() {
+            Some(CliCommand::ClusterCerts { out, nodes }) => {
+                Ok(Command::ClusterCerts { out, nodes })
+            }
+            None => {
+                let file = match &cli.config {
+                    Some(path) => FileConfig::load(path)?,
+                    None => FileConfig::default(),
+                };
+                let env = std::env::var_os(cluster::SECRET_ENV);
+                Config::merge(cli, file, env).map(|config| Command::Serve(Box::new(config)))
+            }
+        }
+    }
+}
+
 impl Config {
-    /// Parses the command line (program name first), reads the file it
-    /// names if any, and validates the result.
+    /// [`Command::from_args`] for callers that only serve: a subcommand is
+    /// an error.
     pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let cli = Cli::try_parse_from(args)?;
-        let file = match &cli.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
-        Config::merge(cli, file)
+        match Command::from_args(args)? {
+            Command::Serve(config) => Ok(*config),
+            Command::ClusterCerts { .. } => Err(ConfigError::NotServe("cluster-certs")),
+        }
     }
 
     pub fn session_config(&self) -> SessionConfig {
@@ -392,8 +443,15 @@ impl Config {
         Duration::from_secs(u64::from(self.connect_timeout))
     }
 
-    fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
-        let listeners = merge_listeners(&cli, &file)?;
+    /// `secret_env` is `RINGMQ_CLUSTER_SECRET`, passed in so tests need
+    /// not set the process environment.
+    fn merge(
+        cli: Cli,
+        file: FileConfig,
+        secret_env: Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let listeners = listeners::merge_listeners(&cli, &file)?;
+        let cluster = cluster::merge(&cli.cluster, file.cluster.as_ref(), secret_env)?;
 
         let cores = cli.cores.or(file.cores).unwrap_or_else(|| {
             // The CPU count can be unknowable (restricted /proc); one shard
@@ -526,6 +584,7 @@ impl Config {
                 .sys_interval
                 .or(file.sys_interval)
                 .unwrap_or(DEFAULT_SYS_INTERVAL),
+            cluster,
         })
     }
 }
@@ -560,61 +619,16 @@ impl FileConfig {
     }
 }
 
-/// The `listen` and `ws_listen` lists (the flags replacing the file's)
-/// and the file's `[[listener]]` tables, as one list with the TCP
-/// listeners first, so that the first `listening` line names one.
-fn merge_listeners(cli: &Cli, file: &FileConfig) -> Result<Vec<ListenerConfig>, ConfigError> {
-    let tables = file.listener.as_deref().unwrap_or_default();
-    let tcp = match cli.listen.as_ref().or(file.listen.as_ref()) {
-        Some(listen) => {
-            ensure(
-                !listen.is_empty() || !tables.is_empty(),
-                "listen",
-                "must name at least one address",
-            )?;
-            listen.clone()
-        }
-        None if tables.is_empty() => vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT))],
-        None => Vec::new(),
+/// The flag for a key: `max_inflight` is `--max-inflight`; in the
+/// `[cluster]` table `cluster.ack` is `--cluster-ack`, but `node_id` and
+/// `seeds` are short enough to go without the prefix.
+fn flag_for_key(key: &str) -> String {
+    let flag = match key.strip_prefix("cluster.") {
+        Some(name @ ("node_id" | "seeds")) => name.to_owned(),
+        Some(name) => format!("cluster_{name}"),
+        None => key.to_owned(),
     };
-    let proxy_protocol = cli.proxy_protocol.or(file.proxy_protocol).unwrap_or(false);
-    let websocket = cli.ws_listen.as_ref().or(file.ws_listen.as_ref());
-    let mut listeners: Vec<ListenerConfig> = tcp
-        .into_iter()
-        .map(|address| ListenerConfig {
-            address,
-            transport: Transport::Tcp,
-            proxy_protocol,
-        })
-        .chain(
-            websocket
-                .into_iter()
-                .flatten()
-                .map(|&address| ListenerConfig {
-                    address,
-                    transport: Transport::WebSocket,
-                    proxy_protocol: false,
-                }),
-        )
-        .chain(tables.iter().map(|table| ListenerConfig {
-            address: table.address,
-            transport: table.transport,
-            proxy_protocol: table.proxy_protocol,
-        }))
-        .collect();
-    listeners.sort_by_key(|listener| listener.transport != Transport::Tcp);
-    // SO_REUSEPORT would let a second socket bind the same address, and the
-    // kernel would then split its clients between two sets of settings.
-    for (i, listener) in listeners.iter().enumerate() {
-        let repeated = listener.address.port() != 0
-            && listeners[..i]
-                .iter()
-                .any(|earlier| earlier.address == listener.address);
-        if repeated {
-            return Err(ConfigError::RepeatedListener(listener.address));
-        }
-    }
-    Ok(listeners)
+    flag.replace('_', "-")
 }
 
 fn ensure(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
@@ -634,14 +648,29 @@ mod tests {
 
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    pub(super) fn tcp(address: &str, proxy_protocol: bool) -> ListenerConfig {
+        ListenerConfig {
+            address: address.parse().expect("literal"),
+            transport: Transport::Tcp,
+            proxy_protocol,
+        }
+    }
+
+    pub(super) fn websocket(address: &str, proxy_protocol: bool) -> ListenerConfig {
+        ListenerConfig {
+            transport: Transport::WebSocket,
+            ..tcp(address, proxy_protocol)
+        }
+    }
+
+    pub(super) fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         Config::from_args(std::iter::once("ringmq").chain(args.iter().copied()))
     }
 
-    fn merge(args: &[&str], toml: &str) -> Result<Config, ConfigError> {
+    pub(super) fn merge(args: &[&str], toml: &str) -> Result<Config, ConfigError> {
         let cli = Cli::try_parse_from(std::iter::once("ringmq").chain(args.iter().copied()))?;
         let file = FileConfig::parse(toml, Path::new("ringmq.toml"))?;
-        Config::merge(cli, file)
+        Config::merge(cli, file, None)
     }
 
     /// A file under the system temp directory, removed when dropped.
@@ -768,6 +797,7 @@ mod tests {
                 max_client_id_length: 64,
                 metrics_listen: Some("127.0.0.1:9090".parse().expect("literal")),
                 sys_interval: 0,
+                cluster: None,
             }
         );
     }
@@ -821,139 +851,6 @@ mod tests {
         assert_eq!(config.shared_subscription_strategy, Strategy::RoundRobin);
         let config = merge(&[], toml).expect("valid");
         assert_eq!(config.shared_subscription_strategy, Strategy::Random);
-    }
-
-    #[test]
-    fn listen_is_repeatable() {
-        let config = parse(&["--listen", "127.0.0.1:1883", "--listen", "[::]:0"]).expect("valid");
-        assert_eq!(
-            config.listeners,
-            [tcp("127.0.0.1:1883", false), tcp("[::]:0", false)]
-        );
-    }
-
-    #[test]
-    fn ws_listen_is_repeatable_and_overrides_the_file() {
-        let config = merge(
-            &["--ws-listen", "127.0.0.1:8083", "--ws-listen", "[::1]:0"],
-            "ws_listen = [\"0.0.0.0:9001\"]",
-        )
-        .expect("valid");
-        assert_eq!(
-            config.listeners,
-            [
-                tcp("0.0.0.0:1883", false),
-                websocket("127.0.0.1:8083", false),
-                websocket("[::1]:0", false),
-            ]
-        );
-        let error = parse(&["--ws-listen", "localhost"]).expect_err("not an address");
-        assert!(error.to_string().contains("--ws-listen"), "{error}");
-    }
-
-    fn tcp(address: &str, proxy_protocol: bool) -> ListenerConfig {
-        ListenerConfig {
-            address: address.parse().expect("literal"),
-            transport: Transport::Tcp,
-            proxy_protocol,
-        }
-    }
-
-    fn websocket(address: &str, proxy_protocol: bool) -> ListenerConfig {
-        ListenerConfig {
-            transport: Transport::WebSocket,
-            ..tcp(address, proxy_protocol)
-        }
-    }
-
-    #[test]
-    fn proxy_protocol_flag_alone_means_true() {
-        let proxied = |config: Config| config.listeners.iter().all(|l| l.proxy_protocol);
-        assert!(proxied(parse(&["--proxy-protocol"]).expect("valid")));
-        let config = merge(&["--proxy-protocol", "false"], "proxy_protocol = true").expect("valid");
-        assert!(!proxied(config));
-        assert!(proxied(merge(&[], "proxy_protocol = true").expect("valid")));
-    }
-
-    #[test]
-    fn listener_tables_set_proxy_protocol_per_listener() {
-        let toml = r#"
-            listen = ["127.0.0.1:1883"]
-            proxy_protocol = false
-
-            [[listener]]
-            address = "10.0.0.1:1883"
-            proxy_protocol = true
-
-            [[listener]]
-            address = "10.0.0.1:8083"
-            transport = "websocket"
-            proxy_protocol = true
-
-            [[listener]]
-            address = "127.0.0.1:8083"
-            transport = "websocket"
-            "#;
-        let config = merge(&[], toml).expect("valid");
-        assert_eq!(
-            config.listeners,
-            [
-                tcp("127.0.0.1:1883", false),
-                tcp("10.0.0.1:1883", true),
-                websocket("10.0.0.1:8083", true),
-                websocket("127.0.0.1:8083", false),
-            ]
-        );
-        // The flag replaces `listen`, and its proxy setting covers only
-        // what it lists; the tables keep theirs.
-        let config = merge(&["--listen", "127.0.0.1:9", "--proxy-protocol"], toml).expect("valid");
-        assert_eq!(config.listeners[0], tcp("127.0.0.1:9", true));
-        assert_eq!(config.listeners[1], tcp("10.0.0.1:1883", true));
-        assert_eq!(config.listeners[3], websocket("127.0.0.1:8083", false));
-    }
-
-    #[test]
-    fn listener_tables_alone_replace_the_default_address() {
-        let config = merge(
-            &[],
-            "[[listener]]\naddress = \"127.0.0.1:2883\"\nproxy_protocol = true\n",
-        )
-        .expect("valid");
-        assert_eq!(config.listeners, [tcp("127.0.0.1:2883", true)]);
-    }
-
-    #[test]
-    fn bad_listener_tables_are_named() {
-        let error = merge(
-            &[],
-            "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy = true\n",
-        )
-        .expect_err("unknown key");
-        assert!(error.to_string().contains("proxy"), "{error}");
-        let error = merge(
-            &[],
-            "[[listener]]\naddress = \"127.0.0.1:1\"\ntransport = \"udp\"\n",
-        )
-        .expect_err("unknown transport");
-        assert!(error.to_string().contains("udp"), "{error}");
-        let error = merge(&[], "[[listener]]\nproxy_protocol = true\n").expect_err("no address");
-        assert!(error.to_string().contains("address"), "{error}");
-    }
-
-    #[test]
-    fn an_address_given_twice_is_refused() {
-        let error = merge(
-            &["--ws-listen", "127.0.0.1:8083"],
-            "[[listener]]\naddress = \"127.0.0.1:8083\"\nproxy_protocol = true\n",
-        )
-        .expect_err("same address twice");
-        assert_eq!(
-            error.to_string(),
-            "listen address 127.0.0.1:8083 is given more than once (in `listen`, `ws_listen` or `[[listener]]`)"
-        );
-        // Port 0 is a fresh port each time.
-        let config = parse(&["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]).expect("valid");
-        assert_eq!(config.listeners.len(), 2);
     }
 
     #[test]
@@ -1114,7 +1011,7 @@ mod tests {
     #[test]
     fn deploy_example_parses_and_sets_every_key() {
         let file = FileConfig::parse(
-            include_str!("../deploy/ringmq.toml"),
+            include_str!("../../deploy/ringmq.toml"),
             Path::new("deploy/ringmq.toml"),
         )
         .expect("example config parses");
@@ -1145,6 +1042,7 @@ mod tests {
             max_client_id_length,
             metrics_listen,
             sys_interval,
+            cluster,
         } = &file;
         assert!(listen.is_some());
         assert!(ws_listen.is_some());
@@ -1170,6 +1068,74 @@ mod tests {
         assert!(max_client_id_length.is_some());
         assert!(metrics_listen.is_some());
         assert!(sys_interval.is_some());
-        Config::merge(Cli::default(), file).expect("example config is valid");
+        assert!(cluster.is_none(), "the example is a single node");
+        Config::merge(Cli::default(), file, None).expect("example config is valid");
+    }
+
+    /// The `[cluster]` table is commented out in the example (a single
+    /// node needs none): every key must still be there, as `# key = value`.
+    #[test]
+    fn deploy_example_documents_every_cluster_key() {
+        let example = include_str!("../../deploy/ringmq.toml");
+        let (_, section) = example
+            .split_once("\n# [cluster]\n")
+            .expect("a commented [cluster] table");
+        let uncommented: String = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| {
+                line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let file = FileConfig::parse(
+            &format!("[cluster]\n{uncommented}"),
+            Path::new("deploy/ringmq.toml"),
+        )
+        .expect("the cluster keys parse");
+        let table = file.cluster.expect("a [cluster] table");
+        // Destructured without `..` so a new key fails to compile here until
+        // the example documents it.
+        let cluster::ClusterTable {
+            node_id,
+            listen,
+            advertise,
+            seeds,
+            ca_file,
+            cert_file,
+            key_file,
+            secret_file,
+            ack,
+            probe_interval_ms,
+            suspect_timeout_ms,
+            route_ack_timeout_ms,
+            peer_buffer_bytes,
+            peer_hold_secs,
+        } = &table;
+        assert!(node_id.is_some());
+        assert!(listen.is_some());
+        assert!(advertise.is_some());
+        assert!(seeds.as_ref().is_some_and(|seeds| !seeds.is_empty()));
+        assert!(ca_file.is_some());
+        assert!(cert_file.is_some());
+        assert!(key_file.is_some());
+        assert!(secret_file.is_some());
+        assert!(ack.is_some());
+        assert!(probe_interval_ms.is_some());
+        assert!(suspect_timeout_ms.is_some());
+        assert!(route_ack_timeout_ms.is_some());
+        assert!(peer_buffer_bytes.is_some());
+        assert!(peer_hold_secs.is_some());
+        // Valid once one of the two kinds of trust is chosen.
+        let files_only = cluster::ClusterTable {
+            secret_file: None,
+            ..table
+        };
+        let settings = cluster::merge(&cluster::ClusterArgs::default(), Some(&files_only), None)
+            .expect("example cluster table is valid")
+            .expect("cluster mode");
+        assert_eq!(settings.node_id, "node-1");
     }
 }
