@@ -467,3 +467,378 @@ fn at_least_one(key: &'static str, value: Option<u64>, default: u64) -> Result<u
 fn invalid(key: &'static str, reason: String) -> ConfigError {
     ConfigError::InvalidValue { key, reason }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cli, Config, FileConfig};
+    use super::*;
+    use clap::Parser;
+
+    const SECRET: &str = "0123456789abcdef0123";
+
+    fn cluster(
+        args: &[&str],
+        toml: &str,
+        env: Option<&str>,
+    ) -> Result<Option<ClusterSettings>, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("ringmq").chain(args.iter().copied()))?;
+        let file = FileConfig::parse(toml, Path::new("ringmq.toml"))?;
+        Config::merge(cli, file, env.map(OsString::from)).map(|config| config.cluster)
+    }
+
+    fn error(args: &[&str], toml: &str, env: Option<&str>) -> String {
+        match cluster(args, toml, env) {
+            Ok(settings) => panic!("{args:?} {toml:?} accepted: {settings:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    /// A file under the system temp directory, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &[u8]) -> TempFile {
+            let path =
+                std::env::temp_dir().join(format!("ringmq-cluster-{}-{name}", std::process::id()));
+            std::fs::write(&path, contents).expect("temp dir is writable");
+            TempFile(path)
+        }
+
+        fn arg(&self) -> &str {
+            self.0.to_str().expect("temp path is UTF-8")
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn no_listen_is_a_single_node() {
+        assert_eq!(cluster(&[], "", None).expect("valid"), None);
+        // A machine-wide secret variable alone asks for nothing.
+        assert_eq!(cluster(&[], "", Some(SECRET)).expect("valid"), None);
+        assert_eq!(cluster(&[], "[cluster]\n", None).expect("valid"), None);
+    }
+
+    #[test]
+    fn a_full_table() {
+        let toml = r#"
+            [cluster]
+            node_id = "n1"
+            listen = "0.0.0.0:7883"
+            advertise = "10.0.0.1:7883"
+            seeds = ["n2.example.net:7883", "10.0.0.3:7883", "[fd00::3]:7883"]
+            ca_file = "ca.pem"
+            cert_file = "n1.pem"
+            key_file = "n1.key"
+            ack = "local"
+            probe_interval_ms = 100
+            suspect_timeout_ms = 1000
+            route_ack_timeout_ms = 50
+            peer_buffer_bytes = 1024
+            peer_hold_secs = 0
+        "#;
+        let settings = cluster(&[], toml, None).expect("valid").expect("cluster");
+        assert_eq!(
+            settings,
+            ClusterSettings {
+                node_id: "n1".to_owned(),
+                listen: "0.0.0.0:7883".parse().expect("literal"),
+                advertise: "10.0.0.1:7883".parse().expect("literal"),
+                seeds: vec![
+                    "n2.example.net:7883".to_owned(),
+                    "10.0.0.3:7883".to_owned(),
+                    "[fd00::3]:7883".to_owned(),
+                ],
+                trust: ClusterTrust::Files {
+                    ca_file: "ca.pem".into(),
+                    cert_file: "n1.pem".into(),
+                    key_file: "n1.key".into(),
+                },
+                ack: AckMode::Local,
+                probe_interval: Duration::from_millis(100),
+                suspect_timeout: Duration::from_millis(1000),
+                route_ack_timeout: Duration::from_millis(50),
+                peer_buffer_bytes: 1024,
+                peer_hold: Duration::ZERO,
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let settings = cluster(&["--cluster-listen", "127.0.0.1:7883"], "", Some(SECRET))
+            .expect("valid")
+            .expect("cluster");
+        assert_eq!(settings.advertise, settings.listen, "advertise defaults");
+        assert!(settings.seeds.is_empty());
+        assert_eq!(settings.trust, ClusterTrust::Secret(SECRET.to_owned()));
+        assert_eq!(settings.ack, AckMode::Remote);
+        assert_eq!(settings.probe_interval, Duration::from_millis(500));
+        assert_eq!(settings.suspect_timeout, Duration::from_millis(3000));
+        assert_eq!(settings.route_ack_timeout, Duration::from_millis(2000));
+        assert_eq!(settings.peer_buffer_bytes, 64 * 1024 * 1024);
+        assert_eq!(settings.peer_hold, Duration::from_secs(300));
+        if let Some(host) = host_name().filter(|host| check_node_id(host).is_ok()) {
+            assert_eq!(settings.node_id, host);
+        }
+
+        let toml = "[cluster]\nlisten = \"127.0.0.1:1\"\nnode_id = \"file\"\nseeds = [\"a:1\"]\nack = \"local\"\n";
+        let settings = cluster(
+            &[
+                "--node-id",
+                "flag",
+                "--seeds",
+                "b:2,c:3",
+                "--cluster-ack",
+                "remote",
+                "--cluster-probe-interval-ms",
+                "7",
+            ],
+            toml,
+            Some(SECRET),
+        )
+        .expect("valid")
+        .expect("cluster");
+        assert_eq!(settings.node_id, "flag");
+        assert_eq!(settings.seeds, ["b:2", "c:3"]);
+        assert_eq!(settings.ack, AckMode::Remote);
+        assert_eq!(settings.probe_interval, Duration::from_millis(7));
+        assert_eq!(settings.listen, "127.0.0.1:1".parse().expect("literal"));
+    }
+
+    #[test]
+    fn cluster_keys_need_listen() {
+        for (args, toml, key) in [
+            (
+                &["--node-id", "n1"][..],
+                "",
+                "`cluster.node_id` (--node-id)",
+            ),
+            (&["--seeds", "a:1"], "", "`cluster.seeds` (--seeds)"),
+            (
+                &[],
+                "[cluster]\npeer_hold_secs = 1\n",
+                "`cluster.peer_hold_secs` (--cluster-peer-hold-secs)",
+            ),
+            (
+                &["--cluster-secret-file", "s"],
+                "",
+                "`cluster.secret_file` (--cluster-secret-file)",
+            ),
+        ] {
+            let message = error(args, toml, None);
+            assert!(message.contains(key), "{message}");
+            assert!(message.contains("cluster.listen"), "{message}");
+        }
+    }
+
+    #[test]
+    fn advertise_must_be_dialable() {
+        let message = error(&["--cluster-listen", "0.0.0.0:7883"], "", Some(SECRET));
+        assert!(
+            message.starts_with(
+                "invalid value for `cluster.advertise` (--cluster-advertise): is required"
+            ),
+            "{message}"
+        );
+        for advertise in ["0.0.0.0:7883", "[::]:7883", "10.0.0.1:0"] {
+            let message = error(
+                &[
+                    "--cluster-listen",
+                    "[::]:7883",
+                    "--cluster-advertise",
+                    advertise,
+                ],
+                "",
+                Some(SECRET),
+            );
+            assert!(message.contains("`cluster.advertise`"), "{message}");
+        }
+        let settings = cluster(
+            &[
+                "--cluster-listen",
+                "[::]:7883",
+                "--cluster-advertise",
+                "[fd00::1]:7883",
+            ],
+            "",
+            Some(SECRET),
+        )
+        .expect("valid")
+        .expect("cluster");
+        assert_eq!(
+            settings.advertise,
+            "[fd00::1]:7883".parse().expect("literal")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let listen = "[cluster]\nlisten = \"127.0.0.1:7883\"\n";
+        for (toml, expected) in [
+            ("node_id = \"a b\"", "`cluster.node_id` (--node-id)"),
+            ("node_id = \"\"", "`cluster.node_id` (--node-id)"),
+            (
+                "seeds = [\"host\"]",
+                "`cluster.seeds` (--seeds): \"host\" needs a port",
+            ),
+            ("seeds = [\"host:0\"]", "`cluster.seeds` (--seeds)"),
+            ("seeds = [\"host:http\"]", "`cluster.seeds` (--seeds)"),
+            ("seeds = [\"::1:7883\"]", "`cluster.seeds` (--seeds)"),
+            ("seeds = [\"bad_host-:1\"]", "`cluster.seeds` (--seeds)"),
+            ("seeds = [\":1\"]", "`cluster.seeds` (--seeds)"),
+            (
+                "probe_interval_ms = 0",
+                "`cluster.probe_interval_ms` (--cluster-probe-interval-ms)",
+            ),
+            ("suspect_timeout_ms = 0", "`cluster.suspect_timeout_ms`"),
+            ("route_ack_timeout_ms = 0", "`cluster.route_ack_timeout_ms`"),
+            ("peer_buffer_bytes = 0", "`cluster.peer_buffer_bytes`"),
+            ("ack = \"never\"", "ack"),
+            ("listen_addr = \"127.0.0.1:1\"", "listen_addr"),
+        ] {
+            let message = error(&[], &format!("{listen}{toml}\n"), Some(SECRET));
+            assert!(message.contains(expected), "{toml}: {message}");
+        }
+        let message = error(&["--cluster-ack", "sometimes"], "", None);
+        assert!(message.contains("--cluster-ack"), "{message}");
+    }
+
+    #[test]
+    fn seeds() {
+        for good in [
+            "a:1",
+            "node-2.example.net:7883",
+            "node-2.example.net.:7883",
+            "ringmq-0.ringmq._udp.svc:7883",
+            "10.0.0.1:65535",
+            "[::1]:7883",
+        ] {
+            assert_eq!(check_seed(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "a", "a:", "a:65536", "[::1]", "[nope]:1", "a..b:1", "-a:1", "a b:1",
+        ] {
+            assert!(check_seed(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn certificate_files_go_together() {
+        let listen = ["--cluster-listen", "127.0.0.1:7883"];
+        let message = error(
+            &[
+                &listen[..],
+                &[
+                    "--cluster-ca-file",
+                    "ca.pem",
+                    "--cluster-cert-file",
+                    "n.pem",
+                ],
+            ]
+            .concat(),
+            "",
+            None,
+        );
+        assert!(
+            message
+                .starts_with("invalid value for `cluster.key_file` (--cluster-key-file): missing"),
+            "{message}"
+        );
+        let message = error(&listen, "[cluster]\nkey_file = \"n.key\"\n", None);
+        assert!(message.contains("`cluster.ca_file`"), "{message}");
+    }
+
+    #[test]
+    fn trust_is_required_and_unambiguous() {
+        let listen = ["--cluster-listen", "127.0.0.1:7883"];
+        let message = error(&listen, "", None);
+        for option in [
+            "cluster.ca_file",
+            "cluster.cert_file",
+            "cluster.key_file",
+            "cluster.secret_file",
+            "RINGMQ_CLUSTER_SECRET",
+        ] {
+            assert!(message.contains(option), "{message}");
+        }
+        let files = "[cluster]\nca_file = \"c\"\ncert_file = \"n\"\nkey_file = \"k\"\n";
+        let message = error(&listen, files, Some(SECRET));
+        assert!(message.starts_with("both certificate files"), "{message}");
+        let secret = TempFile::new("both", SECRET.as_bytes());
+        let message = error(
+            &[&listen[..], &["--cluster-secret-file", secret.arg()]].concat(),
+            "",
+            Some(SECRET),
+        );
+        assert!(
+            message.contains("cluster.secret_file") && message.contains("RINGMQ_CLUSTER_SECRET"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn secrets() {
+        let listen = ["--cluster-listen", "127.0.0.1:7883"];
+        let from_file = |contents: &[u8]| {
+            let file = TempFile::new("secret", contents);
+            cluster(
+                &[&listen[..], &["--cluster-secret-file", file.arg()]].concat(),
+                "",
+                None,
+            )
+            .map(|settings| settings.map(|settings| settings.trust))
+        };
+        let expected = Some(ClusterTrust::Secret(SECRET.to_owned()));
+        assert_eq!(
+            from_file(format!("{SECRET}\n").as_bytes()).expect("ok"),
+            expected
+        );
+        assert_eq!(
+            from_file(format!("{SECRET}\r\n").as_bytes()).expect("ok"),
+            expected
+        );
+        // Only one newline goes; the rest is the secret's.
+        assert_eq!(
+            from_file(format!(" {SECRET}\n\n").as_bytes()).expect("ok"),
+            Some(ClusterTrust::Secret(format!(" {SECRET}\n")))
+        );
+        let message = from_file(b"fifteen bytes!!\n")
+            .expect_err("short")
+            .to_string();
+        assert!(
+            message.starts_with("invalid value for `cluster.secret_file` (--cluster-secret-file)"),
+            "{message}"
+        );
+        assert!(message.contains("at least 16 bytes"), "{message}");
+        let message = from_file(b"\xff0123456789abcdef")
+            .expect_err("binary")
+            .to_string();
+        assert!(message.contains("UTF-8"), "{message}");
+
+        let message = error(&listen, "", Some("short"));
+        assert!(
+            message.starts_with("invalid environment variable RINGMQ_CLUSTER_SECRET"),
+            "{message}"
+        );
+        let message = error(
+            &[
+                &listen[..],
+                &["--cluster-secret-file", "/nonexistent/secret"],
+            ]
+            .concat(),
+            "",
+            None,
+        );
+        assert!(
+            message.starts_with(
+                "cannot read `cluster.secret_file` (--cluster-secret-file) /nonexistent/secret: "
+            ),
+            "{message}"
+        );
+    }
+}
