@@ -119,7 +119,9 @@ pub enum TlsError {
 /// requires a client certificate from the cluster CA, the client checks
 /// the server against the same CA under [`SERVER_NAME`], both offer
 /// [`ALPN`] and speak TLS 1.3 only (QUIC's). Transport settings are
-/// quinn's defaults, for the caller to adjust.
+/// quinn's defaults, for the caller to adjust. `node_id` names the
+/// certificate made in secret mode; with files, the certificate carries
+/// the name it was issued with.
 pub fn quinn_configs(
     node_id: &str,
     trust: &ClusterTrust,
