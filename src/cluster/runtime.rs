@@ -76,7 +76,7 @@ pub enum ClusterError {
 /// user can fix (certificates, the address) come back before any thread
 /// starts.
 pub fn start(
-    settings: ClusterSettings,
+    mut settings: ClusterSettings,
     mesh: MeshHandle,
     inbox: Receiver<Batch>,
     readiness: Readiness,
@@ -94,6 +94,10 @@ pub fn start(
         addr: settings.listen,
         error,
     })?;
+    // Port 0 picks a free port; peers must dial the one picked.
+    if settings.advertise.port() == 0 {
+        settings.advertise.set_port(local.port());
+    }
     info!(node = %settings.node_id, addr = %local, advertise = %settings.advertise, "cluster listening");
     if !settings.seeds.is_empty() {
         readiness.require_join();

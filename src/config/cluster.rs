@@ -67,10 +67,12 @@ pub(super) struct ClusterArgs {
     /// mode on [default: none, a single node].
     #[arg(long, value_name = "ADDR")]
     cluster_listen: Option<SocketAddr>,
-    /// Address other nodes dial to reach this one; required when
-    /// --cluster-listen is 0.0.0.0 or [::] [default: --cluster-listen].
+    /// Address other nodes dial to reach this one, `ip:port` or
+    /// `host:port` (resolved once, at start: a compose service name or a
+    /// pod's DNS name); required when --cluster-listen is 0.0.0.0 or [::]
+    /// [default: --cluster-listen].
     #[arg(long, value_name = "ADDR")]
-    cluster_advertise: Option<SocketAddr>,
+    cluster_advertise: Option<String>,
     /// Cluster addresses of other nodes to join through, comma separated
     /// host:port; host names are resolved when joining [default: none].
     #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
@@ -120,7 +122,7 @@ pub(super) struct ClusterArgs {
 pub(super) struct ClusterTable {
     pub(super) node_id: Option<String>,
     pub(super) listen: Option<SocketAddr>,
-    pub(super) advertise: Option<SocketAddr>,
+    pub(super) advertise: Option<String>,
     pub(super) seeds: Option<Vec<String>>,
     pub(super) ca_file: Option<PathBuf>,
     pub(super) cert_file: Option<PathBuf>,
@@ -150,7 +152,7 @@ impl ClusterTable {
         ClusterTable {
             node_id: cli.node_id.clone().or(self.node_id),
             listen: cli.cluster_listen.or(self.listen),
-            advertise: cli.cluster_advertise.or(self.advertise),
+            advertise: cli.cluster_advertise.clone().or(self.advertise),
             seeds: cli.seeds.clone().or(self.seeds),
             ca_file: cli.cluster_ca_file.clone().or(self.ca_file),
             cert_file: cli.cluster_cert_file.clone().or(self.cert_file),
@@ -245,8 +247,9 @@ pub(super) fn merge(
         }
     };
 
-    let advertise = match table.advertise {
+    let advertise = match &table.advertise {
         Some(advertise) => {
+            let advertise = resolve_advertise(advertise)?;
             ensure(
                 !advertise.ip().is_unspecified() && advertise.port() != 0,
                 "cluster.advertise",
@@ -462,6 +465,25 @@ fn at_least_one(key: &'static str, value: Option<u64>, default: u64) -> Result<u
     let value = value.unwrap_or(default);
     ensure(value >= 1, key, "must be at least 1")?;
     Ok(value)
+}
+
+/// `ip:port`, or `host:port` resolved now to its first address.
+fn resolve_advertise(advertise: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = advertise.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(advertise).map_err(|error| {
+        invalid(
+            "cluster.advertise",
+            format!("{advertise:?} is not host:port, or does not resolve: {error}"),
+        )
+    })?;
+    addrs.next().ok_or_else(|| {
+        invalid(
+            "cluster.advertise",
+            format!("{advertise:?} resolves to no address"),
+        )
+    })
 }
 
 fn invalid(key: &'static str, reason: String) -> ConfigError {
