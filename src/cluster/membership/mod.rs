@@ -66,7 +66,20 @@
 //! * `0` a foca packet;
 //! * `1` `Join`: "this is me", sent to a seed known only by address; the
 //!   seed answers with a foca announce, after which foca takes over;
-//! * `2` `Leave`: "I am leaving", a foca member record.
+//! * `2` `Leave`: "I am leaving", a foca member record;
+//! * `3` a foca packet from a node that is leaving: it carries the news of
+//!   its own departure, which without the tag would read as a death.
+//!
+//! # A foca 2.0.0 quirk we work around
+//!
+//! With `notify_down_members`, foca sends `TurnUndead` ("you are down") to
+//! a member when its suspicion timer fires, even when the member refuted
+//! the suspicion in time (it checks that the member exists, not that the
+//! down transition happened). The member then renews its identity, and
+//! every refuted suspicion would become a spurious `Replaced`. We drop an
+//! outgoing `TurnUndead` whose destination is still alive or suspect in
+//! our own table; the legitimate ones (to a member we hold as down, or to
+//! a superseded identity) still go out, and partitions still heal.
 
 #[cfg(test)]
 mod sim;
@@ -90,6 +103,7 @@ use tracing::{debug, info, warn};
 const TAG_FOCA: u8 = 0;
 const TAG_JOIN: u8 = 1;
 const TAG_LEAVE: u8 = 2;
+const TAG_FOCA_LEAVING: u8 = 3;
 
 /// A node as membership knows it: a restarted node is a new incarnation,
 /// so it is a new identity.
@@ -202,7 +216,10 @@ impl MembershipConfig {
             (self.suspect_timeout, "suspect_timeout is zero"),
             (self.gossip_interval, "gossip_interval is zero"),
             (self.announce_interval, "announce_interval is zero"),
-            (self.announce_down_interval, "announce_down_interval is zero"),
+            (
+                self.announce_down_interval,
+                "announce_down_interval is zero",
+            ),
             (self.rejoin_interval, "rejoin_interval is zero"),
         ] {
             if d.is_zero() {
@@ -279,6 +296,9 @@ pub enum MemberEvent {
     JoinedCluster,
     /// Every member we knew is gone; seeds are contacted again.
     Isolated,
+    /// The cluster declared us down (a partition, a pause, or a node with
+    /// our node id); we go on as this new identity and rejoin.
+    Renewed(NodeIdentity),
 }
 
 /// For the `ringmq_cluster_members{state}` gauge.
@@ -358,6 +378,12 @@ pub struct Membership {
     started: Instant,
     seeds: Vec<SocketAddr>,
     next_rejoin: Option<Instant>,
+    /// Whether foca is connected: it has a live member *and* our current
+    /// identity has been heard of. After a renewal foca keeps its member
+    /// table but is disconnected until someone talks to the new identity;
+    /// if nobody does (it lost a conflict), only the seeds can bring it
+    /// back, so this, not the member count, decides when to call them.
+    connected: bool,
     left: bool,
     timers: BinaryHeap<Reverse<Pending>>,
     timer_seq: u64,
@@ -393,6 +419,7 @@ impl Membership {
             started: now,
             seeds: Vec::new(),
             next_rejoin: None,
+            connected: false,
             left: false,
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -414,7 +441,7 @@ impl Membership {
 
     /// Whether we know at least one live member.
     pub fn is_joined(&self) -> bool {
-        !self.left && self.foca.num_members() > 0
+        !self.left && self.connected && self.foca.num_members() > 0
     }
 
     /// Announce ourselves to a seed known only by address; repeated every
@@ -443,7 +470,8 @@ impl Membership {
         }
         let (&tag, body) = data.split_first().ok_or(MembershipError::Empty)?;
         let result = match tag {
-            TAG_FOCA => self.handle_foca(from, body, now),
+            TAG_FOCA => self.handle_foca(from, body, false, now),
+            TAG_FOCA_LEAVING => self.handle_foca(from, body, true, now),
             TAG_JOIN => self.handle_join_request(from, body, now),
             TAG_LEAVE => self.handle_leave_notice(from, body, now),
             other => Err(MembershipError::UnknownTag(other)),
@@ -497,17 +525,19 @@ impl Membership {
             Ok(()) => {
                 notice.extend_from_slice(&body);
                 let notice = notice.freeze();
-                let addrs: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+                let addrs: Vec<SocketAddr> =
+                    self.foca.iter_members().map(|m| m.id().addr).collect();
                 for addr in addrs {
                     self.transmits.push_back((addr, notice.clone()));
                 }
             }
             Err(e) => warn!(error = %e, "cannot encode leave notice"),
         }
+        // Set first, so the packets foca sends now are tagged as leaving.
+        self.left = true;
         if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
             warn!(error = %e, "leaving the cluster");
         }
-        self.left = true;
         self.next_rejoin = None;
         self.drain_runtime(now);
         self.timers.clear();
@@ -552,6 +582,7 @@ impl Membership {
         &mut self,
         from: SocketAddr,
         body: &[u8],
+        leaving: bool,
         now: Instant,
     ) -> Result<(), MembershipError> {
         // Decoded once here as well, to learn who speaks before foca does.
@@ -560,6 +591,10 @@ impl Membership {
             .map_err(|_| MembershipError::Malformed)?;
         if !self.note_heard(&header.src, from, now) {
             return Ok(());
+        }
+        if leaving {
+            self.leavers
+                .insert(header.src.node_id.clone(), header.src.clone());
         }
         let announce = header.message == foca::Message::Announce;
         let was_joined = self.foca.num_members() > 0;
@@ -609,8 +644,11 @@ impl Membership {
             return Ok(());
         }
         self.leavers.insert(leaver.node_id.clone(), leaver.clone());
-        self.foca
-            .apply_many(std::iter::once(Member::down(leaver)), true, &mut self.runtime)?;
+        self.foca.apply_many(
+            std::iter::once(Member::down(leaver)),
+            true,
+            &mut self.runtime,
+        )?;
         self.drain_runtime(now);
         Ok(())
     }
@@ -678,8 +716,15 @@ impl Membership {
     fn drain_runtime(&mut self, now: Instant) {
         loop {
             while let Some((to, data)) = self.runtime.to_send() {
+                if self.is_spurious_turn_undead(&to, &data) {
+                    continue;
+                }
                 let mut packet = BytesMut::with_capacity(data.len() + 1);
-                packet.put_u8(TAG_FOCA);
+                packet.put_u8(if self.left {
+                    TAG_FOCA_LEAVING
+                } else {
+                    TAG_FOCA
+                });
                 packet.extend_from_slice(&data);
                 self.transmits.push_back((to.addr, packet.freeze()));
             }
@@ -696,19 +741,27 @@ impl Membership {
                 match note {
                     OwnedNotification::Active => {
                         info!("joined the cluster");
+                        self.connected = true;
                         self.events.push_back(MemberEvent::JoinedCluster);
                         announce = true;
                     }
                     OwnedNotification::Idle if !self.left => {
                         info!("no live member left; contacting seeds");
+                        self.connected = false;
                         self.events.push_back(MemberEvent::Isolated);
                         self.next_rejoin = Some(now);
                     }
                     OwnedNotification::Rejoin(id) => {
                         info!(incarnation = id.incarnation, "declared down, rejoining");
+                        self.connected = false;
+                        self.next_rejoin = Some(now + self.config.rejoin_interval);
+                        self.events.push_back(MemberEvent::Renewed(id));
                     }
-                    OwnedNotification::Defunct if !self.left => {
-                        warn!("declared down and cannot renew identity");
+                    OwnedNotification::Defunct => {
+                        self.connected = false;
+                        if !self.left {
+                            warn!("declared down and cannot renew identity");
+                        }
                     }
                     _ => {}
                 }
@@ -718,12 +771,28 @@ impl Membership {
             }
             // Becoming part of a cluster: ask a couple of members for their
             // lists rather than wait for periodic announces.
-            let targets: Vec<NodeIdentity> =
-                self.foca.iter_members().take(2).map(|m| m.id().clone()).collect();
+            let targets: Vec<NodeIdentity> = self
+                .foca
+                .iter_members()
+                .take(2)
+                .map(|m| m.id().clone())
+                .collect();
             for t in targets {
                 let _ = self.foca.announce(t, &mut self.runtime);
             }
         }
+    }
+
+    /// See the module doc: a "you are down" to a member we hold as active.
+    fn is_spurious_turn_undead(&self, to: &NodeIdentity, data: &[u8]) -> bool {
+        let Ok(header) = Codec::<NodeIdentity>::decode_header(&mut PostcardCodec, data) else {
+            return false;
+        };
+        header.message == foca::Message::TurnUndead
+            && self
+                .foca
+                .iter_membership_state()
+                .any(|m| m.id() == to && m.state() != State::Down)
     }
 
     /// Turns changes in foca's member table into events.
@@ -872,9 +941,18 @@ mod tests {
             sim.kill(4);
             let deadline = sim.now + secs(20);
             let all_down = |s: &Sim| {
-                (0..4).all(|n| s.first_event(n, |e| matches!(e, MemberEvent::Down(id) if id.node_id == "node4")).is_some())
+                (0..4).all(|n| {
+                    s.first_event(
+                        n,
+                        |e| matches!(e, MemberEvent::Down(id) if id.node_id == "node4"),
+                    )
+                    .is_some()
+                })
             };
-            assert!(sim.run_until(deadline, all_down), "seed {seed}: not detected");
+            assert!(
+                sim.run_until(deadline, all_down),
+                "seed {seed}: not detected"
+            );
             for n in 0..4 {
                 let (at, _) = sim
                     .first_event(n, |e| is_gone(e, "node4"))
@@ -1033,7 +1111,10 @@ mod tests {
                         .is_some()
                 })
                 .collect();
-            eprintln!("seed {seed}: duplicate seen by {who:?} after {:?}", sim.elapsed());
+            eprintln!(
+                "seed {seed}: duplicate seen by {who:?} after {:?}",
+                sim.elapsed()
+            );
         }
     }
 
@@ -1095,7 +1176,10 @@ mod tests {
         };
         let mut m = Membership::new(me, MembershipConfig::default(), 1, now).expect("config");
         let from = addr(1);
-        assert!(matches!(m.handle_data(from, &[], now), Err(MembershipError::Empty)));
+        assert!(matches!(
+            m.handle_data(from, &[], now),
+            Err(MembershipError::Empty)
+        ));
         assert!(matches!(
             m.handle_data(from, &[9, 1, 2], now),
             Err(MembershipError::UnknownTag(9))

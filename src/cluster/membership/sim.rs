@@ -159,11 +159,13 @@ impl Sim {
     }
 
     pub fn cut(&mut self, a: usize, b: usize) {
-        self.cut.insert((addr(a).min(addr(b)), addr(a).max(addr(b))));
+        self.cut
+            .insert((addr(a).min(addr(b)), addr(a).max(addr(b))));
     }
 
     pub fn heal(&mut self, a: usize, b: usize) {
-        self.cut.remove(&(addr(a).min(addr(b)), addr(a).max(addr(b))));
+        self.cut
+            .remove(&(addr(a).min(addr(b)), addr(a).max(addr(b))));
     }
 
     pub fn elapsed(&self) -> Duration {
