@@ -11,6 +11,7 @@ pub mod frame;
 pub mod membership;
 pub mod node;
 pub mod outbox;
+pub mod runtime;
 pub mod settings;
 pub mod tls;
 #[cfg(test)]
@@ -18,8 +19,7 @@ mod sim;
 
 use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Clone, Default)]
-pub struct MemberCounts { pub alive: usize, pub suspect: usize, pub down: usize }
+use membership::MemberCounts;
 use node::{Node, NodeCounters, PeerStats};
 
 /// What the metrics endpoint shows of the cluster, refreshed by the

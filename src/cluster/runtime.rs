@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::frame::{self, ArchivedClusterMsg, ClusterMsg, FrameReader, MAX_FRAME_LEN};
-use super::membership::{MemberEvent, Membership, MembershipConfig, NodeIdentity};
+use super::membership::{MemberEvent, Membership, MembershipConfig, MembershipError, NodeIdentity};
 use super::node::{Frame, Lane, Node, NodeConfig, NodeOutput};
 use super::settings::ClusterSettings;
 use super::tls;
@@ -70,6 +70,8 @@ pub enum ClusterError {
     Bind { addr: SocketAddr, error: std::io::Error },
     #[error("cannot start the cluster thread: {0}")]
     Thread(std::io::Error),
+    #[error("cluster membership: {0}")]
+    Membership(#[from] MembershipError),
 }
 
 /// Binds the cluster's UDP socket and starts its thread. Errors that a
@@ -130,8 +132,10 @@ pub fn start(
                 };
                 let place = mesh.shard_count();
                 let mesh = mesh.attach(place, inbox);
-                let cluster = Cluster::new(settings, endpoint, client, mesh, readiness, status);
-                cluster.run().await;
+                match Cluster::new(settings, endpoint, client, mesh, readiness, status) {
+                    Ok(cluster) => cluster.run().await,
+                    Err(error) => error!(%error, "cannot start cluster membership"),
+                }
             });
         })
         .map_err(ClusterError::Thread)
@@ -226,12 +230,12 @@ impl Cluster {
         mesh: Mesh,
         readiness: Readiness,
         status: ClusterStatus,
-    ) -> Cluster {
+    ) -> Result<Cluster, MembershipError> {
         // A restarted node is a new incarnation: peers drop what they kept
         // for its previous life (routes, duplicate detection).
         let incarnation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(1, |since| since.as_nanos() as u64);
+            .map_or(1, |since| since.as_millis() as u64);
         let me = NodeIdentity {
             node_id: settings.node_id.clone(),
             addr: settings.advertise,
@@ -240,13 +244,10 @@ impl Cluster {
         let now = Instant::now();
         let membership = Membership::new(
             me.clone(),
-            MembershipConfig {
-                probe_interval: settings.probe_interval,
-                suspect_timeout: settings.suspect_timeout,
-            },
+            MembershipConfig::new(settings.probe_interval, settings.suspect_timeout),
             incarnation,
             now,
-        );
+        )?;
         let node = Node::new(NodeConfig {
             node_id: settings.node_id.as_str().into(),
             incarnation,
@@ -258,7 +259,7 @@ impl Cluster {
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let joined = settings.seeds.is_empty();
-        Cluster {
+        Ok(Cluster {
             settings,
             endpoint,
             client,
@@ -276,7 +277,7 @@ impl Cluster {
             seeds: Vec::new(),
             joined,
             leaving: false,
-        }
+        })
     }
 
     async fn run(mut self) {
@@ -368,7 +369,7 @@ impl Cluster {
             self.send_datagram(addr, data);
         }
         while let Some(event) = self.membership.poll_event() {
-            self.handle_member_event(event, now);
+            self.handle_member_event(event);
         }
     }
 
@@ -633,21 +634,20 @@ impl Cluster {
         self.link_closed(id, reason, now);
     }
 
-    fn handle_member_event(&mut self, event: MemberEvent, now: Instant) {
+    fn handle_member_event(&mut self, event: MemberEvent) {
         match event {
             MemberEvent::Joined(member) => {
                 info!(peer = %member.node_id, addr = %member.addr, "cluster member up");
-                self.set_joined();
-                if !self.by_node.contains_key(member.node_id.as_str())
-                    && !self.links.values().any(|link| link.addr == member.addr)
-                {
-                    self.dial(member.addr);
-                }
+                self.dial_member(&member);
+            }
+            MemberEvent::Replaced { old, new } => {
+                info!(peer = %new.node_id, old = old.incarnation, new = new.incarnation, addr = %new.addr, "cluster member restarted");
+                self.dial_member(&new);
             }
             MemberEvent::Suspect(member) => {
                 warn!(peer = %member.node_id, "cluster member suspected");
             }
-            MemberEvent::Refuted(member) => {
+            MemberEvent::Alive(member) => {
                 info!(peer = %member.node_id, "cluster member alive again");
             }
             MemberEvent::Down(member) => {
@@ -659,16 +659,32 @@ impl Cluster {
                 info!(peer = %member.node_id, "cluster member left");
                 self.node.handle_peer_left(&member.node_id);
             }
-            MemberEvent::DuplicateNodeId { theirs } => {
+            MemberEvent::DuplicateNodeId { theirs, other } => {
                 error!(
-                    node = %self.settings.node_id,
-                    other = %theirs.addr,
-                    "another live node uses this node id; node ids must be unique"
+                    node = %theirs.node_id,
+                    addr = %theirs.addr,
+                    other = %other,
+                    "two live nodes use the same node id; node ids must be unique"
                 );
             }
             MemberEvent::JoinedCluster => self.set_joined(),
+            MemberEvent::Isolated => {
+                warn!(node = %self.settings.node_id, "no live cluster member left; rejoining through the seeds");
+            }
+            MemberEvent::Renewed(me) => {
+                info!(node = %me.node_id, incarnation = me.incarnation, "declared down by the cluster; rejoined under a new identity");
+            }
         }
-        let _ = now;
+    }
+
+    /// Dials a member gossip told us of, unless a link exists or is being
+    /// made.
+    fn dial_member(&mut self, member: &NodeIdentity) {
+        if !self.by_node.contains_key(member.node_id.as_str())
+            && !self.links.values().any(|link| link.addr == member.addr)
+        {
+            self.dial(member.addr);
+        }
     }
 
     async fn join_seeds(&mut self, now: Instant) {

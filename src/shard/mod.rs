@@ -197,7 +197,7 @@ pub enum StartError {
     #[error("cannot start shard thread: {0}")]
     Thread(io::Error),
     #[error("{0}")]
-    Cluster(String),
+    Cluster(#[from] crate::cluster::runtime::ClusterError),
 }
 
 /// Starts the shards and blocks until they have all shut down (after
@@ -226,8 +226,9 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     let cluster = match (config.cluster.clone(), cluster_inbox) {
         (Some(settings), Some(inbox)) => {
             let status = cluster_status.clone();
-            let _ = (settings, inbox, status);
-            None::<thread::JoinHandle<()>>
+            let thread =
+                cluster::runtime::start(settings, mesh.clone(), inbox, readiness.clone(), status)?;
+            Some(thread)
         }
         _ => None,
     };
