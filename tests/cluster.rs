@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::RECV_TIMEOUT;
-use common::cluster::Cluster;
 use common::clients::{v4, v5};
+use common::cluster::Cluster;
 use common::http::sample;
 use common::unique_id;
 
@@ -38,7 +38,9 @@ fn tally(published: &BTreeMap<String, u32>, received: &[(String, u32)]) -> Tally
         unique.sort_unstable();
         unique.dedup();
         tally.duplicated += seen.len() - unique.len();
-        tally.lost += (0..count).filter(|n| unique.binary_search(n).is_err()).count();
+        tally.lost += (0..count)
+            .filter(|n| unique.binary_search(n).is_err())
+            .count();
         tally.reordered += seen.windows(2).filter(|pair| pair[1] < pair[0]).count();
     }
     tally
@@ -90,8 +92,8 @@ async fn qos_0_1_2_cross_nodes_once_and_in_order() {
             "{tally:?}"
         );
     }
-    let forwarded = sample(&cluster.metrics(0), "ringmq_cluster_forwarded_messages_total");
-    assert_eq!(forwarded, 400.0, "once per node with subscribers");
+    // Once per node with subscribers, whatever the number there.
+    cluster.wait_sample(0, "ringmq_cluster_forwarded_messages_total", 400.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,11 +121,18 @@ async fn subscribe_on_one_node_then_publish_at_once_on_another() {
         let topic = unique_id("causal");
         sub.subscribe(&topic, v4::QoS::AtLeastOnce).await;
         publisher
-            .publish(&topic, v4::QoS::AtLeastOnce, false, format!("{round}").as_bytes())
+            .publish(
+                &topic,
+                v4::QoS::AtLeastOnce,
+                false,
+                format!("{round}").as_bytes(),
+            )
             .await;
         let publish = tokio::time::timeout(RECV_TIMEOUT, sub.next_publish())
             .await
-            .unwrap_or_else(|_| panic!("round {round}: the message published after SUBACK was lost"));
+            .unwrap_or_else(|_| {
+                panic!("round {round}: the message published after SUBACK was lost")
+            });
         assert_eq!(publish.payload.as_ref(), format!("{round}").as_bytes());
     }
 }
@@ -149,7 +158,13 @@ async fn v5_properties_survive_the_hop() {
         ..Default::default()
     };
     publisher
-        .publish_with(&topic, v5::QoS::AtLeastOnce, false, b"body", properties.clone())
+        .publish_with(
+            &topic,
+            v5::QoS::AtLeastOnce,
+            false,
+            b"body",
+            properties.clone(),
+        )
         .await;
     let publish = sub.next_publish().await;
     let got = publish.properties.expect("properties survive");
@@ -187,7 +202,12 @@ async fn retained_messages_reach_every_node() {
                 break;
             }
         }
-        assert!(found, "node {node} never got the retained message");
+        assert!(
+            found,
+            "node {node} never got the retained message; logs:\n{}\n{}",
+            cluster.node(0).logs(),
+            cluster.node(node).logs()
+        );
     }
     // Deleting it (empty payload) deletes it everywhere.
     publisher
@@ -214,10 +234,12 @@ async fn a_node_with_no_subscriber_gets_nothing() {
     for _ in 0..10 {
         sub.next_publish().await;
     }
-    let received_by_c = sample(&cluster.metrics(2), "ringmq_cluster_received_messages_total");
+    cluster.wait_sample(1, "ringmq_cluster_received_messages_total", 10.0);
+    let received_by_c = sample(
+        &cluster.metrics(2),
+        "ringmq_cluster_received_messages_total",
+    );
     assert_eq!(received_by_c, 0.0, "node 2 has no subscriber");
-    let received_by_b = sample(&cluster.metrics(1), "ringmq_cluster_received_messages_total");
-    assert_eq!(received_by_b, 10.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,9 @@ pub mod node;
 pub mod outbox;
 pub mod runtime;
 pub mod settings;
-pub mod tls;
 #[cfg(test)]
 mod sim;
+pub mod tls;
 
 use std::sync::{Arc, Mutex};
 
@@ -48,6 +48,9 @@ impl ClusterStatus {
     }
 
     pub fn snapshot(&self) -> StatusSnapshot {
-        self.0.lock().map(|status| status.clone()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|status| status.clone())
+            .unwrap_or_default()
     }
 }

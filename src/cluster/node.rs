@@ -128,7 +128,10 @@ pub enum NodeOutput {
         msg: ShardMsg,
     },
     /// Close the link to this peer: it broke the protocol.
-    Disconnect { peer: ByteString, reason: String },
+    Disconnect {
+        peer: ByteString,
+        reason: String,
+    },
 }
 
 /// Counters the metrics layer reads.
@@ -223,8 +226,9 @@ pub struct Node {
     waiters: Slab<Waiter>,
     /// Route waiters' deadlines in order (the timeout is one constant).
     waiter_deadlines: VecDeque<(Instant, WaiterKey)>,
-    /// Reused per publish.
-    matched: Vec<PeerKey>,
+    /// Reused per message: the peers (to forward) or local shards (to
+    /// deliver) it matched.
+    matched: Vec<usize>,
     outputs: VecDeque<NodeOutput>,
     pub counters: NodeCounters,
 }
@@ -598,7 +602,10 @@ impl Node {
                     self.peers[key].version = version;
                     self.ack_routes(key, version);
                 } else {
-                    warn!(peer = node_id, known, version, "route delta out of order: resync");
+                    warn!(
+                        peer = node_id,
+                        known, version, "route delta out of order: resync"
+                    );
                     self.send(key, Lane::Control, Frame::RoutesResync);
                 }
             }
@@ -686,33 +693,37 @@ impl Node {
     ) {
         let peer = &mut self.peers[key];
         let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
-        let mut seq = first_seq;
-        for message in messages {
-            if inbound.take(seq) {
-                self.counters.received_messages += 1;
-                let outputs = &mut self.outputs;
-                self.local_trie.for_each_match(&message.topic, |shards| {
-                    for &shard in shards {
-                        outputs.push_back(NodeOutput::ToShard {
-                            shard,
-                            msg: ShardMsg::Publish(message.clone()),
-                        });
-                    }
-                });
-            } else {
+        let mut shards = std::mem::take(&mut self.matched);
+        for (seq, message) in (first_seq..).zip(messages) {
+            if !inbound.take(seq) {
                 self.counters.duplicates_dropped += 1;
+                continue;
             }
-            seq += 1;
+            self.counters.received_messages += 1;
+            // Once per shard, however many of its filters match.
+            self.local_trie
+                .for_each_match(&message.topic, |matched| shards.extend_from_slice(matched));
+            shards.sort_unstable();
+            shards.dedup();
+            for &shard in &shards {
+                self.outputs.push_back(NodeOutput::ToShard {
+                    shard,
+                    msg: ShardMsg::Publish(message.clone()),
+                });
+            }
+            shards.clear();
         }
+        self.matched = shards;
         let acked = inbound.last();
         self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
     }
 
     fn receive_retain(&mut self, hlc: u64, origin: ByteString, message: Arc<Message>) {
         self.tick_hlc(hlc);
-        let newer = self.retained.get(&message.topic).is_none_or(|entry| {
-            (hlc, &origin) > (entry.hlc, &entry.origin)
-        });
+        let newer = self
+            .retained
+            .get(&message.topic)
+            .is_none_or(|entry| (hlc, &origin) > (entry.hlc, &entry.origin));
         if !newer {
             return;
         }

@@ -132,9 +132,12 @@ impl Outbox {
     /// Drops the oldest unsent message of the given kind (QoS 0 when
     /// `qos0`, else QoS 1/2) to make room; `None` if there is none.
     pub fn drop_one(&mut self, qos0: bool) -> Option<(Dropped, usize)> {
-        let position = self.entries.iter().skip(self.sent).position(|entry| {
-            (entry.message.qos == QoS::AtMostOnce) == qos0
-        })? + self.sent;
+        let position = self
+            .entries
+            .iter()
+            .skip(self.sent)
+            .position(|entry| (entry.message.qos == QoS::AtMostOnce) == qos0)?
+            + self.sent;
         let entry = self.entries.remove(position)?;
         self.unsent_bytes -= entry.bytes;
         let kind = if qos0 { Dropped::Qos0 } else { Dropped::Qos12 };

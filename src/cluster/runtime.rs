@@ -40,12 +40,12 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use super::ClusterStatus;
 use super::frame::{self, ArchivedClusterMsg, ClusterMsg, FrameReader, MAX_FRAME_LEN};
 use super::membership::{MemberEvent, Membership, MembershipConfig, MembershipError, NodeIdentity};
 use super::node::{Frame, Lane, Node, NodeConfig, NodeOutput};
 use super::settings::ClusterSettings;
 use super::tls;
-use super::ClusterStatus;
 use crate::metrics::Readiness;
 use crate::shard::mesh::{Batch, Mesh, MeshHandle, ShardMsg};
 
@@ -67,7 +67,10 @@ pub enum ClusterError {
     #[error("cluster TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("cluster.listen {addr}: {error}")]
-    Bind { addr: SocketAddr, error: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("cannot start the cluster thread: {0}")]
     Thread(std::io::Error),
     #[error("cluster membership: {0}")]
@@ -100,7 +103,7 @@ pub fn start(
     if settings.advertise.port() == 0 {
         settings.advertise.set_port(local.port());
     }
-    info!(node = %settings.node_id, addr = %local, advertise = %settings.advertise, "cluster listening");
+    info!(node = %settings.node_id, addr = %local, advertise = %settings.advertise, "cluster endpoint bound");
     if !settings.seeds.is_empty() {
         readiness.require_join();
     }
@@ -147,7 +150,9 @@ fn transport_config(settings: &ClusterSettings) -> quinn::TransportConfig {
     // connection should not outlive that by much, nor die of silence
     // between two nodes that simply have nothing to say.
     let idle = (settings.probe_interval * 4 + settings.suspect_timeout).max(Duration::from_secs(2));
-    transport.keep_alive_interval(Some(settings.probe_interval.max(Duration::from_millis(100))));
+    transport.keep_alive_interval(Some(
+        settings.probe_interval.max(Duration::from_millis(100)),
+    ));
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         transport.max_idle_timeout(Some(idle));
     }
@@ -432,7 +437,10 @@ impl Cluster {
         let hello = self.hello();
         tokio::spawn(async move {
             let result = async {
-                let connection = connecting.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+                let connection = connecting
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((connection, send, recv))
             }
@@ -526,7 +534,7 @@ impl Cluster {
         control: quinn::SendStream,
         now: Instant,
     ) {
-        if hello.node_id.as_str() == self.settings.node_id {
+        if *hello.node_id == *self.settings.node_id {
             connection.close(CLOSE_DUPLICATE_NODE_ID.into(), b"duplicate node id");
             error!(
                 node = %self.settings.node_id,
@@ -556,9 +564,20 @@ impl Cluster {
         if let Some(&existing) = self.by_node.get(&hello.node_id)
             && existing != id
         {
-            // Both ends keep the connection dialed by the smaller id.
-            let smaller_is_me = self.settings.node_id.as_str() < hello.node_id.as_str();
-            let keep_new = dialed == smaller_is_me;
+            // A newer incarnation's link replaces a dead process's, which
+            // may linger until its idle timeout. Between two links of one
+            // incarnation, both ends keep the one dialed by the smaller id.
+            let existing_incarnation = self
+                .links
+                .get(&existing)
+                .and_then(|link| link.hello.as_ref())
+                .map_or(0, |hello| hello.incarnation);
+            let smaller_is_me = *self.settings.node_id < *hello.node_id;
+            let keep_new = match hello.incarnation.cmp(&existing_incarnation) {
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal => dialed == smaller_is_me,
+            };
             if !keep_new {
                 self.close_link(id, CLOSE_DUPLICATE_LINK, "duplicate link", now);
                 return;
@@ -567,7 +586,8 @@ impl Cluster {
         }
         info!(peer = %hello.node_id, addr = %hello.advertise, "cluster link up");
         self.by_node.insert(hello.node_id.clone(), id);
-        self.node.handle_link_up(hello.node_id, hello.incarnation, now);
+        self.node
+            .handle_link_up(hello.node_id, hello.incarnation, now);
         // A link is proof that a seed (or a member) answered.
         self.set_joined();
     }
@@ -946,7 +966,11 @@ fn decode_frame(frame: &frame::Frame, now: Instant) -> Result<Decoded, frame::Fr
     Ok(decoded)
 }
 
-fn encode_frame(frame: &Frame, now: Instant, out: &mut BytesMut) -> Result<usize, frame::FrameError> {
+fn encode_frame(
+    frame: &Frame,
+    now: Instant,
+    out: &mut BytesMut,
+) -> Result<usize, frame::FrameError> {
     let strings = |list: &[ByteString]| list.iter().map(|s| s.to_string()).collect();
     match frame {
         Frame::Publish {

@@ -31,12 +31,15 @@ struct SimNode {
     to_shards: Vec<Vec<ShardMsg>>,
 }
 
+/// One direction of a link: its lanes, each in order.
+type Lanes = Vec<(Lane, VecDeque<Frame>)>;
+
 struct Sim {
     nodes: Vec<SimNode>,
     /// `links[a][b]`: whether a and b are connected.
     links: Vec<Vec<bool>>,
-    /// Frames in flight from a to b, per lane.
-    in_flight: Vec<Vec<Vec<(Lane, VecDeque<Frame>)>>>,
+    /// Frames in flight from a to b, per lane: `in_flight[a][b]`.
+    in_flight: Vec<Vec<Lanes>>,
     rng: StdRng,
     now: Instant,
     seed: u64,
@@ -55,7 +58,9 @@ impl Sim {
         let mut sim = Sim {
             nodes,
             links: vec![vec![false; n]; n],
-            in_flight: (0..n).map(|_| (0..n).map(|_| Vec::new()).collect()).collect(),
+            in_flight: (0..n)
+                .map(|_| (0..n).map(|_| Vec::new()).collect())
+                .collect(),
             rng: StdRng::seed_from_u64(seed),
             now,
             seed,
@@ -116,7 +121,10 @@ impl Sim {
                 return;
             }
             let (a, b, lane) = pending[self.rng.random_range(0..pending.len())];
-            let frame = self.in_flight[a][b][lane].1.pop_front().expect("non-empty lane");
+            let frame = self.in_flight[a][b][lane]
+                .1
+                .pop_front()
+                .expect("non-empty lane");
             self.nodes[b].node.handle_frame(&id(a), frame);
         }
         panic!("seed {}: the simulation did not settle", self.seed);
@@ -151,7 +159,11 @@ impl Sim {
                     }
                     NodeOutput::ToShard { shard, msg } => self.nodes[a].to_shards[shard].push(msg),
                     NodeOutput::Disconnect { peer, reason } => {
-                        panic!("seed {}: {} disconnected {peer}: {reason}", self.seed, id(a))
+                        panic!(
+                            "seed {}: {} disconnected {peer}: {reason}",
+                            self.seed,
+                            id(a)
+                        )
                     }
                 }
             }
@@ -281,8 +293,10 @@ fn seeds() -> impl Iterator<Item = u64> {
 fn a_publish_goes_only_to_nodes_with_a_matching_filter_once_per_node() {
     for seed in seeds() {
         let mut sim = Sim::new(3, seed, AckMode::Remote);
-        // Two shards on node 1 and overlapping filters: still once.
+        // Overlapping filters on two shards of node 1, and on one shard:
+        // still once per node, and once per shard.
         sim.subscribe(1, 0, "a/+");
+        sim.subscribe(1, 0, "a/x");
         sim.subscribe(1, 1, "a/#");
         sim.subscribe(2, 0, "b/#");
         sim.settle();
@@ -291,7 +305,10 @@ fn a_publish_goes_only_to_nodes_with_a_matching_filter_once_per_node() {
         sim.settle();
         assert_eq!(sim.delivered(1), vec![7, 7], "seed {seed}: once per shard");
         assert_eq!(sim.delivered(2), Vec::<u32>::new(), "seed {seed}");
-        assert_eq!(sim.nodes[0].node.counters.forwarded_messages, 1, "seed {seed}");
+        assert_eq!(
+            sim.nodes[0].node.counters.forwarded_messages, 1,
+            "seed {seed}"
+        );
     }
 }
 
@@ -305,7 +322,10 @@ fn a_confirmation_waits_for_every_linked_peer_that_got_the_message() {
         sim.publish(0, 1, "t", 1);
         sim.shard_msg(0, 1, confirmation(10));
         sim.collect_outputs();
-        assert!(sim.confirmed(0, 1).is_empty(), "seed {seed}: confirmed before any ack");
+        assert!(
+            sim.confirmed(0, 1).is_empty(),
+            "seed {seed}: confirmed before any ack"
+        );
         sim.settle();
         assert_eq!(sim.confirmed(0, 1), vec![Ticket::nth(10)], "seed {seed}");
     }
@@ -381,7 +401,11 @@ fn a_partitioned_peer_gets_everything_once_and_in_order_after_the_heal() {
         sim.advance(Duration::from_secs(10));
         sim.connect(0, 2);
         sim.settle();
-        assert_eq!(sim.delivered(2), expected, "seed {seed}: lost, duplicated or reordered");
+        assert_eq!(
+            sim.delivered(2),
+            expected,
+            "seed {seed}: lost, duplicated or reordered"
+        );
     }
 }
 
@@ -394,7 +418,10 @@ fn a_lost_route_delta_is_repaired_by_a_resync() {
     sim.in_flight[1][0].clear();
     sim.subscribe(1, 0, "b");
     sim.settle();
-    assert!(sim.routes_to_cluster(0, "a"), "the resync brought the lost filter");
+    assert!(
+        sim.routes_to_cluster(0, "a"),
+        "the resync brought the lost filter"
+    );
     assert!(sim.routes_to_cluster(0, "b"));
 }
 
@@ -483,11 +510,19 @@ fn a_full_outbox_drops_qos0_first_and_counts() {
         })
     };
     for n in 0..20 {
-        let qos = if n % 2 == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        let qos = if n % 2 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
         sim.shard_msg(0, 0, ShardMsg::Publish(big(n, qos)));
     }
     let stats = &sim.nodes[0].node.peer_stats()[0];
-    assert!(stats.outbox_bytes <= 1 << 20, "bounded: {}", stats.outbox_bytes);
+    assert!(
+        stats.outbox_bytes <= 1 << 20,
+        "bounded: {}",
+        stats.outbox_bytes
+    );
     assert_eq!(stats.dropped_qos0, 10, "every QoS 0 message went first");
     assert_eq!(stats.dropped_qos12, 0, "QoS 1 fits once QoS 0 is gone");
     sim.connect(0, 1);

@@ -629,7 +629,12 @@ mod tests {
         assert_eq!(settings.seeds, ["b:2", "c:3"]);
         assert_eq!(settings.ack, AckMode::Remote);
         assert_eq!(settings.probe_interval, Duration::from_millis(7));
-        assert_eq!(settings.listen, "127.0.0.1:1".parse().expect("literal"));
+        assert_eq!(
+            settings.listen,
+            "127.0.0.1:1"
+                .parse::<std::net::SocketAddr>()
+                .expect("literal")
+        );
     }
 
     #[test]
@@ -694,7 +699,9 @@ mod tests {
         .expect("cluster");
         assert_eq!(
             settings.advertise,
-            "[fd00::1]:7883".parse().expect("literal")
+            "[fd00::1]:7883"
+                .parse::<std::net::SocketAddr>()
+                .expect("literal")
         );
     }
 

@@ -68,7 +68,9 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         outbox_messages
             .get_or_create(&labels)
             .set(peer.outbox_messages as i64);
-        outbox_bytes.get_or_create(&labels).set(peer.outbox_bytes as i64);
+        outbox_bytes
+            .get_or_create(&labels)
+            .set(peer.outbox_bytes as i64);
         forwarded.get_or_create(&labels).inc_by(peer.forwarded);
         for (reason, n) in [
             ("outbox_full_qos0", peer.dropped_qos0),

@@ -152,7 +152,8 @@ mod tests {
     fn ready_follows_the_readiness_and_unknown_paths_are_404() {
         let (mesh, _inboxes) = MeshHandle::build(1, false);
         let readiness = Readiness::default();
-        let ready = |readiness: &Readiness| respond("GET /ready HTTP/1.1\r\n", &mesh, readiness, None);
+        let ready =
+            |readiness: &Readiness| respond("GET /ready HTTP/1.1\r\n", &mesh, readiness, None);
         assert_eq!(ready(&readiness).status, "503 Service Unavailable");
         readiness.set_ready();
         assert_eq!(ready(&readiness).status, "200 OK");

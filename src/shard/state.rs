@@ -149,6 +149,16 @@ pub struct ShardState {
     shared_to: Vec<ByteString>,
     /// Reused per publish: the local sessions that matched.
     matched: Vec<(SessionKey, Delivery)>,
+    /// Subscriptions whose SUBACK waits for the cluster, and whose
+    /// retained messages go out after it.
+    pending_retained: FxHashMap<(SessionKey, Ticket), PendingRetained>,
+}
+
+/// A subscription's retained messages, owed once its SUBACK goes out.
+struct PendingRetained {
+    filter: ByteString,
+    options: SubscriptionOptions,
+    subscription_id: Option<u32>,
 }
 
 /// What a new connection gets from [`ShardState::attach`].
@@ -185,6 +195,7 @@ impl ShardState {
             forward_to: vec![false; shards],
             shared_to: Vec::new(),
             matched: Vec::new(),
+            pending_retained: FxHashMap::default(),
         }))
     }
 
@@ -407,12 +418,10 @@ impl ShardState {
                     // On one node, routing is all that is promised before
                     // the PUBACK or PUBREC. A message that went to the
                     // cluster is answered once the peer nodes have it.
-                    if let Some(ticket) = ticket {
-                        if to_cluster {
-                            self.confirm_after_cluster(key, ticket);
-                        } else {
-                            self.confirm_here(key, ticket);
-                        }
+                    if let Some(ticket) = ticket
+                        && !(to_cluster && self.confirm_after_cluster(key, ticket))
+                    {
+                        self.confirm_here(key, ticket);
                     }
                 }
                 SessionAction::Subscribe {
@@ -426,16 +435,24 @@ impl ShardState {
                     // The route is in place on this node; in a cluster the
                     // SUBACK waits until every live peer has the route, so
                     // that a message published anywhere after it arrives.
-                    // Confirmed before the retained messages are delivered
-                    // so that, on a single node, the SUBACK still goes out
-                    // ahead of them.
-                    if self.mesh.cluster_place().is_some() {
-                        self.confirm_after_cluster(key, ticket);
-                    } else {
+                    // Retained messages follow the SUBACK, as on one node,
+                    // where the SUBACK is confirmed at once.
+                    let deferred = self.mesh.cluster_place().is_some()
+                        && self.confirm_after_cluster(key, ticket);
+                    if !deferred {
                         self.confirm_here(key, ticket);
                     }
                     if send_retained {
-                        self.send_retained(key, &filter, options, subscription_id, now);
+                        let retained = PendingRetained {
+                            filter,
+                            options,
+                            subscription_id,
+                        };
+                        if deferred {
+                            self.pending_retained.insert((key, ticket), retained);
+                        } else {
+                            self.send_retained(key, retained, now);
+                        }
                     }
                 }
                 SessionAction::Unsubscribe { filter } => self.unsubscribe(key, &filter, now),
@@ -587,15 +604,14 @@ impl ShardState {
     }
 
     /// Asks the cluster to confirm `ticket` once everything this shard
-    /// sent it so far has reached the peer nodes.
-    fn confirm_after_cluster(&mut self, key: SessionKey, ticket: Ticket) {
+    /// sent it so far has reached the peer nodes. False, and nothing
+    /// asked, when there is no cluster or no connection to answer on.
+    fn confirm_after_cluster(&mut self, key: SessionKey, ticket: Ticket) -> bool {
         let (Some(place), Some(conn)) = (
             self.mesh.cluster_place(),
             self.sessions.get(key).and_then(|slot| slot.conn.as_ref()),
         ) else {
-            // No connection to answer on: nothing to hold.
-            self.confirm_here(key, ticket);
-            return;
+            return false;
         };
         let confirmation = Confirmation {
             key,
@@ -603,6 +619,7 @@ impl ShardState {
             ticket,
         };
         self.mesh.push(place, ShardMsg::ConfirmAfter(confirmation));
+        true
     }
 
     /// What `ticket` waited for is done here, in the same turn as the
@@ -620,6 +637,7 @@ impl ShardState {
     /// gone, or of a session since ended (whose slot another may now use),
     /// is ignored, and the session ignores tickets it no longer holds.
     pub fn confirm(&mut self, key: SessionKey, conn: u64, ticket: Ticket, now: Instant) {
+        let retained = self.pending_retained.remove(&(key, ticket));
         let Some(slot) = self.sessions.get_mut(key) else {
             return;
         };
@@ -627,6 +645,9 @@ impl ShardState {
             return;
         }
         slot.session.confirm(ticket);
+        if let Some(retained) = retained {
+            self.send_retained(key, retained, now);
+        }
         self.pump(key, now);
     }
 
@@ -660,20 +681,18 @@ impl ShardState {
     }
 
     /// Delivers the retained messages matching a subscription just made.
-    fn send_retained(
-        &mut self,
-        key: SessionKey,
-        filter: &ByteString,
-        options: SubscriptionOptions,
-        id: Option<u32>,
-        now: Instant,
-    ) {
+    fn send_retained(&mut self, key: SessionKey, subscription: PendingRetained, now: Instant) {
+        let PendingRetained {
+            filter,
+            options,
+            subscription_id: id,
+        } = subscription;
         // Retained messages published on other shards before this
         // SUBSCRIBE was read are in the inbox.
         self.drain_inbox(now);
         let mut retained = Vec::new();
         self.retained
-            .for_each_match(filter, |message| retained.push(message.clone()));
+            .for_each_match(&filter, |message| retained.push(message.clone()));
         for message in retained {
             let delivery = Delivery {
                 granted_qos: options.qos,
@@ -851,9 +870,12 @@ impl ShardState {
                     self.publish(message, now);
                 }
             }
-            ShardMsg::Confirm(confirmation) => {
-                self.confirm(confirmation.key, confirmation.conn, confirmation.ticket, now)
-            }
+            ShardMsg::Confirm(confirmation) => self.confirm(
+                confirmation.key,
+                confirmation.conn,
+                confirmation.ticket,
+                now,
+            ),
             // Only the cluster's place is asked to confirm.
             ShardMsg::ConfirmAfter(_) => {}
         }

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::http::get;
+use super::http::{get, sample};
 use super::{Broker, STARTUP_TIMEOUT};
 
 /// How long a cluster gets to link every pair of nodes.
@@ -154,6 +154,28 @@ impl Cluster {
                     .collect();
                 panic!("the cluster did not link within {JOIN_TIMEOUT:?}; logs:\n{logs:#?}");
             }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until node `i`'s `metric` reads `expected` (the cluster's
+    /// figures are refreshed ten times a second), and fails if it never
+    /// does or goes past it.
+    pub fn wait_sample(&self, i: usize, metric: &str, expected: f64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let value = sample(&self.metrics(i), metric);
+            assert!(
+                value <= expected,
+                "{metric} on node {i} is {value}, past {expected}"
+            );
+            if value == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{metric} on node {i} stayed at {value}, expected {expected}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
