@@ -37,6 +37,7 @@
 //!
 //! Each room's module documentation gives the reasons for its design.
 
+pub mod cluster;
 pub mod config;
 pub mod message;
 pub mod metrics;

@@ -1,13 +1,16 @@
-//! The `ringmq` binary: parse the configuration, start the shards, wait.
+//! The `ringmq` binary: parse the configuration, start the shards, wait;
+//! or, with `cluster-certs`, write cluster certificates and exit.
 
 use std::process::ExitCode;
 
-use ringmq::config::{Config, ConfigError, LogFormat};
+use ringmq::cluster::tls;
+use ringmq::config::{Command, ConfigError, LogFormat};
 use ringmq::shard::{self, ConnectionLimit, ServerConfig, ShardConfig};
 
 fn main() -> ExitCode {
-    let config = match Config::from_args(std::env::args_os()) {
-        Ok(config) => config,
+    let config = match Command::from_args(std::env::args_os()) {
+        Ok(Command::Serve(config)) => config,
+        Ok(Command::ClusterCerts { out, nodes }) => return cluster_certs(&out, &nodes),
         // clap prints help, version and its own errors, with the right status.
         Err(ConfigError::Cli(error)) => error.exit(),
         Err(error) => {
@@ -40,11 +43,29 @@ fn main() -> ExitCode {
         metrics_listen: config.metrics_listen,
         sys_interval: (config.sys_interval > 0)
             .then(|| std::time::Duration::from_secs(config.sys_interval)),
+        cluster: config.cluster.clone(),
     };
     match shard::run(server) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "cannot start");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ringmq cluster-certs`: the files written, one path a line on stdout so
+/// that a script can use them.
+fn cluster_certs(out: &std::path::Path, nodes: &[String]) -> ExitCode {
+    match tls::write_cluster_certs(out, nodes) {
+        Ok(written) => {
+            for path in written {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ringmq cluster-certs: {error}");
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! Command line and TOML configuration: bad input is refused by name, TOML
 //! keys apply, flags override TOML, and the limits the flags set are
-//! enforced on the wire.
+//! enforced on the wire; cluster settings are checked at start, and
+//! `ringmq cluster-certs` writes certificates.
 
 mod common;
 
@@ -326,4 +327,257 @@ async fn json_log_format_writes_one_object_per_line_with_the_connect_fields() {
     assert!(disconnected["fields"]["reason"].is_string());
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A path under the system temp directory for this test process, removed
+/// (file or directory) when dropped.
+struct TempPath(std::path::PathBuf);
+
+impl TempPath {
+    fn new(name: &str) -> TempPath {
+        let path = std::env::temp_dir().join(format!("ringmq-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let _ = std::fs::remove_file(&path);
+        TempPath(path)
+    }
+
+    fn with_contents(name: &str, contents: &str) -> TempPath {
+        let path = TempPath::new(name);
+        std::fs::write(&path.0, contents).expect("temp dir is writable");
+        path
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("temp path is UTF-8")
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn bad_cluster_values_are_refused_by_name() {
+    // A valid secret, so that each case fails on its own value only.
+    let secret = TempPath::with_contents("secret", "0123456789abcdef0123\n");
+    let short = TempPath::with_contents("short-secret", "too short\n");
+    let trusted = ["--cluster-secret-file", secret.arg()];
+    let listen = ["--cluster-listen", "127.0.0.1:7883"];
+    let long_id = "x".repeat(65);
+    let cases: &[(Vec<&str>, Option<&str>, &str)] = &[
+        (
+            [&listen[..], &trusted, &["--node-id", "no spaces"]].concat(),
+            None,
+            "cluster.node_id",
+        ),
+        (
+            [
+                &trusted[..],
+                &["--node-id", &long_id, "--cluster-listen", "127.0.0.1:1"],
+            ]
+            .concat(),
+            None,
+            "cluster.node_id",
+        ),
+        (
+            [&trusted[..], &["--cluster-listen", "0.0.0.0:7883"]].concat(),
+            None,
+            "cluster.advertise",
+        ),
+        (
+            [
+                &listen[..],
+                &trusted,
+                &["--cluster-advertise", "0.0.0.0:7883"],
+            ]
+            .concat(),
+            None,
+            "cluster.advertise",
+        ),
+        (
+            [&listen[..], &trusted, &["--seeds", "node-2:7883,node-3"]].concat(),
+            None,
+            "cluster.seeds",
+        ),
+        (
+            trusted.to_vec(),
+            Some("[cluster]\nlisten = \"127.0.0.1:7883\"\nseeds = [\"[::1]\"]\n"),
+            "cluster.seeds",
+        ),
+        (
+            [&listen[..], &trusted, &["--cluster-probe-interval-ms", "0"]].concat(),
+            None,
+            "cluster.probe_interval_ms",
+        ),
+        (
+            trusted.to_vec(),
+            Some("[cluster]\nlisten = \"127.0.0.1:7883\"\nsuspect_timeout_ms = 0\n"),
+            "cluster.suspect_timeout_ms",
+        ),
+        (
+            trusted.to_vec(),
+            Some("[cluster]\nlisten = \"127.0.0.1:7883\"\nack = \"sometimes\"\n"),
+            "ack",
+        ),
+        (
+            [&listen[..], &trusted, &["--cluster-ack", "sometimes"]].concat(),
+            None,
+            "cluster-ack",
+        ),
+        (
+            vec!["--cluster-listen", "localhost:7883"],
+            None,
+            "cluster-listen",
+        ),
+        (vec!["--seeds", "node-2:7883"], None, "cluster.seeds"),
+        (
+            vec![],
+            Some("[cluster]\npeer_hold_secs = 10\n"),
+            "cluster.peer_hold_secs",
+        ),
+        (
+            [
+                &listen[..],
+                &["--cluster-ca-file", "ca.pem", "--cluster-key-file", "n.key"],
+            ]
+            .concat(),
+            None,
+            "cluster.cert_file",
+        ),
+        (
+            [&listen[..], &["--cluster-secret-file", short.arg()]].concat(),
+            None,
+            "cluster.secret_file",
+        ),
+        (
+            [
+                &listen[..],
+                &["--cluster-secret-file", "/nonexistent/secret"],
+            ]
+            .concat(),
+            None,
+            "cluster.secret_file",
+        ),
+        (
+            vec![],
+            Some("[cluster]\nlisten = \"127.0.0.1:7883\"\nno_such_key = 1\n"),
+            "no_such_key",
+        ),
+    ];
+    for (args, toml, name) in cases {
+        let out = run_to_exit(args, *toml);
+        assert!(
+            !out.status.success(),
+            "{args:?} {toml:?} exit status {}",
+            out.status
+        );
+        assert!(
+            out.stderr.contains(name),
+            "{args:?} {toml:?}: stderr does not name {name}:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn cluster_mode_without_trust_names_both_options() {
+    let out = run_to_exit(&["--cluster-listen", "127.0.0.1:7883"], None);
+    assert!(!out.status.success(), "exit status {}", out.status);
+    for option in [
+        "cluster.ca_file",
+        "cluster.cert_file",
+        "cluster.key_file",
+        "cluster.secret_file",
+        "RINGMQ_CLUSTER_SECRET",
+    ] {
+        assert!(out.stderr.contains(option), "no {option}:\n{}", out.stderr);
+    }
+}
+
+#[test]
+fn cluster_mode_with_both_kinds_of_trust_is_refused() {
+    let secret = TempPath::with_contents("both-secret", "0123456789abcdef0123\n");
+    let out = run_to_exit(
+        &[
+            "--cluster-listen",
+            "127.0.0.1:7883",
+            "--cluster-secret-file",
+            secret.arg(),
+        ],
+        Some("[cluster]\nca_file = \"ca.pem\"\ncert_file = \"n.pem\"\nkey_file = \"n.key\"\n"),
+    );
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(out.stderr.contains("both"), "{}", out.stderr);
+    assert!(out.stderr.contains("cluster.secret_file"), "{}", out.stderr);
+}
+
+#[test]
+fn cluster_certs_writes_files_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    let dir = TempPath::new("certs");
+    let run = |nodes: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["cluster-certs", "--out", dir.arg(), "--nodes", nodes])
+            .output()
+            .expect("run ringmq cluster-certs")
+    };
+    let out = run("n1,n2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let expected: Vec<String> = ["ca.pem", "ca.key", "n1.pem", "n1.key", "n2.pem", "n2.key"]
+        .iter()
+        .map(|name| dir.0.join(name).display().to_string())
+        .collect();
+    assert_eq!(printed, expected, "one written path a line");
+    for path in &expected {
+        let text = std::fs::read_to_string(path).expect("written");
+        let mode = std::fs::metadata(path)
+            .expect("written")
+            .permissions()
+            .mode();
+        if path.ends_with(".key") {
+            assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{path}");
+            assert_eq!(mode & 0o077, 0, "{path} is readable by others");
+        } else {
+            assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{path}");
+        }
+    }
+    let ca_key = std::fs::read(dir.0.join("ca.key")).expect("written");
+
+    let again = run("n3");
+    assert!(!again.status.success(), "overwrote ca.pem");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("ca.pem") && stderr.contains("exists"),
+        "{stderr}"
+    );
+    assert!(!dir.0.join("n3.pem").exists(), "wrote part of a set");
+    assert_eq!(std::fs::read(dir.0.join("ca.key")).expect("kept"), ca_key);
+
+    let bad = run("ok,not/a/name");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not/a/name"));
+}
+
+#[test]
+fn broker_flags_do_not_mix_with_a_subcommand() {
+    // run_to_exit passes --listen first.
+    let out = run_to_exit(
+        &["cluster-certs", "--out", "/nonexistent", "--nodes", "a"],
+        None,
+    );
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(out.stderr.contains("cluster-certs"), "{}", out.stderr);
 }

@@ -427,7 +427,12 @@ mod tests {
         let Scenario::Stresser(s) = cli.scenario else {
             panic!("not stresser")
         };
-        assert_eq!(s.broker, "127.0.0.1:1884".parse().expect("literal"));
+        assert_eq!(
+            s.broker,
+            "127.0.0.1:1884"
+                .parse::<std::net::SocketAddr>()
+                .expect("literal")
+        );
         assert_eq!(
             (s.num_clients, s.num_messages, s.rampup_size),
             (500, 100, 100)

@@ -9,7 +9,13 @@
 use std::fs;
 use std::path::Path;
 
+use std::time::{Duration, Instant};
+
 use bytes::{Bytes, BytesMut};
+use ringmq::cluster::frame::{
+    ClusterMsg, PROTOCOL_VERSION, WireMessage, encode as cluster_encode, message_to_wire,
+};
+use ringmq::message::Message;
 use ringmq::protocol::{
     Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, ConnectProperties, Disconnect,
     DisconnectProperties, LastWill, Packet, ProtocolVersion, PubResponse, PubResponseProperties,
@@ -23,7 +29,8 @@ fn main() {
     let v4_dir = corpus.join("decode_v4");
     let v5_dir = corpus.join("decode_v5");
     let topic_dir = corpus.join("topic");
-    for dir in [&v4_dir, &v5_dir, &topic_dir] {
+    let cluster_dir = corpus.join("cluster_frame");
+    for dir in [&v4_dir, &v5_dir, &topic_dir, &cluster_dir] {
         fs::create_dir_all(dir).expect("create corpus directory");
     }
 
@@ -59,12 +66,113 @@ fn main() {
         write(&v5_dir, name, bytes);
     }
 
+    cluster_seeds(&cluster_dir);
+
     for (name, text) in TOPICS {
         // Even first byte: the text is taken as it is (see `topic_lines`).
         let mut bytes = vec![0u8];
         bytes.extend_from_slice(text.as_bytes());
         write(&topic_dir, name, &bytes);
     }
+}
+
+/// The cluster seeds: one file per `ClusterMsg` variant, all of them in
+/// one stream, a frame cut short and an oversized length prefix. The first
+/// byte is the chunk size selector (see `split_cluster_input`).
+fn cluster_seeds(dir: &Path) {
+    let now = Instant::now();
+    let message = Message {
+        topic: "sensors/1/temperature".into(),
+        payload: Bytes::from_static(b"21.5"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: PublishProperties {
+            payload_format_indicator: Some(1),
+            response_topic: Some("replies/1".into()),
+            correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+            user_properties: user(),
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        }
+        .into(),
+        publisher: "sensor-1".into(),
+        expires_at: Some(now + Duration::from_secs(60)),
+        received_at: now,
+    };
+    let wire = message_to_wire(&message, now);
+    let msgs = [
+        (
+            "hello",
+            ClusterMsg::Hello {
+                node_id: "node-a".into(),
+                incarnation: 1,
+                advertise: "10.0.0.1:7000".into(),
+                version: PROTOCOL_VERSION,
+            },
+        ),
+        (
+            "routes",
+            ClusterMsg::Routes {
+                version: 3,
+                filters: vec!["sensors/+/temperature".into(), "alerts/#".into()],
+            },
+        ),
+        (
+            "route-delta",
+            ClusterMsg::RouteDelta {
+                version: 4,
+                add: vec!["a/b".into()],
+                remove: vec!["alerts/#".into()],
+            },
+        ),
+        ("routes-ack", ClusterMsg::RoutesAck { version: 4 }),
+        ("routes-resync", ClusterMsg::RoutesResync),
+        (
+            "publish",
+            ClusterMsg::Publish {
+                stream: 1,
+                first_seq: 10,
+                messages: vec![
+                    wire.clone(),
+                    WireMessage {
+                        topic: "a".into(),
+                        ..WireMessage::default()
+                    },
+                ],
+            },
+        ),
+        ("publish-ack", ClusterMsg::PublishAck { stream: 1, seq: 11 }),
+        (
+            "retain",
+            ClusterMsg::Retain {
+                hlc: 1 << 40,
+                origin: "node-a".into(),
+                message: wire,
+            },
+        ),
+        (
+            "gossip",
+            ClusterMsg::Gossip {
+                data: vec![1, 2, 3],
+            },
+        ),
+        ("leave", ClusterMsg::Leave),
+    ];
+    let mut all = BytesMut::new();
+    for (name, msg) in &msgs {
+        let mut frame = BytesMut::new();
+        cluster_encode(msg, &mut frame).expect("seed frame encodes");
+        all.extend_from_slice(&frame);
+        let mut bytes = vec![255u8];
+        bytes.extend_from_slice(&frame);
+        write(dir, &format!("cluster-{name}"), &bytes);
+    }
+    let mut bytes = vec![6u8];
+    bytes.extend_from_slice(&all);
+    write(dir, "cluster-stream", &bytes);
+    bytes.truncate(bytes.len() - 3);
+    write(dir, "cluster-truncated", &bytes);
+    write(dir, "cluster-oversized", b"\x00\xff\xff\xff\xff");
 }
 
 fn encode(packet: &Packet, version: ProtocolVersion) -> Vec<u8> {

@@ -5,6 +5,8 @@
 //! A failed property panics: libFuzzer (or the test) reports the panic and
 //! the input that caused it.
 
+mod cluster_frame;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -15,6 +17,8 @@ use ringmq::protocol::{
     DecodeError, EncodeError, LazyPublishProperties, Packet, ProtocolVersion, QoS, check, read,
 };
 use ringmq::router::{RetainedStore, TopicTrie};
+
+pub use cluster_frame::{cluster_frames, split_cluster_input};
 
 /// Picks the pre-v5 level from the first input byte, so one target covers
 /// both MQTT 3.1 and 3.1.1. Returns the version and the stream to decode.

@@ -43,3 +43,12 @@ fn topic_corpus() {
         ringmq_fuzz::topics(&ringmq_fuzz::topic_lines(data))
     });
 }
+
+#[test]
+fn cluster_frame_corpus() {
+    replay("cluster_frame", |data| {
+        if let Some((chunk, stream)) = ringmq_fuzz::split_cluster_input(data) {
+            ringmq_fuzz::cluster_frames(stream, chunk);
+        }
+    });
+}

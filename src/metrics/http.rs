@@ -16,6 +16,7 @@ use tracing::{debug, info};
 
 use super::render::{self, CONTENT_TYPE};
 use super::{Readiness, gather};
+use crate::cluster::ClusterStatus;
 use crate::shard::mesh::MeshHandle;
 
 /// How long a scrape waits for the shards; also the health check's
@@ -27,7 +28,12 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `addr` now (so that a busy port fails the start) and serves it on
 /// a new thread for the life of the process.
-pub fn start(addr: SocketAddr, mesh: MeshHandle, readiness: Readiness) -> io::Result<()> {
+pub fn start(
+    addr: SocketAddr,
+    mesh: MeshHandle,
+    readiness: Readiness,
+    cluster: Option<ClusterStatus>,
+) -> io::Result<()> {
     let listener = TcpListener::bind(addr).map_err(|error| {
         io::Error::new(error.kind(), format!("cannot listen on {addr}: {error}"))
     })?;
@@ -38,7 +44,7 @@ pub fn start(addr: SocketAddr, mesh: MeshHandle, readiness: Readiness) -> io::Re
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if let Err(error) = serve(stream, &mesh, &readiness) {
+                if let Err(error) = serve(stream, &mesh, &readiness, cluster.as_ref()) {
                     debug!(%error, "metrics request failed");
                 }
             }
@@ -46,7 +52,12 @@ pub fn start(addr: SocketAddr, mesh: MeshHandle, readiness: Readiness) -> io::Re
     Ok(())
 }
 
-fn serve(stream: TcpStream, mesh: &MeshHandle, readiness: &Readiness) -> io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    mesh: &MeshHandle,
+    readiness: &Readiness,
+    cluster: Option<&ClusterStatus>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut reader = BufReader::new(&stream);
@@ -57,7 +68,7 @@ fn serve(stream: TcpStream, mesh: &MeshHandle, readiness: &Readiness) -> io::Res
     while reader.read_line(&mut header)? > 2 {
         header.clear();
     }
-    let response = respond(&request_line, mesh, readiness);
+    let response = respond(&request_line, mesh, readiness, cluster);
     let mut stream = &stream;
     write!(
         stream,
@@ -86,7 +97,12 @@ impl Response {
     }
 }
 
-fn respond(request_line: &str, mesh: &MeshHandle, readiness: &Readiness) -> Response {
+fn respond(
+    request_line: &str,
+    mesh: &MeshHandle,
+    readiness: &Readiness,
+    cluster: Option<&ClusterStatus>,
+) -> Response {
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" {
@@ -107,7 +123,7 @@ fn respond(request_line: &str, mesh: &MeshHandle, readiness: &Readiness) -> Resp
             Response {
                 status: "200 OK",
                 content_type: CONTENT_TYPE,
-                body: render::render(&snapshots),
+                body: render::render(&snapshots, cluster.map(ClusterStatus::snapshot).as_ref()),
             }
         }
         "/health" => {
@@ -134,15 +150,16 @@ mod tests {
 
     #[test]
     fn ready_follows_the_readiness_and_unknown_paths_are_404() {
-        let (mesh, _inboxes) = MeshHandle::build(1);
+        let (mesh, _inboxes) = MeshHandle::build(1, false);
         let readiness = Readiness::default();
-        let ready = |readiness: &Readiness| respond("GET /ready HTTP/1.1\r\n", &mesh, readiness);
+        let ready =
+            |readiness: &Readiness| respond("GET /ready HTTP/1.1\r\n", &mesh, readiness, None);
         assert_eq!(ready(&readiness).status, "503 Service Unavailable");
         readiness.set_ready();
         assert_eq!(ready(&readiness).status, "200 OK");
-        let other = respond("GET /other HTTP/1.1\r\n", &mesh, &readiness);
+        let other = respond("GET /other HTTP/1.1\r\n", &mesh, &readiness, None);
         assert_eq!(other.status, "404 Not Found");
-        let post = respond("POST /metrics HTTP/1.1\r\n", &mesh, &readiness);
+        let post = respond("POST /metrics HTTP/1.1\r\n", &mesh, &readiness, None);
         assert_eq!(post.status, "405 Method Not Allowed");
     }
 }

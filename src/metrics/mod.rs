@@ -17,6 +17,7 @@
 //! Latency is kept in hdrhistograms ([`histogram`]) and cut into fixed
 //! Prometheus buckets only when scraped.
 
+mod cluster;
 pub mod histogram;
 pub mod http;
 pub mod render;
@@ -24,7 +25,7 @@ pub mod sys;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
@@ -135,7 +136,13 @@ pub fn gather(mesh: &MeshHandle, deadline: Duration) -> (Vec<Snapshot>, Vec<Shar
 
 /// Where the process is in its life, for `/ready`.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicU8>);
+pub struct Readiness {
+    state: Arc<AtomicU8>,
+    /// A clustered node given seeds is not ready until it has joined: a
+    /// load balancer should not send clients to a node that cannot yet
+    /// reach the others' subscribers.
+    joining: Arc<AtomicBool>,
+}
 
 const STARTING: u8 = 0;
 const READY: u8 = 1;
@@ -146,17 +153,29 @@ impl Readiness {
     pub fn set_ready(&self) {
         // A shutdown that came first wins.
         let _ = self
-            .0
+            .state
             .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub fn set_draining(&self) {
-        self.0.store(DRAINING, Ordering::Release);
+        self.state.store(DRAINING, Ordering::Release);
+    }
+
+    /// Not ready until [`Readiness::set_joined`].
+    pub fn require_join(&self) {
+        self.joining.store(true, Ordering::Release);
+    }
+
+    pub fn set_joined(&self) {
+        self.joining.store(false, Ordering::Release);
     }
 
     /// `None` when ready, otherwise why not.
     pub fn not_ready(&self) -> Option<&'static str> {
-        match self.0.load(Ordering::Acquire) {
+        match self.state.load(Ordering::Acquire) {
+            READY if self.joining.load(Ordering::Acquire) => {
+                Some("joining the cluster: no seed has answered yet")
+            }
             READY => None,
             STARTING => Some("starting"),
             _ => Some("draining"),
@@ -196,7 +215,7 @@ mod tests {
 
     #[test]
     fn gather_names_the_shards_that_do_not_answer() {
-        let (mesh, inboxes) = MeshHandle::build(2);
+        let (mesh, inboxes) = MeshHandle::build(2, false);
         let answering = inboxes[0].clone();
         let shard = std::thread::spawn(move || {
             let batch = answering.recv().expect("a scrape");

@@ -11,18 +11,20 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::Snapshot;
 use super::histogram::Latency;
+use super::{Snapshot, cluster};
+use crate::cluster::StatusSnapshot;
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-type Labels = Vec<(String, String)>;
+pub(super) type Labels = Vec<(String, String)>;
 
 const QOS: [&str; 3] = ["0", "1", "2"];
 
-/// Sums the shards' snapshots and encodes them.
-pub fn render(snapshots: &[Snapshot]) -> String {
+/// Sums the shards' snapshots and encodes them, with the cluster's
+/// figures when the node is clustered.
+pub fn render(snapshots: &[Snapshot], cluster: Option<&StatusSnapshot>) -> String {
     let mut registry = Registry::with_prefix("ringmq");
     let sum = |f: fn(&Snapshot) -> u64| snapshots.iter().map(f).sum::<u64>();
 
@@ -160,19 +162,23 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         |s| &s.metrics.connect_latency,
     );
 
+    if let Some(cluster) = cluster {
+        cluster::register(&mut registry, cluster);
+    }
+
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut text, &registry);
     text
 }
 
-fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+pub(super) fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let gauge = Gauge::<i64>::default();
     gauge.set(value as i64);
     registry.register(name, help, gauge);
 }
 
-fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+pub(super) fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let counter = Counter::<u64>::default();
     counter.inc_by(value);
     registry.register(name, help, counter);
@@ -233,7 +239,7 @@ mod tests {
         b.metrics
             .refused(crate::protocol::ReasonCode::NotAuthorized);
 
-        let text = render(&[a, b]);
+        let text = render(&[a, b], None);
         let line = |prefix: &str| {
             text.lines()
                 .find(|line| line.starts_with(prefix))

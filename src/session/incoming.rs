@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connect::pub_response;
-use super::{Problem, Session, SessionAction};
+use super::{Problem, Session, SessionAction, Ticket};
 use crate::message::Message;
 use crate::protocol::topic::valid_topic_name;
 use crate::protocol::{Packet, Publish, QoS, ReasonCode};
@@ -33,12 +33,15 @@ impl Session {
         }
         let packet_id = publish.packet_id;
         match publish.qos {
-            QoS::AtMostOnce => self.route(publish, now),
+            QoS::AtMostOnce => self.route(publish, None, now),
             // Receive Maximum counts QoS 1 and 2 PUBLISH not yet answered
-            // (spec 3.3.4): QoS 1 is answered as it is read, so only QoS 2
-            // awaiting PUBREL can pile up against it.
+            // (spec 3.3.4): QoS 1 is answered once the shard confirms its
+            // ticket, at once on a single node, so only QoS 2 awaiting PUBREL
+            // is counted against it. A client that floods QoS 1 while its
+            // answers are held is not read from (see `unanswered`).
             QoS::AtLeastOnce => {
-                self.route(publish, now);
+                let ticket = self.control.hold();
+                self.route(publish, Some(ticket), now);
                 self.control
                     .push_back(Packet::PubAck(pub_response(packet_id, ReasonCode::Success)));
             }
@@ -61,8 +64,11 @@ impl Session {
                         ));
                     }
                     awaiting.insert(packet_id);
-                    self.route(publish, now);
+                    let ticket = self.control.hold();
+                    self.route(publish, Some(ticket), now);
                 }
+                // A repeat's PUBREC needs no ticket of its own: queued
+                // after the first one's, it is held as long as that is.
                 self.control
                     .push_back(Packet::PubRec(pub_response(packet_id, ReasonCode::Success)));
             }
@@ -86,7 +92,7 @@ impl Session {
         self.control.push_back(Packet::PubComp(pubcomp));
     }
 
-    fn route(&mut self, publish: Publish, now: Instant) {
+    fn route(&mut self, publish: Publish, ticket: Option<Ticket>, now: Instant) {
         let properties = publish.properties;
         // An interval too large for `Instant` is as good as none.
         let expires_at = properties
@@ -102,8 +108,10 @@ impl Session {
             expires_at,
             received_at: now,
         };
-        self.actions
-            .push_back(SessionAction::Publish(Arc::new(message)));
+        self.actions.push_back(SessionAction::Publish {
+            message: Arc::new(message),
+            ticket,
+        });
     }
 }
 
@@ -120,7 +128,7 @@ mod tests {
         actions(session)
             .into_iter()
             .map(|action| match action {
-                SessionAction::Publish(message) => message,
+                SessionAction::Publish { message, .. } => message,
                 other => panic!("expected Publish, got {other:?}"),
             })
             .collect()
@@ -288,7 +296,7 @@ mod tests {
     fn routed_count(session: &mut Session) -> usize {
         actions(session)
             .iter()
-            .filter(|action| matches!(action, SessionAction::Publish(_)))
+            .filter(|action| matches!(action, SessionAction::Publish { .. }))
             .count()
     }
 
@@ -558,6 +566,178 @@ mod tests {
                 Packet::PubAck(pub_response(2, ReasonCode::Success)),
                 Packet::PingResp
             ]
+        );
+    }
+
+    fn puback(packet_id: u16) -> Packet {
+        Packet::PubAck(pub_response(packet_id, ReasonCode::Success))
+    }
+
+    #[test]
+    fn a_held_puback_goes_out_only_once_confirmed() {
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 12), now)
+            .unwrap();
+        let tickets = tickets(&mut session);
+        assert_eq!(tickets.len(), 1);
+        assert_eq!(session.unconfirmed(), 1);
+        // Held answers count against the shard's bound on reading.
+        assert_eq!(session.unanswered(), 1);
+        assert_eq!(held_transmit(&mut session, now), vec![]);
+        session.confirm(tickets[0]);
+        assert_eq!(session.unconfirmed(), 0);
+        assert_eq!(held_transmit(&mut session, now), vec![puback(12)]);
+        // Confirming again changes nothing.
+        session.confirm(tickets[0]);
+        assert_eq!(held_transmit(&mut session, now), vec![]);
+    }
+
+    #[test]
+    fn pubacks_confirmed_out_of_order_go_out_in_order_once_the_first_is() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        for id in [1, 2] {
+            session
+                .handle_packet(publish_in("t", QoS::AtLeastOnce, id), now)
+                .unwrap();
+        }
+        let tickets = tickets(&mut session);
+        assert_eq!(tickets.len(), 2);
+        assert_ne!(tickets[0], tickets[1]);
+        session.confirm(tickets[1]);
+        assert_eq!(held_transmit(&mut session, now), vec![]);
+        assert_eq!(session.unconfirmed(), 2, "the second waits for the first");
+        session.confirm(tickets[0]);
+        assert_eq!(session.unconfirmed(), 0);
+        assert_eq!(held_transmit(&mut session, now), vec![puback(1), puback(2)]);
+    }
+
+    #[test]
+    fn answers_asked_for_after_a_held_one_wait_too() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        // A PINGRESP asked for before the PUBLISH is not held.
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 1), now)
+            .unwrap();
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        session
+            .handle_packet(publish_in("t", QoS::AtMostOnce, 0), now)
+            .unwrap();
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        let tickets = tickets(&mut session);
+        assert_eq!(tickets.len(), 1, "QoS 0 has no ticket");
+        assert_eq!(session.unanswered(), 4);
+        assert_eq!(held_transmit(&mut session, now), vec![Packet::PingResp]);
+        session.confirm(tickets[0]);
+        assert_eq!(
+            held_transmit(&mut session, now),
+            vec![puback(1), Packet::PingResp, Packet::PingResp]
+        );
+    }
+
+    #[test]
+    fn deliveries_to_the_client_are_not_held() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 1), now)
+            .unwrap();
+        let tickets = tickets(&mut session);
+        session.handle_deliver(
+            &message("a", QoS::AtMostOnce),
+            delivery(QoS::AtMostOnce),
+            now,
+        );
+        session.handle_deliver(
+            &message("b", QoS::AtLeastOnce),
+            delivery(QoS::AtLeastOnce),
+            now,
+        );
+        let sent = publishes(held_transmit(&mut session, now));
+        let topics: Vec<_> = sent.iter().map(|p| p.topic.to_string()).collect();
+        assert_eq!(topics, vec!["a", "b"]);
+        session.confirm(tickets[0]);
+        assert_eq!(held_transmit(&mut session, now), vec![puback(1)]);
+    }
+
+    #[test]
+    fn a_held_pubrec_is_not_routed_again_for_a_repeat() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let pubrec = Packet::PubRec(pub_response(5, ReasonCode::Success));
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 5), now)
+            .unwrap();
+        // The client gave up waiting and sends it again.
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 5), now)
+            .unwrap();
+        let actions = actions(&mut session);
+        let [
+            SessionAction::Publish {
+                ticket: Some(ticket),
+                ..
+            },
+        ] = actions.as_slice()
+        else {
+            panic!("expected one route with a ticket, got {actions:?}");
+        };
+        assert_eq!(session.unconfirmed(), 1);
+        assert_eq!(held_transmit(&mut session, now), vec![]);
+        session.confirm(*ticket);
+        assert_eq!(
+            held_transmit(&mut session, now),
+            vec![pubrec.clone(), pubrec]
+        );
+        // PUBREL needs nothing from the shard.
+        session
+            .handle_packet(Packet::PubRel(pub_response(5, ReasonCode::Success)), now)
+            .unwrap();
+        assert_eq!(
+            held_transmit(&mut session, now),
+            vec![Packet::PubComp(pub_response(5, ReasonCode::Success))]
+        );
+    }
+
+    #[test]
+    fn a_confirmation_from_an_earlier_connection_is_ignored() {
+        let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 1), now)
+            .unwrap();
+        let old = tickets(&mut session);
+        session.handle_connection_lost(now);
+        assert_eq!(session.unconfirmed(), 0);
+        assert_eq!(session.unanswered(), 0);
+        session.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
+        // The client resends what was not acknowledged.
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 1), now)
+            .unwrap();
+        let new = tickets(&mut session);
+        assert_ne!(old, new);
+        session.confirm(old[0]);
+        assert_eq!(held_transmit(&mut session, now), vec![]);
+        assert_eq!(session.unconfirmed(), 1);
+        session.confirm(new[0]);
+        assert_eq!(held_transmit(&mut session, now), vec![puback(1)]);
+    }
+
+    #[test]
+    fn closing_drops_held_answers_so_the_disconnect_goes_out() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session.handle_packet(Packet::PingReq, now).unwrap();
+        session
+            .handle_packet(publish_in("t", QoS::AtLeastOnce, 1), now)
+            .unwrap();
+        let tickets = tickets(&mut session);
+        let result = session.handle_packet(publish_in("a/#", QoS::AtMostOnce, 0), now);
+        assert_eq!(result, Err(ReasonCode::TopicNameInvalid));
+        assert_eq!(session.unconfirmed(), 0);
+        session.confirm(tickets[0]);
+        let sent = held_transmit(&mut session, now);
+        assert!(
+            matches!(sent.as_slice(), [Packet::PingResp, Packet::Disconnect(_)]),
+            "{sent:?}"
         );
     }
 

@@ -8,7 +8,8 @@
 //! (for the router) and [`Session::poll_transmit`] (for the socket).
 //!
 //! One file per concern: `connect` (CONNECT, DISCONNECT, resume),
-//! `alias` (v5 topic aliases in both directions),
+//! `alias` (v5 topic aliases in both directions), `control` (answers to
+//! the client, held behind [`Ticket`]s until the shard confirms them),
 //! `incoming` (PUBLISH and PUBREL from the client), `subscribe`, `deliver`
 //! (routed messages through the queue and the inflight window, and the
 //! client's acks for them), `inflight` (packet ids and outgoing QoS 1/2
@@ -23,6 +24,7 @@
 
 mod alias;
 mod connect;
+mod control;
 mod deliver;
 mod incoming;
 mod inflight;
@@ -48,6 +50,8 @@ use crate::protocol::{
     ReasonCode, SubscriptionOptions,
 };
 use alias::{IncomingAliases, OutgoingAliases};
+use control::Control;
+pub use control::Ticket;
 use inflight::Inflight;
 use queue::Outgoing;
 use will::Will;
@@ -136,16 +140,29 @@ pub enum DropReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionAction {
     /// Route to subscribers (and to the retained store if `retain`).
-    Publish(Arc<Message>),
+    Publish {
+        message: Arc<Message>,
+        /// For a client's QoS 1/2 PUBLISH: its PUBACK or PUBREC (and every
+        /// answer after it) is held until the shard passes this to
+        /// [`Session::confirm`], once the message is safe. `None` when no
+        /// answer waits (QoS 0, a will).
+        ticket: Option<Ticket>,
+    },
     /// Add or replace this session's subscription in the trie, then deliver
     /// retained messages matching it if `send_retained`. A `filter`
     /// starting with `$share/` is a well-formed shared subscription
     /// (`send_retained` is then false): the session joins that group.
+    ///
+    /// Each filter has its own ticket and the SUBACK waits for all of
+    /// them: every route is added (and, in a cluster, acknowledged by the
+    /// peers) on its own, so the shard confirms each as it completes
+    /// without counting what is left of the packet.
     Subscribe {
         filter: ByteString,
         options: SubscriptionOptions,
         subscription_id: Option<u32>,
         send_retained: bool,
+        ticket: Ticket,
     },
     Unsubscribe {
         filter: ByteString,
@@ -206,8 +223,8 @@ pub struct Session {
     /// their QoS: MQTT orders messages per topic, and one FIFO keeps a QoS 0
     /// message from overtaking a QoS 1 one that waits for window room.
     queue: VecDeque<Outgoing>,
-    /// Acks and responses: they go out first.
-    control: VecDeque<Packet>,
+    /// Acks and responses: they go out first, unless a ticket holds them.
+    control: Control,
     /// A PINGRESP owed ahead of everything in `control`: answering an idle
     /// client's PINGREQ through `control` would give it a buffer again (see
     /// [`Session::handle_pingreq`]).
@@ -304,7 +321,7 @@ impl Session {
             incoming_qos2: None,
             inflight: Inflight::default(),
             queue: VecDeque::new(),
-            control: VecDeque::new(),
+            control: Control::default(),
             pingresp_owed: false,
             actions: VecDeque::new(),
             will: None,
@@ -476,10 +493,26 @@ impl Session {
     }
 
     /// Answers (acks, PINGRESP, SUBACK...) waiting for room in the
-    /// connection's output: grows when the client sends requests faster
-    /// than it reads the answers.
+    /// connection's output or held behind a ticket: grows when the client
+    /// sends requests faster than it reads the answers, or than the shard
+    /// confirms them. Every ticket holds at least the answer queued right
+    /// after it, so this bounds [`Session::unconfirmed`] too.
     pub fn unanswered(&self) -> usize {
         self.control.len() + usize::from(self.pingresp_owed)
+    }
+
+    /// The shard has done what `ticket` waited for (routed the message,
+    /// added the route): answers held only by it and earlier confirmed
+    /// tickets are released to [`Session::poll_transmit`]. A ticket of an
+    /// earlier connection, or one already confirmed, is ignored.
+    pub fn confirm(&mut self, ticket: Ticket) {
+        self.control.confirm(ticket);
+    }
+
+    /// Tickets of the current connection whose answers are still held:
+    /// not confirmed, or confirmed while an earlier one is not.
+    pub fn unconfirmed(&self) -> usize {
+        self.control.unconfirmed()
     }
 
     /// When the message of the PUBLISH just polled was received by the
@@ -506,11 +539,12 @@ impl Session {
     /// The PINGRESP itself is a flag, unless answers already wait ahead of
     /// it.
     fn handle_pingreq(&mut self) {
-        if !self.control.is_empty() || self.pingresp_owed {
+        // A held ticket holds a PINGRESP asked for after it, too.
+        if !self.control.is_empty() || self.pingresp_owed || self.control.unconfirmed() > 0 {
             self.control.push_back(Packet::PingResp);
             return;
         }
-        self.control = VecDeque::new();
+        self.control.release_buffers();
         if self.queue.is_empty() {
             self.queue = VecDeque::new();
         }
@@ -522,8 +556,10 @@ impl Session {
 
     /// Ends the current connection: a v5 client is told why first. The
     /// Reason String goes out whatever Request Problem Information said:
-    /// DISCONNECT is exempt (spec 3.1.2.11.7).
+    /// DISCONNECT is exempt (spec 3.1.2.11.7). Answers still held behind a
+    /// ticket are dropped so that the DISCONNECT is not held with them.
     fn close(&mut self, problem: Option<Problem>) {
+        self.control.drop_held();
         if let Some(problem) = problem
             && self.protocol.is_v5()
         {
@@ -564,7 +600,7 @@ mod tests {
         fn run_actions(&mut self, from: usize, now: Instant) {
             while let Some(action) = self.sessions[from].poll_action() {
                 match action {
-                    SessionAction::Publish(message) => {
+                    SessionAction::Publish { message, ticket } => {
                         let targets: Vec<_> = self
                             .subscriptions
                             .iter()
@@ -580,17 +616,22 @@ mod tests {
                             };
                             self.sessions[to].handle_deliver(&message, delivery, now);
                         }
+                        if let Some(ticket) = ticket {
+                            self.sessions[from].confirm(ticket);
+                        }
                     }
                     SessionAction::Subscribe {
                         filter,
                         options,
                         subscription_id,
+                        ticket,
                         ..
                     } => {
                         self.subscriptions
                             .retain(|(to, f, _, _)| !(*to == from && *f == filter));
                         self.subscriptions
                             .push((from, filter, options, subscription_id));
+                        self.sessions[from].confirm(ticket);
                     }
                     SessionAction::Unsubscribe { filter } => self
                         .subscriptions
@@ -617,14 +658,15 @@ mod tests {
 
     /// Every connected client holds a `Session`, idle or not, so its size is
     /// a per-connection cost: 704 bytes with the will, the config copy and
-    /// the rarely used tables inline, 296 with them boxed or narrowed. This
+    /// the rarely used tables inline, 296 with them boxed or narrowed, 304
+    /// with the tickets that hold answers (boxed: 48 bytes inline). This
     /// catches a field that puts them back; an upper bound, and only where
     /// it was measured, since std's type sizes differ between targets.
     #[test]
     #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     fn an_idle_session_stays_small() {
         assert!(
-            std::mem::size_of::<Session>() <= 296,
+            std::mem::size_of::<Session>() <= 304,
             "Session grew to {} bytes",
             std::mem::size_of::<Session>()
         );

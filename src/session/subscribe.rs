@@ -103,11 +103,15 @@ impl Session {
                     RetainHandling::DoNotSend => false,
                 };
             reasons.push(granted(options.qos));
+            // All barriers sit before the SUBACK, so it waits for every
+            // filter's; a refused filter adds no route to wait for.
+            let ticket = self.control.hold();
             self.actions.push_back(SessionAction::Subscribe {
                 filter,
                 options,
                 subscription_id,
                 send_retained,
+                ticket,
             });
         }
         let properties = SubAckProperties {
@@ -156,8 +160,8 @@ mod tests {
     use crate::protocol::{
         ProtocolVersion, SubscribeProperties, SubscriptionOptions, TopicSubscription,
     };
-    use crate::session::SessionConfig;
     use crate::session::testing::*;
+    use crate::session::{SessionConfig, Ticket};
 
     fn subscribe(filters: &[(&str, SubscriptionOptions)], id: Option<u32>) -> Packet {
         Packet::Subscribe(Subscribe {
@@ -294,24 +298,28 @@ mod tests {
                     options: qos(QoS::AtMostOnce),
                     subscription_id: Some(42),
                     send_retained: true,
+                    ticket: Ticket::nth(0),
                 },
                 SessionAction::Subscribe {
                     filter: "$share/g/a".into(),
                     options: qos(QoS::AtLeastOnce),
                     subscription_id: Some(42),
                     send_retained: false,
+                    ticket: Ticket::nth(1),
                 },
                 SessionAction::Subscribe {
                     filter: "b/#".into(),
                     options: qos(QoS::AtLeastOnce),
                     subscription_id: Some(42),
                     send_retained: true,
+                    ticket: Ticket::nth(2),
                 },
                 SessionAction::Subscribe {
                     filter: "c".into(),
                     options: qos(QoS::ExactlyOnce),
                     subscription_id: Some(42),
                     send_retained: true,
+                    ticket: Ticket::nth(3),
                 },
             ]
         );
@@ -384,6 +392,46 @@ mod tests {
             .handle_packet(subscribe(&[("c", qos(QoS::AtMostOnce))], None), now)
             .unwrap();
         assert_eq!(suback_reasons(&mut session, now), vec![ReasonCode::Success]);
+    }
+
+    #[test]
+    fn suback_waits_for_every_filter_s_ticket() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        let packet = subscribe(
+            &[
+                ("a", qos(QoS::AtLeastOnce)),
+                ("a/#/b", qos(QoS::AtMostOnce)),
+                ("$share/g/c", qos(QoS::AtMostOnce)),
+            ],
+            None,
+        );
+        session.handle_packet(packet, now).unwrap();
+        session.handle_packet(unsubscribe(&["x"]), now).unwrap();
+        let tickets = tickets(&mut session);
+        assert_eq!(tickets.len(), 2, "one per filter subscribed");
+        assert_eq!(session.unconfirmed(), 2);
+        assert_eq!(held_transmit(&mut session, now), vec![]);
+        session.confirm(tickets[1]);
+        assert_eq!(held_transmit(&mut session, now), vec![]);
+        session.confirm(tickets[0]);
+        let sent = held_transmit(&mut session, now);
+        assert!(
+            matches!(sent.as_slice(), [Packet::SubAck(_), Packet::UnsubAck(_)]),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn a_suback_refusing_every_filter_waits_for_nothing() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(subscribe(&[("a/#/b", qos(QoS::AtMostOnce))], None), now)
+            .unwrap();
+        assert_eq!(tickets(&mut session), vec![]);
+        assert!(matches!(
+            held_transmit(&mut session, now).as_slice(),
+            [Packet::SubAck(_)]
+        ));
     }
 
     #[test]

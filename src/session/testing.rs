@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Delivery, QueueFullPolicy, Session, SessionAction, SessionConfig};
+use super::{Delivery, QueueFullPolicy, Session, SessionAction, SessionConfig, Ticket};
 use crate::message::Message;
 use crate::protocol::topic::TopicLimits;
 use crate::protocol::{
@@ -128,8 +128,16 @@ pub fn disconnect(reason: ReasonCode, session_expiry_interval: Option<u32>) -> P
     }))
 }
 
-/// Everything `poll_transmit` has to send right now.
+/// Everything `poll_transmit` has to send once the shard has confirmed
+/// every ticket, as a single-node shard has by the time it transmits: the
+/// tests of what is answered need not carry tickets around.
 pub fn transmit(session: &mut Session, now: Instant) -> Vec<Packet> {
+    session.control.confirm_all();
+    held_transmit(session, now)
+}
+
+/// Everything `poll_transmit` has to send right now, tickets as they are.
+pub fn held_transmit(session: &mut Session, now: Instant) -> Vec<Packet> {
     std::iter::from_fn(|| session.poll_transmit(now)).collect()
 }
 
@@ -145,4 +153,17 @@ pub fn publishes(packets: Vec<Packet>) -> Vec<Publish> {
 
 pub fn actions(session: &mut Session) -> Vec<SessionAction> {
     std::iter::from_fn(|| session.poll_action()).collect()
+}
+
+/// Drains the actions as a shard that has not confirmed anything yet, and
+/// returns their tickets in order.
+pub fn tickets(session: &mut Session) -> Vec<Ticket> {
+    actions(session)
+        .into_iter()
+        .filter_map(|action| match action {
+            SessionAction::Publish { ticket, .. } => ticket,
+            SessionAction::Subscribe { ticket, .. } => Some(ticket),
+            _ => None,
+        })
+        .collect()
 }

@@ -90,8 +90,11 @@ impl Session {
     fn publish_will(&mut self, now: Instant) {
         if let Some(will) = self.will.take() {
             let message = will_message(will.last, self.client_id.clone(), now);
-            self.actions
-                .push_back(SessionAction::Publish(Arc::new(message)));
+            // Nobody waits for an answer to a will.
+            self.actions.push_back(SessionAction::Publish {
+                message: Arc::new(message),
+                ticket: None,
+            });
         }
     }
 }
@@ -148,7 +151,7 @@ mod tests {
         actions(session)
             .into_iter()
             .filter_map(|action| match action {
-                SessionAction::Publish(message) => Some(message),
+                SessionAction::Publish { message, .. } => Some(message),
                 _ => None,
             })
             .collect()
@@ -194,7 +197,7 @@ mod tests {
         session.handle_connection_lost(now);
         let acts = actions(&mut session);
         assert!(
-            matches!(&acts[..], [SessionAction::Publish(m), SessionAction::Expired] if m.topic == "will/w")
+            matches!(&acts[..], [SessionAction::Publish { message: m, .. }, SessionAction::Expired] if m.topic == "will/w")
         );
         assert!(!session.is_connected());
     }
@@ -281,7 +284,7 @@ mod tests {
         let acts = actions(&mut session);
         assert!(matches!(
             &acts[..],
-            [SessionAction::Publish(_), SessionAction::Expired]
+            [SessionAction::Publish { .. }, SessionAction::Expired]
         ));
         assert_eq!(session.poll_timeout(), None);
     }
@@ -293,7 +296,7 @@ mod tests {
         let acts = actions(&mut session);
         assert!(matches!(
             &acts[..],
-            [SessionAction::Publish(_), SessionAction::Expired]
+            [SessionAction::Publish { .. }, SessionAction::Expired]
         ));
     }
 
@@ -306,7 +309,7 @@ mod tests {
         session.handle_discard(now + Duration::from_secs(1));
         let acts = actions(&mut session);
         assert!(
-            matches!(&acts[..], [SessionAction::Publish(m), SessionAction::Expired] if m.topic == "will/w")
+            matches!(&acts[..], [SessionAction::Publish { message: m, .. }, SessionAction::Expired] if m.topic == "will/w")
         );
         assert_eq!(session.poll_timeout(), None);
     }

@@ -645,7 +645,10 @@ impl Connection {
                 // A client sending requests (a PINGREQ flood) while it does
                 // not read the answers would grow them without bound: it is
                 // not read from until its writer has made room. Its
-                // keep-alive runs meanwhile.
+                // keep-alive runs meanwhile. Answers held behind an
+                // unconfirmed ticket count too (a client ignoring Receive
+                // Maximum while the cluster acknowledges): the confirmation
+                // pumps them out, and their write wakes this loop.
                 while self.state.borrow().unanswered(conn) > MAX_UNANSWERED {
                     let written = pin!(conn.wakes.wait(Wake::Written));
                     if deadline::first(written, |cx| conn.wakes.poll(Wake::Close, cx))

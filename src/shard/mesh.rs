@@ -31,6 +31,7 @@ use super::websocket::WsFraming;
 use crate::message::Message;
 use crate::metrics::Snapshot;
 use crate::protocol::Connect;
+use crate::session::Ticket;
 
 /// Everything one shard can ask of another. This is the only door between
 /// shards; a node in a cluster will receive the same routing messages.
@@ -92,13 +93,34 @@ pub enum ShardMsg {
     /// From the `$SYS` thread, to one shard: publish these retained
     /// messages as if a client had.
     Sys(Vec<Arc<Message>>),
+    /// To the cluster: confirm this once everything the sending shard has
+    /// sent the cluster so far (forwarded messages, route changes) has
+    /// reached every linked peer node. Holds a PUBACK or SUBACK.
+    ConfirmAfter(Confirmation),
+    /// From the cluster: the wait is over; release the held answer.
+    Confirm(Confirmation),
 }
+
+/// An answer a session holds until the cluster has what it promises:
+/// which session, on which connection, and the session's ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    pub key: usize,
+    pub conn: u64,
+    pub ticket: Ticket,
+}
+
+/// The sender of a batch sent from outside the shards and the cluster
+/// (signals, metrics, `$SYS`).
+pub const OUTSIDE: ShardId = ShardId::MAX;
 
 /// What travels through an inbox: the messages one shard had for another
 /// in one turn of its loop, stamped when flushed so the receiver can
 /// measure the hop.
 #[derive(Debug)]
 pub struct Batch {
+    /// The shard (or the cluster's place, after the shards) that sent it.
+    pub from: ShardId,
     pub sent_at: Instant,
     pub messages: Vec<ShardMsg>,
 }
@@ -147,6 +169,7 @@ impl Doorbell {
 /// (itself included, so that shutdown and handoff need no special case).
 pub struct Mesh {
     me: ShardId,
+    shards: usize,
     inbox: Receiver<Batch>,
     doorbell: Arc<Doorbell>,
     peers: Vec<Peer>,
@@ -162,22 +185,40 @@ struct Peer {
 
 /// The shared half of the mesh, from which each shard's [`Mesh`] and the
 /// signal handler's [`MeshHandle`] are made.
+///
+/// A clustered node has one more *place* in the mesh than it has shards:
+/// the cluster runtime, at index `shards`. To a shard's route table it is
+/// one more place with subscribers (the filters of every other node), so
+/// routing needs no special case for the cluster.
 #[derive(Clone)]
 pub struct MeshHandle {
+    shards: usize,
     senders: Vec<Sender<Batch>>,
     doorbells: Vec<Arc<Doorbell>>,
 }
 
 impl MeshHandle {
-    /// Builds the full mesh for `shards` shards: one inbox each.
-    pub fn build(shards: usize) -> (MeshHandle, Vec<Receiver<Batch>>) {
-        let (senders, receivers) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
-        let doorbells = (0..shards).map(|_| Arc::new(Doorbell::default())).collect();
-        (MeshHandle { senders, doorbells }, receivers)
+    /// Builds the full mesh for `shards` shards, plus the cluster's place
+    /// if `cluster`: one inbox each.
+    pub fn build(shards: usize, cluster: bool) -> (MeshHandle, Vec<Receiver<Batch>>) {
+        let places = shards + usize::from(cluster);
+        let (senders, receivers) = (0..places).map(|_| crossbeam_channel::unbounded()).unzip();
+        let doorbells = (0..places).map(|_| Arc::new(Doorbell::default())).collect();
+        let handle = MeshHandle {
+            shards,
+            senders,
+            doorbells,
+        };
+        (handle, receivers)
     }
 
     pub fn shard_count(&self) -> usize {
-        self.senders.len()
+        self.shards
+    }
+
+    /// The cluster runtime's place, in a clustered node.
+    pub fn cluster_place(&self) -> Option<ShardId> {
+        (self.senders.len() > self.shards).then_some(self.shards)
     }
 
     /// This shard's end, owning its inbox.
@@ -194,6 +235,7 @@ impl MeshHandle {
             .collect();
         Mesh {
             me,
+            shards: self.shards,
             inbox,
             doorbell: self.doorbells[me].clone(),
             peers,
@@ -204,6 +246,7 @@ impl MeshHandle {
     /// Sends one message to one shard, from outside any shard.
     pub fn send(&self, to: ShardId, msg: ShardMsg) {
         let batch = Batch {
+            from: OUTSIDE,
             sent_at: Instant::now(),
             messages: vec![msg],
         };
@@ -213,11 +256,14 @@ impl MeshHandle {
         }
     }
 
-    /// Sends one message to every shard, outside any shard (signals).
+    /// Sends one message to every shard (not the cluster's place),
+    /// outside any shard (signals, scrapes).
     pub fn broadcast(&self, make: impl Fn() -> ShardMsg) {
-        for (sender, doorbell) in self.senders.iter().zip(&self.doorbells) {
+        let shards = self.senders.iter().zip(&self.doorbells).take(self.shards);
+        for (sender, doorbell) in shards {
             // A shard that already exited has dropped its inbox; nothing to tell it.
             let batch = Batch {
+                from: OUTSIDE,
                 sent_at: Instant::now(),
                 messages: vec![make()],
             };
@@ -234,7 +280,18 @@ impl Mesh {
     }
 
     pub fn shard_count(&self) -> usize {
+        self.shards
+    }
+
+    /// Shards plus the cluster's place, if any: the size of a route
+    /// table's set of places.
+    pub fn place_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// The cluster runtime's place, in a clustered node.
+    pub fn cluster_place(&self) -> Option<ShardId> {
+        (self.peers.len() > self.shards).then_some(self.shards)
     }
 
     /// Queues `msg` for `to`; it leaves at the next [`Mesh::flush`].
@@ -242,7 +299,8 @@ impl Mesh {
         self.peers[to].pending.push(msg);
     }
 
-    /// Queues a message for every other shard.
+    /// Queues a message for every other place: the other shards and, in a
+    /// cluster, the cluster runtime.
     pub fn push_others(&mut self, make: impl Fn() -> ShardMsg) {
         for (to, peer) in self.peers.iter_mut().enumerate() {
             if to != self.me {
@@ -265,6 +323,7 @@ impl Mesh {
             }
             sent += peer.pending.len();
             let batch = Batch {
+                from: self.me,
                 sent_at,
                 messages: std::mem::take(&mut peer.pending),
             };
@@ -308,6 +367,21 @@ pub struct Inbox {
 }
 
 impl Inbox {
+    /// Waits until a batch arrives, from any executor: the cluster runtime
+    /// (tokio) waits on its inbox this way.
+    pub async fn recv(&self) -> Batch {
+        std::future::poll_fn(|cx| {
+            // As in `recv_or`: register, clear, then look.
+            self.doorbell.waker.register(cx.waker());
+            self.doorbell.rung.store(false, Ordering::SeqCst);
+            match try_recv(&self.receiver) {
+                Some(batch) => Poll::Ready(batch),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
     /// Waits until a batch arrives (`Some`) or `local` is notified (`None`):
     /// the shard's own tasks use `local` when they drained the inbox
     /// themselves and left work for the inbox task.
@@ -358,7 +432,7 @@ mod tests {
     #[test]
     fn batches_arrive_in_order_and_wake_a_sleeping_runtime_on_another_thread() {
         const MESSAGES: u32 = 10_000;
-        let (handle, mut inboxes) = MeshHandle::build(2);
+        let (handle, mut inboxes) = MeshHandle::build(2, false);
         let receiver_inbox = inboxes.pop().expect("two inboxes");
         let sender_inbox = inboxes.pop().expect("two inboxes");
         let receiver_handle = handle.clone();
@@ -403,7 +477,7 @@ mod tests {
 
     #[test]
     fn push_others_skips_the_sender() {
-        let (handle, inboxes) = MeshHandle::build(3);
+        let (handle, inboxes) = MeshHandle::build(3, false);
         let mut meshes: Vec<Mesh> = inboxes
             .into_iter()
             .enumerate()

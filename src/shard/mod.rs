@@ -131,6 +131,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use rustc_hash::FxHasher;
 use tracing::{error, info, warn};
 
+use crate::cluster::{self, ClusterStatus};
 use crate::config::{IoDriver, ListenerConfig};
 use crate::metrics::{self, Readiness};
 pub use limit::ConnectionLimit;
@@ -181,6 +182,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How often `$SYS` topics are published; `None` for never.
     pub sys_interval: Option<Duration>,
+    /// Cluster membership and forwarding; `None` for a single node.
+    pub cluster: Option<crate::cluster::settings::ClusterSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +196,8 @@ pub enum StartError {
     Signals(io::Error),
     #[error("cannot start shard thread: {0}")]
     Thread(io::Error),
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::runtime::ClusterError),
 }
 
 /// Starts the shards and blocks until they have all shut down (after
@@ -212,8 +217,21 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         "starting"
     );
 
-    let (mesh, inboxes) = MeshHandle::build(config.shards);
+    let (mesh, mut inboxes) = MeshHandle::build(config.shards, config.cluster.is_some());
     let readiness = Readiness::default();
+    let cluster_status = ClusterStatus::default();
+    // The cluster's place is the mesh's last; its thread starts first, so
+    // a bad certificate or address stops start-up before any listener.
+    let cluster_inbox = mesh.cluster_place().and_then(|_| inboxes.pop());
+    let cluster = match (config.cluster.clone(), cluster_inbox) {
+        (Some(settings), Some(inbox)) => {
+            let status = cluster_status.clone();
+            let thread =
+                cluster::runtime::start(settings, mesh.clone(), inbox, readiness.clone(), status)?;
+            Some(thread)
+        }
+        _ => None,
+    };
     // Before binding: once `listening` is logged, a SIGTERM must already
     // mean a clean shutdown, not the default action (death by signal).
     watch_signals(mesh.clone(), readiness.clone())?;
@@ -221,7 +239,9 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         listener::bind_all(&config.listeners, config.shards).map_err(StartError::Listen)?;
     // After the MQTT listeners, whose `listening` lines come first.
     if let Some(addr) = config.metrics_listen {
-        metrics::http::start(addr, mesh.clone(), readiness.clone()).map_err(StartError::Listen)?;
+        let cluster = config.cluster.is_some().then(|| cluster_status.clone());
+        metrics::http::start(addr, mesh.clone(), readiness.clone(), cluster)
+            .map_err(StartError::Listen)?;
     }
     if let Some(interval) = config.sys_interval {
         metrics::sys::start(interval, mesh.clone()).map_err(StartError::Thread)?;
@@ -260,7 +280,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     // Every listening socket is bound and listening: the kernel queues
     // connections from now on, even before a shard's first accept.
     readiness.set_ready();
-    for thread in threads {
+    for thread in threads.into_iter().chain(cluster) {
         // A panicking shard has already printed its panic; the others
         // still shut down cleanly.
         let _ = thread.join();
@@ -314,6 +334,11 @@ fn watch_signals(mesh: MeshHandle, readiness: Readiness) -> Result<(), StartErro
                 info!(signal, "shutting down");
                 readiness.set_draining();
                 mesh.broadcast(|| ShardMsg::Shutdown);
+                // The cluster leaves gracefully: peers drop its routes at
+                // once instead of holding them for `peer_hold`.
+                if let Some(place) = mesh.cluster_place() {
+                    mesh.send(place, ShardMsg::Shutdown);
+                }
             }
         })
         .map_err(StartError::Thread)?;

@@ -23,14 +23,16 @@ use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
 use super::deadline::Deadlines;
 use super::limit::ConnectionLimit;
-use super::mesh::{Batch, Handoff, Mesh, ShardMsg, SharedMember};
+use super::mesh::{Batch, Confirmation, Handoff, Mesh, ShardMsg, SharedMember};
 use super::notify::LocalNotify;
 use crate::message::Message;
 use crate::metrics::{ShardMetrics, Snapshot};
 use crate::protocol::{Connect, Packet, ReasonCode, SubscriptionOptions};
 use crate::router::shared::{Group, Strategy, is_shared};
 use crate::router::{RetainedStore, TopicTrie};
-use crate::session::{DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig};
+use crate::session::{
+    DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig, Ticket,
+};
 
 mod groups;
 
@@ -147,6 +149,16 @@ pub struct ShardState {
     shared_to: Vec<ByteString>,
     /// Reused per publish: the local sessions that matched.
     matched: Vec<(SessionKey, Delivery)>,
+    /// Subscriptions whose SUBACK waits for the cluster, and whose
+    /// retained messages go out after it.
+    pending_retained: FxHashMap<(SessionKey, Ticket), PendingRetained>,
+}
+
+/// A subscription's retained messages, owed once its SUBACK goes out.
+struct PendingRetained {
+    filter: ByteString,
+    options: SubscriptionOptions,
+    subscription_id: Option<u32>,
 }
 
 /// What a new connection gets from [`ShardState::attach`].
@@ -157,7 +169,7 @@ pub struct Attached {
 
 impl ShardState {
     pub fn new(mesh: Mesh, config: Rc<ShardConfig>) -> Rc<RefCell<ShardState>> {
-        let shards = mesh.shard_count();
+        let shards = mesh.place_count();
         let random = RandomState::new().hash_one(mesh.me());
         Rc::new(RefCell::new(ShardState {
             mesh,
@@ -183,6 +195,7 @@ impl ShardState {
             forward_to: vec![false; shards],
             shared_to: Vec::new(),
             matched: Vec::new(),
+            pending_retained: FxHashMap::default(),
         }))
     }
 
@@ -399,16 +412,49 @@ impl ShardState {
             .and_then(|slot| slot.session.poll_action())
         {
             match action {
-                SessionAction::Publish(message) => {
+                SessionAction::Publish { message, ticket } => {
                     self.metrics.received(&message);
-                    self.publish(message, now);
+                    let to_cluster = self.publish(message, now);
+                    // On one node, routing is all that is promised before
+                    // the PUBACK or PUBREC. A message that went to the
+                    // cluster is answered once the peer nodes have it.
+                    if let Some(ticket) = ticket
+                        && !(to_cluster && self.confirm_after_cluster(key, ticket))
+                    {
+                        self.confirm_here(key, ticket);
+                    }
                 }
                 SessionAction::Subscribe {
                     filter,
                     options,
                     subscription_id,
                     send_retained,
-                } => self.subscribe(key, filter, options, subscription_id, send_retained, now),
+                    ticket,
+                } => {
+                    self.subscribe(key, &filter, options, subscription_id, now);
+                    // The route is in place on this node; in a cluster the
+                    // SUBACK waits until every live peer has the route, so
+                    // that a message published anywhere after it arrives.
+                    // Retained messages follow the SUBACK, as on one node,
+                    // where the SUBACK is confirmed at once.
+                    let deferred = self.mesh.cluster_place().is_some()
+                        && self.confirm_after_cluster(key, ticket);
+                    if !deferred {
+                        self.confirm_here(key, ticket);
+                    }
+                    if send_retained {
+                        let retained = PendingRetained {
+                            filter,
+                            options,
+                            subscription_id,
+                        };
+                        if deferred {
+                            self.pending_retained.insert((key, ticket), retained);
+                        } else {
+                            self.send_retained(key, retained, now);
+                        }
+                    }
+                }
                 SessionAction::Unsubscribe { filter } => self.unsubscribe(key, &filter, now),
                 SessionAction::Close => {
                     self.pump(key, now);
@@ -446,7 +492,8 @@ impl ShardState {
     /// Routes a message published on this shard: to other shards that have
     /// a subscriber, to local subscribers, and to every replica of the
     /// retained store.
-    fn publish(&mut self, message: Arc<Message>, now: Instant) {
+    /// Returns whether the message went to the cluster.
+    fn publish(&mut self, message: Arc<Message>, now: Instant) -> bool {
         // Route and retained updates from other shards that happened before
         // this PUBLISH was read must be seen before routing it.
         self.drain_inbox(now);
@@ -467,6 +514,10 @@ impl ShardState {
                 forwarded = true;
             }
         }
+        let to_cluster = self
+            .mesh
+            .cluster_place()
+            .is_some_and(|place| self.forward_to[place]);
         if message.retain {
             self.retained.apply(message.clone());
             self.mesh.push_others(|| ShardMsg::Retain(message.clone()));
@@ -488,6 +539,7 @@ impl ShardState {
             self.send(owner, msg, now);
         }
         self.shared_to = shared_to;
+        to_cluster
     }
 
     /// Delivers to this shard's sessions, once per session however many of
@@ -551,22 +603,71 @@ impl ShardState {
         self.pump(key, now);
     }
 
+    /// Asks the cluster to confirm `ticket` once everything this shard
+    /// sent it so far has reached the peer nodes. False, and nothing
+    /// asked, when there is no cluster or no connection to answer on.
+    fn confirm_after_cluster(&mut self, key: SessionKey, ticket: Ticket) -> bool {
+        let (Some(place), Some(conn)) = (
+            self.mesh.cluster_place(),
+            self.sessions.get(key).and_then(|slot| slot.conn.as_ref()),
+        ) else {
+            return false;
+        };
+        let confirmation = Confirmation {
+            key,
+            conn: conn.id,
+            ticket,
+        };
+        self.mesh.push(place, ShardMsg::ConfirmAfter(confirmation));
+        true
+    }
+
+    /// What `ticket` waited for is done here, in the same turn as the
+    /// action that carried it: the caller pumps once its batch is done.
+    fn confirm_here(&mut self, key: SessionKey, ticket: Ticket) {
+        if let Some(slot) = self.sessions.get_mut(key) {
+            slot.session.confirm(ticket);
+        }
+    }
+
+    /// What `ticket` waited for is done, some time after the action that
+    /// carried it (the cluster's peers have acknowledged): the answers it
+    /// held go out. `conn` is the id of the connection that was current
+    /// when the action was carried out; a ticket of a connection since
+    /// gone, or of a session since ended (whose slot another may now use),
+    /// is ignored, and the session ignores tickets it no longer holds.
+    pub fn confirm(&mut self, key: SessionKey, conn: u64, ticket: Ticket, now: Instant) {
+        let retained = self.pending_retained.remove(&(key, ticket));
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if slot.conn.as_ref().is_none_or(|current| current.id != conn) {
+            return;
+        }
+        slot.session.confirm(ticket);
+        if let Some(retained) = retained {
+            self.send_retained(key, retained, now);
+        }
+        self.pump(key, now);
+    }
+
+    /// Adds the subscription to this shard's trie (and tells the other
+    /// shards of a filter new here), or joins the shared group.
     fn subscribe(
         &mut self,
         key: SessionKey,
-        filter: ByteString,
+        filter: &ByteString,
         options: SubscriptionOptions,
         id: Option<u32>,
-        send_retained: bool,
         now: Instant,
     ) {
-        if is_shared(&filter) {
+        if is_shared(filter) {
             // The session only reports well-formed share names, and a
             // shared subscription gets no retained messages (spec 4.8.2).
-            self.join_group(key, filter, LocalSubscription { options, id }, now);
+            self.join_group(key, filter.clone(), LocalSubscription { options, id }, now);
             return;
         }
-        let subscribers = self.subscriptions.entry(&filter);
+        let subscribers = self.subscriptions.entry(filter);
         let first_here = subscribers.is_empty();
         subscribers.insert(key, LocalSubscription { options, id });
         if first_here {
@@ -577,9 +678,15 @@ impl ShardState {
             });
         }
         self.sessions[key].filters.insert(filter.clone());
-        if !send_retained {
-            return;
-        }
+    }
+
+    /// Delivers the retained messages matching a subscription just made.
+    fn send_retained(&mut self, key: SessionKey, subscription: PendingRetained, now: Instant) {
+        let PendingRetained {
+            filter,
+            options,
+            subscription_id: id,
+        } = subscription;
         // Retained messages published on other shards before this
         // SUBSCRIBE was read are in the inbox.
         self.drain_inbox(now);
@@ -763,6 +870,14 @@ impl ShardState {
                     self.publish(message, now);
                 }
             }
+            ShardMsg::Confirm(confirmation) => self.confirm(
+                confirmation.key,
+                confirmation.conn,
+                confirmation.ticket,
+                now,
+            ),
+            // Only the cluster's place is asked to confirm.
+            ShardMsg::ConfirmAfter(_) => {}
         }
     }
 
@@ -854,8 +969,96 @@ fn merge_overlapping(matched: &mut Vec<(SessionKey, Delivery)>) {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
-    use crate::protocol::QoS;
+    use crate::protocol::topic::TopicLimits;
+    use crate::protocol::{ConnectProperties, ProtocolVersion, Publish, QoS};
+    use crate::session::QueueFullPolicy;
+    use crate::shard::mesh::MeshHandle;
+
+    fn shard() -> Rc<RefCell<ShardState>> {
+        let (handle, mut inboxes) = MeshHandle::build(1, false);
+        let mesh = handle.attach(0, inboxes.remove(0));
+        let config = ShardConfig {
+            session: SessionConfig {
+                max_inflight: 10,
+                max_queued_messages: 100,
+                queue_full: QueueFullPolicy::Drop,
+                max_keepalive: u16::MAX,
+                max_packet_size: 1 << 20,
+                topic_alias_maximum: 10,
+                server_topic_aliases: true,
+                topics: TopicLimits::PROTOCOL,
+                max_subscriptions: usize::MAX,
+            },
+            max_packet_size: 1 << 20,
+            shared_strategy: Strategy::default(),
+            connections: ConnectionLimit::new(10),
+            connect_timeout: Duration::from_secs(10),
+            max_client_id_length: 64,
+        };
+        ShardState::new(mesh, Rc::new(config))
+    }
+
+    fn qos1_publish(packet_id: u16) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id,
+            properties: Default::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+    }
+
+    /// A 3.1.1 PUBACK is four bytes in the connection's output.
+    const PUBACK_LEN: usize = 4;
+
+    #[test]
+    fn a_late_confirmation_releases_the_answer_on_the_current_connection_only() {
+        let state = shard();
+        let mut state = state.borrow_mut();
+        let now = Instant::now();
+        let connect = Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        };
+        // No socket: nothing here writes, the output only fills.
+        let conn = state.attach(&connect, false, -1, now).conn;
+        let key = conn.key;
+
+        // On one node the answer goes out in the same turn.
+        let before = conn.buffered();
+        state.handle_packets(&conn, [qos1_publish(1)], now);
+        assert_eq!(conn.buffered(), before + PUBACK_LEN);
+
+        // The session's side of `handle_packets`, with the ticket left
+        // for later as the cluster will leave it.
+        let before = conn.buffered();
+        let session = &mut state.sessions[key].session;
+        session.handle_packet(qos1_publish(2), now).unwrap();
+        let Some(SessionAction::Publish {
+            ticket: Some(ticket),
+            ..
+        }) = session.poll_action()
+        else {
+            panic!("expected a route with a ticket");
+        };
+        state.pump(key, now);
+        assert_eq!(conn.buffered(), before, "held");
+        state.confirm(key, conn.id + 1, ticket, now);
+        assert_eq!(conn.buffered(), before, "another connection's ticket");
+        state.confirm(key, conn.id, ticket, now);
+        assert_eq!(conn.buffered(), before + PUBACK_LEN);
+    }
 
     fn delivery(qos: QoS, ids: &[u32]) -> Delivery {
         Delivery {

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod cluster;
 pub mod http;
 pub mod raw;
 pub mod wire;

@@ -1,0 +1,952 @@
+//! The cluster's logic on one node, sans-IO: what this node tells its
+//! peers, what it does with what they tell it, and when a client waiting on
+//! the cluster gets its answer. No sockets, no clock: the runtime
+//! ([`super::runtime`]) feeds it shard messages, peer frames, link events
+//! and `now`, and carries out what it asks ([`NodeOutput`]).
+//!
+//! # Routes
+//!
+//! The node's filter set is the union of its shards' (a shard reports a
+//! filter when it gains its first or loses its last subscriber; the node
+//! counts shards, one level up). Each change bumps the node's *route
+//! version*; a peer gets the whole set when its link comes up and then one
+//! [`Frame::RouteDelta`] per turn with changes, each naming the version it
+//! makes. A receiver that sees a version other than the next asks for the
+//! whole set again, so a lost or reordered delta is repaired, not
+//! silently missed. Acknowledgements carry the version applied.
+//!
+//! # Forwarding
+//!
+//! A message published on shard `s` that matches a peer's filters goes to
+//! that peer once, on stream `s` (one ordered stream per source shard and
+//! destination node keeps a publisher's order across the hop), numbered in
+//! the stream's [`Outbox`] and kept there until acknowledged. The peer
+//! takes each number once per sender incarnation ([`Inbound`]), delivers to
+//! its shards and acknowledges cumulatively.
+//!
+//! # Waiting clients
+//!
+//! A shard asks the node to confirm a ticket ([`Confirmation`]) once
+//! everything it sent so far has reached every *linked* peer: the
+//! messages it forwarded (acknowledged on their streams) and its route
+//! changes (acknowledged versions). That is what holds a QoS 1/2
+//! publisher's PUBACK (`ack = "remote"`) and a SUBACK. A peer whose link is
+//! down is not waited for: what is owed to it stays in its outbox, and the
+//! waiters on it are released when the link drops. Route waits are
+//! bounded by `route_ack_timeout`; forward waits are not, so a slow peer
+//! slows a publisher through its Receive Maximum instead of losing data.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use rustc_hash::{FxHashMap, FxHashSet};
+use slab::Slab;
+use tracing::{info, warn};
+
+use super::outbox::{Dropped, Inbound, Outbox, Seq};
+use super::settings::AckMode;
+use crate::message::Message;
+use crate::router::TopicTrie;
+use crate::shard::ShardId;
+use crate::shard::mesh::{Confirmation, ShardMsg};
+
+/// A peer's index in [`Node::peers`]; stable while the peer is known.
+pub type PeerKey = usize;
+
+/// Bytes a stream may have sent and unacknowledged; past it the rest
+/// waits in the outbox. Large enough for a full QUIC window of small
+/// messages between acknowledgements on a LAN.
+const STREAM_WINDOW: usize = 4 * 1024 * 1024;
+
+/// What the node is configured with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: ByteString,
+    pub incarnation: u64,
+    /// Local shards; the node itself is mesh place `shards`.
+    pub shards: usize,
+    pub ack: AckMode,
+    pub route_ack_timeout: Duration,
+    pub peer_buffer_bytes: usize,
+    pub peer_hold: Duration,
+}
+
+/// A frame for a peer, before encoding.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Routes {
+        version: u64,
+        filters: Vec<ByteString>,
+    },
+    RouteDelta {
+        version: u64,
+        add: Vec<ByteString>,
+        remove: Vec<ByteString>,
+    },
+    RoutesAck {
+        version: u64,
+    },
+    RoutesResync,
+    Publish {
+        stream: u32,
+        first_seq: Seq,
+        messages: Vec<Arc<Message>>,
+    },
+    PublishAck {
+        stream: u32,
+        seq: Seq,
+    },
+    Retain {
+        hlc: u64,
+        origin: ByteString,
+        message: Arc<Message>,
+    },
+    Leave,
+}
+
+/// Which ordered lane of the peer connection a frame travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Routes, acknowledgements, retained messages, leave.
+    Control,
+    /// Forwarded messages from one source shard.
+    Stream(u32),
+}
+
+/// What the node asks of the runtime.
+#[derive(Debug)]
+pub enum NodeOutput {
+    Send {
+        peer: ByteString,
+        lane: Lane,
+        frame: Frame,
+    },
+    ToShard {
+        shard: ShardId,
+        msg: ShardMsg,
+    },
+    /// Close the link to this peer: it broke the protocol.
+    Disconnect {
+        peer: ByteString,
+        reason: String,
+    },
+}
+
+/// Counters the metrics layer reads.
+#[derive(Debug, Default, Clone)]
+pub struct NodeCounters {
+    pub forwarded_messages: u64,
+    pub received_messages: u64,
+    pub duplicates_dropped: u64,
+    pub dropped_qos0: u64,
+    pub dropped_qos12: u64,
+    pub route_ack_timeouts: u64,
+    pub peers_expired: u64,
+}
+
+/// Per-peer figures for metrics.
+#[derive(Debug, Clone)]
+pub struct PeerStats {
+    pub node_id: ByteString,
+    pub linked: bool,
+    pub outbox_messages: usize,
+    pub outbox_bytes: usize,
+    pub forwarded: u64,
+    pub dropped_qos0: u64,
+    pub dropped_qos12: u64,
+}
+
+struct Peer {
+    node_id: ByteString,
+    /// The incarnation its last link announced; 0 before any.
+    incarnation: u64,
+    linked: bool,
+    /// When its link went down, for `peer_hold`.
+    unlinked_since: Option<Instant>,
+    /// Its filters, as applied, and the version they are at.
+    filters: FxHashSet<ByteString>,
+    version: u64,
+    /// Our route version it has acknowledged (on the current link).
+    acked_version: u64,
+    route_waiters: VecDeque<(u64, WaiterKey)>,
+    /// One per local shard.
+    streams: Vec<Stream>,
+    buffered_bytes: usize,
+    /// What it sent us, per (its incarnation, its stream).
+    inbound: FxHashMap<(u64, u32), Inbound>,
+    forwarded: u64,
+    dropped_qos0: u64,
+    dropped_qos12: u64,
+}
+
+#[derive(Default)]
+struct Stream {
+    outbox: Outbox,
+    /// Confirmations waiting for this number to be acknowledged.
+    waiters: VecDeque<(Seq, WaiterKey)>,
+}
+
+type WaiterKey = usize;
+
+struct Waiter {
+    shard: ShardId,
+    confirmation: Confirmation,
+    /// Peers (streams or route versions) still to acknowledge.
+    pending: u32,
+}
+
+/// A retained message as the node knows it, with its last-writer-wins
+/// stamp.
+struct RetainedEntry {
+    hlc: u64,
+    origin: ByteString,
+    message: Arc<Message>,
+}
+
+pub struct Node {
+    config: NodeConfig,
+    /// Which local shards hold each filter.
+    local_filters: FxHashMap<ByteString, Vec<ShardId>>,
+    /// The same, searchable by topic, to deliver what peers send.
+    local_trie: TopicTrie<Vec<ShardId>>,
+    route_version: u64,
+    /// Changes since the last delta went out.
+    pending_add: FxHashSet<ByteString>,
+    pending_remove: FxHashSet<ByteString>,
+    peers: Slab<Peer>,
+    peer_by_id: FxHashMap<ByteString, PeerKey>,
+    /// Which peers hold each filter.
+    remote_trie: TopicTrie<Vec<PeerKey>>,
+    retained: FxHashMap<ByteString, RetainedEntry>,
+    /// Hybrid logical clock: wall-clock milliseconds, shifted left 16 bits,
+    /// plus a counter, never going backwards.
+    hlc: u64,
+    waiters: Slab<Waiter>,
+    /// Route waiters' deadlines in order (the timeout is one constant).
+    waiter_deadlines: VecDeque<(Instant, WaiterKey)>,
+    /// Reused per message: the peers (to forward) or local shards (to
+    /// deliver) it matched.
+    matched: Vec<usize>,
+    outputs: VecDeque<NodeOutput>,
+    pub counters: NodeCounters,
+}
+
+/// `$SYS` topics describe the node that publishes them: each node keeps
+/// its own, and they are neither forwarded nor replicated (two nodes'
+/// `$SYS/broker/uptime` would otherwise overwrite each other).
+fn is_node_local(message: &Message) -> bool {
+    message.topic.starts_with("$SYS/")
+}
+
+impl Node {
+    pub fn new(config: NodeConfig) -> Node {
+        Node {
+            config,
+            local_filters: FxHashMap::default(),
+            local_trie: TopicTrie::new(),
+            route_version: 0,
+            pending_add: FxHashSet::default(),
+            pending_remove: FxHashSet::default(),
+            peers: Slab::new(),
+            peer_by_id: FxHashMap::default(),
+            remote_trie: TopicTrie::new(),
+            retained: FxHashMap::default(),
+            hlc: 0,
+            waiters: Slab::new(),
+            waiter_deadlines: VecDeque::new(),
+            matched: Vec::new(),
+            outputs: VecDeque::new(),
+            counters: NodeCounters::default(),
+        }
+    }
+
+    pub fn node_id(&self) -> &ByteString {
+        &self.config.node_id
+    }
+
+    /// The mesh place the node occupies, after the shards.
+    pub fn place(&self) -> ShardId {
+        self.config.shards
+    }
+
+    // ---- from the shards ----
+
+    /// A message a local shard sent to the cluster.
+    pub fn handle_shard_msg(&mut self, from: ShardId, msg: ShardMsg, now: Instant) {
+        match msg {
+            ShardMsg::RouteAdd { filter, from } => self.local_route_add(filter, from),
+            ShardMsg::RouteRemove { filter, from } => self.local_route_remove(&filter, from),
+            ShardMsg::Publish(message) => self.forward(from, message),
+            ShardMsg::Retain(message) => self.local_retain(message),
+            ShardMsg::ConfirmAfter(confirmation) => self.confirm_after(from, confirmation, now),
+            // Shared subscriptions stay within a node for now: a group's
+            // members on other nodes are not reached.
+            ShardMsg::SharedRouteAdd { .. } | ShardMsg::SharedRouteRemove { .. } => {}
+            other => warn!(shard = from, msg = ?other, "unexpected message for the cluster"),
+        }
+    }
+
+    fn local_route_add(&mut self, filter: ByteString, shard: ShardId) {
+        let shards = self.local_filters.entry(filter.clone()).or_default();
+        if shards.contains(&shard) {
+            return;
+        }
+        shards.push(shard);
+        let first = shards.len() == 1;
+        let in_trie = self.local_trie.entry(&filter);
+        if !in_trie.contains(&shard) {
+            in_trie.push(shard);
+        }
+        if first && !self.pending_remove.remove(&filter) {
+            self.pending_add.insert(filter);
+        }
+    }
+
+    fn local_route_remove(&mut self, filter: &ByteString, shard: ShardId) {
+        let Some(shards) = self.local_filters.get_mut(filter) else {
+            return;
+        };
+        shards.retain(|&s| s != shard);
+        let last = shards.is_empty();
+        if last {
+            self.local_filters.remove(filter);
+            self.local_trie.remove(filter);
+            if !self.pending_add.remove(filter) {
+                self.pending_remove.insert(filter.clone());
+            }
+        } else if let Some(in_trie) = self.local_trie.get_mut(filter) {
+            in_trie.retain(|&s| s != shard);
+        }
+    }
+
+    /// The route version that includes every change seen so far, sent or
+    /// about to be.
+    fn target_route_version(&self) -> u64 {
+        let pending = !self.pending_add.is_empty() || !self.pending_remove.is_empty();
+        self.route_version + u64::from(pending)
+    }
+
+    fn forward(&mut self, shard: ShardId, message: Arc<Message>) {
+        if is_node_local(&message) {
+            return;
+        }
+        let mut matched = std::mem::take(&mut self.matched);
+        self.remote_trie.for_each_match(&message.topic, |peers| {
+            matched.extend_from_slice(peers);
+        });
+        matched.sort_unstable();
+        matched.dedup();
+        for &peer in &matched {
+            self.push_to_peer(peer, shard, message.clone());
+        }
+        matched.clear();
+        self.matched = matched;
+    }
+
+    fn push_to_peer(&mut self, key: PeerKey, shard: ShardId, message: Arc<Message>) {
+        let limit = self.config.peer_buffer_bytes;
+        let peer = &mut self.peers[key];
+        let Some(stream) = peer.streams.get_mut(shard) else {
+            return;
+        };
+        let before = stream.outbox.bytes();
+        stream.outbox.push(message);
+        peer.buffered_bytes += stream.outbox.bytes() - before;
+        peer.forwarded += 1;
+        self.counters.forwarded_messages += 1;
+        // Past the bound, QoS 0 goes first, oldest first, from any stream;
+        // then QoS 1/2.
+        for qos0 in [true, false] {
+            while peer.buffered_bytes > limit {
+                let dropped = peer
+                    .streams
+                    .iter_mut()
+                    .find_map(|stream| stream.outbox.drop_one(qos0));
+                let Some((kind, bytes)) = dropped else {
+                    break;
+                };
+                peer.buffered_bytes -= bytes;
+                match kind {
+                    Dropped::Qos0 => {
+                        peer.dropped_qos0 += 1;
+                        self.counters.dropped_qos0 += 1;
+                    }
+                    Dropped::Qos12 => {
+                        peer.dropped_qos12 += 1;
+                        self.counters.dropped_qos12 += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_retain(&mut self, message: Arc<Message>) {
+        if is_node_local(&message) {
+            return;
+        }
+        let hlc = self.tick_hlc(0);
+        let origin = self.config.node_id.clone();
+        self.store_retained(hlc, origin.clone(), message.clone());
+        for (_, peer) in self.peers.iter().filter(|(_, peer)| peer.linked) {
+            self.outputs.push_back(NodeOutput::Send {
+                peer: peer.node_id.clone(),
+                lane: Lane::Control,
+                frame: Frame::Retain {
+                    hlc,
+                    origin: origin.clone(),
+                    message: message.clone(),
+                },
+            });
+        }
+    }
+
+    fn store_retained(&mut self, hlc: u64, origin: ByteString, message: Arc<Message>) {
+        self.retained.insert(
+            message.topic.clone(),
+            RetainedEntry {
+                hlc,
+                origin,
+                message,
+            },
+        );
+    }
+
+    /// Advances the hybrid logical clock past the wall clock and `seen`.
+    fn tick_hlc(&mut self, seen: u64) -> u64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64)
+            << 16;
+        self.hlc = (self.hlc + 1).max(wall).max(seen + 1);
+        self.hlc
+    }
+
+    fn confirm_after(&mut self, shard: ShardId, confirmation: Confirmation, now: Instant) {
+        let target_version = self.target_route_version();
+        let waiter = self.waiters.insert(Waiter {
+            shard,
+            confirmation,
+            pending: 0,
+        });
+        let mut pending = 0;
+        let mut route_wait = false;
+        for (_, peer) in self.peers.iter_mut().filter(|(_, peer)| peer.linked) {
+            if let Some(stream) = peer.streams.get_mut(shard)
+                && self.config.ack == AckMode::Remote
+                && stream.outbox.acked() < stream.outbox.last_seq()
+            {
+                stream.waiters.push_back((stream.outbox.last_seq(), waiter));
+                pending += 1;
+            }
+            if peer.acked_version < target_version {
+                peer.route_waiters.push_back((target_version, waiter));
+                pending += 1;
+                route_wait = true;
+            }
+        }
+        if pending == 0 {
+            let waiter = self.waiters.remove(waiter);
+            self.release(waiter);
+        } else {
+            self.waiters[waiter].pending = pending;
+            if route_wait {
+                self.waiter_deadlines
+                    .push_back((now + self.config.route_ack_timeout, waiter));
+            }
+        }
+    }
+
+    fn release(&mut self, waiter: Waiter) {
+        self.outputs.push_back(NodeOutput::ToShard {
+            shard: waiter.shard,
+            msg: ShardMsg::Confirm(waiter.confirmation),
+        });
+    }
+
+    /// One of a waiter's peers has acknowledged (or gone away).
+    fn settle(&mut self, key: WaiterKey) {
+        let Some(waiter) = self.waiters.get_mut(key) else {
+            return;
+        };
+        waiter.pending = waiter.pending.saturating_sub(1);
+        if waiter.pending == 0 {
+            let waiter = self.waiters.remove(key);
+            self.release(waiter);
+        }
+    }
+
+    // ---- from the peers ----
+
+    /// A link to `node_id` (incarnation `incarnation`) is up and has
+    /// exchanged hellos.
+    pub fn handle_link_up(&mut self, node_id: ByteString, incarnation: u64, now: Instant) {
+        let key = self.peer_key_or_insert(&node_id);
+        let restarted = {
+            let peer = &self.peers[key];
+            peer.incarnation != 0 && peer.incarnation != incarnation
+        };
+        if restarted {
+            info!(peer = %node_id, "peer restarted: forgetting its routes");
+            self.clear_peer_routes(key);
+            let peer = &mut self.peers[key];
+            peer.inbound.retain(|&(inc, _), _| inc == incarnation);
+        }
+        let _ = now;
+        let version = self.route_version;
+        let filters = self.sent_filters(self.local_filters.keys().cloned().collect());
+        let peer = &mut self.peers[key];
+        peer.incarnation = incarnation;
+        peer.linked = true;
+        peer.unlinked_since = None;
+        peer.acked_version = 0;
+        self.outputs.push_back(NodeOutput::Send {
+            peer: node_id.clone(),
+            lane: Lane::Control,
+            frame: Frame::Routes { version, filters },
+        });
+        // Anti-entropy for the retained store: the peer keeps what is
+        // newer on its side.
+        for entry in self.retained.values() {
+            self.outputs.push_back(NodeOutput::Send {
+                peer: node_id.clone(),
+                lane: Lane::Control,
+                frame: Frame::Retain {
+                    hlc: entry.hlc,
+                    origin: entry.origin.clone(),
+                    message: entry.message.clone(),
+                },
+            });
+        }
+    }
+
+    fn peer_key_or_insert(&mut self, node_id: &ByteString) -> PeerKey {
+        if let Some(&key) = self.peer_by_id.get(node_id) {
+            return key;
+        }
+        let streams = (0..self.config.shards).map(|_| Stream::default()).collect();
+        let key = self.peers.insert(Peer {
+            node_id: node_id.clone(),
+            incarnation: 0,
+            linked: false,
+            unlinked_since: None,
+            filters: FxHashSet::default(),
+            version: 0,
+            acked_version: 0,
+            route_waiters: VecDeque::new(),
+            streams,
+            buffered_bytes: 0,
+            inbound: FxHashMap::default(),
+            forwarded: 0,
+            dropped_qos0: 0,
+            dropped_qos12: 0,
+        });
+        self.peer_by_id.insert(node_id.clone(), key);
+        key
+    }
+
+    /// The link to `node_id` is gone. Its routes and what is owed to it
+    /// stay for `peer_hold`; nobody waits for it meanwhile.
+    pub fn handle_link_down(&mut self, node_id: &str, now: Instant) {
+        let Some(&key) = self.peer_by_id.get(node_id) else {
+            return;
+        };
+        let peer = &mut self.peers[key];
+        if !peer.linked {
+            return;
+        }
+        peer.linked = false;
+        peer.unlinked_since = Some(now);
+        let mut released = Vec::new();
+        for stream in &mut peer.streams {
+            stream.outbox.handle_link_lost();
+            released.extend(stream.waiters.drain(..).map(|(_, waiter)| waiter));
+        }
+        released.extend(peer.route_waiters.drain(..).map(|(_, waiter)| waiter));
+        for waiter in released {
+            self.settle(waiter);
+        }
+    }
+
+    /// A frame from a linked peer.
+    pub fn handle_frame(&mut self, node_id: &str, frame: Frame) {
+        let Some(&key) = self.peer_by_id.get(node_id) else {
+            return;
+        };
+        match frame {
+            Frame::Routes { version, filters } => {
+                self.clear_peer_routes(key);
+                for filter in filters {
+                    self.add_peer_route(key, filter);
+                }
+                self.peers[key].version = version;
+                self.ack_routes(key, version);
+            }
+            Frame::RouteDelta {
+                version,
+                add,
+                remove,
+            } => {
+                let known = self.peers[key].version;
+                if version <= known {
+                    // A repeat: it has been applied already.
+                    self.ack_routes(key, known);
+                } else if version == known + 1 {
+                    for filter in add {
+                        self.add_peer_route(key, filter);
+                    }
+                    for filter in remove {
+                        self.remove_peer_route(key, &filter);
+                    }
+                    self.peers[key].version = version;
+                    self.ack_routes(key, version);
+                } else {
+                    warn!(
+                        peer = node_id,
+                        known, version, "route delta out of order: resync"
+                    );
+                    self.send(key, Lane::Control, Frame::RoutesResync);
+                }
+            }
+            Frame::RoutesAck { version } => {
+                let peer = &mut self.peers[key];
+                peer.acked_version = peer.acked_version.max(version);
+                let mut released = Vec::new();
+                while let Some(&(wanted, waiter)) = peer.route_waiters.front() {
+                    if wanted > peer.acked_version {
+                        break;
+                    }
+                    peer.route_waiters.pop_front();
+                    released.push(waiter);
+                }
+                for waiter in released {
+                    self.settle(waiter);
+                }
+            }
+            Frame::RoutesResync => {
+                let filters = self.local_filters.keys().cloned().collect();
+                // Pending changes go out in the next delta, numbered after
+                // this: the full set must not include them.
+                let filters = self.sent_filters(filters);
+                let version = self.route_version;
+                self.send(key, Lane::Control, Frame::Routes { version, filters });
+            }
+            Frame::Publish {
+                stream,
+                first_seq,
+                messages,
+            } => self.receive_publish(key, stream, first_seq, messages),
+            Frame::PublishAck { stream, seq } => {
+                let peer = &mut self.peers[key];
+                let Some(out) = peer.streams.get_mut(stream as usize) else {
+                    let reason = format!("acknowledgement for unknown stream {stream}");
+                    self.disconnect(key, reason);
+                    return;
+                };
+                let freed = out.outbox.handle_ack(seq);
+                peer.buffered_bytes -= freed;
+                let mut released = Vec::new();
+                while let Some(&(wanted, waiter)) = out.waiters.front() {
+                    if wanted > seq {
+                        break;
+                    }
+                    out.waiters.pop_front();
+                    released.push(waiter);
+                }
+                for waiter in released {
+                    self.settle(waiter);
+                }
+            }
+            Frame::Retain {
+                hlc,
+                origin,
+                message,
+            } => self.receive_retain(hlc, origin, message),
+            Frame::Leave => {
+                info!(peer = node_id, "peer left the cluster");
+                self.remove_peer(key);
+            }
+        }
+    }
+
+    /// `filters` without the ones added since the last delta, plus the
+    /// ones removed since: the set as of `route_version`.
+    fn sent_filters(&self, filters: Vec<ByteString>) -> Vec<ByteString> {
+        filters
+            .into_iter()
+            .filter(|filter| !self.pending_add.contains(filter))
+            .chain(self.pending_remove.iter().cloned())
+            .collect()
+    }
+
+    fn ack_routes(&mut self, key: PeerKey, version: u64) {
+        self.send(key, Lane::Control, Frame::RoutesAck { version });
+    }
+
+    fn receive_publish(
+        &mut self,
+        key: PeerKey,
+        stream: u32,
+        first_seq: Seq,
+        messages: Vec<Arc<Message>>,
+    ) {
+        let peer = &mut self.peers[key];
+        let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
+        let mut shards = std::mem::take(&mut self.matched);
+        for (seq, message) in (first_seq..).zip(messages) {
+            if !inbound.take(seq) {
+                self.counters.duplicates_dropped += 1;
+                continue;
+            }
+            self.counters.received_messages += 1;
+            // Once per shard, however many of its filters match.
+            self.local_trie
+                .for_each_match(&message.topic, |matched| shards.extend_from_slice(matched));
+            shards.sort_unstable();
+            shards.dedup();
+            for &shard in &shards {
+                self.outputs.push_back(NodeOutput::ToShard {
+                    shard,
+                    msg: ShardMsg::Publish(message.clone()),
+                });
+            }
+            shards.clear();
+        }
+        self.matched = shards;
+        let acked = inbound.last();
+        self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
+    }
+
+    fn receive_retain(&mut self, hlc: u64, origin: ByteString, message: Arc<Message>) {
+        self.tick_hlc(hlc);
+        let newer = self
+            .retained
+            .get(&message.topic)
+            .is_none_or(|entry| (hlc, &origin) > (entry.hlc, &entry.origin));
+        if !newer {
+            return;
+        }
+        self.store_retained(hlc, origin, message.clone());
+        for shard in 0..self.config.shards {
+            self.outputs.push_back(NodeOutput::ToShard {
+                shard,
+                msg: ShardMsg::Retain(message.clone()),
+            });
+        }
+    }
+
+    fn add_peer_route(&mut self, key: PeerKey, filter: ByteString) {
+        let peers = self.remote_trie.entry(&filter);
+        let first_node = peers.is_empty();
+        if !peers.contains(&key) {
+            peers.push(key);
+        }
+        self.peers[key].filters.insert(filter.clone());
+        if first_node {
+            let from = self.place();
+            for shard in 0..self.config.shards {
+                self.outputs.push_back(NodeOutput::ToShard {
+                    shard,
+                    msg: ShardMsg::RouteAdd {
+                        filter: filter.clone(),
+                        from,
+                    },
+                });
+            }
+        }
+    }
+
+    fn remove_peer_route(&mut self, key: PeerKey, filter: &ByteString) {
+        self.peers[key].filters.remove(filter);
+        let Some(peers) = self.remote_trie.get_mut(filter) else {
+            return;
+        };
+        peers.retain(|&peer| peer != key);
+        if peers.is_empty() {
+            self.remote_trie.remove(filter);
+            let from = self.place();
+            for shard in 0..self.config.shards {
+                self.outputs.push_back(NodeOutput::ToShard {
+                    shard,
+                    msg: ShardMsg::RouteRemove {
+                        filter: filter.clone(),
+                        from,
+                    },
+                });
+            }
+        }
+    }
+
+    fn clear_peer_routes(&mut self, key: PeerKey) {
+        let filters: Vec<ByteString> = self.peers[key].filters.iter().cloned().collect();
+        for filter in filters {
+            self.remove_peer_route(key, &filter);
+        }
+        self.peers[key].version = 0;
+    }
+
+    /// Forgets a peer: its routes, what was owed to it, and who waited on it.
+    fn remove_peer(&mut self, key: PeerKey) {
+        self.clear_peer_routes(key);
+        let mut peer = self.peers.remove(key);
+        self.peer_by_id.remove(&peer.node_id);
+        let mut released: Vec<WaiterKey> = Vec::new();
+        for stream in &mut peer.streams {
+            released.extend(stream.waiters.drain(..).map(|(_, waiter)| waiter));
+        }
+        released.extend(peer.route_waiters.drain(..).map(|(_, waiter)| waiter));
+        for waiter in released {
+            self.settle(waiter);
+        }
+    }
+
+    fn send(&mut self, key: PeerKey, lane: Lane, frame: Frame) {
+        self.outputs.push_back(NodeOutput::Send {
+            peer: self.peers[key].node_id.clone(),
+            lane,
+            frame,
+        });
+    }
+
+    fn disconnect(&mut self, key: PeerKey, reason: String) {
+        self.outputs.push_back(NodeOutput::Disconnect {
+            peer: self.peers[key].node_id.clone(),
+            reason,
+        });
+    }
+
+    /// A peer that left gracefully (gossip said so): forget it now.
+    pub fn handle_peer_left(&mut self, node_id: &str) {
+        if let Some(&key) = self.peer_by_id.get(node_id) {
+            self.remove_peer(key);
+        }
+    }
+
+    /// Time passes: route waits time out, long-unreachable peers are
+    /// forgotten.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(deadline, waiter)) = self.waiter_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.waiter_deadlines.pop_front();
+            if let Some(entry) = self.waiters.get(waiter)
+                && entry.pending > 0
+            {
+                // The waiter may have been released and its key reused by
+                // a waiter with no deadline of its own; releasing that one
+                // early only shortens one wait, and is counted.
+                self.counters.route_ack_timeouts += 1;
+                warn!(
+                    timeout_ms = self.config.route_ack_timeout.as_millis() as u64,
+                    "peers did not acknowledge a route in time"
+                );
+                let waiter = self.waiters.remove(waiter);
+                self.release(waiter);
+            }
+        }
+        let hold = self.config.peer_hold;
+        let expired: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| {
+                peer.unlinked_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= hold)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in expired {
+            let peer = &self.peers[key];
+            warn!(
+                peer = %peer.node_id,
+                hold_secs = hold.as_secs(),
+                outbox_messages = peer.streams.iter().map(|s| s.outbox.len()).sum::<usize>(),
+                "peer unreachable past the hold: dropping its routes and outbox"
+            );
+            self.counters.peers_expired += 1;
+            self.remove_peer(key);
+        }
+    }
+
+    /// Ends a turn: route changes go out as one delta, outboxes send what
+    /// their windows allow.
+    pub fn flush(&mut self) {
+        if !self.pending_add.is_empty() || !self.pending_remove.is_empty() {
+            self.route_version += 1;
+            let add: Vec<ByteString> = self.pending_add.drain().collect();
+            let remove: Vec<ByteString> = self.pending_remove.drain().collect();
+            let version = self.route_version;
+            let linked: Vec<PeerKey> = self
+                .peers
+                .iter()
+                .filter(|(_, peer)| peer.linked)
+                .map(|(key, _)| key)
+                .collect();
+            for key in linked {
+                self.send(
+                    key,
+                    Lane::Control,
+                    Frame::RouteDelta {
+                        version,
+                        add: add.clone(),
+                        remove: remove.clone(),
+                    },
+                );
+            }
+        }
+        for (_, peer) in self.peers.iter_mut().filter(|(_, peer)| peer.linked) {
+            for (index, stream) in peer.streams.iter_mut().enumerate() {
+                while let Some((first_seq, messages)) = stream.outbox.poll_send(STREAM_WINDOW) {
+                    self.outputs.push_back(NodeOutput::Send {
+                        peer: peer.node_id.clone(),
+                        lane: Lane::Stream(index as u32),
+                        frame: Frame::Publish {
+                            stream: index as u32,
+                            first_seq,
+                            messages,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Leaving the cluster: every linked peer is told.
+    pub fn handle_leave(&mut self) {
+        let linked: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.linked)
+            .map(|(key, _)| key)
+            .collect();
+        for key in linked {
+            self.send(key, Lane::Control, Frame::Leave);
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<NodeOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// Whether `node_id` is a peer this node has heard from and not yet
+    /// forgotten.
+    pub fn knows(&self, node_id: &str) -> bool {
+        self.peer_by_id.contains_key(node_id)
+    }
+
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        self.peers
+            .iter()
+            .map(|(_, peer)| PeerStats {
+                node_id: peer.node_id.clone(),
+                linked: peer.linked,
+                outbox_messages: peer.streams.iter().map(|s| s.outbox.len()).sum(),
+                outbox_bytes: peer.buffered_bytes,
+                forwarded: peer.forwarded,
+                dropped_qos0: peer.dropped_qos0,
+                dropped_qos12: peer.dropped_qos12,
+            })
+            .collect()
+    }
+}

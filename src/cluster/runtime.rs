@@ -1,0 +1,1018 @@
+//! The cluster's I/O: one thread running a single-threaded tokio runtime
+//! with quinn, beside the shards.
+//!
+//! # Why a thread of its own
+//!
+//! quinn's endpoint needs a `Send` runtime and monoio's is not one. The
+//! two ways out were driving `quinn-proto` (sans-IO) from every shard's own
+//! loop, as compio-quic does, or giving QUIC a thread and bridging it to
+//! the shards with the mesh's lock-free queues. We took the thread: the
+//! cluster is then exactly one more place in the mesh ([`MeshHandle`]),
+//! batches cross into it and out of it as they do between shards, the
+//! shards' publish path gains no lock and no new code path, and one QUIC
+//! connection per pair of nodes serves every shard (per-shard endpoints
+//! would need a connection per shard pair, or a UDP socket per shard).
+//! The cost is one more hop per forwarded message, paid per batch, not
+//! per message; PERF.md has the measured cost per forwarded message.
+//!
+//! # Connections
+//!
+//! One QUIC connection per pair of nodes. Either side may dial (gossip
+//! reaches a seed before it knows its node id); when both did, the
+//! connection dialed by the smaller node id stays and the other is closed,
+//! a rule both ends apply alike. The dialer opens the control stream (a
+//! bidirectional stream); each side's first frame on it is `Hello`.
+//! Forwarded messages travel on one unidirectional stream per source
+//! shard. Gossip packets are QUIC datagrams on the same connection, so the
+//! one UDP socket carries both and membership is as authenticated as the
+//! data: no node can gossip its way in without a certificate from the
+//! cluster's CA.
+
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use crossbeam_channel::Receiver;
+use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use super::ClusterStatus;
+use super::frame::{self, ArchivedClusterMsg, ClusterMsg, FrameReader, MAX_FRAME_LEN};
+use super::membership::{MemberEvent, Membership, MembershipConfig, MembershipError, NodeIdentity};
+use super::node::{Frame, Lane, Node, NodeConfig, NodeOutput};
+use super::settings::ClusterSettings;
+use super::tls;
+use crate::metrics::Readiness;
+use crate::shard::mesh::{Batch, Mesh, MeshHandle, ShardMsg};
+
+/// How often the node's timers (route-ack timeouts, peer hold) are looked
+/// at, and seeds re-resolved while nobody has answered.
+const TICK: Duration = Duration::from_millis(100);
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+/// Gossip packets queued for a peer while its connection is being dialed.
+const PENDING_DATAGRAMS: usize = 16;
+
+/// QUIC application error codes we close with.
+const CLOSE_LEAVING: u32 = 0;
+const CLOSE_DUPLICATE_LINK: u32 = 1;
+const CLOSE_PROTOCOL: u32 = 2;
+const CLOSE_DUPLICATE_NODE_ID: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cluster.listen {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("cannot start the cluster thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cluster membership: {0}")]
+    Membership(#[from] MembershipError),
+}
+
+/// Binds the cluster's UDP socket and starts its thread. Errors that a
+/// user can fix (certificates, the address) come back before any thread
+/// starts.
+pub fn start(
+    mut settings: ClusterSettings,
+    mesh: MeshHandle,
+    inbox: Receiver<Batch>,
+    readiness: Readiness,
+    status: ClusterStatus,
+) -> Result<thread::JoinHandle<()>, ClusterError> {
+    let (mut server, mut client) = tls::quinn_configs(&settings.node_id, &settings.trust)?;
+    let transport = Arc::new(transport_config(&settings));
+    server.transport_config(transport.clone());
+    client.transport_config(transport);
+    let socket = UdpSocket::bind(settings.listen).map_err(|error| ClusterError::Bind {
+        addr: settings.listen,
+        error,
+    })?;
+    let local = socket.local_addr().map_err(|error| ClusterError::Bind {
+        addr: settings.listen,
+        error,
+    })?;
+    // Port 0 picks a free port; peers must dial the one picked.
+    if settings.advertise.port() == 0 {
+        settings.advertise.set_port(local.port());
+    }
+    info!(node = %settings.node_id, addr = %local, advertise = %settings.advertise, "cluster endpoint bound");
+    if !settings.seeds.is_empty() {
+        readiness.require_join();
+    }
+    thread::Builder::new()
+        .name("ringmq-cluster".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    error!(%error, "cannot start the cluster runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let endpoint = match quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    Some(server),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                ) {
+                    Ok(endpoint) => endpoint,
+                    Err(error) => {
+                        error!(%error, "cannot start the cluster endpoint");
+                        return;
+                    }
+                };
+                let place = mesh.shard_count();
+                let mesh = mesh.attach(place, inbox);
+                match Cluster::new(settings, endpoint, client, mesh, readiness, status) {
+                    Ok(cluster) => cluster.run().await,
+                    Err(error) => error!(%error, "cannot start cluster membership"),
+                }
+            });
+        })
+        .map_err(ClusterError::Thread)
+}
+
+fn transport_config(settings: &ClusterSettings) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    // A dead peer shows in gossip within a few probe intervals; the
+    // connection should not outlive that by much, nor die of silence
+    // between two nodes that simply have nothing to say.
+    let idle = (settings.probe_interval * 4 + settings.suspect_timeout).max(Duration::from_secs(2));
+    transport.keep_alive_interval(Some(
+        settings.probe_interval.max(Duration::from_millis(100)),
+    ));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
+        transport.max_idle_timeout(Some(idle));
+    }
+    // One stream per source shard, plus control; generous for restarts.
+    transport.max_concurrent_uni_streams(1024u32.into());
+    transport.max_concurrent_bidi_streams(16u32.into());
+    transport
+}
+
+/// Something a connection's tasks report to the main loop.
+enum Event {
+    /// Hellos exchanged: the link is ready to carry frames.
+    Up {
+        link: LinkId,
+        hello: Hello,
+        connection: quinn::Connection,
+        control: quinn::SendStream,
+    },
+    Frame {
+        link: LinkId,
+        frame: frame::Frame,
+    },
+    Datagram {
+        link: LinkId,
+        data: Bytes,
+    },
+    /// The connection ended or could not be made.
+    Closed {
+        link: LinkId,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Hello {
+    node_id: ByteString,
+    incarnation: u64,
+    advertise: SocketAddr,
+}
+
+type LinkId = u64;
+
+/// One QUIC connection, from dial or accept to close.
+struct Link {
+    connection: Option<quinn::Connection>,
+    /// The address dialed, or the peer's advertised one once known.
+    addr: SocketAddr,
+    dialed: bool,
+    hello: Option<Hello>,
+    lanes: FxHashMap<Lane, mpsc::UnboundedSender<Bytes>>,
+    pending_datagrams: Vec<Bytes>,
+}
+
+struct Cluster {
+    settings: ClusterSettings,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    mesh: Mesh,
+    readiness: Readiness,
+    status: ClusterStatus,
+    node: Node,
+    membership: Membership,
+    me: NodeIdentity,
+    links: FxHashMap<LinkId, Link>,
+    /// The link carrying frames for each peer.
+    by_node: FxHashMap<ByteString, LinkId>,
+    next_link: LinkId,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    seeds: Vec<SocketAddr>,
+    joined: bool,
+    leaving: bool,
+}
+
+impl Cluster {
+    fn new(
+        settings: ClusterSettings,
+        endpoint: quinn::Endpoint,
+        client: quinn::ClientConfig,
+        mesh: Mesh,
+        readiness: Readiness,
+        status: ClusterStatus,
+    ) -> Result<Cluster, MembershipError> {
+        // A restarted node is a new incarnation: peers drop what they kept
+        // for its previous life (routes, duplicate detection).
+        let incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |since| since.as_millis() as u64);
+        let me = NodeIdentity {
+            node_id: settings.node_id.clone(),
+            addr: settings.advertise,
+            incarnation,
+        };
+        let now = Instant::now();
+        let membership = Membership::new(
+            me.clone(),
+            MembershipConfig::new(settings.probe_interval, settings.suspect_timeout),
+            incarnation,
+            now,
+        )?;
+        let node = Node::new(NodeConfig {
+            node_id: settings.node_id.as_str().into(),
+            incarnation,
+            shards: mesh.shard_count(),
+            ack: settings.ack,
+            route_ack_timeout: settings.route_ack_timeout,
+            peer_buffer_bytes: settings.peer_buffer_bytes,
+            peer_hold: settings.peer_hold,
+        });
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let joined = settings.seeds.is_empty();
+        Ok(Cluster {
+            settings,
+            endpoint,
+            client,
+            mesh,
+            readiness,
+            status,
+            node,
+            membership,
+            me,
+            links: FxHashMap::default(),
+            by_node: FxHashMap::default(),
+            next_link: 0,
+            events_tx,
+            events,
+            seeds: Vec::new(),
+            joined,
+            leaving: false,
+        })
+    }
+
+    async fn run(mut self) {
+        let inbox = self.mesh.inbox();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_resolve: Option<Instant> = None;
+        loop {
+            let gossip_at = self.membership.poll_timeout();
+            let gossip_sleep = async {
+                match gossip_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                batch = inbox.recv() => {
+                    let now = Instant::now();
+                    self.handle_batch(batch, now);
+                    while let Some(batch) = self.mesh.try_recv() {
+                        self.handle_batch(batch, now);
+                    }
+                }
+                Some(event) = self.events.recv() => {
+                    let now = Instant::now();
+                    self.handle_event(event, now);
+                    while let Ok(event) = self.events.try_recv() {
+                        self.handle_event(event, now);
+                    }
+                }
+                Some(incoming) = self.endpoint.accept() => self.accept(incoming),
+                _ = gossip_sleep => self.membership.handle_timeout(Instant::now()),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.node.handle_timeout(now);
+                    if !self.joined
+                        && last_resolve.is_none_or(|at| now.duration_since(at) >= RESOLVE_EVERY)
+                    {
+                        last_resolve = Some(now);
+                        self.join_seeds(now).await;
+                    }
+                    self.publish_status();
+                }
+            }
+            self.pump(Instant::now());
+            if self.leaving {
+                break;
+            }
+        }
+        // Give the leave frames and gossip a moment to go out.
+        self.pump(Instant::now());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.endpoint.close(CLOSE_LEAVING.into(), b"leaving");
+        self.endpoint.wait_idle().await;
+        info!(node = %self.settings.node_id, "left the cluster");
+    }
+
+    fn handle_batch(&mut self, batch: Batch, now: Instant) {
+        for msg in batch.messages {
+            match msg {
+                ShardMsg::Shutdown => {
+                    info!(node = %self.settings.node_id, "leaving the cluster");
+                    self.node.handle_leave();
+                    self.membership.handle_leave(now);
+                    self.leaving = true;
+                }
+                msg => self.node.handle_shard_msg(batch.from, msg, now),
+            }
+        }
+    }
+
+    /// Carries out what the node and membership asked for.
+    fn pump(&mut self, now: Instant) {
+        self.node.flush();
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                NodeOutput::Send { peer, lane, frame } => self.send_frame(&peer, lane, &frame, now),
+                NodeOutput::ToShard { shard, msg } => self.mesh.push(shard, msg),
+                NodeOutput::Disconnect { peer, reason } => {
+                    if let Some(&link) = self.by_node.get(&peer) {
+                        warn!(%peer, %reason, "closing the link to a peer that broke the protocol");
+                        self.close_link(link, CLOSE_PROTOCOL, &reason, now);
+                    }
+                }
+            }
+        }
+        self.mesh.flush();
+        while let Some((addr, data)) = self.membership.poll_transmit() {
+            self.send_datagram(addr, data);
+        }
+        while let Some(event) = self.membership.poll_event() {
+            self.handle_member_event(event);
+        }
+    }
+
+    fn send_frame(&mut self, peer: &ByteString, lane: Lane, frame: &Frame, now: Instant) {
+        let Some(link_id) = self.by_node.get(peer).copied() else {
+            return;
+        };
+        let mut out = BytesMut::new();
+        if let Err(error) = encode_frame(frame, now, &mut out) {
+            warn!(%peer, %error, "frame not sent");
+            return;
+        }
+        let Some(link) = self.links.get_mut(&link_id) else {
+            return;
+        };
+        let Some(connection) = link.connection.clone() else {
+            return;
+        };
+        let sender = link.lanes.entry(lane).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_uni_lane(connection, rx));
+            tx
+        });
+        // A writer that ended has a closed connection; the link's Closed
+        // event follows and the outbox resends.
+        let _ = sender.send(out.freeze());
+    }
+
+    fn send_datagram(&mut self, addr: SocketAddr, data: Bytes) {
+        if let Some(link) = self
+            .links
+            .values_mut()
+            .find(|link| link.addr == addr && link.connection.is_some())
+        {
+            if let Some(connection) = &link.connection
+                && let Err(error) = connection.send_datagram(data)
+            {
+                debug!(%addr, %error, "gossip datagram not sent");
+            }
+            return;
+        }
+        if let Some(link) = self.links.values_mut().find(|link| link.addr == addr) {
+            if link.pending_datagrams.len() < PENDING_DATAGRAMS {
+                link.pending_datagrams.push(data);
+            }
+            return;
+        }
+        let link = self.dial(addr);
+        if let Some(link) = self.links.get_mut(&link) {
+            link.pending_datagrams.push(data);
+        }
+    }
+
+    fn dial(&mut self, addr: SocketAddr) -> LinkId {
+        let id = self.new_link(addr, true);
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, tls::SERVER_NAME);
+        let events = self.events_tx.clone();
+        let hello = self.hello();
+        tokio::spawn(async move {
+            let result = async {
+                let connection = connecting
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((connection, send, recv))
+            }
+            .await;
+            match result {
+                Ok((connection, send, recv)) => {
+                    serve_connection(id, connection, send, recv, hello, events).await
+                }
+                Err(reason) => {
+                    let _ = events.send(Event::Closed { link: id, reason });
+                }
+            }
+        });
+        id
+    }
+
+    fn accept(&mut self, incoming: quinn::Incoming) {
+        let id = self.new_link(incoming.remote_address(), false);
+        let events = self.events_tx.clone();
+        let hello = self.hello();
+        tokio::spawn(async move {
+            let result = async {
+                let connection = incoming.await.map_err(|e| e.to_string())?;
+                let (send, recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((connection, send, recv))
+            }
+            .await;
+            match result {
+                Ok((connection, send, recv)) => {
+                    serve_connection(id, connection, send, recv, hello, events).await
+                }
+                Err(reason) => {
+                    let _ = events.send(Event::Closed { link: id, reason });
+                }
+            }
+        });
+    }
+
+    fn new_link(&mut self, addr: SocketAddr, dialed: bool) -> LinkId {
+        self.next_link += 1;
+        let id = self.next_link;
+        self.links.insert(
+            id,
+            Link {
+                connection: None,
+                addr,
+                dialed,
+                hello: None,
+                lanes: FxHashMap::default(),
+                pending_datagrams: Vec::new(),
+            },
+        );
+        id
+    }
+
+    fn hello(&self) -> ClusterMsg {
+        ClusterMsg::Hello {
+            node_id: self.settings.node_id.clone(),
+            incarnation: self.me.incarnation,
+            advertise: self.settings.advertise.to_string(),
+            version: frame::PROTOCOL_VERSION,
+        }
+    }
+
+    fn handle_event(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Up {
+                link,
+                hello,
+                connection,
+                control,
+            } => self.link_up(link, hello, connection, control, now),
+            Event::Frame { link, frame } => self.link_frame(link, frame, now),
+            Event::Datagram { link, data } => {
+                let from = self.links.get(&link).map(|link| link.addr);
+                if let Some(from) = from
+                    && let Err(error) = self.membership.handle_data(from, &data, now)
+                {
+                    debug!(%from, %error, "gossip packet ignored");
+                }
+            }
+            Event::Closed { link, reason } => self.link_closed(link, &reason, now),
+        }
+    }
+
+    fn link_up(
+        &mut self,
+        id: LinkId,
+        hello: Hello,
+        connection: quinn::Connection,
+        control: quinn::SendStream,
+        now: Instant,
+    ) {
+        if *hello.node_id == *self.settings.node_id {
+            connection.close(CLOSE_DUPLICATE_NODE_ID.into(), b"duplicate node id");
+            error!(
+                node = %self.settings.node_id,
+                other = %hello.advertise,
+                "another node uses this node id: refusing it; node ids must be unique"
+            );
+            self.close_link(id, CLOSE_DUPLICATE_NODE_ID, "duplicate node id", now);
+            return;
+        }
+        let Some(link) = self.links.get_mut(&id) else {
+            connection.close(CLOSE_PROTOCOL.into(), b"link already closed");
+            return;
+        };
+        link.connection = Some(connection);
+        link.addr = hello.advertise;
+        link.hello = Some(hello.clone());
+        let dialed = link.dialed;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_lane(control, rx));
+        link.lanes.insert(Lane::Control, tx);
+        let pending = std::mem::take(&mut link.pending_datagrams);
+        if let Some(connection) = &link.connection {
+            for data in pending {
+                let _ = connection.send_datagram(data);
+            }
+        }
+        if let Some(&existing) = self.by_node.get(&hello.node_id)
+            && existing != id
+        {
+            // A newer incarnation's link replaces a dead process's, which
+            // may linger until its idle timeout. Between two links of one
+            // incarnation, both ends keep the one dialed by the smaller id.
+            let existing_incarnation = self
+                .links
+                .get(&existing)
+                .and_then(|link| link.hello.as_ref())
+                .map_or(0, |hello| hello.incarnation);
+            let smaller_is_me = *self.settings.node_id < *hello.node_id;
+            let keep_new = match hello.incarnation.cmp(&existing_incarnation) {
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal => dialed == smaller_is_me,
+            };
+            if !keep_new {
+                self.close_link(id, CLOSE_DUPLICATE_LINK, "duplicate link", now);
+                return;
+            }
+            self.close_link(existing, CLOSE_DUPLICATE_LINK, "duplicate link", now);
+        }
+        info!(peer = %hello.node_id, addr = %hello.advertise, "cluster link up");
+        self.by_node.insert(hello.node_id.clone(), id);
+        self.node
+            .handle_link_up(hello.node_id, hello.incarnation, now);
+        // A link is proof that a seed (or a member) answered.
+        self.set_joined();
+    }
+
+    fn set_joined(&mut self) {
+        if !self.joined {
+            self.joined = true;
+            self.readiness.set_joined();
+            info!(node = %self.settings.node_id, "joined the cluster");
+        }
+    }
+
+    fn link_frame(&mut self, id: LinkId, frame: frame::Frame, now: Instant) {
+        let Some(peer) = self
+            .links
+            .get(&id)
+            .and_then(|link| link.hello.as_ref())
+            .map(|hello| hello.node_id.clone())
+        else {
+            return;
+        };
+        // A superseded duplicate link may still deliver a frame or two;
+        // only the current link's frames count.
+        if self.by_node.get(&peer) != Some(&id) {
+            return;
+        }
+        match decode_frame(&frame, now) {
+            Ok(Decoded::Node(frame)) => self.node.handle_frame(&peer, frame),
+            Ok(Decoded::Gossip(data)) => {
+                let addr = self.links.get(&id).map(|link| link.addr);
+                if let Some(addr) = addr {
+                    let _ = self.membership.handle_data(addr, &data, now);
+                }
+            }
+            Ok(Decoded::Hello) => {
+                self.close_link(id, CLOSE_PROTOCOL, "a second hello", now);
+            }
+            Err(error) => {
+                warn!(%peer, %error, "malformed frame from a peer: closing its link");
+                self.close_link(id, CLOSE_PROTOCOL, &error.to_string(), now);
+            }
+        }
+    }
+
+    fn link_closed(&mut self, id: LinkId, reason: &str, now: Instant) {
+        let Some(link) = self.links.remove(&id) else {
+            return;
+        };
+        if let Some(hello) = link.hello
+            && self.by_node.get(&hello.node_id) == Some(&id)
+        {
+            self.by_node.remove(&hello.node_id);
+            info!(peer = %hello.node_id, %reason, "cluster link down");
+            self.node.handle_link_down(&hello.node_id, now);
+        } else {
+            debug!(addr = %link.addr, %reason, "cluster connection ended");
+        }
+    }
+
+    fn close_link(&mut self, id: LinkId, code: u32, reason: &str, now: Instant) {
+        if let Some(connection) = self.links.get(&id).and_then(|link| link.connection.clone()) {
+            connection.close(code.into(), reason.as_bytes());
+        }
+        self.link_closed(id, reason, now);
+    }
+
+    fn handle_member_event(&mut self, event: MemberEvent) {
+        match event {
+            MemberEvent::Joined(member) => {
+                info!(peer = %member.node_id, addr = %member.addr, "cluster member up");
+                self.dial_member(&member);
+            }
+            MemberEvent::Replaced { old, new } => {
+                info!(peer = %new.node_id, old = old.incarnation, new = new.incarnation, addr = %new.addr, "cluster member restarted");
+                self.dial_member(&new);
+            }
+            MemberEvent::Suspect(member) => {
+                warn!(peer = %member.node_id, "cluster member suspected");
+            }
+            MemberEvent::Alive(member) => {
+                info!(peer = %member.node_id, "cluster member alive again");
+            }
+            MemberEvent::Down(member) => {
+                // Its routes and outbox stay for peer_hold: a partition or
+                // a restart should not lose what is owed to it.
+                warn!(peer = %member.node_id, "cluster member down");
+            }
+            MemberEvent::Left(member) => {
+                info!(peer = %member.node_id, "cluster member left");
+                self.node.handle_peer_left(&member.node_id);
+            }
+            MemberEvent::DuplicateNodeId { theirs, other } => {
+                error!(
+                    node = %theirs.node_id,
+                    addr = %theirs.addr,
+                    other = %other,
+                    "two live nodes use the same node id; node ids must be unique"
+                );
+            }
+            MemberEvent::JoinedCluster => self.set_joined(),
+            MemberEvent::Isolated => {
+                warn!(node = %self.settings.node_id, "no live cluster member left; rejoining through the seeds");
+            }
+            MemberEvent::Renewed(me) => {
+                info!(node = %me.node_id, incarnation = me.incarnation, "declared down by the cluster; rejoined under a new identity");
+            }
+        }
+    }
+
+    /// Dials a member gossip told us of, unless a link exists or is being
+    /// made.
+    fn dial_member(&mut self, member: &NodeIdentity) {
+        if !self.by_node.contains_key(member.node_id.as_str())
+            && !self.links.values().any(|link| link.addr == member.addr)
+        {
+            self.dial(member.addr);
+        }
+    }
+
+    async fn join_seeds(&mut self, now: Instant) {
+        let seeds = self.settings.seeds.clone();
+        let resolved = tokio::task::spawn_blocking(move || resolve_all(&seeds))
+            .await
+            .unwrap_or_default();
+        if resolved.is_empty() {
+            warn!(seeds = ?self.settings.seeds, "no seed could be resolved; still trying");
+        } else {
+            warn!(seeds = ?resolved, "no seed has answered yet; still trying");
+        }
+        self.seeds = resolved;
+        for &seed in &self.seeds {
+            if seed != self.settings.advertise && seed != self.settings.listen {
+                self.membership.handle_join(seed, now);
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        self.status.update(&self.node, self.membership.counts());
+    }
+}
+
+fn resolve_all(seeds: &[String]) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = seeds
+        .iter()
+        .filter_map(|seed| seed.to_socket_addrs().ok())
+        .flatten()
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+/// Exchanges hellos, then reads the connection until it ends.
+async fn serve_connection(
+    id: LinkId,
+    connection: quinn::Connection,
+    mut control: quinn::SendStream,
+    mut control_rx: quinn::RecvStream,
+    hello: ClusterMsg,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let result = async {
+        let mut out = BytesMut::new();
+        frame::encode(&hello, &mut out).map_err(|e| e.to_string())?;
+        control.write_all(&out).await.map_err(|e| e.to_string())?;
+        let mut reader = FrameReader::new(MAX_FRAME_LEN);
+        let first = read_frame(&mut control_rx, &mut reader).await?;
+        let hello = parse_hello(&first)?;
+        Ok::<_, String>((hello, reader))
+    }
+    .await;
+    let (hello, reader) = match result {
+        Ok(ok) => ok,
+        Err(reason) => {
+            connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+            let _ = events.send(Event::Closed { link: id, reason });
+            return;
+        }
+    };
+    let _ = events.send(Event::Up {
+        link: id,
+        hello,
+        connection: connection.clone(),
+        control,
+    });
+    tokio::spawn(read_datagrams(id, connection.clone(), events.clone()));
+    tokio::spawn(read_uni_streams(id, connection.clone(), events.clone()));
+    let reason = match read_lane(id, control_rx, reader, &events).await {
+        Ok(()) => "control stream finished".to_string(),
+        Err(reason) => reason,
+    };
+    connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+    let reason = connection
+        .close_reason()
+        .map_or(reason, |why| why.to_string());
+    let _ = events.send(Event::Closed { link: id, reason });
+}
+
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    reader: &mut FrameReader,
+) -> Result<frame::Frame, String> {
+    loop {
+        if let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? {
+            return Ok(frame);
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => reader.push(&chunk.bytes),
+            Ok(None) => return Err("stream ended before a frame".into()),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+/// Reads frames off one stream and hands them to the main loop in order.
+async fn read_lane(
+    id: LinkId,
+    mut recv: quinn::RecvStream,
+    mut reader: FrameReader,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<(), String> {
+    loop {
+        while let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? {
+            if events.send(Event::Frame { link: id, frame }).is_err() {
+                return Ok(());
+            }
+        }
+        match recv.read_chunk(256 * 1024, true).await {
+            Ok(Some(chunk)) => reader.push(&chunk.bytes),
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+async fn read_uni_streams(
+    id: LinkId,
+    connection: quinn::Connection,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    while let Ok(recv) = connection.accept_uni().await {
+        let events = events.clone();
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            let reader = FrameReader::new(MAX_FRAME_LEN);
+            if let Err(reason) = read_lane(id, recv, reader, &events).await {
+                // A malformed frame on any stream ends the whole link: the
+                // outbox on the other side resends what was lost.
+                connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+            }
+        });
+    }
+}
+
+async fn read_datagrams(
+    id: LinkId,
+    connection: quinn::Connection,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    while let Ok(data) = connection.read_datagram().await {
+        if events.send(Event::Datagram { link: id, data }).is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_lane(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(bytes) = rx.recv().await {
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn write_uni_lane(connection: quinn::Connection, rx: mpsc::UnboundedReceiver<Bytes>) {
+    if let Ok(send) = connection.open_uni().await {
+        write_lane(send, rx).await;
+    }
+}
+
+fn parse_hello(frame: &frame::Frame) -> Result<Hello, String> {
+    let msg = frame.access().map_err(|e| e.to_string())?;
+    let ArchivedClusterMsg::Hello {
+        node_id,
+        incarnation,
+        advertise,
+        version,
+    } = msg
+    else {
+        return Err("the first frame was not a hello".into());
+    };
+    if version.to_native() != frame::PROTOCOL_VERSION {
+        return Err(format!(
+            "peer speaks cluster protocol {}, this node {}",
+            version.to_native(),
+            frame::PROTOCOL_VERSION
+        ));
+    }
+    let advertise: SocketAddr = advertise
+        .as_str()
+        .parse()
+        .map_err(|_| format!("bad advertised address {:?}", advertise.as_str()))?;
+    Ok(Hello {
+        node_id: node_id.as_str().into(),
+        incarnation: incarnation.to_native(),
+        advertise,
+    })
+}
+
+enum Decoded {
+    Node(Frame),
+    Gossip(Bytes),
+    Hello,
+}
+
+/// Reads a frame in place into what the node takes: messages borrow their
+/// payloads from the frame's buffer.
+fn decode_frame(frame: &frame::Frame, now: Instant) -> Result<Decoded, frame::FrameError> {
+    let strings = |list: &rkyv::vec::ArchivedVec<rkyv::string::ArchivedString>| {
+        list.iter().map(|s| ByteString::from(s.as_str())).collect()
+    };
+    let decoded = match frame.access()? {
+        ArchivedClusterMsg::Hello { .. } => Decoded::Hello,
+        ArchivedClusterMsg::Routes { version, filters } => Decoded::Node(Frame::Routes {
+            version: version.to_native(),
+            filters: strings(filters),
+        }),
+        ArchivedClusterMsg::RouteDelta {
+            version,
+            add,
+            remove,
+        } => Decoded::Node(Frame::RouteDelta {
+            version: version.to_native(),
+            add: strings(add),
+            remove: strings(remove),
+        }),
+        ArchivedClusterMsg::RoutesAck { version } => Decoded::Node(Frame::RoutesAck {
+            version: version.to_native(),
+        }),
+        ArchivedClusterMsg::RoutesResync => Decoded::Node(Frame::RoutesResync),
+        ArchivedClusterMsg::Publish {
+            stream,
+            first_seq,
+            messages,
+        } => {
+            let messages = messages
+                .iter()
+                .map(|wire| frame::wire_to_message(&frame.bytes, wire, now).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Decoded::Node(Frame::Publish {
+                stream: stream.to_native(),
+                first_seq: first_seq.to_native(),
+                messages,
+            })
+        }
+        ArchivedClusterMsg::PublishAck { stream, seq } => Decoded::Node(Frame::PublishAck {
+            stream: stream.to_native(),
+            seq: seq.to_native(),
+        }),
+        ArchivedClusterMsg::Retain {
+            hlc,
+            origin,
+            message,
+        } => Decoded::Node(Frame::Retain {
+            hlc: hlc.to_native(),
+            origin: origin.as_str().into(),
+            message: Arc::new(frame::wire_to_message(&frame.bytes, message, now)?),
+        }),
+        ArchivedClusterMsg::Gossip { data } => {
+            Decoded::Gossip(frame.bytes.slice_ref(data.as_slice()))
+        }
+        ArchivedClusterMsg::Leave => Decoded::Node(Frame::Leave),
+    };
+    Ok(decoded)
+}
+
+fn encode_frame(
+    frame: &Frame,
+    now: Instant,
+    out: &mut BytesMut,
+) -> Result<usize, frame::FrameError> {
+    let strings = |list: &[ByteString]| list.iter().map(|s| s.to_string()).collect();
+    match frame {
+        Frame::Publish {
+            stream,
+            first_seq,
+            messages,
+        } => frame::encode_publish(*stream, *first_seq, messages, now, out),
+        Frame::Retain {
+            hlc,
+            origin,
+            message,
+        } => frame::encode_retain(*hlc, origin, message, now, out),
+        Frame::Routes { version, filters } => frame::encode(
+            &ClusterMsg::Routes {
+                version: *version,
+                filters: strings(filters),
+            },
+            out,
+        ),
+        Frame::RouteDelta {
+            version,
+            add,
+            remove,
+        } => frame::encode(
+            &ClusterMsg::RouteDelta {
+                version: *version,
+                add: strings(add),
+                remove: strings(remove),
+            },
+            out,
+        ),
+        Frame::RoutesAck { version } => {
+            frame::encode(&ClusterMsg::RoutesAck { version: *version }, out)
+        }
+        Frame::RoutesResync => frame::encode(&ClusterMsg::RoutesResync, out),
+        Frame::PublishAck { stream, seq } => frame::encode(
+            &ClusterMsg::PublishAck {
+                stream: *stream,
+                seq: *seq,
+            },
+            out,
+        ),
+        Frame::Leave => frame::encode(&ClusterMsg::Leave, out),
+    }
+}

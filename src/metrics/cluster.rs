@@ -1,0 +1,109 @@
+//! The cluster's figures, as the cluster thread last published them
+//! ([`crate::cluster::ClusterStatus`]): members by state, forwarding
+//! counters, and per-peer outboxes and drops.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::render::{Labels, counter};
+use crate::cluster::StatusSnapshot;
+
+pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
+    let members = Family::<Labels, Gauge>::default();
+    for (state, n) in [
+        ("alive", status.members.alive),
+        ("suspect", status.members.suspect),
+        ("down", status.members.down),
+    ] {
+        members
+            .get_or_create(&vec![("state".into(), state.into())])
+            .set(n as i64);
+    }
+    registry.register(
+        "cluster_members",
+        "Other nodes as gossip sees them, by state",
+        members,
+    );
+    let counters = &status.counters;
+    for (name, help, value) in [
+        (
+            "cluster_forwarded_messages",
+            "Messages queued for a peer node (once per node, whatever its subscribers)",
+            counters.forwarded_messages,
+        ),
+        (
+            "cluster_received_messages",
+            "Messages taken from peer nodes and handed to this node's shards",
+            counters.received_messages,
+        ),
+        (
+            "cluster_duplicates_dropped",
+            "Messages a peer sent again (after a broken link) that had already been taken",
+            counters.duplicates_dropped,
+        ),
+        (
+            "cluster_route_ack_timeouts",
+            "SUBACKs released because a live peer did not acknowledge the route in time",
+            counters.route_ack_timeouts,
+        ),
+        (
+            "cluster_peers_expired",
+            "Peers unreachable past cluster.peer_hold whose routes and outbox were dropped",
+            counters.peers_expired,
+        ),
+    ] {
+        counter(registry, name, help, value);
+    }
+
+    let linked = Family::<Labels, Gauge>::default();
+    let outbox_messages = Family::<Labels, Gauge>::default();
+    let outbox_bytes = Family::<Labels, Gauge>::default();
+    let forwarded = Family::<Labels, Counter>::default();
+    let dropped = Family::<Labels, Counter>::default();
+    for peer in &status.peers {
+        let labels = vec![("peer".to_string(), peer.node_id.to_string())];
+        linked.get_or_create(&labels).set(i64::from(peer.linked));
+        outbox_messages
+            .get_or_create(&labels)
+            .set(peer.outbox_messages as i64);
+        outbox_bytes
+            .get_or_create(&labels)
+            .set(peer.outbox_bytes as i64);
+        forwarded.get_or_create(&labels).inc_by(peer.forwarded);
+        for (reason, n) in [
+            ("outbox_full_qos0", peer.dropped_qos0),
+            ("outbox_full_qos12", peer.dropped_qos12),
+        ] {
+            let mut labels = labels.clone();
+            labels.push(("reason".into(), reason.into()));
+            dropped.get_or_create(&labels).inc_by(n);
+        }
+    }
+    registry.register(
+        "cluster_peer_linked",
+        "1 while the QUIC link to the peer is up",
+        linked,
+    );
+    registry.register(
+        "cluster_peer_outbox_messages",
+        "Messages owed to the peer, sent or not, awaiting its acknowledgement",
+        outbox_messages,
+    );
+    registry.register(
+        "cluster_peer_outbox_bytes",
+        "Bytes owed to the peer (bounded by cluster.peer_buffer_bytes)",
+        outbox_bytes,
+    );
+    registry.register(
+        "cluster_peer_forwarded_messages",
+        "Messages queued for the peer",
+        forwarded,
+    );
+    registry.register(
+        "cluster_peer_dropped_messages",
+        "Messages dropped from the peer's outbox, by reason",
+        dropped,
+    );
+}

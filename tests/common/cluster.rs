@@ -1,0 +1,203 @@
+//! Several real `ringmq` processes joined into one cluster on loopback
+//! addresses (127.0.0.x), with a shared secret in a file.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::http::{get, sample};
+use super::{Broker, STARTUP_TIMEOUT};
+
+/// How long a cluster gets to link every pair of nodes.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Cluster {
+    pub nodes: Vec<Option<Broker>>,
+    pub cluster_addrs: Vec<SocketAddr>,
+    pub node_ids: Vec<String>,
+    secret: PathBuf,
+    extra_toml: String,
+}
+
+/// A free UDP port on `ip`, found by binding port 0 and letting go.
+pub fn free_udp_addr(ip: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(format!("{ip}:0")).expect("bind a UDP port");
+    socket.local_addr().expect("local address")
+}
+
+impl Cluster {
+    /// Starts `n` nodes on 127.0.0.{11..}, each seeded with all others,
+    /// and waits until every pair is linked. `extra_toml` goes into each
+    /// node's `[cluster]` table.
+    pub fn start(n: usize, extra_toml: &str) -> Cluster {
+        let tag = super::unique_id("c");
+        let secret = std::env::temp_dir().join(format!(
+            "ringmq-cluster-secret-{}-{tag}",
+            std::process::id()
+        ));
+        std::fs::write(&secret, "a test secret, long enough\n").expect("write the secret");
+        let cluster_addrs: Vec<SocketAddr> = (0..n)
+            .map(|i| free_udp_addr(&format!("127.0.0.{}", 11 + i)))
+            .collect();
+        let node_ids = (0..n).map(|i| format!("{tag}-n{i}")).collect();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            cluster_addrs,
+            node_ids,
+            secret,
+            extra_toml: extra_toml.to_owned(),
+        };
+        for i in 0..n {
+            let broker = cluster.spawn(i);
+            cluster.nodes.push(Some(broker));
+        }
+        cluster.wait_linked();
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> Broker {
+        let seeds: Vec<String> = self
+            .cluster_addrs
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, addr)| addr.to_string())
+            .collect();
+        let toml = format!(
+            "[cluster]\nsecret_file = {:?}\n{}\n",
+            self.secret.display().to_string(),
+            self.extra_toml
+        );
+        let listen = self.cluster_addrs[i].to_string();
+        let seeds = seeds.join(",");
+        Broker::start_with_config(
+            &toml,
+            &[
+                "--cores",
+                "1",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--node-id",
+                &self.node_ids[i],
+                "--cluster-listen",
+                &listen,
+                "--seeds",
+                &seeds,
+            ],
+        )
+    }
+
+    pub fn node(&self, i: usize) -> &Broker {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.node(i).addr
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut broker) = self.nodes[i].take() {
+            broker.signal(libc::SIGKILL);
+            broker.wait_exit(STARTUP_TIMEOUT);
+        }
+    }
+
+    /// Starts node `i` again (a new incarnation) and waits for its links.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let broker = self.spawn(i);
+        self.nodes[i] = Some(broker);
+        self.wait_linked();
+    }
+
+    /// The peers node `i` has a link to, by its log (links up minus down).
+    pub fn linked_peers(&self, i: usize) -> usize {
+        let logs = self.node(i).logs();
+        let mut peers: Vec<&str> = Vec::new();
+        for line in logs.lines() {
+            let Some(peer) = field(line, "peer=") else {
+                continue;
+            };
+            if line.contains("cluster link up") {
+                if !peers.contains(&peer) {
+                    peers.push(peer);
+                }
+            } else if line.contains("cluster link down") {
+                peers.retain(|p| *p != peer);
+            }
+        }
+        peers.len()
+    }
+
+    /// Waits until every running node links to every other running node
+    /// and says it is ready.
+    pub fn wait_linked(&self) {
+        let running = self.nodes.iter().filter(|n| n.is_some()).count();
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        loop {
+            let linked = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].is_some())
+                .all(|i| {
+                    self.linked_peers(i) == running - 1
+                        && get(self.node(i).metrics_addr(), "/ready").0 == 200
+                });
+            if linked {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .flatten()
+                    .map(|broker| broker.logs())
+                    .collect();
+                panic!("the cluster did not link within {JOIN_TIMEOUT:?}; logs:\n{logs:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until node `i`'s `metric` reads `expected` (the cluster's
+    /// figures are refreshed ten times a second), and fails if it never
+    /// does or goes past it.
+    pub fn wait_sample(&self, i: usize, metric: &str, expected: f64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let value = sample(&self.metrics(i), metric);
+            assert!(
+                value <= expected,
+                "{metric} on node {i} is {value}, past {expected}"
+            );
+            if value == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{metric} on node {i} stayed at {value}, expected {expected}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Node `i`'s metrics text.
+    pub fn metrics(&self, i: usize) -> String {
+        get(self.node(i).metrics_addr(), "/metrics").1
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.secret);
+    }
+}
+
+/// The value of `key` (`peer=`) in a log line, without quotes.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let rest = rest.trim_start_matches('"');
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"')
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
