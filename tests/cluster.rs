@@ -94,6 +94,14 @@ async fn qos_0_1_2_cross_nodes_once_and_in_order() {
     }
     // Once per node with subscribers, whatever the number there.
     cluster.wait_sample(0, "ringmq_cluster_forwarded_messages_total", 400.0);
+    let metrics = cluster.metrics(0);
+    assert!(sample(&metrics, "ringmq_cluster_forward_ack_seconds_count") > 0.0);
+    let peer = &cluster.node_ids[1];
+    let rtt = sample(
+        &metrics,
+        &format!("ringmq_cluster_peer_rtt_seconds{{peer=\"{peer}\"}}"),
+    );
+    assert!(rtt > 0.0 && rtt < 1.0, "loopback round trip {rtt} s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,7 @@ use tracing::{info, warn};
 use super::outbox::{Dropped, Inbound, Outbox, Seq};
 use super::settings::AckMode;
 use crate::message::Message;
+use crate::metrics::histogram::Latency;
 use crate::router::TopicTrie;
 use crate::shard::ShardId;
 use crate::shard::mesh::{Confirmation, ShardMsg};
@@ -144,6 +145,9 @@ pub struct NodeCounters {
     pub dropped_qos12: u64,
     pub route_ack_timeouts: u64,
     pub peers_expired: u64,
+    /// From a Publish frame leaving to its acknowledgement: the hop there,
+    /// the peer handing the messages to its shards, and the hop back.
+    pub forward_ack_latency: Latency,
 }
 
 /// Per-peer figures for metrics.
@@ -156,6 +160,8 @@ pub struct PeerStats {
     pub forwarded: u64,
     pub dropped_qos0: u64,
     pub dropped_qos12: u64,
+    /// QUIC's round-trip estimate, while linked; the runtime fills it in.
+    pub rtt: Option<Duration>,
 }
 
 struct Peer {
@@ -186,6 +192,9 @@ struct Stream {
     outbox: Outbox,
     /// Confirmations waiting for this number to be acknowledged.
     waiters: VecDeque<(Seq, WaiterKey)>,
+    /// The last number of each frame in flight and when it left, for the
+    /// forward round-trip histogram.
+    sent_at: VecDeque<(Seq, Instant)>,
 }
 
 type WaiterKey = usize;
@@ -561,6 +570,7 @@ impl Node {
         let mut released = Vec::new();
         for stream in &mut peer.streams {
             stream.outbox.handle_link_lost();
+            stream.sent_at.clear();
             released.extend(stream.waiters.drain(..).map(|(_, waiter)| waiter));
         }
         released.extend(peer.route_waiters.drain(..).map(|(_, waiter)| waiter));
@@ -570,7 +580,7 @@ impl Node {
     }
 
     /// A frame from a linked peer.
-    pub fn handle_frame(&mut self, node_id: &str, frame: Frame) {
+    pub fn handle_frame(&mut self, node_id: &str, frame: Frame, now: Instant) {
         let Some(&key) = self.peer_by_id.get(node_id) else {
             return;
         };
@@ -646,6 +656,15 @@ impl Node {
                 };
                 let freed = out.outbox.handle_ack(seq);
                 peer.buffered_bytes -= freed;
+                while let Some(&(last, sent)) = out.sent_at.front() {
+                    if last > seq {
+                        break;
+                    }
+                    out.sent_at.pop_front();
+                    self.counters
+                        .forward_ack_latency
+                        .record(now.saturating_duration_since(sent));
+                }
                 let mut released = Vec::new();
                 while let Some(&(wanted, waiter)) = out.waiters.front() {
                     if wanted > seq {
@@ -871,7 +890,7 @@ impl Node {
 
     /// Ends a turn: route changes go out as one delta, outboxes send what
     /// their windows allow.
-    pub fn flush(&mut self) {
+    pub fn flush(&mut self, now: Instant) {
         if !self.pending_add.is_empty() || !self.pending_remove.is_empty() {
             self.route_version += 1;
             let add: Vec<ByteString> = self.pending_add.drain().collect();
@@ -898,6 +917,9 @@ impl Node {
         for (_, peer) in self.peers.iter_mut().filter(|(_, peer)| peer.linked) {
             for (index, stream) in peer.streams.iter_mut().enumerate() {
                 while let Some((first_seq, messages)) = stream.outbox.poll_send(STREAM_WINDOW) {
+                    stream
+                        .sent_at
+                        .push_back((first_seq + messages.len() as u64 - 1, now));
                     self.outputs.push_back(NodeOutput::Send {
                         peer: peer.node_id.clone(),
                         lane: Lane::Stream(index as u32),
@@ -946,6 +968,7 @@ impl Node {
                 forwarded: peer.forwarded,
                 dropped_qos0: peer.dropped_qos0,
                 dropped_qos12: peer.dropped_qos12,
+                rtt: None,
             })
             .collect()
     }

@@ -356,7 +356,7 @@ impl Cluster {
 
     /// Carries out what the node and membership asked for.
     fn pump(&mut self, now: Instant) {
-        self.node.flush();
+        self.node.flush(now);
         while let Some(output) = self.node.poll_output() {
             match output {
                 NodeOutput::Send { peer, lane, frame } => self.send_frame(&peer, lane, &frame, now),
@@ -615,7 +615,7 @@ impl Cluster {
             return;
         }
         match decode_frame(&frame, now) {
-            Ok(Decoded::Node(frame)) => self.node.handle_frame(&peer, frame),
+            Ok(Decoded::Node(frame)) => self.node.handle_frame(&peer, frame, now),
             Ok(Decoded::Gossip(data)) => {
                 let addr = self.links.get(&id).map(|link| link.addr);
                 if let Some(addr) = addr {
@@ -726,7 +726,16 @@ impl Cluster {
     }
 
     fn publish_status(&self) {
-        self.status.update(&self.node, self.membership.counts());
+        let rtts = self
+            .by_node
+            .iter()
+            .filter_map(|(peer, link)| {
+                let connection = self.links.get(link)?.connection.as_ref()?;
+                Some((peer.clone(), connection.rtt()))
+            })
+            .collect();
+        self.status
+            .update(&self.node, self.membership.counts(), rtts);
     }
 }
 

@@ -125,7 +125,7 @@ impl Sim {
                 .1
                 .pop_front()
                 .expect("non-empty lane");
-            self.nodes[b].node.handle_frame(&id(a), frame);
+            self.nodes[b].node.handle_frame(&id(a), frame, self.now);
         }
         panic!("seed {}: the simulation did not settle", self.seed);
     }
@@ -136,14 +136,14 @@ impl Sim {
         self.collect_outputs();
         for (_, frames) in std::mem::take(&mut self.in_flight[a][b]) {
             for frame in frames {
-                self.nodes[b].node.handle_frame(&id(a), frame);
+                self.nodes[b].node.handle_frame(&id(a), frame, self.now);
             }
         }
     }
 
     fn collect_outputs(&mut self) {
         for a in 0..self.nodes.len() {
-            self.nodes[a].node.flush();
+            self.nodes[a].node.flush(self.now);
             while let Some(output) = self.nodes[a].node.poll_output() {
                 match output {
                     NodeOutput::Send { peer, lane, frame } => {
@@ -328,6 +328,9 @@ fn a_confirmation_waits_for_every_linked_peer_that_got_the_message() {
         );
         sim.settle();
         assert_eq!(sim.confirmed(0, 1), vec![Ticket::nth(10)], "seed {seed}");
+        // One frame to each of two peers, each acknowledged once.
+        let round_trips = sim.nodes[0].node.counters.forward_ack_latency.count();
+        assert_eq!(round_trips, 2, "seed {seed}");
     }
 }
 

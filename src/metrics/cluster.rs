@@ -2,6 +2,8 @@
 //! ([`crate::cluster::ClusterStatus`]): members by state, forwarding
 //! counters, and per-peer outboxes and drops.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -57,6 +59,13 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         counter(registry, name, help, value);
     }
 
+    registry.register(
+        "cluster_forward_ack_seconds",
+        "From a batch of forwarded messages leaving this node to the peer's acknowledgement",
+        status.counters.forward_ack_latency.buckets(),
+    );
+
+    let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let linked = Family::<Labels, Gauge>::default();
     let outbox_messages = Family::<Labels, Gauge>::default();
     let outbox_bytes = Family::<Labels, Gauge>::default();
@@ -65,6 +74,9 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
     for peer in &status.peers {
         let labels = vec![("peer".to_string(), peer.node_id.to_string())];
         linked.get_or_create(&labels).set(i64::from(peer.linked));
+        if let Some(round_trip) = peer.rtt {
+            rtt.get_or_create(&labels).set(round_trip.as_secs_f64());
+        }
         outbox_messages
             .get_or_create(&labels)
             .set(peer.outbox_messages as i64);
@@ -85,6 +97,11 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         "cluster_peer_linked",
         "1 while the QUIC link to the peer is up",
         linked,
+    );
+    registry.register(
+        "cluster_peer_rtt_seconds",
+        "QUIC's round-trip time estimate to the peer, while linked",
+        rtt,
     );
     registry.register(
         "cluster_peer_outbox_messages",
