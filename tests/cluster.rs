@@ -303,3 +303,55 @@ async fn a_restarted_node_rejoins_and_gets_new_messages() {
         .await;
     assert_eq!(sub.next_publish().await.payload.as_ref(), b"again");
 }
+
+/// `$share/g/...` with members on three nodes: each message reaches exactly
+/// one member in the whole cluster, and members on every node get some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_three_nodes_gets_each_message_once() {
+    let cluster = Cluster::start(3, "");
+    let topic = unique_id("jobs");
+    let share = format!("$share/workers/{topic}/+");
+    let mut members = Vec::new();
+    for node in [0, 1, 2, 2] {
+        let mut member = v4::Client::simple(cluster.addr(node), &unique_id("worker")).await;
+        member.subscribe(&share, v4::QoS::AtLeastOnce).await;
+        members.push((node, member));
+    }
+    let mut publisher = v4::Client::simple(cluster.addr(1), &unique_id("pub")).await;
+    const MESSAGES: u32 = 60;
+    for n in 0..MESSAGES {
+        publisher
+            .publish(
+                &format!("{topic}/x"),
+                v4::QoS::AtLeastOnce,
+                false,
+                format!("pub:{n}").as_bytes(),
+            )
+            .await;
+    }
+    let mut received = Vec::new();
+    let mut per_node = [0usize; 3];
+    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+    while received.len() < MESSAGES as usize && tokio::time::Instant::now() < deadline {
+        for (node, member) in &mut members {
+            if let Ok(publish) =
+                tokio::time::timeout(Duration::from_millis(20), member.next_publish()).await
+            {
+                received.push(parse(&publish.payload));
+                per_node[*node] += 1;
+            }
+        }
+    }
+    for (_, member) in &mut members {
+        member.expect_no_publish(Duration::from_millis(300)).await;
+    }
+    let published = BTreeMap::from([("pub".to_string(), MESSAGES)]);
+    received.sort_by_key(|&(_, n)| n);
+    let tally = tally(&published, &received);
+    println!("shared group: {tally:?}, per node {per_node:?}");
+    assert_eq!((tally.lost, tally.duplicated), (0, 0), "{tally:?}");
+    assert!(
+        per_node.iter().all(|&n| n > 0),
+        "members on every node get messages: {per_node:?}"
+    );
+}

@@ -50,8 +50,9 @@ use super::settings::AckMode;
 use crate::message::Message;
 use crate::metrics::histogram::Latency;
 use crate::router::TopicTrie;
-use crate::shard::ShardId;
-use crate::shard::mesh::{Confirmation, ShardMsg};
+use crate::router::shared::is_shared;
+use crate::shard::mesh::{Confirmation, ShardMsg, SharedMember};
+use crate::shard::{ShardId, group_owner};
 
 /// A peer's index in [`Node::peers`]; stable while the peer is known.
 pub type PeerKey = usize;
@@ -105,6 +106,12 @@ pub enum Frame {
         message: Arc<Message>,
     },
     Leave,
+    SharedPublish {
+        stream: u32,
+        seq: Seq,
+        share: ByteString,
+        message: Arc<Message>,
+    },
 }
 
 /// Which ordered lane of the peer connection a frame travels on.
@@ -220,6 +227,11 @@ pub struct Node {
     local_filters: FxHashMap<ByteString, Vec<ShardId>>,
     /// The same, searchable by topic, to deliver what peers send.
     local_trie: TopicTrie<Vec<ShardId>>,
+    /// Which local shards hold members of each shared subscription
+    /// (`$share/{group}/{filter}`); announced to peers with the filters.
+    local_groups: FxHashMap<ByteString, Vec<ShardId>>,
+    /// Which peers hold members of each shared subscription.
+    remote_groups: FxHashMap<ByteString, Vec<PeerKey>>,
     route_version: u64,
     /// Changes since the last delta went out.
     pending_add: FxHashSet<ByteString>,
@@ -255,6 +267,8 @@ impl Node {
             config,
             local_filters: FxHashMap::default(),
             local_trie: TopicTrie::new(),
+            local_groups: FxHashMap::default(),
+            remote_groups: FxHashMap::default(),
             route_version: 0,
             pending_add: FxHashSet::default(),
             pending_remove: FxHashSet::default(),
@@ -290,9 +304,14 @@ impl Node {
             ShardMsg::Publish(message) => self.forward(from, message),
             ShardMsg::Retain(message) => self.local_retain(message),
             ShardMsg::ConfirmAfter(confirmation) => self.confirm_after(from, confirmation, now),
-            // Shared subscriptions stay within a node for now: a group's
-            // members on other nodes are not reached.
-            ShardMsg::SharedRouteAdd { .. } | ShardMsg::SharedRouteRemove { .. } => {}
+            ShardMsg::SharedRouteAdd { share, from } => self.local_group_add(share, from),
+            ShardMsg::SharedRouteRemove { share, from } => self.local_group_remove(&share, from),
+            ShardMsg::SharedDeliver {
+                share,
+                client_id,
+                message,
+                ..
+            } => self.forward_shared(from, share, &client_id, message),
             other => warn!(shard = from, msg = ?other, "unexpected message for the cluster"),
         }
     }
@@ -330,6 +349,59 @@ impl Node {
         }
     }
 
+    fn local_group_add(&mut self, share: ByteString, shard: ShardId) {
+        let shards = self.local_groups.entry(share.clone()).or_default();
+        if shards.contains(&shard) {
+            return;
+        }
+        shards.push(shard);
+        if shards.len() == 1 && !self.pending_remove.remove(&share) {
+            self.pending_add.insert(share);
+        }
+    }
+
+    fn local_group_remove(&mut self, share: &ByteString, shard: ShardId) {
+        let Some(shards) = self.local_groups.get_mut(share) else {
+            return;
+        };
+        shards.retain(|&s| s != shard);
+        if shards.is_empty() {
+            self.local_groups.remove(share);
+            if !self.pending_add.remove(share) {
+                self.pending_remove.insert(share.clone());
+            }
+        }
+    }
+
+    /// A local group owner picked peer `node_id` for `message`: it goes on
+    /// the owner shard's stream, to be given to one member there. A peer
+    /// forgotten meanwhile has left the owner's group already (its leave
+    /// went first on the same queue), so the message goes back to be
+    /// picked again.
+    fn forward_shared(
+        &mut self,
+        shard: ShardId,
+        share: ByteString,
+        node_id: &str,
+        message: Arc<Message>,
+    ) {
+        match self.peer_by_id.get(node_id) {
+            Some(&key) => self.push_to_peer(key, shard, message, Some(share)),
+            None => {
+                let owner = group_owner(&share, self.config.shards);
+                self.outputs.push_back(NodeOutput::ToShard {
+                    shard: owner,
+                    msg: ShardMsg::SharedPublish {
+                        share,
+                        message,
+                        exclude: None,
+                        local_only: false,
+                    },
+                });
+            }
+        }
+    }
+
     /// The route version that includes every change seen so far, sent or
     /// about to be.
     fn target_route_version(&self) -> u64 {
@@ -348,20 +420,26 @@ impl Node {
         matched.sort_unstable();
         matched.dedup();
         for &peer in &matched {
-            self.push_to_peer(peer, shard, message.clone());
+            self.push_to_peer(peer, shard, message.clone(), None);
         }
         matched.clear();
         self.matched = matched;
     }
 
-    fn push_to_peer(&mut self, key: PeerKey, shard: ShardId, message: Arc<Message>) {
+    fn push_to_peer(
+        &mut self,
+        key: PeerKey,
+        shard: ShardId,
+        message: Arc<Message>,
+        share: Option<ByteString>,
+    ) {
         let limit = self.config.peer_buffer_bytes;
         let peer = &mut self.peers[key];
         let Some(stream) = peer.streams.get_mut(shard) else {
             return;
         };
         let before = stream.outbox.bytes();
-        stream.outbox.push(message);
+        stream.outbox.push(message, share);
         peer.buffered_bytes += stream.outbox.bytes() - before;
         peer.forwarded += 1;
         self.counters.forwarded_messages += 1;
@@ -504,7 +582,7 @@ impl Node {
         }
         let _ = now;
         let version = self.route_version;
-        let filters = self.sent_filters(self.local_filters.keys().cloned().collect());
+        let filters = self.sent_filters(self.local_names());
         let peer = &mut self.peers[key];
         peer.incarnation = incarnation;
         peer.linked = true;
@@ -635,7 +713,7 @@ impl Node {
                 }
             }
             Frame::RoutesResync => {
-                let filters = self.local_filters.keys().cloned().collect();
+                let filters = self.local_names();
                 // Pending changes go out in the next delta, numbered after
                 // this: the full set must not include them.
                 let filters = self.sent_filters(filters);
@@ -686,7 +764,22 @@ impl Node {
                 info!(peer = node_id, "peer left the cluster");
                 self.remove_peer(key);
             }
+            Frame::SharedPublish {
+                stream,
+                seq,
+                share,
+                message,
+            } => self.receive_shared(key, stream, seq, share, message),
         }
+    }
+
+    /// Every filter and shared subscription this node has subscribers for.
+    fn local_names(&self) -> Vec<ByteString> {
+        self.local_filters
+            .keys()
+            .chain(self.local_groups.keys())
+            .cloned()
+            .collect()
     }
 
     /// `filters` without the ones added since the last delta, plus the
@@ -737,6 +830,37 @@ impl Node {
         self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
     }
 
+    /// A message a peer's group owner picked this node for: this node's
+    /// owner of the group gives it to one of its members.
+    fn receive_shared(
+        &mut self,
+        key: PeerKey,
+        stream: u32,
+        seq: Seq,
+        share: ByteString,
+        message: Arc<Message>,
+    ) {
+        let peer = &mut self.peers[key];
+        let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
+        if inbound.take(seq) {
+            self.counters.received_messages += 1;
+            let owner = group_owner(&share, self.config.shards);
+            self.outputs.push_back(NodeOutput::ToShard {
+                shard: owner,
+                msg: ShardMsg::SharedPublish {
+                    share,
+                    message,
+                    exclude: None,
+                    local_only: true,
+                },
+            });
+        } else {
+            self.counters.duplicates_dropped += 1;
+        }
+        let acked = inbound.last();
+        self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
+    }
+
     fn receive_retain(&mut self, hlc: u64, origin: ByteString, message: Arc<Message>) {
         self.tick_hlc(hlc);
         let newer = self
@@ -756,28 +880,35 @@ impl Node {
     }
 
     fn add_peer_route(&mut self, key: PeerKey, filter: ByteString) {
+        if !self.peers[key].filters.insert(filter.clone()) {
+            return;
+        }
+        if is_shared(&filter) {
+            self.add_peer_group(key, filter);
+            return;
+        }
         let peers = self.remote_trie.entry(&filter);
         let first_node = peers.is_empty();
         if !peers.contains(&key) {
             peers.push(key);
         }
-        self.peers[key].filters.insert(filter.clone());
         if first_node {
             let from = self.place();
-            for shard in 0..self.config.shards {
-                self.outputs.push_back(NodeOutput::ToShard {
-                    shard,
-                    msg: ShardMsg::RouteAdd {
-                        filter: filter.clone(),
-                        from,
-                    },
-                });
-            }
+            self.tell_every_shard(|| ShardMsg::RouteAdd {
+                filter: filter.clone(),
+                from,
+            });
         }
     }
 
     fn remove_peer_route(&mut self, key: PeerKey, filter: &ByteString) {
-        self.peers[key].filters.remove(filter);
+        if !self.peers[key].filters.remove(filter) {
+            return;
+        }
+        if is_shared(filter) {
+            self.remove_peer_group(key, filter);
+            return;
+        }
         let Some(peers) = self.remote_trie.get_mut(filter) else {
             return;
         };
@@ -785,15 +916,74 @@ impl Node {
         if peers.is_empty() {
             self.remote_trie.remove(filter);
             let from = self.place();
-            for shard in 0..self.config.shards {
-                self.outputs.push_back(NodeOutput::ToShard {
-                    shard,
-                    msg: ShardMsg::RouteRemove {
-                        filter: filter.clone(),
-                        from,
-                    },
-                });
-            }
+            self.tell_every_shard(|| ShardMsg::RouteRemove {
+                filter: filter.clone(),
+                from,
+            });
+        }
+    }
+
+    /// A peer has members of `share`: to the group's owner shard it is one
+    /// more member (the cluster's place, named by its node id), and every
+    /// shard routes the group's messages to that owner even with no local
+    /// member.
+    fn add_peer_group(&mut self, key: PeerKey, share: ByteString) {
+        let peers = self.remote_groups.entry(share.clone()).or_default();
+        peers.push(key);
+        let first_node = peers.len() == 1;
+        let from = self.place();
+        if first_node {
+            self.tell_every_shard(|| ShardMsg::SharedRouteAdd {
+                share: share.clone(),
+                from,
+            });
+        }
+        let member = self.peer_member(key);
+        self.outputs.push_back(NodeOutput::ToShard {
+            shard: group_owner(&share, self.config.shards),
+            msg: ShardMsg::SharedJoin {
+                share,
+                member,
+                online: true,
+            },
+        });
+    }
+
+    fn remove_peer_group(&mut self, key: PeerKey, share: &ByteString) {
+        let member = self.peer_member(key);
+        self.outputs.push_back(NodeOutput::ToShard {
+            shard: group_owner(share, self.config.shards),
+            msg: ShardMsg::SharedLeave {
+                share: share.clone(),
+                member,
+            },
+        });
+        let Some(peers) = self.remote_groups.get_mut(share) else {
+            return;
+        };
+        peers.retain(|&peer| peer != key);
+        if peers.is_empty() {
+            self.remote_groups.remove(share);
+            let from = self.place();
+            self.tell_every_shard(|| ShardMsg::SharedRouteRemove {
+                share: share.clone(),
+                from,
+            });
+        }
+    }
+
+    /// How a peer node appears among a group's members.
+    fn peer_member(&self, key: PeerKey) -> SharedMember {
+        SharedMember {
+            shard: self.place(),
+            client_id: self.peers[key].node_id.clone(),
+        }
+    }
+
+    fn tell_every_shard(&mut self, make: impl Fn() -> ShardMsg) {
+        for shard in 0..self.config.shards {
+            self.outputs
+                .push_back(NodeOutput::ToShard { shard, msg: make() });
         }
     }
 
@@ -916,18 +1106,27 @@ impl Node {
         }
         for (_, peer) in self.peers.iter_mut().filter(|(_, peer)| peer.linked) {
             for (index, stream) in peer.streams.iter_mut().enumerate() {
-                while let Some((first_seq, messages)) = stream.outbox.poll_send(STREAM_WINDOW) {
-                    stream
-                        .sent_at
-                        .push_back((first_seq + messages.len() as u64 - 1, now));
+                while let Some(batch) = stream.outbox.poll_send(STREAM_WINDOW) {
+                    let last = batch.first_seq + batch.messages.len() as u64 - 1;
+                    stream.sent_at.push_back((last, now));
+                    let stream = index as u32;
+                    let frame = match (batch.share, batch.messages.first()) {
+                        (Some(share), Some(message)) => Frame::SharedPublish {
+                            stream,
+                            seq: batch.first_seq,
+                            share,
+                            message: message.clone(),
+                        },
+                        _ => Frame::Publish {
+                            stream,
+                            first_seq: batch.first_seq,
+                            messages: batch.messages,
+                        },
+                    };
                     self.outputs.push_back(NodeOutput::Send {
                         peer: peer.node_id.clone(),
-                        lane: Lane::Stream(index as u32),
-                        frame: Frame::Publish {
-                            stream: index as u32,
-                            first_seq,
-                            messages,
-                        },
+                        lane: Lane::Stream(stream),
+                        frame,
                     });
                 }
             }

@@ -971,6 +971,25 @@ fn decode_frame(frame: &frame::Frame, now: Instant) -> Result<Decoded, frame::Fr
             Decoded::Gossip(frame.bytes.slice_ref(data.as_slice()))
         }
         ArchivedClusterMsg::Leave => Decoded::Node(Frame::Leave),
+        ArchivedClusterMsg::SharedPublish {
+            stream,
+            seq,
+            share,
+            message,
+        } => {
+            if crate::router::shared::parse(share.as_str()).is_none() {
+                return Err(frame::FrameError::Invalid(format!(
+                    "not a shared subscription: {:?}",
+                    share.as_str()
+                )));
+            }
+            Decoded::Node(Frame::SharedPublish {
+                stream: stream.to_native(),
+                seq: seq.to_native(),
+                share: share.as_str().into(),
+                message: Arc::new(frame::wire_to_message(&frame.bytes, message, now)?),
+            })
+        }
     };
     Ok(decoded)
 }
@@ -1023,5 +1042,11 @@ fn encode_frame(
             out,
         ),
         Frame::Leave => frame::encode(&ClusterMsg::Leave, out),
+        Frame::SharedPublish {
+            stream,
+            seq,
+            share,
+            message,
+        } => frame::encode_shared_publish(*stream, *seq, share, message, now, out),
     }
 }

@@ -569,3 +569,72 @@ fn retained_messages_converge_last_writer_wins_after_a_partition() {
     assert_eq!(last_retained(&sim, 0), Some(2));
     assert_eq!(last_retained(&sim, 1), None);
 }
+
+#[test]
+fn a_shared_group_member_on_a_peer_is_one_member_here_and_gets_messages_to_pass_on() {
+    let mut sim = Sim::new(2, 23, AckMode::Remote);
+    let share = "$share/g/jobs/+";
+    sim.shard_msg(
+        1,
+        1,
+        ShardMsg::SharedRouteAdd {
+            share: share.into(),
+            from: 1,
+        },
+    );
+    sim.settle();
+    // Node 0's shards route the group's messages to its owner, and the
+    // owner counts node 1 as one member.
+    let owner = crate::shard::group_owner(share, SHARDS);
+    let joined = sim.nodes[0].to_shards[owner].iter().any(|msg| {
+        matches!(msg, ShardMsg::SharedJoin { member, .. }
+            if member.shard == SHARDS && member.client_id == "n1")
+    });
+    assert!(joined, "node 1 joined the owner's group as a member");
+    for shard in 0..SHARDS {
+        let routed = sim.nodes[0].to_shards[shard].iter().any(|msg| {
+            matches!(msg, ShardMsg::SharedRouteAdd { share: s, from } if s == share && *from == SHARDS)
+        });
+        assert!(routed, "shard {shard} routes the group to the cluster");
+    }
+    // The owner picks node 1: the message crosses, numbered, and node 1's
+    // owner gets it to give to a member of its own.
+    sim.shard_msg(
+        0,
+        owner,
+        ShardMsg::SharedDeliver {
+            share: share.into(),
+            client_id: "n1".into(),
+            message: message("jobs/a", 42),
+            online: true,
+        },
+    );
+    sim.settle();
+    let owner_there = crate::shard::group_owner(share, SHARDS);
+    let handed: Vec<u32> = sim.nodes[1].to_shards[owner_there]
+        .iter()
+        .filter_map(|msg| match msg {
+            ShardMsg::SharedPublish {
+                message,
+                local_only: true,
+                ..
+            } => Some(number(message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handed, vec![42]);
+    // The last member there leaves: node 0's owner forgets node 1.
+    sim.shard_msg(
+        1,
+        1,
+        ShardMsg::SharedRouteRemove {
+            share: share.into(),
+            from: 1,
+        },
+    );
+    sim.settle();
+    let left = sim.nodes[0].to_shards[owner]
+        .iter()
+        .any(|msg| matches!(msg, ShardMsg::SharedLeave { member, .. } if member.client_id == "n1"));
+    assert!(left);
+}
