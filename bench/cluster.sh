@@ -15,8 +15,10 @@
 # ringmq-bench commands:
 #   pairs-q0, pairs-q1        100 pairs, publishers on n1, subscribers on n2
 #                             (every message crosses one hop), saturated;
-#   pairs-q0-rate, -q1-rate   the same at half the cluster's saturated rate
-#                             of that repeat, open loop (--max-lag 0);
+#   pairs-qQ-rate-R           the same open loop (--max-lag 0) at each of
+#                             $RATES (default 500 and 100 msg/s per
+#                             publisher, 50,000 and 10,000 msg/s; `half` is
+#                             half the cluster.s saturated rate that repeat);
 #   fanout-q0, fanout-q1      5 publishers on n1 -> 300 subscribers spread
 #                             over n1, n2, n3 (--sub-broker), saturated;
 #   subscribe                 2,000 SUBSCRIBEs in sequence to new filters on
@@ -68,6 +70,9 @@ MQTT_PORT=${MQTT_PORT:-18870}
 CLUSTER_PORT=${CLUSTER_PORT:-7970}
 METRICS_PORT=${METRICS_PORT:-19070}
 DURATION=${DURATION:-5s}
+# Fixed rates per publisher for the open-loop runs: `half` is half the
+# cluster's saturated rate of the repeat, numbers are msg/s per publisher.
+RATES=${RATES:-500 100}
 WARMUP=${WARMUP:-2s}
 if ((QUICK)); then
     PAIRS=20 FANOUT_SUBS=30 SUBSCRIBES=200 DURATION=2s WARMUP=1s
@@ -129,7 +134,7 @@ start_cluster() {
             code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1$i:$METRICS_PORT/ready" || true)
             # tracing may colour the fields: strip escapes before matching.
             links=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/ringmq.n$i.$rep.log" |
-                grep -o 'cluster link up peer=[^ ]*' | sort -u | wc -l)
+                { grep -o 'cluster link up peer=[^ ]*' || true; } | sort -u | wc -l)
             if [[ $code == 200 ]] && ((links >= 2)); then
                 up=$((up + 1))
             fi
@@ -190,9 +195,13 @@ flows() {
         if [[ $variant == ringmq-cluster ]]; then
             eval "RATE_Q$qos=$(half_rate "pairs-q$qos.$variant.$rep")"
         fi
-        local rate_var="RATE_Q$qos"
-        run "pairs-q$qos-rate.$variant.$rep" pubsub --layout pairs --publishers "$PAIRS" --qos "$qos" \
-            --rate "${!rate_var}" --max-lag 0 --broker "$pub" --sub-broker "$sub" "${window[@]}"
+        local rate_var="RATE_Q$qos" name rate
+        for name in $RATES; do
+            rate=$name
+            [[ $name == half ]] && rate=${!rate_var}
+            run "pairs-q$qos-rate-$name.$variant.$rep" pubsub --layout pairs --publishers "$PAIRS" \
+                --qos "$qos" --rate "$rate" --max-lag 0 --broker "$pub" --sub-broker "$sub" "${window[@]}"
+        done
     done
     [[ $variant == ringmq-* ]] || return 0
     for qos in 0 1; do
@@ -227,11 +236,17 @@ dir = "$dir/plugins"
 default_startups = ["rmqtt-cluster-raft"]
 [listener.tcp.external]
 addr = "127.0.0.1$i:$MQTT_PORT"
+workers = 1
+nodelay = true
 max_connections = 1048576
 max_handshaking_limit = 4096
 max_inflight = 16
 max_mqueue_len = 1000
+mqueue_rate_limit = "100000000,1s"
 allow_anonymous = true
+EOF
+        cat >"$dir/plugins/rmqtt-acl.toml" <<EOF
+rules = [["allow", "all"]]
 EOF
         cat >"$dir/plugins/rmqtt-cluster-raft.toml" <<EOF
 worker_threads = 1
@@ -261,6 +276,11 @@ bind = "127.0.0.1$i:$MQTT_PORT"
 workers = 1
 [log]
 level = "warn"
+[metrics]
+enabled = false
+[limits]
+max_inflight = 16
+max_queued_messages = 1000
 [cluster]
 enabled = true
 node_id = "n$i"
@@ -336,7 +356,11 @@ def per_published(r):
     return cpu * 1e6 / sent if cpu is not None and sent else None
 
 variants = ["ringmq-cluster", "ringmq-single", "rmqtt", "vibemq"]
-tests = ["pairs-q0", "pairs-q0-rate", "pairs-q1", "pairs-q1-rate", "fanout-q0", "fanout-q1"]
+def order(test):
+    parts = test.split("-")
+    rate = parts[3] if len(parts) > 3 else ""
+    return (parts[0], parts[1], rate != "", rate != "half", -int(rate) if rate.isdigit() else 0)
+tests = sorted({t for t, _ in runs if t != "subscribe"}, key=order)
 lines = []
 w = lines.append
 w(f"### Cluster runs ({info['when']}, ringmq {info['commit']})")
