@@ -355,3 +355,33 @@ async fn a_shared_group_across_three_nodes_gets_each_message_once() {
         "members on every node get messages: {per_node:?}"
     );
 }
+
+/// SIGTERM is a graceful leave: the others forget the node at once, not
+/// after `peer_hold`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_leaves_and_is_forgotten_at_once() {
+    let mut cluster = Cluster::start(3, "");
+    let topic = unique_id("leave");
+    let mut sub = v4::Client::simple(cluster.addr(2), &unique_id("sub")).await;
+    sub.subscribe(&topic, v4::QoS::AtLeastOnce).await;
+    let leaving = cluster.node_ids[2].clone();
+    let mut node = cluster.nodes[2].take().expect("node 2 runs");
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(10)).success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = cluster.metrics(0);
+        if cluster.node(0).logs().contains("peer left the cluster")
+            && !metrics.contains(&format!("peer=\"{leaving}\""))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 0 still knows the leaver; logs:\n{}",
+            cluster.node(0).logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(node.logs().contains("left the cluster"));
+}

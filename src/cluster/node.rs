@@ -165,6 +165,9 @@ pub struct PeerStats {
     pub outbox_messages: usize,
     pub outbox_bytes: usize,
     pub forwarded: u64,
+    /// Topic and payload bytes of the messages queued for the peer, plus a
+    /// fixed per-message overhead (what the outbox bound counts).
+    pub forwarded_bytes: u64,
     pub dropped_qos0: u64,
     pub dropped_qos12: u64,
     /// QUIC's round-trip estimate, while linked; the runtime fills it in.
@@ -190,8 +193,12 @@ struct Peer {
     /// What it sent us, per (its incarnation, its stream).
     inbound: FxHashMap<(u64, u32), Inbound>,
     forwarded: u64,
+    forwarded_bytes: u64,
     dropped_qos0: u64,
     dropped_qos12: u64,
+    /// The drop counts last logged, so drops are logged once per tick
+    /// with what changed, not once per message.
+    drops_logged: (u64, u64),
 }
 
 #[derive(Default)]
@@ -440,8 +447,10 @@ impl Node {
         };
         let before = stream.outbox.bytes();
         stream.outbox.push(message, share);
-        peer.buffered_bytes += stream.outbox.bytes() - before;
+        let bytes = stream.outbox.bytes() - before;
+        peer.buffered_bytes += bytes;
         peer.forwarded += 1;
+        peer.forwarded_bytes += bytes as u64;
         self.counters.forwarded_messages += 1;
         // Past the bound, QoS 0 goes first, oldest first, from any stream;
         // then QoS 1/2.
@@ -626,8 +635,10 @@ impl Node {
             buffered_bytes: 0,
             inbound: FxHashMap::default(),
             forwarded: 0,
+            forwarded_bytes: 0,
             dropped_qos0: 0,
             dropped_qos12: 0,
+            drops_logged: (0, 0),
         });
         self.peer_by_id.insert(node_id.clone(), key);
         key
@@ -1055,6 +1066,19 @@ impl Node {
                 self.release(waiter);
             }
         }
+        for (_, peer) in &mut self.peers {
+            let (qos0, qos12) = (peer.dropped_qos0, peer.dropped_qos12);
+            if (qos0, qos12) != peer.drops_logged {
+                warn!(
+                    peer = %peer.node_id,
+                    qos0 = qos0 - peer.drops_logged.0,
+                    qos12 = qos12 - peer.drops_logged.1,
+                    limit_bytes = self.config.peer_buffer_bytes,
+                    "outbox full: messages for the peer dropped"
+                );
+                peer.drops_logged = (qos0, qos12);
+            }
+        }
         let hold = self.config.peer_hold;
         let expired: Vec<PeerKey> = self
             .peers
@@ -1165,6 +1189,7 @@ impl Node {
                 outbox_messages: peer.streams.iter().map(|s| s.outbox.len()).sum(),
                 outbox_bytes: peer.buffered_bytes,
                 forwarded: peer.forwarded,
+                forwarded_bytes: peer.forwarded_bytes,
                 dropped_qos0: peer.dropped_qos0,
                 dropped_qos12: peer.dropped_qos12,
                 rtt: None,

@@ -55,6 +55,11 @@ const TICK: Duration = Duration::from_millis(100);
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// Gossip packets queued for a peer while its connection is being dialed.
 const PENDING_DATAGRAMS: usize = 16;
+/// Events (frames, mostly) read off connections and not yet handled.
+/// Bounded so that a main loop slower than its peers stops the readers,
+/// and QUIC's flow control then stops the peers: nothing here grows
+/// without bound.
+const EVENT_QUEUE: usize = 1024;
 
 /// QUIC application error codes we close with.
 const CLOSE_LEAVING: u32 = 0;
@@ -220,8 +225,8 @@ struct Cluster {
     /// The link carrying frames for each peer.
     by_node: FxHashMap<ByteString, LinkId>,
     next_link: LinkId,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
     seeds: Vec<SocketAddr>,
     joined: bool,
     leaving: bool,
@@ -262,7 +267,7 @@ impl Cluster {
             peer_buffer_bytes: settings.peer_buffer_bytes,
             peer_hold: settings.peer_hold,
         });
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let joined = settings.seeds.is_empty();
         Ok(Cluster {
             settings,
@@ -450,7 +455,7 @@ impl Cluster {
                     serve_connection(id, connection, send, recv, hello, events).await
                 }
                 Err(reason) => {
-                    let _ = events.send(Event::Closed { link: id, reason });
+                    let _ = events.send(Event::Closed { link: id, reason }).await;
                 }
             }
         });
@@ -473,7 +478,7 @@ impl Cluster {
                     serve_connection(id, connection, send, recv, hello, events).await
                 }
                 Err(reason) => {
-                    let _ = events.send(Event::Closed { link: id, reason });
+                    let _ = events.send(Event::Closed { link: id, reason }).await;
                 }
             }
         });
@@ -757,7 +762,7 @@ async fn serve_connection(
     mut control: quinn::SendStream,
     mut control_rx: quinn::RecvStream,
     hello: ClusterMsg,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 ) {
     let result = async {
         let mut out = BytesMut::new();
@@ -773,16 +778,18 @@ async fn serve_connection(
         Ok(ok) => ok,
         Err(reason) => {
             connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
-            let _ = events.send(Event::Closed { link: id, reason });
+            let _ = events.send(Event::Closed { link: id, reason }).await;
             return;
         }
     };
-    let _ = events.send(Event::Up {
-        link: id,
-        hello,
-        connection: connection.clone(),
-        control,
-    });
+    let _ = events
+        .send(Event::Up {
+            link: id,
+            hello,
+            connection: connection.clone(),
+            control,
+        })
+        .await;
     tokio::spawn(read_datagrams(id, connection.clone(), events.clone()));
     tokio::spawn(read_uni_streams(id, connection.clone(), events.clone()));
     let reason = match read_lane(id, control_rx, reader, &events).await {
@@ -793,7 +800,7 @@ async fn serve_connection(
     let reason = connection
         .close_reason()
         .map_or(reason, |why| why.to_string());
-    let _ = events.send(Event::Closed { link: id, reason });
+    let _ = events.send(Event::Closed { link: id, reason }).await;
 }
 
 async fn read_frame(
@@ -817,11 +824,11 @@ async fn read_lane(
     id: LinkId,
     mut recv: quinn::RecvStream,
     mut reader: FrameReader,
-    events: &mpsc::UnboundedSender<Event>,
+    events: &mpsc::Sender<Event>,
 ) -> Result<(), String> {
     loop {
         while let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? {
-            if events.send(Event::Frame { link: id, frame }).is_err() {
+            if events.send(Event::Frame { link: id, frame }).await.is_err() {
                 return Ok(());
             }
         }
@@ -833,11 +840,7 @@ async fn read_lane(
     }
 }
 
-async fn read_uni_streams(
-    id: LinkId,
-    connection: quinn::Connection,
-    events: mpsc::UnboundedSender<Event>,
-) {
+async fn read_uni_streams(id: LinkId, connection: quinn::Connection, events: mpsc::Sender<Event>) {
     while let Ok(recv) = connection.accept_uni().await {
         let events = events.clone();
         let connection = connection.clone();
@@ -852,13 +855,13 @@ async fn read_uni_streams(
     }
 }
 
-async fn read_datagrams(
-    id: LinkId,
-    connection: quinn::Connection,
-    events: mpsc::UnboundedSender<Event>,
-) {
+async fn read_datagrams(id: LinkId, connection: quinn::Connection, events: mpsc::Sender<Event>) {
     while let Ok(data) = connection.read_datagram().await {
-        if events.send(Event::Datagram { link: id, data }).is_err() {
+        if events
+            .send(Event::Datagram { link: id, data })
+            .await
+            .is_err()
+        {
             return;
         }
     }

@@ -70,6 +70,7 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
     let outbox_messages = Family::<Labels, Gauge>::default();
     let outbox_bytes = Family::<Labels, Gauge>::default();
     let forwarded = Family::<Labels, Counter>::default();
+    let forwarded_bytes = Family::<Labels, Counter>::default();
     let dropped = Family::<Labels, Counter>::default();
     for peer in &status.peers {
         let labels = vec![("peer".to_string(), peer.node_id.to_string())];
@@ -84,6 +85,9 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
             .get_or_create(&labels)
             .set(peer.outbox_bytes as i64);
         forwarded.get_or_create(&labels).inc_by(peer.forwarded);
+        forwarded_bytes
+            .get_or_create(&labels)
+            .inc_by(peer.forwarded_bytes);
         for (reason, n) in [
             ("outbox_full_qos0", peer.dropped_qos0),
             ("outbox_full_qos12", peer.dropped_qos12),
@@ -117,6 +121,11 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         "cluster_peer_forwarded_messages",
         "Messages queued for the peer",
         forwarded,
+    );
+    registry.register(
+        "cluster_peer_forwarded_bytes",
+        "Bytes queued for the peer: topic and payload plus 64 per message",
+        forwarded_bytes,
     );
     registry.register(
         "cluster_peer_dropped_messages",
