@@ -385,3 +385,40 @@ async fn a_node_stopped_with_sigterm_leaves_and_is_forgotten_at_once() {
     }
     assert!(node.logs().contains("left the cluster"));
 }
+
+/// A second live process with a node id already in the cluster is refused
+/// by every peer, says so in its log and never becomes ready; the cluster
+/// keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_node_id_is_refused_loudly() {
+    let cluster = Cluster::start(2, "");
+    let taken = cluster.node_ids[0].clone();
+    let duplicate = cluster.spawn_extra(&taken);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !duplicate.logs().contains("a peer refused this node") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the duplicate was never refused; its logs:\n{}",
+            duplicate.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = common::http::get(duplicate.metrics_addr(), "/ready");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        cluster
+            .node(1)
+            .logs()
+            .contains("a second live node claims this node id"),
+        "{}",
+        cluster.node(1).logs()
+    );
+    let topic = unique_id("still");
+    let mut sub = v4::Client::simple(cluster.addr(1), &unique_id("sub")).await;
+    sub.subscribe(&topic, v4::QoS::AtLeastOnce).await;
+    let mut publisher = v4::Client::simple(cluster.addr(0), &unique_id("pub")).await;
+    publisher
+        .publish(&topic, v4::QoS::AtLeastOnce, false, b"ok")
+        .await;
+    assert_eq!(sub.next_publish().await.payload.as_ref(), b"ok");
+}

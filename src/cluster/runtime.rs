@@ -184,10 +184,12 @@ enum Event {
         link: LinkId,
         data: Bytes,
     },
-    /// The connection ended or could not be made.
+    /// The connection ended or could not be made. `duplicate_id`: the peer
+    /// closed it because a live node already uses this node's id.
     Closed {
         link: LinkId,
         reason: String,
+        duplicate_id: bool,
     },
 }
 
@@ -455,7 +457,7 @@ impl Cluster {
                     serve_connection(id, connection, send, recv, hello, events).await
                 }
                 Err(reason) => {
-                    let _ = events.send(Event::Closed { link: id, reason }).await;
+                    let _ = events.send(Event::Closed { link: id, reason, duplicate_id: false }).await;
                 }
             }
         });
@@ -478,7 +480,7 @@ impl Cluster {
                     serve_connection(id, connection, send, recv, hello, events).await
                 }
                 Err(reason) => {
-                    let _ = events.send(Event::Closed { link: id, reason }).await;
+                    let _ = events.send(Event::Closed { link: id, reason, duplicate_id: false }).await;
                 }
             }
         });
@@ -527,7 +529,16 @@ impl Cluster {
                     debug!(%from, %error, "gossip packet ignored");
                 }
             }
-            Event::Closed { link, reason } => self.link_closed(link, &reason, now),
+            Event::Closed {
+                link,
+                reason,
+                duplicate_id,
+            } => {
+                if duplicate_id {
+                    self.refused_as_duplicate(link);
+                }
+                self.link_closed(link, &reason, now);
+            }
         }
     }
 
@@ -568,6 +579,19 @@ impl Cluster {
         }
         if let Some(&existing) = self.by_node.get(&hello.node_id)
             && existing != id
+            && self.is_other_live_node(existing, &hello)
+        {
+            error!(
+                node = %hello.node_id,
+                live = %self.links.get(&existing).map_or(hello.advertise, |link| link.addr),
+                refused = %hello.advertise,
+                "a second live node claims this node id: refusing it; node ids must be unique"
+            );
+            self.close_link(id, CLOSE_DUPLICATE_NODE_ID, "duplicate node id", now);
+            return;
+        }
+        if let Some(&existing) = self.by_node.get(&hello.node_id)
+            && existing != id
         {
             // A newer incarnation's link replaces a dead process's, which
             // may linger until its idle timeout. Between two links of one
@@ -597,6 +621,37 @@ impl Cluster {
         self.set_joined();
     }
 
+    /// Whether the link `existing` belongs to a live process other than the
+    /// one that just said `hello`: another incarnation at another address,
+    /// whose connection is still open. A restart at the same address, or
+    /// one whose old connection has closed, is the same node coming back.
+    fn is_other_live_node(&self, existing: LinkId, hello: &Hello) -> bool {
+        self.links.get(&existing).is_some_and(|link| {
+            let other = link.hello.as_ref().is_some_and(|old| {
+                old.incarnation != hello.incarnation && old.advertise != hello.advertise
+            });
+            let open = link
+                .connection
+                .as_ref()
+                .is_some_and(|connection| connection.close_reason().is_none());
+            other && open
+        })
+    }
+
+    /// A peer refused this node: its id is taken by a live node. The node
+    /// keeps trying (a node restarted at a new address is refused until
+    /// its old connections time out, a few seconds) and says so loudly
+    /// each time; it does not count as joined, so `/ready` stays 503 and
+    /// no load balancer sends it clients.
+    fn refused_as_duplicate(&mut self, link: LinkId) {
+        let peer = self.links.get(&link).map(|link| link.addr);
+        error!(
+            node = %self.settings.node_id,
+            peer = ?peer,
+            "a peer refused this node: a live node already uses this node id; node ids must be unique"
+        );
+    }
+
     fn set_joined(&mut self) {
         if !self.joined {
             self.joined = true;
@@ -619,6 +674,10 @@ impl Cluster {
         if self.by_node.get(&peer) != Some(&id) {
             return;
         }
+        // A peer's first frame (its routes) proves it accepted the link:
+        // a seed has answered. (A hello alone does not: a peer refusing a
+        // duplicate node id exchanges hellos first.)
+        self.set_joined();
         match decode_frame(&frame, now) {
             Ok(Decoded::Node(frame)) => self.node.handle_frame(&peer, frame, now),
             Ok(Decoded::Gossip(data)) => {
@@ -692,7 +751,9 @@ impl Cluster {
                     "two live nodes use the same node id; node ids must be unique"
                 );
             }
-            MemberEvent::JoinedCluster => self.set_joined(),
+            // Gossip can reach a node that peers then refuse (a duplicate
+            // id): only an accepted link counts as joined.
+            MemberEvent::JoinedCluster => debug!("gossip: joined"),
             MemberEvent::Isolated => {
                 warn!(node = %self.settings.node_id, "no live cluster member left; rejoining through the seeds");
             }
@@ -778,7 +839,7 @@ async fn serve_connection(
         Ok(ok) => ok,
         Err(reason) => {
             connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
-            let _ = events.send(Event::Closed { link: id, reason }).await;
+            let _ = events.send(Event::Closed { link: id, reason, duplicate_id: false }).await;
             return;
         }
     };
@@ -796,11 +857,21 @@ async fn serve_connection(
         Ok(()) => "control stream finished".to_string(),
         Err(reason) => reason,
     };
+    let why = connection.close_reason();
     connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
-    let reason = connection
-        .close_reason()
-        .map_or(reason, |why| why.to_string());
-    let _ = events.send(Event::Closed { link: id, reason }).await;
+    let duplicate_id = matches!(
+        &why,
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == CLOSE_DUPLICATE_NODE_ID.into()
+    );
+    let reason = why.map_or(reason, |why| why.to_string());
+    let _ = events
+        .send(Event::Closed {
+            link: id,
+            reason,
+            duplicate_id,
+        })
+        .await;
 }
 
 async fn read_frame(
