@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cluster::linked_peers;
@@ -89,37 +90,51 @@ fn output(program: &str, args: &[&str]) -> String {
 pub struct Net {
     bridge: String,
     pub namespaces: Vec<String>,
+    veths: Vec<String>,
     pub ips: Vec<Ipv4Addr>,
 }
 
 /// Serialises choosing a subnet within this process.
 static SUBNETS: Mutex<()> = Mutex::new(());
+/// Numbers the nets of this process: a veth's name must not be reused
+/// while the kernel is still destroying the previous one.
+static NETS: AtomicU32 = AtomicU32::new(0);
 
 impl Net {
     /// A bridge with `n` namespaces on it, each with its address, up.
     pub fn create(n: usize) -> Net {
-        let _guard = SUBNETS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = SUBNETS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         remove_stale();
         let pid = std::process::id();
         let used = output("ip", &["-4", "-o", "addr", "show"]);
         let subnet = (1..=250u8)
             .find(|s| !used.contains(&format!("10.201.{s}.")))
             .expect("a free 10.201.x.0/24");
-        let bridge = format!("rmqb{pid}-{subnet}");
+        let k = NETS.fetch_add(1, Ordering::Relaxed);
+        let bridge = format!("rmqb{pid}-{k}");
         run("ip", &["link", "add", &bridge, "type", "bridge"]);
         let mut net = Net {
             bridge,
             namespaces: Vec::new(),
+            veths: Vec::new(),
             ips: Vec::new(),
         };
         run(
             "ip",
-            &["addr", "add", &format!("10.201.{subnet}.1/24"), "dev", &net.bridge],
+            &[
+                "addr",
+                "add",
+                &format!("10.201.{subnet}.1/24"),
+                "dev",
+                &net.bridge,
+            ],
         );
         run("ip", &["link", "set", &net.bridge, "up"]);
         for i in 0..n {
-            let ns = format!("rmq-{pid}-{subnet}-{i}");
-            let veth = format!("rv{pid}-{subnet}{i}");
+            let ns = format!("rmq-{pid}-{k}-{i}");
+            let veth = format!("rv{pid}-{k}-{i}");
             let ip = Ipv4Addr::new(10, 201, subnet, 11 + i as u8);
             run("ip", &["netns", "add", &ns]);
             net.namespaces.push(ns.clone());
@@ -129,6 +144,7 @@ impl Net {
                     "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
                 ],
             );
+            net.veths.push(veth.clone());
             run("ip", &["link", "set", &veth, "master", &net.bridge, "up"]);
             run(
                 "ip",
@@ -185,6 +201,12 @@ impl Drop for Net {
     fn drop(&mut self) {
         for ns in &self.namespaces {
             remove_namespace(ns);
+        }
+        for veth in &self.veths {
+            let _ = Command::new("ip")
+                .args(["link", "del", veth])
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
@@ -256,7 +278,10 @@ impl NetCluster {
         let toml = if toml.contains("[cluster]") {
             toml.replacen(
                 "[cluster]",
-                &format!("[cluster]\nsecret_file = {:?}", secret.display().to_string()),
+                &format!(
+                    "[cluster]\nsecret_file = {:?}",
+                    secret.display().to_string()
+                ),
                 1,
             )
         } else {
@@ -392,6 +417,15 @@ impl NetCluster {
             broker.signal(libc::SIGKILL);
             broker.wait_exit(STARTUP_TIMEOUT);
         }
+    }
+
+    /// Starts node `i` again after [`NetCluster::kill`] (a new
+    /// incarnation, same address) and waits for every link.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let broker = self.spawn(i);
+        self.nodes[i] = Some(broker);
+        self.wait_linked();
     }
 
     /// SIGSTOP node `i`: it keeps its sockets and answers nothing.
