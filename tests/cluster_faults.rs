@@ -408,6 +408,15 @@ async fn frozen_peer_memory_bound() {
 
     cluster.thaw(1);
     let thawed_at = Instant::now();
+    // Until B has run, its log still shows its old link up: wait for the
+    // new one.
+    while cluster.node(1).logs().matches("cluster link up").count() < 2 {
+        assert!(
+            thawed_at.elapsed() < Duration::from_secs(30),
+            "{test}: B did not relink after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster.wait_linked_within(Duration::from_secs(30));
     let relinked = thawed_at.elapsed();
     const AFTER: u32 = 100;
