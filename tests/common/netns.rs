@@ -233,7 +233,13 @@ fn remove_namespace(ns: &str) {
 
 /// Removes the namespaces and bridges of test processes that are gone.
 fn remove_stale() {
-    let alive = |pid: &str| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    // A killed test process may stay a zombie until its parent reaps it.
+    let alive = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
     for line in output("ip", &["netns", "list"]).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if let Some(rest) = name.strip_prefix("rmq-")
