@@ -15,42 +15,8 @@ use common::RECV_TIMEOUT;
 use common::clients::{v4, v5};
 use common::cluster::Cluster;
 use common::http::sample;
+use common::tally::{parse, tally};
 use common::unique_id;
-
-/// Counts what a subscriber received against what was published, per
-/// publisher: lost, duplicated, reordered.
-#[derive(Debug, Default)]
-struct Tally {
-    lost: usize,
-    duplicated: usize,
-    reordered: usize,
-}
-
-fn tally(published: &BTreeMap<String, u32>, received: &[(String, u32)]) -> Tally {
-    let mut tally = Tally::default();
-    for (publisher, &count) in published {
-        let seen: Vec<u32> = received
-            .iter()
-            .filter(|(p, _)| p == publisher)
-            .map(|&(_, n)| n)
-            .collect();
-        let mut unique = seen.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        tally.duplicated += seen.len() - unique.len();
-        tally.lost += (0..count)
-            .filter(|n| unique.binary_search(n).is_err())
-            .count();
-        tally.reordered += seen.windows(2).filter(|pair| pair[1] < pair[0]).count();
-    }
-    tally
-}
-
-fn parse(payload: &[u8]) -> (String, u32) {
-    let text = std::str::from_utf8(payload).expect("UTF-8 payload");
-    let (publisher, n) = text.split_once(':').expect("publisher:number");
-    (publisher.to_owned(), n.parse().expect("number"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_0_1_2_cross_nodes_once_and_in_order() {

@@ -125,21 +125,7 @@ impl Cluster {
 
     /// The peers node `i` has a link to, by its log (links up minus down).
     pub fn linked_peers(&self, i: usize) -> usize {
-        let logs = self.node(i).logs();
-        let mut peers: Vec<&str> = Vec::new();
-        for line in logs.lines() {
-            let Some(peer) = field(line, "peer=") else {
-                continue;
-            };
-            if line.contains("cluster link up") {
-                if !peers.contains(&peer) {
-                    peers.push(peer);
-                }
-            } else if line.contains("cluster link down") {
-                peers.retain(|p| *p != peer);
-            }
-        }
-        peers.len()
+        linked_peers(&self.node(i).logs())
     }
 
     /// Waits until every running node links to every other running node
@@ -202,6 +188,25 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.secret);
     }
+}
+
+/// The peers a node has a link to, by its log: `cluster link up` lines
+/// minus `cluster link down` lines, per `peer=`.
+pub fn linked_peers(logs: &str) -> usize {
+    let mut peers: Vec<&str> = Vec::new();
+    for line in logs.lines() {
+        let Some(peer) = field(line, "peer=") else {
+            continue;
+        };
+        if line.contains("cluster link up") {
+            if !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        } else if line.contains("cluster link down") {
+            peers.retain(|p| *p != peer);
+        }
+    }
+    peers.len()
 }
 
 /// The value of `key` (`peer=`) in a log line, without quotes.
