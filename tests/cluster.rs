@@ -370,7 +370,7 @@ async fn a_duplicate_node_id_is_refused_loudly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (status, body) = common::http::get(duplicate.metrics_addr(), "/ready");
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 503, "{body}; logs:\n{}", duplicate.logs());
     assert!(
         cluster
             .node(1)

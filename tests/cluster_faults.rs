@@ -479,14 +479,13 @@ async fn frozen_peer_memory_bound() {
     );
 }
 
-/// Known bug (src/cluster/sim.rs has the deterministic reproduction): B
-/// frozen past A's `peer_hold`. A forgets B; B, resuming, sees its link
-/// drop only then and still holds A. A numbers its stream to B from 1
-/// again, and B drops those numbers as duplicates of what it took before
-/// the freeze: messages published after the thaw are lost, their PUBACKs
-/// sent.
+/// B frozen past A's `peer_hold`: A forgets B; B, resuming, sees its link
+/// drop only then and still holds A. A must go on numbering its stream to
+/// B where it left off (it once started again from 1, and B dropped those
+/// numbers as duplicates of what it took before the freeze: messages
+/// published after the thaw were lost, their PUBACKs sent). The
+/// deterministic twin is in src/cluster/sim.rs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: after a one-sided peer expiry the peer drops new messages as duplicates"]
 async fn frozen_past_peer_hold() {
     if !common::netns::available() {
         return;

@@ -239,6 +239,12 @@ pub struct Node {
     local_groups: FxHashMap<ByteString, Vec<ShardId>>,
     /// Which peers hold members of each shared subscription.
     remote_groups: FxHashMap<ByteString, Vec<PeerKey>>,
+    /// The last number of each stream to a peer this node forgot (past
+    /// `peer_hold`, or after it left). Numbers must never start again
+    /// within this incarnation: the peer may not have forgotten us (it was
+    /// frozen, or its own hold is longer) and would take the new messages
+    /// for repeats of ones it already has.
+    retired_streams: FxHashMap<ByteString, Vec<Seq>>,
     route_version: u64,
     /// Changes since the last delta went out.
     pending_add: FxHashSet<ByteString>,
@@ -276,6 +282,7 @@ impl Node {
             local_trie: TopicTrie::new(),
             local_groups: FxHashMap::default(),
             remote_groups: FxHashMap::default(),
+            retired_streams: FxHashMap::default(),
             route_version: 0,
             pending_add: FxHashSet::default(),
             pending_remove: FxHashSet::default(),
@@ -621,7 +628,13 @@ impl Node {
         if let Some(&key) = self.peer_by_id.get(node_id) {
             return key;
         }
-        let streams = (0..self.config.shards).map(|_| Stream::default()).collect();
+        let retired = self.retired_streams.remove(node_id).unwrap_or_default();
+        let streams = (0..self.config.shards)
+            .map(|shard| Stream {
+                outbox: Outbox::resuming_after(retired.get(shard).copied().unwrap_or(0)),
+                ..Stream::default()
+            })
+            .collect();
         let key = self.peers.insert(Peer {
             node_id: node_id.clone(),
             incarnation: 0,
@@ -1011,6 +1024,8 @@ impl Node {
         self.clear_peer_routes(key);
         let mut peer = self.peers.remove(key);
         self.peer_by_id.remove(&peer.node_id);
+        let last_seqs = peer.streams.iter().map(|s| s.outbox.last_seq()).collect();
+        self.retired_streams.insert(peer.node_id.clone(), last_seqs);
         let mut released: Vec<WaiterKey> = Vec::new();
         for stream in &mut peer.streams {
             released.extend(stream.waiters.drain(..).map(|(_, waiter)| waiter));

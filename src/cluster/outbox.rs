@@ -61,6 +61,15 @@ pub enum Dropped {
 }
 
 impl Outbox {
+    /// An empty outbox whose next message is numbered `last_seq + 1`.
+    pub fn resuming_after(last_seq: Seq) -> Outbox {
+        Outbox {
+            last_seq,
+            acked: last_seq,
+            ..Outbox::default()
+        }
+    }
+
     /// Numbers `message` and queues it; returns its number.
     pub fn push(&mut self, message: Arc<Message>, share: Option<ByteString>) -> Seq {
         self.last_seq += 1;

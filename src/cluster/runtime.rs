@@ -457,7 +457,13 @@ impl Cluster {
                     serve_connection(id, connection, send, recv, hello, events).await
                 }
                 Err(reason) => {
-                    let _ = events.send(Event::Closed { link: id, reason, duplicate_id: false }).await;
+                    let _ = events
+                        .send(Event::Closed {
+                            link: id,
+                            reason,
+                            duplicate_id: false,
+                        })
+                        .await;
                 }
             }
         });
@@ -480,7 +486,13 @@ impl Cluster {
                     serve_connection(id, connection, send, recv, hello, events).await
                 }
                 Err(reason) => {
-                    let _ = events.send(Event::Closed { link: id, reason, duplicate_id: false }).await;
+                    let _ = events
+                        .send(Event::Closed {
+                            link: id,
+                            reason,
+                            duplicate_id: false,
+                        })
+                        .await;
                 }
             }
         });
@@ -617,8 +629,6 @@ impl Cluster {
         self.by_node.insert(hello.node_id.clone(), id);
         self.node
             .handle_link_up(hello.node_id, hello.incarnation, now);
-        // A link is proof that a seed (or a member) answered.
-        self.set_joined();
     }
 
     /// Whether the link `existing` belongs to a live process other than the
@@ -839,7 +849,13 @@ async fn serve_connection(
         Ok(ok) => ok,
         Err(reason) => {
             connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
-            let _ = events.send(Event::Closed { link: id, reason, duplicate_id: false }).await;
+            let _ = events
+                .send(Event::Closed {
+                    link: id,
+                    reason,
+                    duplicate_id: false,
+                })
+                .await;
             return;
         }
     };

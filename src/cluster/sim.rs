@@ -492,15 +492,13 @@ fn a_peer_unreachable_past_the_hold_is_forgotten_and_a_leaving_one_at_once() {
     assert!(!sim.routes_to_cluster(0, "u"));
 }
 
-/// Known bug, kept as a reproduction: node 0 forgets node 1 (its
-/// `peer_hold` ran out) while node 1 still holds node 0, as when node 1 is
-/// frozen (SIGSTOP) past node 0's hold: node 1 sees the link drop only when
-/// it resumes. Node 0 then numbers its streams to node 1 from 1 again, and
-/// node 1, which took numbers up to 10 from the same incarnation, drops
-/// the new ones as duplicates and acknowledges them: lost, with their
-/// PUBACKs sent.
+/// Node 0 forgets node 1 (its `peer_hold` ran out) while node 1 still
+/// holds node 0, as when node 1 is frozen (SIGSTOP) past node 0's hold:
+/// node 1 sees the link drop only when it resumes. Node 0 must go on
+/// numbering where it left off: numbering from 1 again, node 1, which took
+/// numbers up to 10 from the same incarnation, dropped the new ones as
+/// duplicates and acknowledged them (lost, their PUBACKs sent).
 #[test]
-#[ignore = "bug: a peer that expired us renumbers from 1 and we drop its messages as duplicates"]
 fn a_peer_that_forgot_us_past_its_hold_still_delivers_after_the_link_returns() {
     let mut sim = Sim::new(2, 7, AckMode::Remote);
     sim.subscribe(1, 0, "t");
