@@ -15,42 +15,8 @@ use common::RECV_TIMEOUT;
 use common::clients::{v4, v5};
 use common::cluster::Cluster;
 use common::http::sample;
+use common::tally::{parse, tally};
 use common::unique_id;
-
-/// Counts what a subscriber received against what was published, per
-/// publisher: lost, duplicated, reordered.
-#[derive(Debug, Default)]
-struct Tally {
-    lost: usize,
-    duplicated: usize,
-    reordered: usize,
-}
-
-fn tally(published: &BTreeMap<String, u32>, received: &[(String, u32)]) -> Tally {
-    let mut tally = Tally::default();
-    for (publisher, &count) in published {
-        let seen: Vec<u32> = received
-            .iter()
-            .filter(|(p, _)| p == publisher)
-            .map(|&(_, n)| n)
-            .collect();
-        let mut unique = seen.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        tally.duplicated += seen.len() - unique.len();
-        tally.lost += (0..count)
-            .filter(|n| unique.binary_search(n).is_err())
-            .count();
-        tally.reordered += seen.windows(2).filter(|pair| pair[1] < pair[0]).count();
-    }
-    tally
-}
-
-fn parse(payload: &[u8]) -> (String, u32) {
-    let text = std::str::from_utf8(payload).expect("UTF-8 payload");
-    let (publisher, n) = text.split_once(':').expect("publisher:number");
-    (publisher.to_owned(), n.parse().expect("number"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_0_1_2_cross_nodes_once_and_in_order() {
@@ -94,6 +60,14 @@ async fn qos_0_1_2_cross_nodes_once_and_in_order() {
     }
     // Once per node with subscribers, whatever the number there.
     cluster.wait_sample(0, "ringmq_cluster_forwarded_messages_total", 400.0);
+    let metrics = cluster.metrics(0);
+    assert!(sample(&metrics, "ringmq_cluster_forward_ack_seconds_count") > 0.0);
+    let peer = &cluster.node_ids[1];
+    let rtt = sample(
+        &metrics,
+        &format!("ringmq_cluster_peer_rtt_seconds{{peer=\"{peer}\"}}"),
+    );
+    assert!(rtt > 0.0 && rtt < 1.0, "loopback round trip {rtt} s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,4 +268,123 @@ async fn a_restarted_node_rejoins_and_gets_new_messages() {
         .publish(&topic, v4::QoS::AtLeastOnce, false, b"again")
         .await;
     assert_eq!(sub.next_publish().await.payload.as_ref(), b"again");
+}
+
+/// `$share/g/...` with members on three nodes: each message reaches exactly
+/// one member in the whole cluster, and members on every node get some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_three_nodes_gets_each_message_once() {
+    let cluster = Cluster::start(3, "");
+    let topic = unique_id("jobs");
+    let share = format!("$share/workers/{topic}/+");
+    let mut members = Vec::new();
+    for node in [0, 1, 2, 2] {
+        let mut member = v4::Client::simple(cluster.addr(node), &unique_id("worker")).await;
+        member.subscribe(&share, v4::QoS::AtLeastOnce).await;
+        members.push((node, member));
+    }
+    let mut publisher = v4::Client::simple(cluster.addr(1), &unique_id("pub")).await;
+    const MESSAGES: u32 = 60;
+    for n in 0..MESSAGES {
+        publisher
+            .publish(
+                &format!("{topic}/x"),
+                v4::QoS::AtLeastOnce,
+                false,
+                format!("pub:{n}").as_bytes(),
+            )
+            .await;
+    }
+    let mut received = Vec::new();
+    let mut per_node = [0usize; 3];
+    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+    while received.len() < MESSAGES as usize && tokio::time::Instant::now() < deadline {
+        for (node, member) in &mut members {
+            if let Ok(publish) =
+                tokio::time::timeout(Duration::from_millis(20), member.next_publish()).await
+            {
+                received.push(parse(&publish.payload));
+                per_node[*node] += 1;
+            }
+        }
+    }
+    for (_, member) in &mut members {
+        member.expect_no_publish(Duration::from_millis(300)).await;
+    }
+    let published = BTreeMap::from([("pub".to_string(), MESSAGES)]);
+    received.sort_by_key(|&(_, n)| n);
+    let tally = tally(&published, &received);
+    println!("shared group: {tally:?}, per node {per_node:?}");
+    assert_eq!((tally.lost, tally.duplicated), (0, 0), "{tally:?}");
+    assert!(
+        per_node.iter().all(|&n| n > 0),
+        "members on every node get messages: {per_node:?}"
+    );
+}
+
+/// SIGTERM is a graceful leave: the others forget the node at once, not
+/// after `peer_hold`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_leaves_and_is_forgotten_at_once() {
+    let mut cluster = Cluster::start(3, "");
+    let topic = unique_id("leave");
+    let mut sub = v4::Client::simple(cluster.addr(2), &unique_id("sub")).await;
+    sub.subscribe(&topic, v4::QoS::AtLeastOnce).await;
+    let leaving = cluster.node_ids[2].clone();
+    let mut node = cluster.nodes[2].take().expect("node 2 runs");
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(10)).success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = cluster.metrics(0);
+        if cluster.node(0).logs().contains("peer left the cluster")
+            && !metrics.contains(&format!("peer=\"{leaving}\""))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 0 still knows the leaver; logs:\n{}",
+            cluster.node(0).logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(node.logs().contains("left the cluster"));
+}
+
+/// A second live process with a node id already in the cluster is refused
+/// by every peer, says so in its log and never becomes ready; the cluster
+/// keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_node_id_is_refused_loudly() {
+    let cluster = Cluster::start(2, "");
+    let taken = cluster.node_ids[0].clone();
+    let duplicate = cluster.spawn_extra(&taken);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !duplicate.logs().contains("a peer refused this node") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the duplicate was never refused; its logs:\n{}",
+            duplicate.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = common::http::get(duplicate.metrics_addr(), "/ready");
+    assert_eq!(status, 503, "{body}; logs:\n{}", duplicate.logs());
+    assert!(
+        cluster
+            .node(1)
+            .logs()
+            .contains("a second live node claims this node id"),
+        "{}",
+        cluster.node(1).logs()
+    );
+    let topic = unique_id("still");
+    let mut sub = v4::Client::simple(cluster.addr(1), &unique_id("sub")).await;
+    sub.subscribe(&topic, v4::QoS::AtLeastOnce).await;
+    let mut publisher = v4::Client::simple(cluster.addr(0), &unique_id("pub")).await;
+    publisher
+        .publish(&topic, v4::QoS::AtLeastOnce, false, b"ok")
+        .await;
+    assert_eq!(sub.next_publish().await.payload.as_ref(), b"ok");
 }

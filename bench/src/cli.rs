@@ -29,6 +29,9 @@ pub enum Scenario {
     /// The mqtt-stresser flow; takes mqtt-stresser's single-dash flags
     /// (`-num-clients 100`) as well as double-dash ones.
     Stresser(StresserArgs),
+    /// Times SUBSCRIBE to SUBACK, each to a new filter: on a cluster node
+    /// the SUBACK waits until the peers have the route.
+    Subscribe(SubscribeArgs),
     /// Holds N idle connections (PINGREQ keep-alive), from several source
     /// addresses and processes; reports connect rate and broker memory.
     Conn(ConnArgs),
@@ -62,9 +65,15 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
 /// Flags every scenario understands.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// Broker address (host:port).
+    /// Broker address (host:port): where publishers connect, and
+    /// subscribers too unless `--sub-broker` is given.
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub broker: SocketAddr,
+    /// Where subscribers connect instead, for a cluster: subscriber N to
+    /// entry N mod the count (`--sub-broker B` puts every subscriber on
+    /// node B; `--sub-broker A,B,C` spreads them over three nodes).
+    #[arg(long, value_delimiter = ',')]
+    pub sub_broker: Vec<SocketAddr>,
     /// CPUs to pin worker threads to, one thread per entry: `1`, `0,1`, `0-3`.
     #[arg(long, default_value = "0", value_parser = parse_cpus)]
     pub cpus: CpuList,
@@ -84,10 +93,21 @@ pub struct CommonArgs {
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Broker process id: its CPU time over the measured window is read from
-    /// /proc/PID/stat and reported per delivered message.
-    #[arg(long)]
-    pub broker_pid: Option<u32>,
+    /// Broker process ids (`1234`, or a cluster's `1234,1235,1236`): their
+    /// CPU times over the measured window are read from /proc/PID/stat,
+    /// summed, and reported per delivered message.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
+}
+
+impl CommonArgs {
+    /// The broker subscriber `n` connects to.
+    pub fn subscriber_broker(&self, n: usize) -> SocketAddr {
+        match self.sub_broker.len() {
+            0 => self.broker,
+            len => self.sub_broker[n % len],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -228,10 +248,32 @@ pub struct StresserArgs {
     /// CPUs to pin worker threads to (not an mqtt-stresser flag).
     #[arg(long, default_value = "0", value_parser = parse_cpus)]
     pub cpus: CpuList,
-    /// Broker process id: its CPU time over the test, per delivered message.
-    #[arg(long)]
-    pub broker_pid: Option<u32>,
+    /// Broker process ids (several are summed): their CPU time over the
+    /// test, per delivered message.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
     /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubscribeArgs {
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: SocketAddr,
+    /// Connections, each subscribing in sequence (one SUBSCRIBE in flight).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
+    /// SUBSCRIBEs per connection, each to a filter never used before.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub subscribes: u32,
+    #[arg(long, default_value = "0", value_parser = parse_qos)]
+    pub qos: QoS,
+    #[arg(long, default_value = "0", value_parser = parse_cpus)]
+    pub cpus: CpuList,
+    /// Broker process ids (several are summed): CPU time per subscribe.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
     #[arg(long)]
     pub json: bool,
 }
@@ -261,9 +303,10 @@ pub struct ConnArgs {
     pub connect_concurrency: u32,
     #[arg(long, default_value = "0", value_parser = parse_cpus)]
     pub cpus: CpuList,
-    /// Broker process id: its VmRSS before and after, and CPU time.
-    #[arg(long)]
-    pub broker_pid: Option<u32>,
+    /// Broker process ids (several are summed): VmRSS before and after,
+    /// and CPU time.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
     #[arg(long)]
     pub json: bool,
     /// Internal: run as child number N of a multi-process run (its share
@@ -455,6 +498,87 @@ mod tests {
         assert_eq!(parse_broker_url("tcp://127.0.0.1:1883"), Ok(addr));
         assert_eq!(parse_broker_url("127.0.0.1:1883"), Ok(addr));
         assert!(parse_broker_url("ssl://127.0.0.1:8883").is_err());
+    }
+
+    #[test]
+    fn single_broker_flags_unchanged() {
+        let cli = Cli::try_parse_from([
+            "b",
+            "pairs",
+            "--broker",
+            "127.0.0.1:1884",
+            "--broker-pid",
+            "42",
+        ])
+        .expect("valid");
+        let Scenario::Pairs(args) = cli.scenario else {
+            panic!("not pairs")
+        };
+        let broker: SocketAddr = "127.0.0.1:1884".parse().expect("literal");
+        assert_eq!(args.common.broker_pid, [42]);
+        assert!(args.common.sub_broker.is_empty());
+        assert_eq!(args.common.subscriber_broker(0), broker);
+        assert_eq!(args.common.subscriber_broker(7), broker);
+        let cli = Cli::try_parse_from(["b", "pairs"]).expect("valid");
+        let Scenario::Pairs(args) = cli.scenario else {
+            panic!("not pairs")
+        };
+        assert!(args.common.broker_pid.is_empty());
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let cli = Cli::try_parse_from([
+            "b",
+            "pubsub",
+            "--layout",
+            "fan-out",
+            "--broker",
+            "127.0.0.11:1883",
+            "--sub-broker",
+            "127.0.0.11:1883,127.0.0.12:1883",
+            "--sub-broker",
+            "127.0.0.13:1883",
+            "--broker-pid",
+            "10,11",
+            "--broker-pid",
+            "12",
+        ])
+        .expect("valid");
+        let Scenario::Pubsub(args) = cli.scenario else {
+            panic!("not pubsub")
+        };
+        let common = &args.common;
+        assert_eq!(common.broker_pid, [10, 11, 12]);
+        let node = |i: u8| SocketAddr::from(([127, 0, 0, 10 + i], 1883));
+        assert_eq!(common.broker, node(1));
+        let spread: Vec<_> = (0..5).map(|n| common.subscriber_broker(n)).collect();
+        assert_eq!(spread, [node(1), node(2), node(3), node(1), node(2)]);
+        // pubsub --layout pairs hands the same flags to the pairs machinery.
+        assert_eq!(args.as_pairs().common.sub_broker, common.sub_broker);
+        assert!(Cli::try_parse_from(["b", "pairs", "--sub-broker", "nonsense"]).is_err());
+        assert!(Cli::try_parse_from(["b", "pairs", "--broker-pid", "1,x"]).is_err());
+        let cli = Cli::try_parse_from(["b", "stresser", "--broker-pid", "1,2"]).expect("valid");
+        let Scenario::Stresser(s) = cli.scenario else {
+            panic!("not stresser")
+        };
+        assert_eq!(s.broker_pid, [1, 2]);
+        let cli = Cli::try_parse_from([
+            "b",
+            "subscribe",
+            "--broker",
+            "127.0.0.12:1883",
+            "--subscribes",
+            "50",
+            "--broker-pid",
+            "7,8,9",
+        ])
+        .expect("valid");
+        let Scenario::Subscribe(s) = cli.scenario else {
+            panic!("not subscribe")
+        };
+        assert_eq!((s.clients, s.subscribes), (1, 50));
+        assert_eq!(s.broker_pid, [7, 8, 9]);
     }
 
     #[test]

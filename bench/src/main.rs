@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             finish(result, args.common.json)
         }
         Scenario::Stresser(args) => finish(scenario::stresser::run(args), args.json),
+        Scenario::Subscribe(args) => finish(scenario::subscribe::run(args), args.json),
         Scenario::Conn(args) if args.child.is_some() => match scenario::conn::child(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -71,6 +72,15 @@ impl Outcome for report::Summary {
 impl Outcome for stresser_report::StresserReport {
     fn print_text(&self, out: &mut impl Write) -> std::io::Result<()> {
         stresser_report::StresserReport::print_text(self, out)
+    }
+    fn errors(&self) -> u64 {
+        self.errors
+    }
+}
+
+impl Outcome for scenario::subscribe::SubscribeReport {
+    fn print_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        scenario::subscribe::SubscribeReport::print_text(self, out)
     }
     fn errors(&self) -> u64 {
         self.errors

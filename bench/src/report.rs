@@ -79,6 +79,12 @@ pub struct Window {
 pub struct Summary {
     pub scenario: &'static str,
     pub broker: String,
+    /// `--sub-broker`: where subscribers connected, if not to `broker`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sub_brokers: Vec<String>,
+    /// `--broker-pid`: whose CPU time `window.broker_cpu_seconds` sums.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub broker_pids: Vec<u32>,
     pub cpus: Vec<usize>,
     pub io_driver: &'static str,
     pub warmup_seconds: f64,
@@ -122,7 +128,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_nanos(h: &Histogram<u64>) -> Latency {
+    pub fn from_nanos(h: &Histogram<u64>) -> Latency {
         let us = |ns: u64| ns as f64 / 1e3;
         Latency {
             samples: h.len(),
@@ -150,6 +156,8 @@ impl Summary {
         Summary {
             scenario: plan.scenario,
             broker: common.broker.to_string(),
+            sub_brokers: common.sub_broker.iter().map(|a| a.to_string()).collect(),
+            broker_pids: common.broker_pid.clone(),
             cpus: common.cpus.0.clone(),
             io_driver: workers::driver_name(),
             warmup_seconds: common.warmup.as_secs_f64(),
@@ -180,6 +188,9 @@ impl Summary {
             "scenario {} against {} on cpus {:?} ({})",
             self.scenario, self.broker, self.cpus, self.io_driver
         )?;
+        if !self.sub_brokers.is_empty() {
+            writeln!(out, "subscribers on {}", self.sub_brokers.join(", "))?;
+        }
         writeln!(out, "params   {}", self.params)?;
         writeln!(
             out,

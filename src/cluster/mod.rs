@@ -18,6 +18,9 @@ mod sim;
 pub mod tls;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytestring::ByteString;
 
 use membership::MemberCounts;
 use node::{Node, NodeCounters, PeerStats};
@@ -36,11 +39,19 @@ pub struct StatusSnapshot {
 }
 
 impl ClusterStatus {
-    pub fn update(&self, node: &Node, members: MemberCounts) {
+    /// `rtts` are the QUIC round-trip estimates of the linked peers.
+    pub fn update(&self, node: &Node, members: MemberCounts, rtts: Vec<(ByteString, Duration)>) {
+        let mut peers = node.peer_stats();
+        for peer in &mut peers {
+            peer.rtt = rtts
+                .iter()
+                .find(|(id, _)| *id == peer.node_id)
+                .map(|&(_, rtt)| rtt);
+        }
         let snapshot = StatusSnapshot {
             members,
             counters: node.counters.clone(),
-            peers: node.peer_stats(),
+            peers,
         };
         if let Ok(mut status) = self.0.lock() {
             *status = snapshot;

@@ -48,9 +48,11 @@ use tracing::{info, warn};
 use super::outbox::{Dropped, Inbound, Outbox, Seq};
 use super::settings::AckMode;
 use crate::message::Message;
+use crate::metrics::histogram::Latency;
 use crate::router::TopicTrie;
-use crate::shard::ShardId;
-use crate::shard::mesh::{Confirmation, ShardMsg};
+use crate::router::shared::is_shared;
+use crate::shard::mesh::{Confirmation, ShardMsg, SharedMember};
+use crate::shard::{ShardId, group_owner};
 
 /// A peer's index in [`Node::peers`]; stable while the peer is known.
 pub type PeerKey = usize;
@@ -104,6 +106,12 @@ pub enum Frame {
         message: Arc<Message>,
     },
     Leave,
+    SharedPublish {
+        stream: u32,
+        seq: Seq,
+        share: ByteString,
+        message: Arc<Message>,
+    },
 }
 
 /// Which ordered lane of the peer connection a frame travels on.
@@ -144,6 +152,9 @@ pub struct NodeCounters {
     pub dropped_qos12: u64,
     pub route_ack_timeouts: u64,
     pub peers_expired: u64,
+    /// From a Publish frame leaving to its acknowledgement: the hop there,
+    /// the peer handing the messages to its shards, and the hop back.
+    pub forward_ack_latency: Latency,
 }
 
 /// Per-peer figures for metrics.
@@ -154,8 +165,13 @@ pub struct PeerStats {
     pub outbox_messages: usize,
     pub outbox_bytes: usize,
     pub forwarded: u64,
+    /// Topic and payload bytes of the messages queued for the peer, plus a
+    /// fixed per-message overhead (what the outbox bound counts).
+    pub forwarded_bytes: u64,
     pub dropped_qos0: u64,
     pub dropped_qos12: u64,
+    /// QUIC's round-trip estimate, while linked; the runtime fills it in.
+    pub rtt: Option<Duration>,
 }
 
 struct Peer {
@@ -177,8 +193,12 @@ struct Peer {
     /// What it sent us, per (its incarnation, its stream).
     inbound: FxHashMap<(u64, u32), Inbound>,
     forwarded: u64,
+    forwarded_bytes: u64,
     dropped_qos0: u64,
     dropped_qos12: u64,
+    /// The drop counts last logged, so drops are logged once per tick
+    /// with what changed, not once per message.
+    drops_logged: (u64, u64),
 }
 
 #[derive(Default)]
@@ -186,6 +206,9 @@ struct Stream {
     outbox: Outbox,
     /// Confirmations waiting for this number to be acknowledged.
     waiters: VecDeque<(Seq, WaiterKey)>,
+    /// The last number of each frame in flight and when it left, for the
+    /// forward round-trip histogram.
+    sent_at: VecDeque<(Seq, Instant)>,
 }
 
 type WaiterKey = usize;
@@ -211,6 +234,17 @@ pub struct Node {
     local_filters: FxHashMap<ByteString, Vec<ShardId>>,
     /// The same, searchable by topic, to deliver what peers send.
     local_trie: TopicTrie<Vec<ShardId>>,
+    /// Which local shards hold members of each shared subscription
+    /// (`$share/{group}/{filter}`); announced to peers with the filters.
+    local_groups: FxHashMap<ByteString, Vec<ShardId>>,
+    /// Which peers hold members of each shared subscription.
+    remote_groups: FxHashMap<ByteString, Vec<PeerKey>>,
+    /// The last number of each stream to a peer this node forgot (past
+    /// `peer_hold`, or after it left). Numbers must never start again
+    /// within this incarnation: the peer may not have forgotten us (it was
+    /// frozen, or its own hold is longer) and would take the new messages
+    /// for repeats of ones it already has.
+    retired_streams: FxHashMap<ByteString, Vec<Seq>>,
     route_version: u64,
     /// Changes since the last delta went out.
     pending_add: FxHashSet<ByteString>,
@@ -246,6 +280,9 @@ impl Node {
             config,
             local_filters: FxHashMap::default(),
             local_trie: TopicTrie::new(),
+            local_groups: FxHashMap::default(),
+            remote_groups: FxHashMap::default(),
+            retired_streams: FxHashMap::default(),
             route_version: 0,
             pending_add: FxHashSet::default(),
             pending_remove: FxHashSet::default(),
@@ -281,9 +318,14 @@ impl Node {
             ShardMsg::Publish(message) => self.forward(from, message),
             ShardMsg::Retain(message) => self.local_retain(message),
             ShardMsg::ConfirmAfter(confirmation) => self.confirm_after(from, confirmation, now),
-            // Shared subscriptions stay within a node for now: a group's
-            // members on other nodes are not reached.
-            ShardMsg::SharedRouteAdd { .. } | ShardMsg::SharedRouteRemove { .. } => {}
+            ShardMsg::SharedRouteAdd { share, from } => self.local_group_add(share, from),
+            ShardMsg::SharedRouteRemove { share, from } => self.local_group_remove(&share, from),
+            ShardMsg::SharedDeliver {
+                share,
+                client_id,
+                message,
+                ..
+            } => self.forward_shared(from, share, &client_id, message),
             other => warn!(shard = from, msg = ?other, "unexpected message for the cluster"),
         }
     }
@@ -321,6 +363,59 @@ impl Node {
         }
     }
 
+    fn local_group_add(&mut self, share: ByteString, shard: ShardId) {
+        let shards = self.local_groups.entry(share.clone()).or_default();
+        if shards.contains(&shard) {
+            return;
+        }
+        shards.push(shard);
+        if shards.len() == 1 && !self.pending_remove.remove(&share) {
+            self.pending_add.insert(share);
+        }
+    }
+
+    fn local_group_remove(&mut self, share: &ByteString, shard: ShardId) {
+        let Some(shards) = self.local_groups.get_mut(share) else {
+            return;
+        };
+        shards.retain(|&s| s != shard);
+        if shards.is_empty() {
+            self.local_groups.remove(share);
+            if !self.pending_add.remove(share) {
+                self.pending_remove.insert(share.clone());
+            }
+        }
+    }
+
+    /// A local group owner picked peer `node_id` for `message`: it goes on
+    /// the owner shard's stream, to be given to one member there. A peer
+    /// forgotten meanwhile has left the owner's group already (its leave
+    /// went first on the same queue), so the message goes back to be
+    /// picked again.
+    fn forward_shared(
+        &mut self,
+        shard: ShardId,
+        share: ByteString,
+        node_id: &str,
+        message: Arc<Message>,
+    ) {
+        match self.peer_by_id.get(node_id) {
+            Some(&key) => self.push_to_peer(key, shard, message, Some(share)),
+            None => {
+                let owner = group_owner(&share, self.config.shards);
+                self.outputs.push_back(NodeOutput::ToShard {
+                    shard: owner,
+                    msg: ShardMsg::SharedPublish {
+                        share,
+                        message,
+                        exclude: None,
+                        local_only: false,
+                    },
+                });
+            }
+        }
+    }
+
     /// The route version that includes every change seen so far, sent or
     /// about to be.
     fn target_route_version(&self) -> u64 {
@@ -339,22 +434,30 @@ impl Node {
         matched.sort_unstable();
         matched.dedup();
         for &peer in &matched {
-            self.push_to_peer(peer, shard, message.clone());
+            self.push_to_peer(peer, shard, message.clone(), None);
         }
         matched.clear();
         self.matched = matched;
     }
 
-    fn push_to_peer(&mut self, key: PeerKey, shard: ShardId, message: Arc<Message>) {
+    fn push_to_peer(
+        &mut self,
+        key: PeerKey,
+        shard: ShardId,
+        message: Arc<Message>,
+        share: Option<ByteString>,
+    ) {
         let limit = self.config.peer_buffer_bytes;
         let peer = &mut self.peers[key];
         let Some(stream) = peer.streams.get_mut(shard) else {
             return;
         };
         let before = stream.outbox.bytes();
-        stream.outbox.push(message);
-        peer.buffered_bytes += stream.outbox.bytes() - before;
+        stream.outbox.push(message, share);
+        let bytes = stream.outbox.bytes() - before;
+        peer.buffered_bytes += bytes;
         peer.forwarded += 1;
+        peer.forwarded_bytes += bytes as u64;
         self.counters.forwarded_messages += 1;
         // Past the bound, QoS 0 goes first, oldest first, from any stream;
         // then QoS 1/2.
@@ -495,7 +598,7 @@ impl Node {
         }
         let _ = now;
         let version = self.route_version;
-        let filters = self.sent_filters(self.local_filters.keys().cloned().collect());
+        let filters = self.sent_filters(self.local_names());
         let peer = &mut self.peers[key];
         peer.incarnation = incarnation;
         peer.linked = true;
@@ -525,7 +628,13 @@ impl Node {
         if let Some(&key) = self.peer_by_id.get(node_id) {
             return key;
         }
-        let streams = (0..self.config.shards).map(|_| Stream::default()).collect();
+        let retired = self.retired_streams.remove(node_id).unwrap_or_default();
+        let streams = (0..self.config.shards)
+            .map(|shard| Stream {
+                outbox: Outbox::resuming_after(retired.get(shard).copied().unwrap_or(0)),
+                ..Stream::default()
+            })
+            .collect();
         let key = self.peers.insert(Peer {
             node_id: node_id.clone(),
             incarnation: 0,
@@ -539,8 +648,10 @@ impl Node {
             buffered_bytes: 0,
             inbound: FxHashMap::default(),
             forwarded: 0,
+            forwarded_bytes: 0,
             dropped_qos0: 0,
             dropped_qos12: 0,
+            drops_logged: (0, 0),
         });
         self.peer_by_id.insert(node_id.clone(), key);
         key
@@ -561,6 +672,7 @@ impl Node {
         let mut released = Vec::new();
         for stream in &mut peer.streams {
             stream.outbox.handle_link_lost();
+            stream.sent_at.clear();
             released.extend(stream.waiters.drain(..).map(|(_, waiter)| waiter));
         }
         released.extend(peer.route_waiters.drain(..).map(|(_, waiter)| waiter));
@@ -570,7 +682,7 @@ impl Node {
     }
 
     /// A frame from a linked peer.
-    pub fn handle_frame(&mut self, node_id: &str, frame: Frame) {
+    pub fn handle_frame(&mut self, node_id: &str, frame: Frame, now: Instant) {
         let Some(&key) = self.peer_by_id.get(node_id) else {
             return;
         };
@@ -625,7 +737,7 @@ impl Node {
                 }
             }
             Frame::RoutesResync => {
-                let filters = self.local_filters.keys().cloned().collect();
+                let filters = self.local_names();
                 // Pending changes go out in the next delta, numbered after
                 // this: the full set must not include them.
                 let filters = self.sent_filters(filters);
@@ -646,6 +758,15 @@ impl Node {
                 };
                 let freed = out.outbox.handle_ack(seq);
                 peer.buffered_bytes -= freed;
+                while let Some(&(last, sent)) = out.sent_at.front() {
+                    if last > seq {
+                        break;
+                    }
+                    out.sent_at.pop_front();
+                    self.counters
+                        .forward_ack_latency
+                        .record(now.saturating_duration_since(sent));
+                }
                 let mut released = Vec::new();
                 while let Some(&(wanted, waiter)) = out.waiters.front() {
                     if wanted > seq {
@@ -667,7 +788,22 @@ impl Node {
                 info!(peer = node_id, "peer left the cluster");
                 self.remove_peer(key);
             }
+            Frame::SharedPublish {
+                stream,
+                seq,
+                share,
+                message,
+            } => self.receive_shared(key, stream, seq, share, message),
         }
+    }
+
+    /// Every filter and shared subscription this node has subscribers for.
+    fn local_names(&self) -> Vec<ByteString> {
+        self.local_filters
+            .keys()
+            .chain(self.local_groups.keys())
+            .cloned()
+            .collect()
     }
 
     /// `filters` without the ones added since the last delta, plus the
@@ -718,6 +854,37 @@ impl Node {
         self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
     }
 
+    /// A message a peer's group owner picked this node for: this node's
+    /// owner of the group gives it to one of its members.
+    fn receive_shared(
+        &mut self,
+        key: PeerKey,
+        stream: u32,
+        seq: Seq,
+        share: ByteString,
+        message: Arc<Message>,
+    ) {
+        let peer = &mut self.peers[key];
+        let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
+        if inbound.take(seq) {
+            self.counters.received_messages += 1;
+            let owner = group_owner(&share, self.config.shards);
+            self.outputs.push_back(NodeOutput::ToShard {
+                shard: owner,
+                msg: ShardMsg::SharedPublish {
+                    share,
+                    message,
+                    exclude: None,
+                    local_only: true,
+                },
+            });
+        } else {
+            self.counters.duplicates_dropped += 1;
+        }
+        let acked = inbound.last();
+        self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
+    }
+
     fn receive_retain(&mut self, hlc: u64, origin: ByteString, message: Arc<Message>) {
         self.tick_hlc(hlc);
         let newer = self
@@ -737,28 +904,35 @@ impl Node {
     }
 
     fn add_peer_route(&mut self, key: PeerKey, filter: ByteString) {
+        if !self.peers[key].filters.insert(filter.clone()) {
+            return;
+        }
+        if is_shared(&filter) {
+            self.add_peer_group(key, filter);
+            return;
+        }
         let peers = self.remote_trie.entry(&filter);
         let first_node = peers.is_empty();
         if !peers.contains(&key) {
             peers.push(key);
         }
-        self.peers[key].filters.insert(filter.clone());
         if first_node {
             let from = self.place();
-            for shard in 0..self.config.shards {
-                self.outputs.push_back(NodeOutput::ToShard {
-                    shard,
-                    msg: ShardMsg::RouteAdd {
-                        filter: filter.clone(),
-                        from,
-                    },
-                });
-            }
+            self.tell_every_shard(|| ShardMsg::RouteAdd {
+                filter: filter.clone(),
+                from,
+            });
         }
     }
 
     fn remove_peer_route(&mut self, key: PeerKey, filter: &ByteString) {
-        self.peers[key].filters.remove(filter);
+        if !self.peers[key].filters.remove(filter) {
+            return;
+        }
+        if is_shared(filter) {
+            self.remove_peer_group(key, filter);
+            return;
+        }
         let Some(peers) = self.remote_trie.get_mut(filter) else {
             return;
         };
@@ -766,15 +940,74 @@ impl Node {
         if peers.is_empty() {
             self.remote_trie.remove(filter);
             let from = self.place();
-            for shard in 0..self.config.shards {
-                self.outputs.push_back(NodeOutput::ToShard {
-                    shard,
-                    msg: ShardMsg::RouteRemove {
-                        filter: filter.clone(),
-                        from,
-                    },
-                });
-            }
+            self.tell_every_shard(|| ShardMsg::RouteRemove {
+                filter: filter.clone(),
+                from,
+            });
+        }
+    }
+
+    /// A peer has members of `share`: to the group's owner shard it is one
+    /// more member (the cluster's place, named by its node id), and every
+    /// shard routes the group's messages to that owner even with no local
+    /// member.
+    fn add_peer_group(&mut self, key: PeerKey, share: ByteString) {
+        let peers = self.remote_groups.entry(share.clone()).or_default();
+        peers.push(key);
+        let first_node = peers.len() == 1;
+        let from = self.place();
+        if first_node {
+            self.tell_every_shard(|| ShardMsg::SharedRouteAdd {
+                share: share.clone(),
+                from,
+            });
+        }
+        let member = self.peer_member(key);
+        self.outputs.push_back(NodeOutput::ToShard {
+            shard: group_owner(&share, self.config.shards),
+            msg: ShardMsg::SharedJoin {
+                share,
+                member,
+                online: true,
+            },
+        });
+    }
+
+    fn remove_peer_group(&mut self, key: PeerKey, share: &ByteString) {
+        let member = self.peer_member(key);
+        self.outputs.push_back(NodeOutput::ToShard {
+            shard: group_owner(share, self.config.shards),
+            msg: ShardMsg::SharedLeave {
+                share: share.clone(),
+                member,
+            },
+        });
+        let Some(peers) = self.remote_groups.get_mut(share) else {
+            return;
+        };
+        peers.retain(|&peer| peer != key);
+        if peers.is_empty() {
+            self.remote_groups.remove(share);
+            let from = self.place();
+            self.tell_every_shard(|| ShardMsg::SharedRouteRemove {
+                share: share.clone(),
+                from,
+            });
+        }
+    }
+
+    /// How a peer node appears among a group's members.
+    fn peer_member(&self, key: PeerKey) -> SharedMember {
+        SharedMember {
+            shard: self.place(),
+            client_id: self.peers[key].node_id.clone(),
+        }
+    }
+
+    fn tell_every_shard(&mut self, make: impl Fn() -> ShardMsg) {
+        for shard in 0..self.config.shards {
+            self.outputs
+                .push_back(NodeOutput::ToShard { shard, msg: make() });
         }
     }
 
@@ -791,6 +1024,8 @@ impl Node {
         self.clear_peer_routes(key);
         let mut peer = self.peers.remove(key);
         self.peer_by_id.remove(&peer.node_id);
+        let last_seqs = peer.streams.iter().map(|s| s.outbox.last_seq()).collect();
+        self.retired_streams.insert(peer.node_id.clone(), last_seqs);
         let mut released: Vec<WaiterKey> = Vec::new();
         for stream in &mut peer.streams {
             released.extend(stream.waiters.drain(..).map(|(_, waiter)| waiter));
@@ -846,6 +1081,19 @@ impl Node {
                 self.release(waiter);
             }
         }
+        for (_, peer) in &mut self.peers {
+            let (qos0, qos12) = (peer.dropped_qos0, peer.dropped_qos12);
+            if (qos0, qos12) != peer.drops_logged {
+                warn!(
+                    peer = %peer.node_id,
+                    qos0 = qos0 - peer.drops_logged.0,
+                    qos12 = qos12 - peer.drops_logged.1,
+                    limit_bytes = self.config.peer_buffer_bytes,
+                    "outbox full: messages for the peer dropped"
+                );
+                peer.drops_logged = (qos0, qos12);
+            }
+        }
         let hold = self.config.peer_hold;
         let expired: Vec<PeerKey> = self
             .peers
@@ -871,7 +1119,7 @@ impl Node {
 
     /// Ends a turn: route changes go out as one delta, outboxes send what
     /// their windows allow.
-    pub fn flush(&mut self) {
+    pub fn flush(&mut self, now: Instant) {
         if !self.pending_add.is_empty() || !self.pending_remove.is_empty() {
             self.route_version += 1;
             let add: Vec<ByteString> = self.pending_add.drain().collect();
@@ -897,15 +1145,27 @@ impl Node {
         }
         for (_, peer) in self.peers.iter_mut().filter(|(_, peer)| peer.linked) {
             for (index, stream) in peer.streams.iter_mut().enumerate() {
-                while let Some((first_seq, messages)) = stream.outbox.poll_send(STREAM_WINDOW) {
+                while let Some(batch) = stream.outbox.poll_send(STREAM_WINDOW) {
+                    let last = batch.first_seq + batch.messages.len() as u64 - 1;
+                    stream.sent_at.push_back((last, now));
+                    let stream = index as u32;
+                    let frame = match (batch.share, batch.messages.first()) {
+                        (Some(share), Some(message)) => Frame::SharedPublish {
+                            stream,
+                            seq: batch.first_seq,
+                            share,
+                            message: message.clone(),
+                        },
+                        _ => Frame::Publish {
+                            stream,
+                            first_seq: batch.first_seq,
+                            messages: batch.messages,
+                        },
+                    };
                     self.outputs.push_back(NodeOutput::Send {
                         peer: peer.node_id.clone(),
-                        lane: Lane::Stream(index as u32),
-                        frame: Frame::Publish {
-                            stream: index as u32,
-                            first_seq,
-                            messages,
-                        },
+                        lane: Lane::Stream(stream),
+                        frame,
                     });
                 }
             }
@@ -944,8 +1204,10 @@ impl Node {
                 outbox_messages: peer.streams.iter().map(|s| s.outbox.len()).sum(),
                 outbox_bytes: peer.buffered_bytes,
                 forwarded: peer.forwarded,
+                forwarded_bytes: peer.forwarded_bytes,
                 dropped_qos0: peer.dropped_qos0,
                 dropped_qos12: peer.dropped_qos12,
+                rtt: None,
             })
             .collect()
     }

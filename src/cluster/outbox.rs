@@ -7,6 +7,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytestring::ByteString;
+
 use crate::message::Message;
 use crate::protocol::QoS;
 
@@ -37,6 +39,18 @@ struct Entry {
     seq: Seq,
     message: Arc<Message>,
     bytes: usize,
+    /// The shared subscription a group owner picked the peer for; `None`
+    /// for a message matching the peer's own filters.
+    share: Option<ByteString>,
+}
+
+/// What [`Outbox::poll_send`] hands out for one frame.
+#[derive(Debug)]
+pub struct Batch {
+    pub first_seq: Seq,
+    /// Set for a shared-subscription message, which travels alone.
+    pub share: Option<ByteString>,
+    pub messages: Vec<Arc<Message>>,
 }
 
 /// Why [`Outbox::drop_one`] dropped a message, for the per-peer counters.
@@ -47,8 +61,17 @@ pub enum Dropped {
 }
 
 impl Outbox {
+    /// An empty outbox whose next message is numbered `last_seq + 1`.
+    pub fn resuming_after(last_seq: Seq) -> Outbox {
+        Outbox {
+            last_seq,
+            acked: last_seq,
+            ..Outbox::default()
+        }
+    }
+
     /// Numbers `message` and queues it; returns its number.
-    pub fn push(&mut self, message: Arc<Message>) -> Seq {
+    pub fn push(&mut self, message: Arc<Message>, share: Option<ByteString>) -> Seq {
         self.last_seq += 1;
         let bytes = approximate_size(&message);
         self.unsent_bytes += bytes;
@@ -56,6 +79,7 @@ impl Outbox {
             seq: self.last_seq,
             message,
             bytes,
+            share,
         });
         self.last_seq
     }
@@ -107,26 +131,31 @@ impl Outbox {
 
     /// Takes the next messages to send while in-flight bytes stay under
     /// `window` (at least one if nothing is in flight, so a message larger
-    /// than the window still goes). Returns the number of the first and
-    /// the messages, or `None` when nothing can go.
-    pub fn poll_send(&mut self, window: usize) -> Option<(Seq, Vec<Arc<Message>>)> {
-        let first = self.entries.get(self.sent)?.seq;
-        let mut batch = Vec::new();
-        let mut expected = first;
+    /// than the window still goes), or `None` when nothing can go. A
+    /// frame's numbers are consecutive, and a shared-subscription message
+    /// goes alone.
+    pub fn poll_send(&mut self, window: usize) -> Option<Batch> {
+        let first = self.entries.get(self.sent)?;
+        let (first_seq, share) = (first.seq, first.share.clone());
+        let mut messages = Vec::new();
+        let mut expected = first_seq;
         while let Some(entry) = self.entries.get(self.sent) {
-            // A gap (a dropped message) starts a new frame: a frame's
-            // numbers are consecutive.
             let fits = self.in_flight_bytes == 0 || self.in_flight_bytes + entry.bytes <= window;
-            if entry.seq != expected || !fits {
+            let joins = messages.is_empty() || (share.is_none() && entry.share.is_none());
+            if entry.seq != expected || !fits || !joins {
                 break;
             }
-            batch.push(entry.message.clone());
+            messages.push(entry.message.clone());
             self.in_flight_bytes += entry.bytes;
             self.unsent_bytes -= entry.bytes;
             self.sent += 1;
             expected += 1;
         }
-        (!batch.is_empty()).then_some((first, batch))
+        (!messages.is_empty()).then_some(Batch {
+            first_seq,
+            share,
+            messages,
+        })
     }
 
     /// Drops the oldest unsent message of the given kind (QoS 0 when
@@ -196,6 +225,11 @@ mod tests {
         })
     }
 
+    fn sent(outbox: &mut Outbox, window: usize) -> Option<(Seq, Vec<u32>)> {
+        let batch = outbox.poll_send(window)?;
+        Some((batch.first_seq, numbers(&batch.messages)))
+    }
+
     fn numbers(batch: &[Arc<Message>]) -> Vec<u32> {
         batch
             .iter()
@@ -207,16 +241,24 @@ mod tests {
     fn sends_in_order_forgets_on_ack_and_resends_after_link_loss() {
         let mut outbox = Outbox::default();
         for n in 1..=5 {
-            assert_eq!(outbox.push(message(n, QoS::AtLeastOnce)), u64::from(n));
+            assert_eq!(
+                outbox.push(message(n, QoS::AtLeastOnce), None),
+                u64::from(n)
+            );
         }
-        let (first, batch) = outbox.poll_send(usize::MAX).expect("something to send");
-        assert_eq!((first, numbers(&batch)), (1, vec![1, 2, 3, 4, 5]));
+        assert_eq!(
+            sent(&mut outbox, usize::MAX),
+            Some((1, vec![1, 2, 3, 4, 5]))
+        );
         assert!(outbox.poll_send(usize::MAX).is_none());
         outbox.handle_ack(2);
         assert_eq!(outbox.len(), 3);
         outbox.handle_link_lost();
-        let (first, batch) = outbox.poll_send(usize::MAX).expect("resend");
-        assert_eq!((first, numbers(&batch)), (3, vec![3, 4, 5]));
+        assert_eq!(
+            sent(&mut outbox, usize::MAX),
+            Some((3, vec![3, 4, 5])),
+            "resend"
+        );
         outbox.handle_ack(5);
         assert!(outbox.is_empty());
         assert_eq!(outbox.bytes(), 0);
@@ -226,33 +268,47 @@ mod tests {
     fn window_limits_what_is_in_flight_but_one_always_goes() {
         let mut outbox = Outbox::default();
         for n in 1..=3 {
-            outbox.push(message(n, QoS::AtLeastOnce));
+            outbox.push(message(n, QoS::AtLeastOnce), None);
         }
-        let (_, batch) = outbox.poll_send(1).expect("one goes");
-        assert_eq!(numbers(&batch), vec![1]);
+        assert_eq!(sent(&mut outbox, 1), Some((1, vec![1])), "one goes");
         assert!(outbox.poll_send(1).is_none(), "window full");
         outbox.handle_ack(1);
-        let (first, batch) = outbox.poll_send(1).expect("next");
-        assert_eq!((first, numbers(&batch)), (2, vec![2]));
+        assert_eq!(sent(&mut outbox, 1), Some((2, vec![2])));
     }
 
     #[test]
     fn drops_qos0_first_and_a_gap_splits_frames() {
         let mut outbox = Outbox::default();
-        outbox.push(message(1, QoS::AtLeastOnce));
-        outbox.push(message(2, QoS::AtMostOnce));
-        outbox.push(message(3, QoS::AtLeastOnce));
+        outbox.push(message(1, QoS::AtLeastOnce), None);
+        outbox.push(message(2, QoS::AtMostOnce), None);
+        outbox.push(message(3, QoS::AtLeastOnce), None);
         let before = outbox.bytes();
         let (kind, bytes) = outbox.drop_one(true).expect("a QoS 0 message");
         assert_eq!(kind, Dropped::Qos0);
         assert_eq!(outbox.bytes(), before - bytes);
         assert!(outbox.drop_one(true).is_none());
-        let (first, batch) = outbox.poll_send(usize::MAX).expect("first frame");
-        assert_eq!((first, numbers(&batch)), (1, vec![1]));
-        let (first, batch) = outbox.poll_send(usize::MAX).expect("after the gap");
-        assert_eq!((first, numbers(&batch)), (3, vec![3]));
+        assert_eq!(sent(&mut outbox, usize::MAX), Some((1, vec![1])));
+        assert_eq!(
+            sent(&mut outbox, usize::MAX),
+            Some((3, vec![3])),
+            "after the gap"
+        );
         outbox.handle_ack(3);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_shared_subscription_message_travels_alone() {
+        let mut outbox = Outbox::default();
+        outbox.push(message(1, QoS::AtLeastOnce), None);
+        outbox.push(message(2, QoS::AtLeastOnce), Some("$share/g/t".into()));
+        outbox.push(message(3, QoS::AtLeastOnce), None);
+        outbox.push(message(4, QoS::AtLeastOnce), None);
+        assert_eq!(sent(&mut outbox, usize::MAX), Some((1, vec![1])));
+        let shared = outbox.poll_send(usize::MAX).expect("the shared message");
+        assert_eq!(shared.share.as_deref(), Some("$share/g/t"));
+        assert_eq!((shared.first_seq, numbers(&shared.messages)), (2, vec![2]));
+        assert_eq!(sent(&mut outbox, usize::MAX), Some((3, vec![3, 4])));
     }
 
     #[test]

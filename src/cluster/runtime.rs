@@ -55,6 +55,11 @@ const TICK: Duration = Duration::from_millis(100);
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// Gossip packets queued for a peer while its connection is being dialed.
 const PENDING_DATAGRAMS: usize = 16;
+/// Events (frames, mostly) read off connections and not yet handled.
+/// Bounded so that a main loop slower than its peers stops the readers,
+/// and QUIC's flow control then stops the peers: nothing here grows
+/// without bound.
+const EVENT_QUEUE: usize = 1024;
 
 /// QUIC application error codes we close with.
 const CLOSE_LEAVING: u32 = 0;
@@ -179,10 +184,12 @@ enum Event {
         link: LinkId,
         data: Bytes,
     },
-    /// The connection ended or could not be made.
+    /// The connection ended or could not be made. `duplicate_id`: the peer
+    /// closed it because a live node already uses this node's id.
     Closed {
         link: LinkId,
         reason: String,
+        duplicate_id: bool,
     },
 }
 
@@ -220,8 +227,8 @@ struct Cluster {
     /// The link carrying frames for each peer.
     by_node: FxHashMap<ByteString, LinkId>,
     next_link: LinkId,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
     seeds: Vec<SocketAddr>,
     joined: bool,
     leaving: bool,
@@ -262,7 +269,7 @@ impl Cluster {
             peer_buffer_bytes: settings.peer_buffer_bytes,
             peer_hold: settings.peer_hold,
         });
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let joined = settings.seeds.is_empty();
         Ok(Cluster {
             settings,
@@ -356,7 +363,7 @@ impl Cluster {
 
     /// Carries out what the node and membership asked for.
     fn pump(&mut self, now: Instant) {
-        self.node.flush();
+        self.node.flush(now);
         while let Some(output) = self.node.poll_output() {
             match output {
                 NodeOutput::Send { peer, lane, frame } => self.send_frame(&peer, lane, &frame, now),
@@ -450,7 +457,13 @@ impl Cluster {
                     serve_connection(id, connection, send, recv, hello, events).await
                 }
                 Err(reason) => {
-                    let _ = events.send(Event::Closed { link: id, reason });
+                    let _ = events
+                        .send(Event::Closed {
+                            link: id,
+                            reason,
+                            duplicate_id: false,
+                        })
+                        .await;
                 }
             }
         });
@@ -473,7 +486,13 @@ impl Cluster {
                     serve_connection(id, connection, send, recv, hello, events).await
                 }
                 Err(reason) => {
-                    let _ = events.send(Event::Closed { link: id, reason });
+                    let _ = events
+                        .send(Event::Closed {
+                            link: id,
+                            reason,
+                            duplicate_id: false,
+                        })
+                        .await;
                 }
             }
         });
@@ -522,7 +541,16 @@ impl Cluster {
                     debug!(%from, %error, "gossip packet ignored");
                 }
             }
-            Event::Closed { link, reason } => self.link_closed(link, &reason, now),
+            Event::Closed {
+                link,
+                reason,
+                duplicate_id,
+            } => {
+                if duplicate_id {
+                    self.refused_as_duplicate(link);
+                }
+                self.link_closed(link, &reason, now);
+            }
         }
     }
 
@@ -563,6 +591,19 @@ impl Cluster {
         }
         if let Some(&existing) = self.by_node.get(&hello.node_id)
             && existing != id
+            && self.is_other_live_node(existing, &hello)
+        {
+            error!(
+                node = %hello.node_id,
+                live = %self.links.get(&existing).map_or(hello.advertise, |link| link.addr),
+                refused = %hello.advertise,
+                "a second live node claims this node id: refusing it; node ids must be unique"
+            );
+            self.close_link(id, CLOSE_DUPLICATE_NODE_ID, "duplicate node id", now);
+            return;
+        }
+        if let Some(&existing) = self.by_node.get(&hello.node_id)
+            && existing != id
         {
             // A newer incarnation's link replaces a dead process's, which
             // may linger until its idle timeout. Between two links of one
@@ -588,8 +629,37 @@ impl Cluster {
         self.by_node.insert(hello.node_id.clone(), id);
         self.node
             .handle_link_up(hello.node_id, hello.incarnation, now);
-        // A link is proof that a seed (or a member) answered.
-        self.set_joined();
+    }
+
+    /// Whether the link `existing` belongs to a live process other than the
+    /// one that just said `hello`: another incarnation at another address,
+    /// whose connection is still open. A restart at the same address, or
+    /// one whose old connection has closed, is the same node coming back.
+    fn is_other_live_node(&self, existing: LinkId, hello: &Hello) -> bool {
+        self.links.get(&existing).is_some_and(|link| {
+            let other = link.hello.as_ref().is_some_and(|old| {
+                old.incarnation != hello.incarnation && old.advertise != hello.advertise
+            });
+            let open = link
+                .connection
+                .as_ref()
+                .is_some_and(|connection| connection.close_reason().is_none());
+            other && open
+        })
+    }
+
+    /// A peer refused this node: its id is taken by a live node. The node
+    /// keeps trying (a node restarted at a new address is refused until
+    /// its old connections time out, a few seconds) and says so loudly
+    /// each time; it does not count as joined, so `/ready` stays 503 and
+    /// no load balancer sends it clients.
+    fn refused_as_duplicate(&mut self, link: LinkId) {
+        let peer = self.links.get(&link).map(|link| link.addr);
+        error!(
+            node = %self.settings.node_id,
+            peer = ?peer,
+            "a peer refused this node: a live node already uses this node id; node ids must be unique"
+        );
     }
 
     fn set_joined(&mut self) {
@@ -614,8 +684,12 @@ impl Cluster {
         if self.by_node.get(&peer) != Some(&id) {
             return;
         }
+        // A peer's first frame (its routes) proves it accepted the link:
+        // a seed has answered. (A hello alone does not: a peer refusing a
+        // duplicate node id exchanges hellos first.)
+        self.set_joined();
         match decode_frame(&frame, now) {
-            Ok(Decoded::Node(frame)) => self.node.handle_frame(&peer, frame),
+            Ok(Decoded::Node(frame)) => self.node.handle_frame(&peer, frame, now),
             Ok(Decoded::Gossip(data)) => {
                 let addr = self.links.get(&id).map(|link| link.addr);
                 if let Some(addr) = addr {
@@ -687,7 +761,9 @@ impl Cluster {
                     "two live nodes use the same node id; node ids must be unique"
                 );
             }
-            MemberEvent::JoinedCluster => self.set_joined(),
+            // Gossip can reach a node that peers then refuse (a duplicate
+            // id): only an accepted link counts as joined.
+            MemberEvent::JoinedCluster => debug!("gossip: joined"),
             MemberEvent::Isolated => {
                 warn!(node = %self.settings.node_id, "no live cluster member left; rejoining through the seeds");
             }
@@ -726,7 +802,16 @@ impl Cluster {
     }
 
     fn publish_status(&self) {
-        self.status.update(&self.node, self.membership.counts());
+        let rtts = self
+            .by_node
+            .iter()
+            .filter_map(|(peer, link)| {
+                let connection = self.links.get(link)?.connection.as_ref()?;
+                Some((peer.clone(), connection.rtt()))
+            })
+            .collect();
+        self.status
+            .update(&self.node, self.membership.counts(), rtts);
     }
 }
 
@@ -748,7 +833,7 @@ async fn serve_connection(
     mut control: quinn::SendStream,
     mut control_rx: quinn::RecvStream,
     hello: ClusterMsg,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 ) {
     let result = async {
         let mut out = BytesMut::new();
@@ -764,27 +849,45 @@ async fn serve_connection(
         Ok(ok) => ok,
         Err(reason) => {
             connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
-            let _ = events.send(Event::Closed { link: id, reason });
+            let _ = events
+                .send(Event::Closed {
+                    link: id,
+                    reason,
+                    duplicate_id: false,
+                })
+                .await;
             return;
         }
     };
-    let _ = events.send(Event::Up {
-        link: id,
-        hello,
-        connection: connection.clone(),
-        control,
-    });
+    let _ = events
+        .send(Event::Up {
+            link: id,
+            hello,
+            connection: connection.clone(),
+            control,
+        })
+        .await;
     tokio::spawn(read_datagrams(id, connection.clone(), events.clone()));
     tokio::spawn(read_uni_streams(id, connection.clone(), events.clone()));
     let reason = match read_lane(id, control_rx, reader, &events).await {
         Ok(()) => "control stream finished".to_string(),
         Err(reason) => reason,
     };
+    let why = connection.close_reason();
     connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
-    let reason = connection
-        .close_reason()
-        .map_or(reason, |why| why.to_string());
-    let _ = events.send(Event::Closed { link: id, reason });
+    let duplicate_id = matches!(
+        &why,
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == CLOSE_DUPLICATE_NODE_ID.into()
+    );
+    let reason = why.map_or(reason, |why| why.to_string());
+    let _ = events
+        .send(Event::Closed {
+            link: id,
+            reason,
+            duplicate_id,
+        })
+        .await;
 }
 
 async fn read_frame(
@@ -808,11 +911,11 @@ async fn read_lane(
     id: LinkId,
     mut recv: quinn::RecvStream,
     mut reader: FrameReader,
-    events: &mpsc::UnboundedSender<Event>,
+    events: &mpsc::Sender<Event>,
 ) -> Result<(), String> {
     loop {
         while let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? {
-            if events.send(Event::Frame { link: id, frame }).is_err() {
+            if events.send(Event::Frame { link: id, frame }).await.is_err() {
                 return Ok(());
             }
         }
@@ -824,11 +927,7 @@ async fn read_lane(
     }
 }
 
-async fn read_uni_streams(
-    id: LinkId,
-    connection: quinn::Connection,
-    events: mpsc::UnboundedSender<Event>,
-) {
+async fn read_uni_streams(id: LinkId, connection: quinn::Connection, events: mpsc::Sender<Event>) {
     while let Ok(recv) = connection.accept_uni().await {
         let events = events.clone();
         let connection = connection.clone();
@@ -843,13 +942,13 @@ async fn read_uni_streams(
     }
 }
 
-async fn read_datagrams(
-    id: LinkId,
-    connection: quinn::Connection,
-    events: mpsc::UnboundedSender<Event>,
-) {
+async fn read_datagrams(id: LinkId, connection: quinn::Connection, events: mpsc::Sender<Event>) {
     while let Ok(data) = connection.read_datagram().await {
-        if events.send(Event::Datagram { link: id, data }).is_err() {
+        if events
+            .send(Event::Datagram { link: id, data })
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -962,6 +1061,25 @@ fn decode_frame(frame: &frame::Frame, now: Instant) -> Result<Decoded, frame::Fr
             Decoded::Gossip(frame.bytes.slice_ref(data.as_slice()))
         }
         ArchivedClusterMsg::Leave => Decoded::Node(Frame::Leave),
+        ArchivedClusterMsg::SharedPublish {
+            stream,
+            seq,
+            share,
+            message,
+        } => {
+            if crate::router::shared::parse(share.as_str()).is_none() {
+                return Err(frame::FrameError::Invalid(format!(
+                    "not a shared subscription: {:?}",
+                    share.as_str()
+                )));
+            }
+            Decoded::Node(Frame::SharedPublish {
+                stream: stream.to_native(),
+                seq: seq.to_native(),
+                share: share.as_str().into(),
+                message: Arc::new(frame::wire_to_message(&frame.bytes, message, now)?),
+            })
+        }
     };
     Ok(decoded)
 }
@@ -1014,5 +1132,11 @@ fn encode_frame(
             out,
         ),
         Frame::Leave => frame::encode(&ClusterMsg::Leave, out),
+        Frame::SharedPublish {
+            stream,
+            seq,
+            share,
+            message,
+        } => frame::encode_shared_publish(*stream, *seq, share, message, now, out),
     }
 }

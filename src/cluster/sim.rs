@@ -125,7 +125,7 @@ impl Sim {
                 .1
                 .pop_front()
                 .expect("non-empty lane");
-            self.nodes[b].node.handle_frame(&id(a), frame);
+            self.nodes[b].node.handle_frame(&id(a), frame, self.now);
         }
         panic!("seed {}: the simulation did not settle", self.seed);
     }
@@ -136,14 +136,14 @@ impl Sim {
         self.collect_outputs();
         for (_, frames) in std::mem::take(&mut self.in_flight[a][b]) {
             for frame in frames {
-                self.nodes[b].node.handle_frame(&id(a), frame);
+                self.nodes[b].node.handle_frame(&id(a), frame, self.now);
             }
         }
     }
 
     fn collect_outputs(&mut self) {
         for a in 0..self.nodes.len() {
-            self.nodes[a].node.flush();
+            self.nodes[a].node.flush(self.now);
             while let Some(output) = self.nodes[a].node.poll_output() {
                 match output {
                     NodeOutput::Send { peer, lane, frame } => {
@@ -328,6 +328,9 @@ fn a_confirmation_waits_for_every_linked_peer_that_got_the_message() {
         );
         sim.settle();
         assert_eq!(sim.confirmed(0, 1), vec![Ticket::nth(10)], "seed {seed}");
+        // One frame to each of two peers, each acknowledged once.
+        let round_trips = sim.nodes[0].node.counters.forward_ack_latency.count();
+        assert_eq!(round_trips, 2, "seed {seed}");
     }
 }
 
@@ -489,6 +492,36 @@ fn a_peer_unreachable_past_the_hold_is_forgotten_and_a_leaving_one_at_once() {
     assert!(!sim.routes_to_cluster(0, "u"));
 }
 
+/// Node 0 forgets node 1 (its `peer_hold` ran out) while node 1 still
+/// holds node 0, as when node 1 is frozen (SIGSTOP) past node 0's hold:
+/// node 1 sees the link drop only when it resumes. Node 0 must go on
+/// numbering where it left off: numbering from 1 again, node 1, which took
+/// numbers up to 10 from the same incarnation, dropped the new ones as
+/// duplicates and acknowledged them (lost, their PUBACKs sent).
+#[test]
+fn a_peer_that_forgot_us_past_its_hold_still_delivers_after_the_link_returns() {
+    let mut sim = Sim::new(2, 7, AckMode::Remote);
+    sim.subscribe(1, 0, "t");
+    sim.settle();
+    for n in 0..10 {
+        sim.publish(0, 0, "t", n);
+    }
+    sim.settle();
+    sim.cut(0, 1);
+    // Only node 0's hold runs out.
+    let later = sim.now + Duration::from_secs(301);
+    sim.nodes[0].node.handle_timeout(later);
+    assert!(!sim.nodes[0].node.knows("n1"));
+    assert!(sim.nodes[1].node.knows("n0"));
+    sim.connect(0, 1);
+    sim.settle();
+    for n in 10..20 {
+        sim.publish(0, 0, "t", n);
+    }
+    sim.settle();
+    assert_eq!(sim.delivered(1), (0..20).collect::<Vec<_>>());
+}
+
 #[test]
 fn a_full_outbox_drops_qos0_first_and_counts() {
     let mut sim = Sim::new(2, 17, AckMode::Remote);
@@ -565,4 +598,73 @@ fn retained_messages_converge_last_writer_wins_after_a_partition() {
     // Node 0 takes node 1's later write; node 1 keeps its own.
     assert_eq!(last_retained(&sim, 0), Some(2));
     assert_eq!(last_retained(&sim, 1), None);
+}
+
+#[test]
+fn a_shared_group_member_on_a_peer_is_one_member_here_and_gets_messages_to_pass_on() {
+    let mut sim = Sim::new(2, 23, AckMode::Remote);
+    let share = "$share/g/jobs/+";
+    sim.shard_msg(
+        1,
+        1,
+        ShardMsg::SharedRouteAdd {
+            share: share.into(),
+            from: 1,
+        },
+    );
+    sim.settle();
+    // Node 0's shards route the group's messages to its owner, and the
+    // owner counts node 1 as one member.
+    let owner = crate::shard::group_owner(share, SHARDS);
+    let joined = sim.nodes[0].to_shards[owner].iter().any(|msg| {
+        matches!(msg, ShardMsg::SharedJoin { member, .. }
+            if member.shard == SHARDS && member.client_id == "n1")
+    });
+    assert!(joined, "node 1 joined the owner's group as a member");
+    for shard in 0..SHARDS {
+        let routed = sim.nodes[0].to_shards[shard].iter().any(|msg| {
+            matches!(msg, ShardMsg::SharedRouteAdd { share: s, from } if s == share && *from == SHARDS)
+        });
+        assert!(routed, "shard {shard} routes the group to the cluster");
+    }
+    // The owner picks node 1: the message crosses, numbered, and node 1's
+    // owner gets it to give to a member of its own.
+    sim.shard_msg(
+        0,
+        owner,
+        ShardMsg::SharedDeliver {
+            share: share.into(),
+            client_id: "n1".into(),
+            message: message("jobs/a", 42),
+            online: true,
+        },
+    );
+    sim.settle();
+    let owner_there = crate::shard::group_owner(share, SHARDS);
+    let handed: Vec<u32> = sim.nodes[1].to_shards[owner_there]
+        .iter()
+        .filter_map(|msg| match msg {
+            ShardMsg::SharedPublish {
+                message,
+                local_only: true,
+                ..
+            } => Some(number(message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handed, vec![42]);
+    // The last member there leaves: node 0's owner forgets node 1.
+    sim.shard_msg(
+        1,
+        1,
+        ShardMsg::SharedRouteRemove {
+            share: share.into(),
+            from: 1,
+        },
+    );
+    sim.settle();
+    let left = sim.nodes[0].to_shards[owner]
+        .iter()
+        .any(|msg| matches!(msg, ShardMsg::SharedLeave { member, .. } if member.client_id == "n1"));
+    assert!(left);
 }

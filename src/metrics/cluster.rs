@@ -2,6 +2,8 @@
 //! ([`crate::cluster::ClusterStatus`]): members by state, forwarding
 //! counters, and per-peer outboxes and drops.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -57,14 +59,25 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         counter(registry, name, help, value);
     }
 
+    registry.register(
+        "cluster_forward_ack_seconds",
+        "From a batch of forwarded messages leaving this node to the peer's acknowledgement",
+        status.counters.forward_ack_latency.buckets(),
+    );
+
+    let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let linked = Family::<Labels, Gauge>::default();
     let outbox_messages = Family::<Labels, Gauge>::default();
     let outbox_bytes = Family::<Labels, Gauge>::default();
     let forwarded = Family::<Labels, Counter>::default();
+    let forwarded_bytes = Family::<Labels, Counter>::default();
     let dropped = Family::<Labels, Counter>::default();
     for peer in &status.peers {
         let labels = vec![("peer".to_string(), peer.node_id.to_string())];
         linked.get_or_create(&labels).set(i64::from(peer.linked));
+        if let Some(round_trip) = peer.rtt {
+            rtt.get_or_create(&labels).set(round_trip.as_secs_f64());
+        }
         outbox_messages
             .get_or_create(&labels)
             .set(peer.outbox_messages as i64);
@@ -72,6 +85,9 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
             .get_or_create(&labels)
             .set(peer.outbox_bytes as i64);
         forwarded.get_or_create(&labels).inc_by(peer.forwarded);
+        forwarded_bytes
+            .get_or_create(&labels)
+            .inc_by(peer.forwarded_bytes);
         for (reason, n) in [
             ("outbox_full_qos0", peer.dropped_qos0),
             ("outbox_full_qos12", peer.dropped_qos12),
@@ -87,6 +103,11 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         linked,
     );
     registry.register(
+        "cluster_peer_rtt_seconds",
+        "QUIC's round-trip time estimate to the peer, while linked",
+        rtt,
+    );
+    registry.register(
         "cluster_peer_outbox_messages",
         "Messages owed to the peer, sent or not, awaiting its acknowledgement",
         outbox_messages,
@@ -100,6 +121,11 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         "cluster_peer_forwarded_messages",
         "Messages queued for the peer",
         forwarded,
+    );
+    registry.register(
+        "cluster_peer_forwarded_bytes",
+        "Bytes queued for the peer: topic and payload plus 64 per message",
+        forwarded_bytes,
     );
     registry.register(
         "cluster_peer_dropped_messages",

@@ -133,9 +133,25 @@ impl<M: Clone + PartialEq> Group<M> {
         random: u64,
         exclude: Option<&M>,
     ) -> Option<(&M, bool)> {
-        let other = |member: &Member<M>| exclude != Some(&member.id);
-        let tiers: [&Eligible<'_, M>; 3] =
-            [&|member| member.online && other(member), &other, &|_| true];
+        self.pick_among(strategy, random, exclude, &|_| true)
+    }
+
+    /// [`Group::pick`] among the members `admit` lets through only (on a
+    /// clustered node, for a message another node's group owner picked
+    /// this node for: this node's own members, never a peer node).
+    pub fn pick_among(
+        &mut self,
+        strategy: Strategy,
+        random: u64,
+        exclude: Option<&M>,
+        admit: &dyn Fn(&M) -> bool,
+    ) -> Option<(&M, bool)> {
+        let other = |member: &Member<M>| admit(&member.id) && exclude != Some(&member.id);
+        let tiers: [&Eligible<'_, M>; 3] = [
+            &|member| member.online && other(member),
+            &other,
+            &|member| admit(&member.id),
+        ];
         let at = tiers
             .iter()
             .find_map(|eligible| self.choose(strategy, random, eligible))?;
@@ -309,6 +325,24 @@ mod tests {
         assert_eq!(alone.pick(Strategy::Random, 5, Some(&1)), Some((&1, false)));
         let mut empty = Group::<u32>::default();
         assert_eq!(empty.pick(Strategy::RoundRobin, 0, None), None);
+        let mut g = group(&[(1, true), (2, true), (3, false)]);
+        let odd = |id: &u32| id % 2 == 1;
+        assert_eq!(
+            g.pick_among(Strategy::RoundRobin, 0, None, &odd),
+            Some((&1, true))
+        );
+        assert_eq!(
+            g.pick_among(Strategy::RoundRobin, 0, None, &odd),
+            Some((&1, true))
+        );
+        assert_eq!(
+            g.pick_among(Strategy::RoundRobin, 0, Some(&1), &odd),
+            Some((&3, false))
+        );
+        assert_eq!(
+            g.pick_among(Strategy::RoundRobin, 0, None, &|_| false),
+            None
+        );
     }
 
     #[test]

@@ -67,10 +67,13 @@ pub enum ShardMsg {
     /// To the owner of `share`: pick one member for `message`. `exclude` is
     /// the member the message comes back from (gone, or offline with it
     /// unacknowledged), chosen again only if no other member is left.
+    /// `local_only` is set on a message another node's owner picked this
+    /// node for: it goes to a member on this node, never back out.
     SharedPublish {
         share: ByteString,
         message: Arc<Message>,
         exclude: Option<SharedMember>,
+        local_only: bool,
     },
     /// From the owner of `share` to the chosen member's shard. `online` is
     /// the member's state as the owner knew it: a member the owner thought

@@ -98,8 +98,13 @@ impl Input {
         debug_assert!(!self.in_arena, "read before settling");
         let received = if self.bytes.is_empty() {
             let (bytes, received) = recv_arena(fd)?;
-            self.bytes = bytes;
-            self.in_arena = true;
+            // A read that got nothing (a spurious wake-up, or the socket
+            // drained after a read that filled its room) leaves the input
+            // settled: the connection reads again without a decode between.
+            if received != Received::Nothing {
+                self.bytes = bytes;
+                self.in_arena = true;
+            }
             received
         } else {
             self.bytes.reserve(READ_CHUNK);
@@ -264,6 +269,22 @@ mod tests {
         input.settle();
         drop(b);
         assert_eq!(input.recv(a.as_raw_fd()).expect("recv"), Received::Closed);
+    }
+
+    /// The read loop reads again, without decoding, after a read that got
+    /// nothing: that must not count as reading before settling.
+    #[test]
+    fn a_read_that_got_nothing_needs_no_settling() {
+        let (a, mut b) = pair();
+        let mut input = Input::default();
+        assert_eq!(input.recv(a.as_raw_fd()).expect("recv"), Received::Nothing);
+        assert!(!input.in_arena);
+        b.write_all(b"hello").expect("write");
+        assert_eq!(
+            input.recv(a.as_raw_fd()).expect("recv"),
+            Received::Bytes { filled: false }
+        );
+        assert_eq!(&input.bytes()[..], b"hello");
     }
 
     #[test]

@@ -535,6 +535,7 @@ impl ShardState {
                 share,
                 message: message.clone(),
                 exclude: None,
+                local_only: false,
             };
             self.send(owner, msg, now);
         }
@@ -846,7 +847,8 @@ impl ShardState {
                 share,
                 message,
                 exclude,
-            } => self.pick_member(share, message, exclude.as_ref(), now),
+                local_only,
+            } => self.pick_member(share, message, exclude.as_ref(), local_only, now),
             ShardMsg::SharedDeliver {
                 share,
                 client_id,

@@ -66,8 +66,13 @@ macro_rules! rumqttc_client {
             }
 
             pub async fn next_event(&mut self) -> Event {
-                match tokio::time::timeout(RECV_TIMEOUT, self.events.recv()).await {
-                    Err(_) => panic!("{}", elapsed_msg("a client event")),
+                self.next_event_within(RECV_TIMEOUT).await
+            }
+
+            /// Like [`Client::next_event`], waiting up to `d`.
+            pub async fn next_event_within(&mut self, d: Duration) -> Event {
+                match tokio::time::timeout(d, self.events.recv()).await {
+                    Err(_) => panic!("timed out after {d:?} waiting for a client event"),
                     Ok(None) => panic!("client event loop ended"),
                     Ok(Some(Err(e))) => panic!("client connection error: {e}"),
                     Ok(Some(Ok(ev))) => ev,
@@ -75,12 +80,12 @@ macro_rules! rumqttc_client {
             }
 
             /// Waits for the broker's final ack of a QoS 1/2 publish.
-            async fn wait_ack(&mut self, qos: QoS) {
+            async fn wait_ack(&mut self, qos: QoS, d: Duration) {
                 if qos == QoS::AtMostOnce {
                     return;
                 }
                 loop {
-                    match self.next_event().await {
+                    match self.next_event_within(d).await {
                         Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return,
                         Event::Incoming(Packet::PubComp(_)) if qos == QoS::ExactlyOnce => return,
                         _ => {}
@@ -94,7 +99,25 @@ macro_rules! rumqttc_client {
                     .publish(topic, qos, retain, payload.to_vec())
                     .await
                     .unwrap();
-                self.wait_ack(qos).await;
+                self.wait_ack(qos, RECV_TIMEOUT).await;
+            }
+
+            /// Like [`Client::publish`], waiting up to `d` for the ack (a
+            /// cluster holds it while a peer is unreachable but not yet
+            /// known to be).
+            pub async fn publish_within(
+                &mut self,
+                topic: &str,
+                qos: QoS,
+                retain: bool,
+                payload: &[u8],
+                d: Duration,
+            ) {
+                self.client
+                    .publish(topic, qos, retain, payload.to_vec())
+                    .await
+                    .unwrap();
+                self.wait_ack(qos, d).await;
             }
 
             /// Next PUBLISH received, skipping other events.
@@ -102,6 +125,21 @@ macro_rules! rumqttc_client {
                 loop {
                     if let Event::Incoming(Packet::Publish(p)) = self.next_event().await {
                         return p;
+                    }
+                }
+            }
+
+            /// Next PUBLISH received within `d`, skipping other events;
+            /// `None` if none came.
+            pub async fn try_next_publish(&mut self, d: Duration) -> Option<Publish> {
+                let deadline = tokio::time::Instant::now() + d;
+                loop {
+                    match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                        Err(_) => return None,
+                        Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => return Some(p),
+                        Ok(Some(Err(e))) => panic!("client connection error: {e}"),
+                        Ok(None) => panic!("client event loop ended"),
+                        Ok(Some(Ok(_))) => {}
                     }
                 }
             }
@@ -270,7 +308,7 @@ pub mod v5 {
                 .publish_with_properties(topic, qos, retain, payload.to_vec(), props)
                 .await
                 .unwrap();
-            self.wait_ack(qos).await;
+            self.wait_ack(qos, RECV_TIMEOUT).await;
         }
     }
 }

@@ -55,20 +55,32 @@ impl Cluster {
         cluster
     }
 
+    /// Starts one more node outside the cluster's list, with `node_id`,
+    /// seeded with every node of the cluster.
+    pub fn spawn_extra(&self, node_id: &str) -> Broker {
+        let addr = free_udp_addr("127.0.0.19");
+        self.spawn_as(node_id, addr, &self.cluster_addrs)
+    }
+
     fn spawn(&self, i: usize) -> Broker {
-        let seeds: Vec<String> = self
+        let others: Vec<SocketAddr> = self
             .cluster_addrs
             .iter()
             .enumerate()
             .filter(|&(j, _)| j != i)
-            .map(|(_, addr)| addr.to_string())
+            .map(|(_, addr)| *addr)
             .collect();
+        self.spawn_as(&self.node_ids[i], self.cluster_addrs[i], &others)
+    }
+
+    fn spawn_as(&self, node_id: &str, listen: SocketAddr, seeds: &[SocketAddr]) -> Broker {
+        let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
         let toml = format!(
             "[cluster]\nsecret_file = {:?}\n{}\n",
             self.secret.display().to_string(),
             self.extra_toml
         );
-        let listen = self.cluster_addrs[i].to_string();
+        let listen = listen.to_string();
         let seeds = seeds.join(",");
         Broker::start_with_config(
             &toml,
@@ -78,7 +90,7 @@ impl Cluster {
                 "--metrics-listen",
                 "127.0.0.1:0",
                 "--node-id",
-                &self.node_ids[i],
+                node_id,
                 "--cluster-listen",
                 &listen,
                 "--seeds",
@@ -113,21 +125,7 @@ impl Cluster {
 
     /// The peers node `i` has a link to, by its log (links up minus down).
     pub fn linked_peers(&self, i: usize) -> usize {
-        let logs = self.node(i).logs();
-        let mut peers: Vec<&str> = Vec::new();
-        for line in logs.lines() {
-            let Some(peer) = field(line, "peer=") else {
-                continue;
-            };
-            if line.contains("cluster link up") {
-                if !peers.contains(&peer) {
-                    peers.push(peer);
-                }
-            } else if line.contains("cluster link down") {
-                peers.retain(|p| *p != peer);
-            }
-        }
-        peers.len()
+        linked_peers(&self.node(i).logs())
     }
 
     /// Waits until every running node links to every other running node
@@ -190,6 +188,25 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.secret);
     }
+}
+
+/// The peers a node has a link to, by its log: `cluster link up` lines
+/// minus `cluster link down` lines, per `peer=`.
+pub fn linked_peers(logs: &str) -> usize {
+    let mut peers: Vec<&str> = Vec::new();
+    for line in logs.lines() {
+        let Some(peer) = field(line, "peer=") else {
+            continue;
+        };
+        if line.contains("cluster link up") {
+            if !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        } else if line.contains("cluster link down") {
+            peers.retain(|p| *p != peer);
+        }
+    }
+    peers.len()
 }
 
 /// The value of `key` (`peer=`) in a log line, without quotes.

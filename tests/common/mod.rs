@@ -11,7 +11,9 @@
 pub mod clients;
 pub mod cluster;
 pub mod http;
+pub mod netns;
 pub mod raw;
+pub mod tally;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
@@ -53,7 +55,18 @@ impl Broker {
     }
 
     fn spawn(args: &[&str], config: Option<PathBuf>) -> Broker {
-        let mut cmd = broker_command(args, config.as_ref());
+        let cmd = broker_command(args, config.as_ref());
+        Self::launch(cmd, config)
+    }
+
+    /// Runs `cmd` (a command that ends up executing `ringmq`, e.g. through
+    /// `ip netns exec`, with stderr piped) and waits until it is accepting
+    /// connections. `config` is removed when the broker is dropped.
+    pub fn launch(mut cmd: Command, config: Option<PathBuf>) -> Broker {
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
         let mut child = cmd.spawn().expect("failed to spawn the ringmq binary");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (port_tx, port_rx) = mpsc::channel();
@@ -249,7 +262,7 @@ fn broker_command(args: &[&str], config: Option<&PathBuf>) -> Command {
     cmd
 }
 
-fn write_temp_config(toml: &str) -> PathBuf {
+pub fn write_temp_config(toml: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("ringmq-test-{}-{n}.toml", std::process::id()));

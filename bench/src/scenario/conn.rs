@@ -138,18 +138,25 @@ pub fn run(args: &ConnArgs) -> Result<ConnReport, String> {
     let processes = args
         .processes
         .unwrap_or_else(|| processes_needed(requested, fd_limit));
-    let rss = |pid: Option<u32>| pid.map(rss_kib).transpose();
-    let broker_cpu = |pid: Option<u32>| pid.map(|p| cpu::cpu_seconds(Some(p))).transpose();
-    let rss_before = rss(args.broker_pid)?;
-    let cpu_before = broker_cpu(args.broker_pid)?;
+    // Several pids (a cluster's nodes): RSS and CPU summed over them.
+    let rss = |pids: &[u32]| -> Result<Option<u64>, String> {
+        if pids.is_empty() {
+            return Ok(None);
+        }
+        pids.iter()
+            .try_fold(0, |sum, &pid| Ok(sum + rss_kib(pid)?))
+            .map(Some)
+    };
+    let rss_before = rss(&args.broker_pid)?;
+    let cpu_before = cpu::sum_cpu_seconds(&args.broker_pid)?;
     let start = Instant::now();
 
     let (connected, failed, connect_seconds, hold, open_at_end, error_kinds) = if processes == 1 {
         let local = Local::start(args, requested)?;
         let (ok, failed) = local.wait_settled();
         let connect_seconds = start.elapsed().as_secs_f64();
-        let cpu_after = broker_cpu(args.broker_pid)?;
-        let rss_after = rss(args.broker_pid)?;
+        let cpu_after = cpu::sum_cpu_seconds(&args.broker_pid)?;
+        let rss_after = rss(&args.broker_pid)?;
         let hold = local.hold(args.hold);
         let (open, kinds) = local.stop()?;
         (
@@ -171,8 +178,8 @@ pub fn run(args: &ConnArgs) -> Result<ConnReport, String> {
             failed += f;
         }
         let connect_seconds = start.elapsed().as_secs_f64();
-        let cpu_after = broker_cpu(args.broker_pid)?;
-        let rss_after = rss(args.broker_pid)?;
+        let cpu_after = cpu::sum_cpu_seconds(&args.broker_pid)?;
+        let rss_after = rss(&args.broker_pid)?;
         eprintln!(
             "holding {ok} connections in {processes} processes for {:?}",
             args.hold

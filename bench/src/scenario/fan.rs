@@ -129,7 +129,7 @@ async fn subscriber(
         .or_stop(async {
             let _turn = ctx.connect_gate.acquire().await;
             let mut conn = Connection::open(
-                args.common.broker,
+                args.common.subscriber_broker(n),
                 &format!("bench-{}-sub-{n}", layout_name(layout)),
             )
             .await?;

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod fan;
 pub mod pairs;
 pub mod stresser;
+pub mod subscribe;
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -215,9 +216,7 @@ where
     if fd_limit < connections + 64 {
         eprintln!("warning: open-file limit {fd_limit} is too low for {connections} connections");
     }
-    if let Some(pid) = common.broker_pid {
-        cpu::cpu_seconds(Some(pid))?;
-    }
+    cpu::sum_cpu_seconds(&common.broker_pid)?;
     let shared = Arc::new(Shared {
         control: Control::new(common.warmup, common.duration),
         stats: (0..common.cpus.0.len())
@@ -252,10 +251,10 @@ where
         control.advance(Phase::Run);
         progress.label = "warmup";
         progress.wait(Some(control.window_start()), || false);
-        let begin = Snapshot::take(&shared.stats, common.broker_pid);
+        let begin = Snapshot::take(&shared.stats, &common.broker_pid);
         progress.label = "measuring";
         progress.wait(Some(control.window_end()), || false);
-        let end = Snapshot::take(&shared.stats, common.broker_pid);
+        let end = Snapshot::take(&shared.stats, &common.broker_pid);
         window = Some(begin.until(&end, common.duration));
         progress.label = "draining";
         progress.wait(Some(control.window_end() + common.drain), || {
@@ -318,10 +317,10 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn take(stats: &[Arc<WorkerStats>], broker_pid: Option<u32>) -> Snapshot {
+    fn take(stats: &[Arc<WorkerStats>], broker_pids: &[u32]) -> Snapshot {
         Snapshot {
             totals: Totals::sum(stats),
-            broker_cpu: broker_pid.and_then(|pid| cpu::cpu_seconds(Some(pid)).ok()),
+            broker_cpu: cpu::sum_cpu_seconds(broker_pids).ok().flatten(),
             own_cpu: cpu::cpu_seconds(None).ok(),
         }
     }

@@ -66,7 +66,8 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
     let subscriber = ctx
         .or_stop(async {
             let _turn = ctx.connect_gate.acquire().await;
-            let mut conn = Connection::open(args.common.broker, &format!("bench-sub-{n}")).await?;
+            let broker = args.common.subscriber_broker(n);
+            let mut conn = Connection::open(broker, &format!("bench-sub-{n}")).await?;
             conn.subscribe(&topic, args.qos).await?;
             Ok::<_, ClientError>(conn)
         })

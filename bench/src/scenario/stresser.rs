@@ -54,8 +54,7 @@ pub fn run(args: &StresserArgs) -> Result<StresserReport, String> {
     crate::stats::init_clock();
     workers::check_cpus(&args.cpus)?;
     workers::raise_fd_limit();
-    let broker_cpu = |pid: Option<u32>| pid.map(|p| cpu::cpu_seconds(Some(p))).transpose();
-    let cpu_before = broker_cpu(args.broker_pid)?;
+    let cpu_before = cpu::sum_cpu_seconds(&args.broker_pid)?;
     let clients = args.num_clients as usize;
     let shared = Arc::new(Shared {
         control: Control::new(Duration::ZERO, Duration::ZERO),
@@ -101,7 +100,7 @@ pub fn run(args: &StresserArgs) -> Result<StresserReport, String> {
         }
     }
     let wall_seconds = start.elapsed().as_secs_f64();
-    let cpu_after = broker_cpu(args.broker_pid)?;
+    let cpu_after = cpu::sum_cpu_seconds(&args.broker_pid)?;
     let results = std::mem::take(&mut *plan.results.lock().unwrap_or_else(|e| e.into_inner()));
     let results = results
         .into_iter()

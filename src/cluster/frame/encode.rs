@@ -10,7 +10,7 @@
 //! `WireMessageRef` uses `#[rkyv(as = ArchivedWireMessage)]` with fields
 //! `&str` (`AsString`, archived as `ArchivedString`) and `&[u8]` (`AsVec`,
 //! as `ArchivedVec<u8>`), which the compiler checks field by field; the
-//! enum `ClusterMsgRef` repeats `Publish` and `Retain` under the
+//! enum `ClusterMsgRef` repeats `Publish`, `Retain` and `SharedPublish` under the
 //! discriminants of [`ClusterMsg`], which nothing checks but the tests
 //! (`borrowed_encoders_write_the_owned_bytes`), so keep both in step.
 //!
@@ -72,6 +72,25 @@ pub fn encode_retain(
     let msg: ClusterMsgRef<'_, Message> = ClusterMsgRef::Retain {
         hlc,
         origin,
+        message: WireMessageRef::new(message, now),
+    };
+    write_frame(&msg, out)
+}
+
+/// Appends one [`ClusterMsg::SharedPublish`] frame for `message`, without
+/// an owned copy of it.
+pub fn encode_shared_publish(
+    stream: u32,
+    seq: u64,
+    share: &str,
+    message: &Message,
+    now: Instant,
+    out: &mut BytesMut,
+) -> Result<usize, FrameError> {
+    let msg: ClusterMsgRef<'_, Message> = ClusterMsgRef::SharedPublish {
+        stream,
+        seq,
+        share,
         message: WireMessageRef::new(message, now),
     };
     write_frame(&msg, out)
@@ -168,6 +187,14 @@ enum ClusterMsgRef<'a, M: Borrow<Message>> {
         #[rkyv(omit_bounds)]
         message: WireMessageRef<'a>,
     } = 7,
+    SharedPublish {
+        stream: u32,
+        seq: u64,
+        #[rkyv(with = AsString, omit_bounds)]
+        share: &'a str,
+        #[rkyv(omit_bounds)]
+        message: WireMessageRef<'a>,
+    } = 10,
 }
 
 /// A borrowed [`WireMessage`]: the same archive, no owned copy.

@@ -45,7 +45,7 @@ mod reader;
 use bytes::Bytes;
 
 pub use convert::{message_to_wire, wire_to_message};
-pub use encode::{encode, encode_publish, encode_retain};
+pub use encode::{encode, encode_publish, encode_retain, encode_shared_publish};
 pub use msg::{
     ArchivedClusterMsg, ArchivedUserProperty, ArchivedWireMessage, ClusterMsg, PROTOCOL_VERSION,
     UserProperty, WireMessage,

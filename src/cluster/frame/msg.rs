@@ -77,6 +77,17 @@ pub enum ClusterMsg {
     /// The sender is leaving the cluster gracefully: the receiver may drop
     /// its routes at once instead of waiting for failure detection.
     Leave = 9,
+    /// One message for the shared subscription `share`, which the sender's
+    /// group owner picked this node for: the receiver gives it to one of
+    /// its own members, never to another node, so each message reaches one
+    /// member in the whole cluster. Numbered on `stream` like `Publish`
+    /// (same acknowledgements, same deduplication), one per frame.
+    SharedPublish {
+        stream: u32,
+        seq: u64,
+        share: String,
+        message: WireMessage,
+    } = 10,
 }
 
 /// An application message as it travels between nodes: what

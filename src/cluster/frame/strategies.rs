@@ -106,5 +106,13 @@ pub fn cluster_msg() -> impl Strategy<Value = ClusterMsg> {
         }),
         bytes().prop_map(|data| ClusterMsg::Gossip { data }),
         Just(ClusterMsg::Leave),
+        (any::<u32>(), any::<u64>(), text(), wire_message()).prop_map(
+            |(stream, seq, share, message)| ClusterMsg::SharedPublish {
+                stream,
+                seq,
+                share,
+                message,
+            }
+        ),
     ]
 }

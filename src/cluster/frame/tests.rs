@@ -105,6 +105,12 @@ fn every_variant() -> Vec<ClusterMsg> {
         ClusterMsg::Retain {
             hlc: 1 << 40,
             origin: "node-a".into(),
+            message: wire.clone(),
+        },
+        ClusterMsg::SharedPublish {
+            stream: 1,
+            seq: 7,
+            share: "$share/g/a/+".into(),
             message: wire,
         },
         ClusterMsg::Gossip {
@@ -409,6 +415,16 @@ proptest! {
             let owned = encoded(&ClusterMsg::Retain {
                 hlc,
                 origin: origin.clone(),
+                message: message_to_wire(message, now),
+            });
+            prop_assert_eq!(&borrowed[..], &owned[..]);
+
+            let mut borrowed = BytesMut::new();
+            encode_shared_publish(stream, hlc, &origin, message, now, &mut borrowed).unwrap();
+            let owned = encoded(&ClusterMsg::SharedPublish {
+                stream,
+                seq: hlc,
+                share: origin.clone(),
                 message: message_to_wire(message, now),
             });
             prop_assert_eq!(&borrowed[..], &owned[..]);

@@ -133,6 +133,7 @@ impl ShardState {
             share,
             message,
             exclude,
+            local_only: false,
         };
         self.send(owner, msg, now);
     }
@@ -174,21 +175,28 @@ impl ShardState {
     }
 
     /// As the owner of `share`: picks the member `message` goes to and
-    /// sends it to that member's shard. A group with no member left drops
-    /// the message, as a filter with no subscriber would.
+    /// sends it to that member's shard. In a cluster, each peer node with
+    /// members is one more member here (its shard is the cluster's place,
+    /// its client id the node id), so the pick is made once for the whole
+    /// cluster; a message a peer's owner picked this node for
+    /// (`local_only`) goes to a member here. A group with no member left
+    /// drops the message, as a filter with no subscriber would.
     pub(super) fn pick_member(
         &mut self,
         share: ByteString,
         message: Arc<Message>,
         exclude: Option<&SharedMember>,
+        local_only: bool,
         now: Instant,
     ) {
         let random = shared::next_random(&mut self.random);
         let strategy = self.config.shared_strategy;
+        let shards = self.mesh.shard_count();
+        let admit = |member: &SharedMember| !local_only || member.shard < shards;
         let Some((member, online)) = self
             .groups
             .get_mut(&share)
-            .and_then(|group| group.pick(strategy, random, exclude))
+            .and_then(|group| group.pick_among(strategy, random, exclude, &admit))
         else {
             return;
         };
