@@ -114,6 +114,34 @@ pub enum Frame {
     },
 }
 
+impl Frame {
+    /// About the bytes the frame takes encoded, to size the buffer once:
+    /// each message's strings and payload plus room for rkyv's layout.
+    pub fn size_hint(&self) -> usize {
+        let size = |m: &Message| 128 + m.topic.len() + m.payload.len() + m.publisher.len();
+        match self {
+            Frame::Publish { messages, .. } => 64 + messages.iter().map(|m| size(m)).sum::<usize>(),
+            Frame::Retain { message, .. } | Frame::SharedPublish { message, .. } => {
+                128 + size(message)
+            }
+            Frame::Routes { filters, .. } => {
+                64 + filters.iter().map(|f| 16 + f.len()).sum::<usize>()
+            }
+            Frame::RouteDelta { add, remove, .. } => {
+                64 + add
+                    .iter()
+                    .chain(remove)
+                    .map(|f| 16 + f.len())
+                    .sum::<usize>()
+            }
+            Frame::RoutesAck { .. }
+            | Frame::RoutesResync
+            | Frame::PublishAck { .. }
+            | Frame::Leave => 160,
+        }
+    }
+}
+
 /// Which ordered lane of the peer connection a frame travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lane {

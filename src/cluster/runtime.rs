@@ -210,6 +210,8 @@ struct Link {
     dialed: bool,
     hello: Option<Hello>,
     lanes: FxHashMap<Lane, mpsc::UnboundedSender<Bytes>>,
+    /// Frames encoded this turn, per lane, not yet handed to the writers.
+    pending: FxHashMap<Lane, BytesMut>,
     pending_datagrams: Vec<Bytes>,
 }
 
@@ -366,7 +368,9 @@ impl Cluster {
         self.node.flush(now);
         while let Some(output) = self.node.poll_output() {
             match output {
-                NodeOutput::Send { peer, lane, frame } => self.send_frame(&peer, lane, &frame, now),
+                NodeOutput::Send { peer, lane, frame } => {
+                    self.encode_frame(&peer, lane, &frame, now)
+                }
                 NodeOutput::ToShard { shard, msg } => self.mesh.push(shard, msg),
                 NodeOutput::Disconnect { peer, reason } => {
                     if let Some(&link) = self.by_node.get(&peer) {
@@ -376,6 +380,7 @@ impl Cluster {
                 }
             }
         }
+        self.write_lanes();
         self.mesh.flush();
         while let Some((addr, data)) = self.membership.poll_transmit() {
             self.send_datagram(addr, data);
@@ -385,29 +390,46 @@ impl Cluster {
         }
     }
 
-    fn send_frame(&mut self, peer: &ByteString, lane: Lane, frame: &Frame, now: Instant) {
-        let Some(link_id) = self.by_node.get(peer).copied() else {
+    /// Encodes a frame at the end of its lane's output for this turn: the
+    /// frames of one turn go to the lane's writer in one piece.
+    fn encode_frame(&mut self, peer: &ByteString, lane: Lane, frame: &Frame, now: Instant) {
+        let Some(link) = self
+            .by_node
+            .get(peer)
+            .and_then(|link_id| self.links.get_mut(link_id))
+        else {
             return;
         };
-        let mut out = BytesMut::new();
-        if let Err(error) = encode_frame(frame, now, &mut out) {
+        let out = link.pending.entry(lane).or_default();
+        let before = out.len();
+        out.reserve(frame.size_hint());
+        if let Err(error) = encode_frame(frame, now, out) {
+            out.truncate(before);
             warn!(%peer, %error, "frame not sent");
-            return;
         }
-        let Some(link) = self.links.get_mut(&link_id) else {
-            return;
-        };
-        let Some(connection) = link.connection.clone() else {
-            return;
-        };
-        let sender = link.lanes.entry(lane).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(write_uni_lane(connection, rx));
-            tx
-        });
-        // A writer that ended has a closed connection; the link's Closed
-        // event follows and the outbox resends.
-        let _ = sender.send(out.freeze());
+    }
+
+    /// Hands each lane's output of this turn to its writer task.
+    fn write_lanes(&mut self) {
+        for link in self.links.values_mut() {
+            if link.pending.is_empty() {
+                continue;
+            }
+            let Some(connection) = link.connection.clone() else {
+                link.pending.clear();
+                continue;
+            };
+            for (lane, out) in link.pending.drain() {
+                let sender = link.lanes.entry(lane).or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(write_uni_lane(connection.clone(), rx));
+                    tx
+                });
+                // A writer that ended has a closed connection; the link's
+                // Closed event follows and the outbox resends.
+                let _ = sender.send(out.freeze());
+            }
+        }
     }
 
     fn send_datagram(&mut self, addr: SocketAddr, data: Bytes) {
@@ -509,6 +531,7 @@ impl Cluster {
                 dialed,
                 hello: None,
                 lanes: FxHashMap::default(),
+                pending: FxHashMap::default(),
                 pending_datagrams: Vec::new(),
             },
         );
