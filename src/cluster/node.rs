@@ -54,7 +54,7 @@ use crate::router::shared::is_shared;
 use crate::shard::mesh::{Confirmation, ShardMsg, SharedMember};
 use crate::shard::{ShardId, group_owner};
 
-/// A peer's index in [`Node::peers`]; stable while the peer is known.
+/// A peer's index in the node's table of peers; stable while the peer is known.
 pub type PeerKey = usize;
 
 /// Bytes a stream may have sent and unacknowledged; past it the rest
