@@ -40,12 +40,12 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use super::ClusterStatus;
 use super::frame::{self, ArchivedClusterMsg, ClusterMsg, FrameReader, MAX_FRAME_LEN};
 use super::membership::{MemberEvent, Membership, MembershipConfig, MembershipError, NodeIdentity};
 use super::node::{Frame, Lane, Node, NodeConfig, NodeOutput};
 use super::settings::ClusterSettings;
 use super::tls;
+use super::{ClusterStatus, MemberEventCounts};
 use crate::metrics::Readiness;
 use crate::shard::mesh::{Batch, Mesh, MeshHandle, ShardMsg};
 
@@ -234,6 +234,7 @@ struct Cluster {
     seeds: Vec<SocketAddr>,
     joined: bool,
     leaving: bool,
+    member_events: MemberEventCounts,
 }
 
 impl Cluster {
@@ -291,6 +292,7 @@ impl Cluster {
             seeds: Vec::new(),
             joined,
             leaving: false,
+            member_events: MemberEventCounts::default(),
         })
     }
 
@@ -752,6 +754,7 @@ impl Cluster {
     }
 
     fn handle_member_event(&mut self, event: MemberEvent) {
+        self.member_events.count(&event);
         match event {
             MemberEvent::Joined(member) => {
                 info!(peer = %member.node_id, addr = %member.addr, "cluster member up");
@@ -833,8 +836,9 @@ impl Cluster {
                 Some((peer.clone(), connection.rtt()))
             })
             .collect();
+        let members = self.membership.counts();
         self.status
-            .update(&self.node, self.membership.counts(), rtts);
+            .update(&self.node, members, self.member_events, rtts);
     }
 }
 
