@@ -209,6 +209,8 @@ struct Peer {
     linked: bool,
     /// When its link went down, for `peer_hold`.
     unlinked_since: Option<Instant>,
+    /// Gossip suspects it, or says it is down: not waited for.
+    suspected: bool,
     /// Its filters, as applied, and the version they are at.
     filters: FxHashSet<ByteString>,
     version: u64,
@@ -563,7 +565,8 @@ impl Node {
         });
         let mut pending = 0;
         let mut route_wait = false;
-        for (_, peer) in self.peers.iter_mut().filter(|(_, peer)| peer.linked) {
+        let reachable = |peer: &&mut Peer| peer.linked && !peer.suspected;
+        for (_, peer) in self.peers.iter_mut().filter(|(_, peer)| reachable(peer)) {
             if let Some(stream) = peer.streams.get_mut(shard)
                 && self.config.ack == AckMode::Remote
                 && stream.outbox.acked() < stream.outbox.last_seq()
@@ -630,6 +633,7 @@ impl Node {
         let peer = &mut self.peers[key];
         peer.incarnation = incarnation;
         peer.linked = true;
+        peer.suspected = false;
         peer.unlinked_since = None;
         peer.acked_version = 0;
         self.outputs.push_back(NodeOutput::Send {
@@ -668,6 +672,7 @@ impl Node {
             incarnation: 0,
             linked: false,
             unlinked_since: None,
+            suspected: false,
             filters: FxHashSet::default(),
             version: 0,
             acked_version: 0,
@@ -697,10 +702,38 @@ impl Node {
         }
         peer.linked = false;
         peer.unlinked_since = Some(now);
-        let mut released = Vec::new();
         for stream in &mut peer.streams {
             stream.outbox.handle_link_lost();
             stream.sent_at.clear();
+        }
+        self.release_waiters(key);
+    }
+
+    /// Gossip suspects `node_id` (a probe went unanswered), or says it is
+    /// down: nobody waits for it any more, though its link may linger
+    /// until QUIC's idle timeout. What is owed to it stays in its outbox
+    /// and goes on being sent while the link lasts. This takes a silent
+    /// peer's toll on publishers from the idle timeout down to the first
+    /// missed probe.
+    pub fn handle_peer_suspect(&mut self, node_id: &str) {
+        if let Some(&key) = self.peer_by_id.get(node_id) {
+            self.peers[key].suspected = true;
+            self.release_waiters(key);
+        }
+    }
+
+    /// Gossip hears from `node_id` again (refuted, or back up).
+    pub fn handle_peer_alive(&mut self, node_id: &str) {
+        if let Some(&key) = self.peer_by_id.get(node_id) {
+            self.peers[key].suspected = false;
+        }
+    }
+
+    /// Releases everyone waiting for peer `key` to acknowledge something.
+    fn release_waiters(&mut self, key: PeerKey) {
+        let peer = &mut self.peers[key];
+        let mut released = Vec::new();
+        for stream in &mut peer.streams {
             released.extend(stream.waiters.drain(..).map(|(_, waiter)| waiter));
         }
         released.extend(peer.route_waiters.drain(..).map(|(_, waiter)| waiter));

@@ -766,22 +766,27 @@ impl Cluster {
         match event {
             MemberEvent::Joined(member) => {
                 info!(peer = %member.node_id, addr = %member.addr, "cluster member up");
+                self.node.handle_peer_alive(&member.node_id);
                 self.dial_member(&member);
             }
             MemberEvent::Replaced { old, new } => {
                 info!(peer = %new.node_id, old = old.incarnation, new = new.incarnation, addr = %new.addr, "cluster member restarted");
+                self.node.handle_peer_alive(&new.node_id);
                 self.dial_member(&new);
             }
             MemberEvent::Suspect(member) => {
                 warn!(peer = %member.node_id, "cluster member suspected");
+                self.node.handle_peer_suspect(&member.node_id);
             }
             MemberEvent::Alive(member) => {
                 info!(peer = %member.node_id, "cluster member alive again");
+                self.node.handle_peer_alive(&member.node_id);
             }
             MemberEvent::Down(member) => {
                 // Its routes and outbox stay for peer_hold: a partition or
                 // a restart should not lose what is owed to it.
                 warn!(peer = %member.node_id, "cluster member down");
+                self.node.handle_peer_suspect(&member.node_id);
             }
             MemberEvent::Left(member) => {
                 info!(peer = %member.node_id, "cluster member left");
