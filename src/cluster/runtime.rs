@@ -210,6 +210,9 @@ struct Hello {
 
 type LinkId = u64;
 
+/// A connection with its control stream, both halves.
+type Established = (quinn::Connection, quinn::SendStream, quinn::RecvStream);
+
 /// One QUIC connection, from dial or accept to close.
 struct Link {
     connection: Option<quinn::Connection>,
@@ -472,59 +475,48 @@ impl Cluster {
         let connecting = self
             .endpoint
             .connect_with(self.client.clone(), addr, tls::SERVER_NAME);
-        let events = self.events_tx.clone();
-        let hello = self.hello();
-        tokio::spawn(async move {
-            let result = async {
-                let connection = connecting
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((connection, send, recv))
-            }
-            .await;
-            match result {
-                Ok((connection, send, recv)) => {
-                    serve_connection(id, connection, send, recv, hello, events).await
-                }
-                Err(reason) => {
-                    let _ = events
-                        .send(Event::Closed {
-                            link: id,
-                            reason,
-                            duplicate_id: false,
-                        })
-                        .await;
-                }
-            }
+        // The dialer opens the control stream.
+        self.spawn_link(id, async move {
+            let connection = connecting
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+            Ok((connection, send, recv))
         });
         id
     }
 
     fn accept(&mut self, incoming: quinn::Incoming) {
         let id = self.new_link(incoming.remote_address(), false);
+        self.spawn_link(id, async move {
+            let connection = incoming.await.map_err(|e| e.to_string())?;
+            let (send, recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+            Ok((connection, send, recv))
+        });
+    }
+
+    /// Runs link `id` once `establish` has its connection and control
+    /// stream: hellos, then reading until it ends.
+    fn spawn_link(
+        &self,
+        id: LinkId,
+        establish: impl Future<Output = Result<Established, String>> + Send + 'static,
+    ) {
         let events = self.events_tx.clone();
         let hello = self.hello();
         tokio::spawn(async move {
-            let result = async {
-                let connection = incoming.await.map_err(|e| e.to_string())?;
-                let (send, recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((connection, send, recv))
-            }
-            .await;
-            match result {
+            match establish.await {
                 Ok((connection, send, recv)) => {
                     serve_connection(id, connection, send, recv, hello, events).await
                 }
                 Err(reason) => {
-                    let _ = events
-                        .send(Event::Closed {
-                            link: id,
-                            reason,
-                            duplicate_id: false,
-                        })
-                        .await;
+                    let closed = Event::Closed {
+                        link: id,
+                        reason,
+                        duplicate_id: false,
+                    };
+                    let _ = events.send(closed).await;
                 }
             }
         });
