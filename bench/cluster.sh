@@ -29,11 +29,13 @@
 # (`--cpus 1`), so both variants have one core for brokering; broker CPU
 # is utime+stime summed over every node (`--broker-pid n1,n2,n3`).
 # Peers, when built by hand: RMQTT=/path/to/rmqttd (cluster-raft plugin)
-# and VIBEMQ=/path/to/vibemq run the pairs flows on their own three-node
-# clusters on the same addresses (configuration written into the run
-# directory). The JSON, command and node logs of every run stay in a
-# /tmp/ringmq-cluster.* directory. DURATION, WARMUP override the window
-# (5s, 2s); --quick is a small check of the script itself.
+# and VIBEMQ=/path/to/vibemq run the pairs and fan-out flows on their own
+# three-node clusters on the same addresses, after the ringmq variants in
+# each repeat (configuration written into the run directory);
+# WITH_SINGLE=0 leaves the single ringmq node out. The JSON, command and
+# node logs of every run stay in a /tmp/ringmq-cluster.* directory.
+# DURATION, WARMUP override the window (5s, 2s); --quick is a small check
+# of the script itself.
 set -euo pipefail
 
 REPS=3
@@ -54,7 +56,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,35p' "$0"
+        sed -n '2,37p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
@@ -74,6 +76,8 @@ DURATION=${DURATION:-5s}
 # cluster's saturated rate of the repeat, numbers are msg/s per publisher.
 RATES=${RATES:-500 100}
 WARMUP=${WARMUP:-2s}
+# WITH_SINGLE=0 leaves the single node out (a peers comparison only).
+WITH_SINGLE=${WITH_SINGLE:-1}
 if ((QUICK)); then
     PAIRS=20 FANOUT_SUBS=30 SUBSCRIBES=200 DURATION=2s WARMUP=1s
 else
@@ -204,11 +208,11 @@ flows() {
                 --qos "$qos" --rate "$rate" --max-lag 0 --broker "$pub" --sub-broker "$sub" "${window[@]}"
         done
     done
-    [[ $variant == ringmq-* ]] || return 0
     for qos in 0 1; do
         run "fanout-q$qos.$variant.$rep" pubsub --layout fan-out --publishers 5 \
             --subscribers "$FANOUT_SUBS" --qos "$qos" --broker "$pub" --sub-broker "$spread" "${window[@]}"
     done
+    [[ $variant == ringmq-* ]] || return 0
     run "subscribe.$variant.$rep" subscribe --broker "$sub" --subscribes "$SUBSCRIBES"
 }
 
@@ -228,7 +232,7 @@ start_rmqtt() {
 [node]
 id = $i
 [rpc]
-server_addr = "127.0.0.1$i:$((CLUSTER_PORT + 30))"
+server_addr = "127.0.0.1$i:$((CLUSTER_PORT + 10))"
 [log]
 to = "console"
 level = "warn"
@@ -254,7 +258,8 @@ worker_threads = 1
 node_grpc_addrs = [${grpc%,}]
 raft_peer_addrs = [${raft%,}]
 EOF
-        (cd "$dir" && taskset -c "$BROKER_CPU" "$RMQTT" -f "$dir/rmqtt.toml" \
+        # exec: $! must be rmqttd itself, whose CPU --broker-pid reads.
+        (cd "$dir" && exec taskset -c "$BROKER_CPU" "$RMQTT" -f "$dir/rmqtt.toml" \
             >"$WORK/rmqtt.n$i.$rep.log" 2>&1) &
         PIDS+=($!)
     done
@@ -282,11 +287,17 @@ enabled = false
 [limits]
 max_inflight = 16
 max_queued_messages = 1000
-[cluster]
+# Persistence is on by default, in ./data: three nodes in one directory
+# collide there, and ringmq keeps sessions in memory.
+[persistence]
+enabled = false
+[[cluster]]
 enabled = true
 node_id = "n$i"
 gossip_addr = "127.0.0.1$i:$((CLUSTER_PORT + 40))"
+gossip_advertise_addr = "127.0.0.1$i:$((CLUSTER_PORT + 40))"
 peer_addr = "127.0.0.1$i:$((CLUSTER_PORT + 50))"
+peer_advertise_addr = "127.0.0.1$i:$((CLUSTER_PORT + 50))"
 seeds = [${seeds%,}]
 EOF
         taskset -c "$BROKER_CPU" "$VIBEMQ" -c "$WORK/vibemq.n$i.toml" >"$WORK/vibemq.n$i.$rep.log" 2>&1 &
@@ -307,9 +318,11 @@ if [[ -z "$FROM" ]]; then
         start_cluster "$rep"
         flows ringmq-cluster "$rep" "$N1" "$N2" "$N1,$N2,$N3"
         stop_all
-        start_single "$rep"
-        flows ringmq-single "$rep" "$SINGLE" "$SINGLE" "$SINGLE"
-        stop_all
+        if ((WITH_SINGLE)); then
+            start_single "$rep"
+            flows ringmq-single "$rep" "$SINGLE" "$SINGLE" "$SINGLE"
+            stop_all
+        fi
         for peer in rmqtt vibemq; do
             bin=${peer^^}
             [[ -n "${!bin:-}" ]] || continue
