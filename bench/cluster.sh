@@ -216,6 +216,26 @@ flows() {
     run "subscribe.$variant.$rep" subscribe --broker "$sub" --subscribes "$SUBSCRIBES"
 }
 
+# probe_hop: a peer's cluster counts as formed once a message published on
+# n1 reaches a subscriber on n2 (mosquitto_pub / mosquitto_sub), within 20 s.
+probe_hop() {
+    local out="$WORK/probe.$$" _
+    mosquitto_sub -h 127.0.0.12 -p "$MQTT_PORT" -t probe/hop -C 1 -W 20 >"$out" 2>&1 &
+    local sub=$!
+    for _ in $(seq 40); do
+        sleep 0.5
+        mosquitto_pub -h 127.0.0.11 -p "$MQTT_PORT" -t probe/hop -m x 2>/dev/null || true
+        if ! kill -0 "$sub" 2>/dev/null; then
+            break
+        fi
+    done
+    wait "$sub" 2>/dev/null || true
+    if [[ $(cat "$out") != x ]]; then
+        log "no message crossed from n1 to n2 in 20 s: cluster not formed"
+        return 1
+    fi
+}
+
 # Peers' three-node clusters, configured here; each start_* sets PIDS and
 # returns once all three MQTT ports answer (and a settling pause, since
 # neither says when its cluster has formed).
@@ -257,6 +277,9 @@ EOF
 worker_threads = 1
 node_grpc_addrs = [${grpc%,}]
 raft_peer_addrs = [${raft%,}]
+# Without a named leader, nodes started together may each lead a raft
+# group of one: every SUBSCRIBE is acknowledged, nothing crosses.
+leader_id = 1
 EOF
         # exec: $! must be rmqttd itself, whose CPU --broker-pid reads.
         (cd "$dir" && exec taskset -c "$BROKER_CPU" "$RMQTT" -f "$dir/rmqtt.toml" \
@@ -267,6 +290,7 @@ EOF
         wait_addr "127.0.0.1$i" "$MQTT_PORT"
     done
     sleep 5
+    probe_hop
 }
 
 start_vibemq() {
@@ -307,6 +331,7 @@ EOF
         wait_addr "127.0.0.1$i" "$MQTT_PORT"
     done
     sleep 5
+    probe_hop
 }
 
 if [[ -z "$FROM" ]]; then
@@ -326,7 +351,11 @@ if [[ -z "$FROM" ]]; then
         for peer in rmqtt vibemq; do
             bin=${peer^^}
             [[ -n "${!bin:-}" ]] || continue
-            "start_$peer" "$rep"
+            if ! "start_$peer" "$rep"; then
+                log "$peer left out of repeat $rep; see $WORK/$peer.n*.$rep.log"
+                stop_all
+                continue
+            fi
             log "$peer cluster started (pids ${PIDS[*]})"
             flows "$peer" "$rep" "$N1" "$N2" "$N1,$N2,$N3"
             stop_all
