@@ -78,6 +78,15 @@ RATES=${RATES:-500 100}
 WARMUP=${WARMUP:-2s}
 # WITH_SINGLE=0 leaves the single node out (a peers comparison only).
 WITH_SINGLE=${WITH_SINGLE:-1}
+# Peers whose cluster is restarted before every flow: RMQTT, flooded by a
+# saturated run, is still delivering that backlog minutes later (the
+# runs after it then see only stale deliveries).
+PEER_FRESH=${PEER_FRESH:-rmqtt}
+# Starts of RMQTT so far: each start moves its gRPC and raft ports (a
+# restarted node cannot bind a port its predecessor left in TIME_WAIT).
+RMQTT_STARTS=0
+# Set once a run has used the variant now up (for PEER_FRESH).
+USED=0
 if ((QUICK)); then
     PAIRS=20 FANOUT_SUBS=30 SUBSCRIBES=200 DURATION=2s WARMUP=1s
 else
@@ -167,6 +176,17 @@ start_single() {
 run() {
     local tag=$1
     shift
+    local variant=${tag#*.} rep=${tag##*.}
+    variant=${variant%.*}
+    if ((USED)) && [[ " $PEER_FRESH " == *" $variant "* ]]; then
+        stop_all
+        if ! "start_$variant" "$rep"; then
+            log "$variant did not start again: $tag left out"
+            return 0
+        fi
+        log "$variant restarted for $tag (pids ${PIDS[*]})"
+    fi
+    USED=1
     local pids
     pids=$(
         IFS=,
@@ -240,10 +260,11 @@ probe_hop() {
 # returns once all three MQTT ports answer (and a settling pause, since
 # neither says when its cluster has formed).
 start_rmqtt() {
-    local rep=$1 i grpc="" raft=""
+    local rep=$1 i grpc="" raft="" base=$((CLUSTER_PORT + 100 * (RMQTT_STARTS % 8)))
+    RMQTT_STARTS=$((RMQTT_STARTS + 1))
     for i in "${NODES[@]}"; do
-        grpc+="\"$i@127.0.0.1$i:$((CLUSTER_PORT + 10))\","
-        raft+="\"$i@127.0.0.1$i:$((CLUSTER_PORT + 20))\","
+        grpc+="\"$i@127.0.0.1$i:$((base + 10))\","
+        raft+="\"$i@127.0.0.1$i:$((base + 20))\","
     done
     for i in "${NODES[@]}"; do
         local dir="$WORK/rmqtt.n$i"
@@ -252,7 +273,7 @@ start_rmqtt() {
 [node]
 id = $i
 [rpc]
-server_addr = "127.0.0.1$i:$((CLUSTER_PORT + 10))"
+server_addr = "127.0.0.1$i:$((base + 10))"
 [log]
 to = "console"
 level = "warn"
@@ -283,7 +304,7 @@ leader_id = 1
 EOF
         # exec: $! must be rmqttd itself, whose CPU --broker-pid reads.
         (cd "$dir" && exec taskset -c "$BROKER_CPU" "$RMQTT" -f "$dir/rmqtt.toml" \
-            >"$WORK/rmqtt.n$i.$rep.log" 2>&1) &
+            >>"$WORK/rmqtt.n$i.$rep.log" 2>&1) &
         PIDS+=($!)
     done
     for i in "${NODES[@]}"; do
@@ -357,6 +378,7 @@ if [[ -z "$FROM" ]]; then
                 continue
             fi
             log "$peer cluster started (pids ${PIDS[*]})"
+            USED=0
             flows "$peer" "$rep" "$N1" "$N2" "$N1,$N2,$N3"
             stop_all
         done
