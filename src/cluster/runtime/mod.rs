@@ -15,12 +15,12 @@
 //! The cost is one more hop per forwarded message, paid per batch, not
 //! per message. Measured (PERF.md, "Cluster"; `bench/cluster.sh`, three
 //! nodes against one on the same core, CPU summed over the nodes): at
-//! saturation, where a frame carries many messages, the hop adds 1.4 µs
-//! of broker CPU per message at QoS 0 and 1.7 µs at QoS 1, of which the
+//! saturation, where a frame carries many messages, the hop adds 1.15 µs
+//! of broker CPU per message at QoS 0 and 1.5 µs at QoS 1 (`4d04eb6`), of which the
 //! cluster thread's share is QUIC (encryption, packet assembly: quinn),
 //! rkyv encoding and validation, and the node's bookkeeping; at 10,000
 //! msg/s spread over 100 publishers, where nearly every message is a
-//! frame and two datagrams of its own, it adds 18-21 µs, the price of
+//! frame and two datagrams of its own, it adds about 20 µs, the price of
 //! waking two threads and two sockets per message.
 //!
 //! # Connections
