@@ -29,11 +29,13 @@
 # (`--cpus 1`), so both variants have one core for brokering; broker CPU
 # is utime+stime summed over every node (`--broker-pid n1,n2,n3`).
 # Peers, when built by hand: RMQTT=/path/to/rmqttd (cluster-raft plugin)
-# and VIBEMQ=/path/to/vibemq run the pairs flows on their own three-node
-# clusters on the same addresses (configuration written into the run
-# directory). The JSON, command and node logs of every run stay in a
-# /tmp/ringmq-cluster.* directory. DURATION, WARMUP override the window
-# (5s, 2s); --quick is a small check of the script itself.
+# and VIBEMQ=/path/to/vibemq run the pairs and fan-out flows on their own
+# three-node clusters on the same addresses, after the ringmq variants in
+# each repeat (configuration written into the run directory);
+# WITH_SINGLE=0 leaves the single ringmq node out. The JSON, command and
+# node logs of every run stay in a /tmp/ringmq-cluster.* directory.
+# DURATION, WARMUP override the window (5s, 2s); --quick is a small check
+# of the script itself.
 set -euo pipefail
 
 REPS=3
@@ -54,7 +56,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,35p' "$0"
+        sed -n '2,37p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
@@ -74,6 +76,17 @@ DURATION=${DURATION:-5s}
 # cluster's saturated rate of the repeat, numbers are msg/s per publisher.
 RATES=${RATES:-500 100}
 WARMUP=${WARMUP:-2s}
+# WITH_SINGLE=0 leaves the single node out (a peers comparison only).
+WITH_SINGLE=${WITH_SINGLE:-1}
+# Peers whose cluster is restarted before every flow: RMQTT, flooded by a
+# saturated run, is still delivering that backlog minutes later (the
+# runs after it then see only stale deliveries).
+PEER_FRESH=${PEER_FRESH:-rmqtt}
+# Starts of RMQTT so far: each start moves its gRPC and raft ports (a
+# restarted node cannot bind a port its predecessor left in TIME_WAIT).
+RMQTT_STARTS=0
+# Set once a run has used the variant now up (for PEER_FRESH).
+USED=0
 if ((QUICK)); then
     PAIRS=20 FANOUT_SUBS=30 SUBSCRIBES=200 DURATION=2s WARMUP=1s
 else
@@ -163,6 +176,17 @@ start_single() {
 run() {
     local tag=$1
     shift
+    local variant=${tag#*.} rep=${tag##*.}
+    variant=${variant%.*}
+    if ((USED)) && [[ " $PEER_FRESH " == *" $variant "* ]]; then
+        stop_all
+        if ! "start_$variant" "$rep"; then
+            log "$variant did not start again: $tag left out"
+            return 0
+        fi
+        log "$variant restarted for $tag (pids ${PIDS[*]})"
+    fi
+    USED=1
     local pids
     pids=$(
         IFS=,
@@ -204,22 +228,43 @@ flows() {
                 --qos "$qos" --rate "$rate" --max-lag 0 --broker "$pub" --sub-broker "$sub" "${window[@]}"
         done
     done
-    [[ $variant == ringmq-* ]] || return 0
     for qos in 0 1; do
         run "fanout-q$qos.$variant.$rep" pubsub --layout fan-out --publishers 5 \
             --subscribers "$FANOUT_SUBS" --qos "$qos" --broker "$pub" --sub-broker "$spread" "${window[@]}"
     done
+    [[ $variant == ringmq-* ]] || return 0
     run "subscribe.$variant.$rep" subscribe --broker "$sub" --subscribes "$SUBSCRIBES"
+}
+
+# probe_hop: a peer's cluster counts as formed once a message published on
+# n1 reaches a subscriber on n2 (mosquitto_pub / mosquitto_sub), within 20 s.
+probe_hop() {
+    local out="$WORK/probe.$$" _
+    mosquitto_sub -h 127.0.0.12 -p "$MQTT_PORT" -t probe/hop -C 1 -W 20 >"$out" 2>&1 &
+    local sub=$!
+    for _ in $(seq 40); do
+        sleep 0.5
+        mosquitto_pub -h 127.0.0.11 -p "$MQTT_PORT" -t probe/hop -m x 2>/dev/null || true
+        if ! kill -0 "$sub" 2>/dev/null; then
+            break
+        fi
+    done
+    wait "$sub" 2>/dev/null || true
+    if [[ $(cat "$out") != x ]]; then
+        log "no message crossed from n1 to n2 in 20 s: cluster not formed"
+        return 1
+    fi
 }
 
 # Peers' three-node clusters, configured here; each start_* sets PIDS and
 # returns once all three MQTT ports answer (and a settling pause, since
 # neither says when its cluster has formed).
 start_rmqtt() {
-    local rep=$1 i grpc="" raft=""
+    local rep=$1 i grpc="" raft="" base=$((CLUSTER_PORT + 100 * (RMQTT_STARTS % 8)))
+    RMQTT_STARTS=$((RMQTT_STARTS + 1))
     for i in "${NODES[@]}"; do
-        grpc+="\"$i@127.0.0.1$i:$((CLUSTER_PORT + 10))\","
-        raft+="\"$i@127.0.0.1$i:$((CLUSTER_PORT + 20))\","
+        grpc+="\"$i@127.0.0.1$i:$((base + 10))\","
+        raft+="\"$i@127.0.0.1$i:$((base + 20))\","
     done
     for i in "${NODES[@]}"; do
         local dir="$WORK/rmqtt.n$i"
@@ -228,7 +273,7 @@ start_rmqtt() {
 [node]
 id = $i
 [rpc]
-server_addr = "127.0.0.1$i:$((CLUSTER_PORT + 30))"
+server_addr = "127.0.0.1$i:$((base + 10))"
 [log]
 to = "console"
 level = "warn"
@@ -253,15 +298,20 @@ EOF
 worker_threads = 1
 node_grpc_addrs = [${grpc%,}]
 raft_peer_addrs = [${raft%,}]
+# Without a named leader, nodes started together may each lead a raft
+# group of one: every SUBSCRIBE is acknowledged, nothing crosses.
+leader_id = 1
 EOF
-        (cd "$dir" && taskset -c "$BROKER_CPU" "$RMQTT" -f "$dir/rmqtt.toml" \
-            >"$WORK/rmqtt.n$i.$rep.log" 2>&1) &
+        # exec: $! must be rmqttd itself, whose CPU --broker-pid reads.
+        (cd "$dir" && exec taskset -c "$BROKER_CPU" "$RMQTT" -f "$dir/rmqtt.toml" \
+            >>"$WORK/rmqtt.n$i.$rep.log" 2>&1) &
         PIDS+=($!)
     done
     for i in "${NODES[@]}"; do
         wait_addr "127.0.0.1$i" "$MQTT_PORT"
     done
     sleep 5
+    probe_hop
 }
 
 start_vibemq() {
@@ -282,11 +332,17 @@ enabled = false
 [limits]
 max_inflight = 16
 max_queued_messages = 1000
-[cluster]
+# Persistence is on by default, in ./data: three nodes in one directory
+# collide there, and ringmq keeps sessions in memory.
+[persistence]
+enabled = false
+[[cluster]]
 enabled = true
 node_id = "n$i"
 gossip_addr = "127.0.0.1$i:$((CLUSTER_PORT + 40))"
+gossip_advertise_addr = "127.0.0.1$i:$((CLUSTER_PORT + 40))"
 peer_addr = "127.0.0.1$i:$((CLUSTER_PORT + 50))"
+peer_advertise_addr = "127.0.0.1$i:$((CLUSTER_PORT + 50))"
 seeds = [${seeds%,}]
 EOF
         taskset -c "$BROKER_CPU" "$VIBEMQ" -c "$WORK/vibemq.n$i.toml" >"$WORK/vibemq.n$i.$rep.log" 2>&1 &
@@ -296,6 +352,7 @@ EOF
         wait_addr "127.0.0.1$i" "$MQTT_PORT"
     done
     sleep 5
+    probe_hop
 }
 
 if [[ -z "$FROM" ]]; then
@@ -307,14 +364,21 @@ if [[ -z "$FROM" ]]; then
         start_cluster "$rep"
         flows ringmq-cluster "$rep" "$N1" "$N2" "$N1,$N2,$N3"
         stop_all
-        start_single "$rep"
-        flows ringmq-single "$rep" "$SINGLE" "$SINGLE" "$SINGLE"
-        stop_all
+        if ((WITH_SINGLE)); then
+            start_single "$rep"
+            flows ringmq-single "$rep" "$SINGLE" "$SINGLE" "$SINGLE"
+            stop_all
+        fi
         for peer in rmqtt vibemq; do
             bin=${peer^^}
             [[ -n "${!bin:-}" ]] || continue
-            "start_$peer" "$rep"
+            if ! "start_$peer" "$rep"; then
+                log "$peer left out of repeat $rep; see $WORK/$peer.n*.$rep.log"
+                stop_all
+                continue
+            fi
             log "$peer cluster started (pids ${PIDS[*]})"
+            USED=0
             flows "$peer" "$rep" "$N1" "$N2" "$N1,$N2,$N3"
             stop_all
         done

@@ -31,6 +31,13 @@
 //!   store, and shared subscription groups.
 //! - [`shard`]: the only code that awaits: threads, runtimes, listeners,
 //!   connections, the cross-core mesh, and the routing glue.
+//! - [`cluster`]: several nodes as one broker. Gossip membership (foca),
+//!   each node's filters announced to the others, and forwarding over QUIC
+//!   (quinn, mutual TLS) with rkyv frames, acknowledged and deduplicated.
+//!   The cluster runtime is one more place in the mesh: to a shard's route
+//!   table, the other nodes are one place with subscribers. Its logic
+//!   ([`cluster::node`], [`cluster::membership`]) is sans-IO and tested in
+//!   a seeded in-memory cluster; `tests/cluster*.rs` run real nodes.
 //! - [`metrics`]: per-shard counters and histograms gathered through the
 //!   mesh when scraped; HTTP `/metrics`, `/health`, `/ready`; `$SYS`.
 //! - [`config`]: command line and TOML, validated once.

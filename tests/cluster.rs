@@ -350,6 +350,7 @@ async fn a_node_stopped_with_sigterm_leaves_and_is_forgotten_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(node.logs().contains("left the cluster"));
+    cluster.wait_sample(0, "ringmq_cluster_member_events_total{event=\"left\"}", 1.0);
 }
 
 /// A second live process with a node id already in the cluster is refused

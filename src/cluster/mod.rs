@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytestring::ByteString;
 
-use membership::MemberCounts;
+use membership::{MemberCounts, MemberEvent};
 use node::{Node, NodeCounters, PeerStats};
 
 /// What the metrics endpoint shows of the cluster, refreshed by the
@@ -34,13 +34,59 @@ pub struct ClusterStatus(Arc<Mutex<StatusSnapshot>>);
 #[derive(Debug, Clone, Default)]
 pub struct StatusSnapshot {
     pub members: MemberCounts,
+    pub member_events: MemberEventCounts,
     pub counters: NodeCounters,
     pub peers: Vec<PeerStats>,
 }
 
+/// What gossip has said about other nodes since start, by kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemberEventCounts {
+    pub joined: u64,
+    pub suspect: u64,
+    pub alive_again: u64,
+    pub down: u64,
+    pub left: u64,
+    pub restarted: u64,
+    pub duplicate_node_id: u64,
+}
+
+impl MemberEventCounts {
+    pub fn count(&mut self, event: &MemberEvent) {
+        match event {
+            MemberEvent::Joined(_) => self.joined += 1,
+            MemberEvent::Suspect(_) => self.suspect += 1,
+            MemberEvent::Alive(_) => self.alive_again += 1,
+            MemberEvent::Down(_) => self.down += 1,
+            MemberEvent::Left(_) => self.left += 1,
+            MemberEvent::Replaced { .. } => self.restarted += 1,
+            MemberEvent::DuplicateNodeId { .. } => self.duplicate_node_id += 1,
+            MemberEvent::JoinedCluster | MemberEvent::Isolated | MemberEvent::Renewed(_) => {}
+        }
+    }
+
+    pub fn by_kind(&self) -> [(&'static str, u64); 7] {
+        [
+            ("joined", self.joined),
+            ("suspect", self.suspect),
+            ("alive_again", self.alive_again),
+            ("down", self.down),
+            ("left", self.left),
+            ("restarted", self.restarted),
+            ("duplicate_node_id", self.duplicate_node_id),
+        ]
+    }
+}
+
 impl ClusterStatus {
     /// `rtts` are the QUIC round-trip estimates of the linked peers.
-    pub fn update(&self, node: &Node, members: MemberCounts, rtts: Vec<(ByteString, Duration)>) {
+    pub fn update(
+        &self,
+        node: &Node,
+        members: MemberCounts,
+        member_events: MemberEventCounts,
+        rtts: Vec<(ByteString, Duration)>,
+    ) {
         let mut peers = node.peer_stats();
         for peer in &mut peers {
             peer.rtt = rtts
@@ -50,6 +96,7 @@ impl ClusterStatus {
         }
         let snapshot = StatusSnapshot {
             members,
+            member_events,
             counters: node.counters.clone(),
             peers,
         };

@@ -668,3 +668,26 @@ fn a_shared_group_member_on_a_peer_is_one_member_here_and_gets_messages_to_pass_
         .any(|msg| matches!(msg, ShardMsg::SharedLeave { member, .. } if member.client_id == "n1"));
     assert!(left);
 }
+
+#[test]
+fn a_suspected_peer_is_not_waited_for_but_still_gets_its_messages() {
+    let mut sim = Sim::new(2, 29, AckMode::Remote);
+    sim.subscribe(1, 0, "t");
+    sim.settle();
+    sim.publish(0, 0, "t", 1);
+    sim.shard_msg(0, 0, confirmation(7));
+    sim.collect_outputs();
+    assert!(sim.confirmed(0, 0).is_empty());
+    // A probe went unanswered: the publisher is released at once.
+    sim.nodes[0].node.handle_peer_suspect("n1");
+    sim.collect_outputs();
+    assert_eq!(sim.confirmed(0, 0), vec![Ticket::nth(7)]);
+    sim.publish(0, 0, "t", 2);
+    sim.shard_msg(0, 0, confirmation(8));
+    sim.collect_outputs();
+    assert_eq!(sim.confirmed(0, 0), vec![Ticket::nth(7), Ticket::nth(8)]);
+    // It was only slow: everything arrives, once.
+    sim.nodes[0].node.handle_peer_alive("n1");
+    sim.settle();
+    assert_eq!(sim.delivered(1), vec![1, 2]);
+}

@@ -8,7 +8,7 @@
 //! `deploy/ringmq.toml` documents every key. Cluster settings live in a
 //! `[cluster]` table whose keys have `--cluster-` flags (`cluster.ack` is
 //! `--cluster-ack`), except `node_id` and `seeds` (`--node-id`,
-//! `--seeds`); see [`cluster`].
+//! `--seeds`); see `src/config/cluster.rs`.
 //!
 //! Besides serving, the binary has one subcommand, `cluster-certs`, which
 //! writes a cluster CA and node certificates; [`Command`] is either.

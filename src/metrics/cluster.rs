@@ -28,6 +28,17 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         "Other nodes as gossip sees them, by state",
         members,
     );
+    let events = Family::<Labels, Counter>::default();
+    for (kind, n) in status.member_events.by_kind() {
+        events
+            .get_or_create(&vec![("event".into(), kind.into())])
+            .inc_by(n);
+    }
+    registry.register(
+        "cluster_member_events",
+        "What gossip reported about other nodes, by event",
+        events,
+    );
     let counters = &status.counters;
     for (name, help, value) in [
         (

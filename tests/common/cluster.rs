@@ -179,8 +179,17 @@ impl Cluster {
     }
 
     /// Node `i`'s metrics text.
+    /// A 503 (a shard that did not answer the scrape within its second,
+    /// which a loaded test machine can cause) is asked again.
     pub fn metrics(&self, i: usize) -> String {
-        get(self.node(i).metrics_addr(), "/metrics").1
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = get(self.node(i).metrics_addr(), "/metrics");
+            if status == 200 || Instant::now() > deadline {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

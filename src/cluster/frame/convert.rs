@@ -9,7 +9,7 @@ use super::encode::remaining_ms;
 use super::{ArchivedWireMessage, FrameError, UserProperty, WireMessage};
 use crate::message::Message;
 use crate::protocol::topic::valid_topic_name;
-use crate::protocol::{PublishProperties, QoS};
+use crate::protocol::{LazyPublishProperties, PublishProperties, QoS};
 
 /// An owned [`WireMessage`] for `message`, expiry being what remains at
 /// `now`. Copies the payload: the hot path is
@@ -63,6 +63,38 @@ pub fn wire_to_message(
         .expiry_ms
         .as_ref()
         .map(|ms| Duration::from_millis(ms.to_native()));
+    // Most messages carry no property: skip building and comparing an
+    // empty set (the comparison was 4% of a receiving node's CPU).
+    let bare = remaining.is_none()
+        && wire.payload_format_indicator.is_none()
+        && wire.response_topic.is_none()
+        && wire.correlation_data.is_none()
+        && wire.user_properties.is_empty()
+        && wire.content_type.is_none();
+    let properties = if bare {
+        LazyPublishProperties::default()
+    } else {
+        properties(frame, wire, remaining)?
+    };
+    Ok(Message {
+        topic: string(frame, topic)?,
+        payload: slice(frame, wire.payload.as_slice())?,
+        qos,
+        retain: wire.retain,
+        properties,
+        publisher: string(frame, wire.publisher.as_str())?,
+        // Too far in the future to represent is as good as never.
+        expires_at: remaining.and_then(|left| now.checked_add(left)),
+        received_at: now,
+    })
+}
+
+/// The v5 properties `wire` carries, read from `frame`.
+fn properties(
+    frame: &Bytes,
+    wire: &ArchivedWireMessage,
+    remaining: Option<Duration>,
+) -> Result<LazyPublishProperties, FrameError> {
     let properties = PublishProperties {
         payload_format_indicator: wire.payload_format_indicator.as_ref().copied(),
         // The interval as this node received it, kept consistent with
@@ -99,17 +131,7 @@ pub fn wire_to_message(
             .map(|s| string(frame, s.as_str()))
             .transpose()?,
     };
-    Ok(Message {
-        topic: string(frame, topic)?,
-        payload: slice(frame, wire.payload.as_slice())?,
-        qos,
-        retain: wire.retain,
-        properties: properties.into(),
-        publisher: string(frame, wire.publisher.as_str())?,
-        // Too far in the future to represent is as good as never.
-        expires_at: remaining.and_then(|left| now.checked_add(left)),
-        received_at: now,
-    })
+    Ok(properties.into())
 }
 
 /// `part` as a slice of `frame`, without copying; `Bytes::slice_ref`

@@ -36,6 +36,11 @@
 //! bounded by `route_ack_timeout`; forward waits are not, so a slow peer
 //! slows a publisher through its Receive Maximum instead of losing data.
 
+mod forwarding;
+mod retained;
+mod routes;
+mod waiters;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,16 +50,15 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use slab::Slab;
 use tracing::{info, warn};
 
-use super::outbox::{Dropped, Inbound, Outbox, Seq};
+use super::outbox::{Inbound, Outbox, Seq};
 use super::settings::AckMode;
 use crate::message::Message;
 use crate::metrics::histogram::Latency;
 use crate::router::TopicTrie;
-use crate::router::shared::is_shared;
-use crate::shard::mesh::{Confirmation, ShardMsg, SharedMember};
-use crate::shard::{ShardId, group_owner};
+use crate::shard::ShardId;
+use crate::shard::mesh::{Confirmation, ShardMsg};
 
-/// A peer's index in [`Node::peers`]; stable while the peer is known.
+/// A peer's index in the node's table of peers; stable while the peer is known.
 pub type PeerKey = usize;
 
 /// Bytes a stream may have sent and unacknowledged; past it the rest
@@ -112,6 +116,34 @@ pub enum Frame {
         share: ByteString,
         message: Arc<Message>,
     },
+}
+
+impl Frame {
+    /// About the bytes the frame takes encoded, to size the buffer once:
+    /// each message's strings and payload plus room for rkyv's layout.
+    pub fn size_hint(&self) -> usize {
+        let size = |m: &Message| 128 + m.topic.len() + m.payload.len() + m.publisher.len();
+        match self {
+            Frame::Publish { messages, .. } => 64 + messages.iter().map(|m| size(m)).sum::<usize>(),
+            Frame::Retain { message, .. } | Frame::SharedPublish { message, .. } => {
+                128 + size(message)
+            }
+            Frame::Routes { filters, .. } => {
+                64 + filters.iter().map(|f| 16 + f.len()).sum::<usize>()
+            }
+            Frame::RouteDelta { add, remove, .. } => {
+                64 + add
+                    .iter()
+                    .chain(remove)
+                    .map(|f| 16 + f.len())
+                    .sum::<usize>()
+            }
+            Frame::RoutesAck { .. }
+            | Frame::RoutesResync
+            | Frame::PublishAck { .. }
+            | Frame::Leave => 160,
+        }
+    }
 }
 
 /// Which ordered lane of the peer connection a frame travels on.
@@ -181,6 +213,8 @@ struct Peer {
     linked: bool,
     /// When its link went down, for `peer_hold`.
     unlinked_since: Option<Instant>,
+    /// Gossip suspects it, or says it is down: not waited for.
+    suspected: bool,
     /// Its filters, as applied, and the version they are at.
     filters: FxHashSet<ByteString>,
     version: u64,
@@ -330,258 +364,6 @@ impl Node {
         }
     }
 
-    fn local_route_add(&mut self, filter: ByteString, shard: ShardId) {
-        let shards = self.local_filters.entry(filter.clone()).or_default();
-        if shards.contains(&shard) {
-            return;
-        }
-        shards.push(shard);
-        let first = shards.len() == 1;
-        let in_trie = self.local_trie.entry(&filter);
-        if !in_trie.contains(&shard) {
-            in_trie.push(shard);
-        }
-        if first && !self.pending_remove.remove(&filter) {
-            self.pending_add.insert(filter);
-        }
-    }
-
-    fn local_route_remove(&mut self, filter: &ByteString, shard: ShardId) {
-        let Some(shards) = self.local_filters.get_mut(filter) else {
-            return;
-        };
-        shards.retain(|&s| s != shard);
-        let last = shards.is_empty();
-        if last {
-            self.local_filters.remove(filter);
-            self.local_trie.remove(filter);
-            if !self.pending_add.remove(filter) {
-                self.pending_remove.insert(filter.clone());
-            }
-        } else if let Some(in_trie) = self.local_trie.get_mut(filter) {
-            in_trie.retain(|&s| s != shard);
-        }
-    }
-
-    fn local_group_add(&mut self, share: ByteString, shard: ShardId) {
-        let shards = self.local_groups.entry(share.clone()).or_default();
-        if shards.contains(&shard) {
-            return;
-        }
-        shards.push(shard);
-        if shards.len() == 1 && !self.pending_remove.remove(&share) {
-            self.pending_add.insert(share);
-        }
-    }
-
-    fn local_group_remove(&mut self, share: &ByteString, shard: ShardId) {
-        let Some(shards) = self.local_groups.get_mut(share) else {
-            return;
-        };
-        shards.retain(|&s| s != shard);
-        if shards.is_empty() {
-            self.local_groups.remove(share);
-            if !self.pending_add.remove(share) {
-                self.pending_remove.insert(share.clone());
-            }
-        }
-    }
-
-    /// A local group owner picked peer `node_id` for `message`: it goes on
-    /// the owner shard's stream, to be given to one member there. A peer
-    /// forgotten meanwhile has left the owner's group already (its leave
-    /// went first on the same queue), so the message goes back to be
-    /// picked again.
-    fn forward_shared(
-        &mut self,
-        shard: ShardId,
-        share: ByteString,
-        node_id: &str,
-        message: Arc<Message>,
-    ) {
-        match self.peer_by_id.get(node_id) {
-            Some(&key) => self.push_to_peer(key, shard, message, Some(share)),
-            None => {
-                let owner = group_owner(&share, self.config.shards);
-                self.outputs.push_back(NodeOutput::ToShard {
-                    shard: owner,
-                    msg: ShardMsg::SharedPublish {
-                        share,
-                        message,
-                        exclude: None,
-                        local_only: false,
-                    },
-                });
-            }
-        }
-    }
-
-    /// The route version that includes every change seen so far, sent or
-    /// about to be.
-    fn target_route_version(&self) -> u64 {
-        let pending = !self.pending_add.is_empty() || !self.pending_remove.is_empty();
-        self.route_version + u64::from(pending)
-    }
-
-    fn forward(&mut self, shard: ShardId, message: Arc<Message>) {
-        if is_node_local(&message) {
-            return;
-        }
-        let mut matched = std::mem::take(&mut self.matched);
-        self.remote_trie.for_each_match(&message.topic, |peers| {
-            matched.extend_from_slice(peers);
-        });
-        matched.sort_unstable();
-        matched.dedup();
-        for &peer in &matched {
-            self.push_to_peer(peer, shard, message.clone(), None);
-        }
-        matched.clear();
-        self.matched = matched;
-    }
-
-    fn push_to_peer(
-        &mut self,
-        key: PeerKey,
-        shard: ShardId,
-        message: Arc<Message>,
-        share: Option<ByteString>,
-    ) {
-        let limit = self.config.peer_buffer_bytes;
-        let peer = &mut self.peers[key];
-        let Some(stream) = peer.streams.get_mut(shard) else {
-            return;
-        };
-        let before = stream.outbox.bytes();
-        stream.outbox.push(message, share);
-        let bytes = stream.outbox.bytes() - before;
-        peer.buffered_bytes += bytes;
-        peer.forwarded += 1;
-        peer.forwarded_bytes += bytes as u64;
-        self.counters.forwarded_messages += 1;
-        // Past the bound, QoS 0 goes first, oldest first, from any stream;
-        // then QoS 1/2.
-        for qos0 in [true, false] {
-            while peer.buffered_bytes > limit {
-                let dropped = peer
-                    .streams
-                    .iter_mut()
-                    .find_map(|stream| stream.outbox.drop_one(qos0));
-                let Some((kind, bytes)) = dropped else {
-                    break;
-                };
-                peer.buffered_bytes -= bytes;
-                match kind {
-                    Dropped::Qos0 => {
-                        peer.dropped_qos0 += 1;
-                        self.counters.dropped_qos0 += 1;
-                    }
-                    Dropped::Qos12 => {
-                        peer.dropped_qos12 += 1;
-                        self.counters.dropped_qos12 += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    fn local_retain(&mut self, message: Arc<Message>) {
-        if is_node_local(&message) {
-            return;
-        }
-        let hlc = self.tick_hlc(0);
-        let origin = self.config.node_id.clone();
-        self.store_retained(hlc, origin.clone(), message.clone());
-        for (_, peer) in self.peers.iter().filter(|(_, peer)| peer.linked) {
-            self.outputs.push_back(NodeOutput::Send {
-                peer: peer.node_id.clone(),
-                lane: Lane::Control,
-                frame: Frame::Retain {
-                    hlc,
-                    origin: origin.clone(),
-                    message: message.clone(),
-                },
-            });
-        }
-    }
-
-    fn store_retained(&mut self, hlc: u64, origin: ByteString, message: Arc<Message>) {
-        self.retained.insert(
-            message.topic.clone(),
-            RetainedEntry {
-                hlc,
-                origin,
-                message,
-            },
-        );
-    }
-
-    /// Advances the hybrid logical clock past the wall clock and `seen`.
-    fn tick_hlc(&mut self, seen: u64) -> u64 {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64)
-            << 16;
-        self.hlc = (self.hlc + 1).max(wall).max(seen + 1);
-        self.hlc
-    }
-
-    fn confirm_after(&mut self, shard: ShardId, confirmation: Confirmation, now: Instant) {
-        let target_version = self.target_route_version();
-        let waiter = self.waiters.insert(Waiter {
-            shard,
-            confirmation,
-            pending: 0,
-        });
-        let mut pending = 0;
-        let mut route_wait = false;
-        for (_, peer) in self.peers.iter_mut().filter(|(_, peer)| peer.linked) {
-            if let Some(stream) = peer.streams.get_mut(shard)
-                && self.config.ack == AckMode::Remote
-                && stream.outbox.acked() < stream.outbox.last_seq()
-            {
-                stream.waiters.push_back((stream.outbox.last_seq(), waiter));
-                pending += 1;
-            }
-            if peer.acked_version < target_version {
-                peer.route_waiters.push_back((target_version, waiter));
-                pending += 1;
-                route_wait = true;
-            }
-        }
-        if pending == 0 {
-            let waiter = self.waiters.remove(waiter);
-            self.release(waiter);
-        } else {
-            self.waiters[waiter].pending = pending;
-            if route_wait {
-                self.waiter_deadlines
-                    .push_back((now + self.config.route_ack_timeout, waiter));
-            }
-        }
-    }
-
-    fn release(&mut self, waiter: Waiter) {
-        self.outputs.push_back(NodeOutput::ToShard {
-            shard: waiter.shard,
-            msg: ShardMsg::Confirm(waiter.confirmation),
-        });
-    }
-
-    /// One of a waiter's peers has acknowledged (or gone away).
-    fn settle(&mut self, key: WaiterKey) {
-        let Some(waiter) = self.waiters.get_mut(key) else {
-            return;
-        };
-        waiter.pending = waiter.pending.saturating_sub(1);
-        if waiter.pending == 0 {
-            let waiter = self.waiters.remove(key);
-            self.release(waiter);
-        }
-    }
-
-    // ---- from the peers ----
-
     /// A link to `node_id` (incarnation `incarnation`) is up and has
     /// exchanged hellos.
     pub fn handle_link_up(&mut self, node_id: ByteString, incarnation: u64, now: Instant) {
@@ -602,6 +384,7 @@ impl Node {
         let peer = &mut self.peers[key];
         peer.incarnation = incarnation;
         peer.linked = true;
+        peer.suspected = false;
         peer.unlinked_since = None;
         peer.acked_version = 0;
         self.outputs.push_back(NodeOutput::Send {
@@ -640,6 +423,7 @@ impl Node {
             incarnation: 0,
             linked: false,
             unlinked_since: None,
+            suspected: false,
             filters: FxHashSet::default(),
             version: 0,
             acked_version: 0,
@@ -669,15 +453,30 @@ impl Node {
         }
         peer.linked = false;
         peer.unlinked_since = Some(now);
-        let mut released = Vec::new();
         for stream in &mut peer.streams {
             stream.outbox.handle_link_lost();
             stream.sent_at.clear();
-            released.extend(stream.waiters.drain(..).map(|(_, waiter)| waiter));
         }
-        released.extend(peer.route_waiters.drain(..).map(|(_, waiter)| waiter));
-        for waiter in released {
-            self.settle(waiter);
+        self.release_waiters(key);
+    }
+
+    /// Gossip suspects `node_id` (a probe went unanswered), or says it is
+    /// down: nobody waits for it any more, though its link may linger
+    /// until QUIC's idle timeout. What is owed to it stays in its outbox
+    /// and goes on being sent while the link lasts. This takes a silent
+    /// peer's toll on publishers from the idle timeout down to the first
+    /// missed probe.
+    pub fn handle_peer_suspect(&mut self, node_id: &str) {
+        if let Some(&key) = self.peer_by_id.get(node_id) {
+            self.peers[key].suspected = true;
+            self.release_waiters(key);
+        }
+    }
+
+    /// Gossip hears from `node_id` again (refuted, or back up).
+    pub fn handle_peer_alive(&mut self, node_id: &str) {
+        if let Some(&key) = self.peer_by_id.get(node_id) {
+            self.peers[key].suspected = false;
         }
     }
 
@@ -795,228 +594,6 @@ impl Node {
                 message,
             } => self.receive_shared(key, stream, seq, share, message),
         }
-    }
-
-    /// Every filter and shared subscription this node has subscribers for.
-    fn local_names(&self) -> Vec<ByteString> {
-        self.local_filters
-            .keys()
-            .chain(self.local_groups.keys())
-            .cloned()
-            .collect()
-    }
-
-    /// `filters` without the ones added since the last delta, plus the
-    /// ones removed since: the set as of `route_version`.
-    fn sent_filters(&self, filters: Vec<ByteString>) -> Vec<ByteString> {
-        filters
-            .into_iter()
-            .filter(|filter| !self.pending_add.contains(filter))
-            .chain(self.pending_remove.iter().cloned())
-            .collect()
-    }
-
-    fn ack_routes(&mut self, key: PeerKey, version: u64) {
-        self.send(key, Lane::Control, Frame::RoutesAck { version });
-    }
-
-    fn receive_publish(
-        &mut self,
-        key: PeerKey,
-        stream: u32,
-        first_seq: Seq,
-        messages: Vec<Arc<Message>>,
-    ) {
-        let peer = &mut self.peers[key];
-        let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
-        let mut shards = std::mem::take(&mut self.matched);
-        for (seq, message) in (first_seq..).zip(messages) {
-            if !inbound.take(seq) {
-                self.counters.duplicates_dropped += 1;
-                continue;
-            }
-            self.counters.received_messages += 1;
-            // Once per shard, however many of its filters match.
-            self.local_trie
-                .for_each_match(&message.topic, |matched| shards.extend_from_slice(matched));
-            shards.sort_unstable();
-            shards.dedup();
-            for &shard in &shards {
-                self.outputs.push_back(NodeOutput::ToShard {
-                    shard,
-                    msg: ShardMsg::Publish(message.clone()),
-                });
-            }
-            shards.clear();
-        }
-        self.matched = shards;
-        let acked = inbound.last();
-        self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
-    }
-
-    /// A message a peer's group owner picked this node for: this node's
-    /// owner of the group gives it to one of its members.
-    fn receive_shared(
-        &mut self,
-        key: PeerKey,
-        stream: u32,
-        seq: Seq,
-        share: ByteString,
-        message: Arc<Message>,
-    ) {
-        let peer = &mut self.peers[key];
-        let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
-        if inbound.take(seq) {
-            self.counters.received_messages += 1;
-            let owner = group_owner(&share, self.config.shards);
-            self.outputs.push_back(NodeOutput::ToShard {
-                shard: owner,
-                msg: ShardMsg::SharedPublish {
-                    share,
-                    message,
-                    exclude: None,
-                    local_only: true,
-                },
-            });
-        } else {
-            self.counters.duplicates_dropped += 1;
-        }
-        let acked = inbound.last();
-        self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
-    }
-
-    fn receive_retain(&mut self, hlc: u64, origin: ByteString, message: Arc<Message>) {
-        self.tick_hlc(hlc);
-        let newer = self
-            .retained
-            .get(&message.topic)
-            .is_none_or(|entry| (hlc, &origin) > (entry.hlc, &entry.origin));
-        if !newer {
-            return;
-        }
-        self.store_retained(hlc, origin, message.clone());
-        for shard in 0..self.config.shards {
-            self.outputs.push_back(NodeOutput::ToShard {
-                shard,
-                msg: ShardMsg::Retain(message.clone()),
-            });
-        }
-    }
-
-    fn add_peer_route(&mut self, key: PeerKey, filter: ByteString) {
-        if !self.peers[key].filters.insert(filter.clone()) {
-            return;
-        }
-        if is_shared(&filter) {
-            self.add_peer_group(key, filter);
-            return;
-        }
-        let peers = self.remote_trie.entry(&filter);
-        let first_node = peers.is_empty();
-        if !peers.contains(&key) {
-            peers.push(key);
-        }
-        if first_node {
-            let from = self.place();
-            self.tell_every_shard(|| ShardMsg::RouteAdd {
-                filter: filter.clone(),
-                from,
-            });
-        }
-    }
-
-    fn remove_peer_route(&mut self, key: PeerKey, filter: &ByteString) {
-        if !self.peers[key].filters.remove(filter) {
-            return;
-        }
-        if is_shared(filter) {
-            self.remove_peer_group(key, filter);
-            return;
-        }
-        let Some(peers) = self.remote_trie.get_mut(filter) else {
-            return;
-        };
-        peers.retain(|&peer| peer != key);
-        if peers.is_empty() {
-            self.remote_trie.remove(filter);
-            let from = self.place();
-            self.tell_every_shard(|| ShardMsg::RouteRemove {
-                filter: filter.clone(),
-                from,
-            });
-        }
-    }
-
-    /// A peer has members of `share`: to the group's owner shard it is one
-    /// more member (the cluster's place, named by its node id), and every
-    /// shard routes the group's messages to that owner even with no local
-    /// member.
-    fn add_peer_group(&mut self, key: PeerKey, share: ByteString) {
-        let peers = self.remote_groups.entry(share.clone()).or_default();
-        peers.push(key);
-        let first_node = peers.len() == 1;
-        let from = self.place();
-        if first_node {
-            self.tell_every_shard(|| ShardMsg::SharedRouteAdd {
-                share: share.clone(),
-                from,
-            });
-        }
-        let member = self.peer_member(key);
-        self.outputs.push_back(NodeOutput::ToShard {
-            shard: group_owner(&share, self.config.shards),
-            msg: ShardMsg::SharedJoin {
-                share,
-                member,
-                online: true,
-            },
-        });
-    }
-
-    fn remove_peer_group(&mut self, key: PeerKey, share: &ByteString) {
-        let member = self.peer_member(key);
-        self.outputs.push_back(NodeOutput::ToShard {
-            shard: group_owner(share, self.config.shards),
-            msg: ShardMsg::SharedLeave {
-                share: share.clone(),
-                member,
-            },
-        });
-        let Some(peers) = self.remote_groups.get_mut(share) else {
-            return;
-        };
-        peers.retain(|&peer| peer != key);
-        if peers.is_empty() {
-            self.remote_groups.remove(share);
-            let from = self.place();
-            self.tell_every_shard(|| ShardMsg::SharedRouteRemove {
-                share: share.clone(),
-                from,
-            });
-        }
-    }
-
-    /// How a peer node appears among a group's members.
-    fn peer_member(&self, key: PeerKey) -> SharedMember {
-        SharedMember {
-            shard: self.place(),
-            client_id: self.peers[key].node_id.clone(),
-        }
-    }
-
-    fn tell_every_shard(&mut self, make: impl Fn() -> ShardMsg) {
-        for shard in 0..self.config.shards {
-            self.outputs
-                .push_back(NodeOutput::ToShard { shard, msg: make() });
-        }
-    }
-
-    fn clear_peer_routes(&mut self, key: PeerKey) {
-        let filters: Vec<ByteString> = self.peers[key].filters.iter().cloned().collect();
-        for filter in filters {
-            self.remove_peer_route(key, &filter);
-        }
-        self.peers[key].version = 0;
     }
 
     /// Forgets a peer: its routes, what was owed to it, and who waited on it.

@@ -1,0 +1,173 @@
+//! Messages across the hop: a published message to the peers whose
+//! filters match (once per peer, on the source shard's stream, numbered in
+//! its outbox, bounded), a shared-subscription message to the peer its
+//! group owner picked, and, arriving, each number taken once and handed to
+//! the shards. See "Forwarding" in the parent module.
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+use super::{Frame, Lane, Node, NodeOutput, PeerKey, is_node_local};
+use crate::cluster::outbox::{Dropped, Seq};
+use crate::message::Message;
+use crate::shard::mesh::ShardMsg;
+use crate::shard::{ShardId, group_owner};
+
+impl Node {
+    /// A local group owner picked peer `node_id` for `message`: it goes on
+    /// the owner shard's stream, to be given to one member there. A peer
+    /// forgotten meanwhile has left the owner's group already (its leave
+    /// went first on the same queue), so the message goes back to be
+    /// picked again.
+    pub(super) fn forward_shared(
+        &mut self,
+        shard: ShardId,
+        share: ByteString,
+        node_id: &str,
+        message: Arc<Message>,
+    ) {
+        match self.peer_by_id.get(node_id) {
+            Some(&key) => self.push_to_peer(key, shard, message, Some(share)),
+            None => {
+                let owner = group_owner(&share, self.config.shards);
+                self.outputs.push_back(NodeOutput::ToShard {
+                    shard: owner,
+                    msg: ShardMsg::SharedPublish {
+                        share,
+                        message,
+                        exclude: None,
+                        local_only: false,
+                    },
+                });
+            }
+        }
+    }
+
+    pub(super) fn forward(&mut self, shard: ShardId, message: Arc<Message>) {
+        if is_node_local(&message) {
+            return;
+        }
+        let mut matched = std::mem::take(&mut self.matched);
+        self.remote_trie.for_each_match(&message.topic, |peers| {
+            matched.extend_from_slice(peers);
+        });
+        matched.sort_unstable();
+        matched.dedup();
+        for &peer in &matched {
+            self.push_to_peer(peer, shard, message.clone(), None);
+        }
+        matched.clear();
+        self.matched = matched;
+    }
+
+    pub(super) fn push_to_peer(
+        &mut self,
+        key: PeerKey,
+        shard: ShardId,
+        message: Arc<Message>,
+        share: Option<ByteString>,
+    ) {
+        let limit = self.config.peer_buffer_bytes;
+        let peer = &mut self.peers[key];
+        let Some(stream) = peer.streams.get_mut(shard) else {
+            return;
+        };
+        let before = stream.outbox.bytes();
+        stream.outbox.push(message, share);
+        let bytes = stream.outbox.bytes() - before;
+        peer.buffered_bytes += bytes;
+        peer.forwarded += 1;
+        peer.forwarded_bytes += bytes as u64;
+        self.counters.forwarded_messages += 1;
+        // Past the bound, QoS 0 goes first, oldest first, from any stream;
+        // then QoS 1/2.
+        for qos0 in [true, false] {
+            while peer.buffered_bytes > limit {
+                let dropped = peer
+                    .streams
+                    .iter_mut()
+                    .find_map(|stream| stream.outbox.drop_one(qos0));
+                let Some((kind, bytes)) = dropped else {
+                    break;
+                };
+                peer.buffered_bytes -= bytes;
+                match kind {
+                    Dropped::Qos0 => {
+                        peer.dropped_qos0 += 1;
+                        self.counters.dropped_qos0 += 1;
+                    }
+                    Dropped::Qos12 => {
+                        peer.dropped_qos12 += 1;
+                        self.counters.dropped_qos12 += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn receive_publish(
+        &mut self,
+        key: PeerKey,
+        stream: u32,
+        first_seq: Seq,
+        messages: Vec<Arc<Message>>,
+    ) {
+        let peer = &mut self.peers[key];
+        let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
+        let mut shards = std::mem::take(&mut self.matched);
+        for (seq, message) in (first_seq..).zip(messages) {
+            if !inbound.take(seq) {
+                self.counters.duplicates_dropped += 1;
+                continue;
+            }
+            self.counters.received_messages += 1;
+            // Once per shard, however many of its filters match.
+            self.local_trie
+                .for_each_match(&message.topic, |matched| shards.extend_from_slice(matched));
+            shards.sort_unstable();
+            shards.dedup();
+            for &shard in &shards {
+                self.outputs.push_back(NodeOutput::ToShard {
+                    shard,
+                    msg: ShardMsg::Publish(message.clone()),
+                });
+            }
+            shards.clear();
+        }
+        self.matched = shards;
+        let acked = inbound.last();
+        self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
+    }
+
+    /// A message a peer's group owner picked this node for: this node's
+    /// owner of the group gives it to one of its members.
+    pub(super) fn receive_shared(
+        &mut self,
+        key: PeerKey,
+        stream: u32,
+        seq: Seq,
+        share: ByteString,
+        message: Arc<Message>,
+    ) {
+        let peer = &mut self.peers[key];
+        let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
+        if inbound.take(seq) {
+            self.counters.received_messages += 1;
+            let owner = group_owner(&share, self.config.shards);
+            self.outputs.push_back(NodeOutput::ToShard {
+                shard: owner,
+                msg: ShardMsg::SharedPublish {
+                    share,
+                    message,
+                    exclude: None,
+                    local_only: true,
+                },
+            });
+        } else {
+            self.counters.duplicates_dropped += 1;
+        }
+        let acked = inbound.last();
+        self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
+    }
+}

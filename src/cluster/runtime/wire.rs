@@ -1,0 +1,158 @@
+//! Between the wire and the node: an archived frame read in place into
+//! what [`Node`](crate::cluster::node::Node) takes (messages borrowing
+//! their payloads from the frame), and the node's frames encoded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+
+use crate::cluster::frame::{self, ArchivedClusterMsg, ClusterMsg};
+use crate::cluster::node::Frame;
+
+pub(super) enum Decoded {
+    Node(Frame),
+    Gossip(Bytes),
+    Hello,
+}
+
+/// Reads a frame in place into what the node takes: messages borrow their
+/// payloads from the frame's buffer.
+pub(super) fn decode_frame(
+    frame: &frame::Frame,
+    now: Instant,
+) -> Result<Decoded, frame::FrameError> {
+    let strings = |list: &rkyv::vec::ArchivedVec<rkyv::string::ArchivedString>| {
+        list.iter().map(|s| ByteString::from(s.as_str())).collect()
+    };
+    let decoded = match frame.access()? {
+        ArchivedClusterMsg::Hello { .. } => Decoded::Hello,
+        ArchivedClusterMsg::Routes { version, filters } => Decoded::Node(Frame::Routes {
+            version: version.to_native(),
+            filters: strings(filters),
+        }),
+        ArchivedClusterMsg::RouteDelta {
+            version,
+            add,
+            remove,
+        } => Decoded::Node(Frame::RouteDelta {
+            version: version.to_native(),
+            add: strings(add),
+            remove: strings(remove),
+        }),
+        ArchivedClusterMsg::RoutesAck { version } => Decoded::Node(Frame::RoutesAck {
+            version: version.to_native(),
+        }),
+        ArchivedClusterMsg::RoutesResync => Decoded::Node(Frame::RoutesResync),
+        ArchivedClusterMsg::Publish {
+            stream,
+            first_seq,
+            messages,
+        } => {
+            let messages = messages
+                .iter()
+                .map(|wire| frame::wire_to_message(&frame.bytes, wire, now).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Decoded::Node(Frame::Publish {
+                stream: stream.to_native(),
+                first_seq: first_seq.to_native(),
+                messages,
+            })
+        }
+        ArchivedClusterMsg::PublishAck { stream, seq } => Decoded::Node(Frame::PublishAck {
+            stream: stream.to_native(),
+            seq: seq.to_native(),
+        }),
+        ArchivedClusterMsg::Retain {
+            hlc,
+            origin,
+            message,
+        } => Decoded::Node(Frame::Retain {
+            hlc: hlc.to_native(),
+            origin: origin.as_str().into(),
+            message: Arc::new(frame::wire_to_message(&frame.bytes, message, now)?),
+        }),
+        ArchivedClusterMsg::Gossip { data } => {
+            Decoded::Gossip(frame.bytes.slice_ref(data.as_slice()))
+        }
+        ArchivedClusterMsg::Leave => Decoded::Node(Frame::Leave),
+        ArchivedClusterMsg::SharedPublish {
+            stream,
+            seq,
+            share,
+            message,
+        } => {
+            if crate::router::shared::parse(share.as_str()).is_none() {
+                return Err(frame::FrameError::Invalid(format!(
+                    "not a shared subscription: {:?}",
+                    share.as_str()
+                )));
+            }
+            Decoded::Node(Frame::SharedPublish {
+                stream: stream.to_native(),
+                seq: seq.to_native(),
+                share: share.as_str().into(),
+                message: Arc::new(frame::wire_to_message(&frame.bytes, message, now)?),
+            })
+        }
+    };
+    Ok(decoded)
+}
+
+pub(super) fn encode_frame(
+    frame: &Frame,
+    now: Instant,
+    out: &mut BytesMut,
+) -> Result<usize, frame::FrameError> {
+    let strings = |list: &[ByteString]| list.iter().map(|s| s.to_string()).collect();
+    match frame {
+        Frame::Publish {
+            stream,
+            first_seq,
+            messages,
+        } => frame::encode_publish(*stream, *first_seq, messages, now, out),
+        Frame::Retain {
+            hlc,
+            origin,
+            message,
+        } => frame::encode_retain(*hlc, origin, message, now, out),
+        Frame::Routes { version, filters } => frame::encode(
+            &ClusterMsg::Routes {
+                version: *version,
+                filters: strings(filters),
+            },
+            out,
+        ),
+        Frame::RouteDelta {
+            version,
+            add,
+            remove,
+        } => frame::encode(
+            &ClusterMsg::RouteDelta {
+                version: *version,
+                add: strings(add),
+                remove: strings(remove),
+            },
+            out,
+        ),
+        Frame::RoutesAck { version } => {
+            frame::encode(&ClusterMsg::RoutesAck { version: *version }, out)
+        }
+        Frame::RoutesResync => frame::encode(&ClusterMsg::RoutesResync, out),
+        Frame::PublishAck { stream, seq } => frame::encode(
+            &ClusterMsg::PublishAck {
+                stream: *stream,
+                seq: *seq,
+            },
+            out,
+        ),
+        Frame::Leave => frame::encode(&ClusterMsg::Leave, out),
+        Frame::SharedPublish {
+            stream,
+            seq,
+            share,
+            message,
+        } => frame::encode_shared_publish(*stream, *seq, share, message, now, out),
+    }
+}
