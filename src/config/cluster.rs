@@ -492,6 +492,7 @@ fn invalid(key: &'static str, reason: String) -> ConfigError {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::TempFile;
     use super::super::{Cli, Config, FileConfig};
     use super::*;
     use clap::Parser;
@@ -512,28 +513,6 @@ mod tests {
         match cluster(args, toml, env) {
             Ok(settings) => panic!("{args:?} {toml:?} accepted: {settings:?}"),
             Err(error) => error.to_string(),
-        }
-    }
-
-    /// A file under the system temp directory, removed when dropped.
-    struct TempFile(PathBuf);
-
-    impl TempFile {
-        fn new(name: &str, contents: &[u8]) -> TempFile {
-            let path =
-                std::env::temp_dir().join(format!("ringmq-cluster-{}-{name}", std::process::id()));
-            std::fs::write(&path, contents).expect("temp dir is writable");
-            TempFile(path)
-        }
-
-        fn arg(&self) -> &str {
-            self.0.to_str().expect("temp path is UTF-8")
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
         }
     }
 

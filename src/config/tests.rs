@@ -30,17 +30,19 @@ pub(super) fn merge(args: &[&str], toml: &str) -> Result<Config, ConfigError> {
     Config::merge(cli, file, None)
 }
 
-/// A file under the system temp directory, removed when dropped.
-struct TempFile(PathBuf);
+/// A file under the system temp directory, removed when dropped; also
+/// the cluster settings' tests' (`name`s differ between tests, which run
+/// in parallel in one process).
+pub(super) struct TempFile(PathBuf);
 
 impl TempFile {
-    fn new(name: &str, contents: &str) -> TempFile {
+    pub(super) fn new(name: &str, contents: impl AsRef<[u8]>) -> TempFile {
         let path = std::env::temp_dir().join(format!("ringmq-{}-{name}", std::process::id()));
         std::fs::write(&path, contents).expect("temp dir is writable");
         TempFile(path)
     }
 
-    fn arg(&self) -> &str {
+    pub(super) fn arg(&self) -> &str {
         self.0.to_str().expect("temp path is UTF-8")
     }
 }
