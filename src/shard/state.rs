@@ -437,8 +437,7 @@ impl ShardState {
                     // that a message published anywhere after it arrives.
                     // Retained messages follow the SUBACK, as on one node,
                     // where the SUBACK is confirmed at once.
-                    let deferred = self.mesh.cluster_place().is_some()
-                        && self.confirm_after_cluster(key, ticket);
+                    let deferred = self.confirm_after_cluster(key, ticket);
                     if !deferred {
                         self.confirm_here(key, ticket);
                     }

@@ -613,6 +613,26 @@ impl Node {
         }
     }
 
+    /// Queues a message for each local shard.
+    fn tell_every_shard(&mut self, make: impl Fn() -> ShardMsg) {
+        for shard in 0..self.config.shards {
+            self.outputs
+                .push_back(NodeOutput::ToShard { shard, msg: make() });
+        }
+    }
+
+    /// Queues a control frame for each peer whose link is up (the others
+    /// get the current state when their link comes back).
+    fn tell_every_linked_peer(&mut self, make: impl Fn() -> Frame) {
+        for (_, peer) in self.peers.iter().filter(|(_, peer)| peer.linked) {
+            self.outputs.push_back(NodeOutput::Send {
+                peer: peer.node_id.clone(),
+                lane: Lane::Control,
+                frame: make(),
+            });
+        }
+    }
+
     fn send(&mut self, key: PeerKey, lane: Lane, frame: Frame) {
         self.outputs.push_back(NodeOutput::Send {
             peer: self.peers[key].node_id.clone(),
@@ -702,23 +722,11 @@ impl Node {
             let add: Vec<ByteString> = self.pending_add.drain().collect();
             let remove: Vec<ByteString> = self.pending_remove.drain().collect();
             let version = self.route_version;
-            let linked: Vec<PeerKey> = self
-                .peers
-                .iter()
-                .filter(|(_, peer)| peer.linked)
-                .map(|(key, _)| key)
-                .collect();
-            for key in linked {
-                self.send(
-                    key,
-                    Lane::Control,
-                    Frame::RouteDelta {
-                        version,
-                        add: add.clone(),
-                        remove: remove.clone(),
-                    },
-                );
-            }
+            self.tell_every_linked_peer(|| Frame::RouteDelta {
+                version,
+                add: add.clone(),
+                remove: remove.clone(),
+            });
         }
         for (_, peer) in self.peers.iter_mut().filter(|(_, peer)| peer.linked) {
             for (index, stream) in peer.streams.iter_mut().enumerate() {
@@ -751,15 +759,7 @@ impl Node {
 
     /// Leaving the cluster: every linked peer is told.
     pub fn handle_leave(&mut self) {
-        let linked: Vec<PeerKey> = self
-            .peers
-            .iter()
-            .filter(|(_, peer)| peer.linked)
-            .map(|(key, _)| key)
-            .collect();
-        for key in linked {
-            self.send(key, Lane::Control, Frame::Leave);
-        }
+        self.tell_every_linked_peer(|| Frame::Leave);
     }
 
     pub fn poll_output(&mut self) -> Option<NodeOutput> {

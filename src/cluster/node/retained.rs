@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use super::{Frame, Lane, Node, NodeOutput, RetainedEntry, is_node_local};
+use super::{Frame, Node, RetainedEntry, is_node_local};
 use crate::message::Message;
 use crate::shard::mesh::ShardMsg;
 
@@ -20,17 +20,11 @@ impl Node {
         let hlc = self.tick_hlc(0);
         let origin = self.config.node_id.clone();
         self.store_retained(hlc, origin.clone(), message.clone());
-        for (_, peer) in self.peers.iter().filter(|(_, peer)| peer.linked) {
-            self.outputs.push_back(NodeOutput::Send {
-                peer: peer.node_id.clone(),
-                lane: Lane::Control,
-                frame: Frame::Retain {
-                    hlc,
-                    origin: origin.clone(),
-                    message: message.clone(),
-                },
-            });
-        }
+        self.tell_every_linked_peer(|| Frame::Retain {
+            hlc,
+            origin: origin.clone(),
+            message: message.clone(),
+        });
     }
 
     pub(super) fn store_retained(&mut self, hlc: u64, origin: ByteString, message: Arc<Message>) {
@@ -64,11 +58,6 @@ impl Node {
             return;
         }
         self.store_retained(hlc, origin, message.clone());
-        for shard in 0..self.config.shards {
-            self.outputs.push_back(NodeOutput::ToShard {
-                shard,
-                msg: ShardMsg::Retain(message.clone()),
-            });
-        }
+        self.tell_every_shard(|| ShardMsg::Retain(message.clone()));
     }
 }

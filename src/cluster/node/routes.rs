@@ -197,13 +197,6 @@ impl Node {
         }
     }
 
-    pub(super) fn tell_every_shard(&mut self, make: impl Fn() -> ShardMsg) {
-        for shard in 0..self.config.shards {
-            self.outputs
-                .push_back(NodeOutput::ToShard { shard, msg: make() });
-        }
-    }
-
     pub(super) fn clear_peer_routes(&mut self, key: PeerKey) {
         let filters: Vec<ByteString> = self.peers[key].filters.iter().cloned().collect();
         for filter in filters {
