@@ -40,6 +40,9 @@
 //!   a seeded in-memory cluster; `tests/cluster*.rs` run real nodes.
 //! - [`metrics`]: per-shard counters and histograms gathered through the
 //!   mesh when scraped; HTTP `/metrics`, `/health`, `/ready`; `$SYS`.
+//! - [`store`]: sessions, their messages and the retained store on disk
+//!   (fjall, one partition per shard, written by a thread per partition),
+//!   read back at start-up.
 //! - [`config`]: command line and TOML, validated once.
 //!
 //! Each room's module documentation gives the reasons for its design.
@@ -52,3 +55,4 @@ pub mod protocol;
 pub mod router;
 pub mod session;
 pub mod shard;
+pub mod store;

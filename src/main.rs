@@ -18,8 +18,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The store's engine narrates every database it opens at info; its
+    // warnings and errors are what an operator needs.
+    let level = config.log_level.level_filter();
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "{level},fjall={quiet},lsm_tree={quiet}",
+        quiet = level.min(tracing::level_filters::LevelFilter::WARN)
+    ));
     let logs = tracing_subscriber::fmt()
-        .with_max_level(config.log_level.level_filter())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => logs
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         sys_interval: (config.sys_interval > 0)
             .then(|| std::time::Duration::from_secs(config.sys_interval)),
         cluster: config.cluster.clone(),
+        store: config.store.clone(),
     };
     match shard::run(server) {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,6 +33,7 @@ use crate::cluster::settings::ClusterSettings;
 use crate::protocol::topic::{MAX_TOPIC_LEN, MAX_TOPIC_LEVELS, TopicLimits};
 use crate::router::shared::Strategy;
 use crate::session::{QueueFullPolicy, SessionConfig};
+use crate::store::{Durability, StoreSettings};
 
 const DEFAULT_PORT: u16 = 1883;
 const DEFAULT_MAX_INFLIGHT: u16 = 100;
@@ -41,6 +42,8 @@ const DEFAULT_MAX_KEEPALIVE: u16 = u16::MAX;
 const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
 const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 10;
 const DEFAULT_SYS_INTERVAL: u64 = 10;
+/// A power cut loses at most this much of what `batch` acknowledged.
+const DEFAULT_DURABILITY_INTERVAL_MS: u64 = 100;
 /// The smallest limit that still admits a useful CONNECT.
 const MIN_PACKET_SIZE: u32 = 16;
 /// The largest size the remaining-length varint can express (spec 2.1.4).
@@ -110,6 +113,8 @@ pub struct Config {
     /// The cluster this node joins; `None` (no `cluster.listen`) runs a
     /// single node.
     pub cluster: Option<ClusterSettings>,
+    /// `None` without `data_dir`: everything stays in memory.
+    pub store: Option<StoreSettings>,
 }
 
 /// What the binary was asked to do.
@@ -299,6 +304,24 @@ struct Cli {
     /// [default: 10].
     #[arg(long, value_name = "SECS")]
     sys_interval: Option<u64>,
+    /// Directory for sessions, queued messages and retained messages, kept
+    /// across restarts; without it everything stays in memory
+    /// [default: none].
+    #[arg(long, value_name = "PATH")]
+    data_dir: Option<PathBuf>,
+    /// What a PUBACK or PUBREC for a stored message waits for: always (on
+    /// disk, synced), batch (written; synced every durability_interval_ms)
+    /// or none (not waited for) [default: batch].
+    #[arg(long, value_name = "LEVEL")]
+    durability: Option<DurabilityLevel>,
+    /// Milliseconds between syncs with durability batch, 1 to 60000
+    /// [default: 100].
+    #[arg(long, value_name = "MS")]
+    durability_interval_ms: Option<u64>,
+    /// Start even if the data dir has damaged records: each is logged and
+    /// skipped. `--repair` alone means true [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    repair: Option<bool>,
     #[command(flatten)]
     cluster: cluster::ClusterArgs,
 }
@@ -349,7 +372,23 @@ struct FileConfig {
     max_client_id_length: Option<u16>,
     metrics_listen: Option<SocketAddr>,
     sys_interval: Option<u64>,
+    data_dir: Option<PathBuf>,
+    durability: Option<DurabilityLevel>,
+    durability_interval_ms: Option<u64>,
+    repair: Option<bool>,
     cluster: Option<cluster::ClusterTable>,
+}
+
+/// How [`Durability`] is spelled in flags and files.
+#[derive(Debug, Clone, Copy, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DurabilityLevel {
+    /// Acknowledge once on disk (synced).
+    Always,
+    /// Acknowledge once written; sync every durability_interval_ms.
+    Batch,
+    /// Acknowledge without waiting for the store.
+    None,
 }
 
 /// How [`QueueFullPolicy`] is spelled in flags and files; the session type
@@ -435,6 +474,7 @@ impl Config {
                 0 => usize::MAX,
                 n => n,
             },
+            durable: self.store.is_some(),
         }
     }
 
@@ -544,6 +584,33 @@ impl Config {
             Some(SharedStrategy::Sticky) => Strategy::Sticky,
         };
 
+        let interval = cli
+            .durability_interval_ms
+            .or(file.durability_interval_ms)
+            .unwrap_or(DEFAULT_DURABILITY_INTERVAL_MS);
+        ensure(
+            (1..=60_000).contains(&interval),
+            "durability_interval_ms",
+            "must be 1 to 60000",
+        )?;
+        let durability = match cli.durability.or(file.durability) {
+            None | Some(DurabilityLevel::Batch) => Durability::Batch,
+            Some(DurabilityLevel::Always) => Durability::Always,
+            Some(DurabilityLevel::None) => Durability::None,
+        };
+        let store = match cli.data_dir.or(file.data_dir) {
+            Some(dir) => {
+                ensure(!dir.as_os_str().is_empty(), "data_dir", "must not be empty")?;
+                Some(StoreSettings {
+                    dir,
+                    durability,
+                    interval: Duration::from_millis(interval),
+                    repair: cli.repair.or(file.repair).unwrap_or(false),
+                })
+            }
+            None => None,
+        };
+
         Ok(Config {
             listeners,
             cores,
@@ -585,6 +652,7 @@ impl Config {
                 .or(file.sys_interval)
                 .unwrap_or(DEFAULT_SYS_INTERVAL),
             cluster,
+            store,
         })
     }
 }

@@ -125,6 +125,10 @@ fn file_only() {
         max_client_id_length = 64
         metrics_listen = "127.0.0.1:9090"
         sys_interval = 0
+        data_dir = "/var/lib/ringmq"
+        durability = "always"
+        durability_interval_ms = 250
+        repair = true
         "#,
     );
     let config = parse(&["--config", file.arg()]).expect("valid file");
@@ -157,6 +161,12 @@ fn file_only() {
             metrics_listen: Some("127.0.0.1:9090".parse().expect("literal")),
             sys_interval: 0,
             cluster: None,
+            store: Some(StoreSettings {
+                dir: "/var/lib/ringmq".into(),
+                durability: Durability::Always,
+                interval: Duration::from_millis(250),
+                repair: true,
+            }),
         }
     );
 }
@@ -401,6 +411,10 @@ fn deploy_example_parses_and_sets_every_key() {
         max_client_id_length,
         metrics_listen,
         sys_interval,
+        data_dir,
+        durability,
+        durability_interval_ms,
+        repair,
         cluster,
     } = &file;
     assert!(listen.is_some());
@@ -427,6 +441,10 @@ fn deploy_example_parses_and_sets_every_key() {
     assert!(max_client_id_length.is_some());
     assert!(metrics_listen.is_some());
     assert!(sys_interval.is_some());
+    assert!(data_dir.is_some());
+    assert!(durability.is_some());
+    assert!(durability_interval_ms.is_some());
+    assert!(repair.is_some());
     assert!(cluster.is_none(), "the example is a single node");
     Config::merge(Cli::default(), file, None).expect("example config is valid");
 }

@@ -52,6 +52,9 @@ pub struct ShardMetrics {
     pub bytes_out: [u64; 3],
     /// Published messages that matched no subscriber anywhere.
     pub no_subscribers: u64,
+    /// Store writes that failed (disk full, I/O error); the
+    /// acknowledgements that waited for them were refused.
+    pub store_failures: u64,
     /// PUBLISH decoded to its bytes encoded into a subscriber's output.
     pub publish_latency: Latency,
     /// A mesh batch flushed by one shard to applied by another.

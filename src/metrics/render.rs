@@ -119,6 +119,13 @@ pub fn render(snapshots: &[Snapshot], cluster: Option<&StatusSnapshot>) -> Strin
             .inc_by(n);
     }
     registry.register("messages_dropped", "Messages dropped, by reason", dropped);
+    let store_failures = Counter::<u64>::default();
+    store_failures.inc_by(sum(|s| s.metrics.store_failures));
+    registry.register(
+        "store_write_failures",
+        "Store commits that failed (disk full, I/O error); acknowledgements waiting for them were refused",
+        store_failures,
+    );
 
     let depth = Family::<Labels, Gauge>::default();
     let cross = Family::<Labels, Counter>::default();

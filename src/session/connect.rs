@@ -107,6 +107,7 @@ impl Session {
         self.keep_alive = negotiate_keep_alive(connect.keep_alive, config.max_keepalive);
         self.session_expiry = session_expiry(connect);
         self.connected_with_zero_expiry = self.session_expiry == 0;
+        self.update_journal(config);
         self.problem_information = connect
             .properties
             .request_problem_information
@@ -175,7 +176,8 @@ impl Session {
                 // As Mosquitto does: an expired message is not sent again,
                 // and its slot is freed.
                 if outgoing.message.is_expired(now) {
-                    self.inflight.remove(packet_id);
+                    let flight = self.inflight.remove(packet_id);
+                    self.journal_flight_ended(flight);
                     self.dropped_expired += 1;
                     return None;
                 }
@@ -186,7 +188,7 @@ impl Session {
                     now,
                 )))
             }
-            (Resend::Release(packet_id), Flight::Released) => {
+            (Resend::Release(packet_id), Flight::Released(_)) => {
                 Some(Packet::PubRel(pub_response(packet_id, ReasonCode::Success)))
             }
             // The flow moved on (a PUBREC came first): what it needs now

@@ -131,6 +131,29 @@ impl Control {
 
     /// Tickets whose answers are still held: not confirmed, or confirmed
     /// while an earlier one is not.
+    /// Changes the reason code of the PUBACK or PUBREC held behind
+    /// `ticket`: what it acknowledged could not be kept.
+    pub fn refuse(&mut self, ticket: Ticket, reason: crate::protocol::ReasonCode) {
+        let Some(tickets) = &self.tickets else {
+            return;
+        };
+        let Some(position) = ticket
+            .0
+            .checked_sub(tickets.first)
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|index| tickets.barriers.get(index))
+            .and_then(|barrier| barrier.position.checked_sub(tickets.popped))
+            .and_then(|at| usize::try_from(at).ok())
+        else {
+            return;
+        };
+        if let Some(Packet::PubAck(answer) | Packet::PubRec(answer)) =
+            self.packets.get_mut(position)
+        {
+            answer.reason = reason;
+        }
+    }
+
     pub fn unconfirmed(&self) -> usize {
         self.tickets
             .as_ref()

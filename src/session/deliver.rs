@@ -10,7 +10,7 @@ use bytestring::ByteString;
 use super::connect::pub_response;
 use super::inflight::PubRecOutcome;
 use super::queue::Outgoing;
-use super::{DeliverOutcome, Delivery, DropReason, Problem, QueueFullPolicy, Session};
+use super::{Change, DeliverOutcome, Delivery, DropReason, Problem, QueueFullPolicy, Session};
 use crate::message::Message;
 use crate::protocol::{Packet, PubResponse, QoS, ReasonCode, UserProperties};
 
@@ -55,13 +55,16 @@ impl Session {
         } else {
             Vec::new()
         };
-        self.queue.push_back(Outgoing {
+        let outgoing = Outgoing {
             message: message.clone(),
             qos,
             retain,
             subscription_ids,
             shared,
-        });
+            seq: self.queued_seq(qos),
+        };
+        self.journal_queued(&outgoing);
+        self.queue.push_back(outgoing);
         DeliverOutcome::Queued
     }
 
@@ -128,7 +131,9 @@ impl Session {
         loop {
             let next = self.queue.front()?;
             if next.message.is_expired(now) {
-                self.queue.pop_front();
+                if let Some(expired) = self.queue.pop_front() {
+                    self.journal_ended(&expired);
+                }
                 self.dropped_expired += 1;
                 continue;
             }
@@ -149,6 +154,12 @@ impl Session {
             let outgoing = self.queue.pop_front()?;
             self.sent_received_at = outgoing.latency_start();
             let publish = outgoing.publish(packet_id, false, self.protocol, now);
+            if outgoing.seq != 0 {
+                self.journal(Change::Sent {
+                    seq: outgoing.seq,
+                    packet_id,
+                });
+            }
             self.inflight.start(packet_id, outgoing);
             return Some(Packet::Publish(publish));
         }
@@ -157,11 +168,24 @@ impl Session {
     pub(super) fn handle_pubrec(&mut self, pubrec: &PubResponse) {
         // 3.1.1 PUBREC has no reason code: it always accepts.
         let accepted = !(self.protocol.is_v5() && pubrec.reason.is_error());
-        if self.inflight.pubrec(pubrec.packet_id, accepted) == PubRecOutcome::Release {
-            self.control.push_back(Packet::PubRel(pub_response(
-                pubrec.packet_id,
-                ReasonCode::Success,
-            )));
+        match self.inflight.pubrec(pubrec.packet_id, accepted) {
+            PubRecOutcome::Release(first) => {
+                if let Some(outgoing) = first
+                    && outgoing.seq != 0
+                {
+                    self.journal(Change::Released {
+                        seq: outgoing.seq,
+                        packet_id: pubrec.packet_id,
+                        message: outgoing.message,
+                    });
+                }
+                self.control.push_back(Packet::PubRel(pub_response(
+                    pubrec.packet_id,
+                    ReasonCode::Success,
+                )));
+            }
+            PubRecOutcome::Ended(outgoing) => self.journal_ended(&outgoing),
+            PubRecOutcome::Unknown => {}
         }
     }
 }

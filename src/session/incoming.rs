@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connect::pub_response;
-use super::{Problem, Session, SessionAction, Ticket};
+use super::{Change, Problem, Session, SessionAction, Ticket};
 use crate::message::Message;
 use crate::protocol::topic::valid_topic_name;
 use crate::protocol::{Packet, Publish, QoS, ReasonCode};
@@ -64,6 +64,7 @@ impl Session {
                         ));
                     }
                     awaiting.insert(packet_id);
+                    self.journal(Change::Awaiting { packet_id });
                     let ticket = self.control.hold();
                     self.route(publish, Some(ticket), now);
                 }
@@ -84,6 +85,9 @@ impl Session {
             .incoming_qos2
             .as_mut()
             .is_some_and(|ids| ids.remove(&packet_id));
+        if awaited {
+            self.journal(Change::Completed { packet_id });
+        }
         if !awaited && self.protocol.is_v5() {
             pubcomp.reason = ReasonCode::PacketIdentifierNotFound;
             pubcomp.properties.reason_string =

@@ -16,8 +16,8 @@ pub(super) enum Flight {
     /// QoS 2 PUBLISH sent, waiting for PUBREC.
     ExactlyOnce(Outgoing),
     /// QoS 2 PUBREL sent, waiting for PUBCOMP; the message itself is no
-    /// longer needed.
-    Released,
+    /// longer needed. Holds the flow's store key ([`Outgoing::seq`]).
+    Released(u64),
 }
 
 /// A flow owed to the client again after a reconnect, named by the stage it
@@ -38,12 +38,13 @@ impl Resend {
 }
 
 /// What a PUBREC did to a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum PubRecOutcome {
-    /// Send PUBREL (again, if this PUBREC repeats an earlier one).
-    Release,
+    /// Send PUBREL (again, if this PUBREC repeats an earlier one). Holds
+    /// the message the flow no longer needs, on the first PUBREC.
+    Release(Option<Outgoing>),
     /// The client refused the message (v5 error reason): the flow is over.
-    Ended,
+    Ended(Outgoing),
     Unknown,
 }
 
@@ -96,17 +97,24 @@ impl Inflight {
         } else {
             Flight::AtLeastOnce(outgoing)
         };
+        self.resume(packet_id, flight);
+    }
+
+    /// Puts back a flow read from the store, in the order they started.
+    pub fn resume(&mut self, packet_id: u16, flight: Flight) {
         let flows = self.0.get_or_insert_default();
         flows.last_id = packet_id;
         flows.flights.insert(packet_id, (flows.next_seq, flight));
         flows.next_seq += 1;
     }
 
-    /// Ends a QoS 1 flow. An unknown id, or one in another state, is
-    /// ignored: a late or confused ack is no reason to drop the client.
-    pub fn puback(&mut self, packet_id: u16) {
-        if let Some(Flight::AtLeastOnce(_)) = self.get(packet_id) {
-            self.remove(packet_id);
+    /// Ends a QoS 1 flow, returning it. An unknown id, or one in another
+    /// state, is ignored: a late or confused ack is no reason to drop the
+    /// client.
+    pub fn puback(&mut self, packet_id: u16) -> Option<Flight> {
+        match self.get(packet_id) {
+            Some(Flight::AtLeastOnce(_)) => self.remove(packet_id),
+            _ => None,
         }
     }
 
@@ -118,21 +126,27 @@ impl Inflight {
             return PubRecOutcome::Unknown;
         };
         match flight {
-            Flight::ExactlyOnce(_) if !accepted => {
-                flows.flights.remove(&packet_id);
-                PubRecOutcome::Ended
+            Flight::ExactlyOnce(_) if !accepted => match flows.flights.remove(&packet_id) {
+                Some((_, Flight::ExactlyOnce(outgoing))) => PubRecOutcome::Ended(outgoing),
+                _ => PubRecOutcome::Unknown,
+            },
+            Flight::ExactlyOnce(outgoing) => {
+                let seq = outgoing.seq;
+                match std::mem::replace(flight, Flight::Released(seq)) {
+                    Flight::ExactlyOnce(outgoing) => PubRecOutcome::Release(Some(outgoing)),
+                    _ => PubRecOutcome::Release(None),
+                }
             }
-            Flight::ExactlyOnce(_) | Flight::Released => {
-                *flight = Flight::Released;
-                PubRecOutcome::Release
-            }
+            Flight::Released(_) => PubRecOutcome::Release(None),
             Flight::AtLeastOnce(_) => PubRecOutcome::Unknown,
         }
     }
 
-    pub fn pubcomp(&mut self, packet_id: u16) {
-        if let Some(Flight::Released) = self.get(packet_id) {
-            self.remove(packet_id);
+    /// Ends a QoS 2 flow whose PUBREL was sent, returning it.
+    pub fn pubcomp(&mut self, packet_id: u16) -> Option<Flight> {
+        match self.get(packet_id) {
+            Some(Flight::Released(_)) => self.remove(packet_id),
+            _ => None,
         }
     }
 
@@ -141,10 +155,9 @@ impl Inflight {
         Some(flight)
     }
 
-    pub fn remove(&mut self, packet_id: u16) {
-        if let Some(flows) = &mut self.0 {
-            flows.flights.remove(&packet_id);
-        }
+    pub fn remove(&mut self, packet_id: u16) -> Option<Flight> {
+        let (_, flight) = self.0.as_mut()?.flights.remove(&packet_id)?;
+        Some(flight)
     }
 
     /// Ends every flow whose message has not been received by the client
@@ -159,7 +172,7 @@ impl Inflight {
             .iter()
             .filter(|(_, (_, flight))| match flight {
                 Flight::AtLeastOnce(outgoing) | Flight::ExactlyOnce(outgoing) => take(outgoing),
-                Flight::Released => false,
+                Flight::Released(_) => false,
             })
             .map(|(&id, &(seq, _))| (seq, id))
             .collect();
@@ -172,6 +185,21 @@ impl Inflight {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Ends every flow, returning them (for the journal of a session that
+    /// ends).
+    pub fn take_all(&mut self) -> Vec<Flight> {
+        self.0
+            .as_mut()
+            .map(|flows| {
+                flows
+                    .flights
+                    .drain()
+                    .map(|(_, (_, flight))| flight)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every flow, in the order it started (spec 4.6): PUBLISH again (with
@@ -189,7 +217,7 @@ impl Inflight {
         flights
             .into_iter()
             .map(|(_, id, flight)| match flight {
-                Flight::Released => Resend::Release(id),
+                Flight::Released(_) => Resend::Release(id),
                 Flight::AtLeastOnce(_) | Flight::ExactlyOnce(_) => Resend::Publish(id),
             })
             .collect()
@@ -256,6 +284,7 @@ mod tests {
             retain: false,
             subscription_ids: Vec::new(),
             shared: None,
+            seq: 0,
         }
     }
 
@@ -316,12 +345,15 @@ mod tests {
         inflight.puback(id);
         inflight.pubcomp(id);
         assert_eq!(inflight.len(), 1);
-        assert_eq!(inflight.pubrec(id, true), PubRecOutcome::Release);
-        assert_eq!(inflight.get(id), Some(&Flight::Released));
+        assert!(matches!(
+            inflight.pubrec(id, true),
+            PubRecOutcome::Release(Some(_))
+        ));
+        assert_eq!(inflight.get(id), Some(&Flight::Released(0)));
         assert_eq!(inflight.resends(), vec![Resend::Release(id)]);
         assert_eq!(
             inflight.pubrec(id, true),
-            PubRecOutcome::Release,
+            PubRecOutcome::Release(None),
             "repeated PUBREC"
         );
         assert_eq!(inflight.len(), 1);
@@ -333,7 +365,10 @@ mod tests {
     fn refused_pubrec_ends_the_flow() {
         let mut inflight = Inflight::default();
         let id = send(&mut inflight, QoS::ExactlyOnce);
-        assert_eq!(inflight.pubrec(id, false), PubRecOutcome::Ended);
+        assert!(matches!(
+            inflight.pubrec(id, false),
+            PubRecOutcome::Ended(_)
+        ));
         assert_eq!(inflight.len(), 0);
         assert_eq!(inflight.pubrec(id, true), PubRecOutcome::Unknown);
     }
@@ -395,13 +430,13 @@ mod tests {
                     }
                     Op::PubRec(i, ok) => {
                         let id = pick(i);
-                        if inflight.pubrec(id, ok) == PubRecOutcome::Ended {
+                        if matches!(inflight.pubrec(id, ok), PubRecOutcome::Ended(_)) {
                             model.remove(&id);
                         }
                     }
                     Op::PubComp(i) => {
                         let id = pick(i);
-                        if let Some(Flight::Released) = inflight.get(id) {
+                        if let Some(Flight::Released(_)) = inflight.get(id) {
                             model.remove(&id);
                         }
                         inflight.pubcomp(id);

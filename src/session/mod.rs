@@ -28,6 +28,7 @@ mod control;
 mod deliver;
 mod incoming;
 mod inflight;
+mod journal;
 mod queue;
 mod shared;
 mod subscribe;
@@ -53,6 +54,8 @@ use alias::{IncomingAliases, OutgoingAliases};
 use control::Control;
 pub use control::Ticket;
 use inflight::Inflight;
+use journal::Journal;
+pub use journal::{Change, RestoredMessage, RestoredSession};
 use queue::Outgoing;
 use will::Will;
 
@@ -83,6 +86,9 @@ pub struct SessionConfig {
     /// Distinct filters one session may hold; a SUBSCRIBE past it is
     /// refused per filter with Quota exceeded. `usize::MAX` for none.
     pub max_subscriptions: usize,
+    /// The broker has a store: sessions that outlive their connection
+    /// journal their changes for it.
+    pub durable: bool,
 }
 
 /// What happens to a QoS 1/2 message that finds the queue full. QoS 0
@@ -235,6 +241,8 @@ pub struct Session {
     /// every session over 200 bytes.
     will: Option<Box<Will>>,
     expires_at: Option<Instant>,
+    /// Present while the session is stored (see `journal`).
+    journal: Option<Box<Journal>>,
     dropped_expired: u64,
     /// When the message of the last new PUBLISH [`Session::poll_transmit`]
     /// returned was received, for the shard's publish latency.
@@ -326,6 +334,7 @@ impl Session {
             actions: VecDeque::new(),
             will: None,
             expires_at: None,
+            journal: None,
             dropped_expired: 0,
             sent_received_at: None,
         }
@@ -380,7 +389,8 @@ impl Session {
     /// announced again by the next PUBLISH on its topic.
     pub fn discard_publish(&mut self, publish: &Publish) {
         if publish.qos != QoS::AtMostOnce {
-            self.inflight.remove(publish.packet_id);
+            let flight = self.inflight.remove(publish.packet_id);
+            self.journal_flight_ended(flight);
         }
         self.outgoing_aliases.forget(publish);
     }
@@ -400,7 +410,8 @@ impl Session {
                 Ok(())
             }
             Packet::PubAck(ack) => {
-                self.inflight.puback(ack.packet_id);
+                let flight = self.inflight.puback(ack.packet_id);
+                self.journal_flight_ended(flight);
                 Ok(())
             }
             Packet::PubRec(pubrec) => {
@@ -408,7 +419,8 @@ impl Session {
                 Ok(())
             }
             Packet::PubComp(pubcomp) => {
-                self.inflight.pubcomp(pubcomp.packet_id);
+                let flight = self.inflight.pubcomp(pubcomp.packet_id);
+                self.journal_flight_ended(flight);
                 Ok(())
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
@@ -507,6 +519,18 @@ impl Session {
     /// earlier connection, or one already confirmed, is ignored.
     pub fn confirm(&mut self, ticket: Ticket) {
         self.control.confirm(ticket);
+    }
+
+    /// What `ticket` held an answer for could not be kept (the store
+    /// failed): a v5 client gets `reason` on its PUBACK or PUBREC, once the
+    /// ticket is confirmed; a 3.1.1 client, which has no way to hear it,
+    /// loses the connection and sends the message again on its next one.
+    pub fn refuse(&mut self, ticket: Ticket, reason: ReasonCode) {
+        if self.protocol.is_v5() {
+            self.control.refuse(ticket, reason);
+        } else if !self.closing {
+            self.close(None);
+        }
     }
 
     /// Tickets of the current connection whose answers are still held:
@@ -659,14 +683,15 @@ mod tests {
     /// Every connected client holds a `Session`, idle or not, so its size is
     /// a per-connection cost: 704 bytes with the will, the config copy and
     /// the rarely used tables inline, 296 with them boxed or narrowed, 304
-    /// with the tickets that hold answers (boxed: 48 bytes inline). This
+    /// with the tickets that hold answers (boxed: 48 bytes inline), 312
+    /// with the store's journal (a pointer, null unless stored). This
     /// catches a field that puts them back; an upper bound, and only where
     /// it was measured, since std's type sizes differ between targets.
     #[test]
     #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     fn an_idle_session_stays_small() {
         assert!(
-            std::mem::size_of::<Session>() <= 304,
+            std::mem::size_of::<Session>() <= 312,
             "Session grew to {} bytes",
             std::mem::size_of::<Session>()
         );

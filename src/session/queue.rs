@@ -22,6 +22,9 @@ pub(super) struct Outgoing {
     /// chosen for, so that it can go to another member of the group if
     /// this session goes away before acknowledging it.
     pub shared: Option<ByteString>,
+    /// The key of its record in the store, from the session's journal;
+    /// 0 when it has none (QoS 0, or a session that is not stored).
+    pub seq: u64,
 }
 
 impl Outgoing {
@@ -97,6 +100,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![3, 7],
             shared: None,
+            seq: 0,
         }
     }
 

@@ -44,8 +44,11 @@ impl Session {
         let mut keep = std::collections::VecDeque::with_capacity(self.queue.len());
         let queued = std::mem::take(&mut self.queue);
         for outgoing in sent.into_iter().chain(queued) {
-            match outgoing.shared {
-                Some(share) => taken.push((share, outgoing.message)),
+            match &outgoing.shared {
+                Some(share) => {
+                    self.journal_ended(&outgoing);
+                    taken.push((share.clone(), outgoing.message));
+                }
                 None => keep.push_back(outgoing),
             }
         }

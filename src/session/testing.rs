@@ -24,6 +24,7 @@ pub fn config() -> SessionConfig {
         server_topic_aliases: true,
         topics: TopicLimits::PROTOCOL,
         max_subscriptions: usize::MAX,
+        durable: true,
     }
 }
 

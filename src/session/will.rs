@@ -32,6 +32,15 @@ impl Will {
     pub fn due(&self) -> Option<Instant> {
         self.due
     }
+
+    pub fn last(&self) -> &LastWill {
+        &self.last
+    }
+
+    /// The time a restored will goes out, if its delay had started.
+    pub fn set_due(&mut self, due: Option<Instant>) {
+        self.due = due;
+    }
 }
 
 impl Session {
@@ -83,6 +92,7 @@ impl Session {
     /// comes first (spec 3.1.2.5).
     pub(super) fn end(&mut self, now: Instant) {
         self.publish_will(now);
+        self.journal_end_all();
         self.expires_at = None;
         self.actions.push_back(SessionAction::Expired);
     }

@@ -427,7 +427,7 @@ pub async fn accept(
             permit,
         })),
     );
-    state.mesh.flush();
+    state.flush();
 }
 
 /// Serves a connection another shard handed over.

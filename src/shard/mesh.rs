@@ -102,6 +102,17 @@ pub enum ShardMsg {
     ConfirmAfter(Confirmation),
     /// From the cluster: the wait is over; release the held answer.
     Confirm(Confirmation),
+    /// To a shard that got messages from the sender in this batch or
+    /// earlier: confirm this once what they changed in this shard's store
+    /// is committed (`durability` batch or always). Holds a PUBACK or PUBREC.
+    ConfirmStored(Confirmation),
+    /// The answer to a `ConfirmStored`: the store could not write, so the
+    /// held answer is refused.
+    StoreRefused(Confirmation),
+    /// From the shard's store writer: every epoch up to `through` is
+    /// committed, or (`ok` false) could not be: answers waiting for those
+    /// epochs are refused.
+    Stored { through: u64, ok: bool },
 }
 
 /// An answer a session holds until the cluster has what it promises:

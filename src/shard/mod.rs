@@ -122,6 +122,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -138,6 +139,11 @@ pub use limit::ConnectionLimit;
 use mesh::{Batch, MeshHandle, ShardMsg};
 pub use state::ShardConfig;
 use state::ShardState;
+
+use crate::message::Message;
+use crate::store::dir::Partition;
+use crate::store::restore::restore;
+use crate::store::{DataDir, Durability, RestoredShard, StoreHandle, StoreSettings};
 
 /// Index of a shard, 0-based.
 pub type ShardId = usize;
@@ -184,6 +190,7 @@ pub struct ServerConfig {
     pub sys_interval: Option<Duration>,
     /// Cluster membership and forwarding; `None` for a single node.
     pub cluster: Option<crate::cluster::settings::ClusterSettings>,
+    pub store: Option<crate::store::StoreSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +205,8 @@ pub enum StartError {
     Thread(io::Error),
     #[error("{0}")]
     Cluster(#[from] crate::cluster::runtime::ClusterError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Starts the shards and blocks until they have all shut down (after
@@ -217,6 +226,15 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         "starting"
     );
 
+    // Read before anything listens: a data dir that cannot be opened or
+    // read stops the start, and no client sees a broker without its state.
+    let (data_dir, mut restored) = match &config.store {
+        Some(settings) => {
+            let (dir, restored) = open_store(settings, config.shards)?;
+            (Some(dir), restored)
+        }
+        None => (None, Restored::default()),
+    };
     let (mesh, mut inboxes) = MeshHandle::build(config.shards, config.cluster.is_some());
     let readiness = Readiness::default();
     let cluster_status = ClusterStatus::default();
@@ -249,10 +267,23 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
+    let restart = Arc::new(Barrier::new(config.shards));
+    let retained = Arc::new(std::mem::take(&mut restored.retained));
     for (id, (inbox, listeners)) in inboxes.into_iter().zip(listeners).enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let mesh = mesh.clone();
         let shard_config = config.shard.clone();
+        let store = match (&data_dir, &config.store) {
+            (Some(dir), Some(settings)) => Some(ShardStore {
+                partition: dir.partitions[id].clone(),
+                restored: std::mem::take(&mut restored.shards[id]),
+                retained: retained.clone(),
+                durability: settings.durability,
+                interval: settings.interval,
+            }),
+            _ => None,
+        };
+        let restart = restart.clone();
         let thread = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
             .spawn(move || {
@@ -261,7 +292,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
                 {
                     warn!(shard = id, "cannot pin shard thread to its core");
                 }
-                let shard = shard_main(id, mesh, inbox, listeners, shard_config);
+                let shard = shard_main(id, mesh, inbox, listeners, shard_config, store, restart);
                 let result = if uring {
                     uring_runtime().map(|mut runtime| runtime.block_on(shard))
                 } else {
@@ -285,8 +316,66 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
         // still shut down cleanly.
         let _ = thread.join();
     }
+    // The writers have synced and exited with their shards; the lock goes
+    // last.
+    drop(data_dir);
     info!("stopped");
     Ok(())
+}
+
+/// Everything the data dir held, by shard, and the retained messages of
+/// all partitions (every shard keeps them all).
+#[derive(Default)]
+struct Restored {
+    shards: Vec<RestoredShard>,
+    retained: Vec<Arc<Message>>,
+}
+
+/// One shard's partition and what was read from it.
+struct ShardStore {
+    partition: Partition,
+    restored: RestoredShard,
+    retained: Arc<Vec<Arc<Message>>>,
+    durability: Durability,
+    interval: Duration,
+}
+
+/// Opens the data dir and reads every partition, in parallel: restore time
+/// is start-up time.
+fn open_store(settings: &StoreSettings, shards: usize) -> Result<(DataDir, Restored), StartError> {
+    let started = Instant::now();
+    let dir = DataDir::open(settings, shards)?;
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    let results: Vec<_> = thread::scope(|scope| {
+        let readers: Vec<_> = dir
+            .partitions
+            .iter()
+            .map(|partition| scope.spawn(move || restore(partition, settings.repair, now, wall)))
+            .collect();
+        readers
+            .into_iter()
+            .map(|reader| {
+                reader
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut restored = Restored::default();
+    for result in results {
+        let mut shard = result?;
+        restored.retained.append(&mut shard.retained);
+        restored.shards.push(shard);
+    }
+    let sessions: usize = restored.shards.iter().map(|s| s.sessions.len()).sum();
+    info!(
+        dir = %settings.dir.display(),
+        sessions,
+        retained = restored.retained.len(),
+        millis = started.elapsed().as_millis() as u64,
+        "data dir read"
+    );
+    Ok((dir, restored))
 }
 
 /// How every io_uring instance here is set up, the load generator's too.
@@ -351,10 +440,44 @@ async fn shard_main(
     inbox: Receiver<Batch>,
     listeners: Vec<listener::Listener>,
     config: ShardConfig,
+    store: Option<ShardStore>,
+    restart: Arc<Barrier>,
 ) {
+    let handle = mesh.clone();
     let mesh = mesh.attach(id, inbox);
     let inbox = mesh.inbox();
     let state = ShardState::new(mesh, Rc::new(config));
+    if let Some(store) = store {
+        let ShardStore {
+            partition,
+            restored,
+            retained,
+            durability,
+            interval,
+        } = store;
+        let writer = StoreHandle::start(
+            partition,
+            durability,
+            interval,
+            handle,
+            id,
+            &restored.messages,
+        );
+        match writer {
+            Ok(writer) => state.borrow_mut().attach_store(writer),
+            Err(error) => {
+                error!(shard = id, %error, "cannot start the store writer");
+                return;
+            }
+        }
+        state
+            .borrow_mut()
+            .restore(restored, &retained, Instant::now());
+        // Every shard's routes must be in place before a restored will is
+        // published anywhere.
+        restart.wait();
+        state.borrow_mut().resume_restored(Instant::now());
+    }
     for listener in listeners {
         match monoio::net::TcpListener::from_std(listener.socket) {
             Ok(socket) => {
@@ -379,7 +502,7 @@ async fn shard_main(
                 state.apply_batch(batch, now);
             }
             state.drain_inbox(now);
-            state.mesh.flush();
+            state.flush();
             (std::mem::take(&mut state.handoffs), state.draining)
         };
         if draining {

@@ -7,8 +7,8 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::collections::hash_map::RandomState;
+use std::collections::{BinaryHeap, VecDeque};
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -33,8 +33,10 @@ use crate::router::{RetainedStore, TopicTrie};
 use crate::session::{
     DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig, Ticket,
 };
+use crate::store::{Op, StoreHandle};
 
 mod groups;
+mod persist;
 
 /// Index of a session in its shard's slab; stable while the session lives.
 pub type SessionKey = usize;
@@ -152,6 +154,18 @@ pub struct ShardState {
     /// Subscriptions whose SUBACK waits for the cluster, and whose
     /// retained messages go out after it.
     pending_retained: FxHashMap<(SessionKey, Ticket), PendingRetained>,
+    /// The shard's partition of the data dir, if the broker has one.
+    store: Option<StoreHandle>,
+    /// Tickets waiting for more than one thing (the cluster, stores), with
+    /// how many are left, by session, connection and ticket.
+    waits: FxHashMap<(SessionKey, u64, Ticket), u32>,
+    /// Answers waiting for this shard's store, oldest epoch first.
+    stored_waiters: VecDeque<persist::StoredWaiter>,
+    /// Sessions whose own record is written at the end of the turn.
+    dirty: FxHashSet<SessionKey>,
+    /// Sessions restored at start-up, whose due wills and expiries wait
+    /// until every shard has restored its routes.
+    restored: Vec<SessionKey>,
 }
 
 /// A subscription's retained messages, owed once its SUBACK goes out.
@@ -196,6 +210,11 @@ impl ShardState {
             shared_to: Vec::new(),
             matched: Vec::new(),
             pending_retained: FxHashMap::default(),
+            store: None,
+            waits: FxHashMap::default(),
+            stored_waiters: VecDeque::new(),
+            dirty: FxHashSet::default(),
+            restored: Vec::new(),
         }))
     }
 
@@ -261,18 +280,25 @@ impl ShardState {
 
         let conn = Rc::new(ConnHandle::new(self.next_conn_id, key, version, fd));
         let slot = &mut self.sessions[key];
+        let was_stored = slot.session.is_stored();
         let connack =
             slot.session
                 .handle_connect(connect, assigned_client_id, &self.config.session, now);
         conn.send(&Packet::ConnAck(Box::new(connack)));
         let keep_alive = slot.session.keep_alive_timeout();
         slot.conn = Some(conn.clone());
+        if was_stored && !slot.session.is_stored() {
+            // Resumed by a CONNECT that no longer wants it kept.
+            let client_id = slot.session.client_id().clone();
+            self.session_removed(key, &client_id, true);
+        }
+        self.session_changed(key);
         self.set_online(key, true, now);
         self.run_actions(key, now);
         self.pump(key, now);
         // The groups' owners hear of the connection now, not at the next
         // packet or tick.
-        self.mesh.flush();
+        self.flush();
         // `now` was read just before the call, after the CONNECT was
         // decoded (or handed over), so this is the handling time.
         self.metrics.connect_latency.record(now.elapsed());
@@ -290,6 +316,9 @@ impl ShardState {
         old.disconnect(ReasonCode::SessionTakenOver);
         self.sessions[key].session.handle_connection_lost(now);
         self.run_actions(key, now);
+        if self.sessions.contains(key) {
+            self.session_changed(key);
+        }
         self.schedule(key);
     }
 
@@ -319,7 +348,7 @@ impl ShardState {
                 break;
             }
         }
-        self.mesh.flush();
+        self.flush();
         if self.is_current(key, conn) {
             self.pump(key, now);
         }
@@ -347,8 +376,9 @@ impl ShardState {
         if self.sessions.contains(key) {
             self.set_online(key, false, now);
             self.reroute_unacked(key, now);
+            self.session_changed(key);
         }
-        self.mesh.flush();
+        self.flush();
         self.schedule(key);
     }
 
@@ -380,11 +410,15 @@ impl ShardState {
             if slot.session.poll_timeout().is_some_and(|due| due <= now) {
                 slot.session.handle_timeout(now);
                 self.run_actions(key, now);
+                if self.sessions.contains(key) {
+                    // A will went out: the stored session has none now.
+                    self.session_changed(key);
+                }
                 self.schedule(key);
             }
         }
         self.deadlines.expire(now);
-        self.mesh.flush();
+        self.flush();
         self.log_drops();
     }
 
@@ -414,14 +448,12 @@ impl ShardState {
             match action {
                 SessionAction::Publish { message, ticket } => {
                     self.metrics.received(&message);
+                    let retain_owner = message
+                        .retain
+                        .then(|| super::group_owner(&message.topic, self.mesh.shard_count()));
                     let to_cluster = self.publish(message, now);
-                    // On one node, routing is all that is promised before
-                    // the PUBACK or PUBREC. A message that went to the
-                    // cluster is answered once the peer nodes have it.
-                    if let Some(ticket) = ticket
-                        && !(to_cluster && self.confirm_after_cluster(key, ticket))
-                    {
-                        self.confirm_here(key, ticket);
+                    if let Some(ticket) = ticket {
+                        self.answer_when_safe(key, ticket, to_cluster, retain_owner);
                     }
                 }
                 SessionAction::Subscribe {
@@ -432,6 +464,7 @@ impl ShardState {
                     ticket,
                 } => {
                     self.subscribe(key, &filter, options, subscription_id, now);
+                    self.session_changed(key);
                     // The route is in place on this node; in a cluster the
                     // SUBACK waits until every live peer has the route, so
                     // that a message published anywhere after it arrives.
@@ -454,7 +487,10 @@ impl ShardState {
                         }
                     }
                 }
-                SessionAction::Unsubscribe { filter } => self.unsubscribe(key, &filter, now),
+                SessionAction::Unsubscribe { filter } => {
+                    self.unsubscribe(key, &filter, now);
+                    self.session_changed(key);
+                }
                 SessionAction::Close => {
                     self.pump(key, now);
                     if let Some(conn) = &self.sessions[key].conn {
@@ -467,6 +503,36 @@ impl ShardState {
                 }
             }
         }
+        self.record_changes(key);
+    }
+
+    /// Sends the answer `ticket` holds once the message is safe: on one
+    /// node without a store, once routed (now); in a cluster, once the
+    /// peer nodes have it; with a store that acknowledgements wait for,
+    /// once every shard that queued it for a stored session has committed.
+    fn answer_when_safe(
+        &mut self,
+        key: SessionKey,
+        ticket: Ticket,
+        to_cluster: bool,
+        retain_owner: Option<ShardId>,
+    ) {
+        let Some(conn) = self
+            .sessions
+            .get(key)
+            .and_then(|slot| slot.conn.as_ref())
+            .map(|conn| conn.id)
+        else {
+            return;
+        };
+        let confirmation = Confirmation { key, conn, ticket };
+        let mut waits = u32::from(to_cluster && self.confirm_after_cluster(key, ticket));
+        waits += self.wait_for_stores(confirmation, retain_owner);
+        if waits == 0 {
+            self.confirm_here(key, ticket);
+        } else {
+            self.hold(key, conn, ticket, waits);
+        }
     }
 
     /// Removes a session and every subscription it held. Messages shared
@@ -474,11 +540,14 @@ impl ShardState {
     /// after it has left the groups.
     fn end_session(&mut self, key: SessionKey, now: Instant) {
         let unacked = self.sessions[key].session.take_shared_unacked();
+        self.record_changes(key);
+        let was_stored = self.sessions[key].session.is_stored();
         let filters: Vec<ByteString> = self.sessions[key].filters.drain().collect();
         for filter in &filters {
             self.unsubscribe(key, filter, now);
         }
         let slot = self.sessions.remove(key);
+        self.session_removed(key, slot.session.client_id(), was_stored);
         if let Some(conn) = slot.conn {
             conn.close(CloseReason::Server(ReasonCode::Success));
         }
@@ -518,7 +587,7 @@ impl ShardState {
             .cluster_place()
             .is_some_and(|place| self.forward_to[place]);
         if message.retain {
-            self.retained.apply(message.clone());
+            self.retain(message.clone());
             self.mesh.push_others(|| ShardMsg::Retain(message.clone()));
         }
         let local = self.deliver_local(&message, now);
@@ -601,6 +670,18 @@ impl ShardState {
         // A full queue under the disconnect policy asks to close.
         self.run_actions(key, now);
         self.pump(key, now);
+        self.record_changes(key);
+    }
+
+    /// Applies a retained message (or its removal) to this shard's
+    /// replica, and stores it if this shard's partition holds its topic.
+    fn retain(&mut self, message: Arc<Message>) {
+        if let Some(store) = &mut self.store
+            && super::group_owner(&message.topic, self.mesh.shard_count()) == self.mesh.me()
+        {
+            store.push(Op::Retained(message.clone()));
+        }
+        self.retained.apply(message);
     }
 
     /// Asks the cluster to confirm `ticket` once everything this shard
@@ -637,6 +718,9 @@ impl ShardState {
     /// gone, or of a session since ended (whose slot another may now use),
     /// is ignored, and the session ignores tickets it no longer holds.
     pub fn confirm(&mut self, key: SessionKey, conn: u64, ticket: Ticket, now: Instant) {
+        if !self.release_wait(key, conn, ticket) {
+            return;
+        }
         let retained = self.pending_retained.remove(&(key, ticket));
         let Some(slot) = self.sessions.get_mut(key) else {
             return;
@@ -772,6 +856,7 @@ impl ShardState {
             }
         }
         self.drops.expired += slot.session.take_dropped_expired();
+        self.record_changes(key);
     }
 
     /// Answers to the client on `conn` that did not fit in its output yet.
@@ -803,7 +888,12 @@ impl ShardState {
             .hop_latency
             .record(now.saturating_duration_since(batch.sent_at));
         for msg in batch.messages {
-            self.apply(msg, now);
+            match msg {
+                ShardMsg::ConfirmStored(confirmation) => {
+                    self.confirm_stored(batch.from, confirmation)
+                }
+                msg => self.apply(msg, now),
+            }
         }
     }
 
@@ -812,7 +902,7 @@ impl ShardState {
             ShardMsg::Publish(message) => {
                 self.deliver_local(&message, now);
             }
-            ShardMsg::Retain(message) => self.retained.apply(message),
+            ShardMsg::Retain(message) => self.retain(message),
             ShardMsg::RouteAdd { filter, from } => {
                 let shards = &mut self.routes.entry(&filter).shards;
                 if !shards.contains(&from) {
@@ -877,8 +967,12 @@ impl ShardState {
                 confirmation.ticket,
                 now,
             ),
-            // Only the cluster's place is asked to confirm.
-            ShardMsg::ConfirmAfter(_) => {}
+            ShardMsg::StoreRefused(confirmation) => self.refuse(confirmation, now),
+            ShardMsg::Stored { through, ok } => self.stored(through, ok, now),
+            // Only the cluster's place is asked to confirm after the
+            // cluster; `ConfirmStored` needs its sender, which
+            // `apply_batch` knows.
+            ShardMsg::ConfirmAfter(_) | ShardMsg::ConfirmStored(_) => {}
         }
     }
 
@@ -891,6 +985,12 @@ impl ShardState {
         } else {
             self.mesh.push(to, msg);
         }
+    }
+
+    /// Hands the turn's writes to the store and its messages to the mesh.
+    pub fn flush(&mut self) {
+        self.flush_store();
+        self.mesh.flush();
     }
 
     /// Tells every v5 client the server is going away and closes every
@@ -992,6 +1092,7 @@ mod tests {
                 server_topic_aliases: true,
                 topics: TopicLimits::PROTOCOL,
                 max_subscriptions: usize::MAX,
+                durable: false,
             },
             max_packet_size: 1 << 20,
             shared_strategy: Strategy::default(),

@@ -98,7 +98,10 @@ impl Subscribe {
 impl SubscriptionOptions {
     /// Spec 3.8.3.1: reserved bits are malformed, checked before the fields
     /// they would otherwise be mistaken for.
-    fn from_byte(byte: u8, version: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError> {
+    pub(crate) fn from_byte(
+        byte: u8,
+        version: ProtocolVersion,
+    ) -> Result<SubscriptionOptions, DecodeError> {
         let reserved = if version.is_v5() {
             0b1100_0000
         } else {
@@ -125,7 +128,7 @@ impl SubscriptionOptions {
         })
     }
 
-    fn to_byte(self, version: ProtocolVersion) -> u8 {
+    pub(crate) fn to_byte(self, version: ProtocolVersion) -> u8 {
         let qos = self.qos as u8;
         if !version.is_v5() {
             return qos;

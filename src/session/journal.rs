@@ -1,0 +1,267 @@
+//! What a stored session reports to the store, and how it comes back.
+//!
+//! A session with a store behind it (the broker has a data dir, and the
+//! session outlives its connection) keeps a [`Journal`]: every change to
+//! the messages it owes the client (queued, sent with a packet id,
+//! released, done) and to the incoming QoS 2 ids it awaits PUBREL for is
+//! appended as a [`Change`], which the shard drains into the store after
+//! each action. The journal is what a restart replays from, so it records
+//! outcomes, never intentions: a message is `Queued` once it is in the
+//! queue, `Sent` once it has a packet id. Its own state (expiry, will,
+//! subscriptions) the shard writes whole whenever it changes: it changes on
+//! connect, subscribe and disconnect, not per message.
+//!
+//! QoS 0 messages are never journaled: the spec lets them be lost, and an
+//! offline session does not even queue them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytestring::ByteString;
+
+use super::inflight::Flight;
+use super::queue::Outgoing;
+use super::will::Will;
+use super::{Limits, Session, SessionConfig};
+use crate::message::Message;
+use crate::protocol::{LastWill, ProtocolVersion, QoS};
+
+/// One change to a stored session's messages, in the order it happened.
+/// `seq` is the message's key within the session, increasing with every
+/// message queued.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Queued {
+        seq: u64,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        shared: Option<ByteString>,
+    },
+    /// Sent with this packet id: after a restart it is sent again with
+    /// DUP and the same id.
+    Sent { seq: u64, packet_id: u16 },
+    /// The client's PUBREC came: from now on only PUBREL is owed, and the
+    /// message is no longer needed.
+    Released {
+        seq: u64,
+        packet_id: u16,
+        message: Arc<Message>,
+    },
+    /// Acknowledged, refused, expired or taken back: nothing is owed.
+    /// `message` is the one it held, `None` for a released flow.
+    Ended {
+        seq: u64,
+        message: Option<Arc<Message>>,
+    },
+    /// An incoming QoS 2 PUBLISH was routed; its id awaits PUBREL.
+    Awaiting { packet_id: u16 },
+    /// PUBREL came for it.
+    Completed { packet_id: u16 },
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Journal {
+    /// The last `seq` handed out.
+    last_seq: u64,
+    changes: Vec<Change>,
+}
+
+/// A stored message as the store read it back, in `seq` order.
+#[derive(Debug, Clone)]
+pub struct RestoredMessage {
+    pub seq: u64,
+    /// `None` once released: only PUBREL is owed.
+    pub message: Option<Arc<Message>>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    pub shared: Option<ByteString>,
+    /// Set once sent.
+    pub packet_id: Option<u16>,
+}
+
+/// A stored session as the store read it back, clocks already turned
+/// into this run's `Instant`s.
+#[derive(Debug, Clone)]
+pub struct RestoredSession {
+    pub client_id: ByteString,
+    pub protocol: ProtocolVersion,
+    pub session_expiry: u32,
+    /// It had a connection when the broker stopped: that connection is
+    /// lost now, with what that means for its will and expiry.
+    pub connected: bool,
+    pub expires_at: Option<Instant>,
+    /// The will, and when it goes out if its delay had started.
+    pub will: Option<(LastWill, Option<Instant>)>,
+    pub messages: Vec<RestoredMessage>,
+    pub incoming_qos2: Vec<u16>,
+}
+
+impl Journal {
+    fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+}
+
+impl Session {
+    /// Whether this session writes a journal: the broker stores sessions
+    /// and this one outlives its connection.
+    pub fn is_stored(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// The changes since the last call, oldest first.
+    pub fn drain_changes(&mut self) -> impl Iterator<Item = Change> + '_ {
+        self.journal
+            .iter_mut()
+            .flat_map(|journal| journal.changes.drain(..))
+    }
+
+    /// Seconds the session outlives its connection (`u32::MAX`: never).
+    pub fn session_expiry(&self) -> u32 {
+        self.session_expiry
+    }
+
+    /// When an offline session ends.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.expires_at
+    }
+
+    /// The will, and when it goes out if its delay has started.
+    pub fn will(&self) -> Option<(&LastWill, Option<Instant>)> {
+        self.will.as_ref().map(|will| (will.last(), will.due()))
+    }
+
+    /// A session as stored before a restart: offline, its messages queued
+    /// or in flight as they were, with session present on its next
+    /// CONNECT. One that was connected loses that connection now, so its
+    /// will and expiry take their course from `now`.
+    pub fn restore(restored: RestoredSession, config: &SessionConfig, now: Instant) -> Session {
+        let mut session = Session::new(restored.client_id, now);
+        session.protocol = restored.protocol;
+        session.limits = Limits::new(config);
+        session.had_connection = true;
+        session.session_expiry = restored.session_expiry;
+        session.connected_with_zero_expiry = false;
+        session.expires_at = restored.expires_at;
+        session.will = restored.will.map(|(last, due)| {
+            let mut will = Will::new(last);
+            will.set_due(due);
+            Box::new(will)
+        });
+        let mut journal = Journal::default();
+        for stored in restored.messages {
+            journal.last_seq = journal.last_seq.max(stored.seq);
+            let Some(message) = stored.message else {
+                if let Some(packet_id) = stored.packet_id {
+                    session
+                        .inflight
+                        .resume(packet_id, Flight::Released(stored.seq));
+                }
+                continue;
+            };
+            let outgoing = Outgoing {
+                message,
+                qos: stored.qos,
+                retain: stored.retain,
+                subscription_ids: stored.subscription_ids,
+                shared: stored.shared,
+                seq: stored.seq,
+            };
+            match stored.packet_id {
+                Some(packet_id) => session.inflight.start(packet_id, outgoing),
+                None => session.queue.push_back(outgoing),
+            }
+        }
+        if !restored.incoming_qos2.is_empty() {
+            session.incoming_qos2 = Some(Box::new(restored.incoming_qos2.into_iter().collect()));
+        }
+        session.journal = Some(Box::new(journal));
+        if restored.connected {
+            session.connected = true;
+            session.connection_lost(now);
+        }
+        session
+    }
+
+    /// Starts or stops the journal as the session's lifetime now asks
+    /// (called on CONNECT): stored only if it outlives its connection.
+    pub(super) fn update_journal(&mut self, config: &SessionConfig) {
+        let stored = config.durable && self.session_expiry != 0;
+        match (stored, self.journal.is_some()) {
+            (true, false) => self.journal = Some(Box::default()),
+            (false, true) => self.journal = None,
+            _ => {}
+        }
+    }
+
+    pub(super) fn journal(&mut self, change: Change) {
+        if let Some(journal) = &mut self.journal {
+            journal.changes.push(change);
+        }
+    }
+
+    /// The store key for a message about to be queued at `qos`: 0 (none)
+    /// unless it is stored.
+    pub(super) fn queued_seq(&mut self, qos: QoS) -> u64 {
+        match &mut self.journal {
+            Some(journal) if qos != QoS::AtMostOnce => journal.next_seq(),
+            _ => 0,
+        }
+    }
+
+    /// Records that `outgoing`, just queued, is stored.
+    pub(super) fn journal_queued(&mut self, outgoing: &Outgoing) {
+        if outgoing.seq != 0 {
+            self.journal(Change::Queued {
+                seq: outgoing.seq,
+                message: outgoing.message.clone(),
+                qos: outgoing.qos,
+                retain: outgoing.retain,
+                subscription_ids: outgoing.subscription_ids.clone(),
+                shared: outgoing.shared.clone(),
+            });
+        }
+    }
+
+    /// Records the end of a flow or of a queued message, if it was stored.
+    pub(super) fn journal_ended(&mut self, outgoing: &Outgoing) {
+        if outgoing.seq != 0 {
+            self.journal(Change::Ended {
+                seq: outgoing.seq,
+                message: Some(outgoing.message.clone()),
+            });
+        }
+    }
+
+    /// [`Session::journal_ended`] for a flow the inflight set gave back.
+    pub(super) fn journal_flight_ended(&mut self, flight: Option<Flight>) {
+        match flight {
+            Some(Flight::AtLeastOnce(outgoing) | Flight::ExactlyOnce(outgoing)) => {
+                self.journal_ended(&outgoing)
+            }
+            Some(Flight::Released(seq)) if seq != 0 => {
+                self.journal(Change::Ended { seq, message: None })
+            }
+            _ => {}
+        }
+    }
+
+    /// The session is over: everything it still owed is ended, so the
+    /// shard lets go of the stored messages it held.
+    pub(super) fn journal_end_all(&mut self) {
+        if self.journal.is_none() {
+            return;
+        }
+        let queued: Vec<Outgoing> = self.queue.drain(..).collect();
+        for outgoing in &queued {
+            self.journal_ended(outgoing);
+        }
+        for flight in self.inflight.take_all() {
+            self.journal_flight_ended(Some(flight));
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The shard's side of its store: turning sessions' journals and records
+//! into writes, holding acknowledgements until what they promise is
+//! committed, and putting restored sessions back at start-up.
+//!
+//! An acknowledgement (PUBACK, PUBREC) may wait for several things at
+//! once: the cluster's peers, this shard's store, and the stores of the
+//! other shards the message went to (each writes the queue entries of its
+//! own subscribers). Each wait is counted per ticket; the answer goes out
+//! when the count reaches zero, refused (v5 0x97 Quota exceeded, or the
+//! connection closed for 3.1.1) if any store could not write.
+
+use std::time::{Instant, SystemTime};
+
+use bytestring::ByteString;
+use tracing::{info, warn};
+
+use super::{LocalSubscription, SessionKey, SessionSlot, ShardState};
+use crate::cluster::frame::message_to_wire;
+use crate::protocol::{ProtocolVersion, ReasonCode};
+use crate::router::shared::is_shared;
+use crate::session::{Change, Session, Ticket};
+use crate::shard::ShardId;
+use crate::shard::mesh::{Confirmation, ShardMsg};
+use crate::store::record::{
+    EntryRecord, FlightRecord, SessionRecord, SubscriptionRecord, WillRecord,
+};
+use crate::store::restore::unix_ms;
+use crate::store::{Op, RestoredShard, StoreHandle};
+
+/// An answer waiting for the store to commit an epoch: one of this
+/// shard's sessions' (`from` is `None`) or another shard's.
+pub(super) struct StoredWaiter {
+    epoch: u64,
+    from: Option<ShardId>,
+    confirmation: Confirmation,
+}
+
+impl ShardState {
+    pub fn attach_store(&mut self, store: StoreHandle) {
+        self.store = Some(store);
+    }
+
+    /// Puts the sessions of `restored` back, with their subscriptions
+    /// (announced to the other shards and the cluster) and the retained
+    /// messages of every partition. Wills and expiries due are left for
+    /// [`ShardState::resume_restored`], once every shard has its routes.
+    pub fn restore(
+        &mut self,
+        restored: RestoredShard,
+        retained: &[std::sync::Arc<crate::message::Message>],
+        now: Instant,
+    ) {
+        for message in retained {
+            self.retained.apply(message.clone());
+        }
+        let count = restored.sessions.len();
+        for (session, subscriptions) in restored.sessions {
+            let client_id = session.client_id.clone();
+            let session = Session::restore(session, &self.config.session, now);
+            let key = self.sessions.insert(SessionSlot {
+                session,
+                conn: None,
+                filters: Default::default(),
+            });
+            self.by_client_id.insert(client_id, key);
+            for subscription in subscriptions {
+                self.subscribe(
+                    key,
+                    &subscription.filter,
+                    subscription.options,
+                    subscription.id,
+                    now,
+                );
+            }
+            self.restored.push(key);
+        }
+        if let Some(store) = &mut self.store {
+            for key in restored.garbage {
+                store.push(Op::Delete(key));
+            }
+        }
+        if count > 0 {
+            info!(shard = self.id(), sessions = count, "sessions restored");
+        }
+        self.flush();
+    }
+
+    /// Second step of a restart, once every shard has restored its
+    /// subscriptions: wills of sessions whose connection the restart cut,
+    /// and expiries that passed while the broker was down.
+    pub fn resume_restored(&mut self, now: Instant) {
+        self.drain_inbox(now);
+        for key in std::mem::take(&mut self.restored) {
+            self.run_actions(key, now);
+            self.schedule(key);
+        }
+        self.flush();
+    }
+
+    /// Writes what the session's journal holds.
+    pub(super) fn record_changes(&mut self, key: SessionKey) {
+        let (Some(store), Some(slot)) = (&mut self.store, self.sessions.get_mut(key)) else {
+            return;
+        };
+        let client_id = slot.session.client_id().clone();
+        for change in slot.session.drain_changes() {
+            let op = match change {
+                Change::Queued {
+                    seq,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    shared,
+                } => Op::Entry {
+                    client_id: client_id.clone(),
+                    seq,
+                    entry: EntryRecord {
+                        message: store.refer(&message),
+                        qos: qos as u8,
+                        retain,
+                        subscription_ids,
+                        shared: shared.map(|s| s.to_string()),
+                    },
+                },
+                Change::Sent { seq, packet_id } => Op::Flight {
+                    client_id: client_id.clone(),
+                    seq,
+                    flight: FlightRecord {
+                        packet_id,
+                        released: false,
+                    },
+                },
+                Change::Released {
+                    seq,
+                    packet_id,
+                    message,
+                } => {
+                    store.release(&message);
+                    store.push(Op::RemoveEntry {
+                        client_id: client_id.clone(),
+                        seq,
+                        flight: false,
+                    });
+                    Op::Flight {
+                        client_id: client_id.clone(),
+                        seq,
+                        flight: FlightRecord {
+                            packet_id,
+                            released: true,
+                        },
+                    }
+                }
+                Change::Ended { seq, message } => match message {
+                    Some(message) => {
+                        store.release(&message);
+                        Op::RemoveEntry {
+                            client_id: client_id.clone(),
+                            seq,
+                            flight: true,
+                        }
+                    }
+                    None => Op::RemoveFlight {
+                        client_id: client_id.clone(),
+                        seq,
+                    },
+                },
+                Change::Awaiting { packet_id } => Op::IncomingQos2 {
+                    client_id: client_id.clone(),
+                    packet_id,
+                },
+                Change::Completed { packet_id } => Op::RemoveIncomingQos2 {
+                    client_id: client_id.clone(),
+                    packet_id,
+                },
+            };
+            store.push(op);
+        }
+    }
+
+    /// The session's own record must be written again (connection,
+    /// subscriptions or will changed); written once per turn at most.
+    pub(super) fn session_changed(&mut self, key: SessionKey) {
+        if self.store.is_some() {
+            self.record_changes(key);
+            self.dirty.insert(key);
+        }
+    }
+
+    /// The session ended: its records go.
+    pub(super) fn session_removed(
+        &mut self,
+        key: SessionKey,
+        client_id: &ByteString,
+        was_stored: bool,
+    ) {
+        self.dirty.remove(&key);
+        if let Some(store) = &mut self.store
+            && was_stored
+        {
+            store.push(Op::RemoveSession(client_id.clone()));
+        }
+    }
+
+    /// Hands the turn's writes to the store: session records last, so they
+    /// reflect the turn's end.
+    pub(super) fn flush_store(&mut self) {
+        if self.store.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(slot) = self.sessions.get(key) else {
+                continue;
+            };
+            if !slot.session.is_stored() {
+                continue;
+            }
+            let record = self.session_record(key, now, wall);
+            if let Some(store) = &mut self.store {
+                store.push(Op::Session(record));
+            }
+        }
+        if let Some(store) = &mut self.store {
+            store.flush();
+        }
+    }
+
+    fn session_record(&self, key: SessionKey, now: Instant, wall: SystemTime) -> SessionRecord {
+        let slot = &self.sessions[key];
+        let session = &slot.session;
+        let subscriptions = slot
+            .filters
+            .iter()
+            .filter_map(|filter| {
+                let subscribers = if is_shared(filter) {
+                    self.shared_members.get(filter)
+                } else {
+                    self.subscriptions.get(filter)
+                };
+                let LocalSubscription { options, id } = *subscribers?.get(&key)?;
+                Some(SubscriptionRecord {
+                    filter: filter.to_string(),
+                    options: options.to_byte(ProtocolVersion::V5),
+                    id,
+                })
+            })
+            .collect();
+        let will = session.will().map(|(last, due)| {
+            let p = &last.properties;
+            let message = crate::message::Message {
+                topic: last.topic.clone(),
+                payload: last.payload.clone(),
+                qos: last.qos,
+                retain: last.retain,
+                properties: crate::protocol::PublishProperties {
+                    payload_format_indicator: p.payload_format_indicator,
+                    message_expiry_interval: None,
+                    topic_alias: None,
+                    response_topic: p.response_topic.clone(),
+                    correlation_data: p.correlation_data.clone(),
+                    user_properties: p.user_properties.clone(),
+                    subscription_identifiers: Vec::new(),
+                    content_type: p.content_type.clone(),
+                }
+                .into(),
+                publisher: session.client_id().clone(),
+                expires_at: None,
+                received_at: now,
+            };
+            let mut wire = message_to_wire(&message, now);
+            wire.expiry_ms = p.message_expiry_interval.map(|secs| u64::from(secs) * 1000);
+            WillRecord {
+                message: wire,
+                delay_secs: p.will_delay_interval,
+                due_ms: due.map(|at| unix_ms(at, now, wall)),
+            }
+        });
+        SessionRecord {
+            client_id: session.client_id().to_string(),
+            protocol: session.protocol().level(),
+            session_expiry: session.session_expiry(),
+            connected: slot.conn.is_some(),
+            expires_at_ms: session.expires_at().map(|at| unix_ms(at, now, wall)),
+            subscriptions,
+            will,
+        }
+    }
+
+    /// Counts `waits` more things `ticket` waits for.
+    pub(super) fn hold(&mut self, key: SessionKey, conn: u64, ticket: Ticket, waits: u32) {
+        if waits > 0 {
+            *self.waits.entry((key, conn, ticket)).or_default() += waits;
+        }
+    }
+
+    /// One wait of `ticket` is over: true when none is left.
+    pub(super) fn release_wait(&mut self, key: SessionKey, conn: u64, ticket: Ticket) -> bool {
+        match self.waits.get_mut(&(key, conn, ticket)) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.waits.remove(&(key, conn, ticket));
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Waits for the stores that the message just routed wrote to: this
+    /// shard's, if it wrote anything not yet committed, every other shard
+    /// the message went to (`forward_to`, as [`ShardState::publish`] left
+    /// it), and the shard storing its topic's retained message. Returns the
+    /// number of waits; none without a store, or when acknowledgements do
+    /// not wait.
+    pub(super) fn wait_for_stores(
+        &mut self,
+        confirmation: Confirmation,
+        retain_owner: Option<ShardId>,
+    ) -> u32 {
+        let Some(store) = &self.store else {
+            return 0;
+        };
+        if !store.durability().waits() {
+            return 0;
+        }
+        let mut waits = 0;
+        if let Some(epoch) = store.barrier() {
+            self.stored_waiters.push_back(StoredWaiter {
+                epoch,
+                from: None,
+                confirmation,
+            });
+            waits += 1;
+        }
+        let me = self.id();
+        for shard in 0..self.mesh.shard_count() {
+            if shard != me && (self.forward_to[shard] || retain_owner == Some(shard)) {
+                self.mesh.push(shard, ShardMsg::ConfirmStored(confirmation));
+                waits += 1;
+            }
+        }
+        waits
+    }
+
+    /// Another shard asks to hear when what it sent here is committed.
+    pub(super) fn confirm_stored(&mut self, from: ShardId, confirmation: Confirmation) {
+        match self.store.as_ref().and_then(StoreHandle::barrier) {
+            Some(epoch) => self.stored_waiters.push_back(StoredWaiter {
+                epoch,
+                from: Some(from),
+                confirmation,
+            }),
+            None => self.mesh.push(from, ShardMsg::Confirm(confirmation)),
+        }
+    }
+
+    /// The writer reports: answers waiting for epochs up to `through` go
+    /// out, refused if the write failed.
+    pub(super) fn stored(&mut self, through: u64, ok: bool, now: Instant) {
+        if ok && let Some(store) = &mut self.store {
+            store.committed(through);
+        }
+        if !ok {
+            self.metrics.store_failures += 1;
+            warn!(
+                shard = self.id(),
+                "store write failed: acknowledgements waiting for it are refused"
+            );
+        }
+        while self
+            .stored_waiters
+            .front()
+            .is_some_and(|waiter| waiter.epoch <= through)
+        {
+            let Some(waiter) = self.stored_waiters.pop_front() else {
+                break;
+            };
+            let c = waiter.confirmation;
+            match (waiter.from, ok) {
+                (None, true) => self.confirm(c.key, c.conn, c.ticket, now),
+                (None, false) => self.refuse(c, now),
+                (Some(shard), true) => self.mesh.push(shard, ShardMsg::Confirm(c)),
+                (Some(shard), false) => self.mesh.push(shard, ShardMsg::StoreRefused(c)),
+            }
+        }
+    }
+
+    /// A store could not keep what `confirmation`'s answer promises: the
+    /// answer says so, and goes out once its other waits are over.
+    pub(super) fn refuse(&mut self, confirmation: Confirmation, now: Instant) {
+        let Confirmation { key, conn, ticket } = confirmation;
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if slot.conn.as_ref().is_none_or(|current| current.id != conn) {
+            return;
+        }
+        slot.session.refuse(ticket, ReasonCode::QuotaExceeded);
+        self.run_actions(key, now);
+        self.confirm(key, conn, ticket, now);
+    }
+}

@@ -1,0 +1,464 @@
+//! The data dir as a database: its format version, its lock, and the set
+//! of partitions, one per shard.
+//!
+//! `CURRENT` names the partition set in use (`set-G-N`: generation G, N
+//! partitions). When the broker starts with another number of shards, the
+//! records are rehomed into a new set (sessions by client id, retained
+//! messages by topic, as the shards place them), the new set is synced,
+//! and only then does `CURRENT` switch to it, by an atomic rename; a crash
+//! in between leaves the old set in use and the half-written new one is
+//! removed on the next start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
+use rustc_hash::FxHashMap;
+use tracing::info;
+
+use super::record::{self, EntryRecord};
+use super::{Durability, StoreSettings};
+use crate::shard::{group_owner, home_shard};
+
+/// The layout this build writes and reads. Raised whenever a record's
+/// archived form or the key scheme changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_NAME: &str = "ringmq-data";
+/// Every record of a partition, in one ordered table (see [`record`]).
+pub const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// redb's page cache per partition; its default (1 GiB) is meant for one
+/// database per process, and a shard's working set is its recent writes.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data dir {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "data dir {} is in use by another broker (its LOCK file is held); stop that broker or choose another --data-dir",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "data dir {} has format {found:?}, this ringmq reads `{FORMAT_NAME} {FORMAT_VERSION}`; start the ringmq version that wrote it, or choose another --data-dir",
+        path.display()
+    )]
+    Format { path: PathBuf, found: String },
+    #[error("data dir partition {}: {detail}", path.display())]
+    Engine { path: PathBuf, detail: String },
+    #[error(
+        "damaged record in {} at key {key}: {problem}; start with --repair to skip damaged records (each is logged), or restore the dir from a backup",
+        path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+/// One shard's partition: a redb database of its own, in one file.
+#[derive(Clone)]
+pub struct Partition {
+    pub path: PathBuf,
+    pub db: Arc<Database>,
+    /// The same file, for the writer's own syncs (`durability = batch`).
+    pub file: Arc<PartitionFile>,
+}
+
+/// The partition's file as redb's storage. redb syncs at every durable
+/// commit; the sync goes through only with `durability = always`, so that
+/// `batch` and `none` still write every commit into the OS's buffers (a
+/// killed broker loses nothing) and sync on their own schedule.
+#[derive(Debug)]
+pub struct PartitionFile {
+    file: File,
+    sync_each_commit: bool,
+}
+
+#[derive(Debug)]
+struct Backend(Arc<PartitionFile>);
+
+impl PartitionFile {
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl StorageBackend for Backend {
+    fn len(&self) -> Result<u64, redb::BackendError> {
+        Ok(self.0.file.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), redb::BackendError> {
+        Ok(self.0.file.read_exact_at(out, offset)?)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), redb::BackendError> {
+        Ok(self.0.file.set_len(len)?)
+    }
+
+    fn sync_data(&self) -> Result<(), redb::BackendError> {
+        if self.0.sync_each_commit {
+            self.0.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), redb::BackendError> {
+        Ok(self.0.file.write_all_at(data, offset)?)
+    }
+}
+
+/// The open data dir: held locked until dropped.
+pub struct DataDir {
+    pub partitions: Vec<Partition>,
+    _lock: File,
+}
+
+impl DataDir {
+    /// Opens (or creates) the data dir for `shards` shards, rehoming the
+    /// records first if they were written by a broker with another number.
+    pub fn open(settings: &StoreSettings, shards: usize) -> Result<DataDir, StoreError> {
+        let dir = &settings.dir;
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let lock = lock(dir)?;
+        check_format(dir)?;
+        let current = read_current(dir)?;
+        let set = match current {
+            Some((generation, count)) if count == shards => set_name(generation, count),
+            Some((generation, count)) => {
+                let old = open_set(dir, &set_name(generation, count), count, Durability::None)?;
+                let name = set_name(generation + 1, shards);
+                rehome(dir, &old, &name, shards, settings.repair)?;
+                drop(old);
+                switch_current(dir, &name)?;
+                let stale = dir.join(set_name(generation, count));
+                fs::remove_dir_all(&stale).map_err(io_at(&stale))?;
+                info!(
+                    from = count,
+                    to = shards,
+                    "data dir rehomed to the new shard count"
+                );
+                name
+            }
+            None => {
+                let name = set_name(1, shards);
+                // A set left by a start that crashed before naming it.
+                let partial = dir.join(&name);
+                if partial.exists() {
+                    fs::remove_dir_all(&partial).map_err(io_at(&partial))?;
+                }
+                open_set(dir, &name, shards, Durability::Always)?;
+                switch_current(dir, &name)?;
+                name
+            }
+        };
+        remove_other_sets(dir, &set)?;
+        let partitions = open_set(dir, &set, shards, settings.durability)?;
+        Ok(DataDir {
+            partitions,
+            _lock: lock,
+        })
+    }
+}
+
+fn set_name(generation: u64, count: usize) -> String {
+    format!("set-{generation}-{count}")
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn engine(path: &Path, error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Engine {
+        path: path.to_owned(),
+        detail: error.into().to_string(),
+    }
+}
+
+/// `flock` rather than the file's existence: a lock held by a process that
+/// died with `kill -9` is released by the kernel, so no stale lock ever
+/// has to be removed by hand.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("LOCK");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    // SAFETY: flock on a descriptor this function owns; no memory involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        return Err(StoreError::Locked {
+            path: dir.to_owned(),
+        });
+    }
+    // For the operator looking at who holds it; the lock is what counts.
+    let _ = file.set_len(0);
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+fn check_format(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join("FORMAT");
+    let expected = format!("{FORMAT_NAME} {FORMAT_VERSION}");
+    match fs::read_to_string(&path) {
+        Ok(text) if text.trim() == expected => Ok(()),
+        Ok(text) => Err(StoreError::Format {
+            path: dir.to_owned(),
+            found: text.trim().to_owned(),
+        }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let has_data = fs::read_dir(dir)
+                .map_err(io_at(dir))?
+                .flatten()
+                .any(|entry| entry.file_name() != "LOCK");
+            if has_data {
+                return Err(StoreError::Format {
+                    path: dir.to_owned(),
+                    found: "no FORMAT file, but other files".into(),
+                });
+            }
+            write_synced(dir, "FORMAT", &expected)
+        }
+        Err(error) => Err(StoreError::Io {
+            path,
+            source: error,
+        }),
+    }
+}
+
+/// Generation and partition count of the set `CURRENT` names, if any.
+fn read_current(dir: &Path) -> Result<Option<(u64, usize)>, StoreError> {
+    let path = dir.join("CURRENT");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StoreError::Io { path, source }),
+    };
+    let name = text.trim();
+    let parsed = name.strip_prefix("set-").and_then(|rest| {
+        let (generation, count) = rest.split_once('-')?;
+        Some((generation.parse().ok()?, count.parse().ok()?))
+    });
+    match parsed {
+        Some((generation, count)) if count > 0 => Ok(Some((generation, count))),
+        _ => Err(StoreError::Format {
+            path: dir.to_owned(),
+            found: format!("CURRENT names {name:?}"),
+        }),
+    }
+}
+
+fn switch_current(dir: &Path, name: &str) -> Result<(), StoreError> {
+    write_synced(dir, "CURRENT", name)
+}
+
+/// Writes `name` through a temporary file, syncs it, renames it into place
+/// and syncs the directory: the file is either the old one or the new one.
+fn write_synced(dir: &Path, name: &str, text: &str) -> Result<(), StoreError> {
+    let temp = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
+    let mut file = File::create(&temp).map_err(io_at(&temp))?;
+    writeln!(file, "{text}").map_err(io_at(&temp))?;
+    file.sync_all().map_err(io_at(&temp))?;
+    fs::rename(&temp, &target).map_err(io_at(&target))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))
+}
+
+fn remove_other_sets(dir: &Path, keep: &str) -> Result<(), StoreError> {
+    for entry in fs::read_dir(dir).map_err(io_at(dir))?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("set-") && name != keep {
+            let path = entry.path();
+            info!(set = %name, "removing a partition set no longer in use");
+            fs::remove_dir_all(&path).map_err(io_at(&path))?;
+        }
+    }
+    Ok(())
+}
+
+fn open_set(
+    dir: &Path,
+    name: &str,
+    count: usize,
+    durability: Durability,
+) -> Result<Vec<Partition>, StoreError> {
+    let set = dir.join(name);
+    fs::create_dir_all(&set).map_err(io_at(&set))?;
+    (0..count)
+        .map(|shard| open_partition(&set.join(format!("shard-{shard}.redb")), durability))
+        .collect()
+}
+
+fn open_partition(path: &Path, durability: Durability) -> Result<Partition, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_at(path))?;
+    let file = Arc::new(PartitionFile {
+        file,
+        sync_each_commit: durability == Durability::Always,
+    });
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create_with_backend(Backend(file.clone()))
+        .map_err(|e| engine(path, e))?;
+    // The table exists from the start, so readers never meet its absence.
+    let tx = db.begin_write().map_err(|e| engine(path, e))?;
+    tx.open_table(RECORDS).map_err(|e| engine(path, e))?;
+    tx.commit().map_err(|e| engine(path, e))?;
+    Ok(Partition {
+        path: path.to_owned(),
+        db: Arc::new(db),
+        file,
+    })
+}
+
+/// Every key and value of a partition, in key order.
+pub fn scan(partition: &Partition) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let at = |e: redb::Error| engine(&partition.path, e);
+    let tx = partition.db.begin_read().map_err(|e| at(e.into()))?;
+    let table = tx.open_table(RECORDS).map_err(|e| at(e.into()))?;
+    let mut records = Vec::new();
+    for item in table.iter().map_err(|e| at(e.into()))? {
+        let (key, value) = item.map_err(|e| at(e.into()))?;
+        records.push((key.value().to_vec(), value.value().to_vec()));
+    }
+    Ok(records)
+}
+
+/// Copies every record of `old` into a new set of `shards` partitions,
+/// each to the partition its shard now owns, message ids renumbered per
+/// partition.
+fn rehome(
+    dir: &Path,
+    old: &[Partition],
+    name: &str,
+    shards: usize,
+    repair: bool,
+) -> Result<(), StoreError> {
+    let target = dir.join(name);
+    if target.exists() {
+        fs::remove_dir_all(&target).map_err(io_at(&target))?;
+    }
+    let new = open_set(dir, name, shards, Durability::Always)?;
+    let mut next_id = vec![0u64; shards];
+    for partition in old {
+        // Message ids are per partition: the same id means different
+        // messages in two old partitions, so each is renumbered as the
+        // first entry referring to it lands in a new one.
+        let mut renumbered: FxHashMap<(u64, usize), u64> = FxHashMap::default();
+        let mut messages: FxHashMap<u64, Vec<u8>> = FxHashMap::default();
+        let mut batches: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); shards];
+        for (key, value) in scan(partition)? {
+            let home = match key.first() {
+                Some(&record::MESSAGE) => {
+                    if let Some(id) = key.get(1..).and_then(record::be_u64) {
+                        messages.insert(id, value);
+                    }
+                    continue;
+                }
+                Some(&record::RETAINED) => {
+                    let topic = String::from_utf8_lossy(&key[1..]);
+                    group_owner(&topic, shards)
+                }
+                _ => match record::split_client_key(&key) {
+                    Some((client_id, _)) => home_shard(client_id, shards),
+                    None => {
+                        skip_or_fail(partition, &key, "unknown key", repair)?;
+                        continue;
+                    }
+                },
+            };
+            let value = if key.first() == Some(&record::ENTRY) {
+                let entry = match record::unframe(&key, &value)
+                    .and_then(|archive| record::decode::<EntryRecord>(&archive))
+                {
+                    Ok(entry) => entry,
+                    Err(problem) => {
+                        skip_or_fail(partition, &key, &problem.to_string(), repair)?;
+                        continue;
+                    }
+                };
+                let Some(message) = messages.get(&entry.message) else {
+                    skip_or_fail(partition, &key, "refers to a missing message", repair)?;
+                    continue;
+                };
+                let id = *renumbered.entry((entry.message, home)).or_insert_with(|| {
+                    next_id[home] += 1;
+                    let id = next_id[home];
+                    let message_key = record::message_key(id);
+                    // Re-framed: the checksum covers the key, which changed.
+                    let archive = record::unframe(&record::message_key(entry.message), message)
+                        .map(|a| a.to_vec())
+                        .unwrap_or_default();
+                    let value = record::frame(&message_key, &archive);
+                    batches[home].push((message_key, value));
+                    id
+                });
+                record::encode(
+                    &key,
+                    &EntryRecord {
+                        message: id,
+                        ..entry
+                    },
+                )
+            } else {
+                value
+            };
+            batches[home].push((key, value));
+        }
+        for (records, partition) in batches.into_iter().zip(&new) {
+            let at = |e: redb::Error| engine(&partition.path, e);
+            let tx = partition.db.begin_write().map_err(|e| at(e.into()))?;
+            {
+                let mut table = tx.open_table(RECORDS).map_err(|e| at(e.into()))?;
+                for (key, value) in records {
+                    table
+                        .insert(key.as_slice(), value.as_slice())
+                        .map_err(|e| at(e.into()))?;
+                }
+            }
+            // Synced: the partition opened with `Always`.
+            tx.commit().map_err(|e| at(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A damaged record: an error, or with `--repair` a log line and a skip.
+pub fn skip_or_fail(
+    partition: &Partition,
+    key: &[u8],
+    problem: &str,
+    repair: bool,
+) -> Result<(), StoreError> {
+    let key = record::describe_key(key);
+    if repair {
+        tracing::error!(partition = %partition.path.display(), %key, problem, "damaged record skipped (--repair)");
+        Ok(())
+    } else {
+        Err(StoreError::Damaged {
+            path: partition.path.clone(),
+            key,
+            problem: problem.to_owned(),
+        })
+    }
+}

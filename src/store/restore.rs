@@ -1,0 +1,318 @@
+//! Reading a partition back at start-up: its sessions, with their
+//! messages in order and clocks turned into this run's `Instant`s, and its
+//! retained messages.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use rustc_hash::FxHashMap;
+
+use super::dir::{Partition, StoreError, scan, skip_or_fail};
+use super::record::{
+    self, ArchivedStoredMessage, EntryRecord, FlightRecord, SessionRecord, WillRecord,
+};
+use crate::cluster::frame::{WireMessage, wire_to_message};
+use crate::message::Message;
+use crate::protocol::{LastWill, ProtocolVersion, QoS, SubscriptionOptions, WillProperties};
+use crate::session::{RestoredMessage, RestoredSession};
+
+/// What one partition held.
+#[derive(Default)]
+pub struct RestoredShard {
+    pub sessions: Vec<(RestoredSession, Vec<RestoredSubscription>)>,
+    pub retained: Vec<Arc<Message>>,
+    /// Stored messages still referenced, by id, with how many entries
+    /// refer to each: the shard's table of what it has written.
+    pub messages: Vec<(u64, Arc<Message>, u32)>,
+    /// Keys of records nothing refers to any more (messages whose entries
+    /// are gone, entries of sessions that are gone), to delete.
+    pub garbage: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoredSubscription {
+    pub filter: ByteString,
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+}
+
+/// Per client, what the scan found, before it is put together.
+#[derive(Default)]
+struct Parts {
+    session: Option<SessionRecord>,
+    entries: Vec<(u64, EntryRecord, Vec<u8>)>,
+    flights: FxHashMap<u64, (FlightRecord, Vec<u8>)>,
+    incoming_qos2: Vec<u16>,
+    qos2_keys: Vec<Vec<u8>>,
+}
+
+/// Reads `partition` whole. `now` and `wall` are the same moment on the
+/// monotonic and the wall clock.
+pub fn restore(
+    partition: &Partition,
+    repair: bool,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<RestoredShard, StoreError> {
+    let mut shard = RestoredShard::default();
+    let mut messages: FxHashMap<u64, (Arc<Message>, u32)> = FxHashMap::default();
+    let mut clients: FxHashMap<String, Parts> = FxHashMap::default();
+    for (key, value) in scan(partition)? {
+        let damaged = |problem: &str| skip_or_fail(partition, &key, problem, repair);
+        let archive = match record::unframe(&key, &value) {
+            Ok(archive) => archive,
+            Err(problem) => {
+                damaged(&problem.to_string())?;
+                continue;
+            }
+        };
+        match key.first().copied() {
+            Some(record::MESSAGE) => match (
+                key.get(1..).and_then(record::be_u64),
+                stored(archive, now, wall),
+            ) {
+                (Some(id), Ok(Some(message))) => {
+                    messages.insert(id, (Arc::new(message), 0));
+                }
+                // Expired while the broker was down: entries referring to it
+                // are dropped below, like an expired message in a queue.
+                (Some(_), Ok(None)) => shard.garbage.push(key.clone()),
+                (None, _) => damaged("bad message key")?,
+                (_, Err(problem)) => damaged(&problem)?,
+            },
+            Some(record::RETAINED) => match stored(archive, now, wall) {
+                Ok(Some(message)) => shard.retained.push(Arc::new(message)),
+                Ok(None) => shard.garbage.push(key.clone()),
+                Err(problem) => damaged(&problem)?,
+            },
+            Some(
+                kind @ (record::SESSION | record::ENTRY | record::FLIGHT | record::INCOMING_QOS2),
+            ) => {
+                let Some((client_id, rest)) = record::split_client_key(&key) else {
+                    damaged("bad client key")?;
+                    continue;
+                };
+                let parts = clients.entry(client_id.to_owned()).or_default();
+                let ok = match kind {
+                    record::SESSION => record::decode::<SessionRecord>(&archive)
+                        .map(|session| parts.session = Some(session)),
+                    record::ENTRY => match record::be_u64(rest) {
+                        Some(seq) => record::decode::<EntryRecord>(&archive)
+                            .map(|entry| parts.entries.push((seq, entry, key.clone()))),
+                        None => Err(record::RecordError::Invalid("bad sequence".into())),
+                    },
+                    record::FLIGHT => match record::be_u64(rest) {
+                        Some(seq) => record::decode::<FlightRecord>(&archive).map(|flight| {
+                            parts.flights.insert(seq, (flight, key.clone()));
+                        }),
+                        None => Err(record::RecordError::Invalid("bad sequence".into())),
+                    },
+                    _ => match record::be_u16(rest) {
+                        Some(packet_id) => {
+                            parts.incoming_qos2.push(packet_id);
+                            parts.qos2_keys.push(key.clone());
+                            Ok(())
+                        }
+                        None => Err(record::RecordError::Invalid("bad packet id".into())),
+                    },
+                };
+                if let Err(problem) = ok {
+                    damaged(&problem.to_string())?;
+                }
+            }
+            _ => damaged("unknown kind of record")?,
+        }
+    }
+
+    for (client_id, parts) in clients {
+        let Some(session) = parts.session else {
+            // Records of a session whose own record is gone (it ended, and
+            // the removal of the rest was cut short).
+            shard
+                .garbage
+                .extend(parts.entries.into_iter().map(|(_, _, key)| key));
+            shard
+                .garbage
+                .extend(parts.flights.into_values().map(|(_, key)| key));
+            shard.garbage.extend(parts.qos2_keys);
+            continue;
+        };
+        let mut owed = Vec::new();
+        let mut flights = parts.flights;
+        for (seq, entry, key) in parts.entries {
+            let flight = flights.remove(&seq);
+            let Some((message, refs)) = messages.get_mut(&entry.message) else {
+                // Its message expired while the broker was down.
+                shard.garbage.push(key);
+                shard.garbage.extend(flight.map(|(_, key)| key));
+                continue;
+            };
+            *refs += 1;
+            owed.push(RestoredMessage {
+                seq,
+                message: Some(message.clone()),
+                qos: QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce),
+                retain: entry.retain,
+                subscription_ids: entry.subscription_ids,
+                shared: entry.shared.map(ByteString::from),
+                packet_id: flight
+                    .filter(|(f, _)| !f.released)
+                    .map(|(f, _)| f.packet_id),
+            });
+        }
+        // Flights without an entry are released ones (PUBREL owed).
+        for (seq, (flight, key)) in flights {
+            if flight.released {
+                owed.push(RestoredMessage {
+                    seq,
+                    message: None,
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                    shared: None,
+                    packet_id: Some(flight.packet_id),
+                });
+            } else {
+                shard.garbage.push(key);
+            }
+        }
+        owed.sort_unstable_by_key(|m| m.seq);
+        shard.sessions.push(session_from(
+            client_id,
+            session,
+            owed,
+            parts.incoming_qos2,
+            now,
+            wall,
+        ));
+    }
+    for (id, (message, refs)) in messages {
+        if refs == 0 {
+            shard.garbage.push(record::message_key(id));
+        } else {
+            shard.messages.push((id, message, refs));
+        }
+    }
+    Ok(shard)
+}
+
+fn session_from(
+    client_id: String,
+    record: SessionRecord,
+    messages: Vec<RestoredMessage>,
+    incoming_qos2: Vec<u16>,
+    now: Instant,
+    wall: SystemTime,
+) -> (RestoredSession, Vec<RestoredSubscription>) {
+    let protocol = match record.protocol {
+        3 => ProtocolVersion::V3_1,
+        4 => ProtocolVersion::V3_1_1,
+        _ => ProtocolVersion::V5,
+    };
+    let subscriptions = record
+        .subscriptions
+        .into_iter()
+        .filter_map(|s| {
+            let options = SubscriptionOptions::from_byte(s.options, ProtocolVersion::V5).ok()?;
+            Some(RestoredSubscription {
+                filter: s.filter.into(),
+                options,
+                id: s.id,
+            })
+        })
+        .collect();
+    let will = record.will.map(|will| will_from(will, now, wall));
+    let restored = RestoredSession {
+        client_id: client_id.into(),
+        protocol,
+        session_expiry: record.session_expiry,
+        connected: record.connected,
+        expires_at: record.expires_at_ms.map(|ms| instant_at(ms, now, wall)),
+        will,
+        messages,
+        incoming_qos2,
+    };
+    (restored, subscriptions)
+}
+
+fn will_from(will: WillRecord, now: Instant, wall: SystemTime) -> (LastWill, Option<Instant>) {
+    let WireMessage {
+        topic,
+        payload,
+        qos,
+        retain,
+        expiry_ms,
+        payload_format_indicator,
+        content_type,
+        response_topic,
+        correlation_data,
+        user_properties,
+        ..
+    } = will.message;
+    let last = LastWill {
+        topic: topic.into(),
+        payload: payload.into(),
+        qos: QoS::from_u8(qos).unwrap_or(QoS::AtMostOnce),
+        retain,
+        properties: WillProperties {
+            will_delay_interval: will.delay_secs,
+            payload_format_indicator,
+            message_expiry_interval: expiry_ms
+                .map(|ms| u32::try_from(ms / 1000).unwrap_or(u32::MAX)),
+            content_type: content_type.map(Into::into),
+            response_topic: response_topic.map(Into::into),
+            correlation_data: correlation_data.map(Into::into),
+            user_properties: user_properties
+                .into_iter()
+                .map(|p| (p.key.into(), p.value.into()))
+                .collect(),
+        },
+    };
+    (last, will.due_ms.map(|ms| instant_at(ms, now, wall)))
+}
+
+/// The `Instant` of a wall-clock time in Unix milliseconds: one already
+/// past is `now`, so whatever was due happens at once.
+fn instant_at(unix_ms: u64, now: Instant, wall: SystemTime) -> Instant {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms);
+    match at.duration_since(wall) {
+        Ok(ahead) => now
+            .checked_add(ahead)
+            .unwrap_or(now + Duration::from_secs(u32::MAX.into())),
+        Err(_) => now,
+    }
+}
+
+/// Unix milliseconds of an `Instant` of this run.
+pub fn unix_ms(at: Instant, now: Instant, wall: SystemTime) -> u64 {
+    let wall_at = match at.checked_duration_since(now) {
+        Some(ahead) => wall + ahead,
+        None => wall - now.saturating_duration_since(at),
+    };
+    wall_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The message in a verified archive, or `None` if it has expired.
+fn stored(
+    archive: rkyv::util::AlignedVec<16>,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<Option<Message>, String> {
+    let frame = Bytes::from_owner(archive);
+    let archived = rkyv::access::<ArchivedStoredMessage, rkyv::rancor::Error>(&frame)
+        .map_err(|e| format!("does not validate: {e}"))?;
+    let expires_at = archived
+        .expires_at_ms
+        .as_ref()
+        .map(|ms| instant_at(ms.to_native(), now, wall));
+    if expires_at.is_some_and(|at| at <= now) {
+        return Ok(None);
+    }
+    let mut message = wire_to_message(&frame, &archived.message, now).map_err(|e| e.to_string())?;
+    message.expires_at = expires_at;
+    Ok(Some(message))
+}

@@ -1,0 +1,417 @@
+//! A shard's side of its partition ([`StoreHandle`]: the changes of the
+//! current turn, the messages it has written) and the writer thread that
+//! commits them.
+//!
+//! The shard numbers each handful of changes it hands over (an epoch);
+//! the writer commits everything waiting as one batch (group commit: while
+//! one sync runs, the next turns' changes gather), and reports the last
+//! epoch it committed, or that it could not. The report travels through
+//! the shard's inbox like any other message ([`ShardMsg::Stored`]).
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytestring::ByteString;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use redb::ReadableTable;
+use rustc_hash::FxHashMap;
+use tracing::{error, info};
+
+use super::Durability;
+use super::dir::{Partition, RECORDS};
+use super::record::{self, EntryRecord, FlightRecord, SessionRecord, StoredMessage};
+use super::restore::unix_ms;
+use crate::cluster::frame::message_to_wire;
+use crate::message::Message;
+use crate::shard::ShardId;
+use crate::shard::mesh::{MeshHandle, ShardMsg};
+
+/// Free space a partition's file system must keep: below it, writes are
+/// refused (and their publishers told) rather than attempted, so that a
+/// commit never fails half-way through growing the file, and the broker
+/// recovers by itself when space returns.
+const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// One change to a partition.
+#[derive(Debug)]
+pub enum Op {
+    Session(SessionRecord),
+    /// The session ended: its record and everything under its client id.
+    RemoveSession(ByteString),
+    Message {
+        id: u64,
+        message: Arc<Message>,
+    },
+    RemoveMessage(u64),
+    Entry {
+        client_id: ByteString,
+        seq: u64,
+        entry: EntryRecord,
+    },
+    Flight {
+        client_id: ByteString,
+        seq: u64,
+        flight: FlightRecord,
+    },
+    /// The message is no longer owed: its entry goes, and its flight if
+    /// `flight` (a released flow keeps its flight until PUBCOMP).
+    RemoveEntry {
+        client_id: ByteString,
+        seq: u64,
+        flight: bool,
+    },
+    RemoveFlight {
+        client_id: ByteString,
+        seq: u64,
+    },
+    IncomingQos2 {
+        client_id: ByteString,
+        packet_id: u16,
+    },
+    RemoveIncomingQos2 {
+        client_id: ByteString,
+        packet_id: u16,
+    },
+    /// A retained message, or with an empty payload its removal.
+    Retained(Arc<Message>),
+    /// A record found useless at start-up.
+    Delete(Vec<u8>),
+}
+
+/// What the shard hands the writer: the changes of epoch `epoch`.
+struct Commit {
+    epoch: u64,
+    ops: Vec<Op>,
+}
+
+/// The shard's end of its partition.
+pub struct StoreHandle {
+    durability: Durability,
+    to_writer: Sender<Commit>,
+    ops: Vec<Op>,
+    /// The epoch `ops` will be committed as.
+    epoch: u64,
+    /// Every epoch up to this one is committed.
+    stored: u64,
+    /// Messages written to the partition, by address (their `Arc` is held
+    /// by the entries that count here, so the address is theirs while
+    /// counted): id and number of entries.
+    messages: FxHashMap<usize, (u64, u32)>,
+    last_message_id: u64,
+}
+
+impl StoreHandle {
+    /// Starts `shard`'s writer thread on `partition`. `messages` are the
+    /// stored messages the restored sessions refer to, with their counts.
+    pub fn start(
+        partition: Partition,
+        durability: Durability,
+        interval: Duration,
+        mesh: MeshHandle,
+        shard: ShardId,
+        messages: &[(u64, Arc<Message>, u32)],
+    ) -> std::io::Result<StoreHandle> {
+        let (to_writer, from_shard) = crossbeam_channel::unbounded();
+        let writer = Writer {
+            partition,
+            durability,
+            interval,
+            mesh,
+            shard,
+        };
+        thread::Builder::new()
+            .name(format!("ringmq-store-{shard}"))
+            .spawn(move || writer.run(from_shard))?;
+        Ok(StoreHandle {
+            durability,
+            to_writer,
+            ops: Vec::new(),
+            epoch: 1,
+            stored: 0,
+            messages: messages
+                .iter()
+                .map(|(id, message, refs)| (Arc::as_ptr(message) as usize, (*id, *refs)))
+                .collect(),
+            last_message_id: messages.iter().map(|(id, _, _)| *id).max().unwrap_or(0),
+        })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// The id of `message` in the partition, writing it on first use.
+    pub fn refer(&mut self, message: &Arc<Message>) -> u64 {
+        let address = Arc::as_ptr(message) as usize;
+        if let Some((id, refs)) = self.messages.get_mut(&address) {
+            *refs += 1;
+            return *id;
+        }
+        self.last_message_id += 1;
+        let id = self.last_message_id;
+        self.messages.insert(address, (id, 1));
+        self.ops.push(Op::Message {
+            id,
+            message: message.clone(),
+        });
+        id
+    }
+
+    /// One entry less refers to `message`: the last one removes it.
+    pub fn release(&mut self, message: &Arc<Message>) {
+        let address = Arc::as_ptr(message) as usize;
+        if let Some((id, refs)) = self.messages.get_mut(&address) {
+            *refs -= 1;
+            if *refs == 0 {
+                let id = *id;
+                self.messages.remove(&address);
+                self.ops.push(Op::RemoveMessage(id));
+            }
+        }
+    }
+
+    /// Hands this turn's changes to the writer.
+    pub fn flush(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        let commit = Commit {
+            epoch: self.epoch,
+            ops: std::mem::take(&mut self.ops),
+        };
+        self.epoch += 1;
+        // The writer only stops when this handle is dropped.
+        let _ = self.to_writer.send(commit);
+    }
+
+    /// The epoch that must be committed before everything pushed so far
+    /// is, or `None` if it already is (or acknowledgements do not wait).
+    pub fn barrier(&self) -> Option<u64> {
+        if !self.durability.waits() {
+            return None;
+        }
+        let last = if self.ops.is_empty() {
+            self.epoch - 1
+        } else {
+            self.epoch
+        };
+        (last > self.stored).then_some(last)
+    }
+
+    /// The writer has committed everything up to `through`.
+    pub fn committed(&mut self, through: u64) {
+        self.stored = self.stored.max(through);
+    }
+}
+
+struct Writer {
+    partition: Partition,
+    durability: Durability,
+    interval: Duration,
+    mesh: MeshHandle,
+    shard: ShardId,
+}
+
+impl Writer {
+    fn run(self, from_shard: Receiver<Commit>) {
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        loop {
+            let first = match self.durability {
+                Durability::Batch if unsynced => {
+                    let wait = self.interval.saturating_sub(last_sync.elapsed());
+                    match from_shard.recv_timeout(wait) {
+                        Ok(commit) => Some(commit),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                _ => match from_shard.recv() {
+                    Ok(commit) => Some(commit),
+                    Err(_) => break,
+                },
+            };
+            if let Some(first) = first {
+                let mut commits = vec![first];
+                commits.extend(from_shard.try_iter());
+                let through = commits.last().map_or(0, |c| c.epoch);
+                let result = self.commit(commits);
+                unsynced |= result.is_ok();
+                if self.durability.waits() {
+                    self.mesh.send(
+                        self.shard,
+                        ShardMsg::Stored {
+                            through,
+                            ok: result.is_ok(),
+                        },
+                    );
+                }
+                if let Err(error) = result {
+                    error!(shard = self.shard, %error, "store write failed");
+                }
+            }
+            if self.durability == Durability::Batch
+                && unsynced
+                && last_sync.elapsed() >= self.interval
+            {
+                if let Err(error) = self.partition.file.sync() {
+                    error!(shard = self.shard, %error, "store sync failed");
+                }
+                last_sync = Instant::now();
+                unsynced = false;
+            }
+        }
+        // The shard is gone: whatever it wrote reaches the disk.
+        if let Err(error) = self.partition.file.sync() {
+            error!(shard = self.shard, %error, "store sync at shutdown failed");
+        }
+        info!(shard = self.shard, "store closed");
+    }
+
+    /// Writes `commits` as one transaction, synced if the durability
+    /// asks (see [`super::dir::PartitionFile`]).
+    fn commit(&self, commits: Vec<Commit>) -> Result<(), String> {
+        let free = free_bytes(&self.partition.path).map_err(|e| e.to_string())?;
+        if free < RESERVE_BYTES {
+            return Err(format!(
+                "{} has {free} bytes free, under the {RESERVE_BYTES} kept in reserve",
+                self.partition.path.display()
+            ));
+        }
+        let fail = |error: redb::Error| error.to_string();
+        let tx = self
+            .partition
+            .db
+            .begin_write()
+            .map_err(|e| fail(e.into()))?;
+        {
+            let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            for op in commits.into_iter().flat_map(|commit| commit.ops) {
+                apply(&mut table, op, now, wall).map_err(fail)?;
+            }
+        }
+        tx.commit().map_err(|e| fail(e.into()))
+    }
+}
+
+/// One change, in the transaction's table.
+fn apply(
+    table: &mut redb::Table<&[u8], &[u8]>,
+    op: Op,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<(), redb::Error> {
+    let mut put = |key: &[u8], value: &[u8]| table.insert(key, value).map(drop);
+    match op {
+        Op::Session(session) => {
+            let key = record::client_key(record::SESSION, &session.client_id);
+            put(&key, &record::encode(&key, &session))?;
+        }
+        Op::Message { id, message } => {
+            let key = record::message_key(id);
+            put(&key, &stored(&key, &message, now, wall))?;
+        }
+        Op::Entry {
+            client_id,
+            seq,
+            entry,
+        } => {
+            let key = record::entry_key(record::ENTRY, &client_id, seq);
+            put(&key, &record::encode(&key, &entry))?;
+        }
+        Op::Flight {
+            client_id,
+            seq,
+            flight,
+        } => {
+            let key = record::entry_key(record::FLIGHT, &client_id, seq);
+            put(&key, &record::encode(&key, &flight))?;
+        }
+        Op::IncomingQos2 {
+            client_id,
+            packet_id,
+        } => {
+            let key = record::incoming_qos2_key(&client_id, packet_id);
+            put(&key, &record::frame(&key, &[]))?;
+        }
+        Op::Retained(message) if !message.payload.is_empty() => {
+            let key = record::retained_key(&message.topic);
+            put(&key, &stored(&key, &message, now, wall))?;
+        }
+        Op::Retained(message) => remove(table, &record::retained_key(&message.topic))?,
+        Op::RemoveSession(client_id) => {
+            for kind in [
+                record::SESSION,
+                record::ENTRY,
+                record::FLIGHT,
+                record::INCOMING_QOS2,
+            ] {
+                let prefix = record::client_key(kind, &client_id);
+                let mut keys: Vec<Vec<u8>> = Vec::new();
+                for item in table.range(prefix.as_slice()..)? {
+                    let (key, _) = item?;
+                    if !key.value().starts_with(&prefix) {
+                        break;
+                    }
+                    keys.push(key.value().to_vec());
+                }
+                for key in keys {
+                    remove(table, &key)?;
+                }
+            }
+        }
+        Op::RemoveMessage(id) => remove(table, &record::message_key(id))?,
+        Op::RemoveEntry {
+            client_id,
+            seq,
+            flight,
+        } => {
+            remove(table, &record::entry_key(record::ENTRY, &client_id, seq))?;
+            if flight {
+                remove(table, &record::entry_key(record::FLIGHT, &client_id, seq))?;
+            }
+        }
+        Op::RemoveFlight { client_id, seq } => {
+            remove(table, &record::entry_key(record::FLIGHT, &client_id, seq))?
+        }
+        Op::RemoveIncomingQos2 {
+            client_id,
+            packet_id,
+        } => remove(table, &record::incoming_qos2_key(&client_id, packet_id))?,
+        Op::Delete(key) => remove(table, &key)?,
+    }
+    Ok(())
+}
+
+fn remove(table: &mut redb::Table<&[u8], &[u8]>, key: &[u8]) -> Result<(), redb::Error> {
+    table.remove(key)?;
+    Ok(())
+}
+
+fn stored(key: &[u8], message: &Message, now: Instant, wall: SystemTime) -> Vec<u8> {
+    let mut wire = message_to_wire(message, now);
+    wire.expiry_ms = None;
+    let record = StoredMessage {
+        message: wire,
+        expires_at_ms: message.expires_at.map(|at| unix_ms(at, now, wall)),
+    };
+    record::encode(key, &record)
+}
+
+/// Bytes available to an unprivileged writer on the file system of `path`.
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a statvfs the call fills in.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
