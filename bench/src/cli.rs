@@ -35,6 +35,9 @@ pub enum Scenario {
     /// Holds N idle connections (PINGREQ keep-alive), from several source
     /// addresses and processes; reports connect rate and broker memory.
     Conn(ConnArgs),
+    /// No broker: one shard's durable-session writes (or, with
+    /// `--restore`, the scan that restores them) against an embedded store.
+    Store(StoreArgs),
 }
 
 /// Rewrites mqtt-stresser's single-dash long flags (`-num-clients`,
@@ -314,6 +317,97 @@ pub struct ConnArgs {
     /// stdin closes.
     #[arg(long, hide = true)]
     pub child: Option<u32>,
+}
+
+/// The embedded stores the `store` scenario compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// LSM tree with a write-ahead journal.
+    Fjall,
+    /// Copy-on-write B-tree in one file.
+    Redb,
+}
+
+/// When a group commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Every commit is fsynced before it counts as done.
+    Always,
+    /// Commits are not fsynced, but the first commit after each 100 ms is.
+    Batch,
+    /// Never fsynced while running.
+    None,
+}
+
+/// fjall's fsync flavour for a durable commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FjallSync {
+    /// `fsync`: data and metadata.
+    All,
+    /// `fdatasync`: data, and only the metadata needed to read it back.
+    Data,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    #[arg(long, value_enum)]
+    pub store: StoreKind,
+    #[arg(long, value_enum, default_value = "always")]
+    pub durability: Durability,
+    /// Messages per group commit (one loop turn of a shard).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    /// Messages to write; each is 2 puts and, later, 2 deletes.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: u64,
+    /// Stop publishing after this long even if `--messages` are not all
+    /// written (the acks still outstanding are then drained).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub time_limit: Duration,
+    /// Messages between a put and its delete: the subscribers' ack lag.
+    #[arg(long, default_value_t = 1000)]
+    pub ack_window: u64,
+    /// Persistent sessions the messages are queued for, round robin.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub clients: u64,
+    /// Payload bytes per message (a 40-byte header is added).
+    #[arg(long, default_value_t = 64)]
+    pub payload: u32,
+    /// An existing directory (on the filesystem to measure); each run
+    /// works in a fresh subdirectory of it, removed afterwards.
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// Keep the run's subdirectory.
+    #[arg(long)]
+    pub keep: bool,
+    /// fjall only: `fsync` or `fdatasync` for a durable commit.
+    #[arg(long, value_enum, default_value = "all")]
+    pub fjall_sync: FjallSync,
+    /// Instead of the write pattern: fill `--sessions` sessions with
+    /// `--queued` messages each (no fsync), close, reopen and scan every
+    /// key, timing each step.
+    #[arg(long)]
+    pub restore: bool,
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sessions: u64,
+    #[arg(long, default_value_t = 10)]
+    pub queued: u64,
+    /// `--restore`: fill in a child process that exits without closing the
+    /// store (after a durable last commit), as a crash would leave it.
+    #[arg(long)]
+    pub crash: bool,
+    /// `--restore`: drop the store's files from the page cache before the
+    /// reopen (`posix_fadvise` DONTNEED on its files only).
+    #[arg(long)]
+    pub cold: bool,
+    /// Internal: the `--crash` child; fills the store at `--dir` itself.
+    #[arg(long, hide = true)]
+    pub fill_only: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tcp://host:port`, `mqtt://host:port` or `host:port`; the host may be a

@@ -4,7 +4,8 @@
 //! runtime per `--cpus` entry; [`client`] is one MQTT connection;
 //! [`scenario`] holds the shared run driver and one file per scenario;
 //! [`report`] prints progress and the summary of the publish/subscribe
-//! scenarios, [`stresser_report`] mqtt-stresser's report.
+//! scenarios, [`stresser_report`] mqtt-stresser's report. The `store`
+//! scenario needs no broker: it measures embedded stores for durable sessions.
 
 mod cli;
 mod client;
@@ -50,6 +51,19 @@ fn main() -> ExitCode {
             }
         },
         Scenario::Conn(args) => finish(scenario::conn::run(args), args.json),
+        Scenario::Store(args) if args.fill_only => {
+            match scenario::store::restore::fill_only(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Scenario::Store(args) if args.restore => {
+            finish(scenario::store::restore::run(args), args.json)
+        }
+        Scenario::Store(args) => finish(scenario::store::run(args), args.json),
     }
 }
 
@@ -90,6 +104,24 @@ impl Outcome for scenario::subscribe::SubscribeReport {
 impl Outcome for scenario::conn::ConnReport {
     fn print_text(&self, out: &mut impl Write) -> std::io::Result<()> {
         scenario::conn::ConnReport::print_text(self, out)
+    }
+    fn errors(&self) -> u64 {
+        self.errors
+    }
+}
+
+impl Outcome for scenario::store::StoreReport {
+    fn print_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        scenario::store::StoreReport::print_text(self, out)
+    }
+    fn errors(&self) -> u64 {
+        self.errors
+    }
+}
+
+impl Outcome for scenario::store::restore::RestoreReport {
+    fn print_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        scenario::store::restore::RestoreReport::print_text(self, out)
     }
     fn errors(&self) -> u64 {
         self.errors
