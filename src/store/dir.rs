@@ -331,8 +331,11 @@ fn open_partition(path: &Path, durability: Durability) -> Result<Partition, Stor
     })
 }
 
+/// A stored key and its value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// Every key and value of a partition, in key order.
-pub fn scan(partition: &Partition) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+pub fn scan(partition: &Partition) -> Result<Vec<Record>, StoreError> {
     let at = |e: redb::Error| engine(&partition.path, e);
     let tx = partition.db.begin_read().map_err(|e| at(e.into()))?;
     let table = tx.open_table(RECORDS).map_err(|e| at(e.into()))?;
@@ -366,7 +369,7 @@ fn rehome(
         // first entry referring to it lands in a new one.
         let mut renumbered: FxHashMap<(u64, usize), u64> = FxHashMap::default();
         let mut messages: FxHashMap<u64, Vec<u8>> = FxHashMap::default();
-        let mut batches: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); shards];
+        let mut batches: Vec<Vec<Record>> = vec![Vec::new(); shards];
         for (key, value) in scan(partition)? {
             let home = match key.first() {
                 Some(&record::MESSAGE) => {
