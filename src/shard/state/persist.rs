@@ -56,6 +56,7 @@ impl ShardState {
         let count = restored.sessions.len();
         for (session, subscriptions) in restored.sessions {
             let client_id = session.client_id.clone();
+            let was_connected = session.connected;
             let session = Session::restore(session, &self.config.session, now);
             let key = self.sessions.insert(SessionSlot {
                 session,
@@ -72,7 +73,7 @@ impl ShardState {
                     now,
                 );
             }
-            self.restored.push(key);
+            self.restored.push((key, was_connected));
         }
         if let Some(store) = &mut self.store {
             for key in restored.garbage {
@@ -90,8 +91,13 @@ impl ShardState {
     /// and expiries that passed while the broker was down.
     pub fn resume_restored(&mut self, now: Instant) {
         self.drain_inbox(now);
-        for key in std::mem::take(&mut self.restored) {
+        for (key, was_connected) in std::mem::take(&mut self.restored) {
             self.run_actions(key, now);
+            // Written again as offline (its will gone or running its
+            // delay), so a second crash does not lose the connection twice.
+            if was_connected && self.sessions.contains(key) {
+                self.session_changed(key);
+            }
             self.schedule(key);
         }
         self.flush();
