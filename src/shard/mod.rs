@@ -463,19 +463,24 @@ async fn shard_main(
             id,
             &restored.messages,
         );
-        match writer {
-            Ok(writer) => state.borrow_mut().attach_store(writer),
+        let started = match writer {
+            Ok(writer) => {
+                let mut state = state.borrow_mut();
+                state.attach_store(writer);
+                state.restore(restored, &retained, Instant::now());
+                true
+            }
             Err(error) => {
                 error!(shard = id, %error, "cannot start the store writer");
-                return;
+                false
             }
-        }
-        state
-            .borrow_mut()
-            .restore(restored, &retained, Instant::now());
+        };
         // Every shard's routes must be in place before a restored will is
-        // published anywhere.
+        // published anywhere; a shard that failed still lets the others on.
         restart.wait();
+        if !started {
+            return;
+        }
         state.borrow_mut().resume_restored(Instant::now());
     }
     for listener in listeners {
