@@ -265,3 +265,277 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::protocol::{Packet, PubResponse, Publish, ReasonCode};
+    use crate::session::SessionAction;
+    use crate::session::testing::*;
+
+    fn ack(packet_id: u16) -> PubResponse {
+        super::super::connect::pub_response(packet_id, ReasonCode::Success)
+    }
+
+    fn kinds(session: &mut Session) -> Vec<String> {
+        session
+            .drain_changes()
+            .map(|change| match change {
+                Change::Queued { seq, qos, .. } => format!("queued {seq} q{}", qos as u8),
+                Change::Sent { seq, packet_id } => format!("sent {seq} #{packet_id}"),
+                Change::Released { seq, packet_id, .. } => format!("released {seq} #{packet_id}"),
+                Change::Ended { seq, message } => {
+                    format!(
+                        "ended {seq}{}",
+                        if message.is_some() { "" } else { " (released)" }
+                    )
+                }
+                Change::Awaiting { packet_id } => format!("awaiting #{packet_id}"),
+                Change::Completed { packet_id } => format!("completed #{packet_id}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_session_keeps_no_journal() {
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        assert!(!session.is_stored());
+        session.handle_deliver(
+            &message("t", QoS::AtLeastOnce),
+            delivery(QoS::AtLeastOnce),
+            now,
+        );
+        transmit(&mut session, now);
+        assert_eq!(kinds(&mut session), Vec::<String>::new());
+    }
+
+    #[test]
+    fn without_a_store_no_session_keeps_a_journal() {
+        let config = SessionConfig {
+            durable: false,
+            ..config()
+        };
+        let (session, _) = connected_with_config(persistent(ProtocolVersion::V5), &config);
+        assert!(!session.is_stored());
+    }
+
+    #[test]
+    fn each_message_is_journaled_from_queue_to_its_last_ack() {
+        let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
+        assert!(session.is_stored());
+        session.handle_deliver(
+            &message("a", QoS::AtLeastOnce),
+            delivery(QoS::AtLeastOnce),
+            now,
+        );
+        session.handle_deliver(
+            &message("b", QoS::ExactlyOnce),
+            delivery(QoS::ExactlyOnce),
+            now,
+        );
+        // QoS 0 may be lost: never stored.
+        session.handle_deliver(
+            &message("c", QoS::AtMostOnce),
+            delivery(QoS::AtMostOnce),
+            now,
+        );
+        assert_eq!(kinds(&mut session), ["queued 1 q1", "queued 2 q2"]);
+        assert_eq!(publishes(transmit(&mut session, now)).len(), 3);
+        assert_eq!(kinds(&mut session), ["sent 1 #1", "sent 2 #2"]);
+        session.handle_packet(Packet::PubAck(ack(1)), now).unwrap();
+        session.handle_packet(Packet::PubRec(ack(2)), now).unwrap();
+        assert_eq!(kinds(&mut session), ["ended 1", "released 2 #2"]);
+        // A repeated PUBREC changes nothing stored.
+        session.handle_packet(Packet::PubRec(ack(2)), now).unwrap();
+        session.handle_packet(Packet::PubComp(ack(2)), now).unwrap();
+        assert_eq!(kinds(&mut session), ["ended 2 (released)"]);
+    }
+
+    #[test]
+    fn incoming_qos2_ids_are_journaled_until_pubrel() {
+        let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 7), now)
+            .unwrap();
+        // The client's resend of the same id is not a new one.
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 7), now)
+            .unwrap();
+        session.handle_packet(Packet::PubRel(ack(7)), now).unwrap();
+        session.handle_packet(Packet::PubRel(ack(7)), now).unwrap();
+        assert_eq!(kinds(&mut session), ["awaiting #7", "completed #7"]);
+    }
+
+    #[test]
+    fn an_ending_session_ends_everything_it_held() {
+        let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
+        session.handle_deliver(
+            &message("a", QoS::AtLeastOnce),
+            delivery(QoS::AtLeastOnce),
+            now,
+        );
+        transmit(&mut session, now);
+        session.handle_deliver(
+            &message("b", QoS::AtLeastOnce),
+            delivery(QoS::AtLeastOnce),
+            now,
+        );
+        session.drain_changes().for_each(drop);
+        session.handle_discard(now);
+        let mut ended = kinds(&mut session);
+        ended.sort();
+        assert_eq!(ended, ["ended 1", "ended 2"]);
+    }
+
+    /// A store as the shard keeps it, by sequence: what the journal says,
+    /// applied in order.
+    #[derive(Default)]
+    struct Model {
+        owed: BTreeMap<u64, RestoredMessage>,
+        incoming: Vec<u16>,
+    }
+
+    impl Model {
+        fn apply(&mut self, session: &mut Session) {
+            for change in session.drain_changes() {
+                match change {
+                    Change::Queued {
+                        seq,
+                        message,
+                        qos,
+                        retain,
+                        subscription_ids,
+                        shared,
+                    } => {
+                        self.owed.insert(
+                            seq,
+                            RestoredMessage {
+                                seq,
+                                message: Some(message),
+                                qos,
+                                retain,
+                                subscription_ids,
+                                shared,
+                                packet_id: None,
+                            },
+                        );
+                    }
+                    Change::Sent { seq, packet_id } => {
+                        self.owed.get_mut(&seq).unwrap().packet_id = Some(packet_id)
+                    }
+                    Change::Released { seq, .. } => self.owed.get_mut(&seq).unwrap().message = None,
+                    Change::Ended { seq, .. } => {
+                        self.owed.remove(&seq);
+                    }
+                    Change::Awaiting { packet_id } => self.incoming.push(packet_id),
+                    Change::Completed { packet_id } => self.incoming.retain(|&id| id != packet_id),
+                }
+            }
+        }
+
+        fn restored(&self, connected: bool) -> RestoredSession {
+            RestoredSession {
+                client_id: "c".into(),
+                protocol: ProtocolVersion::V5,
+                session_expiry: 3600,
+                connected,
+                expires_at: None,
+                will: None,
+                messages: self.owed.values().cloned().collect(),
+                incoming_qos2: self.incoming.clone(),
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_journal_kept_resumes_as_the_session_left_it() {
+        let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
+        let mut model = Model::default();
+        for (topic, qos) in [
+            ("a", QoS::AtLeastOnce),
+            ("b", QoS::ExactlyOnce),
+            ("c", QoS::ExactlyOnce),
+        ] {
+            session.handle_deliver(&message(topic, qos), delivery(qos), now);
+        }
+        // a and b go out; b's PUBREC comes; c waits in the queue.
+        let mut connect = persistent(ProtocolVersion::V5);
+        connect.properties.receive_maximum = Some(2);
+        session.handle_connection_lost(now);
+        session.handle_connect(&connect, false, &config(), now);
+        transmit(&mut session, now);
+        session.handle_packet(Packet::PubRec(ack(2)), now).unwrap();
+        session
+            .handle_packet(publish_in("in", QoS::ExactlyOnce, 9), now)
+            .unwrap();
+        model.apply(&mut session);
+
+        // The broker stops; the session comes back from the model.
+        let mut restored = Session::restore(model.restored(false), &config(), now);
+        assert!(restored.is_stored());
+        let connack =
+            restored.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
+        assert!(connack.session_present);
+        let sent = transmit(&mut restored, now);
+        let summary: Vec<(String, u16, bool)> = sent
+            .iter()
+            .map(|packet| match packet {
+                Packet::Publish(Publish {
+                    topic,
+                    packet_id,
+                    dup,
+                    ..
+                }) => (topic.to_string(), *packet_id, *dup),
+                Packet::PubRel(rel) => ("PUBREL".into(), rel.packet_id, false),
+                other => (format!("{other:?}"), 0, false),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("a".to_string(), 1, true),
+                ("PUBREL".to_string(), 2, false),
+                ("c".to_string(), 3, false),
+            ]
+        );
+        // The incoming QoS 2 id still awaits its PUBREL: a resend of it is
+        // not routed again.
+        restored
+            .handle_packet(publish_in("in", QoS::ExactlyOnce, 9), now)
+            .unwrap();
+        assert!(actions(&mut restored).is_empty());
+        // c was sent (seq 3); new messages take sequence numbers after the
+        // stored ones.
+        assert_eq!(kinds(&mut restored), ["sent 3 #3"]);
+        restored.handle_deliver(
+            &message("d", QoS::AtLeastOnce),
+            delivery(QoS::AtLeastOnce),
+            now,
+        );
+        assert_eq!(kinds(&mut restored), ["queued 4 q1"]);
+    }
+
+    #[test]
+    fn a_session_connected_when_the_broker_stopped_loses_that_connection_now() {
+        let now = Instant::now();
+        let mut restored = Model::default().restored(true);
+        restored.will = Some((will("w"), None));
+        let mut session = Session::restore(restored, &config(), now);
+        assert!(!session.is_connected());
+        match actions(&mut session).as_slice() {
+            [
+                SessionAction::Publish {
+                    message,
+                    ticket: None,
+                },
+            ] => assert_eq!(message.topic, "will/w"),
+            other => panic!("expected the will, got {other:?}"),
+        }
+        assert_eq!(
+            session.expires_at(),
+            Some(now + std::time::Duration::from_secs(3600))
+        );
+    }
+}
