@@ -48,6 +48,9 @@ pub mod record;
 pub mod restore;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -301,7 +301,7 @@ impl Writer {
 }
 
 /// One change, in the transaction's table.
-fn apply(
+pub(super) fn apply(
     table: &mut redb::Table<&[u8], &[u8]>,
     op: Op,
     now: Instant,

@@ -1,0 +1,275 @@
+//! The store against real files in a temporary directory: what is
+//! written comes back, damage is found and named, the dir refuses what it
+//! must, and records follow their shard when the number of shards changes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+
+use super::dir::{DataDir, Partition, RECORDS, scan};
+use super::record::{self, EntryRecord, FlightRecord, SessionRecord, SubscriptionRecord};
+use super::restore::{RestoredShard, restore};
+use super::writer::{Op, apply};
+use super::{Durability, StoreError, StoreSettings};
+use crate::message::Message;
+use crate::protocol::QoS;
+use crate::shard::home_shard;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "ringmq-store-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+
+    fn settings(&self, repair: bool) -> StoreSettings {
+        StoreSettings {
+            dir: self.0.clone(),
+            durability: Durability::Always,
+            interval: Duration::from_millis(100),
+            repair,
+        }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn message(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+    Arc::new(Message {
+        topic: topic.into(),
+        payload: Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        publisher: "pub".into(),
+        expires_at: None,
+        received_at: Instant::now(),
+    })
+}
+
+fn write(partition: &Partition, ops: Vec<Op>) {
+    let tx = partition.db.begin_write().unwrap();
+    {
+        let mut table = tx.open_table(RECORDS).unwrap();
+        for op in ops {
+            apply(&mut table, op, Instant::now(), SystemTime::now()).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+fn session(client_id: &str) -> SessionRecord {
+    SessionRecord {
+        client_id: client_id.into(),
+        protocol: 4,
+        session_expiry: u32::MAX,
+        connected: false,
+        expires_at_ms: None,
+        subscriptions: vec![SubscriptionRecord {
+            filter: "t/#".into(),
+            options: 1,
+            id: None,
+        }],
+        will: None,
+    }
+}
+
+/// A session with two messages owed: the first sent as packet id 5.
+fn session_ops(client_id: &str) -> Vec<Op> {
+    let entry = |message| EntryRecord {
+        message,
+        qos: 1,
+        retain: false,
+        subscription_ids: Vec::new(),
+        shared: None,
+    };
+    vec![
+        Op::Session(session(client_id)),
+        Op::Message {
+            id: 1,
+            message: message("t/1", b"one"),
+        },
+        Op::Message {
+            id: 2,
+            message: message("t/2", b"two"),
+        },
+        Op::Entry {
+            client_id: client_id.into(),
+            seq: 1,
+            entry: entry(1),
+        },
+        Op::Flight {
+            client_id: client_id.into(),
+            seq: 1,
+            flight: FlightRecord {
+                packet_id: 5,
+                released: false,
+            },
+        },
+        Op::Entry {
+            client_id: client_id.into(),
+            seq: 2,
+            entry: entry(2),
+        },
+    ]
+}
+
+fn read(partition: &Partition, repair: bool) -> Result<RestoredShard, StoreError> {
+    restore(partition, repair, Instant::now(), SystemTime::now())
+}
+
+fn owed(shard: &RestoredShard) -> Vec<(String, Option<u16>, String)> {
+    shard
+        .sessions
+        .iter()
+        .flat_map(|(session, _)| {
+            session.messages.iter().map(|m| {
+                (
+                    session.client_id.to_string(),
+                    m.packet_id,
+                    m.message
+                        .as_ref()
+                        .map_or(String::new(), |m| m.topic.to_string()),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn what_is_written_comes_back_and_what_is_removed_does_not() {
+    let temp = TempDir::new("roundtrip");
+    {
+        let dir = DataDir::open(&temp.settings(false), 1).unwrap();
+        let partition = &dir.partitions[0];
+        write(partition, session_ops("c"));
+        write(partition, session_ops("gone"));
+        write(partition, vec![Op::RemoveSession("gone".into())]);
+        write(partition, vec![Op::Retained(message("r", b"kept"))]);
+    }
+    let dir = DataDir::open(&temp.settings(false), 1).unwrap();
+    let shard = read(&dir.partitions[0], false).unwrap();
+    assert_eq!(
+        owed(&shard),
+        vec![
+            ("c".into(), Some(5), "t/1".into()),
+            ("c".into(), None, "t/2".into())
+        ]
+    );
+    assert_eq!(shard.sessions[0].1[0].filter, "t/#");
+    assert_eq!(shard.retained.len(), 1);
+    assert_eq!(shard.retained[0].payload, Bytes::from_static(b"kept"));
+    // Each of the two messages is referred to by one of c's entries.
+    let mut refs: Vec<u32> = shard.messages.iter().map(|m| m.2).collect();
+    refs.sort();
+    assert_eq!(refs, vec![1, 1]);
+}
+
+#[test]
+fn a_damaged_record_is_named_and_skipped_only_with_repair() {
+    let temp = TempDir::new("damage");
+    {
+        let dir = DataDir::open(&temp.settings(false), 1).unwrap();
+        let partition = &dir.partitions[0];
+        write(partition, session_ops("c"));
+        // A value whose checksum does not match its bytes.
+        let key = record::entry_key(record::ENTRY, "c", 2);
+        let mut value = record::encode(
+            &key,
+            &EntryRecord {
+                message: 2,
+                qos: 1,
+                retain: false,
+                subscription_ids: Vec::new(),
+                shared: None,
+            },
+        );
+        let last = value.len() - 1;
+        value[last] ^= 0x40;
+        let tx = partition.db.begin_write().unwrap();
+        tx.open_table(RECORDS)
+            .unwrap()
+            .insert(key.as_slice(), value.as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let dir = DataDir::open(&temp.settings(false), 1).unwrap();
+    let error = read(&dir.partitions[0], false).err().expect("refused");
+    let text = error.to_string();
+    assert!(text.contains("damaged record"), "{text}");
+    assert!(text.contains("shard-0.redb"), "{text}");
+    assert!(text.contains("q\\x00\\x01c"), "{text}");
+    assert!(text.contains("--repair"), "{text}");
+    let repaired = read(&dir.partitions[0], true).unwrap();
+    assert_eq!(owed(&repaired), vec![("c".into(), Some(5), "t/1".into())]);
+}
+
+#[test]
+fn the_dir_refuses_another_broker_and_an_unknown_format() {
+    let temp = TempDir::new("refuse");
+    let first = DataDir::open(&temp.settings(false), 1).unwrap();
+    let second = DataDir::open(&temp.settings(false), 1)
+        .err()
+        .expect("locked");
+    assert!(matches!(second, StoreError::Locked { .. }), "{second}");
+    drop(first);
+    std::fs::write(temp.0.join("FORMAT"), "ringmq-data 99\n").unwrap();
+    let error = DataDir::open(&temp.settings(false), 1)
+        .err()
+        .expect("format");
+    assert!(error.to_string().contains("ringmq-data 99"), "{error}");
+}
+
+#[test]
+fn records_follow_their_shard_when_the_shard_count_changes() {
+    let temp = TempDir::new("rehome");
+    let clients: Vec<String> = (0..12).map(|i| format!("client-{i}")).collect();
+    {
+        let dir = DataDir::open(&temp.settings(false), 2).unwrap();
+        for client in &clients {
+            let partition = &dir.partitions[home_shard(client, 2)];
+            // Message ids collide across the old partitions on purpose.
+            write(partition, session_ops(client));
+        }
+    }
+    for shards in [3, 1, 2] {
+        let dir = DataDir::open(&temp.settings(false), shards).unwrap();
+        let mut seen = Vec::new();
+        for (index, partition) in dir.partitions.iter().enumerate() {
+            let shard = read(partition, false).unwrap();
+            for (session, _) in &shard.sessions {
+                assert_eq!(home_shard(&session.client_id, shards), index);
+                let topics: Vec<_> = session
+                    .messages
+                    .iter()
+                    .map(|m| m.message.as_ref().unwrap().topic.to_string())
+                    .collect();
+                assert_eq!(topics, ["t/1", "t/2"], "{}", session.client_id);
+                seen.push(session.client_id.to_string());
+            }
+        }
+        seen.sort();
+        let mut expected = clients.clone();
+        expected.sort();
+        assert_eq!(seen, expected, "{shards} shards");
+        let sets: Vec<_> = std::fs::read_dir(&temp.0)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("set-"))
+            .collect();
+        assert_eq!(sets.len(), 1, "the old set is removed");
+        assert!(scan(&dir.partitions[0]).is_ok());
+    }
+}
