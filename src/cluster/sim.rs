@@ -47,10 +47,19 @@ struct Sim {
 
 impl Sim {
     fn new(n: usize, seed: u64, ack: AckMode) -> Sim {
+        Sim::with_stores(n, seed, ack, false)
+    }
+
+    /// A cluster whose nodes' shards have stores that acknowledgements
+    /// wait for (`stored_acks`); [`Sim::commit_stores`] commits them.
+    fn with_stores(n: usize, seed: u64, ack: AckMode, stored_acks: bool) -> Sim {
         let now = Instant::now();
         let nodes = (0..n)
             .map(|i| SimNode {
-                node: Node::new(config(i, 1, ack)),
+                node: Node::new(NodeConfig {
+                    stored_acks,
+                    ..config(i, 1, ack)
+                }),
                 incarnation: 1,
                 to_shards: (0..SHARDS).map(|_| Vec::new()).collect(),
             })
@@ -197,6 +206,22 @@ impl Sim {
         );
     }
 
+    /// Shard `shard` of node `node` commits its store: every barrier the
+    /// node asked it for is passed.
+    fn commit_store(&mut self, node: usize, shard: usize) {
+        let mut tokens = Vec::new();
+        self.nodes[node].to_shards[shard].retain(|msg| match msg {
+            ShardMsg::StoreBarrier { token } => {
+                tokens.push(*token);
+                false
+            }
+            _ => true,
+        });
+        for token in tokens {
+            self.shard_msg(node, shard, ShardMsg::StoreReached { token });
+        }
+    }
+
     fn publish(&mut self, node: usize, shard: usize, topic: &str, n: u32) {
         self.shard_msg(node, shard, ShardMsg::Publish(message(topic, n)));
     }
@@ -249,6 +274,7 @@ fn config(i: usize, incarnation: u64, ack: AckMode) -> NodeConfig {
         route_ack_timeout: Duration::from_secs(2),
         peer_buffer_bytes: 1 << 20,
         peer_hold: Duration::from_secs(300),
+        stored_acks: false,
     }
 }
 
@@ -332,6 +358,55 @@ fn a_confirmation_waits_for_every_linked_peer_that_got_the_message() {
         let round_trips = sim.nodes[0].node.counters.forward_ack_latency.count();
         assert_eq!(round_trips, 2, "seed {seed}");
     }
+}
+
+#[test]
+fn with_stores_a_peer_acknowledges_in_order_once_its_stores_have_committed() {
+    for seed in seeds() {
+        let mut sim = Sim::with_stores(2, seed, AckMode::Remote, true);
+        sim.subscribe(1, 0, "a");
+        sim.subscribe(1, 1, "b");
+        sim.settle();
+        sim.publish(0, 1, "a", 1);
+        sim.shard_msg(0, 1, confirmation(10));
+        sim.settle();
+        sim.publish(0, 1, "b", 2);
+        sim.shard_msg(0, 1, confirmation(11));
+        sim.settle();
+        assert_eq!(sim.delivered(1), vec![1, 2], "seed {seed}");
+        assert!(
+            sim.confirmed(0, 1).is_empty(),
+            "seed {seed}: before any commit"
+        );
+        // The second frame's store commits first: its acknowledgement
+        // would cover the first, so it waits.
+        sim.commit_store(1, 1);
+        sim.settle();
+        assert!(sim.confirmed(0, 1).is_empty(), "seed {seed}: out of order");
+        sim.commit_store(1, 0);
+        sim.settle();
+        assert_eq!(
+            sim.confirmed(0, 1),
+            vec![Ticket::nth(10), Ticket::nth(11)],
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn without_stores_to_wait_for_a_peer_acknowledges_on_receipt() {
+    let mut sim = Sim::with_stores(2, 1, AckMode::Remote, false);
+    sim.subscribe(1, 0, "a");
+    sim.settle();
+    sim.publish(0, 1, "a", 1);
+    sim.shard_msg(0, 1, confirmation(10));
+    sim.settle();
+    assert_eq!(sim.confirmed(0, 1), vec![Ticket::nth(10)]);
+    assert!(
+        sim.nodes[1].to_shards[0]
+            .iter()
+            .all(|msg| !matches!(msg, ShardMsg::StoreBarrier { .. }))
+    );
 }
 
 #[test]

@@ -109,6 +109,11 @@ pub enum ShardMsg {
     /// The answer to a `ConfirmStored`: the store could not write, so the
     /// held answer is refused.
     StoreRefused(Confirmation),
+    /// From the cluster's place: answer `StoreReached` once what it sent
+    /// this shard so far (forwarded messages from peers) is committed.
+    StoreBarrier { token: u64 },
+    /// To the cluster's place: the barrier `token` is passed.
+    StoreReached { token: u64 },
     /// From the shard's store writer: every epoch up to `through` is
     /// committed, or (`ok` false) could not be: answers waiting for those
     /// epochs are refused.

@@ -244,8 +244,20 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     let cluster = match (config.cluster.clone(), cluster_inbox) {
         (Some(settings), Some(inbox)) => {
             let status = cluster_status.clone();
-            let thread =
-                cluster::runtime::start(settings, mesh.clone(), inbox, readiness.clone(), status)?;
+            // With a store that acknowledgements wait for, a peer's
+            // messages are acknowledged once committed here too.
+            let stored_acks = config
+                .store
+                .as_ref()
+                .is_some_and(|store| store.durability.waits());
+            let thread = cluster::runtime::start(
+                settings,
+                mesh.clone(),
+                inbox,
+                readiness.clone(),
+                status,
+                stored_acks,
+            )?;
             Some(thread)
         }
         _ => None,

@@ -893,6 +893,7 @@ impl ShardState {
                 ShardMsg::ConfirmStored(confirmation) => {
                     self.confirm_stored(batch.from, confirmation)
                 }
+                ShardMsg::StoreBarrier { token } => self.store_barrier(batch.from, token),
                 msg => self.apply(msg, now),
             }
         }
@@ -973,7 +974,10 @@ impl ShardState {
             // Only the cluster's place is asked to confirm after the
             // cluster; `ConfirmStored` needs its sender, which
             // `apply_batch` knows.
-            ShardMsg::ConfirmAfter(_) | ShardMsg::ConfirmStored(_) => {}
+            ShardMsg::ConfirmAfter(_)
+            | ShardMsg::ConfirmStored(_)
+            | ShardMsg::StoreBarrier { .. }
+            | ShardMsg::StoreReached { .. } => {}
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use super::{Frame, Lane, Node, NodeOutput, PeerKey, is_node_local};
+use super::{Node, NodeOutput, PeerKey, is_node_local};
 use crate::cluster::outbox::{Dropped, Seq};
 use crate::message::Message;
 use crate::shard::mesh::ShardMsg;
@@ -116,6 +116,7 @@ impl Node {
         let peer = &mut self.peers[key];
         let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
         let mut shards = std::mem::take(&mut self.matched);
+        let mut touched = Vec::new();
         for (seq, message) in (first_seq..).zip(messages) {
             if !inbound.take(seq) {
                 self.counters.duplicates_dropped += 1;
@@ -132,12 +133,15 @@ impl Node {
                     shard,
                     msg: ShardMsg::Publish(message.clone()),
                 });
+                if !touched.contains(&shard) {
+                    touched.push(shard);
+                }
             }
             shards.clear();
         }
         self.matched = shards;
         let acked = inbound.last();
-        self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
+        self.ack_when_stored(key, stream, acked, &touched);
     }
 
     /// A message a peer's group owner picked this node for: this node's
@@ -152,9 +156,13 @@ impl Node {
     ) {
         let peer = &mut self.peers[key];
         let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
+        let mut touched = Vec::new();
         if inbound.take(seq) {
             self.counters.received_messages += 1;
             let owner = group_owner(&share, self.config.shards);
+            // The barrier covers the owner's store: a member it picks on
+            // another shard stores the message there, unwaited for.
+            touched.push(owner);
             self.outputs.push_back(NodeOutput::ToShard {
                 shard: owner,
                 msg: ShardMsg::SharedPublish {
@@ -168,6 +176,6 @@ impl Node {
             self.counters.duplicates_dropped += 1;
         }
         let acked = inbound.last();
-        self.send(key, Lane::Control, Frame::PublishAck { stream, seq: acked });
+        self.ack_when_stored(key, stream, acked, &touched);
     }
 }

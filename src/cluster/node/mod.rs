@@ -22,7 +22,11 @@
 //! destination node keeps a publisher's order across the hop), numbered in
 //! the stream's [`Outbox`] and kept there until acknowledged. The peer
 //! takes each number once per sender incarnation ([`Inbound`]), delivers to
-//! its shards and acknowledges cumulatively.
+//! its shards and acknowledges cumulatively. With a data dir whose
+//! durability makes acknowledgements wait (`stored_acks`), it acknowledges
+//! a frame only once the shards it delivered to have committed what they
+//! queued for stored sessions (`stored.rs`), so "the cluster has it"
+//! survives the receiving node's crash too.
 //!
 //! # Waiting clients
 //!
@@ -39,6 +43,7 @@
 mod forwarding;
 mod retained;
 mod routes;
+mod stored;
 mod waiters;
 
 use std::collections::VecDeque;
@@ -77,6 +82,9 @@ pub struct NodeConfig {
     pub route_ack_timeout: Duration,
     pub peer_buffer_bytes: usize,
     pub peer_hold: Duration,
+    /// This node's shards have stores that acknowledgements wait for: a
+    /// peer's messages are acknowledged once committed here.
+    pub stored_acks: bool,
 }
 
 /// A frame for a peer, before encoding.
@@ -298,6 +306,11 @@ pub struct Node {
     /// deliver) it matched.
     matched: Vec<usize>,
     outputs: VecDeque<NodeOutput>,
+    /// Acknowledgements to peers waiting for local stores, per stream.
+    unstored_acks: FxHashMap<stored::AckStream, stored::UnstoredQueue>,
+    /// Which stream each outstanding store barrier belongs to.
+    store_tokens: FxHashMap<u64, stored::AckStream>,
+    last_store_token: u64,
     pub counters: NodeCounters,
 }
 
@@ -329,6 +342,9 @@ impl Node {
             waiter_deadlines: VecDeque::new(),
             matched: Vec::new(),
             outputs: VecDeque::new(),
+            unstored_acks: FxHashMap::default(),
+            store_tokens: FxHashMap::default(),
+            last_store_token: 0,
             counters: NodeCounters::default(),
         }
     }
@@ -352,6 +368,7 @@ impl Node {
             ShardMsg::Publish(message) => self.forward(from, message),
             ShardMsg::Retain(message) => self.local_retain(message),
             ShardMsg::ConfirmAfter(confirmation) => self.confirm_after(from, confirmation, now),
+            ShardMsg::StoreReached { token } => self.handle_store_reached(token),
             ShardMsg::SharedRouteAdd { share, from } => self.local_group_add(share, from),
             ShardMsg::SharedRouteRemove { share, from } => self.local_group_remove(&share, from),
             ShardMsg::SharedDeliver {
@@ -375,6 +392,7 @@ impl Node {
         if restarted {
             info!(peer = %node_id, "peer restarted: forgetting its routes");
             self.clear_peer_routes(key);
+            self.forget_stored_acks(key);
             let peer = &mut self.peers[key];
             peer.inbound.retain(|&(inc, _), _| inc == incarnation);
         }
@@ -598,6 +616,7 @@ impl Node {
 
     /// Forgets a peer: its routes, what was owed to it, and who waited on it.
     fn remove_peer(&mut self, key: PeerKey) {
+        self.forget_stored_acks(key);
         self.clear_peer_routes(key);
         let mut peer = self.peers.remove(key);
         self.peer_by_id.remove(&peer.node_id);

@@ -105,6 +105,7 @@ pub fn start(
     inbox: Receiver<Batch>,
     readiness: Readiness,
     status: ClusterStatus,
+    stored_acks: bool,
 ) -> Result<thread::JoinHandle<()>, ClusterError> {
     let (mut server, mut client) = tls::quinn_configs(&settings.node_id, &settings.trust)?;
     let transport = Arc::new(transport_config(&settings));
@@ -154,7 +155,15 @@ pub fn start(
                 };
                 let place = mesh.shard_count();
                 let mesh = mesh.attach(place, inbox);
-                match Cluster::new(settings, endpoint, client, mesh, readiness, status) {
+                match Cluster::new(
+                    settings,
+                    endpoint,
+                    client,
+                    mesh,
+                    readiness,
+                    status,
+                    stored_acks,
+                ) {
                     Ok(cluster) => cluster.run().await,
                     Err(error) => error!(%error, "cannot start cluster membership"),
                 }
@@ -224,6 +233,7 @@ impl Cluster {
         mesh: Mesh,
         readiness: Readiness,
         status: ClusterStatus,
+        stored_acks: bool,
     ) -> Result<Cluster, MembershipError> {
         // A restarted node is a new incarnation: peers drop what they kept
         // for its previous life (routes, duplicate detection).
@@ -250,6 +260,7 @@ impl Cluster {
             route_ack_timeout: settings.route_ack_timeout,
             peer_buffer_bytes: settings.peer_buffer_bytes,
             peer_hold: settings.peer_hold,
+            stored_acks,
         });
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let joined = settings.seeds.is_empty();

@@ -27,12 +27,19 @@ use crate::store::record::{
 use crate::store::restore::unix_ms;
 use crate::store::{Op, RestoredShard, StoreHandle};
 
-/// An answer waiting for the store to commit an epoch: one of this
-/// shard's sessions' (`from` is `None`) or another shard's.
+/// Something waiting for this shard's store to commit an epoch.
 pub(super) struct StoredWaiter {
     epoch: u64,
-    from: Option<ShardId>,
-    confirmation: Confirmation,
+    waiter: Awaiting,
+}
+
+enum Awaiting {
+    /// An answer held by one of this shard's sessions.
+    Here(Confirmation),
+    /// An answer held by another shard's session, whose message came here.
+    Shard(ShardId, Confirmation),
+    /// The cluster's acknowledgement to a peer of messages that came here.
+    Cluster(ShardId, u64),
 }
 
 impl ShardState {
@@ -337,8 +344,7 @@ impl ShardState {
         if let Some(epoch) = store.barrier() {
             self.stored_waiters.push_back(StoredWaiter {
                 epoch,
-                from: None,
-                confirmation,
+                waiter: Awaiting::Here(confirmation),
             });
             waits += 1;
         }
@@ -357,10 +363,21 @@ impl ShardState {
         match self.store.as_ref().and_then(StoreHandle::barrier) {
             Some(epoch) => self.stored_waiters.push_back(StoredWaiter {
                 epoch,
-                from: Some(from),
-                confirmation,
+                waiter: Awaiting::Shard(from, confirmation),
             }),
             None => self.mesh.push(from, ShardMsg::Confirm(confirmation)),
+        }
+    }
+
+    /// The cluster asks to hear when the messages peers sent here are
+    /// committed.
+    pub(super) fn store_barrier(&mut self, from: ShardId, token: u64) {
+        match self.store.as_ref().and_then(StoreHandle::barrier) {
+            Some(epoch) => self.stored_waiters.push_back(StoredWaiter {
+                epoch,
+                waiter: Awaiting::Cluster(from, token),
+            }),
+            None => self.mesh.push(from, ShardMsg::StoreReached { token }),
         }
     }
 
@@ -385,12 +402,18 @@ impl ShardState {
             let Some(waiter) = self.stored_waiters.pop_front() else {
                 break;
             };
-            let c = waiter.confirmation;
-            match (waiter.from, ok) {
-                (None, true) => self.confirm(c.key, c.conn, c.ticket, now),
-                (None, false) => self.refuse(c, now),
-                (Some(shard), true) => self.mesh.push(shard, ShardMsg::Confirm(c)),
-                (Some(shard), false) => self.mesh.push(shard, ShardMsg::StoreRefused(c)),
+            match (waiter.waiter, ok) {
+                (Awaiting::Here(c), true) => self.confirm(c.key, c.conn, c.ticket, now),
+                (Awaiting::Here(c), false) => self.refuse(c, now),
+                (Awaiting::Shard(shard, c), true) => self.mesh.push(shard, ShardMsg::Confirm(c)),
+                (Awaiting::Shard(shard, c), false) => {
+                    self.mesh.push(shard, ShardMsg::StoreRefused(c))
+                }
+                // The peer cannot be told the write failed: it is answered
+                // as taken, and the failure is logged and counted here.
+                (Awaiting::Cluster(place, token), _) => {
+                    self.mesh.push(place, ShardMsg::StoreReached { token })
+                }
             }
         }
     }
