@@ -159,8 +159,9 @@ impl Outbox {
     }
 
     /// Drops the oldest unsent message of the given kind (QoS 0 when
-    /// `qos0`, else QoS 1/2) to make room; `None` if there is none.
-    pub fn drop_one(&mut self, qos0: bool) -> Option<(Dropped, usize)> {
+    /// `qos0`, else QoS 1/2) to make room: its kind, bytes and number;
+    /// `None` if there is none.
+    pub fn drop_one(&mut self, qos0: bool) -> Option<(Dropped, usize, Seq)> {
         let position = self
             .entries
             .iter()
@@ -170,7 +171,7 @@ impl Outbox {
         let entry = self.entries.remove(position)?;
         self.unsent_bytes -= entry.bytes;
         let kind = if qos0 { Dropped::Qos0 } else { Dropped::Qos12 };
-        Some((kind, entry.bytes))
+        Some((kind, entry.bytes, entry.seq))
     }
 }
 
@@ -283,8 +284,8 @@ mod tests {
         outbox.push(message(2, QoS::AtMostOnce), None);
         outbox.push(message(3, QoS::AtLeastOnce), None);
         let before = outbox.bytes();
-        let (kind, bytes) = outbox.drop_one(true).expect("a QoS 0 message");
-        assert_eq!(kind, Dropped::Qos0);
+        let (kind, bytes, seq) = outbox.drop_one(true).expect("a QoS 0 message");
+        assert_eq!((kind, seq), (Dropped::Qos0, 2));
         assert_eq!(outbox.bytes(), before - bytes);
         assert!(outbox.drop_one(true).is_none());
         assert_eq!(sent(&mut outbox, usize::MAX), Some((1, vec![1])));

@@ -21,6 +21,7 @@ use crate::message::Message;
 use crate::protocol::{LazyPublishProperties, QoS};
 use crate::session::Ticket;
 use crate::shard::mesh::{Confirmation, ShardMsg};
+use crate::store::{OutboxOp, RestoredOutbox};
 
 const SHARDS: usize = 2;
 
@@ -29,6 +30,8 @@ struct SimNode {
     incarnation: u64,
     /// What the node handed each of its shards.
     to_shards: Vec<Vec<ShardMsg>>,
+    /// What it wrote to its outboxes on disk.
+    stored: Vec<OutboxOp>,
 }
 
 /// One direction of a link: its lanes, each in order.
@@ -50,16 +53,21 @@ impl Sim {
         Sim::with_stores(n, seed, ack, false)
     }
 
-    /// A cluster whose nodes' shards have stores that acknowledgements
-    /// wait for (`stored_acks`); [`Sim::commit_stores`] commits them.
     fn with_stores(n: usize, seed: u64, ack: AckMode, stored_acks: bool) -> Sim {
+        Sim::with_config(n, seed, |i| NodeConfig {
+            stored_acks,
+            ..config(i, 1, ack)
+        })
+    }
+
+    /// A cluster whose node `i` runs with `config(i)`: with
+    /// `stored_acks`, [`Sim::commit_store`] commits a node's shards' stores.
+    fn with_config(n: usize, seed: u64, config: impl Fn(usize) -> NodeConfig) -> Sim {
         let now = Instant::now();
         let nodes = (0..n)
             .map(|i| SimNode {
-                node: Node::new(NodeConfig {
-                    stored_acks,
-                    ..config(i, 1, ack)
-                }),
+                node: Node::new(config(i)),
+                stored: Vec::new(),
                 incarnation: 1,
                 to_shards: (0..SHARDS).map(|_| Vec::new()).collect(),
             })
@@ -167,6 +175,7 @@ impl Sim {
                         }
                     }
                     NodeOutput::ToShard { shard, msg } => self.nodes[a].to_shards[shard].push(msg),
+                    NodeOutput::Store(op) => self.nodes[a].stored.push(op),
                     NodeOutput::Disconnect { peer, reason } => {
                         panic!(
                             "seed {}: {} disconnected {peer}: {reason}",
@@ -275,6 +284,7 @@ fn config(i: usize, incarnation: u64, ack: AckMode) -> NodeConfig {
         peer_buffer_bytes: 1 << 20,
         peer_hold: Duration::from_secs(300),
         stored_acks: false,
+        durable_outboxes: false,
     }
 }
 
@@ -409,6 +419,97 @@ fn without_stores_to_wait_for_a_peer_acknowledges_on_receipt() {
     );
 }
 
+/// Node 0's outboxes on disk as its store would hold them after `ops`.
+fn owed_on_disk(ops: &[OutboxOp]) -> Vec<RestoredOutbox> {
+    let mut owed: Vec<(ByteString, u32, u64, Arc<Message>)> = Vec::new();
+    for op in ops {
+        match op {
+            OutboxOp::Put {
+                peer,
+                stream,
+                seq,
+                message,
+                ..
+            } => owed.push((peer.clone(), *stream, *seq, message.clone())),
+            OutboxOp::Ack {
+                peer,
+                stream,
+                through,
+            } => owed.retain(|(p, s, q, _)| !(p == peer && s == stream && q <= through)),
+            OutboxOp::Remove { peer, stream, seq } => {
+                owed.retain(|(p, s, q, _)| !(p == peer && s == stream && q == seq))
+            }
+            OutboxOp::Forget { peer } => owed.retain(|(p, ..)| p != peer),
+            OutboxOp::Clear => owed.clear(),
+        }
+    }
+    owed.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    owed.into_iter()
+        .map(|(peer, stream, _, message)| RestoredOutbox {
+            peer,
+            stream,
+            share: None,
+            message,
+        })
+        .collect()
+}
+
+#[test]
+fn what_is_owed_to_an_unreachable_peer_is_on_disk_and_owed_again_after_a_restart() {
+    for seed in seeds() {
+        let durable = |i| NodeConfig {
+            durable_outboxes: i == 0,
+            ..config(i, 1, AckMode::Remote)
+        };
+        let mut sim = Sim::with_config(2, seed, durable);
+        sim.subscribe(1, 0, "t");
+        sim.settle();
+        sim.publish(0, 0, "t", 1);
+        sim.settle();
+        // Delivered and acknowledged: nothing is owed any more.
+        assert!(owed_on_disk(&sim.nodes[0].stored).is_empty(), "seed {seed}");
+        sim.cut(0, 1);
+        sim.publish(0, 0, "t", 2);
+        sim.publish(0, 1, "t", 3);
+        sim.shard_msg(
+            0,
+            0,
+            ShardMsg::Publish({
+                let mut m = (*message("t", 4)).clone();
+                m.qos = QoS::AtMostOnce;
+                Arc::new(m)
+            }),
+        );
+        sim.collect_outputs();
+        let owed = owed_on_disk(&sim.nodes[0].stored);
+        assert_eq!(
+            owed.iter().map(|o| number(&o.message)).collect::<Vec<_>>(),
+            vec![2, 3],
+            "seed {seed}: QoS 0 is not stored"
+        );
+        // Node 0 dies and comes back with what its disk holds.
+        sim.nodes[0] = SimNode {
+            node: Node::new(NodeConfig {
+                durable_outboxes: true,
+                ..config(0, 2, AckMode::Remote)
+            }),
+            incarnation: 2,
+            to_shards: (0..SHARDS).map(|_| Vec::new()).collect(),
+            stored: Vec::new(),
+        };
+        let now = sim.now;
+        sim.nodes[0].node.restore_outboxes(owed, now);
+        sim.connect(0, 1);
+        sim.settle();
+        // 2 and 3 came from two shards: two streams, each in order, not
+        // ordered between them.
+        let mut delivered = sim.delivered(1);
+        delivered.sort_unstable();
+        assert_eq!(delivered, vec![1, 2, 3], "seed {seed}");
+        assert!(owed_on_disk(&sim.nodes[0].stored).is_empty(), "seed {seed}");
+    }
+}
+
 #[test]
 fn local_ack_mode_confirms_without_waiting_for_forwarded_messages() {
     let mut sim = Sim::new(2, 1, AckMode::Local);
@@ -533,6 +634,7 @@ fn a_restarted_peer_loses_its_old_routes_and_takes_fresh_numbers() {
         node: Node::new(config(1, 2, AckMode::Remote)),
         incarnation: 2,
         to_shards: (0..SHARDS).map(|_| Vec::new()).collect(),
+        stored: Vec::new(),
     };
     sim.connect(0, 1);
     sim.settle();

@@ -143,7 +143,7 @@ use state::ShardState;
 use crate::message::Message;
 use crate::store::dir::Partition;
 use crate::store::restore::restore;
-use crate::store::{DataDir, Durability, RestoredShard, StoreHandle, StoreSettings};
+use crate::store::{ClusterStore, DataDir, Durability, RestoredShard, StoreHandle, StoreSettings};
 
 /// Index of a shard, 0-based.
 pub type ShardId = usize;
@@ -244,19 +244,32 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     let cluster = match (config.cluster.clone(), cluster_inbox) {
         (Some(settings), Some(inbox)) => {
             let status = cluster_status.clone();
-            // With a store that acknowledgements wait for, a peer's
-            // messages are acknowledged once committed here too.
-            let stored_acks = config
-                .store
-                .as_ref()
-                .is_some_and(|store| store.durability.waits());
+            let durable = match (&data_dir, &config.store) {
+                (Some(dir), Some(store)) => {
+                    let outboxes =
+                        ClusterStore::new(dir.cluster.clone(), store.durability, store.interval);
+                    let owed = outboxes.restore(store.repair)?;
+                    if !owed.is_empty() {
+                        info!(messages = owed.len(), "messages owed to peers restored");
+                    }
+                    cluster::runtime::Durable {
+                        // With a store that acknowledgements wait for, a
+                        // peer's messages are acknowledged once committed
+                        // here too.
+                        stored_acks: store.durability.waits(),
+                        store: Some(outboxes),
+                        owed,
+                    }
+                }
+                _ => cluster::runtime::Durable::default(),
+            };
             let thread = cluster::runtime::start(
                 settings,
                 mesh.clone(),
                 inbox,
                 readiness.clone(),
                 status,
-                stored_acks,
+                durable,
             )?;
             Some(thread)
         }

@@ -7,7 +7,8 @@
 //! messages by topic, as the shards place them), the new set is synced,
 //! and only then does `CURRENT` switch to it, by an atomic rename; a crash
 //! in between leaves the old set in use and the half-written new one is
-//! removed on the next start.
+//! removed on the next start. `cluster.redb` beside the sets holds what
+//! the cluster owes its peers ([`super::outbox`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -117,6 +118,9 @@ impl StorageBackend for Backend {
 /// The open data dir: held locked until dropped.
 pub struct DataDir {
     pub partitions: Vec<Partition>,
+    /// The cluster's outboxes (`cluster.redb`), outside the partition
+    /// sets: the shard count does not change whom it holds.
+    pub cluster: Partition,
     _lock: File,
 }
 
@@ -160,8 +164,10 @@ impl DataDir {
         };
         remove_other_sets(dir, &set)?;
         let partitions = open_set(dir, &set, shards, settings.durability)?;
+        let cluster = open_partition(&dir.join("cluster.redb"), settings.durability)?;
         Ok(DataDir {
             partitions,
+            cluster,
             _lock: lock,
         })
     }

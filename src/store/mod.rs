@@ -44,6 +44,7 @@
 //! crash may lose the last moments' changes).
 
 pub mod dir;
+pub mod outbox;
 pub mod record;
 pub mod restore;
 pub mod writer;
@@ -55,6 +56,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use dir::{DataDir, StoreError};
+pub use outbox::{ClusterStore, OutboxOp, RestoredOutbox};
 pub use restore::RestoredShard;
 pub use writer::{Op, StoreHandle};
 

@@ -15,6 +15,7 @@
 //! | `f` client seq | [`FlightRecord`]: that message's packet id, once sent |
 //! | `p` client packet id | nothing: an incoming QoS 2 id awaiting PUBREL |
 //! | `r` topic | [`StoredMessage`]: the retained message |
+//! | `o` peer stream seq | [`OutboxRecord`]: a message owed to a peer node (`cluster.redb` only) |
 //!
 //! The archives reuse the cluster's [`WireMessage`], so a session moving to
 //! another node later travels in the format it is stored in.
@@ -31,6 +32,7 @@ pub const ENTRY: u8 = b'q';
 pub const FLIGHT: u8 = b'f';
 pub const INCOMING_QOS2: u8 = b'p';
 pub const RETAINED: u8 = b'r';
+pub const OUTBOX: u8 = b'o';
 
 /// A persistent session's own state; its messages are separate records.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,15 @@ pub struct WillRecord {
 pub struct StoredMessage {
     pub message: WireMessage,
     pub expires_at_ms: Option<u64>,
+}
+
+/// A message accepted here and owed to a peer node, not yet acknowledged
+/// by it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub message: StoredMessage,
+    /// The shared subscription the peer was picked for, if any.
+    pub share: Option<String>,
 }
 
 /// One message owed to a client, as [`crate::session`] queued it.
@@ -127,6 +138,14 @@ pub fn entry_key(kind: u8, client_id: &str, seq: u64) -> Vec<u8> {
 pub fn incoming_qos2_key(client_id: &str, packet_id: u16) -> Vec<u8> {
     let mut key = client_key(INCOMING_QOS2, client_id);
     key.extend_from_slice(&packet_id.to_be_bytes());
+    key
+}
+
+/// `o`, the peer's node id behind its length, the stream, then `seq`.
+pub fn outbox_key(peer: &str, stream: u32, seq: u64) -> Vec<u8> {
+    let mut key = client_key(OUTBOX, peer);
+    key.extend_from_slice(&stream.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 

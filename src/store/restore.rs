@@ -305,6 +305,17 @@ fn stored(
     let frame = Bytes::from_owner(archive);
     let archived = rkyv::access::<ArchivedStoredMessage, rkyv::rancor::Error>(&frame)
         .map_err(|e| format!("does not validate: {e}"))?;
+    message_in(&frame, archived, now, wall)
+}
+
+/// The message `archived` holds, its payload and strings slices of
+/// `frame`; `None` if it has expired.
+pub(super) fn message_in(
+    frame: &Bytes,
+    archived: &ArchivedStoredMessage,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<Option<Message>, String> {
     let expires_at = archived
         .expires_at_ms
         .as_ref()
@@ -312,7 +323,7 @@ fn stored(
     if expires_at.is_some_and(|at| at <= now) {
         return Ok(None);
     }
-    let mut message = wire_to_message(&frame, &archived.message, now).map_err(|e| e.to_string())?;
+    let mut message = wire_to_message(frame, &archived.message, now).map_err(|e| e.to_string())?;
     message.expires_at = expires_at;
     Ok(Some(message))
 }

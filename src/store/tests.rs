@@ -273,3 +273,70 @@ fn records_follow_their_shard_when_the_shard_count_changes() {
         assert!(scan(&dir.partitions[0]).is_ok());
     }
 }
+
+#[test]
+fn what_the_cluster_owes_its_peers_comes_back_until_acknowledged() {
+    use super::outbox::{ClusterStore, OutboxOp};
+    let temp = TempDir::new("outbox");
+    let put = |peer: &str, stream, seq, payload| OutboxOp::Put {
+        peer: peer.into(),
+        stream,
+        seq,
+        share: (seq == 3).then(|| "$share/g/t".into()),
+        message: message("t", payload),
+    };
+    {
+        let dir = DataDir::open(&temp.settings(false), 1).unwrap();
+        let mut store = ClusterStore::new(dir.cluster.clone(), Durability::Always, Duration::ZERO);
+        store
+            .commit(vec![
+                put("n1", 0, 1, b"one"),
+                put("n1", 0, 2, b"two"),
+                put("n1", 0, 3, b"three"),
+                put("n1", 1, 1, b"other stream"),
+                put("n2", 0, 1, b"forgotten peer"),
+            ])
+            .unwrap();
+        store
+            .commit(vec![
+                OutboxOp::Ack {
+                    peer: "n1".into(),
+                    stream: 0,
+                    through: 1,
+                },
+                OutboxOp::Remove {
+                    peer: "n1".into(),
+                    stream: 1,
+                    seq: 1,
+                },
+                OutboxOp::Forget { peer: "n2".into() },
+            ])
+            .unwrap();
+    }
+    let dir = DataDir::open(&temp.settings(false), 3).unwrap();
+    let store = ClusterStore::new(dir.cluster.clone(), Durability::Always, Duration::ZERO);
+    let owed = store.restore(false).unwrap();
+    let summary: Vec<_> = owed
+        .iter()
+        .map(|o| {
+            (
+                o.peer.to_string(),
+                o.stream,
+                o.message.payload.clone(),
+                o.share.as_ref().map(|s| s.to_string()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("n1".into(), 0, Bytes::from_static(b"two"), None),
+            (
+                "n1".into(),
+                0,
+                Bytes::from_static(b"three"),
+                Some("$share/g/t".into())
+            ),
+        ]
+    );
+}

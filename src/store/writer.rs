@@ -31,7 +31,7 @@ use crate::shard::mesh::{MeshHandle, ShardMsg};
 /// refused (and their publishers told) rather than attempted, so that a
 /// commit never fails half-way through growing the file, and the broker
 /// recovers by itself when space returns.
-const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
+pub(super) const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// One change to a partition.
 #[derive(Debug)]
@@ -395,17 +395,21 @@ fn remove(table: &mut redb::Table<&[u8], &[u8]>, key: &[u8]) -> Result<(), redb:
 }
 
 fn stored(key: &[u8], message: &Message, now: Instant, wall: SystemTime) -> Vec<u8> {
+    record::encode(key, &stored_record(message, now, wall))
+}
+
+/// `message` as stored: its expiry a wall-clock deadline.
+pub(super) fn stored_record(message: &Message, now: Instant, wall: SystemTime) -> StoredMessage {
     let mut wire = message_to_wire(message, now);
     wire.expiry_ms = None;
-    let record = StoredMessage {
+    StoredMessage {
         message: wire,
         expires_at_ms: message.expires_at.map(|at| unix_ms(at, now, wall)),
-    };
-    record::encode(key, &record)
+    }
 }
 
 /// Bytes available to an unprivileged writer on the file system of `path`.
-fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+pub(super) fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };

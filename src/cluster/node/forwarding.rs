@@ -11,8 +11,10 @@ use bytestring::ByteString;
 use super::{Node, NodeOutput, PeerKey, is_node_local};
 use crate::cluster::outbox::{Dropped, Seq};
 use crate::message::Message;
+use crate::protocol::QoS;
 use crate::shard::mesh::ShardMsg;
 use crate::shard::{ShardId, group_owner};
+use crate::store::{OutboxOp, RestoredOutbox};
 
 impl Node {
     /// A local group owner picked peer `node_id` for `message`: it goes on
@@ -74,7 +76,17 @@ impl Node {
             return;
         };
         let before = stream.outbox.bytes();
-        stream.outbox.push(message, share);
+        let stored = self.config.durable_outboxes && message.qos != QoS::AtMostOnce;
+        let seq = stream.outbox.push(message.clone(), share.clone());
+        if stored {
+            self.outputs.push_back(NodeOutput::Store(OutboxOp::Put {
+                peer: peer.node_id.clone(),
+                stream: shard as u32,
+                seq,
+                share,
+                message,
+            }));
+        }
         let bytes = stream.outbox.bytes() - before;
         peer.buffered_bytes += bytes;
         peer.forwarded += 1;
@@ -87,8 +99,9 @@ impl Node {
                 let dropped = peer
                     .streams
                     .iter_mut()
-                    .find_map(|stream| stream.outbox.drop_one(qos0));
-                let Some((kind, bytes)) = dropped else {
+                    .enumerate()
+                    .find_map(|(index, stream)| Some((index, stream.outbox.drop_one(qos0)?)));
+                let Some((index, (kind, bytes, seq))) = dropped else {
                     break;
                 };
                 peer.buffered_bytes -= bytes;
@@ -100,9 +113,37 @@ impl Node {
                     Dropped::Qos12 => {
                         peer.dropped_qos12 += 1;
                         self.counters.dropped_qos12 += 1;
+                        if self.config.durable_outboxes {
+                            self.outputs.push_back(NodeOutput::Store(OutboxOp::Remove {
+                                peer: peer.node_id.clone(),
+                                stream: index as u32,
+                                seq,
+                            }));
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// Owes again what the last run of this node owed its peers and had
+    /// not delivered: each message on its stream, numbered afresh (this is
+    /// a new incarnation, so peers start its streams over). A peer that
+    /// never comes back is forgotten after the hold, as any other.
+    pub fn restore_outboxes(&mut self, owed: Vec<RestoredOutbox>, now: std::time::Instant) {
+        if owed.is_empty() {
+            return;
+        }
+        // The old numbers go: the entries are written again as pushed.
+        self.outputs.push_back(NodeOutput::Store(OutboxOp::Clear));
+        for entry in owed {
+            let key = self.peer_key_or_insert(&entry.peer);
+            let peer = &mut self.peers[key];
+            if !peer.linked && peer.unlinked_since.is_none() {
+                peer.unlinked_since = Some(now);
+            }
+            let stream = entry.stream as usize % self.config.shards;
+            self.push_to_peer(key, stream, entry.message, entry.share);
         }
     }
 

@@ -62,6 +62,7 @@ use crate::metrics::histogram::Latency;
 use crate::router::TopicTrie;
 use crate::shard::ShardId;
 use crate::shard::mesh::{Confirmation, ShardMsg};
+use crate::store::OutboxOp;
 
 /// A peer's index in the node's table of peers; stable while the peer is known.
 pub type PeerKey = usize;
@@ -85,6 +86,9 @@ pub struct NodeConfig {
     /// This node's shards have stores that acknowledgements wait for: a
     /// peer's messages are acknowledged once committed here.
     pub stored_acks: bool,
+    /// The broker has a data dir: QoS 1/2 messages owed to peers are
+    /// written there until acknowledged ([`NodeOutput::Store`]).
+    pub durable_outboxes: bool,
 }
 
 /// A frame for a peer, before encoding.
@@ -180,6 +184,9 @@ pub enum NodeOutput {
         peer: ByteString,
         reason: String,
     },
+    /// A change to the outboxes on disk: committed before the answers to
+    /// shards that follow it are delivered.
+    Store(OutboxOp),
 }
 
 /// Counters the metrics layer reads.
@@ -575,6 +582,13 @@ impl Node {
                 };
                 let freed = out.outbox.handle_ack(seq);
                 peer.buffered_bytes -= freed;
+                if self.config.durable_outboxes && freed > 0 {
+                    self.outputs.push_back(NodeOutput::Store(OutboxOp::Ack {
+                        peer: peer.node_id.clone(),
+                        stream,
+                        through: seq,
+                    }));
+                }
                 while let Some(&(last, sent)) = out.sent_at.front() {
                     if last > seq {
                         break;
@@ -619,6 +633,11 @@ impl Node {
         self.forget_stored_acks(key);
         self.clear_peer_routes(key);
         let mut peer = self.peers.remove(key);
+        if self.config.durable_outboxes {
+            self.outputs.push_back(NodeOutput::Store(OutboxOp::Forget {
+                peer: peer.node_id.clone(),
+            }));
+        }
         self.peer_by_id.remove(&peer.node_id);
         let last_seqs = peer.streams.iter().map(|s| s.outbox.last_seq()).collect();
         self.retired_streams.insert(peer.node_id.clone(), last_seqs);

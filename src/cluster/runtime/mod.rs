@@ -62,6 +62,7 @@ use super::tls;
 use super::{ClusterStatus, MemberEventCounts};
 use crate::metrics::Readiness;
 use crate::shard::mesh::{Batch, Mesh, MeshHandle, ShardMsg};
+use crate::store::{ClusterStore, RestoredOutbox};
 
 /// How often the node's timers (route-ack timeouts, peer hold) are looked
 /// at, and seeds re-resolved while nobody has answered.
@@ -105,7 +106,7 @@ pub fn start(
     inbox: Receiver<Batch>,
     readiness: Readiness,
     status: ClusterStatus,
-    stored_acks: bool,
+    durable: Durable,
 ) -> Result<thread::JoinHandle<()>, ClusterError> {
     let (mut server, mut client) = tls::quinn_configs(&settings.node_id, &settings.trust)?;
     let transport = Arc::new(transport_config(&settings));
@@ -155,15 +156,7 @@ pub fn start(
                 };
                 let place = mesh.shard_count();
                 let mesh = mesh.attach(place, inbox);
-                match Cluster::new(
-                    settings,
-                    endpoint,
-                    client,
-                    mesh,
-                    readiness,
-                    status,
-                    stored_acks,
-                ) {
+                match Cluster::new(settings, endpoint, client, mesh, readiness, status, durable) {
                     Ok(cluster) => cluster.run().await,
                     Err(error) => error!(%error, "cannot start cluster membership"),
                 }
@@ -223,6 +216,19 @@ struct Cluster {
     joined: bool,
     leaving: bool,
     member_events: MemberEventCounts,
+    /// The outboxes on disk, with a data dir.
+    store: Option<ClusterStore>,
+}
+
+/// What the broker's data dir means for the cluster.
+#[derive(Default)]
+pub struct Durable {
+    /// Acknowledge a peer's messages once the local stores committed them.
+    pub stored_acks: bool,
+    /// Where to keep what is owed to peers, if anywhere.
+    pub store: Option<ClusterStore>,
+    /// What the last run owed its peers.
+    pub owed: Vec<RestoredOutbox>,
 }
 
 impl Cluster {
@@ -233,7 +239,7 @@ impl Cluster {
         mesh: Mesh,
         readiness: Readiness,
         status: ClusterStatus,
-        stored_acks: bool,
+        durable: Durable,
     ) -> Result<Cluster, MembershipError> {
         // A restarted node is a new incarnation: peers drop what they kept
         // for its previous life (routes, duplicate detection).
@@ -260,8 +266,11 @@ impl Cluster {
             route_ack_timeout: settings.route_ack_timeout,
             peer_buffer_bytes: settings.peer_buffer_bytes,
             peer_hold: settings.peer_hold,
-            stored_acks,
+            stored_acks: durable.stored_acks,
+            durable_outboxes: durable.store.is_some(),
         });
+        let mut node = node;
+        node.restore_outboxes(durable.owed, now);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let joined = settings.seeds.is_empty();
         Ok(Cluster {
@@ -283,6 +292,7 @@ impl Cluster {
             joined,
             leaving: false,
             member_events: MemberEventCounts::default(),
+            store: durable.store,
         })
     }
 
@@ -358,8 +368,10 @@ impl Cluster {
     /// Carries out what the node and membership asked for.
     fn pump(&mut self, now: Instant) {
         self.node.flush(now);
+        let mut store_ops = Vec::new();
         while let Some(output) = self.node.poll_output() {
             match output {
+                NodeOutput::Store(op) => store_ops.push(op),
                 NodeOutput::Send { peer, lane, frame } => {
                     self.encode_frame(&peer, lane, &frame, now)
                 }
@@ -371,6 +383,15 @@ impl Cluster {
                     }
                 }
             }
+        }
+        // Committed before the mesh carries this turn's answers to the
+        // shards: a PUBACK released now covers a message owed to a peer
+        // that was not waited for, which must be on disk first.
+        if let Some(store) = &mut self.store {
+            if let Err(error) = store.commit(store_ops) {
+                error!(%error, "cluster outbox write failed");
+            }
+            store.sync_if_due();
         }
         self.write_lanes();
         self.mesh.flush();
