@@ -389,3 +389,63 @@ async fn a_duplicate_node_id_is_refused_loudly() {
         .await;
     assert_eq!(sub.next_publish().await.payload.as_ref(), b"ok");
 }
+
+/// With data dirs: a persistent subscriber's node is down, so a publisher
+/// on another node is answered without waiting for it (once it is
+/// suspected), and that node then crashes too. What it owed the dead node
+/// was on its disk: after both restart, the subscriber gets every message
+/// its publisher was acknowledged for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_crashed_node_owed_a_dead_one_arrives_after_both_restart() {
+    let mut cluster =
+        Cluster::start_durable(2, "suspect_timeout_ms = 1000\nprobe_interval_ms = 200\n");
+    let topic = unique_id("owed");
+    let subscriber = unique_id("sub");
+    let mut options = v4::options(cluster.addr(1), &subscriber);
+    options.set_clean_session(false);
+    let (mut sub, _) = v4::Client::connect(options).await;
+    sub.subscribe(&format!("{topic}/#"), v4::QoS::AtLeastOnce)
+        .await;
+    sub.disconnect().await;
+    cluster.kill(1);
+
+    let mut publisher = v4::Client::simple(cluster.addr(0), &unique_id("pub")).await;
+    let sent = 20u32;
+    for n in 0..sent {
+        // Waits for the PUBACK, which comes once node 1 is suspected.
+        publisher
+            .publish(
+                &format!("{topic}/{n}"),
+                v4::QoS::AtLeastOnce,
+                false,
+                &n.to_be_bytes(),
+            )
+            .await;
+    }
+    drop(publisher);
+    cluster.kill(0);
+
+    cluster.start_again(0);
+    cluster.start_again(1);
+    cluster.wait_linked();
+    let mut options = v4::options(cluster.addr(1), &subscriber);
+    options.set_clean_session(false);
+    let (mut sub, session_present) = v4::Client::connect(options).await;
+    assert!(session_present, "the subscriber's session was restored");
+    let mut received = Vec::new();
+    while let Some(publish) = sub.try_next_publish(Duration::from_secs(5)).await {
+        let n = u32::from_be_bytes(publish.payload.as_ref().try_into().expect("4 bytes"));
+        received.push(n);
+        if received.len() as u32 == sent {
+            break;
+        }
+    }
+    received.sort_unstable();
+    received.dedup();
+    assert_eq!(
+        received,
+        (0..sent).collect::<Vec<_>>(),
+        "node 0 logs:\n{}",
+        cluster.node(0).logs()
+    );
+}

@@ -17,6 +17,9 @@ pub struct Cluster {
     pub node_ids: Vec<String>,
     secret: PathBuf,
     extra_toml: String,
+    /// Each node's `--data-dir`, kept across its restarts; none for an
+    /// in-memory cluster.
+    data_dirs: Vec<Option<PathBuf>>,
 }
 
 /// A free UDP port on `ip`, found by binding port 0 and letting go.
@@ -30,6 +33,15 @@ impl Cluster {
     /// and waits until every pair is linked. `extra_toml` goes into each
     /// node's `[cluster]` table.
     pub fn start(n: usize, extra_toml: &str) -> Cluster {
+        Cluster::start_with(n, extra_toml, false)
+    }
+
+    /// [`Cluster::start`] with a data dir per node (removed on drop).
+    pub fn start_durable(n: usize, extra_toml: &str) -> Cluster {
+        Cluster::start_with(n, extra_toml, true)
+    }
+
+    fn start_with(n: usize, extra_toml: &str, durable: bool) -> Cluster {
         let tag = super::unique_id("c");
         let secret = std::env::temp_dir().join(format!(
             "ringmq-cluster-secret-{}-{tag}",
@@ -39,13 +51,22 @@ impl Cluster {
         let cluster_addrs: Vec<SocketAddr> = (0..n)
             .map(|i| free_udp_addr(&format!("127.0.0.{}", 11 + i)))
             .collect();
-        let node_ids = (0..n).map(|i| format!("{tag}-n{i}")).collect();
+        let node_ids: Vec<String> = (0..n).map(|i| format!("{tag}-n{i}")).collect();
+        let data_dirs = node_ids
+            .iter()
+            .map(|id| {
+                durable.then(|| {
+                    std::env::temp_dir().join(format!("ringmq-data-{}-{id}", std::process::id()))
+                })
+            })
+            .collect();
         let mut cluster = Cluster {
             nodes: Vec::new(),
             cluster_addrs,
             node_ids,
             secret,
             extra_toml: extra_toml.to_owned(),
+            data_dirs,
         };
         for i in 0..n {
             let broker = cluster.spawn(i);
@@ -73,6 +94,13 @@ impl Cluster {
         self.spawn_as(&self.node_ids[i], self.cluster_addrs[i], &others)
     }
 
+    /// Starts node `i` again after [`Cluster::kill`], without waiting for
+    /// its links (the others may be down).
+    pub fn start_again(&mut self, i: usize) {
+        let broker = self.spawn(i);
+        self.nodes[i] = Some(broker);
+    }
+
     fn spawn_as(&self, node_id: &str, listen: SocketAddr, seeds: &[SocketAddr]) -> Broker {
         let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
         let toml = format!(
@@ -82,21 +110,28 @@ impl Cluster {
         );
         let listen = listen.to_string();
         let seeds = seeds.join(",");
-        Broker::start_with_config(
-            &toml,
-            &[
-                "--cores",
-                "1",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--node-id",
-                node_id,
-                "--cluster-listen",
-                &listen,
-                "--seeds",
-                &seeds,
-            ],
-        )
+        let data_dir = self
+            .node_ids
+            .iter()
+            .position(|id| id == node_id)
+            .and_then(|i| self.data_dirs[i].as_ref())
+            .map(|dir| dir.display().to_string());
+        let mut args = vec![
+            "--cores",
+            "1",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            node_id,
+            "--cluster-listen",
+            &listen,
+            "--seeds",
+            &seeds,
+        ];
+        if let Some(dir) = &data_dir {
+            args.extend(["--data-dir", dir]);
+        }
+        Broker::start_with_config(&toml, &args)
     }
 
     pub fn node(&self, i: usize) -> &Broker {
