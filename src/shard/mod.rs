@@ -548,6 +548,9 @@ async fn shard_main(
     while state.borrow().live_connections() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
+    // What the goodbyes changed (sessions now offline, wills gone) is
+    // committed before the thread ends.
+    state.borrow_mut().close_store();
 }
 
 async fn tick_loop(state: Rc<std::cell::RefCell<ShardState>>) {

@@ -89,6 +89,10 @@ struct Commit {
 pub struct StoreHandle {
     durability: Durability,
     to_writer: Sender<Commit>,
+    /// Joined on drop, so that the process never exits with a commit (the
+    /// session records written as clients are let go at shutdown, say)
+    /// still in the writer's hands.
+    writer: Option<thread::JoinHandle<()>>,
     ops: Vec<Op>,
     /// The epoch `ops` will be committed as.
     epoch: u64,
@@ -120,12 +124,13 @@ impl StoreHandle {
             mesh,
             shard,
         };
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name(format!("ringmq-store-{shard}"))
             .spawn(move || writer.run(from_shard))?;
         Ok(StoreHandle {
             durability,
             to_writer,
+            writer: Some(writer),
             ops: Vec::new(),
             epoch: 1,
             stored: 0,
@@ -206,6 +211,20 @@ impl StoreHandle {
     /// The writer has committed everything up to `through`.
     pub fn committed(&mut self, through: u64) {
         self.stored = self.stored.max(through);
+    }
+}
+
+impl Drop for StoreHandle {
+    fn drop(&mut self) {
+        self.flush();
+        // The writer stops once every sender is gone: replace ours.
+        drop(std::mem::replace(
+            &mut self.to_writer,
+            crossbeam_channel::bounded(0).0,
+        ));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 

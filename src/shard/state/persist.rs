@@ -47,6 +47,12 @@ impl ShardState {
         self.store = Some(store);
     }
 
+    /// Writes what is left and waits for the writer to finish.
+    pub fn close_store(&mut self) {
+        self.flush_store();
+        self.store = None;
+    }
+
     /// Puts the sessions of `restored` back, with their subscriptions
     /// (announced to the other shards and the cluster) and the retained
     /// messages of every partition. Wills and expiries due are left for
