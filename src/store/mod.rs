@@ -43,6 +43,7 @@
 //! `durability_interval_ms` of writes); `none`, not even waited for (a
 //! crash may lose the last moments' changes).
 
+mod coalesce;
 pub mod dir;
 pub mod outbox;
 pub mod record;

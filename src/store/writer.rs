@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap;
 use tracing::{error, info};
 
 use super::Durability;
+use super::coalesce::cancel_transient;
 use super::dir::{Partition, RECORDS};
 use super::record::{self, EntryRecord, FlightRecord, SessionRecord, StoredMessage};
 use super::restore::unix_ms;
@@ -311,7 +312,13 @@ impl Writer {
         {
             let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
             let (now, wall) = (Instant::now(), SystemTime::now());
-            for op in commits.into_iter().flat_map(|commit| commit.ops) {
+            let mut ops: Vec<Option<Op>> = commits
+                .into_iter()
+                .flat_map(|commit| commit.ops)
+                .map(Some)
+                .collect();
+            cancel_transient(&mut ops);
+            for op in ops.into_iter().flatten() {
                 apply(&mut table, op, now, wall).map_err(fail)?;
             }
         }
