@@ -54,8 +54,10 @@ impl ShardState {
             self.retained.apply(message.clone());
         }
         let count = restored.sessions.len();
+        let mut cut = Vec::new();
         for (session, subscriptions) in restored.sessions {
             let client_id = session.client_id.clone();
+            let connected = session.connected;
             let session = Session::restore(session, &self.config.session, now);
             let key = self.sessions.insert(SessionSlot {
                 session,
@@ -73,6 +75,9 @@ impl ShardState {
                 );
             }
             self.restored.push(key);
+            if connected {
+                cut.push(key);
+            }
         }
         if let Some(store) = &mut self.store {
             for key in restored.garbage {
@@ -83,6 +88,12 @@ impl ShardState {
             info!(shard = self.id(), sessions = count, "sessions restored");
         }
         self.flush();
+        // The records of sessions whose connection the restart cut still
+        // say connected, with their will and no expiry deadline: written
+        // again once `resume_restored` has sent their wills, or the next
+        // restart would send those wills again and start their expiry
+        // over.
+        self.dirty.extend(cut);
     }
 
     /// Second step of a restart, once every shard has restored its
