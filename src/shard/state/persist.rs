@@ -102,7 +102,21 @@ impl ShardState {
     pub fn resume_restored(&mut self, now: Instant) {
         self.drain_inbox(now);
         for key in std::mem::take(&mut self.restored) {
+            // Due now, not at the first tick: a client connecting at once
+            // must not resume a session that expired while the broker was
+            // down.
+            let fired = match self.sessions.get_mut(key) {
+                Some(slot) if slot.session.poll_timeout().is_some_and(|at| at <= now) => {
+                    slot.session.handle_timeout(now);
+                    true
+                }
+                _ => false,
+            };
             self.run_actions(key, now);
+            if fired && self.sessions.contains(key) {
+                // A will went out: the stored session has none now.
+                self.session_changed(key);
+            }
             self.schedule(key);
         }
         self.flush();
