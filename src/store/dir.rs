@@ -14,13 +14,14 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 use rustc_hash::FxHashMap;
 use tracing::info;
 
 use super::record::{self, EntryRecord};
+use super::writer::WriterThread;
 use super::{Durability, StoreSettings};
 use crate::shard::{group_owner, home_shard};
 
@@ -68,6 +69,8 @@ pub struct Partition {
     pub db: Arc<Database>,
     /// The same file, for the writer's own syncs (`durability = batch`).
     pub file: Arc<PartitionFile>,
+    /// Its writer thread once started, for [`DataDir`] to close.
+    pub writer: Arc<Mutex<Option<WriterThread>>>,
 }
 
 /// The partition's file as redb's storage. redb syncs at every durable
@@ -114,7 +117,11 @@ impl StorageBackend for Backend {
     }
 }
 
-/// The open data dir: held locked until dropped.
+/// The open data dir: held locked until dropped. Dropped after the shards
+/// have stopped, it closes their writers first (each commits what its
+/// shard sent last, and syncs), then the databases, so that the next
+/// start finds them closed cleanly and need not check them whole as after
+/// a crash.
 pub struct DataDir {
     pub partitions: Vec<Partition>,
     _lock: File,
@@ -164,6 +171,21 @@ impl DataDir {
             partitions,
             _lock: lock,
         })
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        for partition in &self.partitions {
+            let writer = partition
+                .writer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(writer) = writer {
+                writer.close();
+            }
+        }
     }
 }
 
@@ -328,6 +350,7 @@ fn open_partition(path: &Path, durability: Durability) -> Result<Partition, Stor
         path: path.to_owned(),
         db: Arc::new(db),
         file,
+        writer: Arc::default(),
     })
 }
 

@@ -9,7 +9,7 @@
 //! the shard's inbox like any other message ([`ShardMsg::Stored`]).
 
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytestring::ByteString;
@@ -85,10 +85,35 @@ struct Commit {
     ops: Vec<Op>,
 }
 
+/// What reaches the writer thread, in order.
+enum ToWriter {
+    Commit(Commit),
+    /// The broker is stopping and every shard has stopped: commit what
+    /// came before, sync, and end.
+    Close,
+}
+
+/// A running writer thread, for [`super::DataDir`] to close once the
+/// shards have stopped. Closing it does not wait for its shard's
+/// [`StoreHandle`] to be dropped, which may never happen: a shard's state
+/// lives as long as the tasks that hold it.
+pub struct WriterThread {
+    to_writer: Sender<ToWriter>,
+    thread: JoinHandle<()>,
+}
+
+impl WriterThread {
+    /// Asks the writer to finish and waits until it has.
+    pub fn close(self) {
+        let _ = self.to_writer.send(ToWriter::Close);
+        let _ = self.thread.join();
+    }
+}
+
 /// The shard's end of its partition.
 pub struct StoreHandle {
     durability: Durability,
-    to_writer: Sender<Commit>,
+    to_writer: Sender<ToWriter>,
     ops: Vec<Op>,
     /// The epoch `ops` will be committed as.
     epoch: u64,
@@ -113,6 +138,7 @@ impl StoreHandle {
         messages: &[(u64, Arc<Message>, u32)],
     ) -> std::io::Result<StoreHandle> {
         let (to_writer, from_shard) = crossbeam_channel::unbounded();
+        let running = partition.writer.clone();
         let writer = Writer {
             partition,
             durability,
@@ -120,9 +146,18 @@ impl StoreHandle {
             mesh,
             shard,
         };
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name(format!("ringmq-store-{shard}"))
             .spawn(move || writer.run(from_shard))?;
+        let previous = running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace(WriterThread {
+                to_writer: to_writer.clone(),
+                thread,
+            });
+        // One writer per partition: a second would commit beside the first.
+        debug_assert!(previous.is_none(), "partition {shard} has two writers");
         Ok(StoreHandle {
             durability,
             to_writer,
@@ -185,8 +220,9 @@ impl StoreHandle {
             ops: std::mem::take(&mut self.ops),
         };
         self.epoch += 1;
-        // The writer only stops when this handle is dropped.
-        let _ = self.to_writer.send(commit);
+        // The writer only stops when this handle is dropped or the data
+        // dir closes it, after the shards have stopped.
+        let _ = self.to_writer.send(ToWriter::Commit(commit));
     }
 
     /// The epoch that must be committed before everything pushed so far
@@ -218,28 +254,36 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, from_shard: Receiver<Commit>) {
+    fn run(self, from_shard: Receiver<ToWriter>) {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
-        loop {
+        let mut closing = false;
+        while !closing {
             let first = match self.durability {
                 Durability::Batch if unsynced => {
                     let wait = self.interval.saturating_sub(last_sync.elapsed());
                     match from_shard.recv_timeout(wait) {
-                        Ok(commit) => Some(commit),
+                        Ok(message) => Some(message),
                         Err(RecvTimeoutError::Timeout) => None,
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
                 _ => match from_shard.recv() {
-                    Ok(commit) => Some(commit),
+                    Ok(message) => Some(message),
                     Err(_) => break,
                 },
             };
-            if let Some(first) = first {
-                let mut commits = vec![first];
-                commits.extend(from_shard.try_iter());
-                let through = commits.last().map_or(0, |c| c.epoch);
+            let mut commits = Vec::new();
+            for message in first.into_iter().chain(from_shard.try_iter()) {
+                match message {
+                    ToWriter::Commit(commit) => commits.push(commit),
+                    ToWriter::Close => {
+                        closing = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(through) = commits.last().map(|c| c.epoch) {
                 let result = self.commit(commits);
                 unsynced |= result.is_ok();
                 if self.durability.waits() {
