@@ -258,6 +258,14 @@ impl Writer {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         let mut closing = false;
+        // Changes of commits that failed, written again, first, with the
+        // next ones: the shard already acts on them (its sessions hold the
+        // messages, only the acknowledgements were refused), and the store
+        // must catch up with it, or a restart would bring back a past the
+        // broker's later answers contradict, such as a session subscribed
+        // while the disk was full, missing with the messages acknowledged
+        // to it since.
+        let mut unwritten: Vec<Op> = Vec::new();
         while !closing {
             let first = match self.durability {
                 Durability::Batch if unsynced => {
@@ -284,7 +292,11 @@ impl Writer {
                 }
             }
             if let Some(through) = commits.last().map(|c| c.epoch) {
-                let result = self.commit(commits);
+                unwritten.extend(commits.into_iter().flat_map(|commit| commit.ops));
+                let result = self.commit(&unwritten);
+                if result.is_ok() {
+                    unwritten.clear();
+                }
                 unsynced |= result.is_ok();
                 if self.durability.waits() {
                     self.mesh.send(
@@ -317,9 +329,9 @@ impl Writer {
         info!(shard = self.shard, "store closed");
     }
 
-    /// Writes `commits` as one transaction, synced if the durability
-    /// asks (see [`super::dir::PartitionFile`]).
-    fn commit(&self, commits: Vec<Commit>) -> Result<(), String> {
+    /// Writes `ops` as one transaction, synced if the durability asks
+    /// (see [`super::dir::PartitionFile`]).
+    fn commit(&self, ops: &[Op]) -> Result<(), String> {
         let free = free_bytes(&self.partition.path).map_err(|e| e.to_string())?;
         if free < RESERVE_BYTES {
             return Err(format!(
@@ -336,7 +348,7 @@ impl Writer {
         {
             let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
             let (now, wall) = (Instant::now(), SystemTime::now());
-            for op in commits.into_iter().flat_map(|commit| commit.ops) {
+            for op in ops {
                 apply(&mut table, op, now, wall).map_err(fail)?;
             }
         }
@@ -347,7 +359,7 @@ impl Writer {
 /// One change, in the transaction's table.
 fn apply(
     table: &mut redb::Table<&[u8], &[u8]>,
-    op: Op,
+    op: &Op,
     now: Instant,
     wall: SystemTime,
 ) -> Result<(), redb::Error> {
@@ -355,38 +367,38 @@ fn apply(
     match op {
         Op::Session(session) => {
             let key = record::client_key(record::SESSION, &session.client_id);
-            put(&key, &record::encode(&key, &session))?;
+            put(&key, &record::encode(&key, session))?;
         }
         Op::Message { id, message } => {
-            let key = record::message_key(id);
-            put(&key, &stored(&key, &message, now, wall))?;
+            let key = record::message_key(*id);
+            put(&key, &stored(&key, message, now, wall))?;
         }
         Op::Entry {
             client_id,
             seq,
             entry,
         } => {
-            let key = record::entry_key(record::ENTRY, &client_id, seq);
-            put(&key, &record::encode(&key, &entry))?;
+            let key = record::entry_key(record::ENTRY, client_id, *seq);
+            put(&key, &record::encode(&key, entry))?;
         }
         Op::Flight {
             client_id,
             seq,
             flight,
         } => {
-            let key = record::entry_key(record::FLIGHT, &client_id, seq);
-            put(&key, &record::encode(&key, &flight))?;
+            let key = record::entry_key(record::FLIGHT, client_id, *seq);
+            put(&key, &record::encode(&key, flight))?;
         }
         Op::IncomingQos2 {
             client_id,
             packet_id,
         } => {
-            let key = record::incoming_qos2_key(&client_id, packet_id);
+            let key = record::incoming_qos2_key(client_id, *packet_id);
             put(&key, &record::frame(&key, &[]))?;
         }
         Op::Retained(message) if !message.payload.is_empty() => {
             let key = record::retained_key(&message.topic);
-            put(&key, &stored(&key, &message, now, wall))?;
+            put(&key, &stored(&key, message, now, wall))?;
         }
         Op::Retained(message) => remove(table, &record::retained_key(&message.topic))?,
         Op::RemoveSession(client_id) => {
@@ -396,7 +408,7 @@ fn apply(
                 record::FLIGHT,
                 record::INCOMING_QOS2,
             ] {
-                let prefix = record::client_key(kind, &client_id);
+                let prefix = record::client_key(kind, client_id);
                 let mut keys: Vec<Vec<u8>> = Vec::new();
                 for item in table.range(prefix.as_slice()..)? {
                     let (key, _) = item?;
@@ -410,25 +422,25 @@ fn apply(
                 }
             }
         }
-        Op::RemoveMessage(id) => remove(table, &record::message_key(id))?,
+        Op::RemoveMessage(id) => remove(table, &record::message_key(*id))?,
         Op::RemoveEntry {
             client_id,
             seq,
             flight,
         } => {
-            remove(table, &record::entry_key(record::ENTRY, &client_id, seq))?;
-            if flight {
-                remove(table, &record::entry_key(record::FLIGHT, &client_id, seq))?;
+            remove(table, &record::entry_key(record::ENTRY, client_id, *seq))?;
+            if *flight {
+                remove(table, &record::entry_key(record::FLIGHT, client_id, *seq))?;
             }
         }
         Op::RemoveFlight { client_id, seq } => {
-            remove(table, &record::entry_key(record::FLIGHT, &client_id, seq))?
+            remove(table, &record::entry_key(record::FLIGHT, client_id, *seq))?
         }
         Op::RemoveIncomingQos2 {
             client_id,
             packet_id,
-        } => remove(table, &record::incoming_qos2_key(&client_id, packet_id))?,
-        Op::Delete(key) => remove(table, &key)?,
+        } => remove(table, &record::incoming_qos2_key(client_id, *packet_id))?,
+        Op::Delete(key) => remove(table, key)?,
     }
     Ok(())
 }
