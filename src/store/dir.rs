@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 use rustc_hash::FxHashMap;
-use tracing::info;
+use tracing::{error, info};
 
 use super::record::{self, EntryRecord};
 use super::writer::WriterThread;
@@ -338,8 +338,23 @@ fn open_partition(path: &Path, durability: Durability) -> Result<Partition, Stor
         file,
         sync_each_commit: durability == Durability::Always,
     });
+    let at = path.to_owned();
     let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
+        // redb reports each step of its recovery after a crash; 0.3 only
+        // when the last commit failed its page checksums, just before it
+        // falls back to the commit before that (redb 5, `do_repair`).
+        // After a kill -9 a commit is never torn, so this is damage (or a
+        // power cut), and acknowledged messages may be gone with it: the
+        // operator must hear of it.
+        .set_repair_callback(move |session| {
+            if (0.2..0.4).contains(&session.progress()) {
+                error!(
+                    partition = %at.display(),
+                    "the last commit failed its checksums (damaged, or torn by a power cut): rolled back to the commit before it, losing what it held"
+                );
+            }
+        })
         .create_with_backend(Backend(file.clone()))
         .map_err(|e| engine(path, e))?;
     // The table exists from the start, so readers never meet its absence.
