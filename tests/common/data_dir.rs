@@ -57,6 +57,33 @@ impl DataDir {
         out
     }
 
+    /// A copy of `other`'s `FORMAT`, `CURRENT` and partition set in use,
+    /// in this dir.
+    pub fn copy_of(other: &DataDir, test: &str) -> DataDir {
+        let copy = DataDir::new(test);
+        let set = other.current();
+        std::fs::create_dir_all(copy.path.join(&set)).expect("the copy's partition set");
+        for name in ["FORMAT", "CURRENT"] {
+            std::fs::copy(other.path.join(name), copy.path.join(name)).expect(name);
+        }
+        for file in other.partitions() {
+            let name = file.file_name().expect("a partition file name");
+            std::fs::copy(&file, copy.path.join(&set).join(name)).expect("a partition");
+        }
+        copy
+    }
+
+    /// Starts a broker on this dir, or returns what it said when it
+    /// refused to start.
+    pub fn try_start(&self, args: &[&str]) -> Result<Broker, String> {
+        std::panic::catch_unwind(|| self.start(args)).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "a panic without a message".into())
+        })
+    }
+
     /// What `CURRENT` names: the partition set in use.
     pub fn current(&self) -> String {
         std::fs::read_to_string(self.path.join("CURRENT"))
@@ -115,20 +142,32 @@ pub fn stop(mut broker: Broker) {
 }
 
 /// `xor`s a byte in the middle of every occurrence of `needle` in `file`;
-/// returns how many there were.
+/// returns how many there were. (A record's page may be there twice: the
+/// engine copies a page it changes and keeps the old one a while.)
 pub fn damage(file: &Path, needle: &[u8]) -> usize {
-    let mut bytes = std::fs::read(file).expect("the partition file");
-    let found: Vec<usize> = bytes
+    let found = occurrences(file, needle);
+    damage_at(file, &found, needle.len());
+    found.len()
+}
+
+/// Where `needle` starts in `file`, each time.
+pub fn occurrences(file: &Path, needle: &[u8]) -> Vec<usize> {
+    let bytes = std::fs::read(file).expect("the partition file");
+    bytes
         .windows(needle.len())
         .enumerate()
         .filter(|(_, window)| *window == needle)
         .map(|(at, _)| at)
-        .collect();
-    for &at in &found {
-        bytes[at + needle.len() / 2] ^= 0x5a;
+        .collect()
+}
+
+/// `xor`s a byte in the middle of the `len` bytes at each of `offsets`.
+pub fn damage_at(file: &Path, offsets: &[usize], len: usize) {
+    let mut bytes = std::fs::read(file).expect("the partition file");
+    for &at in offsets {
+        bytes[at + len / 2] ^= 0x5a;
     }
     std::fs::write(file, bytes).expect("writing the partition file");
-    found.len()
 }
 
 /// The one partition whose file contains `needle`.
