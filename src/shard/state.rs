@@ -163,10 +163,9 @@ pub struct ShardState {
     stored_waiters: VecDeque<persist::StoredWaiter>,
     /// Sessions whose own record is written at the end of the turn.
     dirty: FxHashSet<SessionKey>,
-    /// Sessions restored at start-up, and whether they were connected,
-    /// whose due wills and expiries wait until every shard has restored
-    /// its routes.
-    restored: Vec<(SessionKey, bool)>,
+    /// Sessions restored at start-up, whose due wills and expiries wait
+    /// until every shard has restored its routes.
+    restored: Vec<SessionKey>,
 }
 
 /// A subscription's retained messages, owed once its SUBACK goes out.

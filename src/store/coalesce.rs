@@ -18,17 +18,24 @@ use rustc_hash::FxHashMap;
 
 use super::writer::Op;
 
-/// Replaces with `None` every op of `ops` on a record that is born and
-/// removed within `ops`, the birth and the removal included.
-pub fn cancel_transient(ops: &mut [Option<Op>]) {
+/// Removes from `ops` every op on a record that is born and removed
+/// within `ops`, the birth and the removal included.
+pub fn cancel_transient(ops: &mut Vec<Op>) {
+    let cancelled = transient(ops);
+    let mut index = 0;
+    ops.retain(|_| {
+        index += 1;
+        !cancelled[index - 1]
+    });
+}
+
+/// Which of `ops` [`cancel_transient`] removes.
+fn transient(ops: &[Op]) -> Vec<bool> {
     // Ops touching each queue entry born here: (client, seq) -> indices.
     let mut entries: FxHashMap<(ByteString, u64), Vec<usize>> = FxHashMap::default();
     let mut messages: FxHashMap<u64, usize> = FxHashMap::default();
     let mut cancel = Vec::new();
     for (index, op) in ops.iter().enumerate() {
-        let Some(op) = op else {
-            continue;
-        };
         match op {
             Op::Entry { client_id, seq, .. } => {
                 entries.insert((client_id.clone(), *seq), vec![index]);
@@ -88,9 +95,11 @@ pub fn cancel_transient(ops: &mut [Option<Op>]) {
             _ => {}
         }
     }
+    let mut cancelled = vec![false; ops.len()];
     for index in cancel {
-        ops[index] = None;
+        cancelled[index] = true;
     }
+    cancelled
 }
 
 #[cfg(test)]
@@ -154,12 +163,12 @@ mod tests {
 
     /// The indices of the ops left.
     fn kept(ops: Vec<Op>) -> Vec<usize> {
-        let mut ops: Vec<Option<Op>> = ops.into_iter().map(Some).collect();
-        cancel_transient(&mut ops);
-        ops.iter()
-            .enumerate()
-            .filter_map(|(i, op)| op.as_ref().map(|_| i))
-            .collect()
+        let cancelled = transient(&ops);
+        let mut left = ops;
+        cancel_transient(&mut left);
+        let kept: Vec<usize> = (0..cancelled.len()).filter(|&i| !cancelled[i]).collect();
+        assert_eq!(left.len(), kept.len());
+        kept
     }
 
     #[test]

@@ -15,13 +15,14 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 use rustc_hash::FxHashMap;
-use tracing::info;
+use tracing::{error, info};
 
 use super::record::{self, EntryRecord};
+use super::writer::WriterThread;
 use super::{Durability, StoreSettings};
 use crate::shard::{group_owner, home_shard};
 
@@ -69,6 +70,8 @@ pub struct Partition {
     pub db: Arc<Database>,
     /// The same file, for the writer's own syncs (`durability = batch`).
     pub file: Arc<PartitionFile>,
+    /// Its writer thread once started, for [`DataDir`] to close.
+    pub writer: Arc<Mutex<Option<WriterThread>>>,
 }
 
 /// The partition's file as redb's storage. redb syncs at every durable
@@ -115,7 +118,11 @@ impl StorageBackend for Backend {
     }
 }
 
-/// The open data dir: held locked until dropped.
+/// The open data dir: held locked until dropped. Dropped after the shards
+/// have stopped, it closes their writers first (each commits what its
+/// shard sent last, and syncs), then the databases, so that the next
+/// start finds them closed cleanly and need not check them whole as after
+/// a crash.
 pub struct DataDir {
     pub partitions: Vec<Partition>,
     /// The cluster's outboxes (`cluster.redb`), outside the partition
@@ -170,6 +177,21 @@ impl DataDir {
             cluster,
             _lock: lock,
         })
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        for partition in &self.partitions {
+            let writer = partition
+                .writer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(writer) = writer {
+                writer.close();
+            }
+        }
     }
 }
 
@@ -322,8 +344,23 @@ fn open_partition(path: &Path, durability: Durability) -> Result<Partition, Stor
         file,
         sync_each_commit: durability == Durability::Always,
     });
+    let at = path.to_owned();
     let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
+        // redb reports each step of its recovery after a crash; 0.3 only
+        // when the last commit failed its page checksums, just before it
+        // falls back to the commit before that (redb 5, `do_repair`).
+        // After a kill -9 a commit is never torn, so this is damage (or a
+        // power cut), and acknowledged messages may be gone with it: the
+        // operator must hear of it.
+        .set_repair_callback(move |session| {
+            if (0.2..0.4).contains(&session.progress()) {
+                error!(
+                    partition = %at.display(),
+                    "the last commit failed its checksums (damaged, or torn by a power cut): rolled back to the commit before it, losing what it held"
+                );
+            }
+        })
         .create_with_backend(Backend(file.clone()))
         .map_err(|e| engine(path, e))?;
     // The table exists from the start, so readers never meet its absence.
@@ -334,6 +371,7 @@ fn open_partition(path: &Path, durability: Durability) -> Result<Partition, Stor
         path: path.to_owned(),
         db: Arc::new(db),
         file,
+        writer: Arc::default(),
     })
 }
 

@@ -60,11 +60,14 @@ pub fn restore(
     let mut messages: FxHashMap<u64, (Arc<Message>, u32)> = FxHashMap::default();
     let mut clients: FxHashMap<String, Parts> = FxHashMap::default();
     for (key, value) in scan(partition)? {
-        let damaged = |problem: &str| skip_or_fail(partition, &key, problem, repair);
+        // With --repair, a damaged record is skipped and then deleted:
+        // left in place, it would stop the next start without --repair.
+        let damaged =
+            |problem: &str| skip_or_fail(partition, &key, problem, repair).map(|()| key.clone());
         let archive = match record::unframe(&key, &value) {
             Ok(archive) => archive,
             Err(problem) => {
-                damaged(&problem.to_string())?;
+                shard.garbage.push(damaged(&problem.to_string())?);
                 continue;
             }
         };
@@ -79,19 +82,19 @@ pub fn restore(
                 // Expired while the broker was down: entries referring to it
                 // are dropped below, like an expired message in a queue.
                 (Some(_), Ok(None)) => shard.garbage.push(key.clone()),
-                (None, _) => damaged("bad message key")?,
-                (_, Err(problem)) => damaged(&problem)?,
+                (None, _) => shard.garbage.push(damaged("bad message key")?),
+                (_, Err(problem)) => shard.garbage.push(damaged(&problem)?),
             },
             Some(record::RETAINED) => match stored(archive, now, wall) {
                 Ok(Some(message)) => shard.retained.push(Arc::new(message)),
                 Ok(None) => shard.garbage.push(key.clone()),
-                Err(problem) => damaged(&problem)?,
+                Err(problem) => shard.garbage.push(damaged(&problem)?),
             },
             Some(
                 kind @ (record::SESSION | record::ENTRY | record::FLIGHT | record::INCOMING_QOS2),
             ) => {
                 let Some((client_id, rest)) = record::split_client_key(&key) else {
-                    damaged("bad client key")?;
+                    shard.garbage.push(damaged("bad client key")?);
                     continue;
                 };
                 let parts = clients.entry(client_id.to_owned()).or_default();
@@ -119,10 +122,10 @@ pub fn restore(
                     },
                 };
                 if let Err(problem) = ok {
-                    damaged(&problem.to_string())?;
+                    shard.garbage.push(damaged(&problem.to_string())?);
                 }
             }
-            _ => damaged("unknown kind of record")?,
+            _ => shard.garbage.push(damaged("unknown kind of record")?),
         }
     }
 

@@ -64,7 +64,7 @@ fn write(partition: &Partition, ops: Vec<Op>) {
     {
         let mut table = tx.open_table(RECORDS).unwrap();
         for op in ops {
-            apply(&mut table, op, Instant::now(), SystemTime::now()).unwrap();
+            apply(&mut table, &op, Instant::now(), SystemTime::now()).unwrap();
         }
     }
     tx.commit().unwrap();

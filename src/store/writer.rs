@@ -9,7 +9,7 @@
 //! the shard's inbox like any other message ([`ShardMsg::Stored`]).
 
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytestring::ByteString;
@@ -86,14 +86,35 @@ struct Commit {
     ops: Vec<Op>,
 }
 
+/// What reaches the writer thread, in order.
+enum ToWriter {
+    Commit(Commit),
+    /// The broker is stopping and every shard has stopped: commit what
+    /// came before, sync, and end.
+    Close,
+}
+
+/// A running writer thread, for [`super::DataDir`] to close once the
+/// shards have stopped. Closing it does not wait for its shard's
+/// [`StoreHandle`] to be dropped, which may never happen: a shard's state
+/// lives as long as the tasks that hold it.
+pub struct WriterThread {
+    to_writer: Sender<ToWriter>,
+    thread: JoinHandle<()>,
+}
+
+impl WriterThread {
+    /// Asks the writer to finish and waits until it has.
+    pub fn close(self) {
+        let _ = self.to_writer.send(ToWriter::Close);
+        let _ = self.thread.join();
+    }
+}
+
 /// The shard's end of its partition.
 pub struct StoreHandle {
     durability: Durability,
-    to_writer: Sender<Commit>,
-    /// Joined on drop, so that the process never exits with a commit (the
-    /// session records written as clients are let go at shutdown, say)
-    /// still in the writer's hands.
-    writer: Option<thread::JoinHandle<()>>,
+    to_writer: Sender<ToWriter>,
     ops: Vec<Op>,
     /// The epoch `ops` will be committed as.
     epoch: u64,
@@ -118,6 +139,7 @@ impl StoreHandle {
         messages: &[(u64, Arc<Message>, u32)],
     ) -> std::io::Result<StoreHandle> {
         let (to_writer, from_shard) = crossbeam_channel::unbounded();
+        let running = partition.writer.clone();
         let writer = Writer {
             partition,
             durability,
@@ -125,13 +147,21 @@ impl StoreHandle {
             mesh,
             shard,
         };
-        let writer = thread::Builder::new()
+        let thread = thread::Builder::new()
             .name(format!("ringmq-store-{shard}"))
             .spawn(move || writer.run(from_shard))?;
+        let previous = running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace(WriterThread {
+                to_writer: to_writer.clone(),
+                thread,
+            });
+        // One writer per partition: a second would commit beside the first.
+        debug_assert!(previous.is_none(), "partition {shard} has two writers");
         Ok(StoreHandle {
             durability,
             to_writer,
-            writer: Some(writer),
             ops: Vec::new(),
             epoch: 1,
             stored: 0,
@@ -191,8 +221,9 @@ impl StoreHandle {
             ops: std::mem::take(&mut self.ops),
         };
         self.epoch += 1;
-        // The writer only stops when this handle is dropped.
-        let _ = self.to_writer.send(commit);
+        // The writer only stops when this handle is dropped or the data
+        // dir closes it, after the shards have stopped.
+        let _ = self.to_writer.send(ToWriter::Commit(commit));
     }
 
     /// The epoch that must be committed before everything pushed so far
@@ -215,20 +246,6 @@ impl StoreHandle {
     }
 }
 
-impl Drop for StoreHandle {
-    fn drop(&mut self) {
-        self.flush();
-        // The writer stops once every sender is gone: replace ours.
-        drop(std::mem::replace(
-            &mut self.to_writer,
-            crossbeam_channel::bounded(0).0,
-        ));
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-    }
-}
-
 struct Writer {
     partition: Partition,
     durability: Durability,
@@ -238,29 +255,50 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, from_shard: Receiver<Commit>) {
+    fn run(self, from_shard: Receiver<ToWriter>) {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
-        loop {
+        let mut closing = false;
+        // Changes of commits that failed, written again, first, with the
+        // next ones: the shard already acts on them (its sessions hold the
+        // messages, only the acknowledgements were refused), and the store
+        // must catch up with it, or a restart would bring back a past the
+        // broker's later answers contradict, such as a session subscribed
+        // while the disk was full, missing with the messages acknowledged
+        // to it since.
+        let mut unwritten: Vec<Op> = Vec::new();
+        while !closing {
             let first = match self.durability {
                 Durability::Batch if unsynced => {
                     let wait = self.interval.saturating_sub(last_sync.elapsed());
                     match from_shard.recv_timeout(wait) {
-                        Ok(commit) => Some(commit),
+                        Ok(message) => Some(message),
                         Err(RecvTimeoutError::Timeout) => None,
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
                 _ => match from_shard.recv() {
-                    Ok(commit) => Some(commit),
+                    Ok(message) => Some(message),
                     Err(_) => break,
                 },
             };
-            if let Some(first) = first {
-                let mut commits = vec![first];
-                commits.extend(from_shard.try_iter());
-                let through = commits.last().map_or(0, |c| c.epoch);
-                let result = self.commit(commits);
+            let mut commits = Vec::new();
+            for message in first.into_iter().chain(from_shard.try_iter()) {
+                match message {
+                    ToWriter::Commit(commit) => commits.push(commit),
+                    ToWriter::Close => {
+                        closing = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(through) = commits.last().map(|c| c.epoch) {
+                unwritten.extend(commits.into_iter().flat_map(|commit| commit.ops));
+                cancel_transient(&mut unwritten);
+                let result = self.commit(&unwritten);
+                if result.is_ok() {
+                    unwritten.clear();
+                }
                 unsynced |= result.is_ok();
                 if self.durability.waits() {
                     self.mesh.send(
@@ -293,9 +331,9 @@ impl Writer {
         info!(shard = self.shard, "store closed");
     }
 
-    /// Writes `commits` as one transaction, synced if the durability
-    /// asks (see [`super::dir::PartitionFile`]).
-    fn commit(&self, commits: Vec<Commit>) -> Result<(), String> {
+    /// Writes `ops` as one transaction, synced if the durability asks
+    /// (see [`super::dir::PartitionFile`]).
+    fn commit(&self, ops: &[Op]) -> Result<(), String> {
         let free = free_bytes(&self.partition.path).map_err(|e| e.to_string())?;
         if free < RESERVE_BYTES {
             return Err(format!(
@@ -312,13 +350,7 @@ impl Writer {
         {
             let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
             let (now, wall) = (Instant::now(), SystemTime::now());
-            let mut ops: Vec<Option<Op>> = commits
-                .into_iter()
-                .flat_map(|commit| commit.ops)
-                .map(Some)
-                .collect();
-            cancel_transient(&mut ops);
-            for op in ops.into_iter().flatten() {
+            for op in ops {
                 apply(&mut table, op, now, wall).map_err(fail)?;
             }
         }
@@ -329,7 +361,7 @@ impl Writer {
 /// One change, in the transaction's table.
 pub(super) fn apply(
     table: &mut redb::Table<&[u8], &[u8]>,
-    op: Op,
+    op: &Op,
     now: Instant,
     wall: SystemTime,
 ) -> Result<(), redb::Error> {
@@ -337,38 +369,38 @@ pub(super) fn apply(
     match op {
         Op::Session(session) => {
             let key = record::client_key(record::SESSION, &session.client_id);
-            put(&key, &record::encode(&key, &session))?;
+            put(&key, &record::encode(&key, session))?;
         }
         Op::Message { id, message } => {
-            let key = record::message_key(id);
-            put(&key, &stored(&key, &message, now, wall))?;
+            let key = record::message_key(*id);
+            put(&key, &stored(&key, message, now, wall))?;
         }
         Op::Entry {
             client_id,
             seq,
             entry,
         } => {
-            let key = record::entry_key(record::ENTRY, &client_id, seq);
-            put(&key, &record::encode(&key, &entry))?;
+            let key = record::entry_key(record::ENTRY, client_id, *seq);
+            put(&key, &record::encode(&key, entry))?;
         }
         Op::Flight {
             client_id,
             seq,
             flight,
         } => {
-            let key = record::entry_key(record::FLIGHT, &client_id, seq);
-            put(&key, &record::encode(&key, &flight))?;
+            let key = record::entry_key(record::FLIGHT, client_id, *seq);
+            put(&key, &record::encode(&key, flight))?;
         }
         Op::IncomingQos2 {
             client_id,
             packet_id,
         } => {
-            let key = record::incoming_qos2_key(&client_id, packet_id);
+            let key = record::incoming_qos2_key(client_id, *packet_id);
             put(&key, &record::frame(&key, &[]))?;
         }
         Op::Retained(message) if !message.payload.is_empty() => {
             let key = record::retained_key(&message.topic);
-            put(&key, &stored(&key, &message, now, wall))?;
+            put(&key, &stored(&key, message, now, wall))?;
         }
         Op::Retained(message) => remove(table, &record::retained_key(&message.topic))?,
         Op::RemoveSession(client_id) => {
@@ -378,7 +410,7 @@ pub(super) fn apply(
                 record::FLIGHT,
                 record::INCOMING_QOS2,
             ] {
-                let prefix = record::client_key(kind, &client_id);
+                let prefix = record::client_key(kind, client_id);
                 let mut keys: Vec<Vec<u8>> = Vec::new();
                 for item in table.range(prefix.as_slice()..)? {
                     let (key, _) = item?;
@@ -392,25 +424,25 @@ pub(super) fn apply(
                 }
             }
         }
-        Op::RemoveMessage(id) => remove(table, &record::message_key(id))?,
+        Op::RemoveMessage(id) => remove(table, &record::message_key(*id))?,
         Op::RemoveEntry {
             client_id,
             seq,
             flight,
         } => {
-            remove(table, &record::entry_key(record::ENTRY, &client_id, seq))?;
-            if flight {
-                remove(table, &record::entry_key(record::FLIGHT, &client_id, seq))?;
+            remove(table, &record::entry_key(record::ENTRY, client_id, *seq))?;
+            if *flight {
+                remove(table, &record::entry_key(record::FLIGHT, client_id, *seq))?;
             }
         }
         Op::RemoveFlight { client_id, seq } => {
-            remove(table, &record::entry_key(record::FLIGHT, &client_id, seq))?
+            remove(table, &record::entry_key(record::FLIGHT, client_id, *seq))?
         }
         Op::RemoveIncomingQos2 {
             client_id,
             packet_id,
-        } => remove(table, &record::incoming_qos2_key(&client_id, packet_id))?,
-        Op::Delete(key) => remove(table, &key)?,
+        } => remove(table, &record::incoming_qos2_key(client_id, *packet_id))?,
+        Op::Delete(key) => remove(table, key)?,
     }
     Ok(())
 }

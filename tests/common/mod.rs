@@ -10,6 +10,7 @@
 
 pub mod clients;
 pub mod cluster;
+pub mod data_dir;
 pub mod http;
 pub mod netns;
 pub mod raw;

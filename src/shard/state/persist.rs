@@ -67,9 +67,10 @@ impl ShardState {
             self.retained.apply(message.clone());
         }
         let count = restored.sessions.len();
+        let mut cut = Vec::new();
         for (session, subscriptions) in restored.sessions {
             let client_id = session.client_id.clone();
-            let was_connected = session.connected;
+            let connected = session.connected;
             let session = Session::restore(session, &self.config.session, now);
             let key = self.sessions.insert(SessionSlot {
                 session,
@@ -86,7 +87,10 @@ impl ShardState {
                     now,
                 );
             }
-            self.restored.push((key, was_connected));
+            self.restored.push(key);
+            if connected {
+                cut.push(key);
+            }
         }
         if let Some(store) = &mut self.store {
             for key in restored.garbage {
@@ -97,6 +101,12 @@ impl ShardState {
             info!(shard = self.id(), sessions = count, "sessions restored");
         }
         self.flush();
+        // The records of sessions whose connection the restart cut still
+        // say connected, with their will and no expiry deadline: written
+        // again once `resume_restored` has sent their wills, or the next
+        // restart would send those wills again and start their expiry
+        // over.
+        self.dirty.extend(cut);
     }
 
     /// Second step of a restart, once every shard has restored its
@@ -104,11 +114,20 @@ impl ShardState {
     /// and expiries that passed while the broker was down.
     pub fn resume_restored(&mut self, now: Instant) {
         self.drain_inbox(now);
-        for (key, was_connected) in std::mem::take(&mut self.restored) {
+        for key in std::mem::take(&mut self.restored) {
+            // Due now, not at the first tick: a client connecting at once
+            // must not resume a session that expired while the broker was
+            // down.
+            let fired = match self.sessions.get_mut(key) {
+                Some(slot) if slot.session.poll_timeout().is_some_and(|at| at <= now) => {
+                    slot.session.handle_timeout(now);
+                    true
+                }
+                _ => false,
+            };
             self.run_actions(key, now);
-            // Written again as offline (its will gone or running its
-            // delay), so a second crash does not lose the connection twice.
-            if was_connected && self.sessions.contains(key) {
+            if fired && self.sessions.contains(key) {
+                // A will went out: the stored session has none now.
                 self.session_changed(key);
             }
             self.schedule(key);
