@@ -83,6 +83,14 @@ flow_args() {
     esac
 }
 
+# summary JSON: one run's rate and CPU, for the progress log.
+summary() {
+    python3 -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+rate = d.get("received_per_second") or d.get("aggregate_per_second")
+print("%.0f msg/s, %s us/msg" % (rate, d.get("broker_cpu_us_per_message")))' "$1" 2>/dev/null || echo "no result"
+}
+
 START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 IFS=, read -ra BROKERS <<<"$ONLY"
 for rep in $(seq "$REPS"); do
@@ -94,10 +102,7 @@ for rep in $(seq "$REPS"); do
             bench_json "$RAW/$name" $(flow_args "$flow")
             echo "$(cut -d' ' -f1-3 /proc/loadavg)" >"$RAW/$name.load"
             stop_broker
-            log "$name: $(python3 -c 'import json,sys
-d=json.load(open(sys.argv[1]))
-r=d.get("received_per_second") or d.get("aggregate_per_second")
-print(f"{r:,.0f} msg/s, cpu {d.get(\"broker_cpu_us_per_message\")} us/msg")' "$RAW/$name.json" 2>/dev/null || echo failed), load $(cat "$RAW/$name.load")"
+            log "$name: $(summary "$RAW/$name.json"), load $(cat "$RAW/$name.load")"
         done
     done
 done
