@@ -76,14 +76,14 @@ start_ringmq() {
     PID=$!
 }
 
-# start_mosquitto CONF PORT: Mosquitto on 127.0.0.1:PORT, configured the
-# same way for every comparison (config written to CONF): anonymous, no
+# start_mosquitto CONF PORT [EXTRA]: Mosquitto on 127.0.0.1:PORT, configured
+# the same way for every comparison (config written to CONF): anonymous, no
 # connection limit, and only errors and warnings logged, so logging costs
-# nothing per connection. Pinned to BROKER_CPU, in the background, its
-# output wherever the caller redirects this call; sets PID. Does not wait
-# for the port.
+# nothing per connection; EXTRA (configuration lines) is appended. Pinned
+# to BROKER_CPU, in the background, its output wherever the caller
+# redirects this call; sets PID. Does not wait for the port.
 start_mosquitto() {
-    local conf=$1 port=$2
+    local conf=$1 port=$2 extra=${3:-}
     cat >"$conf" <<EOF
 listener $port 127.0.0.1
 allow_anonymous true
@@ -91,6 +91,7 @@ max_connections -1
 log_dest stderr
 log_type error
 log_type warning
+$extra
 EOF
     taskset -c "$BROKER_CPU" mosquitto -c "$conf" &
     PID=$!

@@ -35,6 +35,10 @@ pub enum Scenario {
     /// Holds N idle connections (PINGREQ keep-alive), from several source
     /// addresses and processes; reports connect rate and broker memory.
     Conn(ConnArgs),
+    /// Fills a broker with stored sessions (clean_session=0, one QoS 1
+    /// subscription each, disconnected) and QoS 1 messages queued for
+    /// them, for timing a restart.
+    Sessions(SessionsArgs),
     /// No broker: one shard's durable-session writes (or, with
     /// `--restore`, the scan that restores them) against an embedded store.
     Store(StoreArgs),
@@ -140,6 +144,22 @@ pub struct PairsArgs {
     /// Most PUBLISH packets coalesced into one write.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
+    #[command(flatten)]
+    pub sessions: SessionArgs,
+}
+
+/// Whether the clients' sessions outlive their connections.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct SessionArgs {
+    /// Subscribers connect with clean_session=0 and a stable client id, so
+    /// a broker with durable sessions stores their sessions and queued
+    /// QoS 1/2 messages. Run against a fresh broker (and data dir): a
+    /// session kept from an earlier run would deliver its stale messages.
+    #[arg(long)]
+    pub persistent_subscribers: bool,
+    /// Publishers too connect with clean_session=0 and a stable client id.
+    #[arg(long)]
+    pub persistent_publishers: bool,
 }
 
 /// Where publishers and subscribers meet.
@@ -187,6 +207,8 @@ pub struct PubsubArgs {
     /// Most PUBLISH packets coalesced into one write.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
+    #[command(flatten)]
+    pub sessions: SessionArgs,
 }
 
 impl PubsubArgs {
@@ -209,6 +231,7 @@ impl PubsubArgs {
             inflight: self.inflight,
             max_lag: self.max_lag,
             batch: self.batch,
+            sessions: self.sessions,
         }
     }
 }
@@ -256,6 +279,33 @@ pub struct StresserArgs {
     #[arg(long, value_delimiter = ',')]
     pub broker_pid: Vec<u32>,
     /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sessions: SessionArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SessionsArgs {
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: SocketAddr,
+    /// Sessions to store, client ids `bench-stored-0` onwards.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sessions: u32,
+    /// QoS 1 messages queued for each session.
+    #[arg(long, default_value_t = 10)]
+    pub messages: u32,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64)]
+    pub payload: u32,
+    /// Unacknowledged PUBLISHes per publisher.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inflight: u16,
+    /// Sessions connecting at once, per worker.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connect_concurrency: u32,
+    #[arg(long, default_value = "0", value_parser = parse_cpus)]
+    pub cpus: CpuList,
     #[arg(long)]
     pub json: bool,
 }
@@ -584,6 +634,34 @@ mod tests {
             normalize_args(["-h".to_string(), "-5".to_string()]),
             ["-h", "-5"]
         );
+    }
+
+    #[test]
+    fn persistent_session_flags() {
+        let cli = Cli::try_parse_from(["b", "pairs", "--persistent-subscribers"]).expect("valid");
+        let Scenario::Pairs(args) = cli.scenario else {
+            panic!("not pairs")
+        };
+        assert!(args.sessions.persistent_subscribers);
+        assert!(!args.sessions.persistent_publishers);
+        let argv = [
+            "b",
+            "stresser",
+            "-num-clients",
+            "5",
+            "--persistent-publishers",
+        ];
+        let args = normalize_args(argv.iter().map(|s| s.to_string()));
+        let cli = Cli::try_parse_from(&args).expect("valid");
+        let Scenario::Stresser(s) = cli.scenario else {
+            panic!("not stresser")
+        };
+        assert!(s.sessions.persistent_publishers && !s.sessions.persistent_subscribers);
+        let cli = Cli::try_parse_from(["b", "sessions", "--sessions", "10"]).expect("valid");
+        let Scenario::Sessions(s) = cli.scenario else {
+            panic!("not sessions")
+        };
+        assert_eq!((s.sessions, s.messages), (10, 10));
     }
 
     #[test]

@@ -56,12 +56,17 @@ pub struct ConnectOptions {
     /// Initial capacity of the read and write buffers. Idle connections
     /// need little; see `conn`.
     pub buffer: usize,
+    /// Clean session (MQTT 3.1.1 `clean_session`). `false` asks the broker
+    /// to keep the session after the connection closes, so a broker with
+    /// durable sessions stores it and its QoS 1/2 messages.
+    pub clean_start: bool,
 }
 
 impl ConnectOptions {
     pub fn new(client_id: &str) -> ConnectOptions {
         ConnectOptions {
             client_id: client_id.to_owned(),
+            clean_start: true,
             keep_alive: KEEP_ALIVE,
             username: None,
             password: None,
@@ -140,6 +145,21 @@ impl Connection {
         Self::open_with(broker, &ConnectOptions::new(client_id)).await
     }
 
+    /// [`Connection::open`], with a session the broker keeps after the
+    /// connection closes unless `clean` (clean_session=0: stored by a
+    /// broker with durable sessions).
+    pub async fn open_session(
+        broker: SocketAddr,
+        client_id: &str,
+        clean: bool,
+    ) -> Result<Connection, ClientError> {
+        let options = ConnectOptions {
+            clean_start: clean,
+            ..ConnectOptions::new(client_id)
+        };
+        Self::open_with(broker, &options).await
+    }
+
     /// TCP connect (from `options.source` if set), CONNECT, await CONNACK,
     /// all within [`HANDSHAKE_TIMEOUT`].
     pub async fn open_with(
@@ -173,7 +193,7 @@ impl Connection {
             };
             conn.queue(&Packet::Connect(Box::new(Connect {
                 protocol: VERSION,
-                clean_start: true,
+                clean_start: options.clean_start,
                 keep_alive: options.keep_alive,
                 client_id: ByteString::from(options.client_id.as_str()),
                 will: None,

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         }
         Scenario::Stresser(args) => finish(scenario::stresser::run(args), args.json),
         Scenario::Subscribe(args) => finish(scenario::subscribe::run(args), args.json),
+        Scenario::Sessions(args) => finish(scenario::sessions::run(args), args.json),
         Scenario::Conn(args) if args.child.is_some() => match scenario::conn::child(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -95,6 +96,15 @@ impl Outcome for stresser_report::StresserReport {
 impl Outcome for scenario::subscribe::SubscribeReport {
     fn print_text(&self, out: &mut impl Write) -> std::io::Result<()> {
         scenario::subscribe::SubscribeReport::print_text(self, out)
+    }
+    fn errors(&self) -> u64 {
+        self.errors
+    }
+}
+
+impl Outcome for scenario::sessions::SessionsReport {
+    fn print_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        scenario::sessions::SessionsReport::print_text(self, out)
     }
     fn errors(&self) -> u64 {
         self.errors

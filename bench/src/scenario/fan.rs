@@ -45,6 +45,8 @@ pub fn run(args: &PubsubArgs) -> Result<Summary, String> {
             "batch": args.batch,
             "max_lag": args.max_lag,
             "connect_concurrency": args.common.connect_concurrency,
+            "persistent_subscribers": args.sessions.persistent_subscribers,
+            "persistent_publishers": args.sessions.persistent_publishers,
         }),
     };
     let pairs = Arc::new(args.as_pairs());
@@ -128,9 +130,10 @@ async fn subscriber(
     let connected = ctx
         .or_stop(async {
             let _turn = ctx.connect_gate.acquire().await;
-            let mut conn = Connection::open(
+            let mut conn = Connection::open_session(
                 args.common.subscriber_broker(n),
                 &format!("bench-{}-sub-{n}", layout_name(layout)),
+                !args.sessions.persistent_subscribers,
             )
             .await?;
             conn.subscribe(filter(layout), args.qos).await?;

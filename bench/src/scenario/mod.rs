@@ -12,6 +12,7 @@
 pub mod conn;
 pub mod fan;
 pub mod pairs;
+pub mod sessions;
 pub mod store;
 pub mod stresser;
 pub mod subscribe;

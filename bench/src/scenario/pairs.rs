@@ -39,6 +39,8 @@ pub fn run(args: &PairsArgs) -> Result<crate::report::Summary, String> {
             "batch": args.batch,
             "max_lag": args.max_lag,
             "connect_concurrency": args.common.connect_concurrency,
+            "persistent_subscribers": args.sessions.persistent_subscribers,
+            "persistent_publishers": args.sessions.persistent_publishers,
         }),
     };
     let args = Arc::new(args.clone());
@@ -67,7 +69,9 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
         .or_stop(async {
             let _turn = ctx.connect_gate.acquire().await;
             let broker = args.common.subscriber_broker(n);
-            let mut conn = Connection::open(broker, &format!("bench-sub-{n}")).await?;
+            let clean = !args.sessions.persistent_subscribers;
+            let mut conn =
+                Connection::open_session(broker, &format!("bench-sub-{n}"), clean).await?;
             conn.subscribe(&topic, args.qos).await?;
             Ok::<_, ClientError>(conn)
         })
@@ -100,7 +104,8 @@ pub(super) async fn publisher(
         true => ctx
             .or_stop(async {
                 let _turn = ctx.connect_gate.acquire().await;
-                Connection::open(args.common.broker, &format!("bench-pub-{n}")).await
+                let clean = !args.sessions.persistent_publishers;
+                Connection::open_session(args.common.broker, &format!("bench-pub-{n}"), clean).await
             })
             .await
             .and_then(|result| result.map_err(|e| ctx.error("publisher", &e)).ok()),

@@ -2,7 +2,8 @@
 //!
 //! Workers start in batches of `-rampup-size`, `-rampup-delay` apart.
 //! Worker i owns topic `internal/mqtt-stresser/<hostname>/worker<i>-<random>`
-//! and two MQTT 3.1.1 connections (clean session, keep-alive 30 s): the
+//! and two MQTT 3.1.1 connections (clean session unless
+//! `--persistent-subscribers`/`--persistent-publishers`, keep-alive 30 s): the
 //! subscriber connects and subscribes at `-subscriber-qos`; then the
 //! publisher connects and the worker's clock starts. The publisher sends
 //! `-num-messages` messages at `-publisher-qos`, each waited for before the
@@ -192,15 +193,25 @@ async fn worker(ctx: &Rc<WorkerCtx>, plan: &Plan, i: usize) -> WorkerResult {
         "internal/mqtt-stresser/{}/worker{i}-{suffix}",
         plan.hostname
     );
-    let options = |role: &str| ConnectOptions {
-        keep_alive: KEEP_ALIVE,
-        username: args.username.clone(),
-        password: args.password.clone(),
-        buffer: 4096,
-        ..ConnectOptions::new(&format!(
-            "mqtt-stresser-{role}-{}-worker{i}-{suffix}",
-            plan.hostname
-        ))
+    let options = |role: &str| {
+        let persistent = match role {
+            "sub" => args.sessions.persistent_subscribers,
+            _ => args.sessions.persistent_publishers,
+        };
+        // A kept session needs an id the next connection can name again:
+        // no per-run suffix.
+        let client_id = match persistent {
+            true => format!("mqtt-stresser-{role}-{}-worker{i}", plan.hostname),
+            false => format!("mqtt-stresser-{role}-{}-worker{i}-{suffix}", plan.hostname),
+        };
+        ConnectOptions {
+            keep_alive: KEEP_ALIVE,
+            username: args.username.clone(),
+            password: args.password.clone(),
+            buffer: 4096,
+            clean_start: !persistent,
+            ..ConnectOptions::new(&client_id)
+        }
     };
     let fail = |event: Event, error: ClientError| WorkerResult {
         error: Some(format!("{event:?}: {error}")),
