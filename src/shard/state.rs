@@ -255,7 +255,15 @@ impl ShardState {
         }
         let existing = self.by_client_id.get(&connect.client_id).copied();
         if let Some(key) = existing {
-            self.take_over(key, now);
+            // A will or an expiry due since the last tick happens first: a
+            // session past its expiry is not resumed, even between ticks.
+            let slot = &mut self.sessions[key];
+            if slot.conn.is_none() && slot.session.poll_timeout().is_some_and(|at| at <= now) {
+                slot.session.handle_timeout(now);
+                self.run_actions(key, now);
+            } else {
+                self.take_over(key, now);
+            }
         }
         // Taking over may have ended the old session (clean session 1).
         let mut key = self.by_client_id.get(&connect.client_id).copied();
@@ -1121,6 +1129,49 @@ mod tests {
 
     /// A 3.1.1 PUBACK is four bytes in the connection's output.
     const PUBACK_LEN: usize = 4;
+
+    #[test]
+    fn a_session_past_its_expiry_is_not_resumed_between_ticks() {
+        let state = shard();
+        let mut state = state.borrow_mut();
+        let now = Instant::now();
+        let mut connect = Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: false,
+            keep_alive: 0,
+            client_id: "c".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        };
+        connect.properties.session_expiry_interval = Some(1);
+        let conn = state.attach(&connect, false, -1, now).conn;
+        let subscribe = Packet::Subscribe(crate::protocol::Subscribe {
+            packet_id: 1,
+            filters: vec![crate::protocol::TopicSubscription {
+                filter: "t".into(),
+                options: SubscriptionOptions::default(),
+            }],
+            properties: Default::default(),
+        });
+        state.handle_packets(&conn, [subscribe], now);
+        state.detach(&conn, now);
+        // Within its expiry it resumes, subscription and all; the deadline
+        // runs again from this second connection's end.
+        let at = now + Duration::from_millis(500);
+        let conn = state.attach(&connect, false, -1, at).conn;
+        assert_eq!(state.sessions[conn.key].filters.len(), 1);
+        state.detach(&conn, at);
+        // Just past it, before any tick has ended it, a new one starts.
+        let later = at + Duration::from_millis(1100);
+        let conn = state.attach(&connect, false, -1, later).conn;
+        assert!(
+            state.sessions[conn.key].filters.is_empty(),
+            "resumed an expired session"
+        );
+        assert_eq!(state.sessions.len(), 1);
+    }
 
     #[test]
     fn a_late_confirmation_releases_the_answer_on_the_current_connection_only() {
