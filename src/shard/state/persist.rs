@@ -352,8 +352,8 @@ impl ShardState {
     /// shard's, if it wrote anything not yet committed, every other shard
     /// the message went to (`forward_to`, as [`ShardState::publish`] left
     /// it), and the shard storing its topic's retained message. Returns the
-    /// number of waits; none without a store, or when acknowledgements do
-    /// not wait.
+    /// number of waits; none without a store. With `durability = none`
+    /// each store answers at once unless its writer is far behind.
     pub(super) fn wait_for_stores(
         &mut self,
         confirmation: Confirmation,
@@ -362,9 +362,6 @@ impl ShardState {
         let Some(store) = &self.store else {
             return 0;
         };
-        if !store.durability().waits() {
-            return 0;
-        }
         let mut waits = 0;
         if let Some(epoch) = store.barrier() {
             self.stored_waiters.push_back(StoredWaiter {
