@@ -40,8 +40,8 @@
 //! [`Durability`] sets what an acknowledgement promises: `always`, on
 //! disk (synced); `batch`, written to the OS (a crashed or killed broker
 //! loses nothing, a power cut or kernel crash up to
-//! `durability_interval_ms` of writes); `none`, not even waited for (a
-//! crash may lose the last moments' changes).
+//! `durability_interval_ms` of writes); `none`, not waited for unless the
+//! writer is more than 64 turns behind (a crash may lose that backlog).
 
 mod coalesce;
 pub mod dir;
