@@ -18,10 +18,10 @@ use bytestring::ByteString;
 use redb::ReadableTable;
 
 use super::Durability;
-use super::dir::{Partition, RECORDS, StoreError, scan, skip_or_fail};
+use super::dir::{Partition, StoreError, scan, skip_or_fail};
 use super::record::{self, ArchivedOutboxRecord, OutboxRecord};
 use super::restore::message_in;
-use super::writer::{RESERVE_BYTES, free_bytes, stored_record};
+use super::writer::{BatchSync, remove_prefix, stored_record, transaction};
 use crate::message::Message;
 
 /// One change to what is owed to peers, from the cluster's node.
@@ -64,20 +64,14 @@ pub struct RestoredOutbox {
 
 pub struct ClusterStore {
     partition: Partition,
-    durability: Durability,
-    interval: Duration,
-    last_sync: Instant,
-    unsynced: bool,
+    sync: BatchSync,
 }
 
 impl ClusterStore {
     pub fn new(partition: Partition, durability: Durability, interval: Duration) -> ClusterStore {
         ClusterStore {
             partition,
-            durability,
-            interval,
-            last_sync: Instant::now(),
-            unsynced: false,
+            sync: BatchSync::new(durability, interval),
         }
     }
 
@@ -130,28 +124,11 @@ impl ClusterStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let free = free_bytes(&self.partition.path).map_err(|e| e.to_string())?;
-        if free < RESERVE_BYTES {
-            return Err(format!(
-                "{} has {free} bytes free, under the {RESERVE_BYTES} kept in reserve",
-                self.partition.path.display()
-            ));
-        }
-        let fail = |error: redb::Error| error.to_string();
-        let tx = self
-            .partition
-            .db
-            .begin_write()
-            .map_err(|e| fail(e.into()))?;
-        {
-            let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
-            let (now, wall) = (Instant::now(), SystemTime::now());
-            for op in ops {
-                apply(&mut table, op, now, wall).map_err(fail)?;
-            }
-        }
-        tx.commit().map_err(|e| fail(e.into()))?;
-        self.unsynced = true;
+        transaction(&self.partition, |table, now, wall| {
+            ops.into_iter()
+                .try_for_each(|op| apply(table, op, now, wall))
+        })?;
+        self.sync.wrote();
         self.sync_if_due();
         Ok(())
     }
@@ -159,16 +136,7 @@ impl ClusterStore {
     /// With `durability = batch`, syncs once the interval has passed;
     /// called every turn.
     pub fn sync_if_due(&mut self) {
-        if self.durability == Durability::Batch
-            && self.unsynced
-            && self.last_sync.elapsed() >= self.interval
-        {
-            if let Err(error) = self.partition.file.sync() {
-                tracing::error!(%error, "cluster store sync failed");
-            }
-            self.last_sync = Instant::now();
-            self.unsynced = false;
-        }
+        self.sync.sync_if_due(&self.partition);
     }
 }
 
@@ -210,21 +178,6 @@ fn apply(
             remove_prefix(table, &prefix)?;
         }
         OutboxOp::Clear => remove_prefix(table, &[record::OUTBOX])?,
-    }
-    Ok(())
-}
-
-fn remove_prefix(table: &mut redb::Table<&[u8], &[u8]>, prefix: &[u8]) -> Result<(), redb::Error> {
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    for item in table.range(prefix..)? {
-        let (key, _) = item?;
-        if !key.value().starts_with(prefix) {
-            break;
-        }
-        keys.push(key.value().to_vec());
-    }
-    for key in keys {
-        table.remove(key.as_slice())?;
     }
     Ok(())
 }

@@ -179,10 +179,6 @@ impl StoreHandle {
         })
     }
 
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
     pub fn push(&mut self, op: Op) {
         self.ops.push(op);
     }
@@ -269,8 +265,7 @@ struct Writer {
 
 impl Writer {
     fn run(self, from_shard: Receiver<ToWriter>) {
-        let mut last_sync = Instant::now();
-        let mut unsynced = false;
+        let mut sync = BatchSync::new(self.durability, self.interval);
         let mut closing = false;
         // Changes of commits that failed, written again, first, with the
         // next ones: the shard already acts on them (its sessions hold the
@@ -281,16 +276,13 @@ impl Writer {
         // to it since.
         let mut unwritten: Vec<Op> = Vec::new();
         while !closing {
-            let first = match self.durability {
-                Durability::Batch if unsynced => {
-                    let wait = self.interval.saturating_sub(last_sync.elapsed());
-                    match from_shard.recv_timeout(wait) {
-                        Ok(message) => Some(message),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                _ => match from_shard.recv() {
+            let first = match sync.due_in() {
+                Some(wait) => match from_shard.recv_timeout(wait) {
+                    Ok(message) => Some(message),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match from_shard.recv() {
                     Ok(message) => Some(message),
                     Err(_) => break,
                 },
@@ -308,11 +300,15 @@ impl Writer {
             if let Some(through) = commits.last().map(|c| c.epoch) {
                 unwritten.extend(commits.into_iter().flat_map(|commit| commit.ops));
                 cancel_transient(&mut unwritten);
-                let result = self.commit(&unwritten);
+                let result = transaction(&self.partition, |table, now, wall| {
+                    unwritten
+                        .iter()
+                        .try_for_each(|op| apply(table, op, now, wall))
+                });
                 if result.is_ok() {
                     unwritten.clear();
+                    sync.wrote();
                 }
-                unsynced |= result.is_ok();
                 // Also with `none`: the shard bounds how far behind the
                 // writer may fall (see `StoreHandle::barrier`).
                 self.mesh.send(
@@ -326,16 +322,7 @@ impl Writer {
                     error!(shard = self.shard, %error, "store write failed");
                 }
             }
-            if self.durability == Durability::Batch
-                && unsynced
-                && last_sync.elapsed() >= self.interval
-            {
-                if let Err(error) = self.partition.file.sync() {
-                    error!(shard = self.shard, %error, "store sync failed");
-                }
-                last_sync = Instant::now();
-                unsynced = false;
-            }
+            sync.sync_if_due(&self.partition);
         }
         // The shard is gone: whatever it wrote reaches the disk.
         if let Err(error) = self.partition.file.sync() {
@@ -343,32 +330,90 @@ impl Writer {
         }
         info!(shard = self.shard, "store closed");
     }
+}
 
-    /// Writes `ops` as one transaction, synced if the durability asks
-    /// (see [`super::dir::PartitionFile`]).
-    fn commit(&self, ops: &[Op]) -> Result<(), String> {
-        let free = free_bytes(&self.partition.path).map_err(|e| e.to_string())?;
-        if free < RESERVE_BYTES {
-            return Err(format!(
-                "{} has {free} bytes free, under the {RESERVE_BYTES} kept in reserve",
-                self.partition.path.display()
-            ));
+/// With `durability = batch`, when the writes since the last sync are
+/// synced: every `interval`, by the writer that made them.
+pub(super) struct BatchSync {
+    durability: Durability,
+    interval: Duration,
+    last_sync: Instant,
+    unsynced: bool,
+}
+
+impl BatchSync {
+    pub fn new(durability: Durability, interval: Duration) -> BatchSync {
+        BatchSync {
+            durability,
+            interval,
+            last_sync: Instant::now(),
+            unsynced: false,
         }
-        let fail = |error: redb::Error| error.to_string();
-        let tx = self
-            .partition
-            .db
-            .begin_write()
-            .map_err(|e| fail(e.into()))?;
-        {
-            let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
-            let (now, wall) = (Instant::now(), SystemTime::now());
-            for op in ops {
-                apply(&mut table, op, now, wall).map_err(fail)?;
-            }
-        }
-        tx.commit().map_err(|e| fail(e.into()))
     }
+
+    /// A commit went through.
+    pub fn wrote(&mut self) {
+        self.unsynced = true;
+    }
+
+    /// How long until a sync is due, if one will be.
+    pub fn due_in(&self) -> Option<Duration> {
+        (self.durability == Durability::Batch && self.unsynced)
+            .then(|| self.interval.saturating_sub(self.last_sync.elapsed()))
+    }
+
+    pub fn sync_if_due(&mut self, partition: &Partition) {
+        if self.due_in().is_some_and(|wait| wait.is_zero()) {
+            if let Err(error) = partition.file.sync() {
+                error!(partition = %partition.path.display(), %error, "store sync failed");
+            }
+            self.last_sync = Instant::now();
+            self.unsynced = false;
+        }
+    }
+}
+
+/// Runs `write` in one transaction on `partition`'s table and commits it
+/// (synced if the partition's durability asks, see
+/// [`super::dir::PartitionFile`]); refused up front when the disk is
+/// under its reserve.
+pub(super) fn transaction(
+    partition: &Partition,
+    write: impl FnOnce(&mut redb::Table<&[u8], &[u8]>, Instant, SystemTime) -> Result<(), redb::Error>,
+) -> Result<(), String> {
+    let free = free_bytes(&partition.path).map_err(|e| e.to_string())?;
+    if free < RESERVE_BYTES {
+        return Err(format!(
+            "{} has {free} bytes free, under the {RESERVE_BYTES} kept in reserve",
+            partition.path.display()
+        ));
+    }
+    let fail = |error: redb::Error| error.to_string();
+    let tx = partition.db.begin_write().map_err(|e| fail(e.into()))?;
+    {
+        let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
+        write(&mut table, Instant::now(), SystemTime::now()).map_err(fail)?;
+    }
+    tx.commit().map_err(|e| fail(e.into()))
+}
+
+/// Removes every key starting with `prefix`.
+pub(super) fn remove_prefix(
+    table: &mut redb::Table<&[u8], &[u8]>,
+    prefix: &[u8],
+) -> Result<(), redb::Error> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for item in table.range(prefix..)? {
+        let (key, _) = item?;
+        if !key.value().starts_with(prefix) {
+            break;
+        }
+        keys.push(key.value().to_vec());
+    }
+    for key in keys {
+        table.remove(key.as_slice())?;
+    }
+    Ok(())
 }
 
 /// One change, in the transaction's table.
@@ -423,18 +468,7 @@ pub(super) fn apply(
                 record::FLIGHT,
                 record::INCOMING_QOS2,
             ] {
-                let prefix = record::client_key(kind, client_id);
-                let mut keys: Vec<Vec<u8>> = Vec::new();
-                for item in table.range(prefix.as_slice()..)? {
-                    let (key, _) = item?;
-                    if !key.value().starts_with(&prefix) {
-                        break;
-                    }
-                    keys.push(key.value().to_vec());
-                }
-                for key in keys {
-                    remove(table, &key)?;
-                }
+                remove_prefix(table, &record::client_key(kind, client_id))?;
             }
         }
         Op::RemoveMessage(id) => remove(table, &record::message_key(*id))?,
