@@ -174,7 +174,9 @@ impl Node {
                     shard,
                     msg: ShardMsg::Publish(message.clone()),
                 });
-                if !touched.contains(&shard) {
+                // Only kept when acknowledgements wait for the stores: a
+                // frame's worth of pushes is no cost to pay for nothing.
+                if self.config.stored_acks && !touched.contains(&shard) {
                     touched.push(shard);
                 }
             }
