@@ -829,7 +829,7 @@ async fn damage_after_kill_9_is_never_a_silent_loss() {
     assert!(!found.is_empty());
     for &at in &found {
         let trial = DataDir::copy_of(&dir, "damaged-copy-trial");
-        let file = trial.partitions().remove(0);
+        let file = trial.path.join(partition.strip_prefix(&dir.path).unwrap());
         damage_at(&file, &[at], unique.len());
         let named = file.display().to_string();
         let broker = match trial.try_start(&args) {

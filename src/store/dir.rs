@@ -21,6 +21,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefin
 use rustc_hash::FxHashMap;
 use tracing::{error, info};
 
+use super::log;
 use super::record::{self, EntryRecord};
 use super::writer::WriterThread;
 use super::{Durability, StoreSettings};
@@ -75,9 +76,11 @@ pub struct Partition {
 }
 
 /// The partition's file as redb's storage. redb syncs at every durable
-/// commit; the sync goes through only with `durability = always`, so that
-/// `batch` and `none` still write every commit into the OS's buffers (a
-/// killed broker loses nothing) and sync on their own schedule.
+/// commit; the sync goes through only if `sync_each_commit`: always for a
+/// shard's partition (written at checkpoints only), and for the cluster's
+/// outboxes with `durability = always`, so that there `batch` and `none`
+/// still write every commit into the OS's buffers (a killed broker loses
+/// nothing) and sync on their own schedule.
 #[derive(Debug)]
 pub struct PartitionFile {
     file: File,
@@ -143,7 +146,7 @@ impl DataDir {
         let set = match current {
             Some((generation, count)) if count == shards => set_name(generation, count),
             Some((generation, count)) => {
-                let old = open_set(dir, &set_name(generation, count), count, Durability::None)?;
+                let old = open_set(dir, &set_name(generation, count), count, settings.repair)?;
                 let name = set_name(generation + 1, shards);
                 rehome(dir, &old, &name, shards, settings.repair)?;
                 drop(old);
@@ -164,13 +167,13 @@ impl DataDir {
                 if partial.exists() {
                     fs::remove_dir_all(&partial).map_err(io_at(&partial))?;
                 }
-                open_set(dir, &name, shards, Durability::Always)?;
+                open_set(dir, &name, shards, settings.repair)?;
                 switch_current(dir, &name)?;
                 name
             }
         };
         remove_other_sets(dir, &set)?;
-        let partitions = open_set(dir, &set, shards, settings.durability)?;
+        let partitions = open_set(dir, &set, shards, settings.repair)?;
         let cluster = open_partition(&dir.join("cluster.redb"), settings.durability)?;
         Ok(DataDir {
             partitions,
@@ -319,16 +322,24 @@ fn remove_other_sets(dir: &Path, keep: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Opens the partitions of set `name`, each with the log a crash left
+/// replayed into it. Their commits (checkpoints, see [`super::log`]) are
+/// always synced: the log they cover is deleted after them.
 fn open_set(
     dir: &Path,
     name: &str,
     count: usize,
-    durability: Durability,
+    repair: bool,
 ) -> Result<Vec<Partition>, StoreError> {
     let set = dir.join(name);
     fs::create_dir_all(&set).map_err(io_at(&set))?;
     (0..count)
-        .map(|shard| open_partition(&set.join(format!("shard-{shard}.redb")), durability))
+        .map(|shard| {
+            let partition =
+                open_partition(&set.join(format!("shard-{shard}.redb")), Durability::Always)?;
+            log::replay(&partition, repair)?;
+            Ok(partition)
+        })
         .collect()
 }
 
@@ -405,7 +416,7 @@ fn rehome(
     if target.exists() {
         fs::remove_dir_all(&target).map_err(io_at(&target))?;
     }
-    let new = open_set(dir, name, shards, Durability::Always)?;
+    let new = open_set(dir, name, shards, repair)?;
     let mut next_id = vec![0u64; shards];
     for partition in old {
         // Message ids are per partition: the same id means different

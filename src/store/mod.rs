@@ -43,8 +43,10 @@
 //! `durability_interval_ms` of writes); `none`, not waited for unless the
 //! writer is more than 64 turns behind (a crash may lose that backlog).
 
+mod checkpoint;
 mod coalesce;
 pub mod dir;
+pub mod log;
 pub mod outbox;
 pub mod record;
 pub mod restore;

@@ -124,7 +124,7 @@ impl ClusterStore {
         if ops.is_empty() {
             return Ok(());
         }
-        transaction(&self.partition, |table, now, wall| {
+        transaction(&self.partition, false, |table, now, wall| {
             ops.into_iter()
                 .try_for_each(|op| apply(table, op, now, wall))
         })?;
@@ -136,7 +136,8 @@ impl ClusterStore {
     /// With `durability = batch`, syncs once the interval has passed;
     /// called every turn.
     pub fn sync_if_due(&mut self) {
-        self.sync.sync_if_due(&self.partition);
+        let file = &self.partition.file;
+        self.sync.sync_if_due(&self.partition.path, || file.sync());
     }
 }
 

@@ -2,6 +2,7 @@
 //! written comes back, damage is found and named, the dir refuses what it
 //! must, and records follow their shard when the number of shards changes.
 
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,9 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use super::dir::{DataDir, Partition, RECORDS, scan};
+use super::log::{Log, segments};
 use super::record::{self, EntryRecord, FlightRecord, SessionRecord, SubscriptionRecord};
 use super::restore::{RestoredShard, restore};
-use super::writer::{Op, apply};
+use super::writer::{Op, apply, mutations};
 use super::{Durability, StoreError, StoreSettings};
 use crate::message::Message;
 use crate::protocol::QoS;
@@ -339,4 +341,83 @@ fn what_the_cluster_owes_its_peers_comes_back_until_acknowledged() {
             ),
         ]
     );
+}
+
+/// Appends `ops` to a new log segment of `partition`, as the writer does
+/// between two checkpoints, and returns the segment's path.
+fn log(partition: &Partition, ops: &[Op]) -> PathBuf {
+    let mut log = Log::open(&partition.path).unwrap();
+    let mut records = Vec::new();
+    for op in ops {
+        mutations::<Infallible>(op, Instant::now(), SystemTime::now(), |mutation| {
+            mutation.encode(&mut records);
+            Ok(())
+        })
+        .unwrap();
+    }
+    log.append(&records).unwrap();
+    segments(&partition.path).unwrap().pop().unwrap().1
+}
+
+#[test]
+fn the_log_a_crash_left_is_replayed_into_the_partition_before_it_is_read() {
+    let temp = TempDir::new("replay");
+    {
+        let dir = DataDir::open(&temp.settings(false), 1).unwrap();
+        let partition = &dir.partitions[0];
+        // Checkpointed: in redb, then removed by the log.
+        write(partition, session_ops("gone"));
+        log(partition, &[Op::RemoveSession("gone".into())]);
+        let newest = log(partition, &session_ops("c"));
+        // The crash cut the last append short.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(newest)
+            .unwrap();
+        std::io::Write::write_all(&mut file, &[40, 0, 0, 0, 1, 2]).unwrap();
+    }
+    let dir = DataDir::open(&temp.settings(false), 1).unwrap();
+    let partition = &dir.partitions[0];
+    assert!(
+        segments(&partition.path).unwrap().is_empty(),
+        "replayed segments are deleted"
+    );
+    let shard = read(partition, false).unwrap();
+    assert_eq!(
+        owed(&shard),
+        vec![
+            ("c".into(), Some(5), "t/1".into()),
+            ("c".into(), None, "t/2".into())
+        ]
+    );
+}
+
+#[test]
+fn a_damaged_log_record_stops_the_start_unless_repair() {
+    let temp = TempDir::new("damaged-log");
+    let older = {
+        let dir = DataDir::open(&temp.settings(false), 1).unwrap();
+        let partition = &dir.partitions[0];
+        let older = log(partition, &session_ops("a"));
+        log(partition, &session_ops("b"));
+        older
+    };
+    let mut bytes = std::fs::read(&older).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&older, bytes).unwrap();
+
+    let error = DataDir::open(&temp.settings(false), 1)
+        .err()
+        .expect("refused");
+    let text = error.to_string();
+    assert!(
+        text.contains("shard-0.log.1") && text.contains("--repair"),
+        "{text}"
+    );
+
+    let dir = DataDir::open(&temp.settings(true), 1).unwrap();
+    let shard = read(&dir.partitions[0], false).unwrap();
+    // b's segment is whole; a's is kept up to the damage.
+    assert!(owed(&shard).iter().any(|(client, _, _)| client == "b"));
 }

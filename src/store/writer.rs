@@ -3,11 +3,14 @@
 //! commits them.
 //!
 //! The shard numbers each handful of changes it hands over (an epoch);
-//! the writer commits everything waiting as one batch (group commit: while
-//! one sync runs, the next turns' changes gather), and reports the last
-//! epoch it committed, or that it could not. The report travels through
-//! the shard's inbox like any other message ([`ShardMsg::Stored`]).
+//! the writer appends everything waiting to the partition's log as one
+//! batch (group commit: while one sync runs, the next turns' changes
+//! gather), and reports the last epoch it committed, or that it could
+//! not. The report travels through the shard's inbox like any other
+//! message ([`ShardMsg::Stored`]). What the log holds reaches redb at the
+//! next checkpoint ([`super::checkpoint`]).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,8 +22,10 @@ use rustc_hash::FxHashMap;
 use tracing::{error, info};
 
 use super::Durability;
+use super::checkpoint::{Checkpoint, Checkpointer};
 use super::coalesce::cancel_transient;
 use super::dir::{Partition, RECORDS};
+use super::log::{Log, Mutation};
 use super::record::{self, EntryRecord, FlightRecord, SessionRecord, StoredMessage};
 use super::restore::unix_ms;
 use crate::cluster::frame::message_to_wire;
@@ -28,17 +33,29 @@ use crate::message::Message;
 use crate::shard::ShardId;
 use crate::shard::mesh::{MeshHandle, ShardMsg};
 
-/// Free space a partition's file system must keep: below it, writes are
-/// refused (and their publishers told) rather than attempted, so that a
-/// commit never fails half-way through growing the file, and the broker
-/// recovers by itself when space returns.
 /// With `durability = none`, how many epochs (turns with changes) the
 /// writer may be behind before acknowledgements wait for it. A kill loop
 /// with an unbounded backlog lost 151,576 of 170,992 acknowledged messages
 /// (RELIABILITY.md).
 const NONE_BACKLOG_EPOCHS: u64 = 64;
 
+/// Free space a partition's file system must keep: below it, writes are
+/// refused (and their publishers told) rather than attempted, so that a
+/// commit never fails half-way through growing the file, and the broker
+/// recovers by itself when space returns.
 pub(super) const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How often the log is applied to redb. Longer lets more records be
+/// born and removed between checkpoints (never written to the B-tree) and
+/// makes a restart after a crash replay more; see PERF.md, "Durable
+/// sessions".
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+/// A log segment this large is checkpointed at once, which bounds the
+/// replay after a crash under a heavy load of messages still owed.
+pub const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
+/// How long the writer waits before looking again when a checkpoint is
+/// due but the one before is still running.
+const CHECKPOINT_RETRY: Duration = Duration::from_millis(10);
 
 /// One change to a partition.
 #[derive(Debug)]
@@ -146,6 +163,8 @@ impl StoreHandle {
     ) -> std::io::Result<StoreHandle> {
         let (to_writer, from_shard) = crossbeam_channel::unbounded();
         let running = partition.writer.clone();
+        let log = Log::open(&partition.path)?;
+        let checkpoints = Checkpointer::start(partition.clone(), shard)?;
         let writer = Writer {
             partition,
             durability,
@@ -155,7 +174,7 @@ impl StoreHandle {
         };
         let thread = thread::Builder::new()
             .name(format!("ringmq-store-{shard}"))
-            .spawn(move || writer.run(from_shard))?;
+            .spawn(move || writer.run(from_shard, log, checkpoints))?;
         let previous = running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -264,10 +283,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, from_shard: Receiver<ToWriter>) {
+    fn run(self, from_shard: Receiver<ToWriter>, mut log: Log, checkpoints: Checkpointer) {
         let mut sync = BatchSync::new(self.durability, self.interval);
         let mut closing = false;
-        // Changes of commits that failed, written again, first, with the
+        // Changes of appends that failed, written again, first, with the
         // next ones: the shard already acts on them (its sessions hold the
         // messages, only the acknowledgements were refused), and the store
         // must catch up with it, or a restart would bring back a past the
@@ -275,8 +294,17 @@ impl Writer {
         // while the disk was full, missing with the messages acknowledged
         // to it since.
         let mut unwritten: Vec<Op> = Vec::new();
+        let mut since_checkpoint = SinceCheckpoint::default();
+        let mut records = Vec::new();
         while !closing {
-            let first = match sync.due_in() {
+            let wait = [
+                sync.due_in(),
+                since_checkpoint.due_in(&log, checkpoints.busy()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let first = match wait {
                 Some(wait) => match from_shard.recv_timeout(wait) {
                     Ok(message) => Some(message),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -300,13 +328,9 @@ impl Writer {
             if let Some(through) = commits.last().map(|c| c.epoch) {
                 unwritten.extend(commits.into_iter().flat_map(|commit| commit.ops));
                 cancel_transient(&mut unwritten);
-                let result = transaction(&self.partition, |table, now, wall| {
-                    unwritten
-                        .iter()
-                        .try_for_each(|op| apply(table, op, now, wall))
-                });
+                let result = self.append(&mut log, &unwritten, &mut records);
                 if result.is_ok() {
-                    unwritten.clear();
+                    since_checkpoint.logged(&mut unwritten);
                     sync.wrote();
                 }
                 // Also with `none`: the shard bounds how far behind the
@@ -322,13 +346,104 @@ impl Writer {
                     error!(shard = self.shard, %error, "store write failed");
                 }
             }
-            sync.sync_if_due(&self.partition);
+            sync.sync_if_due(&self.partition.path, || log.sync());
+            if since_checkpoint.due_in(&log, checkpoints.busy()) == Some(Duration::ZERO) {
+                self.checkpoint(&mut log, &mut since_checkpoint, &checkpoints);
+            }
         }
-        // The shard is gone: whatever it wrote reaches the disk.
-        if let Err(error) = self.partition.file.sync() {
-            error!(shard = self.shard, %error, "store sync at shutdown failed");
-        }
+        // The shard is gone: whatever it wrote reaches redb, so that the
+        // next start has no log to replay.
+        checkpoints.send(Checkpoint {
+            ops: since_checkpoint.take(),
+            segment: log.path(),
+        });
+        checkpoints.finish();
         info!(shard = self.shard, "store closed");
+    }
+
+    /// Appends `ops` to the log (synced with `always`); refused up front
+    /// when the disk is under its reserve.
+    fn append(&self, log: &mut Log, ops: &[Op], records: &mut Vec<u8>) -> Result<(), String> {
+        check_reserve(&self.partition)?;
+        records.clear();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        for op in ops {
+            let _ = mutations::<Infallible>(op, now, wall, |mutation| {
+                mutation.encode(records);
+                Ok(())
+            });
+        }
+        log.append(records).map_err(|e| e.to_string())?;
+        if self.durability == Durability::Always {
+            log.sync().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Closes the current segment and hands it, with its changes, to the
+    /// checkpoint thread.
+    fn checkpoint(&self, log: &mut Log, since: &mut SinceCheckpoint, checkpoints: &Checkpointer) {
+        // A later segment synced while this one's tail is not would, after
+        // a power cut, hold changes to records whose birth is lost.
+        if self.durability != Durability::None
+            && let Err(error) = log.sync()
+        {
+            error!(shard = self.shard, %error, "log sync before a checkpoint failed");
+            return;
+        }
+        match log.rotate() {
+            Ok(segment) => checkpoints.send(Checkpoint {
+                ops: since.take(),
+                segment,
+            }),
+            Err(error) => error!(shard = self.shard, %error, "starting a new log segment failed"),
+        }
+    }
+}
+
+/// The changes logged since the last checkpoint, kept for it in memory.
+#[derive(Default)]
+struct SinceCheckpoint {
+    ops: Vec<Op>,
+    /// Their number after the last cancellation: under a steady load most
+    /// cancel out, so cancelling again each time they double keeps them
+    /// near what is still owed, at a linear cost.
+    after_cancel: usize,
+    started: Option<Instant>,
+}
+
+impl SinceCheckpoint {
+    fn logged(&mut self, ops: &mut Vec<Op>) {
+        self.started.get_or_insert_with(Instant::now);
+        self.ops.append(ops);
+        if self.ops.len() >= 2 * self.after_cancel + 4096 {
+            cancel_transient(&mut self.ops);
+            self.after_cancel = self.ops.len();
+        }
+    }
+
+    fn take(&mut self) -> Vec<Op> {
+        self.after_cancel = 0;
+        self.started = None;
+        std::mem::take(&mut self.ops)
+    }
+
+    /// How long until a checkpoint is due, if the log holds anything.
+    fn due_in(&self, log: &Log, busy: bool) -> Option<Duration> {
+        if log.bytes() == 0 {
+            return None;
+        }
+        let due = if log.bytes() >= CHECKPOINT_BYTES {
+            Duration::ZERO
+        } else {
+            let started = self.started?;
+            CHECKPOINT_INTERVAL.saturating_sub(started.elapsed())
+        };
+        Some(if busy && due.is_zero() {
+            CHECKPOINT_RETRY
+        } else {
+            due
+        })
     }
 }
 
@@ -362,10 +477,15 @@ impl BatchSync {
             .then(|| self.interval.saturating_sub(self.last_sync.elapsed()))
     }
 
-    pub fn sync_if_due(&mut self, partition: &Partition) {
+    /// Runs `sync` once the interval has passed since the last one.
+    pub fn sync_if_due(
+        &mut self,
+        path: &std::path::Path,
+        sync: impl FnOnce() -> std::io::Result<()>,
+    ) {
         if self.due_in().is_some_and(|wait| wait.is_zero()) {
-            if let Err(error) = partition.file.sync() {
-                error!(partition = %partition.path.display(), %error, "store sync failed");
+            if let Err(error) = sync() {
+                error!(partition = %path.display(), %error, "store sync failed");
             }
             self.last_sync = Instant::now();
             self.unsynced = false;
@@ -373,14 +493,8 @@ impl BatchSync {
     }
 }
 
-/// Runs `write` in one transaction on `partition`'s table and commits it
-/// (synced if the partition's durability asks, see
-/// [`super::dir::PartitionFile`]); refused up front when the disk is
-/// under its reserve.
-pub(super) fn transaction(
-    partition: &Partition,
-    write: impl FnOnce(&mut redb::Table<&[u8], &[u8]>, Instant, SystemTime) -> Result<(), redb::Error>,
-) -> Result<(), String> {
+/// Refuses a write when `partition`'s disk is under its reserve.
+fn check_reserve(partition: &Partition) -> Result<(), String> {
     let free = free_bytes(&partition.path).map_err(|e| e.to_string())?;
     if free < RESERVE_BYTES {
         return Err(format!(
@@ -388,8 +502,23 @@ pub(super) fn transaction(
             partition.path.display()
         ));
     }
+    Ok(())
+}
+
+/// Runs `write` in one transaction on `partition`'s table and commits it
+/// (synced if the partition's durability asks, see
+/// [`super::dir::PartitionFile`]; with `quick_repair`, recording redb's
+/// allocator state so that opening after a crash is quick); refused up
+/// front when the disk is under its reserve.
+pub(super) fn transaction(
+    partition: &Partition,
+    quick_repair: bool,
+    write: impl FnOnce(&mut redb::Table<&[u8], &[u8]>, Instant, SystemTime) -> Result<(), redb::Error>,
+) -> Result<(), String> {
+    check_reserve(partition)?;
     let fail = |error: redb::Error| error.to_string();
-    let tx = partition.db.begin_write().map_err(|e| fail(e.into()))?;
+    let mut tx = partition.db.begin_write().map_err(|e| fail(e.into()))?;
+    tx.set_quick_repair(quick_repair);
     {
         let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
         write(&mut table, Instant::now(), SystemTime::now()).map_err(fail)?;
@@ -423,15 +552,26 @@ pub(super) fn apply(
     now: Instant,
     wall: SystemTime,
 ) -> Result<(), redb::Error> {
-    let mut put = |key: &[u8], value: &[u8]| table.insert(key, value).map(drop);
+    mutations(op, now, wall, |mutation| mutation.apply(table))
+}
+
+/// One change as the mutations of the table it makes, each handed to
+/// `sink`: the same for the log and for redb.
+pub(super) fn mutations<E>(
+    op: &Op,
+    now: Instant,
+    wall: SystemTime,
+    mut sink: impl FnMut(Mutation<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut put = |key: &[u8], value: &[u8]| sink(Mutation::Put { key, value });
     match op {
         Op::Session(session) => {
             let key = record::client_key(record::SESSION, &session.client_id);
-            put(&key, &record::encode(&key, session))?;
+            put(&key, &record::encode(&key, session))
         }
         Op::Message { id, message } => {
             let key = record::message_key(*id);
-            put(&key, &stored(&key, message, now, wall))?;
+            put(&key, &stored(&key, message, now, wall))
         }
         Op::Entry {
             client_id,
@@ -439,7 +579,7 @@ pub(super) fn apply(
             entry,
         } => {
             let key = record::entry_key(record::ENTRY, client_id, *seq);
-            put(&key, &record::encode(&key, entry))?;
+            put(&key, &record::encode(&key, entry))
         }
         Op::Flight {
             client_id,
@@ -447,56 +587,61 @@ pub(super) fn apply(
             flight,
         } => {
             let key = record::entry_key(record::FLIGHT, client_id, *seq);
-            put(&key, &record::encode(&key, flight))?;
+            put(&key, &record::encode(&key, flight))
         }
         Op::IncomingQos2 {
             client_id,
             packet_id,
         } => {
             let key = record::incoming_qos2_key(client_id, *packet_id);
-            put(&key, &record::frame(&key, &[]))?;
+            put(&key, &record::frame(&key, &[]))
         }
         Op::Retained(message) if !message.payload.is_empty() => {
             let key = record::retained_key(&message.topic);
-            put(&key, &stored(&key, message, now, wall))?;
+            put(&key, &stored(&key, message, now, wall))
         }
-        Op::Retained(message) => remove(table, &record::retained_key(&message.topic))?,
-        Op::RemoveSession(client_id) => {
-            for kind in [
-                record::SESSION,
-                record::ENTRY,
-                record::FLIGHT,
-                record::INCOMING_QOS2,
-            ] {
-                remove_prefix(table, &record::client_key(kind, client_id))?;
-            }
-        }
-        Op::RemoveMessage(id) => remove(table, &record::message_key(*id))?,
+        Op::Retained(message) => sink(Mutation::Remove(&record::retained_key(&message.topic))),
+        Op::RemoveSession(client_id) => [
+            record::SESSION,
+            record::ENTRY,
+            record::FLIGHT,
+            record::INCOMING_QOS2,
+        ]
+        .into_iter()
+        .try_for_each(|kind| sink(Mutation::RemovePrefix(&record::client_key(kind, client_id)))),
+        Op::RemoveMessage(id) => sink(Mutation::Remove(&record::message_key(*id))),
         Op::RemoveEntry {
             client_id,
             seq,
             flight,
         } => {
-            remove(table, &record::entry_key(record::ENTRY, client_id, *seq))?;
+            sink(Mutation::Remove(&record::entry_key(
+                record::ENTRY,
+                client_id,
+                *seq,
+            )))?;
             if *flight {
-                remove(table, &record::entry_key(record::FLIGHT, client_id, *seq))?;
+                sink(Mutation::Remove(&record::entry_key(
+                    record::FLIGHT,
+                    client_id,
+                    *seq,
+                )))?;
             }
+            Ok(())
         }
-        Op::RemoveFlight { client_id, seq } => {
-            remove(table, &record::entry_key(record::FLIGHT, client_id, *seq))?
-        }
+        Op::RemoveFlight { client_id, seq } => sink(Mutation::Remove(&record::entry_key(
+            record::FLIGHT,
+            client_id,
+            *seq,
+        ))),
         Op::RemoveIncomingQos2 {
             client_id,
             packet_id,
-        } => remove(table, &record::incoming_qos2_key(client_id, *packet_id))?,
-        Op::Delete(key) => remove(table, key)?,
+        } => sink(Mutation::Remove(&record::incoming_qos2_key(
+            client_id, *packet_id,
+        ))),
+        Op::Delete(key) => sink(Mutation::Remove(key)),
     }
-    Ok(())
-}
-
-fn remove(table: &mut redb::Table<&[u8], &[u8]>, key: &[u8]) -> Result<(), redb::Error> {
-    table.remove(key)?;
-    Ok(())
 }
 
 fn stored(key: &[u8], message: &Message, now: Instant, wall: SystemTime) -> Vec<u8> {

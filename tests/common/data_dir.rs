@@ -104,14 +104,18 @@ impl DataDir {
         sets
     }
 
-    /// The partition files of the set in use.
+    /// The files of the set in use: each partition's redb file and the
+    /// log segments not yet applied to it.
     pub fn partitions(&self) -> Vec<PathBuf> {
         let set = self.path.join(self.current());
         let mut files: Vec<PathBuf> = std::fs::read_dir(&set)
             .expect("the partition set")
             .flatten()
             .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "redb"))
+            .filter(|path| {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                name.is_some_and(|name| name.ends_with(".redb") || name.contains(".log."))
+            })
             .collect();
         files.sort();
         files

@@ -1,0 +1,108 @@
+//! Applying the log to redb, on a thread of its own, so that the writer
+//! goes on appending (and acknowledgements go on flowing) while a B-tree
+//! commit runs.
+//!
+//! Each checkpoint takes the changes logged since the one before, drops
+//! those born and removed in between ([`cancel_transient`]), applies the
+//! rest in one redb commit (synced, and with redb's quick repair, so that
+//! opening after a crash need not walk the whole tree), and only then
+//! deletes the log segments it covered. A checkpoint that fails (a full
+//! disk) keeps its changes and segments and is retried with the next.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender};
+use tracing::error;
+
+use super::coalesce::cancel_transient;
+use super::dir::Partition;
+use super::log::remove_segments;
+use super::writer::{Op, apply, transaction};
+use crate::shard::ShardId;
+
+/// The changes of one finished log segment.
+pub struct Checkpoint {
+    pub ops: Vec<Op>,
+    pub segment: PathBuf,
+}
+
+/// The writer's end of its checkpoint thread.
+pub struct Checkpointer {
+    to_thread: Sender<Checkpoint>,
+    busy: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    pub fn start(partition: Partition, shard: ShardId) -> std::io::Result<Checkpointer> {
+        let (to_thread, from_writer) = crossbeam_channel::unbounded();
+        let busy = Arc::new(AtomicBool::new(false));
+        let thread = thread::Builder::new()
+            .name(format!("ringmq-ckpt-{shard}"))
+            .spawn({
+                let busy = busy.clone();
+                move || run(partition, from_writer, busy)
+            })?;
+        Ok(Checkpointer {
+            to_thread,
+            busy,
+            thread,
+        })
+    }
+
+    /// Whether a checkpoint is still running: the next one waits for it,
+    /// and its changes keep gathering meanwhile (more of them cancel).
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    pub fn send(&self, checkpoint: Checkpoint) {
+        self.busy.store(true, Ordering::Release);
+        // The thread ends only when this sender is dropped.
+        let _ = self.to_thread.send(checkpoint);
+    }
+
+    /// Waits for every checkpoint sent to finish.
+    pub fn finish(self) {
+        drop(self.to_thread);
+        let _ = self.thread.join();
+    }
+}
+
+fn run(partition: Partition, from_writer: Receiver<Checkpoint>, busy: Arc<AtomicBool>) {
+    // What failed to reach redb, applied first next time.
+    let mut carried: Vec<Op> = Vec::new();
+    let mut covered: Vec<PathBuf> = Vec::new();
+    for Checkpoint { ops, segment } in from_writer {
+        carried.extend(ops);
+        covered.push(segment);
+        cancel_transient(&mut carried);
+        let result = if carried.is_empty() {
+            Ok(())
+        } else {
+            transaction(&partition, true, |table, now, wall| {
+                carried
+                    .iter()
+                    .try_for_each(|op| apply(table, op, now, wall))
+            })
+        };
+        match result {
+            Ok(()) => {
+                carried.clear();
+                if let Err(error) = remove_segments(&covered) {
+                    // Left in place they are replayed again at start-up,
+                    // which is harmless (see `log`).
+                    error!(partition = %partition.path.display(), %error, "removing applied log segments failed");
+                }
+                covered.clear();
+            }
+            Err(error) => {
+                error!(partition = %partition.path.display(), %error, "checkpoint failed: the log is kept and the checkpoint retried");
+            }
+        }
+        busy.store(false, Ordering::Release);
+    }
+}
