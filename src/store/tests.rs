@@ -98,7 +98,7 @@ fn session_ops(client_id: &str) -> Vec<Op> {
         shared: None,
     };
     vec![
-        Op::Session(session(client_id)),
+        Op::Session(Box::new(session(client_id))),
         Op::Message {
             id: 1,
             message: message("t/1", b"one"),

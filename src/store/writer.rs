@@ -23,7 +23,7 @@ use tracing::{error, info};
 
 use super::Durability;
 use super::checkpoint::{Checkpoint, Checkpointer};
-use super::coalesce::cancel_transient;
+use super::coalesce::Window;
 use super::dir::{Partition, RECORDS};
 use super::log::{Log, Mutation};
 use super::record::{self, EntryRecord, FlightRecord, SessionRecord, StoredMessage};
@@ -60,7 +60,10 @@ const CHECKPOINT_RETRY: Duration = Duration::from_millis(10);
 /// One change to a partition.
 #[derive(Debug)]
 pub enum Op {
-    Session(SessionRecord),
+    /// Boxed: most ops are queue entries, and an op is moved several
+    /// times on its way to the disk; a session record would make every
+    /// one of them as large as itself.
+    Session(Box<SessionRecord>),
     /// The session ended: its record and everything under its client id.
     RemoveSession(ByteString),
     Message {
@@ -286,14 +289,13 @@ impl Writer {
     fn run(self, from_shard: Receiver<ToWriter>, mut log: Log, checkpoints: Checkpointer) {
         let mut sync = BatchSync::new(self.durability, self.interval);
         let mut closing = false;
-        // Changes of appends that failed, written again, first, with the
-        // next ones: the shard already acts on them (its sessions hold the
-        // messages, only the acknowledgements were refused), and the store
-        // must catch up with it, or a restart would bring back a past the
-        // broker's later answers contradict, such as a session subscribed
-        // while the disk was full, missing with the messages acknowledged
-        // to it since.
-        let mut unwritten: Vec<Op> = Vec::new();
+        // Changes of appends that failed stay in the window, unlogged, and
+        // are appended again, first, with the next ones: the shard already
+        // acts on them (its sessions hold the messages, only the
+        // acknowledgements were refused), and the store must catch up with
+        // it, or a restart would bring back a past the broker's later
+        // answers contradict, such as a session subscribed while the disk
+        // was full, missing with the messages acknowledged to it since.
         let mut since_checkpoint = SinceCheckpoint::default();
         let mut records = Vec::new();
         while !closing {
@@ -326,11 +328,11 @@ impl Writer {
                 }
             }
             if let Some(through) = commits.last().map(|c| c.epoch) {
-                unwritten.extend(commits.into_iter().flat_map(|commit| commit.ops));
-                cancel_transient(&mut unwritten);
-                let result = self.append(&mut log, &unwritten, &mut records);
+                since_checkpoint.push(commits.into_iter().flat_map(|commit| commit.ops));
+                let result =
+                    self.append(&mut log, since_checkpoint.window.unlogged(), &mut records);
                 if result.is_ok() {
-                    since_checkpoint.logged(&mut unwritten);
+                    since_checkpoint.window.mark_logged();
                     sync.wrote();
                 }
                 // Also with `none`: the shard bounds how far behind the
@@ -363,7 +365,12 @@ impl Writer {
 
     /// Appends `ops` to the log (synced with `always`); refused up front
     /// when the disk is under its reserve.
-    fn append(&self, log: &mut Log, ops: &[Op], records: &mut Vec<u8>) -> Result<(), String> {
+    fn append<'a>(
+        &self,
+        log: &mut Log,
+        ops: impl Iterator<Item = &'a Op>,
+        records: &mut Vec<u8>,
+    ) -> Result<(), String> {
         check_reserve(&self.partition)?;
         records.clear();
         let (now, wall) = (Instant::now(), SystemTime::now());
@@ -383,6 +390,11 @@ impl Writer {
     /// Closes the current segment and hands it, with its changes, to the
     /// checkpoint thread.
     fn checkpoint(&self, log: &mut Log, since: &mut SinceCheckpoint, checkpoints: &Checkpointer) {
+        // Changes the log refused (a full disk) go to the next segment,
+        // and must not reach redb before it: wait for them.
+        if !since.window.all_logged() {
+            return;
+        }
         // A later segment synced while this one's tail is not would, after
         // a power cut, hold changes to records whose birth is lost.
         if self.durability != Durability::None
@@ -401,31 +413,24 @@ impl Writer {
     }
 }
 
-/// The changes logged since the last checkpoint, kept for it in memory.
+/// The changes since the last checkpoint, kept for it in memory.
 #[derive(Default)]
 struct SinceCheckpoint {
-    ops: Vec<Op>,
-    /// Their number after the last cancellation: under a steady load most
-    /// cancel out, so cancelling again each time they double keeps them
-    /// near what is still owed, at a linear cost.
-    after_cancel: usize,
+    window: Window,
     started: Option<Instant>,
 }
 
 impl SinceCheckpoint {
-    fn logged(&mut self, ops: &mut Vec<Op>) {
+    fn push(&mut self, ops: impl Iterator<Item = Op>) {
         self.started.get_or_insert_with(Instant::now);
-        self.ops.append(ops);
-        if self.ops.len() >= 2 * self.after_cancel + 4096 {
-            cancel_transient(&mut self.ops);
-            self.after_cancel = self.ops.len();
+        for op in ops {
+            self.window.push(op);
         }
     }
 
     fn take(&mut self) -> Vec<Op> {
-        self.after_cancel = 0;
         self.started = None;
-        std::mem::take(&mut self.ops)
+        self.window.take()
     }
 
     /// How long until a checkpoint is due, if the log holds anything.
@@ -567,7 +572,7 @@ pub(super) fn mutations<E>(
     match op {
         Op::Session(session) => {
             let key = record::client_key(record::SESSION, &session.client_id);
-            put(&key, &record::encode(&key, session))
+            put(&key, &record::encode(&key, session.as_ref()))
         }
         Op::Message { id, message } => {
             let key = record::message_key(*id);

@@ -257,7 +257,7 @@ impl ShardState {
             }
             let record = self.session_record(key, now, wall);
             if let Some(store) = &mut self.store {
-                store.push(Op::Session(record));
+                store.push(Op::Session(Box::new(record)));
             }
         }
         if let Some(store) = &mut self.store {
