@@ -475,7 +475,7 @@ async fn shard_main(
     if let Some(store) = store {
         let ShardStore {
             partition,
-            restored,
+            mut restored,
             retained,
             durability,
             interval,
@@ -487,6 +487,7 @@ async fn shard_main(
             handle,
             id,
             &restored.messages,
+            std::mem::take(&mut restored.unapplied),
         );
         let started = match writer {
             Ok(writer) => {

@@ -19,7 +19,7 @@ use tracing::error;
 
 use super::coalesce::cancel_transient;
 use super::dir::Partition;
-use super::log::remove_segments;
+use super::log::{Unapplied, remove_segments, replay};
 use super::writer::{Op, apply, transaction};
 use crate::shard::ShardId;
 
@@ -37,14 +37,20 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn start(partition: Partition, shard: ShardId) -> std::io::Result<Checkpointer> {
+    /// Starts the thread, which applies what the last run logged and never
+    /// checkpointed before its first checkpoint.
+    pub fn start(
+        partition: Partition,
+        shard: ShardId,
+        unapplied: Unapplied,
+    ) -> std::io::Result<Checkpointer> {
         let (to_thread, from_writer) = crossbeam_channel::unbounded();
         let busy = Arc::new(AtomicBool::new(false));
         let thread = thread::Builder::new()
             .name(format!("ringmq-ckpt-{shard}"))
             .spawn({
                 let busy = busy.clone();
-                move || run(partition, from_writer, busy)
+                move || run(partition, unapplied, from_writer, busy)
             })?;
         Ok(Checkpointer {
             to_thread,
@@ -72,7 +78,25 @@ impl Checkpointer {
     }
 }
 
-fn run(partition: Partition, from_writer: Receiver<Checkpoint>, busy: Arc<AtomicBool>) {
+fn run(
+    partition: Partition,
+    unapplied: Unapplied,
+    from_writer: Receiver<Checkpoint>,
+    busy: Arc<AtomicBool>,
+) {
+    // The last run's log goes first: a checkpoint applied before it would
+    // leave redb with later changes that a replay of it, at the next
+    // start, would undo. Not at once, though: the shards are restoring,
+    // and the first checkpoint comes soon enough.
+    let mut unapplied = Some(unapplied);
+    let apply_unapplied = |unapplied: &mut Option<Unapplied>| {
+        let Some(log) = unapplied else {
+            return Ok(());
+        };
+        replay(&partition, log).map_err(|error| error.to_string())?;
+        *unapplied = None;
+        Ok::<(), String>(())
+    };
     // What failed to reach redb, applied first next time.
     let mut carried: Vec<Op> = Vec::new();
     let mut covered: Vec<PathBuf> = Vec::new();
@@ -80,7 +104,9 @@ fn run(partition: Partition, from_writer: Receiver<Checkpoint>, busy: Arc<Atomic
         carried.extend(ops);
         covered.push(segment);
         cancel_transient(&mut carried);
-        let result = if carried.is_empty() {
+        let result = if let Err(error) = apply_unapplied(&mut unapplied) {
+            Err(error)
+        } else if carried.is_empty() {
             Ok(())
         } else {
             transaction(&partition, true, |table, now, wall| {

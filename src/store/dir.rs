@@ -146,7 +146,12 @@ impl DataDir {
         let set = match current {
             Some((generation, count)) if count == shards => set_name(generation, count),
             Some((generation, count)) => {
-                let old = open_set(dir, &set_name(generation, count), count, settings.repair)?;
+                let old = open_set(
+                    dir,
+                    &set_name(generation, count),
+                    count,
+                    Some(settings.repair),
+                )?;
                 let name = set_name(generation + 1, shards);
                 rehome(dir, &old, &name, shards, settings.repair)?;
                 drop(old);
@@ -167,13 +172,13 @@ impl DataDir {
                 if partial.exists() {
                     fs::remove_dir_all(&partial).map_err(io_at(&partial))?;
                 }
-                open_set(dir, &name, shards, settings.repair)?;
+                open_set(dir, &name, shards, None)?;
                 switch_current(dir, &name)?;
                 name
             }
         };
         remove_other_sets(dir, &set)?;
-        let partitions = open_set(dir, &set, shards, settings.repair)?;
+        let partitions = open_set(dir, &set, shards, None)?;
         let cluster = open_partition(&dir.join("cluster.redb"), settings.durability)?;
         Ok(DataDir {
             partitions,
@@ -322,25 +327,42 @@ fn remove_other_sets(dir: &Path, keep: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Opens the partitions of set `name`, each with the log a crash left
-/// replayed into it. Their commits (checkpoints, see [`super::log`]) are
-/// always synced: the log they cover is deleted after them.
+/// Opens the partitions of set `name`, with `replay_with_repair`, each
+/// with the log a crash left replayed into it first (else the restore
+/// reads through the log). Their commits (checkpoints, see
+/// [`super::log`]) are always synced: the log they cover is deleted after
+/// them.
 fn open_set(
     dir: &Path,
     name: &str,
     count: usize,
-    repair: bool,
+    replay_with_repair: Option<bool>,
 ) -> Result<Vec<Partition>, StoreError> {
     let set = dir.join(name);
     fs::create_dir_all(&set).map_err(io_at(&set))?;
-    (0..count)
-        .map(|shard| {
-            let partition =
-                open_partition(&set.join(format!("shard-{shard}.redb")), Durability::Always)?;
-            log::replay(&partition, repair)?;
-            Ok(partition)
-        })
-        .collect()
+    // In parallel: the partitions have nothing in common.
+    std::thread::scope(|scope| {
+        let openers: Vec<_> = (0..count)
+            .map(|shard| {
+                let path = set.join(format!("shard-{shard}.redb"));
+                scope.spawn(move || {
+                    let partition = open_partition(&path, Durability::Always)?;
+                    if let Some(repair) = replay_with_repair {
+                        log::replay(&partition, &log::unapplied(&path, repair)?)?;
+                    }
+                    Ok(partition)
+                })
+            })
+            .collect();
+        openers
+            .into_iter()
+            .map(|opener| {
+                opener
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 fn open_partition(path: &Path, durability: Durability) -> Result<Partition, StoreError> {
@@ -416,7 +438,7 @@ fn rehome(
     if target.exists() {
         fs::remove_dir_all(&target).map_err(io_at(&target))?;
     }
-    let new = open_set(dir, name, shards, repair)?;
+    let new = open_set(dir, name, shards, None)?;
     let mut next_id = vec![0u64; shards];
     for partition in old {
         // Message ids are per partition: the same id means different

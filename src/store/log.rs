@@ -27,13 +27,16 @@
 //! its checksum is damage, handled like a damaged redb record: the broker
 //! refuses to start unless `--repair`.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
 use super::dir::{Partition, RECORDS, StoreError};
+use super::record;
 use super::writer::remove_prefix;
 
 /// One change to a partition's table.
@@ -266,76 +269,175 @@ pub fn remove_segments(paths: &[PathBuf]) -> io::Result<()> {
     Ok(())
 }
 
-/// Applies the segments a crash left to `partition`'s table in one
-/// synced commit, then deletes them. Damage stops the start, or with
-/// `repair` is logged and the rest of that segment skipped.
-pub fn replay(partition: &Partition, repair: bool) -> Result<(), StoreError> {
+/// What a run of mutations leaves behind: the prefixes removed, then each
+/// key's last value (or removal) after them. Applied in that order, and in
+/// key order, it leaves a table as the mutations one by one would; in key
+/// order, a replay touches each B-tree page once rather than at random.
+#[derive(Default)]
+pub struct NetEffect {
+    prefixes: Vec<Vec<u8>>,
+    keys: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl NetEffect {
+    pub fn add(&mut self, mutation: Mutation<'_>) {
+        match mutation {
+            Mutation::Put { key, value } => {
+                self.keys.insert(key.to_vec(), Some(value.to_vec()));
+            }
+            Mutation::Remove(key) => {
+                self.keys.insert(key.to_vec(), None);
+            }
+            Mutation::RemovePrefix(prefix) => {
+                // What was set under it before is gone with it.
+                let under: Vec<Vec<u8>> = self
+                    .keys
+                    .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+                    .map(|(key, _)| key)
+                    .take_while(|key| key.starts_with(prefix))
+                    .cloned()
+                    .collect();
+                for key in under {
+                    self.keys.remove(&key);
+                }
+                self.prefixes.push(prefix.to_vec());
+            }
+        }
+    }
+
+    /// How many keys it sets or removes.
+    pub fn keys_touched(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Each key set or removed, in key order.
+    pub fn keys(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.keys
+            .iter()
+            .map(|(key, value)| (key.as_slice(), value.as_deref()))
+    }
+
+    /// Whether a record under `key` that was there before is gone: the
+    /// removed prefixes are whole client keys (a session's end), so the
+    /// record's own client key is all there is to look up.
+    pub fn removes_by_prefix(&self, key: &[u8]) -> bool {
+        !self.prefixes.is_empty()
+            && record::split_client_key(key).is_some_and(|(_, rest)| {
+                let prefix = &key[..key.len() - rest.len()];
+                self.prefixes.iter().any(|removed| removed == prefix)
+            })
+    }
+
+    pub fn apply(&self, table: &mut redb::Table<&[u8], &[u8]>) -> Result<(), redb::Error> {
+        for prefix in &self.prefixes {
+            remove_prefix(table, prefix)?;
+        }
+        for (key, value) in self.keys() {
+            match value {
+                Some(value) => Mutation::Put { key, value },
+                None => Mutation::Remove(key),
+            }
+            .apply(table)?;
+        }
+        Ok(())
+    }
+}
+
+/// The log segments a crash left, not yet applied to redb, and what they
+/// change. A restart reads the partition through them
+/// ([`super::restore`]) and serves at once; its checkpoint thread applies
+/// them to redb afterwards ([`replay`]), so that a crash under load does
+/// not make the next start wait for a B-tree commit.
+#[derive(Default)]
+pub struct Unapplied {
+    pub segments: Vec<PathBuf>,
+    pub net: NetEffect,
+}
+
+/// Reads the segments of the partition at `partition_path`, oldest first.
+/// Damage stops the start, or with `repair` is logged and the rest of that
+/// segment skipped.
+pub fn unapplied(partition_path: &Path, repair: bool) -> Result<Unapplied, StoreError> {
     let io_error = |source: io::Error| StoreError::Io {
-        path: partition.path.clone(),
+        path: partition_path.to_owned(),
         source,
     };
+    let found = segments(partition_path).map_err(io_error)?;
+    let mut unapplied = Unapplied::default();
+    for (index, (_, path)) in found.iter().enumerate() {
+        let bytes = fs::read(path).map_err(io_error)?;
+        let (mutations, stop) = parse(&bytes);
+        for mutation in mutations {
+            unapplied.net.add(mutation);
+        }
+        let newest = index + 1 == found.len();
+        match stop {
+            None => {}
+            Some(Stop::Torn { offset } | Stop::Zeros { offset }) if newest => {
+                warn!(
+                    segment = %path.display(),
+                    offset,
+                    dropped_bytes = bytes.len() - offset,
+                    "the log ends in a write cut short by the crash, never acknowledged: dropped"
+                );
+                // Cut off, or the next start, with segments after this one,
+                // would take it for damage.
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_error)?;
+                file.set_len(offset as u64).map_err(io_error)?;
+                file.sync_all().map_err(io_error)?;
+            }
+            Some(stop) => {
+                let (offset, problem) = match stop {
+                    Stop::Damaged { offset, problem } => (offset, problem),
+                    Stop::Torn { offset } => (offset, "record cut short in an older segment"),
+                    Stop::Zeros { offset } => (offset, "zeros in an older segment"),
+                };
+                if !repair {
+                    return Err(StoreError::Damaged {
+                        path: path.clone(),
+                        key: format!("log offset {offset}"),
+                        problem: problem.to_owned(),
+                    });
+                }
+                tracing::error!(
+                    segment = %path.display(),
+                    offset,
+                    problem,
+                    "damaged log record: the rest of its segment skipped (--repair)"
+                );
+            }
+        }
+    }
+    unapplied.segments = found.into_iter().map(|(_, path)| path).collect();
+    Ok(unapplied)
+}
+
+/// Applies `unapplied` to `partition`'s table in one synced commit, then
+/// deletes its segments.
+pub fn replay(partition: &Partition, unapplied: &Unapplied) -> Result<(), StoreError> {
+    if unapplied.segments.is_empty() {
+        return Ok(());
+    }
     let engine = |error: redb::Error| StoreError::Engine {
         path: partition.path.clone(),
         detail: error.to_string(),
     };
-    let found = segments(&partition.path).map_err(io_error)?;
-    if found.is_empty() {
-        return Ok(());
-    }
     let mut tx = partition.db.begin_write().map_err(|e| engine(e.into()))?;
     tx.set_quick_repair(true);
-    let mut applied = 0usize;
     {
         let mut table = tx.open_table(RECORDS).map_err(|e| engine(e.into()))?;
-        for (index, (_, path)) in found.iter().enumerate() {
-            let bytes = fs::read(path).map_err(io_error)?;
-            let (mutations, stop) = parse(&bytes);
-            for mutation in &mutations {
-                mutation.apply(&mut table).map_err(engine)?;
-            }
-            applied += mutations.len();
-            let newest = index + 1 == found.len();
-            match stop {
-                None => {}
-                Some(Stop::Torn { offset } | Stop::Zeros { offset }) if newest => {
-                    warn!(
-                        segment = %path.display(),
-                        offset,
-                        dropped_bytes = bytes.len() - offset,
-                        "the log ends in a write cut short by the crash, never acknowledged: dropped"
-                    );
-                }
-                Some(stop) => {
-                    let problem = match stop {
-                        Stop::Damaged { problem, .. } => problem,
-                        Stop::Torn { .. } => "record cut short in an older segment",
-                        Stop::Zeros { .. } => "zeros in an older segment",
-                    };
-                    let (Stop::Torn { offset }
-                    | Stop::Zeros { offset }
-                    | Stop::Damaged { offset, .. }) = stop;
-                    if !repair {
-                        return Err(StoreError::Damaged {
-                            path: path.clone(),
-                            key: format!("log offset {offset}"),
-                            problem: problem.to_owned(),
-                        });
-                    }
-                    tracing::error!(
-                        segment = %path.display(),
-                        offset,
-                        problem,
-                        "damaged log record: the rest of its segment skipped (--repair)"
-                    );
-                }
-            }
-        }
+        unapplied.net.apply(&mut table).map_err(engine)?;
     }
+    // Synced: partitions sync every commit (see `dir`).
     tx.commit().map_err(|e| engine(e.into()))?;
-    // The commit is synced (partitions sync every commit, see `dir`).
-    let paths: Vec<PathBuf> = found.into_iter().map(|(_, path)| path).collect();
-    remove_segments(&paths).map_err(io_error)?;
-    info!(partition = %partition.path.display(), segments = paths.len(), mutations = applied, "log replayed");
+    remove_segments(&unapplied.segments).map_err(|source| StoreError::Io {
+        path: partition.path.clone(),
+        source,
+    })?;
+    info!(partition = %partition.path.display(), segments = unapplied.segments.len(), "log applied");
     Ok(())
 }
 
@@ -376,6 +478,40 @@ mod tests {
         let third = log_of(&SAMPLE[..2]).len();
         assert_eq!(stop, Some(Stop::Torn { offset: third }));
         assert!(second < third);
+    }
+
+    #[test]
+    fn the_net_effect_keeps_what_follows_a_prefix_removal_and_drops_what_precedes_it() {
+        let mut net = NetEffect::default();
+        let ec = record::client_key(record::ENTRY, "c");
+        let under = |seq: u8| [ec.as_slice(), &[seq]].concat();
+        for mutation in [
+            Mutation::Put {
+                key: &under(1),
+                value: b"a",
+            },
+            Mutation::Put {
+                key: b"Ed1",
+                value: b"b",
+            },
+            Mutation::RemovePrefix(&ec),
+            Mutation::Put {
+                key: &under(2),
+                value: b"c",
+            },
+            Mutation::Remove(b"Ed1"),
+        ] {
+            net.add(mutation);
+        }
+        let keys: Vec<_> = net.keys().collect();
+        assert_eq!(
+            keys,
+            vec![(&b"Ed1"[..], None), (&under(2)[..], Some(&b"c"[..]))]
+        );
+        // What redb holds under the removed prefix is gone, whatever it is.
+        assert!(net.removes_by_prefix(&under(7)));
+        let other = record::client_key(record::ENTRY, "d");
+        assert!(!net.removes_by_prefix(&[other.as_slice(), &[1]].concat()));
     }
 
     #[test]

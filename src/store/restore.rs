@@ -7,10 +7,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use rustc_hash::FxHashMap;
 
 use super::dir::{Partition, RECORDS, StoreError, skip_or_fail};
+use super::log::{self, Unapplied};
 use super::record::{
     self, ArchivedStoredMessage, EntryRecord, FlightRecord, SessionRecord, WillRecord,
 };
@@ -30,6 +31,9 @@ pub struct RestoredShard {
     /// Keys of records nothing refers to any more (messages whose entries
     /// are gone, entries of sessions that are gone), to delete.
     pub garbage: Vec<Vec<u8>>,
+    /// The log a crash left, read through here, for the writer's
+    /// checkpoint thread to apply to redb before anything else.
+    pub unapplied: Unapplied,
 }
 
 #[derive(Debug, Clone)]
@@ -81,40 +85,31 @@ impl Clients {
     }
 }
 
-/// Reads `partition` whole. `now` and `wall` are the same moment on the
-/// monotonic and the wall clock.
-///
-/// Records are decoded as redb hands them out, not copied out first: at
-/// 100,000 sessions with 10 messages each (2.1 million records) copying
-/// every key and value, and keeping every queue entry's key, cost about
-/// half of the restart (PERF.md, "Durable sessions").
-pub fn restore(
-    partition: &Partition,
+/// The records of one partition as the scan meets them, in key order.
+struct Reader<'a> {
+    partition: &'a Partition,
     repair: bool,
     now: Instant,
     wall: SystemTime,
-) -> Result<RestoredShard, StoreError> {
-    let mut shard = RestoredShard::default();
-    let mut messages: FxHashMap<u64, (Arc<Message>, u32)> = FxHashMap::default();
-    let mut clients = Clients::default();
-    let engine = |e: redb::Error| StoreError::Engine {
-        path: partition.path.clone(),
-        detail: e.to_string(),
-    };
-    let tx = partition.db.begin_read().map_err(|e| engine(e.into()))?;
-    let table = tx.open_table(RECORDS).map_err(|e| engine(e.into()))?;
-    for item in table.iter().map_err(|e| engine(e.into()))? {
-        let (key, value) = item.map_err(|e| engine(e.into()))?;
-        let (key, value) = (key.value(), value.value());
+    shard: RestoredShard,
+    messages: FxHashMap<u64, (Arc<Message>, u32)>,
+    clients: Clients,
+}
+
+impl Reader<'_> {
+    fn visit(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let (now, wall) = (self.now, self.wall);
+        let shard = &mut self.shard;
         // With --repair, a damaged record is skipped and then deleted:
         // left in place, it would stop the next start without --repair.
+        let (partition, repair) = (self.partition, self.repair);
         let damaged =
             |problem: &str| skip_or_fail(partition, key, problem, repair).map(|()| key.to_vec());
         let archive = match record::unframe(key, value) {
             Ok(archive) => archive,
             Err(problem) => {
                 shard.garbage.push(damaged(&problem.to_string())?);
-                continue;
+                return Ok(());
             }
         };
         match key.first().copied() {
@@ -123,7 +118,7 @@ pub fn restore(
                 stored(archive, now, wall),
             ) {
                 (Some(id), Ok(Some(message))) => {
-                    messages.insert(id, (Arc::new(message), 0));
+                    self.messages.insert(id, (Arc::new(message), 0));
                 }
                 // Expired while the broker was down: entries referring to it
                 // are dropped below, like an expired message in a queue.
@@ -141,9 +136,9 @@ pub fn restore(
             ) => {
                 let Some((client_id, rest)) = record::split_client_key(key) else {
                     shard.garbage.push(damaged("bad client key")?);
-                    continue;
+                    return Ok(());
                 };
-                let parts = clients.get(client_id);
+                let parts = self.clients.get(client_id);
                 let ok = match kind {
                     record::SESSION => record::decode::<SessionRecord>(&archive)
                         .map(|session| parts.session = Some(session)),
@@ -172,9 +167,76 @@ pub fn restore(
             }
             _ => shard.garbage.push(damaged("unknown kind of record")?),
         }
+        Ok(())
+    }
+}
+
+/// Reads `partition` whole. `now` and `wall` are the same moment on the
+/// monotonic and the wall clock.
+///
+/// Records are decoded as redb hands them out, not copied out first: at
+/// 100,000 sessions with 10 messages each (2.1 million records) copying
+/// every key and value, and keeping every queue entry's key, cost about
+/// half of the restart (PERF.md, "Durable sessions").
+pub fn restore(
+    partition: &Partition,
+    repair: bool,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<RestoredShard, StoreError> {
+    let unapplied = log::unapplied(&partition.path, repair)?;
+    let mut reader = Reader {
+        partition,
+        repair,
+        now,
+        wall,
+        shard: RestoredShard::default(),
+        messages: FxHashMap::default(),
+        clients: Clients::default(),
+    };
+    let engine = |e: redb::Error| StoreError::Engine {
+        path: partition.path.clone(),
+        detail: e.to_string(),
+    };
+    let tx = partition.db.begin_read().map_err(|e| engine(e.into()))?;
+    let table = tx.open_table(RECORDS).map_err(|e| engine(e.into()))?;
+    // Every message still referred to has an entry record of its own, so
+    // at most half the records are messages: sized once, the table is not
+    // grown and rehashed (twenty times for a million messages).
+    let records = table.len().map_err(|e| engine(e.into()))? as usize + unapplied.net.keys_touched();
+    reader.messages.reserve(records / 2);
+    // redb's records and the log's, merged in key order: the log's value
+    // (or removal) replaces redb's.
+    let mut logged = unapplied.net.keys().peekable();
+    for item in table.iter().map_err(|e| engine(e.into()))? {
+        let (key, value) = item.map_err(|e| engine(e.into()))?;
+        let key = key.value();
+        let mut replaced = false;
+        while let Some((logged_key, logged_value)) = logged.next_if(|(k, _)| *k <= key) {
+            if let Some(logged_value) = logged_value {
+                reader.visit(logged_key, logged_value)?;
+            }
+            replaced |= logged_key == key;
+        }
+        if replaced || unapplied.net.removes_by_prefix(key) {
+            continue;
+        }
+        reader.visit(key, value.value())?;
+    }
+    for (key, value) in logged {
+        if let Some(value) = value {
+            reader.visit(key, value)?;
+        }
     }
     drop(table);
     drop(tx);
+    let Reader {
+        mut shard,
+        mut messages,
+        clients,
+        ..
+    } = reader;
+    shard.unapplied = unapplied;
 
     let entry_key = |id: &str, seq| record::entry_key(record::ENTRY, id, seq);
     let flight_key = |id: &str, seq| record::entry_key(record::FLIGHT, id, seq);

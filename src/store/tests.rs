@@ -360,9 +360,9 @@ fn log(partition: &Partition, ops: &[Op]) -> PathBuf {
 }
 
 #[test]
-fn the_log_a_crash_left_is_replayed_into_the_partition_before_it_is_read() {
+fn the_log_a_crash_left_is_read_through_and_then_applied() {
     let temp = TempDir::new("replay");
-    {
+    let newest = {
         let dir = DataDir::open(&temp.settings(false), 1).unwrap();
         let partition = &dir.partitions[0];
         // Checkpointed: in redb, then removed by the log.
@@ -372,24 +372,33 @@ fn the_log_a_crash_left_is_replayed_into_the_partition_before_it_is_read() {
         // The crash cut the last append short.
         let mut file = std::fs::OpenOptions::new()
             .append(true)
-            .open(newest)
+            .open(&newest)
             .unwrap();
         std::io::Write::write_all(&mut file, &[40, 0, 0, 0, 1, 2]).unwrap();
-    }
+        newest
+    };
+    let expected = vec![
+        ("c".into(), Some(5), "t/1".into()),
+        ("c".into(), None, "t/2".into()),
+    ];
     let dir = DataDir::open(&temp.settings(false), 1).unwrap();
     let partition = &dir.partitions[0];
+    let shard = read(partition, false).unwrap();
+    assert_eq!(owed(&shard), expected);
+    assert_eq!(shard.unapplied.segments.len(), 2);
+    // The torn append is cut off, so that segments after it read clean.
+    let whole = std::fs::metadata(&newest).unwrap().len();
+    let (_, stop) = super::log::parse(&std::fs::read(&newest).unwrap()[..whole as usize]);
+    assert_eq!(stop, None);
+
+    super::log::replay(partition, &shard.unapplied).unwrap();
     assert!(
         segments(&partition.path).unwrap().is_empty(),
-        "replayed segments are deleted"
+        "applied segments are deleted"
     );
-    let shard = read(partition, false).unwrap();
-    assert_eq!(
-        owed(&shard),
-        vec![
-            ("c".into(), Some(5), "t/1".into()),
-            ("c".into(), None, "t/2".into())
-        ]
-    );
+    let again = read(partition, false).unwrap();
+    assert_eq!(owed(&again), expected);
+    assert!(again.unapplied.segments.is_empty());
 }
 
 #[test]
@@ -407,17 +416,15 @@ fn a_damaged_log_record_stops_the_start_unless_repair() {
     bytes[middle] ^= 0x01;
     std::fs::write(&older, bytes).unwrap();
 
-    let error = DataDir::open(&temp.settings(false), 1)
-        .err()
-        .expect("refused");
+    let dir = DataDir::open(&temp.settings(false), 1).unwrap();
+    let error = read(&dir.partitions[0], false).err().expect("refused");
     let text = error.to_string();
     assert!(
         text.contains("shard-0.log.1") && text.contains("--repair"),
         "{text}"
     );
 
-    let dir = DataDir::open(&temp.settings(true), 1).unwrap();
-    let shard = read(&dir.partitions[0], false).unwrap();
+    let shard = read(&dir.partitions[0], true).unwrap();
     // b's segment is whole; a's is kept up to the damage.
     assert!(owed(&shard).iter().any(|(client, _, _)| client == "b"));
 }

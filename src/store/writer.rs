@@ -25,7 +25,7 @@ use super::Durability;
 use super::checkpoint::{Checkpoint, Checkpointer};
 use super::coalesce::Window;
 use super::dir::{Partition, RECORDS};
-use super::log::{Log, Mutation};
+use super::log::{Log, Mutation, Unapplied};
 use super::record::{self, EntryRecord, FlightRecord, SessionRecord, StoredMessage};
 use super::restore::unix_ms;
 use crate::cluster::frame::message_to_wire;
@@ -155,7 +155,8 @@ pub struct StoreHandle {
 
 impl StoreHandle {
     /// Starts `shard`'s writer thread on `partition`. `messages` are the
-    /// stored messages the restored sessions refer to, with their counts.
+    /// stored messages the restored sessions refer to, with their counts;
+    /// `unapplied`, the log the last run left, to apply to redb first.
     pub fn start(
         partition: Partition,
         durability: Durability,
@@ -163,11 +164,12 @@ impl StoreHandle {
         mesh: MeshHandle,
         shard: ShardId,
         messages: &[(u64, Arc<Message>, u32)],
+        unapplied: Unapplied,
     ) -> std::io::Result<StoreHandle> {
         let (to_writer, from_shard) = crossbeam_channel::unbounded();
         let running = partition.writer.clone();
         let log = Log::open(&partition.path)?;
-        let checkpoints = Checkpointer::start(partition.clone(), shard)?;
+        let checkpoints = Checkpointer::start(partition.clone(), shard, unapplied)?;
         let writer = Writer {
             partition,
             durability,
