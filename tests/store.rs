@@ -1023,12 +1023,31 @@ async fn a_full_disk_refuses_acknowledgements_and_recovers() {
         failures >= 2.0,
         "ringmq_store_write_failures_total {failures}"
     );
+    // Known full now: a QoS 2 PUBLISH is refused before it is routed, and
+    // its flow ends, so that the same message sent again later is taken.
+    v5_publisher
+        .send(&Pub::new("st6/t", b"full:2").qos(2, 4).encode(wire::V5))
+        .await;
+    assert_eq!(v5_publisher.recv_kind(wire::PUBREC).await.ack(), (4, 0x97));
 
     std::fs::remove_file(&filler).unwrap();
+    // The broker notices within its 100 ms retry; a client that was told
+    // 0x97 sends again, as this one does.
+    let mut answer = (3, 0x97);
+    for _ in 0..40 {
+        v5_publisher
+            .send(&Pub::new("st6/t", b"ok:1").qos(1, 3).encode(wire::V5))
+            .await;
+        answer = v5_publisher.recv_kind(wire::PUBACK).await.ack();
+        if answer.1 != 0x97 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answer, (3, 0), "accepted again once the disk has room");
     v5_publisher
-        .send(&Pub::new("st6/t", b"ok:1").qos(1, 3).encode(wire::V5))
+        .publish(Pub::new("st6/t", b"full:2").qos(2, 4))
         .await;
-    assert_eq!(v5_publisher.recv_kind(wire::PUBACK).await.ack(), (3, 0));
     // The writer reports in order: no failure from before is still to come.
     let recovered = store_failures(&broker);
     let (mut v4_publisher, _) = Raw::connect_ok(broker.addr, Connect::v4("st6-pub-v4")).await;
@@ -1048,6 +1067,8 @@ async fn a_full_disk_refuses_acknowledgements_and_recovers() {
     println!("after the disk filled and emptied, without a restart: {got:?}");
     let acknowledged: Vec<&String> = got.iter().filter(|p| p.starts_with("ok:")).collect();
     assert_eq!(acknowledged, ["ok:0", "ok:1", "ok:2"]);
+    let qos2: Vec<&String> = got.iter().filter(|p| *p == "full:2").collect();
+    assert_eq!(qos2.len(), 1, "refused before routing, then taken: once");
     // The refused ones were queued before the store refused them: the
     // publisher may send them again, but the broker sends each once.
     for refused in ["full:0", "full:1"] {

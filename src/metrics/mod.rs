@@ -55,6 +55,9 @@ pub struct ShardMetrics {
     /// Store writes that failed (disk full, I/O error); the
     /// acknowledgements that waited for them were refused.
     pub store_failures: u64,
+    /// QoS 1/2 PUBLISH refused before routing while the store's disk was
+    /// under its reserve.
+    pub store_refusals: u64,
     /// PUBLISH decoded to its bytes encoded into a subscriber's output.
     pub publish_latency: Latency,
     /// A mesh batch flushed by one shard to applied by another.

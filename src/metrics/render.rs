@@ -126,6 +126,13 @@ pub fn render(snapshots: &[Snapshot], cluster: Option<&StatusSnapshot>) -> Strin
         "Store commits that failed (disk full, I/O error); acknowledgements waiting for them were refused",
         store_failures,
     );
+    let store_refusals = Counter::<u64>::default();
+    store_refusals.inc_by(sum(|s| s.metrics.store_refusals));
+    registry.register(
+        "store_refused_publishes",
+        "QoS 1/2 PUBLISH refused before routing (v5: 0x97; 3.1.1: connection closed) while the store's disk was under its reserve",
+        store_refusals,
+    );
 
     let depth = Family::<Labels, Gauge>::default();
     let cross = Family::<Labels, Counter>::default();

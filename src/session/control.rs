@@ -134,24 +134,29 @@ impl Control {
     /// Changes the reason code of the PUBACK or PUBREC held behind
     /// `ticket`: what it acknowledged could not be kept.
     pub fn refuse(&mut self, ticket: Ticket, reason: crate::protocol::ReasonCode) {
-        let Some(tickets) = &self.tickets else {
-            return;
-        };
-        let Some(position) = ticket
+        if let Some(Packet::PubAck(answer) | Packet::PubRec(answer)) = self.answer_mut(ticket) {
+            answer.reason = reason;
+        }
+    }
+
+    /// The packet id of the PUBREC held behind `ticket`, if it is one.
+    pub fn held_pubrec(&mut self, ticket: Ticket) -> Option<u16> {
+        match self.answer_mut(ticket) {
+            Some(Packet::PubRec(answer)) => Some(answer.packet_id),
+            _ => None,
+        }
+    }
+
+    fn answer_mut(&mut self, ticket: Ticket) -> Option<&mut Packet> {
+        let tickets = self.tickets.as_ref()?;
+        let position = ticket
             .0
             .checked_sub(tickets.first)
             .and_then(|index| usize::try_from(index).ok())
             .and_then(|index| tickets.barriers.get(index))
             .and_then(|barrier| barrier.position.checked_sub(tickets.popped))
-            .and_then(|at| usize::try_from(at).ok())
-        else {
-            return;
-        };
-        if let Some(Packet::PubAck(answer) | Packet::PubRec(answer)) =
-            self.packets.get_mut(position)
-        {
-            answer.reason = reason;
-        }
+            .and_then(|at| usize::try_from(at).ok())?;
+        self.packets.get_mut(position)
     }
 
     pub fn unconfirmed(&self) -> usize {

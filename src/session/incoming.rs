@@ -241,6 +241,70 @@ mod tests {
         assert_eq!(routed(&mut session).len(), 1);
     }
 
+    /// The ticket of the one PUBLISH `session` just asked to route.
+    fn ticket_routed(session: &mut Session) -> crate::session::Ticket {
+        match actions(session).as_slice() {
+            [
+                SessionAction::Publish {
+                    ticket: Some(ticket),
+                    ..
+                },
+            ] => *ticket,
+            other => panic!("expected one Publish with a ticket, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_qos2_publish_refused_ends_its_flow_for_v5_and_unrouted_for_all() {
+        // v5, refused after routing: the client may use the id again for
+        // another message, which must not be taken for a resend.
+        let (mut session, now) = connected(ProtocolVersion::V5);
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 5), now)
+            .unwrap();
+        let ticket = ticket_routed(&mut session);
+        session.refuse(ticket, ReasonCode::QuotaExceeded);
+        session.confirm(ticket);
+        assert_eq!(
+            transmit(&mut session, now),
+            vec![Packet::PubRec(pub_response(5, ReasonCode::QuotaExceeded))]
+        );
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 5), now)
+            .unwrap();
+        assert_eq!(routed(&mut session).len(), 1);
+
+        // 3.1.1, refused after routing: the connection closes and the same
+        // message comes again with the same id, answered without routing.
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 6), now)
+            .unwrap();
+        let ticket = ticket_routed(&mut session);
+        session.refuse(ticket, ReasonCode::QuotaExceeded);
+        assert!(
+            session
+                .incoming_qos2
+                .as_ref()
+                .is_some_and(|ids| ids.contains(&6))
+        );
+
+        // 3.1.1, refused before routing: nothing went out, so the resend
+        // must be routed.
+        let (mut session, now) = connected(ProtocolVersion::V3_1_1);
+        session
+            .handle_packet(publish_in("t", QoS::ExactlyOnce, 7), now)
+            .unwrap();
+        let ticket = ticket_routed(&mut session);
+        session.refuse_unrouted(ticket, ReasonCode::QuotaExceeded);
+        assert!(
+            !session
+                .incoming_qos2
+                .as_ref()
+                .is_some_and(|ids| ids.contains(&7))
+        );
+    }
+
     #[test]
     fn pubrel_for_unknown_id() {
         let (mut session, now) = connected(ProtocolVersion::V5);

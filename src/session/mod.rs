@@ -526,6 +526,31 @@ impl Session {
     /// ticket is confirmed; a 3.1.1 client, which has no way to hear it,
     /// loses the connection and sends the message again on its next one.
     pub fn refuse(&mut self, ticket: Ticket, reason: ReasonCode) {
+        // A v5 client takes a PUBREC of 0x80 or more as the end of the
+        // flow, free to use the packet id again for another message
+        // (spec 4.3.3): kept as awaiting PUBREL, that message would be
+        // taken for a resend and dropped. A 3.1.1 client resends the same
+        // message with the same id on its next connection, which the kept
+        // id answers without routing it twice.
+        self.refuse_answer(ticket, reason, self.protocol.is_v5());
+    }
+
+    /// Refuses the PUBLISH behind `ticket` before it was routed: its flow
+    /// ends here whatever the protocol, so that a resend is routed.
+    pub fn refuse_unrouted(&mut self, ticket: Ticket, reason: ReasonCode) {
+        self.refuse_answer(ticket, reason, true);
+    }
+
+    fn refuse_answer(&mut self, ticket: Ticket, reason: ReasonCode, end_qos2_flow: bool) {
+        if end_qos2_flow && let Some(packet_id) = self.control.held_pubrec(ticket) {
+            let awaited = self
+                .incoming_qos2
+                .as_mut()
+                .is_some_and(|ids| ids.remove(&packet_id));
+            if awaited {
+                self.journal(Change::Completed { packet_id });
+            }
+        }
         if self.protocol.is_v5() {
             self.control.refuse(ticket, reason);
         } else if !self.closing {

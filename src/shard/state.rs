@@ -456,6 +456,19 @@ impl ShardState {
             match action {
                 SessionAction::Publish { message, ticket } => {
                     self.metrics.received(&message);
+                    if let Some(ticket) = ticket
+                        && self.store.as_ref().is_some_and(StoreHandle::disk_full)
+                    {
+                        // Not routed: refused after routing, it would
+                        // already be with its subscribers, and there again
+                        // when its publisher sends it again.
+                        self.sessions[key]
+                            .session
+                            .refuse_unrouted(ticket, ReasonCode::QuotaExceeded);
+                        self.metrics.store_refusals += 1;
+                        self.confirm_here(key, ticket);
+                        continue;
+                    }
                     let retain_owner = message
                         .retain
                         .then(|| super::group_owner(&message.topic, self.mesh.shard_count()));

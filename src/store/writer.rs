@@ -12,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -53,6 +54,9 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 /// A log segment this large is checkpointed at once, which bounds the
 /// replay after a crash under a heavy load of messages still owed.
 pub const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
+/// How often the writer tries again to log changes it could not (a full
+/// disk), when nothing new comes.
+const UNWRITTEN_RETRY: Duration = Duration::from_millis(100);
 /// How long the writer waits before looking again when a checkpoint is
 /// due but the one before is still running.
 const CHECKPOINT_RETRY: Duration = Duration::from_millis(10);
@@ -151,6 +155,8 @@ pub struct StoreHandle {
     /// counted): id and number of entries.
     messages: FxHashMap<usize, (u64, u32)>,
     last_message_id: u64,
+    /// Set by the writer while its disk is under the reserve.
+    disk_full: Arc<AtomicBool>,
 }
 
 impl StoreHandle {
@@ -170,12 +176,14 @@ impl StoreHandle {
         let running = partition.writer.clone();
         let log = Log::open(&partition.path)?;
         let checkpoints = Checkpointer::start(partition.clone(), shard, unapplied)?;
+        let disk_full = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             partition,
             durability,
             interval,
             mesh,
             shard,
+            disk_full: disk_full.clone(),
         };
         let thread = thread::Builder::new()
             .name(format!("ringmq-store-{shard}"))
@@ -200,6 +208,7 @@ impl StoreHandle {
                 .map(|(id, message, refs)| (Arc::as_ptr(message) as usize, (*id, *refs)))
                 .collect(),
             last_message_id: messages.iter().map(|(id, _, _)| *id).max().unwrap_or(0),
+            disk_full,
         })
     }
 
@@ -273,6 +282,14 @@ impl StoreHandle {
         }
     }
 
+    /// Whether the last write found the disk under its reserve: messages
+    /// that need storing are then refused before they are routed, so that
+    /// one refused is not also delivered (and delivered again when its
+    /// publisher sends it again).
+    pub fn disk_full(&self) -> bool {
+        self.disk_full.load(Ordering::Relaxed)
+    }
+
     /// The writer has committed everything up to `through`.
     pub fn committed(&mut self, through: u64) {
         self.stored = self.stored.max(through);
@@ -285,6 +302,7 @@ struct Writer {
     interval: Duration,
     mesh: MeshHandle,
     shard: ShardId,
+    disk_full: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -300,10 +318,17 @@ impl Writer {
         // was full, missing with the messages acknowledged to it since.
         let mut since_checkpoint = SinceCheckpoint::default();
         let mut records = Vec::new();
+        let mut last_epoch = 0;
+        let mut failing = false;
         while !closing {
+            // Changes the log refused are tried again on their own, so
+            // that the shard hears when the disk has room again even if
+            // nothing new comes (it refuses what would need storing).
+            let retry = (!since_checkpoint.window.all_logged()).then_some(UNWRITTEN_RETRY);
             let wait = [
                 sync.due_in(),
                 since_checkpoint.due_in(&log, checkpoints.busy()),
+                retry,
             ]
             .into_iter()
             .flatten()
@@ -329,7 +354,12 @@ impl Writer {
                     }
                 }
             }
-            if let Some(through) = commits.last().map(|c| c.epoch) {
+            if let Some(epoch) = commits.last().map(|c| c.epoch) {
+                last_epoch = epoch;
+            }
+            let retrying = commits.is_empty() && !since_checkpoint.window.all_logged();
+            if !commits.is_empty() || retrying {
+                let through = last_epoch;
                 since_checkpoint.push(commits.into_iter().flat_map(|commit| commit.ops));
                 let result =
                     self.append(&mut log, since_checkpoint.window.unlogged(), &mut records);
@@ -338,17 +368,25 @@ impl Writer {
                     sync.wrote();
                 }
                 // Also with `none`: the shard bounds how far behind the
-                // writer may fall (see `StoreHandle::barrier`).
-                self.mesh.send(
-                    self.shard,
-                    ShardMsg::Stored {
-                        through,
-                        ok: result.is_ok(),
-                    },
-                );
-                if let Err(error) = result {
-                    error!(shard = self.shard, %error, "store write failed");
+                // writer may fall (see `StoreHandle::barrier`). A retry that
+                // fails again has no one new to tell.
+                if !(retrying && result.is_err()) {
+                    self.mesh.send(
+                        self.shard,
+                        ShardMsg::Stored {
+                            through,
+                            ok: result.is_ok(),
+                        },
+                    );
                 }
+                match result {
+                    Err(error) if !failing => {
+                        error!(shard = self.shard, %error, "store write failed: retried every 100 ms");
+                    }
+                    Ok(()) if failing => info!(shard = self.shard, "store writes again"),
+                    _ => {}
+                }
+                failing = !since_checkpoint.window.all_logged();
             }
             sync.sync_if_due(&self.partition.path, || log.sync());
             if since_checkpoint.due_in(&log, checkpoints.busy()) == Some(Duration::ZERO) {
@@ -373,7 +411,9 @@ impl Writer {
         ops: impl Iterator<Item = &'a Op>,
         records: &mut Vec<u8>,
     ) -> Result<(), String> {
-        check_reserve(&self.partition)?;
+        let reserve = check_reserve(&self.partition);
+        self.disk_full.store(reserve.is_err(), Ordering::Relaxed);
+        reserve?;
         records.clear();
         let (now, wall) = (Instant::now(), SystemTime::now());
         for op in ops {
