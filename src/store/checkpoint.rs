@@ -109,7 +109,7 @@ fn run(
         } else if carried.is_empty() {
             Ok(())
         } else {
-            transaction(&partition, true, |table, now, wall| {
+            transaction(&partition, |table, now, wall| {
                 carried
                     .iter()
                     .try_for_each(|op| apply(table, op, now, wall))

@@ -362,6 +362,7 @@ pub fn unapplied(partition_path: &Path, repair: bool) -> Result<Unapplied, Store
         path: partition_path.to_owned(),
         source,
     };
+    let started = std::time::Instant::now();
     let found = segments(partition_path).map_err(io_error)?;
     let mut unapplied = Unapplied::default();
     for (index, (_, path)) in found.iter().enumerate() {
@@ -412,6 +413,15 @@ pub fn unapplied(partition_path: &Path, repair: bool) -> Result<Unapplied, Store
         }
     }
     unapplied.segments = found.into_iter().map(|(_, path)| path).collect();
+    if !unapplied.segments.is_empty() {
+        info!(
+            partition = %partition_path.display(),
+            segments = unapplied.segments.len(),
+            keys = unapplied.net.keys_touched(),
+            millis = started.elapsed().as_millis() as u64,
+            "log read"
+        );
+    }
     Ok(unapplied)
 }
 

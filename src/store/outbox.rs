@@ -124,7 +124,7 @@ impl ClusterStore {
         if ops.is_empty() {
             return Ok(());
         }
-        transaction(&self.partition, false, |table, now, wall| {
+        transaction(&self.partition, |table, now, wall| {
             ops.into_iter()
                 .try_for_each(|op| apply(table, op, now, wall))
         })?;

@@ -554,18 +554,17 @@ fn check_reserve(partition: &Partition) -> Result<(), String> {
 
 /// Runs `write` in one transaction on `partition`'s table and commits it
 /// (synced if the partition's durability asks, see
-/// [`super::dir::PartitionFile`]; with `quick_repair`, recording redb's
-/// allocator state so that opening after a crash is quick); refused up
+/// [`super::dir::PartitionFile`]; recording redb's allocator state, so
+/// that opening after a crash need not walk the whole file); refused up
 /// front when the disk is under its reserve.
 pub(super) fn transaction(
     partition: &Partition,
-    quick_repair: bool,
     write: impl FnOnce(&mut redb::Table<&[u8], &[u8]>, Instant, SystemTime) -> Result<(), redb::Error>,
 ) -> Result<(), String> {
     check_reserve(partition)?;
     let fail = |error: redb::Error| error.to_string();
     let mut tx = partition.db.begin_write().map_err(|e| fail(e.into()))?;
-    tx.set_quick_repair(quick_repair);
+    tx.set_quick_repair(true);
     {
         let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
         write(&mut table, Instant::now(), SystemTime::now()).map_err(fail)?;
