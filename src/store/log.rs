@@ -20,17 +20,19 @@
 //! is harmless: every mutation sets or removes keys outright, so the later
 //! ones, replayed after it, leave each key as it was.
 //!
-//! A crash mid-append leaves a record cut short at the end of the newest
-//! segment, never acknowledged: it is dropped with a log line. So is a
-//! tail of zeros there (a power cut after the file grew but before its
-//! data reached the disk, which `batch` allows). Anything else that fails
-//! its checksum is damage, handled like a damaged redb record: the broker
-//! refuses to start unless `--repair`.
+//! Segments are prepared ahead, filled with zeros ([`prepare_segment`]):
+//! a segment's data ends where its zeros start. A crash mid-append leaves
+//! a record cut short at the end of the newest segment's data (running
+//! past the end of the file, or failing its checksum with only zeros
+//! after it), never acknowledged: it is dropped with a log line. Anything
+//! else that fails its checksum is damage, handled like a damaged redb
+//! record: the broker refuses to start unless `--repair`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Bound;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
@@ -38,6 +40,7 @@ use tracing::{info, warn};
 use super::dir::{Partition, RECORDS, StoreError};
 use super::record;
 use super::writer::remove_prefix;
+use super::writer::{RESERVE_BYTES, free_bytes};
 
 /// One change to a partition's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +101,8 @@ impl Mutation<'_> {
 pub enum Stop {
     /// The last record runs past the end of the file: an append cut short.
     Torn { offset: usize },
-    /// Only zeros from here on: written space whose data never arrived.
+    /// Only zeros from here on: space prepared ahead and not yet written
+    /// (or written but lost to a power cut, which `batch` allows).
     Zeros { offset: usize },
     /// A record that is there but wrong.
     Damaged {
@@ -133,10 +137,19 @@ fn record_at(bytes: &[u8], offset: usize) -> Result<(Mutation<'_>, usize), Stop>
     let header = rest.get(..HEADER).ok_or(torn)?;
     let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let sum = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let body = rest
-        .get(HEADER..HEADER + body_len)
-        .ok_or(Stop::Torn { offset })?;
-    let damaged = |problem| Stop::Damaged { offset, problem };
+    let end = HEADER + body_len;
+    let body = rest.get(HEADER..end).ok_or(Stop::Torn { offset })?;
+    // An append cut short in preallocated space leaves zeros where the
+    // rest of its records should be: a record that fails with nothing but
+    // zeros after it is that, not damage (which has records after it).
+    let cut_short = rest[end..].iter().all(|&b| b == 0);
+    let damaged = |problem| {
+        if cut_short {
+            Stop::Torn { offset }
+        } else {
+            Stop::Damaged { offset, problem }
+        }
+    };
     if crc32fast::hash(body) != sum {
         return Err(damaged("checksum mismatch"));
     }
@@ -184,9 +197,16 @@ fn segment_prefix(partition_path: &Path) -> String {
     format!("{stem}.log.")
 }
 
-fn segment_path(partition_path: &Path, sequence: u64) -> PathBuf {
+pub fn segment_path(partition_path: &Path, sequence: u64) -> PathBuf {
     partition_path.with_file_name(format!("{}{sequence}", segment_prefix(partition_path)))
 }
+
+/// Bytes of zeros a new segment is given before it is used: appending
+/// within them, a sync need not also write the file's new size through
+/// the file system's journal (an fdatasync after each 2 KB append took
+/// 180-225 µs on this machine's disk, 127-133 µs when overwriting
+/// preallocated space). A segment past it grows as any file.
+pub const PREALLOCATED_BYTES: u64 = super::writer::CHECKPOINT_BYTES + (4 << 20);
 
 /// The segment being appended to.
 pub struct Log {
@@ -194,26 +214,28 @@ pub struct Log {
     sequence: u64,
     file: File,
     len: u64,
+    preallocated: bool,
 }
 
 impl Log {
-    /// Starts a new segment after any left on disk (which [`replay`] has
-    /// normally applied and removed before the writer starts).
+    /// Starts a new segment after any left on disk (the log the last run
+    /// left, which the restore has read).
     pub fn open(partition_path: &Path) -> io::Result<Log> {
         let next = segments(partition_path)?
             .last()
             .map_or(1, |(sequence, _)| sequence + 1);
-        let file = create_segment(partition_path, next)?;
+        let (file, preallocated) = open_segment(partition_path, next)?;
         Ok(Log {
             partition_path: partition_path.to_owned(),
             sequence: next,
             file,
             len: 0,
+            preallocated,
         })
     }
 
     pub fn append(&mut self, records: &[u8]) -> io::Result<()> {
-        self.file.write_all(records)?;
+        self.file.write_all_at(records, self.len)?;
         self.len += records.len() as u64;
         Ok(())
     }
@@ -227,35 +249,96 @@ impl Log {
         segment_path(&self.partition_path, self.sequence)
     }
 
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Whether the current segment was prepared ahead with zeros.
+    pub fn preallocated(&self) -> bool {
+        self.preallocated
+    }
+
     /// Bytes in the current segment.
     pub fn bytes(&self) -> u64 {
         self.len
     }
 
-    /// Starts the next segment and returns the path of the one before,
-    /// complete, for a checkpoint to delete once it has applied it.
+    /// Starts the next segment (the one [`prepare_segment`] made ready, if
+    /// it did) and returns the path of the one before, complete, for a
+    /// checkpoint to delete once it has applied it.
     pub fn rotate(&mut self) -> io::Result<PathBuf> {
-        let file = create_segment(&self.partition_path, self.sequence + 1)?;
+        let (file, preallocated) = open_segment(&self.partition_path, self.sequence + 1)?;
         let done = segment_path(&self.partition_path, self.sequence);
         self.file = file;
         self.sequence += 1;
         self.len = 0;
+        self.preallocated = preallocated;
         Ok(done)
     }
 }
 
-/// A new, empty segment, its directory entry synced so that a sync of its
+/// Segment `sequence`, prepared ahead if [`prepare_segment`] got to it,
+/// else new and empty, its directory entry synced so that a sync of its
 /// data later finds it after a power cut.
-fn create_segment(partition_path: &Path, sequence: u64) -> io::Result<File> {
+fn open_segment(partition_path: &Path, sequence: u64) -> io::Result<(File, bool)> {
     let path = segment_path(partition_path, sequence);
+    match OpenOptions::new().write(true).open(&path) {
+        Ok(file) => return Ok((file, true)),
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        Err(_) => {}
+    }
     let file = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(&path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+    sync_dir(&path)?;
+    Ok((file, false))
+}
+
+/// Makes segment `sequence` ready ahead of its use: written with zeros
+/// under another name, synced, then linked into place (never over a
+/// segment the writer has already made itself).
+/// Not when that would leave the disk under the writer's reserve: the
+/// space is the log's to grow into, not to take from what remains.
+/// Returns whether it did.
+pub fn prepare_segment(partition_path: &Path, sequence: u64) -> io::Result<bool> {
+    let target = segment_path(partition_path, sequence);
+    if target.exists() {
+        return Ok(true);
     }
-    Ok(file)
+    if free_bytes(partition_path)? < RESERVE_BYTES + 2 * PREALLOCATED_BYTES {
+        return Ok(false);
+    }
+    let temp = partition_path.with_file_name(format!("{}prepare", segment_prefix(partition_path)));
+    let filled = fill_with_zeros(&temp);
+    let linked = filled.and_then(|()| fs::hard_link(&temp, &target));
+    let removed = fs::remove_file(&temp);
+    match linked {
+        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
+        _ => removed?,
+    }
+    sync_dir(&target)?;
+    Ok(true)
+}
+
+fn fill_with_zeros(path: &Path) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..PREALLOCATED_BYTES >> 20 {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// Deletes applied segments.
@@ -365,36 +448,39 @@ pub fn unapplied(partition_path: &Path, repair: bool) -> Result<Unapplied, Store
     let started = std::time::Instant::now();
     let found = segments(partition_path).map_err(io_error)?;
     let mut unapplied = Unapplied::default();
-    for (index, (_, path)) in found.iter().enumerate() {
-        let bytes = fs::read(path).map_err(io_error)?;
-        let (mutations, stop) = parse(&bytes);
+    let contents = found
+        .iter()
+        .map(|(_, path)| fs::read(path))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(io_error)?;
+    // Segments prepared ahead and never written are all zeros: the newest
+    // is the last with data.
+    let newest = contents
+        .iter()
+        .rposition(|bytes| bytes.iter().any(|&b| b != 0));
+    for (index, ((_, path), bytes)) in found.iter().zip(&contents).enumerate() {
+        let (mutations, stop) = parse(bytes);
         for mutation in mutations {
             unapplied.net.add(mutation);
         }
-        let newest = index + 1 == found.len();
-        match stop {
-            None => {}
-            Some(Stop::Torn { offset } | Stop::Zeros { offset }) if newest => {
+        let data_end = match stop {
+            None => None,
+            // The end of what was written in preallocated space.
+            Some(Stop::Zeros { offset }) => Some(offset),
+            Some(Stop::Torn { offset }) if Some(index) == newest => {
                 warn!(
                     segment = %path.display(),
                     offset,
-                    dropped_bytes = bytes.len() - offset,
                     "the log ends in a write cut short by the crash, never acknowledged: dropped"
                 );
-                // Cut off, or the next start, with segments after this one,
-                // would take it for damage.
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_error)?;
-                file.set_len(offset as u64).map_err(io_error)?;
-                file.sync_all().map_err(io_error)?;
+                Some(offset)
             }
             Some(stop) => {
                 let (offset, problem) = match stop {
                     Stop::Damaged { offset, problem } => (offset, problem),
-                    Stop::Torn { offset } => (offset, "record cut short in an older segment"),
-                    Stop::Zeros { offset } => (offset, "zeros in an older segment"),
+                    Stop::Torn { offset } | Stop::Zeros { offset } => {
+                        (offset, "record cut short in an older segment")
+                    }
                 };
                 if !repair {
                     return Err(StoreError::Damaged {
@@ -409,10 +495,27 @@ pub fn unapplied(partition_path: &Path, repair: bool) -> Result<Unapplied, Store
                     problem,
                     "damaged log record: the rest of its segment skipped (--repair)"
                 );
+                None
             }
+        };
+        // Each segment is cut to its data (a torn end, or the next start,
+        // with segments after this one, would take it for damage; a crash
+        // loop must not pile up preallocated space that every start reads
+        // again), and one that holds none goes.
+        match data_end {
+            Some(0) => fs::remove_file(path).map_err(io_error)?,
+            Some(end) => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_error)?;
+                file.set_len(end as u64).map_err(io_error)?;
+                file.sync_all().map_err(io_error)?;
+                unapplied.segments.push(path.clone());
+            }
+            None => unapplied.segments.push(path.clone()),
         }
     }
-    unapplied.segments = found.into_iter().map(|(_, path)| path).collect();
     if !unapplied.segments.is_empty() {
         info!(
             partition = %partition_path.display(),
@@ -525,6 +628,27 @@ mod tests {
     }
 
     #[test]
+    fn an_append_cut_short_in_preallocated_space_is_told_from_damage() {
+        let whole = log_of(&SAMPLE);
+        let second = log_of(&SAMPLE[..1]).len();
+        let mut space = vec![0u8; whole.len() + 64];
+        // The write stopped inside the second record's body.
+        space[..second + 10].copy_from_slice(&whole[..second + 10]);
+        let (mutations, stop) = parse(&space);
+        assert_eq!(mutations, SAMPLE[..1].to_vec());
+        assert_eq!(stop, Some(Stop::Torn { offset: second }));
+        // Inside its header, too.
+        let mut space = vec![0u8; whole.len() + 64];
+        space[..second + 2].copy_from_slice(&whole[..second + 2]);
+        assert_eq!(parse(&space).1, Some(Stop::Torn { offset: second }));
+        // A damaged record with records after it is damage.
+        let mut damaged = whole.clone();
+        damaged.extend_from_slice(&[0; 64]);
+        damaged[second + 10] ^= 0x01;
+        assert!(matches!(parse(&damaged).1, Some(Stop::Damaged { .. })));
+    }
+
+    #[test]
     fn trailing_zeros_are_told_from_damage() {
         let mut bytes = log_of(&SAMPLE[..1]);
         let end = bytes.len();
@@ -532,10 +656,10 @@ mod tests {
         assert_eq!(parse(&bytes).1, Some(Stop::Zeros { offset: end }));
 
         let mut damaged = log_of(&SAMPLE);
-        let last = damaged.len() - 1;
-        damaged[last] ^= 0x40;
+        let in_second = log_of(&SAMPLE[..1]).len() + HEADER + 2;
+        damaged[in_second] ^= 0x40;
         let (mutations, stop) = parse(&damaged);
-        assert_eq!(mutations.len(), 2);
+        assert_eq!(mutations.len(), 1);
         assert!(matches!(
             stop,
             Some(Stop::Damaged {

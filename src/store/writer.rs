@@ -175,7 +175,7 @@ impl StoreHandle {
         let (to_writer, from_shard) = crossbeam_channel::unbounded();
         let running = partition.writer.clone();
         let log = Log::open(&partition.path)?;
-        let checkpoints = Checkpointer::start(partition.clone(), shard, unapplied)?;
+        let checkpoints = Checkpointer::start(partition.clone(), shard, unapplied, log.sequence())?;
         let disk_full = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             partition,
@@ -389,7 +389,15 @@ impl Writer {
                 failing = !since_checkpoint.window.all_logged();
             }
             sync.sync_if_due(&self.partition.path, || log.sync());
-            if since_checkpoint.due_in(&log, checkpoints.busy()) == Some(Duration::ZERO) {
+            // The first segment of a run is a plain file: once the next is
+            // prepared, moving to it makes every sync after cheaper.
+            let into_prepared = !log.preallocated()
+                && log.bytes() > 0
+                && !checkpoints.busy()
+                && checkpoints.prepared() == log.sequence() + 1;
+            if into_prepared
+                || since_checkpoint.due_in(&log, checkpoints.busy()) == Some(Duration::ZERO)
+            {
                 self.checkpoint(&mut log, &mut since_checkpoint, &checkpoints);
             }
         }
@@ -398,6 +406,7 @@ impl Writer {
         checkpoints.send(Checkpoint {
             ops: since_checkpoint.take(),
             segment: log.path(),
+            writing: None,
         });
         checkpoints.finish();
         info!(shard = self.shard, "store closed");
@@ -449,6 +458,7 @@ impl Writer {
             Ok(segment) => checkpoints.send(Checkpoint {
                 ops: since.take(),
                 segment,
+                writing: Some(log.sequence()),
             }),
             Err(error) => error!(shard = self.shard, %error, "starting a new log segment failed"),
         }
