@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::RECV_TIMEOUT;
 use common::clients::{v4, v5};
-use common::cluster::Cluster;
+use common::cluster::{Cluster, Nodes};
 use common::http::sample;
 use common::tally::{parse, tally};
 use common::unique_id;
@@ -445,7 +445,8 @@ async fn what_a_crashed_node_owed_a_dead_one_arrives_after_both_restart() {
     assert_eq!(
         received,
         (0..sent).collect::<Vec<_>>(),
-        "node 0 logs:\n{}",
-        cluster.node(0).logs()
+        "node 0 logs:\n{}\nnode 1 logs:\n{}",
+        cluster.node(0).logs(),
+        cluster.node(1).logs()
     );
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::clients::v4;
+use common::cluster::Nodes;
 use common::http::sample;
 use common::netns::NetCluster;
 use common::tally::{Tally, parse, tally};

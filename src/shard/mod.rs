@@ -241,6 +241,11 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     // The cluster's place is the mesh's last; its thread starts first, so
     // a bad certificate or address stops start-up before any listener.
     let cluster_inbox = mesh.cluster_place().and_then(|_| inboxes.pop());
+    // The cluster links to its peers only once every shard has restored
+    // its sessions and announced their routes: a peer's message arriving
+    // before would find no subscriber here, and be acknowledged and lost.
+    // Each shard drops its sender when it is done (or dies).
+    let (routes_restored, routes_restored_rx) = std::sync::mpsc::channel::<()>();
     let cluster = match (config.cluster.clone(), cluster_inbox) {
         (Some(settings), Some(inbox)) => {
             let status = cluster_status.clone();
@@ -270,6 +275,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
                 readiness.clone(),
                 status,
                 durable,
+                routes_restored_rx,
             )?;
             Some(thread)
         }
@@ -308,7 +314,10 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             }),
             _ => None,
         };
-        let restart = restart.clone();
+        let startup = Startup {
+            restart: restart.clone(),
+            routes_restored: routes_restored.clone(),
+        };
         let thread = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
             .spawn(move || {
@@ -317,7 +326,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
                 {
                     warn!(shard = id, "cannot pin shard thread to its core");
                 }
-                let shard = shard_main(id, mesh, inbox, listeners, shard_config, store, restart);
+                let shard = shard_main(id, mesh, inbox, listeners, shard_config, store, startup);
                 let result = if uring {
                     uring_runtime().map(|mut runtime| runtime.block_on(shard))
                 } else {
@@ -333,6 +342,8 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
             .map_err(StartError::Thread)?;
         threads.push(thread);
     }
+    // Only the shards' senders are left: the cluster waits for those.
+    drop(routes_restored);
     // Every listening socket is bound and listening: the kernel queues
     // connections from now on, even before a shard's first accept.
     readiness.set_ready();
@@ -459,6 +470,15 @@ fn watch_signals(mesh: MeshHandle, readiness: Readiness) -> Result<(), StartErro
     Ok(())
 }
 
+/// What the shards of one start wait for together.
+struct Startup {
+    /// Every shard's routes are in place before any restored will goes out.
+    restart: Arc<Barrier>,
+    /// Dropped once this shard's restored routes are announced (see
+    /// `start`).
+    routes_restored: std::sync::mpsc::Sender<()>,
+}
+
 async fn shard_main(
     id: ShardId,
     mesh: MeshHandle,
@@ -466,8 +486,12 @@ async fn shard_main(
     listeners: Vec<listener::Listener>,
     config: ShardConfig,
     store: Option<ShardStore>,
-    restart: Arc<Barrier>,
+    startup: Startup,
 ) {
+    let Startup {
+        restart,
+        routes_restored,
+    } = startup;
     let handle = mesh.clone();
     let mesh = mesh.attach(id, inbox);
     let inbox = mesh.inbox();
@@ -504,10 +528,13 @@ async fn shard_main(
         // Every shard's routes must be in place before a restored will is
         // published anywhere; a shard that failed still lets the others on.
         restart.wait();
+        drop(routes_restored);
         if !started {
             return;
         }
         state.borrow_mut().resume_restored(Instant::now());
+    } else {
+        drop(routes_restored);
     }
     for listener in listeners {
         match monoio::net::TcpListener::from_std(listener.socket) {

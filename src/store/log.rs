@@ -450,7 +450,7 @@ pub fn unapplied(partition_path: &Path, repair: bool) -> Result<Unapplied, Store
     let mut unapplied = Unapplied::default();
     let contents = found
         .iter()
-        .map(|(_, path)| fs::read(path))
+        .map(|(_, path)| read_segment(path))
         .collect::<io::Result<Vec<_>>>()
         .map_err(io_error)?;
     // Segments prepared ahead and never written are all zeros: the newest
@@ -459,6 +459,11 @@ pub fn unapplied(partition_path: &Path, repair: bool) -> Result<Unapplied, Store
         .iter()
         .rposition(|bytes| bytes.iter().any(|&b| b != 0));
     for (index, ((_, path), bytes)) in found.iter().zip(&contents).enumerate() {
+        if bytes.is_empty() {
+            // Never written.
+            fs::remove_file(path).map_err(io_error)?;
+            continue;
+        }
         let (mutations, stop) = parse(bytes);
         for mutation in mutations {
             unapplied.net.add(mutation);
@@ -526,6 +531,19 @@ pub fn unapplied(partition_path: &Path, repair: bool) -> Result<Unapplied, Store
         );
     }
     Ok(unapplied)
+}
+
+/// A segment's bytes; none for one prepared ahead and never written (its
+/// first record's length would not be zero), without reading its 36 MiB
+/// of zeros.
+fn read_segment(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    let mut head = [0u8; HEADER];
+    let read = std::io::Read::read(&mut file, &mut head)?;
+    if head[..read].iter().all(|&b| b == 0) {
+        return Ok(Vec::new());
+    }
+    fs::read(path)
 }
 
 /// Applies `unapplied` to `partition`'s table in one synced commit, then

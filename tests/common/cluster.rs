@@ -142,22 +142,6 @@ impl Cluster {
         self.node(i).addr
     }
 
-    /// Kills node `i` with SIGKILL.
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut broker) = self.nodes[i].take() {
-            broker.signal(libc::SIGKILL);
-            broker.wait_exit(STARTUP_TIMEOUT);
-        }
-    }
-
-    /// Starts node `i` again (a new incarnation) and waits for its links.
-    pub fn restart(&mut self, i: usize) {
-        self.kill(i);
-        let broker = self.spawn(i);
-        self.nodes[i] = Some(broker);
-        self.wait_linked();
-    }
-
     /// The peers node `i` has a link to, by its log (links up minus down).
     pub fn linked_peers(&self, i: usize) -> usize {
         linked_peers(&self.node(i).logs())
@@ -228,6 +212,20 @@ impl Cluster {
     }
 }
 
+impl Nodes for Cluster {
+    fn slots(&mut self) -> &mut Vec<Option<Broker>> {
+        &mut self.nodes
+    }
+
+    fn spawn_node(&self, i: usize) -> Broker {
+        self.spawn(i)
+    }
+
+    fn wait_all_linked(&self) {
+        self.wait_linked();
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.secret);
@@ -261,4 +259,29 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find(|c: char| c.is_whitespace() || c == '"')
         .unwrap_or(rest.len());
     Some(&rest[..end])
+}
+
+/// What the cluster on loopback and the one in network namespaces share:
+/// nodes killed and started again as new incarnations.
+pub trait Nodes {
+    fn slots(&mut self) -> &mut Vec<Option<Broker>>;
+    fn spawn_node(&self, i: usize) -> Broker;
+    fn wait_all_linked(&self);
+
+    /// `kill -9` node `i`, and waits for the process to be gone.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut broker) = self.slots()[i].take() {
+            broker.signal(libc::SIGKILL);
+            broker.wait_exit(STARTUP_TIMEOUT);
+        }
+    }
+
+    /// Starts node `i` again (a new incarnation, same address) and waits
+    /// for every link.
+    fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let broker = self.spawn_node(i);
+        self.slots()[i] = Some(broker);
+        self.wait_all_linked();
+    }
 }

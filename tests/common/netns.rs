@@ -19,9 +19,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::cluster::linked_peers;
+use super::Broker;
+use super::cluster::{Nodes, linked_peers};
 use super::http::get;
-use super::{Broker, STARTUP_TIMEOUT};
 
 /// How long a cluster gets to link every pair of nodes.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -417,23 +417,6 @@ impl NetCluster {
         self.net.heal(i);
     }
 
-    /// kill -9 node `i`.
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut broker) = self.nodes[i].take() {
-            broker.signal(libc::SIGKILL);
-            broker.wait_exit(STARTUP_TIMEOUT);
-        }
-    }
-
-    /// Starts node `i` again after [`NetCluster::kill`] (a new
-    /// incarnation, same address) and waits for every link.
-    pub fn restart(&mut self, i: usize) {
-        self.kill(i);
-        let broker = self.spawn(i);
-        self.nodes[i] = Some(broker);
-        self.wait_linked();
-    }
-
     /// SIGSTOP node `i`: it keeps its sockets and answers nothing.
     pub fn freeze(&self, i: usize) {
         self.node(i).signal(libc::SIGSTOP);
@@ -441,6 +424,20 @@ impl NetCluster {
 
     pub fn thaw(&self, i: usize) {
         self.node(i).signal(libc::SIGCONT);
+    }
+}
+
+impl Nodes for NetCluster {
+    fn slots(&mut self) -> &mut Vec<Option<Broker>> {
+        &mut self.nodes
+    }
+
+    fn spawn_node(&self, i: usize) -> Broker {
+        self.spawn(i)
+    }
+
+    fn wait_all_linked(&self) {
+        self.wait_linked();
     }
 }
 

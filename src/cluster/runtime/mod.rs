@@ -107,6 +107,7 @@ pub fn start(
     readiness: Readiness,
     status: ClusterStatus,
     durable: Durable,
+    routes_restored: std::sync::mpsc::Receiver<()>,
 ) -> Result<thread::JoinHandle<()>, ClusterError> {
     let (mut server, mut client) = tls::quinn_configs(&settings.node_id, &settings.trust)?;
     let transport = Arc::new(transport_config(&settings));
@@ -131,6 +132,8 @@ pub fn start(
     thread::Builder::new()
         .name("ringmq-cluster".into())
         .spawn(move || {
+            // Until every shard has dropped its sender (see `shard::start`).
+            let _ = routes_restored.recv();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -297,6 +300,12 @@ impl Cluster {
     }
 
     async fn run(mut self) {
+        // The routes the shards announced while restoring come before
+        // anything a peer sends.
+        let now = Instant::now();
+        while let Some(batch) = self.mesh.try_recv() {
+            self.handle_batch(batch, now);
+        }
         let inbox = self.mesh.inbox();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
