@@ -488,11 +488,20 @@ impl ShardState {
                     self.session_changed(key);
                     // The route is in place on this node; in a cluster the
                     // SUBACK waits until every live peer has the route, so
-                    // that a message published anywhere after it arrives.
-                    // Retained messages follow the SUBACK, as on one node,
-                    // where the SUBACK is confirmed at once.
-                    let deferred = self.confirm_after_cluster(key, ticket);
-                    if !deferred {
+                    // that a message published anywhere after it arrives,
+                    // and for a stored session until its record holds the
+                    // subscription, so that a crash after the SUBACK does
+                    // not forget it (and what is published to it since).
+                    // Retained messages follow the SUBACK, as on one node
+                    // without a store, where it is confirmed at once.
+                    let in_cluster = self.confirm_after_cluster(key, ticket);
+                    let waits = u32::from(in_cluster) + self.wait_for_session_record(key, ticket);
+                    let deferred = waits > 0;
+                    if deferred {
+                        if let Some(conn) = self.sessions[key].conn.as_ref().map(|c| c.id) {
+                            self.hold(key, conn, ticket, waits);
+                        }
+                    } else {
                         self.confirm_here(key, ticket);
                     }
                     if send_retained {

@@ -290,6 +290,13 @@ impl StoreHandle {
         self.disk_full.load(Ordering::Relaxed)
     }
 
+    /// The epoch this turn's changes will be committed as, if
+    /// acknowledgements wait for the store: a change pushed at this turn's
+    /// flush (a session's record) is on disk once it is.
+    pub fn turn_epoch(&self) -> Option<u64> {
+        self.durability.waits().then_some(self.epoch)
+    }
+
     /// The writer has committed everything up to `through`.
     pub fn committed(&mut self, through: u64) {
         self.stored = self.stored.max(through);

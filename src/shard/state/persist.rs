@@ -380,6 +380,31 @@ impl ShardState {
         waits
     }
 
+    /// Waits for the record of `key`'s session, written at this turn's
+    /// flush, if the session is stored and acknowledgements wait for the
+    /// store. Returns the number of waits.
+    pub(super) fn wait_for_session_record(&mut self, key: SessionKey, ticket: Ticket) -> u32 {
+        let (Some(store), Some(slot)) = (&self.store, self.sessions.get(key)) else {
+            return 0;
+        };
+        let (Some(epoch), Some(conn)) = (store.turn_epoch(), slot.conn.as_ref()) else {
+            return 0;
+        };
+        if !slot.session.is_stored() {
+            return 0;
+        }
+        let confirmation = Confirmation {
+            key,
+            conn: conn.id,
+            ticket,
+        };
+        self.stored_waiters.push_back(StoredWaiter {
+            epoch,
+            waiter: Awaiting::Here(confirmation),
+        });
+        1
+    }
+
     /// Another shard asks to hear when what it sent here is committed.
     pub(super) fn confirm_stored(&mut self, from: ShardId, confirmation: Confirmation) {
         match self.store.as_ref().and_then(StoreHandle::barrier) {
