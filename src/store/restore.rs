@@ -203,7 +203,8 @@ pub fn restore(
     // Every message still referred to has an entry record of its own, so
     // at most half the records are messages: sized once, the table is not
     // grown and rehashed (twenty times for a million messages).
-    let records = table.len().map_err(|e| engine(e.into()))? as usize + unapplied.net.keys_touched();
+    let records =
+        table.len().map_err(|e| engine(e.into()))? as usize + unapplied.net.keys_touched();
     reader.messages.reserve(records / 2);
     // redb's records and the log's, merged in key order: the log's value
     // (or removal) replaces redb's.
