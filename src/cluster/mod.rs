@@ -7,9 +7,9 @@
 //! To a shard's route table the cluster is one place with subscribers: the
 //! filters of every other node.
 //!
-//! Which node owns each client id's session ([`ownership`]) is decided
-//! apart from all that, and only on connect, takeover and failure: never
-//! per message.
+//! Which node owns each client id's session is decided apart from all
+//! that, by raft ([`ownership`]), and only on connect, takeover and
+//! failure: never per message.
 
 pub mod frame;
 pub mod membership;
