@@ -44,6 +44,17 @@
 //! are fenced as soon as the majority grants them elsewhere; once the
 //! partition heals it catches up and rejects the stale epochs itself.
 //!
+//! # When a claim fails
+//!
+//! A claim either returns the epoch a majority committed, or fails, and
+//! a failed claim never lets the node serve: [`OwnershipError::NoQuorum`]
+//! (no majority within the timeout) or [`OwnershipError::Unconfirmed`]
+//! (the leader's answer was lost). Either may still have committed; the
+//! grant then names a node that does not know it holds it, which serves
+//! nothing under it, and the next claim supersedes it. A claim is retried
+//! only while it certainly was not proposed, so a late repeat can never
+//! land after another node's newer claim and take the session back.
+//!
 //! # The pieces
 //!
 //! - [`table`]: the state machine's logic, pure data: claim, release,
