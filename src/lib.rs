@@ -38,6 +38,9 @@
 //!   table, the other nodes are one place with subscribers. Its logic
 //!   ([`cluster::node`], [`cluster::membership`]) is sans-IO and tested in
 //!   a seeded in-memory cluster; `tests/cluster*.rs` run real nodes.
+//!   Session ownership ([`cluster::ownership`]: one owner per client id,
+//!   fenced by an epoch) is decided by raft (openraft), on connect and
+//!   takeover only.
 //! - [`metrics`]: per-shard counters and histograms gathered through the
 //!   mesh when scraped; HTTP `/metrics`, `/health`, `/ready`; `$SYS`.
 //! - [`store`]: sessions, their messages and the retained store on disk

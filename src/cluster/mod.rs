@@ -6,11 +6,16 @@
 //! connections, with mutual TLS ([`tls`]) and rkyv frames ([`frame`]).
 //! To a shard's route table the cluster is one place with subscribers: the
 //! filters of every other node.
+//!
+//! Which node owns each client id's session is decided apart from all
+//! that, by raft ([`ownership`]), and only on connect, takeover and
+//! failure: never per message.
 
 pub mod frame;
 pub mod membership;
 pub mod node;
 pub mod outbox;
+pub mod ownership;
 pub mod runtime;
 pub mod settings;
 #[cfg(test)]

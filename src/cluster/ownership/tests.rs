@@ -1,0 +1,458 @@
+//! Ownership rafts of 3 and 5 nodes over the in-memory transport, through
+//! partitions. Each test runs on tokio's paused clock: time moves only
+//! when every task waits, straight to the next timer, so elections and
+//! timeouts take no wall time and a test's outcome does not depend on how
+//! loaded the machine is. Conditions are awaited with a deadline
+//! ([`wait_for`]), never assumed after a sleep.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytestring::ByteString;
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{BasicNode, ServerState, SnapshotPolicy, StorageError};
+use tokio::time::Instant;
+
+use super::mem::MemRouter;
+use super::raft::LogStore;
+use super::state_machine::StateMachine;
+use super::*;
+
+/// How long (on the paused clock) a test waits for a condition.
+const WAIT: Duration = Duration::from_secs(10);
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn config() -> OwnershipConfig {
+    let defaults = OwnershipConfig::default();
+    OwnershipConfig {
+        raft: openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            ..defaults.raft
+        },
+        claim_timeout: CLAIM_TIMEOUT,
+    }
+}
+
+struct Cluster {
+    router: Arc<MemRouter>,
+    /// Node `id` is `nodes[id - 1]`.
+    nodes: Vec<Ownership<MemRouter>>,
+}
+
+impl Cluster {
+    async fn start(n: NodeId, config: OwnershipConfig) -> Cluster {
+        let router = Arc::new(MemRouter::default());
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let node = Ownership::start(id, config.clone(), router.clone())
+                .await
+                .expect("raft starts");
+            router.add(id, node.raft().clone());
+            nodes.push(node);
+        }
+        let voters: BTreeMap<NodeId, BasicNode> = (1..=n)
+            .map(|id| (id, BasicNode::new(format!("node-{id}"))))
+            .collect();
+        nodes[0].initialize(voters).await.expect("cluster forms");
+        let cluster = Cluster { router, nodes };
+        cluster.leader_among(&cluster.ids()).await;
+        cluster
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        (1..=self.nodes.len() as NodeId).collect()
+    }
+
+    fn node(&self, id: NodeId) -> &Ownership<MemRouter> {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn metrics(&self, id: NodeId) -> openraft::RaftMetrics<NodeId, BasicNode> {
+        self.node(id).raft().metrics().borrow().clone()
+    }
+
+    /// Waits until every node in `among` follows one leader, itself in
+    /// `among`.
+    async fn leader_among(&self, among: &[NodeId]) -> NodeId {
+        wait_for("one leader", || {
+            let leader = self.metrics(among[0]).current_leader?;
+            let agreed = among
+                .iter()
+                .all(|&id| self.metrics(id).current_leader == Some(leader));
+            let leads =
+                among.contains(&leader) && self.metrics(leader).state == ServerState::Leader;
+            (agreed && leads).then_some(leader)
+        })
+        .await
+    }
+
+    /// Waits until every node in `among` has applied what `leader` has.
+    async fn caught_up(&self, leader: NodeId, among: &[NodeId]) {
+        let target = self.metrics(leader).last_applied.map(|id| id.index);
+        for &id in among {
+            wait_for(&format!("node {id} to apply up to {target:?}"), || {
+                let applied = self.metrics(id).last_applied.map(|id| id.index);
+                (applied >= target).then_some(())
+            })
+            .await;
+        }
+    }
+
+    async fn shutdown(self) {
+        for node in &self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// Polls `probe` on the paused clock until it answers, or fails the test
+/// after [`WAIT`].
+async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_claim_fences_the_earlier_epoch_on_every_node() {
+    let cluster = Cluster::start(3, config()).await;
+    let (b, c) = (2, 3);
+
+    let by_b = cluster.node(b).claim("c").await.expect("B claims");
+    assert_eq!(
+        by_b,
+        Claimed {
+            epoch: 1,
+            previous: None
+        }
+    );
+    let by_c = cluster.node(c).claim("c").await.expect("C claims");
+    assert_eq!(
+        by_c,
+        Claimed {
+            epoch: 2,
+            previous: Some(Grant { node: b, epoch: 1 })
+        }
+    );
+
+    let leader = cluster.leader_among(&cluster.ids()).await;
+    cluster.caught_up(leader, &cluster.ids()).await;
+    for node in &cluster.nodes {
+        assert!(!node.check("c", b, 1), "node {} takes B's epoch", node.id());
+        assert!(
+            node.check("c", c, 2),
+            "node {} refuses C's epoch",
+            node.id()
+        );
+        assert_eq!(node.owner("c"), Some(Grant { node: c, epoch: 2 }));
+        assert_eq!(node.owned_by(c), vec![(ByteString::from("c"), 2)]);
+        assert!(node.owned_by(b).is_empty());
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_cut_off_from_the_majority_cannot_claim() {
+    let cluster = Cluster::start(3, config()).await;
+    let all = cluster.ids();
+    let old = cluster.leader_among(&all).await;
+    let first = cluster.node(old).claim("c").await.expect("leader claims");
+    cluster.caught_up(old, &all).await;
+
+    cluster.router.partition(&[old]);
+    let majority: Vec<NodeId> = all.iter().copied().filter(|&id| id != old).collect();
+    let started = Instant::now();
+    let refused = cluster.node(old).claim("c").await;
+    assert!(
+        matches!(refused, Err(OwnershipError::NoQuorum(_))),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() <= CLAIM_TIMEOUT + Duration::from_millis(50));
+
+    let new_leader = cluster.leader_among(&majority).await;
+    let taker = majority[0];
+    let taken = cluster
+        .node(taker)
+        .claim("c")
+        .await
+        .expect("majority claims");
+    assert_eq!(
+        taken,
+        Claimed {
+            epoch: first.epoch + 1,
+            previous: Some(Grant {
+                node: old,
+                epoch: first.epoch
+            })
+        },
+        "the refused claim was never applied"
+    );
+    // Cut off, the old leader cannot know yet: the fencing happens where
+    // the new grant is known, which is why a cut-off node may not claim.
+    assert!(cluster.node(old).check("c", old, first.epoch));
+
+    cluster.router.heal_all();
+    cluster.caught_up(new_leader, &all).await;
+    for &id in &all {
+        let node = cluster.node(id);
+        assert!(
+            !node.check("c", old, first.epoch),
+            "node {id} takes the stale epoch"
+        );
+        assert!(node.check("c", taker, taken.epoch));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_nodes_keep_granting_with_a_minority_cut_off() {
+    let cluster = Cluster::start(5, config()).await;
+    let all = cluster.ids();
+    let leader = cluster.leader_among(&all).await;
+    let minority: Vec<NodeId> = all
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .take(2)
+        .collect();
+    let majority: Vec<NodeId> = all
+        .iter()
+        .copied()
+        .filter(|id| !minority.contains(id))
+        .collect();
+    let first = cluster.node(minority[0]).claim("c").await.expect("claims");
+    cluster.caught_up(leader, &all).await;
+
+    cluster.router.partition(&minority);
+    for &id in &minority {
+        let refused = cluster.node(id).claim("c").await;
+        assert!(
+            matches!(refused, Err(OwnershipError::NoQuorum(_))),
+            "node {id}: {refused:?}"
+        );
+    }
+    let taker = *majority
+        .iter()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    let taken = cluster
+        .node(taker)
+        .claim("c")
+        .await
+        .expect("majority claims");
+    assert_eq!(
+        taken.previous,
+        Some(Grant {
+            node: minority[0],
+            epoch: first.epoch
+        })
+    );
+
+    cluster.router.heal_all();
+    let leader = cluster.leader_among(&all).await;
+    cluster.caught_up(leader, &all).await;
+    for &id in &all {
+        assert!(!cluster.node(id).check("c", minority[0], first.epoch));
+        assert_eq!(
+            cluster.node(id).owner("c"),
+            Some(Grant {
+                node: taker,
+                epoch: taken.epoch
+            })
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_whose_answer_was_lost_is_not_repeated() {
+    let cluster = Cluster::start(3, config()).await;
+    let all = cluster.ids();
+    let leader = cluster.leader_among(&all).await;
+    let follower = *all.iter().find(|&&id| id != leader).expect("a follower");
+
+    // The claim reaches the leader and commits; the answer is lost.
+    cluster.router.cut_one_way(leader, follower);
+    let lost = cluster.node(follower).claim("c").await;
+    assert!(matches!(lost, Err(OwnershipError::Unconfirmed)), "{lost:?}");
+    let granted = Grant {
+        node: follower,
+        epoch: 1,
+    };
+    assert_eq!(
+        cluster.node(leader).owner("c"),
+        Some(granted),
+        "granted once, not again by a retry"
+    );
+
+    // Harmless: the follower does not serve under an epoch it never
+    // learnt, and its next claim supersedes the grant.
+    cluster.router.heal_all();
+    let leader = cluster.leader_among(&all).await;
+    let again = cluster.node(follower).claim("c").await.expect("claims");
+    assert_eq!(
+        again,
+        Claimed {
+            epoch: 2,
+            previous: Some(granted)
+        }
+    );
+    cluster.caught_up(leader, &all).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn racing_claims_leave_one_owner() {
+    let cluster = Cluster::start(3, config()).await;
+    let (b, c) = (2, 3);
+    let (by_b, by_c) = tokio::join!(cluster.node(b).claim("c"), cluster.node(c).claim("c"));
+    let (by_b, by_c) = (by_b.expect("B claims"), by_c.expect("C claims"));
+    assert_ne!(by_b.epoch, by_c.epoch);
+    let (winner, won, lost) = if by_b.epoch > by_c.epoch {
+        (
+            b,
+            by_b,
+            Grant {
+                node: c,
+                epoch: by_c.epoch,
+            },
+        )
+    } else {
+        (
+            c,
+            by_c,
+            Grant {
+                node: b,
+                epoch: by_b.epoch,
+            },
+        )
+    };
+    assert_eq!(
+        won.previous,
+        Some(lost),
+        "the later claim replaced the earlier"
+    );
+
+    let leader = cluster.leader_among(&cluster.ids()).await;
+    cluster.caught_up(leader, &cluster.ids()).await;
+    for node in &cluster.nodes {
+        assert_eq!(
+            node.owner("c"),
+            Some(Grant {
+                node: winner,
+                epoch: won.epoch
+            })
+        );
+        assert!(!node.check("c", lost.node, lost.epoch));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_applies_only_under_the_current_epoch() {
+    let cluster = Cluster::start(3, config()).await;
+    let first = cluster.node(2).claim("c").await.expect("claims");
+    let second = cluster.node(3).claim("c").await.expect("claims");
+    assert!(
+        !cluster
+            .node(2)
+            .release("c", first.epoch)
+            .await
+            .expect("proposed")
+    );
+    assert!(
+        cluster
+            .node(3)
+            .release("c", second.epoch)
+            .await
+            .expect("proposed")
+    );
+
+    let leader = cluster.leader_among(&cluster.ids()).await;
+    cluster.caught_up(leader, &cluster.ids()).await;
+    for node in &cluster.nodes {
+        assert_eq!(node.owner("c"), None);
+        assert!(!node.check("c", 3, second.epoch));
+    }
+    let again = cluster.node(2).claim("c").await.expect("claims");
+    assert_eq!(
+        again,
+        Claimed {
+            epoch: second.epoch + 1,
+            previous: None
+        }
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
+    let mut config = config();
+    config.raft.snapshot_policy = SnapshotPolicy::LogsSinceLast(4);
+    config.raft.max_in_snapshot_log_to_keep = 0;
+    config.raft.purge_batch_size = 1;
+    let cluster = Cluster::start(3, config).await;
+    let all = cluster.ids();
+    let leader = cluster.leader_among(&all).await;
+    let behind = *all.iter().find(|&&id| id != leader).expect("a follower");
+    cluster.router.partition(&[behind]);
+
+    let mut granted = Vec::new();
+    for i in 0..12 {
+        let client_id = format!("c{i}");
+        let claimed = cluster
+            .node(leader)
+            .claim(&client_id)
+            .await
+            .expect("claims");
+        granted.push((client_id, claimed.epoch));
+    }
+    // Whichever node leads after the heal, the entries the cut node lacks
+    // are gone from its log: only a snapshot can bring the cut node up.
+    let behind_at = cluster.metrics(behind).last_applied.map(|id| id.index);
+    for id in all.iter().copied().filter(|&id| id != behind) {
+        wait_for(&format!("node {id} to purge past the cut node"), || {
+            let purged = cluster.metrics(id).purged.map(|id| id.index);
+            (purged > behind_at).then_some(())
+        })
+        .await;
+    }
+
+    cluster.router.heal_all();
+    cluster.caught_up(leader, &all).await;
+    let snapshot = cluster.metrics(behind).snapshot.map(|id| id.index);
+    assert!(snapshot > behind_at, "caught up through a snapshot");
+    for (client_id, epoch) in &granted {
+        assert_eq!(
+            cluster.node(behind).owner(client_id),
+            Some(Grant {
+                node: leader,
+                epoch: *epoch
+            })
+        );
+    }
+    cluster.shutdown().await;
+}
+
+struct MemStores;
+
+impl StoreBuilder<raft::TypeConfig, LogStore, StateMachine> for MemStores {
+    async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<NodeId>> {
+        Ok(((), LogStore::default(), StateMachine::default()))
+    }
+}
+
+/// openraft's own checks of a log store and state machine.
+#[test]
+fn the_stores_pass_openrafts_suite() {
+    Suite::<raft::TypeConfig, LogStore, StateMachine, MemStores, ()>::test_all(MemStores)
+        .expect("suite passes");
+}
