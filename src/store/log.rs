@@ -205,7 +205,8 @@ pub fn segment_path(partition_path: &Path, sequence: u64) -> PathBuf {
 /// within them, a sync need not also write the file's new size through
 /// the file system's journal (an fdatasync after each 2 KB append took
 /// 180-225 µs on this machine's disk, 127-133 µs when overwriting
-/// preallocated space). A segment past it grows as any file.
+/// preallocated space, `bench/fsync-prealloc.py`). A segment past it
+/// grows as any file.
 pub const PREALLOCATED_BYTES: u64 = super::writer::CHECKPOINT_BYTES + (4 << 20);
 
 /// The segment being appended to.
