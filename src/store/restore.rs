@@ -85,6 +85,68 @@ impl Clients {
     }
 }
 
+/// The stored messages of a partition, by id, as the scan meets them:
+/// in ascending id order (their keys are the id, big-endian), so they are
+/// appended, not hashed; with a hash table, inserting and then looking up
+/// a million of them took a fifth of a restart (perf). Ids are looked up
+/// through a dense index when they are dense (ids are given out one after
+/// another, so those still stored mostly are), else by binary search.
+#[derive(Default)]
+struct Messages {
+    ids: Vec<u64>,
+    entries: Vec<(Arc<Message>, u32)>,
+    /// Position in `entries` by `id - ids[0]`, `u32::MAX` for none; built
+    /// at the first lookup.
+    dense: Option<Vec<u32>>,
+}
+
+impl Messages {
+    fn reserve(&mut self, additional: usize) {
+        self.ids.reserve(additional);
+        self.entries.reserve(additional);
+    }
+
+    fn push(&mut self, id: u64, message: Arc<Message>) {
+        self.dense = None;
+        if self.ids.last().is_none_or(|&last| last < id) {
+            self.ids.push(id);
+            self.entries.push((message, 0));
+            return;
+        }
+        // Out of key order (not from a scan): kept findable all the same.
+        let at = self.ids.partition_point(|&other| other < id);
+        if self.ids.get(at) == Some(&id) {
+            self.entries[at] = (message, 0);
+        } else {
+            self.ids.insert(at, id);
+            self.entries.insert(at, (message, 0));
+        }
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut (Arc<Message>, u32)> {
+        let (&first, &last) = (self.ids.first()?, self.ids.last()?);
+        let span = last - first + 1;
+        let position = if span <= 4 * self.ids.len() as u64 {
+            let ids = &self.ids;
+            let dense = self.dense.get_or_insert_with(|| {
+                let mut dense = vec![u32::MAX; span as usize];
+                for (position, id) in ids.iter().enumerate() {
+                    dense[(id - first) as usize] = position as u32;
+                }
+                dense
+            });
+            let slot = *dense.get(usize::try_from(id.checked_sub(first)?).ok()?)?;
+            if slot == u32::MAX {
+                return None;
+            }
+            slot as usize
+        } else {
+            self.ids.binary_search(&id).ok()?
+        };
+        self.entries.get_mut(position)
+    }
+}
+
 /// The records of one partition as the scan meets them, in key order.
 struct Reader<'a> {
     partition: &'a Partition,
@@ -92,7 +154,7 @@ struct Reader<'a> {
     now: Instant,
     wall: SystemTime,
     shard: RestoredShard,
-    messages: FxHashMap<u64, (Arc<Message>, u32)>,
+    messages: Messages,
     clients: Clients,
 }
 
@@ -118,7 +180,7 @@ impl Reader<'_> {
                 stored(archive, now, wall),
             ) {
                 (Some(id), Ok(Some(message))) => {
-                    self.messages.insert(id, (Arc::new(message), 0));
+                    self.messages.push(id, Arc::new(message));
                 }
                 // Expired while the broker was down: entries referring to it
                 // are dropped below, like an expired message in a queue.
@@ -191,7 +253,7 @@ pub fn restore(
         now,
         wall,
         shard: RestoredShard::default(),
-        messages: FxHashMap::default(),
+        messages: Messages::default(),
         clients: Clients::default(),
     };
     let engine = |e: redb::Error| StoreError::Engine {
@@ -201,8 +263,8 @@ pub fn restore(
     let tx = partition.db.begin_read().map_err(|e| engine(e.into()))?;
     let table = tx.open_table(RECORDS).map_err(|e| engine(e.into()))?;
     // Every message still referred to has an entry record of its own, so
-    // at most half the records are messages: sized once, the table is not
-    // grown and rehashed (twenty times for a million messages).
+    // at most half the records are messages: sized once, their table is
+    // not grown and copied (twenty times for a million messages).
     let records =
         table.len().map_err(|e| engine(e.into()))? as usize + unapplied.net.keys_touched();
     reader.messages.reserve(records / 2);
@@ -261,7 +323,7 @@ pub fn restore(
         let mut flights = parts.flights;
         for (seq, entry) in parts.entries {
             let flight = flights.remove(&seq);
-            let Some((message, refs)) = messages.get_mut(&entry.message) else {
+            let Some((message, refs)) = messages.get_mut(entry.message) else {
                 // Its message expired while the broker was down.
                 shard.garbage.push(entry_key(&client_id, seq));
                 if flight.is_some() {
@@ -306,8 +368,8 @@ pub fn restore(
             wall,
         ));
     }
-    shard.messages.reserve(messages.len());
-    for (id, (message, refs)) in messages {
+    shard.messages.reserve(messages.entries.len());
+    for (id, (message, refs)) in messages.ids.into_iter().zip(messages.entries) {
         if refs == 0 {
             shard.garbage.push(record::message_key(id));
         } else {
@@ -445,4 +507,57 @@ pub(super) fn message_in(
     let mut message = wire_to_message(frame, &archived.message, now).map_err(|e| e.to_string())?;
     message.expires_at = expires_at;
     Ok(Some(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::protocol::QoS;
+
+    fn message(n: u64) -> Arc<Message> {
+        Arc::new(Message {
+            topic: format!("t/{n}").into(),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            publisher: "p".into(),
+            expires_at: None,
+            received_at: Instant::now(),
+        })
+    }
+
+    fn found(messages: &mut Messages, id: u64) -> Option<String> {
+        messages.get_mut(id).map(|(m, _)| m.topic.to_string())
+    }
+
+    #[test]
+    fn messages_are_found_by_id_dense_or_sparse_and_in_any_order() {
+        // Dense, with gaps: the index.
+        let mut dense = Messages::default();
+        for id in [3, 4, 6, 7] {
+            dense.push(id, message(id));
+        }
+        assert_eq!(found(&mut dense, 6), Some("t/6".into()));
+        assert_eq!(found(&mut dense, 5), None);
+        assert_eq!(found(&mut dense, 2), None);
+        assert_eq!(found(&mut dense, 8), None);
+        // Counting through the index reaches the entry itself.
+        dense.get_mut(4).unwrap().1 += 2;
+        assert_eq!(dense.entries[1].1, 2);
+
+        // Sparse: binary search; pushed out of order, still found.
+        let mut sparse = Messages::default();
+        for id in [1_000_000, 5, 70_000] {
+            sparse.push(id, message(id));
+        }
+        assert_eq!(sparse.ids, vec![5, 70_000, 1_000_000]);
+        assert_eq!(found(&mut sparse, 70_000), Some("t/70000".into()));
+        assert_eq!(found(&mut sparse, 70_001), None);
+        // A push after a lookup drops the index built for the old ids.
+        dense.push(5, message(5));
+        assert_eq!(found(&mut dense, 5), Some("t/5".into()));
+    }
 }
