@@ -81,6 +81,18 @@ impl Session {
     /// waiting for one, and v5 is told the id was not found.
     pub(super) fn handle_pubrel(&mut self, packet_id: u16) {
         let mut pubcomp = pub_response(packet_id, ReasonCode::Success);
+        let awaited = self.end_incoming_qos2(packet_id);
+        if !awaited && self.protocol.is_v5() {
+            pubcomp.reason = ReasonCode::PacketIdentifierNotFound;
+            pubcomp.properties.reason_string =
+                Some(format!("packet id {packet_id} is not awaiting PUBREL").into());
+        }
+        self.control.push_back(Packet::PubComp(pubcomp));
+    }
+
+    /// The incoming QoS 2 flow of `packet_id` is over (PUBREL, or refused):
+    /// the id may carry a new message. Returns whether it was awaited.
+    pub(super) fn end_incoming_qos2(&mut self, packet_id: u16) -> bool {
         let awaited = self
             .incoming_qos2
             .as_mut()
@@ -88,12 +100,7 @@ impl Session {
         if awaited {
             self.journal(Change::Completed { packet_id });
         }
-        if !awaited && self.protocol.is_v5() {
-            pubcomp.reason = ReasonCode::PacketIdentifierNotFound;
-            pubcomp.properties.reason_string =
-                Some(format!("packet id {packet_id} is not awaiting PUBREL").into());
-        }
-        self.control.push_back(Packet::PubComp(pubcomp));
+        awaited
     }
 
     fn route(&mut self, publish: Publish, ticket: Option<Ticket>, now: Instant) {

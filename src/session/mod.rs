@@ -35,7 +35,7 @@ mod subscribe;
 mod will;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -543,13 +543,7 @@ impl Session {
 
     fn refuse_answer(&mut self, ticket: Ticket, reason: ReasonCode, end_qos2_flow: bool) {
         if end_qos2_flow && let Some(packet_id) = self.control.held_pubrec(ticket) {
-            let awaited = self
-                .incoming_qos2
-                .as_mut()
-                .is_some_and(|ids| ids.remove(&packet_id));
-            if awaited {
-                self.journal(Change::Completed { packet_id });
-            }
+            self.end_incoming_qos2(packet_id);
         }
         if self.protocol.is_v5() {
             self.control.refuse(ticket, reason);

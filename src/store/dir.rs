@@ -396,20 +396,35 @@ fn open_partition(path: &Path, durability: Durability) -> Result<Partition, Stor
         })
         .create_with_backend(Backend(file.clone()))
         .map_err(|e| engine(path, e))?;
-    // The table exists from the start, so readers never meet its absence.
-    // Like every commit here, it records redb's allocator state: the last
-    // commit before a crash decides whether the next open walks the whole
-    // file (1.3 s for 2 million records) or not.
-    let mut tx = db.begin_write().map_err(|e| engine(path, e))?;
-    tx.set_quick_repair(true);
-    tx.open_table(RECORDS).map_err(|e| engine(path, e))?;
-    tx.commit().map_err(|e| engine(path, e))?;
-    Ok(Partition {
+    let partition = Partition {
         path: path.to_owned(),
         db: Arc::new(db),
         file,
         writer: Arc::default(),
-    })
+    };
+    // The table exists from the start, so readers never meet its absence.
+    partition.commit(|_| Ok(())).map_err(|e| engine(path, e))?;
+    Ok(partition)
+}
+
+impl Partition {
+    /// Runs `write` on the partition's table in one transaction and
+    /// commits it (synced if the partition syncs commits, see
+    /// [`PartitionFile`]). Every commit records redb's allocator state: the
+    /// last commit before a crash decides whether the next open walks the
+    /// whole file (1.3 s for 2 million records) or not.
+    pub fn commit(
+        &self,
+        write: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<(), redb::Error>,
+    ) -> Result<(), redb::Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_quick_repair(true);
+        {
+            let mut table = tx.open_table(RECORDS)?;
+            write(&mut table)?;
+        }
+        Ok(tx.commit()?)
+    }
 }
 
 /// A stored key and its value.
@@ -510,19 +525,15 @@ fn rehome(
             batches[home].push((key, value));
         }
         for (records, partition) in batches.into_iter().zip(&new) {
-            let at = |e: redb::Error| engine(&partition.path, e);
-            let mut tx = partition.db.begin_write().map_err(|e| at(e.into()))?;
-            tx.set_quick_repair(true);
-            {
-                let mut table = tx.open_table(RECORDS).map_err(|e| at(e.into()))?;
-                for (key, value) in records {
-                    table
-                        .insert(key.as_slice(), value.as_slice())
-                        .map_err(|e| at(e.into()))?;
-                }
-            }
             // Synced: the partition opened with `Always`.
-            tx.commit().map_err(|e| at(e.into()))?;
+            partition
+                .commit(|table| {
+                    records.iter().try_for_each(|(key, value)| {
+                        table.insert(key.as_slice(), value.as_slice())?;
+                        Ok(())
+                    })
+                })
+                .map_err(|e| engine(&partition.path, e))?;
         }
     }
     Ok(())

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::dir::{Partition, RECORDS, StoreError};
+use super::dir::{Partition, StoreError};
 use super::record;
 use super::writer::remove_prefix;
 use super::writer::{RESERVE_BYTES, free_bytes};
@@ -553,18 +553,13 @@ pub fn replay(partition: &Partition, unapplied: &Unapplied) -> Result<(), StoreE
     if unapplied.segments.is_empty() {
         return Ok(());
     }
-    let engine = |error: redb::Error| StoreError::Engine {
-        path: partition.path.clone(),
-        detail: error.to_string(),
-    };
-    let mut tx = partition.db.begin_write().map_err(|e| engine(e.into()))?;
-    tx.set_quick_repair(true);
-    {
-        let mut table = tx.open_table(RECORDS).map_err(|e| engine(e.into()))?;
-        unapplied.net.apply(&mut table).map_err(engine)?;
-    }
     // Synced: partitions sync every commit (see `dir`).
-    tx.commit().map_err(|e| engine(e.into()))?;
+    partition
+        .commit(|table| unapplied.net.apply(table))
+        .map_err(|error| StoreError::Engine {
+            path: partition.path.clone(),
+            detail: error.to_string(),
+        })?;
     remove_segments(&unapplied.segments).map_err(|source| StoreError::Io {
         path: partition.path.clone(),
         source,

@@ -511,22 +511,11 @@ pub(super) fn message_in(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use super::*;
     use crate::protocol::QoS;
 
     fn message(n: u64) -> Arc<Message> {
-        Arc::new(Message {
-            topic: format!("t/{n}").into(),
-            payload: Bytes::new(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Default::default(),
-            publisher: "p".into(),
-            expires_at: None,
-            received_at: Instant::now(),
-        })
+        crate::session::testing::message(&format!("t/{n}"), QoS::AtLeastOnce)
     }
 
     fn found(messages: &mut Messages, id: u64) -> Option<String> {

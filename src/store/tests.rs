@@ -62,14 +62,12 @@ fn message(topic: &str, payload: &'static [u8]) -> Arc<Message> {
 }
 
 fn write(partition: &Partition, ops: Vec<Op>) {
-    let tx = partition.db.begin_write().unwrap();
-    {
-        let mut table = tx.open_table(RECORDS).unwrap();
-        for op in ops {
-            apply(&mut table, &op, Instant::now(), SystemTime::now()).unwrap();
-        }
-    }
-    tx.commit().unwrap();
+    partition
+        .commit(|table| {
+            ops.iter()
+                .try_for_each(|op| apply(table, op, Instant::now(), SystemTime::now()))
+        })
+        .unwrap();
 }
 
 fn session(client_id: &str) -> SessionRecord {

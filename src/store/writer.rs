@@ -25,7 +25,7 @@ use tracing::{error, info};
 use super::Durability;
 use super::checkpoint::{Checkpoint, Checkpointer};
 use super::coalesce::Window;
-use super::dir::{Partition, RECORDS};
+use super::dir::Partition;
 use super::log::{Log, Mutation, Unapplied};
 use super::record::{self, EntryRecord, FlightRecord, SessionRecord, StoredMessage};
 use super::restore::unix_ms;
@@ -569,24 +569,16 @@ fn check_reserve(partition: &Partition) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `write` in one transaction on `partition`'s table and commits it
-/// (synced if the partition's durability asks, see
-/// [`super::dir::PartitionFile`]; recording redb's allocator state, so
-/// that opening after a crash need not walk the whole file); refused up
-/// front when the disk is under its reserve.
+/// [`Partition::commit`], refused up front when the disk is under its
+/// reserve.
 pub(super) fn transaction(
     partition: &Partition,
     write: impl FnOnce(&mut redb::Table<&[u8], &[u8]>, Instant, SystemTime) -> Result<(), redb::Error>,
 ) -> Result<(), String> {
     check_reserve(partition)?;
-    let fail = |error: redb::Error| error.to_string();
-    let mut tx = partition.db.begin_write().map_err(|e| fail(e.into()))?;
-    tx.set_quick_repair(true);
-    {
-        let mut table = tx.open_table(RECORDS).map_err(|e| fail(e.into()))?;
-        write(&mut table, Instant::now(), SystemTime::now()).map_err(fail)?;
-    }
-    tx.commit().map_err(|e| fail(e.into()))
+    partition
+        .commit(|table| write(table, Instant::now(), SystemTime::now()))
+        .map_err(|error| error.to_string())
 }
 
 /// Removes every key starting with `prefix`.
