@@ -21,6 +21,7 @@ use common::http;
 use common::raw::{Raw, RecvError};
 use common::wire::{self, Connect, Props, Pub, Publish};
 use common::{Broker, QUIET, RECV_TIMEOUT, run_to_exit};
+use ringmq::shard::home_shard;
 
 fn persistent(version: u8, id: &str) -> Connect {
     let connect = Connect::new(version, id).clean(false);
@@ -1195,10 +1196,32 @@ const KILL_LOOP_WINDOW: usize = 32;
 /// `RINGMQ_KILL_DURABILITY` sets another durability.
 #[tokio::test]
 async fn kill_loop_loses_no_acknowledged_message() {
+    kill_loop("kill-loop", "st7/t", "st7-sub", "st7-pub", 20).await;
+}
+
+/// The kill loop with the subscriber the only member of a shared group,
+/// homed on the other shard than the publisher: the publisher's PUBACK
+/// must wait for the member's shard to store the message, which only the
+/// group's owner knows. 10 kills by default (`RINGMQ_KILL_LOOP`).
+#[tokio::test]
+async fn kill_loop_loses_nothing_acknowledged_to_a_shared_member_on_another_shard() {
+    let publisher = "st7-pub";
+    let member = (0..)
+        .map(|i| format!("st7-member-{i}"))
+        .find(|id| home_shard(id, 2) != home_shard(publisher, 2))
+        .expect("some client id is homed on the other shard");
+    kill_loop("kill-loop-shared", "$share/g/st7/t", &member, publisher, 10).await;
+}
+
+/// Runs the kill loop: `sub` subscribes to `filter` (matching `st7/t`)
+/// and goes offline, `publisher` publishes to `st7/t` through
+/// `default_kills` kills (or `RINGMQ_KILL_LOOP`), then `sub` must get
+/// every acknowledged message.
+async fn kill_loop(dir_name: &str, filter: &str, sub: &str, publisher: &str, default_kills: usize) {
     let kills: usize = std::env::var("RINGMQ_KILL_LOOP")
         .ok()
         .map(|v| v.parse().expect("RINGMQ_KILL_LOOP: a number of kills"))
-        .unwrap_or(20);
+        .unwrap_or(default_kills);
     let seed: u64 = std::env::var("RINGMQ_KILL_SEED")
         .ok()
         .map(|v| v.parse().expect("RINGMQ_KILL_SEED: a number"))
@@ -1210,7 +1233,7 @@ async fn kill_loop_loses_no_acknowledged_message() {
         });
     println!("kill loop: {kills} kills, RINGMQ_KILL_SEED={seed}");
     let mut rng = Rng(seed);
-    let dir = DataDir::new("kill-loop");
+    let dir = DataDir::new(dir_name);
     // Another level only to measure what it loses (RELIABILITY.md): the
     // assertion below holds for `always` and `batch`.
     let durability =
@@ -1224,12 +1247,12 @@ async fn kill_loop_loses_no_acknowledged_message() {
         "100000000",
     ];
     let mut broker = dir.start(&args);
-    offline_subscriber(broker.addr, wire::V4, "st7-sub", &[("st7/t", 1)]).await;
+    offline_subscriber(broker.addr, wire::V4, sub, &[(filter, 1)]).await;
 
     let started = Instant::now();
     let (mut acked, mut next, mut idle_rounds) = (Vec::new(), 0u32, 0);
     for _ in 0..kills {
-        let (raw, _) = Raw::connect_ok(broker.addr, Connect::v4("st7-pub")).await;
+        let (raw, _) = Raw::connect_ok(broker.addr, Connect::v4(publisher)).await;
         let load = tokio::spawn(publish_until_killed(raw, next));
         tokio::time::sleep(Duration::from_millis(rng.between(100, 400))).await;
         kill(broker);
@@ -1244,7 +1267,7 @@ async fn kill_loop_loses_no_acknowledged_message() {
     }
     let loading = started.elapsed();
 
-    let (mut sub, connack) = Raw::connect_ok(broker.addr, persistent(wire::V4, "st7-sub")).await;
+    let (mut sub, connack) = Raw::connect_ok(broker.addr, persistent(wire::V4, sub)).await;
     assert!(connack.session_present);
     acked.sort_unstable();
     let mut delivered: Vec<u32> = Vec::new();
@@ -1260,8 +1283,8 @@ async fn kill_loop_loses_no_acknowledged_message() {
             Ok(packet) if packet.kind() == wire::PUBLISH => {
                 let publish = packet.publish(wire::V4);
                 sub.send(&wire::ack(wire::PUBACK, publish.pkid)).await;
-                let (publisher, n) = common::tally::parse(&publish.payload);
-                assert_eq!((publisher.as_str(), publish.topic.as_str()), ("p", "st7/t"));
+                let (tag, n) = common::tally::parse(&publish.payload);
+                assert_eq!((tag.as_str(), publish.topic.as_str()), ("p", "st7/t"));
                 if let Ok(at) = missing.binary_search(&n) {
                     missing.remove(at);
                 }

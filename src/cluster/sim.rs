@@ -20,7 +20,7 @@ use super::settings::AckMode;
 use crate::message::Message;
 use crate::protocol::{LazyPublishProperties, QoS};
 use crate::session::Ticket;
-use crate::shard::mesh::{Confirmation, ShardMsg};
+use crate::shard::mesh::{Confirmation, ShardMsg, StoredReply};
 use crate::store::{OutboxOp, RestoredOutbox};
 
 const SHARDS: usize = 2;
@@ -229,6 +229,40 @@ impl Sim {
         for token in tokens {
             self.shard_msg(node, shard, ShardMsg::StoreReached { token });
         }
+    }
+
+    /// Shard `shard` of node `node` gains its first member of `share`.
+    fn join_group(&mut self, node: usize, shard: usize, share: &str) {
+        self.shard_msg(
+            node,
+            shard,
+            ShardMsg::SharedRouteAdd {
+                share: share.into(),
+                from: shard,
+            },
+        );
+        self.settle();
+    }
+
+    /// Node `node`'s owner of `share` picks peer `peer` for message `n`.
+    fn owner_picks(
+        &mut self,
+        node: usize,
+        share: &str,
+        peer: &str,
+        n: u32,
+        reply: Option<StoredReply>,
+    ) {
+        let owner = crate::shard::group_owner(share, SHARDS);
+        let msg = ShardMsg::SharedDeliver {
+            share: share.into(),
+            client_id: peer.into(),
+            message: message("jobs/a", n),
+            online: true,
+            reply,
+        };
+        self.shard_msg(node, owner, msg);
+        self.settle();
     }
 
     fn publish(&mut self, node: usize, shard: usize, topic: &str, n: u32) {
@@ -781,15 +815,7 @@ fn retained_messages_converge_last_writer_wins_after_a_partition() {
 fn a_shared_group_member_on_a_peer_is_one_member_here_and_gets_messages_to_pass_on() {
     let mut sim = Sim::new(2, 23, AckMode::Remote);
     let share = "$share/g/jobs/+";
-    sim.shard_msg(
-        1,
-        1,
-        ShardMsg::SharedRouteAdd {
-            share: share.into(),
-            from: 1,
-        },
-    );
-    sim.settle();
+    sim.join_group(1, 1, share);
     // Node 0's shards route the group's messages to its owner, and the
     // owner counts node 1 as one member.
     let owner = crate::shard::group_owner(share, SHARDS);
@@ -806,17 +832,7 @@ fn a_shared_group_member_on_a_peer_is_one_member_here_and_gets_messages_to_pass_
     }
     // The owner picks node 1: the message crosses, numbered, and node 1's
     // owner gets it to give to a member of its own.
-    sim.shard_msg(
-        0,
-        owner,
-        ShardMsg::SharedDeliver {
-            share: share.into(),
-            client_id: "n1".into(),
-            message: message("jobs/a", 42),
-            online: true,
-        },
-    );
-    sim.settle();
+    sim.owner_picks(0, share, "n1", 42, None);
     let owner_there = crate::shard::group_owner(share, SHARDS);
     let handed: Vec<u32> = sim.nodes[1].to_shards[owner_there]
         .iter()
@@ -844,6 +860,51 @@ fn a_shared_group_member_on_a_peer_is_one_member_here_and_gets_messages_to_pass_
         .iter()
         .any(|msg| matches!(msg, ShardMsg::SharedLeave { member, .. } if member.client_id == "n1"));
     assert!(left);
+}
+
+#[test]
+fn a_shared_message_relayed_to_a_peer_answers_its_publisher_once_stored_there() {
+    let mut sim = Sim::with_stores(2, 31, AckMode::Remote, true);
+    let share = "$share/g/jobs/+";
+    sim.join_group(1, 1, share);
+    // Node 0's owner picked node 1 for a message whose publisher is on
+    // another shard than the owner: the answer goes to the publisher.
+    let owner = crate::shard::group_owner(share, SHARDS);
+    let publisher = (owner + 1) % SHARDS;
+    let held = Confirmation {
+        key: 3,
+        conn: 1,
+        ticket: Ticket::nth(5),
+    };
+    sim.owner_picks(
+        0,
+        share,
+        "n1",
+        42,
+        Some(StoredReply::Confirm(publisher, held)),
+    );
+    // Node 1's owner gets the message with the wait for its landing.
+    let owner_there = crate::shard::group_owner(share, SHARDS);
+    let token = sim.nodes[1].to_shards[owner_there]
+        .iter()
+        .find_map(|msg| match msg {
+            ShardMsg::SharedPublish {
+                reply: Some(StoredReply::Reached(place, token)),
+                ..
+            } if *place == SHARDS => Some(*token),
+            _ => None,
+        })
+        .expect("the message carries the acknowledgement's wait");
+    assert!(sim.confirmed(0, publisher).is_empty(), "before the store");
+    // Wherever it landed, that shard's store commits and says so.
+    sim.shard_msg(
+        1,
+        (owner_there + 1) % SHARDS,
+        ShardMsg::StoreReached { token },
+    );
+    sim.settle();
+    assert_eq!(sim.confirmed(0, publisher), vec![Ticket::nth(5)]);
+    assert!(sim.confirmed(0, owner).is_empty(), "not the owner's answer");
 }
 
 #[test]

@@ -74,6 +74,8 @@ pub enum ShardMsg {
         message: Arc<Message>,
         exclude: Option<SharedMember>,
         local_only: bool,
+        /// Who waits to hear that the message is safe where it lands.
+        reply: Option<StoredReply>,
     },
     /// From the owner of `share` to the chosen member's shard. `online` is
     /// the member's state as the owner knew it: a member the owner thought
@@ -84,6 +86,7 @@ pub enum ShardMsg {
         client_id: ByteString,
         message: Arc<Message>,
         online: bool,
+        reply: Option<StoredReply>,
     },
     /// A connection whose client id belongs to this shard, accepted
     /// elsewhere, after its CONNECT was read.
@@ -127,6 +130,20 @@ pub struct Confirmation {
     pub key: usize,
     pub conn: u64,
     pub ticket: Ticket,
+}
+
+/// Who waits for a message relayed through a shared subscription's owner
+/// to be safe where it lands: one answer, sent once by whichever place the
+/// message ends in (the chosen member's shard once its store holds it, the
+/// cluster once the peers have it, or the owner when no member is left).
+/// A direct route is waited for by the publisher's shard itself; a shared
+/// one cannot be, since only the owner knows which shard the member is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredReply {
+    /// `Confirm` (or `StoreRefused`) to this shard, for a held answer.
+    Confirm(ShardId, Confirmation),
+    /// `StoreReached` to the cluster's place, for a peer's frame.
+    Reached(ShardId, u64),
 }
 
 /// The sender of a batch sent from outside the shards and the cluster

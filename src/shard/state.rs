@@ -23,7 +23,7 @@ use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
 use super::deadline::Deadlines;
 use super::limit::ConnectionLimit;
-use super::mesh::{Batch, Confirmation, Handoff, Mesh, ShardMsg, SharedMember};
+use super::mesh::{Batch, Confirmation, Handoff, Mesh, ShardMsg, SharedMember, StoredReply};
 use super::notify::LocalNotify;
 use crate::message::Message;
 use crate::metrics::{ShardMetrics, Snapshot};
@@ -166,6 +166,15 @@ pub struct ShardState {
     /// Sessions restored at start-up, whose due wills and expiries wait
     /// until every shard has restored its routes.
     restored: Vec<SessionKey>,
+}
+
+/// Where [`ShardState::publish`] sent a message, for the answer's waits.
+#[derive(Debug, Clone, Copy)]
+struct Routed {
+    /// To peer nodes (their acknowledgement is waited for by the caller).
+    to_cluster: bool,
+    /// Answers carried by the message to the shared groups it matched.
+    relayed: u32,
 }
 
 /// A subscription's retained messages, owed once its SUBACK goes out.
@@ -472,9 +481,10 @@ impl ShardState {
                     let retain_owner = message
                         .retain
                         .then(|| super::group_owner(&message.topic, self.mesh.shard_count()));
-                    let to_cluster = self.publish(message, now);
-                    if let Some(ticket) = ticket {
-                        self.answer_when_safe(key, ticket, to_cluster, retain_owner);
+                    let confirmation = ticket.and_then(|ticket| self.confirmation(key, ticket));
+                    let routed = self.publish(message, confirmation, now);
+                    if let Some(confirmation) = confirmation {
+                        self.answer_when_safe(confirmation, routed, retain_owner);
                     }
                 }
                 SessionAction::Subscribe {
@@ -540,29 +550,31 @@ impl ShardState {
     /// node without a store, once routed (now); in a cluster, once the
     /// peer nodes have it; with a store that acknowledgements wait for,
     /// once every shard that queued it for a stored session has committed.
+    /// A message relayed to a shared subscription's owner is answered for
+    /// by wherever it lands (`routed.relayed` answers to wait for).
     fn answer_when_safe(
         &mut self,
-        key: SessionKey,
-        ticket: Ticket,
-        to_cluster: bool,
+        confirmation: Confirmation,
+        routed: Routed,
         retain_owner: Option<ShardId>,
     ) {
-        let Some(conn) = self
-            .sessions
-            .get(key)
-            .and_then(|slot| slot.conn.as_ref())
-            .map(|conn| conn.id)
-        else {
-            return;
-        };
-        let confirmation = Confirmation { key, conn, ticket };
-        let mut waits = u32::from(to_cluster && self.confirm_after_cluster(key, ticket));
+        let Confirmation { key, conn, ticket } = confirmation;
+        let mut waits = u32::from(routed.to_cluster && self.confirm_after_cluster(key, ticket));
         waits += self.wait_for_stores(confirmation, retain_owner);
+        waits += routed.relayed;
         if waits == 0 {
             self.confirm_here(key, ticket);
         } else {
             self.hold(key, conn, ticket, waits);
         }
+    }
+
+    /// What identifies `ticket`'s answer across shards: the session and
+    /// its current connection. None for a session with no connection to
+    /// answer on.
+    fn confirmation(&self, key: SessionKey, ticket: Ticket) -> Option<Confirmation> {
+        let conn = self.sessions.get(key)?.conn.as_ref()?.id;
+        Some(Confirmation { key, conn, ticket })
     }
 
     /// Removes a session and every subscription it held. Messages shared
@@ -583,15 +595,22 @@ impl ShardState {
         }
         self.by_client_id.remove(slot.session.client_id());
         for (share, message) in unacked {
-            self.send_back(share, message, slot.session.client_id().clone(), now);
+            self.send_back(share, message, slot.session.client_id().clone(), None, now);
         }
     }
 
     /// Routes a message published on this shard: to other shards that have
     /// a subscriber, to local subscribers, and to every replica of the
     /// retained store.
-    /// Returns whether the message went to the cluster.
-    fn publish(&mut self, message: Arc<Message>, now: Instant) -> bool {
+    /// `confirmation`, the publisher's answer if it waits for one, travels
+    /// with the message to each shared group it matches (see
+    /// [`StoredReply`]) when there is somewhere it must be safe first.
+    fn publish(
+        &mut self,
+        message: Arc<Message>,
+        confirmation: Option<Confirmation>,
+        now: Instant,
+    ) -> Routed {
         // Route and retained updates from other shards that happened before
         // this PUBLISH was read must be seen before routing it.
         self.drain_inbox(now);
@@ -627,6 +646,10 @@ impl ShardState {
         }
         // Only the publisher's shard hands a message to a group, so each
         // group sees it once however many shards hold members.
+        let reply = confirmation
+            .filter(|_| self.store.is_some() || self.mesh.cluster_place().is_some())
+            .map(|confirmation| StoredReply::Confirm(me, confirmation));
+        let mut relayed = 0;
         for share in shared_to.drain(..) {
             let owner = self.owner(&share);
             let msg = ShardMsg::SharedPublish {
@@ -634,11 +657,16 @@ impl ShardState {
                 message: message.clone(),
                 exclude: None,
                 local_only: false,
+                reply,
             };
             self.send(owner, msg, now);
+            relayed += u32::from(reply.is_some());
         }
         self.shared_to = shared_to;
-        to_cluster
+        Routed {
+            to_cluster,
+            relayed,
+        }
     }
 
     /// Delivers to this shard's sessions, once per session however many of
@@ -968,13 +996,15 @@ impl ShardState {
                 message,
                 exclude,
                 local_only,
-            } => self.pick_member(share, message, exclude.as_ref(), local_only, now),
+                reply,
+            } => self.pick_member(share, message, exclude.as_ref(), local_only, reply, now),
             ShardMsg::SharedDeliver {
                 share,
                 client_id,
                 message,
                 online,
-            } => self.deliver_shared(share, client_id, message, online, now),
+                reply,
+            } => self.deliver_shared(share, client_id, message, online, reply, now),
             ShardMsg::Handoff(handoff) => {
                 self.handoffs.push(*handoff);
                 self.wake.notify();
@@ -989,7 +1019,7 @@ impl ShardState {
             }
             ShardMsg::Sys(messages) => {
                 for message in messages {
-                    self.publish(message, now);
+                    self.publish(message, None, now);
                 }
             }
             ShardMsg::Confirm(confirmation) => self.confirm(

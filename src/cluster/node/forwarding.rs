@@ -5,6 +5,7 @@
 //! the shards. See "Forwarding" in the parent module.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytestring::ByteString;
 
@@ -12,7 +13,7 @@ use super::{Node, NodeOutput, PeerKey, is_node_local};
 use crate::cluster::outbox::{Dropped, Seq};
 use crate::message::Message;
 use crate::protocol::QoS;
-use crate::shard::mesh::ShardMsg;
+use crate::shard::mesh::{ShardMsg, StoredReply};
 use crate::shard::{ShardId, group_owner};
 use crate::store::{OutboxOp, RestoredOutbox};
 
@@ -21,29 +22,53 @@ impl Node {
     /// the owner shard's stream, to be given to one member there. A peer
     /// forgotten meanwhile has left the owner's group already (its leave
     /// went first on the same queue), so the message goes back to be
-    /// picked again.
+    /// picked again. `reply`, the publisher's answer, waits for the peers
+    /// as the publisher's own forwarded messages do.
     pub(super) fn forward_shared(
         &mut self,
         shard: ShardId,
         share: ByteString,
         node_id: &str,
         message: Arc<Message>,
+        reply: Option<StoredReply>,
+        now: Instant,
     ) {
         match self.peer_by_id.get(node_id) {
-            Some(&key) => self.push_to_peer(key, shard, message, Some(share)),
-            None => {
-                let owner = group_owner(&share, self.config.shards);
-                self.outputs.push_back(NodeOutput::ToShard {
-                    shard: owner,
-                    msg: ShardMsg::SharedPublish {
-                        share,
-                        message,
-                        exclude: None,
-                        local_only: false,
-                    },
-                });
+            Some(&key) => {
+                self.push_to_peer(key, shard, message, Some(share));
+                match reply {
+                    Some(StoredReply::Confirm(publisher, confirmation)) => {
+                        self.confirm_after(shard, publisher, confirmation, now)
+                    }
+                    // A peer's message is never sent out again (see
+                    // `receive_shared`); were it, this node has it.
+                    Some(StoredReply::Reached(_, token)) => self.handle_store_reached(token),
+                    None => {}
+                }
             }
+            None => self.hand_to_group_owner(share, message, false, reply),
         }
+    }
+
+    /// Hands `message` to this node's owner of `share` to pick a member.
+    fn hand_to_group_owner(
+        &mut self,
+        share: ByteString,
+        message: Arc<Message>,
+        local_only: bool,
+        reply: Option<StoredReply>,
+    ) {
+        let owner = group_owner(&share, self.config.shards);
+        self.outputs.push_back(NodeOutput::ToShard {
+            shard: owner,
+            msg: ShardMsg::SharedPublish {
+                share,
+                message,
+                exclude: None,
+                local_only,
+                reply,
+            },
+        });
     }
 
     pub(super) fn forward(&mut self, shard: ShardId, message: Arc<Message>) {
@@ -199,26 +224,22 @@ impl Node {
     ) {
         let peer = &mut self.peers[key];
         let inbound = peer.inbound.entry((peer.incarnation, stream)).or_default();
-        let mut touched = Vec::new();
-        if inbound.take(seq) {
-            self.counters.received_messages += 1;
-            let owner = group_owner(&share, self.config.shards);
-            // The barrier covers the owner's store: a member it picks on
-            // another shard stores the message there, unwaited for.
-            touched.push(owner);
-            self.outputs.push_back(NodeOutput::ToShard {
-                shard: owner,
-                msg: ShardMsg::SharedPublish {
-                    share,
-                    message,
-                    exclude: None,
-                    local_only: true,
-                },
-            });
-        } else {
-            self.counters.duplicates_dropped += 1;
-        }
+        let fresh = inbound.take(seq);
         let acked = inbound.last();
-        self.ack_when_stored(key, stream, acked, &touched);
+        if !fresh {
+            self.counters.duplicates_dropped += 1;
+            self.ack_when_stored(key, stream, acked, &[]);
+            return;
+        }
+        self.counters.received_messages += 1;
+        // The acknowledgement waits for the store of whichever shard the
+        // owner picks a member on: the message carries the wait there.
+        let reply = self
+            .queue_stored_ack(key, stream, acked, 1)
+            .map(|token| StoredReply::Reached(self.config.shards, token));
+        self.hand_to_group_owner(share, message, true, reply);
+        if reply.is_none() {
+            self.ack_when_stored(key, stream, acked, &[]);
+        }
     }
 }

@@ -263,7 +263,9 @@ struct Stream {
 type WaiterKey = usize;
 
 struct Waiter {
-    shard: ShardId,
+    /// The shard holding the answer: the one whose stream it waits on, or
+    /// for a message a group owner relayed, the publisher's shard.
+    reply_to: ShardId,
     confirmation: Confirmation,
     /// Peers (streams or route versions) still to acknowledge.
     pending: u32,
@@ -374,7 +376,9 @@ impl Node {
             ShardMsg::RouteRemove { filter, from } => self.local_route_remove(&filter, from),
             ShardMsg::Publish(message) => self.forward(from, message),
             ShardMsg::Retain(message) => self.local_retain(message),
-            ShardMsg::ConfirmAfter(confirmation) => self.confirm_after(from, confirmation, now),
+            ShardMsg::ConfirmAfter(confirmation) => {
+                self.confirm_after(from, from, confirmation, now)
+            }
             ShardMsg::StoreReached { token } => self.handle_store_reached(token),
             ShardMsg::SharedRouteAdd { share, from } => self.local_group_add(share, from),
             ShardMsg::SharedRouteRemove { share, from } => self.local_group_remove(&share, from),
@@ -382,8 +386,9 @@ impl Node {
                 share,
                 client_id,
                 message,
+                reply,
                 ..
-            } => self.forward_shared(from, share, &client_id, message),
+            } => self.forward_shared(from, share, &client_id, message, reply, now),
             other => warn!(shard = from, msg = ?other, "unexpected message for the cluster"),
         }
     }

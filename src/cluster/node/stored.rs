@@ -38,16 +38,46 @@ impl Node {
         shards: &[ShardId],
     ) {
         let lane = (key, self.peers[key].incarnation, stream);
-        let waiting = if self.config.stored_acks {
-            shards.len()
-        } else {
-            0
-        };
         let earlier = self.unstored_acks.get(&lane).is_some_and(|q| !q.is_empty());
-        if waiting == 0 && !earlier {
-            self.send(key, Lane::Control, Frame::PublishAck { stream, seq });
-            return;
+        match self.queue_stored_ack(key, stream, seq, shards.len()) {
+            Some(token) => {
+                for &shard in shards {
+                    self.outputs.push_back(super::NodeOutput::ToShard {
+                        shard,
+                        msg: ShardMsg::StoreBarrier { token },
+                    });
+                }
+            }
+            None if earlier => {
+                self.push_unstored(lane, seq, 0);
+            }
+            None => self.send(key, Lane::Control, Frame::PublishAck { stream, seq }),
         }
+        self.release_stored_acks(lane);
+    }
+
+    /// Queues the acknowledgement of `seq` to wait for `waiting` stores'
+    /// `StoreReached` under the returned token; None, and nothing queued,
+    /// when acknowledgements do not wait for stores or nothing was stored.
+    pub(super) fn queue_stored_ack(
+        &mut self,
+        key: PeerKey,
+        stream: u32,
+        seq: Seq,
+        waiting: usize,
+    ) -> Option<u64> {
+        if !self.config.stored_acks || waiting == 0 {
+            return None;
+        }
+        let lane = (key, self.peers[key].incarnation, stream);
+        let token = self.push_unstored(lane, seq, waiting);
+        self.store_tokens.insert(token, lane);
+        Some(token)
+    }
+
+    /// Queues `seq`'s acknowledgement behind the earlier ones of `lane`,
+    /// to wait for `waiting` stores (acknowledgements leave in order).
+    fn push_unstored(&mut self, lane: AckStream, seq: Seq, waiting: usize) -> u64 {
         self.last_store_token += 1;
         let token = self.last_store_token;
         self.unstored_acks
@@ -58,16 +88,7 @@ impl Node {
                 seq,
                 waiting,
             });
-        if waiting > 0 {
-            self.store_tokens.insert(token, lane);
-            for &shard in shards {
-                self.outputs.push_back(super::NodeOutput::ToShard {
-                    shard,
-                    msg: ShardMsg::StoreBarrier { token },
-                });
-            }
-        }
-        self.release_stored_acks(lane);
+        token
     }
 
     /// A shard's store has committed everything up to the barrier `token`.

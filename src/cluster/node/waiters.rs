@@ -14,12 +14,13 @@ impl Node {
     pub(super) fn confirm_after(
         &mut self,
         shard: ShardId,
+        reply_to: ShardId,
         confirmation: Confirmation,
         now: Instant,
     ) {
         let target_version = self.target_route_version();
         let waiter = self.waiters.insert(Waiter {
-            shard,
+            reply_to,
             confirmation,
             pending: 0,
         });
@@ -54,7 +55,7 @@ impl Node {
 
     pub(super) fn release(&mut self, waiter: Waiter) {
         self.outputs.push_back(NodeOutput::ToShard {
-            shard: waiter.shard,
+            shard: waiter.reply_to,
             msg: ShardMsg::Confirm(waiter.confirmation),
         });
     }

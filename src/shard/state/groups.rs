@@ -12,7 +12,7 @@ use super::{GroupPlace, LocalSubscription, SessionKey, ShardState};
 use crate::message::Message;
 use crate::router::shared;
 use crate::session::Delivery;
-use crate::shard::mesh::{ShardMsg, SharedMember};
+use crate::shard::mesh::{ShardMsg, SharedMember, StoredReply};
 use crate::shard::{ShardId, group_owner};
 
 impl ShardState {
@@ -111,17 +111,19 @@ impl ShardState {
         let unacked = self.sessions[key].session.take_shared_unacked();
         let client_id = self.sessions[key].session.client_id().clone();
         for (share, message) in unacked {
-            self.send_back(share, message, client_id.clone(), now);
+            self.send_back(share, message, client_id.clone(), None, now);
         }
     }
 
     /// Returns `message` to the owner of `share`, to pick a member other
-    /// than `client_id` (homed here).
+    /// than `client_id` (homed here). `reply` is the answer still waiting
+    /// for it to land, if any.
     pub(super) fn send_back(
         &mut self,
         share: ByteString,
         message: Arc<Message>,
         client_id: ByteString,
+        reply: Option<StoredReply>,
         now: Instant,
     ) {
         let exclude = Some(SharedMember {
@@ -134,6 +136,7 @@ impl ShardState {
             message,
             exclude,
             local_only: false,
+            reply,
         };
         self.send(owner, msg, now);
     }
@@ -180,13 +183,15 @@ impl ShardState {
     /// its client id the node id), so the pick is made once for the whole
     /// cluster; a message a peer's owner picked this node for
     /// (`local_only`) goes to a member here. A group with no member left
-    /// drops the message, as a filter with no subscriber would.
+    /// drops the message, as a filter with no subscriber would, and
+    /// answers `reply` at once.
     pub(super) fn pick_member(
         &mut self,
         share: ByteString,
         message: Arc<Message>,
         exclude: Option<&SharedMember>,
         local_only: bool,
+        reply: Option<StoredReply>,
         now: Instant,
     ) {
         let random = shared::next_random(&mut self.random);
@@ -198,6 +203,7 @@ impl ShardState {
             .get_mut(&share)
             .and_then(|group| group.pick_among(strategy, random, exclude, &admit))
         else {
+            self.answer_when_stored(reply);
             return;
         };
         let to = member.shard;
@@ -206,6 +212,7 @@ impl ShardState {
             client_id: member.client_id.clone(),
             message,
             online,
+            reply,
         };
         self.send(to, msg, now);
     }
@@ -221,6 +228,7 @@ impl ShardState {
         client_id: ByteString,
         message: Arc<Message>,
         online: bool,
+        reply: Option<StoredReply>,
         now: Instant,
     ) {
         let member = self.by_client_id.get(&client_id).and_then(|&key| {
@@ -230,7 +238,7 @@ impl ShardState {
         let Some((key, subscription)) =
             member.filter(|&(key, _)| !online || self.sessions[key].conn.is_some())
         else {
-            self.send_back(share, message, client_id, now);
+            self.send_back(share, message, client_id, reply, now);
             return;
         };
         let delivery = Delivery {
@@ -240,5 +248,21 @@ impl ShardState {
             subscription_ids: subscription.id.into_iter().collect(),
         };
         self.deliver(key, &message, delivery, Some(share), now);
+        self.answer_when_stored(reply);
+    }
+
+    /// A relayed message has landed here (or nowhere): whoever waits for it
+    /// hears once this shard's store holds what it changed, at once when
+    /// there is nothing to wait for. Always through the mesh, never
+    /// synchronously, so an answer relayed by its own shard is not
+    /// released before that shard has counted the wait.
+    fn answer_when_stored(&mut self, reply: Option<StoredReply>) {
+        match reply {
+            Some(StoredReply::Confirm(shard, confirmation)) => {
+                self.confirm_stored(shard, confirmation)
+            }
+            Some(StoredReply::Reached(place, token)) => self.store_barrier(place, token),
+            None => {}
+        }
     }
 }
