@@ -8,7 +8,9 @@
 //! and only then does `CURRENT` switch to it, by an atomic rename; a crash
 //! in between leaves the old set in use and the half-written new one is
 //! removed on the next start. `cluster.redb` beside the sets holds what
-//! the cluster owes its peers ([`super::outbox`]).
+//! the cluster owes its peers ([`super::outbox`]), `ownership.redb` the
+//! ownership raft's vote, log and snapshot
+//! ([`crate::cluster::ownership::store`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -28,7 +30,8 @@ use super::{Durability, StoreSettings};
 use crate::shard::{group_owner, home_shard};
 
 /// The layout this build writes and reads. Raised whenever a record's
-/// archived form or the key scheme changes incompatibly.
+/// archived form or the key scheme changes incompatibly, `ownership.redb`'s
+/// included.
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_NAME: &str = "ringmq-data";
 /// Every record of a partition, in one ordered table (see [`record`]).
