@@ -59,3 +59,6 @@ pub mod router;
 pub mod session;
 pub mod shard;
 pub mod store;
+
+#[cfg(test)]
+mod testing;

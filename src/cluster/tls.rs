@@ -394,27 +394,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::testing::TempDir;
 
     const SECRET: &str = "0123456789abcdef-test-secret";
     const TIMEOUT: Duration = Duration::from_secs(10);
-
-    /// A directory under the system temp directory, removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            let path =
-                std::env::temp_dir().join(format!("ringmq-tls-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn secret(secret: &str) -> ClusterTrust {
         ClusterTrust::Secret(secret.to_owned())

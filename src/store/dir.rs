@@ -8,7 +8,9 @@
 //! and only then does `CURRENT` switch to it, by an atomic rename; a crash
 //! in between leaves the old set in use and the half-written new one is
 //! removed on the next start. `cluster.redb` beside the sets holds what
-//! the cluster owes its peers ([`super::outbox`]).
+//! the cluster owes its peers ([`super::outbox`]), `ownership.redb` the
+//! ownership raft's vote, log and snapshot
+//! ([`crate::cluster::ownership::store`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -28,7 +30,8 @@ use super::{Durability, StoreSettings};
 use crate::shard::{group_owner, home_shard};
 
 /// The layout this build writes and reads. Raised whenever a record's
-/// archived form or the key scheme changes incompatibly.
+/// archived form or the key scheme changes incompatibly, `ownership.redb`'s
+/// included.
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_NAME: &str = "ringmq-data";
 /// Every record of a partition, in one ordered table (see [`record`]).
@@ -214,7 +217,7 @@ fn io_at(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
     }
 }
 
-fn engine(path: &Path, error: impl Into<redb::Error>) -> StoreError {
+pub fn engine(path: &Path, error: impl Into<redb::Error>) -> StoreError {
     StoreError::Engine {
         path: path.to_owned(),
         detail: error.into().to_string(),
@@ -232,9 +235,7 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(io_at(&path))?;
-    // SAFETY: flock on a descriptor this function owns; no memory involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if !locked {
+    if !try_lock(&file) {
         return Err(StoreError::Locked {
             path: dir.to_owned(),
         });
@@ -243,6 +244,14 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
     let _ = file.set_len(0);
     let _ = writeln!(file, "{}", std::process::id());
     Ok(file)
+}
+
+/// Takes `flock`'s exclusive lock on `file` without waiting; false if
+/// another open of the file holds it, in this process or another. Held
+/// until `file` is closed.
+pub fn try_lock(file: &File) -> bool {
+    // SAFETY: flock on a descriptor `file` keeps open; no memory involved.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 fn check_format(dir: &Path) -> Result<(), StoreError> {
@@ -365,7 +374,10 @@ fn open_set(
     })
 }
 
-fn open_partition(path: &Path, durability: Durability) -> Result<Partition, StoreError> {
+/// Opens (or creates) one redb file as a partition. Nothing stops a
+/// second open of the same file: the data dir's lock keeps other brokers
+/// out, and each file has one opener in this one.
+pub fn open_partition(path: &Path, durability: Durability) -> Result<Partition, StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -417,7 +429,19 @@ impl Partition {
         &self,
         write: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<(), redb::Error>,
     ) -> Result<(), redb::Error> {
+        self.commit_as(redb::Durability::Immediate, write)
+    }
+
+    /// [`Partition::commit`] at `durability`: with `None`, the commit is
+    /// readable at once but reaches the disk only with the next
+    /// `Immediate` one; a crash before that loses it.
+    pub fn commit_as(
+        &self,
+        durability: redb::Durability,
+        write: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<(), redb::Error>,
+    ) -> Result<(), redb::Error> {
         let mut tx = self.db.begin_write()?;
+        tx.set_durability(durability)?;
         tx.set_quick_repair(true);
         {
             let mut table = tx.open_table(RECORDS)?;

@@ -203,14 +203,20 @@ pub fn frame(key: &[u8], archive: &[u8]) -> Vec<u8> {
     value
 }
 
+/// The bytes a stored value frames, its checksum verified.
+pub fn verify<'v>(key: &[u8], value: &'v [u8]) -> Result<&'v [u8], RecordError> {
+    let (sum, bytes) = value.split_at_checked(4).ok_or(RecordError::Truncated)?;
+    let sum = u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]);
+    if sum != checksum(key, bytes) {
+        return Err(RecordError::Checksum);
+    }
+    Ok(bytes)
+}
+
 /// The archive of a stored value, its checksum verified, copied into an
 /// aligned buffer for rkyv to read in place.
 pub fn unframe(key: &[u8], value: &[u8]) -> Result<AlignedVec<16>, RecordError> {
-    let (sum, archive) = value.split_at_checked(4).ok_or(RecordError::Truncated)?;
-    let sum = u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]);
-    if sum != checksum(key, archive) {
-        return Err(RecordError::Checksum);
-    }
+    let archive = verify(key, value)?;
     let mut aligned = AlignedVec::<16>::with_capacity(archive.len());
     aligned.extend_from_slice(archive);
     Ok(aligned)

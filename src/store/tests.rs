@@ -18,20 +18,9 @@ use super::{Durability, StoreError, StoreSettings};
 use crate::message::Message;
 use crate::protocol::QoS;
 use crate::shard::home_shard;
-
-struct TempDir(PathBuf);
+use crate::testing::TempDir;
 
 impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "ringmq-store-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-
     fn settings(&self, repair: bool) -> StoreSettings {
         StoreSettings {
             dir: self.0.clone(),
@@ -39,12 +28,6 @@ impl TempDir {
             interval: Duration::from_millis(100),
             repair,
         }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{BasicNode, Raft};
 use tokio::time::Instant;
 use tracing::debug;
@@ -15,6 +15,7 @@ use tracing::debug;
 use super::network::{ForwardReply, LinkDown, Network, Transport};
 use super::raft::{LogStore, TypeConfig};
 use super::state_machine::{SharedApplied, StateMachine};
+use super::store::{RaftStore, RaftStoreError};
 use super::table::{Answer, Command, Epoch, Grant, NodeId};
 
 /// How long a proposal may wait for a majority by default. A claim runs
@@ -72,6 +73,12 @@ pub enum OwnershipError {
     Config(#[from] openraft::ConfigError),
     #[error("cannot form the ownership raft: {0}")]
     Initialize(String),
+    #[error(transparent)]
+    Store(#[from] RaftStoreError),
+    /// openraft could not start on the stored state (it found the log,
+    /// vote and snapshot inconsistent, or could not read them).
+    #[error("the ownership raft cannot start: {0}")]
+    Start(#[from] Fatal<NodeId>),
 }
 
 /// A granted claim.
@@ -93,26 +100,30 @@ pub struct Ownership<T> {
 }
 
 impl<T: Transport> Ownership<T> {
-    /// Starts this node's raft, with an empty log. It joins a cluster when
-    /// one node calls [`Ownership::initialize`] naming it, and receives
+    /// Starts this node's raft on what `store` holds, and receives
     /// through `transport` whatever the transport delivers to
-    /// [`Ownership::raft`].
+    /// [`Ownership::raft`]. On a new store the log is empty, and the node
+    /// joins a cluster when one node calls [`Ownership::initialize`]
+    /// naming it. On a store a previous run left, the node is the member
+    /// it was: same vote, same log, and its table rebuilt from the last
+    /// snapshot and the committed log after it before this returns.
     pub async fn start(
         id: NodeId,
         config: OwnershipConfig,
+        store: RaftStore,
         transport: Arc<T>,
     ) -> Result<Ownership<T>, OwnershipError> {
         let raft_config = Arc::new(config.raft.validate()?);
         let applied = SharedApplied::default();
+        let state_machine = StateMachine::open(store.clone(), applied.clone()).await?;
         let raft = Raft::new(
             id,
             raft_config,
             Network::new(id, transport.clone()),
-            LogStore::default(),
-            StateMachine::new(applied.clone()),
+            LogStore::new(store),
+            state_machine,
         )
-        .await
-        .map_err(|_| OwnershipError::Stopped)?;
+        .await?;
         Ok(Ownership {
             id,
             raft,

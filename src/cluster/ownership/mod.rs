@@ -55,33 +55,53 @@
 //! only while it certainly was not proposed, so a late repeat can never
 //! land after another node's newer claim and take the session back.
 //!
+//! # What survives a restart
+//!
+//! A voter keeps its vote, its log and its last snapshot in
+//! `ownership.redb` in the data dir ([`store`]), each synced before raft
+//! counts on it: a vote before the vote request is answered, entries
+//! before they count towards a majority, a snapshot before the log it
+//! covers is purged. A node that restarts, even after a kill -9, rejoins
+//! under its own raft id as the member it was: [`Ownership::start`]
+//! rebuilds its table from the snapshot and the committed log after it
+//! before it returns, a former leader starts as leader of its old term
+//! (and steps down as soon as it hears of a newer one), and no epoch
+//! granted before the restart is granted again. The committed log id is
+//! written unsynced (it is a hint, see [`store`]): after a kill -9 the
+//! table may come back a few entries short, and the leader's first
+//! message brings the rest.
+//!
 //! # The pieces
 //!
 //! - [`table`]: the state machine's logic, pure data: claim, release,
 //!   check.
 //! - [`raft`]: openraft's type configuration and the raft log.
 //! - [`state_machine`]: the table as openraft applies and snapshots it.
+//! - [`store`]: the vote, log and snapshot on disk, in one redb file.
 //! - [`network`]: the [`Transport`] trait (raft's RPCs and a command
 //!   forwarded to the leader) and openraft's network over it.
 //! - [`handle`]: [`Ownership`], a node's async handle: `claim`,
 //!   `release`, `check`.
 //! - `mem.rs` (tests): an in-memory transport whose links can be cut, on
-//!   which `tests.rs` runs 3- and 5-node clusters through partitions.
+//!   which `tests.rs` runs 3- and 5-node clusters through partitions and
+//!   restarts, each node's store in a temporary dir.
 //!
 //! # Left for later
 //!
-//! This slice is the decision and its fencing, tested in memory. Still to
-//! come: a durable raft log and vote (in memory here, so a restarted node
-//! must rejoin under a new raft id, see [`raft`]); the real transport, as
-//! one more `ClusterMsg` variant on the existing cluster link; choosing
-//! the voters (up to 5) from gossip membership; wiring `claim` into
-//! CONNECT; the takeover itself (the old owner closing with 0x8E and
-//! sending the session over); and replicating sessions under their epoch.
+//! This slice is the decision, its fencing and what a voter keeps across
+//! a restart, tested over the in-memory transport. Still to come: the
+//! real transport, as one more `ClusterMsg` variant on the existing
+//! cluster link (postcard-encoded, as the store is); opening the store
+//! in the broker's data dir; choosing the voters (up to 5) from gossip
+//! membership; wiring `claim` into CONNECT; the takeover itself (the old
+//! owner closing with 0x8E and sending the session over); and
+//! replicating sessions under their epoch.
 
 pub mod handle;
 pub mod network;
 pub mod raft;
 pub mod state_machine;
+pub mod store;
 pub mod table;
 
 #[cfg(test)]
@@ -91,4 +111,5 @@ mod tests;
 
 pub use handle::{Claimed, Ownership, OwnershipConfig, OwnershipError};
 pub use network::{ForwardReply, LinkDown, Transport};
+pub use store::{RaftStore, RaftStoreError};
 pub use table::{Answer, Command, Epoch, Grant, NodeId, OwnershipTable};

@@ -1,24 +1,24 @@
-//! openraft's types for the ownership table, and the raft log.
+//! openraft's types for the ownership table, and the raft log and vote
+//! as openraft reads and writes them.
 //!
-//! The log lives in memory in this slice: a node that restarts comes back
-//! with no log and no vote. Raft's safety rests on a voter remembering
-//! both, so until the log is on disk a restarted node must rejoin as a
-//! new member (a new raft id), never under its old one. Putting the log
-//! and vote on disk (the store's redb, fsynced before `append` reports
-//! the entries flushed and before `save_vote` returns) is the next step
-//! before this runs in a broker.
+//! Both are durable ([`super::store`]): a vote is on disk before
+//! [`RaftLogStorage::save_vote`] returns, and entries are before
+//! [`RaftLogStorage::append`] reports them flushed, which is when raft
+//! counts this node towards a majority. A voter that restarts, even after
+//! a kill -9, comes back under its own raft id with the vote it granted
+//! and every entry it acknowledged, as raft's safety requires.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    BasicNode, Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, TokioRuntime,
-    Vote,
+    BasicNode, Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError,
+    TokioRuntime, Vote,
 };
 
+use super::store::RaftStore;
 use super::table::{Answer, Command, NodeId, OwnershipTable};
 
 openraft::declare_raft_types!(
@@ -36,32 +36,17 @@ openraft::declare_raft_types!(
         AsyncRuntime = TokioRuntime,
 );
 
-/// The raft log and vote, in memory (see the module docs for what that
-/// costs). Clones share one log: openraft reads it through a clone
+/// The raft log and vote in the ownership raft's file. Clones share the
+/// file: openraft reads the log through a clone
 /// ([`RaftLogStorage::LogReader`]) while it writes through the original.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct LogStore {
-    log: Arc<Mutex<Log>>,
-}
-
-#[derive(Debug, Default)]
-struct Log {
-    vote: Option<Vote<NodeId>>,
-    /// Raft may ask us to keep it so a restart re-applies less; kept only
-    /// because openraft hands it over.
-    committed: Option<LogId<NodeId>>,
-    /// The last entry dropped because a snapshot covers it: the log's
-    /// position even when no entry is left.
-    last_purged: Option<LogId<NodeId>>,
-    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    store: RaftStore,
 }
 
 impl LogStore {
-    /// The lock is held for map operations only, never across an await,
-    /// and nothing inside can panic halfway through an update: a poisoned
-    /// lock still holds a consistent log.
-    fn lock(&self) -> MutexGuard<'_, Log> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    pub fn new(store: RaftStore) -> LogStore {
+        LogStore { store }
     }
 }
 
@@ -70,17 +55,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        // `BTreeMap::range` panics on an inverted range; openraft should
-        // never ask for one, and an empty answer is what it would mean.
-        if !is_ordered(&range) {
+        let Some((first, last)) = inclusive(&range) else {
             return Ok(Vec::new());
-        }
-        let log = self.lock();
-        Ok(log
-            .entries
-            .range(range)
-            .map(|(_, entry)| entry.clone())
-            .collect())
+        };
+        let entries = self.store.run(move |store| store.entries(first, last));
+        Ok(entries.await.map_err(|e| StorageIOError::read_logs(&e))?)
     }
 }
 
@@ -88,16 +67,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let log = self.lock();
-        let last = log
-            .entries
-            .last_key_value()
-            .map(|(_, entry)| entry.log_id)
-            .or(log.last_purged);
-        Ok(LogState {
-            last_purged_log_id: log.last_purged,
-            last_log_id: last,
-        })
+        let state = self.store.run(|store| store.log_state());
+        Ok(state.await.map_err(|e| StorageIOError::read_logs(&e))?)
     }
 
     async fn get_log_reader(&mut self) -> LogStore {
@@ -105,24 +76,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.lock().vote = Some(*vote);
-        Ok(())
+        let vote = *vote;
+        let saved = self.store.run(move |store| store.save_vote(&vote));
+        Ok(saved.await.map_err(|e| StorageIOError::write_vote(&e))?)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        Ok(self.lock().vote)
+        let vote = self.store.run(|store| store.vote());
+        Ok(vote.await.map_err(|e| StorageIOError::read_vote(&e))?)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        self.lock().committed = committed;
-        Ok(())
+        let saved = self.store.run(move |store| store.save_committed(committed));
+        Ok(saved.await.map_err(|e| StorageIOError::write(&e))?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.lock().committed)
+        let committed = self.store.run(|store| store.committed());
+        Ok(committed.await.map_err(|e| StorageIOError::read(&e))?)
     }
 
     async fn append<I>(
@@ -134,44 +108,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        {
-            let mut log = self.lock();
-            for entry in entries {
-                log.entries.insert(entry.log_id.index, entry);
+        let entries: Vec<_> = entries.into_iter().collect();
+        // Synced before the callback: raft counts this node's copy of the
+        // entries from then on.
+        match self.store.run(move |store| store.append(&entries)).await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.log_io_completed(Err(io::Error::other(error.to_string())));
+                Err(StorageIOError::write_logs(&error).into())
             }
         }
-        // "Flushed" means no more than "readable" here: the log is in
-        // memory (module docs).
-        callback.log_io_completed(Ok(()));
-        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         // Entries from `log_id` on were never committed (a new leader's log
         // disagrees with them): drop them.
-        self.lock().entries.split_off(&log_id.index);
-        Ok(())
+        let truncated = self.store.run(move |store| store.truncate(log_id.index));
+        Ok(truncated
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut log = self.lock();
-        let kept = log.entries.split_off(&log_id.index.saturating_add(1));
-        log.entries = kept;
-        if log.last_purged < Some(log_id) {
-            log.last_purged = Some(log_id);
-        }
-        Ok(())
+        let purged = self.store.run(move |store| store.purge(log_id));
+        Ok(purged.await.map_err(|e| StorageIOError::write_logs(&e))?)
     }
 }
 
-/// Whether `range` is one `BTreeMap::range` accepts.
-fn is_ordered(range: &impl RangeBounds<u64>) -> bool {
-    match (range.start_bound(), range.end_bound()) {
-        (Bound::Excluded(start), Bound::Excluded(end)) => start < end,
-        (
-            Bound::Included(start) | Bound::Excluded(start),
-            Bound::Included(end) | Bound::Excluded(end),
-        ) => start <= end,
-        _ => true,
-    }
+/// `range`'s first and last index, if it holds any.
+fn inclusive(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
+    let first = match range.start_bound() {
+        Bound::Included(&first) => first,
+        Bound::Excluded(&before) => before.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let last = match range.end_bound() {
+        Bound::Included(&last) => last,
+        Bound::Excluded(&after) => after.checked_sub(1)?,
+        Bound::Unbounded => u64::MAX,
+    };
+    (first <= last).then_some((first, last))
 }

@@ -7,6 +7,14 @@
 //! writer is raft's apply task, the readers are connects and takeovers,
 //! both rare and both quick (one hash lookup, or one insert), and neither
 //! is on the publish path.
+//!
+//! The table itself is not written as it is applied: it is the log's
+//! sum, and the log is on disk. What is written is each snapshot, built
+//! or installed ([`super::store`]), synced before raft may purge the log
+//! it covers. A restart ([`StateMachine::open`]) starts from that
+//! snapshot and reports it as applied; openraft then re-applies the
+//! committed log after it, so the table is back before the node hears
+//! from the leader.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,19 +22,28 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
-    SnapshotMeta, StorageError, StoredMembership,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 
 use super::raft::TypeConfig;
+use super::store::{RaftStore, RaftStoreError};
 use super::table::{Answer, NodeId, OwnershipTable};
 
-/// What this node has applied. Nothing here is durable in this slice:
-/// the table is rebuilt from the (in-memory) log or a leader's snapshot.
+/// What this node has applied.
 #[derive(Debug, Default)]
 pub struct Applied {
     pub table: OwnershipTable,
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, BasicNode>,
+}
+
+impl Applied {
+    /// The state `meta`'s snapshot holds.
+    fn reset(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, table: OwnershipTable) {
+        self.table = table;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+    }
 }
 
 /// The applied state, shared between the state machine and its readers.
@@ -42,27 +59,71 @@ impl SharedApplied {
     }
 }
 
-/// Clones share the applied state and the current snapshot: openraft takes
-/// one clone as the snapshot builder while the other goes on applying.
-#[derive(Debug, Clone, Default)]
+/// Clones share the applied state, the current snapshot and the file:
+/// openraft takes one clone as the snapshot builder while the other goes
+/// on applying.
+#[derive(Clone)]
 pub struct StateMachine {
     applied: SharedApplied,
-    current: Arc<Mutex<Option<Snapshot<TypeConfig>>>>,
+    /// Locked while a snapshot is written, so that the one on disk and
+    /// this one are the same.
+    current: Arc<tokio::sync::Mutex<Option<Snapshot<TypeConfig>>>>,
     /// Makes each snapshot id unique even when two are built at the same
     /// log position.
     built: Arc<AtomicU64>,
+    store: RaftStore,
 }
 
 impl StateMachine {
-    pub fn new(applied: SharedApplied) -> StateMachine {
-        StateMachine {
+    /// The state machine as `store` left it: the last snapshot's table,
+    /// applied up to what the snapshot covers (an empty table before the
+    /// first snapshot). `applied` is filled in accordingly.
+    pub async fn open(
+        store: RaftStore,
+        applied: SharedApplied,
+    ) -> Result<StateMachine, RaftStoreError> {
+        let stored = store.run(|store| store.snapshot()).await?;
+        let current = stored.map(|(meta, table)| {
+            applied.lock().reset(&meta, table.clone());
+            Snapshot {
+                meta,
+                snapshot: Box::new(table),
+            }
+        });
+        Ok(StateMachine {
             applied,
-            ..StateMachine::default()
-        }
+            current: Arc::new(tokio::sync::Mutex::new(current)),
+            built: Arc::default(),
+            store,
+        })
     }
 
-    fn current(&self) -> MutexGuard<'_, Option<Snapshot<TypeConfig>>> {
-        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Writes `snapshot`, synced, and makes it the current one, unless
+    /// the current one is newer: openraft builds snapshots in a task of
+    /// their own, so a build begun before an installed snapshot can end
+    /// after it, and the installed one is what the purged log left.
+    async fn save(
+        &self,
+        snapshot: Snapshot<TypeConfig>,
+    ) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let mut current = self.current.lock().await;
+        let last_log_id = snapshot.meta.last_log_id;
+        if current
+            .as_ref()
+            .is_some_and(|current| current.meta.last_log_id > last_log_id)
+        {
+            return Ok(snapshot);
+        }
+        let signature = snapshot.meta.signature();
+        let saved = self.store.run(move |store| {
+            store.save_snapshot(&snapshot.meta, &snapshot.snapshot)?;
+            Ok(snapshot)
+        });
+        let snapshot = saved
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
+        *current = Some(snapshot.clone());
+        Ok(snapshot)
     }
 }
 
@@ -89,8 +150,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             },
             snapshot: Box::new(table),
         };
-        *self.current() = Some(snapshot.clone());
-        Ok(snapshot)
+        self.save(snapshot).await
     }
 }
 
@@ -142,22 +202,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<OwnershipTable>,
     ) -> Result<(), StorageError<NodeId>> {
-        {
-            let mut applied = self.applied.lock();
-            applied.table = (*snapshot).clone();
-            applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership.clone();
-        }
-        *self.current() = Some(Snapshot {
+        // On disk before it counts as applied: raft then purges the log it
+        // replaces.
+        let snapshot = Snapshot {
             meta: meta.clone(),
             snapshot,
-        });
+        };
+        let saved = self.save(snapshot).await?;
+        self.applied.lock().reset(meta, *saved.snapshot);
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.current().clone())
+        Ok(self.current.lock().await.clone())
     }
 }

@@ -6,6 +6,7 @@
 
 use bytestring::ByteString;
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 /// A node as the ownership raft names it. Raft wants a small `Copy` id;
 /// mapping the cluster's node names (`cluster.node_id`) onto these is the
@@ -19,7 +20,7 @@ pub type NodeId = u64;
 pub type Epoch = u64;
 
 /// Who owns a client id, since which grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub node: NodeId,
     pub epoch: Epoch,
@@ -27,7 +28,7 @@ pub struct Grant {
 
 /// What is replicated: one command per connect, takeover or session end,
 /// never per message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Give `client_id` to `node` under a new epoch, whoever held it.
     /// Unconditional on purpose: raft orders two racing claims, the later
@@ -45,7 +46,7 @@ pub enum Command {
 }
 
 /// What applying one log entry answered, handed back to whoever proposed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
     /// The entry was raft's own (a new leader's blank entry, a membership
     /// change), not a [`Command`].
@@ -69,7 +70,7 @@ pub enum Answer {
 /// anything it ever had without the table remembering it. With a counter
 /// per client id, the table would have to keep a tombstone for every
 /// client id ever seen, and brokers see many short-lived random ids.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnershipTable {
     grants: FxHashMap<ByteString, Grant>,
     /// The last epoch handed out, to any client id.

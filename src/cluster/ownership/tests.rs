@@ -1,9 +1,12 @@
 //! Ownership rafts of 3 and 5 nodes over the in-memory transport, through
-//! partitions. Each test runs on tokio's paused clock: time moves only
-//! when every task waits, straight to the next timer, so elections and
-//! timeouts take no wall time and a test's outcome does not depend on how
-//! loaded the machine is. Conditions are awaited with a deadline
-//! ([`wait_for`]), never assumed after a sleep.
+//! partitions and restarts, each node's vote, log and snapshot in a redb
+//! file in a temporary dir of its own. Each test runs on tokio's paused
+//! clock: time moves only when every task waits, straight to the next
+//! timer, so elections and timeouts take no wall time and a test's
+//! outcome does not depend on how loaded the machine is. The disk writes
+//! run on tokio's blocking pool, and the clock does not move while one
+//! runs, so a slow sync cannot fire an election either. Conditions are
+//! awaited with a deadline ([`wait_for`]), never assumed after a sleep.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,8 +19,9 @@ use tokio::time::Instant;
 
 use super::mem::MemRouter;
 use super::raft::LogStore;
-use super::state_machine::StateMachine;
+use super::state_machine::{SharedApplied, StateMachine};
 use super::*;
+use crate::testing::TempDir;
 
 /// How long (on the paused clock) a test waits for a condition.
 const WAIT: Duration = Duration::from_secs(10);
@@ -38,28 +42,53 @@ fn config() -> OwnershipConfig {
 
 struct Cluster {
     router: Arc<MemRouter>,
-    /// Node `id` is `nodes[id - 1]`.
+    config: OwnershipConfig,
+    /// Node `id` is `nodes[id - 1]`, its data dir `dirs[id - 1]`.
     nodes: Vec<Ownership<MemRouter>>,
+    dirs: Vec<TempDir>,
 }
 
 impl Cluster {
     async fn start(n: NodeId, config: OwnershipConfig) -> Cluster {
         let router = Arc::new(MemRouter::default());
         let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
         for id in 1..=n {
-            let node = Ownership::start(id, config.clone(), router.clone())
-                .await
-                .expect("raft starts");
-            router.add(id, node.raft().clone());
-            nodes.push(node);
+            let dir = TempDir::new(&format!("ownership-node-{id}"));
+            let store = RaftStore::open(&create(&dir)).expect("store opens");
+            nodes.push(start_node(id, &config, store, &router).await);
+            dirs.push(dir);
         }
         let voters: BTreeMap<NodeId, BasicNode> = (1..=n)
             .map(|id| (id, BasicNode::new(format!("node-{id}"))))
             .collect();
         nodes[0].initialize(voters).await.expect("cluster forms");
-        let cluster = Cluster { router, nodes };
+        let cluster = Cluster {
+            router,
+            config,
+            nodes,
+            dirs,
+        };
         cluster.leader_among(&cluster.ids()).await;
         cluster
+    }
+
+    /// Stops node `id` and starts it again on the files it left, once
+    /// its predecessor has let go of them.
+    async fn restart(&mut self, id: NodeId) {
+        let index = (id - 1) as usize;
+        self.nodes[index].shutdown().await;
+        let dir = self.dirs[index].0.clone();
+        let store = wait_for(
+            "the stopped raft to let go of its file",
+            || match RaftStore::open(&dir) {
+                Ok(store) => Some(store),
+                Err(RaftStoreError::InUse { .. }) => None,
+                Err(error) => panic!("node {id}'s store does not open: {error}"),
+            },
+        )
+        .await;
+        self.nodes[index] = start_node(id, &self.config, store, &self.router).await;
     }
 
     fn ids(&self) -> Vec<NodeId> {
@@ -106,6 +135,25 @@ impl Cluster {
             node.shutdown().await;
         }
     }
+}
+
+async fn start_node(
+    id: NodeId,
+    config: &OwnershipConfig,
+    store: RaftStore,
+    router: &Arc<MemRouter>,
+) -> Ownership<MemRouter> {
+    let node = Ownership::start(id, config.clone(), store, router.clone())
+        .await
+        .expect("raft starts");
+    router.add(id, node.raft().clone());
+    node
+}
+
+/// `dir`, created.
+fn create(dir: &TempDir) -> std::path::PathBuf {
+    std::fs::create_dir_all(&dir.0).expect("temp dir is writable");
+    dir.0.clone()
 }
 
 /// Polls `probe` on the paused clock until it answers, or fails the test
@@ -442,17 +490,132 @@ async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
     cluster.shutdown().await;
 }
 
-struct MemStores;
+/// A voter stopped and started again on the files it left is the member
+/// it was: before it hears from anyone, its vote, its log and its table
+/// (the last snapshot, then the committed log after it) are back. The
+/// leader is the one restarted, whose vote (for itself) matters most; it
+/// comes back cut off, so the others elect a new leader and grant a claim
+/// meanwhile, and once it rejoins, every epoch handed out is above all
+/// the earlier ones.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_voter_keeps_its_vote_log_and_table() {
+    let mut config = config();
+    // Snapshots and purges only when the test asks.
+    config.raft.snapshot_policy = SnapshotPolicy::Never;
+    let mut cluster = Cluster::start(3, config).await;
+    let all = cluster.ids();
+    let restarted = cluster.leader_among(&all).await;
+    let others: Vec<NodeId> = all.iter().copied().filter(|&id| id != restarted).collect();
+    let client_ids: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
+    let mut last_epoch = 0;
+    let mut claim_round = async |cluster: &Cluster, rounds: usize| {
+        for i in 0..rounds {
+            let node = all[i % all.len()];
+            let claimed = cluster
+                .node(node)
+                .claim(&client_ids[i % client_ids.len()])
+                .await
+                .expect("claims");
+            assert!(claimed.epoch > last_epoch);
+            last_epoch = claimed.epoch;
+        }
+    };
 
-impl StoreBuilder<raft::TypeConfig, LogStore, StateMachine> for MemStores {
-    async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<NodeId>> {
-        Ok(((), LogStore::default(), StateMachine::default()))
+    // Part of the log in a snapshot, purged; part after it.
+    claim_round(&cluster, 6).await;
+    cluster.caught_up(restarted, &all).await;
+    let raft = cluster.node(restarted).raft();
+    raft.trigger().snapshot().await.expect("snapshot triggered");
+    let snapshot = wait_for("the snapshot", || cluster.metrics(restarted).snapshot).await;
+    raft.trigger()
+        .purge_log(snapshot.index)
+        .await
+        .expect("purge triggered");
+    wait_for("the purge", || {
+        (cluster.metrics(restarted).purged == Some(snapshot)).then_some(())
+    })
+    .await;
+    claim_round(&cluster, 3).await;
+    cluster.caught_up(restarted, &all).await;
+    let before = cluster.metrics(restarted);
+    assert!(
+        before.last_applied > Some(snapshot),
+        "entries after the snapshot"
+    );
+    let owners: Vec<Option<Grant>> = client_ids
+        .iter()
+        .map(|client_id| cluster.node(restarted).owner(client_id))
+        .collect();
+
+    cluster.router.partition(&[restarted]);
+    cluster.restart(restarted).await;
+    let after = wait_for("the restarted node's first metrics", || {
+        let metrics = cluster.metrics(restarted);
+        (metrics.last_log_index.is_some()).then_some(metrics)
+    })
+    .await;
+    assert_eq!(after.vote, before.vote, "the vote is back");
+    assert_eq!(after.state, ServerState::Leader, "leads in its term again");
+    assert_eq!(
+        after.last_log_index, before.last_log_index,
+        "the log is back"
+    );
+    assert_eq!(after.purged, Some(snapshot));
+    assert_eq!(after.snapshot, Some(snapshot));
+    assert_eq!(
+        after.last_applied, before.last_applied,
+        "the log re-applied"
+    );
+    for (client_id, owner) in client_ids.iter().zip(&owners) {
+        assert_eq!(cluster.node(restarted).owner(client_id), *owner);
+    }
+
+    // Cut off, it cannot grant; the others can, above every earlier epoch.
+    let refused = cluster.node(restarted).claim("c0").await;
+    assert!(
+        matches!(refused, Err(OwnershipError::NoQuorum(_))),
+        "{refused:?}"
+    );
+    cluster.leader_among(&others).await;
+    let taken = cluster.node(others[0]).claim("c0").await.expect("claims");
+    assert!(taken.epoch > last_epoch, "no epoch handed out twice");
+
+    cluster.router.heal_all();
+    let leader = cluster.leader_among(&all).await;
+    cluster.caught_up(leader, &all).await;
+    let grant = Grant {
+        node: others[0],
+        epoch: taken.epoch,
+    };
+    assert_eq!(cluster.node(restarted).owner("c0"), Some(grant));
+    let again = cluster.node(restarted).claim("c0").await.expect("claims");
+    assert_eq!(
+        again,
+        Claimed {
+            epoch: taken.epoch + 1,
+            previous: Some(grant)
+        }
+    );
+    cluster.shutdown().await;
+}
+
+/// A fresh store in a temp dir of its own for each of the suite's tests.
+struct Stores;
+
+impl StoreBuilder<raft::TypeConfig, LogStore, StateMachine, TempDir> for Stores {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+        let dir = TempDir::new("ownership-suite");
+        let store = RaftStore::open(&create(&dir)).expect("store opens");
+        let state_machine = StateMachine::open(store.clone(), SharedApplied::default())
+            .await
+            .expect("state machine opens");
+        Ok((dir, LogStore::new(store), state_machine))
     }
 }
 
 /// openraft's own checks of a log store and state machine.
 #[test]
 fn the_stores_pass_openrafts_suite() {
-    Suite::<raft::TypeConfig, LogStore, StateMachine, MemStores, ()>::test_all(MemStores)
+    Suite::<raft::TypeConfig, LogStore, StateMachine, Stores, TempDir>::test_all(Stores)
         .expect("suite passes");
 }
