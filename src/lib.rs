@@ -44,8 +44,8 @@
 //! - [`metrics`]: per-shard counters and histograms gathered through the
 //!   mesh when scraped; HTTP `/metrics`, `/health`, `/ready`; `$SYS`.
 //! - [`store`]: sessions, their messages and the retained store on disk
-//!   (fjall, one partition per shard, written by a thread per partition),
-//!   read back at start-up.
+//!   (a write-ahead log per shard in front of a redb partition, written by
+//!   a thread per partition), read back at start-up.
 //! - [`config`]: command line and TOML, validated once.
 //!
 //! Each room's module documentation gives the reasons for its design.
