@@ -205,6 +205,17 @@ impl Inflight {
     /// Every flow, in the order it started (spec 4.6): PUBLISH again (with
     /// DUP) for messages not acknowledged, PUBREL for those received.
     pub fn resends(&self) -> Vec<Resend> {
+        self.in_order()
+            .into_iter()
+            .map(|(id, flight)| match flight {
+                Flight::Released(_) => Resend::Release(id),
+                Flight::AtLeastOnce(_) | Flight::ExactlyOnce(_) => Resend::Publish(id),
+            })
+            .collect()
+    }
+
+    /// Every flow with its packet id, in the order it started.
+    pub fn in_order(&self) -> Vec<(u16, &Flight)> {
         let Some(flows) = &self.0 else {
             return Vec::new();
         };
@@ -216,10 +227,7 @@ impl Inflight {
         flights.sort_unstable_by_key(|&(seq, _, _)| seq);
         flights
             .into_iter()
-            .map(|(_, id, flight)| match flight {
-                Flight::Released(_) => Resend::Release(id),
-                Flight::AtLeastOnce(_) | Flight::ExactlyOnce(_) => Resend::Publish(id),
-            })
+            .map(|(_, id, flight)| (id, flight))
             .collect()
     }
 

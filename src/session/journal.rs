@@ -49,6 +49,9 @@ pub enum Change {
         packet_id: u16,
         message: Arc<Message>,
     },
+    /// A flow already released (its PUBREC came) arrived from another
+    /// node with its session: only its PUBREL is owed.
+    ReleaseOwed { seq: u64, packet_id: u16 },
     /// Acknowledged, refused, expired or taken back: nothing is owed.
     /// `message` is the one it held, `None` for a released flow.
     Ended {
@@ -59,6 +62,20 @@ pub enum Change {
     Awaiting { packet_id: u16 },
     /// PUBREL came for it.
     Completed { packet_id: u16 },
+}
+
+impl Change {
+    /// `outgoing`, just queued.
+    pub(super) fn queued(outgoing: &Outgoing) -> Change {
+        Change::Queued {
+            seq: outgoing.seq,
+            message: outgoing.message.clone(),
+            qos: outgoing.qos,
+            retain: outgoing.retain,
+            subscription_ids: outgoing.subscription_ids.clone(),
+            shared: outgoing.shared.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +97,21 @@ pub struct RestoredMessage {
     pub shared: Option<ByteString>,
     /// Set once sent.
     pub packet_id: Option<u16>,
+}
+
+impl RestoredMessage {
+    /// A QoS 2 flow whose PUBREC came: only its PUBREL is owed.
+    pub fn release_owed(seq: u64, packet_id: u16) -> RestoredMessage {
+        RestoredMessage {
+            seq,
+            message: None,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            shared: None,
+            packet_id: Some(packet_id),
+        }
+    }
 }
 
 /// A stored session as the store read it back, clocks already turned
@@ -216,14 +248,7 @@ impl Session {
     /// Records that `outgoing`, just queued, is stored.
     pub(super) fn journal_queued(&mut self, outgoing: &Outgoing) {
         if outgoing.seq != 0 {
-            self.journal(Change::Queued {
-                seq: outgoing.seq,
-                message: outgoing.message.clone(),
-                qos: outgoing.qos,
-                retain: outgoing.retain,
-                subscription_ids: outgoing.subscription_ids.clone(),
-                shared: outgoing.shared.clone(),
-            });
+            self.journal(Change::queued(outgoing));
         }
     }
 
@@ -268,34 +293,14 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
-    use crate::protocol::{Packet, PubResponse, Publish, ReasonCode};
+    use crate::protocol::{Packet, PubResponse, ReasonCode};
     use crate::session::SessionAction;
     use crate::session::testing::*;
 
     fn ack(packet_id: u16) -> PubResponse {
         super::super::connect::pub_response(packet_id, ReasonCode::Success)
-    }
-
-    fn kinds(session: &mut Session) -> Vec<String> {
-        session
-            .drain_changes()
-            .map(|change| match change {
-                Change::Queued { seq, qos, .. } => format!("queued {seq} q{}", qos as u8),
-                Change::Sent { seq, packet_id } => format!("sent {seq} #{packet_id}"),
-                Change::Released { seq, packet_id, .. } => format!("released {seq} #{packet_id}"),
-                Change::Ended { seq, message } => {
-                    format!(
-                        "ended {seq}{}",
-                        if message.is_some() { "" } else { " (released)" }
-                    )
-                }
-                Change::Awaiting { packet_id } => format!("awaiting #{packet_id}"),
-                Change::Completed { packet_id } => format!("completed #{packet_id}"),
-            })
-            .collect()
     }
 
     #[test]
@@ -389,70 +394,10 @@ mod tests {
         assert_eq!(ended, ["ended 1", "ended 2"]);
     }
 
-    /// A store as the shard keeps it, by sequence: what the journal says,
-    /// applied in order.
-    #[derive(Default)]
-    struct Model {
-        owed: BTreeMap<u64, RestoredMessage>,
-        incoming: Vec<u16>,
-    }
-
-    impl Model {
-        fn apply(&mut self, session: &mut Session) {
-            for change in session.drain_changes() {
-                match change {
-                    Change::Queued {
-                        seq,
-                        message,
-                        qos,
-                        retain,
-                        subscription_ids,
-                        shared,
-                    } => {
-                        self.owed.insert(
-                            seq,
-                            RestoredMessage {
-                                seq,
-                                message: Some(message),
-                                qos,
-                                retain,
-                                subscription_ids,
-                                shared,
-                                packet_id: None,
-                            },
-                        );
-                    }
-                    Change::Sent { seq, packet_id } => {
-                        self.owed.get_mut(&seq).unwrap().packet_id = Some(packet_id)
-                    }
-                    Change::Released { seq, .. } => self.owed.get_mut(&seq).unwrap().message = None,
-                    Change::Ended { seq, .. } => {
-                        self.owed.remove(&seq);
-                    }
-                    Change::Awaiting { packet_id } => self.incoming.push(packet_id),
-                    Change::Completed { packet_id } => self.incoming.retain(|&id| id != packet_id),
-                }
-            }
-        }
-
-        fn restored(&self, connected: bool) -> RestoredSession {
-            RestoredSession {
-                client_id: "c".into(),
-                protocol: ProtocolVersion::V5,
-                session_expiry: 3600,
-                connected,
-                expires_at: None,
-                will: None,
-                messages: self.owed.values().cloned().collect(),
-                incoming_qos2: self.incoming.clone(),
-            }
-        }
-    }
-
     #[test]
     fn what_the_journal_kept_resumes_as_the_session_left_it() {
         let (mut session, now) = connected_with(persistent(ProtocolVersion::V5));
-        let mut model = Model::default();
+        let mut model = StoreModel::default();
         for (topic, qos) in [
             ("a", QoS::AtLeastOnce),
             ("b", QoS::ExactlyOnce),
@@ -478,34 +423,7 @@ mod tests {
         let connack =
             restored.handle_connect(&persistent(ProtocolVersion::V5), false, &config(), now);
         assert!(connack.session_present);
-        let sent = transmit(&mut restored, now);
-        let summary: Vec<(String, u16, bool)> = sent
-            .iter()
-            .map(|packet| match packet {
-                Packet::Publish(Publish {
-                    topic,
-                    packet_id,
-                    dup,
-                    ..
-                }) => (topic.to_string(), *packet_id, *dup),
-                Packet::PubRel(rel) => ("PUBREL".into(), rel.packet_id, false),
-                other => (format!("{other:?}"), 0, false),
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            vec![
-                ("a".to_string(), 1, true),
-                ("PUBREL".to_string(), 2, false),
-                ("c".to_string(), 3, false),
-            ]
-        );
-        // The incoming QoS 2 id still awaits its PUBREL: a resend of it is
-        // not routed again.
-        restored
-            .handle_packet(publish_in("in", QoS::ExactlyOnce, 9), now)
-            .unwrap();
-        assert!(actions(&mut restored).is_empty());
+        assert_resumes_owing_a_b_c_and_9(&mut restored, now);
         // c was sent (seq 3); new messages take sequence numbers after the
         // stored ones.
         assert_eq!(kinds(&mut restored), ["sent 3 #3"]);
@@ -520,7 +438,7 @@ mod tests {
     #[test]
     fn a_session_connected_when_the_broker_stopped_loses_that_connection_now() {
         let now = Instant::now();
-        let mut restored = Model::default().restored(true);
+        let mut restored = StoreModel::default().restored(true);
         restored.will = Some((will("w"), None));
         let mut session = Session::restore(restored, &config(), now);
         assert!(!session.is_connected());

@@ -26,6 +26,7 @@ mod alias;
 mod connect;
 mod control;
 mod deliver;
+mod handover;
 mod incoming;
 mod inflight;
 mod journal;

@@ -1,11 +1,15 @@
 //! Builders shared by the session's unit tests.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Delivery, QueueFullPolicy, Session, SessionAction, SessionConfig, Ticket};
+use super::{
+    Change, Delivery, QueueFullPolicy, RestoredMessage, RestoredSession, Session, SessionAction,
+    SessionConfig, Ticket,
+};
 use crate::message::Message;
 use crate::protocol::topic::TopicLimits;
 use crate::protocol::{
@@ -167,4 +171,124 @@ pub fn tickets(session: &mut Session) -> Vec<Ticket> {
             _ => None,
         })
         .collect()
+}
+
+/// The journal's changes since the last call, one line each.
+pub fn kinds(session: &mut Session) -> Vec<String> {
+    session
+        .drain_changes()
+        .map(|change| match change {
+            Change::Queued { seq, qos, .. } => format!("queued {seq} q{}", qos as u8),
+            Change::Sent { seq, packet_id } => format!("sent {seq} #{packet_id}"),
+            Change::Released { seq, packet_id, .. } => format!("released {seq} #{packet_id}"),
+            Change::ReleaseOwed { seq, packet_id } => format!("release owed {seq} #{packet_id}"),
+            Change::Ended { seq, message } => {
+                format!(
+                    "ended {seq}{}",
+                    if message.is_some() { "" } else { " (released)" }
+                )
+            }
+            Change::Awaiting { packet_id } => format!("awaiting #{packet_id}"),
+            Change::Completed { packet_id } => format!("completed #{packet_id}"),
+        })
+        .collect()
+}
+
+/// What a resumed session sent: topic (or PUBREL), packet id and DUP.
+pub fn resent(sent: Vec<Packet>) -> Vec<(String, u16, bool)> {
+    sent.iter()
+        .map(|packet| match packet {
+            Packet::Publish(Publish {
+                topic,
+                packet_id,
+                dup,
+                ..
+            }) => (topic.to_string(), *packet_id, *dup),
+            Packet::PubRel(rel) => ("PUBREL".into(), rel.packet_id, false),
+            other => (format!("{other:?}"), 0, false),
+        })
+        .collect()
+}
+
+/// A store as the shard keeps it, by sequence: what the journal says,
+/// applied in order.
+#[derive(Default)]
+pub struct StoreModel {
+    pub owed: BTreeMap<u64, RestoredMessage>,
+    pub incoming: Vec<u16>,
+}
+
+impl StoreModel {
+    pub fn apply(&mut self, session: &mut Session) {
+        for change in session.drain_changes() {
+            match change {
+                Change::Queued {
+                    seq,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    shared,
+                } => {
+                    self.owed.insert(
+                        seq,
+                        RestoredMessage {
+                            seq,
+                            message: Some(message),
+                            qos,
+                            retain,
+                            subscription_ids,
+                            shared,
+                            packet_id: None,
+                        },
+                    );
+                }
+                Change::Sent { seq, packet_id } => {
+                    self.owed.get_mut(&seq).unwrap().packet_id = Some(packet_id)
+                }
+                Change::Released { seq, .. } => self.owed.get_mut(&seq).unwrap().message = None,
+                Change::ReleaseOwed { seq, packet_id } => {
+                    let owed = RestoredMessage::release_owed(seq, packet_id);
+                    self.owed.insert(seq, owed);
+                }
+                Change::Ended { seq, .. } => {
+                    self.owed.remove(&seq);
+                }
+                Change::Awaiting { packet_id } => self.incoming.push(packet_id),
+                Change::Completed { packet_id } => self.incoming.retain(|&id| id != packet_id),
+            }
+        }
+    }
+
+    pub fn restored(&self, connected: bool) -> RestoredSession {
+        RestoredSession {
+            client_id: "c".into(),
+            protocol: ProtocolVersion::V5,
+            session_expiry: 3600,
+            connected,
+            expires_at: None,
+            will: None,
+            messages: self.owed.values().cloned().collect(),
+            incoming_qos2: self.incoming.clone(),
+        }
+    }
+}
+
+/// A resumed session (restarted or moved) that owed `a` (QoS 1, #1), `b`
+/// (QoS 2 released, #2), `c` (queued) and awaited incoming QoS 2 #9 sends
+/// `a` again with DUP, PUBREL #2, then `c` as #3, and does not route a
+/// resent #9 again.
+pub fn assert_resumes_owing_a_b_c_and_9(session: &mut Session, now: Instant) {
+    assert_eq!(
+        resent(transmit(session, now)),
+        [
+            ("a".to_string(), 1, true),
+            ("PUBREL".to_string(), 2, false),
+            ("c".to_string(), 3, false),
+        ]
+    );
+    session
+        .handle_packet(publish_in("in", QoS::ExactlyOnce, 9), now)
+        .unwrap();
+    assert!(actions(session).is_empty(), "incoming #9 routed twice");
 }

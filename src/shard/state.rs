@@ -582,6 +582,19 @@ impl ShardState {
     /// after it has left the groups.
     fn end_session(&mut self, key: SessionKey, now: Instant) {
         let unacked = self.sessions[key].session.take_shared_unacked();
+        let slot = self.remove_session(key, now);
+        if let Some(conn) = slot.conn {
+            conn.close(CloseReason::Server(ReasonCode::Success));
+        }
+        for (share, message) in unacked {
+            self.send_back(share, message, slot.session.client_id().clone(), None, now);
+        }
+    }
+
+    /// Takes a session off this shard: what its journal still holds is
+    /// written, its subscriptions go (routes and group memberships), and
+    /// its records leave the store.
+    fn remove_session(&mut self, key: SessionKey, now: Instant) -> SessionSlot {
         self.record_changes(key);
         let was_stored = self.sessions[key].session.is_stored();
         let filters: Vec<ByteString> = self.sessions[key].filters.drain().collect();
@@ -590,13 +603,8 @@ impl ShardState {
         }
         let slot = self.sessions.remove(key);
         self.session_removed(key, slot.session.client_id(), was_stored);
-        if let Some(conn) = slot.conn {
-            conn.close(CloseReason::Server(ReasonCode::Success));
-        }
         self.by_client_id.remove(slot.session.client_id());
-        for (share, message) in unacked {
-            self.send_back(share, message, slot.session.client_id().clone(), None, now);
-        }
+        slot
     }
 
     /// Routes a message published on this shard: to other shards that have

@@ -62,6 +62,7 @@ pub mod log;
 pub mod outbox;
 pub mod record;
 pub mod restore;
+pub mod transfer;
 pub mod writer;
 
 #[cfg(test)]

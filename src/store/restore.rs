@@ -319,46 +319,14 @@ pub fn restore(
             );
             continue;
         };
-        let mut owed = Vec::with_capacity(parts.entries.len());
-        let mut flights = parts.flights;
-        for (seq, entry) in parts.entries {
-            let flight = flights.remove(&seq);
-            let Some((message, refs)) = messages.get_mut(entry.message) else {
-                // Its message expired while the broker was down.
-                shard.garbage.push(entry_key(&client_id, seq));
-                if flight.is_some() {
-                    shard.garbage.push(flight_key(&client_id, seq));
-                }
-                continue;
-            };
+        let (owed, dropped) = owed_from(parts.entries, parts.flights, |id| {
+            let (message, refs) = messages.get_mut(id)?;
             *refs += 1;
-            owed.push(RestoredMessage {
-                seq,
-                message: Some(message.clone()),
-                qos: QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce),
-                retain: entry.retain,
-                subscription_ids: entry.subscription_ids,
-                shared: entry.shared.map(ByteString::from),
-                packet_id: flight.filter(|f| !f.released).map(|f| f.packet_id),
-            });
-        }
-        // Flights without an entry are released ones (PUBREL owed).
-        for (seq, flight) in flights {
-            if flight.released {
-                owed.push(RestoredMessage {
-                    seq,
-                    message: None,
-                    qos: QoS::ExactlyOnce,
-                    retain: false,
-                    subscription_ids: Vec::new(),
-                    shared: None,
-                    packet_id: Some(flight.packet_id),
-                });
-            } else {
-                shard.garbage.push(flight_key(&client_id, seq));
-            }
-        }
-        owed.sort_unstable_by_key(|m| m.seq);
+            Some(message.clone())
+        });
+        shard
+            .garbage
+            .extend((dropped.iter()).map(|&(kind, seq)| record::entry_key(kind, &client_id, seq)));
         shard.sessions.push(session_from(
             client_id,
             session,
@@ -379,7 +347,50 @@ pub fn restore(
     Ok(shard)
 }
 
-fn session_from(
+/// What a session owes, from its entry and flight records, in `seq`
+/// order: each entry whose message `message_of` finds, sent if it has a
+/// flight, and each released flight (only its PUBREL owed). Also returns
+/// the records found to be garbage, by kind and `seq`: entries whose
+/// message is gone (expired) with their flights, and unreleased flights
+/// without an entry.
+pub(super) fn owed_from(
+    entries: Vec<(u64, EntryRecord)>,
+    mut flights: FxHashMap<u64, FlightRecord>,
+    mut message_of: impl FnMut(u64) -> Option<Arc<Message>>,
+) -> (Vec<RestoredMessage>, Vec<(u8, u64)>) {
+    let mut owed = Vec::with_capacity(entries.len());
+    let mut garbage = Vec::new();
+    for (seq, entry) in entries {
+        let flight = flights.remove(&seq);
+        let Some(message) = message_of(entry.message) else {
+            garbage.push((record::ENTRY, seq));
+            if flight.is_some() {
+                garbage.push((record::FLIGHT, seq));
+            }
+            continue;
+        };
+        owed.push(RestoredMessage {
+            seq,
+            message: Some(message),
+            qos: QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce),
+            retain: entry.retain,
+            subscription_ids: entry.subscription_ids,
+            shared: entry.shared.map(ByteString::from),
+            packet_id: flight.filter(|f| !f.released).map(|f| f.packet_id),
+        });
+    }
+    for (seq, flight) in flights {
+        if flight.released {
+            owed.push(RestoredMessage::release_owed(seq, flight.packet_id));
+        } else {
+            garbage.push((record::FLIGHT, seq));
+        }
+    }
+    owed.sort_unstable_by_key(|m| m.seq);
+    (owed, garbage)
+}
+
+pub(super) fn session_from(
     client_id: String,
     record: SessionRecord,
     messages: Vec<RestoredMessage>,

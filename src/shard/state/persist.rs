@@ -15,16 +15,14 @@ use bytestring::ByteString;
 use tracing::{info, warn};
 
 use super::{LocalSubscription, SessionKey, SessionSlot, ShardState};
-use crate::cluster::frame::message_to_wire;
 use crate::protocol::{ProtocolVersion, ReasonCode};
 use crate::router::shared::is_shared;
 use crate::session::{Change, Session, Ticket};
 use crate::shard::ShardId;
 use crate::shard::mesh::{Confirmation, ShardMsg};
-use crate::store::record::{
-    EntryRecord, FlightRecord, SessionRecord, SubscriptionRecord, WillRecord,
-};
+use crate::store::record::{EntryRecord, FlightRecord, SessionRecord, SubscriptionRecord};
 use crate::store::restore::unix_ms;
+use crate::store::transfer::will_record;
 use crate::store::{Op, RestoredShard, StoreHandle};
 
 /// Something waiting for this shard's store to commit an epoch.
@@ -189,6 +187,14 @@ impl ShardState {
                         },
                     }
                 }
+                Change::ReleaseOwed { seq, packet_id } => Op::Flight {
+                    client_id: client_id.clone(),
+                    seq,
+                    flight: FlightRecord {
+                        packet_id,
+                        released: true,
+                    },
+                },
                 Change::Ended { seq, message } => match message {
                     Some(message) => {
                         store.release(&message);
@@ -265,55 +271,38 @@ impl ShardState {
         }
     }
 
+    /// The session's subscriptions, shared ones included, with their
+    /// options and identifiers.
+    pub(super) fn subscriptions_of(
+        &self,
+        key: SessionKey,
+    ) -> impl Iterator<Item = (&ByteString, LocalSubscription)> + '_ {
+        self.sessions[key].filters.iter().filter_map(move |filter| {
+            let subscribers = if is_shared(filter) {
+                self.shared_members.get(filter)
+            } else {
+                self.subscriptions.get(filter)
+            };
+            Some((filter, *subscribers?.get(&key)?))
+        })
+    }
+
     fn session_record(&self, key: SessionKey, now: Instant, wall: SystemTime) -> SessionRecord {
         let slot = &self.sessions[key];
         let session = &slot.session;
-        let subscriptions = slot
-            .filters
-            .iter()
-            .filter_map(|filter| {
-                let subscribers = if is_shared(filter) {
-                    self.shared_members.get(filter)
-                } else {
-                    self.subscriptions.get(filter)
-                };
-                let LocalSubscription { options, id } = *subscribers?.get(&key)?;
-                Some(SubscriptionRecord {
+        let subscriptions = self
+            .subscriptions_of(key)
+            .map(
+                |(filter, LocalSubscription { options, id })| SubscriptionRecord {
                     filter: filter.to_string(),
                     options: options.to_byte(ProtocolVersion::V5),
                     id,
-                })
-            })
+                },
+            )
             .collect();
         let will = session.will().map(|(last, due)| {
-            let p = &last.properties;
-            let message = crate::message::Message {
-                topic: last.topic.clone(),
-                payload: last.payload.clone(),
-                qos: last.qos,
-                retain: last.retain,
-                properties: crate::protocol::PublishProperties {
-                    payload_format_indicator: p.payload_format_indicator,
-                    message_expiry_interval: None,
-                    topic_alias: None,
-                    response_topic: p.response_topic.clone(),
-                    correlation_data: p.correlation_data.clone(),
-                    user_properties: p.user_properties.clone(),
-                    subscription_identifiers: Vec::new(),
-                    content_type: p.content_type.clone(),
-                }
-                .into(),
-                publisher: session.client_id().clone(),
-                expires_at: None,
-                received_at: now,
-            };
-            let mut wire = message_to_wire(&message, now);
-            wire.expiry_ms = p.message_expiry_interval.map(|secs| u64::from(secs) * 1000);
-            WillRecord {
-                message: wire,
-                delay_secs: p.will_delay_interval,
-                due_ms: due.map(|at| unix_ms(at, now, wall)),
-            }
+            let due_ms = due.map(|at| unix_ms(at, now, wall));
+            will_record(last, due_ms, session.client_id().clone(), now)
         });
         SessionRecord {
             client_id: session.client_id().to_string(),
