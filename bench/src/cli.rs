@@ -32,6 +32,10 @@ pub enum Scenario {
     /// Times SUBSCRIBE to SUBACK, each to a new filter: on a cluster node
     /// the SUBACK waits until the peers have the route.
     Subscribe(SubscribeArgs),
+    /// Moves persistent sessions between two cluster nodes: each client
+    /// reconnects to the other node in turn; times CONNECT to CONNACK of
+    /// each move and checks the session came along.
+    Takeover(TakeoverArgs),
     /// Holds N idle connections (PINGREQ keep-alive), from several source
     /// addresses and processes; reports connect rate and broker memory.
     Conn(ConnArgs),
@@ -325,6 +329,33 @@ pub struct SubscribeArgs {
     #[arg(long, default_value = "0", value_parser = parse_cpus)]
     pub cpus: CpuList,
     /// Broker process ids (several are summed): CPU time per subscribe.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TakeoverArgs {
+    /// The node each client's session starts on.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: SocketAddr,
+    /// The node it moves to, and back from.
+    #[arg(long)]
+    pub other_broker: SocketAddr,
+    /// Clients, each moving its own session in sequence.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
+    /// Moves per client.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub moves: u32,
+    /// Keep the old connection open during the move (a takeover of a
+    /// connected session) instead of disconnecting first.
+    #[arg(long)]
+    pub while_connected: bool,
+    #[arg(long, default_value = "0", value_parser = parse_cpus)]
+    pub cpus: CpuList,
+    /// Broker process ids (several are summed): CPU time per move.
     #[arg(long, value_delimiter = ',')]
     pub broker_pid: Vec<u32>,
     #[arg(long)]

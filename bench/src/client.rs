@@ -130,6 +130,8 @@ pub enum ClientError {
 }
 
 pub struct Connection {
+    /// The CONNACK's session present flag.
+    pub session_present: bool,
     stream: TcpStream,
     read_buf: BytesMut,
     write_buf: BytesMut,
@@ -186,6 +188,7 @@ impl Connection {
             };
             stream.set_nodelay(true)?;
             let mut conn = Connection {
+                session_present: false,
                 stream,
                 read_buf: BytesMut::with_capacity(options.buffer),
                 write_buf: BytesMut::with_capacity(options.buffer),
@@ -206,7 +209,10 @@ impl Connection {
             })))?;
             conn.flush().await?;
             match conn.recv().await? {
-                Packet::ConnAck(ack) if ack.reason == ReasonCode::Success => Ok(conn),
+                Packet::ConnAck(ack) if ack.reason == ReasonCode::Success => {
+                    conn.session_present = ack.session_present;
+                    Ok(conn)
+                }
                 Packet::ConnAck(ack) => Err(ClientError::Refused(ack.reason)),
                 other => Err(ClientError::Unexpected(other.packet_type())),
             }

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         }
         Scenario::Stresser(args) => finish(scenario::stresser::run(args), args.json),
         Scenario::Subscribe(args) => finish(scenario::subscribe::run(args), args.json),
+        Scenario::Takeover(args) => finish(scenario::takeover::run(args), args.json),
         Scenario::Sessions(args) => finish(scenario::sessions::run(args), args.json),
         Scenario::Conn(args) if args.child.is_some() => match scenario::conn::child(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -98,7 +99,16 @@ impl Outcome for scenario::subscribe::SubscribeReport {
         scenario::subscribe::SubscribeReport::print_text(self, out)
     }
     fn errors(&self) -> u64 {
-        self.errors
+        self.runs.errors
+    }
+}
+
+impl Outcome for scenario::takeover::TakeoverReport {
+    fn print_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        scenario::takeover::TakeoverReport::print_text(self, out)
+    }
+    fn errors(&self) -> u64 {
+        self.runs.errors
     }
 }
 

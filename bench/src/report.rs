@@ -242,16 +242,25 @@ impl Summary {
             }
             None => writeln!(out, "window   not reached")?,
         }
-        let l = &self.latency_us;
-        writeln!(
-            out,
-            "latency  us  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}  ({} samples)",
-            l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean, l.samples
-        )?;
-        writeln!(out, "errors   {}", self.errors)?;
-        for (kind, count) in &self.error_kinds {
-            writeln!(out, "         {count:>8}  {kind}")?;
-        }
-        Ok(())
+        print_latency_and_errors(out, &self.latency_us, self.errors, &self.error_kinds)
     }
+}
+
+/// The latency line, then the errors by kind: the end of every report.
+pub fn print_latency_and_errors(
+    out: &mut impl Write,
+    l: &Latency,
+    errors: u64,
+    error_kinds: &BTreeMap<String, u64>,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "latency  us  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}  ({} samples)",
+        l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean, l.samples
+    )?;
+    writeln!(out, "errors   {errors}")?;
+    for (kind, count) in error_kinds {
+        writeln!(out, "         {count:>8}  {kind}")?;
+    }
+    Ok(())
 }

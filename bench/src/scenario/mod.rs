@@ -12,10 +12,12 @@
 pub mod conn;
 pub mod fan;
 pub mod pairs;
+pub mod sequential;
 pub mod sessions;
 pub mod store;
 pub mod stresser;
 pub mod subscribe;
+pub mod takeover;
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
