@@ -100,9 +100,11 @@
 pub mod handle;
 pub mod network;
 pub mod raft;
+pub mod reconcile;
 pub mod state_machine;
 pub mod store;
 pub mod table;
+pub mod wire;
 
 #[cfg(test)]
 mod mem;
@@ -113,3 +115,4 @@ pub use handle::{Claimed, Ownership, OwnershipConfig, OwnershipError};
 pub use network::{ForwardReply, LinkDown, Transport};
 pub use store::{RaftStore, RaftStoreError};
 pub use table::{Answer, Command, Epoch, Grant, NodeId, OwnershipTable};
+pub use wire::{RaftAnswer, RaftRequest};
