@@ -852,7 +852,7 @@ impl Cluster {
             .collect();
         let members = self.membership.counts();
         self.status
-            .update(&self.node, members, self.member_events, rtts);
+            .update(&self.node, members, self.member_events, rtts, None);
     }
 }
 
