@@ -109,6 +109,8 @@ pub mod wire;
 #[cfg(test)]
 mod mem;
 #[cfg(test)]
+pub(crate) mod quic_net;
+#[cfg(test)]
 mod tests;
 
 pub use handle::{Claimed, Ownership, OwnershipConfig, OwnershipError};

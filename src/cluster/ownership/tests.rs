@@ -1,17 +1,21 @@
 //! Ownership rafts of 3 and 5 nodes through partitions and restarts, each
 //! node's vote, log and snapshot in a redb file in a temporary dir of its
-//! own. Every scenario is written once, over any [`TestNet`] (the `mem`
-//! module near the bottom runs them):
+//! own. Every scenario is written once, over any [`TestNet`], and runs
+//! twice (the `mem` and `quic` modules near the bottom):
 //!
 //! - over the in-memory transport ([`MemRouter`]), on tokio's paused
 //!   clock: time moves only when every task waits, straight to the next
 //!   timer, so elections and timeouts take no wall time and a test's
 //!   outcome does not depend on how loaded the machine is. The disk
 //!   writes run on tokio's blocking pool, and the clock does not move
-//!   while one runs, so a slow sync cannot fire an election either.
+//!   while one runs, so a slow sync cannot fire an election either;
+//! - over the cluster's own QUIC transport ([`QuicNet`]): one endpoint
+//!   per node on 127.0.0.1, mutual TLS, a connection per pair, a
+//!   partition closing connections. Real sockets need the real clock, so
+//!   these run in real time, with longer raft timeouts.
 //!
-//! One scenario (a lost answer) needs a link cut one way only; it is
-//! written for the in-memory transport.
+//! One scenario (a lost answer) needs a link cut one way only, which
+//! closing QUIC connections cannot do; it runs in memory only.
 //! Conditions are awaited with a deadline ([`wait_for`]), never assumed
 //! after a sleep.
 
@@ -25,6 +29,7 @@ use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy, StorageError};
 use tokio::time::Instant;
 
 use super::mem::MemRouter;
+use super::quic_net::QuicNet;
 use super::raft::LogStore;
 use super::state_machine::{SharedApplied, StateMachine};
 use super::*;
@@ -658,6 +663,16 @@ macro_rules! on_every_network {
                 #[tokio::test(start_paused = true)]
                 async fn $scenario() {
                     super::$scenario::<MemRouter>().await;
+                }
+            )*
+        }
+
+        mod quic {
+            use super::QuicNet;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario::<QuicNet>().await;
                 }
             )*
         }
