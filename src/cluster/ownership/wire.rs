@@ -32,7 +32,8 @@ pub enum RaftRequest {
         meta: SnapshotMeta<NodeId, BasicNode>,
         table: OwnershipTable,
     },
-    /// A command for the leader to propose ([`super::Transport::forward`]).
+    /// A command for the leader to propose, from a node that does not
+    /// lead ([`super::Ownership::claim`]).
     Forward(Command),
 }
 
