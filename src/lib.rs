@@ -40,7 +40,8 @@
 //!   a seeded in-memory cluster; `tests/cluster*.rs` run real nodes.
 //!   Session ownership ([`cluster::ownership`]: one owner per client id,
 //!   fenced by an epoch) is decided by raft (openraft), on connect and
-//!   takeover only.
+//!   takeover only; every clustered node runs it over the same QUIC
+//!   connections, its voters chosen from gossip.
 //! - [`metrics`]: per-shard counters and histograms gathered through the
 //!   mesh when scraped; HTTP `/metrics`, `/health`, `/ready`; `$SYS`.
 //! - [`store`]: sessions, their messages and the retained store on disk

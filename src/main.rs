@@ -18,11 +18,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The store's engine narrates every database it opens at info; its
-    // warnings and errors are what an operator needs.
+    // The store's engine narrates every database it opens at info, and
+    // openraft every vote, election and membership step; their warnings
+    // and errors are what an operator needs (ringmq logs the ownership
+    // raft's milestones itself).
     let level = config.log_level.level_filter();
     let filter = tracing_subscriber::EnvFilter::new(format!(
-        "{level},fjall={quiet},lsm_tree={quiet}",
+        "{level},fjall={quiet},lsm_tree={quiet},openraft={quiet}",
         quiet = level.min(tracing::level_filters::LevelFilter::WARN)
     ));
     let logs = tracing_subscriber::fmt()

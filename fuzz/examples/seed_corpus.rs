@@ -15,6 +15,8 @@ use bytes::{Bytes, BytesMut};
 use ringmq::cluster::frame::{
     ClusterMsg, PROTOCOL_VERSION, WireMessage, encode as cluster_encode, message_to_wire,
 };
+use ringmq::cluster::ownership::wire::{RaftAnswer, RaftRequest, encode_answer, encode_request};
+use ringmq::cluster::ownership::{Answer, Command, ForwardReply, Grant};
 use ringmq::message::Message;
 use ringmq::protocol::{
     Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, ConnectProperties, Disconnect,
@@ -157,6 +159,38 @@ fn cluster_seeds(dir: &Path) {
             },
         ),
         ("leave", ClusterMsg::Leave),
+        (
+            "raft-member",
+            ClusterMsg::RaftMember {
+                raft_id: 7,
+                has_state: true,
+            },
+        ),
+        (
+            "raft-request",
+            ClusterMsg::RaftRequest {
+                id: 1,
+                more: false,
+                body: encode_request(&RaftRequest::Forward(Command::Claim {
+                    client_id: "client-1".into(),
+                    node: 7,
+                }))
+                .expect("seed request encodes"),
+            },
+        ),
+        (
+            "raft-reply",
+            ClusterMsg::RaftReply {
+                id: 1,
+                body: encode_answer(&RaftAnswer::Forward(ForwardReply::Applied(
+                    Answer::Claimed {
+                        epoch: 3,
+                        previous: Some(Grant { node: 2, epoch: 2 }),
+                    },
+                )))
+                .expect("seed answer encodes"),
+            },
+        ),
     ];
     let mut all = BytesMut::new();
     for (name, msg) in &msgs {

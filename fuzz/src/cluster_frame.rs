@@ -8,6 +8,10 @@ use ringmq::cluster::frame::{
     ArchivedClusterMsg, ArchivedWireMessage, ClusterMsg, Frame, FrameError, FrameReader,
     WireMessage, encode, encode_publish, message_to_wire, wire_to_message,
 };
+use ringmq::cluster::ownership::wire::{
+    RaftRequest, RaftWireError, check_request, decode_answer, decode_request, encode_answer,
+    encode_request,
+};
 use ringmq::message::Message;
 
 /// Far under the broker's 16 MiB, so an input's length prefix can reach it.
@@ -32,7 +36,11 @@ pub fn split_cluster_input(data: &[u8]) -> Option<(usize, &[u8])> {
 ///   message converts back to the same [`WireMessage`] (what a subscriber
 ///   can see is kept), its payload lies inside the frame, and
 ///   `encode_publish` of the converted messages writes the bytes `encode`
-///   writes for their owned copies.
+///   writes for their owned copies;
+/// - the body of a `RaftRequest` or `RaftReply` is refused or decodes (the
+///   ownership raft's postcard layer); what decodes encodes again to the
+///   same message, and a request is checked against any sender, all
+///   without a panic.
 pub fn cluster_frames(stream: &[u8], chunk: usize) {
     let whole = read(stream, stream.len().max(1));
     let split = read(stream, chunk);
@@ -110,6 +118,8 @@ fn check_frame(frame: &Frame) {
         (ArchivedClusterMsg::Retain { message, .. }, ClusterMsg::Retain { message: owned, .. }) => {
             convert(frame, message, owned, now);
         }
+        (_, ClusterMsg::RaftRequest { body, .. }) => raft_request(body),
+        (_, ClusterMsg::RaftReply { body, .. }) => raft_answer(body),
         _ => {}
     }
 }
@@ -137,5 +147,53 @@ fn convert(
         }
         Err(FrameError::BadTopic | FrameError::BadQos(_)) => None,
         Err(error) => panic!("unexpected conversion error: {error}"),
+    }
+}
+
+fn raft_request(body: &[u8]) {
+    if let Some(request) = round_trip(body, decode_request, encode_request, same_request) {
+        for senders in [&[][..], &[0, 1], &[u64::MAX]] {
+            let _ = check_request(&request, senders);
+        }
+    }
+}
+
+fn raft_answer(body: &[u8]) {
+    round_trip(body, decode_answer, encode_answer, |a, b| {
+        encode_answer(a).ok() == encode_answer(b).ok()
+    });
+}
+
+/// What decodes encodes again, and that decodes to the `same` value.
+fn round_trip<T: std::fmt::Debug>(
+    body: &[u8],
+    decode: impl Fn(&[u8]) -> Result<T, RaftWireError>,
+    encode: impl Fn(&T) -> Result<Vec<u8>, RaftWireError>,
+    same: impl Fn(&T, &T) -> bool,
+) -> Option<T> {
+    let decoded = decode(body).ok()?;
+    let bytes = encode(&decoded).expect("a decoded raft message encodes");
+    let again = decode(&bytes).expect("an encoded raft message decodes");
+    assert!(
+        same(&decoded, &again),
+        "raft message changed on the way: {decoded:?} became {again:?}"
+    );
+    Some(decoded)
+}
+
+/// Equal, as far as the types let us tell: a snapshot's table is a hash
+/// map, whose encoding follows its iteration order, so it is compared by
+/// value; everything else has one encoding per value.
+fn same_request(a: &RaftRequest, b: &RaftRequest) -> bool {
+    match (a, b) {
+        (
+            RaftRequest::Snapshot { vote, meta, table },
+            RaftRequest::Snapshot {
+                vote: vote_b,
+                meta: meta_b,
+                table: table_b,
+            },
+        ) => vote == vote_b && meta == meta_b && table == table_b,
+        _ => encode_request(a).ok() == encode_request(b).ok(),
     }
 }

@@ -42,6 +42,20 @@ pub struct StatusSnapshot {
     pub member_events: MemberEventCounts,
     pub counters: NodeCounters,
     pub peers: Vec<PeerStats>,
+    /// The ownership raft as this node sees it; `None` until it runs.
+    pub ownership: Option<OwnershipStatus>,
+}
+
+/// What the metrics show of the ownership raft.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnershipStatus {
+    pub is_leader: bool,
+    /// Voters in the membership this node knows.
+    pub voters: usize,
+    pub term: u64,
+    /// This node leads and a majority acknowledged it lately, or it
+    /// follows a leader it heard from lately (`runtime/ownership.rs`).
+    pub has_quorum: bool,
 }
 
 /// What gossip has said about other nodes since start, by kind.
@@ -91,6 +105,7 @@ impl ClusterStatus {
         members: MemberCounts,
         member_events: MemberEventCounts,
         rtts: Vec<(ByteString, Duration)>,
+        ownership: Option<OwnershipStatus>,
     ) {
         let mut peers = node.peer_stats();
         for peer in &mut peers {
@@ -104,6 +119,7 @@ impl ClusterStatus {
             member_events,
             counters: node.counters.clone(),
             peers,
+            ownership,
         };
         if let Ok(mut status) = self.0.lock() {
             *status = snapshot;

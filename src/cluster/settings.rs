@@ -34,8 +34,17 @@ pub struct ClusterSettings {
     /// Bytes of messages held for one peer that has not acknowledged
     /// them; past it QoS 0 is dropped first, then QoS 1/2.
     pub peer_buffer_bytes: usize,
-    /// How long an unreachable peer's routes and outbox are kept.
+    /// How long an unreachable peer's routes and outbox are kept; also
+    /// how long a voter of the ownership raft may be gone before the
+    /// leader replaces it.
     pub peer_hold: Duration,
+    /// Live nodes, this one included, that a node must see before it
+    /// forms the ownership raft ([`crate::cluster::ownership::reconcile`]).
+    pub bootstrap_expect: usize,
+    /// Where the ownership raft keeps its vote, log and snapshot: the
+    /// broker's data dir. Without one, a temporary dir for this process's
+    /// life, and the node joins the raft as a new member at every start.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// How nodes prove to each other that they belong. `Debug` leaves the

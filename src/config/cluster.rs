@@ -53,6 +53,9 @@ const DEFAULT_PEER_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 /// Rides out a node's restart or a short partition without losing its
 /// subscribers' routes.
 const DEFAULT_PEER_HOLD_SECS: u64 = 300;
+/// Three nodes: the smallest cluster that survives a failure, and what a
+/// deployment usually starts with.
+const DEFAULT_BOOTSTRAP_EXPECT: usize = 3;
 
 /// The cluster flags, flattened into the command line. Each is the
 /// `[cluster]` key of the same name with a `cluster-` prefix, except
@@ -114,6 +117,10 @@ pub(super) struct ClusterArgs {
     /// [default: 300].
     #[arg(long, value_name = "SECS")]
     cluster_peer_hold_secs: Option<u64>,
+    /// Nodes, this one included, to see before forming the cluster's
+    /// ownership raft; 1 lets a node form it alone [default: 3].
+    #[arg(long, value_name = "N")]
+    cluster_bootstrap_expect: Option<usize>,
 }
 
 /// The `[cluster]` table of the file.
@@ -134,6 +141,7 @@ pub(super) struct ClusterTable {
     pub(super) route_ack_timeout_ms: Option<u64>,
     pub(super) peer_buffer_bytes: Option<usize>,
     pub(super) peer_hold_secs: Option<u64>,
+    pub(super) bootstrap_expect: Option<usize>,
 }
 
 /// How [`AckMode`] is spelled in flags and files.
@@ -166,6 +174,7 @@ impl ClusterTable {
                 .or(self.route_ack_timeout_ms),
             peer_buffer_bytes: cli.cluster_peer_buffer_bytes.or(self.peer_buffer_bytes),
             peer_hold_secs: cli.cluster_peer_hold_secs.or(self.peer_hold_secs),
+            bootstrap_expect: cli.cluster_bootstrap_expect.or(self.bootstrap_expect),
         }
     }
 
@@ -198,6 +207,7 @@ impl ClusterTable {
                 self.peer_buffer_bytes.is_some(),
             ),
             ("cluster.peer_hold_secs", self.peer_hold_secs.is_some()),
+            ("cluster.bootstrap_expect", self.bootstrap_expect.is_some()),
         ]
         .into_iter()
         .find_map(|(key, given)| given.then_some(key))
@@ -303,6 +313,13 @@ pub(super) fn merge(
         "must be at least 1",
     )?;
 
+    let bootstrap_expect = table.bootstrap_expect.unwrap_or(DEFAULT_BOOTSTRAP_EXPECT);
+    ensure(
+        bootstrap_expect >= 1,
+        "cluster.bootstrap_expect",
+        "must be at least 1 (1: a node may form the ownership raft alone)",
+    )?;
+
     Ok(Some(ClusterSettings {
         node_id,
         listen,
@@ -315,6 +332,9 @@ pub(super) fn merge(
         route_ack_timeout: Duration::from_millis(route_ack_timeout_ms),
         peer_buffer_bytes,
         peer_hold: Duration::from_secs(table.peer_hold_secs.unwrap_or(DEFAULT_PEER_HOLD_SECS)),
+        bootstrap_expect,
+        // The broker's data dir, once `config` knows it.
+        data_dir: None,
     }))
 }
 
@@ -541,6 +561,7 @@ mod tests {
             route_ack_timeout_ms = 50
             peer_buffer_bytes = 1024
             peer_hold_secs = 0
+            bootstrap_expect = 5
         "#;
         let settings = cluster(&[], toml, None).expect("valid").expect("cluster");
         assert_eq!(
@@ -565,6 +586,8 @@ mod tests {
                 route_ack_timeout: Duration::from_millis(50),
                 peer_buffer_bytes: 1024,
                 peer_hold: Duration::ZERO,
+                bootstrap_expect: 5,
+                data_dir: None,
             }
         );
     }
@@ -583,6 +606,8 @@ mod tests {
         assert_eq!(settings.route_ack_timeout, Duration::from_millis(2000));
         assert_eq!(settings.peer_buffer_bytes, 64 * 1024 * 1024);
         assert_eq!(settings.peer_hold, Duration::from_secs(300));
+        assert_eq!(settings.bootstrap_expect, 3);
+        assert_eq!(settings.data_dir, None);
         if let Some(host) = host_name().filter(|host| check_node_id(host).is_ok()) {
             assert_eq!(settings.node_id, host);
         }
@@ -617,6 +642,26 @@ mod tests {
     }
 
     #[test]
+    fn the_ownership_raft_lives_in_the_data_dir() {
+        let settings = cluster(
+            &[
+                "--cluster-listen",
+                "127.0.0.1:7883",
+                "--data-dir",
+                "/var/lib/ringmq",
+                "--cluster-bootstrap-expect",
+                "1",
+            ],
+            "",
+            Some(SECRET),
+        )
+        .expect("valid")
+        .expect("cluster");
+        assert_eq!(settings.data_dir, Some(PathBuf::from("/var/lib/ringmq")));
+        assert_eq!(settings.bootstrap_expect, 1);
+    }
+
+    #[test]
     fn cluster_keys_need_listen() {
         for (args, toml, key) in [
             (
@@ -629,6 +674,11 @@ mod tests {
                 &[],
                 "[cluster]\npeer_hold_secs = 1\n",
                 "`cluster.peer_hold_secs` (--cluster-peer-hold-secs)",
+            ),
+            (
+                &["--cluster-bootstrap-expect", "3"],
+                "",
+                "`cluster.bootstrap_expect` (--cluster-bootstrap-expect)",
             ),
             (
                 &["--cluster-secret-file", "s"],
@@ -706,6 +756,10 @@ mod tests {
             ("suspect_timeout_ms = 0", "`cluster.suspect_timeout_ms`"),
             ("route_ack_timeout_ms = 0", "`cluster.route_ack_timeout_ms`"),
             ("peer_buffer_bytes = 0", "`cluster.peer_buffer_bytes`"),
+            (
+                "bootstrap_expect = 0",
+                "`cluster.bootstrap_expect` (--cluster-bootstrap-expect): must be at least 1",
+            ),
             ("ack = \"never\"", "ack"),
             ("listen_addr = \"127.0.0.1:1\"", "listen_addr"),
         ] {

@@ -491,7 +491,7 @@ impl Config {
         secret_env: Option<OsString>,
     ) -> Result<Config, ConfigError> {
         let listeners = listeners::merge_listeners(&cli, &file)?;
-        let cluster = cluster::merge(&cli.cluster, file.cluster.as_ref(), secret_env)?;
+        let mut cluster = cluster::merge(&cli.cluster, file.cluster.as_ref(), secret_env)?;
 
         let cores = cli.cores.or(file.cores).unwrap_or_else(|| {
             // The CPU count can be unknowable (restricted /proc); one shard
@@ -610,6 +610,10 @@ impl Config {
             }
             None => None,
         };
+        // The ownership raft's file lives in the data dir.
+        if let Some(cluster) = &mut cluster {
+            cluster.data_dir = store.as_ref().map(|store| store.dir.clone());
+        }
 
         Ok(Config {
             listeners,

@@ -489,6 +489,7 @@ fn deploy_example_documents_every_cluster_key() {
         route_ack_timeout_ms,
         peer_buffer_bytes,
         peer_hold_secs,
+        bootstrap_expect,
     } = &table;
     assert!(node_id.is_some());
     assert!(listen.is_some());
@@ -504,6 +505,7 @@ fn deploy_example_documents_every_cluster_key() {
     assert!(route_ack_timeout_ms.is_some());
     assert!(peer_buffer_bytes.is_some());
     assert!(peer_hold_secs.is_some());
+    assert!(bootstrap_expect.is_some());
     // Valid once one of the two kinds of trust is chosen.
     let files_only = cluster::ClusterTable {
         secret_file: None,

@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::render::{Labels, counter};
+use super::render::{Labels, counter, gauge};
 use crate::cluster::StatusSnapshot;
 
 pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
@@ -143,4 +143,30 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         "Messages dropped from the peer's outbox, by reason",
         dropped,
     );
+    if let Some(ownership) = &status.ownership {
+        for (name, help, value) in [
+            (
+                "ownership_is_leader",
+                "1 while this node leads the ownership raft",
+                u64::from(ownership.is_leader),
+            ),
+            (
+                "ownership_voters",
+                "Voters of the ownership raft, in the membership this node knows",
+                ownership.voters as u64,
+            ),
+            (
+                "ownership_term",
+                "The ownership raft's term as this node knows it",
+                ownership.term,
+            ),
+            (
+                "ownership_has_quorum",
+                "1 while this node leads with a majority's recent acknowledgement, or follows a leader it heard from lately",
+                u64::from(ownership.has_quorum),
+            ),
+        ] {
+            gauge(registry, name, help, value);
+        }
+    }
 }

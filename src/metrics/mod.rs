@@ -148,11 +148,27 @@ pub struct Readiness {
     /// load balancer should not send clients to a node that cannot yet
     /// reach the others' subscribers.
     joining: Arc<AtomicBool>,
+    /// A clustered node whose ownership raft has no leader it can reach
+    /// (after a grace) is not ready either: it can serve no new session
+    /// (its claims would fail), so clients belong on the majority's side.
+    ownership: Arc<AtomicU8>,
 }
 
 const STARTING: u8 = 0;
 const READY: u8 = 1;
 const DRAINING: u8 = 2;
+
+/// Of the ownership raft, for [`Readiness::set_ownership`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OwnershipReadiness {
+    /// Not formed yet, or with a reachable leader.
+    Ready = 0,
+    /// Formed, and no leader reachable for longer than the grace.
+    NoLeader = 1,
+    /// It could not start (its file, or openraft, refused).
+    Stopped = 2,
+}
 
 impl Readiness {
     /// Every listener is bound: connections are accepted.
@@ -176,11 +192,25 @@ impl Readiness {
         self.joining.store(false, Ordering::Release);
     }
 
+    pub fn set_ownership(&self, state: OwnershipReadiness) {
+        self.ownership.store(state as u8, Ordering::Release);
+    }
+
     /// `None` when ready, otherwise why not.
     pub fn not_ready(&self) -> Option<&'static str> {
         match self.state.load(Ordering::Acquire) {
             READY if self.joining.load(Ordering::Acquire) => {
                 Some("joining the cluster: no seed has answered yet")
+            }
+            READY
+                if self.ownership.load(Ordering::Acquire) == OwnershipReadiness::NoLeader as u8 =>
+            {
+                Some("no reachable leader of the ownership raft: cut off from the majority")
+            }
+            READY
+                if self.ownership.load(Ordering::Acquire) == OwnershipReadiness::Stopped as u8 =>
+            {
+                Some("the ownership raft did not start")
             }
             READY => None,
             STARTING => Some("starting"),
@@ -217,6 +247,26 @@ mod tests {
         assert_eq!(readiness.not_ready(), Some("draining"));
         readiness.set_ready();
         assert_eq!(readiness.not_ready(), Some("draining"));
+    }
+
+    #[test]
+    fn a_node_without_a_reachable_raft_leader_is_not_ready() {
+        let readiness = Readiness::default();
+        readiness.set_ready();
+        readiness.set_ownership(OwnershipReadiness::NoLeader);
+        assert!(
+            readiness
+                .not_ready()
+                .is_some_and(|why| why.contains("leader"))
+        );
+        readiness.set_ownership(OwnershipReadiness::Stopped);
+        assert!(
+            readiness
+                .not_ready()
+                .is_some_and(|why| why.contains("did not start"))
+        );
+        readiness.set_ownership(OwnershipReadiness::Ready);
+        assert_eq!(readiness.not_ready(), None);
     }
 
     #[test]

@@ -229,6 +229,11 @@ impl Nodes for Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.secret);
+        // The nodes still run (they are killed when dropped, after this);
+        // their open files go with the dir's last link.
+        for dir in self.data_dirs.iter().flatten() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

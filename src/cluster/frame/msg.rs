@@ -7,7 +7,12 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// whenever the archived layout of [`ClusterMsg`] changes in a way an older
 /// node cannot read, so a mixed-version cluster refuses the connection in
 /// `Hello` instead of failing on the first frame it cannot validate.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// `Hello`'s own layout never changes, so that an older node can still
+/// read the version and say why it refuses.
+///
+/// 2: the ownership raft's frames (`RaftMember`, `RaftRequest`,
+/// `RaftReply`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Everything one node says to another: the one door between nodes.
 ///
@@ -88,6 +93,26 @@ pub enum ClusterMsg {
         share: String,
         message: WireMessage,
     } = 10,
+    /// Who the sender is in the ownership raft
+    /// ([`crate::cluster::ownership`]): its raft id, and whether its raft
+    /// holds state (it belongs, or belonged, to a raft). Sent on the
+    /// control stream when the link comes up and again whenever
+    /// `has_state` changes: whether some live node already has a raft is
+    /// what decides if a new one may be formed, so a stale `false` must
+    /// not linger.
+    RaftMember { raft_id: u64, has_state: bool } = 11,
+    /// One of the ownership raft's requests (append entries, vote, a full
+    /// snapshot, a command forwarded to the leader), postcard-encoded
+    /// (`ownership::wire`), in `body`. Each request travels on a
+    /// bidirectional stream of its own, never on a lane, so a large
+    /// snapshot holds up neither routes nor forwarded messages nor the
+    /// raft's own heartbeats. A request too large for one frame (a
+    /// snapshot) is cut into several, all with the same `id`, each but
+    /// the last with `more` set; their bodies are joined.
+    RaftRequest { id: u64, more: bool, body: Vec<u8> } = 12,
+    /// The answer to the `RaftRequest` numbered `id`, on that request's
+    /// stream; `body` is postcard-encoded as well.
+    RaftReply { id: u64, body: Vec<u8> } = 13,
 }
 
 /// An application message as it travels between nodes: what

@@ -114,5 +114,10 @@ pub fn cluster_msg() -> impl Strategy<Value = ClusterMsg> {
                 message,
             }
         ),
+        (any::<u64>(), any::<bool>())
+            .prop_map(|(raft_id, has_state)| ClusterMsg::RaftMember { raft_id, has_state }),
+        (any::<u64>(), any::<bool>(), bytes())
+            .prop_map(|(id, more, body)| ClusterMsg::RaftRequest { id, more, body }),
+        (any::<u64>(), bytes()).prop_map(|(id, body)| ClusterMsg::RaftReply { id, body }),
     ]
 }

@@ -590,6 +590,15 @@ impl Membership {
         self.foca.iter_members().map(|m| m.id())
     }
 
+    /// [`Self::members`], each with whether it is alive (`true`) or only
+    /// suspected (`false`).
+    pub fn live_members(&self) -> impl Iterator<Item = (&NodeIdentity, bool)> {
+        self.foca
+            .iter_membership_state()
+            .filter(|m| m.state() != State::Down)
+            .map(|m| (m.id(), m.state() == State::Alive))
+    }
+
     fn handle_foca(
         &mut self,
         from: SocketAddr,

@@ -8,20 +8,23 @@ use std::time::Duration;
 
 use bytestring::ByteString;
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
-use openraft::{BasicNode, Raft};
+use openraft::{BasicNode, ChangeMembers, Raft};
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::network::{ForwardReply, LinkDown, Network, Transport};
 use super::raft::{LogStore, TypeConfig};
+use super::reconcile::Action;
 use super::state_machine::{SharedApplied, StateMachine};
 use super::store::{RaftStore, RaftStoreError};
 use super::table::{Answer, Command, Epoch, Grant, NodeId};
+use super::wire::{RaftAnswer, RaftRequest};
 
 /// How long a proposal may wait for a majority by default. A claim runs
-/// while a client waits for its CONNACK: long enough to ride out a leader
-/// election (150-300 ms of election timeout, then a round trip), short
-/// enough that a node cut off from the majority refuses the client soon.
+/// while a client waits for its CONNACK: long enough to ride out most
+/// leader elections (an election timeout of 0.75 to 1.5 s in a running
+/// node, then a round trip), short enough that a node cut off from the
+/// majority refuses the client soon.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Pauses between attempts while no leader answers: short first (an
@@ -36,6 +39,29 @@ pub struct OwnershipConfig {
     /// How long [`Ownership::claim`] and [`Ownership::release`] wait for a
     /// majority before giving up.
     pub claim_timeout: Duration,
+}
+
+impl OwnershipConfig {
+    /// The defaults with this timing: a heartbeat every `heartbeat`, an
+    /// election after `election` (a random time in the range) without
+    /// one, claims that wait `claim_timeout`.
+    pub fn with_timing(
+        heartbeat: Duration,
+        election: (Duration, Duration),
+        claim_timeout: Duration,
+    ) -> OwnershipConfig {
+        let millis = |d: Duration| d.as_millis() as u64;
+        let defaults = OwnershipConfig::default();
+        OwnershipConfig {
+            raft: openraft::Config {
+                heartbeat_interval: millis(heartbeat),
+                election_timeout_min: millis(election.0),
+                election_timeout_max: millis(election.1),
+                ..defaults.raft
+            },
+            claim_timeout,
+        }
+    }
 }
 
 impl Default for OwnershipConfig {
@@ -73,6 +99,8 @@ pub enum OwnershipError {
     Config(#[from] openraft::ConfigError),
     #[error("cannot form the ownership raft: {0}")]
     Initialize(String),
+    #[error("cannot change the ownership raft's members: {0}")]
+    Membership(String),
     #[error(transparent)]
     Store(#[from] RaftStoreError),
     /// openraft could not start on the stored state (it found the log,
@@ -143,6 +171,35 @@ impl<T: Transport> Ownership<T> {
             Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(error) => Err(OwnershipError::Initialize(error.to_string())),
         }
+    }
+
+    /// Makes the membership change the reconciler decided. Only a leader
+    /// can (the reconciler asks only then); a change that finds this node
+    /// no longer leading fails, and is decided afresh.
+    pub async fn change(&self, action: Action) -> Result<(), OwnershipError> {
+        let changed = match action {
+            Action::Initialize(voters) => return self.initialize(voters).await,
+            // Not blocking: the reconciler promotes a learner only once
+            // it has caught up, which it reads in the metrics.
+            Action::AddLearner { id, name } => {
+                self.raft.add_learner(id, BasicNode::new(name), false).await
+            }
+            // Voters left out stay as learners: still replicated to, and
+            // promoted again if needed.
+            Action::SetVoters(voters) => {
+                self.raft
+                    .change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
+                    .await
+            }
+            Action::RemoveLearners(learners) => {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(learners), false)
+                    .await
+            }
+        };
+        changed
+            .map(drop)
+            .map_err(|error| OwnershipError::Membership(error.to_string()))
     }
 
     pub fn id(&self) -> NodeId {
@@ -247,16 +304,15 @@ impl<T: Transport> Ownership<T> {
                 | Err(RaftError::Fatal(_)) => return Err(OwnershipError::Stopped),
             };
             if let Some(leader) = leader.filter(|&leader| leader != self.id) {
-                match self
-                    .transport
-                    .forward(self.id, leader, command.clone())
-                    .await
-                {
-                    Ok(ForwardReply::Applied(answer)) => return Ok(answer),
-                    Ok(ForwardReply::NotLeader(_)) | Err(LinkDown::NotSent { .. }) => {
+                let forward = RaftRequest::Forward(command.clone());
+                match self.transport.send(self.id, leader, forward).await {
+                    Ok(RaftAnswer::Forward(ForwardReply::Applied(answer))) => return Ok(answer),
+                    Ok(RaftAnswer::Forward(ForwardReply::NotLeader(_)))
+                    | Err(LinkDown::NotSent { .. }) => {
                         debug!(node = self.id, leader, "proposal not taken, retrying");
                     }
-                    Ok(ForwardReply::Stopped) | Err(LinkDown::NoReply { .. }) => {
+                    // Stopped on the way, lost, or not an answer to it.
+                    Ok(_) | Err(LinkDown::NoReply { .. }) => {
                         return Err(OwnershipError::Unconfirmed);
                     }
                 }

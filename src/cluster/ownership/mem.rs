@@ -9,16 +9,12 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use openraft::Raft;
-use openraft::error::{Fatal, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
-use openraft::{Snapshot, Vote};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::network::{ForwardReply, LinkDown, Reply, Transport, serve_forward};
+use super::network::{LinkDown, Transport, answer};
 use super::raft::TypeConfig;
-use super::table::{Command, NodeId};
+use super::table::NodeId;
+use super::wire::{RaftAnswer, RaftRequest};
 
 #[derive(Default)]
 pub struct MemRouter {
@@ -88,48 +84,14 @@ impl MemRouter {
 }
 
 impl Transport for MemRouter {
-    async fn append_entries(
+    async fn send(
         &self,
         from: NodeId,
         to: NodeId,
-        request: AppendEntriesRequest<TypeConfig>,
-    ) -> Reply<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        request: RaftRequest,
+    ) -> Result<RaftAnswer, LinkDown> {
         let raft = self.reach(from, to)?;
-        let reply = raft.append_entries(request).await;
-        self.reply(from, to, reply)
-    }
-
-    async fn vote(
-        &self,
-        from: NodeId,
-        to: NodeId,
-        request: VoteRequest<NodeId>,
-    ) -> Reply<VoteResponse<NodeId>, RaftError<NodeId>> {
-        let raft = self.reach(from, to)?;
-        let reply = raft.vote(request).await;
-        self.reply(from, to, reply)
-    }
-
-    async fn full_snapshot(
-        &self,
-        from: NodeId,
-        to: NodeId,
-        vote: Vote<NodeId>,
-        snapshot: Snapshot<TypeConfig>,
-    ) -> Reply<SnapshotResponse<NodeId>, Fatal<NodeId>> {
-        let raft = self.reach(from, to)?;
-        let reply = raft.install_full_snapshot(vote, snapshot).await;
-        self.reply(from, to, reply)
-    }
-
-    async fn forward(
-        &self,
-        from: NodeId,
-        to: NodeId,
-        command: Command,
-    ) -> Result<ForwardReply, LinkDown> {
-        let raft = self.reach(from, to)?;
-        let reply = serve_forward(&raft, command).await;
+        let reply = answer(&raft, request).await;
         self.reply(from, to, reply)
     }
 }

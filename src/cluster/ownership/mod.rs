@@ -71,41 +71,69 @@
 //! table may come back a few entries short, and the leader's first
 //! message brings the rest.
 //!
+//! # In a running cluster
+//!
+//! Every clustered node runs the raft on the cluster thread's tokio
+//! runtime (`cluster/runtime/ownership.rs`), its file in the data dir,
+//! or without one in a temporary dir under a raft id new at every start
+//! (see there for what that costs). Raft ids come from node names
+//! ([`raft::raft_id`]: the first 8 bytes of the name's SHA-256), and a
+//! member's `BasicNode::addr` is its node name, which the runtime maps
+//! to a link. Requests travel over the cluster's mutually-authenticated
+//! QUIC connections, one stream per request
+//! (`cluster/runtime/raftnet.rs`), postcard-encoded ([`wire`]).
+//!
+//! Nobody configures the voters. A new cluster forms the raft once
+//! `cluster.bootstrap_expect` nodes (3 by default) without raft state
+//! see each other, on the one with the smallest node name; from then on
+//! the leader adds every live node as a learner, keeps up to 5 voters,
+//! an odd number, and replaces a voter gone for longer than
+//! `cluster.peer_hold` ([`reconcile`] has the rules and why).
+//!
 //! # The pieces
 //!
 //! - [`table`]: the state machine's logic, pure data: claim, release,
 //!   check.
-//! - [`raft`]: openraft's type configuration and the raft log.
+//! - [`raft`]: openraft's type configuration, the raft log, raft ids.
 //! - [`state_machine`]: the table as openraft applies and snapshots it.
 //! - [`store`]: the vote, log and snapshot on disk, in one redb file.
 //! - [`network`]: the [`Transport`] trait (raft's RPCs and a command
 //!   forwarded to the leader) and openraft's network over it.
+//! - [`wire`]: the requests and answers as they cross between nodes,
+//!   and what a peer may not send.
+//! - [`reconcile`]: who votes, decided from gossip; sans-IO.
 //! - [`handle`]: [`Ownership`], a node's async handle: `claim`,
-//!   `release`, `check`.
-//! - `mem.rs` (tests): an in-memory transport whose links can be cut, on
-//!   which `tests.rs` runs 3- and 5-node clusters through partitions and
-//!   restarts, each node's store in a temporary dir.
+//!   `release`, `check`, and the membership changes the reconciler
+//!   decides.
+//! - `mem.rs` and `quic_net.rs` (tests): an in-memory transport whose
+//!   links can be cut, and the cluster's QUIC transport between
+//!   in-process endpoints; `tests.rs` runs the same 3- and 5-node
+//!   scenarios (partitions, restarts, snapshots) over both, each node's
+//!   store in a temporary dir.
 //!
 //! # Left for later
 //!
-//! This slice is the decision, its fencing and what a voter keeps across
-//! a restart, tested over the in-memory transport. Still to come: the
-//! real transport, as one more `ClusterMsg` variant on the existing
-//! cluster link (postcard-encoded, as the store is); opening the store
-//! in the broker's data dir; choosing the voters (up to 5) from gossip
-//! membership; wiring `claim` into CONNECT; the takeover itself (the old
-//! owner closing with 0x8E and sending the session over); and
-//! replicating sessions under their epoch.
+//! The raft runs and keeps its members, but nothing claims yet: wiring
+//! `claim` into CONNECT; the takeover itself (the old owner closing with
+//! 0x8E and sending the session over); replicating sessions under their
+//! epoch. Also: handing leadership over before a graceful leave (the
+//! others elect after an election timeout instead), and forming the
+//! raft anew when a majority of its voters is gone for good (see
+//! `cluster/runtime/ownership.rs`).
 
 pub mod handle;
 pub mod network;
 pub mod raft;
+pub mod reconcile;
 pub mod state_machine;
 pub mod store;
 pub mod table;
+pub mod wire;
 
 #[cfg(test)]
 mod mem;
+#[cfg(test)]
+pub(crate) mod quic_net;
 #[cfg(test)]
 mod tests;
 
@@ -113,3 +141,4 @@ pub use handle::{Claimed, Ownership, OwnershipConfig, OwnershipError};
 pub use network::{ForwardReply, LinkDown, Transport};
 pub use store::{RaftStore, RaftStoreError};
 pub use table::{Answer, Command, Epoch, Grant, NodeId, OwnershipTable};
+pub use wire::{RaftAnswer, RaftRequest};

@@ -1,16 +1,17 @@
 //! How the ownership raft reaches other nodes: one [`Transport`] trait for
 //! whatever carries the messages (the in-memory router in tests; the
-//! cluster's QUIC link later), and the openraft network glue over it.
+//! cluster's QUIC links, `cluster/runtime/raftnet.rs`), the receiving
+//! end ([`answer`]), and the openraft network glue over them.
 //!
-//! A transport carries raft's three RPCs and one of ours: a command
-//! forwarded to the node believed to lead ([`Transport::forward`]),
-//! because only the leader can propose and a client may connect anywhere.
-//! Each call answers in two layers: the outer `Result` says whether the
-//! exchange happened at all ([`LinkDown`]), the inner one is what the peer
-//! answered. A lost exchange says whether the request went out: raft does
-//! not care (its RPCs are safe to repeat), but a forwarded claim must not
-//! be repeated once it may have been proposed (see
-//! [`super::Ownership::claim`]).
+//! A transport carries raft's three RPCs and one of ours, all as one
+//! [`RaftRequest`]: a command forwarded to the node believed to lead
+//! ([`RaftRequest::Forward`]), because only the leader can propose and a
+//! client may connect anywhere. An exchange answers in two layers: the
+//! outer `Result` says whether it happened at all ([`LinkDown`]), the
+//! [`RaftAnswer`] is what the peer answered. A lost exchange says whether
+//! the request went out: raft does not care (its RPCs are safe to
+//! repeat), but a forwarded claim must not be repeated once it may have
+//! been proposed (see [`super::Ownership::claim`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use openraft::{BasicNode, OptionalSend, Raft, RaftNetwork, RaftNetworkFactory, S
 
 use super::raft::TypeConfig;
 use super::table::{Answer, Command, NodeId};
+use super::wire::{RaftAnswer, RaftRequest};
 
 /// The request or its reply did not get through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,12 +42,8 @@ pub enum LinkDown {
     NoReply { from: NodeId, to: NodeId },
 }
 
-/// An exchange with a peer: whether it happened ([`LinkDown`] if not),
-/// then what the peer answered.
-pub type Reply<T, E> = Result<Result<T, E>, LinkDown>;
-
 /// What a node answers to a forwarded command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ForwardReply {
     /// Committed and applied; what applying it answered.
     Applied(Answer),
@@ -56,43 +54,39 @@ pub enum ForwardReply {
 }
 
 /// The messages between ownership rafts, from `from` to `to`. The
-/// implementation delivers each request to `to`'s [`Raft`] (for
-/// `forward`, through [`serve_forward`]) and brings its answer back.
+/// implementation delivers each request to `to`'s [`Raft`], which
+/// [`answer`]s it, and brings the answer back; an answer of another kind
+/// than the request counts as none.
 pub trait Transport: Send + Sync + 'static {
-    fn append_entries(
+    fn send(
         &self,
         from: NodeId,
         to: NodeId,
-        request: AppendEntriesRequest<TypeConfig>,
-    ) -> impl Future<Output = Reply<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> + Send;
-
-    fn vote(
-        &self,
-        from: NodeId,
-        to: NodeId,
-        request: VoteRequest<NodeId>,
-    ) -> impl Future<Output = Reply<VoteResponse<NodeId>, RaftError<NodeId>>> + Send;
-
-    /// A whole snapshot, for a follower whose next entries were purged.
-    fn full_snapshot(
-        &self,
-        from: NodeId,
-        to: NodeId,
-        vote: Vote<NodeId>,
-        snapshot: Snapshot<TypeConfig>,
-    ) -> impl Future<Output = Reply<SnapshotResponse<NodeId>, Fatal<NodeId>>> + Send;
-
-    fn forward(
-        &self,
-        from: NodeId,
-        to: NodeId,
-        command: Command,
-    ) -> impl Future<Output = Result<ForwardReply, LinkDown>> + Send;
+        request: RaftRequest,
+    ) -> impl Future<Output = Result<RaftAnswer, LinkDown>> + Send;
 }
 
-/// The receiving end of [`Transport::forward`]: proposes `command` here,
-/// which commits only if this node leads.
-pub async fn serve_forward(raft: &Raft<TypeConfig>, command: Command) -> ForwardReply {
+/// The receiving end of a [`Transport`]: what `raft` answers `request`.
+/// A forwarded command is proposed here, and commits only if this node
+/// leads.
+pub async fn answer(raft: &Raft<TypeConfig>, request: RaftRequest) -> RaftAnswer {
+    match request {
+        RaftRequest::AppendEntries(request) => {
+            RaftAnswer::AppendEntries(raft.append_entries(request).await)
+        }
+        RaftRequest::Vote(request) => RaftAnswer::Vote(raft.vote(request).await),
+        RaftRequest::Snapshot { vote, meta, table } => {
+            let snapshot = Snapshot {
+                meta,
+                snapshot: Box::new(table),
+            };
+            RaftAnswer::Snapshot(raft.install_full_snapshot(vote, snapshot).await)
+        }
+        RaftRequest::Forward(command) => RaftAnswer::Forward(serve_forward(raft, command).await),
+    }
+}
+
+async fn serve_forward(raft: &Raft<TypeConfig>, command: Command) -> ForwardReply {
     match raft.client_write(command).await {
         Ok(written) => ForwardReply::Applied(written.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
@@ -137,21 +131,45 @@ impl<T: Transport> RaftNetworkFactory<TypeConfig> for Network<T> {
     }
 }
 
+/// Takes the answer of kind `$kind` out of a [`RaftAnswer`], if that is
+/// the kind that came back.
+macro_rules! answer_of {
+    ($kind:ident) => {
+        |answer| match answer {
+            RaftAnswer::$kind(answer) => Some(answer),
+            _ => None,
+        }
+    };
+}
+
 type RpcResult<T> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId>>>;
 
-impl<T> Peer<T> {
+impl<T: Transport> Peer<T> {
     /// A lost exchange is `Unreachable`, which makes openraft back off
     /// before retrying instead of spinning on a cut link.
     #[expect(
         clippy::result_large_err,
         reason = "the error type is openraft's, the one RaftNetwork returns"
     )]
-    fn rpc_result<R>(&self, reply: Reply<R, RaftError<NodeId>>) -> RpcResult<R> {
+    fn rpc_result<R>(&self, reply: Result<Result<R, RaftError<NodeId>>, LinkDown>) -> RpcResult<R> {
         match reply {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => Err(RPCError::RemoteError(RemoteError::new(self.to, error))),
             Err(down) => Err(RPCError::Unreachable(Unreachable::new(&down))),
         }
+    }
+
+    /// The answer to `request`, if it came back, and of its kind.
+    async fn exchange<R>(
+        &self,
+        request: RaftRequest,
+        kind: impl FnOnce(RaftAnswer) -> Option<R>,
+    ) -> Result<R, LinkDown> {
+        let answer = self.transport.send(self.from, self.to, request).await?;
+        kind(answer).ok_or(LinkDown::NoReply {
+            from: self.from,
+            to: self.to,
+        })
     }
 }
 
@@ -161,11 +179,8 @@ impl<T: Transport> RaftNetwork<TypeConfig> for Peer<T> {
         request: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let reply = self
-            .transport
-            .append_entries(self.from, self.to, request)
-            .await;
-        self.rpc_result(reply)
+        let request = RaftRequest::AppendEntries(request);
+        self.rpc_result(self.exchange(request, answer_of!(AppendEntries)).await)
     }
 
     async fn vote(
@@ -173,8 +188,10 @@ impl<T: Transport> RaftNetwork<TypeConfig> for Peer<T> {
         request: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        let reply = self.transport.vote(self.from, self.to, request).await;
-        self.rpc_result(reply)
+        self.rpc_result(
+            self.exchange(RaftRequest::Vote(request), answer_of!(Vote))
+                .await,
+        )
     }
 
     async fn full_snapshot(
@@ -184,9 +201,12 @@ impl<T: Transport> RaftNetwork<TypeConfig> for Peer<T> {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let send = self
-            .transport
-            .full_snapshot(self.from, self.to, vote, snapshot);
+        let request = RaftRequest::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            table: *snapshot.snapshot,
+        };
+        let send = self.exchange(request, answer_of!(Snapshot));
         // openraft cancels a transfer it no longer needs (this node stopped
         // leading, the follower caught up another way).
         tokio::select! {

@@ -18,6 +18,8 @@ use openraft::{
     TokioRuntime, Vote,
 };
 
+use sha2::{Digest, Sha256};
+
 use super::store::RaftStore;
 use super::table::{Answer, Command, NodeId, OwnershipTable};
 
@@ -35,6 +37,40 @@ openraft::declare_raft_types!(
         SnapshotData = OwnershipTable,
         AsyncRuntime = TokioRuntime,
 );
+
+/// The raft id of the node named `node_name` (`cluster.node_id`): the
+/// first 8 bytes of the name's SHA-256. Stable across restarts, so a node
+/// that keeps its raft's file (a data dir) comes back as the member it
+/// was; node names are unique in a live cluster, and 64 bits of a hash
+/// make two names sharing an id a 1 in 10^19 chance per pair.
+pub fn raft_id(node_name: &str) -> NodeId {
+    first_8_bytes(&Sha256::digest(node_name.as_bytes()))
+}
+
+/// The raft id of a node without a data dir, in the process life
+/// `incarnation`: its raft forgets everything when the process ends, so
+/// each life must join as a new member. Reusing the old id would let a
+/// voter that forgot its vote and its log count towards a majority, which
+/// raft's safety does not survive.
+pub fn ephemeral_raft_id(node_name: &str, incarnation: u64) -> NodeId {
+    let mut hash = Sha256::new();
+    hash.update(node_name.as_bytes());
+    hash.update(b"\0");
+    hash.update(incarnation.to_be_bytes());
+    first_8_bytes(&hash.finalize())
+}
+
+/// Whether `id` may be the raft id of the node `node_name` in its life
+/// `incarnation`: one of the two above.
+pub fn is_raft_id_of(id: NodeId, node_name: &str, incarnation: u64) -> bool {
+    id == raft_id(node_name) || id == ephemeral_raft_id(node_name, incarnation)
+}
+
+fn first_8_bytes(digest: &[u8]) -> NodeId {
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest[..8]);
+    NodeId::from_be_bytes(first)
+}
 
 /// The raft log and vote in the ownership raft's file. Clones share the
 /// file: openraft reads the log through a clone
@@ -151,4 +187,23 @@ fn inclusive(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
         Bound::Unbounded => u64::MAX,
     };
     (first <= last).then_some((first, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_ids_are_stable_and_apart() {
+        // The first 8 bytes of SHA-256("n1"), fixed: a change here would
+        // make every node with a data dir a stranger to its own raft.
+        assert_eq!(raft_id("n1"), 0x676b_8bb8_4ce7_267d);
+        assert_ne!(raft_id("n1"), raft_id("n2"));
+        assert_ne!(ephemeral_raft_id("n1", 5), raft_id("n1"));
+        assert_ne!(ephemeral_raft_id("n1", 5), ephemeral_raft_id("n1", 6));
+        assert!(is_raft_id_of(raft_id("n1"), "n1", 5));
+        assert!(is_raft_id_of(ephemeral_raft_id("n1", 5), "n1", 5));
+        assert!(!is_raft_id_of(ephemeral_raft_id("n1", 6), "n1", 5));
+        assert!(!is_raft_id_of(raft_id("n2"), "n1", 5));
+    }
 }

@@ -1,12 +1,23 @@
-//! Ownership rafts of 3 and 5 nodes over the in-memory transport, through
-//! partitions and restarts, each node's vote, log and snapshot in a redb
-//! file in a temporary dir of its own. Each test runs on tokio's paused
-//! clock: time moves only when every task waits, straight to the next
-//! timer, so elections and timeouts take no wall time and a test's
-//! outcome does not depend on how loaded the machine is. The disk writes
-//! run on tokio's blocking pool, and the clock does not move while one
-//! runs, so a slow sync cannot fire an election either. Conditions are
-//! awaited with a deadline ([`wait_for`]), never assumed after a sleep.
+//! Ownership rafts of 3 and 5 nodes through partitions and restarts, each
+//! node's vote, log and snapshot in a redb file in a temporary dir of its
+//! own. Every scenario is written once, over any [`TestNet`], and runs
+//! twice (the `mem` and `quic` modules near the bottom):
+//!
+//! - over the in-memory transport ([`MemRouter`]), on tokio's paused
+//!   clock: time moves only when every task waits, straight to the next
+//!   timer, so elections and timeouts take no wall time and a test's
+//!   outcome does not depend on how loaded the machine is. The disk
+//!   writes run on tokio's blocking pool, and the clock does not move
+//!   while one runs, so a slow sync cannot fire an election either;
+//! - over the cluster's own QUIC transport ([`QuicNet`]): one endpoint
+//!   per node on 127.0.0.1, mutual TLS, a connection per pair, a
+//!   partition closing connections. Real sockets need the real clock, so
+//!   these run in real time, with longer raft timeouts.
+//!
+//! One scenario (a lost answer) needs a link cut one way only, which
+//! closing QUIC connections cannot do; it runs in memory only.
+//! Conditions are awaited with a deadline ([`wait_for`]), never assumed
+//! after a sleep.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,43 +25,93 @@ use std::time::Duration;
 
 use bytestring::ByteString;
 use openraft::testing::{StoreBuilder, Suite};
-use openraft::{BasicNode, ServerState, SnapshotPolicy, StorageError};
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy, StorageError};
 use tokio::time::Instant;
 
 use super::mem::MemRouter;
+use super::quic_net::QuicNet;
 use super::raft::LogStore;
 use super::state_machine::{SharedApplied, StateMachine};
 use super::*;
 use crate::testing::TempDir;
 
-/// How long (on the paused clock) a test waits for a condition.
-const WAIT: Duration = Duration::from_secs(10);
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a test waits for a condition (on the paused clock, or in
+/// real time over QUIC).
+const WAIT: Duration = Duration::from_secs(20);
 
-fn config() -> OwnershipConfig {
-    let defaults = OwnershipConfig::default();
-    OwnershipConfig {
-        raft: openraft::Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
-            ..defaults.raft
-        },
-        claim_timeout: CLAIM_TIMEOUT,
+/// What carries the scenarios: a [`Transport`] for every node of a test
+/// cluster, whose links can be cut.
+pub trait TestNet: Sized {
+    type Link: Transport;
+
+    /// How much later than its timeout a refused claim may return: next
+    /// to none on the paused clock, some in real time.
+    const SLACK: Duration;
+
+    /// The network of nodes `1..=n`.
+    fn build(n: NodeId) -> impl Future<Output = Arc<Self>>;
+
+    /// The raft's timing on this network: heartbeat, election timeout
+    /// (a range), claim timeout, in milliseconds.
+    const TIMING: (u64, (u64, u64), u64);
+
+    fn config() -> OwnershipConfig {
+        let millis = Duration::from_millis;
+        let (heartbeat, (min, max), claim) = Self::TIMING;
+        OwnershipConfig::with_timing(millis(heartbeat), (millis(min), millis(max)), millis(claim))
+    }
+
+    /// What node `id` sends through.
+    fn link(net: &Arc<Self>, id: NodeId) -> Arc<Self::Link>;
+
+    /// Makes `raft` reachable as node `id`.
+    fn add(&self, id: NodeId, raft: Raft<raft::TypeConfig>);
+
+    /// Cuts every link between `side` and the nodes not in it.
+    fn partition(&self, side: &[NodeId]);
+
+    fn heal_all(&self) -> impl Future<Output = ()>;
+}
+
+impl TestNet for MemRouter {
+    type Link = MemRouter;
+
+    const SLACK: Duration = Duration::from_millis(50);
+    const TIMING: (u64, (u64, u64), u64) = (50, (150, 300), 1000);
+
+    async fn build(_: NodeId) -> Arc<MemRouter> {
+        Arc::new(MemRouter::default())
+    }
+
+    /// One router for all: it knows who sends.
+    fn link(net: &Arc<MemRouter>, _: NodeId) -> Arc<MemRouter> {
+        net.clone()
+    }
+
+    fn add(&self, id: NodeId, raft: Raft<raft::TypeConfig>) {
+        MemRouter::add(self, id, raft);
+    }
+
+    fn partition(&self, side: &[NodeId]) {
+        MemRouter::partition(self, side);
+    }
+
+    async fn heal_all(&self) {
+        MemRouter::heal_all(self);
     }
 }
 
-struct Cluster {
-    router: Arc<MemRouter>,
+struct Cluster<N: TestNet> {
+    router: Arc<N>,
     config: OwnershipConfig,
     /// Node `id` is `nodes[id - 1]`, its data dir `dirs[id - 1]`.
-    nodes: Vec<Ownership<MemRouter>>,
+    nodes: Vec<Ownership<N::Link>>,
     dirs: Vec<TempDir>,
 }
 
-impl Cluster {
-    async fn start(n: NodeId, config: OwnershipConfig) -> Cluster {
-        let router = Arc::new(MemRouter::default());
+impl<N: TestNet> Cluster<N> {
+    async fn start(n: NodeId, config: OwnershipConfig) -> Cluster<N> {
+        let router = N::build(n).await;
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
         for id in 1..=n {
@@ -95,7 +156,7 @@ impl Cluster {
         (1..=self.nodes.len() as NodeId).collect()
     }
 
-    fn node(&self, id: NodeId) -> &Ownership<MemRouter> {
+    fn node(&self, id: NodeId) -> &Ownership<N::Link> {
         &self.nodes[(id - 1) as usize]
     }
 
@@ -137,13 +198,13 @@ impl Cluster {
     }
 }
 
-async fn start_node(
+async fn start_node<N: TestNet>(
     id: NodeId,
     config: &OwnershipConfig,
     store: RaftStore,
-    router: &Arc<MemRouter>,
-) -> Ownership<MemRouter> {
-    let node = Ownership::start(id, config.clone(), store, router.clone())
+    router: &Arc<N>,
+) -> Ownership<N::Link> {
+    let node = Ownership::start(id, config.clone(), store, N::link(router, id))
         .await
         .expect("raft starts");
     router.add(id, node.raft().clone());
@@ -169,9 +230,8 @@ async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_later_claim_fences_the_earlier_epoch_on_every_node() {
-    let cluster = Cluster::start(3, config()).await;
+async fn a_later_claim_fences_the_earlier_epoch_on_every_node<N: TestNet>() {
+    let cluster = Cluster::<N>::start(3, N::config()).await;
     let (b, c) = (2, 3);
 
     let by_b = cluster.node(b).claim("c").await.expect("B claims");
@@ -207,9 +267,8 @@ async fn a_later_claim_fences_the_earlier_epoch_on_every_node() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_leader_cut_off_from_the_majority_cannot_claim() {
-    let cluster = Cluster::start(3, config()).await;
+async fn a_leader_cut_off_from_the_majority_cannot_claim<N: TestNet>() {
+    let cluster = Cluster::<N>::start(3, N::config()).await;
     let all = cluster.ids();
     let old = cluster.leader_among(&all).await;
     let first = cluster.node(old).claim("c").await.expect("leader claims");
@@ -223,7 +282,7 @@ async fn a_leader_cut_off_from_the_majority_cannot_claim() {
         matches!(refused, Err(OwnershipError::NoQuorum(_))),
         "{refused:?}"
     );
-    assert!(started.elapsed() <= CLAIM_TIMEOUT + Duration::from_millis(50));
+    assert!(started.elapsed() <= N::config().claim_timeout + N::SLACK);
 
     let new_leader = cluster.leader_among(&majority).await;
     let taker = majority[0];
@@ -247,7 +306,7 @@ async fn a_leader_cut_off_from_the_majority_cannot_claim() {
     // the new grant is known, which is why a cut-off node may not claim.
     assert!(cluster.node(old).check("c", old, first.epoch));
 
-    cluster.router.heal_all();
+    cluster.router.heal_all().await;
     cluster.caught_up(new_leader, &all).await;
     for &id in &all {
         let node = cluster.node(id);
@@ -260,9 +319,8 @@ async fn a_leader_cut_off_from_the_majority_cannot_claim() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn five_nodes_keep_granting_with_a_minority_cut_off() {
-    let cluster = Cluster::start(5, config()).await;
+async fn five_nodes_keep_granting_with_a_minority_cut_off<N: TestNet>() {
+    let cluster = Cluster::<N>::start(5, N::config()).await;
     let all = cluster.ids();
     let leader = cluster.leader_among(&all).await;
     let minority: Vec<NodeId> = all
@@ -304,7 +362,7 @@ async fn five_nodes_keep_granting_with_a_minority_cut_off() {
         })
     );
 
-    cluster.router.heal_all();
+    cluster.router.heal_all().await;
     let leader = cluster.leader_among(&all).await;
     cluster.caught_up(leader, &all).await;
     for &id in &all {
@@ -320,9 +378,10 @@ async fn five_nodes_keep_granting_with_a_minority_cut_off() {
     cluster.shutdown().await;
 }
 
+/// In memory only: it needs a link cut one way.
 #[tokio::test(start_paused = true)]
 async fn a_claim_whose_answer_was_lost_is_not_repeated() {
-    let cluster = Cluster::start(3, config()).await;
+    let cluster = Cluster::<MemRouter>::start(3, MemRouter::config()).await;
     let all = cluster.ids();
     let leader = cluster.leader_among(&all).await;
     let follower = *all.iter().find(|&&id| id != leader).expect("a follower");
@@ -357,9 +416,8 @@ async fn a_claim_whose_answer_was_lost_is_not_repeated() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn racing_claims_leave_one_owner() {
-    let cluster = Cluster::start(3, config()).await;
+async fn racing_claims_leave_one_owner<N: TestNet>() {
+    let cluster = Cluster::<N>::start(3, N::config()).await;
     let (b, c) = (2, 3);
     let (by_b, by_c) = tokio::join!(cluster.node(b).claim("c"), cluster.node(c).claim("c"));
     let (by_b, by_c) = (by_b.expect("B claims"), by_c.expect("C claims"));
@@ -404,9 +462,8 @@ async fn racing_claims_leave_one_owner() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_release_applies_only_under_the_current_epoch() {
-    let cluster = Cluster::start(3, config()).await;
+async fn a_release_applies_only_under_the_current_epoch<N: TestNet>() {
+    let cluster = Cluster::<N>::start(3, N::config()).await;
     let first = cluster.node(2).claim("c").await.expect("claims");
     let second = cluster.node(3).claim("c").await.expect("claims");
     assert!(
@@ -441,13 +498,12 @@ async fn a_release_applies_only_under_the_current_epoch() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
-    let mut config = config();
+async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot<N: TestNet>() {
+    let mut config = N::config();
     config.raft.snapshot_policy = SnapshotPolicy::LogsSinceLast(4);
     config.raft.max_in_snapshot_log_to_keep = 0;
     config.raft.purge_batch_size = 1;
-    let cluster = Cluster::start(3, config).await;
+    let cluster = Cluster::<N>::start(3, config).await;
     let all = cluster.ids();
     let leader = cluster.leader_among(&all).await;
     let behind = *all.iter().find(|&&id| id != leader).expect("a follower");
@@ -474,7 +530,7 @@ async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
         .await;
     }
 
-    cluster.router.heal_all();
+    cluster.router.heal_all().await;
     cluster.caught_up(leader, &all).await;
     let snapshot = cluster.metrics(behind).snapshot.map(|id| id.index);
     assert!(snapshot > behind_at, "caught up through a snapshot");
@@ -497,18 +553,17 @@ async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
 /// comes back cut off, so the others elect a new leader and grant a claim
 /// meanwhile, and once it rejoins, every epoch handed out is above all
 /// the earlier ones.
-#[tokio::test(start_paused = true)]
-async fn a_restarted_voter_keeps_its_vote_log_and_table() {
-    let mut config = config();
+async fn a_restarted_voter_keeps_its_vote_log_and_table<N: TestNet>() {
+    let mut config = N::config();
     // Snapshots and purges only when the test asks.
     config.raft.snapshot_policy = SnapshotPolicy::Never;
-    let mut cluster = Cluster::start(3, config).await;
+    let mut cluster = Cluster::<N>::start(3, config).await;
     let all = cluster.ids();
     let restarted = cluster.leader_among(&all).await;
     let others: Vec<NodeId> = all.iter().copied().filter(|&id| id != restarted).collect();
     let client_ids: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
     let mut last_epoch = 0;
-    let mut claim_round = async |cluster: &Cluster, rounds: usize| {
+    let mut claim_round = async |cluster: &Cluster<N>, rounds: usize| {
         for i in 0..rounds {
             let node = all[i % all.len()];
             let claimed = cluster
@@ -580,7 +635,7 @@ async fn a_restarted_voter_keeps_its_vote_log_and_table() {
     let taken = cluster.node(others[0]).claim("c0").await.expect("claims");
     assert!(taken.epoch > last_epoch, "no epoch handed out twice");
 
-    cluster.router.heal_all();
+    cluster.router.heal_all().await;
     let leader = cluster.leader_among(&all).await;
     cluster.caught_up(leader, &all).await;
     let grant = Grant {
@@ -598,6 +653,41 @@ async fn a_restarted_voter_keeps_its_vote_log_and_table() {
     );
     cluster.shutdown().await;
 }
+
+/// Each scenario as a test on each network.
+macro_rules! on_every_network {
+    ($($scenario:ident),* $(,)?) => {
+        mod mem {
+            use super::MemRouter;
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $scenario() {
+                    super::$scenario::<MemRouter>().await;
+                }
+            )*
+        }
+
+        mod quic {
+            use super::QuicNet;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario::<QuicNet>().await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_network!(
+    a_later_claim_fences_the_earlier_epoch_on_every_node,
+    a_leader_cut_off_from_the_majority_cannot_claim,
+    five_nodes_keep_granting_with_a_minority_cut_off,
+    racing_claims_leave_one_owner,
+    a_release_applies_only_under_the_current_epoch,
+    a_node_behind_the_purged_log_catches_up_from_a_snapshot,
+    a_restarted_voter_keeps_its_vote_log_and_table,
+);
 
 /// A fresh store in a temp dir of its own for each of the suite's tests.
 struct Stores;

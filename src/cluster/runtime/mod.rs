@@ -34,7 +34,10 @@
 //! shard. Gossip packets are QUIC datagrams on the same connection, so the
 //! one UDP socket carries both and membership is as authenticated as the
 //! data: no node can gossip its way in without a certificate from the
-//! cluster's CA.
+//! cluster's CA. The ownership raft's requests each open a bidirectional
+//! stream of their own ([`raftnet`]), so a snapshot queues behind nothing
+//! and nothing behind it; the raft itself runs on this thread's runtime
+//! (`ownership.rs`).
 
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
@@ -49,9 +52,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 mod link;
+mod ownership;
+pub mod raftnet;
 mod wire;
 
 use link::{Established, Event, Hello, LinkId, serve_connection, write_lane, write_uni_lane};
+use ownership::{RaftHome, RaftHomeError, RaftSide};
 use wire::{Decoded, decode_frame, encode_frame};
 
 use super::frame::{self, ClusterMsg};
@@ -66,7 +72,7 @@ use crate::store::{ClusterStore, RestoredOutbox};
 
 /// How often the node's timers (route-ack timeouts, peer hold) are looked
 /// at, and seeds re-resolved while nobody has answered.
-const TICK: Duration = Duration::from_millis(100);
+pub(super) const TICK: Duration = Duration::from_millis(100);
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// Gossip packets queued for a peer while its connection is being dialed.
 const PENDING_DATAGRAMS: usize = 16;
@@ -95,6 +101,8 @@ pub enum ClusterError {
     Thread(std::io::Error),
     #[error("cluster membership: {0}")]
     Membership(#[from] MembershipError),
+    #[error("ownership raft: {0}")]
+    Ownership(#[from] RaftHomeError),
 }
 
 /// Binds the cluster's UDP socket and starts its thread. Errors that a
@@ -129,6 +137,9 @@ pub fn start(
     if !settings.seeds.is_empty() {
         readiness.require_join();
     }
+    // Before the thread: a raft file that is damaged or in use stops the
+    // start, as a data dir's does.
+    let raft_home = RaftHome::open(&settings)?;
     thread::Builder::new()
         .name("ringmq-cluster".into())
         .spawn(move || {
@@ -159,7 +170,10 @@ pub fn start(
                 };
                 let place = mesh.shard_count();
                 let mesh = mesh.attach(place, inbox);
-                match Cluster::new(settings, endpoint, client, mesh, readiness, status, durable) {
+                let cluster = Cluster::new(
+                    settings, endpoint, client, mesh, readiness, status, durable, raft_home,
+                );
+                match cluster {
                     Ok(cluster) => cluster.run().await,
                     Err(error) => error!(%error, "cannot start cluster membership"),
                 }
@@ -221,6 +235,7 @@ struct Cluster {
     member_events: MemberEventCounts,
     /// The outboxes on disk, with a data dir.
     store: Option<ClusterStore>,
+    raft: RaftSide,
 }
 
 /// What the broker's data dir means for the cluster.
@@ -235,6 +250,10 @@ pub struct Durable {
 }
 
 impl Cluster {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts `start` made, each once; a struct would only be taken apart here"
+    )]
     fn new(
         settings: ClusterSettings,
         endpoint: quinn::Endpoint,
@@ -243,6 +262,7 @@ impl Cluster {
         readiness: Readiness,
         status: ClusterStatus,
         durable: Durable,
+        raft_home: RaftHome,
     ) -> Result<Cluster, MembershipError> {
         // A restarted node is a new incarnation: peers drop what they kept
         // for its previous life (routes, duplicate detection).
@@ -276,6 +296,7 @@ impl Cluster {
         node.restore_outboxes(durable.owed, now);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let joined = settings.seeds.is_empty();
+        let raft = RaftSide::new(&settings, raft_home, incarnation, now);
         Ok(Cluster {
             settings,
             endpoint,
@@ -296,10 +317,13 @@ impl Cluster {
             leaving: false,
             member_events: MemberEventCounts::default(),
             store: durable.store,
+            raft,
         })
     }
 
     async fn run(mut self) {
+        // Before any link: a peer's raft requests find it running.
+        self.raft.start(&self.readiness).await;
         // The routes the shards announced while restoring come before
         // anything a peer sends.
         let now = Instant::now();
@@ -335,6 +359,7 @@ impl Cluster {
                 }
                 Some(incoming) = self.endpoint.accept() => self.accept(incoming),
                 _ = gossip_sleep => self.membership.handle_timeout(Instant::now()),
+                Some(ok) = self.raft.done_rx.recv() => self.raft.handle_done(ok, Instant::now()),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.node.handle_timeout(now);
@@ -344,6 +369,7 @@ impl Cluster {
                         last_resolve = Some(now);
                         self.join_seeds(now).await;
                     }
+                    self.raft_tick(now);
                     self.publish_status();
                 }
             }
@@ -355,6 +381,7 @@ impl Cluster {
         // Give the leave frames and gossip a moment to go out.
         self.pump(Instant::now());
         tokio::time::sleep(Duration::from_millis(200)).await;
+        self.raft.shutdown().await;
         self.endpoint.close(CLOSE_LEAVING.into(), b"leaving");
         self.endpoint.wait_idle().await;
         info!(node = %self.settings.node_id, "left the cluster");
@@ -415,6 +442,26 @@ impl Cluster {
     /// Encodes a frame at the end of its lane's output for this turn: the
     /// frames of one turn go to the lane's writer in one piece.
     fn encode_frame(&mut self, peer: &ByteString, lane: Lane, frame: &Frame, now: Instant) {
+        self.encode_for(peer, lane, |out| {
+            out.reserve(frame.size_hint());
+            encode_frame(frame, now, out)
+        });
+    }
+
+    /// Encodes `msg` at the end of `peer`'s control lane for this turn:
+    /// for what the node does not make (the raft's `RaftMember`).
+    fn send_control(&mut self, peer: &ByteString, msg: &ClusterMsg) {
+        self.encode_for(peer, Lane::Control, |out| frame::encode(msg, out));
+    }
+
+    /// Runs `encode` on the end of `peer`'s output on `lane` for this
+    /// turn; what it wrote before failing is taken back.
+    fn encode_for(
+        &mut self,
+        peer: &ByteString,
+        lane: Lane,
+        encode: impl FnOnce(&mut BytesMut) -> Result<usize, frame::FrameError>,
+    ) {
         let Some(link) = self
             .by_node
             .get(peer)
@@ -424,8 +471,7 @@ impl Cluster {
         };
         let out = link.pending.entry(lane).or_default();
         let before = out.len();
-        out.reserve(frame.size_hint());
-        if let Err(error) = encode_frame(frame, now, out) {
+        if let Err(error) = encode(out) {
             out.truncate(before);
             warn!(%peer, %error, "frame not sent");
         }
@@ -661,6 +707,7 @@ impl Cluster {
         }
         info!(peer = %hello.node_id, addr = %hello.advertise, "cluster link up");
         self.by_node.insert(hello.node_id.clone(), id);
+        self.raft_link_up(id, &hello);
         self.node
             .handle_link_up(hello.node_id, hello.incarnation, now);
     }
@@ -733,6 +780,9 @@ impl Cluster {
             Ok(Decoded::Hello) => {
                 self.close_link(id, CLOSE_PROTOCOL, "a second hello", now);
             }
+            Ok(Decoded::RaftMember { raft_id, has_state }) => {
+                self.raft_member(id, &peer, raft_id, has_state, now);
+            }
             Err(error) => {
                 warn!(%peer, %error, "malformed frame from a peer: closing its link");
                 self.close_link(id, CLOSE_PROTOCOL, &error.to_string(), now);
@@ -749,6 +799,7 @@ impl Cluster {
         {
             self.by_node.remove(&hello.node_id);
             info!(peer = %hello.node_id, %reason, "cluster link down");
+            self.raft_link_down(&hello.node_id);
             self.node.handle_link_down(&hello.node_id, now);
         } else {
             debug!(addr = %link.addr, %reason, "cluster connection ended");
@@ -841,18 +892,27 @@ impl Cluster {
         }
     }
 
+    /// The connection to each linked peer.
+    fn linked(&self) -> impl Iterator<Item = (&ByteString, &quinn::Connection)> {
+        self.by_node.iter().filter_map(|(peer, link)| {
+            let connection = self.links.get(link)?.connection.as_ref()?;
+            Some((peer, connection))
+        })
+    }
+
     fn publish_status(&self) {
         let rtts = self
-            .by_node
-            .iter()
-            .filter_map(|(peer, link)| {
-                let connection = self.links.get(link)?.connection.as_ref()?;
-                Some((peer.clone(), connection.rtt()))
-            })
+            .linked()
+            .map(|(peer, connection)| (peer.clone(), connection.rtt()))
             .collect();
         let members = self.membership.counts();
-        self.status
-            .update(&self.node, members, self.member_events, rtts);
+        self.status.update(
+            &self.node,
+            members,
+            self.member_events,
+            rtts,
+            self.raft.status(),
+        );
     }
 }
 

@@ -15,6 +15,11 @@ pub(super) enum Decoded {
     Node(Frame),
     Gossip(Bytes),
     Hello,
+    /// What the peer is in the ownership raft (see `raftnet.rs`).
+    RaftMember {
+        raft_id: u64,
+        has_state: bool,
+    },
 }
 
 /// Reads a frame in place into what the node takes: messages borrow their
@@ -95,6 +100,17 @@ pub(super) fn decode_frame(
                 share: share.as_str().into(),
                 message: Arc::new(frame::wire_to_message(&frame.bytes, message, now)?),
             })
+        }
+        ArchivedClusterMsg::RaftMember { raft_id, has_state } => Decoded::RaftMember {
+            raft_id: raft_id.to_native(),
+            has_state: *has_state,
+        },
+        // A raft exchange has a stream of its own; on a lane it is a
+        // peer that does not follow the protocol.
+        ArchivedClusterMsg::RaftRequest { .. } | ArchivedClusterMsg::RaftReply { .. } => {
+            return Err(frame::FrameError::Invalid(
+                "a raft request or reply outside its own stream".to_owned(),
+            ));
         }
     };
     Ok(decoded)
