@@ -25,6 +25,8 @@ use crate::store::{OutboxOp, RestoredOutbox};
 
 const SHARDS: usize = 2;
 
+mod takeover;
+
 struct SimNode {
     node: Node,
     incarnation: u64,
@@ -32,6 +34,8 @@ struct SimNode {
     to_shards: Vec<Vec<ShardMsg>>,
     /// What it wrote to its outboxes on disk.
     stored: Vec<OutboxOp>,
+    /// Claims it asked the ownership raft to make: shard, client id, token.
+    claims: Vec<(usize, ByteString, u64)>,
 }
 
 /// One direction of a link: its lanes, each in order.
@@ -46,6 +50,18 @@ struct Sim {
     rng: StdRng,
     now: Instant,
     seed: u64,
+}
+
+impl SimNode {
+    fn new(node: Node, incarnation: u64) -> SimNode {
+        SimNode {
+            node,
+            incarnation,
+            to_shards: (0..SHARDS).map(|_| Vec::new()).collect(),
+            stored: Vec::new(),
+            claims: Vec::new(),
+        }
+    }
 }
 
 impl Sim {
@@ -65,12 +81,7 @@ impl Sim {
     fn with_config(n: usize, seed: u64, config: impl Fn(usize) -> NodeConfig) -> Sim {
         let now = Instant::now();
         let nodes = (0..n)
-            .map(|i| SimNode {
-                node: Node::new(config(i)),
-                stored: Vec::new(),
-                incarnation: 1,
-                to_shards: (0..SHARDS).map(|_| Vec::new()).collect(),
-            })
+            .map(|i| SimNode::new(Node::new(config(i)), 1))
             .collect();
         let mut sim = Sim {
             nodes,
@@ -176,6 +187,12 @@ impl Sim {
                     }
                     NodeOutput::ToShard { shard, msg } => self.nodes[a].to_shards[shard].push(msg),
                     NodeOutput::Store(op) => self.nodes[a].stored.push(op),
+                    NodeOutput::Claim {
+                        shard,
+                        client_id,
+                        token,
+                    } => self.nodes[a].claims.push((shard, client_id, token)),
+                    NodeOutput::Release { .. } => {}
                     NodeOutput::Disconnect { peer, reason } => {
                         panic!(
                             "seed {}: {} disconnected {peer}: {reason}",
@@ -522,15 +539,11 @@ fn what_is_owed_to_an_unreachable_peer_is_on_disk_and_owed_again_after_a_restart
             "seed {seed}: QoS 0 is not stored"
         );
         // Node 0 dies and comes back with what its disk holds.
-        sim.nodes[0] = SimNode {
-            node: Node::new(NodeConfig {
-                durable_outboxes: true,
-                ..config(0, 2, AckMode::Remote)
-            }),
-            incarnation: 2,
-            to_shards: (0..SHARDS).map(|_| Vec::new()).collect(),
-            stored: Vec::new(),
+        let config = NodeConfig {
+            durable_outboxes: true,
+            ..config(0, 2, AckMode::Remote)
         };
+        sim.nodes[0] = SimNode::new(Node::new(config), 2);
         let now = sim.now;
         sim.nodes[0].node.restore_outboxes(owed, now);
         sim.connect(0, 1);
@@ -664,12 +677,7 @@ fn a_restarted_peer_loses_its_old_routes_and_takes_fresh_numbers() {
     sim.settle();
     sim.cut(0, 1);
     // Node 1 restarts: new incarnation, no subscriptions.
-    sim.nodes[1] = SimNode {
-        node: Node::new(config(1, 2, AckMode::Remote)),
-        incarnation: 2,
-        to_shards: (0..SHARDS).map(|_| Vec::new()).collect(),
-        stored: Vec::new(),
-    };
+    sim.nodes[1] = SimNode::new(Node::new(config(1, 2, AckMode::Remote)), 2);
     sim.connect(0, 1);
     sim.settle();
     assert!(

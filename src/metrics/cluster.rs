@@ -66,6 +66,21 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
             "Peers unreachable past cluster.peer_hold whose routes and outbox were dropped",
             counters.peers_expired,
         ),
+        (
+            "cluster_claims_granted",
+            "CONNECTs for which the ownership raft made this node the client id's owner",
+            counters.claims_granted,
+        ),
+        (
+            "cluster_sessions_handed_over",
+            "Sessions this node handed over to a node that took their client id over",
+            counters.sessions_handed_over,
+        ),
+        (
+            "cluster_handovers_missed",
+            "Claims granted without the previous owner's session (unreachable, or no answer in time)",
+            counters.handovers_missed,
+        ),
     ] {
         counter(registry, name, help, value);
     }

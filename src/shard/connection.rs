@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::deadline::{self, Alarm, Deadline};
 use super::limit::ConnectionPermit;
-use super::mesh::{Handoff, ShardMsg};
+use super::mesh::{ClaimOutcome, Handoff, ShardMsg};
 use super::proxy;
 use super::socket::{self, Input, READ_CHUNK, Received};
 use super::state::{SessionKey, ShardState};
@@ -196,6 +196,14 @@ impl ConnHandle {
     /// Bytes encoded and not yet handed to the kernel.
     pub fn buffered(&self) -> usize {
         self.out.borrow().len()
+    }
+
+    /// The packets encoded and not yet handed to the kernel, taken out.
+    #[cfg(test)]
+    pub fn take_packets(&self) -> Vec<Packet> {
+        let mut out = std::mem::take(&mut *self.out.borrow_mut());
+        std::iter::from_fn(|| crate::protocol::read(&mut out, self.version, usize::MAX).ok()?)
+            .collect()
     }
 
     /// Records why the connection is ending, for the log, when the closing
@@ -463,8 +471,50 @@ struct Arrival {
 
 /// Attaches a connection to its session, then leaves it to a task of its
 /// own. The task that read the CONNECT ends here: a connection holds for
-/// its life only what [`Connection`] needs.
+/// its life only what [`Connection`] needs. In a cluster the CONNECT first
+/// waits, in a task of its own, until this node owns the client id and
+/// holds the session the previous owner handed over; if no majority
+/// confirms the claim, it is refused with Server unavailable.
 fn serve(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival) {
+    let Some(answered) = state.borrow_mut().claim(&arrival.connect) else {
+        attach_and_run(state, stream, arrival, 0);
+        return;
+    };
+    monoio::spawn(async move {
+        match answered.await {
+            Ok(ClaimOutcome::Owner { epoch, session }) => {
+                if let Some(archive) = session {
+                    let adopted = state.borrow_mut().adopt(&archive, epoch, Instant::now());
+                    if let Err(error) = adopted {
+                        // From a peer: a session that does not decode
+                        // is lost to this client, never a reason to
+                        // refuse it.
+                        warn!(client = %arrival.connect.client_id, %error, "handed-over session unreadable; starting afresh");
+                    }
+                }
+                attach_and_run(state, stream, arrival, epoch);
+            }
+            // The cluster answers every claim; a dropped answer means it
+            // stopped.
+            Ok(ClaimOutcome::Unavailable) | Err(_) => {
+                let mut stream = stream;
+                let reason = ReasonCode::ServerUnavailable;
+                state.borrow_mut().metrics.refused(reason);
+                let framing = arrival.websocket.map(RefCell::new);
+                refuse(
+                    &mut stream,
+                    framing.as_ref(),
+                    arrival.connect.protocol,
+                    reason,
+                )
+                .await;
+                info!(client = %arrival.connect.client_id, "CONNECT refused: no majority confirmed this node as the session's owner");
+            }
+        }
+    });
+}
+
+fn attach_and_run(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival, epoch: u64) {
     let Arrival {
         peer,
         connect,
@@ -478,6 +528,7 @@ fn serve(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival) {
         &connect,
         assigned_client_id,
         stream.as_raw_fd(),
+        epoch,
         Instant::now(),
     );
     let conn = attached.conn;

@@ -117,10 +117,52 @@ pub enum ShardMsg {
     StoreBarrier { token: u64 },
     /// To the cluster's place: the barrier `token` is passed.
     StoreReached { token: u64 },
+    /// To the cluster, from a client id's home shard, before it answers a
+    /// CONNECT: make this node the owner of `client_id` (the next fencing
+    /// epoch), taking the session over from whichever node held it.
+    /// Answered by `Claimed` with the same `token`.
+    Claim { client_id: ByteString, token: u64 },
+    /// From the cluster: how the claim `token` ended.
+    Claimed { token: u64, outcome: ClaimOutcome },
+    /// From the cluster, to a client id's home shard: another node holds
+    /// `epoch` for `client_id` now. The connection here closes (v5:
+    /// Session taken over) and the session leaves, answered by
+    /// `HandedOver` with the same `token`; a session held under `epoch` or
+    /// a later one stays (the request is older than its claim).
+    HandOver {
+        client_id: ByteString,
+        epoch: u64,
+        token: u64,
+    },
+    /// To the cluster: the session of `client_id`, held under `epoch`,
+    /// has ended here (expired, or discarded by a clean start): the
+    /// client id is released, so the ownership table forgets it.
+    Release { client_id: ByteString, epoch: u64 },
+    /// To the cluster: the session `HandOver` asked for, archived
+    /// (`store::transfer`), or `None` if there was none to give.
+    HandedOver {
+        token: u64,
+        session: Option<Vec<u8>>,
+    },
     /// From the shard's store writer: every epoch up to `through` is
     /// committed, or (`ok` false) could not be: answers waiting for those
     /// epochs are refused.
     Stored { through: u64, ok: bool },
+}
+
+/// How a claim of a client id ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This node owns the client id under `epoch`; `session` is the
+    /// session the previous owner handed over, if it had one.
+    Owner {
+        epoch: u64,
+        session: Option<Vec<u8>>,
+    },
+    /// No majority of the cluster confirmed the claim: the CONNECT is
+    /// refused (Server unavailable), as serving it could split the
+    /// session in two.
+    Unavailable,
 }
 
 /// An answer a session holds until the cluster has what it promises:

@@ -23,7 +23,9 @@ use super::ShardId;
 use super::connection::{CloseReason, ConnHandle};
 use super::deadline::Deadlines;
 use super::limit::ConnectionLimit;
-use super::mesh::{Batch, Confirmation, Handoff, Mesh, ShardMsg, SharedMember, StoredReply};
+use super::mesh::{
+    Batch, ClaimOutcome, Confirmation, Handoff, Mesh, ShardMsg, SharedMember, StoredReply,
+};
 use super::notify::LocalNotify;
 use crate::message::Message;
 use crate::metrics::{ShardMetrics, Snapshot};
@@ -36,6 +38,7 @@ use crate::session::{
 use crate::store::{Op, StoreHandle};
 
 mod groups;
+mod handover;
 mod persist;
 
 /// Index of a session in its shard's slab; stable while the session lives.
@@ -80,6 +83,10 @@ struct SessionSlot {
     /// subscriptions (`$share/...`) it is a member of, so that ending the
     /// session removes exactly them.
     filters: FxHashSet<ByteString>,
+    /// The fencing epoch this node holds the session under, in a cluster
+    /// (0 on one node, and for a session restored from disk until it is
+    /// claimed again): a hand-over asked under an older epoch is stale.
+    epoch: u64,
 }
 
 /// The places a message matching one filter must go to. A later cluster
@@ -154,6 +161,10 @@ pub struct ShardState {
     /// Subscriptions whose SUBACK waits for the cluster, and whose
     /// retained messages go out after it.
     pending_retained: FxHashMap<(SessionKey, Ticket), PendingRetained>,
+    /// CONNECTs waiting for the cluster to make this node their client
+    /// id's owner, by claim token.
+    claims: FxHashMap<u64, tokio::sync::oneshot::Sender<ClaimOutcome>>,
+    last_claim: u64,
     /// The shard's partition of the data dir, if the broker has one.
     store: Option<StoreHandle>,
     /// Tickets waiting for more than one thing (the cluster, stores), with
@@ -219,6 +230,8 @@ impl ShardState {
             shared_to: Vec::new(),
             matched: Vec::new(),
             pending_retained: FxHashMap::default(),
+            claims: FxHashMap::default(),
+            last_claim: 0,
             store: None,
             waits: FxHashMap::default(),
             stored_waiters: VecDeque::new(),
@@ -244,6 +257,7 @@ impl ShardState {
         connect: &Connect,
         assigned_client_id: bool,
         fd: i32,
+        epoch: u64,
         now: Instant,
     ) -> Attached {
         let version = connect.protocol;
@@ -290,10 +304,12 @@ impl ShardState {
                 session,
                 conn: None,
                 filters: FxHashSet::default(),
+                epoch,
             });
             self.by_client_id.insert(connect.client_id.clone(), key);
             key
         });
+        self.sessions[key].epoch = epoch;
 
         let conn = Rc::new(ConnHandle::new(self.next_conn_id, key, version, fd));
         let slot = &mut self.sessions[key];
@@ -583,6 +599,14 @@ impl ShardState {
     fn end_session(&mut self, key: SessionKey, now: Instant) {
         let unacked = self.sessions[key].session.take_shared_unacked();
         let slot = self.remove_session(key, now);
+        if let Some(place) = self.mesh.cluster_place()
+            && slot.epoch != 0
+        {
+            let client_id = slot.session.client_id().clone();
+            let epoch = slot.epoch;
+            self.mesh
+                .push(place, ShardMsg::Release { client_id, epoch });
+        }
         if let Some(conn) = slot.conn {
             conn.close(CloseReason::Server(ReasonCode::Success));
         }
@@ -1038,13 +1062,34 @@ impl ShardState {
             ),
             ShardMsg::StoreRefused(confirmation) => self.refuse(confirmation, now),
             ShardMsg::Stored { through, ok } => self.stored(through, ok, now),
+            ShardMsg::Claimed { token, outcome } => {
+                // A CONNECT whose client gave up meanwhile drops the
+                // receiver; the session it moved here stays, offline.
+                if let Some(waiting) = self.claims.remove(&token) {
+                    let _ = waiting.send(outcome);
+                }
+            }
+            ShardMsg::HandOver {
+                client_id,
+                epoch,
+                token,
+            } => {
+                let session = self.hand_over(&client_id, epoch, now);
+                if let Some(place) = self.mesh.cluster_place() {
+                    self.mesh
+                        .push(place, ShardMsg::HandedOver { token, session });
+                }
+            }
             // Only the cluster's place is asked to confirm after the
             // cluster; `ConfirmStored` needs its sender, which
             // `apply_batch` knows.
             ShardMsg::ConfirmAfter(_)
             | ShardMsg::ConfirmStored(_)
             | ShardMsg::StoreBarrier { .. }
-            | ShardMsg::StoreReached { .. } => {}
+            | ShardMsg::StoreReached { .. }
+            | ShardMsg::Claim { .. }
+            | ShardMsg::Release { .. }
+            | ShardMsg::HandedOver { .. } => {}
         }
     }
 
@@ -1150,9 +1195,21 @@ mod tests {
     use crate::session::QueueFullPolicy;
     use crate::shard::mesh::MeshHandle;
 
-    fn shard() -> Rc<RefCell<ShardState>> {
-        let (handle, mut inboxes) = MeshHandle::build(1, false);
+    pub(super) fn shard() -> Rc<RefCell<ShardState>> {
+        clustered(false).0
+    }
+
+    /// A one-shard node, in a cluster if `cluster`: then also the cluster
+    /// place's inbox, to see what the shard asks of the cluster.
+    pub(super) fn clustered(
+        cluster: bool,
+    ) -> (
+        Rc<RefCell<ShardState>>,
+        Option<crossbeam_channel::Receiver<Batch>>,
+    ) {
+        let (handle, mut inboxes) = MeshHandle::build(1, cluster);
         let mesh = handle.attach(0, inboxes.remove(0));
+        let cluster_inbox = inboxes.pop();
         let config = ShardConfig {
             session: SessionConfig {
                 max_inflight: 10,
@@ -1172,7 +1229,22 @@ mod tests {
             connect_timeout: Duration::from_secs(10),
             max_client_id_length: 64,
         };
-        ShardState::new(mesh, Rc::new(config))
+        (ShardState::new(mesh, Rc::new(config)), cluster_inbox)
+    }
+
+    /// A v5 CONNECT for `client_id` that keeps its session (clean start
+    /// 0), no keep-alive, no will.
+    pub(super) fn connect_v5(client_id: &str) -> Connect {
+        Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: false,
+            keep_alive: 0,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        }
     }
 
     fn qos1_publish(packet_id: u16) -> Packet {
@@ -1195,18 +1267,9 @@ mod tests {
         let state = shard();
         let mut state = state.borrow_mut();
         let now = Instant::now();
-        let mut connect = Connect {
-            protocol: ProtocolVersion::V5,
-            clean_start: false,
-            keep_alive: 0,
-            client_id: "c".into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: ConnectProperties::default(),
-        };
+        let mut connect = connect_v5("c");
         connect.properties.session_expiry_interval = Some(1);
-        let conn = state.attach(&connect, false, -1, now).conn;
+        let conn = state.attach(&connect, false, -1, 0, now).conn;
         let subscribe = Packet::Subscribe(crate::protocol::Subscribe {
             packet_id: 1,
             filters: vec![crate::protocol::TopicSubscription {
@@ -1220,12 +1283,12 @@ mod tests {
         // Within its expiry it resumes, subscription and all; the deadline
         // runs again from this second connection's end.
         let at = now + Duration::from_millis(500);
-        let conn = state.attach(&connect, false, -1, at).conn;
+        let conn = state.attach(&connect, false, -1, 0, at).conn;
         assert_eq!(state.sessions[conn.key].filters.len(), 1);
         state.detach(&conn, at);
         // Just past it, before any tick has ended it, a new one starts.
         let later = at + Duration::from_millis(1100);
-        let conn = state.attach(&connect, false, -1, later).conn;
+        let conn = state.attach(&connect, false, -1, 0, later).conn;
         assert!(
             state.sessions[conn.key].filters.is_empty(),
             "resumed an expired session"
@@ -1249,7 +1312,7 @@ mod tests {
             properties: ConnectProperties::default(),
         };
         // No socket: nothing here writes, the output only fills.
-        let conn = state.attach(&connect, false, -1, now).conn;
+        let conn = state.attach(&connect, false, -1, 0, now).conn;
         let key = conn.key;
 
         // On one node the answer goes out in the same turn.

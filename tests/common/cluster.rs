@@ -103,9 +103,11 @@ impl Cluster {
 
     fn spawn_as(&self, node_id: &str, listen: SocketAddr, seeds: &[SocketAddr]) -> Broker {
         let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
+        // The whole cluster forms the ownership raft, however many nodes.
         let toml = format!(
-            "[cluster]\nsecret_file = {:?}\n{}\n",
+            "[cluster]\nsecret_file = {:?}\nbootstrap_expect = {}\n{}\n",
             self.secret.display().to_string(),
+            self.node_ids.len(),
             self.extra_toml
         );
         let listen = listen.to_string();
@@ -158,6 +160,7 @@ impl Cluster {
                 .all(|i| {
                     self.linked_peers(i) == running - 1
                         && get(self.node(i).metrics_addr(), "/ready").0 == 200
+                        && owns_sessions(self.node(i).metrics_addr(), running, self.nodes.len())
                 });
             if linked {
                 return;
@@ -289,4 +292,20 @@ pub trait Nodes {
         self.slots()[i] = Some(broker);
         self.wait_all_linked();
     }
+}
+
+/// Whether a node can take CONNECTs: in a cluster every CONNECT claims
+/// its client id in the ownership raft, so a node must know a leader it
+/// can reach (`ringmq_ownership_has_quorum`). Asked only while a majority
+/// of the cluster's `total` nodes is `running`; without one no node has
+/// a leader, and a test that stopped that many waits for its links only.
+pub fn owns_sessions(metrics: SocketAddr, running: usize, total: usize) -> bool {
+    if running * 2 <= total {
+        return true;
+    }
+    let (status, text) = get(metrics, "/metrics");
+    status == 200
+        && text
+            .lines()
+            .any(|line| line == "ringmq_ownership_has_quorum 1")
 }

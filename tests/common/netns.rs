@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Broker;
-use super::cluster::{Nodes, linked_peers};
+use super::cluster::{Nodes, linked_peers, owns_sessions};
 use super::http::get;
 
 /// How long a cluster gets to link every pair of nodes.
@@ -285,14 +285,14 @@ impl NetCluster {
             toml.replacen(
                 "[cluster]",
                 &format!(
-                    "[cluster]\nsecret_file = {:?}",
+                    "[cluster]\nsecret_file = {:?}\nbootstrap_expect = {n}",
                     secret.display().to_string()
                 ),
                 1,
             )
         } else {
             format!(
-                "{toml}\n[cluster]\nsecret_file = {:?}\n",
+                "{toml}\n[cluster]\nsecret_file = {:?}\nbootstrap_expect = {n}\n",
                 secret.display().to_string()
             )
         };
@@ -376,6 +376,7 @@ impl NetCluster {
                 .all(|i| {
                     self.linked_peers(i) == running - 1
                         && get(self.metrics_addr(i), "/ready").0 == 200
+                        && owns_sessions(self.metrics_addr(i), running, self.nodes.len())
                 });
             if linked {
                 return start.elapsed();

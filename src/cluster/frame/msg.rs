@@ -113,6 +113,22 @@ pub enum ClusterMsg {
     /// The answer to the `RaftRequest` numbered `id`, on that request's
     /// stream; `body` is postcard-encoded as well.
     RaftReply { id: u64, body: Vec<u8> } = 13,
+    /// The sender owns `client_id` from `epoch` on (the ownership raft
+    /// granted it): the receiver, its previous owner, closes the client's
+    /// connection and answers `HandedOver` with the same `request`.
+    TakeOver {
+        client_id: String,
+        epoch: u64,
+        request: u64,
+    } = 14,
+    /// The answer to `TakeOver`: the session, an rkyv archive of the
+    /// store's records for it (`store::transfer`), validated by the
+    /// receiver like anything from a peer; `None` if the sender had none
+    /// (or held it under a newer epoch than asked).
+    HandedOver {
+        request: u64,
+        session: Option<Vec<u8>>,
+    } = 15,
 }
 
 /// An application message as it travels between nodes: what

@@ -44,12 +44,16 @@ mod forwarding;
 mod retained;
 mod routes;
 mod stored;
+mod takeover;
 mod waiters;
+
+pub use takeover::{ClaimResult, HANDOVER_TIMEOUT, PreviousOwner};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use bytestring::ByteString;
 use rustc_hash::{FxHashMap, FxHashSet};
 use slab::Slab;
@@ -128,6 +132,15 @@ pub enum Frame {
         share: ByteString,
         message: Arc<Message>,
     },
+    TakeOver {
+        client_id: ByteString,
+        epoch: u64,
+        request: u64,
+    },
+    HandedOver {
+        request: u64,
+        session: Option<Bytes>,
+    },
 }
 
 impl Frame {
@@ -150,6 +163,8 @@ impl Frame {
                     .map(|f| 16 + f.len())
                     .sum::<usize>()
             }
+            Frame::TakeOver { client_id, .. } => 160 + client_id.len(),
+            Frame::HandedOver { session, .. } => 160 + session.as_ref().map_or(0, Bytes::len),
             Frame::RoutesAck { .. }
             | Frame::RoutesResync
             | Frame::PublishAck { .. }
@@ -187,6 +202,20 @@ pub enum NodeOutput {
     /// A change to the outboxes on disk: committed before the answers to
     /// shards that follow it are delivered.
     Store(OutboxOp),
+    /// Ask the ownership raft to make this node the owner of `client_id`
+    /// for shard `shard`'s claim `token`; the answer goes to
+    /// [`Node::handle_claim_result`].
+    Claim {
+        shard: ShardId,
+        client_id: ByteString,
+        token: u64,
+    },
+    /// Release `client_id`, held under `epoch`, in the ownership raft: its
+    /// session ended here. A later claim elsewhere makes it a no-op.
+    Release {
+        client_id: ByteString,
+        epoch: u64,
+    },
 }
 
 /// Counters the metrics layer reads.
@@ -199,6 +228,13 @@ pub struct NodeCounters {
     pub dropped_qos12: u64,
     pub route_ack_timeouts: u64,
     pub peers_expired: u64,
+    /// Claims of a client id the ownership raft granted to this node.
+    pub claims_granted: u64,
+    /// Sessions this node handed over to a node that took them over.
+    pub sessions_handed_over: u64,
+    /// Claims granted without the previous owner's session: it could not
+    /// be asked, or did not answer in time.
+    pub handovers_missed: u64,
     /// From a Publish frame leaving to its acknowledgement: the hop there,
     /// the peer handing the messages to its shards, and the hop back.
     pub forward_ack_latency: Latency,
@@ -320,6 +356,7 @@ pub struct Node {
     /// Which stream each outstanding store barrier belongs to.
     store_tokens: FxHashMap<u64, stored::AckStream>,
     last_store_token: u64,
+    takeovers: takeover::Takeovers,
     pub counters: NodeCounters,
 }
 
@@ -354,6 +391,7 @@ impl Node {
             unstored_acks: FxHashMap::default(),
             store_tokens: FxHashMap::default(),
             last_store_token: 0,
+            takeovers: takeover::Takeovers::default(),
             counters: NodeCounters::default(),
         }
     }
@@ -389,6 +427,11 @@ impl Node {
                 reply,
                 ..
             } => self.forward_shared(from, share, &client_id, message, reply, now),
+            ShardMsg::Claim { client_id, token } => self.claim(from, client_id, token),
+            ShardMsg::Release { client_id, epoch } => self
+                .outputs
+                .push_back(NodeOutput::Release { client_id, epoch }),
+            ShardMsg::HandedOver { token, session } => self.handed_over(token, session),
             other => warn!(shard = from, msg = ?other, "unexpected message for the cluster"),
         }
     }
@@ -488,6 +531,7 @@ impl Node {
             stream.sent_at.clear();
         }
         self.release_waiters(key);
+        self.give_up_handovers_from(key);
     }
 
     /// Gossip suspects `node_id` (a probe went unanswered), or says it is
@@ -630,11 +674,20 @@ impl Node {
                 share,
                 message,
             } => self.receive_shared(key, stream, seq, share, message),
+            Frame::TakeOver {
+                client_id,
+                epoch,
+                request,
+            } => self.receive_take_over(key, client_id, epoch, request),
+            Frame::HandedOver { request, session } => {
+                self.receive_handed_over(key, request, session)
+            }
         }
     }
 
     /// Forgets a peer: its routes, what was owed to it, and who waited on it.
     fn remove_peer(&mut self, key: PeerKey) {
+        self.give_up_handovers_from(key);
         self.forget_stored_acks(key);
         self.clear_peer_routes(key);
         let mut peer = self.peers.remove(key);
@@ -701,6 +754,7 @@ impl Node {
     /// Time passes: route waits time out, long-unreachable peers are
     /// forgotten.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_handovers(now);
         while let Some(&(deadline, waiter)) = self.waiter_deadlines.front() {
             if deadline > now {
                 break;

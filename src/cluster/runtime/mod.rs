@@ -360,6 +360,7 @@ impl Cluster {
                 Some(incoming) = self.endpoint.accept() => self.accept(incoming),
                 _ = gossip_sleep => self.membership.handle_timeout(Instant::now()),
                 Some(ok) = self.raft.done_rx.recv() => self.raft.handle_done(ok, Instant::now()),
+                Some(done) = self.raft.claims_rx.recv() => self.handle_claim_done(done),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.node.handle_timeout(now);
@@ -412,6 +413,12 @@ impl Cluster {
                     self.encode_frame(&peer, lane, &frame, now)
                 }
                 NodeOutput::ToShard { shard, msg } => self.mesh.push(shard, msg),
+                NodeOutput::Claim {
+                    shard,
+                    client_id,
+                    token,
+                } => self.raft.claim(shard, client_id, token),
+                NodeOutput::Release { client_id, epoch } => self.raft.release(client_id, epoch),
                 NodeOutput::Disconnect { peer, reason } => {
                     if let Some(&link) = self.by_node.get(&peer) {
                         warn!(%peer, %reason, "closing the link to a peer that broke the protocol");

@@ -38,13 +38,14 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::link::{Hello, LinkId};
 use super::raftnet::{self, LeaderContact, QuicTransport, RaftLinks, RaftServer, Timeouts};
 use super::{CLOSE_PROTOCOL, Cluster};
 use crate::cluster::OwnershipStatus;
 use crate::cluster::frame::ClusterMsg;
+use crate::cluster::node::{ClaimResult, PreviousOwner};
 use crate::cluster::ownership::raft::{ephemeral_raft_id, is_raft_id_of, raft_id};
 use crate::cluster::ownership::reconcile::{
     self, Action, Member, RaftMember, RaftView, Reconciler, ReconcilerConfig,
@@ -175,6 +176,15 @@ impl Drop for TempDir {
     }
 }
 
+/// A claim's outcome: the epoch granted and the raft id of the node that
+/// held the client id before, or `Err` when no majority confirmed it.
+pub(super) struct ClaimDone {
+    pub shard: usize,
+    pub token: u64,
+    pub client_id: ByteString,
+    pub outcome: Result<(u64, Option<NodeId>), ()>,
+}
+
 /// The raft's side of the cluster runtime.
 pub(super) struct RaftSide {
     name: String,
@@ -194,6 +204,9 @@ pub(super) struct RaftSide {
     done_tx: mpsc::UnboundedSender<bool>,
     /// Each change's outcome, for the main loop to hand back.
     pub(super) done_rx: mpsc::UnboundedReceiver<bool>,
+    claims_tx: mpsc::UnboundedSender<ClaimDone>,
+    /// Each claim's outcome, for the main loop to hand the node.
+    pub(super) claims_rx: mpsc::UnboundedReceiver<ClaimDone>,
     /// Since when no leader has been reachable, while the raft is formed.
     lost_since: Option<Instant>,
     status: Option<OwnershipStatus>,
@@ -226,6 +239,7 @@ impl RaftSide {
             now,
         );
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (claims_tx, claims_rx) = mpsc::unbounded_channel();
         RaftSide {
             name: settings.node_id.clone(),
             id,
@@ -240,6 +254,8 @@ impl RaftSide {
             announced: false,
             done_tx,
             done_rx,
+            claims_tx,
+            claims_rx,
             lost_since: None,
             status: None,
             _temp: home.temp,
@@ -323,6 +339,67 @@ impl RaftSide {
         }
         self.peers.insert(peer.clone(), member);
         Ok(())
+    }
+
+    /// Asks the raft to make this node the owner of `client_id`, for
+    /// shard `shard`'s claim `token`, on a task of its own: a claim waits
+    /// for a commit on a majority (or [`CLAIM_TIMEOUT`]), and the loop
+    /// goes on meanwhile. The outcome comes back on `claims_rx`; the node
+    /// it took the client id from is a raft id, named by
+    /// [`RaftSide::name_of`] when the outcome is handled.
+    pub(super) fn claim(&self, shard: usize, client_id: ByteString, token: u64) {
+        let claims = self.claims_tx.clone();
+        let Some(ownership) = self.ownership.clone() else {
+            let _ = claims.send(ClaimDone {
+                shard,
+                token,
+                client_id,
+                outcome: Err(()),
+            });
+            return;
+        };
+        tokio::spawn(async move {
+            let outcome = match ownership.claim(&client_id).await {
+                Ok(claimed) => Ok((claimed.epoch, claimed.previous.map(|grant| grant.node))),
+                Err(error) => {
+                    warn!(client = %client_id, %error, "claim of a client id failed");
+                    Err(())
+                }
+            };
+            let _ = claims.send(ClaimDone {
+                shard,
+                token,
+                client_id,
+                outcome,
+            });
+        });
+    }
+
+    /// Releases `client_id`, held under `epoch`: its session ended here.
+    /// Best effort, on a task: a release that fails leaves an entry a
+    /// later claim replaces.
+    pub(super) fn release(&self, client_id: ByteString, epoch: u64) {
+        let Some(ownership) = self.ownership.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(error) = ownership.release(&client_id, epoch).await {
+                debug!(client = %client_id, epoch, %error, "release of a client id failed");
+            }
+        });
+    }
+
+    /// The node name of raft id `id`: this node, or a linked peer that said
+    /// it is `id`. None for a node not linked now (dead, or restarted
+    /// without a data dir under a new id): there is nobody to ask for a
+    /// session then.
+    pub(super) fn name_of(&self, id: NodeId) -> Option<ByteString> {
+        if id == self.id {
+            return Some(ByteString::from(self.name.as_str()));
+        }
+        (self.peers.iter())
+            .find(|(_, member)| member.id == id)
+            .map(|(name, _)| name.clone())
     }
 
     /// A peer's link went down: what it said belonged to that link.
@@ -538,6 +615,23 @@ impl Cluster {
                 self.close_link(link, CLOSE_PROTOCOL, &reason, now);
             }
         }
+    }
+
+    /// A claim's outcome, for the node: which node the session is to be
+    /// asked of, by name.
+    pub(super) fn handle_claim_done(&mut self, done: ClaimDone) {
+        let result = match done.outcome {
+            Ok((epoch, previous)) => {
+                let previous = previous.map(|id| match self.raft.name_of(id) {
+                    Some(name) => PreviousOwner::Node(name),
+                    None => PreviousOwner::Unlinked(id),
+                });
+                ClaimResult::Granted { epoch, previous }
+            }
+            Err(()) => ClaimResult::Unavailable,
+        };
+        let now = Instant::now();
+        (self.node).handle_claim_result(done.shard, done.token, done.client_id, result, now);
     }
 
     pub(super) fn raft_link_down(&mut self, peer: &ByteString) {

@@ -112,6 +112,21 @@ pub(super) fn decode_frame(
                 "a raft request or reply outside its own stream".to_owned(),
             ));
         }
+        ArchivedClusterMsg::TakeOver {
+            client_id,
+            epoch,
+            request,
+        } => Decoded::Node(Frame::TakeOver {
+            client_id: client_id.as_str().into(),
+            epoch: epoch.to_native(),
+            request: request.to_native(),
+        }),
+        ArchivedClusterMsg::HandedOver { request, session } => Decoded::Node(Frame::HandedOver {
+            request: request.to_native(),
+            session: session
+                .as_ref()
+                .map(|archive| frame.bytes.slice_ref(archive.as_slice())),
+        }),
     };
     Ok(decoded)
 }
@@ -170,5 +185,24 @@ pub(super) fn encode_frame(
             share,
             message,
         } => frame::encode_shared_publish(*stream, *seq, share, message, now, out),
+        Frame::TakeOver {
+            client_id,
+            epoch,
+            request,
+        } => frame::encode(
+            &ClusterMsg::TakeOver {
+                client_id: client_id.to_string(),
+                epoch: *epoch,
+                request: *request,
+            },
+            out,
+        ),
+        Frame::HandedOver { request, session } => frame::encode(
+            &ClusterMsg::HandedOver {
+                request: *request,
+                session: session.as_ref().map(|bytes| bytes.to_vec()),
+            },
+            out,
+        ),
     }
 }

@@ -21,6 +21,7 @@ use crate::session::{Change, Session, Ticket};
 use crate::shard::ShardId;
 use crate::shard::mesh::{Confirmation, ShardMsg};
 use crate::store::record::{EntryRecord, FlightRecord, SessionRecord, SubscriptionRecord};
+use crate::store::restore::RestoredSubscription;
 use crate::store::restore::unix_ms;
 use crate::store::transfer::will_record;
 use crate::store::{Op, RestoredShard, StoreHandle};
@@ -67,24 +68,9 @@ impl ShardState {
         let count = restored.sessions.len();
         let mut cut = Vec::new();
         for (session, subscriptions) in restored.sessions {
-            let client_id = session.client_id.clone();
             let connected = session.connected;
             let session = Session::restore(session, &self.config.session, now);
-            let key = self.sessions.insert(SessionSlot {
-                session,
-                conn: None,
-                filters: Default::default(),
-            });
-            self.by_client_id.insert(client_id, key);
-            for subscription in subscriptions {
-                self.subscribe(
-                    key,
-                    &subscription.filter,
-                    subscription.options,
-                    subscription.id,
-                    now,
-                );
-            }
+            let key = self.insert_session(session, subscriptions, 0, now);
             self.restored.push(key);
             if connected {
                 cut.push(key);
@@ -105,6 +91,36 @@ impl ShardState {
         // restart would send those wills again and start their expiry
         // over.
         self.dirty.extend(cut);
+    }
+
+    /// Puts a session that comes back (from disk, or from another node)
+    /// on this shard, offline, held under `epoch`, its subscriptions
+    /// routed.
+    pub(super) fn insert_session(
+        &mut self,
+        session: Session,
+        subscriptions: Vec<RestoredSubscription>,
+        epoch: u64,
+        now: Instant,
+    ) -> SessionKey {
+        let client_id = session.client_id().clone();
+        let key = self.sessions.insert(SessionSlot {
+            session,
+            conn: None,
+            filters: Default::default(),
+            epoch,
+        });
+        self.by_client_id.insert(client_id, key);
+        for subscription in subscriptions {
+            self.subscribe(
+                key,
+                &subscription.filter,
+                subscription.options,
+                subscription.id,
+                now,
+            );
+        }
+        key
     }
 
     /// Second step of a restart, once every shard has restored its

@@ -1,0 +1,281 @@
+//! Sessions moving between nodes, on the client id's home shard: a CONNECT
+//! waits for the cluster to make this node the client id's owner (a
+//! fencing epoch, see `cluster::ownership`) and for the previous owner to
+//! hand the session over; the node a client left hands its session over
+//! whole. What travels, and why it resumes as it left, is in
+//! `session::handover`.
+
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::oneshot;
+use tracing::info;
+
+use super::{SessionKey, ShardState};
+use crate::protocol::{Connect, ReasonCode};
+use crate::session::Session;
+use crate::shard::mesh::{ClaimOutcome, ShardMsg};
+use crate::store::record::RecordError;
+use crate::store::restore::RestoredSubscription;
+use crate::store::transfer::{decode_session, encode_session};
+
+impl ShardState {
+    /// Asks the cluster to make this node the owner of `connect`'s client
+    /// id before the CONNECT is answered. `None` when there is no cluster
+    /// to ask, or the CONNECT is refused anyway: a refused CONNECT must not
+    /// take the session from the node that has it.
+    pub fn claim(&mut self, connect: &Connect) -> Option<oneshot::Receiver<ClaimOutcome>> {
+        let place = self.mesh.cluster_place()?;
+        if Session::refuse_connect(connect, &self.config.session).is_some() {
+            return None;
+        }
+        self.last_claim += 1;
+        let token = self.last_claim;
+        let (answer, answered) = oneshot::channel();
+        self.claims.insert(token, answer);
+        let client_id = connect.client_id.clone();
+        self.mesh.push(place, ShardMsg::Claim { client_id, token });
+        self.flush();
+        Some(answered)
+    }
+
+    /// Another node holds `client_id` under `epoch` now: the connection
+    /// here, if any, is closed (v5: Session taken over, 0x8E) and counts
+    /// as lost, so a will without delay goes out here as it would on one
+    /// node; then the session leaves this shard whole (routes, group
+    /// memberships, stored records) and comes back archived for the new
+    /// owner. `None` when there is no session here, it ended with its
+    /// connection, or this shard holds it under `epoch` or a later one
+    /// (the request is older than the claim that gave it here).
+    pub(super) fn hand_over(
+        &mut self,
+        client_id: &str,
+        epoch: u64,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        let key = *self.by_client_id.get(client_id)?;
+        if self.sessions[key].epoch >= epoch {
+            info!(client = %client_id, epoch, held = self.sessions[key].epoch, "stale hand-over refused");
+            return None;
+        }
+        self.take_over(key, now);
+        if self.by_client_id.get(client_id) != Some(&key) {
+            return None;
+        }
+        let subscriptions: Vec<RestoredSubscription> = self
+            .subscriptions_of(key)
+            .map(|(filter, subscription)| RestoredSubscription {
+                filter: filter.clone(),
+                options: subscription.options,
+                id: subscription.id,
+            })
+            .collect();
+        let session = self.sessions[key].session.hand_over();
+        self.remove_session(key, now);
+        self.flush();
+        info!(client = %client_id, epoch, "session handed over to another node");
+        Some(encode_session(
+            &session,
+            &subscriptions,
+            now,
+            SystemTime::now(),
+        ))
+    }
+
+    /// A session another node handed over arrives, for the connection
+    /// about to attach here: it replaces whatever this shard held under
+    /// its client id (left from before an earlier move, superseded since,
+    /// so dropped without its will), its subscriptions routed, and with a
+    /// store, everything it owes written as new.
+    pub fn adopt(&mut self, archive: &[u8], epoch: u64, now: Instant) -> Result<(), RecordError> {
+        let (arrived, subscriptions) = decode_session(archive, now, SystemTime::now())?;
+        if let Some(&stale) = self.by_client_id.get(&arrived.client_id) {
+            self.drop_stale(stale, now);
+        }
+        let session = Session::adopt(arrived, &self.config.session, now);
+        let key = self.insert_session(session, subscriptions, epoch, now);
+        self.session_changed(key);
+        self.schedule(key);
+        self.flush();
+        Ok(())
+    }
+
+    /// A session this node no longer owns: its connection, if any, is
+    /// told it was taken over, and nothing it held goes out.
+    fn drop_stale(&mut self, key: SessionKey, now: Instant) {
+        if let Some(conn) = self.sessions[key].conn.take() {
+            conn.disconnect(ReasonCode::SessionTakenOver);
+        }
+        self.sessions[key].session.hand_over();
+        self.remove_session(key, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use crate::protocol::{
+        Connect, Packet, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+        TopicSubscription,
+    };
+    use crate::shard::connection::CloseReason;
+    use crate::shard::mesh::{ClaimOutcome, ShardMsg};
+
+    fn persistent() -> Connect {
+        let mut connect = super::super::tests::connect_v5("c");
+        connect.properties.session_expiry_interval = Some(3600);
+        connect
+    }
+
+    fn publish(topic: &str) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: 1,
+            properties: Default::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+    }
+
+    #[test]
+    fn a_session_handed_over_leaves_whole_and_resumes_on_the_other_node() {
+        let now = Instant::now();
+        let leaving = super::super::tests::shard();
+        let mut leaving = leaving.borrow_mut();
+        let conn = leaving.attach(&persistent(), false, -1, 4, now).conn;
+        let subscribe = Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![TopicSubscription {
+                filter: "t".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            }],
+            properties: Default::default(),
+        });
+        leaving.handle_packets(&conn, [subscribe], now);
+        // A publisher on the same node; the message is in flight to "c".
+        let publisher = {
+            let mut connect = persistent();
+            connect.client_id = "p".into();
+            connect.clean_start = true;
+            leaving.attach(&connect, false, -1, 4, now).conn
+        };
+        leaving.handle_packets(&publisher, [publish("t")], now);
+
+        // A hand-over asked under the epoch the session is held under, or
+        // an older one, is stale.
+        assert_eq!(leaving.hand_over("c", 4, now), None);
+        assert!(!conn.is_closing());
+
+        let archive = leaving.hand_over("c", 5, now).expect("the session");
+        assert_eq!(
+            conn.close_reason(),
+            Some(CloseReason::Server(ReasonCode::SessionTakenOver))
+        );
+        assert!(!leaving.by_client_id.contains_key("c"));
+        assert!(
+            leaving.subscriptions.get("t").is_none(),
+            "its route left with it"
+        );
+
+        let arriving = super::super::tests::shard();
+        let mut arriving = arriving.borrow_mut();
+        arriving.adopt(&archive, 5, now).expect("adopted");
+        assert!(arriving.subscriptions.get("t").is_some(), "routed here");
+        let resumed = arriving.attach(&persistent(), false, -1, 5, now).conn;
+        match resumed.take_packets().as_slice() {
+            [Packet::ConnAck(connack), Packet::Publish(again)] => {
+                assert!(connack.session_present);
+                assert!(again.dup, "sent before the move: DUP");
+                assert_eq!((again.topic.as_ref(), again.packet_id), ("t", 1));
+            }
+            other => panic!("expected CONNACK and the PUBLISH again, got {other:?}"),
+        }
+        let key = arriving.by_client_id["c"];
+        assert_eq!(arriving.sessions[key].epoch, 5);
+        // Held under 5 now: a stale request for 5 changes nothing.
+        assert_eq!(arriving.hand_over("c", 5, now), None);
+    }
+
+    /// Everything the shard sent the cluster's place so far.
+    fn sent_to_cluster(
+        inbox: &crossbeam_channel::Receiver<crate::shard::mesh::Batch>,
+    ) -> Vec<ShardMsg> {
+        inbox.try_iter().flat_map(|batch| batch.messages).collect()
+    }
+
+    #[test]
+    fn a_connect_waits_for_its_claim_and_an_ended_session_is_released() {
+        let now = Instant::now();
+        let (state, inbox) = super::super::tests::clustered(true);
+        let inbox = inbox.expect("a cluster place");
+        let mut state = state.borrow_mut();
+        let mut connect = persistent();
+        connect.properties.session_expiry_interval = Some(0);
+        let mut answered = state.claim(&connect).expect("claimed in a cluster");
+        let token = match sent_to_cluster(&inbox).as_slice() {
+            [ShardMsg::Claim { client_id, token }] if client_id == "c" => *token,
+            other => panic!("expected the claim, got {other:?}"),
+        };
+        assert!(answered.try_recv().is_err(), "not answered yet");
+        let outcome = ClaimOutcome::Owner {
+            epoch: 3,
+            session: None,
+        };
+        state.apply(
+            ShardMsg::Claimed {
+                token,
+                outcome: outcome.clone(),
+            },
+            now,
+        );
+        assert_eq!(answered.try_recv(), Ok(outcome));
+
+        // A hand-over asked under an older epoch is refused, and says so.
+        let conn = state.attach(&connect, false, -1, 3, now).conn;
+        let stale = ShardMsg::HandOver {
+            client_id: "c".into(),
+            epoch: 2,
+            token: 9,
+        };
+        state.apply(stale, now);
+        state.flush();
+        match sent_to_cluster(&inbox).as_slice() {
+            [
+                ShardMsg::HandedOver {
+                    token: 9,
+                    session: None,
+                },
+            ] => {}
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(!conn.is_closing());
+
+        // The session ends with its connection (expiry 0): released.
+        state.detach(&conn, now);
+        let released = sent_to_cluster(&inbox);
+        assert!(
+            released.iter().any(|msg| matches!(msg,
+                ShardMsg::Release { client_id, epoch: 3 } if client_id == "c")),
+            "{released:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_connect_claims_nothing() {
+        let (state, _inbox) = super::super::tests::clustered(true);
+        let mut connect = persistent();
+        connect.protocol = crate::protocol::ProtocolVersion::V5;
+        connect.client_id = "".into();
+        connect.clean_start = false;
+        // An authentication method ringmq does not support: refused.
+        connect.properties.authentication_method = Some("SCRAM".into());
+        assert!(state.borrow_mut().claim(&connect).is_none());
+    }
+}

@@ -1,0 +1,105 @@
+//! Sessions across the cluster, with three real `ringmq` nodes on
+//! 127.0.0.x: a client that reconnects to another node resumes its session
+//! there with everything queued for it; a second connection on another
+//! node takes the session over, and the first is told why (v5 0x8E); the
+//! node that lost the session no longer delivers to it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use common::cluster::Cluster;
+use common::raw::Raw;
+use common::tally::{parse, tally};
+use common::wire::{self, Connect, Props, Pub};
+use common::{RECV_TIMEOUT, unique_id};
+
+fn persistent(id: &str) -> Connect {
+    Connect::new(wire::V5, id)
+        .clean(false)
+        .props(Props::new().u32(wire::SESSION_EXPIRY, 300))
+}
+
+/// Publishes `count` QoS 1 messages `p:0`, `p:1`, ... to `topic` through
+/// node `addr`, each acknowledged.
+async fn publish(addr: SocketAddr, topic: &str, from: u32, count: u32) {
+    let (mut publisher, _) = Raw::connect_ok(addr, Connect::v5(&unique_id("pub"))).await;
+    for n in from..from + count {
+        let packet_id = (n % 60_000) as u16 + 1;
+        publisher
+            .publish(Pub::new(topic, format!("p:{n}").as_bytes()).qos(1, packet_id))
+            .await;
+    }
+}
+
+/// Receives `count` publishes on `client`, acknowledging each, and checks
+/// them against what `p` published: none lost, duplicated or reordered.
+async fn expect_in_order(client: &mut Raw, count: u32) {
+    let mut received = Vec::new();
+    for _ in 0..count {
+        let publish = client.recv_publish().await;
+        client.send(&wire::ack(wire::PUBACK, publish.pkid)).await;
+        received.push(parse(&publish.payload));
+    }
+    let published = BTreeMap::from([("p".to_string(), count)]);
+    let tally = tally(&published, &received);
+    assert_eq!(
+        (tally.lost, tally.duplicated, tally.reordered),
+        (0, 0, 0),
+        "{tally:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_to_the_node_its_client_reconnects_to() {
+    let cluster = Cluster::start(3, "");
+    let id = unique_id("mover");
+    let topic = unique_id("mv");
+    let (mut client, connack) = Raw::connect_ok(cluster.addr(0), persistent(&id)).await;
+    assert!(!connack.session_present);
+    client.subscribe(1, &[(topic.as_str(), 1)]).await;
+    client.send(&wire::disconnect_v5(0, Props::new())).await;
+    client.expect_closed(RECV_TIMEOUT).await;
+
+    // Queued on node 0 while the client is away.
+    publish(cluster.addr(2), &topic, 0, 20).await;
+
+    // It comes back through another node: the session is there.
+    let (mut client, connack) = Raw::connect_ok(cluster.addr(1), persistent(&id)).await;
+    assert!(connack.session_present, "the session moved with the client");
+    expect_in_order(&mut client, 20).await;
+
+    // Its subscription moved too: what is published now reaches it on
+    // node 1, wherever it is published, and node 0 holds nothing for it.
+    publish(cluster.addr(0), &topic, 20, 5).await;
+    let mut received = Vec::new();
+    for _ in 0..5 {
+        let publish = client.recv_publish().await;
+        client.send(&wire::ack(wire::PUBACK, publish.pkid)).await;
+        received.push(parse(&publish.payload).1);
+    }
+    assert_eq!(received, (20..25).collect::<Vec<_>>());
+    // The reconnect claimed the client id on node 1; node 0 handed the
+    // session over.
+    cluster.wait_sample(1, "ringmq_cluster_claims_granted_total", 1.0);
+    cluster.wait_sample(0, "ringmq_cluster_sessions_handed_over_total", 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_on_another_node_takes_the_session_over() {
+    let cluster = Cluster::start(3, "");
+    let id = unique_id("taken");
+    let topic = unique_id("tk");
+    let (mut old, _) = Raw::connect_ok(cluster.addr(0), persistent(&id)).await;
+    old.subscribe(1, &[(topic.as_str(), 1)]).await;
+
+    let (mut new, connack) = Raw::connect_ok(cluster.addr(1), persistent(&id)).await;
+    assert!(connack.session_present, "takeover resumes the session");
+    let seen = old.expect_closed(RECV_TIMEOUT).await;
+    assert_eq!(seen.len(), 1, "exactly a DISCONNECT: {seen:?}");
+    assert_eq!(seen[0].disconnect_reason(), 0x8E, "Session taken over");
+
+    publish(cluster.addr(2), &topic, 0, 10).await;
+    expect_in_order(&mut new, 10).await;
+}
