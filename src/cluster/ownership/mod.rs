@@ -113,13 +113,14 @@
 //!
 //! # Left for later
 //!
-//! The raft runs and keeps its members, but nothing claims yet: wiring
-//! `claim` into CONNECT; the takeover itself (the old owner closing with
-//! 0x8E and sending the session over); replicating sessions under their
-//! epoch. Also: handing leadership over before a graceful leave (the
-//! others elect after an election timeout instead), and forming the
-//! raft anew when a majority of its voters is gone for good (see
-//! `cluster/runtime/ownership.rs`).
+//! Every CONNECT claims its client id and a session held elsewhere is
+//! handed over (`cluster::node::takeover`, `shard::state::handover`).
+//! Left: replicating sessions under their epoch, so a dead owner's
+//! sessions survive; a restarted node checking which of the sessions it
+//! restored were claimed elsewhere meanwhile; handing sessions and
+//! leadership over before a graceful leave (the others elect after an
+//! election timeout instead); and forming the raft anew when a majority
+//! of its voters is gone for good (see `cluster/runtime/ownership.rs`).
 
 pub mod handle;
 pub mod network;
