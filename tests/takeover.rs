@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, Nodes};
 use common::raw::Raw;
 use common::tally::{parse, tally};
 use common::wire::{self, Connect, Props, Pub};
@@ -49,6 +49,21 @@ async fn expect_in_order(client: &mut Raw, count: u32) {
         (0, 0, 0),
         "{tally:?}"
     );
+}
+
+/// Connects as a client would while the cluster elects a new raft leader
+/// (a killed node may have led): Server unavailable (0x88) is tried again.
+async fn connect_when_served(addr: SocketAddr, id: &str) -> (Raw, wire::Connack) {
+    let deadline = std::time::Instant::now() + RECV_TIMEOUT;
+    loop {
+        let (raw, connack) = Raw::connect(addr, persistent(id)).await;
+        if connack.code == 0 {
+            return (raw, connack);
+        }
+        assert_eq!(connack.code, 0x88, "only Server unavailable is expected");
+        assert!(std::time::Instant::now() < deadline, "never served");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,4 +117,49 @@ async fn a_connection_on_another_node_takes_the_session_over() {
 
     publish(cluster.addr(2), &topic, 0, 10).await;
     expect_in_order(&mut new, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_drops_its_copy_of_a_session_claimed_elsewhere_meanwhile() {
+    let mut cluster = Cluster::start_durable(3, "");
+    let id = unique_id("stale");
+    let topic = unique_id("st");
+    let (mut client, _) = Raw::connect_ok(cluster.addr(0), persistent(&id)).await;
+    client.subscribe(1, &[(topic.as_str(), 1)]).await;
+    client.send(&wire::disconnect_v5(0, Props::new())).await;
+    client.expect_closed(RECV_TIMEOUT).await;
+
+    // Node 0 dies with the session on its disk; the client comes back on
+    // node 1, which cannot ask node 0 for it: a fresh session there.
+    cluster.kill(0);
+    let (mut client, connack) = connect_when_served(cluster.addr(1), &id).await;
+    assert!(!connack.session_present, "node 0 could not hand it over");
+    client.subscribe(1, &[(topic.as_str(), 1)]).await;
+    cluster.wait_sample(1, "ringmq_cluster_handovers_missed_total", 1.0);
+
+    // Node 0 comes back with its copy, learns the session is node 1's
+    // now, and drops the copy: a message published now reaches the client
+    // once, on node 1, and node 0 keeps nothing for it.
+    cluster.restart(0);
+    let deadline = std::time::Instant::now() + RECV_TIMEOUT;
+    while !cluster
+        .node(0)
+        .logs()
+        .contains("restored sessions claimed by other nodes meanwhile dropped")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 0 kept its stale copy:\n{}",
+            cluster.node(0).logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    publish(cluster.addr(2), &topic, 0, 3).await;
+    expect_in_order(&mut client, 3).await;
+    let metrics = cluster.metrics(0);
+    assert_eq!(
+        common::http::sample(&metrics, "ringmq_sessions{state=\"offline\"}"),
+        0.0,
+        "{metrics}"
+    );
 }

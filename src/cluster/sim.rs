@@ -192,7 +192,7 @@ impl Sim {
                         client_id,
                         token,
                     } => self.nodes[a].claims.push((shard, client_id, token)),
-                    NodeOutput::Release { .. } => {}
+                    NodeOutput::Release { .. } | NodeOutput::CheckOwners { .. } => {}
                     NodeOutput::Disconnect { peer, reason } => {
                         panic!(
                             "seed {}: {} disconnected {peer}: {reason}",

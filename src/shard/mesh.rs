@@ -134,6 +134,17 @@ pub enum ShardMsg {
         epoch: u64,
         token: u64,
     },
+    /// To the cluster, once after a restart: which node owns each of these
+    /// client ids, whose sessions this shard restored from disk? Answered
+    /// by `Owners` once the ownership raft can say.
+    CheckOwners { client_ids: Vec<ByteString> },
+    /// From the cluster: the restored sessions this node still owns, with
+    /// their epochs, and those another node claimed while this one was
+    /// down (their copies here are stale).
+    Owners {
+        here: Vec<(ByteString, u64)>,
+        elsewhere: Vec<ByteString>,
+    },
     /// To the cluster: the session of `client_id`, held under `epoch`,
     /// has ended here (expired, or discarded by a clean start): the
     /// client id is released, so the ownership table forgets it.

@@ -1069,6 +1069,7 @@ impl ShardState {
                     let _ = waiting.send(outcome);
                 }
             }
+            ShardMsg::Owners { here, elsewhere } => self.settle_restored(here, elsewhere, now),
             ShardMsg::HandOver {
                 client_id,
                 epoch,
@@ -1088,6 +1089,7 @@ impl ShardState {
             | ShardMsg::StoreBarrier { .. }
             | ShardMsg::StoreReached { .. }
             | ShardMsg::Claim { .. }
+            | ShardMsg::CheckOwners { .. }
             | ShardMsg::Release { .. }
             | ShardMsg::HandedOver { .. } => {}
         }

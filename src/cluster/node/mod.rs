@@ -210,6 +210,12 @@ pub enum NodeOutput {
         client_id: ByteString,
         token: u64,
     },
+    /// Ask the ownership raft who owns each of `client_ids`, the sessions
+    /// shard `shard` restored from disk, and tell it (`ShardMsg::Owners`).
+    CheckOwners {
+        shard: ShardId,
+        client_ids: Vec<ByteString>,
+    },
     /// Release `client_id`, held under `epoch`, in the ownership raft: its
     /// session ended here. A later claim elsewhere makes it a no-op.
     Release {
@@ -428,6 +434,12 @@ impl Node {
                 ..
             } => self.forward_shared(from, share, &client_id, message, reply, now),
             ShardMsg::Claim { client_id, token } => self.claim(from, client_id, token),
+            ShardMsg::CheckOwners { client_ids } => {
+                self.outputs.push_back(NodeOutput::CheckOwners {
+                    shard: from,
+                    client_ids,
+                })
+            }
             ShardMsg::Release { client_id, epoch } => self
                 .outputs
                 .push_back(NodeOutput::Release { client_id, epoch }),

@@ -115,9 +115,10 @@
 //!
 //! Every CONNECT claims its client id and a session held elsewhere is
 //! handed over (`cluster::node::takeover`, `shard::state::handover`).
-//! Left: replicating sessions under their epoch, so a dead owner's
-//! sessions survive; a restarted node checking which of the sessions it
-//! restored were claimed elsewhere meanwhile; handing sessions and
+//! A restarted node drops the sessions it restored that another node
+//! claimed meanwhile. Left: replicating sessions under their epoch, so a
+//! dead owner's sessions survive; wills exactly once across a restart;
+//! handing sessions and
 //! leadership over before a graceful leave (the others elect after an
 //! election timeout instead); and forming the raft anew when a majority
 //! of its voters is gone for good (see `cluster/runtime/ownership.rs`).

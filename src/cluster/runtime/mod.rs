@@ -361,6 +361,7 @@ impl Cluster {
                 _ = gossip_sleep => self.membership.handle_timeout(Instant::now()),
                 Some(ok) = self.raft.done_rx.recv() => self.raft.handle_done(ok, Instant::now()),
                 Some(done) = self.raft.claims_rx.recv() => self.handle_claim_done(done),
+                Some((shard, msg)) = self.raft.owners_rx.recv() => self.mesh.push(shard, msg),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.node.handle_timeout(now);
@@ -419,6 +420,9 @@ impl Cluster {
                     token,
                 } => self.raft.claim(shard, client_id, token),
                 NodeOutput::Release { client_id, epoch } => self.raft.release(client_id, epoch),
+                NodeOutput::CheckOwners { shard, client_ids } => {
+                    self.raft.check_owners(shard, client_ids)
+                }
                 NodeOutput::Disconnect { peer, reason } => {
                     if let Some(&link) = self.by_node.get(&peer) {
                         warn!(%peer, %reason, "closing the link to a peer that broke the protocol");

@@ -55,6 +55,7 @@ use crate::cluster::ownership::{
 };
 use crate::cluster::settings::ClusterSettings;
 use crate::metrics::{OwnershipReadiness, Readiness};
+use crate::shard::mesh::ShardMsg;
 
 /// openraft's timing on a real network. A heartbeat every 150 ms is
 /// also how long openraft lets an append-entries take (entries are
@@ -76,6 +77,9 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a snapshot may take to cross, both ways: the table of
 /// some million client ids is tens of megabytes.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a restarted node waits to apply the log it holds before it
+/// reads who owns the sessions it restored.
+const CATCH_UP: Duration = Duration::from_secs(10);
 /// The reconciler's pauses: after a failed change, and after a change
 /// (one tick, so the metrics it reads show the change).
 const RETRY: Duration = Duration::from_secs(1);
@@ -204,6 +208,12 @@ pub(super) struct RaftSide {
     done_tx: mpsc::UnboundedSender<bool>,
     /// Each change's outcome, for the main loop to hand back.
     pub(super) done_rx: mpsc::UnboundedReceiver<bool>,
+    /// Restored sessions waiting for the raft to say who owns them, per
+    /// shard; asked once the raft has a leader.
+    unchecked: Vec<(usize, Vec<ByteString>)>,
+    owners_tx: mpsc::UnboundedSender<(usize, ShardMsg)>,
+    /// The answers (`ShardMsg::Owners`), for the main loop to deliver.
+    pub(super) owners_rx: mpsc::UnboundedReceiver<(usize, ShardMsg)>,
     claims_tx: mpsc::UnboundedSender<ClaimDone>,
     /// Each claim's outcome, for the main loop to hand the node.
     pub(super) claims_rx: mpsc::UnboundedReceiver<ClaimDone>,
@@ -240,6 +250,7 @@ impl RaftSide {
         );
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (claims_tx, claims_rx) = mpsc::unbounded_channel();
+        let (owners_tx, owners_rx) = mpsc::unbounded_channel();
         RaftSide {
             name: settings.node_id.clone(),
             id,
@@ -254,6 +265,9 @@ impl RaftSide {
             announced: false,
             done_tx,
             done_rx,
+            unchecked: Vec::new(),
+            owners_tx,
+            owners_rx,
             claims_tx,
             claims_rx,
             lost_since: None,
@@ -375,6 +389,54 @@ impl RaftSide {
         });
     }
 
+    /// Shard `shard` restored the sessions of `client_ids` from disk: who
+    /// owns them is asked once the raft has a leader
+    /// ([`RaftSide::ask_owners`]).
+    pub(super) fn check_owners(&mut self, shard: usize, client_ids: Vec<ByteString>) {
+        self.unchecked.push((shard, client_ids));
+    }
+
+    /// Asks, on a task, who owns the restored sessions, once this node has
+    /// a leader it can reach and has applied the log it holds. The table
+    /// read here may lag the majority's by a heartbeat, which errs on the
+    /// safe side: it can miss a claim made elsewhere (the copy is then
+    /// kept, as before this check), never invent one, and a session this
+    /// node claimed since the restart is not touched (`settle_restored`).
+    fn ask_owners(&mut self) {
+        let has_leader = self.status.is_some_and(|status| status.has_quorum);
+        if self.unchecked.is_empty() || !has_leader {
+            return;
+        }
+        let Some(ownership) = self.ownership.clone() else {
+            return;
+        };
+        let unchecked = std::mem::take(&mut self.unchecked);
+        let owners = self.owners_tx.clone();
+        let me = self.id;
+        tokio::spawn(async move {
+            let raft = ownership.raft();
+            let held = raft.metrics().borrow().last_log_index;
+            let wait = raft.wait(Some(CATCH_UP));
+            if let Err(error) = wait.applied_index_at_least(held, "caught up").await {
+                warn!(%error, "the ownership table did not catch up; restored sessions stay as they are");
+                return;
+            }
+            for (shard, client_ids) in unchecked {
+                let mut here = Vec::new();
+                let mut elsewhere = Vec::new();
+                for client_id in client_ids {
+                    match ownership.owner(&client_id) {
+                        Some(grant) if grant.node == me => here.push((client_id, grant.epoch)),
+                        Some(_) => elsewhere.push(client_id),
+                        // Never claimed, or released: nobody else has it.
+                        None => {}
+                    }
+                }
+                let _ = owners.send((shard, ShardMsg::Owners { here, elsewhere }));
+            }
+        });
+    }
+
     /// Releases `client_id`, held under `epoch`: its session ended here.
     /// Best effort, on a task: a release that fails leaves an entry a
     /// later claim replaces.
@@ -472,6 +534,7 @@ impl RaftSide {
         let gained = view.has_state && !self.announced;
         self.announced |= view.has_state;
         self.update_readiness(self.announced, has_quorum, readiness, now);
+        self.ask_owners();
         gained.then(|| self.member_frame())
     }
 

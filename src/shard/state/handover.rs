@@ -7,6 +7,7 @@
 
 use std::time::{Instant, SystemTime};
 
+use bytestring::ByteString;
 use tokio::sync::oneshot;
 use tracing::info;
 
@@ -97,6 +98,43 @@ impl ShardState {
         self.schedule(key);
         self.flush();
         Ok(())
+    }
+
+    /// The ownership raft's word on the sessions restored from disk: those
+    /// still owned here take their epoch; a copy of one claimed elsewhere
+    /// meanwhile is stale and dropped, without its will (its client is
+    /// with its new owner). A session claimed here since the restart (its
+    /// client came back) has an epoch already and is left alone.
+    pub(super) fn settle_restored(
+        &mut self,
+        here: Vec<(ByteString, u64)>,
+        elsewhere: Vec<ByteString>,
+        now: Instant,
+    ) {
+        for (client_id, epoch) in here {
+            if let Some(&key) = self.by_client_id.get(&client_id)
+                && self.sessions[key].epoch == 0
+            {
+                self.sessions[key].epoch = epoch;
+            }
+        }
+        let mut dropped = 0;
+        for client_id in elsewhere {
+            if let Some(&key) = self.by_client_id.get(&client_id)
+                && self.sessions[key].epoch == 0
+            {
+                self.drop_stale(key, now);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            info!(
+                shard = self.id(),
+                sessions = dropped,
+                "restored sessions claimed by other nodes meanwhile dropped"
+            );
+        }
+        self.flush();
     }
 
     /// A session this node no longer owns: its connection, if any, is

@@ -83,6 +83,11 @@ impl ShardState {
         }
         if count > 0 {
             info!(shard = self.id(), sessions = count, "sessions restored");
+            // Another node may have claimed some while this one was down.
+            if let Some(place) = self.mesh.cluster_place() {
+                let client_ids = self.by_client_id.keys().cloned().collect();
+                self.mesh.push(place, ShardMsg::CheckOwners { client_ids });
+            }
         }
         self.flush();
         // The records of sessions whose connection the restart cut still
