@@ -41,7 +41,7 @@
 //! `durability = always`, syncs it, then tells the shard how far it got.
 //! Acknowledgements that need the message stored (PUBACK, PUBREC) wait
 //! for that answer; the shard goes on serving meanwhile. Every two
-//! seconds a checkpoint thread ([`checkpoint`]) applies to redb what is
+//! seconds a checkpoint thread (`checkpoint`) applies to redb what is
 //! still owed, so the records of messages acknowledged within that time
 //! (most of them, with subscribers online) never reach the B-tree:
 //! committing every turn to redb cost more than half of the broker's CPU

@@ -8,7 +8,7 @@
 //! gather), and reports the last epoch it committed, or that it could
 //! not. The report travels through the shard's inbox like any other
 //! message ([`ShardMsg::Stored`]). What the log holds reaches redb at the
-//! next checkpoint ([`super::checkpoint`]).
+//! next checkpoint (`store::checkpoint`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
