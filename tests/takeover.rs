@@ -98,6 +98,7 @@ async fn a_session_moves_to_the_node_its_client_reconnects_to() {
     // The reconnect claimed the client id on node 1; node 0 handed the
     // session over.
     cluster.wait_sample(1, "ringmq_cluster_claims_granted_total", 1.0);
+    cluster.wait_sample(1, "ringmq_cluster_takeover_seconds_count", 1.0);
     cluster.wait_sample(0, "ringmq_cluster_sessions_handed_over_total", 1.0);
 }
 

@@ -86,6 +86,11 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
     }
 
     registry.register(
+        "cluster_takeover_seconds",
+        "From a CONNECT's claim of its client id reaching the cluster to the grant's answer: the ownership raft's commit and the previous owner's hand-over",
+        status.counters.claim_latency.buckets(),
+    );
+    registry.register(
         "cluster_forward_ack_seconds",
         "From a batch of forwarded messages leaving this node to the peer's acknowledgement",
         status.counters.forward_ack_latency.buckets(),

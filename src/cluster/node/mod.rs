@@ -241,6 +241,9 @@ pub struct NodeCounters {
     /// Claims granted without the previous owner's session: it could not
     /// be asked, or did not answer in time.
     pub handovers_missed: u64,
+    /// From a claim's arrival at the node to its grant's answer to the
+    /// shard: the raft's commit, and the previous owner's hand-over.
+    pub claim_latency: Latency,
     /// From a Publish frame leaving to its acknowledgement: the hop there,
     /// the peer handing the messages to its shards, and the hop back.
     pub forward_ack_latency: Latency,
@@ -433,7 +436,7 @@ impl Node {
                 reply,
                 ..
             } => self.forward_shared(from, share, &client_id, message, reply, now),
-            ShardMsg::Claim { client_id, token } => self.claim(from, client_id, token),
+            ShardMsg::Claim { client_id, token } => self.claim(from, client_id, token, now),
             ShardMsg::CheckOwners { client_ids } => {
                 self.outputs.push_back(NodeOutput::CheckOwners {
                     shard: from,
@@ -543,7 +546,7 @@ impl Node {
             stream.sent_at.clear();
         }
         self.release_waiters(key);
-        self.give_up_handovers_from(key);
+        self.give_up_handovers_from(key, now);
     }
 
     /// Gossip suspects `node_id` (a probe went unanswered), or says it is
@@ -678,7 +681,7 @@ impl Node {
             } => self.receive_retain(hlc, origin, message),
             Frame::Leave => {
                 info!(peer = node_id, "peer left the cluster");
-                self.remove_peer(key);
+                self.remove_peer(key, now);
             }
             Frame::SharedPublish {
                 stream,
@@ -692,14 +695,14 @@ impl Node {
                 request,
             } => self.receive_take_over(key, client_id, epoch, request),
             Frame::HandedOver { request, session } => {
-                self.receive_handed_over(key, request, session)
+                self.receive_handed_over(key, request, session, now)
             }
         }
     }
 
     /// Forgets a peer: its routes, what was owed to it, and who waited on it.
-    fn remove_peer(&mut self, key: PeerKey) {
-        self.give_up_handovers_from(key);
+    fn remove_peer(&mut self, key: PeerKey, now: Instant) {
+        self.give_up_handovers_from(key, now);
         self.forget_stored_acks(key);
         self.clear_peer_routes(key);
         let mut peer = self.peers.remove(key);
@@ -757,9 +760,9 @@ impl Node {
     }
 
     /// A peer that left gracefully (gossip said so): forget it now.
-    pub fn handle_peer_left(&mut self, node_id: &str) {
+    pub fn handle_peer_left(&mut self, node_id: &str, now: Instant) {
         if let Some(&key) = self.peer_by_id.get(node_id) {
-            self.remove_peer(key);
+            self.remove_peer(key, now);
         }
     }
 
@@ -819,7 +822,7 @@ impl Node {
                 "peer unreachable past the hold: dropping its routes and outbox"
             );
             self.counters.peers_expired += 1;
-            self.remove_peer(key);
+            self.remove_peer(key, now);
         }
     }
 

@@ -72,6 +72,9 @@ struct AskedHandover {
 
 #[derive(Debug, Default)]
 pub(super) struct Takeovers {
+    /// When each claim came from its shard, by (shard, token): the start
+    /// of the takeover histogram's interval.
+    started: FxHashMap<(ShardId, u64), Instant>,
     awaited: FxHashMap<u64, AwaitedSession>,
     asked: FxHashMap<u64, AskedHandover>,
     last_request: u64,
@@ -79,7 +82,14 @@ pub(super) struct Takeovers {
 
 impl Node {
     /// Shard `shard` asks to own `client_id` (`ShardMsg::Claim`).
-    pub(super) fn claim(&mut self, shard: ShardId, client_id: ByteString, token: u64) {
+    pub(super) fn claim(
+        &mut self,
+        shard: ShardId,
+        client_id: ByteString,
+        token: u64,
+        now: Instant,
+    ) {
+        self.takeovers.started.insert((shard, token), now);
         self.outputs.push_back(NodeOutput::Claim {
             shard,
             client_id,
@@ -99,7 +109,7 @@ impl Node {
     ) {
         let (epoch, previous) = match result {
             ClaimResult::Unavailable => {
-                self.answer_claim(shard, token, ClaimOutcome::Unavailable);
+                self.answer_claim(shard, token, ClaimOutcome::Unavailable, now);
                 return;
             }
             ClaimResult::Granted { epoch, previous } => (epoch, previous),
@@ -115,7 +125,7 @@ impl Node {
             session: None,
         };
         let Some(owner) = owner else {
-            self.answer_claim(shard, token, fresh);
+            self.answer_claim(shard, token, fresh, now);
             return;
         };
         let linked = self
@@ -126,7 +136,7 @@ impl Node {
         let Some(key) = linked else {
             warn!(client = %client_id, previous = %owner, epoch, "previous owner unreachable: its session is not handed over");
             self.counters.handovers_missed += 1;
-            self.answer_claim(shard, token, fresh);
+            self.answer_claim(shard, token, fresh, now);
             return;
         };
         self.takeovers.last_request += 1;
@@ -209,6 +219,7 @@ impl Node {
         key: PeerKey,
         request: u64,
         session: Option<Bytes>,
+        now: Instant,
     ) {
         let Some(awaited) = self.takeovers.awaited.remove(&request) else {
             // Given up on already: the client has a fresh session by now,
@@ -225,21 +236,21 @@ impl Node {
             epoch: awaited.epoch,
             session,
         };
-        self.answer_claim(awaited.shard, awaited.token, outcome);
+        self.answer_claim(awaited.shard, awaited.token, outcome, now);
     }
 
     /// Hand-overs awaited from `key` end without a session: its link is
     /// gone, and with it whatever it was sending.
-    pub(super) fn give_up_handovers_from(&mut self, key: PeerKey) {
-        self.give_up_handovers(|awaited| awaited.from == key);
+    pub(super) fn give_up_handovers_from(&mut self, key: PeerKey, now: Instant) {
+        self.give_up_handovers(|awaited| awaited.from == key, now);
     }
 
     /// Hand-overs awaited past their deadline end without a session.
     pub(super) fn expire_handovers(&mut self, now: Instant) {
-        self.give_up_handovers(|awaited| awaited.deadline <= now);
+        self.give_up_handovers(|awaited| awaited.deadline <= now, now);
     }
 
-    fn give_up_handovers(&mut self, give_up: impl Fn(&AwaitedSession) -> bool) {
+    fn give_up_handovers(&mut self, give_up: impl Fn(&AwaitedSession) -> bool, now: Instant) {
         let ended: Vec<u64> = (self.takeovers.awaited.iter())
             .filter(|(_, awaited)| give_up(awaited))
             .map(|(&request, _)| request)
@@ -255,12 +266,21 @@ impl Node {
                     epoch: awaited.epoch,
                     session: None,
                 };
-                self.answer_claim(awaited.shard, awaited.token, outcome);
+                self.answer_claim(awaited.shard, awaited.token, outcome, now);
             }
         }
     }
 
-    fn answer_claim(&mut self, shard: ShardId, token: u64, outcome: ClaimOutcome) {
+    /// Answers the claim, and times it from its arrival here when it was
+    /// granted: the raft's commit plus the previous owner's hand-over.
+    fn answer_claim(&mut self, shard: ShardId, token: u64, outcome: ClaimOutcome, now: Instant) {
+        if let Some(started) = self.takeovers.started.remove(&(shard, token))
+            && matches!(outcome, ClaimOutcome::Owner { .. })
+        {
+            self.counters
+                .claim_latency
+                .record(now.duration_since(started));
+        }
         self.outputs.push_back(NodeOutput::ToShard {
             shard,
             msg: ShardMsg::Claimed { token, outcome },

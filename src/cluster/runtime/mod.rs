@@ -853,7 +853,7 @@ impl Cluster {
             }
             MemberEvent::Left(member) => {
                 info!(peer = %member.node_id, "cluster member left");
-                self.node.handle_peer_left(&member.node_id);
+                self.node.handle_peer_left(&member.node_id, Instant::now());
             }
             MemberEvent::DuplicateNodeId { theirs, other } => {
                 error!(

@@ -88,9 +88,14 @@ fn a_session_held_by_another_node_is_handed_over_under_the_new_epoch() {
     assert!(sim.claimed(1).is_empty(), "waits for the hand-over");
     let (epoch, token) = sim.asked_to_hand_over(0).expect("node 0 is asked");
     assert_eq!(epoch, 5);
+    sim.advance(Duration::from_millis(30));
     sim.hand_over(0, token, Some(b"archive".to_vec()));
     assert_eq!(sim.claimed(1), [owner(5, Some(b"archive"))]);
     assert_eq!(sim.nodes[0].node.counters.sessions_handed_over, 1);
+    // Timed from the claim's arrival to the answer, hand-over included.
+    let latency = &sim.nodes[1].node.counters.claim_latency;
+    assert_eq!(latency.count(), 1);
+    assert!(latency.buckets().sum >= 0.03, "{:?}", latency.buckets().sum);
 }
 
 #[test]
@@ -118,6 +123,11 @@ fn no_majority_refuses_the_claim() {
     let mut sim = Sim::new(2, 4, AckMode::Remote);
     sim.claim(1, ClaimResult::Unavailable);
     assert_eq!(sim.claimed(1), [ClaimOutcome::Unavailable]);
+    assert_eq!(
+        sim.nodes[1].node.counters.claim_latency.count(),
+        0,
+        "not a takeover"
+    );
 }
 
 #[test]
