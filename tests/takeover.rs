@@ -2,7 +2,9 @@
 //! 127.0.0.x: a client that reconnects to another node resumes its session
 //! there with everything queued for it; a second connection on another
 //! node takes the session over, and the first is told why (v5 0x8E); the
-//! node that lost the session no longer delivers to it.
+//! node that lost the session no longer delivers to it. With data dirs,
+//! sessions are replicated: a client whose node was killed resumes on
+//! another with every acknowledged message, QoS 2 exactly once.
 
 mod common;
 
@@ -122,7 +124,8 @@ async fn a_connection_on_another_node_takes_the_session_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_drops_its_copy_of_a_session_claimed_elsewhere_meanwhile() {
-    let mut cluster = Cluster::start_durable(3, "");
+    // No copies: the session dies with node 0 until its restart.
+    let mut cluster = Cluster::start_durable(3, "replication_factor = 1");
     let id = unique_id("stale");
     let topic = unique_id("st");
     let (mut client, _) = Raw::connect_ok(cluster.addr(0), persistent(&id)).await;
@@ -163,4 +166,125 @@ async fn a_restarted_node_drops_its_copy_of_a_session_claimed_elsewhere_meanwhil
         0.0,
         "{metrics}"
     );
+}
+
+/// Waits until node `i` keeps copies of `count` other nodes' sessions.
+fn wait_for_copies(cluster: &Cluster, i: usize, count: f64) {
+    let deadline = std::time::Instant::now() + RECV_TIMEOUT;
+    loop {
+        let metrics = cluster.metrics(i);
+        if common::http::sample(&metrics, "ringmq_cluster_session_copies") == count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {i} never kept {count} copies:\n{metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_node_was_killed_resumes_elsewhere_with_every_acknowledged_message() {
+    let mut cluster = Cluster::start_durable(3, "");
+    let id = unique_id("survivor");
+    let topic = unique_id("sv");
+    let (mut client, _) = Raw::connect_ok(cluster.addr(0), persistent(&id)).await;
+    client.subscribe(1, &[(topic.as_str(), 1)]).await;
+    client.send(&wire::disconnect_v5(0, Props::new())).await;
+    client.expect_closed(RECV_TIMEOUT).await;
+    // Node 0's copies go to node 1, the next by name.
+    wait_for_copies(&cluster, 1, 1.0);
+
+    // Each PUBACK means node 0 queued the message and node 1 holds it.
+    publish(cluster.addr(2), &topic, 0, 100).await;
+    cluster.kill(0);
+
+    // Back on node 2, which keeps no copy of node 0's: node 1 gives it up.
+    let (mut client, connack) = connect_when_served(cluster.addr(2), &id).await;
+    assert!(connack.session_present, "the copy on node 1 is resumed");
+    expect_in_order(&mut client, 100).await;
+    client
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
+    cluster.wait_sample(2, "ringmq_cluster_sessions_recovered_total", 1.0);
+    cluster.wait_sample(2, "ringmq_cluster_handovers_missed_total", 0.0);
+    // The session is node 2's now, and copied in turn (to node 1, the
+    // only peer left).
+    wait_for_copies(&cluster, 1, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_stays_exactly_once_across_the_death_of_the_node_holding_both_sessions() {
+    let mut cluster = Cluster::start_durable(3, "");
+    let (sub_id, pub_id) = (unique_id("q2sub"), unique_id("q2pub"));
+    let topic = unique_id("q2");
+    let (mut subscriber, _) = Raw::connect_ok(cluster.addr(0), persistent(&sub_id)).await;
+    subscriber.subscribe(1, &[(topic.as_str(), 2)]).await;
+    // The subscriber gets message 0 and sends PUBREC, not yet PUBCOMP's
+    // PUBREL answer: node 0 owes it PUBREL only.
+    let (mut publisher, _) = Raw::connect_ok(cluster.addr(0), persistent(&pub_id)).await;
+    publisher.publish(Pub::new(&topic, b"p:0").qos(2, 1)).await;
+    let first = subscriber.recv_publish().await;
+    assert_eq!(first.payload, b"p:0");
+    subscriber.send(&wire::ack(wire::PUBREC, first.pkid)).await;
+    subscriber.recv_kind(wire::PUBREL).await;
+    // Message 1 reaches node 0 (PUBREC) and its PUBREL is not sent yet:
+    // node 0 awaits PUBREL for the publisher's packet id 2.
+    publisher
+        .send(&Pub::new(&topic, b"p:1").qos(2, 2).encode(wire::V5))
+        .await;
+    let (pkid, reason) = publisher.recv_kind(wire::PUBREC).await.ack();
+    assert_eq!((pkid, reason), (2, 0));
+    wait_for_copies(&cluster, 1, 2.0);
+    cluster.kill(0);
+
+    // The subscriber resumes on node 2: PUBREL for message 0 (still owed),
+    // then message 1, each once.
+    let (mut subscriber, connack) = connect_when_served(cluster.addr(2), &sub_id).await;
+    assert!(connack.session_present);
+    assert_eq!(receive_qos2(&mut subscriber, first.pkid, 1).await, ["p:1"]);
+
+    // The publisher resumes on node 1 and releases packet id 2: its
+    // session knows it, so PUBCOMP says success (not 0x92, id not found),
+    // and message 1 is not delivered again.
+    let (mut publisher, connack) = connect_when_served(cluster.addr(1), &pub_id).await;
+    assert!(connack.session_present);
+    publisher.send(&wire::ack(wire::PUBREL, 2)).await;
+    let (pkid, reason) = publisher.recv_kind(wire::PUBCOMP).await.ack();
+    assert_eq!((pkid, reason), (2, 0), "PUBCOMP for the awaited id");
+    publisher.publish(Pub::new(&topic, b"p:2").qos(2, 3)).await;
+    assert_eq!(receive_qos2(&mut subscriber, 0, 1).await, ["p:2"]);
+    subscriber
+        .expect_silence(std::time::Duration::from_millis(500))
+        .await;
+}
+
+/// Receives `count` QoS 2 messages on `subscriber`, completing each flow,
+/// and the PUBREL owed for `released` (0: none) on the way.
+async fn receive_qos2(subscriber: &mut Raw, released: u16, count: usize) -> Vec<String> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let packet = subscriber.recv().await;
+        match packet.kind() {
+            wire::PUBREL => {
+                let (pkid, _) = packet.ack();
+                assert_eq!(pkid, released, "a PUBREL owed");
+                subscriber.send(&wire::ack(wire::PUBCOMP, pkid)).await;
+            }
+            wire::PUBLISH => {
+                let publish = packet.publish(wire::V5);
+                received.push(String::from_utf8_lossy(&publish.payload).into_owned());
+                subscriber
+                    .send(&wire::ack(wire::PUBREC, publish.pkid))
+                    .await;
+                subscriber.recv_kind(wire::PUBREL).await;
+                subscriber
+                    .send(&wire::ack(wire::PUBCOMP, publish.pkid))
+                    .await;
+            }
+            other => panic!("unexpected packet kind {other}"),
+        }
+    }
+    received
 }

@@ -44,6 +44,11 @@ pub struct StatusSnapshot {
     pub peers: Vec<PeerStats>,
     /// The ownership raft as this node sees it; `None` until it runs.
     pub ownership: Option<OwnershipStatus>,
+    /// The peers keeping copies of this node's sessions, each with how
+    /// long the oldest change it has not acknowledged has waited.
+    pub replicas: Vec<(ByteString, Duration)>,
+    /// Sessions of other nodes this node keeps copies of.
+    pub session_copies: usize,
 }
 
 /// What the metrics show of the ownership raft.
@@ -120,6 +125,8 @@ impl ClusterStatus {
             counters: node.counters.clone(),
             peers,
             ownership,
+            replicas: node.replication_lag(std::time::Instant::now()),
+            session_copies: node.session_copies(),
         };
         if let Ok(mut status) = self.0.lock() {
             *status = snapshot;

@@ -41,6 +41,9 @@ pub struct ClusterSettings {
     /// Live nodes, this one included, that a node must see before it
     /// forms the ownership raft ([`crate::cluster::ownership::reconcile`]).
     pub bootstrap_expect: usize,
+    /// Nodes that hold each persistent session, its owner included
+    /// ([`crate::cluster::node`], "Replicated sessions"); 1 keeps no copy.
+    pub replication_factor: usize,
     /// Where the ownership raft keeps its vote, log and snapshot: the
     /// broker's data dir. Without one, a temporary dir for this process's
     /// life, and the node joins the raft as a new member at every start.

@@ -25,6 +25,7 @@ use crate::store::{OutboxOp, RestoredOutbox};
 
 const SHARDS: usize = 2;
 
+mod replication;
 mod takeover;
 
 struct SimNode {
@@ -336,6 +337,7 @@ fn config(i: usize, incarnation: u64, ack: AckMode) -> NodeConfig {
         peer_hold: Duration::from_secs(300),
         stored_acks: false,
         durable_outboxes: false,
+        replication_factor: 1,
     }
 }
 

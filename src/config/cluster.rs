@@ -56,6 +56,11 @@ const DEFAULT_PEER_HOLD_SECS: u64 = 300;
 /// Three nodes: the smallest cluster that survives a failure, and what a
 /// deployment usually starts with.
 const DEFAULT_BOOTSTRAP_EXPECT: usize = 3;
+/// One copy besides the owner: a session survives the loss of any one
+/// node, for one more write per message (PERF.md, "Replicated sessions").
+const DEFAULT_REPLICATION_FACTOR: usize = 2;
+/// As many as the ownership raft has voters at most.
+const MAX_REPLICATION_FACTOR: usize = 5;
 
 /// The cluster flags, flattened into the command line. Each is the
 /// `[cluster]` key of the same name with a `cluster-` prefix, except
@@ -121,6 +126,10 @@ pub(super) struct ClusterArgs {
     /// ownership raft; 1 lets a node form it alone [default: 3].
     #[arg(long, value_name = "N")]
     cluster_bootstrap_expect: Option<usize>,
+    /// Nodes holding each persistent session, its owner included; 1 keeps
+    /// no copies. Needs a data dir [default: 2].
+    #[arg(long, value_name = "N")]
+    cluster_replication_factor: Option<usize>,
 }
 
 /// The `[cluster]` table of the file.
@@ -142,6 +151,7 @@ pub(super) struct ClusterTable {
     pub(super) peer_buffer_bytes: Option<usize>,
     pub(super) peer_hold_secs: Option<u64>,
     pub(super) bootstrap_expect: Option<usize>,
+    pub(super) replication_factor: Option<usize>,
 }
 
 /// How [`AckMode`] is spelled in flags and files.
@@ -175,6 +185,7 @@ impl ClusterTable {
             peer_buffer_bytes: cli.cluster_peer_buffer_bytes.or(self.peer_buffer_bytes),
             peer_hold_secs: cli.cluster_peer_hold_secs.or(self.peer_hold_secs),
             bootstrap_expect: cli.cluster_bootstrap_expect.or(self.bootstrap_expect),
+            replication_factor: cli.cluster_replication_factor.or(self.replication_factor),
         }
     }
 
@@ -208,6 +219,10 @@ impl ClusterTable {
             ),
             ("cluster.peer_hold_secs", self.peer_hold_secs.is_some()),
             ("cluster.bootstrap_expect", self.bootstrap_expect.is_some()),
+            (
+                "cluster.replication_factor",
+                self.replication_factor.is_some(),
+            ),
         ]
         .into_iter()
         .find_map(|(key, given)| given.then_some(key))
@@ -320,6 +335,15 @@ pub(super) fn merge(
         "must be at least 1 (1: a node may form the ownership raft alone)",
     )?;
 
+    let replication_factor = table
+        .replication_factor
+        .unwrap_or(DEFAULT_REPLICATION_FACTOR);
+    ensure(
+        (1..=MAX_REPLICATION_FACTOR).contains(&replication_factor),
+        "cluster.replication_factor",
+        "must be 1 to 5 (1: sessions are kept by their owner alone)",
+    )?;
+
     Ok(Some(ClusterSettings {
         node_id,
         listen,
@@ -333,6 +357,7 @@ pub(super) fn merge(
         peer_buffer_bytes,
         peer_hold: Duration::from_secs(table.peer_hold_secs.unwrap_or(DEFAULT_PEER_HOLD_SECS)),
         bootstrap_expect,
+        replication_factor,
         // The broker's data dir, once `config` knows it.
         data_dir: None,
     }))
@@ -562,6 +587,7 @@ mod tests {
             peer_buffer_bytes = 1024
             peer_hold_secs = 0
             bootstrap_expect = 5
+            replication_factor = 3
         "#;
         let settings = cluster(&[], toml, None).expect("valid").expect("cluster");
         assert_eq!(
@@ -587,6 +613,7 @@ mod tests {
                 peer_buffer_bytes: 1024,
                 peer_hold: Duration::ZERO,
                 bootstrap_expect: 5,
+                replication_factor: 3,
                 data_dir: None,
             }
         );
@@ -607,6 +634,7 @@ mod tests {
         assert_eq!(settings.peer_buffer_bytes, 64 * 1024 * 1024);
         assert_eq!(settings.peer_hold, Duration::from_secs(300));
         assert_eq!(settings.bootstrap_expect, 3);
+        assert_eq!(settings.replication_factor, 2);
         assert_eq!(settings.data_dir, None);
         if let Some(host) = host_name().filter(|host| check_node_id(host).is_ok()) {
             assert_eq!(settings.node_id, host);
@@ -760,6 +788,11 @@ mod tests {
                 "bootstrap_expect = 0",
                 "`cluster.bootstrap_expect` (--cluster-bootstrap-expect): must be at least 1",
             ),
+            (
+                "replication_factor = 0",
+                "`cluster.replication_factor` (--cluster-replication-factor): must be 1 to 5",
+            ),
+            ("replication_factor = 6", "`cluster.replication_factor`"),
             ("ack = \"never\"", "ack"),
             ("listen_addr = \"127.0.0.1:1\"", "listen_addr"),
         ] {

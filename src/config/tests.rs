@@ -490,6 +490,7 @@ fn deploy_example_documents_every_cluster_key() {
         peer_buffer_bytes,
         peer_hold_secs,
         bootstrap_expect,
+        replication_factor,
     } = &table;
     assert!(node_id.is_some());
     assert!(listen.is_some());
@@ -506,6 +507,7 @@ fn deploy_example_documents_every_cluster_key() {
     assert!(peer_buffer_bytes.is_some());
     assert!(peer_hold_secs.is_some());
     assert!(bootstrap_expect.is_some());
+    assert!(replication_factor.is_some());
     // Valid once one of the two kinds of trust is chosen.
     let files_only = cluster::ClusterTable {
         secret_file: None,

@@ -81,9 +81,35 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
             "Claims granted without the previous owner's session (unreachable, or no answer in time)",
             counters.handovers_missed,
         ),
+        (
+            "cluster_sessions_recovered",
+            "Sessions taken over from a copy kept by a replica, their owner unreachable",
+            counters.sessions_recovered,
+        ),
+        (
+            "cluster_replication_unmet",
+            "Times no peer was left to keep copies of this node's sessions (acknowledgements then wait for this node alone)",
+            counters.replication_unmet,
+        ),
     ] {
         counter(registry, name, help, value);
     }
+    gauge(
+        registry,
+        "cluster_session_copies",
+        "Sessions of other nodes whose copies this node keeps",
+        status.session_copies as u64,
+    );
+    let lag = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for (peer, waited) in &status.replicas {
+        lag.get_or_create(&vec![("peer".to_string(), peer.to_string())])
+            .set(waited.as_secs_f64());
+    }
+    registry.register(
+        "cluster_replication_lag_seconds",
+        "For each peer keeping copies of this node's sessions, how long the oldest change it has not acknowledged has waited",
+        lag,
+    );
 
     registry.register(
         "cluster_takeover_seconds",

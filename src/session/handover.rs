@@ -102,7 +102,7 @@ impl Session {
     /// Everything the session owes, as the journal changes that would have
     /// written it: each flow's message queued then sent (or, released,
     /// only its PUBREL owed), each queued message, each awaited QoS 2 id.
-    fn owed_as_changes(&self) -> Vec<Change> {
+    pub(crate) fn owed_as_changes(&self) -> Vec<Change> {
         let mut changes = Vec::new();
         for (packet_id, flight) in self.inflight.in_order() {
             match flight {

@@ -32,6 +32,7 @@ use crate::message::Message;
 use crate::metrics::Snapshot;
 use crate::protocol::Connect;
 use crate::session::Ticket;
+use crate::store::Op;
 
 /// Everything one shard can ask of another. This is the only door between
 /// shards; a node in a cluster will receive the same routing messages.
@@ -159,6 +160,20 @@ pub enum ShardMsg {
     /// committed, or (`ok` false) could not be: answers waiting for those
     /// epochs are refused.
     Stored { through: u64, ok: bool },
+    /// To the cluster: what this shard's store committed as `epoch`, for
+    /// the replicas of its sessions; with `reset`, instead of the turn's
+    /// changes, every stored session whole, to replace what the replicas
+    /// held (answer to `ReplicaReset`).
+    Replicate {
+        epoch: u64,
+        reset: bool,
+        ops: Vec<Op>,
+    },
+    /// From the cluster: the replicas changed (or one lost what it held):
+    /// send them every stored session whole at the next flush.
+    ReplicaReset,
+    /// From the cluster: the replicas hold every epoch up to `through`.
+    Replicated { through: u64 },
 }
 
 /// How a claim of a client id ended.

@@ -246,6 +246,8 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     // before would find no subscriber here, and be acknowledged and lost.
     // Each shard drops its sender when it is done (or dies).
     let (routes_restored, routes_restored_rx) = std::sync::mpsc::channel::<()>();
+    let replicated_sessions =
+        (config.cluster.as_ref()).is_some_and(|cluster| cluster.replication_factor >= 2);
     let cluster = match (config.cluster.clone(), cluster_inbox) {
         (Some(settings), Some(inbox)) => {
             let status = cluster_status.clone();
@@ -260,13 +262,21 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
                     cluster::runtime::Durable {
                         // With a store that acknowledgements wait for, a
                         // peer's messages are acknowledged once committed
-                        // here too.
-                        stored_acks: store.durability.waits(),
+                        // here too, and once replicated.
+                        stored_acks: store.durability.waits() || replicated_sessions,
                         store: Some(outboxes),
                         owed,
+                        replication_factor: settings.replication_factor,
                     }
                 }
-                _ => cluster::runtime::Durable::default(),
+                _ => {
+                    if settings.replication_factor >= 2 {
+                        warn!(
+                            "cluster.replication_factor needs a data_dir: persistent sessions are kept by their owner alone, in memory"
+                        );
+                    }
+                    cluster::runtime::Durable::default()
+                }
             };
             let thread = cluster::runtime::start(
                 settings,
@@ -311,6 +321,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
                 retained: retained.clone(),
                 durability: settings.durability,
                 interval: settings.interval,
+                replicated: replicated_sessions,
             }),
             _ => None,
         };
@@ -374,6 +385,8 @@ struct ShardStore {
     retained: Arc<Vec<Arc<Message>>>,
     durability: Durability,
     interval: Duration,
+    /// Acknowledgements wait for the session's replicas on other nodes.
+    replicated: bool,
 }
 
 /// Opens the data dir and reads every partition, in parallel: restore time
@@ -503,6 +516,7 @@ async fn shard_main(
             retained,
             durability,
             interval,
+            replicated,
         } = store;
         let writer = StoreHandle::start(
             partition,
@@ -517,6 +531,9 @@ async fn shard_main(
             Ok(writer) => {
                 let mut state = state.borrow_mut();
                 state.attach_store(writer);
+                if replicated {
+                    state.replicate_sessions();
+                }
                 state.restore(restored, &retained, Instant::now());
                 true
             }

@@ -40,6 +40,7 @@ use crate::store::{Op, StoreHandle};
 mod groups;
 mod handover;
 mod persist;
+mod replicate;
 
 /// Index of a session in its shard's slab; stable while the session lives.
 pub type SessionKey = usize;
@@ -177,6 +178,8 @@ pub struct ShardState {
     /// Sessions restored at start-up, whose due wills and expiries wait
     /// until every shard has restored its routes.
     restored: Vec<SessionKey>,
+    /// The replicas want every stored session whole at the next flush.
+    replica_reset: bool,
 }
 
 /// Where [`ShardState::publish`] sent a message, for the answer's waits.
@@ -237,6 +240,7 @@ impl ShardState {
             stored_waiters: VecDeque::new(),
             dirty: FxHashSet::default(),
             restored: Vec::new(),
+            replica_reset: false,
         }))
     }
 
@@ -1062,6 +1066,8 @@ impl ShardState {
             ),
             ShardMsg::StoreRefused(confirmation) => self.refuse(confirmation, now),
             ShardMsg::Stored { through, ok } => self.stored(through, ok, now),
+            ShardMsg::Replicated { through } => self.replicated(through, now),
+            ShardMsg::ReplicaReset => self.replica_reset = true,
             ShardMsg::Claimed { token, outcome } => {
                 // A CONNECT whose client gave up meanwhile drops the
                 // receiver; the session it moved here stays, offline.
@@ -1091,7 +1097,8 @@ impl ShardState {
             | ShardMsg::Claim { .. }
             | ShardMsg::CheckOwners { .. }
             | ShardMsg::Release { .. }
-            | ShardMsg::HandedOver { .. } => {}
+            | ShardMsg::HandedOver { .. }
+            | ShardMsg::Replicate { .. } => {}
         }
     }
 

@@ -36,6 +36,7 @@ pub const OUTBOX: u8 = b'o';
 
 /// A persistent session's own state; its messages are separate records.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
 pub struct SessionRecord {
     pub client_id: String,
     /// Protocol level of the last connection (3, 4 or 5).
@@ -53,6 +54,7 @@ pub struct SessionRecord {
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
 pub struct SubscriptionRecord {
     pub filter: String,
     /// The options byte as a v5 SUBSCRIBE carries it.
@@ -61,6 +63,7 @@ pub struct SubscriptionRecord {
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
 pub struct WillRecord {
     /// Topic, payload, QoS, retain and v5 properties; `expiry_ms` holds
     /// the Message Expiry Interval in milliseconds.
@@ -75,6 +78,7 @@ pub struct WillRecord {
 /// deadline (its `expiry_ms` is unused), since time remaining means
 /// nothing after a restart.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
 pub struct StoredMessage {
     pub message: WireMessage,
     pub expires_at_ms: Option<u64>,
@@ -91,6 +95,7 @@ pub struct OutboxRecord {
 
 /// One message owed to a client, as [`crate::session`] queued it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
 pub struct EntryRecord {
     /// Key of the [`StoredMessage`] in the same partition.
     pub message: u64,
@@ -103,6 +108,7 @@ pub struct EntryRecord {
 /// An entry sent to the client: its packet id, and whether its PUBREC
 /// came (then only PUBREL and PUBCOMP are left, and the entry is gone).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
 pub struct FlightRecord {
     pub packet_id: u16,
     pub released: bool,

@@ -117,8 +117,13 @@ pub fn encode_session(
         flights,
         incoming_qos2: session.incoming_qos2.clone(),
     };
+    archive_bytes(&archive)
+}
+
+/// `archive` as it travels.
+pub fn archive_bytes(archive: &SessionArchive) -> Vec<u8> {
     // Serializing owned records into a growable buffer cannot fail.
-    rkyv::to_bytes::<rkyv::rancor::Error>(&archive)
+    rkyv::to_bytes::<rkyv::rancor::Error>(archive)
         .map(|bytes| bytes.to_vec())
         .unwrap_or_default()
 }

@@ -62,7 +62,7 @@ const UNWRITTEN_RETRY: Duration = Duration::from_millis(100);
 const CHECKPOINT_RETRY: Duration = Duration::from_millis(10);
 
 /// One change to a partition.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Op {
     /// Boxed: most ops are queue entries, and an op is moved several
     /// times on its way to the disk; a session record would make every
@@ -150,6 +150,9 @@ pub struct StoreHandle {
     epoch: u64,
     /// Every epoch up to this one is committed.
     stored: u64,
+    /// With replicated sessions, every epoch up to this one is held by
+    /// the replicas too (`crate::cluster::node`, "Replicated sessions").
+    replicated: Option<u64>,
     /// Messages written to the partition, by address (their `Arc` is held
     /// by the entries that count here, so the address is theirs while
     /// counted): id and number of entries.
@@ -203,6 +206,7 @@ impl StoreHandle {
             ops: Vec::new(),
             epoch: 1,
             stored: 0,
+            replicated: None,
             messages: messages
                 .iter()
                 .map(|(id, message, refs)| (Arc::as_ptr(message) as usize, (*id, *refs)))
@@ -261,14 +265,17 @@ impl StoreHandle {
         let _ = self.to_writer.send(ToWriter::Commit(commit));
     }
 
-    /// The epoch that must be committed before everything pushed so far
-    /// is, or `None` if it already is (or acknowledgements do not wait).
+    /// The epoch that must be committed (and replicated, when sessions
+    /// are) before everything pushed so far is, or `None` if it already is
+    /// (or acknowledgements do not wait).
     pub fn barrier(&self) -> Option<u64> {
-        let last = if self.ops.is_empty() {
-            self.epoch - 1
-        } else {
-            self.epoch
-        };
+        let last = self.pending_epoch();
+        if self.replicated.is_some_and(|replicated| last > replicated) {
+            // The replicas' copy is what lets another node serve the
+            // session if this one dies: waited for whatever the
+            // durability, which only says how this node's disk is used.
+            return Some(last);
+        }
         if last <= self.stored {
             return None;
         }
@@ -280,6 +287,42 @@ impl StoreHandle {
             Durability::None if last - self.stored <= NONE_BACKLOG_EPOCHS => None,
             _ => Some(last),
         }
+    }
+
+    /// Whether this turn has changes to commit.
+    pub fn has_changes(&self) -> bool {
+        !self.ops.is_empty()
+    }
+
+    /// Whether acknowledgements wait for replicas.
+    pub fn replicates(&self) -> bool {
+        self.replicated.is_some()
+    }
+
+    /// The last epoch handed out: this turn's, if it has changes, or the
+    /// one before.
+    pub fn pending_epoch(&self) -> u64 {
+        if self.ops.is_empty() {
+            self.epoch - 1
+        } else {
+            self.epoch
+        }
+    }
+
+    /// This turn's changes to sessions and their messages, for the
+    /// replicas (retained messages travel on their own, and a record
+    /// found useless at start-up is this node's business).
+    pub fn session_ops(&self) -> Vec<Op> {
+        (self.ops.iter())
+            .filter(|op| !matches!(op, Op::Retained(_) | Op::Delete(_)))
+            .cloned()
+            .collect()
+    }
+
+    /// The id `message` is stored under, if a stored entry refers to it.
+    pub fn message_id(&self, message: &Arc<Message>) -> Option<u64> {
+        let address = Arc::as_ptr(message) as usize;
+        self.messages.get(&address).map(|(id, _)| *id)
     }
 
     /// Whether the last write found the disk under its reserve: messages
@@ -294,12 +337,30 @@ impl StoreHandle {
     /// acknowledgements wait for the store: a change pushed at this turn's
     /// flush (a session's record) is on disk once it is.
     pub fn turn_epoch(&self) -> Option<u64> {
-        self.durability.waits().then_some(self.epoch)
+        (self.durability.waits() || self.replicated.is_some()).then_some(self.epoch)
     }
 
     /// The writer has committed everything up to `through`.
     pub fn committed(&mut self, through: u64) {
         self.stored = self.stored.max(through);
+    }
+
+    /// From now on acknowledgements wait for the replicas as well.
+    pub fn replicate(&mut self) {
+        self.replicated = Some(self.replicated.unwrap_or(0));
+    }
+
+    /// The replicas hold everything up to `through`.
+    pub fn replicated(&mut self, through: u64) {
+        if let Some(replicated) = &mut self.replicated {
+            *replicated = (*replicated).max(through);
+        }
+    }
+
+    /// Every epoch up to this one is committed here and, with replicated
+    /// sessions, held by the replicas.
+    pub fn settled(&self) -> u64 {
+        self.stored.min(self.replicated.unwrap_or(u64::MAX))
     }
 }
 
@@ -704,7 +765,7 @@ fn stored(key: &[u8], message: &Message, now: Instant, wall: SystemTime) -> Vec<
 }
 
 /// `message` as stored: its expiry a wall-clock deadline.
-pub(super) fn stored_record(message: &Message, now: Instant, wall: SystemTime) -> StoredMessage {
+pub fn stored_record(message: &Message, now: Instant, wall: SystemTime) -> StoredMessage {
     let mut wire = message_to_wire(message, now);
     wire.expiry_ms = None;
     StoredMessage {

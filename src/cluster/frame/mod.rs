@@ -48,7 +48,7 @@ pub use convert::{message_to_wire, wire_to_message};
 pub use encode::{encode, encode_publish, encode_retain, encode_shared_publish};
 pub use msg::{
     ArchivedClusterMsg, ArchivedUserProperty, ArchivedWireMessage, ClusterMsg, PROTOCOL_VERSION,
-    UserProperty, WireMessage,
+    ReplicaOp, UserProperty, WireMessage,
 };
 pub use reader::FrameReader;
 

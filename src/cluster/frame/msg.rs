@@ -3,6 +3,8 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::store::record::{EntryRecord, FlightRecord, SessionRecord, StoredMessage};
+
 /// The protocol version a node states in [`ClusterMsg::Hello`]. Raised
 /// whenever the archived layout of [`ClusterMsg`] changes in a way an older
 /// node cannot read, so a mixed-version cluster refuses the connection in
@@ -12,7 +14,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 ///
 /// 2: the ownership raft's frames (`RaftMember`, `RaftRequest`,
 /// `RaftReply`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: replicated sessions (`Replicate`, `Replicated`, `Recover`,
+/// `Recovered`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Everything one node says to another: the one door between nodes.
 ///
@@ -129,6 +133,77 @@ pub enum ClusterMsg {
         request: u64,
         session: Option<Vec<u8>>,
     } = 15,
+    /// What the sender's shard `shard` committed to its store as `epoch`,
+    /// for the receiver's copy of the sender's sessions; with `reset`,
+    /// the start of the shard's sessions whole, replacing the copy (an
+    /// empty reset drops it: the receiver keeps no copy any more). A reset
+    /// too large for one frame continues in frames without `reset`; only
+    /// the frame with `complete` set is answered, by `Replicated`.
+    Replicate {
+        shard: u32,
+        epoch: u64,
+        reset: bool,
+        complete: bool,
+        ops: Vec<ReplicaOp>,
+    } = 16,
+    /// The receiver's copy of the sender's shard `shard` holds everything
+    /// up to `epoch`.
+    Replicated { shard: u32, epoch: u64 } = 17,
+    /// The sender owns `client_id` now, and its previous owner cannot be
+    /// asked: the receiver gives up its copy, if it keeps one, with
+    /// `Recovered`.
+    Recover { client_id: String, request: u64 } = 18,
+    /// The answer to `Recover`: the copy archived as `HandedOver`
+    /// archives a session, or `None`.
+    Recovered {
+        request: u64,
+        session: Option<Vec<u8>>,
+    } = 19,
+}
+
+/// One change to a copy of another node's sessions: the store's own
+/// records ([`crate::store::record`]), keyed as on disk, so that the copy
+/// is what the owner's partition holds.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+#[repr(u8)]
+pub enum ReplicaOp {
+    Session(SessionRecord) = 0,
+    /// The session and everything under its client id.
+    RemoveSession(String) = 1,
+    Message {
+        id: u64,
+        message: StoredMessage,
+    } = 2,
+    RemoveMessage(u64) = 3,
+    Entry {
+        client_id: String,
+        seq: u64,
+        entry: EntryRecord,
+    } = 4,
+    Flight {
+        client_id: String,
+        seq: u64,
+        flight: FlightRecord,
+    } = 5,
+    /// The entry, and its flight if `flight`.
+    RemoveEntry {
+        client_id: String,
+        seq: u64,
+        flight: bool,
+    } = 6,
+    RemoveFlight {
+        client_id: String,
+        seq: u64,
+    } = 7,
+    IncomingQos2 {
+        client_id: String,
+        packet_id: u16,
+    } = 8,
+    RemoveIncomingQos2 {
+        client_id: String,
+        packet_id: u16,
+    } = 9,
 }
 
 /// An application message as it travels between nodes: what

@@ -41,6 +41,8 @@
 //! slows a publisher through its Receive Maximum instead of losing data.
 
 mod forwarding;
+mod mirror;
+mod replication;
 mod retained;
 mod routes;
 mod stored;
@@ -59,6 +61,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use slab::Slab;
 use tracing::{info, warn};
 
+use super::frame::ReplicaOp;
 use super::outbox::{Inbound, Outbox, Seq};
 use super::settings::AckMode;
 use crate::message::Message;
@@ -93,6 +96,9 @@ pub struct NodeConfig {
     /// The broker has a data dir: QoS 1/2 messages owed to peers are
     /// written there until acknowledged ([`NodeOutput::Store`]).
     pub durable_outboxes: bool,
+    /// Nodes holding each stored session, this one included
+    /// ([`replication`]); 1 keeps no copies.
+    pub replication_factor: usize,
 }
 
 /// A frame for a peer, before encoding.
@@ -141,6 +147,26 @@ pub enum Frame {
         request: u64,
         session: Option<Bytes>,
     },
+    Replicate {
+        shard: u32,
+        epoch: u64,
+        reset: bool,
+        complete: bool,
+        /// Shared by the frames to each replica.
+        ops: Arc<Vec<ReplicaOp>>,
+    },
+    Replicated {
+        shard: u32,
+        epoch: u64,
+    },
+    Recover {
+        client_id: ByteString,
+        request: u64,
+    },
+    Recovered {
+        request: u64,
+        session: Option<Bytes>,
+    },
 }
 
 impl Frame {
@@ -164,10 +190,17 @@ impl Frame {
                     .sum::<usize>()
             }
             Frame::TakeOver { client_id, .. } => 160 + client_id.len(),
-            Frame::HandedOver { session, .. } => 160 + session.as_ref().map_or(0, Bytes::len),
+            Frame::HandedOver { session, .. } | Frame::Recovered { session, .. } => {
+                160 + session.as_ref().map_or(0, Bytes::len)
+            }
+            Frame::Replicate { ops, .. } => {
+                64 + ops.iter().map(replication::op_size).sum::<usize>()
+            }
+            Frame::Recover { client_id, .. } => 160 + client_id.len(),
             Frame::RoutesAck { .. }
             | Frame::RoutesResync
             | Frame::PublishAck { .. }
+            | Frame::Replicated { .. }
             | Frame::Leave => 160,
         }
     }
@@ -239,8 +272,13 @@ pub struct NodeCounters {
     /// Sessions this node handed over to a node that took them over.
     pub sessions_handed_over: u64,
     /// Claims granted without the previous owner's session: it could not
-    /// be asked, or did not answer in time.
+    /// be asked, or did not answer in time, and no copy was found.
     pub handovers_missed: u64,
+    /// Sessions taken over from a copy, their owner unreachable.
+    pub sessions_recovered: u64,
+    /// Times the replicas were chosen and no peer was there to keep a
+    /// copy: acknowledgements then waited for this node alone.
+    pub replication_unmet: u64,
     /// From a claim's arrival at the node to its grant's answer to the
     /// shard: the raft's commit, and the previous owner's hand-over.
     pub claim_latency: Latency,
@@ -366,6 +404,9 @@ pub struct Node {
     store_tokens: FxHashMap<u64, stored::AckStream>,
     last_store_token: u64,
     takeovers: takeover::Takeovers,
+    replication: replication::Replication,
+    /// Copies of other nodes' sessions kept here.
+    mirrors: mirror::Mirrors,
     pub counters: NodeCounters,
 }
 
@@ -401,6 +442,8 @@ impl Node {
             store_tokens: FxHashMap::default(),
             last_store_token: 0,
             takeovers: takeover::Takeovers::default(),
+            replication: replication::Replication::default(),
+            mirrors: mirror::Mirrors::default(),
             counters: NodeCounters::default(),
         }
     }
@@ -447,6 +490,9 @@ impl Node {
                 .outputs
                 .push_back(NodeOutput::Release { client_id, epoch }),
             ShardMsg::HandedOver { token, session } => self.handed_over(token, session),
+            ShardMsg::Replicate { epoch, reset, ops } => {
+                self.replicate(from, epoch, reset, ops, now)
+            }
             other => warn!(shard = from, msg = ?other, "unexpected message for the cluster"),
         }
     }
@@ -462,6 +508,7 @@ impl Node {
         if restarted {
             info!(peer = %node_id, "peer restarted: forgetting its routes");
             self.clear_peer_routes(key);
+            self.mirrors.forget_origin(&node_id);
             self.forget_stored_acks(key);
             let peer = &mut self.peers[key];
             peer.inbound.retain(|&(inc, _), _| inc == incarnation);
@@ -493,6 +540,7 @@ impl Node {
                 },
             });
         }
+        self.retarget_replicas();
     }
 
     fn peer_key_or_insert(&mut self, node_id: &ByteString) -> PeerKey {
@@ -547,6 +595,7 @@ impl Node {
         }
         self.release_waiters(key);
         self.give_up_handovers_from(key, now);
+        self.retarget_replicas();
     }
 
     /// Gossip suspects `node_id` (a probe went unanswered), or says it is
@@ -559,13 +608,16 @@ impl Node {
         if let Some(&key) = self.peer_by_id.get(node_id) {
             self.peers[key].suspected = true;
             self.release_waiters(key);
+            self.retarget_replicas();
         }
     }
 
     /// Gossip hears from `node_id` again (refuted, or back up).
     pub fn handle_peer_alive(&mut self, node_id: &str) {
-        if let Some(&key) = self.peer_by_id.get(node_id) {
-            self.peers[key].suspected = false;
+        if let Some(&key) = self.peer_by_id.get(node_id)
+            && std::mem::take(&mut self.peers[key].suspected)
+        {
+            self.retarget_replicas();
         }
     }
 
@@ -694,8 +746,20 @@ impl Node {
                 epoch,
                 request,
             } => self.receive_take_over(key, client_id, epoch, request),
-            Frame::HandedOver { request, session } => {
+            Frame::HandedOver { request, session } | Frame::Recovered { request, session } => {
                 self.receive_handed_over(key, request, session, now)
+            }
+            Frame::Replicate {
+                shard,
+                epoch,
+                reset,
+                complete,
+                ops,
+            } => self.receive_replicate(key, shard, epoch, reset, complete, &ops),
+            Frame::Replicated { shard, epoch } => self.receive_replicated(key, shard, epoch),
+            Frame::Recover { client_id, request } => {
+                let session = self.mirrors.take(&client_id).map(Bytes::from);
+                self.send(key, Lane::Control, Frame::Recovered { request, session });
             }
         }
     }
@@ -722,6 +786,7 @@ impl Node {
         for waiter in released {
             self.settle(waiter);
         }
+        self.retarget_replicas();
     }
 
     /// Queues a message for each local shard.

@@ -7,9 +7,11 @@
 //! then adopts it and attaches the connection. The raft's work happens
 //! once per CONNECT, never per message.
 //!
-//! A previous owner that cannot be asked (no link) or does not answer
-//! within [`HANDOVER_TIMEOUT`] is taken to be gone: the claim is granted
-//! without its session, which is then lost unless a replica holds it.
+//! A previous owner that cannot be asked (no link) is taken to be gone:
+//! the session then comes from a copy ([`Frame::Recover`], answered by
+//! [`Frame::Recovered`]) kept here or by a peer (`replication`), and
+//! without one the claim is granted with a fresh session, as it is when
+//! the previous owner does not answer within [`HANDOVER_TIMEOUT`].
 //! The epoch keeps that safe: whatever the old owner does later under its
 //! older epoch is refused (its late hand-over is dropped here, and a
 //! hand-over request to it under an older epoch than it holds is refused
@@ -52,13 +54,20 @@ pub enum PreviousOwner {
     Unlinked(u64),
 }
 
-/// A claim granted here, waiting for the previous owner's hand-over.
+/// A claim granted here, waiting for the previous owner's hand-over, or
+/// for a copy of the session from the peers that may keep one.
 #[derive(Debug)]
 struct AwaitedSession {
     shard: ShardId,
     token: u64,
+    client_id: ByteString,
     epoch: u64,
-    from: PeerKey,
+    /// The previous owner, or the peers asked for a copy, until each has
+    /// answered without one.
+    from: Vec<PeerKey>,
+    /// Asked for a copy (the previous owner unreachable): none found
+    /// counts as a missed hand-over.
+    recovering: bool,
     deadline: Instant,
 }
 
@@ -128,36 +137,109 @@ impl Node {
             self.answer_claim(shard, token, fresh, now);
             return;
         };
-        let linked = self
-            .peer_by_id
-            .get(&owner)
-            .copied()
-            .filter(|&key| self.peers[key].linked);
-        let Some(key) = linked else {
-            warn!(client = %client_id, previous = %owner, epoch, "previous owner unreachable: its session is not handed over");
-            self.counters.handovers_missed += 1;
-            self.answer_claim(shard, token, fresh, now);
+        // A suspected owner is likely dead: its session is taken from a
+        // copy at once rather than after QUIC's idle timeout.
+        let linked = (self.peer_by_id.get(&owner).copied())
+            .filter(|&key| self.peers[key].linked && !self.peers[key].suspected);
+        match linked {
+            Some(key) => {
+                let frame = |request| Frame::TakeOver {
+                    client_id: client_id.clone(),
+                    epoch,
+                    request,
+                };
+                self.await_session(
+                    shard,
+                    token,
+                    &client_id,
+                    epoch,
+                    vec![key],
+                    false,
+                    frame,
+                    now,
+                );
+            }
+            None => self.recover(shard, token, client_id, epoch, &owner, now),
+        }
+    }
+
+    /// The previous owner of `client_id` cannot be asked: its session
+    /// comes from a copy, this node's own or a peer's, if one is kept
+    /// (`replication`); every holder gives its copy up.
+    fn recover(
+        &mut self,
+        shard: ShardId,
+        token: u64,
+        client_id: ByteString,
+        epoch: u64,
+        owner: &str,
+        now: Instant,
+    ) {
+        let here = self.mirrors.take(&client_id);
+        let peers: Vec<PeerKey> = (self.peers.iter())
+            .filter(|(_, peer)| peer.linked && !peer.suspected)
+            .map(|(key, _)| key)
+            .collect();
+        if here.is_some() || peers.is_empty() {
+            // Other copies (with more than one replica) are dropped all the
+            // same; their answers find no claim waiting.
+            for &key in &peers {
+                let frame = Frame::Recover {
+                    client_id: client_id.clone(),
+                    request: 0,
+                };
+                self.send(key, Lane::Control, frame);
+            }
+            if here.is_some() {
+                info!(client = %client_id, previous = %owner, epoch, "session taken over from a copy kept here");
+                self.counters.sessions_recovered += 1;
+            } else {
+                warn!(client = %client_id, previous = %owner, epoch, "previous owner unreachable and no copy: its session is not handed over");
+                self.counters.handovers_missed += 1;
+            }
+            let outcome = ClaimOutcome::Owner {
+                epoch,
+                session: here,
+            };
+            self.answer_claim(shard, token, outcome, now);
             return;
+        }
+        let frame = |request| Frame::Recover {
+            client_id: client_id.clone(),
+            request,
         };
+        self.await_session(shard, token, &client_id, epoch, peers, true, frame, now);
+    }
+
+    /// Asks `from` for the session (the frame `ask` makes, under a new
+    /// request number) and waits for it.
+    #[allow(clippy::too_many_arguments)]
+    fn await_session(
+        &mut self,
+        shard: ShardId,
+        token: u64,
+        client_id: &ByteString,
+        epoch: u64,
+        from: Vec<PeerKey>,
+        recovering: bool,
+        ask: impl Fn(u64) -> Frame,
+        now: Instant,
+    ) {
         self.takeovers.last_request += 1;
         let request = self.takeovers.last_request;
+        for &key in &from {
+            self.send(key, Lane::Control, ask(request));
+        }
         self.takeovers.awaited.insert(
             request,
             AwaitedSession {
                 shard,
                 token,
+                client_id: client_id.clone(),
                 epoch,
-                from: key,
+                from,
+                recovering,
                 deadline: now + HANDOVER_TIMEOUT,
-            },
-        );
-        self.send(
-            key,
-            Lane::Control,
-            Frame::TakeOver {
-                client_id,
-                epoch,
-                request,
             },
         );
     }
@@ -213,7 +295,7 @@ impl Node {
         }
     }
 
-    /// Peer `key` answered the take-over `request`.
+    /// Peer `key` answered the take-over or recovery `request`.
     pub(super) fn receive_handed_over(
         &mut self,
         key: PeerKey,
@@ -221,20 +303,36 @@ impl Node {
         session: Option<Bytes>,
         now: Instant,
     ) {
-        let Some(awaited) = self.takeovers.awaited.remove(&request) else {
+        let Some(mut awaited) = self.takeovers.awaited.remove(&request) else {
             // Given up on already: the client has a fresh session by now,
             // and this one, under an older epoch, must not come back.
-            info!(request, "a hand-over arrived after its wait ended; dropped");
+            if session.is_some() {
+                info!(request, "a hand-over arrived after its wait ended; dropped");
+            }
             return;
         };
-        if awaited.from != key {
+        let Some(position) = awaited.from.iter().position(|&from| from == key) else {
             self.takeovers.awaited.insert(request, awaited);
             return;
+        };
+        if session.is_none() && awaited.recovering {
+            awaited.from.swap_remove(position);
+            if !awaited.from.is_empty() {
+                self.takeovers.awaited.insert(request, awaited);
+                return;
+            }
+            self.counters.handovers_missed += 1;
+            warn!(
+                epoch = awaited.epoch,
+                "previous owner unreachable and no copy: its session is not handed over"
+            );
         }
-        let session = session.map(|bytes| bytes.to_vec());
+        if session.is_some() && awaited.recovering {
+            self.counters.sessions_recovered += 1;
+        }
         let outcome = ClaimOutcome::Owner {
             epoch: awaited.epoch,
-            session,
+            session: session.map(|bytes| bytes.to_vec()),
         };
         self.answer_claim(awaited.shard, awaited.token, outcome, now);
     }
@@ -242,7 +340,10 @@ impl Node {
     /// Hand-overs awaited from `key` end without a session: its link is
     /// gone, and with it whatever it was sending.
     pub(super) fn give_up_handovers_from(&mut self, key: PeerKey, now: Instant) {
-        self.give_up_handovers(|awaited| awaited.from == key, now);
+        for awaited in self.takeovers.awaited.values_mut() {
+            awaited.from.retain(|&from| from != key);
+        }
+        self.give_up_handovers(|awaited| awaited.from.is_empty(), now);
     }
 
     /// Hand-overs awaited past their deadline end without a session.
@@ -257,9 +358,22 @@ impl Node {
             .collect();
         for request in ended {
             if let Some(awaited) = self.takeovers.awaited.remove(&request) {
+                if !awaited.recovering {
+                    // Gone or silent: its session may be kept by a replica.
+                    let AwaitedSession {
+                        shard,
+                        token,
+                        client_id,
+                        epoch,
+                        ..
+                    } = awaited;
+                    let owner = "the previous owner, silent";
+                    self.recover(shard, token, client_id, epoch, owner, now);
+                    continue;
+                }
                 warn!(
                     epoch = awaited.epoch,
-                    "previous owner did not hand its session over"
+                    "no copy of the session came: it is not handed over"
                 );
                 self.counters.handovers_missed += 1;
                 let outcome = ClaimOutcome::Owner {

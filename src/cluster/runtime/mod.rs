@@ -247,6 +247,9 @@ pub struct Durable {
     pub store: Option<ClusterStore>,
     /// What the last run owed its peers.
     pub owed: Vec<RestoredOutbox>,
+    /// `cluster.replication_factor`, when there is a store to replicate
+    /// (0 or 1: sessions are not replicated).
+    pub replication_factor: usize,
 }
 
 impl Cluster {
@@ -291,6 +294,7 @@ impl Cluster {
             peer_hold: settings.peer_hold,
             stored_acks: durable.stored_acks,
             durable_outboxes: durable.store.is_some(),
+            replication_factor: durable.replication_factor.max(1),
         });
         let mut node = node;
         node.restore_outboxes(durable.owed, now);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
-use crate::cluster::frame::{self, ArchivedClusterMsg, ClusterMsg};
+use crate::cluster::frame::{self, ArchivedClusterMsg, ClusterMsg, ReplicaOp};
 use crate::cluster::node::Frame;
 
 pub(super) enum Decoded {
@@ -30,6 +30,11 @@ pub(super) fn decode_frame(
 ) -> Result<Decoded, frame::FrameError> {
     let strings = |list: &rkyv::vec::ArchivedVec<rkyv::string::ArchivedString>| {
         list.iter().map(|s| ByteString::from(s.as_str())).collect()
+    };
+    // A session archive stays in the frame's buffer, unvalidated until the
+    // shard that adopts it reads it.
+    let archive = |session: &rkyv::option::ArchivedOption<rkyv::vec::ArchivedVec<u8>>| {
+        (session.as_ref()).map(|archive| frame.bytes.slice_ref(archive.as_slice()))
     };
     let decoded = match frame.access()? {
         ArchivedClusterMsg::Hello { .. } => Decoded::Hello,
@@ -123,9 +128,35 @@ pub(super) fn decode_frame(
         }),
         ArchivedClusterMsg::HandedOver { request, session } => Decoded::Node(Frame::HandedOver {
             request: request.to_native(),
-            session: session
-                .as_ref()
-                .map(|archive| frame.bytes.slice_ref(archive.as_slice())),
+            session: archive(session),
+        }),
+        ArchivedClusterMsg::Replicate {
+            shard,
+            epoch,
+            reset,
+            complete,
+            ops,
+        } => Decoded::Node(Frame::Replicate {
+            shard: shard.to_native(),
+            epoch: epoch.to_native(),
+            reset: *reset,
+            complete: *complete,
+            ops: Arc::new(
+                rkyv::deserialize::<Vec<ReplicaOp>, rkyv::rancor::Error>(ops)
+                    .map_err(|error| frame::FrameError::Invalid(error.to_string()))?,
+            ),
+        }),
+        ArchivedClusterMsg::Replicated { shard, epoch } => Decoded::Node(Frame::Replicated {
+            shard: shard.to_native(),
+            epoch: epoch.to_native(),
+        }),
+        ArchivedClusterMsg::Recover { client_id, request } => Decoded::Node(Frame::Recover {
+            client_id: client_id.as_str().into(),
+            request: request.to_native(),
+        }),
+        ArchivedClusterMsg::Recovered { request, session } => Decoded::Node(Frame::Recovered {
+            request: request.to_native(),
+            session: archive(session),
         }),
     };
     Ok(decoded)
@@ -199,6 +230,43 @@ pub(super) fn encode_frame(
         ),
         Frame::HandedOver { request, session } => frame::encode(
             &ClusterMsg::HandedOver {
+                request: *request,
+                session: session.as_ref().map(|bytes| bytes.to_vec()),
+            },
+            out,
+        ),
+        Frame::Replicate {
+            shard,
+            epoch,
+            reset,
+            complete,
+            ops,
+        } => frame::encode(
+            &ClusterMsg::Replicate {
+                shard: *shard,
+                epoch: *epoch,
+                reset: *reset,
+                complete: *complete,
+                ops: ops.to_vec(),
+            },
+            out,
+        ),
+        Frame::Replicated { shard, epoch } => frame::encode(
+            &ClusterMsg::Replicated {
+                shard: *shard,
+                epoch: *epoch,
+            },
+            out,
+        ),
+        Frame::Recover { client_id, request } => frame::encode(
+            &ClusterMsg::Recover {
+                client_id: client_id.to_string(),
+                request: *request,
+            },
+            out,
+        ),
+        Frame::Recovered { request, session } => frame::encode(
+            &ClusterMsg::Recovered {
                 request: *request,
                 session: session.as_ref().map(|bytes| bytes.to_vec()),
             },

@@ -12,12 +12,12 @@ use crate::cluster::settings::AckMode;
 use crate::shard::home_shard;
 use crate::shard::mesh::{ClaimOutcome, ShardMsg};
 
-const CLIENT: &str = "c";
+pub(super) const CLIENT: &str = "c";
 
 impl Sim {
     /// Shard 0 of `node` claims [`CLIENT`] under token 7; the raft answers
     /// `result`.
-    fn claim(&mut self, node: usize, result: ClaimResult) {
+    pub(super) fn claim(&mut self, node: usize, result: ClaimResult) {
         self.shard_msg(
             node,
             0,
@@ -35,7 +35,7 @@ impl Sim {
     }
 
     /// What shard 0 of `node` was told of claim 7.
-    fn claimed(&self, node: usize) -> Vec<ClaimOutcome> {
+    pub(super) fn claimed(&self, node: usize) -> Vec<ClaimOutcome> {
         self.nodes[node].to_shards[0]
             .iter()
             .filter_map(|msg| match msg {

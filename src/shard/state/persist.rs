@@ -9,12 +9,14 @@
 //! when the count reaches zero, refused (v5 0x97 Quota exceeded, or the
 //! connection closed for 3.1.1) if any store could not write.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytestring::ByteString;
 use tracing::{info, warn};
 
 use super::{LocalSubscription, SessionKey, SessionSlot, ShardState};
+use crate::message::Message;
 use crate::protocol::{ProtocolVersion, ReasonCode};
 use crate::router::shared::is_shared;
 use crate::session::{Change, Session, Ticket};
@@ -161,33 +163,16 @@ impl ShardState {
         };
         let client_id = slot.session.client_id().clone();
         for change in slot.session.drain_changes() {
+            let change =
+                match added_record(&client_id, change, |message| Some(store.refer(message))) {
+                    Ok(Some(op)) => {
+                        store.push(op);
+                        continue;
+                    }
+                    Ok(None) => continue,
+                    Err(change) => change,
+                };
             let op = match change {
-                Change::Queued {
-                    seq,
-                    message,
-                    qos,
-                    retain,
-                    subscription_ids,
-                    shared,
-                } => Op::Entry {
-                    client_id: client_id.clone(),
-                    seq,
-                    entry: EntryRecord {
-                        message: store.refer(&message),
-                        qos: qos as u8,
-                        retain,
-                        subscription_ids,
-                        shared: shared.map(|s| s.to_string()),
-                    },
-                },
-                Change::Sent { seq, packet_id } => Op::Flight {
-                    client_id: client_id.clone(),
-                    seq,
-                    flight: FlightRecord {
-                        packet_id,
-                        released: false,
-                    },
-                },
                 Change::Released {
                     seq,
                     packet_id,
@@ -208,14 +193,6 @@ impl ShardState {
                         },
                     }
                 }
-                Change::ReleaseOwed { seq, packet_id } => Op::Flight {
-                    client_id: client_id.clone(),
-                    seq,
-                    flight: FlightRecord {
-                        packet_id,
-                        released: true,
-                    },
-                },
                 Change::Ended { seq, message } => match message {
                     Some(message) => {
                         store.release(&message);
@@ -230,14 +207,14 @@ impl ShardState {
                         seq,
                     },
                 },
-                Change::Awaiting { packet_id } => Op::IncomingQos2 {
-                    client_id: client_id.clone(),
-                    packet_id,
-                },
                 Change::Completed { packet_id } => Op::RemoveIncomingQos2 {
                     client_id: client_id.clone(),
                     packet_id,
                 },
+                Change::Queued { .. }
+                | Change::Sent { .. }
+                | Change::ReleaseOwed { .. }
+                | Change::Awaiting { .. } => continue,
             };
             store.push(op);
         }
@@ -287,6 +264,7 @@ impl ShardState {
                 store.push(Op::Session(Box::new(record)));
             }
         }
+        self.replicate_turn();
         if let Some(store) = &mut self.store {
             store.flush();
         }
@@ -308,7 +286,12 @@ impl ShardState {
         })
     }
 
-    fn session_record(&self, key: SessionKey, now: Instant, wall: SystemTime) -> SessionRecord {
+    pub(super) fn session_record(
+        &self,
+        key: SessionKey,
+        now: Instant,
+        wall: SystemTime,
+    ) -> SessionRecord {
         let slot = &self.sessions[key];
         let session = &slot.session;
         let subscriptions = self
@@ -439,18 +422,39 @@ impl ShardState {
     }
 
     /// The writer reports: answers waiting for epochs up to `through` go
-    /// out, refused if the write failed.
+    /// out, refused if the write failed; with replicated sessions, those
+    /// the replicas hold too.
     pub(super) fn stored(&mut self, through: u64, ok: bool, now: Instant) {
-        if ok && let Some(store) = &mut self.store {
-            store.committed(through);
-        }
         if !ok {
             self.metrics.store_failures += 1;
             warn!(
                 shard = self.id(),
                 "store write failed: acknowledgements waiting for it are refused"
             );
+            self.answer_stored(through, false, now);
+            return;
         }
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        store.committed(through);
+        let settled = store.settled();
+        self.answer_stored(settled, true, now);
+    }
+
+    /// The replicas hold every epoch up to `through`.
+    pub(super) fn replicated(&mut self, through: u64, now: Instant) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        store.replicated(through);
+        let settled = store.settled();
+        self.answer_stored(settled, true, now);
+    }
+
+    /// Answers the waiters for epochs up to `through`: confirmed if `ok`,
+    /// else refused.
+    fn answer_stored(&mut self, through: u64, ok: bool, now: Instant) {
         while self
             .stored_waiters
             .front()
@@ -489,4 +493,62 @@ impl ShardState {
         self.run_actions(key, now);
         self.confirm(key, conn, ticket, now);
     }
+}
+
+/// The record `change` adds, for the changes that add one (`Err` gives
+/// the others back): a queued message's entry, a flight, an awaited QoS 2
+/// id. `message_id` names a queued message in the partition; `Ok(None)`
+/// when it has none.
+pub(super) fn added_record(
+    client_id: &ByteString,
+    change: Change,
+    message_id: impl FnOnce(&Arc<Message>) -> Option<u64>,
+) -> Result<Option<Op>, Change> {
+    let op = match change {
+        Change::Queued {
+            seq,
+            message,
+            qos,
+            retain,
+            subscription_ids,
+            shared,
+        } => {
+            let Some(id) = message_id(&message) else {
+                return Ok(None);
+            };
+            Op::Entry {
+                client_id: client_id.clone(),
+                seq,
+                entry: EntryRecord {
+                    message: id,
+                    qos: qos as u8,
+                    retain,
+                    subscription_ids,
+                    shared: shared.map(|s| s.to_string()),
+                },
+            }
+        }
+        Change::Sent { seq, packet_id } => Op::Flight {
+            client_id: client_id.clone(),
+            seq,
+            flight: FlightRecord {
+                packet_id,
+                released: false,
+            },
+        },
+        Change::ReleaseOwed { seq, packet_id } => Op::Flight {
+            client_id: client_id.clone(),
+            seq,
+            flight: FlightRecord {
+                packet_id,
+                released: true,
+            },
+        },
+        Change::Awaiting { packet_id } => Op::IncomingQos2 {
+            client_id: client_id.clone(),
+            packet_id,
+        },
+        other => return Err(other),
+    };
+    Ok(Some(op))
 }
