@@ -145,19 +145,11 @@ async fn a_restarted_node_drops_its_copy_of_a_session_claimed_elsewhere_meanwhil
     // now, and drops the copy: a message published now reaches the client
     // once, on node 1, and node 0 keeps nothing for it.
     cluster.restart(0);
-    let deadline = std::time::Instant::now() + RECV_TIMEOUT;
-    while !cluster
-        .node(0)
-        .logs()
-        .contains("restored sessions claimed by other nodes meanwhile dropped")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node 0 kept its stale copy:\n{}",
-            cluster.node(0).logs()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_log(
+        &cluster,
+        0,
+        "restored sessions claimed by other nodes meanwhile dropped",
+    );
     publish(cluster.addr(2), &topic, 0, 3).await;
     expect_in_order(&mut client, 3).await;
     let metrics = cluster.metrics(0);
@@ -207,7 +199,16 @@ async fn a_session_whose_node_was_killed_resumes_elsewhere_with_every_acknowledg
     client
         .expect_silence(std::time::Duration::from_millis(300))
         .await;
-    cluster.wait_sample(2, "ringmq_cluster_sessions_recovered_total", 1.0);
+    // From the copy: asked of node 1 by node 2's claim, or taken over by
+    // node 1 when gossip said node 0 was down and handed over from there.
+    let from_copy = common::http::sample(
+        &cluster.metrics(2),
+        "ringmq_cluster_sessions_recovered_total",
+    ) + common::http::sample(
+        &cluster.metrics(1),
+        "ringmq_cluster_sessions_promoted_total",
+    );
+    assert_eq!(from_copy, 1.0);
     cluster.wait_sample(2, "ringmq_cluster_handovers_missed_total", 0.0);
     // The session is node 2's now, and copied in turn (to node 1, the
     // only peer left).
@@ -287,4 +288,78 @@ async fn receive_qos2(subscriber: &mut Raw, released: u16, count: usize) -> Vec<
         }
     }
     received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_session_is_served_by_its_replica_will_included_until_its_client_returns() {
+    let mut cluster = Cluster::start_durable(3, "suspect_timeout_ms = 1000");
+    let id = unique_id("orphan");
+    let topic = unique_id("or");
+    let will_topic = unique_id("will");
+    let (mut watcher, _) = Raw::connect_ok(cluster.addr(2), Connect::v5(&unique_id("w"))).await;
+    watcher.subscribe(1, &[(will_topic.as_str(), 1)]).await;
+    let connect = persistent(&id).will(wire::Will::new(&will_topic, b"gone").qos(1));
+    let (mut client, _) = Raw::connect_ok(cluster.addr(0), connect).await;
+    client.subscribe(1, &[(topic.as_str(), 1)]).await;
+    wait_for_copies(&cluster, 1, 1.0);
+
+    // Node 0 dies with the client connected: node 1, which keeps the copy,
+    // takes the session over once gossip says node 0 is down, and its
+    // will goes out from there, once.
+    cluster.kill(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while common::http::sample(
+        &cluster.metrics(1),
+        "ringmq_cluster_sessions_promoted_total",
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 never took the session over:\n{}",
+            cluster.node(1).logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let will = match watcher.try_recv(RECV_TIMEOUT).await {
+        Ok(packet) => packet.publish(wire::V5),
+        Err(error) => panic!(
+            "no will ({error:?}); node 1:\n{}\nnode 2:\n{}",
+            cluster.node(1).logs(),
+            cluster.node(2).logs()
+        ),
+    };
+    assert_eq!(will.payload, b"gone");
+    watcher.send(&wire::ack(wire::PUBACK, will.pkid)).await;
+
+    // Messages published meanwhile are queued on node 1 for the client.
+    publish(cluster.addr(1), &topic, 0, 20).await;
+    let (mut client, connack) = connect_when_served(cluster.addr(2), &id).await;
+    assert!(connack.session_present);
+    expect_in_order(&mut client, 20).await;
+
+    // Node 0 comes back with the session on its disk, cut while connected:
+    // its will is not sent again, and the stale copy is dropped.
+    cluster.restart(0);
+    wait_for_log(
+        &cluster,
+        0,
+        "restored sessions claimed by other nodes meanwhile dropped",
+    );
+    watcher
+        .expect_silence(std::time::Duration::from_millis(500))
+        .await;
+    drop(client);
+}
+
+/// Waits until node `i` has logged `line`.
+fn wait_for_log(cluster: &Cluster, i: usize, line: &str) {
+    let deadline = std::time::Instant::now() + RECV_TIMEOUT;
+    while !cluster.node(i).logs().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {i} never logged {line:?}:\n{}",
+            cluster.node(i).logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -37,6 +37,8 @@ struct SimNode {
     stored: Vec<OutboxOp>,
     /// Claims it asked the ownership raft to make: shard, client id, token.
     claims: Vec<(usize, ByteString, u64)>,
+    /// Promotions it asked for: the node gone, the client ids.
+    promotions: Vec<(ByteString, Vec<ByteString>)>,
 }
 
 /// One direction of a link: its lanes, each in order.
@@ -61,6 +63,7 @@ impl SimNode {
             to_shards: (0..SHARDS).map(|_| Vec::new()).collect(),
             stored: Vec::new(),
             claims: Vec::new(),
+            promotions: Vec::new(),
         }
     }
 }
@@ -193,6 +196,9 @@ impl Sim {
                         client_id,
                         token,
                     } => self.nodes[a].claims.push((shard, client_id, token)),
+                    NodeOutput::Promote { from, client_ids } => {
+                        self.nodes[a].promotions.push((from, client_ids))
+                    }
                     NodeOutput::Release { .. } | NodeOutput::CheckOwners { .. } => {}
                     NodeOutput::Disconnect { peer, reason } => {
                         panic!(

@@ -87,6 +87,11 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
             counters.sessions_recovered,
         ),
         (
+            "cluster_sessions_promoted",
+            "Sessions this node took over from its copies when their owner went down or left",
+            counters.sessions_promoted,
+        ),
+        (
             "cluster_replication_unmet",
             "Times no peer was left to keep copies of this node's sessions (acknowledgements then wait for this node alone)",
             counters.replication_unmet,

@@ -219,6 +219,15 @@ impl Session {
         session
     }
 
+    /// A session restored offline whose connection the restart cut, once
+    /// the cluster has confirmed it is still this node's: its will and
+    /// expiry take their course from `now`, as [`Session::restore`] starts
+    /// them at once on a single node.
+    pub fn connection_cut_by_restart(&mut self, now: Instant) {
+        self.connected = true;
+        self.connection_lost(now);
+    }
+
     /// Starts or stops the journal as the session's lifetime now asks
     /// (called on CONNECT): stored only if it outlives its connection.
     pub(super) fn update_journal(&mut self, config: &SessionConfig) {

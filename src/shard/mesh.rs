@@ -174,6 +174,11 @@ pub enum ShardMsg {
     ReplicaReset,
     /// From the cluster: the replicas hold every epoch up to `through`.
     Replicated { through: u64 },
+    /// From the cluster, to a client id's home shard: this node owns the
+    /// session archived in `session` under `epoch`, taken over from a
+    /// copy of a node that went down; it stays here, offline, until its
+    /// client comes back or it expires.
+    Adopt { session: Vec<u8>, epoch: u64 },
 }
 
 /// How a claim of a client id ended.

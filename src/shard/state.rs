@@ -180,6 +180,9 @@ pub struct ShardState {
     restored: Vec<SessionKey>,
     /// The replicas want every stored session whole at the next flush.
     replica_reset: bool,
+    /// Restored sessions whose connection the restart cut, waiting in a
+    /// cluster for the ownership raft's word before that takes effect.
+    cut_by_restart: Vec<SessionKey>,
 }
 
 /// Where [`ShardState::publish`] sent a message, for the answer's waits.
@@ -241,6 +244,7 @@ impl ShardState {
             dirty: FxHashSet::default(),
             restored: Vec::new(),
             replica_reset: false,
+            cut_by_restart: Vec::new(),
         }))
     }
 
@@ -1068,6 +1072,11 @@ impl ShardState {
             ShardMsg::Stored { through, ok } => self.stored(through, ok, now),
             ShardMsg::Replicated { through } => self.replicated(through, now),
             ShardMsg::ReplicaReset => self.replica_reset = true,
+            ShardMsg::Adopt { session, epoch } => {
+                if let Err(error) = self.adopt(&session, epoch, now) {
+                    warn!(shard = self.id(), %error, "a session copy taken over does not read back; dropped");
+                }
+            }
             ShardMsg::Claimed { token, outcome } => {
                 // A CONNECT whose client gave up meanwhile drops the
                 // receiver; the session it moved here stays, offline.

@@ -182,7 +182,12 @@ impl Cluster {
     /// figures are refreshed ten times a second), and fails if it never
     /// does or goes past it.
     pub fn wait_sample(&self, i: usize, metric: &str, expected: f64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        self.wait_sample_within(i, metric, expected, Duration::from_secs(5));
+    }
+
+    /// [`Cluster::wait_sample`] for up to `within`.
+    pub fn wait_sample_within(&self, i: usize, metric: &str, expected: f64, within: Duration) {
+        let deadline = Instant::now() + within;
         loop {
             let value = sample(&self.metrics(i), metric);
             assert!(

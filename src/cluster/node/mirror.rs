@@ -88,6 +88,16 @@ impl Mirrors {
         found.map(|archive| archive_bytes(&archive))
     }
 
+    /// The client ids of the complete copies kept for `origin`.
+    pub(super) fn client_ids_of(&self, origin: &str) -> Vec<ByteString> {
+        (self.shards.iter())
+            .filter(|((node, _), _)| node == origin)
+            .flat_map(|(_, copy)| copy.sessions.iter())
+            .filter(|(_, session)| session.record.is_some())
+            .map(|(client_id, _)| ByteString::from(client_id.as_str()))
+            .collect()
+    }
+
     /// How many sessions this node keeps copies of.
     pub(super) fn sessions(&self) -> usize {
         let complete = |session: &&SessionCopy| session.record.is_some();

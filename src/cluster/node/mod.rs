@@ -255,6 +255,13 @@ pub enum NodeOutput {
         client_id: ByteString,
         epoch: u64,
     },
+    /// Make this node the owner of each of `client_ids` that node `from`
+    /// (down or gone) still owns in the ownership raft; each answer goes
+    /// to [`Node::handle_promoted`].
+    Promote {
+        from: ByteString,
+        client_ids: Vec<ByteString>,
+    },
 }
 
 /// Counters the metrics layer reads.
@@ -276,6 +283,9 @@ pub struct NodeCounters {
     pub handovers_missed: u64,
     /// Sessions taken over from a copy, their owner unreachable.
     pub sessions_recovered: u64,
+    /// Sessions whose copies this node took over when their owner went
+    /// down or left.
+    pub sessions_promoted: u64,
     /// Times the replicas were chosen and no peer was there to keep a
     /// copy: acknowledgements then waited for this node alone.
     pub replication_unmet: u64,
@@ -829,6 +839,15 @@ impl Node {
         if let Some(&key) = self.peer_by_id.get(node_id) {
             self.remove_peer(key, now);
         }
+        self.promote_copies_of(node_id);
+    }
+
+    /// Gossip says `node_id` is down (suspected past the suspect timeout):
+    /// as suspected, and the sessions this node keeps copies of are taken
+    /// over here ([`replication`], "Promotion").
+    pub fn handle_peer_down(&mut self, node_id: &str) {
+        self.handle_peer_suspect(node_id);
+        self.promote_copies_of(node_id);
     }
 
     /// Time passes: route waits time out, long-unreachable peers are

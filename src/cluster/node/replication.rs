@@ -17,6 +17,16 @@
 //! below the factor, and refusing every publisher would not bring a copy
 //! back (counted in `replication_unmet`).
 //!
+//! # Promotion
+//!
+//! When gossip says a node is down (or it leaves), each node that keeps
+//! copies of its sessions takes them over: the ownership raft gives it
+//! each client id that the dead node still holds (never one whose client
+//! reconnected elsewhere meanwhile), and the copy becomes a session here,
+//! offline, with its subscriptions routed. Messages published from then on
+//! reach it here, its will goes out from here when due, and it expires
+//! here; a client that reconnects anywhere takes it over from here.
+//!
 //! # Frames
 //!
 //! A shard's ops travel on its own lane ([`Lane::Stream`]), in order,
@@ -27,6 +37,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytestring::ByteString;
 use rustc_hash::FxHashMap;
 
 use super::{Frame, Lane, Node, NodeOutput, PeerKey};
@@ -250,6 +261,41 @@ impl Node {
             .into_iter()
             .map(|(name, _)| name)
             .collect()
+    }
+
+    /// `origin` is down or gone: the sessions copied from it are asked of
+    /// the ownership raft.
+    pub(super) fn promote_copies_of(&mut self, origin: &str) {
+        let client_ids = self.mirrors.client_ids_of(origin);
+        if !client_ids.is_empty() {
+            tracing::info!(
+                peer = origin,
+                sessions = client_ids.len(),
+                "taking over the sessions copied from a node that is gone"
+            );
+            self.outputs.push_back(NodeOutput::Promote {
+                from: origin.into(),
+                client_ids,
+            });
+        }
+    }
+
+    /// The ownership raft's answer to the promotion of `client_id`: this
+    /// node owns it under `epoch`, and its home shard adopts the copy; or
+    /// (`None`) the client id had moved on, and the copy is stale.
+    pub fn handle_promoted(&mut self, client_id: ByteString, epoch: Option<u64>) {
+        let Some(session) = self.mirrors.take(&client_id) else {
+            return;
+        };
+        let Some(epoch) = epoch else {
+            return;
+        };
+        self.counters.sessions_promoted += 1;
+        let shard = crate::shard::home_shard(&client_id, self.config.shards);
+        self.outputs.push_back(NodeOutput::ToShard {
+            shard,
+            msg: ShardMsg::Adopt { session, epoch },
+        });
     }
 
     /// How many sessions of other nodes this node keeps copies of.

@@ -224,7 +224,9 @@ impl<T: Transport> Ownership<T> {
         match self.propose(command).await? {
             Answer::Claimed { epoch, previous } => Ok(Claimed { epoch, previous }),
             // A claim is always answered `Claimed` by the table.
-            Answer::Released(_) | Answer::Nothing => Err(OwnershipError::Stopped),
+            Answer::Released(_) | Answer::Promoted(_) | Answer::Nothing => {
+                Err(OwnershipError::Stopped)
+            }
         }
     }
 
@@ -241,7 +243,30 @@ impl<T: Transport> Ownership<T> {
         };
         match self.propose(command).await? {
             Answer::Released(released) => Ok(released),
-            Answer::Claimed { .. } | Answer::Nothing => Err(OwnershipError::Stopped),
+            Answer::Claimed { .. } | Answer::Promoted(_) | Answer::Nothing => {
+                Err(OwnershipError::Stopped)
+            }
+        }
+    }
+
+    /// Makes this node the owner of `client_id` if node `from` still holds
+    /// it; the new epoch, or `None` if it had moved on. Fails as
+    /// [`Ownership::claim`] does.
+    pub async fn promote(
+        &self,
+        client_id: &str,
+        from: NodeId,
+    ) -> Result<Option<Epoch>, OwnershipError> {
+        let command = Command::Promote {
+            client_id: ByteString::from(client_id),
+            from,
+            node: self.id,
+        };
+        match self.propose(command).await? {
+            Answer::Promoted(epoch) => Ok(epoch),
+            Answer::Claimed { .. } | Answer::Released(_) | Answer::Nothing => {
+                Err(OwnershipError::Stopped)
+            }
         }
     }
 

@@ -43,6 +43,16 @@ pub enum Command {
         node: NodeId,
         epoch: Epoch,
     },
+    /// Give `client_id` to `node` under a new epoch only if `from` still
+    /// holds it: a replica taking over the sessions of a node that died
+    /// must not take one whose client has meanwhile reconnected elsewhere.
+    /// If `node` holds it already, its grant is the answer, so that a
+    /// promotion whose answer was lost can be proposed again.
+    Promote {
+        client_id: ByteString,
+        from: NodeId,
+        node: NodeId,
+    },
 }
 
 /// What applying one log entry answered, handed back to whoever proposed it.
@@ -59,6 +69,8 @@ pub enum Answer {
     },
     /// Whether the release applied (false: the grant had moved on).
     Released(bool),
+    /// The promotion's epoch, or `None` if the client id had moved on.
+    Promoted(Option<Epoch>),
 }
 
 /// The replicated state.
@@ -93,6 +105,18 @@ impl OwnershipTable {
                 node,
                 epoch,
             } => Answer::Released(self.release(&client_id, node, epoch)),
+            Command::Promote {
+                client_id,
+                from,
+                node,
+            } => match self.grants.get(&client_id) {
+                Some(grant) if grant.node == from => {
+                    Answer::Promoted(Some(self.claim(client_id, node).0))
+                }
+                // A promotion proposed again after an answer was lost.
+                Some(grant) if grant.node == node => Answer::Promoted(Some(grant.epoch)),
+                _ => Answer::Promoted(None),
+            },
         }
     }
 
@@ -193,6 +217,38 @@ mod tests {
     }
 
     #[test]
+    fn a_promotion_takes_a_client_id_only_from_the_node_named() {
+        let mut table = OwnershipTable::new();
+        claim(&mut table, "c", 1);
+        let promote = |table: &mut OwnershipTable, from| {
+            table.apply(Command::Promote {
+                client_id: "c".into(),
+                from,
+                node: 3,
+            })
+        };
+        assert_eq!(promote(&mut table, 2), Answer::Promoted(None));
+        assert!(table.check("c", 1, 1), "node 1 keeps it");
+        assert_eq!(promote(&mut table, 1), Answer::Promoted(Some(2)));
+        assert!(table.check("c", 3, 2));
+        assert_eq!(
+            promote(&mut table, 1),
+            Answer::Promoted(Some(2)),
+            "proposed again, the same grant"
+        );
+        claim(&mut table, "c", 4);
+        assert_eq!(promote(&mut table, 1), Answer::Promoted(None), "moved on");
+        assert_eq!(
+            table.apply(Command::Promote {
+                client_id: "gone".into(),
+                from: 1,
+                node: 3,
+            }),
+            Answer::Promoted(None)
+        );
+    }
+
+    #[test]
     fn reclaiming_on_the_same_node_fences_the_earlier_connection() {
         let mut table = OwnershipTable::new();
         claim(&mut table, "c", 1);
@@ -259,11 +315,18 @@ mod tests {
         prop_oneof![
             (client_id.clone(), 1u64..4)
                 .prop_map(|(client_id, node)| Command::Claim { client_id, node }),
-            (client_id, 1u64..4, 0u64..12).prop_map(|(client_id, node, epoch)| {
+            (client_id.clone(), 1u64..4, 0u64..12).prop_map(|(client_id, node, epoch)| {
                 Command::Release {
                     client_id,
                     node,
                     epoch,
+                }
+            }),
+            (client_id, 1u64..4, 1u64..4).prop_map(|(client_id, from, node)| {
+                Command::Promote {
+                    client_id,
+                    from,
+                    node,
                 }
             }),
         ]
@@ -279,12 +342,18 @@ mod tests {
             let mut history: FxHashMap<ByteString, Vec<Grant>> = FxHashMap::default();
             for command in commands {
                 let client_id = match &command {
-                    Command::Claim { client_id, .. } | Command::Release { client_id, .. } => client_id.clone(),
+                    Command::Claim { client_id, .. }
+                    | Command::Release { client_id, .. }
+                    | Command::Promote { client_id, .. } => client_id.clone(),
                 };
                 let before = table.owner(&client_id);
                 let node = match &command {
-                    Command::Claim { node, .. } => *node,
+                    Command::Claim { node, .. } | Command::Promote { node, .. } => *node,
                     Command::Release { .. } => 0,
+                };
+                let promoted_from = match &command {
+                    Command::Promote { from, .. } => Some(*from),
+                    _ => None,
                 };
                 match table.apply(command) {
                     Answer::Claimed { epoch, previous } => {
@@ -295,8 +364,22 @@ mod tests {
                         }
                         grants.push(Grant { node, epoch });
                     }
+                    Answer::Promoted(Some(epoch))
+                        if before.is_some_and(|g| g.node == node && Some(g.node) != promoted_from) =>
+                    {
+                        prop_assert_eq!(before.map(|grant| grant.epoch), Some(epoch));
+                        prop_assert_eq!(table.owner(&client_id), before);
+                    }
+                    Answer::Promoted(Some(epoch)) => {
+                        prop_assert_eq!(before.map(|grant| grant.node), promoted_from);
+                        let grants = history.entry(client_id.clone()).or_default();
+                        if let Some(last) = grants.last() {
+                            prop_assert!(epoch > last.epoch);
+                        }
+                        grants.push(Grant { node, epoch });
+                    }
                     Answer::Released(true) => prop_assert!(before.is_some()),
-                    Answer::Released(false) | Answer::Nothing => {
+                    Answer::Released(false) | Answer::Promoted(None) | Answer::Nothing => {
                         prop_assert_eq!(table.owner(&client_id), before);
                     }
                 }

@@ -106,9 +106,11 @@ pub fn check_request(request: &RaftRequest, senders: &[NodeId]) -> Result<(), Ra
         RaftRequest::AppendEntries(append) => append.vote.leader_id().voted_for(),
         RaftRequest::Vote(vote) => vote.vote.leader_id().voted_for(),
         RaftRequest::Snapshot { vote, .. } => vote.leader_id().voted_for(),
-        RaftRequest::Forward(Command::Claim { node, .. } | Command::Release { node, .. }) => {
-            Some(*node)
-        }
+        RaftRequest::Forward(
+            Command::Claim { node, .. }
+            | Command::Release { node, .. }
+            | Command::Promote { node, .. },
+        ) => Some(*node),
     };
     if !named.is_some_and(|named| senders.contains(&named)) {
         return Err(RaftWireError::Refused(format!(

@@ -366,6 +366,9 @@ impl Cluster {
                 Some(ok) = self.raft.done_rx.recv() => self.raft.handle_done(ok, Instant::now()),
                 Some(done) = self.raft.claims_rx.recv() => self.handle_claim_done(done),
                 Some((shard, msg)) = self.raft.owners_rx.recv() => self.mesh.push(shard, msg),
+                Some((client_id, epoch)) = self.raft.promoted_rx.recv() => {
+                    self.node.handle_promoted(client_id, epoch);
+                }
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.node.handle_timeout(now);
@@ -424,6 +427,7 @@ impl Cluster {
                     token,
                 } => self.raft.claim(shard, client_id, token),
                 NodeOutput::Release { client_id, epoch } => self.raft.release(client_id, epoch),
+                NodeOutput::Promote { from, client_ids } => self.raft.promote(&from, client_ids),
                 NodeOutput::CheckOwners { shard, client_ids } => {
                     self.raft.check_owners(shard, client_ids)
                 }
@@ -853,7 +857,7 @@ impl Cluster {
                 // Its routes and outbox stay for peer_hold: a partition or
                 // a restart should not lose what is owed to it.
                 warn!(peer = %member.node_id, "cluster member down");
-                self.node.handle_peer_suspect(&member.node_id);
+                self.node.handle_peer_down(&member.node_id);
             }
             MemberEvent::Left(member) => {
                 info!(peer = %member.node_id, "cluster member left");

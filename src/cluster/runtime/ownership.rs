@@ -180,6 +180,11 @@ impl Drop for TempDir {
     }
 }
 
+/// How long a promotion is proposed again while the raft cannot confirm
+/// it (an election after the leader died takes seconds), and how often.
+const PROMOTE_PATIENCE: Duration = Duration::from_secs(60);
+const PROMOTE_RETRY: Duration = Duration::from_millis(500);
+
 /// A claim's outcome: the epoch granted and the raft id of the node that
 /// held the client id before, or `Err` when no majority confirmed it.
 pub(super) struct ClaimDone {
@@ -217,6 +222,9 @@ pub(super) struct RaftSide {
     claims_tx: mpsc::UnboundedSender<ClaimDone>,
     /// Each claim's outcome, for the main loop to hand the node.
     pub(super) claims_rx: mpsc::UnboundedReceiver<ClaimDone>,
+    promoted_tx: mpsc::UnboundedSender<(ByteString, Option<u64>)>,
+    /// Each promotion's outcome, for the main loop to hand the node.
+    pub(super) promoted_rx: mpsc::UnboundedReceiver<(ByteString, Option<u64>)>,
     /// Since when no leader has been reachable, while the raft is formed.
     lost_since: Option<Instant>,
     status: Option<OwnershipStatus>,
@@ -251,6 +259,7 @@ impl RaftSide {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (claims_tx, claims_rx) = mpsc::unbounded_channel();
         let (owners_tx, owners_rx) = mpsc::unbounded_channel();
+        let (promoted_tx, promoted_rx) = mpsc::unbounded_channel();
         RaftSide {
             name: settings.node_id.clone(),
             id,
@@ -270,6 +279,8 @@ impl RaftSide {
             owners_rx,
             claims_tx,
             claims_rx,
+            promoted_tx,
+            promoted_rx,
             lost_since: None,
             status: None,
             _temp: home.temp,
@@ -386,6 +397,42 @@ impl RaftSide {
                 client_id,
                 outcome,
             });
+        });
+    }
+
+    /// Asks the raft, on a task, to give this node each of `client_ids`
+    /// that node `from` still owns. A node that keeps copies of sessions
+    /// has a data dir, so `from`'s raft id is the one its name gives. A
+    /// promotion the raft cannot confirm is left: the copy stays, for a
+    /// reconnecting client's claim to recover.
+    pub(super) fn promote(&self, from: &str, client_ids: Vec<ByteString>) {
+        let Some(ownership) = self.ownership.clone() else {
+            return;
+        };
+        let promoted = self.promoted_tx.clone();
+        let from_id = raft_id(from);
+        tokio::spawn(async move {
+            for client_id in client_ids {
+                // The dead node may have led the raft: proposals fail until
+                // a new leader is elected, and are proposed again.
+                let deadline = Instant::now() + PROMOTE_PATIENCE;
+                loop {
+                    match ownership.promote(&client_id, from_id).await {
+                        Ok(epoch) => {
+                            let _ = promoted.send((client_id, epoch));
+                            break;
+                        }
+                        Err(error) if Instant::now() >= deadline => {
+                            warn!(client = %client_id, %error, "promotion of a session copy failed; the copy is kept for its client's claim");
+                            break;
+                        }
+                        Err(error) => {
+                            debug!(client = %client_id, %error, "promotion of a session copy not confirmed yet");
+                            tokio::time::sleep(PROMOTE_RETRY).await;
+                        }
+                    }
+                }
+            }
         });
     }
 

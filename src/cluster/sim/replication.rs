@@ -206,3 +206,53 @@ fn a_restarted_owner_drops_the_copies_of_its_last_life() {
     sim.settle();
     assert_eq!(sim.nodes[1].node.session_copies(), 0);
 }
+
+#[test]
+fn the_copies_of_a_node_gone_down_are_promoted_unless_their_client_moved_on() {
+    let mut sim = replicated(3, 17);
+    sim.replicate(0, 1, true, session_ops(1));
+    sim.cut(0, 1);
+    sim.cut(0, 2);
+    sim.settle();
+    assert!(
+        sim.nodes[1].promotions.is_empty(),
+        "a lost link alone promotes nothing"
+    );
+    sim.nodes[1].node.handle_peer_down(&id(0));
+    sim.nodes[2].node.handle_peer_down(&id(0));
+    sim.settle();
+    assert_eq!(sim.nodes[1].promotions, [(id(0), vec![CLIENT.into()])]);
+    assert!(
+        sim.nodes[2].promotions.is_empty(),
+        "n2 keeps no copy of n0's"
+    );
+
+    sim.nodes[1].node.handle_promoted(CLIENT.into(), Some(12));
+    sim.settle();
+    let home = crate::shard::home_shard(CLIENT, super::SHARDS);
+    let adopted: Vec<u64> = (sim.nodes[1].to_shards[home].iter())
+        .filter_map(|msg| match msg {
+            ShardMsg::Adopt { epoch, session } => {
+                let outcome = ClaimOutcome::Owner {
+                    epoch: *epoch,
+                    session: Some(session.clone()),
+                };
+                assert_eq!(owed_numbers(&outcome), [1]);
+                Some(*epoch)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(adopted, [12]);
+    assert_eq!(sim.nodes[1].node.counters.sessions_promoted, 1);
+    assert_eq!(sim.nodes[1].node.session_copies(), 0);
+
+    // Refused (the client reconnected elsewhere first): the copy is stale.
+    let mut sim = replicated(3, 18);
+    sim.replicate(0, 1, true, session_ops(1));
+    sim.nodes[1].node.handle_peer_down(&id(0));
+    sim.nodes[1].node.handle_promoted(CLIENT.into(), None);
+    sim.settle();
+    assert_eq!(sim.nodes[1].node.session_copies(), 0);
+    assert_eq!(sim.nodes[1].node.counters.sessions_promoted, 0);
+}

@@ -94,6 +94,9 @@ impl ShardState {
         }
         let session = Session::adopt(arrived, &self.config.session, now);
         let key = self.insert_session(session, subscriptions, epoch, now);
+        // A copy taken over from a node that died with the client
+        // connected has its will due now (without a delay).
+        self.run_actions(key, now);
         self.session_changed(key);
         self.schedule(key);
         self.flush();
@@ -134,7 +137,9 @@ impl ShardState {
                 "restored sessions claimed by other nodes meanwhile dropped"
             );
         }
-        self.flush();
+        // The rest are this node's: their wills and expiries take their
+        // course (`resume_restored`).
+        self.resume_restored_now(now);
     }
 
     /// A session this node no longer owns: its connection, if any, is

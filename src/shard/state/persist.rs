@@ -69,14 +69,24 @@ impl ShardState {
         }
         let count = restored.sessions.len();
         let mut cut = Vec::new();
-        for (session, subscriptions) in restored.sessions {
+        // In a cluster, a session whose connection the restart cut stays
+        // as if connected until the ownership raft says it is still this
+        // node's: another node may have taken it over from a copy, will
+        // included, and a message arriving meanwhile must not set its will
+        // off here.
+        let clustered = self.mesh.cluster_place().is_some();
+        for (mut session, subscriptions) in restored.sessions {
             let connected = session.connected;
+            session.connected = connected && !clustered;
             let session = Session::restore(session, &self.config.session, now);
             let key = self.insert_session(session, subscriptions, 0, now);
             self.restored.push(key);
             if connected {
                 cut.push(key);
             }
+        }
+        if clustered {
+            self.cut_by_restart.extend(cut.iter().copied());
         }
         if let Some(store) = &mut self.store {
             for key in restored.garbage {
@@ -133,8 +143,24 @@ impl ShardState {
     /// Second step of a restart, once every shard has restored its
     /// subscriptions: wills of sessions whose connection the restart cut,
     /// and expiries that passed while the broker was down.
+    ///
+    /// In a cluster these wait for the ownership raft's word
+    /// ([`ShardState::settle_restored`]): another node may have taken some
+    /// of the sessions over from a copy while this one was down, and sent
+    /// their wills already.
     pub fn resume_restored(&mut self, now: Instant) {
         self.drain_inbox(now);
+        if self.mesh.cluster_place().is_none() {
+            self.resume_restored_now(now);
+        }
+    }
+
+    pub(super) fn resume_restored_now(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.cut_by_restart) {
+            if let Some(slot) = self.sessions.get_mut(key) {
+                slot.session.connection_cut_by_restart(now);
+            }
+        }
         for key in std::mem::take(&mut self.restored) {
             // Due now, not at the first tick: a client connecting at once
             // must not resume a session that expired while the broker was
