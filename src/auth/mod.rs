@@ -47,7 +47,7 @@ use verifier::Pool;
 /// worth at the lowest priority, while an honest burst (a fleet
 /// reconnecting after a restart) is verified at twice one thread's rate.
 pub const DEFAULT_THREADS: usize = 2;
-/// At argon2's default cost (about 15 ms a hash on a server core) two
+/// At argon2's default cost (10 to 15 ms a hash on a server core) two
 /// threads drain 256 waiting CONNECTs in about two seconds: a reconnecting
 /// fleet waits briefly, and a flood past it is told Server busy.
 pub const DEFAULT_QUEUE: usize = 256;
