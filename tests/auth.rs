@@ -537,6 +537,39 @@ async fn a_full_verifier_queue_answers_server_busy_at_once() {
     expect_codes(&broker, Some("alice"), Some("pw"), (0, 0)).await;
 }
 
+#[tokio::test]
+async fn unknown_users_are_refused_as_slowly_as_wrong_passwords() {
+    let dir = Dir::new("timing");
+    let file = dir.file("passwd");
+    // Costly enough (tens of milliseconds) that a refusal without a hash would
+    // stand out from one with.
+    std::fs::write(&file, slow_argon2_line("alice", "pw", 10)).expect("writable");
+    let broker = Broker::start(&["--password-file", path_arg(&file)]);
+    // Taken in turns, so that the load of whatever else runs on the
+    // machine weighs on both alike.
+    let (mut wrong_password, mut unknown_user) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        for (user, took) in [
+            ("alice", &mut wrong_password),
+            ("mallory", &mut unknown_user),
+        ] {
+            let started = Instant::now();
+            assert_eq!(
+                connack(&broker, V5, Some(user), Some("guess")).await,
+                V5_BAD_PASSWORD
+            );
+            took.push(started.elapsed());
+        }
+    }
+    let (wrong_password, unknown_user) = (median(wrong_password), median(unknown_user));
+    println!("median refusal: wrong password {wrong_password:?}, unknown user {unknown_user:?}");
+    assert!(
+        // Loose: a refusal without a hash would be a hundred times faster.
+        unknown_user * 4 >= wrong_password && wrong_password * 4 >= unknown_user,
+        "wrong password {wrong_password:?}, unknown user {unknown_user:?}"
+    );
+}
+
 const WITNESS_TOPIC: &str = "witness/auth";
 
 /// A well-behaved publisher's QoS 1 stream to a subscriber, both logged
@@ -664,7 +697,7 @@ async fn a_brute_force_loop_does_not_slow_other_clients() {
 
     let guesses = refused.load(Ordering::Relaxed);
     assert!(
-        guesses >= 32,
+        guesses >= 16,
         "the attack hardly ran: {guesses} guesses answered"
     );
     let (before, during): (Vec<_>, Vec<_>) = trips
