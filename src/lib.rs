@@ -47,10 +47,14 @@
 //! - [`store`]: sessions, their messages and the retained store on disk
 //!   (a write-ahead log per shard in front of a redb partition, written by
 //!   a thread per partition), read back at start-up.
+//! - [`auth`]: who may connect: the password file (argon2id, or
+//!   Mosquitto's PBKDF2 lines), anonymous clients, and the threads that
+//!   verify passwords off the shards.
 //! - [`config`]: command line and TOML, validated once.
 //!
 //! Each room's module documentation gives the reasons for its design.
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod message;

@@ -1,7 +1,12 @@
 //! The `ringmq` binary: parse the configuration, start the shards, wait;
-//! or, with `cluster-certs`, write cluster certificates and exit.
+//! or, with `cluster-certs`, write cluster certificates and exit; or, with
+//! `passwd`, edit a password file and exit.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use ringmq::auth::Authenticator;
+use ringmq::auth::passwd::{self, PasswdAction};
 
 use ringmq::cluster::tls;
 use ringmq::config::{Command, ConfigError, LogFormat};
@@ -11,6 +16,7 @@ fn main() -> ExitCode {
     let config = match Command::from_args(std::env::args_os()) {
         Ok(Command::Serve(config)) => config,
         Ok(Command::ClusterCerts { out, nodes }) => return cluster_certs(&out, &nodes),
+        Ok(Command::Passwd { file, user, action }) => return passwd(&file, &user, &action),
         // clap prints help, version and its own errors, with the right status.
         Err(ConfigError::Cli(error)) => error.exit(),
         Err(error) => {
@@ -37,6 +43,13 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
 
+    let auth = match Authenticator::start(&config.auth) {
+        Ok(auth) => Arc::new(auth),
+        Err(error) => {
+            tracing::error!(%error, "cannot start the password verifier threads");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = ServerConfig {
         listeners: config.listeners.clone(),
         shards: config.cores,
@@ -48,6 +61,7 @@ fn main() -> ExitCode {
             connections: ConnectionLimit::new(config.max_connections),
             connect_timeout: config.connect_timeout(),
             max_client_id_length: usize::from(config.max_client_id_length),
+            auth,
         },
         metrics_listen: config.metrics_listen,
         sys_interval: (config.sys_interval > 0)
@@ -76,6 +90,20 @@ fn cluster_certs(out: &std::path::Path, nodes: &[String]) -> ExitCode {
         }
         Err(error) => {
             eprintln!("ringmq cluster-certs: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ringmq passwd`: what was done on stdout, an error on stderr.
+fn passwd(file: &std::path::Path, user: &str, action: &PasswdAction) -> ExitCode {
+    match passwd::run(file, user, action) {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ringmq passwd: {error}");
             ExitCode::FAILURE
         }
     }

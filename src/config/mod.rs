@@ -10,9 +10,14 @@
 //! `--cluster-ack`), except `node_id` and `seeds` (`--node-id`,
 //! `--seeds`); see `src/config/cluster.rs`.
 //!
-//! Besides serving, the binary has one subcommand, `cluster-certs`, which
-//! writes a cluster CA and node certificates; [`Command`] is either.
+//! Authentication keys (`password_file`, `allow_anonymous`, ...) are
+//! top-level, as in Mosquitto's file; see `src/config/auth.rs`.
+//!
+//! Besides serving, the binary has two subcommands: `cluster-certs`, which
+//! writes a cluster CA and node certificates, and `passwd`, which edits a
+//! password file; [`Command`] is one of the three.
 
+mod auth;
 mod cluster;
 mod listeners;
 
@@ -29,6 +34,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
+use crate::auth::AuthSettings;
+use crate::auth::passwd::PasswdAction;
 use crate::cluster::settings::ClusterSettings;
 use crate::protocol::topic::{MAX_TOPIC_LEN, MAX_TOPIC_LEVELS, TopicLimits};
 use crate::router::shared::Strategy;
@@ -115,6 +122,8 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
     /// `None` without `data_dir`: everything stays in memory.
     pub store: Option<StoreSettings>,
+    /// Who may connect.
+    pub auth: AuthSettings,
 }
 
 /// What the binary was asked to do.
@@ -125,6 +134,13 @@ pub enum Command {
     /// `ringmq cluster-certs`: write a cluster CA and a certificate per node
     /// into `out`, then exit.
     ClusterCerts { out: PathBuf, nodes: Vec<String> },
+    /// `ringmq passwd`: add, update or delete a user of a password file,
+    /// then exit.
+    Passwd {
+        file: PathBuf,
+        user: String,
+        action: PasswdAction,
+    },
 }
 
 /// Which I/O backend the shards run on.
@@ -189,6 +205,14 @@ pub enum ConfigError {
         key: &'static str,
         path: PathBuf,
         source: std::io::Error,
+    },
+    /// A file a key names was read and is not valid; `reason` names the
+    /// line.
+    #[error("invalid `{key}` (--{flag}) {}: {reason}", path.display(), flag = flag_for_key(key))]
+    InvalidKeyFile {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
     },
     /// How cluster nodes authenticate each other is missing or ambiguous.
     #[error("{0}")]
@@ -323,6 +347,8 @@ struct Cli {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     repair: Option<bool>,
     #[command(flatten)]
+    auth: auth::AuthArgs,
+    #[command(flatten)]
     cluster: cluster::ClusterArgs,
 }
 
@@ -339,6 +365,25 @@ enum CliCommand {
         /// common name.
         #[arg(long, value_name = "ID,...", value_delimiter = ',', required = true)]
         nodes: Vec<String>,
+    },
+    /// Add a user to a password file (created if missing) or set their
+    /// password, as an argon2id hash; the password is asked twice on the
+    /// terminal, or read from stdin (one line) with --stdin. With -D,
+    /// delete the user. Other lines are kept.
+    Passwd {
+        /// Delete USER instead.
+        #[arg(short = 'D', long = "delete", conflicts_with = "stdin")]
+        delete: bool,
+        /// Read the password from the first line of stdin, not the
+        /// terminal.
+        #[arg(long)]
+        stdin: bool,
+        /// The password file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The user name.
+        #[arg(value_name = "USER")]
+        user: String,
     },
 }
 
@@ -376,6 +421,10 @@ struct FileConfig {
     durability: Option<DurabilityLevel>,
     durability_interval_ms: Option<u64>,
     repair: Option<bool>,
+    password_file: Option<PathBuf>,
+    allow_anonymous: Option<bool>,
+    auth_threads: Option<usize>,
+    auth_queue: Option<usize>,
     cluster: Option<cluster::ClusterTable>,
 }
 
@@ -431,6 +480,20 @@ impl Command {
             Some(CliCommand::ClusterCerts { out, nodes }) => {
                 Ok(Command::ClusterCerts { out, nodes })
             }
+            Some(CliCommand::Passwd {
+                delete,
+                stdin,
+                file,
+                user,
+            }) => Ok(Command::Passwd {
+                file,
+                user,
+                action: if delete {
+                    PasswdAction::Delete
+                } else {
+                    PasswdAction::Set { stdin }
+                },
+            }),
             None => {
                 let file = match &cli.config {
                     Some(path) => FileConfig::load(path)?,
@@ -454,6 +517,7 @@ impl Config {
         match Command::from_args(args)? {
             Command::Serve(config) => Ok(*config),
             Command::ClusterCerts { .. } => Err(ConfigError::NotServe("cluster-certs")),
+            Command::Passwd { .. } => Err(ConfigError::NotServe("passwd")),
         }
     }
 
@@ -492,6 +556,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let listeners = listeners::merge_listeners(&cli, &file)?;
         let mut cluster = cluster::merge(&cli.cluster, file.cluster.as_ref(), secret_env)?;
+        let auth = auth::merge(&cli.auth, &file)?;
 
         let cores = cli.cores.or(file.cores).unwrap_or_else(|| {
             // The CPU count can be unknowable (restricted /proc); one shard
@@ -657,6 +722,7 @@ impl Config {
                 .unwrap_or(DEFAULT_SYS_INTERVAL),
             cluster,
             store,
+            auth,
         })
     }
 }

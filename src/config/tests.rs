@@ -167,6 +167,12 @@ fn file_only() {
                 interval: Duration::from_millis(250),
                 repair: true,
             }),
+            auth: crate::auth::AuthSettings {
+                password_file: None,
+                allow_anonymous: true,
+                threads: 2,
+                queue: 256,
+            },
         }
     );
 }
@@ -415,6 +421,10 @@ fn deploy_example_parses_and_sets_every_key() {
         durability,
         durability_interval_ms,
         repair,
+        password_file,
+        allow_anonymous,
+        auth_threads,
+        auth_queue,
         cluster,
     } = &file;
     assert!(listen.is_some());
@@ -445,8 +455,22 @@ fn deploy_example_parses_and_sets_every_key() {
     assert!(durability.is_some());
     assert!(durability_interval_ms.is_some());
     assert!(repair.is_some());
+    // Commented out, as `# password_file = ...`: the file it names does
+    // not exist where this test runs.
+    assert!(password_file.is_none());
+    assert!(example_documents("password_file"));
+    assert!(allow_anonymous.is_some());
+    assert!(auth_threads.is_some());
+    assert!(auth_queue.is_some());
     assert!(cluster.is_none(), "the example is a single node");
     Config::merge(Cli::default(), file, None).expect("example config is valid");
+}
+
+/// Whether deploy/ringmq.toml has `key` commented out, as `# key = value`.
+fn example_documents(key: &str) -> bool {
+    include_str!("../../deploy/ringmq.toml")
+        .lines()
+        .any(|line| line.starts_with(&format!("# {key} = ")))
 }
 
 /// The `[cluster]` table is commented out in the example (a single

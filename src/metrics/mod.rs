@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
+use crate::auth::AuthFailure;
 use crate::message::Message;
 use crate::protocol::QoS;
 use crate::shard::ShardId;
@@ -45,6 +46,9 @@ pub struct ShardMetrics {
     /// Connections refused, by CONNACK reason code or by why they were
     /// closed before a CONNECT came.
     pub rejected: BTreeMap<String, u64>,
+    /// CONNECTs refused by authentication, indexed as
+    /// [`AuthFailure::ALL`] (also counted in `rejected`, by reason code).
+    pub auth_failures: [u64; 3],
     /// Indexed by QoS (0, 1, 2).
     pub messages_in: [u64; 3],
     pub bytes_in: [u64; 3],
@@ -83,6 +87,16 @@ impl ShardMetrics {
 
     pub fn refused(&mut self, reason: impl std::fmt::Debug) {
         *self.rejected.entry(format!("{reason:?}")).or_default() += 1;
+    }
+
+    /// A CONNECT refused by authentication, under both counters.
+    pub fn auth_failed(&mut self, failure: AuthFailure) {
+        self.refused(failure.reason_code());
+        let index = AuthFailure::ALL
+            .iter()
+            .position(|&f| f == failure)
+            .unwrap_or_default();
+        self.auth_failures[index] += 1;
     }
 }
 

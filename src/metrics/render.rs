@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use super::histogram::Latency;
 use super::{Snapshot, cluster};
+use crate::auth::AuthFailure;
 use crate::cluster::StatusSnapshot;
 
 /// The `Content-Type` of [`render`]'s output.
@@ -52,6 +53,22 @@ pub fn render(snapshots: &[Snapshot], cluster: Option<&StatusSnapshot>) -> Strin
         "connections_rejected",
         "Connections refused, by CONNACK reason code or, for those closed before a CONNECT, why",
         rejected,
+    );
+    let auth_failures = Family::<Labels, Counter>::default();
+    for (index, failure) in AuthFailure::ALL.into_iter().enumerate() {
+        auth_failures
+            .get_or_create(&vec![("reason".into(), failure.label().into())])
+            .inc_by(
+                snapshots
+                    .iter()
+                    .map(|s| s.metrics.auth_failures[index])
+                    .sum(),
+            );
+    }
+    registry.register(
+        "auth_failures",
+        "CONNECTs refused by authentication: bad_password (unknown user or wrong password, 0x86), not_authorized (anonymous, 0x87), busy (verifier queue full, 0x89)",
+        auth_failures,
     );
 
     let sessions = Family::<Labels, Gauge>::default();
@@ -250,8 +267,7 @@ mod tests {
         };
         b.metrics.messages_in[1] = 4;
         b.metrics.publish_latency.record(Duration::from_millis(2));
-        b.metrics
-            .refused(crate::protocol::ReasonCode::NotAuthorized);
+        b.metrics.auth_failed(AuthFailure::NotAuthorized);
 
         let text = render(&[a, b], None);
         let line = |prefix: &str| {
@@ -271,6 +287,14 @@ mod tests {
         assert_eq!(
             line("ringmq_connections_rejected_total"),
             "ringmq_connections_rejected_total{reason=\"NotAuthorized\"} 1"
+        );
+        assert_eq!(
+            line("ringmq_auth_failures_total{reason=\"not_authorized\"}"),
+            "ringmq_auth_failures_total{reason=\"not_authorized\"} 1"
+        );
+        assert_eq!(
+            line("ringmq_auth_failures_total{reason=\"busy\"}"),
+            "ringmq_auth_failures_total{reason=\"busy\"} 0"
         );
         assert_eq!(
             line("ringmq_publish_latency_seconds_bucket{le=\"0.000025\"}"),

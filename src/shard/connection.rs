@@ -27,6 +27,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::auth::authenticate;
 use super::deadline::{self, Alarm, Deadline};
 use super::limit::ConnectionPermit;
 use super::mesh::{ClaimOutcome, Handoff, ShardMsg};
@@ -384,6 +385,10 @@ pub async fn accept(
         let reason = ReasonCode::ClientIdentifierNotValid;
         state.borrow_mut().metrics.refused(reason);
         refuse(&mut stream, websocket, connect.protocol, reason).await;
+        return;
+    }
+
+    if !authenticate(&state, &mut stream, websocket, &mut connect, peer).await {
         return;
     }
 
@@ -1119,7 +1124,7 @@ fn first_packet(
 }
 
 /// Sends a refusing CONNACK and lets the stream drop (closing it).
-async fn refuse(
+pub(super) async fn refuse(
     stream: &mut TcpStream,
     websocket: Option<&RefCell<WsFraming>>,
     version: ProtocolVersion,

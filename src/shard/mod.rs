@@ -107,6 +107,7 @@
 //! shared by refcount, only the index is per shard) so that a SUBSCRIBE is
 //! answered from local memory.
 
+mod auth;
 mod connection;
 mod deadline;
 mod limit;
@@ -132,6 +133,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use rustc_hash::FxHasher;
 use tracing::{error, info, warn};
 
+use crate::auth::Authenticator;
 use crate::cluster::{self, ClusterStatus};
 use crate::config::{IoDriver, ListenerConfig};
 use crate::metrics::{self, Readiness};
@@ -294,6 +296,7 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     // Before binding: once `listening` is logged, a SIGTERM must already
     // mean a clean shutdown, not the default action (death by signal).
     watch_signals(mesh.clone(), readiness.clone())?;
+    watch_hangups(config.shard.auth.clone())?;
     let listeners =
         listener::bind_all(&config.listeners, config.shards).map_err(StartError::Listen)?;
     // After the MQTT listeners, whose `listening` lines come first.
@@ -477,6 +480,24 @@ fn watch_signals(mesh: MeshHandle, readiness: Readiness) -> Result<(), StartErro
                 if let Some(place) = mesh.cluster_place() {
                     mesh.send(place, ShardMsg::Shutdown);
                 }
+            }
+        })
+        .map_err(StartError::Thread)?;
+    Ok(())
+}
+
+/// Every SIGHUP reloads what can be reloaded: the password file. A broker
+/// without one logs that there is nothing to reload rather than dying,
+/// the signal's default action, when a terminal or a script sends it.
+fn watch_hangups(auth: Arc<Authenticator>) -> Result<(), StartError> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(StartError::Signals)?;
+    thread::Builder::new()
+        .name("ringmq-reload".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                info!(signal, "reloading");
+                auth.reload();
             }
         })
         .map_err(StartError::Thread)?;

@@ -27,6 +27,7 @@ use super::mesh::{
     Batch, ClaimOutcome, Confirmation, Handoff, Mesh, ShardMsg, SharedMember, StoredReply,
 };
 use super::notify::LocalNotify;
+use crate::auth::Authenticator;
 use crate::message::Message;
 use crate::metrics::{ShardMetrics, Snapshot};
 use crate::protocol::{Connect, Packet, ReasonCode, SubscriptionOptions};
@@ -68,6 +69,8 @@ pub struct ShardConfig {
     pub connect_timeout: Duration,
     /// Longer client ids are refused with Client Identifier not valid.
     pub max_client_id_length: usize,
+    /// Who may connect; shared by all shards.
+    pub auth: Arc<Authenticator>,
 }
 
 /// A subscription as the local trie holds it.
@@ -1246,6 +1249,7 @@ mod tests {
             connections: ConnectionLimit::new(10),
             connect_timeout: Duration::from_secs(10),
             max_client_id_length: 64,
+            auth: Arc::default(),
         };
         (ShardState::new(mesh, Rc::new(config)), cluster_inbox)
     }

@@ -175,6 +175,8 @@ pub struct Connect {
     pub keep_alive: u16,
     pub props: Props,
     pub will: Option<Will>,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
 }
 
 impl Connect {
@@ -186,6 +188,8 @@ impl Connect {
             keep_alive: 60,
             props: Props::new(),
             will: None,
+            username: None,
+            password: None,
         }
     }
     pub fn v4(client_id: &str) -> Self {
@@ -210,6 +214,14 @@ impl Connect {
         self.will = Some(will);
         self
     }
+    pub fn username(mut self, username: &str) -> Self {
+        self.username = Some(username.to_owned());
+        self
+    }
+    pub fn password(mut self, password: &[u8]) -> Self {
+        self.password = Some(password.to_vec());
+        self
+    }
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::new();
         put_str(&mut body, "MQTT");
@@ -224,6 +236,12 @@ impl Connect {
                 flags |= 0x20;
             }
         }
+        if self.username.is_some() {
+            flags |= 0x80;
+        }
+        if self.password.is_some() {
+            flags |= 0x40;
+        }
         body.push(flags);
         put_u16(&mut body, self.keep_alive);
         if self.version == V5 {
@@ -236,6 +254,12 @@ impl Connect {
             }
             put_str(&mut body, &w.topic);
             put_bin(&mut body, &w.payload);
+        }
+        if let Some(username) = &self.username {
+            put_str(&mut body, username);
+        }
+        if let Some(password) = &self.password {
+            put_bin(&mut body, password);
         }
         frame(0x10, &body)
     }

@@ -1,0 +1,50 @@
+//! The CONNECT's credentials, checked on the shard that read it
+//! ([`crate::auth`] has the rules). The check's hash runs on a verifier
+//! thread; the connection's task waits for the answer while the shard
+//! goes on serving everyone else.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+
+use monoio::net::TcpStream;
+use tracing::warn;
+
+use super::connection::refuse;
+use super::state::ShardState;
+use super::websocket::WsFraming;
+use crate::protocol::Connect;
+
+/// Checks `connect`'s user name and password. On a refusal, counts it,
+/// logs it with the client id and address, sends the refusing CONNACK and
+/// returns `false`: the caller drops the connection. Either way the
+/// password is dropped from `connect`, which may still travel to another
+/// shard.
+pub(super) async fn authenticate(
+    state: &RefCell<ShardState>,
+    stream: &mut TcpStream,
+    websocket: Option<&RefCell<WsFraming>>,
+    connect: &mut Connect,
+    peer: SocketAddr,
+) -> bool {
+    let password = connect.password.take();
+    let auth = state.borrow().config().auth.clone();
+    if !auth.is_active() {
+        return true;
+    }
+    let Err(failure) = auth
+        .check(connect.username.as_ref(), password.as_ref())
+        .await
+    else {
+        return true;
+    };
+    state.borrow_mut().metrics.auth_failed(failure);
+    warn!(
+        client = %connect.client_id,
+        %peer,
+        username = ?connect.username.as_deref(),
+        reason = failure.label(),
+        "authentication failed"
+    );
+    refuse(stream, websocket, connect.protocol, failure.reason_code()).await;
+    false
+}
