@@ -363,3 +363,81 @@ fn wait_for_log(cluster: &Cluster, i: usize, line: &str) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Receives on `client`, acknowledging each message, until the connection
+/// closes or `done` says everything expected has come, or `within` passes.
+async fn receive_until(
+    client: &mut Raw,
+    received: &mut Vec<(String, u32)>,
+    done: impl Fn(&[(String, u32)]) -> bool,
+    within: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !done(received) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match client.try_recv(left).await {
+            Ok(packet) if packet.kind() == wire::PUBLISH => {
+                let publish = packet.publish(wire::V5);
+                client.send(&wire::ack(wire::PUBACK, publish.pkid)).await;
+                received.push(parse(&publish.payload));
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_node_under_a_persistent_subscriber_loses_nothing_acknowledged() {
+    // Queues never drop here: only the cluster is measured (what the dead
+    // node was owed arrives at the session's new node in a burst).
+    let top = "max_queued_messages = 1000000";
+    let mut cluster = Cluster::start_durable_with(3, top, "suspect_timeout_ms = 1000");
+    let id = unique_id("steady");
+    let topic = unique_id("kt");
+    let (mut subscriber, _) = Raw::connect_ok(cluster.addr(0), persistent(&id)).await;
+    subscriber.subscribe(1, &[(topic.as_str(), 1)]).await;
+    wait_for_copies(&cluster, 1, 1.0);
+
+    // One publisher on node 2, one QoS 1 message after another, each
+    // counted once its PUBACK is in, for 8 s; node 0 dies after 2 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (addr, topic, stop) = (cluster.addr(2), topic.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut publisher, _) = Raw::connect_ok(addr, Connect::v5(&unique_id("kp"))).await;
+            let mut acked = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let packet_id = (acked % 60_000) as u16 + 1;
+                let payload = format!("p:{acked}");
+                publisher
+                    .publish(Pub::new(&topic, payload.as_bytes()).qos(1, packet_id))
+                    .await;
+                acked += 1;
+            }
+            acked
+        })
+    };
+    let mut received = Vec::new();
+    let two_seconds = std::time::Duration::from_secs(2);
+    receive_until(&mut subscriber, &mut received, |_| false, two_seconds).await;
+    cluster.kill(0);
+    receive_until(&mut subscriber, &mut received, |_| false, RECV_TIMEOUT).await;
+
+    // The client comes back through node 1, as a load balancer would send
+    // it, while the publisher goes on.
+    let (mut subscriber, connack) = connect_when_served(cluster.addr(1), &id).await;
+    assert!(connack.session_present);
+    receive_until(&mut subscriber, &mut received, |_| false, two_seconds * 2).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = publisher.await.expect("the publisher runs to the end");
+    let all_in = |received: &[(String, u32)]| {
+        let got: std::collections::BTreeSet<u32> = received.iter().map(|(_, n)| *n).collect();
+        (0..acked).all(|n| got.contains(&n))
+    };
+    receive_until(&mut subscriber, &mut received, all_in, RECV_TIMEOUT).await;
+    let published = BTreeMap::from([("p".to_string(), acked)]);
+    let tally = tally(&published, &received);
+    println!("{acked} acknowledged, {} received: {tally}", received.len());
+    assert_eq!(tally.lost, 0, "{tally}");
+}

@@ -85,6 +85,14 @@ impl Outbox {
     }
 
     /// The number of the last message pushed.
+    /// The QoS 1/2 messages not acknowledged, oldest first, that matched
+    /// the peer's own filters (not picked for a shared subscription).
+    pub fn unacked_qos12(&self) -> impl Iterator<Item = &Arc<Message>> + '_ {
+        (self.entries.iter())
+            .filter(|entry| entry.share.is_none() && entry.message.qos != QoS::AtMostOnce)
+            .map(|entry| &entry.message)
+    }
+
     pub fn last_seq(&self) -> Seq {
         self.last_seq
     }

@@ -933,7 +933,8 @@ fn a_suspected_peer_is_not_waited_for_but_still_gets_its_messages() {
     sim.collect_outputs();
     assert!(sim.confirmed(0, 0).is_empty());
     // A probe went unanswered: the publisher is released at once.
-    sim.nodes[0].node.handle_peer_suspect("n1");
+    let now = sim.now;
+    sim.nodes[0].node.handle_peer_suspect("n1", now);
     sim.collect_outputs();
     assert_eq!(sim.confirmed(0, 0), vec![Ticket::nth(7)]);
     sim.publish(0, 0, "t", 2);

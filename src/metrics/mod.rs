@@ -62,6 +62,9 @@ pub struct ShardMetrics {
     /// QoS 1/2 PUBLISH refused before routing while the store's disk was
     /// under its reserve.
     pub store_refusals: u64,
+    /// Messages owed to a node that died, given to a session taken over
+    /// from it here (`cluster::node::orphans`).
+    pub orphans_delivered: u64,
     /// PUBLISH decoded to its bytes encoded into a subscriber's output.
     pub publish_latency: Latency,
     /// A mesh batch flushed by one shard to applied by another.

@@ -145,6 +145,13 @@ pub fn render(snapshots: &[Snapshot], cluster: Option<&StatusSnapshot>) -> Strin
     );
     let store_refusals = Counter::<u64>::default();
     store_refusals.inc_by(sum(|s| s.metrics.store_refusals));
+    let orphans = Counter::<u64>::default();
+    orphans.inc_by(sum(|s| s.metrics.orphans_delivered));
+    registry.register(
+        "cluster_orphans_delivered",
+        "Messages owed to a node that died, given to a session taken over from its copy here",
+        orphans,
+    );
     registry.register(
         "store_refused_publishes",
         "QoS 1/2 PUBLISH refused before routing (v5: 0x97; 3.1.1: connection closed) while the store's disk was under its reserve",

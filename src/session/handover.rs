@@ -14,11 +14,14 @@
 //! still await their PUBREL, so nothing is delivered twice that QoS 2
 //! forbids.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::inflight::Flight;
 use super::queue::Outgoing;
 use super::{Change, RestoredMessage, RestoredSession, Session, SessionConfig};
+
+use crate::message::Message;
 
 impl Session {
     /// Takes the session apart to move it to another node, after its
@@ -97,6 +100,19 @@ impl Session {
             session.journal(change);
         }
         session
+    }
+
+    /// The messages the session owes, queued or in flight.
+    pub fn owed_messages(&self) -> Vec<&Arc<Message>> {
+        let in_flight = self.inflight.in_order().into_iter();
+        let sent = in_flight.filter_map(|(_, flight)| match flight {
+            Flight::AtLeastOnce(outgoing) | Flight::ExactlyOnce(outgoing) => {
+                Some(&outgoing.message)
+            }
+            Flight::Released(_) => None,
+        });
+        sent.chain(self.queue.iter().map(|outgoing| &outgoing.message))
+            .collect()
     }
 
     /// Everything the session owes, as the journal changes that would have

@@ -487,18 +487,9 @@ fn serve(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival) {
     };
     monoio::spawn(async move {
         match answered.await {
-            Ok(ClaimOutcome::Owner { epoch, session }) => {
-                if let Some(archive) = session {
-                    let adopted = state.borrow_mut().adopt(&archive, epoch, Instant::now());
-                    if let Err(error) = adopted {
-                        // From a peer: a session that does not decode
-                        // is lost to this client, never a reason to
-                        // refuse it.
-                        warn!(client = %arrival.connect.client_id, %error, "handed-over session unreadable; starting afresh");
-                    }
-                }
-                attach_and_run(state, stream, arrival, epoch);
-            }
+            // The shard adopted the session handed over, if any, when the
+            // answer came.
+            Ok(ClaimOutcome::Owner { epoch, .. }) => attach_and_run(state, stream, arrival, epoch),
             // The cluster answers every claim; a dropped answer means it
             // stopped.
             Ok(ClaimOutcome::Unavailable) | Err(_) => {

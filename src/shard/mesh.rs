@@ -179,6 +179,13 @@ pub enum ShardMsg {
     /// copy of a node that went down; it stays here, offline, until its
     /// client comes back or it expires.
     Adopt { session: Vec<u8>, epoch: u64 },
+    /// From the cluster, to a client id's home shard: a message owed to
+    /// the dead node this session was taken over from, for this session
+    /// alone (`cluster::node::orphans`).
+    Orphan {
+        client_id: ByteString,
+        message: Arc<Message>,
+    },
 }
 
 /// How a claim of a client id ended.

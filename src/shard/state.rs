@@ -40,6 +40,7 @@ use crate::store::{Op, StoreHandle};
 
 mod groups;
 mod handover;
+mod orphans;
 mod persist;
 mod replicate;
 
@@ -186,6 +187,8 @@ pub struct ShardState {
     /// Restored sessions whose connection the restart cut, waiting in a
     /// cluster for the ownership raft's word before that takes effect.
     cut_by_restart: Vec<SessionKey>,
+    /// Sessions taken over from another node, watching for its orphans.
+    orphan_guards: FxHashMap<SessionKey, orphans::Seen>,
 }
 
 /// Where [`ShardState::publish`] sent a message, for the answer's waits.
@@ -248,6 +251,7 @@ impl ShardState {
             restored: Vec::new(),
             replica_reset: false,
             cut_by_restart: Vec::new(),
+            orphan_guards: FxHashMap::default(),
         }))
     }
 
@@ -637,6 +641,7 @@ impl ShardState {
             self.unsubscribe(key, filter, now);
         }
         let slot = self.sessions.remove(key);
+        self.orphan_guards.remove(&key);
         self.session_removed(key, slot.session.client_id(), was_stored);
         self.by_client_id.remove(slot.session.client_id());
         slot
@@ -716,11 +721,24 @@ impl ShardState {
     /// its subscriptions match (at the highest granted QoS, with every
     /// matching subscription identifier). Returns the number of sessions.
     fn deliver_local(&mut self, message: &Arc<Message>, now: Instant) -> usize {
+        self.deliver_matching(message, None, now)
+    }
+
+    /// [`ShardState::deliver_local`], to session `only` alone if given.
+    fn deliver_matching(
+        &mut self,
+        message: &Arc<Message>,
+        only: Option<SessionKey>,
+        now: Instant,
+    ) -> usize {
         let mut matched = std::mem::take(&mut self.matched);
         let sessions = &self.sessions;
         self.subscriptions
             .for_each_match(&message.topic, |subscribers| {
                 for (&key, subscription) in subscribers {
+                    if only.is_some_and(|only| only != key) {
+                        continue;
+                    }
                     let options = subscription.options;
                     if options.no_local && sessions[key].session.client_id() == &message.publisher {
                         continue;
@@ -757,6 +775,9 @@ impl ShardState {
         shared: Option<ByteString>,
         now: Instant,
     ) {
+        if !self.orphan_guards.is_empty() && !self.ordinary_delivery(key, message, now) {
+            return;
+        }
         let session = &mut self.sessions[key].session;
         let outcome = match shared {
             Some(share) => session.handle_deliver_shared(message, delivery, share, now),
@@ -1075,14 +1096,38 @@ impl ShardState {
             ShardMsg::Stored { through, ok } => self.stored(through, ok, now),
             ShardMsg::Replicated { through } => self.replicated(through, now),
             ShardMsg::ReplicaReset => self.replica_reset = true,
+            ShardMsg::Orphan { client_id, message } => {
+                self.deliver_orphan(&client_id, &message, now)
+            }
             ShardMsg::Adopt { session, epoch } => {
                 if let Err(error) = self.adopt(&session, epoch, now) {
                     warn!(shard = self.id(), %error, "a session copy taken over does not read back; dropped");
                 }
             }
             ShardMsg::Claimed { token, outcome } => {
-                // A CONNECT whose client gave up meanwhile drops the
-                // receiver; the session it moved here stays, offline.
+                // The session handed over (or recovered from a copy) is
+                // adopted at once, in order with what the cluster sends
+                // after it (its orphans); the CONNECT attaches to it when
+                // its task runs. A CONNECT whose client gave up meanwhile
+                // drops the receiver; the session stays, offline.
+                let outcome = match outcome {
+                    ClaimOutcome::Owner {
+                        epoch,
+                        session: Some(archive),
+                    } => {
+                        if let Err(error) = self.adopt(&archive, epoch, now) {
+                            // From a peer: a session that does not decode
+                            // is lost to this client, never a reason to
+                            // refuse it.
+                            warn!(shard = self.id(), %error, "handed-over session unreadable; the client starts afresh");
+                        }
+                        ClaimOutcome::Owner {
+                            epoch,
+                            session: None,
+                        }
+                    }
+                    other => other,
+                };
                 if let Some(waiting) = self.claims.remove(&token) {
                     let _ = waiting.send(outcome);
                 }

@@ -17,6 +17,8 @@ pub struct Cluster {
     pub node_ids: Vec<String>,
     secret: PathBuf,
     extra_toml: String,
+    /// Top-level keys, before the `[cluster]` table.
+    top_toml: String,
     /// Each node's `--data-dir`, kept across its restarts; none for an
     /// in-memory cluster.
     data_dirs: Vec<Option<PathBuf>>,
@@ -33,15 +35,21 @@ impl Cluster {
     /// and waits until every pair is linked. `extra_toml` goes into each
     /// node's `[cluster]` table.
     pub fn start(n: usize, extra_toml: &str) -> Cluster {
-        Cluster::start_with(n, extra_toml, false)
+        Cluster::start_with(n, "", extra_toml, false)
     }
 
     /// [`Cluster::start`] with a data dir per node (removed on drop).
     pub fn start_durable(n: usize, extra_toml: &str) -> Cluster {
-        Cluster::start_with(n, extra_toml, true)
+        Cluster::start_with(n, "", extra_toml, true)
     }
 
-    fn start_with(n: usize, extra_toml: &str, durable: bool) -> Cluster {
+    /// [`Cluster::start_durable`] with `top_toml` as each node's top-level
+    /// keys.
+    pub fn start_durable_with(n: usize, top_toml: &str, extra_toml: &str) -> Cluster {
+        Cluster::start_with(n, top_toml, extra_toml, true)
+    }
+
+    fn start_with(n: usize, top_toml: &str, extra_toml: &str, durable: bool) -> Cluster {
         let tag = super::unique_id("c");
         let secret = std::env::temp_dir().join(format!(
             "ringmq-cluster-secret-{}-{tag}",
@@ -66,6 +74,7 @@ impl Cluster {
             node_ids,
             secret,
             extra_toml: extra_toml.to_owned(),
+            top_toml: top_toml.to_owned(),
             data_dirs,
         };
         for i in 0..n {
@@ -105,7 +114,8 @@ impl Cluster {
         let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
         // The whole cluster forms the ownership raft, however many nodes.
         let toml = format!(
-            "[cluster]\nsecret_file = {:?}\nbootstrap_expect = {}\n{}\n",
+            "{}\n[cluster]\nsecret_file = {:?}\nbootstrap_expect = {}\n{}\n",
+            self.top_toml,
             self.secret.display().to_string(),
             self.node_ids.len(),
             self.extra_toml

@@ -15,7 +15,7 @@ use crate::store::record::{EntryRecord, FlightRecord, SessionRecord, StoredMessa
 /// 2: the ownership raft's frames (`RaftMember`, `RaftRequest`,
 /// `RaftReply`).
 /// 3: replicated sessions (`Replicate`, `Replicated`, `Recover`,
-/// `Recovered`).
+/// `Recovered`, `Orphans`).
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Everything one node says to another: the one door between nodes.
@@ -159,6 +159,16 @@ pub enum ClusterMsg {
         request: u64,
         session: Option<Vec<u8>>,
     } = 19,
+    /// QoS 1/2 messages owed to `origin`, a node gone down, that it never
+    /// acknowledged: from a publisher's node, for the sessions the
+    /// receiver took over from `origin`'s copies, and no others (empty
+    /// `client_ids`); or passed on, for the sessions `client_ids` of the
+    /// receiver's, which it got from the sender's copies.
+    Orphans {
+        origin: String,
+        client_ids: Vec<String>,
+        messages: Vec<WireMessage>,
+    } = 20,
 }
 
 /// One change to a copy of another node's sessions: the store's own

@@ -82,6 +82,9 @@ impl Node {
         matched.sort_unstable();
         matched.dedup();
         for &peer in &matched {
+            if self.peers[peer].down && message.qos != QoS::AtMostOnce {
+                self.orphan(peer, shard, &message);
+            }
             self.push_to_peer(peer, shard, message.clone(), None);
         }
         matched.clear();

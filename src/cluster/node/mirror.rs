@@ -74,18 +74,18 @@ impl Mirrors {
     }
 
     /// The copy of `client_id`'s session, archived for the node that now
-    /// owns it, and no longer kept here. Looked for under every origin: a
+    /// owns it, and no longer kept here, with the node it was copied from. Looked for under every origin: a
     /// client id has one owner, so at most one copy is current.
-    pub(super) fn take(&mut self, client_id: &str) -> Option<Vec<u8>> {
+    pub(super) fn take(&mut self, client_id: &str) -> Option<(ByteString, Vec<u8>)> {
         let mut found = None;
-        for copy in self.shards.values_mut() {
+        for ((origin, _), copy) in &mut self.shards {
             if let Some(session) = copy.sessions.remove(client_id)
                 && let Some(archive) = copy.archive(session)
             {
-                found = Some(archive);
+                found = Some((origin.clone(), archive));
             }
         }
-        found.map(|archive| archive_bytes(&archive))
+        found.map(|(origin, archive)| (origin, archive_bytes(&archive)))
     }
 
     /// The client ids of the complete copies kept for `origin`.

@@ -42,6 +42,7 @@
 
 mod forwarding;
 mod mirror;
+mod orphans;
 mod replication;
 mod retained;
 mod routes;
@@ -167,6 +168,14 @@ pub enum Frame {
         request: u64,
         session: Option<Bytes>,
     },
+    Orphans {
+        origin: ByteString,
+        /// Empty: for the sessions the receiver took over from `origin`;
+        /// else for these sessions of the receiver's, which it got from
+        /// the sender's copies.
+        client_ids: Vec<ByteString>,
+        messages: Vec<Arc<Message>>,
+    },
 }
 
 impl Frame {
@@ -175,7 +184,9 @@ impl Frame {
     pub fn size_hint(&self) -> usize {
         let size = |m: &Message| 128 + m.topic.len() + m.payload.len() + m.publisher.len();
         match self {
-            Frame::Publish { messages, .. } => 64 + messages.iter().map(|m| size(m)).sum::<usize>(),
+            Frame::Publish { messages, .. } | Frame::Orphans { messages, .. } => {
+                64 + messages.iter().map(|m| size(m)).sum::<usize>()
+            }
             Frame::Retain { message, .. } | Frame::SharedPublish { message, .. } => {
                 128 + size(message)
             }
@@ -323,6 +334,9 @@ struct Peer {
     unlinked_since: Option<Instant>,
     /// Gossip suspects it, or says it is down: not waited for.
     suspected: bool,
+    /// Gossip says it is down: what it is owed goes to the nodes that took
+    /// its sessions over as well (`orphans`).
+    down: bool,
     /// Its filters, as applied, and the version they are at.
     filters: FxHashSet<ByteString>,
     version: u64,
@@ -417,6 +431,7 @@ pub struct Node {
     replication: replication::Replication,
     /// Copies of other nodes' sessions kept here.
     mirrors: mirror::Mirrors,
+    orphans: orphans::Orphans,
     pub counters: NodeCounters,
 }
 
@@ -454,6 +469,7 @@ impl Node {
             takeovers: takeover::Takeovers::default(),
             replication: replication::Replication::default(),
             mirrors: mirror::Mirrors::default(),
+            orphans: orphans::Orphans::default(),
             counters: NodeCounters::default(),
         }
     }
@@ -519,6 +535,7 @@ impl Node {
             info!(peer = %node_id, "peer restarted: forgetting its routes");
             self.clear_peer_routes(key);
             self.mirrors.forget_origin(&node_id);
+            self.forget_orphans_of(&node_id);
             self.forget_stored_acks(key);
             let peer = &mut self.peers[key];
             peer.inbound.retain(|&(inc, _), _| inc == incarnation);
@@ -530,6 +547,7 @@ impl Node {
         peer.incarnation = incarnation;
         peer.linked = true;
         peer.suspected = false;
+        peer.down = false;
         peer.unlinked_since = None;
         peer.acked_version = 0;
         self.outputs.push_back(NodeOutput::Send {
@@ -570,6 +588,7 @@ impl Node {
             linked: false,
             unlinked_since: None,
             suspected: false,
+            down: false,
             filters: FxHashSet::default(),
             version: 0,
             acked_version: 0,
@@ -614,10 +633,12 @@ impl Node {
     /// and goes on being sent while the link lasts. This takes a silent
     /// peer's toll on publishers from the idle timeout down to the first
     /// missed probe.
-    pub fn handle_peer_suspect(&mut self, node_id: &str) {
+    pub fn handle_peer_suspect(&mut self, node_id: &str, now: Instant) {
         if let Some(&key) = self.peer_by_id.get(node_id) {
             self.peers[key].suspected = true;
             self.release_waiters(key);
+            // Likely dead: a session awaited from it comes from a copy.
+            self.give_up_handovers_from(key, now);
             self.retarget_replicas();
         }
     }
@@ -627,6 +648,7 @@ impl Node {
         if let Some(&key) = self.peer_by_id.get(node_id)
             && std::mem::take(&mut self.peers[key].suspected)
         {
+            self.peers[key].down = false;
             self.retarget_replicas();
         }
     }
@@ -767,8 +789,17 @@ impl Node {
                 ops,
             } => self.receive_replicate(key, shard, epoch, reset, complete, &ops),
             Frame::Replicated { shard, epoch } => self.receive_replicated(key, shard, epoch),
+            Frame::Orphans {
+                origin,
+                client_ids,
+                messages,
+            } => self.receive_orphans(origin, client_ids, messages),
             Frame::Recover { client_id, request } => {
-                let session = self.mirrors.take(&client_id).map(Bytes::from);
+                let session = self.mirrors.take(&client_id).map(|(origin, session)| {
+                    // Its orphans go on to the node that has it now.
+                    self.taken_over_from(&origin, client_id.clone(), Some(key));
+                    Bytes::from(session)
+                });
                 self.send(key, Lane::Control, Frame::Recovered { request, session });
             }
         }
@@ -845,9 +876,13 @@ impl Node {
     /// Gossip says `node_id` is down (suspected past the suspect timeout):
     /// as suspected, and the sessions this node keeps copies of are taken
     /// over here ([`replication`], "Promotion").
-    pub fn handle_peer_down(&mut self, node_id: &str) {
-        self.handle_peer_suspect(node_id);
+    pub fn handle_peer_down(&mut self, node_id: &str, now: Instant) {
+        self.handle_peer_suspect(node_id, now);
+        if let Some(&key) = self.peer_by_id.get(node_id) {
+            self.peers[key].down = true;
+        }
         self.promote_copies_of(node_id);
+        self.orphan_outbox_of(node_id);
     }
 
     /// Time passes: route waits time out, long-unreachable peers are
@@ -913,6 +948,7 @@ impl Node {
     /// Ends a turn: route changes go out as one delta, outboxes send what
     /// their windows allow.
     pub fn flush(&mut self, now: Instant) {
+        self.flush_orphans();
         if !self.pending_add.is_empty() || !self.pending_remove.is_empty() {
             self.route_version += 1;
             let add: Vec<ByteString> = self.pending_add.drain().collect();

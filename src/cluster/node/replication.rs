@@ -267,6 +267,7 @@ impl Node {
     /// the ownership raft.
     pub(super) fn promote_copies_of(&mut self, origin: &str) {
         let client_ids = self.mirrors.client_ids_of(origin);
+        self.promoting(origin, &client_ids);
         if !client_ids.is_empty() {
             tracing::info!(
                 peer = origin,
@@ -284,10 +285,9 @@ impl Node {
     /// node owns it under `epoch`, and its home shard adopts the copy; or
     /// (`None`) the client id had moved on, and the copy is stale.
     pub fn handle_promoted(&mut self, client_id: ByteString, epoch: Option<u64>) {
-        let Some(session) = self.mirrors.take(&client_id) else {
-            return;
-        };
-        let Some(epoch) = epoch else {
+        let session = self.mirrors.take(&client_id).map(|(_, session)| session);
+        let (Some(session), Some(epoch)) = (session, epoch) else {
+            self.promotion_answered(&client_id, false);
             return;
         };
         self.counters.sessions_promoted += 1;
@@ -296,6 +296,13 @@ impl Node {
             shard,
             msg: ShardMsg::Adopt { session, epoch },
         });
+        self.promotion_answered(&client_id, true);
+    }
+
+    /// The raft could not confirm the promotion of `client_id`: its copy
+    /// stays, for its client's claim to recover.
+    pub fn handle_promotion_failed(&mut self, client_id: ByteString) {
+        self.promotion_answered(&client_id, false);
     }
 
     /// How many sessions of other nodes this node keeps copies of.

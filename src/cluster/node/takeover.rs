@@ -175,7 +175,10 @@ impl Node {
         owner: &str,
         now: Instant,
     ) {
-        let here = self.mirrors.take(&client_id);
+        let here = self.mirrors.take(&client_id).map(|(origin, session)| {
+            self.taken_over_from(&origin, client_id.clone(), None);
+            session
+        });
         let peers: Vec<PeerKey> = (self.peers.iter())
             .filter(|(_, peer)| peer.linked && !peer.suspected)
             .map(|(key, _)| key)

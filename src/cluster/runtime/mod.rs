@@ -366,9 +366,10 @@ impl Cluster {
                 Some(ok) = self.raft.done_rx.recv() => self.raft.handle_done(ok, Instant::now()),
                 Some(done) = self.raft.claims_rx.recv() => self.handle_claim_done(done),
                 Some((shard, msg)) = self.raft.owners_rx.recv() => self.mesh.push(shard, msg),
-                Some((client_id, epoch)) = self.raft.promoted_rx.recv() => {
-                    self.node.handle_promoted(client_id, epoch);
-                }
+                Some((client_id, outcome)) = self.raft.promoted_rx.recv() => match outcome {
+                    Ok(epoch) => self.node.handle_promoted(client_id, epoch),
+                    Err(()) => self.node.handle_promotion_failed(client_id),
+                },
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.node.handle_timeout(now);
@@ -847,7 +848,8 @@ impl Cluster {
             }
             MemberEvent::Suspect(member) => {
                 warn!(peer = %member.node_id, "cluster member suspected");
-                self.node.handle_peer_suspect(&member.node_id);
+                self.node
+                    .handle_peer_suspect(&member.node_id, Instant::now());
             }
             MemberEvent::Alive(member) => {
                 info!(peer = %member.node_id, "cluster member alive again");
@@ -857,7 +859,7 @@ impl Cluster {
                 // Its routes and outbox stay for peer_hold: a partition or
                 // a restart should not lose what is owed to it.
                 warn!(peer = %member.node_id, "cluster member down");
-                self.node.handle_peer_down(&member.node_id);
+                self.node.handle_peer_down(&member.node_id, Instant::now());
             }
             MemberEvent::Left(member) => {
                 info!(peer = %member.node_id, "cluster member left");

@@ -222,9 +222,10 @@ pub(super) struct RaftSide {
     claims_tx: mpsc::UnboundedSender<ClaimDone>,
     /// Each claim's outcome, for the main loop to hand the node.
     pub(super) claims_rx: mpsc::UnboundedReceiver<ClaimDone>,
-    promoted_tx: mpsc::UnboundedSender<(ByteString, Option<u64>)>,
-    /// Each promotion's outcome, for the main loop to hand the node.
-    pub(super) promoted_rx: mpsc::UnboundedReceiver<(ByteString, Option<u64>)>,
+    promoted_tx: mpsc::UnboundedSender<(ByteString, Result<Option<u64>, ()>)>,
+    /// Each promotion's outcome, for the main loop to hand the node:
+    /// `Err` when the raft never confirmed it.
+    pub(super) promoted_rx: mpsc::UnboundedReceiver<(ByteString, Result<Option<u64>, ()>)>,
     /// Since when no leader has been reachable, while the raft is formed.
     lost_since: Option<Instant>,
     status: Option<OwnershipStatus>,
@@ -419,11 +420,12 @@ impl RaftSide {
                 loop {
                     match ownership.promote(&client_id, from_id).await {
                         Ok(epoch) => {
-                            let _ = promoted.send((client_id, epoch));
+                            let _ = promoted.send((client_id, Ok(epoch)));
                             break;
                         }
                         Err(error) if Instant::now() >= deadline => {
                             warn!(client = %client_id, %error, "promotion of a session copy failed; the copy is kept for its client's claim");
+                            let _ = promoted.send((client_id, Err(())));
                             break;
                         }
                         Err(error) => {

@@ -36,6 +36,11 @@ pub(super) fn decode_frame(
     let archive = |session: &rkyv::option::ArchivedOption<rkyv::vec::ArchivedVec<u8>>| {
         (session.as_ref()).map(|archive| frame.bytes.slice_ref(archive.as_slice()))
     };
+    let messages_of = |messages: &rkyv::vec::ArchivedVec<frame::ArchivedWireMessage>| {
+        (messages.iter())
+            .map(|wire| frame::wire_to_message(&frame.bytes, wire, now).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+    };
     let decoded = match frame.access()? {
         ArchivedClusterMsg::Hello { .. } => Decoded::Hello,
         ArchivedClusterMsg::Routes { version, filters } => Decoded::Node(Frame::Routes {
@@ -60,10 +65,7 @@ pub(super) fn decode_frame(
             first_seq,
             messages,
         } => {
-            let messages = messages
-                .iter()
-                .map(|wire| frame::wire_to_message(&frame.bytes, wire, now).map(Arc::new))
-                .collect::<Result<Vec<_>, _>>()?;
+            let messages = messages_of(messages)?;
             Decoded::Node(Frame::Publish {
                 stream: stream.to_native(),
                 first_seq: first_seq.to_native(),
@@ -153,6 +155,15 @@ pub(super) fn decode_frame(
         ArchivedClusterMsg::Recover { client_id, request } => Decoded::Node(Frame::Recover {
             client_id: client_id.as_str().into(),
             request: request.to_native(),
+        }),
+        ArchivedClusterMsg::Orphans {
+            origin,
+            client_ids,
+            messages,
+        } => Decoded::Node(Frame::Orphans {
+            origin: origin.as_str().into(),
+            client_ids: strings(client_ids),
+            messages: messages_of(messages)?,
         }),
         ArchivedClusterMsg::Recovered { request, session } => Decoded::Node(Frame::Recovered {
             request: request.to_native(),
@@ -262,6 +273,20 @@ pub(super) fn encode_frame(
             &ClusterMsg::Recover {
                 client_id: client_id.to_string(),
                 request: *request,
+            },
+            out,
+        ),
+        Frame::Orphans {
+            origin,
+            client_ids,
+            messages,
+        } => frame::encode(
+            &ClusterMsg::Orphans {
+                origin: origin.to_string(),
+                client_ids: strings(client_ids),
+                messages: (messages.iter())
+                    .map(|message| frame::message_to_wire(message, now))
+                    .collect(),
             },
             out,
         ),

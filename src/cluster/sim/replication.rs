@@ -218,8 +218,10 @@ fn the_copies_of_a_node_gone_down_are_promoted_unless_their_client_moved_on() {
         sim.nodes[1].promotions.is_empty(),
         "a lost link alone promotes nothing"
     );
-    sim.nodes[1].node.handle_peer_down(&id(0));
-    sim.nodes[2].node.handle_peer_down(&id(0));
+    let now = sim.now;
+    sim.nodes[1].node.handle_peer_down(&id(0), now);
+    let now = sim.now;
+    sim.nodes[2].node.handle_peer_down(&id(0), now);
     sim.settle();
     assert_eq!(sim.nodes[1].promotions, [(id(0), vec![CLIENT.into()])]);
     assert!(
@@ -250,9 +252,59 @@ fn the_copies_of_a_node_gone_down_are_promoted_unless_their_client_moved_on() {
     // Refused (the client reconnected elsewhere first): the copy is stale.
     let mut sim = replicated(3, 18);
     sim.replicate(0, 1, true, session_ops(1));
-    sim.nodes[1].node.handle_peer_down(&id(0));
+    let now = sim.now;
+    sim.nodes[1].node.handle_peer_down(&id(0), now);
     sim.nodes[1].node.handle_promoted(CLIENT.into(), None);
     sim.settle();
     assert_eq!(sim.nodes[1].node.session_copies(), 0);
     assert_eq!(sim.nodes[1].node.counters.sessions_promoted, 0);
+}
+
+#[test]
+fn what_a_dead_node_never_acknowledged_goes_to_the_sessions_promoted_from_it() {
+    let mut sim = replicated(3, 19);
+    sim.subscribe(0, 0, "t");
+    sim.settle();
+    sim.replicate(0, 1, true, session_ops(1));
+    sim.cut(0, 1);
+    sim.cut(0, 2);
+    sim.settle();
+    // Published on n2 for n0's subscriber after n0 died: owed to n0.
+    sim.publish(2, 1, "t", 7);
+    sim.settle();
+    let now = sim.now;
+    sim.nodes[2].node.handle_peer_down(&id(0), now);
+    let now = sim.now;
+    sim.nodes[1].node.handle_peer_down(&id(0), now);
+    sim.settle();
+    let home = crate::shard::home_shard(CLIENT, super::SHARDS);
+    let orphans = |sim: &Sim| -> Vec<u32> {
+        (sim.nodes[1].to_shards[home].iter())
+            .filter_map(|msg| match msg {
+                ShardMsg::Orphan { client_id, message } if client_id == CLIENT => {
+                    Some(super::number(message))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(
+        orphans(&sim).is_empty(),
+        "held until the promotion is answered"
+    );
+    sim.nodes[1].node.handle_promoted(CLIENT.into(), Some(12));
+    sim.settle();
+    assert_eq!(orphans(&sim), [7]);
+    let adopted_first = sim.nodes[1].to_shards[home]
+        .iter()
+        .position(|msg| matches!(msg, ShardMsg::Adopt { .. }))
+        < sim.nodes[1].to_shards[home]
+            .iter()
+            .position(|msg| matches!(msg, ShardMsg::Orphan { .. }));
+    assert!(adopted_first, "the session exists when its orphan arrives");
+    // n2, which keeps no copy of n0's, delivers none itself.
+    assert!(
+        (sim.nodes[2].to_shards.iter().flatten())
+            .all(|msg| !matches!(msg, ShardMsg::Orphan { .. }))
+    );
 }

@@ -94,6 +94,7 @@ impl ShardState {
         }
         let session = Session::adopt(arrived, &self.config.session, now);
         let key = self.insert_session(session, subscriptions, epoch, now);
+        self.guard_against_orphans(key, now);
         // A copy taken over from a node that died with the client
         // connected has its will due now (without a delay).
         self.run_actions(key, now);
