@@ -88,7 +88,7 @@ pub(super) fn register(registry: &mut Registry, status: &StatusSnapshot) {
         ),
         (
             "cluster_sessions_promoted",
-            "Sessions this node took over from its copies when their owner went down or left",
+            "Sessions this node took over from its copies when their owner went down",
             counters.sessions_promoted,
         ),
         (

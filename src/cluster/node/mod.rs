@@ -267,7 +267,7 @@ pub enum NodeOutput {
         epoch: u64,
     },
     /// Make this node the owner of each of `client_ids` that node `from`
-    /// (down or gone) still owns in the ownership raft; each answer goes
+    /// (down) still owns in the ownership raft; each answer goes
     /// to [`Node::handle_promoted`].
     Promote {
         from: ByteString,
@@ -295,7 +295,7 @@ pub struct NodeCounters {
     /// Sessions taken over from a copy, their owner unreachable.
     pub sessions_recovered: u64,
     /// Sessions whose copies this node took over when their owner went
-    /// down or left.
+    /// down.
     pub sessions_promoted: u64,
     /// Times the replicas were chosen and no peer was there to keep a
     /// copy: acknowledgements then waited for this node alone.
@@ -867,10 +867,12 @@ impl Node {
 
     /// A peer that left gracefully (gossip said so): forget it now.
     pub fn handle_peer_left(&mut self, node_id: &str, now: Instant) {
+        // Its sessions stay its own: it comes back with them (a rolling
+        // restart), and a client that reconnects elsewhere meanwhile takes
+        // its session from a copy.
         if let Some(&key) = self.peer_by_id.get(node_id) {
             self.remove_peer(key, now);
         }
-        self.promote_copies_of(node_id);
     }
 
     /// Gossip says `node_id` is down (suspected past the suspect timeout):

@@ -19,8 +19,8 @@
 //!
 //! # Promotion
 //!
-//! When gossip says a node is down (or it leaves), each node that keeps
-//! copies of its sessions takes them over: the ownership raft gives it
+//! When gossip says a node is down, each node that keeps copies of its
+//! sessions takes them over: the ownership raft gives it
 //! each client id that the dead node still holds (never one whose client
 //! reconnected elsewhere meanwhile), and the copy becomes a session here,
 //! offline, with its subscriptions routed. Messages published from then on
@@ -263,8 +263,8 @@ impl Node {
             .collect()
     }
 
-    /// `origin` is down or gone: the sessions copied from it are asked of
-    /// the ownership raft.
+    /// `origin` is down: the sessions copied from it are asked of the
+    /// ownership raft.
     pub(super) fn promote_copies_of(&mut self, origin: &str) {
         let client_ids = self.mirrors.client_ids_of(origin);
         self.promoting(origin, &client_ids);
