@@ -26,7 +26,7 @@ fn persistent(id: &str) -> Connect {
 /// Publishes `count` QoS 1 messages `p:0`, `p:1`, ... to `topic` through
 /// node `addr`, each acknowledged.
 async fn publish(addr: SocketAddr, topic: &str, from: u32, count: u32) {
-    let (mut publisher, _) = Raw::connect_ok(addr, Connect::v5(&unique_id("pub"))).await;
+    let (mut publisher, _) = served(addr, Connect::v5(&unique_id("pub"))).await;
     for n in from..from + count {
         let packet_id = (n % 60_000) as u16 + 1;
         publisher
@@ -56,9 +56,15 @@ async fn expect_in_order(client: &mut Raw, count: u32) {
 /// Connects as a client would while the cluster elects a new raft leader
 /// (a killed node may have led): Server unavailable (0x88) is tried again.
 async fn connect_when_served(addr: SocketAddr, id: &str) -> (Raw, wire::Connack) {
+    served(addr, persistent(id)).await
+}
+
+/// Connects with `connect`, trying again while the cluster has no raft
+/// leader (Server unavailable, 0x88).
+async fn served(addr: SocketAddr, connect: Connect) -> (Raw, wire::Connack) {
     let deadline = std::time::Instant::now() + RECV_TIMEOUT;
     loop {
-        let (raw, connack) = Raw::connect(addr, persistent(id)).await;
+        let (raw, connack) = Raw::connect(addr, connect.clone()).await;
         if connack.code == 0 {
             return (raw, connack);
         }
@@ -447,4 +453,43 @@ async fn killing_the_node_under_a_persistent_subscriber_loses_nothing_acknowledg
         killed.elapsed().as_secs_f64()
     );
     assert_eq!(tally.lost, 0, "{tally}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_hands_its_sessions_over_before_it_exits() {
+    // Failure detection far off: only the leave can move the session.
+    let mut cluster = Cluster::start_durable(3, "suspect_timeout_ms = 60000");
+    let id = unique_id("rolling");
+    let topic = unique_id("rl");
+    let (mut client, _) = Raw::connect_ok(cluster.addr(0), persistent(&id)).await;
+    client.subscribe(1, &[(topic.as_str(), 1)]).await;
+    client.send(&wire::disconnect_v5(0, Props::new())).await;
+    client.expect_closed(RECV_TIMEOUT).await;
+    publish(cluster.addr(2), &topic, 0, 30).await;
+
+    let stopped = std::time::Instant::now();
+    cluster.stop(0);
+    cluster.wait_sample(1, "ringmq_cluster_sessions_promoted_total", 1.0);
+    let moved = stopped.elapsed();
+    println!(
+        "session taken over by node 1 {:.2} s after SIGTERM",
+        moved.as_secs_f64()
+    );
+    publish(cluster.addr(1), &topic, 30, 10).await;
+
+    let (mut client, connack) = connect_when_served(cluster.addr(2), &id).await;
+    assert!(connack.session_present);
+    expect_in_order(&mut client, 40).await;
+
+    // Back after its restart, node 0 drops its copy: a message published
+    // now reaches the client once.
+    cluster.start_again(0);
+    wait_for_log(
+        &cluster,
+        0,
+        "restored sessions claimed by other nodes meanwhile dropped",
+    );
+    client
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
 }

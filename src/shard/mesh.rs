@@ -179,6 +179,9 @@ pub enum ShardMsg {
     /// copy of a node that went down; it stays here, offline, until its
     /// client comes back or it expires.
     Adopt { session: Vec<u8>, epoch: u64 },
+    /// To the cluster, from a stopping shard: its connections are closed
+    /// and what that changed is written and handed to the replicas.
+    Drained,
     /// From the cluster, to a client id's home shard: a message owed to
     /// the dead node this session was taken over from, for this session
     /// alone (`cluster::node::orphans`).

@@ -615,8 +615,15 @@ async fn shard_main(
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     // What the goodbyes changed (sessions now offline, wills gone) is
-    // committed before the thread ends.
-    state.borrow_mut().close_store();
+    // committed before the thread ends, and handed to the replicas before
+    // the cluster leaves (`ShardMsg::Drained`).
+    let mut state = state.borrow_mut();
+    state.flush();
+    if let Some(place) = state.mesh.cluster_place() {
+        state.mesh.push(place, ShardMsg::Drained);
+        state.mesh.flush();
+    }
+    state.close_store();
 }
 
 async fn tick_loop(state: Rc<std::cell::RefCell<ShardState>>) {

@@ -1155,7 +1155,8 @@ impl ShardState {
             | ShardMsg::CheckOwners { .. }
             | ShardMsg::Release { .. }
             | ShardMsg::HandedOver { .. }
-            | ShardMsg::Replicate { .. } => {}
+            | ShardMsg::Replicate { .. }
+            | ShardMsg::Drained => {}
         }
     }
 

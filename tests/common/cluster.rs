@@ -299,6 +299,15 @@ pub trait Nodes {
         }
     }
 
+    /// SIGTERM to node `i`, and waits for a clean exit.
+    fn stop(&mut self, i: usize) {
+        if let Some(mut broker) = self.slots()[i].take() {
+            broker.signal(libc::SIGTERM);
+            let status = broker.wait_exit(STARTUP_TIMEOUT);
+            assert!(status.success(), "node {i} exited with {status}");
+        }
+    }
+
     /// Starts node `i` again (a new incarnation, same address) and waits
     /// for every link.
     fn restart(&mut self, i: usize) {

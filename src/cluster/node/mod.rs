@@ -765,7 +765,7 @@ impl Node {
             } => self.receive_retain(hlc, origin, message),
             Frame::Leave => {
                 info!(peer = node_id, "peer left the cluster");
-                self.remove_peer(key, now);
+                self.handle_peer_left(node_id, now);
             }
             Frame::SharedPublish {
                 stream,
@@ -867,9 +867,11 @@ impl Node {
 
     /// A peer that left gracefully (gossip said so): forget it now.
     pub fn handle_peer_left(&mut self, node_id: &str, now: Instant) {
-        // Its sessions stay its own: it comes back with them (a rolling
-        // restart), and a client that reconnects elsewhere meanwhile takes
-        // its session from a copy.
+        // It left once its replicas held its sessions whole: they take
+        // them over now, and what it was owed and never acknowledged
+        // follows them.
+        self.promote_copies_of(node_id);
+        self.orphan_outbox_of(node_id);
         if let Some(&key) = self.peer_by_id.get(node_id) {
             self.remove_peer(key, now);
         }

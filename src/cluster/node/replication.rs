@@ -305,6 +305,13 @@ impl Node {
         self.promotion_answered(&client_id, false);
     }
 
+    /// Whether every replica holds every epoch the shards handed over.
+    pub fn replicas_hold_everything(&self) -> bool {
+        let targets = &self.replication.targets;
+        targets.is_empty()
+            || (self.replication.shards.iter()).all(|replicas| replicas.reported >= replicas.sent)
+    }
+
     /// How many sessions of other nodes this node keeps copies of.
     pub fn session_copies(&self) -> usize {
         self.mirrors.sessions()

@@ -73,6 +73,9 @@ use crate::store::{ClusterStore, RestoredOutbox};
 /// How often the node's timers (route-ack timeouts, peer hold) are looked
 /// at, and seeds re-resolved while nobody has answered.
 pub(super) const TICK: Duration = Duration::from_millis(100);
+/// How long a stopping node waits for its shards to drain and its
+/// replicas to hold their last changes before it leaves anyway.
+const LEAVE_PATIENCE: Duration = Duration::from_secs(5);
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// Gossip packets queued for a peer while its connection is being dialed.
 const PENDING_DATAGRAMS: usize = 16;
@@ -232,6 +235,11 @@ struct Cluster {
     seeds: Vec<SocketAddr>,
     joined: bool,
     leaving: bool,
+    /// Since when the broker is stopping, and how many shards have
+    /// drained since: the node leaves once every shard has drained and
+    /// its replicas hold what they wrote last, or [`LEAVE_PATIENCE`] has
+    /// passed, so that the nodes taking its sessions over have them whole.
+    stopping: Option<(Instant, usize)>,
     member_events: MemberEventCounts,
     /// The outboxes on disk, with a data dir.
     store: Option<ClusterStore>,
@@ -319,6 +327,7 @@ impl Cluster {
             seeds: Vec::new(),
             joined,
             leaving: false,
+            stopping: None,
             member_events: MemberEventCounts::default(),
             store: durable.store,
             raft,
@@ -384,6 +393,7 @@ impl Cluster {
                 }
             }
             self.pump(Instant::now());
+            self.leave_when_drained(Instant::now());
             if self.leaving {
                 break;
             }
@@ -400,15 +410,33 @@ impl Cluster {
     fn handle_batch(&mut self, batch: Batch, now: Instant) {
         for msg in batch.messages {
             match msg {
-                ShardMsg::Shutdown => {
-                    info!(node = %self.settings.node_id, "leaving the cluster");
-                    self.node.handle_leave();
-                    self.membership.handle_leave(now);
-                    self.leaving = true;
+                ShardMsg::Shutdown => self.stopping = Some((now, 0)),
+                ShardMsg::Drained => {
+                    if let Some((_, drained)) = &mut self.stopping {
+                        *drained += 1;
+                    }
                 }
                 msg => self.node.handle_shard_msg(batch.from, msg, now),
             }
         }
+    }
+
+    /// Leaves the cluster once the broker is stopping and every shard has
+    /// drained, with its last changes held by its replicas (or after
+    /// [`LEAVE_PATIENCE`]): the peers keeping copies take the sessions
+    /// over at once, without waiting for failure detection.
+    fn leave_when_drained(&mut self, now: Instant) {
+        let Some((since, drained)) = self.stopping else {
+            return;
+        };
+        let ready = drained >= self.mesh.shard_count() && self.node.replicas_hold_everything();
+        if !ready && now < since + LEAVE_PATIENCE {
+            return;
+        }
+        info!(node = %self.settings.node_id, handed_over = ready, "leaving the cluster");
+        self.node.handle_leave();
+        self.membership.handle_leave(now);
+        self.leaving = true;
     }
 
     /// Carries out what the node and membership asked for.
