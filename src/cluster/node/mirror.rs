@@ -52,7 +52,7 @@ impl Mirrors {
         origin: &ByteString,
         shard: u32,
         reset: bool,
-        ops: &[ReplicaOp],
+        ops: Vec<ReplicaOp>,
     ) {
         let key = (origin.clone(), shard);
         if reset {
@@ -112,63 +112,64 @@ impl ShardCopy {
         self.sessions.entry(client_id.to_owned()).or_default()
     }
 
-    fn apply(&mut self, op: &ReplicaOp) {
+    fn apply(&mut self, op: ReplicaOp) {
         match op {
             ReplicaOp::Session(record) => {
-                self.session(&record.client_id).record = Some(record.clone());
+                let client_id = record.client_id.clone();
+                self.session(&client_id).record = Some(record);
             }
             ReplicaOp::RemoveSession(client_id) => {
-                self.sessions.remove(client_id);
+                self.sessions.remove(&client_id);
             }
             ReplicaOp::Message { id, message } => {
-                self.messages.insert(*id, message.clone());
+                self.messages.insert(id, message);
             }
             ReplicaOp::RemoveMessage(id) => {
-                self.messages.remove(id);
+                self.messages.remove(&id);
             }
             ReplicaOp::Entry {
                 client_id,
                 seq,
                 entry,
             } => {
-                self.session(client_id).entries.insert(*seq, entry.clone());
+                self.session(&client_id).entries.insert(seq, entry);
             }
             ReplicaOp::Flight {
                 client_id,
                 seq,
                 flight,
             } => {
-                self.session(client_id).flights.insert(*seq, *flight);
+                self.session(&client_id).flights.insert(seq, flight);
             }
             ReplicaOp::RemoveEntry {
                 client_id,
                 seq,
                 flight,
             } => {
-                if let Some(session) = self.sessions.get_mut(client_id) {
-                    session.entries.remove(seq);
-                    if *flight {
-                        session.flights.remove(seq);
+                if let Some(session) = self.sessions.get_mut(&client_id) {
+                    session.entries.remove(&seq);
+                    if flight {
+                        session.flights.remove(&seq);
                     }
                 }
             }
             ReplicaOp::RemoveFlight { client_id, seq } => {
-                if let Some(session) = self.sessions.get_mut(client_id) {
-                    session.flights.remove(seq);
+                if let Some(session) = self.sessions.get_mut(&client_id) {
+                    session.flights.remove(&seq);
                 }
             }
             ReplicaOp::IncomingQos2 {
                 client_id,
                 packet_id,
             } => {
-                self.session(client_id).incoming_qos2.insert(*packet_id);
+                self.session(&client_id).incoming_qos2.insert(packet_id);
             }
             ReplicaOp::RemoveIncomingQos2 {
                 client_id,
                 packet_id,
             } => {
-                if let Some(session) = self.sessions.get_mut(client_id) {
-                    session.incoming_qos2.remove(packet_id);
+                if let Some(session) = self.sessions.get_mut(&client_id) {
+                    session.incoming_qos2.remove(&packet_id);
                 }
             }
         }

@@ -787,7 +787,7 @@ impl Node {
                 reset,
                 complete,
                 ops,
-            } => self.receive_replicate(key, shard, epoch, reset, complete, &ops),
+            } => self.receive_replicate(key, shard, epoch, reset, complete, ops),
             Frame::Replicated { shard, epoch } => self.receive_replicated(key, shard, epoch),
             Frame::Orphans {
                 origin,

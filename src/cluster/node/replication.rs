@@ -226,9 +226,11 @@ impl Node {
         epoch: u64,
         reset: bool,
         complete: bool,
-        ops: &[ReplicaOp],
+        ops: Arc<Vec<ReplicaOp>>,
     ) {
         let origin = self.peers[key].node_id.clone();
+        // Decoded for this node alone: taken, not copied.
+        let ops = Arc::try_unwrap(ops).unwrap_or_else(|shared| (*shared).clone());
         self.mirrors.apply(&origin, shard, reset, ops);
         if complete {
             self.send(key, Lane::Control, Frame::Replicated { shard, epoch });
