@@ -493,3 +493,88 @@ async fn a_node_stopped_with_sigterm_hands_its_sessions_over_before_it_exits() {
         .expect_silence(std::time::Duration::from_millis(300))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_session_expires_once_and_its_copy_with_it() {
+    let cluster = Cluster::start_durable(3, "");
+    let id = unique_id("brief");
+    let connect = Connect::new(wire::V5, &id)
+        .clean(false)
+        .props(Props::new().u32(wire::SESSION_EXPIRY, 2));
+    let (mut client, _) = Raw::connect_ok(cluster.addr(0), connect).await;
+    client.subscribe(1, &[("brief/#", 1)]).await;
+    client.send(&wire::disconnect_v5(0, Props::new())).await;
+    client.expect_closed(RECV_TIMEOUT).await;
+    wait_for_copies(&cluster, 1, 1.0);
+    // Expired on node 0 after 2 s: its copy on node 1 goes with it, and
+    // the client id is free (a new session, not present).
+    wait_for_copies(&cluster, 1, 0.0);
+    let metrics = cluster.metrics(0);
+    assert_eq!(
+        common::http::sample(&metrics, "ringmq_sessions{state=\"offline\"}"),
+        0.0,
+        "{metrics}"
+    );
+    let (_, connack) = connect_when_served(cluster.addr(2), &id).await;
+    assert!(!connack.session_present);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_node_under_a_publisher_loses_nothing_acknowledged() {
+    let top = "max_queued_messages = 1000000";
+    let mut cluster = Cluster::start_durable_with(3, top, "suspect_timeout_ms = 1000");
+    let id = unique_id("listener");
+    let topic = unique_id("kp");
+    let (mut subscriber, _) = Raw::connect_ok(cluster.addr(2), persistent(&id)).await;
+    subscriber.subscribe(1, &[(topic.as_str(), 1)]).await;
+
+    // A persistent publisher on node 0 numbers QoS 1 messages, counting
+    // each once its PUBACK is in, until node 0 dies under it; it then
+    // comes back through node 1 and goes on from the first number without
+    // a PUBACK (the one in flight is sent again, as a client would).
+    let publisher_id = unique_id("kpub");
+    let (mut publisher, _) = Raw::connect_ok(cluster.addr(0), persistent(&publisher_id)).await;
+    let mut acked = 0u32;
+    let started = std::time::Instant::now();
+    let mut killed = false;
+    loop {
+        if !killed && started.elapsed() > std::time::Duration::from_secs(2) {
+            cluster.kill(0);
+            killed = true;
+        }
+        let packet_id = (acked % 60_000) as u16 + 1;
+        let payload = format!("p:{acked}");
+        publisher
+            .send(
+                &Pub::new(&topic, payload.as_bytes())
+                    .qos(1, packet_id)
+                    .encode(wire::V5),
+            )
+            .await;
+        match publisher.try_recv(RECV_TIMEOUT).await {
+            Ok(packet) if packet.kind() == wire::PUBACK => acked += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break,
+        }
+    }
+    let (mut publisher, connack) = connect_when_served(cluster.addr(1), &publisher_id).await;
+    assert!(connack.session_present);
+    let resumed_at = acked;
+    for n in resumed_at..resumed_at + 500 {
+        let packet_id = (n % 60_000) as u16 + 1;
+        let payload = format!("p:{n}");
+        publisher
+            .publish(Pub::new(&topic, payload.as_bytes()).qos(1, packet_id))
+            .await;
+    }
+    let total = resumed_at + 500;
+    let mut received = Vec::new();
+    let all_in = |received: &[(String, u32)]| {
+        let got: std::collections::BTreeSet<u32> = received.iter().map(|(_, n)| *n).collect();
+        (0..total).all(|n| got.contains(&n))
+    };
+    receive_until(&mut subscriber, &mut received, all_in, RECV_TIMEOUT).await;
+    let tally = tally(&BTreeMap::from([("p".to_string(), total)]), &received);
+    println!("{resumed_at} acknowledged before the kill, {total} in all: {tally}");
+    assert_eq!(tally.lost, 0, "{tally}");
+}
