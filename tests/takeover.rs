@@ -578,3 +578,64 @@ async fn killing_the_node_under_a_publisher_loses_nothing_acknowledged() {
     println!("{resumed_at} acknowledged before the kill, {total} in all: {tally}");
     assert_eq!(tally.lost, 0, "{tally}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_takeovers_racing_on_two_nodes_leave_one_session_with_everything() {
+    let cluster = Cluster::start_durable(3, "");
+    let id = unique_id("racer");
+    let topic = unique_id("rc");
+    let (mut client, _) = Raw::connect_ok(cluster.addr(0), persistent(&id)).await;
+    client.subscribe(1, &[(topic.as_str(), 1)]).await;
+    client.send(&wire::disconnect_v5(0, Props::new())).await;
+    client.expect_closed(RECV_TIMEOUT).await;
+    publish(cluster.addr(0), &topic, 0, 20).await;
+
+    // The same client id connects to nodes 1 and 2 at once: the raft
+    // orders the two claims. The later one gets the session, from the
+    // earlier: that connection is closed (0x8E) if it was answered
+    // already, or refused (0x88) if it still waited for the session.
+    let (one, two) = tokio::join!(
+        Raw::connect(cluster.addr(1), persistent(&id)),
+        Raw::connect(cluster.addr(2), persistent(&id))
+    );
+    let mut received = Vec::new();
+    let mut survivors = Vec::new();
+    for (mut raw, connack) in [one, two] {
+        if connack.code == 0x88 {
+            continue;
+        }
+        assert_eq!(connack.code, 0, "{connack:?}");
+        assert!(connack.session_present);
+        let mut taken_over = false;
+        while let Ok(packet) = raw.try_recv(std::time::Duration::from_secs(2)).await {
+            match packet.kind() {
+                wire::DISCONNECT => {
+                    assert_eq!(packet.disconnect_reason(), 0x8E);
+                    taken_over = true;
+                    break;
+                }
+                wire::PUBLISH => {
+                    let publish = packet.publish(wire::V5);
+                    raw.send(&wire::ack(wire::PUBACK, publish.pkid)).await;
+                    received.push(parse(&publish.payload));
+                }
+                other => panic!("unexpected packet kind {other}"),
+            }
+        }
+        if !taken_over {
+            survivors.push(raw);
+        }
+    }
+    assert_eq!(survivors.len(), 1, "one connection keeps the session");
+    let mut winner = survivors.pop().expect("one survivor");
+    let all_in = |received: &[(String, u32)]| {
+        let got: std::collections::BTreeSet<u32> = received.iter().map(|(_, n)| *n).collect();
+        got.len() == 20
+    };
+    receive_until(&mut winner, &mut received, all_in, RECV_TIMEOUT).await;
+    let tally = tally(&BTreeMap::from([("p".to_string(), 20)]), &received);
+    assert_eq!(tally.lost, 0, "{tally}");
+    winner
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
+}

@@ -54,14 +54,24 @@ pub enum PreviousOwner {
     Unlinked(u64),
 }
 
-/// A claim granted here, waiting for the previous owner's hand-over, or
-/// for a copy of the session from the peers that may keep one.
+/// A claim the raft granted here, until its session (or the lack of one)
+/// is settled.
 #[derive(Debug)]
-struct AwaitedSession {
+struct Granted {
     shard: ShardId,
     token: u64,
     client_id: ByteString,
     epoch: u64,
+    /// A later claim elsewhere took the client id over while this one
+    /// waited for the session: whatever comes goes on there.
+    superseded: Option<AskedHandover>,
+}
+
+/// A claim granted here, waiting for the previous owner's hand-over, or
+/// for a copy of the session from the peers that may keep one.
+#[derive(Debug)]
+struct AwaitedSession {
+    claim: Granted,
     /// The previous owner, or the peers asked for a copy, until each has
     /// answered without one.
     from: Vec<PeerKey>,
@@ -129,12 +139,15 @@ impl Node {
             Some(PreviousOwner::Unlinked(raft_id)) => Some(format!("raft id {raft_id}").into()),
             _ => None,
         };
-        let fresh = ClaimOutcome::Owner {
+        let claim = Granted {
+            shard,
+            token,
+            client_id,
             epoch,
-            session: None,
+            superseded: None,
         };
         let Some(owner) = owner else {
-            self.answer_claim(shard, token, fresh, now);
+            self.settle_claim(claim, None, now);
             return;
         };
         // A suspected owner is likely dead: its session is taken from a
@@ -143,38 +156,23 @@ impl Node {
             .filter(|&key| self.peers[key].linked && !self.peers[key].suspected);
         match linked {
             Some(key) => {
+                let client_id = claim.client_id.clone();
                 let frame = |request| Frame::TakeOver {
                     client_id: client_id.clone(),
                     epoch,
                     request,
                 };
-                self.await_session(
-                    shard,
-                    token,
-                    &client_id,
-                    epoch,
-                    vec![key],
-                    false,
-                    frame,
-                    now,
-                );
+                self.await_session(claim, vec![key], false, frame, now);
             }
-            None => self.recover(shard, token, client_id, epoch, &owner, now),
+            None => self.recover(claim, &owner, now),
         }
     }
 
     /// The previous owner of `client_id` cannot be asked: its session
     /// comes from a copy, this node's own or a peer's, if one is kept
     /// (`replication`); every holder gives its copy up.
-    fn recover(
-        &mut self,
-        shard: ShardId,
-        token: u64,
-        client_id: ByteString,
-        epoch: u64,
-        owner: &str,
-        now: Instant,
-    ) {
+    fn recover(&mut self, claim: Granted, owner: &str, now: Instant) {
+        let client_id = claim.client_id.clone();
         let here = self.mirrors.take(&client_id).map(|(origin, session)| {
             self.taken_over_from(&origin, client_id.clone(), None);
             session
@@ -193,6 +191,7 @@ impl Node {
                 };
                 self.send(key, Lane::Control, frame);
             }
+            let epoch = claim.epoch;
             if here.is_some() {
                 info!(client = %client_id, previous = %owner, epoch, "session taken over from a copy kept here");
                 self.counters.sessions_recovered += 1;
@@ -200,29 +199,21 @@ impl Node {
                 warn!(client = %client_id, previous = %owner, epoch, "previous owner unreachable and no copy: its session is not handed over");
                 self.counters.handovers_missed += 1;
             }
-            let outcome = ClaimOutcome::Owner {
-                epoch,
-                session: here,
-            };
-            self.answer_claim(shard, token, outcome, now);
+            self.settle_claim(claim, here, now);
             return;
         }
         let frame = |request| Frame::Recover {
             client_id: client_id.clone(),
             request,
         };
-        self.await_session(shard, token, &client_id, epoch, peers, true, frame, now);
+        self.await_session(claim, peers, true, frame, now);
     }
 
     /// Asks `from` for the session (the frame `ask` makes, under a new
     /// request number) and waits for it.
-    #[allow(clippy::too_many_arguments)]
     fn await_session(
         &mut self,
-        shard: ShardId,
-        token: u64,
-        client_id: &ByteString,
-        epoch: u64,
+        claim: Granted,
         from: Vec<PeerKey>,
         recovering: bool,
         ask: impl Fn(u64) -> Frame,
@@ -236,15 +227,49 @@ impl Node {
         self.takeovers.awaited.insert(
             request,
             AwaitedSession {
-                shard,
-                token,
-                client_id: client_id.clone(),
-                epoch,
+                claim,
                 from,
                 recovering,
                 deadline: now + HANDOVER_TIMEOUT,
             },
         );
+    }
+
+    /// The claim's session is settled: `session` (or none) goes to the
+    /// shard that claimed it, or, if a later claim elsewhere superseded
+    /// this one meanwhile, on to that node, and the CONNECT here is
+    /// refused (Server unavailable: its client is being served elsewhere).
+    fn settle_claim(&mut self, claim: Granted, session: Option<Vec<u8>>, now: Instant) {
+        let Granted {
+            shard,
+            token,
+            client_id,
+            epoch,
+            superseded,
+        } = claim;
+        let Some(next) = superseded else {
+            let outcome = ClaimOutcome::Owner { epoch, session };
+            self.answer_claim(shard, token, outcome, now);
+            return;
+        };
+        info!(client = %client_id, epoch, "claim superseded while it waited: its session goes on to the later claim");
+        self.answer_to_asker(next, session);
+        self.answer_claim(shard, token, ClaimOutcome::Unavailable, now);
+    }
+
+    /// Answers peer `asked`'s take-over with `session`, unless the peer
+    /// restarted since (it asked for nothing any more).
+    fn answer_to_asker(&mut self, asked: AskedHandover, session: Option<Vec<u8>>) {
+        let same_life =
+            (self.peers.get(asked.peer)).is_some_and(|peer| peer.incarnation == asked.incarnation);
+        if same_life {
+            self.counters.sessions_handed_over += u64::from(session.is_some());
+            let frame = Frame::HandedOver {
+                request: asked.request,
+                session: session.map(Bytes::from),
+            };
+            self.send(asked.peer, Lane::Control, frame);
+        }
     }
 
     /// Peer `key` took `client_id` over under `epoch`: the client id's
@@ -256,17 +281,23 @@ impl Node {
         epoch: u64,
         request: u64,
     ) {
+        let incarnation = self.peers[key].incarnation;
+        let asked = AskedHandover {
+            peer: key,
+            incarnation,
+            request,
+        };
+        // This node's own claim of the client id, older, may still wait
+        // for the session: it goes on to the later claim when it comes.
+        let waiting = (self.takeovers.awaited.values_mut())
+            .find(|awaited| awaited.claim.client_id == client_id && awaited.claim.epoch < epoch);
+        if let Some(awaited) = waiting {
+            awaited.claim.superseded = Some(asked);
+            return;
+        }
         self.takeovers.last_request += 1;
         let token = self.takeovers.last_request;
-        let incarnation = self.peers[key].incarnation;
-        self.takeovers.asked.insert(
-            token,
-            AskedHandover {
-                peer: key,
-                incarnation,
-                request,
-            },
-        );
+        self.takeovers.asked.insert(token, asked);
         let shard = home_shard(&client_id, self.config.shards);
         self.outputs.push_back(NodeOutput::ToShard {
             shard,
@@ -280,21 +311,8 @@ impl Node {
 
     /// A local shard answers the hand-over `token` (`ShardMsg::HandedOver`).
     pub(super) fn handed_over(&mut self, token: u64, session: Option<Vec<u8>>) {
-        let Some(asked) = self.takeovers.asked.remove(&token) else {
-            return;
-        };
-        // A peer that restarted since asked for nothing any more.
-        let same_life = self
-            .peers
-            .get(asked.peer)
-            .is_some_and(|peer| peer.incarnation == asked.incarnation);
-        if same_life {
-            self.counters.sessions_handed_over += u64::from(session.is_some());
-            let frame = Frame::HandedOver {
-                request: asked.request,
-                session: session.map(Bytes::from),
-            };
-            self.send(asked.peer, Lane::Control, frame);
+        if let Some(asked) = self.takeovers.asked.remove(&token) {
+            self.answer_to_asker(asked, session);
         }
     }
 
@@ -326,18 +344,15 @@ impl Node {
             }
             self.counters.handovers_missed += 1;
             warn!(
-                epoch = awaited.epoch,
+                epoch = awaited.claim.epoch,
                 "previous owner unreachable and no copy: its session is not handed over"
             );
         }
         if session.is_some() && awaited.recovering {
             self.counters.sessions_recovered += 1;
         }
-        let outcome = ClaimOutcome::Owner {
-            epoch: awaited.epoch,
-            session: session.map(|bytes| bytes.to_vec()),
-        };
-        self.answer_claim(awaited.shard, awaited.token, outcome, now);
+        let session = session.map(|bytes| bytes.to_vec());
+        self.settle_claim(awaited.claim, session, now);
     }
 
     /// Hand-overs awaited from `key` end without a session: its link is
@@ -363,27 +378,15 @@ impl Node {
             if let Some(awaited) = self.takeovers.awaited.remove(&request) {
                 if !awaited.recovering {
                     // Gone or silent: its session may be kept by a replica.
-                    let AwaitedSession {
-                        shard,
-                        token,
-                        client_id,
-                        epoch,
-                        ..
-                    } = awaited;
-                    let owner = "the previous owner, silent";
-                    self.recover(shard, token, client_id, epoch, owner, now);
+                    self.recover(awaited.claim, "the previous owner, silent", now);
                     continue;
                 }
                 warn!(
-                    epoch = awaited.epoch,
+                    epoch = awaited.claim.epoch,
                     "no copy of the session came: it is not handed over"
                 );
                 self.counters.handovers_missed += 1;
-                let outcome = ClaimOutcome::Owner {
-                    epoch: awaited.epoch,
-                    session: None,
-                };
-                self.answer_claim(awaited.shard, awaited.token, outcome, now);
+                self.settle_claim(awaited.claim, None, now);
             }
         }
     }

@@ -162,3 +162,22 @@ fn a_hand_over_after_the_wait_ended_is_dropped() {
     sim.hand_over(0, token, Some(b"late".to_vec()));
     assert_eq!(sim.claimed(1), [owner(4, None)]);
 }
+
+#[test]
+fn a_claim_superseded_while_it_waits_passes_the_session_on_to_the_later_one() {
+    let mut sim = Sim::new(3, 9, AckMode::Remote);
+    sim.claim(1, granted(4, Some(0)));
+    let (_, token) = sim.asked_to_hand_over(0).expect("node 0 is asked");
+    // Node 2 claims too, later, while node 1 still waits: node 1 is the
+    // previous owner it asks.
+    sim.claim(2, granted(5, Some(1)));
+    assert!(sim.claimed(2).is_empty(), "waits for node 1");
+    assert_eq!(
+        sim.asked_to_hand_over(1),
+        None,
+        "node 1's shard has nothing to hand over yet"
+    );
+    sim.hand_over(0, token, Some(b"archive".to_vec()));
+    assert_eq!(sim.claimed(2), [owner(5, Some(b"archive"))]);
+    assert_eq!(sim.claimed(1), [ClaimOutcome::Unavailable]);
+}
