@@ -1,7 +1,7 @@
 //! The CONNECT's credentials, checked on the shard that read it
 //! ([`crate::auth`] has the rules). The check's hash runs on a verifier
 //! thread; the connection's task waits for the answer while the shard
-//! goes on serving everyone else.
+//! goes on serving everyone else. With an ACL, a will is checked here too.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -12,6 +12,8 @@ use tracing::warn;
 use super::connection::refuse;
 use super::state::ShardState;
 use super::websocket::WsFraming;
+use crate::auth::acl::Access;
+use crate::auth::{AuthFailure, Authenticator};
 use crate::protocol::Connect;
 
 /// Checks `connect`'s user name and password. On a refusal, counts it,
@@ -28,13 +30,20 @@ pub(super) async fn authenticate(
 ) -> bool {
     let password = connect.password.take();
     let auth = state.borrow().config().auth.clone();
-    if !auth.is_active() {
-        return true;
-    }
-    let Err(failure) = auth
-        .check(connect.username.as_ref(), password.as_ref())
-        .await
-    else {
+    let checked = if auth.is_active() {
+        auth.check(connect.username.as_ref(), password.as_ref())
+            .await
+    } else {
+        Ok(())
+    };
+    let checked = checked.and_then(|()| {
+        if may_will(&auth, connect) {
+            return Ok(());
+        }
+        state.borrow_mut().metrics.acl_denied.publish += 1;
+        Err(AuthFailure::NotAuthorized)
+    });
+    let Err(failure) = checked else {
         return true;
     };
     state.borrow_mut().metrics.auth_failed(failure);
@@ -47,4 +56,17 @@ pub(super) async fn authenticate(
     );
     refuse(stream, websocket, connect.protocol, failure.reason_code()).await;
     false
+}
+
+/// As Mosquitto 2: a will on a topic the client may not publish to
+/// refuses the CONNECT with Not authorized, rather than accepting a will
+/// that would never go out. (The receivers' read rules still apply when
+/// it does go out.)
+fn may_will(auth: &Authenticator, connect: &Connect) -> bool {
+    let (Some(acl), Some(will)) = (auth.acl(), &connect.will) else {
+        return true;
+    };
+    let user = connect.username.as_deref();
+    acl.current()
+        .check(user, &connect.client_id, &will.topic, Access::Write)
 }
