@@ -56,3 +56,51 @@ impl ShardState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    use super::super::tests::{connect_v5, shard};
+    use super::*;
+    use crate::auth::acl::Acl;
+    use crate::auth::{AclSource, AuthSettings, Authenticator};
+    use crate::protocol::QoS;
+    use crate::session::testing::message;
+
+    #[test]
+    fn a_session_without_a_known_user_gets_nothing() {
+        let state = shard();
+        let mut state = state.borrow_mut();
+        let auth = Authenticator::start(&AuthSettings {
+            password_file: None,
+            allow_anonymous: true,
+            threads: 1,
+            queue: 1,
+            acl_file: Some(AclSource {
+                path: PathBuf::from("/nonexistent/acl"),
+                acl: Acl::parse("user alice\ntopic read a/#\n").expect("valid"),
+            }),
+        })
+        .expect("starts");
+        let mut config = (*state.config).clone();
+        config.auth = Arc::new(auth);
+        state.config = Rc::new(config);
+
+        let mut connect = connect_v5("c");
+        connect.username = Some("alice".into());
+        let key = state
+            .attach(&connect, false, -1, 0, Instant::now())
+            .conn
+            .key;
+        assert!(state.may_deliver(key, &message("a/b", QoS::AtMostOnce)));
+        assert!(!state.may_deliver(key, &message("b", QoS::AtMostOnce)));
+        assert_eq!(state.metrics.acl_denied.deliver, 1);
+
+        // As restored from the store: no client has said who it is.
+        state.sessions[key].session.set_acl(None);
+        assert!(!state.may_deliver(key, &message("a/b", QoS::AtMostOnce)));
+    }
+}
