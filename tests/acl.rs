@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::http::{get, sample};
 use common::raw::Raw;
 use common::wire::{self, Connect, Pub, V4, V5, Will};
@@ -349,4 +350,41 @@ async fn wait_for_subscriptions(broker: &Broker, n: u32) {
         assert!(Instant::now() < deadline, "never {n} subscriptions");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Each node applies its own file to its own clients: a message published
+/// on node 0 is filtered on node 1 by node 1's rules, and node 0's
+/// subscribers by node 0's. The two nodes share the file's path; only
+/// node 1 is told to reload after it changes, so their rules differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_message_is_filtered_by_the_receiving_nodes_acl() {
+    let acl = AclFile::new("user root\ntopic #\nuser alice\ntopic read sensors/#\n");
+    let cluster = Cluster::start_durable_with(2, &format!("acl_file = {:?}\n", acl.arg()), "");
+    std::fs::write(
+        &acl.0,
+        "user root\ntopic #\nuser alice\ntopic read sensors/#\ntopic deny sensors/secret\n",
+    )
+    .expect("writable");
+    cluster.node(1).signal(libc::SIGHUP);
+    cluster.node(1).wait_for_log("acl file reloaded", 1);
+
+    let mut subscribers = Vec::new();
+    for node in [0, 1] {
+        let connect = Connect::v5(&unique_id("alice")).username("alice");
+        let (mut alice, _) = Raw::connect_ok(cluster.addr(node), connect).await;
+        assert_eq!(alice.subscribe(1, &[("sensors/#", 1)]).await, [1]);
+        subscribers.push(alice);
+    }
+    let connect = Connect::v5(&unique_id("root")).username("root");
+    let (mut root, _) = Raw::connect_ok(cluster.addr(0), connect).await;
+    for (n, topic) in ["sensors/secret", "sensors/open"].into_iter().enumerate() {
+        root.publish(Pub::new(topic, b"x").qos(1, n as u16 + 1))
+            .await;
+    }
+    assert_eq!(
+        topics(&mut subscribers[0], V5).await,
+        ["sensors/secret", "sensors/open"],
+        "node 0 kept the first file"
+    );
+    assert_eq!(topics(&mut subscribers[1], V5).await, ["sensors/open"]);
 }
