@@ -241,6 +241,11 @@ async fn patterns_substitute_the_client_id_and_the_user_name() {
             .await,
         [0, NOT_AUTHORIZED]
     );
+    // An empty client id is assigned before the will is checked: %c is the
+    // assigned id, never empty.
+    let connect = Connect::v5("").will(Will::new("devices//x", b"bye"));
+    let (_, connack) = Raw::connect(broker.addr, connect).await;
+    assert_eq!(connack.code, NOT_AUTHORIZED);
     // %u never matches an anonymous client.
     let mut anonymous = client(&broker, V5, None, &unique_id("anon")).await;
     assert_eq!(

@@ -30,20 +30,13 @@ pub(super) async fn authenticate(
 ) -> bool {
     let password = connect.password.take();
     let auth = state.borrow().config().auth.clone();
-    let checked = if auth.is_active() {
-        auth.check(connect.username.as_ref(), password.as_ref())
-            .await
-    } else {
-        Ok(())
-    };
-    let checked = checked.and_then(|()| {
-        if may_will(&auth, connect) {
-            return Ok(());
-        }
-        state.borrow_mut().metrics.acl_denied.publish += 1;
-        Err(AuthFailure::NotAuthorized)
-    });
-    let Err(failure) = checked else {
+    if !auth.is_active() {
+        return true;
+    }
+    let Err(failure) = auth
+        .check(connect.username.as_ref(), password.as_ref())
+        .await
+    else {
         return true;
     };
     state.borrow_mut().metrics.auth_failed(failure);
@@ -53,6 +46,40 @@ pub(super) async fn authenticate(
         username = ?connect.username.as_deref(),
         reason = failure.label(),
         "authentication failed"
+    );
+    refuse(stream, websocket, connect.protocol, failure.reason_code()).await;
+    false
+}
+
+/// Checks `connect`'s will against the ACL, once its client id is final
+/// (assigned if it was empty), since a pattern may name it. On a refusal,
+/// counts it (as a refused PUBLISH, and as an authentication failure
+/// `not_authorized`), logs it, sends CONNACK Not authorized and returns
+/// `false`: the caller drops the connection. Before the connection moves
+/// or claims its client id, like [`authenticate`].
+pub(super) async fn authorize_will(
+    state: &RefCell<ShardState>,
+    stream: &mut TcpStream,
+    websocket: Option<&RefCell<WsFraming>>,
+    connect: &Connect,
+    peer: SocketAddr,
+) -> bool {
+    let auth = state.borrow().config().auth.clone();
+    if may_will(&auth, connect) {
+        return true;
+    }
+    let failure = AuthFailure::NotAuthorized;
+    {
+        let mut state = state.borrow_mut();
+        state.metrics.acl_denied.publish += 1;
+        state.metrics.auth_failed(failure);
+    }
+    warn!(
+        client = %connect.client_id,
+        %peer,
+        username = ?connect.username.as_deref(),
+        topic = ?connect.will.as_ref().map(|will| &*will.topic),
+        "will not authorized by the acl"
     );
     refuse(stream, websocket, connect.protocol, failure.reason_code()).await;
     false
