@@ -49,7 +49,8 @@
 //!   a thread per partition), read back at start-up.
 //! - [`auth`]: who may connect: the password file (argon2id, or
 //!   Mosquitto's PBKDF2 lines), anonymous clients, and the threads that
-//!   verify passwords off the shards.
+//!   verify passwords off the shards; and what a client may publish to and
+//!   read (`acl_file`, Mosquitto's format), applied by its session.
 //! - [`config`]: command line and TOML, validated once.
 //!
 //! Each room's module documentation gives the reasons for its design.

@@ -150,18 +150,6 @@ async fn expect_codes(
 }
 
 /// Waits until `needle` appears `count` times in the broker's log.
-fn wait_for_log(broker: &Broker, needle: &str, count: usize) {
-    let deadline = Instant::now() + RECV_TIMEOUT;
-    while broker.logs().matches(needle).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "no {count} x {needle:?} in the log:\n{}",
-            broker.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test]
 async fn a_file_made_by_ringmq_passwd_lets_its_users_in_and_nobody_else() {
     let dir = Dir::new("ringmq-passwd");
@@ -357,12 +345,12 @@ async fn sighup_reloads_the_file_and_keeps_it_when_the_new_one_is_bad() {
 
     set_password(&file, "frank", "fr4nk");
     broker.signal(libc::SIGHUP);
-    wait_for_log(&broker, "password file reloaded", 1);
+    broker.wait_for_log("password file reloaded", 1);
     expect_codes(&broker, Some("frank"), Some("fr4nk"), (0, 0)).await;
 
     std::fs::write(&file, "frank:fr4nk-in-plain-text\n").expect("writable");
     broker.signal(libc::SIGHUP);
-    wait_for_log(&broker, "keeping the one loaded before", 1);
+    broker.wait_for_log("keeping the one loaded before", 1);
     assert!(broker.logs().contains("line 1"), "{}", broker.logs());
     expect_codes(&broker, Some("frank"), Some("fr4nk"), (0, 0)).await;
     expect_codes(&broker, Some("alice"), Some("pw"), (0, 0)).await;
@@ -370,7 +358,7 @@ async fn sighup_reloads_the_file_and_keeps_it_when_the_new_one_is_bad() {
     // Without a password file, SIGHUP does not stop the broker.
     let mut plain = Broker::start(&[]);
     plain.signal(libc::SIGHUP);
-    wait_for_log(&plain, "no password file to reload", 1);
+    plain.wait_for_log("no password file to reload", 1);
     assert!(plain.is_running());
     assert_eq!(connack(&plain, V5, None, None).await, 0);
 }

@@ -26,7 +26,13 @@
 //!
 //! The file is read again on SIGHUP ([`Authenticator::reload`]); a file
 //! that does not parse then is logged and the one loaded before kept.
+//!
+//! What a connected client may publish to and read is the `acl_file`'s
+//! ([`acl`], with its runtime in [`acl_cache`]), reloaded with the
+//! password file.
 
+pub mod acl;
+pub mod acl_cache;
 pub mod passwd;
 pub mod password_file;
 pub mod verifier;
@@ -40,6 +46,8 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::protocol::ReasonCode;
+use acl::Acl;
+use acl_cache::AclHandle;
 pub use password_file::{PasswordFile, PasswordFileError};
 use verifier::Pool;
 
@@ -62,6 +70,16 @@ pub struct AuthSettings {
     pub threads: usize,
     /// CONNECTs waiting for a verifier thread, at least 1.
     pub queue: usize,
+    /// `None` without `acl_file`: every client may publish and subscribe
+    /// to anything.
+    pub acl_file: Option<AclSource>,
+}
+
+/// The ACL file, where it is read from and what it held at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclSource {
+    pub path: PathBuf,
+    pub acl: Acl,
 }
 
 /// The password file, where it is read from and what it held at start.
@@ -98,6 +116,8 @@ pub struct Authenticator {
     allow_anonymous: bool,
     /// `None` without a password file.
     passwords: Option<Passwords>,
+    /// `None` without an ACL file.
+    acl: Option<Arc<AclHandle>>,
 }
 
 /// The password file as the verifier threads see it.
@@ -161,10 +181,20 @@ impl Authenticator {
             }
             None => None,
         };
+        let acl = settings.acl_file.as_ref().map(|source| {
+            info!(path = %source.path.display(), lines = source.acl.len(), "acl file loaded");
+            Arc::new(AclHandle::new(source.path.clone(), source.acl.clone()))
+        });
         Ok(Authenticator {
             allow_anonymous: settings.allow_anonymous,
             passwords,
+            acl,
         })
+    }
+
+    /// The ACL every connected client is held to, if one is configured.
+    pub fn acl(&self) -> Option<&Arc<AclHandle>> {
+        self.acl.as_ref()
     }
 
     /// Whether any CONNECT could be refused; without that the shards skip
@@ -217,21 +247,20 @@ impl Authenticator {
         }
     }
 
-    /// Reads the password file again (on SIGHUP). A file that cannot be
-    /// read or parsed is logged and the one loaded before kept: a typo
-    /// must not lock every client out.
+    /// Reads the password and ACL files again (on SIGHUP). A file that
+    /// cannot be read or parsed is logged and the one loaded before kept:
+    /// a typo must not lock every client out, nor open every topic.
     pub fn reload(&self) {
+        if let Some(acl) = &self.acl {
+            reload_acl(acl);
+        }
         let Some(passwords) = &self.passwords else {
             info!("no password file to reload");
             return;
         };
         let path = &passwords.path;
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(error) => {
-                error!(path = %path.display(), %error, "cannot read the password file; keeping the one loaded before");
-                return;
-            }
+        let Some(text) = read_for_reload(path, "password") else {
+            return;
         };
         match PasswordFile::parse(&text) {
             Ok(file) => {
@@ -260,6 +289,36 @@ impl Default for Authenticator {
         Authenticator {
             allow_anonymous: true,
             passwords: None,
+            acl: None,
+        }
+    }
+}
+
+/// The text of a file to reload, or `None` (logged) when it cannot be
+/// read: the one loaded before is kept.
+fn read_for_reload(path: &std::path::Path, what: &str) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(error) => {
+            error!(file = what, path = %path.display(), %error, "cannot read the file; keeping the one loaded before");
+            None
+        }
+    }
+}
+
+fn reload_acl(handle: &AclHandle) {
+    let path = &handle.path;
+    let Some(text) = read_for_reload(path, "acl") else {
+        return;
+    };
+    match Acl::parse(&text) {
+        Ok(acl) => {
+            let lines = acl.len();
+            handle.replace(acl);
+            info!(path = %path.display(), lines, "acl file reloaded");
+        }
+        Err(error) => {
+            error!(path = %path.display(), %error, "invalid acl file; keeping the one loaded before");
         }
     }
 }
@@ -291,6 +350,7 @@ mod tests {
             allow_anonymous,
             threads: 1,
             queue: 4,
+            acl_file: None,
         }
     }
 

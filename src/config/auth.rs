@@ -1,14 +1,17 @@
-//! `password_file`, `allow_anonymous`, `auth_threads` and `auth_queue`,
-//! merged and validated into [`AuthSettings`]; the password file itself
-//! is read and parsed here, so a bad one stops start-up naming the key
-//! and the line.
+//! `password_file`, `allow_anonymous`, `auth_threads`, `auth_queue` and
+//! `acl_file`, merged and validated into [`AuthSettings`]; the password
+//! and ACL files themselves are read and parsed here, so a bad one stops
+//! start-up naming the key and the line.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use super::{ConfigError, FileConfig, ensure};
-use crate::auth::{AuthSettings, DEFAULT_QUEUE, DEFAULT_THREADS, PasswordFile, PasswordSource};
+use crate::auth::acl::Acl;
+use crate::auth::{
+    AclSource, AuthSettings, DEFAULT_QUEUE, DEFAULT_THREADS, PasswordFile, PasswordSource,
+};
 
 /// More threads than this would only let a flood of CONNECTs take more
 /// CPU and memory (each argon2 verification holds its own 19 MiB).
@@ -35,21 +38,19 @@ pub(super) struct AuthArgs {
     /// refused with Server busy [default: 256].
     #[arg(long, value_name = "N")]
     auth_queue: Option<usize>,
+    /// Mosquitto-format ACL file (user, topic, pattern lines); with one,
+    /// what it does not grant is denied. Reloaded on SIGHUP
+    /// [default: none, everything allowed].
+    #[arg(long, value_name = "PATH")]
+    acl_file: Option<PathBuf>,
 }
 
 pub(super) fn merge(cli: &AuthArgs, file: &FileConfig) -> Result<AuthSettings, ConfigError> {
-    let path = cli.password_file.clone().or(file.password_file.clone());
-    let password_file = match path {
-        Some(path) => {
-            ensure(
-                !path.as_os_str().is_empty(),
-                "password_file",
-                "must not be empty",
-            )?;
-            Some(load(path)?)
-        }
-        None => None,
-    };
+    let password_file = load(
+        "password_file",
+        cli.password_file.as_ref().or(file.password_file.as_ref()),
+        |path, text| PasswordFile::parse(text).map(|file| PasswordSource { path, file }),
+    )?;
     // As Mosquitto: a password file turns anonymous clients away unless
     // they are let in explicitly.
     let allow_anonymous = cli
@@ -72,33 +73,42 @@ pub(super) fn merge(cli: &AuthArgs, file: &FileConfig) -> Result<AuthSettings, C
     )?;
     let queue = cli.auth_queue.or(file.auth_queue).unwrap_or(DEFAULT_QUEUE);
     ensure(queue >= 1, "auth_queue", "must be at least 1")?;
+    let acl_file = load(
+        "acl_file",
+        cli.acl_file.as_ref().or(file.acl_file.as_ref()),
+        |path, text| Acl::parse(text).map(|acl| AclSource { path, acl }),
+    )?;
     Ok(AuthSettings {
         password_file,
         allow_anonymous,
         threads,
         queue,
+        acl_file,
     })
 }
 
-fn load(path: PathBuf) -> Result<PasswordSource, ConfigError> {
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(source) => {
-            return Err(ConfigError::ReadKeyFile {
-                key: "password_file",
-                path,
-                source,
-            });
-        }
+/// Reads and parses the file `key` names, if it names one.
+fn load<T, E: ToString>(
+    key: &'static str,
+    path: Option<&PathBuf>,
+    parse: impl FnOnce(PathBuf, &str) -> Result<T, E>,
+) -> Result<Option<T>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
     };
-    match PasswordFile::parse(&text) {
-        Ok(file) => Ok(PasswordSource { path, file }),
-        Err(source) => Err(ConfigError::InvalidKeyFile {
-            key: "password_file",
-            path,
-            reason: source.to_string(),
-        }),
-    }
+    ensure(!path.as_os_str().is_empty(), key, "must not be empty")?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadKeyFile {
+        key,
+        path: path.clone(),
+        source,
+    })?;
+    parse(path.clone(), &text)
+        .map(Some)
+        .map_err(|error| ConfigError::InvalidKeyFile {
+            key,
+            path: path.clone(),
+            reason: error.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -119,6 +129,7 @@ mod tests {
                 allow_anonymous: true,
                 threads: 2,
                 queue: 256,
+                acl_file: None,
             }
         );
     }
@@ -164,6 +175,35 @@ mod tests {
         .auth;
         assert!(!auth.allow_anonymous);
         assert_eq!((auth.threads, auth.queue), (1, 1));
+    }
+
+    #[test]
+    fn an_acl_file_from_the_flag_or_the_key() {
+        let file = TempFile::new("acl-ok", "user alice\ntopic read a/#\n");
+        let auth = parse(&["--acl-file", file.arg()]).expect("valid").auth;
+        let source = auth.acl_file.expect("loaded");
+        assert!(
+            source
+                .acl
+                .check(Some("alice"), "c", "a/b", crate::auth::acl::Access::Read)
+        );
+        let toml = format!("acl_file = {:?}\n", file.arg());
+        let auth = merge_config(&[], &toml).expect("valid").auth;
+        assert!(auth.acl_file.is_some());
+
+        let bad = TempFile::new("acl-bad", "user alice\ntopic reed a/#\n");
+        let error = parse(&["--acl-file", bad.arg()])
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("invalid `acl_file` (--acl-file)"), "{error}");
+        assert!(error.contains("line 2: unknown access"), "{error}");
+        let error = parse(&["--acl-file", "/nonexistent/acl"])
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("cannot read `acl_file` (--acl-file)"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! `--cluster-ack`), except `node_id` and `seeds` (`--node-id`,
 //! `--seeds`); see `src/config/cluster.rs`.
 //!
-//! Authentication keys (`password_file`, `allow_anonymous`, ...) are
+//! Authentication keys (`password_file`, `allow_anonymous`, `acl_file`, ...) are
 //! top-level, as in Mosquitto's file; see `src/config/auth.rs`.
 //!
 //! Besides serving, the binary has two subcommands: `cluster-certs`, which
@@ -425,6 +425,7 @@ struct FileConfig {
     allow_anonymous: Option<bool>,
     auth_threads: Option<usize>,
     auth_queue: Option<usize>,
+    acl_file: Option<PathBuf>,
     cluster: Option<cluster::ClusterTable>,
 }
 

@@ -172,6 +172,7 @@ fn file_only() {
                 allow_anonymous: true,
                 threads: 2,
                 queue: 256,
+                acl_file: None,
             },
         }
     );
@@ -425,6 +426,7 @@ fn deploy_example_parses_and_sets_every_key() {
         allow_anonymous,
         auth_threads,
         auth_queue,
+        acl_file,
         cluster,
     } = &file;
     assert!(listen.is_some());
@@ -462,6 +464,9 @@ fn deploy_example_parses_and_sets_every_key() {
     assert!(allow_anonymous.is_some());
     assert!(auth_threads.is_some());
     assert!(auth_queue.is_some());
+    // Commented out like `password_file`.
+    assert!(acl_file.is_none());
+    assert!(example_documents("acl_file"));
     assert!(cluster.is_none(), "the example is a single node");
     Config::merge(Cli::default(), file, None).expect("example config is valid");
 }

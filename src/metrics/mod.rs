@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 
 use crate::auth::AuthFailure;
+use crate::auth::acl_cache::Denials;
 use crate::message::Message;
 use crate::protocol::QoS;
 use crate::shard::ShardId;
@@ -49,6 +50,8 @@ pub struct ShardMetrics {
     /// CONNECTs refused by authentication, indexed as
     /// [`AuthFailure::ALL`] (also counted in `rejected`, by reason code).
     pub auth_failures: [u64; 3],
+    /// PUBLISH, SUBSCRIBE filters and deliveries the ACL refused.
+    pub acl_denied: Denials,
     /// Indexed by QoS (0, 1, 2).
     pub messages_in: [u64; 3],
     pub bytes_in: [u64; 3],

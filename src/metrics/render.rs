@@ -71,6 +71,22 @@ pub fn render(snapshots: &[Snapshot], cluster: Option<&StatusSnapshot>) -> Strin
         auth_failures,
     );
 
+    let acl_denied = Family::<Labels, Counter>::default();
+    for (kind, n) in [
+        ("publish", sum(|s| s.metrics.acl_denied.publish)),
+        ("subscribe", sum(|s| s.metrics.acl_denied.subscribe)),
+        ("deliver", sum(|s| s.metrics.acl_denied.deliver)),
+    ] {
+        acl_denied
+            .get_or_create(&vec![("kind".into(), kind.into())])
+            .inc_by(n);
+    }
+    registry.register(
+        "acl_denied",
+        "What the acl_file refused: publish (PUBLISH not routed), subscribe (SUBSCRIBE filters), deliver (messages not given to a subscriber)",
+        acl_denied,
+    );
+
     let sessions = Family::<Labels, Gauge>::default();
     for (state, n) in [
         ("online", sum(|s| s.sessions_online)),

@@ -32,6 +32,10 @@ impl Session {
             ));
         }
         let packet_id = publish.packet_id;
+        if !self.may_write(&publish.topic) {
+            self.refuse_publish(publish.qos, packet_id);
+            return Ok(());
+        }
         match publish.qos {
             QoS::AtMostOnce => self.route(publish, None, now),
             // Receive Maximum counts QoS 1 and 2 PUBLISH not yet answered

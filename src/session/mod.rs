@@ -22,6 +22,7 @@
 //! and a client's ack for an unknown packet id is ignored rather than
 //! treated as an error.
 
+mod acl;
 mod alias;
 mod connect;
 mod control;
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use rustc_hash::FxHashSet;
 
+use crate::auth::acl_cache::SessionAcl;
 use crate::message::Message;
 use crate::protocol::topic::{MAX_TOPIC_LEN, MAX_TOPIC_LEVELS, TopicLimits};
 use crate::protocol::{
@@ -248,6 +250,9 @@ pub struct Session {
     /// When the message of the last new PUBLISH [`Session::poll_transmit`]
     /// returned was received, for the shard's publish latency.
     sent_received_at: Option<Instant>,
+    /// The ACL rules of the last client connected, with an ACL configured
+    /// (see `acl`). Boxed: most brokers have none.
+    acl: Option<Box<SessionAcl>>,
 }
 
 /// The part of [`SessionConfig`] the flows consult after CONNECT, in the
@@ -338,6 +343,7 @@ impl Session {
             journal: None,
             dropped_expired: 0,
             sent_received_at: None,
+            acl: None,
         }
     }
 
@@ -704,14 +710,15 @@ mod tests {
     /// a per-connection cost: 704 bytes with the will, the config copy and
     /// the rarely used tables inline, 296 with them boxed or narrowed, 304
     /// with the tickets that hold answers (boxed: 48 bytes inline), 312
-    /// with the store's journal (a pointer, null unless stored). This
+    /// with the store's journal (a pointer, null unless stored), 320 with
+    /// the ACL rules (a pointer, null without an ACL). This
     /// catches a field that puts them back; an upper bound, and only where
     /// it was measured, since std's type sizes differ between targets.
     #[test]
     #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     fn an_idle_session_stays_small() {
         assert!(
-            std::mem::size_of::<Session>() <= 312,
+            std::mem::size_of::<Session>() <= 320,
             "Session grew to {} bytes",
             std::mem::size_of::<Session>()
         );

@@ -35,6 +35,7 @@ fn refusals(filters: &[ByteString], reasons: &[ReasonCode]) -> Option<ByteString
             let why = match reason {
                 ReasonCode::TopicFilterInvalid => "invalid topic filter",
                 ReasonCode::SharedSubscriptionsNotSupported => "shared subscriptions not supported",
+                ReasonCode::NotAuthorized => "not authorized by the acl",
                 _ => "refused",
             };
             format!("{filter:?}: {why}")
@@ -78,13 +79,18 @@ impl Session {
             let options = subscription.options;
             let is_shared = shared::is_shared(&filter);
             let topics = self.limits.topics();
-            let valid = if is_shared {
-                shared::parse(&filter).is_some_and(|share| topics.admits(share.filter))
+            // A shared subscription is checked on the filter it shares.
+            let plain = if is_shared {
+                shared::parse(&filter).map(|share| share.filter)
             } else {
-                valid_topic_filter(&filter) && topics.admits(&filter)
+                valid_topic_filter(&filter).then_some(&*filter)
             };
-            if !valid {
+            let Some(plain) = plain.filter(|plain| topics.admits(plain)) else {
                 reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            };
+            if !self.may_subscribe(plain) {
+                reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }
             // Replacing a subscription the session holds adds nothing.

@@ -1,7 +1,7 @@
 //! The CONNECT's credentials, checked on the shard that read it
 //! ([`crate::auth`] has the rules). The check's hash runs on a verifier
 //! thread; the connection's task waits for the answer while the shard
-//! goes on serving everyone else.
+//! goes on serving everyone else. With an ACL, a will is checked here too.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -12,6 +12,8 @@ use tracing::warn;
 use super::connection::refuse;
 use super::state::ShardState;
 use super::websocket::WsFraming;
+use crate::auth::acl::Access;
+use crate::auth::{AuthFailure, Authenticator};
 use crate::protocol::Connect;
 
 /// Checks `connect`'s user name and password. On a refusal, counts it,
@@ -47,4 +49,51 @@ pub(super) async fn authenticate(
     );
     refuse(stream, websocket, connect.protocol, failure.reason_code()).await;
     false
+}
+
+/// Checks `connect`'s will against the ACL, once its client id is final
+/// (assigned if it was empty), since a pattern may name it. On a refusal,
+/// counts it (as a refused PUBLISH, and as an authentication failure
+/// `not_authorized`), logs it, sends CONNACK Not authorized and returns
+/// `false`: the caller drops the connection. Before the connection moves
+/// or claims its client id, like [`authenticate`].
+pub(super) async fn authorize_will(
+    state: &RefCell<ShardState>,
+    stream: &mut TcpStream,
+    websocket: Option<&RefCell<WsFraming>>,
+    connect: &Connect,
+    peer: SocketAddr,
+) -> bool {
+    let auth = state.borrow().config().auth.clone();
+    if may_will(&auth, connect) {
+        return true;
+    }
+    let failure = AuthFailure::NotAuthorized;
+    {
+        let mut state = state.borrow_mut();
+        state.metrics.acl_denied.publish += 1;
+        state.metrics.auth_failed(failure);
+    }
+    warn!(
+        client = %connect.client_id,
+        %peer,
+        username = ?connect.username.as_deref(),
+        topic = ?connect.will.as_ref().map(|will| &*will.topic),
+        "will not authorized by the acl"
+    );
+    refuse(stream, websocket, connect.protocol, failure.reason_code()).await;
+    false
+}
+
+/// As Mosquitto 2: a will on a topic the client may not publish to
+/// refuses the CONNECT with Not authorized, rather than accepting a will
+/// that would never go out. (The receivers' read rules still apply when
+/// it does go out.)
+fn may_will(auth: &Authenticator, connect: &Connect) -> bool {
+    let (Some(acl), Some(will)) = (auth.acl(), &connect.will) else {
+        return true;
+    };
+    let user = connect.username.as_deref();
+    acl.current()
+        .check(user, &connect.client_id, &will.topic, Access::Write)
 }

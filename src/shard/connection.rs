@@ -27,7 +27,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::auth::authenticate;
+use super::auth::{authenticate, authorize_will};
 use super::deadline::{self, Alarm, Deadline};
 use super::limit::ConnectionPermit;
 use super::mesh::{ClaimOutcome, Handoff, ShardMsg};
@@ -403,6 +403,9 @@ pub async fn accept(
             return;
         }
         connect.client_id = assign_client_id(state.borrow().id());
+    }
+    if !authorize_will(&state, &mut stream, websocket, &connect, peer).await {
+        return;
     }
 
     let (me, shards) = {

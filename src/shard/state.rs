@@ -38,6 +38,7 @@ use crate::session::{
 };
 use crate::store::{Op, StoreHandle};
 
+mod acl;
 mod groups;
 mod handover;
 mod orphans;
@@ -335,6 +336,8 @@ impl ShardState {
         conn.send(&Packet::ConnAck(Box::new(connack)));
         let keep_alive = slot.session.keep_alive_timeout();
         slot.conn = Some(conn.clone());
+        self.set_acl(key, connect);
+        let slot = &mut self.sessions[key];
         if was_stored && !slot.session.is_stored() {
             // Resumed by a CONNECT that no longer wants it kept.
             let client_id = slot.session.client_id().clone();
@@ -391,6 +394,7 @@ impl ShardState {
             if let Err(reason) = self.sessions[key].session.handle_packet(packet, now) {
                 conn.note_close_reason(CloseReason::Server(reason));
             }
+            self.count_acl_denials(key);
             self.run_actions(key, now);
             if conn.is_closing() || !self.is_current(key, conn) {
                 break;
@@ -775,6 +779,9 @@ impl ShardState {
         shared: Option<ByteString>,
         now: Instant,
     ) {
+        if !self.may_deliver(key, message) {
+            return;
+        }
         if !self.orphan_guards.is_empty() && !self.ordinary_delivery(key, message, now) {
             return;
         }

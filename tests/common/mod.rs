@@ -142,6 +142,20 @@ impl Broker {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until the log holds `needle` `count` times; panics with the
+    /// log after [`RECV_TIMEOUT`].
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + RECV_TIMEOUT;
+        while self.logs().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no {count} x {needle:?} in the log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the broker.
     pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
