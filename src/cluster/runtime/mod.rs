@@ -447,7 +447,7 @@ impl Cluster {
             match output {
                 NodeOutput::Store(op) => store_ops.push(op),
                 NodeOutput::Send { peer, lane, frame } => {
-                    self.encode_frame(&peer, lane, &frame, now)
+                    self.encode_frame(&peer, lane, frame, now)
                 }
                 NodeOutput::ToShard { shard, msg } => self.mesh.push(shard, msg),
                 NodeOutput::Claim {
@@ -489,7 +489,7 @@ impl Cluster {
 
     /// Encodes a frame at the end of its lane's output for this turn: the
     /// frames of one turn go to the lane's writer in one piece.
-    fn encode_frame(&mut self, peer: &ByteString, lane: Lane, frame: &Frame, now: Instant) {
+    fn encode_frame(&mut self, peer: &ByteString, lane: Lane, frame: Frame, now: Instant) {
         self.encode_for(peer, lane, |out| {
             out.reserve(frame.size_hint());
             encode_frame(frame, now, out)

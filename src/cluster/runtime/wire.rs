@@ -173,7 +173,36 @@ pub(super) fn decode_frame(
     Ok(decoded)
 }
 
+/// Encodes `frame`, taken by value so that replicated ops are archived
+/// without another copy of their payloads when this is their last frame
+/// (one replica: always).
 pub(super) fn encode_frame(
+    frame: Frame,
+    now: Instant,
+    out: &mut BytesMut,
+) -> Result<usize, frame::FrameError> {
+    if let Frame::Replicate {
+        shard,
+        epoch,
+        reset,
+        complete,
+        ops,
+    } = frame
+    {
+        let ops = Arc::try_unwrap(ops).unwrap_or_else(|shared| (*shared).clone());
+        let msg = ClusterMsg::Replicate {
+            shard,
+            epoch,
+            reset,
+            complete,
+            ops,
+        };
+        return frame::encode(&msg, out);
+    }
+    encode_borrowed(&frame, now, out)
+}
+
+fn encode_borrowed(
     frame: &Frame,
     now: Instant,
     out: &mut BytesMut,
