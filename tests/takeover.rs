@@ -468,7 +468,9 @@ async fn a_node_stopped_with_sigterm_hands_its_sessions_over_before_it_exits() {
     publish(cluster.addr(2), &topic, 0, 30).await;
 
     let stopped = std::time::Instant::now();
-    cluster.stop(0);
+    let log = cluster.stop(0);
+    // It left once drained and replicated, not when it gave up waiting.
+    assert!(log.contains("handed_over=true"), "{log}");
     cluster.wait_sample(1, "ringmq_cluster_sessions_promoted_total", 1.0);
     let moved = stopped.elapsed();
     println!(

@@ -299,13 +299,15 @@ pub trait Nodes {
         }
     }
 
-    /// SIGTERM to node `i`, and waits for a clean exit.
-    fn stop(&mut self, i: usize) {
-        if let Some(mut broker) = self.slots()[i].take() {
-            broker.signal(libc::SIGTERM);
-            let status = broker.wait_exit(STARTUP_TIMEOUT);
-            assert!(status.success(), "node {i} exited with {status}");
-        }
+    /// SIGTERM to node `i`; waits for a clean exit and returns its log.
+    fn stop(&mut self, i: usize) -> String {
+        let Some(mut broker) = self.slots()[i].take() else {
+            return String::new();
+        };
+        broker.signal(libc::SIGTERM);
+        let status = broker.wait_exit(STARTUP_TIMEOUT);
+        assert!(status.success(), "node {i} exited with {status}");
+        broker.logs()
     }
 
     /// Starts node `i` again (a new incarnation, same address) and waits

@@ -235,11 +235,14 @@ struct Cluster {
     seeds: Vec<SocketAddr>,
     joined: bool,
     leaving: bool,
-    /// Since when the broker is stopping, and how many shards have
-    /// drained since: the node leaves once every shard has drained and
-    /// its replicas hold what they wrote last, or [`LEAVE_PATIENCE`] has
-    /// passed, so that the nodes taking its sessions over have them whole.
-    stopping: Option<(Instant, usize)>,
+    /// Since when the broker is stopping: the node leaves once every
+    /// shard has drained and its replicas hold what they wrote last, or
+    /// [`LEAVE_PATIENCE`] has passed, so that the nodes taking its
+    /// sessions over have them whole.
+    stopping: Option<Instant>,
+    /// Shards that have drained. Counted whenever it comes: a shard may
+    /// drain before the cluster hears of the shutdown.
+    shards_drained: usize,
     member_events: MemberEventCounts,
     /// The outboxes on disk, with a data dir.
     store: Option<ClusterStore>,
@@ -328,6 +331,7 @@ impl Cluster {
             joined,
             leaving: false,
             stopping: None,
+            shards_drained: 0,
             member_events: MemberEventCounts::default(),
             store: durable.store,
             raft,
@@ -410,12 +414,8 @@ impl Cluster {
     fn handle_batch(&mut self, batch: Batch, now: Instant) {
         for msg in batch.messages {
             match msg {
-                ShardMsg::Shutdown => self.stopping = Some((now, 0)),
-                ShardMsg::Drained => {
-                    if let Some((_, drained)) = &mut self.stopping {
-                        *drained += 1;
-                    }
-                }
+                ShardMsg::Shutdown => self.stopping = Some(now),
+                ShardMsg::Drained => self.shards_drained += 1,
                 msg => self.node.handle_shard_msg(batch.from, msg, now),
             }
         }
@@ -426,10 +426,11 @@ impl Cluster {
     /// [`LEAVE_PATIENCE`]): the peers keeping copies take the sessions
     /// over at once, without waiting for failure detection.
     fn leave_when_drained(&mut self, now: Instant) {
-        let Some((since, drained)) = self.stopping else {
+        let Some(since) = self.stopping else {
             return;
         };
-        let ready = drained >= self.mesh.shard_count() && self.node.replicas_hold_everything();
+        let drained = self.shards_drained >= self.mesh.shard_count();
+        let ready = drained && self.node.replicas_hold_everything();
         if !ready && now < since + LEAVE_PATIENCE {
             return;
         }
