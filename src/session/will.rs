@@ -48,13 +48,7 @@ impl Session {
         if !self.connected {
             return;
         }
-        self.connected = false;
-        self.closing = false;
-        // Acks owed to the client are answered again when it resends;
-        // resends owed to it are rebuilt from the inflight state on resume.
-        self.control.clear();
-        self.pingresp_owed = false;
-        self.inflight.clear_resends();
+        self.connection_fenced();
 
         if let Some(will) = &mut self.will {
             let delay = will.last.properties.will_delay_interval.unwrap_or(0);
@@ -71,6 +65,21 @@ impl Session {
             u32::MAX => {}
             secs => self.expires_at = deadline(now, secs),
         }
+    }
+
+    /// The connection ended because this node was cut off from the
+    /// cluster's majority (`ShardState::fence`): the session is offline,
+    /// but its will and expiry wait for the ownership raft's word on who
+    /// holds it, as after a restart
+    /// ([`Session::connection_cut_by_restart`]).
+    pub fn connection_fenced(&mut self) {
+        self.connected = false;
+        self.closing = false;
+        // Acks owed to the client are answered again when it resends;
+        // resends owed to it are rebuilt from the inflight state on resume.
+        self.control.clear();
+        self.pingresp_owed = false;
+        self.inflight.clear_resends();
     }
 
     pub(super) fn timeout(&mut self, now: Instant) {

@@ -182,13 +182,41 @@ pub enum ShardMsg {
     /// To the cluster, from a stopping shard: its connections are closed
     /// and what that changed is written and handed to the replicas.
     Drained,
+    /// From the cluster: this node lost the majority of the ownership
+    /// raft, and its sessions have copies the majority may take over: let
+    /// the stored sessions go (`ShardState::fence`).
+    Fence,
     /// From the cluster, to a client id's home shard: a message owed to
     /// the dead node this session was taken over from, for this session
     /// alone (`cluster::node::orphans`).
     Orphan {
         client_id: ByteString,
         message: Arc<Message>,
+        /// Orphan, or sent on from a stale copy (never ordinary).
+        way: Way,
     },
+    /// To the cluster: a session fenced here (`ShardState::fence`) was
+    /// taken over by another node meanwhile and is dropped; `messages`
+    /// came for it here after the fence, when its copies could no longer
+    /// be reached, and go to its new owner (`cluster::node::orphans`).
+    Stale {
+        client_id: ByteString,
+        messages: Vec<Arc<Message>>,
+    },
+}
+
+/// The ways a message reaches a session taken over from another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Routed here as any message is.
+    Ordinary,
+    /// Owed to the node the session was taken over from, sent on by a
+    /// publisher's node (`cluster::node::orphans`).
+    Orphan,
+    /// Sent on by the node that let the session go when it was cut off
+    /// from the majority, and found it taken over here after the heal
+    /// (`ShardState::fence`).
+    Stale,
 }
 
 /// How a claim of a client id ended.

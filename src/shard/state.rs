@@ -39,6 +39,7 @@ use crate::session::{
 use crate::store::{Op, StoreHandle};
 
 mod acl;
+mod fence;
 mod groups;
 mod handover;
 mod orphans;
@@ -188,6 +189,9 @@ pub struct ShardState {
     /// Restored sessions whose connection the restart cut, waiting in a
     /// cluster for the ownership raft's word before that takes effect.
     cut_by_restart: Vec<SessionKey>,
+    /// The sessions `fence` let go, until the raft says who owns them:
+    /// their wills and expiries wait for its word.
+    fenced_sessions: FxHashSet<SessionKey>,
     /// Sessions taken over from another node, watching for its orphans.
     orphan_guards: FxHashMap<SessionKey, orphans::Seen>,
 }
@@ -252,6 +256,7 @@ impl ShardState {
             restored: Vec::new(),
             replica_reset: false,
             cut_by_restart: Vec::new(),
+            fenced_sessions: FxHashSet::default(),
             orphan_guards: FxHashMap::default(),
         }))
     }
@@ -459,6 +464,10 @@ impl ShardState {
             let Some(slot) = self.sessions.get_mut(key) else {
                 continue;
             };
+            // Rescheduled when the raft answers (`unfence`).
+            if self.fenced_sessions.contains(&key) {
+                continue;
+            }
             if slot.session.poll_timeout().is_some_and(|due| due <= now) {
                 slot.session.handle_timeout(now);
                 self.run_actions(key, now);
@@ -1103,9 +1112,11 @@ impl ShardState {
             ShardMsg::Stored { through, ok } => self.stored(through, ok, now),
             ShardMsg::Replicated { through } => self.replicated(through, now),
             ShardMsg::ReplicaReset => self.replica_reset = true,
-            ShardMsg::Orphan { client_id, message } => {
-                self.deliver_orphan(&client_id, &message, now)
-            }
+            ShardMsg::Orphan {
+                client_id,
+                message,
+                way,
+            } => self.deliver_orphan(&client_id, &message, way, now),
             ShardMsg::Adopt { session, epoch } => {
                 if let Err(error) = self.adopt(&session, epoch, now) {
                     warn!(shard = self.id(), %error, "a session copy taken over does not read back; dropped");
@@ -1140,6 +1151,7 @@ impl ShardState {
                 }
             }
             ShardMsg::Owners { here, elsewhere } => self.settle_restored(here, elsewhere, now),
+            ShardMsg::Fence => self.fence(now),
             ShardMsg::HandOver {
                 client_id,
                 epoch,
@@ -1163,6 +1175,7 @@ impl ShardState {
             | ShardMsg::Release { .. }
             | ShardMsg::HandedOver { .. }
             | ShardMsg::Replicate { .. }
+            | ShardMsg::Stale { .. }
             | ShardMsg::Drained => {}
         }
     }

@@ -268,6 +268,9 @@ pub struct NetCluster {
     pub node_ids: Vec<String>,
     secret: PathBuf,
     toml: String,
+    /// Each node's `--data-dir`, kept across its restarts; empty for an
+    /// in-memory cluster.
+    data_dirs: Vec<super::data_dir::DataDir>,
     // Last: the nodes are killed (Broker's drop) before their namespaces go.
     pub net: Net,
 }
@@ -278,6 +281,16 @@ impl NetCluster {
     /// `[cluster]` table's `secret_file` is added: put cluster keys under
     /// `[cluster]` in it and top-level keys before that.
     pub fn start(n: usize, toml: &str) -> NetCluster {
+        NetCluster::start_with(n, toml, false)
+    }
+
+    /// [`NetCluster::start`] with a data dir for each node, so that
+    /// persistent sessions are stored and replicated.
+    pub fn start_durable(n: usize, toml: &str) -> NetCluster {
+        NetCluster::start_with(n, toml, true)
+    }
+
+    fn start_with(n: usize, toml: &str, durable: bool) -> NetCluster {
         let net = Net::create(n);
         let secret = std::env::temp_dir().join(format!("{}.secret", net.namespaces[0]));
         std::fs::write(&secret, "a test secret, long enough\n").expect("write the secret");
@@ -303,6 +316,13 @@ impl NetCluster {
                 .collect(),
             secret,
             toml,
+            data_dirs: if durable {
+                (0..n)
+                    .map(|i| super::data_dir::DataDir::new(&format!("netns-{i}")))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             net,
         };
         for i in 0..n {
@@ -330,8 +350,11 @@ impl NetCluster {
             .args(["--metrics-listen", &format!("{ip}:{METRICS_PORT}")])
             .args(["--node-id", &self.node_ids[i]])
             .args(["--cluster-listen", &format!("{ip}:{CLUSTER_PORT}")])
-            .args(["--seeds", &seeds.join(",")])
-            .env("NO_COLOR", "1")
+            .args(["--seeds", &seeds.join(",")]);
+        if let Some(dir) = self.data_dirs.get(i) {
+            cmd.args(["--data-dir", dir.arg()]);
+        }
+        cmd.env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -74,6 +74,29 @@ impl Raw {
         (raw, connack)
     }
 
+    /// Like [`Raw::connect`], but `None` where a node may be dead, cut off
+    /// or closing: no TCP connection within [`RECV_TIMEOUT`], or no CONNACK.
+    pub async fn try_connect(addr: SocketAddr, connect: Connect) -> Option<(Raw, Connack)> {
+        let stream = tokio::time::timeout(RECV_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+        stream.set_nodelay(true).ok()?;
+        let mut raw = Raw {
+            stream,
+            buf: Vec::new(),
+            version: connect.version,
+        };
+        if !raw.send_lossy(&connect.encode()).await {
+            return None;
+        }
+        let packet = raw.try_recv(RECV_TIMEOUT).await.ok()?;
+        (packet.kind() == wire::CONNACK).then(|| {
+            let connack = packet.connack(connect.version);
+            (raw, connack)
+        })
+    }
+
     /// Like [`Raw::connect`], and asserts that the broker accepted it.
     pub async fn connect_ok(addr: SocketAddr, connect: Connect) -> (Raw, Connack) {
         let id = connect.client_id.clone();

@@ -16,7 +16,7 @@ use crate::store::record::{EntryRecord, FlightRecord, SessionRecord, StoredMessa
 /// `RaftReply`).
 /// 3: replicated sessions (`Replicate`, `Replicated`, `Recover`,
 /// `Recovered`, `Orphans`).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Everything one node says to another: the one door between nodes.
 ///
@@ -163,11 +163,14 @@ pub enum ClusterMsg {
     /// acknowledged: from a publisher's node, for the sessions the
     /// receiver took over from `origin`'s copies, and no others (empty
     /// `client_ids`); or passed on, for the sessions `client_ids` of the
-    /// receiver's, which it got from the sender's copies.
+    /// receiver's, which it got from the sender's copies. `stale`: sent
+    /// on by `origin` itself, which was only cut off, for the sessions
+    /// `client_ids` it found taken over after the heal.
     Orphans {
         origin: String,
         client_ids: Vec<String>,
         messages: Vec<WireMessage>,
+        stale: bool,
     } = 20,
 }
 

@@ -82,7 +82,9 @@ impl Node {
         matched.sort_unstable();
         matched.dedup();
         for &peer in &matched {
-            if self.peers[peer].down && message.qos != QoS::AtMostOnce {
+            // Before it is taken over, its outbox holds the message, and
+            // goes to the new owners whole then (`orphan_outbox_of`).
+            if self.peers[peer].taken_over && message.qos != QoS::AtMostOnce {
                 self.orphan(peer, shard, &message);
             }
             self.push_to_peer(peer, shard, message.clone(), None);

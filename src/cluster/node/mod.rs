@@ -175,6 +175,9 @@ pub enum Frame {
         /// the sender's copies.
         client_ids: Vec<ByteString>,
         messages: Vec<Arc<Message>>,
+        /// Sent on by `origin` itself from its stale copies of the
+        /// sessions `client_ids`, after a partition (`orphans`).
+        stale: bool,
     },
 }
 
@@ -334,9 +337,12 @@ struct Peer {
     unlinked_since: Option<Instant>,
     /// Gossip suspects it, or says it is down: not waited for.
     suspected: bool,
-    /// Gossip says it is down: what it is owed goes to the nodes that took
-    /// its sessions over as well (`orphans`).
+    /// Gossip says it is down.
     down: bool,
+    /// Down, and its link here ended too: its sessions were taken over,
+    /// and what is published for it goes to their new owners as well
+    /// (`orphans`).
+    taken_over: bool,
     /// Its filters, as applied, and the version they are at.
     filters: FxHashSet<ByteString>,
     version: u64,
@@ -519,6 +525,10 @@ impl Node {
             ShardMsg::Replicate { epoch, reset, ops } => {
                 self.replicate(from, epoch, reset, ops, now)
             }
+            ShardMsg::Stale {
+                client_id,
+                messages,
+            } => self.send_stale(from, client_id, messages),
             other => warn!(shard = from, msg = ?other, "unexpected message for the cluster"),
         }
     }
@@ -548,6 +558,7 @@ impl Node {
         peer.linked = true;
         peer.suspected = false;
         peer.down = false;
+        peer.taken_over = false;
         peer.unlinked_since = None;
         peer.acked_version = 0;
         self.outputs.push_back(NodeOutput::Send {
@@ -589,6 +600,7 @@ impl Node {
             unlinked_since: None,
             suspected: false,
             down: false,
+            taken_over: false,
             filters: FxHashSet::default(),
             version: 0,
             acked_version: 0,
@@ -625,6 +637,7 @@ impl Node {
         self.release_waiters(key);
         self.give_up_handovers_from(key, now);
         self.retarget_replicas();
+        self.take_over_if_gone(key);
     }
 
     /// Gossip suspects `node_id` (a probe went unanswered), or says it is
@@ -649,6 +662,7 @@ impl Node {
             && std::mem::take(&mut self.peers[key].suspected)
         {
             self.peers[key].down = false;
+            self.peers[key].taken_over = false;
             self.retarget_replicas();
         }
     }
@@ -793,7 +807,8 @@ impl Node {
                 origin,
                 client_ids,
                 messages,
-            } => self.receive_orphans(origin, client_ids, messages),
+                stale,
+            } => self.receive_orphans(origin, client_ids, messages, stale),
             Frame::Recover { client_id, request } => {
                 let session = self.mirrors.take(&client_id).map(|(origin, session)| {
                     // Its orphans go on to the node that has it now.
@@ -870,8 +885,7 @@ impl Node {
         // It left once its replicas held its sessions whole: they take
         // them over now, and what it was owed and never acknowledged
         // follows them.
-        self.promote_copies_of(node_id);
-        self.orphan_outbox_of(node_id);
+        self.take_over_from(node_id);
         if let Some(&key) = self.peer_by_id.get(node_id) {
             self.remove_peer(key, now);
         }
@@ -880,11 +894,35 @@ impl Node {
     /// Gossip says `node_id` is down (suspected past the suspect timeout):
     /// as suspected, and the sessions this node keeps copies of are taken
     /// over here ([`replication`], "Promotion").
+    ///
+    /// Only once this node's own link to it has ended too: gossip may
+    /// carry another node's stale word, as when a node cut off from the
+    /// rest declared them all down and the partition heals, and a node
+    /// that still hears from the peer must not take its sessions.
     pub fn handle_peer_down(&mut self, node_id: &str, now: Instant) {
         self.handle_peer_suspect(node_id, now);
-        if let Some(&key) = self.peer_by_id.get(node_id) {
-            self.peers[key].down = true;
+        let Some(&key) = self.peer_by_id.get(node_id) else {
+            self.take_over_from(node_id);
+            return;
+        };
+        self.peers[key].down = true;
+        self.take_over_if_gone(key);
+    }
+
+    /// Takes peer `key`'s sessions over once it is both down by gossip
+    /// and unlinked here, the first time.
+    fn take_over_if_gone(&mut self, key: PeerKey) {
+        let peer = &mut self.peers[key];
+        if peer.down && !peer.linked && !peer.taken_over {
+            peer.taken_over = true;
+            let node_id = peer.node_id.clone();
+            self.take_over_from(&node_id);
         }
+    }
+
+    /// `node_id` is gone: its sessions copied here are promoted, and what
+    /// it was owed goes to their new owners.
+    fn take_over_from(&mut self, node_id: &str) {
         self.promote_copies_of(node_id);
         self.orphan_outbox_of(node_id);
     }

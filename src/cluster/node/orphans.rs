@@ -25,7 +25,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{Frame, Lane, Node, NodeOutput, PeerKey};
 use crate::message::Message;
-use crate::shard::mesh::ShardMsg;
+use crate::shard::mesh::{ShardMsg, Way};
 use crate::shard::{ShardId, home_shard};
 
 #[derive(Default)]
@@ -109,10 +109,38 @@ impl Node {
                 origin: origin.clone(),
                 client_ids: Vec::new(),
                 messages: messages.clone(),
+                stale: false,
             };
             self.send(peer, Lane::Stream(shard as u32), frame);
         }
-        self.receive_orphans(origin.clone(), Vec::new(), messages);
+        self.receive_orphans(origin.clone(), Vec::new(), messages, false);
+    }
+
+    /// What came on shard `shard` for `client_id`'s session while this
+    /// node was cut off from the majority, which gave the session to
+    /// another node meanwhile: to every linked peer, for that session
+    /// alone, as orphans; a node without the session drops them, the one
+    /// with it gives it each message it does not owe already.
+    pub(super) fn send_stale(
+        &mut self,
+        shard: ShardId,
+        client_id: ByteString,
+        messages: Vec<Arc<Message>>,
+    ) {
+        let peers: Vec<PeerKey> = (self.peers.iter())
+            .filter(|(_, peer)| peer.linked)
+            .map(|(key, _)| key)
+            .collect();
+        tracing::info!(client = %client_id, messages = messages.len(), "messages for a session another node took over during a partition sent on");
+        for peer in peers {
+            let frame = Frame::Orphans {
+                origin: self.config.node_id.clone(),
+                client_ids: vec![client_id.clone()],
+                messages: messages.clone(),
+                stale: true,
+            };
+            self.send(peer, Lane::Stream(shard as u32), frame);
+        }
     }
 
     /// Orphans of `origin` from a publisher's node (or this one), for the
@@ -123,11 +151,13 @@ impl Node {
         origin: ByteString,
         client_ids: Vec<ByteString>,
         messages: Vec<Arc<Message>>,
+        stale: bool,
     ) {
         if !client_ids.is_empty() {
+            let way = if stale { Way::Stale } else { Way::Orphan };
             for message in messages {
                 for client_id in &client_ids {
-                    self.orphan_to_shard(client_id, &message);
+                    self.orphan_to_shard(client_id, &message, way);
                 }
             }
             return;
@@ -151,12 +181,13 @@ impl Node {
         self.deliver_orphans(origin);
     }
 
-    fn orphan_to_shard(&mut self, client_id: &ByteString, message: &Arc<Message>) {
+    fn orphan_to_shard(&mut self, client_id: &ByteString, message: &Arc<Message>, way: Way) {
         self.outputs.push_back(NodeOutput::ToShard {
             shard: home_shard(client_id, self.config.shards),
             msg: ShardMsg::Orphan {
                 client_id: client_id.clone(),
                 message: message.clone(),
+                way,
             },
         });
     }
@@ -208,7 +239,7 @@ impl Node {
             match to {
                 None => {
                     for message in &held {
-                        self.orphan_to_shard(client_id, message);
+                        self.orphan_to_shard(client_id, message, Way::Orphan);
                     }
                 }
                 Some(peer) => given.entry(*peer).or_default().push(client_id.clone()),
@@ -220,6 +251,7 @@ impl Node {
                     origin: origin.into(),
                     client_ids,
                     messages: held.clone(),
+                    stale: false,
                 };
                 self.send(peer, Lane::Control, frame);
             }

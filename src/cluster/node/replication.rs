@@ -307,6 +307,16 @@ impl Node {
         self.promotion_answered(&client_id, false);
     }
 
+    /// This node is in a minority of the cluster, where the majority may
+    /// promote the copies of its sessions: the shards let their stored
+    /// sessions go (`ShardMsg::Fence`). Without copies nothing can be
+    /// promoted, and the sessions stay served where they are.
+    pub fn fence_sessions(&mut self) {
+        if self.config.replication_factor > 1 && self.config.durable_outboxes {
+            self.tell_every_shard(|| ShardMsg::Fence);
+        }
+    }
+
     /// Whether every replica holds every epoch the shards handed over.
     pub fn replicas_hold_everything(&self) -> bool {
         let targets = &self.replication.targets;

@@ -224,9 +224,10 @@ impl<T: Transport> Ownership<T> {
         match self.propose(command).await? {
             Answer::Claimed { epoch, previous } => Ok(Claimed { epoch, previous }),
             // A claim is always answered `Claimed` by the table.
-            Answer::Released(_) | Answer::Promoted(_) | Answer::Nothing => {
-                Err(OwnershipError::Stopped)
-            }
+            Answer::Released(_)
+            | Answer::Promoted(_)
+            | Answer::Nothing
+            | Answer::Barrier { .. } => Err(OwnershipError::Stopped),
         }
     }
 
@@ -243,9 +244,10 @@ impl<T: Transport> Ownership<T> {
         };
         match self.propose(command).await? {
             Answer::Released(released) => Ok(released),
-            Answer::Claimed { .. } | Answer::Promoted(_) | Answer::Nothing => {
-                Err(OwnershipError::Stopped)
-            }
+            Answer::Claimed { .. }
+            | Answer::Promoted(_)
+            | Answer::Nothing
+            | Answer::Barrier { .. } => Err(OwnershipError::Stopped),
         }
     }
 
@@ -264,9 +266,32 @@ impl<T: Transport> Ownership<T> {
         };
         match self.propose(command).await? {
             Answer::Promoted(epoch) => Ok(epoch),
-            Answer::Claimed { .. } | Answer::Released(_) | Answer::Nothing => {
-                Err(OwnershipError::Stopped)
+            Answer::Claimed { .. }
+            | Answer::Released(_)
+            | Answer::Nothing
+            | Answer::Barrier { .. } => Err(OwnershipError::Stopped),
+        }
+    }
+
+    /// Waits until this node has applied everything the majority had
+    /// committed when this was called, so that [`Ownership::owner`] is as
+    /// fresh as the leader's: a barrier entry goes through the leader, and
+    /// this node waits to apply it. Fails as [`Ownership::claim`] does, or
+    /// when this node does not apply the barrier within `within`.
+    pub async fn catch_up(&self, within: Duration) -> Result<(), OwnershipError> {
+        let index = match self.propose(Command::Barrier { node: self.id }).await? {
+            Answer::Barrier { index } => index,
+            Answer::Claimed { .. }
+            | Answer::Released(_)
+            | Answer::Promoted(_)
+            | Answer::Nothing => {
+                return Err(OwnershipError::Stopped);
             }
+        };
+        let wait = self.raft.wait(Some(within));
+        match wait.applied_index_at_least(Some(index), "barrier").await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(OwnershipError::Unconfirmed),
         }
     }
 

@@ -27,7 +27,7 @@ use openraft::{
 
 use super::raft::TypeConfig;
 use super::store::{RaftStore, RaftStoreError};
-use super::table::{Answer, NodeId, OwnershipTable};
+use super::table::{Answer, Command, NodeId, OwnershipTable};
 
 /// What this node has applied.
 #[derive(Debug, Default)]
@@ -176,6 +176,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.last_applied = Some(entry.log_id);
             let answer = match entry.payload {
                 EntryPayload::Blank => Answer::Nothing,
+                EntryPayload::Normal(Command::Barrier { .. }) => Answer::Barrier {
+                    index: entry.log_id.index,
+                },
                 EntryPayload::Normal(command) => applied.table.apply(command),
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);

@@ -53,6 +53,11 @@ pub enum Command {
         from: NodeId,
         node: NodeId,
     },
+    /// Changes nothing. `node` proposes it, then waits until it has
+    /// applied it (its answer names its log index): from then on, what
+    /// `node` reads of the table holds everything committed before, as
+    /// fresh as the majority's ([`crate::cluster::ownership::Ownership::catch_up`]).
+    Barrier { node: NodeId },
 }
 
 /// What applying one log entry answered, handed back to whoever proposed it.
@@ -71,6 +76,9 @@ pub enum Answer {
     Released(bool),
     /// The promotion's epoch, or `None` if the client id had moved on.
     Promoted(Option<Epoch>),
+    /// A barrier's place in the log (`index`), answered by the state
+    /// machine, which knows it; the table itself answers 0.
+    Barrier { index: u64 },
 }
 
 /// The replicated state.
@@ -117,6 +125,7 @@ impl OwnershipTable {
                 Some(grant) if grant.node == node => Answer::Promoted(Some(grant.epoch)),
                 _ => Answer::Promoted(None),
             },
+            Command::Barrier { .. } => Answer::Barrier { index: 0 },
         }
     }
 
@@ -329,6 +338,7 @@ mod tests {
                     node,
                 }
             }),
+            (1u64..4).prop_map(|node| Command::Barrier { node }),
         ]
     }
 
@@ -345,11 +355,13 @@ mod tests {
                     Command::Claim { client_id, .. }
                     | Command::Release { client_id, .. }
                     | Command::Promote { client_id, .. } => client_id.clone(),
+                    // Changes nothing: "a" is as good as any to check.
+                    Command::Barrier { .. } => ByteString::from("a"),
                 };
                 let before = table.owner(&client_id);
                 let node = match &command {
                     Command::Claim { node, .. } | Command::Promote { node, .. } => *node,
-                    Command::Release { .. } => 0,
+                    Command::Release { .. } | Command::Barrier { .. } => 0,
                 };
                 let promoted_from = match &command {
                     Command::Promote { from, .. } => Some(*from),
@@ -379,7 +391,10 @@ mod tests {
                         grants.push(Grant { node, epoch });
                     }
                     Answer::Released(true) => prop_assert!(before.is_some()),
-                    Answer::Released(false) | Answer::Promoted(None) | Answer::Nothing => {
+                    Answer::Released(false)
+                    | Answer::Promoted(None)
+                    | Answer::Nothing
+                    | Answer::Barrier { .. } => {
                         prop_assert_eq!(table.owner(&client_id), before);
                     }
                 }

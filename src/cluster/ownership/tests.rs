@@ -307,6 +307,21 @@ async fn a_leader_cut_off_from_the_majority_cannot_claim<N: TestNet>() {
     assert!(cluster.node(old).check("c", old, first.epoch));
 
     cluster.router.heal_all().await;
+    // Back, the old leader reads the table as the majority has it once a
+    // barrier of its own went through the leader and was applied here.
+    let within = N::config().claim_timeout * 4;
+    cluster
+        .node(old)
+        .catch_up(within)
+        .await
+        .expect("the old leader catches up");
+    assert_eq!(
+        cluster.node(old).owner("c"),
+        Some(Grant {
+            node: taker,
+            epoch: taken.epoch
+        })
+    );
     cluster.caught_up(new_leader, &all).await;
     for &id in &all {
         let node = cluster.node(id);

@@ -109,7 +109,8 @@ pub fn check_request(request: &RaftRequest, senders: &[NodeId]) -> Result<(), Ra
         RaftRequest::Forward(
             Command::Claim { node, .. }
             | Command::Release { node, .. }
-            | Command::Promote { node, .. },
+            | Command::Promote { node, .. }
+            | Command::Barrier { node },
         ) => Some(*node),
     };
     if !named.is_some_and(|named| senders.contains(&named)) {

@@ -51,7 +51,8 @@ use crate::cluster::ownership::reconcile::{
     self, Action, Member, RaftMember, RaftView, Reconciler, ReconcilerConfig,
 };
 use crate::cluster::ownership::{
-    NodeId, Ownership, OwnershipConfig, RaftStore, RaftStoreError, handle::CLAIM_TIMEOUT,
+    NodeId, Ownership, OwnershipConfig, OwnershipError, RaftStore, RaftStoreError,
+    handle::CLAIM_TIMEOUT,
 };
 use crate::cluster::settings::ClusterSettings;
 use crate::metrics::{OwnershipReadiness, Readiness};
@@ -71,6 +72,14 @@ pub const QUORUM_LEASE: Duration = Duration::from_millis(ELECTION_MAX_MS);
 /// How long a formed raft may be without a reachable leader before the
 /// node says it is not ready.
 pub const READY_GRACE: Duration = Duration::from_secs(3);
+/// How long a node must be without a reachable leader, and see no
+/// majority of the voters alive, before it lets its stored sessions go
+/// (`ShardMsg::Fence`). It must come before the majority can promote
+/// their copies: gossip suspects a node after about a second of failed
+/// probes and declares it down `cluster.suspect_timeout` later (3 s by
+/// default), while this fires about 2.5 s after the last word from a
+/// leader ([`QUORUM_LEASE`] and this).
+const FENCE_AFTER: Duration = Duration::from_secs(1);
 /// How long a membership change may take before it counts as failed and
 /// is decided afresh.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -228,6 +237,14 @@ pub(super) struct RaftSide {
     pub(super) promoted_rx: mpsc::UnboundedReceiver<(ByteString, Result<Option<u64>, ()>)>,
     /// Since when no leader has been reachable, while the raft is formed.
     lost_since: Option<Instant>,
+    /// Since when this node has been in a minority: no reachable leader,
+    /// and no majority of the voters alive by gossip.
+    minority_since: Option<Instant>,
+    /// Whether the shards were told to let their stored sessions go in
+    /// this spell in the minority.
+    fenced: bool,
+    /// Set when `fenced` is, until the runtime tells the shards.
+    fence_pending: bool,
     status: Option<OwnershipStatus>,
     _temp: Option<TempDir>,
 }
@@ -283,6 +300,9 @@ impl RaftSide {
             promoted_tx,
             promoted_rx,
             lost_since: None,
+            minority_since: None,
+            fenced: false,
+            fence_pending: false,
             status: None,
             _temp: home.temp,
         }
@@ -445,12 +465,14 @@ impl RaftSide {
         self.unchecked.push((shard, client_ids));
     }
 
-    /// Asks, on a task, who owns the restored sessions, once this node has
-    /// a leader it can reach and has applied the log it holds. The table
-    /// read here may lag the majority's by a heartbeat, which errs on the
-    /// safe side: it can miss a claim made elsewhere (the copy is then
-    /// kept, as before this check), never invent one, and a session this
-    /// node claimed since the restart is not touched (`settle_restored`).
+    /// Asks, on a task, who owns the restored or fenced sessions, once
+    /// this node has a leader it can reach and has caught up with the
+    /// majority's table ([`Ownership::catch_up`]): a node back from a
+    /// partition must see the claims made on the other side, or it would
+    /// send the wills of sessions served there. A session this node
+    /// claimed since is not touched (`settle_restored`). Tried again
+    /// until the raft answers: until then the sessions stay as they are,
+    /// their wills and expiries held.
     fn ask_owners(&mut self) {
         let has_leader = self.status.is_some_and(|status| status.has_quorum);
         if self.unchecked.is_empty() || !has_leader {
@@ -463,12 +485,15 @@ impl RaftSide {
         let owners = self.owners_tx.clone();
         let me = self.id;
         tokio::spawn(async move {
-            let raft = ownership.raft();
-            let held = raft.metrics().borrow().last_log_index;
-            let wait = raft.wait(Some(CATCH_UP));
-            if let Err(error) = wait.applied_index_at_least(held, "caught up").await {
-                warn!(%error, "the ownership table did not catch up; restored sessions stay as they are");
-                return;
+            loop {
+                match ownership.catch_up(CATCH_UP).await {
+                    Ok(()) => break,
+                    Err(OwnershipError::Stopped) => return,
+                    Err(error) => {
+                        warn!(%error, "the ownership table did not catch up yet; asking again");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
             }
             for (shard, client_ids) in unchecked {
                 let mut here = Vec::new();
@@ -553,6 +578,7 @@ impl RaftSide {
                 reachable: alive,
             })
             .collect();
+        let alive = members.iter().filter(|member| member.reachable).count();
         self.reconciler.handle_members(members, now);
         let metrics = ownership.raft().metrics().borrow().clone();
         let view = reconcile::view_of(&metrics);
@@ -583,6 +609,17 @@ impl RaftSide {
         let gained = view.has_state && !self.announced;
         self.announced |= view.has_state;
         self.update_readiness(self.announced, has_quorum, readiness, now);
+        let minority = self.announced && !has_quorum && (alive + 1) * 2 <= view.voters.len();
+        if !minority {
+            self.minority_since = None;
+            self.fenced = false;
+        } else if now.duration_since(*self.minority_since.get_or_insert(now)) >= FENCE_AFTER
+            && !self.fenced
+        {
+            warn!(node = %self.name, alive, voters = view.voters.len(), "in a minority of the cluster: letting go of the stored sessions the majority may take over");
+            self.fenced = true;
+            self.fence_pending = true;
+        }
         self.ask_owners();
         gained.then(|| self.member_frame())
     }
@@ -757,6 +794,9 @@ impl Cluster {
             .live_members()
             .map(|(member, alive)| (member.node_id.as_str(), alive));
         let announce = self.raft.tick(members, &self.readiness, now);
+        if std::mem::take(&mut self.raft.fence_pending) {
+            self.node.fence_sessions();
+        }
         if let Some(frame) = announce {
             let peers: Vec<ByteString> = self.by_node.keys().cloned().collect();
             for peer in &peers {

@@ -160,10 +160,12 @@ pub(super) fn decode_frame(
             origin,
             client_ids,
             messages,
+            stale,
         } => Decoded::Node(Frame::Orphans {
             origin: origin.as_str().into(),
             client_ids: strings(client_ids),
             messages: messages_of(messages)?,
+            stale: *stale,
         }),
         ArchivedClusterMsg::Recovered { request, session } => Decoded::Node(Frame::Recovered {
             request: request.to_native(),
@@ -309,6 +311,7 @@ fn encode_borrowed(
             origin,
             client_ids,
             messages,
+            stale,
         } => frame::encode(
             &ClusterMsg::Orphans {
                 origin: origin.to_string(),
@@ -316,6 +319,7 @@ fn encode_borrowed(
                 messages: (messages.iter())
                     .map(|message| frame::message_to_wire(message, now))
                     .collect(),
+                stale: *stale,
             },
             out,
         ),

@@ -261,6 +261,24 @@ fn the_copies_of_a_node_gone_down_are_promoted_unless_their_client_moved_on() {
 }
 
 #[test]
+fn a_peer_said_down_while_its_link_here_lives_is_taken_over_only_once_the_link_ends() {
+    let mut sim = replicated(3, 23);
+    sim.replicate(0, 1, true, session_ops(1));
+    // Gossip carries a cut-off node's stale word that n0 is down, while
+    // n1 still hears from n0: nothing is taken over.
+    let now = sim.now;
+    sim.nodes[1].node.handle_peer_down(&id(0), now);
+    sim.settle();
+    assert!(sim.nodes[1].promotions.is_empty());
+    assert_eq!(sim.nodes[1].node.session_copies(), 1);
+    // n0 really is gone: its link here ends too.
+    sim.cut(0, 1);
+    sim.cut(0, 2);
+    sim.settle();
+    assert_eq!(sim.nodes[1].promotions, [(id(0), vec![CLIENT.into()])]);
+}
+
+#[test]
 fn what_a_dead_node_never_acknowledged_goes_to_the_sessions_promoted_from_it() {
     let mut sim = replicated(3, 19);
     sim.subscribe(0, 0, "t");
@@ -281,9 +299,9 @@ fn what_a_dead_node_never_acknowledged_goes_to_the_sessions_promoted_from_it() {
     let orphans = |sim: &Sim| -> Vec<u32> {
         (sim.nodes[1].to_shards[home].iter())
             .filter_map(|msg| match msg {
-                ShardMsg::Orphan { client_id, message } if client_id == CLIENT => {
-                    Some(super::number(message))
-                }
+                ShardMsg::Orphan {
+                    client_id, message, ..
+                } if client_id == CLIENT => Some(super::number(message)),
                 _ => None,
             })
             .collect()

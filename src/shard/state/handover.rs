@@ -141,11 +141,13 @@ impl ShardState {
         // The rest are this node's: their wills and expiries take their
         // course (`resume_restored`).
         self.resume_restored_now(now);
+        self.unfence();
     }
 
     /// A session this node no longer owns: its connection, if any, is
     /// told it was taken over, and nothing it held goes out.
     fn drop_stale(&mut self, key: SessionKey, now: Instant) {
+        self.send_on_stale(key);
         if let Some(conn) = self.sessions[key].conn.take() {
             conn.disconnect(ReasonCode::SessionTakenOver);
         }

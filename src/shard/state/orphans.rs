@@ -3,14 +3,16 @@
 //!
 //! A publisher's node sends such a message on to the node that took the
 //! session over, and may also forward it there the ordinary way once that
-//! node announces the session's subscriptions; and a message the dead node
+//! node announces the session's subscriptions; a message the dead node
 //! had queued and replicated but never acknowledged is in the copy
-//! already. Nothing numbers a message across nodes, so a session taken
-//! over keeps, for [`ORPHAN_GUARD`], the fingerprints (publisher, topic,
-//! payload) of what came each way, and pairs them: an orphan like a
-//! message the session got the ordinary way (or owed on arrival) is not
-//! given again, and the other way round; each copy cancels one. Messages
-//! that arrive one way only, identical or not, are all given.
+//! already; and a node that was only cut off sends on, after the heal,
+//! what its stale copy of the session got meanwhile, which may include
+//! what the others had sent as orphans ([`Way`]). Nothing numbers a
+//! message across nodes, so a session taken over keeps, for
+//! [`ORPHAN_GUARD`], the fingerprints (publisher, topic, payload) of what
+//! came each way, and gives a message only if it is not a copy of one
+//! that came another way (or was owed on arrival). Messages that arrive
+//! one way only, identical or not, are all given.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -22,22 +24,29 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use super::{SessionKey, ShardState};
 use crate::message::Message;
+use crate::shard::mesh::Way;
 
 /// How long a session taken over watches for orphans: the longest a
 /// publisher's node keeps sending them is `cluster.peer_hold` (300 s by
 /// default), after which it forgets the dead node.
 const ORPHAN_GUARD: Duration = Duration::from_secs(15 * 60);
-/// Unpaired fingerprints kept per session; the oldest go first.
-const GUARD_SIZE: usize = 8192;
+/// Arrivals remembered per session taken over; the oldest go first. A
+/// message may come three ways, so this covers some 20,000 messages
+/// (a 30 s partition of a session getting 230 messages a second took
+/// 8,192 past its end: 665 copies given again). About 50 bytes each,
+/// so at most some 3 MiB for a session that busy, for [`ORPHAN_GUARD`].
+const GUARD_SIZE: usize = 65_536;
 
-/// The fingerprints of what one session taken over was given each way,
-/// not yet paired with a copy from the other way.
+/// How many messages with each fingerprint one session taken over was
+/// given each way. A message arrives at most once each way, so a copy is
+/// one that does not take its way's count past every other way's: two
+/// identical messages (same publisher, topic and payload) are both given,
+/// however each travels.
 pub(super) struct Seen {
     until: Instant,
-    /// Oldest first: fingerprint, and whether it came as an orphan.
-    order: VecDeque<(u64, bool)>,
-    ordinary: FxHashMap<u64, u32>,
-    orphans: FxHashMap<u64, u32>,
+    /// Oldest first: fingerprint, and which way it came.
+    order: VecDeque<(u64, Way)>,
+    counts: FxHashMap<u64, [u32; 3]>,
 }
 
 impl Seen {
@@ -45,45 +54,29 @@ impl Seen {
         Seen {
             until,
             order: VecDeque::new(),
-            ordinary: FxHashMap::default(),
-            orphans: FxHashMap::default(),
+            counts: FxHashMap::default(),
         }
     }
 
-    /// A message with `fingerprint` came as an orphan (`orphan`) or the
-    /// ordinary way: false if it pairs with one that came the other way
-    /// (it is a copy, not given again).
-    fn take(&mut self, fingerprint: u64, orphan: bool) -> bool {
-        let (other, own) = if orphan {
-            (&mut self.ordinary, &mut self.orphans)
-        } else {
-            (&mut self.orphans, &mut self.ordinary)
-        };
-        if let Some(count) = other.get_mut(&fingerprint) {
-            *count -= 1;
-            if *count == 0 {
-                other.remove(&fingerprint);
-            }
-            return false;
-        }
-        *own.entry(fingerprint).or_default() += 1;
-        self.order.push_back((fingerprint, orphan));
+    /// A message with `fingerprint` came `way`: false if it is a copy of
+    /// one that came another way (not given again).
+    fn take(&mut self, fingerprint: u64, way: Way) -> bool {
+        let counts = self.counts.entry(fingerprint).or_default();
+        counts[way as usize] += 1;
+        let mine = counts[way as usize];
+        let fresh = (counts.iter().enumerate())
+            .all(|(other, &count)| other == way as usize || count < mine);
+        self.order.push_back((fingerprint, way));
         if self.order.len() > GUARD_SIZE
-            && let Some((oldest, was_orphan)) = self.order.pop_front()
+            && let Some((oldest, way)) = self.order.pop_front()
+            && let Some(counts) = self.counts.get_mut(&oldest)
         {
-            let counts = if was_orphan {
-                &mut self.orphans
-            } else {
-                &mut self.ordinary
-            };
-            if let Some(count) = counts.get_mut(&oldest) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&oldest);
-                }
+            counts[way as usize] = counts[way as usize].saturating_sub(1);
+            if counts.iter().all(|&count| count == 0) {
+                self.counts.remove(&oldest);
             }
         }
-        true
+        fresh
     }
 }
 
@@ -104,7 +97,7 @@ impl ShardState {
         };
         let mut seen = Seen::new(now + ORPHAN_GUARD);
         for message in slot.session.owed_messages() {
-            seen.take(fingerprint(message), false);
+            seen.take(fingerprint(message), Way::Ordinary);
         }
         self.orphan_guards.insert(key, seen);
     }
@@ -124,15 +117,17 @@ impl ShardState {
             self.orphan_guards.remove(&key);
             return true;
         }
-        seen.take(fingerprint(message), false)
+        seen.take(fingerprint(message), Way::Ordinary)
     }
 
-    /// An orphan for `client_id`, if it is a session here and the orphan
-    /// is not a copy of what it was given the ordinary way.
+    /// A message for `client_id` alone, come `way` (not
+    /// [`Way::Ordinary`]), if it is a session here and the message is not
+    /// a copy of one it was given another way.
     pub(super) fn deliver_orphan(
         &mut self,
         client_id: &ByteString,
         message: &Arc<Message>,
+        way: Way,
         now: Instant,
     ) {
         let Some(&key) = self.by_client_id.get(client_id) else {
@@ -142,7 +137,7 @@ impl ShardState {
         // does not count it twice.
         let guard = self.orphan_guards.remove(&key);
         if let Some(mut seen) = guard {
-            let fresh = seen.take(fingerprint(message), true);
+            let fresh = seen.take(fingerprint(message), way);
             if fresh {
                 self.metrics.orphans_delivered += 1;
                 self.deliver_matching(message, Some(key), now);
@@ -154,5 +149,42 @@ impl ShardState {
         }
         self.metrics.orphans_delivered += 1;
         self.deliver_matching(message, Some(key), now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::Seen;
+    use crate::shard::mesh::Way;
+
+    #[test]
+    fn a_message_is_given_once_whichever_ways_it_comes() {
+        let orders = [
+            [Way::Ordinary, Way::Orphan, Way::Stale],
+            [Way::Stale, Way::Ordinary, Way::Orphan],
+            [Way::Orphan, Way::Stale, Way::Ordinary],
+        ];
+        for order in orders {
+            let mut seen = Seen::new(Instant::now());
+            let given: Vec<bool> = order.iter().map(|&way| seen.take(7, way)).collect();
+            assert_eq!(given, [true, false, false], "{order:?}");
+        }
+    }
+
+    #[test]
+    fn two_identical_messages_are_both_given_however_each_travels() {
+        let mut seen = Seen::new(Instant::now());
+        // The first came the ordinary way, the second only as an orphan;
+        // then copies of both come back stale.
+        assert!(seen.take(7, Way::Ordinary));
+        assert!(!seen.take(7, Way::Orphan));
+        assert!(seen.take(7, Way::Orphan));
+        assert!(!seen.take(7, Way::Stale));
+        assert!(!seen.take(7, Way::Stale));
+        // One way only, twice: both given.
+        assert!(seen.take(9, Way::Stale));
+        assert!(seen.take(9, Way::Stale));
     }
 }

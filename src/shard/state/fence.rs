@@ -1,0 +1,115 @@
+//! A node cut off from the ownership raft's majority lets its stored
+//! sessions go (`ShardMsg::Fence`), when they have copies elsewhere.
+//!
+//! The majority promotes the copies of a node it declares down
+//! (`crate::cluster::node::replication`): if the node is only cut off,
+//! its clients would otherwise be served on both sides, each side with
+//! its own messages, and the will sent by the majority while the client
+//! is still connected here. So, soon after this node loses the majority
+//! and before the majority can declare it down, each shard closes the
+//! connections of its stored sessions (v5: Use another server, 0x9C),
+//! and their clients, behind a load balancer or with a list of nodes,
+//! resume on the majority's side from the copies. A CONNECT here is
+//! refused meanwhile (its claim finds no majority). Clean sessions have
+//! nothing to keep consistent and stay: that side of the partition is
+//! available for them, with messages to and from the other side held in
+//! the outboxes (`cluster.peer_hold`).
+//!
+//! The sessions stay on the shard, offline, their wills and expiries
+//! held, until the raft can say again who owns them: those it gave to
+//! another node meanwhile are dropped without their wills (the new owner
+//! sends them), the others take their course as if their connection had
+//! just ended, as after a restart (`ShardState::settle_restored`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::{SessionKey, ShardState};
+use crate::message::Message;
+use crate::protocol::ReasonCode;
+use crate::shard::mesh::ShardMsg;
+
+impl ShardState {
+    /// See the module documentation.
+    pub(super) fn fence(&mut self, now: Instant) {
+        let Some(place) = self.mesh.cluster_place() else {
+            return;
+        };
+        let stored: Vec<SessionKey> = (self.sessions.iter())
+            .filter(|(_, slot)| slot.session.is_stored())
+            .map(|(key, _)| key)
+            .collect();
+        if stored.is_empty() {
+            return;
+        }
+        let mut closed = 0;
+        let mut client_ids = Vec::with_capacity(stored.len());
+        for key in stored {
+            let slot = &mut self.sessions[key];
+            // Held under no epoch until the raft confirms one: a claim
+            // elsewhere meanwhile wins over this copy.
+            slot.epoch = 0;
+            client_ids.push(slot.session.client_id().clone());
+            self.fenced_sessions.insert(key);
+            if let Some(conn) = slot.conn.take() {
+                conn.disconnect(ReasonCode::UseAnotherServer);
+                slot.session.connection_fenced();
+                self.cut_by_restart.push(key);
+                self.set_online(key, false, now);
+                self.reroute_unacked(key, now);
+                self.session_changed(key);
+                closed += 1;
+            }
+        }
+        warn!(
+            shard = self.id(),
+            sessions = client_ids.len(),
+            closed,
+            "cut off from the cluster's majority: stored sessions let go until it says who owns them"
+        );
+        self.mesh.push(place, ShardMsg::CheckOwners { client_ids });
+        self.flush();
+    }
+
+    /// Session `key`, fenced here, was given to another node meanwhile
+    /// and is about to be dropped: what it owes goes to its new owner.
+    /// Some of it came after its copies could no longer be reached (from
+    /// publishers on this side, or acknowledged alone in the seconds
+    /// before the fence); the rest the new owner has from the copy, and
+    /// its guard against orphans (`state::orphans`) pairs those away.
+    pub(super) fn send_on_stale(&mut self, key: SessionKey) {
+        if !self.fenced_sessions.remove(&key) {
+            return;
+        }
+        let Some(place) = self.mesh.cluster_place() else {
+            return;
+        };
+        let session = &self.sessions[key].session;
+        let messages: Vec<Arc<Message>> = session.owed_messages().into_iter().cloned().collect();
+        if !messages.is_empty() {
+            let client_id = session.client_id().clone();
+            self.mesh.push(
+                place,
+                ShardMsg::Stale {
+                    client_id,
+                    messages,
+                },
+            );
+        }
+    }
+
+    /// The raft answered for the sessions fenced here: their wills and
+    /// expiries, held meanwhile, are due again.
+    pub(super) fn unfence(&mut self) {
+        if self.fenced_sessions.is_empty() {
+            return;
+        }
+        self.fenced_sessions.clear();
+        let keys: Vec<SessionKey> = self.sessions.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.schedule(key);
+        }
+    }
+}
