@@ -48,13 +48,15 @@ fn persistent(id: &str) -> Connect {
 /// until that node ends or refuses its connection, then tries the next.
 struct Roamer {
     id: String,
+    topic: String,
     nodes: Vec<SocketAddr>,
     /// The node it is on, or tries next.
     at: usize,
     client: Option<Raw>,
     received: Vec<(String, u32)>,
-    /// The nodes it was served by, in order, and when.
-    served: Vec<(usize, Instant)>,
+    /// The nodes it was served by, in order, and when, and whether with
+    /// its session (false: a fresh one, subscribed again).
+    served: Vec<(usize, Instant, bool)>,
 }
 
 impl Roamer {
@@ -64,30 +66,35 @@ impl Roamer {
         client.subscribe(1, &[(topic, 1)]).await;
         Roamer {
             id,
+            topic: topic.to_owned(),
             nodes,
             at,
             client: Some(client),
             received: Vec::new(),
-            served: vec![(at, Instant::now())],
+            served: vec![(at, Instant::now(), true)],
         }
     }
 
     /// Connects to the node it is at, or the ones after it in turn, until
-    /// one serves its session.
+    /// one serves it: with its session, or with a fresh one (no node had
+    /// it), on which it subscribes again, as a client must.
     async fn reconnect(&mut self) {
         let deadline = Instant::now() + ROAM_PATIENCE;
         loop {
             let addr = self.nodes[self.at];
-            if let Some((client, connack)) = Raw::try_connect(addr, persistent(&self.id)).await
+            if let Some((mut client, connack)) = Raw::try_connect(addr, persistent(&self.id)).await
                 && connack.code == 0
             {
-                assert!(
-                    connack.session_present,
-                    "node {} served {} without its session",
-                    self.at, self.id
-                );
+                if !connack.session_present {
+                    // The SUBACK is taken in `receive`, among the messages.
+                    let filters = [(self.topic.as_str(), 1)];
+                    client
+                        .send(&wire::subscribe(wire::V5, 1, &filters, Props::new()))
+                        .await;
+                }
                 self.client = Some(client);
-                self.served.push((self.at, Instant::now()));
+                self.served
+                    .push((self.at, Instant::now(), connack.session_present));
                 return;
             }
             assert!(Instant::now() < deadline, "no node served {}", self.id);
@@ -177,44 +184,49 @@ fn wait_for_copies(cluster: &NetCluster, i: usize, count: f64) {
     }
 }
 
-/// Node C, under a persistent subscriber, is cut off from A and B (its
-/// cluster traffic only: its MQTT clients could stay) for `CUT_SECS`
-/// (10 s by default) while publishers on A and on C go on. C is the
-/// minority: it lets the subscriber go, the subscriber resumes its
-/// session on A, and after the heal C drops its stale copy and sends on
-/// what its own publisher published for the session meanwhile. Nothing
-/// acknowledged is lost, and the subscriber's will never goes out: its
-/// client was back well within the will's delay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partitioned_node_lets_its_persistent_sessions_go_to_the_majority() {
-    if !common::netns::available() {
-        return;
-    }
-    let cut = Duration::from_secs(
-        std::env::var("CUT_SECS")
-            .ok()
-            .and_then(|secs| secs.parse().ok())
-            .unwrap_or(10),
-    );
-    let cluster = NetCluster::start_durable(3, BROKER_TOML);
-    let nodes: Vec<SocketAddr> = (0..3).map(|i| cluster.addr(i)).collect();
+/// How long a test's cut lasts: `CUT_SECS`, 10 s by default.
+fn cut_length() -> Duration {
+    let secs = std::env::var("CUT_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok());
+    Duration::from_secs(secs.unwrap_or(10))
+}
+
+fn name(node: usize) -> char {
+    char::from(b'A' + node as u8)
+}
+
+/// `n` nodes; the persistent subscriber starts on node `at`, a publisher
+/// each on node A and on node `at`; after 2 s the nodes `minority` are
+/// cut off from the rest (not from each other) for [`cut_length`], then
+/// healed. Asserts that nothing acknowledged was lost, that the
+/// subscriber ended on the majority side, and that its will (30 s delay)
+/// never went out; prints the tally.
+async fn partition(n: usize, minority: &[usize], at: usize) {
+    let cut = cut_length();
+    let cluster = NetCluster::start_durable(n, BROKER_TOML);
+    let nodes: Vec<SocketAddr> = (0..n).map(|i| cluster.addr(i)).collect();
     let topic = unique_id("part");
-    let (mut wills, _) = Raw::connect_ok(cluster.addr(1), Connect::v5(&unique_id("wills"))).await;
+    let witness = (0..n).find(|i| !minority.contains(i)).expect("a majority");
+    let (mut wills, _) =
+        Raw::connect_ok(cluster.addr(witness), Connect::v5(&unique_id("wills"))).await;
     wills.subscribe(1, &[(WILL_TOPIC, 1)]).await;
-    let mut roamer = Roamer::start(nodes, 2, &topic).await;
-    // C's replica is A, the next node by id after it.
-    wait_for_copies(&cluster, 0, 1.0);
+    let mut roamer = Roamer::start(nodes, at, &topic).await;
+    // The copy is on the next node by id.
+    wait_for_copies(&cluster, (at + 1) % n, 1.0);
 
     let stop = Arc::new(AtomicBool::new(false));
     let publishers = [
         spawn_publisher(cluster.addr(0), &topic, "a", stop.clone()),
-        spawn_publisher(cluster.addr(2), &topic, "c", stop.clone()),
+        spawn_publisher(cluster.addr(at), &topic, "m", stop.clone()),
     ];
     roamer.receive(Duration::from_secs(2), |_| false).await;
-    cluster.cut(2);
+    cluster.partition(minority);
     let cut_at = Instant::now();
     roamer.receive(cut, |_| false).await;
-    cluster.heal(2);
+    for &i in minority {
+        cluster.heal(i);
+    }
     let relinked = cluster.wait_linked_within(Duration::from_secs(30));
     roamer.receive(Duration::from_secs(2), |_| false).await;
     stop.store(true, Ordering::Relaxed);
@@ -236,26 +248,31 @@ async fn a_partitioned_node_lets_its_persistent_sessions_go_to_the_majority() {
 
     let tally = tally(&published, &roamer.received);
     let moves: Vec<String> = (roamer.served.iter())
-        .map(|(node, at)| {
-            let since = at.saturating_duration_since(cut_at).as_secs_f64();
-            format!("{} at {since:+.1} s", char::from(b'A' + *node as u8))
+        .map(|(node, when, resumed)| {
+            let since = when.saturating_duration_since(cut_at).as_secs_f64();
+            let how = if *resumed { "" } else { " (fresh session)" };
+            format!("{} at {since:+.1} s{how}", name(*node))
         })
         .collect();
+    let cut_off: String = minority.iter().map(|&i| name(i)).collect();
     println!(
-        "partition of the subscriber's node for {cut:?}: acknowledged {published:?}, {} received: {tally}; served by {}; relinked {:.1} s after the heal",
+        "{n} nodes, {cut_off} cut off for {cut:?}, subscriber on {}: acknowledged {published:?} (m: on {}), {} received: {tally}; served by {}; relinked {:.1} s after the heal",
+        name(at),
+        name(at),
         roamer.received.len(),
         moves.join(", "),
         relinked.as_secs_f64()
     );
     if std::env::var_os("SHOW_LOGS").is_some() {
-        for i in 0..3 {
+        for i in 0..n {
             println!("--- node {i}\n{}", cluster.node(i).logs());
         }
     }
     assert_eq!(tally.lost, 0, "{tally}");
+    let (last, _, _) = roamer.served[roamer.served.len() - 1];
     assert!(
-        roamer.served.len() > 1 && roamer.served.iter().skip(1).all(|(node, _)| *node != 2),
-        "the subscriber should have left C for the majority: {moves:?}"
+        roamer.served.len() > 1 && !minority.contains(&last),
+        "the subscriber should have left {cut_off} for the majority: {moves:?}"
     );
     match wills.try_recv(Duration::from_secs(1)).await {
         Ok(packet) if packet.kind() == wire::PUBLISH => {
@@ -263,4 +280,40 @@ async fn a_partitioned_node_lets_its_persistent_sessions_go_to_the_majority() {
         }
         _ => {}
     }
+}
+
+/// Node C of three, under a persistent subscriber, is cut off from A and
+/// B (its cluster traffic only: its MQTT clients could stay) while
+/// publishers on A and on C go on. C is the minority: it lets the
+/// subscriber go, the subscriber resumes its session on A from A's copy,
+/// and after the heal C drops its stale copy and sends on what its own
+/// publisher published for the session meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_lets_its_persistent_sessions_go_to_the_majority() {
+    if !common::netns::available() {
+        return;
+    }
+    partition(3, &[2], 2).await;
+}
+
+/// Five nodes, B and D cut off together from A, C and E: the subscriber
+/// on B resumes on the majority side from C's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_of_five_lets_its_persistent_sessions_go_to_the_majority() {
+    if !common::netns::available() {
+        return;
+    }
+    partition(5, &[1, 3], 1).await;
+}
+
+/// Five nodes, D and E cut off together: D's subscriber has its only
+/// copy on E, on the same side, so the majority has none to resume it
+/// from. It starts afresh there (session present 0, subscribing again),
+/// and after the heal what D held for it arrives from D's stale copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_copies_are_all_cut_off_starts_afresh_and_gets_them_after_the_heal() {
+    if !common::netns::available() {
+        return;
+    }
+    partition(5, &[3, 4], 3).await;
 }

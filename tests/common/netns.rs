@@ -160,12 +160,31 @@ impl Net {
     /// Drops all UDP to and from the cluster port inside namespace `i`:
     /// its QUIC links and gossip stop, its MQTT (TCP) clients do not.
     pub fn cut(&self, i: usize) {
+        self.drop_cluster_udp(i, "", "");
+    }
+
+    /// Like [`Net::cut`], but only between namespace `i` and the
+    /// namespaces `others`: with each side of a partition cut from the
+    /// other, the nodes on one side still talk among themselves.
+    pub fn cut_from(&self, i: usize, others: &[usize]) {
+        let ips: Vec<String> = others.iter().map(|&j| self.ips[j].to_string()).collect();
+        let ips = ips.join(", ");
+        self.drop_cluster_udp(
+            i,
+            &format!("ip saddr {{ {ips} }} "),
+            &format!("ip daddr {{ {ips} }} "),
+        );
+    }
+
+    /// Drops, inside namespace `i`, UDP on the cluster port coming in
+    /// where `from` matches and going out where `to` does.
+    fn drop_cluster_udp(&self, i: usize, from: &str, to: &str) {
         let rules = format!(
             "table inet {FAULT_TABLE} {{
   chain input {{ type filter hook input priority 0; policy accept;
-    udp dport {CLUSTER_PORT} drop; udp sport {CLUSTER_PORT} drop; }}
+    {from}udp dport {CLUSTER_PORT} drop; {from}udp sport {CLUSTER_PORT} drop; }}
   chain output {{ type filter hook output priority 0; policy accept;
-    udp dport {CLUSTER_PORT} drop; udp sport {CLUSTER_PORT} drop; }}
+    {to}udp dport {CLUSTER_PORT} drop; {to}udp sport {CLUSTER_PORT} drop; }}
 }}
 "
         );
@@ -439,6 +458,16 @@ impl NetCluster {
 
     pub fn heal(&self, i: usize) {
         self.net.heal(i);
+    }
+
+    /// Cuts the nodes `minority` from all the others, not from each other.
+    pub fn partition(&self, minority: &[usize]) {
+        let majority: Vec<usize> = (0..self.net.ips.len())
+            .filter(|i| !minority.contains(i))
+            .collect();
+        for &i in minority {
+            self.net.cut_from(i, &majority);
+        }
     }
 
     /// SIGSTOP node `i`: it keeps its sockets and answers nothing.
