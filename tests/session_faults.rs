@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cluster::Nodes;
 use common::netns::NetCluster;
 use common::raw::Raw;
 use common::tally::{parse, tally};
@@ -146,29 +147,33 @@ impl Roamer {
 }
 
 /// Publishes `name:0`, `name:1`, ... at QoS 1 on `topic` through `addr`,
-/// one at a time, until `stop`; returns how many were acknowledged.
+/// one at a time, until `stop`; returns how many were acknowledged, and
+/// the longest wait for a PUBACK.
 fn spawn_publisher(
     addr: SocketAddr,
     topic: &str,
     name: &'static str,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(String, u32)> {
+) -> tokio::task::JoinHandle<(String, u32, Duration)> {
     let topic = topic.to_owned();
     tokio::spawn(async move {
         let (mut publisher, _) = Raw::connect_ok(addr, Connect::v5(&unique_id("pub"))).await;
         let mut acked = 0u32;
+        let mut longest = Duration::ZERO;
         while !stop.load(Ordering::Relaxed) {
             let packet_id = (acked % 60_000) as u16 + 1;
             let payload = format!("{name}:{acked}");
+            let sent = Instant::now();
             publisher
                 .publish(Pub::new(&topic, payload.as_bytes()).qos(1, packet_id))
                 .await;
+            longest = longest.max(sent.elapsed());
             acked += 1;
             // Steady, not saturating: the test is about where messages
             // go, and a debug build on two cores must keep up.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        (name.to_owned(), acked)
+        (name.to_owned(), acked, longest)
     })
 }
 
@@ -196,15 +201,28 @@ fn name(node: usize) -> char {
     char::from(b'A' + node as u8)
 }
 
+/// What a test does to the cluster for [`cut_length`].
+enum Fault<'a> {
+    /// These nodes are cut off from the rest (not from each other).
+    Partition(&'a [usize]),
+    /// Every frame this node sends waits this long.
+    Delay(usize, Duration),
+}
+
 /// `n` nodes; the persistent subscriber starts on node `at`, a publisher
-/// each on node A and on node `at`; after 2 s the nodes `minority` are
-/// cut off from the rest (not from each other) for [`cut_length`], then
-/// healed. Asserts that nothing acknowledged was lost, that the
-/// subscriber ended on the majority side, and that its will (30 s delay)
-/// never went out; prints the tally.
-async fn partition(n: usize, minority: &[usize], at: usize) {
+/// each on node A and on node `at`; after 2 s `fault` for [`cut_length`],
+/// then it ends. Asserts that nothing acknowledged was lost and that the
+/// subscriber's will (30 s delay) never went out, and, for a partition,
+/// that the subscriber ended on the majority side; prints the tally.
+async fn under_fault(n: usize, fault: Fault<'_>, at: usize) {
     let cut = cut_length();
-    let cluster = NetCluster::start_durable(n, BROKER_TOML);
+    let (cluster, minority) = match fault {
+        Fault::Partition(minority) => (NetCluster::start_durable(n, BROKER_TOML), minority),
+        Fault::Delay(node, _) => (
+            NetCluster::start_durable_delayed(n, BROKER_TOML, &[node]),
+            &[][..],
+        ),
+    };
     let nodes: Vec<SocketAddr> = (0..n).map(|i| cluster.addr(i)).collect();
     let topic = unique_id("part");
     let witness = (0..n).find(|i| !minority.contains(i)).expect("a majority");
@@ -221,18 +239,31 @@ async fn partition(n: usize, minority: &[usize], at: usize) {
         spawn_publisher(cluster.addr(at), &topic, "m", stop.clone()),
     ];
     roamer.receive(Duration::from_secs(2), |_| false).await;
-    cluster.partition(minority);
+    let label = match fault {
+        Fault::Partition(minority) => {
+            cluster.partition(minority);
+            let names: String = minority.iter().map(|&i| name(i)).collect();
+            format!("{names} cut off")
+        }
+        Fault::Delay(node, delay) => {
+            cluster.set_delay(node, delay);
+            format!("{} delayed {delay:?}", name(node))
+        }
+    };
     let cut_at = Instant::now();
     roamer.receive(cut, |_| false).await;
-    for &i in minority {
-        cluster.heal(i);
+    match fault {
+        Fault::Partition(minority) => minority.iter().for_each(|&i| cluster.heal(i)),
+        Fault::Delay(node, _) => cluster.set_delay(node, Duration::ZERO),
     }
     let relinked = cluster.wait_linked_within(Duration::from_secs(30));
     roamer.receive(Duration::from_secs(2), |_| false).await;
     stop.store(true, Ordering::Relaxed);
     let mut published = BTreeMap::new();
+    let mut longest_waits = Vec::new();
     for publisher in publishers {
-        let (name, acked) = publisher.await.expect("the publisher runs to the end");
+        let (name, acked, longest) = publisher.await.expect("the publisher runs to the end");
+        longest_waits.push(format!("{name} {:.2} s", longest.as_secs_f64()));
         published.insert(name, acked);
     }
     let all_in = |received: &[(String, u32)]| {
@@ -254,11 +285,11 @@ async fn partition(n: usize, minority: &[usize], at: usize) {
             format!("{} at {since:+.1} s{how}", name(*node))
         })
         .collect();
-    let cut_off: String = minority.iter().map(|&i| name(i)).collect();
     println!(
-        "{n} nodes, {cut_off} cut off for {cut:?}, subscriber on {}: acknowledged {published:?} (m: on {}), {} received: {tally}; served by {}; relinked {:.1} s after the heal",
+        "{n} nodes, {label} for {cut:?}, subscriber on {}: acknowledged {published:?} (m: on {}), longest wait for a PUBACK {}, {} received: {tally}; served by {}; relinked {:.1} s after the end",
         name(at),
         name(at),
+        longest_waits.join(", "),
         roamer.received.len(),
         moves.join(", "),
         relinked.as_secs_f64()
@@ -269,11 +300,13 @@ async fn partition(n: usize, minority: &[usize], at: usize) {
         }
     }
     assert_eq!(tally.lost, 0, "{tally}");
-    let (last, _, _) = roamer.served[roamer.served.len() - 1];
-    assert!(
-        roamer.served.len() > 1 && !minority.contains(&last),
-        "the subscriber should have left {cut_off} for the majority: {moves:?}"
-    );
+    if !minority.is_empty() {
+        let (last, _, _) = roamer.served[roamer.served.len() - 1];
+        assert!(
+            roamer.served.len() > 1 && !minority.contains(&last),
+            "the subscriber should have left for the majority: {moves:?}"
+        );
+    }
     match wills.try_recv(Duration::from_secs(1)).await {
         Ok(packet) if packet.kind() == wire::PUBLISH => {
             panic!("a will went out: {:?}", packet.publish(wire::V5).payload)
@@ -293,7 +326,7 @@ async fn a_partitioned_node_lets_its_persistent_sessions_go_to_the_majority() {
     if !common::netns::available() {
         return;
     }
-    partition(3, &[2], 2).await;
+    under_fault(3, Fault::Partition(&[2]), 2).await;
 }
 
 /// Five nodes, B and D cut off together from A, C and E: the subscriber
@@ -303,7 +336,7 @@ async fn a_minority_of_five_lets_its_persistent_sessions_go_to_the_majority() {
     if !common::netns::available() {
         return;
     }
-    partition(5, &[1, 3], 1).await;
+    under_fault(5, Fault::Partition(&[1, 3]), 1).await;
 }
 
 /// Five nodes, D and E cut off together: D's subscriber has its only
@@ -315,5 +348,165 @@ async fn a_session_whose_copies_are_all_cut_off_starts_afresh_and_gets_them_afte
     if !common::netns::available() {
         return;
     }
-    partition(5, &[3, 4], 3).await;
+    under_fault(5, Fault::Partition(&[3, 4]), 3).await;
+}
+
+/// Node C of three sends everything 200 ms late for [`cut_length`] (user
+/// space, tests/common/delay.rs), under a persistent subscriber and
+/// publishers on A and C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_200_ms_away_loses_nothing() {
+    if !common::netns::available() {
+        return;
+    }
+    under_fault(3, Fault::Delay(2, Duration::from_millis(200)), 2).await;
+}
+
+/// A persistent QoS 1 publisher behind a load balancer, numbering its
+/// messages: when its node ends or refuses its connection it tries the
+/// next node, resumes its session and sends the message without a
+/// PUBACK again (DUP), as a client must.
+async fn roaming_publisher(
+    nodes: Vec<SocketAddr>,
+    topic: String,
+    stop: Arc<AtomicBool>,
+) -> (String, u32) {
+    let id = unique_id("roaming-pub");
+    let connect = || {
+        Connect::new(wire::V5, &id)
+            .clean(false)
+            .props(Props::new().u32(wire::SESSION_EXPIRY, 3600))
+    };
+    let mut at = 0;
+    let mut client: Option<Raw> = None;
+    let mut acked = 0u32;
+    let mut resend = false;
+    let deadline_for = || Instant::now() + ROAM_PATIENCE;
+    let mut deadline = deadline_for();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(publisher) = client.as_mut() else {
+            assert!(Instant::now() < deadline, "no node served {id}");
+            match Raw::try_connect(nodes[at], connect()).await {
+                Some((raw, connack)) if connack.code == 0 => {
+                    let first = acked == 0 && !resend;
+                    assert!(first || connack.session_present, "{id} lost its session");
+                    client = Some(raw);
+                    deadline = deadline_for();
+                }
+                _ => {
+                    at = (at + 1) % nodes.len();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            continue;
+        };
+        let packet_id = (acked % 60_000) as u16 + 1;
+        let mut publish = Pub::new(&topic, format!("p:{acked}").as_bytes()).qos(1, packet_id);
+        if resend {
+            publish = publish.dup();
+        }
+        resend = true;
+        let sent = publisher.send_lossy(&publish.encode(wire::V5)).await;
+        let acknowledged = sent
+            && loop {
+                match publisher.try_recv(RECV_TIMEOUT).await {
+                    Ok(packet) if packet.kind() == wire::PUBACK => {
+                        break packet.ack().0 == packet_id;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break false,
+                }
+            };
+        if acknowledged {
+            acked += 1;
+            resend = false;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        } else {
+            client = None;
+            at = (at + 1) % nodes.len();
+        }
+    }
+    ("p".to_owned(), acked)
+}
+
+/// Every node of three restarted in turn with SIGTERM, under a persistent
+/// subscriber and a persistent publisher that each move to the next node
+/// when theirs stops: each stopping node hands its sessions over before
+/// it exits (README, "Replicated sessions"), so nothing acknowledged is
+/// lost and no will goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_sigterm_loses_nothing() {
+    if !common::netns::available() {
+        return;
+    }
+    let mut cluster = NetCluster::start_durable(3, BROKER_TOML);
+    let nodes: Vec<SocketAddr> = (0..3).map(|i| cluster.addr(i)).collect();
+    let topic = unique_id("roll");
+    let mut roamer = Roamer::start(nodes.clone(), 2, &topic).await;
+    wait_for_copies(&cluster, 0, 1.0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn(roaming_publisher(nodes, topic, stop.clone()));
+    let started = Instant::now();
+    let mut restarts = Vec::new();
+    for i in 0..3 {
+        roamer.receive(Duration::from_secs(3), |_| false).await;
+        let stopping = Instant::now();
+        let log = cluster.stop(i);
+        assert!(
+            log.contains("handed_over=true"),
+            "node {i} left without handing everything over:\n{log}"
+        );
+        let stopped = stopping.elapsed();
+        let broker = cluster.spawn_node(i);
+        cluster.slots()[i] = Some(broker);
+        // The clients go on meanwhile: the roamer is polled while the
+        // restarted node joins.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(0..3).all(|j| cluster.linked_peers(j) == 2) {
+            assert!(Instant::now() < deadline, "node {i} did not rejoin");
+            roamer.receive(Duration::from_millis(200), |_| false).await;
+        }
+        restarts.push(format!(
+            "{} stopped in {:.2} s, back at {:+.1} s",
+            name(i),
+            stopped.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    roamer.receive(Duration::from_secs(3), |_| false).await;
+    stop.store(true, Ordering::Relaxed);
+    let (name_of_publisher, acked) = publisher.await.expect("the publisher runs to the end");
+    let published = BTreeMap::from([(name_of_publisher, acked)]);
+    let all_in = |received: &[(String, u32)]| {
+        let got: std::collections::BTreeSet<u32> = received.iter().map(|(_, n)| *n).collect();
+        (0..acked).all(|n| got.contains(&n))
+    };
+    roamer.receive(RECV_TIMEOUT, all_in).await;
+    let tally = tally(&published, &roamer.received);
+    let moves: Vec<String> = (roamer.served.iter())
+        .map(|(node, when, _)| {
+            let since = when.saturating_duration_since(started).as_secs_f64();
+            format!("{} at {since:+.1} s", name(*node))
+        })
+        .collect();
+    println!(
+        "rolling restart of 3 nodes ({}): {acked} acknowledged, {} received: {tally}; subscriber served by {}",
+        restarts.join("; "),
+        roamer.received.len(),
+        moves.join(", ")
+    );
+    if tally.lost > 0 {
+        let got: std::collections::BTreeSet<u32> =
+            roamer.received.iter().map(|(_, n)| *n).collect();
+        let missing: Vec<u32> = (0..acked).filter(|n| !got.contains(n)).collect();
+        println!("missing: {missing:?}");
+        for i in 0..3 {
+            println!("--- node {i}\n{}", cluster.node(i).logs());
+        }
+    }
+    assert_eq!(tally.lost, 0, "{tally}");
+    assert!(
+        roamer.served.iter().all(|(_, _, resumed)| *resumed),
+        "the subscriber lost its session: {moves:?}"
+    );
 }

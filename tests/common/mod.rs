@@ -11,6 +11,7 @@
 pub mod clients;
 pub mod cluster;
 pub mod data_dir;
+pub mod delay;
 pub mod http;
 pub mod netns;
 pub mod raw;

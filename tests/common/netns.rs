@@ -88,6 +88,8 @@ fn output(program: &str, args: &[&str]) -> String {
 
 /// The namespaces, the bridge and the veth pairs of one test cluster.
 pub struct Net {
+    /// The nodes whose link has a user-space delayer instead of a veth.
+    delayers: Vec<(usize, super::delay::Delayer)>,
     bridge: String,
     pub namespaces: Vec<String>,
     veths: Vec<String>,
@@ -103,6 +105,12 @@ static NETS: AtomicU32 = AtomicU32::new(0);
 impl Net {
     /// A bridge with `n` namespaces on it, each with its address, up.
     pub fn create(n: usize) -> Net {
+        Net::create_with(n, &[])
+    }
+
+    /// [`Net::create`], with the nodes `delayed` linked through a
+    /// [`super::delay::Delayer`] (no delay until [`Net::set_delay`]).
+    pub fn create_with(n: usize, delayed: &[usize]) -> Net {
         let _guard = SUBNETS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -116,6 +124,7 @@ impl Net {
         let bridge = format!("rmqb{pid}-{k}");
         run("ip", &["link", "add", &bridge, "type", "bridge"]);
         let mut net = Net {
+            delayers: Vec::new(),
             bridge,
             namespaces: Vec::new(),
             veths: Vec::new(),
@@ -138,14 +147,27 @@ impl Net {
             let ip = Ipv4Addr::new(10, 201, subnet, 11 + i as u8);
             run("ip", &["netns", "add", &ns]);
             net.namespaces.push(ns.clone());
-            run(
-                "ip",
-                &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-                ],
-            );
-            net.veths.push(veth.clone());
-            run("ip", &["link", "set", &veth, "master", &net.bridge, "up"]);
+            if delayed.contains(&i) {
+                // Two TAPs (they go with their files): one in the node's
+                // namespace as its eth0, its twin on the bridge.
+                let inner = format!("rd{pid}-{k}-{i}");
+                let node = super::delay::open_tap(&inner);
+                run("ip", &["link", "set", &inner, "netns", &ns]);
+                run("ip", &["-n", &ns, "link", "set", &inner, "name", "eth0"]);
+                let bridge_side = super::delay::open_tap(&veth);
+                run("ip", &["link", "set", &veth, "master", &net.bridge, "up"]);
+                let delayer = super::delay::Delayer::start(node, bridge_side);
+                net.delayers.push((i, delayer));
+            } else {
+                run(
+                    "ip",
+                    &[
+                        "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                    ],
+                );
+                net.veths.push(veth.clone());
+                run("ip", &["link", "set", &veth, "master", &net.bridge, "up"]);
+            }
             run(
                 "ip",
                 &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
@@ -198,6 +220,15 @@ impl Net {
         let _ = std::fs::remove_file(path);
     }
 
+    /// Every frame node `i` sends waits `delay` from now on; node `i` must
+    /// have been created delayed ([`Net::create_with`]).
+    pub fn set_delay(&self, i: usize, delay: Duration) {
+        let (_, delayer) = (self.delayers.iter())
+            .find(|(node, _)| *node == i)
+            .expect("node created with a delayer");
+        delayer.set_delay(delay);
+    }
+
     /// Removes the cut from namespace `i`.
     pub fn heal(&self, i: usize) {
         run(
@@ -218,6 +249,8 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        // Their TAPs go with them.
+        self.delayers.clear();
         for ns in &self.namespaces {
             remove_namespace(ns);
         }
@@ -300,17 +333,23 @@ impl NetCluster {
     /// `[cluster]` table's `secret_file` is added: put cluster keys under
     /// `[cluster]` in it and top-level keys before that.
     pub fn start(n: usize, toml: &str) -> NetCluster {
-        NetCluster::start_with(n, toml, false)
+        NetCluster::start_with(n, toml, false, &[])
     }
 
     /// [`NetCluster::start`] with a data dir for each node, so that
     /// persistent sessions are stored and replicated.
     pub fn start_durable(n: usize, toml: &str) -> NetCluster {
-        NetCluster::start_with(n, toml, true)
+        NetCluster::start_with(n, toml, true, &[])
     }
 
-    fn start_with(n: usize, toml: &str, durable: bool) -> NetCluster {
-        let net = Net::create(n);
+    /// [`NetCluster::start_durable`], the nodes `delayed` linked through a
+    /// user-space delayer ([`NetCluster::set_delay`]).
+    pub fn start_durable_delayed(n: usize, toml: &str, delayed: &[usize]) -> NetCluster {
+        NetCluster::start_with(n, toml, true, delayed)
+    }
+
+    fn start_with(n: usize, toml: &str, durable: bool, delayed: &[usize]) -> NetCluster {
+        let net = Net::create_with(n, delayed);
         let secret = std::env::temp_dir().join(format!("{}.secret", net.namespaces[0]));
         std::fs::write(&secret, "a test secret, long enough\n").expect("write the secret");
         let toml = if toml.contains("[cluster]") {
@@ -458,6 +497,11 @@ impl NetCluster {
 
     pub fn heal(&self, i: usize) {
         self.net.heal(i);
+    }
+
+    /// Every frame node `i` sends waits `delay` from now on.
+    pub fn set_delay(&self, i: usize, delay: Duration) {
+        self.net.set_delay(i, delay);
     }
 
     /// Cuts the nodes `minority` from all the others, not from each other.

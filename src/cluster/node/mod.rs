@@ -80,6 +80,12 @@ pub type PeerKey = usize;
 /// messages between acknowledgements on a LAN.
 const STREAM_WINDOW: usize = 4 * 1024 * 1024;
 
+/// How long a peer that left is remembered, its routes kept, so that what
+/// is published for its sessions meanwhile reaches their new owners (see
+/// [`Node::handle_peer_left`]): the promotions and the new owners' route
+/// announcements take well under a second on a live cluster.
+const LEAVE_HOLD: Duration = Duration::from_secs(10);
+
 /// What the node is configured with.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -339,6 +345,8 @@ struct Peer {
     suspected: bool,
     /// Gossip says it is down.
     down: bool,
+    /// When it left the cluster, if it did: forgotten [`LEAVE_HOLD`] later.
+    left_at: Option<Instant>,
     /// Down, and its link here ended too: its sessions were taken over,
     /// and what is published for it goes to their new owners as well
     /// (`orphans`).
@@ -559,6 +567,7 @@ impl Node {
         peer.suspected = false;
         peer.down = false;
         peer.taken_over = false;
+        peer.left_at = None;
         peer.unlinked_since = None;
         peer.acked_version = 0;
         self.outputs.push_back(NodeOutput::Send {
@@ -601,6 +610,7 @@ impl Node {
             suspected: false,
             down: false,
             taken_over: false,
+            left_at: None,
             filters: FxHashSet::default(),
             version: 0,
             acked_version: 0,
@@ -880,15 +890,29 @@ impl Node {
         });
     }
 
-    /// A peer that left gracefully (gossip said so): forget it now.
+    /// A peer that left gracefully (gossip said so). It left once its
+    /// replicas held its sessions whole: they take them over now, and
+    /// what it was owed and never acknowledged follows them. Without
+    /// copies it is forgotten at once; with them, its routes stay for
+    /// [`LEAVE_HOLD`], as a dead peer's do for `peer_hold`, so that what
+    /// is published for its sessions before their new owners' routes
+    /// reach this node goes on to those owners as orphans.
     pub fn handle_peer_left(&mut self, node_id: &str, now: Instant) {
-        // It left once its replicas held its sessions whole: they take
-        // them over now, and what it was owed and never acknowledged
-        // follows them.
-        self.take_over_from(node_id);
-        if let Some(&key) = self.peer_by_id.get(node_id) {
+        let Some(&key) = self.peer_by_id.get(node_id) else {
+            self.take_over_from(node_id);
+            return;
+        };
+        if !self.replicates() {
+            self.take_over_from(node_id);
             self.remove_peer(key, now);
+            return;
         }
+        self.handle_peer_suspect(node_id, now);
+        let peer = &mut self.peers[key];
+        peer.down = true;
+        peer.taken_over = true;
+        peer.left_at = Some(now);
+        self.take_over_from(node_id);
     }
 
     /// Gossip says `node_id` is down (suspected past the suspect timeout):
@@ -963,6 +987,17 @@ impl Node {
                 );
                 peer.drops_logged = (qos0, qos12);
             }
+        }
+        let left: Vec<PeerKey> = (self.peers.iter())
+            .filter(|(_, peer)| {
+                !peer.linked
+                    && (peer.left_at)
+                        .is_some_and(|at| now.saturating_duration_since(at) >= LEAVE_HOLD)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in left {
+            self.remove_peer(key, now);
         }
         let hold = self.config.peer_hold;
         let expired: Vec<PeerKey> = self

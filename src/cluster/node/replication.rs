@@ -312,9 +312,16 @@ impl Node {
     /// sessions go (`ShardMsg::Fence`). Without copies nothing can be
     /// promoted, and the sessions stay served where they are.
     pub fn fence_sessions(&mut self) {
-        if self.config.replication_factor > 1 && self.config.durable_outboxes {
+        if self.replicates() {
             self.tell_every_shard(|| ShardMsg::Fence);
         }
+    }
+
+    /// Whether this node's sessions have copies on other nodes (as its
+    /// peers' have here: every node has the same setting). The factor is
+    /// 1 here without a data dir.
+    pub(super) fn replicates(&self) -> bool {
+        self.config.replication_factor > 1
     }
 
     /// Whether every replica holds every epoch the shards handed over.

@@ -279,6 +279,38 @@ fn a_peer_said_down_while_its_link_here_lives_is_taken_over_only_once_the_link_e
 }
 
 #[test]
+fn what_is_published_for_a_node_that_left_reaches_the_sessions_promoted_from_it() {
+    let mut sim = replicated(3, 29);
+    sim.subscribe(0, 0, "t");
+    sim.settle();
+    sim.replicate(0, 1, true, session_ops(1));
+    let now = sim.now;
+    sim.nodes[1].node.handle_peer_left(&id(0), now);
+    let now = sim.now;
+    sim.nodes[2].node.handle_peer_left(&id(0), now);
+    sim.cut(0, 1);
+    sim.cut(0, 2);
+    sim.settle();
+    assert_eq!(sim.nodes[1].promotions, [(id(0), vec![CLIENT.into()])]);
+    // Published on n2 after n0 left, before n1 announces the session's
+    // route: n2 still routes it n0's way, and sends it on as an orphan.
+    sim.publish(2, 1, "t", 7);
+    sim.settle();
+    sim.nodes[1].node.handle_promoted(CLIENT.into(), Some(12));
+    sim.settle();
+    let home = crate::shard::home_shard(CLIENT, super::SHARDS);
+    let orphans: Vec<u32> = (sim.nodes[1].to_shards[home].iter())
+        .filter_map(|msg| match msg {
+            ShardMsg::Orphan {
+                client_id, message, ..
+            } if client_id == CLIENT => Some(super::number(message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(orphans, [7]);
+}
+
+#[test]
 fn what_a_dead_node_never_acknowledged_goes_to_the_sessions_promoted_from_it() {
     let mut sim = replicated(3, 19);
     sim.subscribe(0, 0, "t");
