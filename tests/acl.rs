@@ -393,3 +393,48 @@ async fn a_forwarded_message_is_filtered_by_the_receiving_nodes_acl() {
     );
     assert_eq!(topics(&mut subscribers[1], V5).await, ["sensors/open"]);
 }
+
+/// With a data dir, a persistent session outlives a kill -9 of the broker
+/// with its user's read rules: a message published while its client is
+/// away after the restart is queued for it (before the user name was kept
+/// with the session, it had no rules and got nothing), and one it may not
+/// read is not.
+#[tokio::test]
+async fn a_restored_session_keeps_its_users_read_rules() {
+    let acl = AclFile::new(ACL);
+    let dir = common::data_dir::DataDir::new("acl-restore");
+    let args = ["--acl-file", acl.arg(), "--metrics-listen", "127.0.0.1:0"];
+    let broker = dir.start(&args);
+    let id = unique_id("kept");
+    let persistent = || {
+        Connect::new(V5, &id)
+            .username("alice")
+            .clean(false)
+            .props(wire::Props::new().u32(wire::SESSION_EXPIRY, 300))
+    };
+    let (mut subscriber, _) = Raw::connect_ok(broker.addr, persistent()).await;
+    let codes = subscriber.subscribe(1, &[("sensors/#", 1)]).await;
+    assert_eq!(codes, [1]);
+    subscriber.send(&wire::disconnect_v5(0, wire::Props::new())).await;
+    common::data_dir::kill(broker);
+
+    let broker = dir.start(&args);
+    let mut publisher = client(&broker, V5, Some("root"), &unique_id("root")).await;
+    publisher
+        .publish(Pub::new("sensors/secret", b"hidden").qos(1, 1))
+        .await;
+    publisher
+        .publish(Pub::new("sensors/t", b"kept").qos(1, 2))
+        .await;
+    let (mut subscriber, connack) = Raw::connect_ok(broker.addr, persistent()).await;
+    assert!(connack.session_present);
+    let publish = subscriber.recv_publish().await;
+    assert_eq!(
+        (publish.topic.as_str(), publish.payload.as_slice()),
+        ("sensors/t", &b"kept"[..])
+    );
+    subscriber.send(&wire::ack(wire::PUBACK, publish.pkid)).await;
+    subscriber.expect_silence(QUIET).await;
+    assert_eq!(denied(&broker, "deliver"), 1.0);
+    common::data_dir::stop(broker);
+}

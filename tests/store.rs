@@ -919,7 +919,7 @@ async fn a_newer_format_is_refused() {
     stop(dir.start(&[]));
     assert_eq!(
         std::fs::read_to_string(dir.path.join("FORMAT")).unwrap(),
-        "ringmq-data 1\n"
+        "ringmq-data 2\n"
     );
     std::fs::write(dir.path.join("FORMAT"), "ringmq-data 99\n").unwrap();
     let out = dir.refused(&[]);

@@ -93,6 +93,11 @@ impl AclHandle {
 
 impl SessionAcl {
     /// The rules of the client that just connected.
+    /// The user name the rules are for.
+    pub fn user(&self) -> Option<&ByteString> {
+        self.user.as_ref()
+    }
+
     pub fn new(
         handle: Arc<AclHandle>,
         user: Option<ByteString>,

@@ -27,10 +27,9 @@ impl Session {
     }
 
     /// Whether a message on `topic` may be delivered to this session:
-    /// `None` when the session has no rules, that is when no client
-    /// connected to it since this node holds it (restored from the store,
-    /// or taken over from another node): the shard, which knows whether an
-    /// ACL is configured, decides then.
+    /// `None` when the session has no rules (no ACL is configured, or the
+    /// shard gave it none): the shard, which knows whether an ACL is
+    /// configured, decides then.
     /// The shard counts the refusals.
     pub fn may_read(&mut self, topic: &ByteString) -> Option<bool> {
         Some(self.acl.as_mut()?.check(topic, Access::Read))

@@ -74,6 +74,7 @@ impl Session {
         self.incoming_qos2 = None;
         RestoredSession {
             client_id: self.client_id.clone(),
+            username: self.username().cloned(),
             protocol: self.protocol,
             session_expiry: self.session_expiry,
             connected: false,

@@ -119,6 +119,8 @@ impl RestoredMessage {
 #[derive(Debug, Clone)]
 pub struct RestoredSession {
     pub client_id: ByteString,
+    /// The user name its last client connected with.
+    pub username: Option<ByteString>,
     pub protocol: ProtocolVersion,
     pub session_expiry: u32,
     /// It had a connection when the broker stopped: that connection is
@@ -153,6 +155,13 @@ impl Session {
     }
 
     /// Seconds the session outlives its connection (`u32::MAX`: never).
+    /// The user name its rules were made for (`None` without an ACL): it
+    /// is kept with the session, as what the session may read depends on
+    /// it while it is offline, restored or taken over too.
+    pub fn username(&self) -> Option<&ByteString> {
+        self.acl.as_ref()?.user()
+    }
+
     pub fn session_expiry(&self) -> u32 {
         self.session_expiry
     }

@@ -263,6 +263,7 @@ impl StoreModel {
     pub fn restored(&self, connected: bool) -> RestoredSession {
         RestoredSession {
             client_id: "c".into(),
+            username: None,
             protocol: ProtocolVersion::V5,
             session_expiry: 3600,
             connected,

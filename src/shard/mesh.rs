@@ -172,6 +172,12 @@ pub enum ShardMsg {
     /// From the cluster: the replicas changed (or one lost what it held):
     /// send them every stored session whole at the next flush.
     ReplicaReset,
+    /// From the cluster: every replica this node copied to is gone (all
+    /// its peers are unreachable), so stored sessions' clients get nothing
+    /// more until one is back (`ReplicaReset`): what went out now would be
+    /// in no copy, and given again by whichever node takes the session
+    /// over (`ShardState::fence`).
+    Unreplicated,
     /// From the cluster: the replicas hold every epoch up to `through`.
     Replicated { through: u64 },
     /// From the cluster, to a client id's home shard: this node owns the

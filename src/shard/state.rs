@@ -186,6 +186,9 @@ pub struct ShardState {
     restored: Vec<SessionKey>,
     /// The replicas want every stored session whole at the next flush.
     replica_reset: bool,
+    /// No replica is left to copy to: stored sessions' output waits
+    /// (`ShardMsg::Unreplicated`).
+    unreplicated: bool,
     /// Restored sessions whose connection the restart cut, waiting in a
     /// cluster for the ownership raft's word before that takes effect.
     cut_by_restart: Vec<SessionKey>,
@@ -255,6 +258,7 @@ impl ShardState {
             dirty: FxHashSet::default(),
             restored: Vec::new(),
             replica_reset: false,
+            unreplicated: false,
             cut_by_restart: Vec::new(),
             fenced_sessions: FxHashSet::default(),
             orphan_guards: FxHashMap::default(),
@@ -341,7 +345,7 @@ impl ShardState {
         conn.send(&Packet::ConnAck(Box::new(connack)));
         let keep_alive = slot.session.keep_alive_timeout();
         slot.conn = Some(conn.clone());
-        self.set_acl(key, connect);
+        self.set_acl(key, connect.username.clone());
         let slot = &mut self.sessions[key];
         if was_stored && !slot.session.is_stored() {
             // Resumed by a CONNECT that no longer wants it kept.
@@ -956,6 +960,9 @@ impl ShardState {
         let Some(conn) = &slot.conn else {
             return;
         };
+        if self.unreplicated && slot.session.is_stored() {
+            return;
+        }
         let limit = slot
             .session
             .client_max_packet_size()
@@ -1111,7 +1118,11 @@ impl ShardState {
             ShardMsg::StoreRefused(confirmation) => self.refuse(confirmation, now),
             ShardMsg::Stored { through, ok } => self.stored(through, ok, now),
             ShardMsg::Replicated { through } => self.replicated(through, now),
-            ShardMsg::ReplicaReset => self.replica_reset = true,
+            ShardMsg::ReplicaReset => {
+                self.replica_reset = true;
+                self.replicas_back(now);
+            }
+            ShardMsg::Unreplicated => self.unreplicated = true,
             ShardMsg::Orphan {
                 client_id,
                 message,

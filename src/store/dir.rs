@@ -32,7 +32,7 @@ use crate::shard::{group_owner, home_shard};
 /// The layout this build writes and reads. Raised whenever a record's
 /// archived form or the key scheme changes incompatibly, `ownership.redb`'s
 /// included.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_NAME: &str = "ringmq-data";
 /// Every record of a partition, in one ordered table (see [`record`]).
 pub const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");

@@ -39,6 +39,9 @@ pub const OUTBOX: u8 = b'o';
 #[rkyv(derive(Debug))]
 pub struct SessionRecord {
     pub client_id: String,
+    /// The user name its last client connected with (an ACL's rules
+    /// depend on it).
+    pub username: Option<String>,
     /// Protocol level of the last connection (3, 4 or 5).
     pub protocol: u8,
     /// Seconds the session outlives its connection; `u32::MAX` is never.
@@ -268,6 +271,7 @@ mod tests {
     fn session() -> SessionRecord {
         SessionRecord {
             client_id: "sensor-1".into(),
+            username: None,
             protocol: 5,
             session_expiry: 3600,
             connected: true,

@@ -418,6 +418,7 @@ pub(super) fn session_from(
     let will = record.will.map(|will| will_from(will, now, wall));
     let restored = RestoredSession {
         client_id: client_id.into(),
+        username: record.username.map(ByteString::from),
         protocol,
         session_expiry: record.session_expiry,
         connected: record.connected,

@@ -56,6 +56,7 @@ fn write(partition: &Partition, ops: Vec<Op>) {
 fn session(client_id: &str) -> SessionRecord {
     SessionRecord {
         client_id: client_id.into(),
+        username: None,
         protocol: 4,
         session_expiry: u32::MAX,
         connected: false,

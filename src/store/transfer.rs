@@ -98,6 +98,7 @@ pub fn encode_session(
     let archive = SessionArchive {
         session: SessionRecord {
             client_id: session.client_id.to_string(),
+            username: session.username.as_ref().map(ToString::to_string),
             protocol: session.protocol.level(),
             session_expiry: session.session_expiry,
             connected: session.connected,

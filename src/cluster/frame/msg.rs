@@ -16,7 +16,7 @@ use crate::store::record::{EntryRecord, FlightRecord, SessionRecord, StoredMessa
 /// `RaftReply`).
 /// 3: replicated sessions (`Replicate`, `Replicated`, `Recover`,
 /// `Recovered`, `Orphans`).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Everything one node says to another: the one door between nodes.
 ///

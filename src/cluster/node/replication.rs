@@ -215,6 +215,7 @@ impl Node {
             self.tell_every_shard(|| ShardMsg::ReplicaReset);
         } else {
             self.counters.replication_unmet += 1;
+            self.tell_every_shard(|| ShardMsg::Unreplicated);
         }
     }
 

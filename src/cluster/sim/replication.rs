@@ -28,6 +28,7 @@ fn session_ops(n: u32) -> Vec<Op> {
     vec![
         Op::Session(Box::new(SessionRecord {
             client_id: CLIENT.to_owned(),
+            username: None,
             protocol: 5,
             session_expiry: 3600,
             connected: true,

@@ -1,5 +1,7 @@
 //! The shard's side of the ACL (`crate::auth::acl`): each session gets
-//! its client's rules at CONNECT, and every message is checked against its
+//! its client's rules at CONNECT, or, restored or taken over from another
+//! node, those of the user name its record keeps; and every message is
+//! checked against its
 //! receiver's read rules before it is queued, whatever brought it here (a
 //! local or forwarded PUBLISH, another node, the retained store, a will,
 //! a shared subscription's choice). Decisions are this node's: a message
@@ -8,29 +10,29 @@
 
 use std::sync::Arc;
 
+use bytestring::ByteString;
+
 use super::{SessionKey, ShardState};
 use crate::auth::acl_cache::SessionAcl;
 use crate::message::Message;
-use crate::protocol::Connect;
 
 impl ShardState {
-    /// Gives the session of a client just attached its rules.
-    pub(super) fn set_acl(&mut self, key: SessionKey, connect: &Connect) {
+    /// Gives session `key` its rules: those of the user its last client
+    /// connected as (on CONNECT, and for a session restored or taken over,
+    /// whose record keeps the user name).
+    pub(super) fn set_acl(&mut self, key: SessionKey, username: Option<ByteString>) {
         let Some(handle) = self.config.auth.acl() else {
             return;
         };
-        let acl = SessionAcl::new(
-            handle.clone(),
-            connect.username.clone(),
-            connect.client_id.clone(),
-        );
-        self.sessions[key].session.set_acl(Some(acl));
+        let session = &mut self.sessions[key].session;
+        let acl = SessionAcl::new(handle.clone(), username, session.client_id().clone());
+        session.set_acl(Some(acl));
     }
 
-    /// Whether `message` may go to session `key`. A session without rules
-    /// with an ACL configured is one no client connected to since this node
-    /// holds it (restored from the store, taken over from another node):
-    /// its user is unknown, so it gets nothing until its client comes back.
+    /// Whether `message` may go to session `key`. Every session gets its
+    /// rules when it comes to this shard (`set_acl`), restored or taken
+    /// over ones from the user name their record keeps; one without rules
+    /// with an ACL configured gets nothing.
     pub(super) fn may_deliver(&mut self, key: SessionKey, message: &Arc<Message>) -> bool {
         if self.config.auth.acl().is_none() {
             return true;

@@ -1,6 +1,11 @@
 //! A node cut off from the ownership raft's majority lets its stored
 //! sessions go (`ShardMsg::Fence`), when they have copies elsewhere.
 //!
+//! Before that, as soon as no replica is left to copy to
+//! (`ShardMsg::Unreplicated`), stored sessions' clients get nothing more:
+//! a QoS 2 message sent then would be in no copy, and the node that takes
+//! the session over would send it again under another packet id.
+//!
 //! The majority promotes the copies of a node it declares down
 //! (`crate::cluster::node::replication`): if the node is only cut off,
 //! its clients would otherwise be served on both sides, each side with
@@ -71,6 +76,21 @@ impl ShardState {
         );
         self.mesh.push(place, ShardMsg::CheckOwners { client_ids });
         self.flush();
+    }
+
+    /// A replica is back after `ShardMsg::Unreplicated`: what stored
+    /// sessions' clients were owed meanwhile goes out.
+    pub(super) fn replicas_back(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.unreplicated) {
+            return;
+        }
+        let connected: Vec<SessionKey> = (self.sessions.iter())
+            .filter(|(_, slot)| slot.conn.is_some() && slot.session.is_stored())
+            .map(|(key, _)| key)
+            .collect();
+        for key in connected {
+            self.pump(key, now);
+        }
     }
 
     /// Session `key`, fenced here, was given to another node meanwhile

@@ -88,12 +88,13 @@ impl ShardState {
     /// so dropped without its will), its subscriptions routed, and with a
     /// store, everything it owes written as new.
     pub fn adopt(&mut self, archive: &[u8], epoch: u64, now: Instant) -> Result<(), RecordError> {
-        let (arrived, subscriptions) = decode_session(archive, now, SystemTime::now())?;
+        let (mut arrived, subscriptions) = decode_session(archive, now, SystemTime::now())?;
         if let Some(&stale) = self.by_client_id.get(&arrived.client_id) {
             self.drop_stale(stale, now);
         }
+        let username = arrived.username.take();
         let session = Session::adopt(arrived, &self.config.session, now);
-        let key = self.insert_session(session, subscriptions, epoch, now);
+        let key = self.insert_session(session, username, subscriptions, epoch, now);
         self.guard_against_orphans(key, now);
         // A copy taken over from a node that died with the client
         // connected has its will due now (without a delay).

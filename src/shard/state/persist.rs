@@ -78,8 +78,9 @@ impl ShardState {
         for (mut session, subscriptions) in restored.sessions {
             let connected = session.connected;
             session.connected = connected && !clustered;
+            let username = session.username.take();
             let session = Session::restore(session, &self.config.session, now);
-            let key = self.insert_session(session, subscriptions, 0, now);
+            let key = self.insert_session(session, username, subscriptions, 0, now);
             self.restored.push(key);
             if connected {
                 cut.push(key);
@@ -116,6 +117,7 @@ impl ShardState {
     pub(super) fn insert_session(
         &mut self,
         session: Session,
+        username: Option<ByteString>,
         subscriptions: Vec<RestoredSubscription>,
         epoch: u64,
         now: Instant,
@@ -128,6 +130,7 @@ impl ShardState {
             epoch,
         });
         self.by_client_id.insert(client_id, key);
+        self.set_acl(key, username);
         for subscription in subscriptions {
             self.subscribe(
                 key,
@@ -336,6 +339,7 @@ impl ShardState {
         });
         SessionRecord {
             client_id: session.client_id().to_string(),
+            username: session.username().map(ToString::to_string),
             protocol: session.protocol().level(),
             session_expiry: session.session_expiry(),
             connected: slot.conn.is_some(),
