@@ -37,7 +37,7 @@ use super::socket::{self, Input, READ_CHUNK, Received};
 use super::state::{SessionKey, ShardState};
 use super::websocket::{self, Upgrade, WsError, WsFraming};
 use super::{ShardId, home_shard};
-use crate::abuse::publish::PublishRate;
+use crate::abuse::publish::{PublishLimit, PublishRate};
 use crate::config::{ListenerConfig, Transport};
 use crate::protocol::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -714,13 +714,16 @@ impl Connection {
                 .publish
                 .start(Instant::now());
             loop {
-                if let Err(error) = self.hand_over(input, &mut publishes) {
-                    debug!(%error, "malformed packet");
-                    self.state
-                        .borrow_mut()
-                        .handle_malformed(conn, error.reason_code());
-                    return true;
-                }
+                let paused = match self.hand_over(input, &mut publishes) {
+                    Ok(paused) => paused,
+                    Err(error) => {
+                        debug!(%error, "malformed packet");
+                        self.state
+                            .borrow_mut()
+                            .handle_malformed(conn, error.reason_code());
+                        return true;
+                    }
+                };
                 if conn.is_closing() {
                     return true;
                 }
@@ -741,8 +744,9 @@ impl Connection {
                     }
                 }
                 // Past its PUBLISH rate, the client is not read (its
-                // packets wait in the socket) until the rate allows.
-                if let Some(paused) = publishes.as_ref().and_then(|r| r.paused(Instant::now())) {
+                // packets wait in the socket, and any left undecoded in
+                // `input`) until the rate allows.
+                if let Some(paused) = paused {
                     let keep_alive = self.keep_alive.map(|timeout| (&**conn, timeout));
                     let closing = conn.wakes.wait(Wake::Close);
                     // Boxed: only a throttled client waits here.
@@ -795,12 +799,16 @@ impl Connection {
     }
 
     /// Decodes everything buffered (a client may pipeline many packets into
-    /// one segment) and hands it to the shard in one borrow.
+    /// one segment) and hands it to the shard in one borrow. Past the
+    /// client's PUBLISH rate, the rest stays in `input`, and the pause it
+    /// needs is returned, decided at the same instant as the decoding
+    /// stopped (asked later, the rate could allow more, and the reader
+    /// would wait on a socket with nothing left to read).
     fn hand_over(
         &self,
         input: &mut Input,
         publishes: &mut Option<Box<PublishRate>>,
-    ) -> Result<(), DecodeError> {
+    ) -> Result<Option<(Instant, PublishLimit)>, DecodeError> {
         let conn = &*self.conn;
         let mut state = self.state.borrow_mut();
         let max_packet_size = state.config().max_packet_size;
@@ -826,7 +834,10 @@ impl Connection {
             );
         }
         input.settle();
-        malformed.map_or(Ok(()), Err)
+        match malformed {
+            Some(error) => Err(error),
+            None => Ok(publishes.as_ref().and_then(|rate| rate.paused(now))),
+        }
     }
 
     #[allow(
