@@ -234,6 +234,9 @@ async fn an_address_past_its_open_connections_is_closed_and_others_are_served() 
     let (_other, code) = try_connect(broker.addr, Some(OTHER_SOURCE), "addr-other").await;
     assert_eq!(code, Some(0), "another address is served");
     assert_eq!(limited(&broker, "address_connections"), 1.0);
+    let (_, text) = get(broker.metrics_addr(), "/metrics");
+    let rejected = "ringmq_connections_rejected_total{reason=\"AddressConnections\"}";
+    assert_eq!(sample(&text, rejected), 1.0);
     broker.wait_for_log("too many from one address", 1);
 
     // The five are untouched; once one leaves, its place is free again.

@@ -26,10 +26,11 @@ use tracing::warn;
 
 use super::rate::Rate;
 
-/// Addresses tracked at most, each entry some 50 bytes: about 13 MB. Far
-/// more than the sources of the connections open plus a second's new
-/// ones in any deployment; an attack from more addresses than this loses
-/// its per-address limits, not the broker its memory.
+/// Addresses tracked at most, each some 64 bytes with the map's overhead:
+/// about 16 MB. More than the sources of the connections a broker holds
+/// by default (`max_connections` is 100,000) and a second's new ones; an
+/// attack from more addresses than this loses its per-address limits, not
+/// the broker its memory.
 const MAX_ENTRIES: usize = 1 << 18;
 const STRIPES: usize = 16;
 const STRIPE_ENTRIES: usize = MAX_ENTRIES / STRIPES;

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 /// would make one unit worth less than a nanosecond.
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
+/// The most a full bucket lets through at once: one second's worth.
+const BURST: Duration = Duration::from_secs(1);
+
 /// `rate` units per second, with a burst of one second's worth.
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {
     /// Nanoseconds one unit is worth, at least 1.
     unit_nanos: u64,
-    /// The most a full bucket lets through at once.
-    burst: Duration,
     /// When the units taken so far would all have been earned; at or
     /// before now, the bucket is full.
     tat: Instant,
@@ -30,7 +31,6 @@ impl Rate {
     pub fn new(per_second: u64, now: Instant) -> Rate {
         Rate {
             unit_nanos: (NANOS_PER_SEC / per_second.max(1)).max(1),
-            burst: Duration::from_secs(1),
             tat: now,
         }
     }
@@ -40,7 +40,7 @@ impl Rate {
     /// burst still goes through): the debt is paid by the next wait, so
     /// the rate holds on average.
     pub fn empty_until(&self, now: Instant) -> Option<Instant> {
-        let resumes = self.tat.checked_sub(self.burst)?;
+        let resumes = self.tat.checked_sub(BURST)?;
         (resumes > now).then_some(resumes)
     }
 

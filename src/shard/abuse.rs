@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use super::connection::ConnHandle;
 use super::state::ShardState;
+use crate::abuse::LimitKind;
 use crate::abuse::address::AddressPermit;
 use crate::abuse::flapping::Verdict;
 use crate::abuse::publish::{PublishLimit, PublishRate};
@@ -31,9 +32,10 @@ pub(super) fn admit_address(
         Ok(permit) => Some(permit),
         Err(limit) => {
             debug!(%peer, ?limit, "connection refused by its address's limit");
+            let kind = LimitKind::from(limit);
             let mut state = state.borrow_mut();
-            state.metrics.refused(limit);
-            state.metrics.limited(limit.into());
+            state.metrics.refused(kind);
+            state.metrics.limited(kind);
             None
         }
     }
@@ -67,7 +69,7 @@ pub(super) fn admit_client_id(
             "flapping client id still banned; refused"
         ),
     }
-    state.metrics.limited(crate::abuse::LimitKind::Flapping);
+    state.metrics.limited(LimitKind::Flapping);
     false
 }
 
