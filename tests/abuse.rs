@@ -137,6 +137,37 @@ async fn a_publisher_past_its_byte_rate_is_slowed_and_nothing_is_dropped() {
 }
 
 #[tokio::test]
+async fn a_pause_longer_than_the_keep_alive_does_not_expire_it() {
+    let broker = Broker::start(&["--max-publish-byte-rate", "1000"]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("ka-sub")).await;
+    assert_eq!(sub.subscribe(1, &[("ka/t", 0)]).await, vec![0]);
+    let (mut publisher, _) =
+        Raw::connect_ok(broker.addr, Connect::v5("ka-pub").keep_alive(1)).await;
+    // Four seconds' worth in one packet, then pings the broker does not
+    // read until the debt is paid: its 1.5 s keep-alive must wait too.
+    let started = Instant::now();
+    publisher
+        .send(&Pub::new("ka/t", &[b'k'; 5_000]).encode(wire::V5))
+        .await;
+    let second = Pub::new("ka/t", b"after the pause").encode(wire::V5);
+    publisher.send(&second).await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        publisher.send(&wire::pingreq()).await;
+    }
+    assert_eq!(sub.recv_publish().await.payload.len(), 5_000);
+    let late = collect(&mut sub, 1, Duration::from_secs(10)).await;
+    assert_eq!(late, [b"after the pause".to_vec()]);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(3), "paused only {took:?}");
+    // Still connected: the pings are answered, no DISCONNECT 0x8D.
+    for _ in 0..5 {
+        let packet = publisher.recv().await;
+        assert_eq!(packet.kind(), wire::PINGRESP, "{packet:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_v5_publisher_at_qos_1_is_held_by_its_receive_maximum() {
     let broker = Broker::start(&["--max-publish-rate", "20", "--max-inflight", "10"]);
     let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("rm-sub")).await;
