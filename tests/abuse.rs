@@ -211,12 +211,18 @@ async fn without_limits_a_burst_is_not_slowed() {
     let broker = Broker::start(&["--metrics-listen", "127.0.0.1:0"]);
     let (mut sub, mut publisher) = pair(&broker, "free/t").await;
     let started = Instant::now();
-    let (bytes, sent) = burst("free/t", 2_000, 100);
+    // Small enough (about 30 KB) to fit in the subscriber's socket and
+    // session queue however late the test reads: QoS 0 past a full queue
+    // would be dropped, which is not what is measured here.
+    let (bytes, sent) = burst("free/t", 1_000, 16);
     publisher.send(&bytes).await;
-    assert_eq!(collect(&mut sub, 2_000, RECV_TIMEOUT).await, sent);
+    assert_eq!(
+        collect(&mut sub, 1_000, Duration::from_secs(10)).await,
+        sent
+    );
     let took = started.elapsed();
-    // At the 100/s a limit would be, this would take 20 s.
-    assert!(took < Duration::from_secs(3), "2000 messages in {took:?}");
+    // At the 100/s a limit would be, this would take 9 s.
+    assert!(took < Duration::from_secs(4), "1000 messages in {took:?}");
     for limit in ["publish_rate", "publish_bytes", "address_rate", "flapping"] {
         assert_eq!(limited(&broker, limit), 0.0, "{limit}");
     }
