@@ -22,7 +22,8 @@ use crate::protocol::Packet;
 /// Counts a connection from `peer` (the client a PROXY header named, if
 /// any) against its address's limits: its permit, or `None` when it is to
 /// be closed unanswered, before its CONNECT is read (counted here; the
-/// table logs it).
+/// table logs it, at most once a second: not one line per refusal, which
+/// an attack would turn into a flood of them).
 pub(super) fn admit_address(
     state: &RefCell<ShardState>,
     peer: SocketAddr,
@@ -31,7 +32,6 @@ pub(super) fn admit_address(
     match addresses.admit(peer.ip(), Instant::now()) {
         Ok(permit) => Some(permit),
         Err(limit) => {
-            debug!(%peer, ?limit, "connection refused by its address's limit");
             let kind = LimitKind::from(limit);
             let mut state = state.borrow_mut();
             state.metrics.refused(kind);
