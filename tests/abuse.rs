@@ -207,6 +207,46 @@ async fn a_v5_publisher_at_qos_1_is_held_by_its_receive_maximum() {
 }
 
 #[tokio::test]
+async fn rumqttc_v5_at_qos_1_keeps_its_receive_maximum_while_slowed() {
+    use common::clients::v5::{Client, Event, Packet, QoS, options};
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+
+    let broker = Broker::start(&["--max-publish-rate", "20", "--max-inflight", "10"]);
+    let (mut sub, _) = Raw::connect_ok(broker.addr, Connect::v4("rumq-sub")).await;
+    assert_eq!(sub.subscribe(1, &[("rumq/t", 0)]).await, vec![0]);
+    let (mut publisher, connack) = Client::connect(options(broker.addr, "rumq-pub")).await;
+    let receive_maximum = connack.properties.and_then(|p| p.receive_max);
+    assert_eq!(receive_maximum, Some(10));
+
+    let started = Instant::now();
+    // Queued at once: rumqttc sends while its window has room.
+    for n in 0..100 {
+        publisher
+            .client
+            .publish("rumq/t", QoS::AtLeastOnce, false, format!("{n}"))
+            .await
+            .unwrap();
+    }
+    let (mut sent, mut acked, mut most_in_flight) = (0, 0, 0);
+    while acked < 100 {
+        match publisher.next_event().await {
+            Event::Outgoing(rumqttc::Outgoing::Publish(_)) => sent += 1,
+            Event::Incoming(Packet::PubAck(ack)) => {
+                assert_eq!(ack.reason, PubAckReason::Success);
+                acked += 1;
+            }
+            _ => {}
+        }
+        most_in_flight = most_in_flight.max(sent - acked);
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(3), "100 QoS 1 in {took:?}");
+    assert!(most_in_flight <= 10, "{most_in_flight} in flight");
+    assert_eq!(most_in_flight, 10, "the window filled: the rate held it");
+    assert_eq!(collect(&mut sub, 100, RECV_TIMEOUT).await.len(), 100);
+}
+
+#[tokio::test]
 async fn without_limits_a_burst_is_not_slowed() {
     let broker = Broker::start(&["--metrics-listen", "127.0.0.1:0"]);
     let (mut sub, mut publisher) = pair(&broker, "free/t").await;
