@@ -51,10 +51,14 @@
 //!   Mosquitto's PBKDF2 lines), anonymous clients, and the threads that
 //!   verify passwords off the shards; and what a client may publish to and
 //!   read (`acl_file`, Mosquitto's format), applied by its session.
+//! - [`abuse`]: limits against abuse: PUBLISH rates per client,
+//!   connections per source address, flapping client ids; sans-IO, applied
+//!   by the shards.
 //! - [`config`]: command line and TOML, validated once.
 //!
 //! Each room's module documentation gives the reasons for its design.
 
+pub mod abuse;
 pub mod auth;
 pub mod cluster;
 pub mod config;

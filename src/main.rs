@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use ringmq::abuse::AbuseLimits;
 use ringmq::auth::Authenticator;
 use ringmq::auth::passwd::{self, PasswdAction};
 
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
             connect_timeout: config.connect_timeout(),
             max_client_id_length: usize::from(config.max_client_id_length),
             auth,
+            abuse: AbuseLimits::new(&config.abuse),
         },
         metrics_listen: config.metrics_listen,
         sys_interval: (config.sys_interval > 0)

@@ -11,12 +11,15 @@
 //! `--seeds`); see `src/config/cluster.rs`.
 //!
 //! Authentication keys (`password_file`, `allow_anonymous`, `acl_file`, ...) are
-//! top-level, as in Mosquitto's file; see `src/config/auth.rs`.
+//! top-level, as in Mosquitto's file; see `src/config/auth.rs`. So are the
+//! limits against abuse (`max_publish_rate`, `flapping_threshold`, ...);
+//! see `src/config/abuse.rs`.
 //!
 //! Besides serving, the binary has two subcommands: `cluster-certs`, which
 //! writes a cluster CA and node certificates, and `passwd`, which edits a
 //! password file; [`Command`] is one of the three.
 
+mod abuse;
 mod auth;
 mod cluster;
 mod listeners;
@@ -34,6 +37,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
+use crate::abuse::AbuseSettings;
 use crate::auth::AuthSettings;
 use crate::auth::passwd::PasswdAction;
 use crate::cluster::settings::ClusterSettings;
@@ -124,6 +128,8 @@ pub struct Config {
     pub store: Option<StoreSettings>,
     /// Who may connect.
     pub auth: AuthSettings,
+    /// What one client, address or reconnect loop may cost.
+    pub abuse: AbuseSettings,
 }
 
 /// What the binary was asked to do.
@@ -349,6 +355,8 @@ struct Cli {
     #[command(flatten)]
     auth: auth::AuthArgs,
     #[command(flatten)]
+    abuse: abuse::AbuseArgs,
+    #[command(flatten)]
     cluster: cluster::ClusterArgs,
 }
 
@@ -426,6 +434,13 @@ struct FileConfig {
     auth_threads: Option<usize>,
     auth_queue: Option<usize>,
     acl_file: Option<PathBuf>,
+    max_publish_rate: Option<u64>,
+    max_publish_byte_rate: Option<u64>,
+    max_connections_per_address: Option<u32>,
+    max_connection_rate_per_address: Option<u64>,
+    flapping_threshold: Option<u32>,
+    flapping_window: Option<u32>,
+    flapping_ban: Option<u32>,
     cluster: Option<cluster::ClusterTable>,
 }
 
@@ -558,6 +573,7 @@ impl Config {
         let listeners = listeners::merge_listeners(&cli, &file)?;
         let mut cluster = cluster::merge(&cli.cluster, file.cluster.as_ref(), secret_env)?;
         let auth = auth::merge(&cli.auth, &file)?;
+        let abuse = abuse::merge(&cli.abuse, &file)?;
 
         let cores = cli.cores.or(file.cores).unwrap_or_else(|| {
             // The CPU count can be unknowable (restricted /proc); one shard
@@ -724,6 +740,7 @@ impl Config {
             cluster,
             store,
             auth,
+            abuse,
         })
     }
 }

@@ -174,6 +174,7 @@ fn file_only() {
                 queue: 256,
                 acl_file: None,
             },
+            abuse: crate::abuse::AbuseSettings::default(),
         }
     );
 }
@@ -427,6 +428,13 @@ fn deploy_example_parses_and_sets_every_key() {
         auth_threads,
         auth_queue,
         acl_file,
+        max_publish_rate,
+        max_publish_byte_rate,
+        max_connections_per_address,
+        max_connection_rate_per_address,
+        flapping_threshold,
+        flapping_window,
+        flapping_ban,
         cluster,
     } = &file;
     assert!(listen.is_some());
@@ -467,6 +475,17 @@ fn deploy_example_parses_and_sets_every_key() {
     // Commented out like `password_file`.
     assert!(acl_file.is_none());
     assert!(example_documents("acl_file"));
+    for limit in [
+        max_publish_rate,
+        max_publish_byte_rate,
+        max_connection_rate_per_address,
+    ] {
+        assert_eq!(*limit, Some(0), "off by default");
+    }
+    assert_eq!(*max_connections_per_address, Some(0));
+    assert_eq!(*flapping_threshold, Some(0));
+    assert!(flapping_window.is_some());
+    assert!(flapping_ban.is_some());
     assert!(cluster.is_none(), "the example is a single node");
     Config::merge(Cli::default(), file, None).expect("example config is valid");
 }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
+use crate::abuse::LimitKind;
 use crate::auth::AuthFailure;
 use crate::auth::acl_cache::Denials;
 use crate::message::Message;
@@ -52,6 +53,9 @@ pub struct ShardMetrics {
     pub auth_failures: [u64; 3],
     /// PUBLISH, SUBSCRIBE filters and deliveries the ACL refused.
     pub acl_denied: Denials,
+    /// Clients slowed and connections refused by the limits against
+    /// abuse, indexed as [`LimitKind::ALL`].
+    pub limited: [u64; LimitKind::ALL.len()],
     /// Indexed by QoS (0, 1, 2).
     pub messages_in: [u64; 3],
     pub bytes_in: [u64; 3],
@@ -93,6 +97,11 @@ impl ShardMetrics {
 
     pub fn refused(&mut self, reason: impl std::fmt::Debug) {
         *self.rejected.entry(format!("{reason:?}")).or_default() += 1;
+    }
+
+    /// A client slowed, or a connection refused, by a limit against abuse.
+    pub fn limited(&mut self, kind: LimitKind) {
+        self.limited[kind as usize] += 1;
     }
 
     /// A CONNECT refused by authentication, under both counters.

@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use super::histogram::Latency;
 use super::{Snapshot, cluster};
+use crate::abuse::LimitKind;
 use crate::auth::AuthFailure;
 use crate::cluster::StatusSnapshot;
 
@@ -85,6 +86,23 @@ pub fn render(snapshots: &[Snapshot], cluster: Option<&StatusSnapshot>) -> Strin
         "acl_denied",
         "What the acl_file refused: publish (PUBLISH not routed), subscribe (SUBSCRIBE filters), deliver (messages not given to a subscriber)",
         acl_denied,
+    );
+
+    let limited = Family::<Labels, Counter>::default();
+    for kind in LimitKind::ALL {
+        limited
+            .get_or_create(&vec![("limit".into(), kind.label().into())])
+            .inc_by(
+                snapshots
+                    .iter()
+                    .map(|s| s.metrics.limited[kind as usize])
+                    .sum(),
+            );
+    }
+    registry.register(
+        "limited",
+        "Limits against abuse at work: publish_rate and publish_bytes (times a client's reading was paused), address_connections and address_rate (connections closed before their CONNECT), flapping (CONNECTs of a banned client id refused)",
+        limited,
     );
 
     let sessions = Family::<Labels, Gauge>::default();

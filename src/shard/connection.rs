@@ -27,6 +27,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::abuse;
 use super::auth::{authenticate, authorize_will};
 use super::deadline::{self, Alarm, Deadline};
 use super::limit::ConnectionPermit;
@@ -36,6 +37,7 @@ use super::socket::{self, Input, READ_CHUNK, Received};
 use super::state::{SessionKey, ShardState};
 use super::websocket::{self, Upgrade, WsError, WsFraming};
 use super::{ShardId, home_shard};
+use crate::abuse::publish::{PublishLimit, PublishRate};
 use crate::config::{ListenerConfig, Transport};
 use crate::protocol::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -314,6 +316,10 @@ pub async fn accept(
             }
         }
     }
+    // Closed unanswered: a flood from one address costs no CONNECT read.
+    let Some(address) = abuse::admit_address(&state, peer) else {
+        return;
+    };
     // In a `RefCell` only so that this task and, once served here, the
     // connection's task use it the same way.
     let framing = match listener.transport {
@@ -371,7 +377,7 @@ pub async fn accept(
         }
     };
 
-    let Some(permit) = permit else {
+    let Some(mut permit) = permit else {
         debug!(%peer, "connection limit reached; refused");
         // 0x97 names the cause: a configured limit, not a transient state
         // (0x89 Server busy); 3.1.1 can only say Server unavailable.
@@ -380,6 +386,7 @@ pub async fn accept(
         refuse(&mut stream, websocket, connect.protocol, reason).await;
         return;
     };
+    permit.hold(address);
     if connect.client_id.len() > max_client_id_length {
         debug!(%peer, len = connect.client_id.len(), "client id too long");
         let reason = ReasonCode::ClientIdentifierNotValid;
@@ -484,6 +491,16 @@ struct Arrival {
 /// holds the session the previous owner handed over; if no majority
 /// confirms the claim, it is refused with Server unavailable.
 fn serve(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival) {
+    let connect = &arrival.connect;
+    // An assigned id is new each time: it cannot flap.
+    if !arrival.assigned_client_id
+        && !abuse::admit_client_id(&state, &connect.client_id, arrival.peer)
+    {
+        // 3.1.1 can only say Server unavailable.
+        let reason = ReasonCode::ConnectionRateExceeded;
+        monoio::spawn(async move { refuse_arrival(&state, stream, arrival, reason).await });
+        return;
+    }
     let Some(answered) = state.borrow_mut().claim(&arrival.connect) else {
         attach_and_run(state, stream, arrival, 0);
         return;
@@ -496,21 +513,29 @@ fn serve(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival) {
             // The cluster answers every claim; a dropped answer means it
             // stopped.
             Ok(ClaimOutcome::Unavailable) | Err(_) => {
-                let mut stream = stream;
-                let reason = ReasonCode::ServerUnavailable;
-                state.borrow_mut().metrics.refused(reason);
-                let framing = arrival.websocket.map(RefCell::new);
-                refuse(
-                    &mut stream,
-                    framing.as_ref(),
-                    arrival.connect.protocol,
-                    reason,
-                )
-                .await;
                 info!(client = %arrival.connect.client_id, "CONNECT refused: no majority confirmed this node as the session's owner");
+                refuse_arrival(&state, stream, arrival, ReasonCode::ServerUnavailable).await;
             }
         }
     });
+}
+
+/// Counts and refuses a CONNECT that reached its home shard.
+async fn refuse_arrival(
+    state: &RefCell<ShardState>,
+    mut stream: TcpStream,
+    arrival: Arrival,
+    reason: ReasonCode,
+) {
+    state.borrow_mut().metrics.refused(reason);
+    let framing = arrival.websocket.map(RefCell::new);
+    refuse(
+        &mut stream,
+        framing.as_ref(),
+        arrival.connect.protocol,
+        reason,
+    )
+    .await;
 }
 
 fn attach_and_run(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Arrival, epoch: u64) {
@@ -681,14 +706,24 @@ impl Connection {
             // holds more, so it is read again without waiting for
             // readiness (only for the shard's other tasks).
             let mut more = false;
+            let mut publishes = self
+                .state
+                .borrow()
+                .config()
+                .abuse
+                .publish
+                .start(Instant::now());
             loop {
-                if let Err(error) = self.hand_over(input) {
-                    debug!(%error, "malformed packet");
-                    self.state
-                        .borrow_mut()
-                        .handle_malformed(conn, error.reason_code());
-                    return true;
-                }
+                let paused = match self.hand_over(input, &mut publishes) {
+                    Ok(paused) => paused,
+                    Err(error) => {
+                        debug!(%error, "malformed packet");
+                        self.state
+                            .borrow_mut()
+                            .handle_malformed(conn, error.reason_code());
+                        return true;
+                    }
+                };
                 if conn.is_closing() {
                     return true;
                 }
@@ -707,6 +742,18 @@ impl Connection {
                     {
                         return true;
                     }
+                }
+                // Past its PUBLISH rate, the client is not read (its
+                // packets wait in the socket, and any left undecoded in
+                // `input`) until the rate allows.
+                if let Some(paused) = paused {
+                    let keep_alive = self.keep_alive.map(|timeout| (&**conn, timeout));
+                    let closing = conn.wakes.wait(Wake::Close);
+                    // Boxed: only a throttled client waits here.
+                    if !Box::pin(abuse::pause(&self.state, paused, keep_alive, closing)).await {
+                        return true;
+                    }
+                    continue;
                 }
 
                 let result = loop {
@@ -752,27 +799,45 @@ impl Connection {
     }
 
     /// Decodes everything buffered (a client may pipeline many packets into
-    /// one segment) and hands it to the shard in one borrow.
-    fn hand_over(&self, input: &mut Input) -> Result<(), DecodeError> {
+    /// one segment) and hands it to the shard in one borrow. Past the
+    /// client's PUBLISH rate, the rest stays in `input`, and the pause it
+    /// needs is returned, decided at the same instant as the decoding
+    /// stopped (asked later, the rate could allow more, and the reader
+    /// would wait on a socket with nothing left to read).
+    fn hand_over(
+        &self,
+        input: &mut Input,
+        publishes: &mut Option<Box<PublishRate>>,
+    ) -> Result<Option<(Instant, PublishLimit)>, DecodeError> {
         let conn = &*self.conn;
         let mut state = self.state.borrow_mut();
         let max_packet_size = state.config().max_packet_size;
         let mut malformed = None;
         let bytes = input.bytes();
-        if let Some(first) = decode(bytes, conn.version, max_packet_size, &mut malformed) {
-            let now = Instant::now();
+        let now = Instant::now();
+        let mut next = || {
+            abuse::next_packet(publishes, now, bytes, |bytes| {
+                decode(bytes, conn.version, max_packet_size, &mut malformed)
+            })
+        };
+        if let Some(first) = next() {
             // Keep-alive is about control packets, not bytes: a client
             // dribbling a packet that never completes is as silent as one
             // sending nothing, and must not hold its read buffer for ever.
             if let Some(timeout) = self.keep_alive {
                 conn.heard_from(now, timeout);
             }
-            let rest =
-                std::iter::from_fn(|| decode(bytes, conn.version, max_packet_size, &mut malformed));
-            state.handle_packets(conn, std::iter::once(first).chain(rest), now);
+            state.handle_packets(
+                conn,
+                std::iter::once(first).chain(std::iter::from_fn(next)),
+                now,
+            );
         }
         input.settle();
-        malformed.map_or(Ok(()), Err)
+        match malformed {
+            Some(error) => Err(error),
+            None => Ok(publishes.as_ref().and_then(|rate| rate.paused(now))),
+        }
     }
 
     #[allow(

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tracing::warn;
 
+use crate::abuse::address::AddressPermit;
+
 /// How many client connections may be open at once, and how many are.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimit {
@@ -26,6 +28,9 @@ pub struct ConnectionLimit {
 #[derive(Debug)]
 pub struct ConnectionPermit {
     open: Arc<AtomicUsize>,
+    /// The connection's place under its source address's limits, which
+    /// travels with it the same way.
+    address: AddressPermit,
 }
 
 impl ConnectionLimit {
@@ -62,7 +67,15 @@ impl ConnectionLimit {
         }
         Some(ConnectionPermit {
             open: self.open.clone(),
+            address: AddressPermit::default(),
         })
+    }
+}
+
+impl ConnectionPermit {
+    /// Holds `address` until the connection ends.
+    pub fn hold(&mut self, address: AddressPermit) {
+        self.address = address;
     }
 }
 

@@ -107,6 +107,7 @@
 //! shared by refcount, only the index is per shard) so that a SUBSCRIBE is
 //! answered from local memory.
 
+mod abuse;
 mod auth;
 mod connection;
 mod deadline;

@@ -27,6 +27,8 @@ use super::mesh::{
     Batch, ClaimOutcome, Confirmation, Handoff, Mesh, ShardMsg, SharedMember, StoredReply,
 };
 use super::notify::LocalNotify;
+use crate::abuse::AbuseLimits;
+use crate::abuse::flapping::Flapping;
 use crate::auth::Authenticator;
 use crate::message::Message;
 use crate::metrics::{ShardMetrics, Snapshot};
@@ -74,6 +76,9 @@ pub struct ShardConfig {
     pub max_client_id_length: usize,
     /// Who may connect; shared by all shards.
     pub auth: Arc<Authenticator>,
+    /// The limits against abuse; the per-address table is shared by all
+    /// shards.
+    pub abuse: AbuseLimits,
 }
 
 /// A subscription as the local trie holds it.
@@ -158,6 +163,9 @@ pub struct ShardState {
     pub drops: DropCounters,
     drops_logged: DropCounters,
     pub metrics: ShardMetrics,
+    /// The client ids homed here and their recent CONNECTs, when flapping
+    /// is detected.
+    pub flapping: Option<Flapping>,
     next_conn_id: u64,
     /// Reused per publish: which shards to forward to.
     forward_to: Vec<bool>,
@@ -225,6 +233,7 @@ impl ShardState {
     pub fn new(mesh: Mesh, config: Rc<ShardConfig>) -> Rc<RefCell<ShardState>> {
         let shards = mesh.place_count();
         let random = RandomState::new().hash_one(mesh.me());
+        let flapping = config.abuse.flapping.map(Flapping::new);
         Rc::new(RefCell::new(ShardState {
             mesh,
             config,
@@ -245,6 +254,7 @@ impl ShardState {
             drops: DropCounters::default(),
             drops_logged: DropCounters::default(),
             metrics: ShardMetrics::default(),
+            flapping,
             next_conn_id: 0,
             forward_to: vec![false; shards],
             shared_to: Vec::new(),
@@ -1327,6 +1337,7 @@ mod tests {
             connect_timeout: Duration::from_secs(10),
             max_client_id_length: 64,
             auth: Arc::default(),
+            abuse: AbuseLimits::default(),
         };
         (ShardState::new(mesh, Rc::new(config)), cluster_inbox)
     }
