@@ -51,6 +51,9 @@
 //!   Mosquitto's PBKDF2 lines), anonymous clients, and the threads that
 //!   verify passwords off the shards; and what a client may publish to and
 //!   read (`acl_file`, Mosquitto's format), applied by its session.
+//! - [`tls`]: client listeners' certificates (rustls), reloaded on
+//!   SIGHUP; the per-connection TLS session is `shard::tls`, handed over
+//!   with the connection to its home shard.
 //! - [`config`]: command line and TOML, validated once.
 //!
 //! Each room's module documentation gives the reasons for its design.
@@ -65,6 +68,7 @@ pub mod router;
 pub mod session;
 pub mod shard;
 pub mod store;
+pub mod tls;
 
 #[cfg(test)]
 mod testing;

@@ -1,0 +1,156 @@
+//! What lies between a connection's socket and its MQTT bytes, when
+//! anything does: TLS ([`TlsLayer`]), WebSocket ([`WsFraming`]), or both
+//! (wss: WebSocket frames inside TLS records). Sans-IO like its layers:
+//! the connection task reads the socket and hands the bytes to
+//! [`Framing::handle_wire`], and writes what [`Framing::take_output`]
+//! gives. Plain TCP has no `Framing` at all, so its path stays a direct
+//! read into the decoder's buffer.
+//!
+//! A `Framing` with no WebSocket yet, on a WebSocket listener, passes the
+//! HTTP upgrade through (decrypted, over TLS); once the upgrade is
+//! answered, [`Framing::upgraded`] puts the WebSocket layer on top.
+//! Everything here is plain data and `Send`: it moves with the connection
+//! to its home shard (see [`super::tls`] for why the handshake happens
+//! before).
+
+use bytes::BytesMut;
+use rustls::ServerConnection;
+
+use super::tls::{TlsError, TlsLayer};
+use super::websocket::{WsError, WsFraming};
+
+/// A connection's layers, outermost (TLS) first.
+#[derive(Debug, Default)]
+pub struct Framing {
+    tls: Option<TlsLayer>,
+    ws: Option<WsFraming>,
+    /// Output of a connection with neither layer yet: the answer to a
+    /// plain WebSocket upgrade.
+    raw: Vec<u8>,
+}
+
+/// Why a layer ended the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum FramingError {
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    WebSocket(#[from] WsError),
+}
+
+impl Framing {
+    /// A connection on a TLS listener, before its handshake.
+    pub fn tls(session: ServerConnection) -> Framing {
+        Framing {
+            tls: Some(TlsLayer::new(session)),
+            ..Framing::default()
+        }
+    }
+
+    /// Puts the WebSocket layer on, once the upgrade is answered, and
+    /// appends to `mqtt` what `frames`, the bytes that followed the
+    /// request (already out of TLS), complete.
+    pub fn upgraded(
+        &mut self,
+        ws: WsFraming,
+        frames: &[u8],
+        mqtt: &mut BytesMut,
+    ) -> Result<(), FramingError> {
+        self.ws.insert(ws).handle_wire(frames, mqtt)?;
+        Ok(())
+    }
+
+    /// Takes bytes read from the socket and appends to `mqtt` what they
+    /// complete: MQTT bytes, or before the upgrade the HTTP request.
+    pub fn handle_wire(&mut self, wire: &[u8], mqtt: &mut BytesMut) -> Result<(), FramingError> {
+        match (&mut self.tls, &mut self.ws) {
+            (None, None) => mqtt.extend_from_slice(wire),
+            (Some(tls), None) => tls.handle_wire(wire, mqtt)?,
+            (None, Some(ws)) => ws.handle_wire(wire, mqtt)?,
+            (Some(tls), Some(ws)) => {
+                let mut frames = BytesMut::new();
+                let decrypted = tls.handle_wire(wire, &mut frames);
+                // Frames decrypted before a TLS error still count: they
+                // may be a close frame.
+                ws.handle_wire(&frames, mqtt)?;
+                decrypted?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `bytes` for the client: MQTT bytes in a binary frame once
+    /// upgraded, the upgrade's HTTP answer before.
+    pub fn send(&mut self, bytes: &[u8]) {
+        match (&mut self.tls, &mut self.ws) {
+            (_, Some(ws)) => ws.send(bytes),
+            (Some(tls), None) => tls.send(bytes),
+            (None, None) => self.raw.extend_from_slice(bytes),
+        }
+    }
+
+    /// Starts closing: the WebSocket closing handshake, then TLS's
+    /// close_notify.
+    pub fn close(&mut self) {
+        if let Some(ws) = &mut self.ws {
+            ws.close();
+        }
+        if let Some(tls) = &mut self.tls {
+            // The close frame goes out before the close_notify.
+            if let Some(ws) = &mut self.ws {
+                tls.send(&ws.take_output());
+            }
+            tls.close();
+        }
+    }
+
+    /// Whether there are bytes for the writer: a pong, a close frame, a
+    /// handshake reply.
+    pub fn has_output(&self) -> bool {
+        !self.raw.is_empty()
+            || self.ws.as_ref().is_some_and(WsFraming::has_output)
+            || self.tls.as_ref().is_some_and(TlsLayer::has_output)
+    }
+
+    /// Everything encoded for the socket so far.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let frames = match &mut self.ws {
+            Some(ws) => ws.take_output(),
+            None => std::mem::take(&mut self.raw),
+        };
+        match &mut self.tls {
+            None => frames,
+            Some(tls) => {
+                if !frames.is_empty() {
+                    tls.send(&frames);
+                }
+                tls.take_output()
+            }
+        }
+    }
+
+    /// Whether a TLS handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(TlsLayer::is_handshaking)
+    }
+
+    /// The common name of a verified client certificate, if any.
+    pub fn peer_identity(&self) -> Option<String> {
+        self.tls.as_ref()?.peer_identity()
+    }
+}
+
+impl FramingError {
+    /// Whether the client ended the session itself (a WebSocket close).
+    pub fn is_close(&self) -> bool {
+        matches!(self, FramingError::WebSocket(WsError::Closed))
+    }
+
+    /// The TLS error, for the handshake failure count.
+    pub fn tls(&self) -> Option<&TlsError> {
+        match self {
+            FramingError::Tls(error) => Some(error),
+            FramingError::WebSocket(_) => None,
+        }
+    }
+}
