@@ -244,19 +244,12 @@ mod tests {
     use rcgen::{CertificateParams, DnType, KeyPair};
 
     use super::*;
+    use crate::testing::TempDir;
 
-    struct Dir(PathBuf);
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn dir(name: &str) -> Dir {
-        let path = std::env::temp_dir().join(format!("ringmq-tls-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Dir(path)
+    fn dir(name: &str) -> TempDir {
+        let dir = TempDir::new(name);
+        std::fs::create_dir_all(&dir.0).expect("temp dir");
+        dir
     }
 
     /// A self-signed certificate with `cn`, written as `<name>.pem` and

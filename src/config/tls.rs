@@ -235,3 +235,100 @@ fn invalid(key: &'static str, reason: &str) -> ConfigError {
         reason: reason.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, KeyPair};
+
+    use super::super::tests::{merge, parse};
+    use super::*;
+    use crate::testing::TempDir;
+
+    /// A self-signed certificate and its key in `dir`, as paths.
+    fn cert(dir: &TempDir) -> (String, String) {
+        std::fs::create_dir_all(&dir.0).expect("temp dir");
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        let (cert_file, key_file) = (dir.0.join("server.pem"), dir.0.join("server.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("write");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write");
+        let path = |p: PathBuf| p.to_str().expect("utf-8").to_owned();
+        (path(cert_file), path(key_file))
+    }
+
+    #[test]
+    fn tls_listen_addresses_share_one_certificate_and_come_after_tcp() {
+        let dir = TempDir::new("config-tls-flags");
+        let (cert, key) = cert(&dir);
+        let config = merge(
+            &[
+                "--tls-listen",
+                "127.0.0.1:8883",
+                "--tls-listen",
+                "[::1]:8883",
+            ],
+            &format!("listen = [\"127.0.0.1:1883\"]\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"),
+        )
+        .expect("valid");
+        let transports: Vec<_> = config.listeners.iter().map(|l| l.transport).collect();
+        assert_eq!(transports, [Transport::Tcp, Transport::Tls, Transport::Tls]);
+        let (a, b) = (&config.listeners[1], &config.listeners[2]);
+        let (a, b) = (a.tls.as_ref().expect("tls"), b.tls.as_ref().expect("tls"));
+        assert!(Arc::ptr_eq(&a.acceptor, &b.acceptor));
+        assert!(!a.use_identity_as_username);
+        assert_eq!(a.files.client_ca_file, None);
+    }
+
+    #[test]
+    fn a_client_ca_requires_certificates_unless_told_otherwise() {
+        let dir = TempDir::new("config-tls-ca");
+        let (cert, key) = cert(&dir);
+        let flags = [
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = flags.iter().chain(extra).copied().collect();
+            let config = parse(&args).expect("valid");
+            let tls = config.listeners[1].tls.clone().expect("tls");
+            (tls.files.require_client_cert, tls.use_identity_as_username)
+        };
+        assert_eq!(with(&["--tls-client-ca", &cert]), (true, false));
+        assert_eq!(
+            with(&[
+                "--tls-client-ca",
+                &cert,
+                "--tls-require-client-cert",
+                "false",
+                "--tls-use-identity-as-username"
+            ]),
+            (false, true)
+        );
+        let error = parse(&[&flags[..], &["--tls-require-client-cert"]].concat())
+            .expect_err("nothing to verify against");
+        assert!(
+            error.to_string().contains("--tls-require-client-cert"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn tls_keys_without_a_tls_listener_are_refused() {
+        let error = parse(&["--tls-cert", "/x.pem"]).expect_err("no tls_listen");
+        assert!(error.to_string().contains("`tls_listen`"), "{error}");
+        let error = merge(
+            &[],
+            "[[listener]]\naddress = \"127.0.0.1:1\"\ntransport = \"websocket\"\ncert_file = \"/x\"\n",
+        )
+        .expect_err("websocket without tls");
+        assert_eq!(
+            error.to_string(),
+            "invalid [[listener]] 127.0.0.1:1: TLS keys (`cert_file`, `key_file`, ...) need transport = \"tls\" or \"wss\""
+        );
+    }
+}
