@@ -154,3 +154,85 @@ impl FramingError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::super::tls::testing::{client_input, client_output, handshake, pair};
+    use super::super::websocket::{self, Upgrade};
+    use super::*;
+
+    /// wss end to end: the handshake, the HTTP upgrade inside TLS, MQTT
+    /// bytes both ways in binary frames inside records, and the close: a
+    /// close frame, then close_notify.
+    #[test]
+    fn websocket_runs_inside_tls() {
+        let (server, mut client) = pair();
+        let mut framing = Framing::tls(server);
+        handshake(&mut client, |wire, plain| {
+            framing.handle_wire(wire, plain).expect("handshake");
+            framing.take_output()
+        });
+        assert!(!framing.is_handshaking());
+
+        let request = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+        // A binary frame with a PINGREQ (0xc0 0x00) masked by 1 2 3 4,
+        // sent with the request.
+        let frame = [0x82, 0x82, 1, 2, 3, 4, 0xc1, 0x02];
+        client
+            .writer()
+            .write_all(request.as_bytes())
+            .expect("write");
+        client.writer().write_all(&frame).expect("write");
+        let mut http = BytesMut::new();
+        framing
+            .handle_wire(&client_output(&mut client), &mut http)
+            .expect("request");
+        let Upgrade::Accepted {
+            response,
+            framing: ws,
+            consumed,
+        } = websocket::handle_upgrade(&http, 1024)
+        else {
+            panic!("upgrade refused");
+        };
+        framing.send(&response);
+        let answer = client_input(&mut client, &framing.take_output());
+        assert!(answer.starts_with(b"HTTP/1.1 101"), "{answer:?}");
+        let mut mqtt = BytesMut::new();
+        framing
+            .upgraded(*ws, &http[consumed..], &mut mqtt)
+            .expect("frames");
+        assert_eq!(&mqtt[..], [0xc0, 0x00], "the frame sent with the request");
+
+        framing.send(&[0xd0, 0x00]);
+        let out = client_input(&mut client, &framing.take_output());
+        assert_eq!(out, [0x82, 0x02, 0xd0, 0x00], "PINGRESP in a binary frame");
+
+        framing.close();
+        let out = client_input(&mut client, &framing.take_output());
+        assert_eq!(&out[..2], [0x88, 0x02], "a close frame, code 1000");
+        assert!(
+            client
+                .process_new_packets()
+                .expect("state")
+                .peer_has_closed()
+        );
+    }
+
+    #[test]
+    fn without_layers_bytes_pass_through_until_the_upgrade() {
+        let mut framing = Framing::default();
+        let mut plain = BytesMut::new();
+        framing.handle_wire(b"GET /", &mut plain).expect("raw");
+        assert_eq!(&plain[..], b"GET /");
+        framing.send(b"HTTP/1.1 404");
+        assert!(framing.has_output());
+        assert_eq!(framing.take_output(), b"HTTP/1.1 404");
+        assert!(!framing.is_handshaking());
+        assert_eq!(framing.peer_identity(), None);
+    }
+}

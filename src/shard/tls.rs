@@ -61,7 +61,13 @@ impl TlsLayer {
     /// handshake replies wait in the output.
     pub fn handle_wire(&mut self, mut wire: &[u8], plain: &mut BytesMut) -> Result<(), TlsError> {
         while !wire.is_empty() {
-            self.session.read_tls(&mut wire).map_err(TlsError::Input)?;
+            // rustls takes a record's worth or more each time; taking
+            // nothing would loop for ever here, so it ends the session.
+            if self.session.read_tls(&mut wire).map_err(TlsError::Input)? == 0 {
+                return Err(TlsError::Input(std::io::Error::other(
+                    "rustls took no bytes",
+                )));
+            }
             let state = self.session.process_new_packets()?;
             let ready = state.plaintext_bytes_to_read();
             if ready > 0 {
@@ -136,17 +142,20 @@ impl TlsError {
     }
 }
 
+/// A rustls client and server session for the tests of this layer and of
+/// the stack above it.
 #[cfg(test)]
-mod tests {
+pub(super) mod testing {
     use std::sync::Arc;
 
+    use bytes::BytesMut;
     use rcgen::{CertificateParams, KeyPair};
     use rustls::pki_types::{PrivateKeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
-    use super::*;
-
-    fn pair() -> (TlsLayer, ClientConnection) {
+    /// A server session on a fresh self-signed certificate, and a client
+    /// session trusting it.
+    pub fn pair() -> (ServerConnection, ClientConnection) {
         let provider = crate::tls::crypto_provider();
         let key = KeyPair::generate().expect("key");
         let params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
@@ -172,11 +181,13 @@ mod tests {
             ServerName::try_from("localhost").expect("name"),
         )
         .expect("client");
-        let server = ServerConnection::new(Arc::new(server)).expect("server");
-        (TlsLayer::new(server), client)
+        (
+            ServerConnection::new(Arc::new(server)).expect("server"),
+            client,
+        )
     }
 
-    fn client_output(client: &mut ClientConnection) -> Vec<u8> {
+    pub fn client_output(client: &mut ClientConnection) -> Vec<u8> {
         let mut out = Vec::new();
         while client.wants_write() {
             client.write_tls(&mut out).expect("write");
@@ -184,25 +195,59 @@ mod tests {
         out
     }
 
-    /// Runs the handshake, feeding the client's records to the server a
-    /// byte at a time (a record may arrive in any number of reads).
-    fn handshake(server: &mut TlsLayer, client: &mut ClientConnection) {
+    /// Gives the client what the server wrote; returns the plaintext.
+    pub fn client_input(client: &mut ClientConnection, records: &[u8]) -> Vec<u8> {
+        let mut records = records;
+        let mut plain = Vec::new();
+        while !records.is_empty() {
+            client.read_tls(&mut records).expect("client read");
+            let state = client.process_new_packets().expect("client");
+            let start = plain.len();
+            plain.resize(start + state.plaintext_bytes_to_read(), 0);
+            std::io::Read::read_exact(&mut client.reader(), &mut plain[start..]).expect("plain");
+        }
+        plain
+    }
+
+    /// Runs the handshake through `server`, a layer that takes wire bytes
+    /// and gives its output: the client's records go in a byte at a time
+    /// (a record may arrive in any number of reads).
+    pub fn handshake(
+        client: &mut ClientConnection,
+        mut server: impl FnMut(&[u8], &mut BytesMut) -> Vec<u8>,
+    ) {
         let mut plain = BytesMut::new();
-        while client.is_handshaking() || server.is_handshaking() {
+        let mut reply = Vec::new();
+        while client.is_handshaking() || !reply.is_empty() {
+            client_input(client, &reply);
+            reply.clear();
             for byte in client_output(client) {
-                server.handle_wire(&[byte], &mut plain).expect("server");
+                reply.extend(server(&[byte], &mut plain));
             }
-            let reply = server.take_output();
-            client.read_tls(&mut &reply[..]).expect("client read");
-            client.process_new_packets().expect("client");
         }
         assert!(plain.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::ClientConnection;
+
+    use super::testing::{client_input, client_output, handshake};
+    use super::*;
+
+    fn pair() -> (TlsLayer, ClientConnection) {
+        let (server, client) = testing::pair();
+        (TlsLayer::new(server), client)
     }
 
     #[test]
     fn plaintext_crosses_both_ways_after_the_handshake() {
         let (mut server, mut client) = pair();
-        handshake(&mut server, &mut client);
+        handshake(&mut client, |wire, plain| {
+            server.handle_wire(wire, plain).expect("server");
+            server.take_output()
+        });
 
         client.writer().write_all(b"\x10 connect").expect("write");
         let mut plain = BytesMut::new();
@@ -214,12 +259,34 @@ mod tests {
         server.send(b"\x20 connack");
         let records = server.take_output();
         assert!(!records.windows(7).any(|w| w == b"connack"), "encrypted");
-        client.read_tls(&mut &records[..]).expect("read");
-        client.process_new_packets().expect("process");
-        let mut got = [0; 9];
-        client.reader().read_exact(&mut got).expect("plaintext");
-        assert_eq!(&got, b"\x20 connack");
+        assert_eq!(client_input(&mut client, &records), b"\x20 connack");
         assert_eq!(server.peer_identity(), None, "no client certificate");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever a client sends, in whatever pieces, after a real
+        /// ClientHello or instead of one: the layer answers or refuses,
+        /// and never panics.
+        #[test]
+        fn any_input_in_any_pieces_is_answered_or_refused(
+            hello in proptest::bool::ANY,
+            garbage in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+            cut in 1usize..512,
+        ) {
+            let (mut server, mut client) = pair();
+            let mut wire = if hello { client_output(&mut client) } else { Vec::new() };
+            wire.extend_from_slice(&garbage);
+            let mut plain = BytesMut::new();
+            for piece in wire.chunks(cut) {
+                if server.handle_wire(piece, &mut plain).is_err() {
+                    break;
+                }
+                server.take_output();
+            }
+            proptest::prop_assert!(plain.is_empty(), "no plaintext without a handshake");
+        }
     }
 
     #[test]
