@@ -7,11 +7,11 @@
 //!
 //! A WebSocket connection first answers its HTTP upgrade; from then on the
 //! reader passes what the socket gives through the connection's
-//! [`WsFraming`](super::websocket::WsFraming) before decoding, and the writer wraps each flush in one
+//! [`Framing`] before decoding, and the writer wraps each flush in one
 //! binary frame. Above that layer, the MQTT code is the same for both.
-//! TLS is one more such layer, under the WebSocket one for wss
-//! ([`Framing`]); its handshake runs while the CONNECT is awaited, on the
-//! shard that accepted the connection ([`super::tls`] says why).
+//! TLS is one more layer of the `Framing`, under the WebSocket one for
+//! wss; its handshake runs while the CONNECT is awaited, on the shard that
+//! accepted the connection ([`super::tls`] says why).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -340,6 +340,8 @@ pub async fn accept(
             Some(Err(error)) => {
                 debug!(%peer, %error, "closing connection before websocket upgrade");
                 tls_failed(&state, &error, &layers);
+                // A TLS alert saying why, if there is one.
+                let _ = write_wire(&mut stream, layers.take_output()).await;
                 return reject(EarlyClose::WebSocketUpgrade);
             }
             None => {
@@ -354,6 +356,7 @@ pub async fn accept(
         if let Err(error) = layers.handle_wire(&read_buf, &mut mqtt) {
             debug!(%peer, %error, "closing connection before CONNECT");
             tls_failed(&state, &HandshakeError::Framing(error), layers);
+            let _ = write_wire(&mut stream, layers.take_output()).await;
             return reject(EarlyClose::Malformed);
         }
         read_buf = mqtt;
@@ -371,6 +374,11 @@ pub async fn accept(
         max_packet_size,
         &mut limit,
     );
+    let count_tls_failure = |error: &HandshakeError| {
+        if let Some(framing) = websocket {
+            tls_failed(&state, error, &framing.borrow());
+        }
+    };
     let (mut connect, input) = match read.await {
         Ok(connected) => connected,
         Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level))) => {
@@ -382,24 +390,15 @@ pub async fn accept(
             return;
         }
         // A client that hung up was not refused anything.
-        Err(HandshakeError::Closed) => {
-            if let Some(framing) = websocket {
-                tls_failed(&state, &HandshakeError::Closed, &framing.borrow());
-            }
-            return;
-        }
+        Err(HandshakeError::Closed) => return count_tls_failure(&HandshakeError::Closed),
         Err(HandshakeError::TimedOut) => {
             debug!(%peer, "no CONNECT within the connect timeout");
-            if let Some(framing) = websocket {
-                tls_failed(&state, &HandshakeError::TimedOut, &framing.borrow());
-            }
+            count_tls_failure(&HandshakeError::TimedOut);
             return reject(EarlyClose::ConnectTimeout);
         }
         Err(error) => {
             debug!(%peer, %error, "closing connection before CONNECT");
-            if let Some(framing) = websocket {
-                tls_failed(&state, &error, &framing.borrow());
-            }
+            count_tls_failure(&error);
             reject(EarlyClose::Malformed);
             // A WebSocket may owe the client a close frame.
             write_framing_output(&mut stream, websocket).await;
