@@ -264,7 +264,7 @@ mod tests {
         .expect_err("same address twice");
         assert_eq!(
             error.to_string(),
-            "listen address 127.0.0.1:8083 is given more than once (in `listen`, `ws_listen` or `[[listener]]`)"
+            "listen address 127.0.0.1:8083 is given more than once (in `listen`, `ws_listen`, `tls_listen` or `[[listener]]`)"
         );
         // Port 0 is a fresh port each time.
         let config = parse(&["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]).expect("valid");

@@ -223,7 +223,7 @@ pub enum ConfigError {
     #[error("`{0}` is a subcommand, not a broker configuration")]
     NotServe(&'static str),
     #[error(
-        "listen address {0} is given more than once (in `listen`, `ws_listen` or `[[listener]]`)"
+        "listen address {0} is given more than once (in `listen`, `ws_listen`, `tls_listen` or `[[listener]]`)"
     )]
     RepeatedListener(SocketAddr),
     /// A `[[listener]]` table's settings do not go together, or a file
