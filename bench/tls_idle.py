@@ -39,6 +39,8 @@ def connect_packet(client_id):
 
 def open_connection(host, port, n, context):
     sock = socket.socket()
+    # A broker that stops answering fails the run instead of hanging it.
+    sock.settimeout(10)
     sock.bind((SOURCES[n % len(SOURCES)], 0))
     sock.connect((host, port))
     if context is not None:
