@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 
 REPS=${1:-3}
 MESSAGES=${MESSAGES:-50000}
-IDLE=${IDLE:-5000}
+IDLE=${IDLE:-1000}
 RINGMQ=target/release/ringmq
 DIR=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
