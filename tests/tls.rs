@@ -120,6 +120,22 @@ fn mosquitto_clients_speak_mqtt_over_tls_at_both_versions() {
             "{got:?}"
         );
     }
+    // TLS 1.2 as well as 1.3 (the default above).
+    let tls12 = output(&mut mosquitto(
+        "mosquitto_pub",
+        addr,
+        &[
+            "--cafile",
+            arg(&ca),
+            "--tls-version",
+            "tlsv1.2",
+            "-t",
+            "x",
+            "-m",
+            "x",
+        ],
+    ));
+    assert!(tls12.status.success(), "{tls12:?}");
     // A client that does not trust the broker's CA gives up in the
     // handshake; one speaking plain MQTT to the TLS port gets nothing.
     let other = pki.sibling("other");
