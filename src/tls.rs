@@ -1,7 +1,7 @@
 //! TLS for client listeners (`transport = "tls"` and `"wss"`): the
 //! certificate files, the rustls server configuration built from them, and
 //! its reload on SIGHUP. The per-connection side, a sans-IO layer around
-//! `rustls::ServerConnection`, is [`crate::shard::tls`].
+//! rustls's `UnbufferedServerConnection`, is [`crate::shard::tls`].
 //!
 //! rustls does all the cryptography, with the ring provider the cluster's
 //! QUIC links already use, and its defaults: TLS 1.2 and 1.3, its safe
@@ -27,8 +27,9 @@ use std::sync::{Arc, RwLock};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::UnbufferedServerConnection;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls::{RootCertStore, ServerConfig};
 use tracing::{error, info};
 
 /// Where a listener's TLS material is read from, and what it asks of
@@ -119,14 +120,14 @@ impl TlsAcceptor {
 
     /// A server session for a new connection, on the configuration current
     /// now.
-    pub fn session(&self) -> Result<ServerConnection, rustls::Error> {
+    pub fn session(&self) -> Result<UnbufferedServerConnection, rustls::Error> {
         let config = match self.current.read() {
             Ok(config) => config.clone(),
             // A reload never panics while holding the lock; if one did,
             // the configuration it left is still whole.
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        ServerConnection::new(config)
+        UnbufferedServerConnection::new(config)
     }
 
     /// Reads the files again (on SIGHUP). A file that does not load is

@@ -14,7 +14,7 @@
 //! before).
 
 use bytes::BytesMut;
-use rustls::ServerConnection;
+use rustls::server::UnbufferedServerConnection;
 
 use super::tls::{TlsError, TlsLayer};
 use super::websocket::{WsError, WsFraming};
@@ -40,7 +40,7 @@ pub enum FramingError {
 
 impl Framing {
     /// A connection on a TLS listener, before its handshake.
-    pub fn tls(session: ServerConnection) -> Framing {
+    pub fn tls(session: UnbufferedServerConnection) -> Framing {
         Framing {
             tls: Some(TlsLayer::new(session)),
             ..Framing::default()
