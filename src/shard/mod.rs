@@ -118,7 +118,7 @@ mod notify;
 pub mod proxy;
 mod socket;
 mod state;
-mod tls;
+pub mod tls;
 pub mod websocket;
 
 use std::hash::{Hash, Hasher};
