@@ -54,6 +54,9 @@
 //! - [`abuse`]: limits against abuse: PUBLISH rates per client,
 //!   connections per source address, flapping client ids; sans-IO, applied
 //!   by the shards.
+//! - [`tls`]: client listeners' certificates (rustls), reloaded on
+//!   SIGHUP; the per-connection TLS session is `shard::tls`, handed over
+//!   with the connection to its home shard.
 //! - [`config`]: command line and TOML, validated once.
 //!
 //! Each room's module documentation gives the reasons for its design.
@@ -69,6 +72,7 @@ pub mod router;
 pub mod session;
 pub mod shard;
 pub mod store;
+pub mod tls;
 
 #[cfg(test)]
 mod testing;

@@ -28,11 +28,15 @@ fn main() -> ExitCode {
     // The store's engine narrates every database it opens at info, and
     // openraft every vote, election and membership step; their warnings
     // and errors are what an operator needs (ringmq logs the ownership
-    // raft's milestones itself).
+    // raft's milestones itself). rustls warns about what clients send
+    // (an IP address as SNI, as OpenSSL-based clients do), once per
+    // connection: a client could fill the log; ringmq counts and logs
+    // failed handshakes itself.
     let level = config.log_level.level_filter();
     let filter = tracing_subscriber::EnvFilter::new(format!(
-        "{level},fjall={quiet},lsm_tree={quiet},openraft={quiet}",
-        quiet = level.min(tracing::level_filters::LevelFilter::WARN)
+        "{level},fjall={quiet},lsm_tree={quiet},openraft={quiet},rustls={peers}",
+        quiet = level.min(tracing::level_filters::LevelFilter::WARN),
+        peers = level.min(tracing::level_filters::LevelFilter::ERROR)
     ));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

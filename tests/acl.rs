@@ -415,7 +415,9 @@ async fn a_restored_session_keeps_its_users_read_rules() {
     let (mut subscriber, _) = Raw::connect_ok(broker.addr, persistent()).await;
     let codes = subscriber.subscribe(1, &[("sensors/#", 1)]).await;
     assert_eq!(codes, [1]);
-    subscriber.send(&wire::disconnect_v5(0, wire::Props::new())).await;
+    subscriber
+        .send(&wire::disconnect_v5(0, wire::Props::new()))
+        .await;
     common::data_dir::kill(broker);
 
     let broker = dir.start(&args);
@@ -433,7 +435,9 @@ async fn a_restored_session_keeps_its_users_read_rules() {
         (publish.topic.as_str(), publish.payload.as_slice()),
         ("sensors/t", &b"kept"[..])
     );
-    subscriber.send(&wire::ack(wire::PUBACK, publish.pkid)).await;
+    subscriber
+        .send(&wire::ack(wire::PUBACK, publish.pkid))
+        .await;
     subscriber.expect_silence(QUIET).await;
     assert_eq!(denied(&broker, "deliver"), 1.0);
     common::data_dir::stop(broker);

@@ -192,7 +192,17 @@ fn node_config_uses_only_known_keys() {
     for listener in listeners {
         for key in listener.as_table().expect("a table").keys() {
             assert!(
-                ["address", "transport", "proxy_protocol"].contains(&key.as_str()),
+                [
+                    "address",
+                    "transport",
+                    "proxy_protocol",
+                    "cert_file",
+                    "key_file",
+                    "client_ca_file",
+                    "require_client_cert",
+                    "use_identity_as_username",
+                ]
+                .contains(&key.as_str()),
                 "unknown [[listener]] key `{key}`"
             );
         }
@@ -262,8 +272,30 @@ fn the_files_agree_on_ports_names_and_paths() {
         .collect();
     assert_eq!(
         proxied,
-        ["0.0.0.0:1884"],
-        "one PROXY-protocol listener, on 1884"
+        ["0.0.0.0:1884", "0.0.0.0:8884"],
+        "PROXY-protocol listeners on 1884, and 8884 for TLS"
+    );
+    // Every TLS listener reads its files from the one mounted secret.
+    let tls: Vec<(&str, &str, &str)> = config["listener"]
+        .as_array()
+        .expect("[[listener]] tables")
+        .iter()
+        .filter(|listener| listener.get("transport").and_then(toml::Value::as_str) == Some("tls"))
+        .map(|listener| {
+            let field = |key: &str| listener[key].as_str().expect("a string");
+            (field("address"), field("cert_file"), field("key_file"))
+        })
+        .collect();
+    let (cert_file, key_file) = (
+        "/run/secrets/ringmq-tls/tls.crt",
+        "/run/secrets/ringmq-tls/tls.key",
+    );
+    assert_eq!(
+        tls,
+        [
+            ("0.0.0.0:8883", cert_file, key_file),
+            ("0.0.0.0:8884", cert_file, key_file)
+        ]
     );
     assert_eq!(config["metrics_listen"].as_str(), Some("0.0.0.0:9090"));
     assert_eq!(config["cluster"]["listen"].as_str(), Some("0.0.0.0:7946"));
@@ -280,6 +312,10 @@ fn the_files_agree_on_ports_names_and_paths() {
     assert!(haproxy.contains("option httpchk GET /ready\n"));
     assert!(haproxy.contains(" check port 9090 "));
     assert!(haproxy.contains(" send-proxy-v2 "));
+    for node in NODES {
+        assert!(haproxy.contains(&format!("\n    server {node} {node}:8884\n")));
+    }
+    assert!(haproxy.contains("frontend mqtts\n    bind :8883\n"));
 
     // Compose: each node seeds the other two, advertises its own name, and
     // gets the secret where the config reads it.
@@ -302,6 +338,10 @@ fn the_files_agree_on_ports_names_and_paths() {
         }
     }
     assert!(compose.contains(&format!("target: {secret_file}\n")));
+    for file in [cert_file, key_file] {
+        assert!(compose.contains(&format!("target: {file}\n")), "{file}");
+    }
+    assert!(compose.contains("- \"8883:8883\"\n"));
 
     // Kubernetes: the same ports by name, the secret at the same path, and
     // the probes on the metrics port.
@@ -309,6 +349,8 @@ fn the_files_agree_on_ports_names_and_paths() {
     for port in [
         "name: mqtt\n              containerPort: 1883",
         "name: mqtt-proxy\n              containerPort: 1884",
+        "name: mqtts\n              containerPort: 8883",
+        "name: mqtts-proxy\n              containerPort: 8884",
         "name: metrics\n              containerPort: 9090",
         "name: cluster\n              containerPort: 7946\n              protocol: UDP",
     ] {
@@ -320,6 +362,11 @@ fn the_files_agree_on_ports_names_and_paths() {
     let (secret_dir, secret_name) = secret_file.rsplit_once('/').expect("an absolute path");
     assert!(statefulset.contains(&format!("mountPath: {secret_dir}\n")));
     assert!(statefulset.contains(&format!("path: {secret_name}\n")));
+    assert!(statefulset.contains("mountPath: /run/secrets/ringmq-tls\n"));
+    assert!(statefulset.contains("secretName: ringmq-tls\n"));
+    for key in ["tls.crt", "tls.key"] {
+        assert!(statefulset.contains(&format!("- key: {key}\n                path: {key}\n")));
+    }
     assert!(statefulset.contains("path: /ready\n              port: metrics\n"));
     assert!(statefulset.contains("path: /health\n              port: metrics\n"));
     assert!(statefulset.contains("- --node-id=$(POD_NAME)\n"));
@@ -328,4 +375,5 @@ fn the_files_agree_on_ports_names_and_paths() {
     );
     let services = read(&cluster("k8s/services.yaml"));
     assert!(services.contains("publishNotReadyAddresses: true\n"));
+    assert!(services.contains("port: 8883\n      targetPort: mqtts\n"));
 }

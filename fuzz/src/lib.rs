@@ -6,6 +6,7 @@
 //! the input that caused it.
 
 mod cluster_frame;
+mod tls_server;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use ringmq::protocol::{
 use ringmq::router::{RetainedStore, TopicTrie};
 
 pub use cluster_frame::{cluster_frames, split_cluster_input};
+pub use tls_server::{split_tls_input, tls_server};
 
 /// Picks the pre-v5 level from the first input byte, so one target covers
 /// both MQTT 3.1 and 3.1.1. Returns the version and the stream to decode.

@@ -52,3 +52,12 @@ fn cluster_frame_corpus() {
         }
     });
 }
+
+#[test]
+fn tls_server_corpus() {
+    replay("tls_server", |data| {
+        if let Some((cut, wire)) = ringmq_fuzz::split_tls_input(data) {
+            ringmq_fuzz::tls_server(wire, cut);
+        }
+    });
+}

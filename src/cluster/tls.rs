@@ -259,14 +259,9 @@ impl Identity {
     }
 
     fn quinn_configs(self) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
-        // Explicit, so the choice never depends on which providers other
-        // crates compiled in or installed as the process default. ring is
-        // deprecated in rustls for lacking post-quantum key exchange; it is
-        // still the provider here because aws-lc-rs needs a C and CMake
-        // toolchain to build, and the traffic is node to node inside one
-        // operator's network.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // ring, without post-quantum key exchange: the traffic is node to
+        // node inside one operator's network.
+        let provider = crate::tls::crypto_provider();
         let mut roots = RootCertStore::empty();
         roots.add(self.ca).map_err(|source| match &self.ca_file {
             Some(path) => TlsError::BadCa {
@@ -610,9 +605,7 @@ mod tests {
             .ca;
         let mut roots = RootCertStore::empty();
         roots.add(ca).expect("CA");
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("TLS 1.3")
             .with_root_certificates(roots)

@@ -1,14 +1,18 @@
-//! Where clients are accepted: the `listen` and `ws_listen` lists and the
-//! `[[listener]]` tables, merged into one list of [`ListenerConfig`].
+//! Where clients are accepted: the `listen`, `ws_listen` and `tls_listen`
+//! lists and the `[[listener]]` tables, merged into one list of
+//! [`ListenerConfig`]. TLS settings are checked and loaded in
+//! [`super::tls`].
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::tls::{self, Settings, TlsListener};
 use super::{Cli, ConfigError, DEFAULT_PORT, FileConfig, ensure};
 
 /// One address the broker accepts clients on, and how they arrive there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub address: SocketAddr,
     pub transport: Transport,
@@ -18,6 +22,9 @@ pub struct ListenerConfig {
     /// client. Per listener, because a broker commonly also takes direct
     /// connections from inside the network.
     pub proxy_protocol: bool,
+    /// The certificate and client verification of a `tls` or `wss`
+    /// listener; `None` for the others.
+    pub tls: Option<TlsListener>,
 }
 
 /// How MQTT reaches the broker on a listening address.
@@ -30,6 +37,20 @@ pub enum Transport {
     /// MQTT packets in WebSocket binary frames, after an HTTP upgrade on
     /// `/mqtt` (spec 6.0).
     WebSocket,
+    /// MQTT packets in a TLS session.
+    Tls,
+    /// WebSocket in a TLS session.
+    Wss,
+}
+
+impl Transport {
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::WebSocket | Transport::Wss)
+    }
 }
 
 /// A `[[listener]]` table of the file: the one way to give each listener
@@ -42,6 +63,23 @@ pub(super) struct ListenerTable {
     transport: Transport,
     #[serde(default)]
     proxy_protocol: bool,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    require_client_cert: Option<bool>,
+    use_identity_as_username: Option<bool>,
+}
+
+impl ListenerTable {
+    fn tls_settings(&self) -> Settings {
+        Settings {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+            require_client_cert: self.require_client_cert,
+            use_identity_as_username: self.use_identity_as_username,
+        }
+    }
 }
 
 /// The `listen` and `ws_listen` lists (the flags replacing the file's)
@@ -72,6 +110,7 @@ pub(super) fn merge_listeners(
             address,
             transport: Transport::Tcp,
             proxy_protocol,
+            tls: None,
         })
         .chain(
             websocket
@@ -81,14 +120,19 @@ pub(super) fn merge_listeners(
                     address,
                     transport: Transport::WebSocket,
                     proxy_protocol: false,
+                    tls: None,
                 }),
         )
-        .chain(tables.iter().map(|table| ListenerConfig {
+        .chain(tls::flag_listeners(&cli.tls, file)?)
+        .collect();
+    for table in tables {
+        listeners.push(ListenerConfig {
             address: table.address,
             transport: table.transport,
             proxy_protocol: table.proxy_protocol,
-        }))
-        .collect();
+            tls: tls::table_tls(table.address, table.transport, table.tls_settings())?,
+        });
+    }
     listeners.sort_by_key(|listener| listener.transport != Transport::Tcp);
     // SO_REUSEPORT would let a second socket bind the same address, and the
     // kernel would then split its clients between two sets of settings.
@@ -220,7 +264,7 @@ mod tests {
         .expect_err("same address twice");
         assert_eq!(
             error.to_string(),
-            "listen address 127.0.0.1:8083 is given more than once (in `listen`, `ws_listen` or `[[listener]]`)"
+            "listen address 127.0.0.1:8083 is given more than once (in `listen`, `ws_listen`, `tls_listen` or `[[listener]]`)"
         );
         // Port 0 is a fresh port each time.
         let config = parse(&["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]).expect("valid");

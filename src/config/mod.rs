@@ -23,9 +23,11 @@ mod abuse;
 mod auth;
 mod cluster;
 mod listeners;
+mod tls;
 
 use listeners::ListenerTable;
 pub use listeners::{ListenerConfig, Transport};
+pub use tls::TlsListener;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -227,9 +229,13 @@ pub enum ConfigError {
     #[error("`{0}` is a subcommand, not a broker configuration")]
     NotServe(&'static str),
     #[error(
-        "listen address {0} is given more than once (in `listen`, `ws_listen` or `[[listener]]`)"
+        "listen address {0} is given more than once (in `listen`, `ws_listen`, `tls_listen` or `[[listener]]`)"
     )]
     RepeatedListener(SocketAddr),
+    /// A `[[listener]]` table's settings do not go together, or a file
+    /// it names is missing or invalid; `reason` names the key.
+    #[error("invalid [[listener]] {address}: {reason}")]
+    InvalidListener { address: SocketAddr, reason: String },
 }
 
 /// The command line. Flags are optional so a file value is not overridden
@@ -266,6 +272,8 @@ struct Cli {
     /// file set it per listener [default: false].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     proxy_protocol: Option<bool>,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
     /// Number of shards (threads) [default: number of CPUs].
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
@@ -405,6 +413,12 @@ struct FileConfig {
     /// Listeners with settings of their own, beside `listen` and
     /// `ws_listen` (which `--listen` and `--ws-listen` replace).
     listener: Option<Vec<ListenerTable>>,
+    tls_listen: Option<Vec<SocketAddr>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_require_client_cert: Option<bool>,
+    tls_use_identity_as_username: Option<bool>,
     cores: Option<usize>,
     io_driver: Option<IoDriver>,
     log_level: Option<LogLevel>,

@@ -10,6 +10,7 @@ pub(super) fn tcp(address: &str, proxy_protocol: bool) -> ListenerConfig {
         address: address.parse().expect("literal"),
         transport: Transport::Tcp,
         proxy_protocol,
+        tls: None,
     }
 }
 
@@ -399,6 +400,12 @@ fn deploy_example_parses_and_sets_every_key() {
         ws_listen,
         proxy_protocol,
         listener,
+        tls_listen,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
+        tls_require_client_cert,
+        tls_use_identity_as_username,
         cores,
         io_driver,
         log_level,
@@ -441,6 +448,21 @@ fn deploy_example_parses_and_sets_every_key() {
     assert!(ws_listen.is_some());
     assert!(proxy_protocol.is_some());
     assert!(listener.as_ref().is_some_and(|tables| !tables.is_empty()));
+    // Commented out like `password_file`: the certificates do not exist
+    // where this test runs.
+    for (key, given) in [
+        ("tls_listen", tls_listen.is_some()),
+        ("tls_cert", tls_cert.is_some()),
+        ("tls_key", tls_key.is_some()),
+        ("tls_client_ca", tls_client_ca.is_some()),
+        ("tls_require_client_cert", tls_require_client_cert.is_some()),
+        (
+            "tls_use_identity_as_username",
+            tls_use_identity_as_username.is_some(),
+        ),
+    ] {
+        assert!(!given && example_documents(key), "{key}");
+    }
     assert!(cores.is_some());
     assert!(io_driver.is_some());
     assert!(log_level.is_some());

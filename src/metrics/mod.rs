@@ -51,6 +51,9 @@ pub struct ShardMetrics {
     /// CONNECTs refused by authentication, indexed as
     /// [`AuthFailure::ALL`] (also counted in `rejected`, by reason code).
     pub auth_failures: [u64; 3],
+    /// TLS handshakes that failed, by why (`shard::tls::TlsError::label`,
+    /// `timeout`, `closed`).
+    pub tls_handshake_failures: BTreeMap<&'static str, u64>,
     /// PUBLISH, SUBSCRIBE filters and deliveries the ACL refused.
     pub acl_denied: Denials,
     /// Clients slowed and connections refused by the limits against
@@ -112,6 +115,10 @@ impl ShardMetrics {
             .position(|&f| f == failure)
             .unwrap_or_default();
         self.auth_failures[index] += 1;
+    }
+
+    pub fn tls_handshake_failed(&mut self, reason: &'static str) {
+        *self.tls_handshake_failures.entry(reason).or_default() += 1;
     }
 }
 

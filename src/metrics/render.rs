@@ -72,6 +72,20 @@ pub fn render(snapshots: &[Snapshot], cluster: Option<&StatusSnapshot>) -> Strin
         auth_failures,
     );
 
+    let tls_failures = Family::<Labels, Counter>::default();
+    for snapshot in snapshots {
+        for (reason, n) in &snapshot.metrics.tls_handshake_failures {
+            tls_failures
+                .get_or_create(&vec![("reason".into(), (*reason).into())])
+                .inc_by(*n);
+        }
+    }
+    registry.register(
+        "tls_handshake_failures",
+        "TLS handshakes on client listeners that failed: no_client_certificate, bad_client_certificate (wrong CA, expired), alert_received (the client refused the server's certificate), incompatible, malformed, protocol, timeout (connect_timeout), closed",
+        tls_failures,
+    );
+
     let acl_denied = Family::<Labels, Counter>::default();
     for (kind, n) in [
         ("publish", sum(|s| s.metrics.acl_denied.publish)),
@@ -309,6 +323,8 @@ mod tests {
         b.metrics.messages_in[1] = 4;
         b.metrics.publish_latency.record(Duration::from_millis(2));
         b.metrics.auth_failed(AuthFailure::NotAuthorized);
+        a.metrics.tls_handshake_failed("timeout");
+        b.metrics.tls_handshake_failed("timeout");
 
         let text = render(&[a, b], None);
         let line = |prefix: &str| {
@@ -328,6 +344,10 @@ mod tests {
         assert_eq!(
             line("ringmq_connections_rejected_total"),
             "ringmq_connections_rejected_total{reason=\"NotAuthorized\"} 1"
+        );
+        assert_eq!(
+            line("ringmq_tls_handshake_failures_total"),
+            "ringmq_tls_handshake_failures_total{reason=\"timeout\"} 2"
         );
         assert_eq!(
             line("ringmq_auth_failures_total{reason=\"not_authorized\"}"),

@@ -10,8 +10,8 @@ use monoio::net::TcpStream;
 use tracing::warn;
 
 use super::connection::refuse;
+use super::framing::Framing;
 use super::state::ShardState;
-use super::websocket::WsFraming;
 use crate::auth::acl::Access;
 use crate::auth::{AuthFailure, Authenticator};
 use crate::protocol::Connect;
@@ -24,7 +24,7 @@ use crate::protocol::Connect;
 pub(super) async fn authenticate(
     state: &RefCell<ShardState>,
     stream: &mut TcpStream,
-    websocket: Option<&RefCell<WsFraming>>,
+    websocket: Option<&RefCell<Framing>>,
     connect: &mut Connect,
     peer: SocketAddr,
 ) -> bool {
@@ -51,6 +51,37 @@ pub(super) async fn authenticate(
     false
 }
 
+/// On a listener with `use_identity_as_username`: the verified client
+/// certificate's common name, `identity`, becomes `connect`'s user name,
+/// and no password is checked (the handshake did the authenticating). A
+/// client without one (none sent, where the listener does not require
+/// one, or one without a common name) is refused as Not authorized, like
+/// [`authenticate`]'s refusals.
+pub(super) async fn authenticate_identity(
+    state: &RefCell<ShardState>,
+    stream: &mut TcpStream,
+    websocket: Option<&RefCell<Framing>>,
+    connect: &mut Connect,
+    peer: SocketAddr,
+    identity: Option<String>,
+) -> bool {
+    connect.password = None;
+    if let Some(name) = identity {
+        connect.username = Some(name.into());
+        return true;
+    }
+    let failure = AuthFailure::NotAuthorized;
+    state.borrow_mut().metrics.auth_failed(failure);
+    warn!(
+        client = %connect.client_id,
+        %peer,
+        reason = failure.label(),
+        "authentication failed: no client certificate with a common name"
+    );
+    refuse(stream, websocket, connect.protocol, failure.reason_code()).await;
+    false
+}
+
 /// Checks `connect`'s will against the ACL, once its client id is final
 /// (assigned if it was empty), since a pattern may name it. On a refusal,
 /// counts it (as a refused PUBLISH, and as an authentication failure
@@ -60,7 +91,7 @@ pub(super) async fn authenticate(
 pub(super) async fn authorize_will(
     state: &RefCell<ShardState>,
     stream: &mut TcpStream,
-    websocket: Option<&RefCell<WsFraming>>,
+    websocket: Option<&RefCell<Framing>>,
     connect: &Connect,
     peer: SocketAddr,
 ) -> bool {

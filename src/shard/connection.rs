@@ -7,8 +7,11 @@
 //!
 //! A WebSocket connection first answers its HTTP upgrade; from then on the
 //! reader passes what the socket gives through the connection's
-//! [`WsFraming`] before decoding, and the writer wraps each flush in one
+//! [`Framing`] before decoding, and the writer wraps each flush in one
 //! binary frame. Above that layer, the MQTT code is the same for both.
+//! TLS is one more layer of the `Framing`, under the WebSocket one for
+//! wss; its handshake runs while the CONNECT is awaited, on the shard that
+//! accepted the connection ([`super::tls`] says why).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -28,17 +31,19 @@ use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::abuse;
-use super::auth::{authenticate, authorize_will};
+use super::auth::{authenticate, authenticate_identity, authorize_will};
 use super::deadline::{self, Alarm, Deadline};
+use super::framing::{Framing, FramingError};
 use super::limit::ConnectionPermit;
 use super::mesh::{ClaimOutcome, Handoff, ShardMsg};
 use super::proxy;
 use super::socket::{self, Input, READ_CHUNK, Received};
 use super::state::{SessionKey, ShardState};
-use super::websocket::{self, Upgrade, WsError, WsFraming};
+use super::tls::TlsError;
+use super::websocket::{self, Upgrade};
 use super::{ShardId, home_shard};
 use crate::abuse::publish::{PublishLimit, PublishRate};
-use crate::config::{ListenerConfig, Transport};
+use crate::config::ListenerConfig;
 use crate::protocol::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
     Packet, ProtocolVersion, ReasonCode,
@@ -316,42 +321,71 @@ pub async fn accept(
             }
         }
     }
-    // Closed unanswered: a flood from one address costs no CONNECT read.
+    // Closed unanswered: a flood from one address costs no CONNECT read,
+    // and no TLS handshake.
     let Some(address) = abuse::admit_address(&state, peer) else {
         return;
     };
-    // In a `RefCell` only so that this task and, once served here, the
-    // connection's task use it the same way.
-    let framing = match listener.transport {
-        Transport::Tcp => None,
-        Transport::WebSocket => {
-            let upgrade = upgrade(&mut stream, read_buf, max_packet_size);
-            match limit.on(&state, upgrade).await {
-                Some(Ok((framing, mqtt))) => {
-                    read_buf = mqtt;
-                    Some(RefCell::new(framing))
-                }
-                Some(Err(error)) => {
-                    debug!(%peer, %error, "closing connection before websocket upgrade");
-                    return reject(EarlyClose::WebSocketUpgrade);
-                }
-                None => {
-                    debug!(%peer, "no websocket upgrade within the connect timeout");
-                    return reject(EarlyClose::ConnectTimeout);
-                }
+    let mut framing = match &listener.tls {
+        None => None,
+        Some(tls) => match tls.acceptor.session() {
+            Ok(session) => Some(Framing::tls(session)),
+            Err(error) => {
+                warn!(%peer, %error, "cannot start a tls session");
+                return;
+            }
+        },
+    };
+    if listener.transport.is_websocket() {
+        let mut layers = framing.take().unwrap_or_default();
+        let upgrade = upgrade(&mut stream, &mut layers, read_buf, max_packet_size);
+        match limit.on(&state, upgrade).await {
+            Some(Ok(mqtt)) => {
+                read_buf = mqtt;
+                framing = Some(layers);
+            }
+            Some(Err(error)) => {
+                debug!(%peer, %error, "closing connection before websocket upgrade");
+                tls_failed(&state, &error, &layers);
+                // A TLS alert saying why, if there is one.
+                let _ = write_wire(&mut stream, layers.take_output()).await;
+                return reject(EarlyClose::WebSocketUpgrade);
+            }
+            None => {
+                debug!(%peer, "no websocket upgrade within the connect timeout");
+                tls_failed(&state, &HandshakeError::TimedOut, &layers);
+                return reject(EarlyClose::ConnectTimeout);
             }
         }
-    };
+    } else if let Some(layers) = &mut framing {
+        // TLS records that came in with a PROXY header.
+        let mut mqtt = BytesMut::new();
+        if let Err(error) = layers.handle_wire(&read_buf, &mut mqtt) {
+            debug!(%peer, %error, "closing connection before CONNECT");
+            tls_failed(&state, &HandshakeError::Framing(error), layers);
+            let _ = write_wire(&mut stream, layers.take_output()).await;
+            return reject(EarlyClose::Malformed);
+        }
+        read_buf = mqtt;
+    }
+    // In a `RefCell` only so that this task and, once served here, the
+    // connection's task use it the same way.
+    let framing = framing.map(RefCell::new);
     let websocket = framing.as_ref();
     let input = Input::new(read_buf);
     let read = read_connect(
         &state,
-        &stream,
+        &mut stream,
         websocket,
         input,
         max_packet_size,
         &mut limit,
     );
+    let count_tls_failure = |error: &HandshakeError| {
+        if let Some(framing) = websocket {
+            tls_failed(&state, error, &framing.borrow());
+        }
+    };
     let (mut connect, input) = match read.await {
         Ok(connected) => connected,
         Err(HandshakeError::Decode(DecodeError::UnsupportedProtocolLevel(level))) => {
@@ -363,13 +397,15 @@ pub async fn accept(
             return;
         }
         // A client that hung up was not refused anything.
-        Err(HandshakeError::Closed) => return,
+        Err(HandshakeError::Closed) => return count_tls_failure(&HandshakeError::Closed),
         Err(HandshakeError::TimedOut) => {
             debug!(%peer, "no CONNECT within the connect timeout");
+            count_tls_failure(&HandshakeError::TimedOut);
             return reject(EarlyClose::ConnectTimeout);
         }
         Err(error) => {
             debug!(%peer, %error, "closing connection before CONNECT");
+            count_tls_failure(&error);
             reject(EarlyClose::Malformed);
             // A WebSocket may owe the client a close frame.
             write_framing_output(&mut stream, websocket).await;
@@ -395,7 +431,15 @@ pub async fn accept(
         return;
     }
 
-    if !authenticate(&state, &mut stream, websocket, &mut connect, peer).await {
+    let authenticated = match listener.tls.as_ref() {
+        Some(tls) if tls.use_identity_as_username => {
+            let identity = websocket.and_then(|framing| framing.borrow().peer_identity());
+            authenticate_identity(&state, &mut stream, websocket, &mut connect, peer, identity)
+                .await
+        }
+        _ => authenticate(&state, &mut stream, websocket, &mut connect, peer).await,
+    };
+    if !authenticated {
         return;
     }
 
@@ -480,7 +524,7 @@ struct Arrival {
     assigned_client_id: bool,
     /// Bytes read past the CONNECT.
     read_buf: BytesMut,
-    websocket: Option<WsFraming>,
+    websocket: Option<Framing>,
     permit: ConnectionPermit,
 }
 
@@ -590,7 +634,7 @@ struct Connection {
     stream: TcpStream,
     /// Used by the reader, which feeds it and may owe a pong, and the
     /// writer, which frames the output; neither holds it across an await.
-    framing: Option<Box<RefCell<WsFraming>>>,
+    framing: Option<Box<RefCell<Framing>>>,
     keep_alive: Option<Duration>,
     peer: SocketAddr,
     client_id: ByteString,
@@ -788,8 +832,8 @@ impl Connection {
                     conn.wakes.raise(Wake::Write);
                 }
                 if let Err(end) = result {
-                    if let ReadEnd::WebSocket(error) = &end {
-                        debug!(%error, "websocket closed");
+                    if let ReadEnd::Framing(error) = &end {
+                        debug!(%error, "websocket or tls session closed");
                     }
                     conn.close(end.close_reason());
                     return false;
@@ -987,28 +1031,27 @@ enum EarlyClose {
 enum ReadEnd {
     Closed,
     SocketError,
-    WebSocket(WsError),
+    Framing(FramingError),
 }
 
 impl ReadEnd {
     fn close_reason(&self) -> CloseReason {
         match self {
-            ReadEnd::Closed | ReadEnd::WebSocket(WsError::Closed) => CloseReason::ClientClosed,
+            ReadEnd::Closed => CloseReason::ClientClosed,
+            ReadEnd::Framing(error) if error.is_close() => CloseReason::ClientClosed,
             ReadEnd::SocketError => CloseReason::SocketError,
-            ReadEnd::WebSocket(WsError::TextFrame | WsError::Protocol(_)) => {
-                CloseReason::Server(ReasonCode::ProtocolError)
-            }
+            ReadEnd::Framing(_) => CloseReason::Server(ReasonCode::ProtocolError),
         }
     }
 }
 
 /// Reads from the socket once, without waiting, and appends to `input` the
-/// MQTT bytes that arrived: all of them over TCP; over WebSocket, the
-/// payloads of the binary messages they complete, perhaps none.
+/// MQTT bytes that arrived: all of them over TCP; over WebSocket or TLS,
+/// the payloads of the messages or records they complete, perhaps none.
 fn read_mqtt(
     fd: RawFd,
     input: &mut Input,
-    websocket: Option<&RefCell<WsFraming>>,
+    websocket: Option<&RefCell<Framing>>,
 ) -> Result<Received, ReadEnd> {
     let Some(framing) = websocket else {
         return input.recv(fd).map_err(|_| ReadEnd::SocketError);
@@ -1019,7 +1062,7 @@ fn read_mqtt(
         framing
             .borrow_mut()
             .handle_wire(&wire, input.bytes())
-            .map_err(ReadEnd::WebSocket)?;
+            .map_err(ReadEnd::Framing)?;
     }
     Ok(received)
 }
@@ -1083,43 +1126,50 @@ enum HandshakeError {
     #[error("websocket upgrade refused: {0}")]
     Upgrade(&'static str),
     #[error("{0}")]
-    WebSocket(#[from] WsError),
+    Framing(#[from] FramingError),
 }
 
-/// Answers a WebSocket connection's HTTP upgrade request, of which
-/// `request` holds what was already read (after a PROXY header, say).
-/// Returns its framing and the MQTT bytes of any frames sent along with
-/// the request.
+/// Answers a WebSocket connection's HTTP upgrade request. `wire` holds
+/// what was already read (after a PROXY header, say); `framing` has no
+/// layer yet, or TLS, through which the request comes and the answer goes.
+/// Puts the WebSocket layer on `framing`, and returns the MQTT bytes of
+/// any frames sent along with the request.
 async fn upgrade(
     stream: &mut TcpStream,
-    mut request: BytesMut,
+    framing: &mut Framing,
+    mut wire: BytesMut,
     max_packet_size: usize,
-) -> Result<(WsFraming, BytesMut), HandshakeError> {
+) -> Result<BytesMut, HandshakeError> {
+    let mut request = BytesMut::new();
     loop {
+        framing.handle_wire(&wire, &mut request)?;
+        // A TLS handshake's replies, if any.
+        write_wire(stream, framing.take_output()).await?;
         match websocket::handle_upgrade(&request, max_packet_size) {
             Upgrade::Incomplete => {
-                let (result, returned) = read_more(stream, request).await;
-                request = returned;
+                wire.clear();
+                let (result, returned) = read_more(stream, wire).await;
+                wire = returned;
                 match result {
                     Ok(0) | Err(_) => return Err(HandshakeError::Closed),
                     Ok(_) => {}
                 }
             }
             Upgrade::Refused { response, why } => {
-                let _ = stream.write_all(response).await;
+                framing.send(&response);
+                let _ = write_wire(stream, framing.take_output()).await;
                 return Err(HandshakeError::Upgrade(why));
             }
             Upgrade::Accepted {
                 response,
-                mut framing,
+                framing: ws,
                 consumed,
             } => {
-                if stream.write_all(response).await.0.is_err() {
-                    return Err(HandshakeError::Closed);
-                }
+                framing.send(&response);
+                write_wire(stream, framing.take_output()).await?;
                 let mut mqtt = BytesMut::new();
-                framing.handle_wire(&request[consumed..], &mut mqtt)?;
-                return Ok((*framing, mqtt));
+                framing.upgraded(*ws, &request[consumed..], &mut mqtt)?;
+                return Ok(mqtt);
             }
         }
     }
@@ -1127,8 +1177,8 @@ async fn upgrade(
 
 async fn read_connect(
     state: &RefCell<ShardState>,
-    stream: &TcpStream,
-    websocket: Option<&RefCell<WsFraming>>,
+    stream: &mut TcpStream,
+    websocket: Option<&RefCell<Framing>>,
     mut input: Input,
     max_packet_size: usize,
     limit: &mut HandshakeLimit,
@@ -1147,6 +1197,11 @@ async fn read_connect(
             }
         }
         input.settle();
+        // A TLS handshake's replies to what was read.
+        if let Some(framing) = websocket {
+            let wire = framing.borrow_mut().take_output();
+            write_wire(stream, wire).await?;
+        }
         // Read before waiting: the CONNECT has usually arrived by now.
         match read_mqtt(stream.as_raw_fd(), &mut input, websocket) {
             Ok(Received::Bytes { .. }) => {}
@@ -1158,7 +1213,7 @@ async fn read_connect(
             Ok(Received::Closed) | Err(ReadEnd::Closed | ReadEnd::SocketError) => {
                 return Err(HandshakeError::Closed);
             }
-            Err(ReadEnd::WebSocket(error)) => return Err(error.into()),
+            Err(ReadEnd::Framing(error)) => return Err(error.into()),
         }
     }
 }
@@ -1185,7 +1240,7 @@ fn first_packet(
 /// Sends a refusing CONNACK and lets the stream drop (closing it).
 pub(super) async fn refuse(
     stream: &mut TcpStream,
-    websocket: Option<&RefCell<WsFraming>>,
+    websocket: Option<&RefCell<Framing>>,
     version: ProtocolVersion,
     reason: ReasonCode,
 ) {
@@ -1213,14 +1268,38 @@ pub(super) async fn refuse(
     }
 }
 
-/// Writes what a WebSocket's framing has for the client, if anything.
-async fn write_framing_output(stream: &mut TcpStream, websocket: Option<&RefCell<WsFraming>>) {
-    let Some(wire) = websocket.map(|framing| framing.borrow_mut().take_output()) else {
-        return;
-    };
-    if !wire.is_empty() {
-        let _ = stream.write_all(wire).await;
+/// Writes what a connection's framing has for the client, if anything.
+async fn write_framing_output(stream: &mut TcpStream, websocket: Option<&RefCell<Framing>>) {
+    if let Some(framing) = websocket {
+        let wire = framing.borrow_mut().take_output();
+        let _ = write_wire(stream, wire).await;
     }
+}
+
+/// Writes `wire` unless it is empty; a failed write means the client is
+/// gone.
+async fn write_wire(stream: &mut TcpStream, wire: Vec<u8>) -> Result<(), HandshakeError> {
+    if wire.is_empty() {
+        return Ok(());
+    }
+    match stream.write_all(wire).await.0 {
+        Ok(_) => Ok(()),
+        Err(_) => Err(HandshakeError::Closed),
+    }
+}
+
+/// Counts a TLS handshake that failed, by why, if `framing` was still in
+/// one when the connection ended with `error`.
+fn tls_failed(state: &RefCell<ShardState>, error: &HandshakeError, framing: &Framing) {
+    if !framing.is_handshaking() {
+        return;
+    }
+    let reason = match error {
+        HandshakeError::Framing(error) => error.tls().map_or("protocol", TlsError::label),
+        HandshakeError::TimedOut => "timeout",
+        _ => "closed",
+    };
+    state.borrow_mut().metrics.tls_handshake_failed(reason);
 }
 
 /// A client id unique within this process and across restarts of it.

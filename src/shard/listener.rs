@@ -1,7 +1,8 @@
 //! Listening sockets: one per shard per address, bound with SO_REUSEPORT so
 //! the kernel spreads incoming connections over the shards and no thread
 //! accepts for all. Each address has its own [`ListenerConfig`]: MQTT
-//! over plain TCP or WebSocket, behind a PROXY protocol header or not.
+//! over plain TCP or WebSocket, either in TLS or not, behind a PROXY
+//! protocol header or not.
 
 use std::cell::RefCell;
 use std::io;
@@ -49,20 +50,24 @@ pub fn bind_all(configs: &[ListenerConfig], shards: usize) -> io::Result<Vec<Vec
                 socket,
                 config: ListenerConfig {
                     address: addr,
-                    ..*config
+                    ..config.clone()
                 },
             });
         }
-        match (config.transport, config.proxy_protocol) {
-            (Transport::Tcp, false) => info!(%addr, "listening"),
-            (Transport::Tcp, true) => info!(%addr, proxy_protocol = true, "listening"),
-            (Transport::WebSocket, false) => info!(%addr, transport = %"websocket", "listening"),
-            (Transport::WebSocket, true) => info!(
-                %addr,
-                transport = %"websocket",
-                proxy_protocol = true,
-                "listening"
-            ),
+        let transport = match config.transport {
+            Transport::Tcp => None,
+            Transport::WebSocket => Some("websocket"),
+            Transport::Tls => Some("tls"),
+            Transport::Wss => Some("wss"),
+        };
+        // The tests and scripts read the address from the first field.
+        match (transport, config.proxy_protocol) {
+            (None, false) => info!(%addr, "listening"),
+            (None, true) => info!(%addr, proxy_protocol = true, "listening"),
+            (Some(transport), false) => info!(%addr, %transport, "listening"),
+            (Some(transport), true) => {
+                info!(%addr, %transport, proxy_protocol = true, "listening")
+            }
         }
     }
     Ok(per_shard)
@@ -99,7 +104,7 @@ pub async fn accept_loop(
                     state.clone(),
                     stream,
                     peer,
-                    config,
+                    config.clone(),
                     permit,
                 ));
             }

@@ -25,9 +25,9 @@ use bytestring::ByteString;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::ShardId;
+use super::framing::Framing;
 use super::limit::ConnectionPermit;
 use super::notify::LocalNotify;
-use super::websocket::WsFraming;
 use crate::message::Message;
 use crate::metrics::Snapshot;
 use crate::protocol::Connect;
@@ -294,11 +294,12 @@ pub struct Handoff {
     pub peer: SocketAddr,
     pub connect: Connect,
     pub assigned_client_id: bool,
-    /// MQTT bytes, already out of their WebSocket frames if any.
+    /// MQTT bytes, already out of their WebSocket frames and TLS records
+    /// if any.
     pub read_buf: BytesMut,
-    /// A WebSocket connection's framing state (a partial frame, a pong
-    /// owed); `None` for plain TCP.
-    pub websocket: Option<WsFraming>,
+    /// A WebSocket or TLS connection's layers (a partial frame, a pong
+    /// owed, the TLS session's keys); `None` for plain TCP.
+    pub websocket: Option<Framing>,
     /// The connection's place under the broker-wide limit travels with it.
     pub permit: ConnectionPermit,
 }

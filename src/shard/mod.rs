@@ -111,6 +111,7 @@ mod abuse;
 mod auth;
 mod connection;
 mod deadline;
+mod framing;
 mod limit;
 mod listener;
 pub mod mesh;
@@ -118,6 +119,7 @@ mod notify;
 pub mod proxy;
 mod socket;
 mod state;
+pub mod tls;
 pub mod websocket;
 
 use std::hash::{Hash, Hasher};
@@ -138,6 +140,7 @@ use crate::auth::Authenticator;
 use crate::cluster::{self, ClusterStatus};
 use crate::config::{IoDriver, ListenerConfig};
 use crate::metrics::{self, Readiness};
+use crate::tls::TlsAcceptor;
 pub use limit::ConnectionLimit;
 use mesh::{Batch, MeshHandle, ShardMsg};
 pub use state::ShardConfig;
@@ -297,7 +300,12 @@ pub fn run(config: ServerConfig) -> Result<(), StartError> {
     // Before binding: once `listening` is logged, a SIGTERM must already
     // mean a clean shutdown, not the default action (death by signal).
     watch_signals(mesh.clone(), readiness.clone())?;
-    watch_hangups(config.shard.auth.clone())?;
+    let certificates = config
+        .listeners
+        .iter()
+        .filter_map(|listener| Some(listener.tls.as_ref()?.acceptor.clone()))
+        .collect();
+    watch_hangups(config.shard.auth.clone(), certificates)?;
     let listeners =
         listener::bind_all(&config.listeners, config.shards).map_err(StartError::Listen)?;
     // After the MQTT listeners, whose `listening` lines come first.
@@ -487,10 +495,16 @@ fn watch_signals(mesh: MeshHandle, readiness: Readiness) -> Result<(), StartErro
     Ok(())
 }
 
-/// Every SIGHUP reloads what can be reloaded: the password file. A broker
-/// without one logs that there is nothing to reload rather than dying,
-/// the signal's default action, when a terminal or a script sends it.
-fn watch_hangups(auth: Arc<Authenticator>) -> Result<(), StartError> {
+/// Every SIGHUP reloads what can be reloaded: the password and ACL files,
+/// and the TLS listeners' certificates (one acceptor may serve several
+/// `tls_listen` addresses: it is reloaded once each). A broker without
+/// any logs that there is nothing to reload rather than dying, the
+/// signal's default action, when a terminal or a script sends it.
+fn watch_hangups(
+    auth: Arc<Authenticator>,
+    mut certificates: Vec<Arc<TlsAcceptor>>,
+) -> Result<(), StartError> {
+    certificates.dedup_by(|a, b| Arc::ptr_eq(a, b));
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .map_err(StartError::Signals)?;
     thread::Builder::new()
@@ -499,6 +513,9 @@ fn watch_hangups(auth: Arc<Authenticator>) -> Result<(), StartError> {
             for signal in signals.forever() {
                 info!(signal, "reloading");
                 auth.reload();
+                for acceptor in &certificates {
+                    acceptor.reload();
+                }
             }
         })
         .map_err(StartError::Thread)?;

@@ -16,6 +16,7 @@ pub mod http;
 pub mod netns;
 pub mod raw;
 pub mod tally;
+pub mod tls;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
