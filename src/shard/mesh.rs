@@ -201,11 +201,10 @@ pub enum ShardMsg {
         /// Orphan, or sent on from a stale copy (never ordinary).
         way: Way,
     },
-    /// To the cluster: `messages` came here for a session another node
-    /// holds now, and go to it (`cluster::node::orphans`): a session
-    /// fenced here and found taken over after the heal
-    /// (`ShardState::fence`), or one handed over moments ago whose routes
-    /// are still here (`ShardState::keep_moved`).
+    /// To the cluster: a session fenced here (`ShardState::fence`) was
+    /// taken over by another node meanwhile and is dropped; `messages`
+    /// came for it here after the fence, when its copies could no longer
+    /// be reached, and go to its new owner (`cluster::node::orphans`).
     Stale {
         client_id: ByteString,
         messages: Vec<Arc<Message>>,

@@ -44,7 +44,6 @@ mod acl;
 mod fence;
 mod groups;
 mod handover;
-mod moving;
 mod orphans;
 mod persist;
 mod replicate;
@@ -201,9 +200,6 @@ pub struct ShardState {
     /// Restored sessions whose connection the restart cut, waiting in a
     /// cluster for the ownership raft's word before that takes effect.
     cut_by_restart: Vec<SessionKey>,
-    /// Sessions handed over to another node moments ago, still routed
-    /// here (`moving`).
-    moving: FxHashMap<SessionKey, moving::Moved>,
     /// The sessions `fence` let go, until the raft says who owns them:
     /// their wills and expiries wait for its word.
     fenced_sessions: FxHashSet<SessionKey>,
@@ -275,7 +271,6 @@ impl ShardState {
             unreplicated: false,
             cut_by_restart: Vec::new(),
             fenced_sessions: FxHashSet::default(),
-            moving: FxHashMap::default(),
             orphan_guards: FxHashMap::default(),
         }))
     }
@@ -480,9 +475,6 @@ impl ShardState {
                 break;
             }
             self.timers.pop();
-            if self.end_moved(key, now) {
-                continue;
-            }
             let Some(slot) = self.sessions.get_mut(key) else {
                 continue;
             };
@@ -669,26 +661,17 @@ impl ShardState {
     /// written, its subscriptions go (routes and group memberships), and
     /// its records leave the store.
     fn remove_session(&mut self, key: SessionKey, now: Instant) -> SessionSlot {
-        self.forget_stored(key);
+        self.record_changes(key);
+        let was_stored = self.sessions[key].session.is_stored();
         let filters: Vec<ByteString> = self.sessions[key].filters.drain().collect();
         for filter in &filters {
             self.unsubscribe(key, filter, now);
         }
         let slot = self.sessions.remove(key);
         self.orphan_guards.remove(&key);
+        self.session_removed(key, slot.session.client_id(), was_stored);
         self.by_client_id.remove(slot.session.client_id());
         slot
-    }
-
-    /// Writes what session `key`'s journal still holds, then takes its
-    /// records out of the store: it is leaving this shard.
-    fn forget_stored(&mut self, key: SessionKey) {
-        self.record_changes(key);
-        let session = &mut self.sessions[key].session;
-        let was_stored = session.is_stored();
-        session.stop_journal();
-        let client_id = session.client_id().clone();
-        self.session_removed(key, &client_id, was_stored);
     }
 
     /// Routes a message published on this shard: to other shards that have
@@ -819,9 +802,6 @@ impl ShardState {
         shared: Option<ByteString>,
         now: Instant,
     ) {
-        if !self.moving.is_empty() && self.send_on_moved(key, message) {
-            return;
-        }
         if !self.may_deliver(key, message) {
             return;
         }
@@ -1234,9 +1214,6 @@ impl ShardState {
 
     /// Hands the turn's writes to the store and its messages to the mesh.
     pub fn flush(&mut self) {
-        if !self.moving.is_empty() {
-            self.flush_moved();
-        }
         self.flush_store();
         self.mesh.flush();
     }
@@ -1282,7 +1259,7 @@ impl ShardState {
             shard: self.id(),
             connections: self.connections as u64,
             sessions_online: online as u64,
-            sessions_offline: (self.sessions.len() - online - self.moving.len()) as u64,
+            sessions_offline: (self.sessions.len() - online) as u64,
             subscriptions: subscriptions as u64,
             retained: self.retained.len() as u64,
             inbox_depth: self.mesh.inbox_depth() as u64,

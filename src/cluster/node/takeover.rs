@@ -97,12 +97,6 @@ pub(super) struct Takeovers {
     awaited: FxHashMap<u64, AwaitedSession>,
     asked: FxHashMap<u64, AskedHandover>,
     last_request: u64,
-    /// Claims of each client id sent to the raft and not answered yet.
-    in_flight: FxHashMap<ByteString, u32>,
-    /// A peer's take-over of a client id whose claim here was still in
-    /// flight when it came, under its epoch: the claim's answer decides
-    /// whether the session goes on to that peer.
-    early_asks: FxHashMap<ByteString, (u64, AskedHandover)>,
 }
 
 impl Node {
@@ -115,11 +109,6 @@ impl Node {
         now: Instant,
     ) {
         self.takeovers.started.insert((shard, token), now);
-        *self
-            .takeovers
-            .in_flight
-            .entry(client_id.clone())
-            .or_default() += 1;
         self.outputs.push_back(NodeOutput::Claim {
             shard,
             client_id,
@@ -137,36 +126,12 @@ impl Node {
         result: ClaimResult,
         now: Instant,
     ) {
-        if let Some(count) = self.takeovers.in_flight.get_mut(&client_id) {
-            *count -= 1;
-            if *count == 0 {
-                self.takeovers.in_flight.remove(&client_id);
-            }
-        }
-        let early = if self.takeovers.in_flight.contains_key(&client_id) {
-            None
-        } else {
-            self.takeovers.early_asks.remove(&client_id)
-        };
         let (epoch, previous) = match result {
             ClaimResult::Unavailable => {
-                if let Some((_, asked)) = early {
-                    self.answer_to_asker(asked, None);
-                }
                 self.answer_claim(shard, token, ClaimOutcome::Unavailable, now);
                 return;
             }
             ClaimResult::Granted { epoch, previous } => (epoch, previous),
-        };
-        // A later claim elsewhere asked for the session before this one's
-        // answer came: it is superseded, and the session goes on there.
-        let superseded = match early {
-            Some((asked_epoch, asked)) if asked_epoch > epoch => Some(asked),
-            Some((_, asked)) => {
-                self.answer_to_asker(asked, None);
-                None
-            }
-            None => None,
         };
         self.counters.claims_granted += 1;
         let owner = match previous {
@@ -179,7 +144,7 @@ impl Node {
             token,
             client_id,
             epoch,
-            superseded,
+            superseded: None,
         };
         let Some(owner) = owner else {
             self.settle_claim(claim, None, now);
@@ -328,14 +293,6 @@ impl Node {
             .find(|awaited| awaited.claim.client_id == client_id && awaited.claim.epoch < epoch);
         if let Some(awaited) = waiting {
             awaited.claim.superseded = Some(asked);
-            return;
-        }
-        // Its claim here is granted, maybe, but not answered yet: it has no
-        // session to hand over, or not yet.
-        if self.takeovers.in_flight.contains_key(&client_id) {
-            if let Some((_, older)) = self.takeovers.early_asks.insert(client_id, (epoch, asked)) {
-                self.answer_to_asker(older, None);
-            }
             return;
         }
         self.takeovers.last_request += 1;

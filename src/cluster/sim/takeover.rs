@@ -181,30 +181,3 @@ fn a_claim_superseded_while_it_waits_passes_the_session_on_to_the_later_one() {
     assert_eq!(sim.claimed(2), [owner(5, Some(b"archive"))]);
     assert_eq!(sim.claimed(1), [ClaimOutcome::Unavailable]);
 }
-
-#[test]
-fn a_take_over_asked_while_this_nodes_claim_is_unanswered_waits_for_the_answer() {
-    let mut sim = Sim::new(3, 11, AckMode::Remote);
-    // Node 1's claim is in the raft, granted maybe, not answered yet.
-    let claim = ShardMsg::Claim {
-        client_id: CLIENT.into(),
-        token: 7,
-    };
-    sim.shard_msg(1, 0, claim);
-    sim.settle();
-    let _ = std::mem::take(&mut sim.nodes[1].claims);
-    // Node 2's later claim asks node 1, which the raft names the owner.
-    sim.claim(2, granted(5, Some(1)));
-    assert_eq!(
-        sim.asked_to_hand_over(1),
-        None,
-        "node 1's shard has nothing to hand over yet: the ask waits"
-    );
-    let now = sim.now;
-    (sim.nodes[1].node).handle_claim_result(0, 7, CLIENT.into(), granted(4, Some(0)), now);
-    sim.settle();
-    let (_, token) = sim.asked_to_hand_over(0).expect("node 0 is asked");
-    sim.hand_over(0, token, Some(b"archive".to_vec()));
-    assert_eq!(sim.claimed(2), [owner(5, Some(b"archive"))]);
-    assert_eq!(sim.claimed(1), [ClaimOutcome::Unavailable]);
-}

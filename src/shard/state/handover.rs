@@ -14,7 +14,7 @@ use tracing::info;
 use super::{SessionKey, ShardState};
 use crate::protocol::{Connect, ReasonCode};
 use crate::session::Session;
-use crate::shard::mesh::{ClaimOutcome, ShardMsg, Way};
+use crate::shard::mesh::{ClaimOutcome, ShardMsg};
 use crate::store::record::RecordError;
 use crate::store::restore::RestoredSubscription;
 use crate::store::transfer::{decode_session, encode_session};
@@ -71,8 +71,7 @@ impl ShardState {
             })
             .collect();
         let session = self.sessions[key].session.hand_over();
-        self.forget_stored(key);
-        self.keep_moved(key, now);
+        self.remove_session(key, now);
         self.flush();
         info!(client = %client_id, epoch, "session handed over to another node");
         Some(encode_session(
@@ -94,16 +93,9 @@ impl ShardState {
             self.drop_stale(stale, now);
         }
         let username = arrived.username.take();
-        let client_id = arrived.client_id.clone();
-        // Back here before an earlier move's stub ended: the stub goes,
-        // and what it had not sent on is this session's.
-        let pending = self.end_stubs_of(&client_id, now);
         let session = Session::adopt(arrived, &self.config.session, now);
         let key = self.insert_session(session, username, subscriptions, epoch, now);
         self.guard_against_orphans(key, now);
-        for message in &pending {
-            self.deliver_orphan(&client_id, message, Way::Stale, now);
-        }
         // A copy taken over from a node that died with the client
         // connected has its will due now (without a delay).
         self.run_actions(key, now);
@@ -235,11 +227,9 @@ mod tests {
         );
         assert!(!leaving.by_client_id.contains_key("c"));
         assert!(
-            leaving.subscriptions.get("t").is_some(),
-            "its route stays while the move spreads"
+            leaving.subscriptions.get("t").is_none(),
+            "its route left with it"
         );
-        leaving.tick(now + super::super::moving::MOVE_HOLD);
-        assert!(leaving.subscriptions.get("t").is_none(), "then it leaves");
 
         let arriving = super::super::tests::shard();
         let mut arriving = arriving.borrow_mut();
