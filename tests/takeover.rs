@@ -393,6 +393,21 @@ async fn receive_until(
     }
 }
 
+/// Receives until `p:0` .. `p:{total - 1}` are all in (or the time is
+/// up), then counts what was lost, duplicated and reordered.
+async fn receive_numbered(
+    client: &mut Raw,
+    received: &mut Vec<(String, u32)>,
+    total: u32,
+) -> common::tally::Tally {
+    let all_in = |received: &[(String, u32)]| {
+        let got: std::collections::BTreeSet<u32> = received.iter().map(|(_, n)| *n).collect();
+        (0..total).all(|n| got.contains(&n))
+    };
+    receive_until(client, received, all_in, RECV_TIMEOUT).await;
+    tally(&BTreeMap::from([("p".to_string(), total)]), received)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_node_under_a_persistent_subscriber_loses_nothing_acknowledged() {
     // Queues never drop here: only the cluster is measured (what the dead
@@ -408,22 +423,7 @@ async fn killing_the_node_under_a_persistent_subscriber_loses_nothing_acknowledg
     // One publisher on node 2, one QoS 1 message after another, each
     // counted once its PUBACK is in, for 8 s; node 0 dies after 2 s.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let publisher = {
-        let (addr, topic, stop) = (cluster.addr(2), topic.clone(), stop.clone());
-        tokio::spawn(async move {
-            let (mut publisher, _) = Raw::connect_ok(addr, Connect::v5(&unique_id("kp"))).await;
-            let mut acked = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let packet_id = (acked % 60_000) as u16 + 1;
-                let payload = format!("p:{acked}");
-                publisher
-                    .publish(Pub::new(&topic, payload.as_bytes()).qos(1, packet_id))
-                    .await;
-                acked += 1;
-            }
-            acked
-        })
-    };
+    let publisher = numbered_publisher(cluster.addr(2), &topic, stop.clone());
     let mut received = Vec::new();
     let two_seconds = std::time::Duration::from_secs(2);
     receive_until(&mut subscriber, &mut received, |_| false, two_seconds).await;
@@ -439,13 +439,7 @@ async fn killing_the_node_under_a_persistent_subscriber_loses_nothing_acknowledg
     receive_until(&mut subscriber, &mut received, |_| false, two_seconds * 2).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = publisher.await.expect("the publisher runs to the end");
-    let all_in = |received: &[(String, u32)]| {
-        let got: std::collections::BTreeSet<u32> = received.iter().map(|(_, n)| *n).collect();
-        (0..acked).all(|n| got.contains(&n))
-    };
-    receive_until(&mut subscriber, &mut received, all_in, RECV_TIMEOUT).await;
-    let published = BTreeMap::from([("p".to_string(), acked)]);
-    let tally = tally(&published, &received);
+    let tally = receive_numbered(&mut subscriber, &mut received, acked).await;
     println!(
         "{acked} acknowledged, {} received: {tally}; session resumed {:.1} s after the kill, everything in after {:.1} s",
         received.len(),
@@ -571,12 +565,7 @@ async fn killing_the_node_under_a_publisher_loses_nothing_acknowledged() {
     }
     let total = resumed_at + 500;
     let mut received = Vec::new();
-    let all_in = |received: &[(String, u32)]| {
-        let got: std::collections::BTreeSet<u32> = received.iter().map(|(_, n)| *n).collect();
-        (0..total).all(|n| got.contains(&n))
-    };
-    receive_until(&mut subscriber, &mut received, all_in, RECV_TIMEOUT).await;
-    let tally = tally(&BTreeMap::from([("p".to_string(), total)]), &received);
+    let tally = receive_numbered(&mut subscriber, &mut received, total).await;
     println!("{resumed_at} acknowledged before the kill, {total} in all: {tally}");
     assert_eq!(tally.lost, 0, "{tally}");
 }
@@ -640,4 +629,60 @@ async fn two_takeovers_racing_on_two_nodes_leave_one_session_with_everything() {
     winner
         .expect_silence(std::time::Duration::from_millis(300))
         .await;
+}
+
+/// A persistent subscriber moves between two live nodes six times (each
+/// CONNECT on the other node takes the session over) while a publisher on
+/// a third publishes QoS 1 messages one after another: every acknowledged
+/// message reaches it, whatever the routes said during each move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_between_live_nodes_under_load_loses_nothing() {
+    let top = "max_queued_messages = 1000000";
+    let cluster = Cluster::start_durable_with(3, top, "");
+    let id = unique_id("mover");
+    let topic = unique_id("mv");
+    let (mut subscriber, _) = Raw::connect_ok(cluster.addr(0), persistent(&id)).await;
+    subscriber.subscribe(1, &[(topic.as_str(), 1)]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = numbered_publisher(cluster.addr(2), &topic, stop.clone());
+    let mut received = Vec::new();
+    let second = std::time::Duration::from_secs(1);
+    for hop in 1..=6 {
+        receive_until(&mut subscriber, &mut received, |_| false, second).await;
+        let (mut next, connack) = connect_when_served(cluster.addr(hop % 2), &id).await;
+        assert!(connack.session_present);
+        // What the old connection got before its DISCONNECT counts too.
+        receive_until(&mut subscriber, &mut received, |_| false, RECV_TIMEOUT).await;
+        std::mem::swap(&mut subscriber, &mut next);
+    }
+    receive_until(&mut subscriber, &mut received, |_| false, second).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = publisher.await.expect("the publisher runs to the end");
+    let tally = receive_numbered(&mut subscriber, &mut received, acked).await;
+    println!("six moves between live nodes: {acked} acknowledged: {tally}");
+    assert_eq!(tally.lost, 0, "{tally}");
+}
+
+/// A QoS 1 publisher on `addr` numbering its messages `p:0`, `p:1`, ...
+/// on `topic`, one after another, each counted once its PUBACK is in,
+/// until `stop`: returns how many were acknowledged.
+fn numbered_publisher(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u32> {
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let (mut publisher, _) = Raw::connect_ok(addr, Connect::v5(&unique_id("np"))).await;
+        let mut acked = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let packet_id = (acked % 60_000) as u16 + 1;
+            let payload = format!("p:{acked}");
+            publisher
+                .publish(Pub::new(&topic, payload.as_bytes()).qos(1, packet_id))
+                .await;
+            acked += 1;
+        }
+        acked
+    })
 }

@@ -147,6 +147,12 @@ impl Session {
         self.journal.is_some()
     }
 
+    /// Stops the journal: the session is no longer this node's to store
+    /// (handed over, its records removed).
+    pub fn stop_journal(&mut self) {
+        self.journal = None;
+    }
+
     /// The changes since the last call, oldest first.
     pub fn drain_changes(&mut self) -> impl Iterator<Item = Change> + '_ {
         self.journal
@@ -154,7 +160,6 @@ impl Session {
             .flat_map(|journal| journal.changes.drain(..))
     }
 
-    /// Seconds the session outlives its connection (`u32::MAX`: never).
     /// The user name its rules were made for (`None` without an ACL): it
     /// is kept with the session, as what the session may read depends on
     /// it while it is offline, restored or taken over too.
@@ -162,6 +167,7 @@ impl Session {
         self.acl.as_ref()?.user()
     }
 
+    /// Seconds the session outlives its connection (`u32::MAX`: never).
     pub fn session_expiry(&self) -> u32 {
         self.session_expiry
     }

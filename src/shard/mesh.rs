@@ -201,10 +201,11 @@ pub enum ShardMsg {
         /// Orphan, or sent on from a stale copy (never ordinary).
         way: Way,
     },
-    /// To the cluster: a session fenced here (`ShardState::fence`) was
-    /// taken over by another node meanwhile and is dropped; `messages`
-    /// came for it here after the fence, when its copies could no longer
-    /// be reached, and go to its new owner (`cluster::node::orphans`).
+    /// To the cluster: `messages` came here for a session another node
+    /// holds now, and go to it (`cluster::node::orphans`): a session
+    /// fenced here and found taken over after the heal
+    /// (`ShardState::fence`), or one handed over moments ago whose routes
+    /// are still here (`ShardState::keep_moved`).
     Stale {
         client_id: ByteString,
         messages: Vec<Arc<Message>>,
@@ -229,10 +230,15 @@ pub enum Way {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// This node owns the client id under `epoch`; `session` is the
-    /// session the previous owner handed over, if it had one.
+    /// session the previous owner handed over, if it had one. `missed`:
+    /// the previous owner could not be asked and no copy came, so the
+    /// client starts afresh while that owner may still hold the session
+    /// and send on, later, what it got (`Way::Stale`); the fresh session
+    /// must not give those twice.
     Owner {
         epoch: u64,
         session: Option<Vec<u8>>,
+        missed: bool,
     },
     /// No majority of the cluster confirmed the claim: the CONNECT is
     /// refused (Server unavailable), as serving it could split the

@@ -44,6 +44,7 @@ mod acl;
 mod fence;
 mod groups;
 mod handover;
+mod moving;
 mod orphans;
 mod persist;
 mod replicate;
@@ -178,7 +179,11 @@ pub struct ShardState {
     pending_retained: FxHashMap<(SessionKey, Ticket), PendingRetained>,
     /// CONNECTs waiting for the cluster to make this node their client
     /// id's owner, by claim token.
-    claims: FxHashMap<u64, tokio::sync::oneshot::Sender<ClaimOutcome>>,
+    claims: FxHashMap<u64, handover::PendingClaim>,
+    /// Client ids whose claim was granted and whose CONNECT has not
+    /// attached yet (its task runs later): a later claim elsewhere may
+    /// take the session meanwhile (`handover::Attaching`).
+    attaching: FxHashMap<ByteString, handover::Attaching>,
     last_claim: u64,
     /// The shard's partition of the data dir, if the broker has one.
     store: Option<StoreHandle>,
@@ -200,6 +205,9 @@ pub struct ShardState {
     /// Restored sessions whose connection the restart cut, waiting in a
     /// cluster for the ownership raft's word before that takes effect.
     cut_by_restart: Vec<SessionKey>,
+    /// Sessions handed over to another node moments ago, still routed
+    /// here (`moving`).
+    moving: FxHashMap<SessionKey, moving::Moved>,
     /// The sessions `fence` let go, until the raft says who owns them:
     /// their wills and expiries wait for its word.
     fenced_sessions: FxHashSet<SessionKey>,
@@ -261,6 +269,7 @@ impl ShardState {
             matched: Vec::new(),
             pending_retained: FxHashMap::default(),
             claims: FxHashMap::default(),
+            attaching: FxHashMap::default(),
             last_claim: 0,
             store: None,
             waits: FxHashMap::default(),
@@ -271,6 +280,7 @@ impl ShardState {
             unreplicated: false,
             cut_by_restart: Vec::new(),
             fenced_sessions: FxHashSet::default(),
+            moving: FxHashMap::default(),
             orphan_guards: FxHashMap::default(),
         }))
     }
@@ -297,9 +307,13 @@ impl ShardState {
     ) -> Attached {
         let version = connect.protocol;
         self.next_conn_id += 1;
+        // Checked first: it counts this CONNECT as attached.
+        let claimed = self.claimed_before_attach(&connect.client_id, epoch);
         // Refused before any session is touched: a CONNECT that fails must
         // not knock out the client already connected with that id.
-        if let Some(connack) = Session::refuse_connect(connect, &self.config.session) {
+        let refusal = Session::refuse_connect(connect, &self.config.session)
+            .or_else(|| claimed.taken.then(|| handover::taken_meanwhile(connect)));
+        if let Some(connack) = refusal {
             let conn = Rc::new(ConnHandle::new(self.next_conn_id, NO_SESSION, version, fd));
             let reason = connack.reason;
             conn.send(&Packet::ConnAck(Box::new(connack)));
@@ -345,6 +359,9 @@ impl ShardState {
             key
         });
         self.sessions[key].epoch = epoch;
+        if claimed.missed && !self.orphan_guards.contains_key(&key) {
+            self.guard_against_orphans(key, now);
+        }
 
         let conn = Rc::new(ConnHandle::new(self.next_conn_id, key, version, fd));
         let slot = &mut self.sessions[key];
@@ -475,6 +492,9 @@ impl ShardState {
                 break;
             }
             self.timers.pop();
+            if self.end_moved(key, now) {
+                continue;
+            }
             let Some(slot) = self.sessions.get_mut(key) else {
                 continue;
             };
@@ -661,17 +681,26 @@ impl ShardState {
     /// written, its subscriptions go (routes and group memberships), and
     /// its records leave the store.
     fn remove_session(&mut self, key: SessionKey, now: Instant) -> SessionSlot {
-        self.record_changes(key);
-        let was_stored = self.sessions[key].session.is_stored();
+        self.forget_stored(key);
         let filters: Vec<ByteString> = self.sessions[key].filters.drain().collect();
         for filter in &filters {
             self.unsubscribe(key, filter, now);
         }
         let slot = self.sessions.remove(key);
         self.orphan_guards.remove(&key);
-        self.session_removed(key, slot.session.client_id(), was_stored);
         self.by_client_id.remove(slot.session.client_id());
         slot
+    }
+
+    /// Writes what session `key`'s journal still holds, then takes its
+    /// records out of the store: it is leaving this shard.
+    fn forget_stored(&mut self, key: SessionKey) {
+        self.record_changes(key);
+        let session = &mut self.sessions[key].session;
+        let was_stored = session.is_stored();
+        session.stop_journal();
+        let client_id = session.client_id().clone();
+        self.session_removed(key, &client_id, was_stored);
     }
 
     /// Routes a message published on this shard: to other shards that have
@@ -802,6 +831,9 @@ impl ShardState {
         shared: Option<ByteString>,
         now: Instant,
     ) {
+        if !self.moving.is_empty() && self.send_on_moved(key, message) {
+            return;
+        }
         if !self.may_deliver(key, message) {
             return;
         }
@@ -1153,6 +1185,7 @@ impl ShardState {
                     ClaimOutcome::Owner {
                         epoch,
                         session: Some(archive),
+                        missed,
                     } => {
                         if let Err(error) = self.adopt(&archive, epoch, now) {
                             // From a peer: a session that does not decode
@@ -1163,13 +1196,12 @@ impl ShardState {
                         ClaimOutcome::Owner {
                             epoch,
                             session: None,
+                            missed,
                         }
                     }
                     other => other,
                 };
-                if let Some(waiting) = self.claims.remove(&token) {
-                    let _ = waiting.send(outcome);
-                }
+                self.answer_claim(token, outcome);
             }
             ShardMsg::Owners { here, elsewhere } => self.settle_restored(here, elsewhere, now),
             ShardMsg::Fence => self.fence(now),
@@ -1214,6 +1246,9 @@ impl ShardState {
 
     /// Hands the turn's writes to the store and its messages to the mesh.
     pub fn flush(&mut self) {
+        if !self.moving.is_empty() {
+            self.flush_moved();
+        }
         self.flush_store();
         self.mesh.flush();
     }
@@ -1259,7 +1294,7 @@ impl ShardState {
             shard: self.id(),
             connections: self.connections as u64,
             sessions_online: online as u64,
-            sessions_offline: (self.sessions.len() - online) as u64,
+            sessions_offline: (self.sessions.len() - online - self.moving.len()) as u64,
             subscriptions: subscriptions as u64,
             retained: self.retained.len() as u64,
             inbox_depth: self.mesh.inbox_depth() as u64,

@@ -116,11 +116,11 @@ impl Node {
         self.receive_orphans(origin.clone(), Vec::new(), messages, false);
     }
 
-    /// What came on shard `shard` for `client_id`'s session while this
-    /// node was cut off from the majority, which gave the session to
-    /// another node meanwhile: to every linked peer, for that session
-    /// alone, as orphans; a node without the session drops them, the one
-    /// with it gives it each message it does not owe already.
+    /// What came on shard `shard` for `client_id`'s session, which another
+    /// node holds now (taken over while this one was cut off, or handed
+    /// over moments ago): to every linked peer, for that session alone; a
+    /// node without the session drops them, the one with it gives it each
+    /// message it did not get another way.
     pub(super) fn send_stale(
         &mut self,
         shard: ShardId,
@@ -131,7 +131,6 @@ impl Node {
             .filter(|(_, peer)| peer.linked)
             .map(|(key, _)| key)
             .collect();
-        tracing::info!(client = %client_id, messages = messages.len(), "messages for a session another node took over during a partition sent on");
         for peer in peers {
             let frame = Frame::Orphans {
                 origin: self.config.node_id.clone(),

@@ -97,6 +97,12 @@ pub(super) struct Takeovers {
     awaited: FxHashMap<u64, AwaitedSession>,
     asked: FxHashMap<u64, AskedHandover>,
     last_request: u64,
+    /// Claims of each client id sent to the raft and not answered yet.
+    in_flight: FxHashMap<ByteString, u32>,
+    /// A peer's take-over of a client id whose claim here was still in
+    /// flight when it came, under its epoch: the claim's answer decides
+    /// whether the session goes on to that peer.
+    early_asks: FxHashMap<ByteString, (u64, AskedHandover)>,
 }
 
 impl Node {
@@ -109,6 +115,11 @@ impl Node {
         now: Instant,
     ) {
         self.takeovers.started.insert((shard, token), now);
+        *self
+            .takeovers
+            .in_flight
+            .entry(client_id.clone())
+            .or_default() += 1;
         self.outputs.push_back(NodeOutput::Claim {
             shard,
             client_id,
@@ -126,12 +137,36 @@ impl Node {
         result: ClaimResult,
         now: Instant,
     ) {
+        if let Some(count) = self.takeovers.in_flight.get_mut(&client_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.takeovers.in_flight.remove(&client_id);
+            }
+        }
+        let early = if self.takeovers.in_flight.contains_key(&client_id) {
+            None
+        } else {
+            self.takeovers.early_asks.remove(&client_id)
+        };
         let (epoch, previous) = match result {
             ClaimResult::Unavailable => {
+                if let Some((_, asked)) = early {
+                    self.answer_to_asker(asked, None);
+                }
                 self.answer_claim(shard, token, ClaimOutcome::Unavailable, now);
                 return;
             }
             ClaimResult::Granted { epoch, previous } => (epoch, previous),
+        };
+        // A later claim elsewhere asked for the session before this one's
+        // answer came: it is superseded, and the session goes on there.
+        let superseded = match early {
+            Some((asked_epoch, asked)) if asked_epoch > epoch => Some(asked),
+            Some((_, asked)) => {
+                self.answer_to_asker(asked, None);
+                None
+            }
+            None => None,
         };
         self.counters.claims_granted += 1;
         let owner = match previous {
@@ -144,10 +179,10 @@ impl Node {
             token,
             client_id,
             epoch,
-            superseded: None,
+            superseded,
         };
         let Some(owner) = owner else {
-            self.settle_claim(claim, None, now);
+            self.settle_claim(claim, None, false, now);
             return;
         };
         // A suspected owner is likely dead: its session is taken from a
@@ -191,15 +226,13 @@ impl Node {
                 };
                 self.send(key, Lane::Control, frame);
             }
-            let epoch = claim.epoch;
-            if here.is_some() {
-                info!(client = %client_id, previous = %owner, epoch, "session taken over from a copy kept here");
-                self.counters.sessions_recovered += 1;
-            } else {
-                warn!(client = %client_id, previous = %owner, epoch, "previous owner unreachable and no copy: its session is not handed over");
-                self.counters.handovers_missed += 1;
+            if here.is_none() {
+                self.settle_missed(claim, owner, now);
+                return;
             }
-            self.settle_claim(claim, here, now);
+            info!(client = %client_id, previous = %owner, epoch = claim.epoch, "session taken over from a copy kept here");
+            self.counters.sessions_recovered += 1;
+            self.settle_claim(claim, here, false, now);
             return;
         }
         let frame = |request| Frame::Recover {
@@ -239,7 +272,13 @@ impl Node {
     /// shard that claimed it, or, if a later claim elsewhere superseded
     /// this one meanwhile, on to that node, and the CONNECT here is
     /// refused (Server unavailable: its client is being served elsewhere).
-    fn settle_claim(&mut self, claim: Granted, session: Option<Vec<u8>>, now: Instant) {
+    fn settle_claim(
+        &mut self,
+        claim: Granted,
+        session: Option<Vec<u8>>,
+        missed: bool,
+        now: Instant,
+    ) {
         let Granted {
             shard,
             token,
@@ -248,13 +287,26 @@ impl Node {
             superseded,
         } = claim;
         let Some(next) = superseded else {
-            let outcome = ClaimOutcome::Owner { epoch, session };
+            let outcome = ClaimOutcome::Owner {
+                epoch,
+                session,
+                missed,
+            };
             self.answer_claim(shard, token, outcome, now);
             return;
         };
         info!(client = %client_id, epoch, "claim superseded while it waited: its session goes on to the later claim");
         self.answer_to_asker(next, session);
         self.answer_claim(shard, token, ClaimOutcome::Unavailable, now);
+    }
+
+    /// The previous owner could not be asked and no copy of its session
+    /// came: the client starts afresh here, watching for what that owner
+    /// sends on if it comes back.
+    fn settle_missed(&mut self, claim: Granted, owner: &str, now: Instant) {
+        warn!(client = %claim.client_id, previous = %owner, epoch = claim.epoch, "previous owner unreachable and no copy: its session is not handed over");
+        self.counters.handovers_missed += 1;
+        self.settle_claim(claim, None, true, now);
     }
 
     /// Answers peer `asked`'s take-over with `session`, unless the peer
@@ -293,6 +345,14 @@ impl Node {
             .find(|awaited| awaited.claim.client_id == client_id && awaited.claim.epoch < epoch);
         if let Some(awaited) = waiting {
             awaited.claim.superseded = Some(asked);
+            return;
+        }
+        // Its claim here is granted, maybe, but not answered yet: it has no
+        // session to hand over, or not yet.
+        if self.takeovers.in_flight.contains_key(&client_id) {
+            if let Some((_, older)) = self.takeovers.early_asks.insert(client_id, (epoch, asked)) {
+                self.answer_to_asker(older, None);
+            }
             return;
         }
         self.takeovers.last_request += 1;
@@ -342,17 +402,14 @@ impl Node {
                 self.takeovers.awaited.insert(request, awaited);
                 return;
             }
-            self.counters.handovers_missed += 1;
-            warn!(
-                epoch = awaited.claim.epoch,
-                "previous owner unreachable and no copy: its session is not handed over"
-            );
+            self.settle_missed(awaited.claim, "the previous owner, unreachable", now);
+            return;
         }
         if session.is_some() && awaited.recovering {
             self.counters.sessions_recovered += 1;
         }
         let session = session.map(|bytes| bytes.to_vec());
-        self.settle_claim(awaited.claim, session, now);
+        self.settle_claim(awaited.claim, session, false, now);
     }
 
     /// Hand-overs awaited from `key` end without a session: its link is
@@ -381,12 +438,7 @@ impl Node {
                     self.recover(awaited.claim, "the previous owner, silent", now);
                     continue;
                 }
-                warn!(
-                    epoch = awaited.claim.epoch,
-                    "no copy of the session came: it is not handed over"
-                );
-                self.counters.handovers_missed += 1;
-                self.settle_claim(awaited.claim, None, now);
+                self.settle_missed(awaited.claim, "the previous owner, silent", now);
             }
         }
     }

@@ -239,6 +239,7 @@ fn the_copies_of_a_node_gone_down_are_promoted_unless_their_client_moved_on() {
                 let outcome = ClaimOutcome::Owner {
                     epoch: *epoch,
                     session: Some(session.clone()),
+                    missed: false,
                 };
                 assert_eq!(owed_numbers(&outcome), [1]);
                 Some(*epoch)

@@ -78,6 +78,17 @@ fn owner(epoch: u64, session: Option<&[u8]>) -> ClaimOutcome {
     ClaimOutcome::Owner {
         epoch,
         session: session.map(<[u8]>::to_vec),
+        missed: false,
+    }
+}
+
+/// Owner under `epoch` with no session from a previous owner that could
+/// not be asked.
+fn missed(epoch: u64) -> ClaimOutcome {
+    ClaimOutcome::Owner {
+        epoch,
+        session: None,
+        missed: true,
     }
 }
 
@@ -114,7 +125,7 @@ fn a_previous_owner_known_only_by_its_raft_id_is_missed() {
     let mut sim = Sim::new(2, 8, AckMode::Remote);
     let previous = Some(PreviousOwner::Unlinked(77));
     sim.claim(1, ClaimResult::Granted { epoch: 6, previous });
-    assert_eq!(sim.claimed(1), [owner(6, None)]);
+    assert_eq!(sim.claimed(1), [missed(6)]);
     assert_eq!(sim.nodes[1].node.counters.handovers_missed, 1);
 }
 
@@ -135,7 +146,7 @@ fn an_unreachable_previous_owner_is_not_waited_for() {
     let mut sim = Sim::new(2, 5, AckMode::Remote);
     sim.cut(0, 1);
     sim.claim(1, granted(3, Some(0)));
-    assert_eq!(sim.claimed(1), [owner(3, None)]);
+    assert_eq!(sim.claimed(1), [missed(3)]);
     assert_eq!(sim.nodes[1].node.counters.handovers_missed, 1);
 }
 
@@ -146,7 +157,7 @@ fn a_link_lost_while_waiting_ends_the_wait_without_the_session() {
     assert!(sim.asked_to_hand_over(0).is_some());
     sim.cut(0, 1);
     sim.settle();
-    assert_eq!(sim.claimed(1), [owner(3, None)]);
+    assert_eq!(sim.claimed(1), [missed(3)]);
 }
 
 #[test]
@@ -156,11 +167,11 @@ fn a_hand_over_after_the_wait_ended_is_dropped() {
     let (_, token) = sim.asked_to_hand_over(0).expect("asked");
     sim.advance(HANDOVER_TIMEOUT + Duration::from_millis(1));
     sim.settle();
-    assert_eq!(sim.claimed(1), [owner(4, None)]);
+    assert_eq!(sim.claimed(1), [missed(4)]);
     // The old owner answers late: the client already has a fresh session,
     // which the late one must not replace.
     sim.hand_over(0, token, Some(b"late".to_vec()));
-    assert_eq!(sim.claimed(1), [owner(4, None)]);
+    assert_eq!(sim.claimed(1), [missed(4)]);
 }
 
 #[test]
@@ -177,6 +188,33 @@ fn a_claim_superseded_while_it_waits_passes_the_session_on_to_the_later_one() {
         None,
         "node 1's shard has nothing to hand over yet"
     );
+    sim.hand_over(0, token, Some(b"archive".to_vec()));
+    assert_eq!(sim.claimed(2), [owner(5, Some(b"archive"))]);
+    assert_eq!(sim.claimed(1), [ClaimOutcome::Unavailable]);
+}
+
+#[test]
+fn a_take_over_asked_while_this_nodes_claim_is_unanswered_waits_for_the_answer() {
+    let mut sim = Sim::new(3, 11, AckMode::Remote);
+    // Node 1's claim is in the raft, granted maybe, not answered yet.
+    let claim = ShardMsg::Claim {
+        client_id: CLIENT.into(),
+        token: 7,
+    };
+    sim.shard_msg(1, 0, claim);
+    sim.settle();
+    let _ = std::mem::take(&mut sim.nodes[1].claims);
+    // Node 2's later claim asks node 1, which the raft names the owner.
+    sim.claim(2, granted(5, Some(1)));
+    assert_eq!(
+        sim.asked_to_hand_over(1),
+        None,
+        "node 1's shard has nothing to hand over yet: the ask waits"
+    );
+    let now = sim.now;
+    (sim.nodes[1].node).handle_claim_result(0, 7, CLIENT.into(), granted(4, Some(0)), now);
+    sim.settle();
+    let (_, token) = sim.asked_to_hand_over(0).expect("node 0 is asked");
     sim.hand_over(0, token, Some(b"archive".to_vec()));
     assert_eq!(sim.claimed(2), [owner(5, Some(b"archive"))]);
     assert_eq!(sim.claimed(1), [ClaimOutcome::Unavailable]);

@@ -29,7 +29,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{SessionKey, ShardState};
 use crate::message::Message;
@@ -110,6 +110,7 @@ impl ShardState {
         let messages: Vec<Arc<Message>> = session.owed_messages().into_iter().cloned().collect();
         if !messages.is_empty() {
             let client_id = session.client_id().clone();
+            info!(client = %client_id, messages = messages.len(), "messages for a session another node took over during a partition sent on");
             self.mesh.push(
                 place,
                 ShardMsg::Stale {

@@ -12,12 +12,64 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use super::{SessionKey, ShardState};
-use crate::protocol::{Connect, ReasonCode};
+use crate::protocol::{ConnAck, ConnAckProperties, Connect, ReasonCode};
 use crate::session::Session;
-use crate::shard::mesh::{ClaimOutcome, ShardMsg};
+use crate::shard::mesh::{ClaimOutcome, ShardMsg, Way};
 use crate::store::record::RecordError;
 use crate::store::restore::RestoredSubscription;
 use crate::store::transfer::{decode_session, encode_session};
+
+/// A CONNECT waiting for its claim's answer.
+pub(super) struct PendingClaim {
+    client_id: ByteString,
+    answer: oneshot::Sender<ClaimOutcome>,
+}
+
+/// Granted claims of one client id whose CONNECTs have not attached yet.
+/// The session a claim brought is adopted when the answer comes, and the
+/// CONNECT attaches when its task next runs; a later claim on another node
+/// may take the session in between, and the CONNECT must then not start a
+/// fresh one under its stale epoch.
+#[derive(Default)]
+pub(super) struct Attaching {
+    /// How many CONNECTs: a client may try again before its first task ran.
+    connects: u32,
+    /// The latest epoch under which another node asked for the session
+    /// since (0: none yet).
+    asked_under: u64,
+    /// The previous owner could not be asked (`ClaimOutcome::Owner`):
+    /// the session, fresh, watches for what that owner sends on later.
+    missed: bool,
+}
+
+/// What became of a CONNECT's claim between its grant and its attach.
+#[derive(Default)]
+pub(super) struct Claimed {
+    /// Another node asked for the session under a later epoch meanwhile.
+    pub taken: bool,
+    /// The previous owner could not be asked for the session.
+    pub missed: bool,
+}
+
+/// The CONNACK for a CONNECT whose session another node took between the
+/// claim's answer and the attach: as if it had waited for the session a
+/// moment longer (Server unavailable; the client comes back and claims
+/// again).
+pub(super) fn taken_meanwhile(connect: &Connect) -> ConnAck {
+    let properties = if connect.protocol.is_v5() {
+        ConnAckProperties {
+            reason_string: Some("the session was taken over by a later connection".into()),
+            ..ConnAckProperties::default()
+        }
+    } else {
+        ConnAckProperties::default()
+    };
+    ConnAck {
+        session_present: false,
+        reason: ReasonCode::ServerUnavailable,
+        properties,
+    }
+}
 
 impl ShardState {
     /// Asks the cluster to make this node the owner of `connect`'s client
@@ -32,11 +84,56 @@ impl ShardState {
         self.last_claim += 1;
         let token = self.last_claim;
         let (answer, answered) = oneshot::channel();
-        self.claims.insert(token, answer);
         let client_id = connect.client_id.clone();
+        self.claims.insert(
+            token,
+            PendingClaim {
+                client_id: client_id.clone(),
+                answer,
+            },
+        );
         self.mesh.push(place, ShardMsg::Claim { client_id, token });
         self.flush();
         Some(answered)
+    }
+
+    /// Gives a claim's answer to its CONNECT; a granted one is counted as
+    /// attaching until the CONNECT's task runs.
+    pub(super) fn answer_claim(&mut self, token: u64, outcome: ClaimOutcome) {
+        let Some(pending) = self.claims.remove(&token) else {
+            return;
+        };
+        let missed = match outcome {
+            ClaimOutcome::Owner { missed, .. } => Some(missed),
+            ClaimOutcome::Unavailable => None,
+        };
+        // A CONNECT whose client gave up meanwhile dropped the receiver.
+        if pending.answer.send(outcome).is_ok()
+            && let Some(missed) = missed
+        {
+            let attaching = self.attaching.entry(pending.client_id).or_default();
+            attaching.connects += 1;
+            attaching.missed |= missed;
+        }
+    }
+
+    /// A CONNECT granted `client_id` under `epoch` (0: no cluster)
+    /// attaches now: what became of its claim meanwhile. Taken if another
+    /// node asked for the session under a later epoch since the grant
+    /// (then the session is gone on, or on its way).
+    pub(super) fn claimed_before_attach(&mut self, client_id: &str, epoch: u64) -> Claimed {
+        let Some(attaching) = self.attaching.get_mut(client_id).filter(|_| epoch > 0) else {
+            return Claimed::default();
+        };
+        attaching.connects -= 1;
+        let claimed = Claimed {
+            taken: attaching.asked_under > epoch,
+            missed: attaching.missed,
+        };
+        if attaching.connects == 0 {
+            self.attaching.remove(client_id);
+        }
+        claimed
     }
 
     /// Another node holds `client_id` under `epoch` now: the connection
@@ -53,6 +150,9 @@ impl ShardState {
         epoch: u64,
         now: Instant,
     ) -> Option<Vec<u8>> {
+        if let Some(attaching) = self.attaching.get_mut(client_id) {
+            attaching.asked_under = attaching.asked_under.max(epoch);
+        }
         let key = *self.by_client_id.get(client_id)?;
         if self.sessions[key].epoch >= epoch {
             info!(client = %client_id, epoch, held = self.sessions[key].epoch, "stale hand-over refused");
@@ -71,7 +171,8 @@ impl ShardState {
             })
             .collect();
         let session = self.sessions[key].session.hand_over();
-        self.remove_session(key, now);
+        self.forget_stored(key);
+        self.keep_moved(key, now);
         self.flush();
         info!(client = %client_id, epoch, "session handed over to another node");
         Some(encode_session(
@@ -93,9 +194,16 @@ impl ShardState {
             self.drop_stale(stale, now);
         }
         let username = arrived.username.take();
+        let client_id = arrived.client_id.clone();
+        // Back here before an earlier move's stub ended: the stub goes,
+        // and what it had not sent on is this session's.
+        let pending = self.end_stubs_of(&client_id, now);
         let session = Session::adopt(arrived, &self.config.session, now);
         let key = self.insert_session(session, username, subscriptions, epoch, now);
         self.guard_against_orphans(key, now);
+        for message in &pending {
+            self.deliver_orphan(&client_id, message, Way::Stale, now);
+        }
         // A copy taken over from a node that died with the client
         // connected has its will due now (without a delay).
         self.run_actions(key, now);
@@ -227,9 +335,11 @@ mod tests {
         );
         assert!(!leaving.by_client_id.contains_key("c"));
         assert!(
-            leaving.subscriptions.get("t").is_none(),
-            "its route left with it"
+            leaving.subscriptions.get("t").is_some(),
+            "its route stays while the move spreads"
         );
+        leaving.tick(now + super::super::moving::MOVE_HOLD);
+        assert!(leaving.subscriptions.get("t").is_none(), "then it leaves");
 
         let arriving = super::super::tests::shard();
         let mut arriving = arriving.borrow_mut();
@@ -257,6 +367,28 @@ mod tests {
         inbox.try_iter().flat_map(|batch| batch.messages).collect()
     }
 
+    /// A persistent CONNECT of "c" claims its client id, and the cluster
+    /// grants it under `epoch`, with no session handed over.
+    fn claim_answered(
+        state: &mut super::ShardState,
+        inbox: &crossbeam_channel::Receiver<crate::shard::mesh::Batch>,
+        epoch: u64,
+        missed: bool,
+    ) {
+        let mut answered = state.claim(&persistent()).expect("claimed in a cluster");
+        let token = match sent_to_cluster(inbox).as_slice() {
+            [.., ShardMsg::Claim { token, .. }] => *token,
+            other => panic!("expected the claim, got {other:?}"),
+        };
+        let outcome = ClaimOutcome::Owner {
+            epoch,
+            session: None,
+            missed,
+        };
+        state.apply(ShardMsg::Claimed { token, outcome }, Instant::now());
+        assert!(answered.try_recv().is_ok(), "answered");
+    }
+
     #[test]
     fn a_connect_waits_for_its_claim_and_an_ended_session_is_released() {
         let now = Instant::now();
@@ -274,6 +406,7 @@ mod tests {
         let outcome = ClaimOutcome::Owner {
             epoch: 3,
             session: None,
+            missed: false,
         };
         state.apply(
             ShardMsg::Claimed {
@@ -312,6 +445,89 @@ mod tests {
                 ShardMsg::Release { client_id, epoch: 3 } if client_id == "c")),
             "{released:?}"
         );
+    }
+
+    #[test]
+    fn a_session_taken_between_the_grant_and_the_attach_is_not_started_afresh() {
+        let now = Instant::now();
+        let (state, inbox) = super::super::tests::clustered(true);
+        let inbox = inbox.expect("a cluster place");
+        let mut state = state.borrow_mut();
+        // Granted under 3, and a later claim elsewhere (5) asks for the
+        // session before the CONNECT's task ran.
+        claim_answered(&mut state, &inbox, 3, false);
+        let later = ShardMsg::HandOver {
+            client_id: "c".into(),
+            epoch: 5,
+            token: 9,
+        };
+        state.apply(later, now);
+        let conn = state.attach(&persistent(), false, -1, 3, now).conn;
+        match conn.take_packets().as_slice() {
+            [Packet::ConnAck(connack)] => {
+                assert_eq!(connack.reason, ReasonCode::ServerUnavailable);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(!state.by_client_id.contains_key("c"), "no fresh session");
+        assert!(state.attaching.is_empty());
+
+        // The next CONNECT's grant has no later ask: it attaches.
+        claim_answered(&mut state, &inbox, 6, false);
+        let conn = state.attach(&persistent(), false, -1, 6, now).conn;
+        match conn.take_packets().as_slice() {
+            [Packet::ConnAck(connack)] => assert_eq!(connack.reason, ReasonCode::Success),
+            other => panic!("expected a CONNACK, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_session_started_afresh_over_an_unreachable_owner_gives_its_later_copies_once() {
+        let now = Instant::now();
+        let (state, inbox) = super::super::tests::clustered(true);
+        let inbox = inbox.expect("a cluster place");
+        let mut state = state.borrow_mut();
+        claim_answered(&mut state, &inbox, 3, true);
+        let conn = state.attach(&persistent(), false, -1, 3, now).conn;
+        let subscribe = Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![TopicSubscription {
+                filter: "t".into(),
+                options: SubscriptionOptions::default(),
+            }],
+            properties: Default::default(),
+        });
+        state.handle_packets(&conn, [subscribe], now);
+        let message = std::sync::Arc::new(crate::message::Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            publisher: "p".into(),
+            expires_at: None,
+            received_at: now,
+        });
+        state.deliver_matching(&message, None, now);
+        // The unreachable owner's copy got it too, and sends it on after
+        // the heal; and one it alone got.
+        let stale = |payload: &'static [u8]| ShardMsg::Orphan {
+            client_id: "c".into(),
+            message: std::sync::Arc::new(crate::message::Message {
+                payload: Bytes::from_static(payload),
+                ..(*message).clone()
+            }),
+            way: crate::shard::mesh::Way::Stale,
+        };
+        state.apply(stale(b"x"), now);
+        state.apply(stale(b"y"), now);
+        let payloads: Vec<Bytes> = (conn.take_packets().into_iter())
+            .filter_map(|packet| match packet {
+                Packet::Publish(publish) => Some(publish.payload),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(payloads, [&b"x"[..], &b"y"[..]]);
     }
 
     #[test]

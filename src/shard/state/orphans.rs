@@ -131,6 +131,8 @@ impl ShardState {
         now: Instant,
     ) {
         let Some(&key) = self.by_client_id.get(client_id) else {
+            // Moved on from here meanwhile: it follows the session.
+            self.send_on_to_stub_of(client_id, message);
             return;
         };
         // Out of the table while it is delivered, so the ordinary check
