@@ -183,22 +183,44 @@ impl ConnHandle {
         if out.capacity() == 0 {
             *out = socket::output_buffer();
         }
+        let fits = self.encode_within(packet, limit, &mut out);
+        drop(out);
+        self.wakes.raise(Wake::Write);
+        fits
+    }
+
+    /// Encodes `packet` for this connection at the end of `out`, unless it
+    /// takes more than `limit` bytes (then `false`, and `out` is as it
+    /// was). A packet that cannot be encoded closes the connection.
+    pub fn encode_within(&self, packet: &Packet, limit: usize, out: &mut BytesMut) -> bool {
         let before = out.len();
-        match packet.write(self.version, &mut out) {
+        match packet.write(self.version, out) {
             Ok(written) if written > limit => {
                 out.truncate(before);
-                return false;
+                false
             }
-            Ok(_) => {}
+            Ok(_) => true,
             Err(error) => {
                 out.truncate(before);
                 warn!(%error, packet = ?packet.packet_type(), "cannot encode packet; closing connection");
-                drop(out);
                 self.close(CloseReason::Server(ReasonCode::ImplementationSpecificError));
+                true
             }
         }
+    }
+
+    /// Appends packets encoded earlier ([`ConnHandle::encode_within`]).
+    pub fn send_encoded(&self, encoded: &[u8]) {
+        if self.closing.get() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        if out.capacity() == 0 {
+            *out = socket::output_buffer();
+        }
+        out.extend_from_slice(encoded);
+        drop(out);
         self.wakes.raise(Wake::Write);
-        true
     }
 
     /// Bytes encoded and not yet handed to the kernel.

@@ -41,6 +41,7 @@ use crate::session::{
 use crate::store::{Op, StoreHandle};
 
 mod acl;
+mod commit;
 mod fence;
 mod groups;
 mod handover;
@@ -205,6 +206,9 @@ pub struct ShardState {
     /// Restored sessions whose connection the restart cut, waiting in a
     /// cluster for the ownership raft's word before that takes effect.
     cut_by_restart: Vec<SessionKey>,
+    /// Stored sessions' output held until the store settles its epoch
+    /// (`commit`).
+    held: FxHashMap<SessionKey, commit::Held>,
     /// Sessions handed over to another node moments ago, still routed
     /// here (`moving`).
     moving: FxHashMap<SessionKey, moving::Moved>,
@@ -281,6 +285,7 @@ impl ShardState {
             cut_by_restart: Vec::new(),
             fenced_sessions: FxHashSet::default(),
             moving: FxHashMap::default(),
+            held: FxHashMap::default(),
             orphan_guards: FxHashMap::default(),
         }))
     }
@@ -688,6 +693,7 @@ impl ShardState {
         }
         let slot = self.sessions.remove(key);
         self.orphan_guards.remove(&key);
+        self.held.remove(&key);
         self.by_client_id.remove(slot.session.client_id());
         slot
     }
@@ -996,6 +1002,13 @@ impl ShardState {
     /// Moves packets from the session into the connection's output, up to
     /// the high-water mark, and wakes the writer.
     pub fn pump(&mut self, key: SessionKey, now: Instant) {
+        let Some(conn_id) = (self.sessions.get(key))
+            .and_then(|slot| slot.conn.as_ref())
+            .map(|conn| conn.id)
+        else {
+            return;
+        };
+        let commits = self.commits_output(key, conn_id);
         let Some(slot) = self.sessions.get_mut(key) else {
             return;
         };
@@ -1014,11 +1027,11 @@ impl ShardState {
         // PUBLISH was stamped with, which would make every same-turn
         // delivery look instantaneous.
         let mut encoded_at = None;
-        while conn.buffered() < OUTPUT_HIGH_WATER {
+        while conn.buffered() + commit::held_bytes(&self.held, key) < OUTPUT_HIGH_WATER {
             let Some(packet) = slot.session.poll_transmit(now) else {
                 break;
             };
-            let fits = conn.send_within(&packet, limit);
+            let fits = Self::send_or_hold(&mut self.held, key, conn, commits, &packet, limit);
             let Packet::Publish(publish) = &packet else {
                 continue;
             };
@@ -1044,6 +1057,9 @@ impl ShardState {
         }
         self.drops.expired += slot.session.take_dropped_expired();
         self.record_changes(key);
+        if commits {
+            self.seal_held(key);
+        }
     }
 
     /// Answers to the client on `conn` that did not fit in its output yet.

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Broker, Exited, RECV_TIMEOUT, run_to_exit};
+use super::{Broker, Exited, run_to_exit};
 
 /// A data dir of its own under the temp dir, removed at the end.
 pub struct DataDir {
@@ -128,10 +128,12 @@ impl Drop for DataDir {
     }
 }
 
-/// `kill -9`, and waits for the process to be gone.
+/// `kill -9`, and waits for the process to be gone: a process killed
+/// during a sync is gone only once the disk has answered, which took more
+/// than 5 s here with two disk-heavy benchmarks on the machine.
 pub fn kill(mut broker: Broker) {
     broker.signal(libc::SIGKILL);
-    broker.wait_exit(RECV_TIMEOUT);
+    broker.wait_exit(Duration::from_secs(30));
 }
 
 /// SIGTERM, and waits for a clean exit.

@@ -205,17 +205,20 @@ impl Node {
             .collect();
         tracing::info!(replicas = ?names, "session replicas chosen");
         self.replication.targets = targets;
-        for shard in 0..self.config.shards {
-            let replicas = self.shard_replicas(shard);
-            replicas.acked.clear();
-            replicas.sent_at.clear();
-            self.report_replicated(shard);
-        }
+        // Before the report below: with no replica it lets acknowledgements
+        // go on this node's word alone, but not a QoS 2 PUBLISH held for
+        // its copy (`ShardState::release_held`).
         if !self.replication.targets.is_empty() {
             self.tell_every_shard(|| ShardMsg::ReplicaReset);
         } else {
             self.counters.replication_unmet += 1;
             self.tell_every_shard(|| ShardMsg::Unreplicated);
+        }
+        for shard in 0..self.config.shards {
+            let replicas = self.shard_replicas(shard);
+            replicas.acked.clear();
+            replicas.sent_at.clear();
+            self.report_replicated(shard);
         }
     }
 

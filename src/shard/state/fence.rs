@@ -84,6 +84,11 @@ impl ShardState {
         if !std::mem::take(&mut self.unreplicated) {
             return;
         }
+        // Held while there was no replica: the new ones get every stored
+        // session whole with this turn's reset, and a wait for it (its
+        // epoch may be one already reported) is not worth the rarity of a
+        // node losing every replica without being fenced.
+        self.release_held(u64::MAX);
         let connected: Vec<SessionKey> = (self.sessions.iter())
             .filter(|(_, slot)| slot.conn.is_some() && slot.session.is_stored())
             .map(|(key, _)| key)

@@ -485,6 +485,11 @@ impl ShardState {
     /// Answers the waiters for epochs up to `through`: confirmed if `ok`,
     /// else refused.
     fn answer_stored(&mut self, through: u64, ok: bool, now: Instant) {
+        // A failed write is refused to publishers, but what it held for
+        // clients goes out all the same: the disk can no longer promise
+        // anything either way, and the client would otherwise wait for
+        // space to come back.
+        self.release_held(through);
         while self
             .stored_waiters
             .front()
