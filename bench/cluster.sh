@@ -41,6 +41,11 @@
 # same repeats, the two clusters' order swapped every other repeat, ratios
 # ringmq-cluster / base-cluster in the tables. FLOWS picks flows among
 # `pairs` (saturated), `rates`, `fanout`, `subscribe` (default: all).
+# PROFILE=DIR: `perf record -e cpu-clock -F 1999 -g` on the three nodes of
+# ringmq-cluster for 3 s after the warm-up of each saturated pairs run, into
+# DIR/TAG.perf.data (call graphs want a build with frame pointers:
+# RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release
+# --target-dir target/fp, run as CANDIDATE).
 set -euo pipefail
 
 REPS=3
@@ -61,7 +66,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,42p' "$0"
+        sed -n '2,47p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
@@ -214,6 +219,14 @@ run() {
     local args=("$@" --cpus "$BENCH_CPU" --broker-pid "$pids" --json)
     echo "ringmq-bench ${args[*]}" | sed "s/--broker-pid $pids/--broker-pid PIDS/" >"$WORK/$tag.cmd"
     log "$tag: ringmq-bench ${args[*]}"
+    if [[ -n "${PROFILE:-}" && $variant == ringmq-cluster && $tag == pairs-q[01].* ]]; then
+        mkdir -p "$PROFILE"
+        (
+            sleep "${WARMUP%s}"
+            perf record -e cpu-clock -F 1999 -g -p "$pids" -o "$PROFILE/$tag.perf.data" \
+                -- sleep 3 >/dev/null 2>&1
+        ) &
+    fi
     bench_json "$WORK/$tag" "${args[@]}"
     # Let the run's connections close before the next one starts.
     sleep 1
