@@ -36,6 +36,16 @@
 # node logs of every run stay in a /tmp/ringmq-cluster.* directory.
 # DURATION, WARMUP override the window (5s, 2s); --quick is a small check
 # of the script itself.
+# A/B of two builds: CANDIDATE=/path/to/ringmq runs that binary (no build)
+# as ringmq-cluster, BASE=/path/to/ringmq another as base-cluster, in the
+# same repeats, the two clusters' order swapped every other repeat, ratios
+# ringmq-cluster / base-cluster in the tables. FLOWS picks flows among
+# `pairs` (saturated), `rates`, `fanout`, `subscribe` (default: all).
+# PROFILE=DIR: `perf record -e cpu-clock -F 1999 -g` on the three nodes of
+# ringmq-cluster for 3 s after the warm-up of each saturated pairs run, into
+# DIR/TAG.perf.data (call graphs want a build with frame pointers:
+# RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release
+# --target-dir target/fp, run as CANDIDATE).
 set -euo pipefail
 
 REPS=3
@@ -56,7 +66,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,37p' "$0"
+        sed -n '2,47p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
@@ -65,6 +75,11 @@ done
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+if [[ -n "${CANDIDATE:-}" ]]; then
+    RINGMQ=$CANDIDATE
+fi
+BASE=${BASE:-}
+FLOWS=${FLOWS:-pairs rates fanout subscribe}
 require_out "usage: bench/cluster.sh [--reps N] [--quick | --from DIR] OUT.md"
 
 WORK="${FROM:-$(mktemp -d /tmp/ringmq-cluster.XXXXXX)}"
@@ -124,10 +139,10 @@ stop_all() {
     PIDS=()
 }
 
-# start_cluster REP: three ringmq nodes on CPU 0; returns once each is ready
-# and linked to both others, or fails after 30 s naming the node.
+# start_cluster REP [BINARY]: three ringmq nodes on CPU 0; returns once each
+# is ready and linked to both others, or fails after 30 s naming the node.
 start_cluster() {
-    local rep=$1 i j seeds
+    local rep=$1 bin=${2:-$RINGMQ} i j seeds
     RINGMQ_CLUSTER_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
     export RINGMQ_CLUSTER_SECRET
     for i in "${NODES[@]}"; do
@@ -135,7 +150,7 @@ start_cluster() {
         for j in "${NODES[@]}"; do
             [[ $j != "$i" ]] && seeds+="127.0.0.1$j:$CLUSTER_PORT,"
         done
-        taskset -c "$BROKER_CPU" "$RINGMQ" --cores 1 --listen "127.0.0.1$i:$MQTT_PORT" \
+        taskset -c "$BROKER_CPU" "$bin" --cores 1 --listen "127.0.0.1$i:$MQTT_PORT" \
             --metrics-listen "127.0.0.1$i:$METRICS_PORT" --node-id "n$i" \
             --cluster-listen "127.0.0.1$i:$CLUSTER_PORT" --seeds "${seeds%,}" \
             --log-level info >"$WORK/ringmq.n$i.$rep.log" 2>&1 &
@@ -155,6 +170,15 @@ start_cluster() {
         done
         if ((up == 3)); then
             log "cluster up (pids ${PIDS[*]})"
+            # Linked is not yet serving: on a busy machine the ownership
+            # raft may still be electing, and the first run's clients
+            # then fail to connect (claims time out). A message crossing
+            # n1 -> n2 shows it is done.
+            local try
+            for try in 1 2 3; do
+                probe_hop && break
+                ((try < 3)) || log "going on anyway"
+            done
             return 0
         fi
         sleep 0.1
@@ -195,6 +219,14 @@ run() {
     local args=("$@" --cpus "$BENCH_CPU" --broker-pid "$pids" --json)
     echo "ringmq-bench ${args[*]}" | sed "s/--broker-pid $pids/--broker-pid PIDS/" >"$WORK/$tag.cmd"
     log "$tag: ringmq-bench ${args[*]}"
+    if [[ -n "${PROFILE:-}" && $variant == ringmq-cluster && $tag == pairs-q[01].* ]]; then
+        mkdir -p "$PROFILE"
+        (
+            sleep "${WARMUP%s}"
+            perf record -e cpu-clock -F 1999 -g -p "$pids" -o "$PROFILE/$tag.perf.data" \
+                -- sleep 3 >/dev/null 2>&1
+        ) &
+    fi
     bench_json "$WORK/$tag" "${args[@]}"
     # Let the run's connections close before the next one starts.
     sleep 1
@@ -215,12 +247,14 @@ flows() {
     local window=(--duration "$DURATION" --warmup "$WARMUP")
     local qos
     for qos in 0 1; do
+        [[ " $FLOWS " == *" pairs "* ]] || continue
         run "pairs-q$qos.$variant.$rep" pubsub --layout pairs --publishers "$PAIRS" --qos "$qos" \
             --broker "$pub" --sub-broker "$sub" "${window[@]}"
         if [[ $variant == ringmq-cluster ]]; then
             eval "RATE_Q$qos=$(half_rate "pairs-q$qos.$variant.$rep")"
         fi
         local rate_var="RATE_Q$qos" name rate
+        [[ " $FLOWS " == *" rates "* ]] || continue
         for name in $RATES; do
             rate=$name
             [[ $name == half ]] && rate=${!rate_var}
@@ -229,10 +263,11 @@ flows() {
         done
     done
     for qos in 0 1; do
+        [[ " $FLOWS " == *" fanout "* ]] || continue
         run "fanout-q$qos.$variant.$rep" pubsub --layout fan-out --publishers 5 \
             --subscribers "$FANOUT_SUBS" --qos "$qos" --broker "$pub" --sub-broker "$spread" "${window[@]}"
     done
-    [[ $variant == ringmq-* ]] || return 0
+    [[ $variant != rmqtt && $variant != vibemq && " $FLOWS " == *" subscribe "* ]] || return 0
     run "subscribe.$variant.$rep" subscribe --broker "$sub" --subscribes "$SUBSCRIBES"
 }
 
@@ -356,14 +391,25 @@ EOF
 }
 
 if [[ -z "$FROM" ]]; then
-    build_release
+    if [[ -z "${CANDIDATE:-}" ]]; then
+        build_release
+    fi
     trap stop_all EXIT
     N1="127.0.0.11:$MQTT_PORT" N2="127.0.0.12:$MQTT_PORT" N3="127.0.0.13:$MQTT_PORT"
     SINGLE="127.0.0.14:$MQTT_PORT"
     for rep in $(seq "$REPS"); do
-        start_cluster "$rep"
-        flows ringmq-cluster "$rep" "$N1" "$N2" "$N1,$N2,$N3"
-        stop_all
+        clusters=(ringmq-cluster)
+        if [[ -n "$BASE" ]]; then
+            # The two builds take turns going first.
+            if ((rep % 2)); then clusters+=(base-cluster); else clusters=(base-cluster ringmq-cluster); fi
+        fi
+        for variant in "${clusters[@]}"; do
+            bin=$RINGMQ
+            [[ $variant == base-cluster ]] && bin=$BASE
+            start_cluster "$rep.$variant" "$bin"
+            flows "$variant" "$rep" "$N1" "$N2" "$N1,$N2,$N3"
+            stop_all
+        done
         if ((WITH_SINGLE)); then
             start_single "$rep"
             flows ringmq-single "$rep" "$SINGLE" "$SINGLE" "$SINGLE"
@@ -388,6 +434,7 @@ if [[ -z "$FROM" ]]; then
         echo "load=$(cut -d' ' -f1 /proc/loadavg)"
         echo "commit=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src bench || echo '+changes')"
         echo "peers=${RMQTT:+rmqtt $RMQTT }${VIBEMQ:+vibemq $VIBEMQ}"
+        echo "binaries=ringmq-cluster ${CANDIDATE:-$RINGMQ}${BASE:+, base-cluster $BASE}"
     } >"$WORK/run.txt"
 fi
 
@@ -420,7 +467,7 @@ def per_published(r):
     cpu, sent = w.get("broker_cpu_seconds"), w.get("sent")
     return cpu * 1e6 / sent if cpu is not None and sent else None
 
-variants = ["ringmq-cluster", "ringmq-single", "rmqtt", "vibemq"]
+variants = ["ringmq-cluster", "base-cluster", "ringmq-single", "rmqtt", "vibemq"]
 def order(test):
     parts = test.split("-")
     rate = parts[3] if len(parts) > 3 else ""
@@ -434,6 +481,8 @@ w(f"Machine: {os.cpu_count()} CPUs, Linux {platform.release()}, load average {in
   "All broker processes of a variant on CPU 0, generator on CPU 1. Medians over repeats, "
   "range in brackets. Broker CPU summed over all nodes (`--broker-pid n1,n2,n3`). "
   f"Raw JSON, commands and node logs: `{work}`.")
+if info.get("binaries"):
+    w(f"Binaries: {info['binaries']}.")
 w("")
 w("| flow | broker | runs | delivered msg/s | broker CPU µs / delivered | µs / published | p50 ms | p99 ms | missing | errors |")
 w("|---|---|---|---|---|---|---|---|---|---|")
@@ -471,6 +520,8 @@ def ratio_row(test, a, b):
       f"{rat(lambda r: r.get('broker_cpu_us_per_message'))} | {rat(p('p50'))} | {rat(p('p99'))} | {med(diff, 2)} |")
 for test in tests:
     ratio_row(test, "ringmq-cluster", "ringmq-single")
+    ratio_row(test, "base-cluster", "ringmq-single")
+    ratio_row(test, "ringmq-cluster", "base-cluster")
 for test in tests:
     for peer in ("rmqtt", "vibemq"):
         ratio_row(test, peer, "ringmq-cluster")

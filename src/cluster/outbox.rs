@@ -145,7 +145,14 @@ impl Outbox {
     pub fn poll_send(&mut self, window: usize) -> Option<Batch> {
         let first = self.entries.get(self.sent)?;
         let (first_seq, share) = (first.seq, first.share.clone());
-        let mut messages = Vec::new();
+        // Most often everything unsent goes (the window is large): sized
+        // for that, so the vector is not grown message by message; no more
+        // than the window can take, each entry counting at least 64 bytes.
+        let mut messages = Vec::with_capacity(if share.is_some() {
+            1
+        } else {
+            (self.entries.len() - self.sent).min(window / 64 + 1)
+        });
         let mut expected = first_seq;
         while let Some(entry) = self.entries.get(self.sent) {
             let fits = self.in_flight_bytes == 0 || self.in_flight_bytes + entry.bytes <= window;

@@ -194,11 +194,19 @@ impl Node {
                 continue;
             }
             self.counters.received_messages += 1;
-            // Once per shard, however many of its filters match.
-            self.local_trie
-                .for_each_match(&message.topic, |matched| shards.extend_from_slice(matched));
-            shards.sort_unstable();
-            shards.dedup();
+            if self.config.shards == 1 {
+                // The one shard matches the topic against its own
+                // subscriptions anyway (and drops a message none match):
+                // matching here as well was 3% of a node's CPU in
+                // cross-node pairs at QoS 0 with one shard per node.
+                shards.push(0);
+            } else {
+                // Once per shard, however many of its filters match.
+                self.local_trie
+                    .for_each_match(&message.topic, |matched| shards.extend_from_slice(matched));
+                shards.sort_unstable();
+                shards.dedup();
+            }
             for &shard in &shards {
                 self.outputs.push_back(NodeOutput::ToShard {
                     shard,
