@@ -3,6 +3,9 @@
 #
 #   bench/tls.sh [REPS] [OUT.md]      (REPS default 3; builds the release
 #                                      binaries first)
+#   bench/tls.sh --from DIR [--from DIR2 ...] [OUT.md]
+#                                     (no measurement: the table again from
+#                                      earlier runs' directories, pooled)
 #
 # Each broker runs alone on CPU 0 (ringmq with one shard), the clients on
 # CPU 1, over loopback, a fresh broker per measurement, with a plain TCP
@@ -36,8 +39,16 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPS=${1:-3}
-OUT=${2:-}
+FROM=()
+while [[ ${1:-} == --from ]]; do
+    FROM+=("$2")
+    shift 2
+done
+if ((${#FROM[@]})); then
+    OUT=${1:-}
+else
+    REPS=${1:-3} OUT=${2:-}
+fi
 if [[ -n "$OUT" && "$OUT" != /* ]]; then
     OUT="$PWD/$OUT"
 fi
@@ -45,10 +56,117 @@ DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-2s}
 RATE=${RATE:-100}
 CONNS=${CONNS:-500}
+log() { echo "tls: $*" >&2; }
+
+# tables: the markdown table of the runs in the directories FROM (pooled
+# when several), on stdout and in OUT if given.
+tables() {
+    PYTHONPATH="$ROOT/bench" python3 - "${OUT:-/dev/null}" "${FROM[@]}" <<'PY'
+import glob, json, os, statistics, sys
+from tables import median_range
+out, works = sys.argv[1], sys.argv[2:]
+infos = [dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "run.txt")))
+         for work in works]
+
+# runs[(flow, broker, transport)][rep] = figures
+runs = {}
+for index, work in enumerate(works):
+    for path in glob.glob(os.path.join(work, "*.json")):
+        flow, broker, transport, rep = os.path.basename(path)[:-5].split(".")
+        # Repeats of several directories pooled: run 2's repeat 1 is "2.1".
+        rep = f"{index + 1}.{rep}" if len(works) > 1 else rep
+        try:
+            r = json.load(open(path))
+        except ValueError:
+            continue
+        runs.setdefault((flow, broker, transport), {})[rep] = r
+
+def lat(key):
+    return lambda r: r["latency_us"][key] / 1000 if r["latency_us"]["samples"] else None
+def per_connect(r):
+    cpu = r.get("broker_connect_cpu_seconds")
+    return cpu * 1e6 / r["connected"] if cpu is not None and r["connected"] else None
+
+PAIRS = [("delivered msg/s", lambda r: r["received_per_second"], 0),
+         ("broker CPU µs / msg", lambda r: r.get("broker_cpu_us_per_message"), 2),
+         ("p50 ms", lat("p50"), 2), ("p99 ms", lat("p99"), 2),
+         ("generator CPU s / s", lambda r: r["window"]["bench_cpu_seconds"] / r["window"]["seconds"], 2)]
+STRESSER = [("msg/s (received / wall)", lambda r: r["aggregate_per_second"], 0),
+            ("broker CPU µs / msg", lambda r: r.get("broker_cpu_us_per_message"), 2)]
+FLOWS = [
+    ("pairs-q0", "pairs, 100, QoS 0, saturation", PAIRS),
+    ("pairs-q1", "pairs, 100, QoS 1, saturation", PAIRS),
+    ("pairs-q0-rate", "pairs, 100, QoS 0, fixed rate", PAIRS),
+    ("pairs-q1-rate", "pairs, 100, QoS 1, fixed rate", PAIRS),
+    ("stresser-q0", "stresser 100 x 1000, QoS 0", STRESSER),
+    ("stresser-q1", "stresser 100 x 1000, QoS 1", STRESSER),
+    ("conn", "conn", [("connects / s", lambda r: r["connects_per_second"], 0),
+                      ("broker CPU µs / connect", per_connect, 0),
+                      ("broker bytes / connection", lambda r: r.get("broker_bytes_per_connection"), 0)]),
+    ("handshakes", "`openssl s_time -new`, 10 s", [
+        ("handshakes / s", lambda r: r["handshakes_per_second"], 0),
+        ("broker CPU µs / handshake", lambda r: r["broker_cpu_us_per_handshake"], 0)]),
+]
+
+def values(flow, broker, transport, fn):
+    return {rep: fn(r) for rep, r in runs.get((flow, broker, transport), {}).items()}
+
+def fmt(xs, digits):
+    return median_range(xs, digits, empty="–")
+
+def ratio(a, b):
+    """Median over the repeats of a / b within each repeat."""
+    rs = [a[k] / b[k] for k in a if k in b and a[k] is not None and b.get(k)]
+    return f"{statistics.median(rs):.2f}" if rs else "–"
+
+lines = []
+w = lines.append
+for info in infos:
+    w(f"bench/tls.sh at `{info['commit']}`, {info['when']}; {info['mosquitto']}; {info['openssl']}; "
+      f"load average {info['load_start']} at the start, {info.get('load_end', '?')} at the end.")
+w("")
+w(f"{'Runs pooled. ' if len(infos) > 1 else ''}"
+  "Medians over the repeats, range in brackets; ratios are medians of the ratios within each repeat.")
+w("")
+w("| flow | figure | ringmq TCP | ringmq TLS | TLS / TCP | Mosquitto TCP | Mosquitto TLS | TLS / TCP | ringmq / Mosquitto, TCP | ringmq / Mosquitto, TLS |")
+w("|---|---|---|---|---|---|---|---|---|---|")
+for flow, title, figures in FLOWS:
+    for name, fn, digits in figures:
+        v = {(b, t): values(flow, b, t, fn) for b in ("ringmq", "mosquitto") for t in ("tcp", "tls")}
+        if not any(v.values()):
+            continue
+        w(f"| {title} | {name} | {fmt(v['ringmq', 'tcp'].values(), digits)} | {fmt(v['ringmq', 'tls'].values(), digits)} | "
+          f"{ratio(v['ringmq', 'tls'], v['ringmq', 'tcp'])} | "
+          f"{fmt(v['mosquitto', 'tcp'].values(), digits)} | {fmt(v['mosquitto', 'tls'].values(), digits)} | "
+          f"{ratio(v['mosquitto', 'tls'], v['mosquitto', 'tcp'])} | "
+          f"{ratio(v['ringmq', 'tcp'], v['mosquitto', 'tcp'])} | {ratio(v['ringmq', 'tls'], v['mosquitto', 'tls'])} |")
+w("")
+trouble = []
+for (flow, broker, transport), reps in sorted(runs.items()):
+    for rep, r in sorted(reps.items()):
+        bad = {k: r.get(k) for k in ("errors", "missing", "failed") if r.get(k)}
+        if bad:
+            trouble.append(f"- {flow} {broker} {transport} repeat {rep}: {bad}")
+w("\n".join(trouble) if trouble else "No run had errors, missing deliveries or failed connects.")
+w("")
+w("Commands (`PORT` the listener's; `--tls --tls-ca ca.pem` for TLS):")
+w("")
+for flow, _, _ in FLOWS:
+    for path in sorted(glob.glob(os.path.join(works[0], f"{flow}.ringmq.tls.*.cmd")))[:1]:
+        w(f"- {flow}: `{open(path).read().strip().replace(' --json', '')}`")
+text = "\n".join(lines) + "\n"
+sys.stdout.write(text)
+open(out, "w").write(text)
+PY
+}
+
+if ((${#FROM[@]})); then
+    tables
+    exit 0
+fi
+
 WORK=$(mktemp -d /tmp/ringmq-tls.XXXXXX)
 RINGMQ_TCP=18851 RINGMQ_TLS=18852 MOSQUITTO_TCP=18861 MOSQUITTO_TLS=18862
-
-log() { echo "tls: $*" >&2; }
 
 ensure_mosquitto
 build_release
@@ -171,96 +289,7 @@ for rep in $(seq "$REPS"); do
     done
 done
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/run.txt"
+FROM=("$WORK")
+tables
 
-# --- tables --------------------------------------------------------------
-PYTHONPATH="$ROOT/bench" python3 - "$WORK" "${OUT:-/dev/null}" <<'PY'
-import glob, json, os, statistics, sys
-from tables import median_range
-work, out = sys.argv[1], sys.argv[2]
-info = dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "run.txt")))
-
-# runs[(flow, broker, transport)][rep] = figures
-runs = {}
-for path in glob.glob(os.path.join(work, "*.json")):
-    flow, broker, transport, rep = os.path.basename(path)[:-5].split(".")
-    try:
-        r = json.load(open(path))
-    except ValueError:
-        continue
-    runs.setdefault((flow, broker, transport), {})[rep] = r
-
-def lat(key):
-    return lambda r: r["latency_us"][key] / 1000 if r["latency_us"]["samples"] else None
-def per_connect(r):
-    cpu = r.get("broker_connect_cpu_seconds")
-    return cpu * 1e6 / r["connected"] if cpu is not None and r["connected"] else None
-
-PAIRS = [("delivered msg/s", lambda r: r["received_per_second"], 0),
-         ("broker CPU µs / msg", lambda r: r.get("broker_cpu_us_per_message"), 2),
-         ("p50 ms", lat("p50"), 2), ("p99 ms", lat("p99"), 2),
-         ("generator CPU s / s", lambda r: r["window"]["bench_cpu_seconds"] / r["window"]["seconds"], 2)]
-STRESSER = [("msg/s (received / wall)", lambda r: r["aggregate_per_second"], 0),
-            ("broker CPU µs / msg", lambda r: r.get("broker_cpu_us_per_message"), 2)]
-FLOWS = [
-    ("pairs-q0", "pairs, 100, QoS 0, saturation", PAIRS),
-    ("pairs-q1", "pairs, 100, QoS 1, saturation", PAIRS),
-    ("pairs-q0-rate", "pairs, 100, QoS 0, fixed rate", PAIRS),
-    ("pairs-q1-rate", "pairs, 100, QoS 1, fixed rate", PAIRS),
-    ("stresser-q0", "stresser 100 x 1000, QoS 0", STRESSER),
-    ("stresser-q1", "stresser 100 x 1000, QoS 1", STRESSER),
-    ("conn", "conn", [("connects / s", lambda r: r["connects_per_second"], 0),
-                      ("broker CPU µs / connect", per_connect, 0),
-                      ("broker bytes / connection", lambda r: r.get("broker_bytes_per_connection"), 0)]),
-    ("handshakes", "`openssl s_time -new`, 10 s", [
-        ("handshakes / s", lambda r: r["handshakes_per_second"], 0),
-        ("broker CPU µs / handshake", lambda r: r["broker_cpu_us_per_handshake"], 0)]),
-]
-
-def values(flow, broker, transport, fn):
-    return {rep: fn(r) for rep, r in runs.get((flow, broker, transport), {}).items()}
-
-def fmt(xs, digits):
-    return median_range(xs, digits, empty="–")
-
-def ratio(a, b):
-    """Median over the repeats of a / b within each repeat."""
-    rs = [a[k] / b[k] for k in a if k in b and a[k] is not None and b.get(k)]
-    return f"{statistics.median(rs):.2f}" if rs else "–"
-
-lines = []
-w = lines.append
-w(f"bench/tls.sh at `{info['commit']}`, {info['when']}; {info['mosquitto']}; {info['openssl']}; "
-  f"load average {info['load_start']} at the start, {info.get('load_end', '?')} at the end. "
-  "Medians over the repeats, range in brackets; ratios are medians of the ratios within each repeat.")
-w("")
-w("| flow | figure | ringmq TCP | ringmq TLS | TLS / TCP | Mosquitto TCP | Mosquitto TLS | TLS / TCP | ringmq / Mosquitto, TCP | ringmq / Mosquitto, TLS |")
-w("|---|---|---|---|---|---|---|---|---|---|")
-for flow, title, figures in FLOWS:
-    for name, fn, digits in figures:
-        v = {(b, t): values(flow, b, t, fn) for b in ("ringmq", "mosquitto") for t in ("tcp", "tls")}
-        if not any(v.values()):
-            continue
-        w(f"| {title} | {name} | {fmt(v['ringmq', 'tcp'].values(), digits)} | {fmt(v['ringmq', 'tls'].values(), digits)} | "
-          f"{ratio(v['ringmq', 'tls'], v['ringmq', 'tcp'])} | "
-          f"{fmt(v['mosquitto', 'tcp'].values(), digits)} | {fmt(v['mosquitto', 'tls'].values(), digits)} | "
-          f"{ratio(v['mosquitto', 'tls'], v['mosquitto', 'tcp'])} | "
-          f"{ratio(v['ringmq', 'tcp'], v['mosquitto', 'tcp'])} | {ratio(v['ringmq', 'tls'], v['mosquitto', 'tls'])} |")
-w("")
-trouble = []
-for (flow, broker, transport), reps in sorted(runs.items()):
-    for rep, r in sorted(reps.items()):
-        bad = {k: r.get(k) for k in ("errors", "missing", "failed") if r.get(k)}
-        if bad:
-            trouble.append(f"- {flow} {broker} {transport} repeat {rep}: {bad}")
-w("\n".join(trouble) if trouble else "No run had errors, missing deliveries or failed connects.")
-w("")
-w("Commands (`PORT` the listener's; `--tls --tls-ca ca.pem` for TLS):")
-w("")
-for flow, _, _ in FLOWS:
-    for path in sorted(glob.glob(os.path.join(work, f"{flow}.ringmq.tls.*.cmd")))[:1]:
-        w(f"- {flow}: `{open(path).read().strip().replace(' --json', '')}`")
-text = "\n".join(lines) + "\n"
-sys.stdout.write(text)
-open(out, "w").write(text)
-PY
-log "raw JSON and logs in $WORK"
+log "raw JSON and logs in ${FROM[*]}"

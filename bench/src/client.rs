@@ -159,8 +159,8 @@ pub enum ClientError {
 /// The byte stream under the MQTT packets.
 enum Stream {
     Plain(TcpStream),
-    /// Boxed: a rustls session is a few hundred bytes, and most runs have
-    /// none.
+    /// Boxed, so that a plain connection does not carry the size of a
+    /// rustls session.
     Tls(Box<TlsStream>),
 }
 
