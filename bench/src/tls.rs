@@ -103,6 +103,8 @@ pub struct TlsStream {
     wire_in: Vec<u8>,
     /// TLS records for the socket; kept between writes likewise.
     wire_out: Vec<u8>,
+    /// The broker has ended the session (close_notify) or the stream.
+    ended: bool,
 }
 
 impl TlsStream {
@@ -128,12 +130,16 @@ impl TlsStream {
             session,
             wire_in: Vec::with_capacity(read_chunk),
             wire_out: Vec::new(),
+            ended: false,
         };
         while stream.session.is_handshaking() {
             if stream.session.wants_write() {
                 stream.send_records().await?;
-            } else if stream.receive(&mut BytesMut::new()).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            } else {
+                stream.receive(&mut BytesMut::new()).await?;
+                if stream.ended {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
             }
         }
         stream.send_records().await?;
@@ -147,42 +153,39 @@ impl TlsStream {
     }
 
     /// Reads from the socket until some plaintext arrives, and appends it
-    /// to `plain`; 0 once the broker has closed the connection (with a
-    /// close_notify or not).
+    /// to `plain`; 0 once the broker has ended the session (with a
+    /// close_notify or not) and everything before that has been given.
     pub async fn read(&mut self, plain: &mut BytesMut) -> io::Result<usize> {
-        loop {
+        let before = plain.len();
+        // A partial record, or one that carried no data (a session
+        // ticket), gives nothing: read on.
+        while plain.len() == before && !self.ended {
             if self.session.wants_write() {
                 // A handshake message's answer, or an alert.
                 self.send_records().await?;
             }
-            let before = plain.len();
-            match self.receive(plain).await? {
-                0 => return Ok(0),
-                _ if plain.len() > before => return Ok(plain.len() - before),
-                // A partial record, or one that carried no data (a session
-                // ticket): read on.
-                _ => {}
-            }
+            self.receive(plain).await?;
         }
+        Ok(plain.len() - before)
     }
 
     /// One socket read, through rustls, its plaintext appended to `plain`;
-    /// the bytes read, 0 when the connection has ended.
-    async fn receive(&mut self, plain: &mut BytesMut) -> io::Result<usize> {
+    /// sets `ended` when the session or the stream ends.
+    async fn receive(&mut self, plain: &mut BytesMut) -> io::Result<()> {
         let mut buf = mem::take(&mut self.wire_in);
         buf.clear();
         let (result, buf) = self.tcp.read(buf).await;
         self.wire_in = buf;
         let read = result?;
         if read == 0 {
-            return Ok(0);
+            self.ended = true;
+            return Ok(());
         }
         let mut rest = &self.wire_in[..read];
-        let mut closed = false;
         while !rest.is_empty() {
             if self.session.read_tls(&mut rest)? == 0 {
                 // After a close_notify rustls takes nothing more.
-                closed = true;
+                self.ended = true;
                 break;
             }
             let state = match self.session.process_new_packets() {
@@ -199,9 +202,9 @@ impl TlsStream {
                 plain.resize(at + ready, 0);
                 self.session.reader().read_exact(&mut plain[at..])?;
             }
-            closed |= state.peer_has_closed();
+            self.ended |= state.peer_has_closed();
         }
-        Ok(if closed { 0 } else { read })
+        Ok(())
     }
 
     /// Writes every record rustls has queued.
