@@ -216,8 +216,9 @@ done
 fi
 
 # --- tables --------------------------------------------------------------
-python3 - "$OUT" "$ONLY" "${FROM[@]}" <<'PY'
-import glob, json, os, platform, statistics, sys
+PYTHONPATH="$ROOT/bench" python3 - "$OUT" "$ONLY" "${FROM[@]}" <<'PY'
+import glob, json, os, platform, sys
+from tables import median_range
 out, only, works = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 infos = [dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "run.txt")))
          for work in works]
@@ -244,14 +245,7 @@ def cmd(section, test, variant):
                   for t in glob.glob(os.path.join(work, f"{section}.{test}.{variant}.*.cmd")))
     return open(tags[0]).read().strip().replace(" --json", "") if tags else "n/a"
 
-def med(xs, digits):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "n/a"
-    m = statistics.median(xs)
-    if len(xs) == 1:
-        return f"{m:,.{digits}f}"
-    return f"{m:,.{digits}f} ({min(xs):,.{digits}f}–{max(xs):,.{digits}f})"
+med = median_range
 
 def ms(r, key):
     lat = r.get("latency_us") or {}

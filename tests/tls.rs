@@ -88,18 +88,7 @@ fn subscriber(broker: &Broker, addr: SocketAddr, topic: &str, tls: &[&str]) -> s
 #[test]
 fn mosquitto_clients_speak_mqtt_over_tls_at_both_versions() {
     let pki = Pki::new("mosquitto", "m");
-    let (cert, key) = pki.server("localhost");
-    let broker = Broker::start(&[
-        "--cores",
-        "2",
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        arg(&cert),
-        "--tls-key",
-        arg(&key),
-    ]);
-    let addr = broker.announced_addr("transport=tls");
+    let (broker, addr) = pki.tls_broker();
     let ca = pki.ca_file();
     for version in ["mqttv311", "mqttv5"] {
         let tls = ["--cafile", arg(&ca), "-V", version];

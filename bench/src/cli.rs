@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ringmq::protocol::QoS;
+use rustls::pki_types::ServerName;
+
+use crate::client::Broker;
+use crate::tls::{TlsClient, TlsRoots, parse_server_name};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +77,59 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         .collect()
 }
 
+/// How clients reach the broker: in the clear, or through TLS. Every
+/// scenario that opens connections takes these.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Connect through TLS, verifying the broker's certificate against
+    /// `--tls-ca` (there is no way to skip the verification).
+    #[arg(long, requires = "tls_ca")]
+    pub tls: bool,
+    /// CA certificates (PEM) the broker's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires = "tls", value_parser = parse_tls_ca)]
+    pub tls_ca: Option<TlsRoots>,
+    /// The name the broker's certificate must be valid for (a DNS name or
+    /// an IP address); default: the IP address connected to.
+    #[arg(long, value_name = "NAME", requires = "tls", value_parser = parse_server_name)]
+    pub tls_server_name: Option<ServerName<'static>>,
+}
+
+impl TlsArgs {
+    /// The broker at `addr`, reached as these flags say.
+    pub fn broker(&self, addr: SocketAddr) -> Broker {
+        let tls = match (self.tls, &self.tls_ca) {
+            (true, Some(roots)) => Some(TlsClient {
+                roots: roots.clone(),
+                server_name: self.tls_server_name.clone(),
+            }),
+            // clap's `requires` keeps the flags together.
+            _ => None,
+        };
+        Broker { addr, tls }
+    }
+
+    /// The same flags, for a child process's command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let (true, Some(roots)) = (self.tls, &self.tls_ca) {
+            args.push("--tls".to_owned());
+            args.push("--tls-ca".to_owned());
+            args.push(roots.path.display().to_string());
+            if let Some(name) = &self.tls_server_name {
+                args.push("--tls-server-name".to_owned());
+                args.push(name.to_str().into_owned());
+            }
+        }
+        args
+    }
+}
+
+/// `--tls-ca FILE`: read and checked while the flags are parsed, so a
+/// file that does not load is an error naming the flag.
+fn parse_tls_ca(text: &str) -> Result<TlsRoots, String> {
+    TlsRoots::load(std::path::Path::new(text))
+}
+
 /// Flags every scenario understands.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
@@ -109,15 +166,23 @@ pub struct CommonArgs {
     /// summed, and reported per delivered message.
     #[arg(long, value_delimiter = ',')]
     pub broker_pid: Vec<u32>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl CommonArgs {
+    /// The broker publishers connect to.
+    pub fn publisher_broker(&self) -> Broker {
+        self.tls.broker(self.broker)
+    }
+
     /// The broker subscriber `n` connects to.
-    pub fn subscriber_broker(&self, n: usize) -> SocketAddr {
-        match self.sub_broker.len() {
+    pub fn subscriber_broker(&self, n: usize) -> Broker {
+        let addr = match self.sub_broker.len() {
             0 => self.broker,
             len => self.sub_broker[n % len],
-        }
+        };
+        self.tls.broker(addr)
     }
 }
 
@@ -287,6 +352,8 @@ pub struct StresserArgs {
     pub json: bool,
     #[command(flatten)]
     pub sessions: SessionArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -312,6 +379,8 @@ pub struct SessionsArgs {
     pub cpus: CpuList,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -333,6 +402,8 @@ pub struct SubscribeArgs {
     pub broker_pid: Vec<u32>,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -360,6 +431,8 @@ pub struct TakeoverArgs {
     pub broker_pid: Vec<u32>,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -398,6 +471,8 @@ pub struct ConnArgs {
     /// stdin closes.
     #[arg(long, hide = true)]
     pub child: Option<u32>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// The embedded stores the `store` scenario compares.
@@ -720,8 +795,9 @@ mod tests {
         let broker: SocketAddr = "127.0.0.1:1884".parse().expect("literal");
         assert_eq!(args.common.broker_pid, [42]);
         assert!(args.common.sub_broker.is_empty());
-        assert_eq!(args.common.subscriber_broker(0), broker);
-        assert_eq!(args.common.subscriber_broker(7), broker);
+        assert_eq!(args.common.subscriber_broker(0).addr, broker);
+        assert_eq!(args.common.subscriber_broker(7).addr, broker);
+        assert!(args.common.subscriber_broker(0).tls.is_none());
         let cli = Cli::try_parse_from(["b", "pairs"]).expect("valid");
         let Scenario::Pairs(args) = cli.scenario else {
             panic!("not pairs")
@@ -755,7 +831,7 @@ mod tests {
         assert_eq!(common.broker_pid, [10, 11, 12]);
         let node = |i: u8| SocketAddr::from(([127, 0, 0, 10 + i], 1883));
         assert_eq!(common.broker, node(1));
-        let spread: Vec<_> = (0..5).map(|n| common.subscriber_broker(n)).collect();
+        let spread: Vec<_> = (0..5).map(|n| common.subscriber_broker(n).addr).collect();
         assert_eq!(spread, [node(1), node(2), node(3), node(1), node(2)]);
         // pubsub --layout pairs hands the same flags to the pairs machinery.
         assert_eq!(args.as_pairs().common.sub_broker, common.sub_broker);
@@ -782,6 +858,26 @@ mod tests {
         };
         assert_eq!((s.clients, s.subscribes), (1, 50));
         assert_eq!(s.broker_pid, [7, 8, 9]);
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        // The CA is read while parsing: an unreadable one names the flag.
+        let error = Cli::try_parse_from(["b", "pairs", "--tls", "--tls-ca", "/nonexistent/ca.pem"])
+            .expect_err("no such file");
+        let text = error.to_string();
+        assert!(
+            text.contains("--tls-ca") && text.contains("cannot read"),
+            "{text}"
+        );
+        assert!(Cli::try_parse_from(["b", "pairs", "--tls"]).is_err());
+        assert!(Cli::try_parse_from(["b", "conn", "--tls-server-name", "localhost"]).is_err());
+        let cli = Cli::try_parse_from(["b", "stresser"]).expect("valid");
+        let Scenario::Stresser(s) = cli.scenario else {
+            panic!("not stresser")
+        };
+        assert!(s.tls.broker(s.broker).tls.is_none());
+        assert!(s.tls.to_args().is_empty());
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! One MQTT 3.1.1 client connection over a monoio `TcpStream`.
+//! One MQTT 3.1.1 client connection over a monoio `TcpStream`, in the
+//! clear or through TLS ([`crate::tls`]).
 //!
 //! Reads use monoio's owned-buffer API: the read buffer is lent to the
 //! kernel and handed back, and [`protocol::read`] splits complete packets
 //! off its front. Writes are batched: callers queue any number of packets
 //! into the write buffer and [`Connection::flush`] sends them in one
-//! `write_all`.
+//! `write_all`. Over TLS the same buffers hold plaintext and [`Stream`]
+//! passes them through rustls; nothing above `fill` and `flush` knows
+//! which it is.
 
+use std::fmt;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +26,8 @@ use ringmq::protocol::{
     Publish, QoS, ReasonCode, Subscribe, SubscribeProperties, SubscriptionOptions,
     TopicSubscription,
 };
+
+use crate::tls::{TlsClient, TlsStream};
 
 pub const VERSION: ProtocolVersion = ProtocolVersion::V3_1_1;
 
@@ -41,6 +47,23 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// (`ZeroKeepAlive`). Publishers send all the time; a subscriber sends
 /// PINGREQ every half interval while it receives ([`Connection::ping_due`]).
 pub const KEEP_ALIVE: u16 = 60;
+
+/// Where a connection goes: the broker's address, and TLS when the
+/// broker is to be reached through it.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsClient>,
+}
+
+impl fmt::Display for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.tls {
+            None => write!(f, "{}", self.addr),
+            Some(_) => write!(f, "{} (tls)", self.addr),
+        }
+    }
+}
 
 /// What a CONNECT says, and where the TCP connection comes from.
 #[derive(Debug, Clone)]
@@ -107,6 +130,10 @@ fn connect_from(source: IpAddr, broker: SocketAddr, limit: Duration) -> io::Resu
 pub enum ClientError {
     #[error("connect: {0}")]
     Connect(io::Error),
+    /// The TLS handshake failed: a certificate the CA does not vouch for,
+    /// a name it is not valid for, no common protocol version.
+    #[error("tls handshake: {0}")]
+    Handshake(io::Error),
     #[error("io: {0}")]
     Io(#[from] io::Error),
     #[error("decode: {0}")]
@@ -129,10 +156,18 @@ pub enum ClientError {
     Template,
 }
 
+/// The byte stream under the MQTT packets.
+enum Stream {
+    Plain(TcpStream),
+    /// Boxed, so that a plain connection does not carry the size of a
+    /// rustls session.
+    Tls(Box<TlsStream>),
+}
+
 pub struct Connection {
     /// The CONNACK's session present flag.
     pub session_present: bool,
-    stream: TcpStream,
+    stream: Stream,
     read_buf: BytesMut,
     write_buf: BytesMut,
     /// Free space guaranteed before each socket read ([`READ_CHUNK`] unless
@@ -141,9 +176,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// TCP connect, CONNECT (clean session, keep-alive [`KEEP_ALIVE`]),
-    /// await CONNACK.
-    pub async fn open(broker: SocketAddr, client_id: &str) -> Result<Connection, ClientError> {
+    /// TCP connect (and TLS handshake), CONNECT (clean session,
+    /// keep-alive [`KEEP_ALIVE`]), await CONNACK.
+    pub async fn open(broker: &Broker, client_id: &str) -> Result<Connection, ClientError> {
         Self::open_with(broker, &ConnectOptions::new(client_id)).await
     }
 
@@ -151,7 +186,7 @@ impl Connection {
     /// connection closes unless `clean` (clean_session=0: stored by a
     /// broker with durable sessions).
     pub async fn open_session(
-        broker: SocketAddr,
+        broker: &Broker,
         client_id: &str,
         clean: bool,
     ) -> Result<Connection, ClientError> {
@@ -162,10 +197,11 @@ impl Connection {
         Self::open_with(broker, &options).await
     }
 
-    /// TCP connect (from `options.source` if set), CONNECT, await CONNACK,
-    /// all within [`HANDSHAKE_TIMEOUT`].
+    /// TCP connect (from `options.source` if set), TLS handshake if the
+    /// broker is reached through TLS, CONNECT, await CONNACK, all within
+    /// [`HANDSHAKE_TIMEOUT`].
     pub async fn open_with(
-        broker: SocketAddr,
+        broker: &Broker,
         options: &ConnectOptions,
     ) -> Result<Connection, ClientError> {
         Self::open_within(broker, options, HANDSHAKE_TIMEOUT).await
@@ -173,26 +209,35 @@ impl Connection {
 
     /// [`Connection::open_with`] with its own time limit.
     pub async fn open_within(
-        broker: SocketAddr,
+        broker: &Broker,
         options: &ConnectOptions,
         limit: Duration,
     ) -> Result<Connection, ClientError> {
+        let read_chunk = options.buffer.clamp(64, READ_CHUNK);
         let handshake = async {
-            let stream = match options.source {
-                None => TcpStream::connect(broker)
+            let tcp = match options.source {
+                None => TcpStream::connect(broker.addr)
                     .await
                     .map_err(ClientError::Connect)?,
                 Some(source) => {
-                    connect_from(source, broker, limit).map_err(ClientError::Connect)?
+                    connect_from(source, broker.addr, limit).map_err(ClientError::Connect)?
                 }
             };
-            stream.set_nodelay(true)?;
+            tcp.set_nodelay(true)?;
+            let stream = match &broker.tls {
+                None => Stream::Plain(tcp),
+                Some(tls) => Stream::Tls(Box::new(
+                    TlsStream::connect(tcp, tls, broker.addr, read_chunk)
+                        .await
+                        .map_err(ClientError::Handshake)?,
+                )),
+            };
             let mut conn = Connection {
                 session_present: false,
                 stream,
                 read_buf: BytesMut::with_capacity(options.buffer),
                 write_buf: BytesMut::with_capacity(options.buffer),
-                read_chunk: options.buffer.clamp(64, READ_CHUNK),
+                read_chunk,
             };
             conn.queue(&Packet::Connect(Box::new(Connect {
                 protocol: VERSION,
@@ -285,11 +330,20 @@ impl Connection {
         if self.write_buf.is_empty() {
             return Ok(());
         }
-        let buf = mem::take(&mut self.write_buf);
-        let (result, mut buf) = self.stream.write_all(buf).await;
-        buf.clear();
-        self.write_buf = buf;
-        result?;
+        match &mut self.stream {
+            Stream::Plain(tcp) => {
+                let buf = mem::take(&mut self.write_buf);
+                let (result, mut buf) = tcp.write_all(buf).await;
+                buf.clear();
+                self.write_buf = buf;
+                result?;
+            }
+            Stream::Tls(tls) => {
+                let result = tls.write_all(&self.write_buf).await;
+                self.write_buf.clear();
+                result?;
+            }
+        }
         Ok(())
     }
 
@@ -302,17 +356,24 @@ impl Connection {
         )?)
     }
 
-    /// One socket read, appended to the read buffer.
+    /// One socket read (over TLS: as many as it takes to complete a
+    /// record), appended to the read buffer.
     pub async fn fill(&mut self) -> Result<(), ClientError> {
-        let mut buf = mem::take(&mut self.read_buf);
-        if buf.capacity() - buf.len() < self.read_chunk / 4 {
-            buf.reserve(self.read_chunk);
-        }
-        let len = buf.len();
-        let capacity = buf.capacity();
-        let (result, slice) = self.stream.read(buf.slice_mut(len..capacity)).await;
-        self.read_buf = slice.into_inner();
-        match result? {
+        let read = match &mut self.stream {
+            Stream::Plain(tcp) => {
+                let mut buf = mem::take(&mut self.read_buf);
+                if buf.capacity() - buf.len() < self.read_chunk / 4 {
+                    buf.reserve(self.read_chunk);
+                }
+                let len = buf.len();
+                let capacity = buf.capacity();
+                let (result, slice) = tcp.read(buf.slice_mut(len..capacity)).await;
+                self.read_buf = slice.into_inner();
+                result
+            }
+            Stream::Tls(tls) => tls.read(&mut self.read_buf).await,
+        };
+        match read? {
             0 => Err(ClientError::Closed),
             _ => Ok(()),
         }

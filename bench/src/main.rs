@@ -17,6 +17,7 @@ mod report;
 mod scenario;
 mod stats;
 mod stresser_report;
+mod tls;
 mod workers;
 
 use std::io::Write;

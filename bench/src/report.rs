@@ -155,7 +155,7 @@ impl Summary {
         });
         Summary {
             scenario: plan.scenario,
-            broker: common.broker.to_string(),
+            broker: common.publisher_broker().to_string(),
             sub_brokers: common.sub_broker.iter().map(|a| a.to_string()).collect(),
             broker_pids: common.broker_pid.clone(),
             cpus: common.cpus.0.clone(),

@@ -17,8 +17,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use super::RECV_TIMEOUT;
 use super::wire::{self, Connack, Connect, Packet};
+use super::{Broker, RECV_TIMEOUT};
 
 /// A directory of certificates, removed at the end: one CA, and whatever
 /// it signs.
@@ -106,6 +106,25 @@ impl Pki {
         );
         self.sign(params, &cert, &key);
         (cert, key)
+    }
+
+    /// A broker on two shards with `--tls-listen` serving a server
+    /// certificate of this CA's for localhost (see [`Pki::server`]), and
+    /// its TLS listener's address.
+    pub fn tls_broker(&self) -> (Broker, SocketAddr) {
+        let (cert, key) = self.server("localhost");
+        let broker = Broker::start(&[
+            "--cores",
+            "2",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            arg(&cert),
+            "--tls-key",
+            arg(&key),
+        ]);
+        let addr = broker.announced_addr("transport=tls");
+        (broker, addr)
     }
 
     fn sign(&self, params: CertificateParams, cert_file: &Path, key_file: &Path) {

@@ -205,7 +205,7 @@ pub fn run(args: &ConnArgs) -> Result<ConnReport, String> {
     };
     let (hold_seconds, cpu_after, rss_after) = hold;
     Ok(ConnReport {
-        broker: args.broker.to_string(),
+        broker: args.tls.broker(args.broker).to_string(),
         requested,
         connected,
         failed,
@@ -288,7 +288,8 @@ fn spawn_child(args: &ConnArgs, connections: u64, index: u32) -> Result<ChildPro
         .arg("--cpus")
         .arg(cpus)
         .arg("--child")
-        .arg(index.to_string());
+        .arg(index.to_string())
+        .args(args.tls.to_args());
     if !args.source_addrs.is_empty() {
         // Rotate the list so children do not all start on the same address.
         let n = args.source_addrs.len();
@@ -464,7 +465,7 @@ async fn idle(ctx: Rc<WorkerCtx>, args: Arc<ConnArgs>, n: usize) {
     let connected = ctx
         .or_stop(async {
             let _turn = ctx.connect_gate.acquire().await;
-            Connection::open_with(args.broker, &options).await
+            Connection::open_with(&args.tls.broker(args.broker), &options).await
         })
         .await;
     let conn = ctx.settle_subscriber("connect", connected);

@@ -131,7 +131,7 @@ async fn subscriber(
         .or_stop(async {
             let _turn = ctx.connect_gate.acquire().await;
             let mut conn = Connection::open_session(
-                args.common.subscriber_broker(n),
+                &args.common.subscriber_broker(n),
                 &format!("bench-{}-sub-{n}", layout_name(layout)),
                 !args.sessions.persistent_subscribers,
             )

@@ -71,7 +71,7 @@ async fn pair(ctx: Rc<WorkerCtx>, args: Arc<PairsArgs>, n: usize) {
             let broker = args.common.subscriber_broker(n);
             let clean = !args.sessions.persistent_subscribers;
             let mut conn =
-                Connection::open_session(broker, &format!("bench-sub-{n}"), clean).await?;
+                Connection::open_session(&broker, &format!("bench-sub-{n}"), clean).await?;
             conn.subscribe(&topic, args.qos).await?;
             Ok::<_, ClientError>(conn)
         })
@@ -105,7 +105,8 @@ pub(super) async fn publisher(
             .or_stop(async {
                 let _turn = ctx.connect_gate.acquire().await;
                 let clean = !args.sessions.persistent_publishers;
-                Connection::open_session(args.common.broker, &format!("bench-pub-{n}"), clean).await
+                let broker = args.common.publisher_broker();
+                Connection::open_session(&broker, &format!("bench-pub-{n}"), clean).await
             })
             .await
             .and_then(|result| result.map_err(|e| ctx.error("publisher", &e)).ok()),

@@ -65,7 +65,7 @@ pub fn run(args: &SessionsArgs) -> Result<SessionsReport, String> {
     };
     let mut report = SessionsReport {
         scenario: "sessions",
-        broker: args.broker.to_string(),
+        broker: args.tls.broker(args.broker).to_string(),
         cpus: args.cpus.0.clone(),
         sessions: 0,
         subscribe_seconds: 0.0,
@@ -138,8 +138,12 @@ async fn worker(index: usize, args: Arc<SessionsArgs>) -> WorkerResult {
 
 /// Connects session `n` (clean_session=0), subscribes it, disconnects.
 async fn store_session(args: &SessionsArgs, n: u32) -> Result<(), ClientError> {
-    let mut conn =
-        Connection::open_session(args.broker, &format!("bench-stored-{n}"), false).await?;
+    let mut conn = Connection::open_session(
+        &args.tls.broker(args.broker),
+        &format!("bench-stored-{n}"),
+        false,
+    )
+    .await?;
     conn.subscribe(&format!("bench/stored/{n}"), QoS::AtLeastOnce)
         .await?;
     conn.disconnect().await
@@ -148,7 +152,8 @@ async fn store_session(args: &SessionsArgs, n: u32) -> Result<(), ClientError> {
 /// `--messages` rounds over the worker's topics, `--inflight` PUBLISHes
 /// unacknowledged at most; counts each PUBACK into `acked`.
 async fn publish(args: &SessionsArgs, topics: &[u32], acked: &mut u64) -> Result<(), ClientError> {
-    let mut conn = Connection::open(args.broker, &format!("bench-filler-{}", topics[0])).await?;
+    let broker = args.tls.broker(args.broker);
+    let mut conn = Connection::open(&broker, &format!("bench-filler-{}", topics[0])).await?;
     let payload = Bytes::from(vec![b'x'; args.payload as usize]);
     let inflight = u64::from(args.inflight);
     let total = topics.len() as u64 * u64::from(args.messages);

@@ -110,7 +110,7 @@ pub fn run(args: &StresserArgs) -> Result<StresserReport, String> {
         .collect();
     Ok(StresserReport::new(
         RunFacts {
-            broker: args.broker.to_string(),
+            broker: args.tls.broker(args.broker).to_string(),
             clients: u64::from(args.num_clients),
             messages_per_client: u64::from(args.num_messages),
             publisher_qos: args.publisher_qos as u8,
@@ -220,7 +220,10 @@ async fn worker(ctx: &Rc<WorkerCtx>, plan: &Plan, i: usize) -> WorkerResult {
 
     let connect = |role: &'static str| {
         let options = options(role);
-        async move { Connection::open_within(args.broker, &options, args.timeout).await }
+        async move {
+            let broker = args.tls.broker(args.broker);
+            Connection::open_within(&broker, &options, args.timeout).await
+        }
     };
     let mut subscriber = match ctx.or_stop(connect("sub")).await {
         Some(Ok(conn)) => conn,

@@ -50,7 +50,7 @@ pub fn run(args: &SubscribeArgs) -> Result<SubscribeReport, String> {
     )?;
     Ok(SubscribeReport {
         scenario: "subscribe",
-        broker: args.broker.to_string(),
+        broker: args.tls.broker(args.broker).to_string(),
         broker_pids: args.broker_pid.clone(),
         cpus: args.cpus.0.clone(),
         clients: args.clients,
@@ -68,7 +68,8 @@ pub fn run(args: &SubscribeArgs) -> Result<SubscribeReport, String> {
 async fn client(args: Arc<SubscribeArgs>, tag: u64, n: usize) -> ClientRun {
     let mut latency = new_histogram();
     let mut completed = 0;
-    let mut conn = match Connection::open(args.broker, &format!("bench-subscribe-{n}")).await {
+    let broker = args.tls.broker(args.broker);
+    let mut conn = match Connection::open(&broker, &format!("bench-subscribe-{n}")).await {
         Ok(conn) => conn,
         Err(e) => return (latency, 0, Some(e.to_string())),
     };

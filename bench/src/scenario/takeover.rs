@@ -51,8 +51,8 @@ pub fn run(args: &TakeoverArgs) -> Result<TakeoverReport, String> {
     )?;
     Ok(TakeoverReport {
         scenario: "takeover",
-        broker: args.broker.to_string(),
-        other_broker: args.other_broker.to_string(),
+        broker: args.tls.broker(args.broker).to_string(),
+        other_broker: args.tls.broker(args.other_broker).to_string(),
         broker_pids: args.broker_pid.clone(),
         cpus: args.cpus.0.clone(),
         clients: args.clients,
@@ -70,7 +70,11 @@ async fn client(args: Arc<TakeoverArgs>, tag: u64, n: usize) -> ClientRun {
     let mut completed = 0;
     let id = format!("bench-takeover-{tag:x}-{n}");
     let error = |e: ClientError| Some(e.to_string());
-    let mut conn = match Connection::open_session(args.broker, &id, false).await {
+    let nodes = [
+        args.tls.broker(args.other_broker),
+        args.tls.broker(args.broker),
+    ];
+    let mut conn = match Connection::open_session(&nodes[1], &id, false).await {
         Ok(conn) => conn,
         Err(e) => return (latency, 0, error(e)),
     };
@@ -80,9 +84,8 @@ async fn client(args: Arc<TakeoverArgs>, tag: u64, n: usize) -> ClientRun {
     {
         return (latency, 0, error(e));
     }
-    let nodes = [args.other_broker, args.broker];
     for i in 0..args.moves {
-        let to = nodes[i as usize % 2];
+        let to = &nodes[i as usize % 2];
         let old = if args.while_connected {
             Some(conn)
         } else {
