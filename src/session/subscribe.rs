@@ -132,6 +132,29 @@ impl Session {
         Ok(())
     }
 
+    /// The filters this session holds, shared ones under their whole
+    /// name. The shard routes exactly these: it keeps no set of its own,
+    /// so that a session carries its filters once.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &ByteString> + '_ {
+        self.subscriptions.iter()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// A subscription the session held before it came back (from the
+    /// store, or from another node), which the shard routes again.
+    pub fn restore_subscription(&mut self, filter: ByteString) {
+        self.subscriptions.insert(filter);
+    }
+
+    /// Empties the session's filters, for the shard to remove their routes
+    /// as the session leaves.
+    pub fn take_subscriptions(&mut self) -> Vec<ByteString> {
+        self.subscriptions.drain().collect()
+    }
+
     pub(super) fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for filter in unsubscribe.filters {

@@ -1357,4 +1357,33 @@ mod tests {
         // Raised while nobody waited for it: kept for the next wait.
         assert!(wakes.poll(Wake::Written, &mut cx).is_ready());
     }
+
+    /// The size of what a function returns: a connection's task is the
+    /// future `Connection::run` returns, whose type has no name.
+    fn returned_size<A, B, R>(_: fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// What every connection holds, idle or not, in fixed-size parts: its
+    /// session's slot (`Session` 320 bytes, the `ConnHandle` pointer and the
+    /// fencing epoch: 336, 368 while it kept a second filter set), its
+    /// `ConnHandle` behind an `Rc` (104 bytes and two counts) and its task's
+    /// future (616 in a test build). Heap the session and the task point to
+    /// (queues, filters, the client id) comes on top. Upper bounds, and only
+    /// where they were measured, since std's type sizes differ between
+    /// targets: a field that pushes one past its bound has to say what it
+    /// is worth.
+    #[test]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn what_a_connection_holds_stays_small() {
+        use std::mem::size_of;
+        let slot = size_of::<super::super::state::SessionSlot>();
+        let handle = size_of::<ConnHandle>();
+        let task = returned_size(Connection::run);
+        assert!(slot <= 336, "session slot grew to {slot} bytes");
+        assert!(handle <= 104, "ConnHandle grew to {handle} bytes");
+        assert!(task <= 616, "connection task grew to {task} bytes");
+        let total = slot + handle + 16 + task;
+        assert!(total <= 1072, "a connection holds {total} bytes");
+    }
 }

@@ -90,13 +90,14 @@ struct LocalSubscription {
     id: Option<u32>,
 }
 
-struct SessionSlot {
+/// A session on its home shard. The filters it holds in the trie, and the
+/// shared subscriptions (`$share/...`) it is a member of, are the
+/// session's own ([`Session::subscriptions`]), so that ending it removes
+/// exactly them; a second set here cost every slot 32 bytes, and a
+/// subscriber a second table.
+pub(super) struct SessionSlot {
     session: Session,
     conn: Option<Rc<ConnHandle>>,
-    /// The filters this session holds in the trie, and the shared
-    /// subscriptions (`$share/...`) it is a member of, so that ending the
-    /// session removes exactly them.
-    filters: FxHashSet<ByteString>,
     /// The fencing epoch this node holds the session under, in a cluster
     /// (0 on one node, and for a session restored from disk until it is
     /// claimed again): a hand-over asked under an older epoch is stale.
@@ -357,7 +358,6 @@ impl ShardState {
             let key = self.sessions.insert(SessionSlot {
                 session,
                 conn: None,
-                filters: FxHashSet::default(),
                 epoch,
             });
             self.by_client_id.insert(connect.client_id.clone(), key);
@@ -687,7 +687,7 @@ impl ShardState {
     /// its records leave the store.
     fn remove_session(&mut self, key: SessionKey, now: Instant) -> SessionSlot {
         self.forget_stored(key);
-        let filters: Vec<ByteString> = self.sessions[key].filters.drain().collect();
+        let filters = self.sessions[key].session.take_subscriptions();
         for filter in &filters {
             self.unsubscribe(key, filter, now);
         }
@@ -951,7 +951,6 @@ impl ShardState {
                 from: me,
             });
         }
-        self.sessions[key].filters.insert(filter.clone());
     }
 
     /// Delivers the retained messages matching a subscription just made.
@@ -978,10 +977,9 @@ impl ShardState {
         }
     }
 
+    /// The session has already let go of `filter` (UNSUBSCRIBE, or
+    /// [`Session::take_subscriptions`] as it leaves).
     fn unsubscribe(&mut self, key: SessionKey, filter: &ByteString, now: Instant) {
-        if let Some(slot) = self.sessions.get_mut(key) {
-            slot.filters.remove(filter);
-        }
         if is_shared(filter) {
             self.leave_group(key, filter, now);
             return;
@@ -1304,7 +1302,7 @@ impl ShardState {
         let subscriptions = self
             .sessions
             .iter()
-            .map(|(_, slot)| slot.filters.len())
+            .map(|(_, slot)| slot.session.subscription_count())
             .sum::<usize>();
         Snapshot {
             shard: self.id(),
@@ -1445,13 +1443,13 @@ mod tests {
         // runs again from this second connection's end.
         let at = now + Duration::from_millis(500);
         let conn = state.attach(&connect, false, -1, 0, at).conn;
-        assert_eq!(state.sessions[conn.key].filters.len(), 1);
+        assert_eq!(state.sessions[conn.key].session.subscription_count(), 1);
         state.detach(&conn, at);
         // Just past it, before any tick has ended it, a new one starts.
         let later = at + Duration::from_millis(1100);
         let conn = state.attach(&connect, false, -1, 0, later).conn;
         assert!(
-            state.sessions[conn.key].filters.is_empty(),
+            state.sessions[conn.key].session.subscription_count() == 0,
             "resumed an expired session"
         );
         assert_eq!(state.sessions.len(), 1);

@@ -41,7 +41,6 @@ impl ShardState {
         let members = self.shared_members.entry(share.clone()).or_default();
         let first_here = members.is_empty();
         members.insert(key, subscription);
-        self.sessions[key].filters.insert(share.clone());
         let me = self.id();
         if first_here {
             // Before the SUBACK leaves: a PUBLISH sent after it must find
@@ -90,8 +89,8 @@ impl ShardState {
     /// connection.
     pub(super) fn set_online(&mut self, key: SessionKey, online: bool, now: Instant) {
         let shares: Vec<ByteString> = self.sessions[key]
-            .filters
-            .iter()
+            .session
+            .subscriptions()
             .filter(|filter| shared::is_shared(filter))
             .cloned()
             .collect();

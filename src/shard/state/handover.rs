@@ -273,7 +273,7 @@ mod tests {
 
     use crate::protocol::{
         Connect, Packet, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
-        TopicSubscription,
+        TopicSubscription, Unsubscribe,
     };
     use crate::shard::connection::CloseReason;
     use crate::shard::mesh::{ClaimOutcome, ShardMsg};
@@ -358,6 +358,20 @@ mod tests {
         assert_eq!(arriving.sessions[key].epoch, 5);
         // Held under 5 now: a stale request for 5 changes nothing.
         assert_eq!(arriving.hand_over("c", 5, now), None);
+
+        // The session knows the filter it brought: its UNSUBSCRIBE finds
+        // it, and takes the route away.
+        let unsubscribe = Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["t".into()],
+            properties: Default::default(),
+        });
+        arriving.handle_packets(&resumed, [unsubscribe], now);
+        match resumed.take_packets().as_slice() {
+            [Packet::UnsubAck(unsuback)] => assert_eq!(unsuback.reasons, [ReasonCode::Success]),
+            other => panic!("expected UNSUBACK, got {other:?}"),
+        }
+        assert!(arriving.subscriptions.get("t").is_none(), "route removed");
     }
 
     /// Everything the shard sent the cluster's place so far.

@@ -139,7 +139,7 @@ impl ShardState {
     fn end_stub(&mut self, key: SessionKey, now: Instant) {
         self.flush_moved();
         self.moving.remove(&key);
-        let filters: Vec<ByteString> = self.sessions[key].filters.drain().collect();
+        let filters = self.sessions[key].session.take_subscriptions();
         for filter in &filters {
             self.unsubscribe(key, filter, now);
         }

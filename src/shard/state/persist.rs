@@ -126,12 +126,12 @@ impl ShardState {
         let key = self.sessions.insert(SessionSlot {
             session,
             conn: None,
-            filters: Default::default(),
             epoch,
         });
         self.by_client_id.insert(client_id, key);
         self.set_acl(key, username);
         for subscription in subscriptions {
+            (self.sessions[key].session).restore_subscription(subscription.filter.clone());
             self.subscribe(
                 key,
                 &subscription.filter,
@@ -305,7 +305,8 @@ impl ShardState {
         &self,
         key: SessionKey,
     ) -> impl Iterator<Item = (&ByteString, LocalSubscription)> + '_ {
-        self.sessions[key].filters.iter().filter_map(move |filter| {
+        let session = &self.sessions[key].session;
+        session.subscriptions().filter_map(move |filter| {
             let subscribers = if is_shared(filter) {
                 self.shared_members.get(filter)
             } else {
