@@ -19,15 +19,7 @@ import struct
 import sys
 import time
 
-SOURCES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
-
-
-def rss_kib(pid, field):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} for {pid}")
+from idle_common import SOURCES, rss_kib
 
 
 def packet(kind, body):

@@ -19,15 +19,7 @@ import struct
 import sys
 import time
 
-SOURCES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
-
-
-def vm_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+from idle_common import SOURCES, rss_kib
 
 
 def connect_packet(client_id):
@@ -62,12 +54,12 @@ def main():
     context = None
     if len(sys.argv) > 5:
         context = ssl.create_default_context(cafile=sys.argv[5])
-    before = vm_rss_kib(pid)
+    before = rss_kib(pid)
     start = time.monotonic()
     connections = [open_connection(host, port, n, context) for n in range(count)]
     seconds = time.monotonic() - start
     time.sleep(1)
-    after = vm_rss_kib(pid)
+    after = rss_kib(pid)
     kind = "tls" if context else "tcp"
     print(
         f"{kind} {len(connections)} idle connections in {seconds:.1f} s: broker VmRSS "

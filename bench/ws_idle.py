@@ -18,15 +18,7 @@ import struct
 import sys
 import time
 
-SOURCES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
-
-
-def vm_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+from idle_common import SOURCES, rss_kib
 
 
 def client_frame(payload):
@@ -73,12 +65,12 @@ def open_connection(host, port, n):
 
 def main():
     host, port, count, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    before = vm_rss_kib(pid)
+    before = rss_kib(pid)
     start = time.monotonic()
     connections = [open_connection(host, port, n) for n in range(count)]
     seconds = time.monotonic() - start
     time.sleep(1)
-    after = vm_rss_kib(pid)
+    after = rss_kib(pid)
     print(
         f"ws {len(connections)} idle connections in {seconds:.1f} s: broker VmRSS "
         f"{before} KiB before, {after} KiB after: "
