@@ -68,8 +68,9 @@ done
 rm -rf "$DATA"
 END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$RAW" "$REPS" "$START_LOAD" "$END_LOAD" "${BINARY[A]}" "${BINARY[B]}" >"$OUT" <<'EOF'
-import json, statistics, sys
+PYTHONPATH="$ROOT/bench" python3 - "$RAW" "$REPS" "$START_LOAD" "$END_LOAD" "${BINARY[A]}" "${BINARY[B]}" >"$OUT" <<'EOF'
+import json, sys
+from tables import median_range
 raw, reps, start_load, end_load, a, b = sys.argv[1:7]
 reps = int(reps)
 skipped = []
@@ -88,16 +89,9 @@ def load(name):
                 p50=d.get("latency_us", {}).get("p50"), p99=d.get("latency_us", {}).get("p99"),
                 missing=d.get("missing", 0))
 
-def med(values, fmt):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    m = statistics.median(values)
-    return fmt(m) if len(values) == 1 else f"{fmt(m)} ({fmt(min(values))}–{fmt(max(values))})"
+def med(values, digits, scale=1):
+    return median_range([v / scale for v in values if v is not None], digits, empty="–")
 
-f0 = lambda v: f"{v:,.0f}"
-f2 = lambda v: f"{v:.2f}"
-ms = lambda v: f"{v / 1000:.2f}"
 print(f"A = `{a}`, B = `{b}`; {reps} repeats; load average at start {start_load}, at end {end_load}.\n")
 print("| durability | flow | build | delivered msg/s | broker CPU µs/msg | p50 ms | p99 ms | missing |")
 print("|---|---|---|---|---|---|---|---|")
@@ -105,9 +99,9 @@ for durability in ("batch", "always"):
     for rate, title in (("sat", "pairs 100 QoS 2, saturated"), ("200", "pairs 100 QoS 2, 200/s each")):
         for build in ("A", "B"):
             runs = [r for r in (load(f"{durability}.{rate}.{build}.{i}") for i in range(1, reps + 1)) if r]
-            print(f"| {durability} | {title} | {build} | {med([r['rate'] for r in runs], f0)} "
-                  f"| {med([r['cpu'] for r in runs], f2)} | {med([r['p50'] for r in runs], ms)} "
-                  f"| {med([r['p99'] for r in runs], ms)} | {sum(r['missing'] or 0 for r in runs)} |")
+            print(f"| {durability} | {title} | {build} | {med([r['rate'] for r in runs], 0)} "
+                  f"| {med([r['cpu'] for r in runs], 2)} | {med([r['p50'] for r in runs], 2, 1000)} "
+                  f"| {med([r['p99'] for r in runs], 2, 1000)} | {sum(r['missing'] or 0 for r in runs)} |")
 print("\nB against A, per repeat (rate ratio; CPU ratio):\n")
 print("| durability | flow | rate B / A | CPU B / A |")
 print("|---|---|---|---|")
@@ -120,7 +114,7 @@ for durability in ("batch", "always"):
                 rates.append(rb["rate"] / ra["rate"])
                 if ra["cpu"] and rb["cpu"]:
                     cpus.append(rb["cpu"] / ra["cpu"])
-        print(f"| {durability} | {rate} | {med(rates, f2)} | {med(cpus, f2)} |")
+        print(f"| {durability} | {rate} | {med(rates, 2)} | {med(cpus, 2)} |")
 if skipped:
     print(f"\nLeft out, with connection errors: {', '.join(sorted(set(skipped)))}.")
 EOF
