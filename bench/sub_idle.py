@@ -9,7 +9,10 @@ Opens CONNECTIONS TCP connections one after another, from 127.0.0.2 to
 60 s), then SUBSCRIBE to `idle/N` at QoS 0 unless --no-subscribe, checking
 each CONNACK and SUBACK. Prints the broker's VmRSS (/proc/PID/status)
 before and a second after, per connection, and the same for RssAnon,
-which leaves out the binary's pages the page cache maps in. `ringmq-bench conn` measures
+which leaves out the binary's pages the page cache maps in, and the
+kernel's growth beside it (slab and TCP buffer pages, system-wide, so
+both ends of every connection when client and broker share the host).
+`ringmq-bench conn` measures
 idle connections without subscriptions; this adds the subscription, and
 v5, standard library only.
 """
@@ -19,7 +22,7 @@ import struct
 import sys
 import time
 
-from idle_common import SOURCES, rss_kib
+from idle_common import SOURCES, kernel_kib, rss_kib
 
 
 def packet(kind, body):
@@ -72,18 +75,22 @@ def main():
     v5 = "--v5" in sys.argv[5:]
     subscribe = "--no-subscribe" not in sys.argv[5:]
     before, anon_before = rss_kib(pid, "VmRSS"), rss_kib(pid, "RssAnon")
+    slab_before, buffers_before = kernel_kib()
     start = time.monotonic()
     connections = [open_connection(host, port, n, v5, subscribe) for n in range(count)]
     seconds = time.monotonic() - start
     time.sleep(1)
     after, anon_after = rss_kib(pid, "VmRSS"), rss_kib(pid, "RssAnon")
+    slab_after, buffers_after = kernel_kib()
     per = (after - before) * 1024 / count
     anon = (anon_after - anon_before) * 1024 / count
     print(
         f"{count} connections ({'v5' if v5 else '3.1.1'}, "
         f"{'one subscription each' if subscribe else 'no subscription'}) in {seconds:.1f} s; "
         f"broker VmRSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, {per:.0f} bytes per connection "
-        f"({anon:.0f} of them anonymous: RssAnon)"
+        f"({anon:.0f} of them anonymous: RssAnon); kernel, both ends: slab "
+        f"{(slab_after - slab_before) * 1024 / count:.0f} and TCP buffers "
+        f"{(buffers_after - buffers_before) * 1024 / count:.0f} bytes per connection"
     )
     for sock in connections:
         sock.close()
