@@ -11,7 +11,7 @@ use ringmq::auth::passwd::{self, PasswdAction};
 
 use ringmq::cluster::tls;
 use ringmq::config::{Command, ConfigError, LogFormat};
-use ringmq::shard::{self, ConnectionLimit, ServerConfig, ShardConfig};
+use ringmq::shard::{self, ConnectionLimit, OpenFilesFit, ServerConfig, ShardConfig};
 
 fn main() -> ExitCode {
     let config = match Command::from_args(std::env::args_os()) {
@@ -63,7 +63,10 @@ fn main() -> ExitCode {
             session: config.session_config(),
             max_packet_size: config.max_packet_size as usize,
             shared_strategy: config.shared_subscription_strategy,
-            connections: ConnectionLimit::new(config.max_connections),
+            connections: ConnectionLimit::new(connections_within_open_files(
+                config.max_connections,
+                config.cores,
+            )),
             connect_timeout: config.connect_timeout(),
             max_client_id_length: usize::from(config.max_client_id_length),
             auth,
@@ -80,6 +83,36 @@ fn main() -> ExitCode {
         Err(error) => {
             tracing::error!(%error, "cannot start");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `max_connections`, lowered (and said so) where the open-file limit would
+/// otherwise leave clients past it waiting unanswered in the accept queue.
+fn connections_within_open_files(configured: usize, shards: usize) -> usize {
+    let open_files = match shard::raise_open_file_limit() {
+        Ok(open_files) => open_files,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit (RLIMIT_NOFILE)");
+            return configured;
+        }
+    };
+    match shard::fit_to_open_files(configured, open_files, shards) {
+        OpenFilesFit::Fits(max) => max,
+        OpenFilesFit::Lowered {
+            configured,
+            to,
+            open_files,
+        } => {
+            tracing::warn!(
+                max_connections = configured,
+                lowered_to = to,
+                open_files,
+                "max_connections (0: no limit) does not fit the open-file limit \
+                 (ulimit -n, systemd LimitNOFILE): lowered, so that clients past it \
+                 are refused with a CONNACK rather than left waiting unaccepted"
+            );
+            to
         }
     }
 }

@@ -58,6 +58,44 @@ async fn max_connections_refuses_with_quota_exceeded_and_frees_places() {
 }
 
 #[tokio::test]
+async fn max_connections_is_lowered_to_fit_the_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+    // No connection limit, but only 100 descriptors: past them, a client
+    // would wait unaccepted while every accept fails, so the broker keeps
+    // 80 for itself (64 and 16 per shard) and refuses the rest.
+    let mut cmd = common::broker_command(&["--max-connections", "0", "--cores", "1"], None);
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the
+    // parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 100,
+                rlim_max: 100,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let broker = Broker::launch(cmd, None);
+    broker.wait_for_log("lowered_to=20 open_files=100", 1);
+    let mut admitted = Vec::new();
+    for n in 0..20 {
+        let (raw, _) = Raw::connect_ok(broker.addr, Connect::v4(&format!("nofile-{n}"))).await;
+        admitted.push(raw);
+    }
+    // Refused, where before the broker accepted up to its 100th descriptor.
+    let (mut refused, connack) = Raw::connect(broker.addr, Connect::v5("nofile-20")).await;
+    assert_eq!(connack.code, 0x97, "v5: Quota exceeded");
+    refused.expect_closed(RECV_TIMEOUT).await;
+    for raw in &mut admitted {
+        raw.send(&wire::pingreq()).await;
+        raw.recv_kind(wire::PINGRESP).await;
+    }
+}
+
+#[tokio::test]
 async fn connections_waiting_to_send_connect_take_places() {
     let broker = Broker::start(&["--max-connections", "1", "--connect-timeout", "1"]);
     let _idle = Raw::open(broker.addr, wire::V5).await;

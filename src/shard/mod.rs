@@ -141,7 +141,7 @@ use crate::cluster::{self, ClusterStatus};
 use crate::config::{IoDriver, ListenerConfig};
 use crate::metrics::{self, Readiness};
 use crate::tls::TlsAcceptor;
-pub use limit::ConnectionLimit;
+pub use limit::{ConnectionLimit, OpenFilesFit, fit_to_open_files, raise_open_file_limit};
 use mesh::{Batch, MeshHandle, ShardMsg};
 pub use state::ShardConfig;
 use state::ShardState;

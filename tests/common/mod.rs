@@ -264,7 +264,10 @@ pub fn run_to_exit(args: &[&str], toml: Option<&str>) -> Exited {
     Exited { status, stderr }
 }
 
-fn broker_command(args: &[&str], config: Option<&PathBuf>) -> Command {
+/// The command [`Broker::start`] runs: `ringmq` on an ephemeral port with
+/// `args`, for a test that adjusts it (limits, environment) before
+/// [`Broker::launch`].
+pub fn broker_command(args: &[&str], config: Option<&PathBuf>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmq"));
     cmd.arg("--listen").arg("127.0.0.1:0");
     if let Some(path) = config {
