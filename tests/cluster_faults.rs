@@ -7,7 +7,9 @@
 //! Needs root, `ip` and `nft`. Elsewhere each test says why and passes,
 //! unless `CI` is set, where that is a failure. Run with `--nocapture` to
 //! see the tallies; RELIABILITY.md records them, and bench/chaos.sh
-//! repeats partitions and kills for many rounds.
+//! repeats partitions and kills for many rounds. With `FAULT_PEER` set
+//! (tests/common/peers.rs) every test here says why it does not apply
+//! and passes: tests/session_faults.rs runs the faults against peers.
 
 mod common;
 
@@ -147,7 +149,11 @@ fn sample_or_zero(text: &str, metric: &str) -> f64 {
 /// and after the heal the subscriber has every message once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_10s_qos1() {
-    if !common::netns::available() {
+    if !common::netns::available()
+        || common::peers::skipped_for_peer(
+            "it asserts ringmq's promise (nothing lost, PUBACKs during the cut); tests/session_faults.rs measures peers",
+        )
+    {
         return;
     }
     let test = "partition_10s_qos1";
@@ -206,7 +212,9 @@ async fn partition_10s_qos1() {
 /// and after `peer_hold` (3 s past the link's end) both have dropped C.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node() {
-    if !common::netns::available() {
+    if !common::netns::available()
+        || common::peers::skipped_for_peer("it reads ringmq's metrics (peers expired)")
+    {
         return;
     }
     let test = "killed_node";
@@ -285,7 +293,9 @@ async fn killed_node() {
 /// are exactly the ones counted as dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_peer_memory_bound() {
-    if !common::netns::available() {
+    if !common::netns::available()
+        || common::peers::skipped_for_peer("it reads ringmq's metrics and logs (outbox, drops)")
+    {
         return;
     }
     let test = "frozen_peer_memory_bound";
@@ -497,7 +507,9 @@ async fn frozen_peer_memory_bound() {
 /// deterministic twin is in src/cluster/sim.rs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_past_peer_hold() {
-    if !common::netns::available() {
+    if !common::netns::available()
+        || common::peers::skipped_for_peer("it reads ringmq's metrics and logs (peer expiry)")
+    {
         return;
     }
     let test = "frozen_past_peer_hold";
@@ -563,7 +575,9 @@ async fn frozen_past_peer_hold() {
 /// saw it go down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_after_heal() {
-    if !common::netns::available() {
+    if !common::netns::available()
+        || common::peers::skipped_for_peer("it reads ringmq's logs (links)")
+    {
         return;
     }
     let test = "retained_after_heal";
@@ -625,7 +639,11 @@ async fn retained_after_heal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run through bench/chaos.sh"]
 async fn chaos() {
-    if !common::netns::available() {
+    if !common::netns::available()
+        || common::peers::skipped_for_peer(
+            "it asserts ringmq's promise (nothing lost) and reads its logs",
+        )
+    {
         return;
     }
     let env = |name: &str, default: u64| {

@@ -14,6 +14,7 @@ pub mod data_dir;
 pub mod delay;
 pub mod http;
 pub mod netns;
+pub mod peers;
 pub mod raw;
 pub mod tally;
 pub mod tls;
@@ -66,6 +67,21 @@ impl Broker {
     /// `ip netns exec`, with stderr piped) and waits until it is accepting
     /// connections. `config` is removed when the broker is dropped.
     pub fn launch(mut cmd: Command, config: Option<PathBuf>) -> Broker {
+        Broker::try_launch(&mut cmd, config, None).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Like [`Broker::launch`], for a broker that announces nothing on
+    /// stderr (a peer, tests/common/peers.rs): ready once `addr` takes a
+    /// TCP connection. Says why it did not start rather than panicking.
+    pub fn launch_listening(cmd: &mut Command, addr: SocketAddr) -> Result<Broker, String> {
+        Broker::try_launch(cmd, None, Some(addr))
+    }
+
+    fn try_launch(
+        cmd: &mut Command,
+        config: Option<PathBuf>,
+        addr: Option<SocketAddr>,
+    ) -> Result<Broker, String> {
         let args: Vec<String> = cmd
             .get_args()
             .map(|arg| arg.to_string_lossy().into_owned())
@@ -93,15 +109,24 @@ impl Broker {
         });
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            match port_rx.recv_timeout(Duration::from_millis(50)) {
+            let ready = match addr {
+                Some(addr)
+                    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+                        .is_ok() =>
+                {
+                    Ok(addr)
+                }
+                _ => port_rx.recv_timeout(Duration::from_millis(50)),
+            };
+            match ready {
                 Ok(addr) => {
-                    return Broker {
+                    return Ok(Broker {
                         child,
                         addr,
                         stderr,
                         config,
                         exit: None,
-                    };
+                    });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -111,26 +136,26 @@ impl Broker {
                     let status = child.try_wait().ok().flatten();
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!(
+                    return Err(format!(
                         "ringmq {args:?} never printed `listening addr=` (exit: {status:?}); stderr:\n{}",
                         stderr.lock().unwrap()
-                    );
+                    ));
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!(
+                return Err(format!(
                     "ringmq {args:?} exited with {status} before listening; stderr:\n{}",
                     stderr.lock().unwrap()
-                );
+                ));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
+                return Err(format!(
                     "ringmq {args:?} did not print `listening addr=` within {STARTUP_TIMEOUT:?}; stderr:\n{}",
                     stderr.lock().unwrap()
-                );
+                ));
             }
         }
     }

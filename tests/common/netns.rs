@@ -1,8 +1,10 @@
 //! Real `ringmq` nodes in Linux network namespaces, one per node, joined by
 //! veth pairs to one bridge in the root namespace, and the faults a test
 //! can apply to them: cut a node's cluster traffic (nftables inside its
-//! namespace, UDP on the cluster port only, so MQTT clients stay
-//! connected), heal it, kill -9, SIGSTOP and SIGCONT.
+//! namespace, the cluster ports only, so MQTT clients stay connected),
+//! heal it, kill -9, SIGSTOP and SIGCONT. With `FAULT_PEER` set, the
+//! nodes are another broker's (tests/common/peers.rs), cut on its own
+//! cluster ports.
 //!
 //! Each cluster gets its own /24 in 10.201.0.0/16: the bridge is `.1` (the
 //! test process's MQTT clients and metrics scrapes go through it) and node
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 use super::Broker;
 use super::cluster::{Nodes, linked_peers, owns_sessions};
 use super::http::get;
+use super::peers::{Peer, all_cross};
 
 /// How long a cluster gets to link every pair of nodes.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -94,6 +97,9 @@ pub struct Net {
     pub namespaces: Vec<String>,
     veths: Vec<String>,
     pub ips: Vec<Ipv4Addr>,
+    /// The ports, TCP or UDP, a cut drops: ringmq's QUIC and gossip, or
+    /// a peer's cluster ports.
+    pub cluster_ports: Vec<u16>,
 }
 
 /// Serialises choosing a subnet within this process.
@@ -129,6 +135,7 @@ impl Net {
             namespaces: Vec::new(),
             veths: Vec::new(),
             ips: Vec::new(),
+            cluster_ports: vec![CLUSTER_PORT],
         };
         run(
             "ip",
@@ -179,10 +186,10 @@ impl Net {
         net
     }
 
-    /// Drops all UDP to and from the cluster port inside namespace `i`:
-    /// its QUIC links and gossip stop, its MQTT (TCP) clients do not.
+    /// Drops all traffic to and from the cluster ports inside namespace
+    /// `i`: its QUIC links and gossip stop, its MQTT clients do not.
     pub fn cut(&self, i: usize) {
-        self.drop_cluster_udp(i, "", "");
+        self.drop_cluster_traffic(i, "", "");
     }
 
     /// Like [`Net::cut`], but only between namespace `i` and the
@@ -191,22 +198,25 @@ impl Net {
     pub fn cut_from(&self, i: usize, others: &[usize]) {
         let ips: Vec<String> = others.iter().map(|&j| self.ips[j].to_string()).collect();
         let ips = ips.join(", ");
-        self.drop_cluster_udp(
+        self.drop_cluster_traffic(
             i,
             &format!("ip saddr {{ {ips} }} "),
             &format!("ip daddr {{ {ips} }} "),
         );
     }
 
-    /// Drops, inside namespace `i`, UDP on the cluster port coming in
-    /// where `from` matches and going out where `to` does.
-    fn drop_cluster_udp(&self, i: usize, from: &str, to: &str) {
+    /// Drops, inside namespace `i`, TCP and UDP on the cluster ports
+    /// coming in where `from` matches and going out where `to` does.
+    fn drop_cluster_traffic(&self, i: usize, from: &str, to: &str) {
+        let ports: Vec<String> = self.cluster_ports.iter().map(u16::to_string).collect();
+        let ports = format!("{{ {} }}", ports.join(", "));
+        let any = "meta l4proto { tcp, udp } th";
         let rules = format!(
             "table inet {FAULT_TABLE} {{
   chain input {{ type filter hook input priority 0; policy accept;
-    {from}udp dport {CLUSTER_PORT} drop; {from}udp sport {CLUSTER_PORT} drop; }}
+    {from}{any} dport {ports} drop; {from}{any} sport {ports} drop; }}
   chain output {{ type filter hook output priority 0; policy accept;
-    {to}udp dport {CLUSTER_PORT} drop; {to}udp sport {CLUSTER_PORT} drop; }}
+    {to}{any} dport {ports} drop; {to}{any} sport {ports} drop; }}
 }}
 "
         );
@@ -314,14 +324,17 @@ fn remove_stale() {
     }
 }
 
-/// A cluster of `ringmq` processes, one per namespace of a [`Net`].
+/// A cluster of `ringmq` processes (or a peer's, see [`NetCluster::peer`]),
+/// one per namespace of a [`Net`].
 pub struct NetCluster {
     pub nodes: Vec<Option<Broker>>,
+    /// The broker `FAULT_PEER` names instead of ringmq, if any.
+    pub peer: Option<Peer>,
     pub node_ids: Vec<String>,
     secret: PathBuf,
     toml: String,
-    /// Each node's `--data-dir`, kept across its restarts; empty for an
-    /// in-memory cluster.
+    /// Each node's `--data-dir` (a peer's working dir), kept across its
+    /// restarts; empty for an in-memory ringmq cluster.
     data_dirs: Vec<super::data_dir::DataDir>,
     // Last: the nodes are killed (Broker's drop) before their namespaces go.
     pub net: Net,
@@ -349,7 +362,11 @@ impl NetCluster {
     }
 
     fn start_with(n: usize, toml: &str, durable: bool, delayed: &[usize]) -> NetCluster {
-        let net = Net::create_with(n, delayed);
+        let peer = Peer::from_env();
+        let mut net = Net::create_with(n, delayed);
+        if let Some(peer) = &peer {
+            net.cluster_ports = peer.cluster_ports().to_vec();
+        }
         let secret = std::env::temp_dir().join(format!("{}.secret", net.namespaces[0]));
         std::fs::write(&secret, "a test secret, long enough\n").expect("write the secret");
         let toml = if toml.contains("[cluster]") {
@@ -374,13 +391,14 @@ impl NetCluster {
                 .collect(),
             secret,
             toml,
-            data_dirs: if durable {
+            data_dirs: if durable || peer.is_some() {
                 (0..n)
                     .map(|i| super::data_dir::DataDir::new(&format!("netns-{i}")))
                     .collect()
             } else {
                 Vec::new()
             },
+            peer,
             net,
         };
         for i in 0..n {
@@ -392,6 +410,9 @@ impl NetCluster {
     }
 
     fn spawn(&self, i: usize) -> Broker {
+        if self.peer.is_some() {
+            return self.try_spawn(i).unwrap_or_else(|why| panic!("{why}"));
+        }
         let ip = self.net.ips[i];
         let seeds: Vec<String> = (0..self.net.ips.len())
             .filter(|&j| j != i)
@@ -418,6 +439,26 @@ impl NetCluster {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         Broker::launch(cmd, Some(config))
+    }
+
+    /// Starts a peer's node `i` once, or says why it did not start: a
+    /// peer may refuse to start again at once (RMQTT's raft port is left
+    /// in TIME_WAIT for a minute by its previous process).
+    pub fn try_spawn(&self, i: usize) -> Result<Broker, String> {
+        let peer = self.peer.as_ref().expect("a peer cluster");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.net.namespaces[i]]);
+        peer.append_node(
+            &mut cmd,
+            i,
+            &self.net.ips,
+            MQTT_PORT,
+            &self.data_dirs[i].path,
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Broker::launch_listening(&mut cmd, self.addr(i))
     }
 
     pub fn node(&self, i: usize) -> &Broker {
@@ -449,6 +490,17 @@ impl NetCluster {
     }
 
     pub fn wait_linked_within(&self, timeout: Duration) -> Duration {
+        self.try_wait_linked_within(timeout)
+            .unwrap_or_else(|| self.not_linked(timeout))
+    }
+
+    /// How long it took every running node to link to every other (for
+    /// a peer: a message to cross from each to each), or `None` after
+    /// `timeout`.
+    pub fn try_wait_linked_within(&self, timeout: Duration) -> Option<Duration> {
+        if self.peer.is_some() {
+            return all_cross(&self.running_addrs(), timeout);
+        }
         let start = Instant::now();
         let running = self.nodes.iter().filter(|n| n.is_some()).count();
         loop {
@@ -460,19 +512,28 @@ impl NetCluster {
                         && owns_sessions(self.metrics_addr(i), running, self.nodes.len())
                 });
             if linked {
-                return start.elapsed();
+                return Some(start.elapsed());
             }
             if start.elapsed() > timeout {
-                let logs: Vec<String> = self
-                    .nodes
-                    .iter()
-                    .flatten()
-                    .map(|broker| broker.logs())
-                    .collect();
-                panic!("the cluster did not link within {timeout:?}; logs:\n{logs:#?}");
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The MQTT listeners of the nodes running now.
+    pub fn running_addrs(&self) -> Vec<SocketAddr> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .map(|i| self.addr(i))
+            .collect()
+    }
+
+    fn not_linked(&self, timeout: Duration) -> ! {
+        let logs: Vec<String> = (self.nodes.iter().flatten())
+            .map(|broker| broker.logs())
+            .collect();
+        panic!("the cluster did not link within {timeout:?}; logs:\n{logs:#?}");
     }
 
     /// Waits until node `i` has `peers` links, by its log; returns how long
