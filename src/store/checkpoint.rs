@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tracing::{error, warn};
 
 use super::coalesce::cancel_transient;
@@ -22,6 +23,13 @@ use super::dir::Partition;
 use super::log::{Unapplied, prepare_segment, remove_segments, replay, segment_path};
 use super::writer::{Op, apply, transaction};
 use crate::shard::ShardId;
+
+/// How long after start-up the first segment is prepared ahead, unless
+/// the first checkpoint comes sooner. Not at once: the shards are
+/// restoring meanwhile, and writing and syncing 36 MiB of zeros beside
+/// them (two partitions, two files) slowed their restore; the writer's
+/// first segment is a plain file anyway.
+const PREPARE_AFTER: Duration = Duration::from_secs(1);
 
 /// The changes of one finished log segment.
 pub struct Checkpoint {
@@ -44,7 +52,8 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Starts the thread, which applies what the last run logged and never
     /// checkpointed before its first checkpoint.
-    /// Also prepares the segment after `writing`, the writer's first.
+    /// Also prepares the segment after `writing`, the writer's first, once
+    /// [`PREPARE_AFTER`] has passed or the first checkpoint has come.
     pub fn start(
         partition: Partition,
         shard: ShardId,
@@ -65,7 +74,6 @@ impl Checkpointer {
                         prepared,
                         writing,
                     };
-                    thread.prepare_next();
                     thread.run(unapplied, from_writer)
                 }
             })?;
@@ -143,11 +151,19 @@ impl Thread {
         // What failed to reach redb, applied first next time.
         let mut carried: Vec<Op> = Vec::new();
         let mut covered: Vec<PathBuf> = Vec::new();
+        let first = match from_writer.recv_timeout(PREPARE_AFTER) {
+            Ok(checkpoint) => Some(checkpoint),
+            Err(RecvTimeoutError::Timeout) => {
+                self.prepare_next();
+                None
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+        };
         for Checkpoint {
             ops,
             segment,
             writing,
-        } in from_writer
+        } in first.into_iter().chain(from_writer.iter())
         {
             carried.extend(ops);
             covered.push(segment);
