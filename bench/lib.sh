@@ -140,6 +140,10 @@ MQTT_STRESSER=${MQTT_STRESSER:-}
 # with more it is left to the scheduler. rlimit_nofile is this machine's
 # hard limit (FlashMQ's default, 1,000,000, cannot be set here). In the
 # background, its output wherever the caller redirects this call; sets PID.
+# FlashMQ 1.26.2 asks for `SO_REUSEADDR | SO_REUSEPORT` in one setsockopt
+# call, which is SO_REUSEPORT alone, so it cannot listen on a port that
+# still has TIME_WAIT sockets from an earlier broker: give it a port of its
+# own per run.
 start_flashmq() {
     local conf=$1 port=$2 threads=$3
     cat >"$conf" <<EOC

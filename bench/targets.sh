@@ -135,12 +135,20 @@ start_broker() {
 # mqtt-stresser ARGS...` runs the real mqtt-stresser instead. The generator
 # is on CPU 1, or on both CPUs against an `-unpinned` variant.
 run() {
-    local tag=$1 variant=$2 cpus=$BENCH_CPU
+    local tag=$1 variant=$2 cpus=$BENCH_CPU port=$PORT
     shift 2
     [[ $variant != *-unpinned ]] || cpus=0,1
+    if [[ $variant == flashmq* ]]; then
+        # FlashMQ cannot bind a port that still has TIME_WAIT sockets
+        # (see start_flashmq), so each of its runs takes the next of 16
+        # ports above PORT: a port comes back after a minute or more.
+        FLASHMQ_RUNS=$((${FLASHMQ_RUNS:-0} + 1))
+        port=$((PORT + 1 + FLASHMQ_RUNS % 16))
+        set -- "${@//127.0.0.1:$PORT/127.0.0.1:$port}"
+    fi
     # Let the previous broker's sockets leave TIME_WAIT behind them.
     sleep 1
-    start_broker "$variant" "$tag"
+    PORT=$port start_broker "$variant" "$tag"
     if [[ $1 == mqtt-stresser ]]; then
         echo "taskset -c $cpus $* -no-progress" >"$WORK/$tag.cmd"
         log "$tag: $(<"$WORK/$tag.cmd")"
