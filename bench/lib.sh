@@ -124,3 +124,86 @@ bench_json() {
         rm -f "$base.json"
     fi
 }
+
+# --- peers built by hand -------------------------------------------------
+# FlashMQ and the real inovex/mqtt-stresser join the comparisons when
+# FLASHMQ and MQTT_STRESSER name their binaries (built by hand from their
+# public sources: no build script for another project is committed).
+# Without them the scripts run what they always ran.
+FLASHMQ=${FLASHMQ:-}
+MQTT_STRESSER=${MQTT_STRESSER:-}
+
+# start_flashmq CONF PORT THREADS: FlashMQ on 127.0.0.1:PORT, configured
+# like Mosquitto above (config written to CONF): anonymous, no
+# persistence (no storage_dir), warnings and errors only, THREADS worker
+# threads. With one thread it is pinned to BROKER_CPU like the others;
+# with more it is left to the scheduler. rlimit_nofile is this machine's
+# hard limit (FlashMQ's default, 1,000,000, cannot be set here). In the
+# background, its output wherever the caller redirects this call; sets PID.
+# FlashMQ 1.26.2 asks for `SO_REUSEADDR | SO_REUSEPORT` in one setsockopt
+# call, which is SO_REUSEPORT alone, so it cannot listen on a port that
+# still has TIME_WAIT sockets from an earlier broker: give it a port of its
+# own per run.
+start_flashmq() {
+    local conf=$1 port=$2 threads=$3
+    cat >"$conf" <<EOC
+thread_count $threads
+allow_anonymous true
+log_level warning
+rlimit_nofile $(ulimit -Hn)
+listen {
+    protocol mqtt
+    inet4_bind_address 127.0.0.1
+    port $port
+}
+EOC
+    if ((threads == 1)); then
+        taskset -c "$BROKER_CPU" "$FLASHMQ" --config-file "$conf" &
+    else
+        "$FLASHMQ" --config-file "$conf" &
+    fi
+    PID=$!
+}
+
+# cpu_ticks PID: the process's utime+stime in clock ticks (/proc/PID/stat
+# fields 14 and 15, counted after the parenthesised command name).
+cpu_ticks() {
+    local stat
+    stat=$(<"/proc/$1/stat")
+    stat=${stat##*) }
+    read -r -a f <<<"$stat"
+    echo $((f[11] + f[12]))
+}
+
+# mqtt_stresser_json BASE CPUS ARGS...: runs the real mqtt-stresser with
+# ARGS (plus -no-progress, so that it does not write a dot per received
+# message) on CPUS (`taskset -c`; Go then runs that many threads), against
+# the broker PID. Its report goes to BASE.log; BASE.json then holds the
+# figures of `ringmq-bench stresser --json` that the tables read (see
+# bench/mqtt_stresser.py), with the wall time of the process and the
+# broker's CPU time from /proc/PID/stat around it, as ringmq-bench measures
+# them for its own stresser.
+mqtt_stresser_json() {
+    local base=$1 cpus=$2
+    shift 2
+    local before after rc=0 TIMEFORMAT='%3R %3U %3S'
+    before=$(cpu_ticks "$PID")
+    { time taskset -c "$cpus" "$MQTT_STRESSER" "$@" -no-progress >"$base.log" 2>&1 || rc=$?; } 2>"$base.time"
+    after=$(cpu_ticks "$PID")
+    python3 "$ROOT/bench/mqtt_stresser.py" "$base.log" "$base.time" "$((after - before))" \
+        "$(getconf CLK_TCK)" "$@" >"$base.json" || rm -f "$base.json"
+    if ((rc)); then
+        log "${base##*/}: mqtt-stresser exit $rc: $(tail -n 3 "$base.log")"
+    fi
+}
+
+# peer_versions: ", FlashMQ x.y.z" and ", mqtt-stresser PATH" for what is
+# set, for the versions line of a run; nothing otherwise.
+peer_versions() {
+    if [[ -n "$FLASHMQ" ]]; then
+        printf ', %s' "$("$FLASHMQ" --version 2>&1 | grep -o 'FlashMQ [^ ]* *[0-9][0-9.]*' | head -n 1 || echo "FlashMQ $FLASHMQ")"
+    fi
+    if [[ -n "$MQTT_STRESSER" ]]; then
+        printf ', mqtt-stresser %s' "$MQTT_STRESSER"
+    fi
+}

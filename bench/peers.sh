@@ -13,6 +13,10 @@
 #   2. stresser: mqtt-stresser flows 500x100 and 100x1000 at QoS 0, 1, 2;
 #   3. pubsub: pairs (100), fan-in (100 -> 1), fan-out (5 -> 1000), at QoS
 #      0 and 1.
+# FLASHMQ=/path/to/flashmq adds FlashMQ (one thread, pinned like the others)
+# after rumqttd; MQTT_STRESSER=/path/to/mqtt-stresser adds, beside each
+# stresser run, the same flow from the real inovex/mqtt-stresser (on CPU 1;
+# its report parsed by bench/mqtt_stresser.py).
 # Broker CPU time comes from /proc/PID/stat (`--broker-pid`) and is given
 # per delivered message. `--quick` runs the same set at small sizes, to
 # check the harness end to end in a couple of minutes.
@@ -35,7 +39,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,22p' "$0"
+        sed -n '2,26p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
@@ -93,6 +97,9 @@ start_broker() {
         taskset -c "$BROKER_CPU" "$RUMQTTD" --quiet --config "$WORK/rumqttd.toml" >"$WORK/$name.log" 2>&1 &
         PID=$!
         ;;
+    flashmq)
+        start_flashmq "$WORK/flashmq.conf" "$port" 1 >"$WORK/$name.log" 2>&1
+        ;;
     ringmq)
         start_ringmq "$port" >"$WORK/$name.log" 2>&1
         ;;
@@ -111,7 +118,7 @@ run() {
 }
 
 port=18860
-for broker in mosquitto rumqttd ringmq; do
+for broker in mosquitto rumqttd ${FLASHMQ:+flashmq} ringmq; do
     port=$((port + 1))
     start_broker "$broker" "$port"
     addr="127.0.0.1:$port"
@@ -120,9 +127,14 @@ for broker in mosquitto rumqttd ringmq; do
     for size in "${STRESS[@]}"; do
         read -r clients messages <<<"$size"
         for qos in 0 1 2; do
-            run "$broker.stresser.${clients}x$messages.q$qos" stresser \
-                -broker "tcp://$addr" -num-clients "$clients" -num-messages "$messages" \
-                -publisher-qos "$qos" -subscriber-qos "$qos" -global-timeout 120s
+            flow=(-broker "tcp://$addr" -num-clients "$clients" -num-messages "$messages"
+                -publisher-qos "$qos" -subscriber-qos "$qos" -global-timeout 120s)
+            run "$broker.stresser.${clients}x$messages.q$qos" stresser "${flow[@]}"
+            if [[ -n "$MQTT_STRESSER" ]]; then
+                log "$broker.mqtt-stresser.${clients}x$messages.q$qos: mqtt-stresser ${flow[*]}"
+                mqtt_stresser_json "$WORK/$broker.mqtt-stresser.${clients}x$messages.q$qos" \
+                    "$BENCH_CPU" "${flow[@]}"
+            fi
         done
     done
     read -r fi_pub fi_sub <<<"$FANIN"
@@ -143,7 +155,7 @@ done
     echo "quick=$QUICK"
     echo "when=$(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "load=$(cut -d' ' -f1 /proc/loadavg)"
-    echo "versions=$(mosquitto -h 2>&1 | head -n 1 || true), $(grep -o 'rumqttd [0-9.]*' "$TOOLS/.crates.toml" 2>/dev/null | head -n 1 || echo rumqttd), ringmq $(cd "$ROOT" && git rev-parse --short HEAD)"
+    echo "versions=$(mosquitto -h 2>&1 | head -n 1 || true), $(grep -o 'rumqttd [0-9.]*' "$TOOLS/.crates.toml" 2>/dev/null | head -n 1 || echo rumqttd), ringmq $(cd "$ROOT" && git rev-parse --short HEAD)$(peer_versions)"
 } >"$WORK/run.txt"
 fi
 
@@ -165,7 +177,7 @@ def num(x, digits=0):
         return "n/a"
     return f"{x:,.{digits}f}"
 
-order = {"mosquitto": 0, "rumqttd": 1, "ringmq": 2}
+order = {"mosquitto": 0, "rumqttd": 1, "flashmq": 2, "ringmq": 3}
 def key(tag):
     parts = tag.split(".")
     return (parts[1:], order.get(parts[0], 9))
@@ -188,12 +200,14 @@ w("| broker | N x M | QoS | completed | received / expected | publish msg/s per 
 w("|---|---|---|---|---|---|---|---|---|---|---|")
 for tag in tags:
     parts = tag.split(".")
-    if parts[1] != "stresser":
+    if parts[1] not in ("stresser", "mqtt-stresser"):
         continue
     r = load(tag)
     pub = (r.get("publishing") or {}).get("median")
     rec = (r.get("receiving") or {}).get("median")
-    w(f"| {parts[0]} | {parts[2]} | {r['publisher_qos']} | {r['completed']} / {r['clients']} | "
+    # The real mqtt-stresser's rows (MQTT_STRESSER) are marked as such.
+    name = parts[0] + (" (mqtt-stresser)" if parts[1] == "mqtt-stresser" else "")
+    w(f"| {name} | {parts[2]} | {r['publisher_qos']} | {r['completed']} / {r['clients']} | "
       f"{r['received']:,} / {r['expected']:,} | {num(pub)} | {num(rec)} | {num(r['aggregate_per_second'])} | "
       f"{r['wall_seconds']:.2f} | {num(r.get('broker_cpu_us_per_message'), 2)} | {r['errors']} |")
 w("")

@@ -23,7 +23,14 @@
 #              pairs QoS 1, fan-out 5 -> 1000 QoS 0 at saturation;
 #   cores      --cores 1 pinned to CPU 0 against --cores 2 unpinned (ringmq
 #              pins shard i to CPU i itself), the same three runs and
-#              fan-out at 50 msg/s per publisher.
+#              fan-out at 50 msg/s per publisher;
+#   peers      Mosquitto, FlashMQ (when FLASHMQ names its binary) and ringmq,
+#              pinned and then unpinned (two broker threads where the broker
+#              has them, generator --cpus 0,1): pairs 100 at QoS 0 and 1,
+#              fan-out 5 -> 1000 QoS 0, `ringmq-bench stresser` 100x1000 and
+#              200x1000 QoS 0, and the same two with the real mqtt-stresser
+#              when MQTT_STRESSER names its binary. In the default list only
+#              when FLASHMQ or MQTT_STRESSER is set.
 # Every run gets a fresh broker; brokers other than `cores 2` are pinned to
 # CPU 0 (`taskset -c 0`, ringmq `--cores 1`), the generator to CPU 1
 # (`--cpus 1`). Each run is repeated --reps times (default 3), variants
@@ -33,6 +40,9 @@ set -euo pipefail
 
 REPS=3
 ONLY="mosquitto,qos1,fanout,driver,cores"
+if [[ -n "${FLASHMQ:-}${MQTT_STRESSER:-}" ]]; then
+    ONLY+=",peers"
+fi
 OUT=""
 FROM=()
 while (($#)); do
@@ -52,7 +62,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,31p' "$0"
+        sed -n '2,38p' "$0"
         exit 0
         ;;
     *) OUT="$arg" ;;
@@ -86,12 +96,23 @@ build_release
 trap stop_broker EXIT
 
 # start_broker VARIANT: mosquitto, ringmq (one shard on CPU 0, auto driver),
-# uring / epoll (ringmq, one shard on CPU 0, that driver), cores1 / cores2.
+# uring / epoll (ringmq, one shard on CPU 0, that driver), cores1 / cores2,
+# flashmq (one thread on CPU 0); and for `peers` the unpinned ones:
+# mosquitto-unpinned (on either CPU), flashmq-unpinned (two threads, not
+# pinned), ringmq-unpinned (= cores2).
 start_broker() {
     local variant=$1 tag=$2
     case "$variant" in
     mosquitto)
         start_mosquitto "$WORK/mosquitto.conf" "$PORT" 2>"$WORK/$tag.broker.log"
+        ;;
+    mosquitto-unpinned)
+        BROKER_CPU=0,1 start_mosquitto "$WORK/mosquitto.conf" "$PORT" 2>"$WORK/$tag.broker.log"
+        ;;
+    flashmq | flashmq-unpinned)
+        local threads=1
+        [[ $variant == flashmq ]] || threads=2
+        start_flashmq "$WORK/flashmq.conf" "$PORT" "$threads" >"$WORK/$tag.broker.log" 2>&1
         ;;
     ringmq | cores1)
         start_ringmq "$PORT" >"$WORK/$tag.broker.log" 2>&1
@@ -99,7 +120,7 @@ start_broker() {
     uring | epoll)
         start_ringmq "$PORT" --io-driver "$variant" >"$WORK/$tag.broker.log" 2>&1
         ;;
-    cores2)
+    cores2 | ringmq-unpinned)
         "$RINGMQ" --listen "127.0.0.1:$PORT" --cores 2 --log-level warn \
             >"$WORK/$tag.broker.log" 2>&1 &
         PID=$!
@@ -110,17 +131,34 @@ start_broker() {
 
 # run TAG VARIANT ringmq-bench-args...: a fresh broker, one run, its JSON as
 # $WORK/TAG.json and the exact command in $WORK/TAG.cmd. A run with errors
-# exits 1: the JSON still says what happened.
+# exits 1: the JSON still says what happened. `run TAG VARIANT
+# mqtt-stresser ARGS...` runs the real mqtt-stresser instead. The generator
+# is on CPU 1, or on both CPUs against an `-unpinned` variant.
 run() {
-    local tag=$1 variant=$2
+    local tag=$1 variant=$2 cpus=$BENCH_CPU port=$PORT
     shift 2
+    [[ $variant != *-unpinned ]] || cpus=0,1
+    if [[ $variant == flashmq* ]]; then
+        # FlashMQ cannot bind a port that still has TIME_WAIT sockets
+        # (see start_flashmq), so each of its runs takes the next of 16
+        # ports above PORT: a port comes back after a minute or more.
+        FLASHMQ_RUNS=$((${FLASHMQ_RUNS:-0} + 1))
+        port=$((PORT + 1 + FLASHMQ_RUNS % 16))
+        set -- "${@//127.0.0.1:$PORT/127.0.0.1:$port}"
+    fi
     # Let the previous broker's sockets leave TIME_WAIT behind them.
     sleep 1
-    start_broker "$variant" "$tag"
-    local args=("$@" --cpus "$BENCH_CPU" --broker-pid "$PID" --json)
-    echo "ringmq-bench ${args[*]}" | sed "s/--broker-pid $PID/--broker-pid PID/" >"$WORK/$tag.cmd"
-    log "$tag: ringmq-bench ${args[*]}"
-    bench_json "$WORK/$tag" "${args[@]}"
+    PORT=$port start_broker "$variant" "$tag"
+    if [[ $1 == mqtt-stresser ]]; then
+        echo "taskset -c $cpus $* -no-progress" >"$WORK/$tag.cmd"
+        log "$tag: $(<"$WORK/$tag.cmd")"
+        mqtt_stresser_json "$WORK/$tag" "$cpus" "${@:2}"
+    else
+        local args=("$@" --cpus "$cpus" --broker-pid "$PID" --json)
+        echo "ringmq-bench ${args[*]}" | sed "s/--broker-pid $PID/--broker-pid PID/" >"$WORK/$tag.cmd"
+        log "$tag: ringmq-bench ${args[*]}"
+        bench_json "$WORK/$tag" "${args[@]}"
+    fi
     stop_broker
 }
 
@@ -208,10 +246,36 @@ for section in driver cores; do
     done
 done
 
+if want peers; then
+    brokers=(mosquitto ${FLASHMQ:+flashmq} ringmq)
+    for rep in $(seq "$REPS"); do
+        for pinning in "" -unpinned; do
+            for broker in "${brokers[@]}"; do
+                v=$broker$pinning
+                for qos in 0 1; do
+                    run "peers.pairs-q$qos.$v.$rep" "$v" pubsub --layout pairs --publishers 100 \
+                        --qos "$qos" --broker "$ADDR" "${WINDOW[@]}"
+                done
+                run "peers.fanout-q0.$v.$rep" "$v" pubsub --layout fan-out --publishers 5 \
+                    --subscribers 1000 --qos 0 --broker "$ADDR" "${WINDOW[@]}"
+                for clients in 100 200; do
+                    # shellcheck disable=SC2046
+                    run "peers.stresser-${clients}x1000-q0.$v.$rep" "$v" $(stresser "$clients" 1000)
+                    if [[ -n "$MQTT_STRESSER" ]]; then
+                        # shellcheck disable=SC2046
+                        run "peers.mqtt-stresser-${clients}x1000-q0.$v.$rep" "$v" mqtt-stresser \
+                            $(stresser "$clients" 1000 | cut -d' ' -f2-)
+                    fi
+                done
+            done
+        done
+    done
+fi
+
 {
     echo "when=$(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "load=$(cut -d' ' -f1 /proc/loadavg)"
-    echo "versions=$(mosquitto -h 2>&1 | head -n 1 || true), ringmq $(cd "$ROOT" && git rev-parse --short HEAD)"
+    echo "versions=$(mosquitto -h 2>&1 | head -n 1 || true), ringmq $(cd "$ROOT" && git rev-parse --short HEAD)$(peer_versions)"
 } >"$WORK/run.txt"
 fi
 
@@ -300,18 +364,30 @@ def pubsub_table(section, title, variants_order, tests_order=()):
         w(f"- {key[1]}, {key[2]}: `{cmd(*key)}`")
     w("")
 
-def stresser_table(section, variants_order):
+def stresser_table(section, variants_order, workers=False):
+    """With `workers`, also the per-worker rates each generator reports
+    (median publish and receive rate, slowest publisher) and the
+    generator's own CPU seconds where known."""
     keys = [k for k in runs if k[0] == section and "clients" in runs[k][0]]
     if not keys:
         return
-    w("| test | broker | runs | aggregate msg/s | wall s | broker CPU µs / msg | received / expected | errors |")
-    w("|---|---|---|---|---|---|---|---|")
+    extra = " publish msg/s per worker (median) | slowest publisher msg/s | receive msg/s per worker (median) | generator CPU s |"
+    w("| test | broker | runs | aggregate msg/s | wall s | broker CPU µs / msg |"
+      f"{extra if workers else ''} received / expected | errors |")
+    w("|---|---|---|---|---|---|" + ("---|" * 4 if workers else "") + "---|---|")
     order = lambda k: (k[1], variants_order.index(k[2]) if k[2] in variants_order else 9)
+    rate = lambda r, side, which: (r.get(side) or {}).get(which)
     for key in sorted(keys, key=order):
         rs = runs[key]
+        cells = ""
+        if workers:
+            cells = (f" {med([rate(r, 'publishing', 'median') for r in rs], 0)} |"
+                     f" {med([rate(r, 'publishing', 'slowest') for r in rs], 0)} |"
+                     f" {med([rate(r, 'receiving', 'median') for r in rs], 0)} |"
+                     f" {med([r.get('bench_cpu_seconds') for r in rs], 2)} |")
         w(f"| {key[1]} | {key[2]} | {len(rs)} | {med([r['aggregate_per_second'] for r in rs], 0)} | "
-          f"{med([r['wall_seconds'] for r in rs], 2)} | {med([r.get('broker_cpu_us_per_message') for r in rs], 2)} | "
-          f"{sum(r['received'] for r in rs):,} / {sum(r['expected'] for r in rs):,} | {sum(r['errors'] for r in rs)} |")
+          f"{med([r['wall_seconds'] for r in rs], 2)} | {med([r.get('broker_cpu_us_per_message') for r in rs], 2)} |"
+          f"{cells} {sum(r['received'] for r in rs):,} / {sum(r['expected'] for r in rs):,} | {sum(r['errors'] for r in rs)} |")
     w("")
     for key in sorted(keys, key=order):
         w(f"- {key[1]}, {key[2]}: `{cmd(*key)}`")
@@ -350,6 +426,13 @@ pubsub_table("driver", "io_uring against epoll", ["uring", "epoll"])
 ratios("driver", "epoll", "uring")
 pubsub_table("cores", "1 core against 2 cores", ["cores1", "cores2"])
 ratios("cores", "cores2", "cores1")
+PEERS = ["mosquitto", "flashmq", "ringmq", "mosquitto-unpinned", "flashmq-unpinned", "ringmq-unpinned"]
+if any(k[0] == "peers" for k in runs):
+    pubsub_table("peers", "Mosquitto, FlashMQ and ringmq, pinned and unpinned", PEERS)
+    stresser_table("peers", PEERS, workers=True)
+    for theirs in ("flashmq", "mosquitto"):
+        ratios("peers", "ringmq", theirs)
+        ratios("peers", "ringmq-unpinned", theirs + "-unpinned")
 
 with open(out, "w") as f:
     f.write("\n".join(lines))
