@@ -43,6 +43,19 @@ pub fn tally(published: &BTreeMap<String, u32>, received: &[(String, u32)]) -> T
     tally
 }
 
+/// What `tally` counts as lost, by publisher and number, for a failure's
+/// message: which messages went missing says where to look.
+pub fn missing(published: &BTreeMap<String, u32>, received: &[(String, u32)]) -> Vec<String> {
+    published
+        .iter()
+        .flat_map(|(publisher, &count)| {
+            (0..count)
+                .filter(move |&n| !received.iter().any(|(p, m)| p == publisher && *m == n))
+                .map(move |n| format!("{publisher}:{n}"))
+        })
+        .collect()
+}
+
 /// `publisher:number` from a payload.
 pub fn parse(payload: &[u8]) -> (String, u32) {
     let text = std::str::from_utf8(payload).expect("UTF-8 payload");
