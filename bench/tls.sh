@@ -241,12 +241,12 @@ handshakes() {
     sleep 1
     start_broker "$broker" "$tag"
     local before after start_ns end_ns n
-    before=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
+    before=$(cpu_ticks "$PID")
     start_ns=$(date +%s%N)
     n=$(taskset -c "$BENCH_CPU" openssl s_time -connect "127.0.0.1:$TLS" -new -time 10 \
         -CAfile "$WORK/ca.pem" 2>/dev/null | awk '/connections in .* real seconds/ { print $1 }')
     end_ns=$(date +%s%N)
-    after=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
+    after=$(cpu_ticks "$PID")
     stop_broker
     echo "openssl s_time -connect 127.0.0.1:PORT -new -time 10 -CAfile ca.pem" >"$WORK/$tag.cmd"
     awk -v n="${n:-0}" -v ns=$((end_ns - start_ns)) -v ticks=$((after - before)) \
