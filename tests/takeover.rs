@@ -636,9 +636,6 @@ async fn two_takeovers_racing_on_two_nodes_leave_one_session_with_everything() {
 /// a third publishes QoS 1 messages one after another: every acknowledged
 /// message reaches it, whatever the routes said during each move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "loses 1 acknowledged message in about 1 run in 5 beside this file's other tests: \
-            a live-takeover window still open (issue 12; RELIABILITY.md); \
-            run with `cargo test --test takeover -- --include-ignored`"]
 async fn a_session_moving_between_live_nodes_under_load_loses_nothing() {
     let top = "max_queued_messages = 1000000";
     let cluster = Cluster::start_durable_with(3, top, "");

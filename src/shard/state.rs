@@ -24,7 +24,7 @@ use super::connection::{CloseReason, ConnHandle};
 use super::deadline::Deadlines;
 use super::limit::ConnectionLimit;
 use super::mesh::{
-    Batch, ClaimOutcome, Confirmation, Handoff, Mesh, ShardMsg, SharedMember, StoredReply,
+    Batch, ClaimOutcome, Confirmation, Handoff, Mesh, ShardMsg, SharedMember, StoredReply, Way,
 };
 use super::notify::LocalNotify;
 use crate::abuse::AbuseLimits;
@@ -218,6 +218,9 @@ pub struct ShardState {
     fenced_sessions: FxHashSet<SessionKey>,
     /// Sessions taken over from another node, watching for its orphans.
     orphan_guards: FxHashMap<SessionKey, orphans::Seen>,
+    /// Messages sent on to this node for a client id it is claiming,
+    /// come before the session did (`orphans::hold_early`).
+    early_orphans: FxHashMap<ByteString, Vec<(Arc<Message>, Way)>>,
 }
 
 /// Where [`ShardState::publish`] sent a message, for the answer's waits.
@@ -288,6 +291,7 @@ impl ShardState {
             moving: FxHashMap::default(),
             held: FxHashMap::default(),
             orphan_guards: FxHashMap::default(),
+            early_orphans: FxHashMap::default(),
         }))
     }
 
@@ -325,6 +329,7 @@ impl ShardState {
             conn.send(&Packet::ConnAck(Box::new(connack)));
             conn.close(CloseReason::Refused(reason));
             self.metrics.refused(reason);
+            self.give_early_orphans(&connect.client_id, now);
             self.metrics.connect_latency.record(now.elapsed());
             return Attached {
                 conn,
@@ -386,6 +391,7 @@ impl ShardState {
         }
         self.session_changed(key);
         self.set_online(key, true, now);
+        self.give_early_orphans(&connect.client_id, now);
         self.run_actions(key, now);
         self.pump(key, now);
         // The groups' owners hear of the connection now, not at the next
@@ -1215,7 +1221,7 @@ impl ShardState {
                     }
                     other => other,
                 };
-                self.answer_claim(token, outcome);
+                self.answer_claim(token, outcome, now);
             }
             ShardMsg::Owners { here, elsewhere } => self.settle_restored(here, elsewhere, now),
             ShardMsg::Fence => self.fence(now),

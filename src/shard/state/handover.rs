@@ -99,7 +99,7 @@ impl ShardState {
 
     /// Gives a claim's answer to its CONNECT; a granted one is counted as
     /// attaching until the CONNECT's task runs.
-    pub(super) fn answer_claim(&mut self, token: u64, outcome: ClaimOutcome) {
+    pub(super) fn answer_claim(&mut self, token: u64, outcome: ClaimOutcome, now: Instant) {
         let Some(pending) = self.claims.remove(&token) else {
             return;
         };
@@ -111,10 +111,20 @@ impl ShardState {
         if pending.answer.send(outcome).is_ok()
             && let Some(missed) = missed
         {
-            let attaching = self.attaching.entry(pending.client_id).or_default();
+            let attaching = self.attaching.entry(pending.client_id.clone()).or_default();
             attaching.connects += 1;
             attaching.missed |= missed;
         }
+        // Refused, or its client gave up: what came early goes to the
+        // session adopted, or is dropped with the claim.
+        self.give_early_orphans(&pending.client_id, now);
+    }
+
+    /// A CONNECT of `client_id` waits here for its claim's answer, or for
+    /// its task to attach after it.
+    pub(super) fn claiming(&self, client_id: &str) -> bool {
+        self.attaching.contains_key(client_id)
+            || (self.claims.values()).any(|pending| pending.client_id == client_id)
     }
 
     /// A CONNECT granted `client_id` under `epoch` (0: no cluster)
@@ -204,6 +214,7 @@ impl ShardState {
         for message in &pending {
             self.deliver_orphan(&client_id, message, Way::Stale, now);
         }
+        self.give_early_orphans(&client_id, now);
         // A copy taken over from a node that died with the client
         // connected has its will due now (without a delay).
         self.run_actions(key, now);
@@ -296,12 +307,13 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_session_handed_over_leaves_whole_and_resumes_on_the_other_node() {
-        let now = Instant::now();
-        let leaving = super::super::tests::shard();
-        let mut leaving = leaving.borrow_mut();
-        let conn = leaving.attach(&persistent(), false, -1, 4, now).conn;
+    /// "c", persistent, attached under epoch 4 and subscribed to "t" at
+    /// QoS 1.
+    fn subscribed_to_t(
+        state: &mut super::ShardState,
+        now: Instant,
+    ) -> std::rc::Rc<crate::shard::connection::ConnHandle> {
+        let conn = state.attach(&persistent(), false, -1, 4, now).conn;
         let subscribe = Packet::Subscribe(Subscribe {
             packet_id: 1,
             filters: vec![TopicSubscription {
@@ -313,7 +325,16 @@ mod tests {
             }],
             properties: Default::default(),
         });
-        leaving.handle_packets(&conn, [subscribe], now);
+        state.handle_packets(&conn, [subscribe], now);
+        conn
+    }
+
+    #[test]
+    fn a_session_handed_over_leaves_whole_and_resumes_on_the_other_node() {
+        let now = Instant::now();
+        let leaving = super::super::tests::shard();
+        let mut leaving = leaving.borrow_mut();
+        let conn = subscribed_to_t(&mut leaving, now);
         // A publisher on the same node; the message is in flight to "c".
         let publisher = {
             let mut connect = persistent();
@@ -542,6 +563,55 @@ mod tests {
             })
             .collect();
         assert_eq!(payloads, [&b"x"[..], &b"y"[..]]);
+    }
+
+    #[test]
+    fn messages_sent_on_before_the_session_arrives_wait_for_it() {
+        let now = Instant::now();
+        let leaving = super::super::tests::shard();
+        let mut leaving = leaving.borrow_mut();
+        subscribed_to_t(&mut leaving, now);
+        let archive = leaving.hand_over("c", 5, now).expect("the session");
+
+        let (arriving, inbox) = super::super::tests::clustered(true);
+        let inbox = inbox.expect("a cluster place");
+        let mut arriving = arriving.borrow_mut();
+        let mut answered = arriving.claim(&persistent()).expect("claimed in a cluster");
+        let token = match sent_to_cluster(&inbox).as_slice() {
+            [.., ShardMsg::Claim { token, .. }] => *token,
+            other => panic!("expected the claim, got {other:?}"),
+        };
+        // The old owner's stub sent this on, and it overtook the hand-over.
+        let early = ShardMsg::Orphan {
+            client_id: "c".into(),
+            message: std::sync::Arc::new(crate::message::Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(b"early"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                publisher: "p".into(),
+                expires_at: None,
+                received_at: now,
+            }),
+            way: crate::shard::mesh::Way::Stale,
+        };
+        arriving.apply(early, now);
+        let outcome = ClaimOutcome::Owner {
+            epoch: 5,
+            session: Some(archive),
+            missed: false,
+        };
+        arriving.apply(ShardMsg::Claimed { token, outcome }, now);
+        assert!(answered.try_recv().is_ok(), "answered");
+        let resumed = arriving.attach(&persistent(), false, -1, 5, now).conn;
+        match resumed.take_packets().as_slice() {
+            [Packet::ConnAck(connack), Packet::Publish(early)] => {
+                assert!(connack.session_present);
+                assert_eq!(early.payload, &b"early"[..]);
+            }
+            other => panic!("expected CONNACK and the early message, got {other:?}"),
+        }
     }
 
     #[test]
