@@ -178,20 +178,29 @@ impl Raw {
 
     /// Publishes and completes the QoS flow (PUBACK, or PUBREC/PUBREL/PUBCOMP).
     pub async fn publish(&mut self, publish: wire::Pub) {
+        self.publish_within(publish, RECV_TIMEOUT).await;
+    }
+
+    /// As [`Raw::publish`], waiting up to `patience` for each answer.
+    pub async fn publish_within(&mut self, publish: wire::Pub, patience: Duration) {
         self.send(&publish.encode(self.version)).await;
+        let answer = async |kind: u8, raw: &mut Raw| match raw.try_recv(patience).await {
+            Ok(packet) if packet.kind() == kind => packet.ack(),
+            other => panic!("expected packet type {kind} within {patience:?}, got {other:?}"),
+        };
         match publish.qos {
             0 => {}
             1 => {
-                let (pkid, reason) = self.recv_kind(wire::PUBACK).await.ack();
+                let (pkid, reason) = answer(wire::PUBACK, self).await;
                 assert_eq!(pkid, publish.pkid, "PUBACK packet id");
                 assert!(reason < 0x80, "PUBACK reason {reason:#04x}");
             }
             _ => {
-                let (pkid, reason) = self.recv_kind(wire::PUBREC).await.ack();
+                let (pkid, reason) = answer(wire::PUBREC, self).await;
                 assert_eq!(pkid, publish.pkid, "PUBREC packet id");
                 assert!(reason < 0x80, "PUBREC reason {reason:#04x}");
                 self.send(&wire::ack(wire::PUBREL, pkid)).await;
-                let (pkid, _) = self.recv_kind(wire::PUBCOMP).await.ack();
+                let (pkid, _) = answer(wire::PUBCOMP, self).await;
                 assert_eq!(pkid, publish.pkid, "PUBCOMP packet id");
             }
         }

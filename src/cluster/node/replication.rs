@@ -12,10 +12,19 @@
 //! at once, without waiting for `peer_hold`. When the replicas change
 //! (or one comes back, and may have missed frames), every shard sends its
 //! stored sessions whole (a reset) to the new set, and a node that is
-//! no longer a replica is told to drop its copy. With no peer to copy to,
-//! acknowledgements wait for this node alone: the cluster has shrunk
-//! below the factor, and refusing every publisher would not bring a copy
-//! back (counted in `replication_unmet`).
+//! no longer a replica is told to drop its copy.
+//!
+//! With no peer to copy to (counted in `replication_unmet`), the
+//! acknowledgements wait until one is back and holds the shard's reset: a
+//! PUBACK for a persistent session's message means a second node has it,
+//! whatever happened to the cluster. This node is then cut off from every
+//! peer, so in a minority (a cluster of two keeps no majority either),
+//! where it lets its stored sessions go anyway (`ShardMsg::Fence`); its
+//! publishers wait, or go to the majority's side with their unacknowledged
+//! messages, instead of having them acknowledged on this node's disk alone
+//! and lost with it. A node that has had no peer since it started (a
+//! cluster of one, or one still looking for its seeds) acknowledges on
+//! its own word: it is the whole cluster it knows.
 //!
 //! # Promotion
 //!
@@ -86,6 +95,8 @@ impl Node {
         let replicas = self.shard_replicas(shard);
         replicas.sent = epoch;
         if targets.is_empty() {
+            // On its own word only while it knows no peer (module docs);
+            // otherwise a replica's reset settles it when one is back.
             self.report_replicated(shard);
             return;
         }
@@ -133,6 +144,9 @@ impl Node {
             return;
         };
         let through = if targets.is_empty() {
+            if !self.peers.is_empty() || !self.retired_streams.is_empty() {
+                return;
+            }
             replicas.sent
         } else {
             let acked = targets.iter().map(|target| replicas.acked.get(target));

@@ -149,14 +149,34 @@ fn losing_a_replica_picks_the_next_node_and_waits_for_its_reset() {
 }
 
 #[test]
-fn with_no_peer_left_the_owner_alone_holds_its_epochs() {
+fn with_no_peer_left_acknowledgements_wait_for_a_replica_to_come_back() {
     let mut sim = replicated(2, 13);
+    sim.replicate(0, 1, true, session_ops(1));
+    assert_eq!(sim.replica_news(0, 0).1, [1]);
     sim.cut(0, 1);
     sim.settle();
     assert!(sim.nodes[0].node.replica_names().is_empty());
+    assert_eq!(sim.nodes[0].node.counters.replication_unmet, 1);
+    sim.replicate(0, 2, false, session_ops(2)[1..].to_vec());
+    assert_eq!(
+        sim.replica_news(0, 0).1,
+        [1],
+        "epoch 2 is on this node's disk alone: not acknowledged"
+    );
+    sim.connect(0, 1);
+    sim.settle();
+    assert_eq!(sim.nodes[0].node.replica_names(), [id(1)]);
+    let mut whole = session_ops(1);
+    whole.extend_from_slice(&session_ops(2)[1..]);
+    sim.replicate(0, 3, true, whole);
+    assert_eq!(sim.replica_news(0, 0).1, [1, 3], "the reset settles it");
+}
+
+#[test]
+fn a_node_that_never_had_a_peer_acknowledges_on_its_own_word() {
+    let mut sim = replicated(1, 16);
     sim.replicate(0, 1, false, session_ops(1));
     assert_eq!(sim.replica_news(0, 0).1, [1]);
-    assert_eq!(sim.nodes[0].node.counters.replication_unmet, 1);
 }
 
 #[test]

@@ -128,8 +128,8 @@ impl ShardState {
 
     /// The store settled every epoch up to `through`: what was held for
     /// them goes out, in order, to connections still there. Not while no
-    /// replica is left: epochs then settle on this node's word alone, and
-    /// a copy that never had the flight could send the message again
+    /// replica is left: a flight started then would be in no copy, and
+    /// the node that takes the session over could send the message again
     /// under another id (such a node is about to be fenced, which closes
     /// the connections, or gets a replica back).
     pub(super) fn release_held(&mut self, through: u64) {

@@ -101,9 +101,10 @@ impl ShardState {
     /// Session `key`, fenced here, was given to another node meanwhile
     /// and is about to be dropped: what it owes goes to its new owner.
     /// Some of it came after its copies could no longer be reached (from
-    /// publishers on this side, or acknowledged alone in the seconds
-    /// before the fence); the rest the new owner has from the copy, and
-    /// its guard against orphans (`state::orphans`) pairs those away.
+    /// publishers on this side, whose acknowledgements wait until a
+    /// replica is back, `cluster::node::replication`); the rest the new
+    /// owner has from the copy, and its guard against orphans
+    /// (`state::orphans`) pairs those away.
     pub(super) fn send_on_stale(&mut self, key: SessionKey) {
         if !self.fenced_sessions.remove(&key) {
             return;
