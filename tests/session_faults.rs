@@ -624,6 +624,38 @@ async fn a_rolling_restart_with_sigterm_loses_nothing() {
     if !common::netns::available() {
         return;
     }
+    restart_in_turn(&[0, 1, 2], Stop::Term).await;
+}
+
+/// Node A, under the persistent publisher, is killed (SIGKILL) and
+/// started again, while the subscriber stays on C: the publisher resumes
+/// its session on B from B's copy and sends again, with DUP, what had no
+/// PUBACK; nothing acknowledged is lost, and A comes back as a new
+/// incarnation that drops its stale copy of the publisher's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_publishers_node_and_starting_it_again_loses_nothing() {
+    if !common::netns::available() {
+        return;
+    }
+    restart_in_turn(&[0], Stop::Kill).await;
+}
+
+/// How [`restart_in_turn`] ends a node before starting it again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM: the node hands its sessions over and leaves.
+    Term,
+    /// SIGKILL: the node is gone at once.
+    Kill,
+}
+
+/// Three nodes; a roaming persistent subscriber on C and a roaming
+/// persistent publisher starting on A; the nodes of `order` are ended
+/// (`stop`) and started again one after another, 3 s apart. For ringmq,
+/// asserts that nothing acknowledged was lost and that both clients kept
+/// their sessions (and, with SIGTERM, that each node handed everything
+/// over before it exited).
+async fn restart_in_turn(order: &[usize], stop_by: Stop) {
     let mut cluster = NetCluster::start_durable(3, BROKER_TOML);
     let peer = cluster.peer.clone();
     let nodes: Vec<SocketAddr> = (0..3).map(|i| cluster.addr(i)).collect();
@@ -636,25 +668,31 @@ async fn a_rolling_restart_with_sigterm_loses_nothing() {
     let publisher = tokio::spawn(roaming_publisher(nodes, topic, stop.clone()));
     let started = Instant::now();
     let mut restarts = Vec::new();
-    for i in 0..3 {
+    for (turn, &i) in order.iter().enumerate() {
         roamer.receive(Duration::from_secs(3), |_| false).await;
         // A valid run for a peer: the publisher's messages (from A)
         // reached the subscriber (on C) before the first restart.
         assert!(
-            peer.is_none() || i > 0 || !roamer.received.is_empty(),
+            peer.is_none() || turn > 0 || !roamer.received.is_empty(),
             "{}: nothing crossed from A to C before the restarts",
             broker_name(peer.as_ref())
         );
         let stopping = Instant::now();
-        if peer.is_none() {
-            let log = cluster.stop(i);
-            assert!(
-                log.contains("handed_over=true"),
-                "node {i} left without handing everything over:\n{log}"
-            );
-        } else if let Some(mut node) = cluster.slots()[i].take() {
-            node.signal(libc::SIGTERM);
-            node.wait_exit(Duration::from_secs(30));
+        match stop_by {
+            Stop::Kill => cluster.kill(i),
+            Stop::Term if peer.is_none() => {
+                let log = cluster.stop(i);
+                assert!(
+                    log.contains("handed_over=true"),
+                    "node {i} left without handing everything over:\n{log}"
+                );
+            }
+            Stop::Term => {
+                if let Some(mut node) = cluster.slots()[i].take() {
+                    node.signal(libc::SIGTERM);
+                    node.wait_exit(Duration::from_secs(30));
+                }
+            }
         }
         let stopped = stopping.elapsed();
         let mut attempts = 1;
@@ -734,8 +772,12 @@ async fn a_rolling_restart_with_sigterm_loses_nothing() {
             format!("{} at {since:+.1} s{how}", name(*node))
         })
         .collect();
+    let what = match stop_by {
+        Stop::Term => "rolling restart of 3 nodes with SIGTERM",
+        Stop::Kill => "publisher's node killed (SIGKILL) and started again",
+    };
     println!(
-        "{}: rolling restart of 3 nodes ({}): {acked} acknowledged, {} received: {tally}; longest without a message {:.1} s; subscriber served by {}; subscriber kept its session: {}; publisher found no session {sessions_lost} times",
+        "{}: {what} ({}): {acked} acknowledged, {} received: {tally}; longest without a message {:.1} s; subscriber served by {}; subscriber kept its session: {}; publisher found no session {sessions_lost} times",
         broker_name(peer.as_ref()),
         restarts.join("; "),
         roamer.received.len(),
