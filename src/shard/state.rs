@@ -39,8 +39,10 @@ use crate::session::{
     DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig, Ticket,
 };
 use crate::store::{Op, StoreHandle};
+use client_ids::ClientIds;
 
 mod acl;
+mod client_ids;
 mod commit;
 mod fence;
 mod groups;
@@ -137,7 +139,9 @@ pub struct ShardState {
     pub mesh: Mesh,
     config: Rc<ShardConfig>,
     sessions: Slab<SessionSlot>,
-    by_client_id: FxHashMap<ByteString, SessionKey>,
+    /// Each session by its client id, holding the id once: the session's
+    /// own ([`client_ids`]).
+    by_client_id: ClientIds,
     subscriptions: TopicTrie<FxHashMap<SessionKey, LocalSubscription>>,
     /// This shard's members of each shared subscription, by share name.
     shared_members: FxHashMap<ByteString, FxHashMap<SessionKey, LocalSubscription>>,
@@ -254,7 +258,7 @@ impl ShardState {
             mesh,
             config,
             sessions: Slab::new(),
-            by_client_id: FxHashMap::default(),
+            by_client_id: ClientIds::default(),
             subscriptions: TopicTrie::new(),
             shared_members: FxHashMap::default(),
             routes: TopicTrie::new(),
@@ -336,7 +340,7 @@ impl ShardState {
                 keep_alive: None,
             };
         }
-        let existing = self.by_client_id.get(&connect.client_id).copied();
+        let existing = self.by_client_id.get(&self.sessions, &connect.client_id);
         if let Some(key) = existing {
             // A will or an expiry due since the last tick happens first: a
             // session past its expiry is not resumed, even between ticks.
@@ -349,7 +353,7 @@ impl ShardState {
             }
         }
         // Taking over may have ended the old session (clean session 1).
-        let mut key = self.by_client_id.get(&connect.client_id).copied();
+        let mut key = self.by_client_id.get(&self.sessions, &connect.client_id);
         if connect.clean_start
             && let Some(old) = key.take()
         {
@@ -365,7 +369,7 @@ impl ShardState {
                 conn: None,
                 epoch,
             });
-            self.by_client_id.insert(connect.client_id.clone(), key);
+            self.by_client_id.insert(&self.sessions, key);
             key
         });
         self.sessions[key].epoch = epoch;
@@ -697,10 +701,10 @@ impl ShardState {
         for filter in &filters {
             self.unsubscribe(key, filter, now);
         }
+        self.by_client_id.remove(&self.sessions, key);
         let slot = self.sessions.remove(key);
         self.orphan_guards.remove(&key);
         self.held.remove(&key);
-        self.by_client_id.remove(slot.session.client_id());
         slot
     }
 
