@@ -1063,7 +1063,7 @@ impl ShardState {
                 self.drops.too_large += 1;
             }
         }
-        self.drops.expired += slot.session.take_dropped_expired();
+        self.drops.expired += u64::from(slot.session.take_dropped_expired());
         self.record_changes(key);
         if commits {
             self.seal_held(key);
@@ -1361,6 +1361,29 @@ mod tests {
     use crate::protocol::{ConnectProperties, ProtocolVersion, Publish, QoS};
     use crate::session::QueueFullPolicy;
     use crate::shard::mesh::MeshHandle;
+
+    /// What every session costs its shard beside its connection's task:
+    /// the slot, and while connected the `ConnHandle` in its `Rc` (two
+    /// counts, 16 bytes). `SessionSlot` 336 -> 328 with `Session` 320 ->
+    /// 312 (`session::tests::an_idle_session_stays_small`); `ConnHandle`
+    /// 104. The task and the whole per-connection total are held in
+    /// `connection::tests::what_a_connection_holds_stays_small`. Upper
+    /// bounds, and only where they were measured: std's type sizes differ
+    /// between targets.
+    #[test]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn what_a_session_holds_on_its_shard_stays_small() {
+        use std::mem::size_of;
+        let slot = size_of::<SessionSlot>();
+        let handle = size_of::<ConnHandle>();
+        assert!(slot <= 328, "session slot grew to {slot} bytes");
+        assert!(handle <= 104, "ConnHandle grew to {handle} bytes");
+        let connected = slot + 16 + handle;
+        assert!(
+            connected <= 448,
+            "a connected session holds {connected} bytes"
+        );
+    }
 
     pub(super) fn shard() -> Rc<RefCell<ShardState>> {
         clustered(false).0
