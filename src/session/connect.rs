@@ -1,5 +1,6 @@
 //! CONNECT (keep-alive, limits, will, resume) and DISCONNECT.
 
+use std::num::NonZeroU32;
 use std::time::Instant;
 
 use super::alias::{IncomingAliases, OutgoingAliases};
@@ -127,7 +128,8 @@ impl Session {
         // A zero would stall every QoS 1/2 delivery for good; the codec
         // rejects it, this keeps the window sane regardless.
         self.window = client_receive_maximum.min(config.max_inflight).max(1);
-        self.client_max_packet_size = connect.properties.maximum_packet_size;
+        self.client_max_packet_size =
+            (connect.properties.maximum_packet_size).and_then(NonZeroU32::new);
         // A new connection cancels a will still waiting out its delay
         // (spec 3.1.3.2.2), and the session no longer runs toward expiry.
         self.will = connect.will.clone().map(|will| Box::new(Will::new(will)));
@@ -178,7 +180,7 @@ impl Session {
                 if outgoing.message.is_expired(now) {
                     let flight = self.inflight.remove(packet_id);
                     self.journal_flight_ended(flight);
-                    self.dropped_expired += 1;
+                    self.dropped_expired = self.dropped_expired.saturating_add(1);
                     return None;
                 }
                 Some(Packet::Publish(outgoing.publish(

@@ -101,7 +101,7 @@ impl Session {
                 let mut scratch = BytesMut::new();
                 packet
                     .write(self.protocol, &mut scratch)
-                    .map_or(true, |len| len > max as usize)
+                    .map_or(true, |len| len > max.get() as usize)
             });
         if withhold && let Some((reason_string, user_properties)) = problem_information(packet) {
             *reason_string = None;
@@ -134,7 +134,7 @@ impl Session {
                 if let Some(expired) = self.queue.pop_front() {
                     self.journal_ended(&expired);
                 }
-                self.dropped_expired += 1;
+                self.dropped_expired = self.dropped_expired.saturating_add(1);
                 continue;
             }
             if next.qos == QoS::AtMostOnce {

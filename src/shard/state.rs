@@ -39,8 +39,10 @@ use crate::session::{
     DeliverOutcome, Delivery, DropReason, Session, SessionAction, SessionConfig, Ticket,
 };
 use crate::store::{Op, StoreHandle};
+use client_ids::ClientIds;
 
 mod acl;
+mod client_ids;
 mod commit;
 mod fence;
 mod groups;
@@ -137,7 +139,9 @@ pub struct ShardState {
     pub mesh: Mesh,
     config: Rc<ShardConfig>,
     sessions: Slab<SessionSlot>,
-    by_client_id: FxHashMap<ByteString, SessionKey>,
+    /// Each session by its client id, holding the id once: the session's
+    /// own ([`client_ids`]).
+    by_client_id: ClientIds,
     subscriptions: TopicTrie<FxHashMap<SessionKey, LocalSubscription>>,
     /// This shard's members of each shared subscription, by share name.
     shared_members: FxHashMap<ByteString, FxHashMap<SessionKey, LocalSubscription>>,
@@ -254,7 +258,7 @@ impl ShardState {
             mesh,
             config,
             sessions: Slab::new(),
-            by_client_id: FxHashMap::default(),
+            by_client_id: ClientIds::default(),
             subscriptions: TopicTrie::new(),
             shared_members: FxHashMap::default(),
             routes: TopicTrie::new(),
@@ -336,7 +340,7 @@ impl ShardState {
                 keep_alive: None,
             };
         }
-        let existing = self.by_client_id.get(&connect.client_id).copied();
+        let existing = self.by_client_id.get(&self.sessions, &connect.client_id);
         if let Some(key) = existing {
             // A will or an expiry due since the last tick happens first: a
             // session past its expiry is not resumed, even between ticks.
@@ -349,7 +353,7 @@ impl ShardState {
             }
         }
         // Taking over may have ended the old session (clean session 1).
-        let mut key = self.by_client_id.get(&connect.client_id).copied();
+        let mut key = self.by_client_id.get(&self.sessions, &connect.client_id);
         if connect.clean_start
             && let Some(old) = key.take()
         {
@@ -365,7 +369,7 @@ impl ShardState {
                 conn: None,
                 epoch,
             });
-            self.by_client_id.insert(connect.client_id.clone(), key);
+            self.by_client_id.insert(&self.sessions, key);
             key
         });
         self.sessions[key].epoch = epoch;
@@ -697,10 +701,10 @@ impl ShardState {
         for filter in &filters {
             self.unsubscribe(key, filter, now);
         }
+        self.by_client_id.remove(&self.sessions, key);
         let slot = self.sessions.remove(key);
         self.orphan_guards.remove(&key);
         self.held.remove(&key);
-        self.by_client_id.remove(slot.session.client_id());
         slot
     }
 
@@ -1059,7 +1063,7 @@ impl ShardState {
                 self.drops.too_large += 1;
             }
         }
-        self.drops.expired += slot.session.take_dropped_expired();
+        self.drops.expired += u64::from(slot.session.take_dropped_expired());
         self.record_changes(key);
         if commits {
             self.seal_held(key);
@@ -1357,6 +1361,29 @@ mod tests {
     use crate::protocol::{ConnectProperties, ProtocolVersion, Publish, QoS};
     use crate::session::QueueFullPolicy;
     use crate::shard::mesh::MeshHandle;
+
+    /// What every session costs its shard beside its connection's task:
+    /// the slot, and while connected the `ConnHandle` in its `Rc` (two
+    /// counts, 16 bytes). `SessionSlot` 336 -> 328 with `Session` 320 ->
+    /// 312 (`session::tests::an_idle_session_stays_small`); `ConnHandle`
+    /// 104. The task and the whole per-connection total are held in
+    /// `connection::tests::what_a_connection_holds_stays_small`. Upper
+    /// bounds, and only where they were measured: std's type sizes differ
+    /// between targets.
+    #[test]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn what_a_session_holds_on_its_shard_stays_small() {
+        use std::mem::size_of;
+        let slot = size_of::<SessionSlot>();
+        let handle = size_of::<ConnHandle>();
+        assert!(slot <= 328, "session slot grew to {slot} bytes");
+        assert!(handle <= 104, "ConnHandle grew to {handle} bytes");
+        let connected = slot + 16 + handle;
+        assert!(
+            connected <= 448,
+            "a connected session holds {connected} bytes"
+        );
+    }
 
     pub(super) fn shard() -> Rc<RefCell<ShardState>> {
         clustered(false).0

@@ -230,7 +230,7 @@ impl ShardState {
         reply: Option<StoredReply>,
         now: Instant,
     ) {
-        let member = self.by_client_id.get(&client_id).and_then(|&key| {
+        let member = (self.by_client_id.get(&self.sessions, &client_id)).and_then(|key| {
             let subscription = self.shared_members.get(&share)?.get(&key)?;
             Some((key, *subscription))
         });

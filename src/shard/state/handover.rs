@@ -163,13 +163,13 @@ impl ShardState {
         if let Some(attaching) = self.attaching.get_mut(client_id) {
             attaching.asked_under = attaching.asked_under.max(epoch);
         }
-        let key = *self.by_client_id.get(client_id)?;
+        let key = self.by_client_id.get(&self.sessions, client_id)?;
         if self.sessions[key].epoch >= epoch {
             info!(client = %client_id, epoch, held = self.sessions[key].epoch, "stale hand-over refused");
             return None;
         }
         self.take_over(key, now);
-        if self.by_client_id.get(client_id) != Some(&key) {
+        if self.by_client_id.get(&self.sessions, client_id) != Some(key) {
             return None;
         }
         let subscriptions: Vec<RestoredSubscription> = self
@@ -200,7 +200,7 @@ impl ShardState {
     /// store, everything it owes written as new.
     pub fn adopt(&mut self, archive: &[u8], epoch: u64, now: Instant) -> Result<(), RecordError> {
         let (mut arrived, subscriptions) = decode_session(archive, now, SystemTime::now())?;
-        if let Some(&stale) = self.by_client_id.get(&arrived.client_id) {
+        if let Some(stale) = self.by_client_id.get(&self.sessions, &arrived.client_id) {
             self.drop_stale(stale, now);
         }
         let username = arrived.username.take();
@@ -236,7 +236,7 @@ impl ShardState {
         now: Instant,
     ) {
         for (client_id, epoch) in here {
-            if let Some(&key) = self.by_client_id.get(&client_id)
+            if let Some(key) = self.by_client_id.get(&self.sessions, &client_id)
                 && self.sessions[key].epoch == 0
             {
                 self.sessions[key].epoch = epoch;
@@ -244,7 +244,7 @@ impl ShardState {
         }
         let mut dropped = 0;
         for client_id in elsewhere {
-            if let Some(&key) = self.by_client_id.get(&client_id)
+            if let Some(key) = self.by_client_id.get(&self.sessions, &client_id)
                 && self.sessions[key].epoch == 0
             {
                 self.drop_stale(key, now);
@@ -354,7 +354,7 @@ mod tests {
             conn.close_reason(),
             Some(CloseReason::Server(ReasonCode::SessionTakenOver))
         );
-        assert!(!leaving.by_client_id.contains_key("c"));
+        assert_eq!(leaving.by_client_id.get(&leaving.sessions, "c"), None);
         assert!(
             leaving.subscriptions.get("t").is_some(),
             "its route stays while the move spreads"
@@ -375,7 +375,7 @@ mod tests {
             }
             other => panic!("expected CONNACK and the PUBLISH again, got {other:?}"),
         }
-        let key = arriving.by_client_id["c"];
+        let key = arriving.by_client_id.get(&arriving.sessions, "c").unwrap();
         assert_eq!(arriving.sessions[key].epoch, 5);
         // Held under 5 now: a stale request for 5 changes nothing.
         assert_eq!(arriving.hand_over("c", 5, now), None);
@@ -504,7 +504,11 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-        assert!(!state.by_client_id.contains_key("c"), "no fresh session");
+        assert_eq!(
+            state.by_client_id.get(&state.sessions, "c"),
+            None,
+            "no fresh session"
+        );
         assert!(state.attaching.is_empty());
 
         // The next CONNECT's grant has no later ask: it attaches.

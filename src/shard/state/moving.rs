@@ -37,9 +37,7 @@ impl ShardState {
     /// the store): it stays as a stub, routed but found by no client id.
     pub(super) fn keep_moved(&mut self, key: SessionKey, now: Instant) {
         let client_id = self.sessions[key].session.client_id().clone();
-        if self.by_client_id.get(&client_id) == Some(&key) {
-            self.by_client_id.remove(&client_id);
-        }
+        self.by_client_id.remove(&self.sessions, key);
         let pending = self.end_stubs_of(&client_id, now);
         self.orphan_guards.remove(&key);
         let until = now + MOVE_HOLD;

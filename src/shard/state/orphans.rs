@@ -131,7 +131,7 @@ impl ShardState {
         way: Way,
         now: Instant,
     ) {
-        let Some(&key) = self.by_client_id.get(client_id) else {
+        let Some(key) = self.by_client_id.get(&self.sessions, client_id) else {
             if self.claiming(client_id) {
                 self.hold_early(client_id, message, way);
                 return;
@@ -176,7 +176,7 @@ impl ShardState {
     /// session, once, or on to where it moved, or dropped when nothing
     /// here is it any more).
     pub(super) fn give_early_orphans(&mut self, client_id: &ByteString, now: Instant) {
-        if !self.by_client_id.contains_key(client_id) && self.claiming(client_id) {
+        if self.by_client_id.get(&self.sessions, client_id).is_none() && self.claiming(client_id) {
             return;
         }
         let Some(early) = self.early_orphans.remove(client_id) else {

@@ -98,7 +98,7 @@ impl ShardState {
             info!(shard = self.id(), sessions = count, "sessions restored");
             // Another node may have claimed some while this one was down.
             if let Some(place) = self.mesh.cluster_place() {
-                let client_ids = self.by_client_id.keys().cloned().collect();
+                let client_ids = (self.by_client_id.client_ids(&self.sessions).cloned()).collect();
                 self.mesh.push(place, ShardMsg::CheckOwners { client_ids });
             }
         }
@@ -122,13 +122,12 @@ impl ShardState {
         epoch: u64,
         now: Instant,
     ) -> SessionKey {
-        let client_id = session.client_id().clone();
         let key = self.sessions.insert(SessionSlot {
             session,
             conn: None,
             epoch,
         });
-        self.by_client_id.insert(client_id, key);
+        self.by_client_id.insert(&self.sessions, key);
         self.set_acl(key, username);
         for subscription in subscriptions {
             (self.sessions[key].session).restore_subscription(subscription.filter.clone());
