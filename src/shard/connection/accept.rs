@@ -382,9 +382,17 @@ fn attach_and_run(state: Rc<RefCell<ShardState>>, stream: TcpStream, arrival: Ar
         peer,
         client_id: connect.client_id,
         lingers: Cell::new(false),
+        active: Cell::new(false),
         _permit: permit,
     };
-    monoio::spawn(connection.run(Input::new(read_buf)));
+    let publishes = connection
+        .state
+        .borrow()
+        .config()
+        .abuse
+        .publish
+        .start(Instant::now());
+    monoio::spawn(connection.run(Input::new(read_buf), publishes));
 }
 
 /// Why a connection was closed before it had a CONNECT to refuse: counted

@@ -31,7 +31,7 @@ impl Connection {
         let drain = async {
             while let Ok(()) = self.stream.readable(false).await {
                 loop {
-                    match socket::recv_arena(self.conn.fd) {
+                    match socket::recv_arena(self.conn.fd()) {
                         Ok((_, Received::Bytes { .. })) => {}
                         Ok((_, Received::Nothing)) => break,
                         Ok((_, Received::Closed)) | Err(_) => return,

@@ -21,7 +21,9 @@ pub struct ConnHandle {
     pub id: u64,
     pub key: SessionKey,
     pub version: ProtocolVersion,
-    pub(super) fd: RawFd,
+    /// Changes when the connection parks ([`super::park`]), which moves
+    /// the socket to a descriptor of its own.
+    fd: Cell<RawFd>,
     pub(super) out: RefCell<BytesMut>,
     pub(super) wakes: Wakes,
     /// When the client's keep-alive runs out, if it has one
@@ -44,6 +46,9 @@ pub(super) enum Wake {
     Written = 2,
     /// The connection is closing: the reader stops waiting for the client.
     Close = 4,
+    /// The connection has been idle a while: the reader parks it if it
+    /// still is ([`super::park`]).
+    Park = 8,
 }
 
 /// Wake-ups for a connection's task. It waits on up to three things at
@@ -80,6 +85,39 @@ impl Wakes {
         Poll::Pending
     }
 
+    /// Ready once `a` or `b` is raised, which it lowers (`a` first if both
+    /// are).
+    pub(super) fn poll_either(&self, a: Wake, b: Wake, cx: &mut Context<'_>) -> Poll<Wake> {
+        let raised = self.raised.get();
+        for wake in [a, b] {
+            if raised & wake as u8 != 0 {
+                self.raised.set(raised & !(wake as u8));
+                return Poll::Ready(wake);
+            }
+        }
+        self.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+
+    /// Hands the wake-ups of a connection whose task ended to `waker`,
+    /// dropping the task's own (which would keep the ended task's memory
+    /// alive). Returns `false`, with nothing changed, when output or a
+    /// close is already raised: the connection needs its task now.
+    pub(super) fn park(&self, waker: Waker) -> bool {
+        if self.raised.get() & (Wake::Write as u8 | Wake::Close as u8) != 0 {
+            return false;
+        }
+        // What the ended task left raised concerns nobody now.
+        self.raised.set(0);
+        self.waker.set(Some(waker));
+        true
+    }
+
+    /// Drops the parked connection's waker: its new task sets its own.
+    pub(super) fn unpark(&self) {
+        self.waker.take();
+    }
+
     pub(super) async fn wait(&self, wake: Wake) {
         std::future::poll_fn(|cx| self.poll(wake, cx)).await
     }
@@ -109,7 +147,7 @@ impl ConnHandle {
             id,
             key,
             version,
-            fd,
+            fd: Cell::new(fd),
             out: RefCell::new(BytesMut::new()),
             wakes: Wakes::default(),
             deadline: Cell::new(None),
@@ -174,6 +212,16 @@ impl ConnHandle {
         self.wakes.raise(Wake::Write);
     }
 
+    /// The socket's descriptor.
+    pub(super) fn fd(&self) -> RawFd {
+        self.fd.get()
+    }
+
+    /// The socket moved to `fd` (a parked connection's own copy).
+    pub(super) fn set_fd(&self, fd: RawFd) {
+        self.fd.set(fd);
+    }
+
     /// Bytes encoded and not yet handed to the kernel.
     pub fn buffered(&self) -> usize {
         self.out.borrow().len()
@@ -215,6 +263,12 @@ impl ConnHandle {
 
     pub fn is_closing(&self) -> bool {
         self.closing.get()
+    }
+
+    /// Idle connections are asked to park now and then; each decides
+    /// whether it still may ([`super::park`]).
+    pub fn ask_to_park(&self) {
+        self.wakes.raise(Wake::Park);
     }
 
     /// v5 clients are told why with a DISCONNECT; then the connection closes.

@@ -28,10 +28,14 @@
 //!   socket;
 //! - [`close`]: what happens after the goodbye: shutting the socket down,
 //!   and the linger that keeps a reset from destroying the goodbye.
+//! - [`park`]: a plain TCP connection idle for a moment ends its task and
+//!   waits as plain data in the shard's table, watched by one epoll
+//!   instance per shard, until input, output or a close starts a task again.
 
 mod accept;
 mod close;
 mod handle;
+mod park;
 mod read;
 mod write;
 
@@ -46,6 +50,7 @@ use bytestring::ByteString;
 use monoio::net::TcpStream;
 use tracing::{debug, info};
 
+use crate::abuse::publish::PublishRate;
 use crate::shard::framing::Framing;
 use crate::shard::limit::ConnectionPermit;
 use crate::shard::socket::Input;
@@ -54,6 +59,8 @@ use crate::shard::state::ShardState;
 pub(super) use accept::refuse;
 pub use accept::{accept, serve_handoff};
 pub use handle::{CloseReason, ConnHandle};
+pub use park::{Parking, park_loop};
+use read::Stopped;
 pub(super) use read::read_more;
 
 /// How long a closing connection's writer gets to flush the goodbye. A
@@ -84,6 +91,10 @@ struct Connection {
     /// its own direction after the goodbye, and the rest is read and
     /// dropped ([`Connection::linger`]).
     lingers: Cell<bool>,
+    /// Set by a read that got bytes and a write that sent some; taken by
+    /// the reader when asked to park, so a connection busy meanwhile stays
+    /// ([`park`]).
+    active: Cell<bool>,
     /// Counts against the connection limit until the connection ends.
     _permit: ConnectionPermit,
 }
@@ -97,56 +108,76 @@ impl Connection {
         clippy::manual_async_fn,
         reason = "an async fn holds its arguments twice"
     )]
-    fn run(self, mut input: Input) -> impl Future<Output = ()> {
+    fn run(
+        self,
+        mut input: Input,
+        publishes: Option<Box<PublishRate>>,
+    ) -> impl Future<Output = ()> {
         async move {
-            let mut writing = pin!(self.write_loop());
-            let mut written_all = false;
-            let client_may_send = self.conn.is_closing() || {
-                let mut reading = pin!(self.read_loop(&mut input));
-                // Reading first: when the connection starts closing, the
-                // reader sees it and says whether to linger before the
-                // writer sends the goodbye and shuts the socket down.
-                std::future::poll_fn(|cx| {
-                    let read = reading.as_mut().poll(cx);
-                    if read.is_pending() && !written_all {
-                        written_all = writing.as_mut().poll(cx).is_ready();
+            // The writer borrows the connection until it is dropped, and a
+            // connection that parks moves out of the task.
+            let parks = 'served: {
+                let mut writing = pin!(self.write_loop());
+                let mut written_all = false;
+                let stopped = if self.conn.is_closing() {
+                    Stopped::Closing {
+                        client_may_send: true,
                     }
-                    read
-                })
-                .await
-            };
-            self.lingers.set(client_may_send);
-            let conn = &self.conn;
-            self.state.borrow_mut().detach(conn, Instant::now());
-            let mut flushed = written_all;
-            if !written_all {
-                let grace = self
-                    .state
-                    .borrow_mut()
-                    .deadlines
-                    .alarm(Instant::now() + WRITE_GRACE);
-                flushed = grace.on(writing).await.is_some();
-                if !flushed {
-                    debug!(client = %self.client_id, peer = %self.peer, "peer not reading; resetting the connection");
-                    // SAFETY: `self.stream` owns the descriptor and is alive.
-                    let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
-                    // Unsent bytes are discarded (RST on close) rather than
-                    // left to a socket nobody reads.
-                    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+                } else {
+                    let mut reading = pin!(self.read_loop(&mut input, publishes));
+                    // Reading first: when the connection starts closing, the
+                    // reader sees it and says whether to linger before the
+                    // writer sends the goodbye and shuts the socket down.
+                    std::future::poll_fn(|cx| {
+                        let read = reading.as_mut().poll(cx);
+                        if read.is_pending() && !written_all {
+                            written_all = writing.as_mut().poll(cx).is_ready();
+                        }
+                        read
+                    })
+                    .await
+                };
+                let client_may_send = match stopped {
+                    Stopped::Idle { fd, publishes } => break 'served Some((fd, publishes)),
+                    Stopped::Closing { client_may_send } => client_may_send,
+                };
+                self.lingers.set(client_may_send);
+                let conn = &self.conn;
+                self.state.borrow_mut().detach(conn, Instant::now());
+                let mut flushed = written_all;
+                if !written_all {
+                    let grace = self
+                        .state
+                        .borrow_mut()
+                        .deadlines
+                        .alarm(Instant::now() + WRITE_GRACE);
+                    flushed = grace.on(writing).await.is_some();
+                    if !flushed {
+                        debug!(client = %self.client_id, peer = %self.peer, "peer not reading; resetting the connection");
+                        // SAFETY: `self.stream` owns the descriptor and is alive.
+                        let fd = unsafe { BorrowedFd::borrow_raw(conn.fd()) };
+                        // Unsent bytes are discarded (RST on close) rather than
+                        // left to a socket nobody reads.
+                        let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+                    }
                 }
-            }
-            self.state.borrow_mut().connection_closed();
-            let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
-            info!(
-                client = %self.client_id,
-                version = conn.version.level(),
-                peer = %self.peer,
-                ?reason,
-                "client disconnected"
-            );
-            if flushed && self.lingers.get() {
-                // Boxed: only a closing connection needs its room.
-                Box::pin(self.linger()).await;
+                self.state.borrow_mut().connection_closed();
+                let reason = conn.close_reason().unwrap_or(CloseReason::ClientClosed);
+                info!(
+                    client = %self.client_id,
+                    version = conn.version.level(),
+                    peer = %self.peer,
+                    ?reason,
+                    "client disconnected"
+                );
+                if flushed && self.lingers.get() {
+                    // Boxed: only a closing connection needs its room.
+                    Box::pin(self.linger()).await;
+                }
+                None
+            };
+            if let Some((fd, publishes)) = parks {
+                self.park(fd, publishes);
             }
         }
     }
@@ -158,19 +189,22 @@ mod tests {
 
     /// The size of what a function returns: a connection's task is the
     /// future `Connection::run` returns, whose type has no name.
-    fn returned_size<A, B, R>(_: fn(A, B) -> R) -> usize {
+    fn returned_size<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
-    /// What every connection holds, idle or not, in fixed-size parts: its
-    /// session's slot (`Session` 320 bytes, the `ConnHandle` pointer and the
-    /// fencing epoch: 336, 368 while it kept a second filter set), its
-    /// `ConnHandle` behind an `Rc` (104 bytes and two counts) and its task's
-    /// future (616 in a test build). Heap the session and the task point to
-    /// (queues, filters, the client id) comes on top. Upper bounds, and only
-    /// where they were measured, since std's type sizes differ between
-    /// targets: a field that pushes one past its bound has to say what it
-    /// is worth.
+    /// What every connection holds, in fixed-size parts: its session's slot
+    /// (`Session` 320 bytes, the `ConnHandle` pointer and the fencing
+    /// epoch: 336, 368 while it kept a second filter set) and its
+    /// `ConnHandle` behind an `Rc` (104 bytes and two counts); then, while
+    /// it is served, its task's future (616 in a test build, 648 since the
+    /// task carries the client's PUBLISH rate and its parking outcome), or
+    /// while it is parked, its entry in the shard's table of parked
+    /// connections ([`park::Parked`] in a slab slot, no task). Heap the
+    /// session and the task point to (queues, filters, the client id) comes
+    /// on top. Upper bounds, and only where they were measured, since std's
+    /// type sizes differ between targets: a field that pushes one past its
+    /// bound has to say what it is worth.
     #[test]
     #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     fn what_a_connection_holds_stays_small() {
@@ -178,10 +212,15 @@ mod tests {
         let slot = size_of::<super::super::state::SessionSlot>();
         let handle = size_of::<ConnHandle>();
         let task = returned_size(Connection::run);
+        // A slab slot is the entry or the next vacant key, as an `Option`.
+        let parked = size_of::<Option<park::Parked>>();
         assert!(slot <= 336, "session slot grew to {slot} bytes");
         assert!(handle <= 104, "ConnHandle grew to {handle} bytes");
-        assert!(task <= 616, "connection task grew to {task} bytes");
+        assert!(task <= 648, "connection task grew to {task} bytes");
+        assert!(parked <= 144, "a parked entry grew to {parked} bytes");
         let total = slot + handle + 16 + task;
-        assert!(total <= 1072, "a connection holds {total} bytes");
+        assert!(total <= 1104, "a served connection holds {total} bytes");
+        let idle = slot + handle + 16 + parked;
+        assert!(idle <= 600, "a parked connection holds {idle} bytes");
     }
 }

@@ -2,9 +2,9 @@
 //! packets handed to the shard in one borrow.
 
 use std::cell::RefCell;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::pin::pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -20,33 +20,54 @@ use crate::shard::framing::{Framing, FramingError};
 use crate::shard::socket::{self, Input, READ_CHUNK, Received};
 
 use super::handle::Wake;
+use super::park::PARK_AFTER;
 use super::{CloseReason, Connection};
+
+/// Why a connection's reader stopped.
+pub(super) enum Stopped {
+    /// The connection is closing. `client_may_send` when reading stopped
+    /// because of that, not at the end of the stream: the client may still
+    /// be sending ([`Connection::linger`]).
+    Closing { client_may_send: bool },
+    /// Idle: the connection parks on `fd`, a descriptor of its own, with
+    /// the client's PUBLISH rate ([`super::park`]).
+    Idle {
+        fd: OwnedFd,
+        publishes: Option<Box<PublishRate>>,
+    },
+}
+
+impl Stopped {
+    const CLIENT_MAY_SEND: Stopped = Stopped::Closing {
+        client_may_send: true,
+    };
+}
 
 /// Answers a client may leave unread before the broker stops reading its
 /// requests; well above what a client that reads while it sends runs up.
 const MAX_UNANSWERED: usize = 1024;
 
 impl Connection {
-    /// Returns whether the client may still be sending: reading stopped
-    /// because the connection is closing, not at the end of the stream.
+    /// Reads until the connection closes or parks. `publishes` is the
+    /// client's PUBLISH rate, handed back when the connection parks.
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn holds its arguments twice"
     )]
-    pub(super) fn read_loop<'a>(&'a self, input: &'a mut Input) -> impl Future<Output = bool> + 'a {
+    pub(super) fn read_loop<'a>(
+        &'a self,
+        input: &'a mut Input,
+        mut publishes: Option<Box<PublishRate>>,
+    ) -> impl Future<Output = Stopped> + 'a {
         async move {
             let conn = &self.conn;
             // The last read took all the room it had: the socket probably
             // holds more, so it is read again without waiting for
             // readiness (only for the shard's other tasks).
             let mut more = false;
-            let mut publishes = self
-                .state
-                .borrow()
-                .config()
-                .abuse
-                .publish
-                .start(Instant::now());
+            // In the shard's queue of connections that may park: asked once
+            // per PARK_AFTER at most, however busy the connection is.
+            let mut candidate = false;
             loop {
                 let paused = match self.hand_over(input, &mut publishes) {
                     Ok(paused) => paused,
@@ -55,11 +76,11 @@ impl Connection {
                         self.state
                             .borrow_mut()
                             .handle_malformed(conn, error.reason_code());
-                        return true;
+                        return Stopped::CLIENT_MAY_SEND;
                     }
                 };
                 if conn.is_closing() {
-                    return true;
+                    return Stopped::CLIENT_MAY_SEND;
                 }
                 // A client sending requests (a PINGREQ flood) while it does
                 // not read the answers would grow them without bound: it is
@@ -75,7 +96,7 @@ impl Connection {
                         .await
                         .is_none()
                     {
-                        return true;
+                        return Stopped::CLIENT_MAY_SEND;
                     }
                 }
                 // Past its PUBLISH rate, the client is not read (its
@@ -86,7 +107,7 @@ impl Connection {
                     let closing = conn.wakes.wait(Wake::Close);
                     // Boxed: only a throttled client waits here.
                     if !Box::pin(abuse::pause(&self.state, paused, keep_alive, closing)).await {
-                        return true;
+                        return Stopped::CLIENT_MAY_SEND;
                     }
                     continue;
                 }
@@ -95,21 +116,50 @@ impl Connection {
                     if more {
                         yield_now().await;
                     } else {
-                        let readable = pin!(self.stream.readable(false));
-                        let closing = |cx: &mut Context<'_>| conn.wakes.poll(Wake::Close, cx);
-                        match deadline::first(readable, closing).await {
-                            None => return true,
-                            Some(Ok(())) => {}
-                            Some(Err(_)) => {
-                                conn.close(CloseReason::SocketError);
-                                return false;
+                        // Whether it may park is decided when asked: output
+                        // queued now is usually written before then.
+                        if !candidate
+                            && self.framing.is_none()
+                            && self.state.borrow().parking.is_on()
+                        {
+                            let at = Instant::now() + PARK_AFTER;
+                            self.state.borrow_mut().parking.candidate(conn, at);
+                            candidate = true;
+                        }
+                        let mut readable = pin!(self.stream.readable(false));
+                        let woken = std::future::poll_fn(|cx| match readable.as_mut().poll(cx) {
+                            Poll::Ready(result) => Poll::Ready(Ok(result)),
+                            Poll::Pending => {
+                                conn.wakes.poll_either(Wake::Close, Wake::Park, cx).map(Err)
                             }
+                        });
+                        match woken.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => {
+                                conn.close(CloseReason::SocketError);
+                                return Stopped::Closing {
+                                    client_may_send: false,
+                                };
+                            }
+                            Err(Wake::Park) => {
+                                candidate = false;
+                                // Busy since it was queued: asked again later.
+                                if !self.active.replace(false)
+                                    && self.may_park(input)
+                                    && let Some(fd) = self.park_fd()
+                                {
+                                    return Stopped::Idle { fd, publishes };
+                                }
+                                continue;
+                            }
+                            Err(_) => return Stopped::CLIENT_MAY_SEND,
                         }
                     }
-                    match read_mqtt(conn.fd, input, self.framing.as_deref()) {
+                    match read_mqtt(conn.fd(), input, self.framing.as_deref()) {
                         Ok(Received::Nothing) => more = false,
                         Ok(Received::Bytes { filled }) => {
                             more = filled;
+                            self.active.set(true);
                             break Ok(());
                         }
                         Ok(Received::Closed) => break Err(ReadEnd::Closed),
@@ -127,10 +177,22 @@ impl Connection {
                         debug!(%error, "websocket or tls session closed");
                     }
                     conn.close(end.close_reason());
-                    return false;
+                    return Stopped::Closing {
+                        client_may_send: false,
+                    };
                 }
             }
         }
+    }
+
+    /// Whether this connection may park now: plain TCP, nothing read and
+    /// not decoded, nothing queued for the client, and parking on here.
+    fn may_park(&self, input: &Input) -> bool {
+        self.framing.is_none()
+            && input.is_empty()
+            && self.conn.buffered() == 0
+            && !self.conn.is_closing()
+            && self.state.borrow().parking.is_on()
     }
 
     /// Decodes everything buffered (a client may pipeline many packets into

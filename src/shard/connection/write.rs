@@ -24,7 +24,7 @@ impl Connection {
                 conn.wakes.wait(Wake::Write).await;
                 if self.flush(&mut frames).await.is_err() {
                     conn.close(CloseReason::SocketError);
-                    shutdown(conn.fd, libc::SHUT_RDWR);
+                    shutdown(conn.fd(), libc::SHUT_RDWR);
                     return;
                 }
                 if conn.is_closing() {
@@ -41,7 +41,7 @@ impl Connection {
                     } else {
                         libc::SHUT_RDWR
                     };
-                    shutdown(conn.fd, how);
+                    shutdown(conn.fd(), how);
                     return;
                 }
             }
@@ -69,7 +69,7 @@ impl Connection {
                             socket::release_output(&mut out);
                             return Ok(());
                         }
-                        socket::send_from(conn.fd, &mut out)?
+                        socket::send_from(conn.fd(), &mut out)?
                     }
                     Some(framing) => {
                         if frames.is_empty() {
@@ -85,7 +85,7 @@ impl Connection {
                                 return Ok(());
                             }
                         }
-                        let sent = socket::send(conn.fd, frames)?;
+                        let sent = socket::send(conn.fd(), frames)?;
                         match sent {
                             Some(n) if n == frames.len() => *frames = Vec::new(),
                             Some(n) => drop(frames.drain(..n)),
@@ -95,6 +95,7 @@ impl Connection {
                     }
                 };
                 if sent.is_some() {
+                    self.active.set(true);
                     self.state.borrow_mut().on_written(conn, Instant::now());
                     conn.wakes.raise(Wake::Written);
                 } else {
