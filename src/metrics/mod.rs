@@ -136,6 +136,8 @@ fn qos_index(qos: QoS) -> usize {
 pub struct Snapshot {
     pub shard: ShardId,
     pub connections: u64,
+    /// Of them, idle ones that hold no task (parked).
+    pub parked: u64,
     pub sessions_online: u64,
     pub sessions_offline: u64,
     /// Filters held by this shard's sessions, shared ones included.

@@ -36,6 +36,12 @@ pub fn render(snapshots: &[Snapshot], cluster: Option<&StatusSnapshot>) -> Strin
         "Client connections open now",
         sum(|s| s.connections),
     );
+    gauge(
+        &mut registry,
+        "connections_parked",
+        "Client connections open now that were idle and hold no task (parked)",
+        sum(|s| s.parked),
+    );
     counter(
         &mut registry,
         "connections",

@@ -616,6 +616,7 @@ async fn shard_main(
         }
     }
     monoio::spawn(tick_loop(state.clone()));
+    monoio::spawn(connection::park_loop(state.clone()));
 
     let wake = state.borrow().wake.clone();
     loop {

@@ -86,6 +86,11 @@ impl Input {
         }
     }
 
+    /// Whether nothing is left undecoded (and nothing held).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// The undecoded bytes, for the decoder to split packets from. Once it
     /// is done, [`Input::settle`] must be called before the next read.
     pub fn bytes(&mut self) -> &mut BytesMut {

@@ -20,7 +20,7 @@ use slab::Slab;
 use tracing::{info, warn};
 
 use super::ShardId;
-use super::connection::{CloseReason, ConnHandle};
+use super::connection::{CloseReason, ConnHandle, Parking};
 use super::deadline::Deadlines;
 use super::limit::ConnectionLimit;
 use super::mesh::{
@@ -159,6 +159,8 @@ pub struct ShardState {
     /// Connections' keep-alives, and time limits on handshakes and
     /// closing.
     pub deadlines: Deadlines,
+    /// Idle connections without a task, and those that may become so.
+    pub parking: Parking,
     /// Connections other shards handed over, waiting for a task.
     pub handoffs: Vec<Handoff>,
     pub draining: bool,
@@ -267,6 +269,7 @@ impl ShardState {
             retained: RetainedStore::new(),
             timers: BinaryHeap::new(),
             deadlines: Deadlines::default(),
+            parking: Parking::default(),
             handoffs: Vec::new(),
             draining: false,
             wake: Rc::default(),
@@ -528,6 +531,9 @@ impl ShardState {
             }
         }
         self.deadlines.expire(now);
+        for conn in self.parking.due(now) {
+            conn.ask_to_park();
+        }
         self.flush();
         self.log_drops();
     }
@@ -1326,6 +1332,7 @@ impl ShardState {
             dropped_queue_full: self.drops.queue_full,
             dropped_expired: self.drops.expired,
             dropped_too_large: self.drops.too_large,
+            parked: self.parking.len() as u64,
             metrics: self.metrics.clone(),
         }
     }
