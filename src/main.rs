@@ -68,6 +68,7 @@ fn main() -> ExitCode {
                 config.cores,
             )),
             connect_timeout: config.connect_timeout(),
+            park_after: config.park_after(),
             max_client_id_length: usize::from(config.max_client_id_length),
             auth,
             abuse: AbuseLimits::new(&config.abuse),

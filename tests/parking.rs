@@ -170,3 +170,24 @@ async fn close_round(broker: &Broker) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `--park-after-ms 0` turns parking off: an idle connection keeps its
+/// task, and is served as before.
+#[tokio::test]
+async fn with_parking_off_an_idle_connection_keeps_its_task() {
+    let broker = Broker::start(&[
+        "--cores",
+        "1",
+        "--park-after-ms",
+        "0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let metrics = broker.metrics_addr();
+    let (mut idle, _) = Raw::connect_ok(broker.addr, Connect::v4("never-parks")).await;
+    // Well past the default delay, on the 100 ms tick.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(parked(metrics), 0.0);
+    idle.send(&wire::pingreq()).await;
+    assert_eq!(idle.recv().await.kind(), wire::PINGRESP);
+}

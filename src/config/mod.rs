@@ -68,6 +68,8 @@ const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Long enough for a CONNECT over a slow mobile link, short enough that
 /// idle sockets opened to hold descriptors are shed quickly.
 const DEFAULT_CONNECT_TIMEOUT: u32 = 10;
+/// Two shard ticks: see `shard::connection::park`.
+const DEFAULT_PARK_AFTER_MS: u64 = 200;
 /// EMQX's default; Mosquitto hard-codes 200. Real topics have a handful of
 /// levels, and each level is a trie node.
 const DEFAULT_MAX_TOPIC_LEVELS: usize = 128;
@@ -111,6 +113,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Seconds a new connection has to deliver its CONNECT. At least 1.
     pub connect_timeout: u32,
+    /// Milliseconds a plain-TCP connection stays idle before it parks
+    /// (gives up its task); 0 never parks.
+    pub park_after_ms: u64,
     /// Bytes in a topic name or filter. At least 1.
     pub max_topic_length: u16,
     /// Levels in a topic name or filter, 1 to [`MAX_TOPIC_LEVELS`].
@@ -321,6 +326,10 @@ struct Cli {
     /// Seconds a new connection has to send its CONNECT [default: 10].
     #[arg(long, value_name = "SECS")]
     connect_timeout: Option<u32>,
+    /// Milliseconds a plain-TCP connection may be idle before it gives up
+    /// its task (less memory, more CPU when it wakes); 0 never [default: 200].
+    #[arg(long, value_name = "MS")]
+    park_after_ms: Option<u64>,
     /// Longest topic name or filter, 1 to 65535 bytes [default: 65535].
     #[arg(long, value_name = "BYTES")]
     max_topic_length: Option<u16>,
@@ -433,6 +442,7 @@ struct FileConfig {
     shared_subscription_strategy: Option<SharedStrategy>,
     max_connections: Option<usize>,
     connect_timeout: Option<u32>,
+    park_after_ms: Option<u64>,
     max_topic_length: Option<u16>,
     max_topic_levels: Option<usize>,
     max_subscriptions_per_client: Option<usize>,
@@ -575,6 +585,11 @@ impl Config {
     /// How long a new connection has to send its CONNECT.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(u64::from(self.connect_timeout))
+    }
+
+    /// How long a connection may be idle before it parks; `None`: never.
+    pub fn park_after(&self) -> Option<Duration> {
+        (self.park_after_ms > 0).then(|| Duration::from_millis(self.park_after_ms))
     }
 
     /// `secret_env` is `RINGMQ_CLUSTER_SECRET`, passed in so tests need
@@ -739,6 +754,10 @@ impl Config {
                 .or(file.max_connections)
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             connect_timeout,
+            park_after_ms: cli
+                .park_after_ms
+                .or(file.park_after_ms)
+                .unwrap_or(DEFAULT_PARK_AFTER_MS),
             max_topic_length,
             max_topic_levels,
             max_subscriptions_per_client: cli

@@ -82,6 +82,7 @@ fn defaults() {
     assert_eq!(session.max_subscriptions, 1000);
     assert_eq!(config.max_connections, 100_000);
     assert_eq!(config.connect_timeout(), Duration::from_secs(10));
+    assert_eq!(config.park_after(), Some(Duration::from_millis(200)));
     assert_eq!(config.max_client_id_length, 256);
 }
 
@@ -120,6 +121,7 @@ fn file_only() {
         shared_subscription_strategy = "sticky"
         max_connections = 7
         connect_timeout = 3
+        park_after_ms = 0
         max_topic_length = 100
         max_topic_levels = 8
         max_subscriptions_per_client = 20
@@ -155,6 +157,7 @@ fn file_only() {
             shared_subscription_strategy: Strategy::Sticky,
             max_connections: 7,
             connect_timeout: 3,
+            park_after_ms: 0,
             max_topic_length: 100,
             max_topic_levels: 8,
             max_subscriptions_per_client: 20,
@@ -420,6 +423,7 @@ fn deploy_example_parses_and_sets_every_key() {
         shared_subscription_strategy,
         max_connections,
         connect_timeout,
+        park_after_ms,
         max_topic_length,
         max_topic_levels,
         max_subscriptions_per_client,
@@ -477,6 +481,7 @@ fn deploy_example_parses_and_sets_every_key() {
     assert!(shared_subscription_strategy.is_some());
     assert!(max_connections.is_some());
     assert!(connect_timeout.is_some());
+    assert!(park_after_ms.is_some());
     assert!(max_topic_length.is_some());
     assert!(max_topic_levels.is_some());
     assert!(max_subscriptions_per_client.is_some());

@@ -76,6 +76,9 @@ pub struct ShardConfig {
     /// A connection that has not delivered its CONNECT within this long
     /// is closed (slow-loris defence).
     pub connect_timeout: Duration,
+    /// How long a plain-TCP connection may be idle before it parks
+    /// (`connection::park`); `None`: it never does.
+    pub park_after: Option<Duration>,
     /// Longer client ids are refused with Client Identifier not valid.
     pub max_client_id_length: usize,
     /// Who may connect; shared by all shards.
@@ -308,6 +311,12 @@ impl ShardState {
 
     pub fn config(&self) -> &ShardConfig {
         &self.config
+    }
+
+    /// How long an idle connection waits before it parks, if it may park
+    /// on this shard at all (`connection::park`).
+    pub fn parking_delay(&self) -> Option<Duration> {
+        self.config.park_after.filter(|_| self.parking.is_on())
     }
 
     /// Binds a connection whose CONNECT names a client id homed here to its
@@ -1424,6 +1433,7 @@ mod tests {
             shared_strategy: Strategy::default(),
             connections: ConnectionLimit::new(10),
             connect_timeout: Duration::from_secs(10),
+            park_after: Some(Duration::from_millis(200)),
             max_client_id_length: 64,
             auth: Arc::default(),
             abuse: AbuseLimits::default(),

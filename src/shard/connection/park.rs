@@ -4,7 +4,7 @@
 //! and its shared descriptor, the io_uring slot of the readiness poll it
 //! waits in) was about 700 of the 1,450 bytes an idle connection cost
 //! (PERF.md, "The gap to Mosquitto"). So a plain TCP connection that has
-//! been idle for [`PARK_AFTER`] ends its task and is *parked*: what the
+//! been idle for `park_after_ms` ends its task and is *parked*: what the
 //! next task needs stays in this shard's table ([`Parked`]: the descriptor,
 //! the [`ConnHandle`], the keep-alive, the client's PUBLISH rate, the
 //! permit and what the disconnect log line names), and one epoll instance
@@ -22,11 +22,18 @@
 //! the park task starts its task again ([`waker`]).
 //!
 //! Hysteresis: a connection is a candidate once it waits for input with
-//! nothing pending; the shard's tick asks it to park once [`PARK_AFTER`]
+//! nothing pending; the shard's tick asks it to park once `park_after_ms`
 //! has passed since it last read or wrote, and a connection that was busy
 //! meanwhile stays and is asked again later. A busy connection therefore
 //! keeps its task and today's fast path, and pays one queue entry per
-//! [`PARK_AFTER`] at most. TLS and WebSocket connections keep their tasks
+//! `park_after_ms` at most. The default, 200 ms, is two shard ticks: long
+//! enough that a client in a conversation keeps its task, short enough
+//! that a burst of new idle connections does not hold a task each for
+//! long (the memory they free is what the next ones reuse). A client that
+//! sends less often than that parks between its messages and pays a
+//! park and a wake-up for each (PERF.md, "Idle connections without a
+//! task": 51 against 71.5 µs of broker CPU per message at 2 messages a
+//! second each); 0 turns parking off. TLS and WebSocket connections keep their tasks
 //! for now: their framing state is larger, and the idle figures that
 //! matter most are plain MQTT's.
 //!
@@ -61,13 +68,6 @@ use crate::shard::state::ShardState;
 
 use super::{CloseReason, ConnHandle, Connection};
 
-/// How long a connection has been idle (nothing read, nothing written)
-/// before it parks. Two shard ticks: long enough that a client in a
-/// conversation keeps its task, short enough that a burst of new idle
-/// connections does not hold a task each for long (the memory they free
-/// is what the next ones reuse).
-pub(super) const PARK_AFTER: Duration = Duration::from_millis(200);
-
 /// Events taken per `epoll_wait`; more are taken by calling again.
 const EVENTS: usize = 256;
 
@@ -96,7 +96,7 @@ pub(super) struct Parked {
 
 impl Parking {
     /// Whether connections may park on this shard.
-    pub(super) fn is_on(&self) -> bool {
+    pub fn is_on(&self) -> bool {
         self.epoll.is_some()
     }
 
@@ -254,6 +254,9 @@ fn poll_woken(cx: &mut Context<'_>) -> Poll<()> {
 /// The shard's park task: starts a task again for each parked connection
 /// whose socket is ready or whose wakes were raised.
 pub async fn park_loop(state: Rc<RefCell<ShardState>>) {
+    if state.borrow().config().park_after.is_none() {
+        return;
+    }
     let watched = state.borrow_mut().parking.watch();
     // Not a TCP stream: monoio only offers readiness on its stream types,
     // and an epoll descriptor is readable while it holds ready events.
@@ -373,6 +376,9 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
+    /// The default `park_after_ms`.
+    const PARK_AFTER: Duration = Duration::from_millis(200);
+
     use super::*;
     use crate::protocol::ProtocolVersion;
 

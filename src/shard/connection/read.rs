@@ -20,7 +20,6 @@ use crate::shard::framing::{Framing, FramingError};
 use crate::shard::socket::{self, Input, READ_CHUNK, Received};
 
 use super::handle::Wake;
-use super::park::PARK_AFTER;
 use super::{CloseReason, Connection};
 
 /// Why a connection's reader stopped.
@@ -66,7 +65,7 @@ impl Connection {
             // readiness (only for the shard's other tasks).
             let mut more = false;
             // In the shard's queue of connections that may park: asked once
-            // per PARK_AFTER at most, however busy the connection is.
+            // per `park_after` at most, however busy the connection is.
             let mut candidate = false;
             loop {
                 let paused = match self.hand_over(input, &mut publishes) {
@@ -118,11 +117,11 @@ impl Connection {
                     } else {
                         // Whether it may park is decided when asked: output
                         // queued now is usually written before then.
-                        if !candidate
-                            && self.framing.is_none()
-                            && self.state.borrow().parking.is_on()
-                        {
-                            let at = Instant::now() + PARK_AFTER;
+                        let park_after = (self.framing.is_none() && !candidate)
+                            .then(|| self.state.borrow().parking_delay())
+                            .flatten();
+                        if let Some(park_after) = park_after {
+                            let at = Instant::now() + park_after;
                             self.state.borrow_mut().parking.candidate(conn, at);
                             candidate = true;
                         }
