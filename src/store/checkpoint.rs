@@ -21,6 +21,7 @@ use tracing::{error, warn};
 use super::coalesce::cancel_transient;
 use super::dir::Partition;
 use super::log::{Unapplied, prepare_segment, remove_segments, replay, segment_path};
+use super::record::Encoder;
 use super::writer::{Op, apply, transaction};
 use crate::shard::ShardId;
 
@@ -174,9 +175,8 @@ impl Thread {
                 Ok(())
             } else {
                 transaction(&partition, |table, now, wall| {
-                    carried
-                        .iter()
-                        .try_for_each(|op| apply(table, op, now, wall))
+                    let mut encoder = Encoder::default();
+                    (carried.iter()).try_for_each(|op| apply(table, op, now, wall, &mut encoder))
                 })
             };
             match result {
