@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use tracing::{error, info};
 
 use super::Durability;
-use super::checkpoint::{Checkpoint, Checkpointer};
+use super::checkpoint::{Checkpoint, Checkpointer, prepares_segments};
 use super::coalesce::Window;
 use super::dir::Partition;
 use super::log::{Log, Mutation, Unapplied};
@@ -178,7 +178,13 @@ impl StoreHandle {
         let (to_writer, from_shard) = crossbeam_channel::unbounded();
         let running = partition.writer.clone();
         let log = Log::open(&partition.path)?;
-        let checkpoints = Checkpointer::start(partition.clone(), shard, unapplied, log.sequence())?;
+        let checkpoints = Checkpointer::start(
+            partition.clone(),
+            shard,
+            unapplied,
+            log.sequence(),
+            prepares_segments(durability),
+        )?;
         let disk_full = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             partition,
