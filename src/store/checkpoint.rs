@@ -18,11 +18,23 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tracing::{error, warn};
 
+use super::Durability;
 use super::coalesce::cancel_transient;
 use super::dir::Partition;
 use super::log::{Unapplied, prepare_segment, remove_segments, replay, segment_path};
+use super::record::Encoder;
 use super::writer::{Op, apply, transaction};
 use crate::shard::ShardId;
+
+/// Whether log segments are prepared ahead (`log::prepare_segment`): with
+/// `durability = always` only, whose sync after every append is what the
+/// zeros make cheaper. With `batch` a sync comes once per
+/// `durability_interval_ms` at most, and writing 36 MiB of zeros for every
+/// 32 MiB of log took 6% of the broker's CPU at saturation (PERF.md, "The
+/// log's writer, allocating less").
+pub fn prepares_segments(durability: Durability) -> bool {
+    durability == Durability::Always
+}
 
 /// How long after start-up the first segment is prepared ahead, unless
 /// the first checkpoint comes sooner. Not at once: the shards are
@@ -52,13 +64,15 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Starts the thread, which applies what the last run logged and never
     /// checkpointed before its first checkpoint.
-    /// Also prepares the segment after `writing`, the writer's first, once
-    /// [`PREPARE_AFTER`] has passed or the first checkpoint has come.
+    /// If it `prepares` segments, also the one after `writing`, the
+    /// writer's first, once [`PREPARE_AFTER`] has passed or the first
+    /// checkpoint has come.
     pub fn start(
         partition: Partition,
         shard: ShardId,
         unapplied: Unapplied,
         writing: u64,
+        prepares: bool,
     ) -> std::io::Result<Checkpointer> {
         let (to_thread, from_writer) = crossbeam_channel::unbounded();
         let busy = Arc::new(AtomicBool::new(false));
@@ -73,6 +87,7 @@ impl Checkpointer {
                         busy,
                         prepared,
                         writing,
+                        prepares,
                     };
                     thread.run(unapplied, from_writer)
                 }
@@ -115,6 +130,8 @@ struct Thread {
     prepared: Arc<AtomicU64>,
     /// The segment the writer is appending to.
     writing: u64,
+    /// See [`prepares_segments`].
+    prepares: bool,
 }
 
 impl Thread {
@@ -123,6 +140,9 @@ impl Thread {
     /// milliseconds. A failure costs only speed (the writer then makes a
     /// plain segment itself).
     fn prepare_next(&self) {
+        if !self.prepares {
+            return;
+        }
         let next = self.writing + 1;
         match prepare_segment(&self.partition.path, next) {
             Ok(true) => self.prepared.store(next, Ordering::Release),
@@ -174,9 +194,8 @@ impl Thread {
                 Ok(())
             } else {
                 transaction(&partition, |table, now, wall| {
-                    carried
-                        .iter()
-                        .try_for_each(|op| apply(table, op, now, wall))
+                    let mut encoder = Encoder::default();
+                    (carried.iter()).try_for_each(|op| apply(table, op, now, wall, &mut encoder))
                 })
             };
             match result {

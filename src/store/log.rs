@@ -20,8 +20,9 @@
 //! is harmless: every mutation sets or removes keys outright, so the later
 //! ones, replayed after it, leave each key as it was.
 //!
-//! Segments are prepared ahead, filled with zeros ([`prepare_segment`]):
-//! a segment's data ends where its zeros start. A crash mid-append leaves
+//! With `durability = always`, segments are prepared ahead, filled with
+//! zeros ([`prepare_segment`]): a segment's data ends where its zeros
+//! start; otherwise a segment is a plain file, growing as it is written. A crash mid-append leaves
 //! a record cut short at the end of the newest segment's data (running
 //! past the end of the file, or failing its checksum with only zeros
 //! after it), never acknowledged: it is dropped with a log line. Anything

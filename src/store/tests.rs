@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::dir::{DataDir, Partition, RECORDS, scan};
 use super::log::{Log, segments};
-use super::record::{self, EntryRecord, FlightRecord, SessionRecord, SubscriptionRecord};
+use super::record::{self, Encoder, EntryRecord, FlightRecord, SessionRecord, SubscriptionRecord};
 use super::restore::{RestoredShard, restore};
 use super::writer::{Op, apply, mutations};
 use super::{Durability, StoreError, StoreSettings};
@@ -47,8 +47,10 @@ fn message(topic: &str, payload: &'static [u8]) -> Arc<Message> {
 fn write(partition: &Partition, ops: Vec<Op>) {
     partition
         .commit(|table| {
-            ops.iter()
-                .try_for_each(|op| apply(table, op, Instant::now(), SystemTime::now()))
+            let mut encoder = Encoder::default();
+            ops.iter().try_for_each(|op| {
+                apply(table, op, Instant::now(), SystemTime::now(), &mut encoder)
+            })
         })
         .unwrap();
 }
@@ -330,11 +332,18 @@ fn what_the_cluster_owes_its_peers_comes_back_until_acknowledged() {
 fn log(partition: &Partition, ops: &[Op]) -> PathBuf {
     let mut log = Log::open(&partition.path).unwrap();
     let mut records = Vec::new();
+    let mut encoder = Encoder::default();
     for op in ops {
-        mutations::<Infallible>(op, Instant::now(), SystemTime::now(), |mutation| {
-            mutation.encode(&mut records);
-            Ok(())
-        })
+        mutations::<Infallible>(
+            op,
+            Instant::now(),
+            SystemTime::now(),
+            &mut encoder,
+            |mutation| {
+                mutation.encode(&mut records);
+                Ok(())
+            },
+        )
         .unwrap();
     }
     log.append(&records).unwrap();

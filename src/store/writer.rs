@@ -23,11 +23,11 @@ use rustc_hash::FxHashMap;
 use tracing::{error, info};
 
 use super::Durability;
-use super::checkpoint::{Checkpoint, Checkpointer};
+use super::checkpoint::{Checkpoint, Checkpointer, prepares_segments};
 use super::coalesce::Window;
 use super::dir::Partition;
 use super::log::{Log, Mutation, Unapplied};
-use super::record::{self, EntryRecord, FlightRecord, SessionRecord, StoredMessage};
+use super::record::{self, Encoder, EntryRecord, FlightRecord, SessionRecord, StoredMessage};
 use super::restore::unix_ms;
 use crate::cluster::frame::message_to_wire;
 use crate::message::Message;
@@ -178,7 +178,13 @@ impl StoreHandle {
         let (to_writer, from_shard) = crossbeam_channel::unbounded();
         let running = partition.writer.clone();
         let log = Log::open(&partition.path)?;
-        let checkpoints = Checkpointer::start(partition.clone(), shard, unapplied, log.sequence())?;
+        let checkpoints = Checkpointer::start(
+            partition.clone(),
+            shard,
+            unapplied,
+            log.sequence(),
+            prepares_segments(durability),
+        )?;
         let disk_full = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             partition,
@@ -386,6 +392,7 @@ impl Writer {
         // was full, missing with the messages acknowledged to it since.
         let mut since_checkpoint = SinceCheckpoint::default();
         let mut records = Vec::new();
+        let mut encoder = Encoder::default();
         let mut last_epoch = 0;
         let mut failing = false;
         while !closing {
@@ -429,8 +436,12 @@ impl Writer {
             if !commits.is_empty() || retrying {
                 let through = last_epoch;
                 since_checkpoint.push(commits.into_iter().flat_map(|commit| commit.ops));
-                let result =
-                    self.append(&mut log, since_checkpoint.window.unlogged(), &mut records);
+                let result = self.append(
+                    &mut log,
+                    since_checkpoint.window.unlogged(),
+                    &mut records,
+                    &mut encoder,
+                );
                 if result.is_ok() {
                     since_checkpoint.window.mark_logged();
                     sync.wrote();
@@ -487,6 +498,7 @@ impl Writer {
         log: &mut Log,
         ops: impl Iterator<Item = &'a Op>,
         records: &mut Vec<u8>,
+        encoder: &mut Encoder,
     ) -> Result<(), String> {
         let reserve = check_reserve(&self.partition);
         self.disk_full.store(reserve.is_err(), Ordering::Relaxed);
@@ -494,7 +506,7 @@ impl Writer {
         records.clear();
         let (now, wall) = (Instant::now(), SystemTime::now());
         for op in ops {
-            let _ = mutations::<Infallible>(op, now, wall, |mutation| {
+            let _ = mutations::<Infallible>(op, now, wall, encoder, |mutation| {
                 mutation.encode(records);
                 Ok(())
             });
@@ -667,27 +679,33 @@ pub(super) fn apply(
     op: &Op,
     now: Instant,
     wall: SystemTime,
+    encoder: &mut Encoder,
 ) -> Result<(), redb::Error> {
-    mutations(op, now, wall, |mutation| mutation.apply(table))
+    mutations(op, now, wall, encoder, |mutation| mutation.apply(table))
 }
 
 /// One change as the mutations of the table it makes, each handed to
-/// `sink`: the same for the log and for redb.
+/// `sink`: the same for the log and for redb. Values are encoded in
+/// `encoder`'s buffers, each valid until the next.
 pub(super) fn mutations<E>(
     op: &Op,
     now: Instant,
     wall: SystemTime,
+    encoder: &mut Encoder,
     mut sink: impl FnMut(Mutation<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut put = |key: &[u8], value: &[u8]| sink(Mutation::Put { key, value });
     match op {
         Op::Session(session) => {
             let key = record::client_key(record::SESSION, &session.client_id);
-            put(&key, &record::encode(&key, session.as_ref()))
+            put(&key, encoder.encode(&key, session.as_ref()))
         }
         Op::Message { id, message } => {
             let key = record::message_key(*id);
-            put(&key, &stored(&key, message, now, wall))
+            put(
+                &key,
+                encoder.encode(&key, &stored_record(message, now, wall)),
+            )
         }
         Op::Entry {
             client_id,
@@ -695,7 +713,7 @@ pub(super) fn mutations<E>(
             entry,
         } => {
             let key = record::entry_key(record::ENTRY, client_id, *seq);
-            put(&key, &record::encode(&key, entry))
+            put(&key, encoder.encode(&key, entry))
         }
         Op::Flight {
             client_id,
@@ -703,7 +721,7 @@ pub(super) fn mutations<E>(
             flight,
         } => {
             let key = record::entry_key(record::FLIGHT, client_id, *seq);
-            put(&key, &record::encode(&key, flight))
+            put(&key, encoder.encode(&key, flight))
         }
         Op::IncomingQos2 {
             client_id,
@@ -714,7 +732,10 @@ pub(super) fn mutations<E>(
         }
         Op::Retained(message) if !message.payload.is_empty() => {
             let key = record::retained_key(&message.topic);
-            put(&key, &stored(&key, message, now, wall))
+            put(
+                &key,
+                encoder.encode(&key, &stored_record(message, now, wall)),
+            )
         }
         Op::Retained(message) => sink(Mutation::Remove(&record::retained_key(&message.topic))),
         Op::RemoveSession(client_id) => [
@@ -758,10 +779,6 @@ pub(super) fn mutations<E>(
         ))),
         Op::Delete(key) => sink(Mutation::Remove(key)),
     }
-}
-
-fn stored(key: &[u8], message: &Message, now: Instant, wall: SystemTime) -> Vec<u8> {
-    record::encode(key, &stored_record(message, now, wall))
 }
 
 /// `message` as stored: its expiry a wall-clock deadline.
