@@ -24,12 +24,16 @@ const PARKS_WITHIN: Duration = Duration::from_secs(3);
 /// driver's own epoll.
 const DRIVERS: [&str; 2] = ["uring", "epoll"];
 
+/// Parking is off by default: these brokers turn it on, with the delay
+/// PERF.md measured.
 fn broker(driver: &str) -> Broker {
     Broker::start(&[
         "--cores",
         "1",
         "--io-driver",
         driver,
+        "--park-after-ms",
+        "200",
         "--metrics-listen",
         "127.0.0.1:0",
     ])
@@ -171,18 +175,11 @@ async fn close_round(broker: &Broker) {
     }
 }
 
-/// `--park-after-ms 0` turns parking off: an idle connection keeps its
-/// task, and is served as before.
+/// Parking is off by default (`--park-after-ms 0`): an idle connection
+/// keeps its task, and is served as before.
 #[tokio::test]
-async fn with_parking_off_an_idle_connection_keeps_its_task() {
-    let broker = Broker::start(&[
-        "--cores",
-        "1",
-        "--park-after-ms",
-        "0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ]);
+async fn by_default_an_idle_connection_keeps_its_task() {
+    let broker = Broker::start(&["--cores", "1", "--metrics-listen", "127.0.0.1:0"]);
     let metrics = broker.metrics_addr();
     let (mut idle, _) = Raw::connect_ok(broker.addr, Connect::v4("never-parks")).await;
     // Well past the default delay, on the 100 ms tick.

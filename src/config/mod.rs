@@ -68,8 +68,11 @@ const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Long enough for a CONNECT over a slow mobile link, short enough that
 /// idle sockets opened to hold descriptors are shed quickly.
 const DEFAULT_CONNECT_TIMEOUT: u32 = 10;
-/// Two shard ticks: see `shard::connection::park`.
-const DEFAULT_PARK_AFTER_MS: u64 = 200;
+/// Off: parking saves memory per idle connection but costs CPU for
+/// clients that send less often than the delay, and latency under load
+/// (PERF.md, "Idle connections without a task"); an operator whose hosts
+/// are bound by memory turns it on (200 is two shard ticks).
+const DEFAULT_PARK_AFTER_MS: u64 = 0;
 /// EMQX's default; Mosquitto hard-codes 200. Real topics have a handful of
 /// levels, and each level is a trie node.
 const DEFAULT_MAX_TOPIC_LEVELS: usize = 128;
@@ -327,7 +330,7 @@ struct Cli {
     #[arg(long, value_name = "SECS")]
     connect_timeout: Option<u32>,
     /// Milliseconds a plain-TCP connection may be idle before it gives up
-    /// its task (less memory, more CPU when it wakes); 0 never [default: 200].
+    /// its task (less memory, more CPU when it wakes); 0 never [default: 0].
     #[arg(long, value_name = "MS")]
     park_after_ms: Option<u64>,
     /// Longest topic name or filter, 1 to 65535 bytes [default: 65535].

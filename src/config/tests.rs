@@ -82,7 +82,7 @@ fn defaults() {
     assert_eq!(session.max_subscriptions, 1000);
     assert_eq!(config.max_connections, 100_000);
     assert_eq!(config.connect_timeout(), Duration::from_secs(10));
-    assert_eq!(config.park_after(), Some(Duration::from_millis(200)));
+    assert_eq!(config.park_after(), None);
     assert_eq!(config.max_client_id_length, 256);
 }
 
@@ -121,7 +121,7 @@ fn file_only() {
         shared_subscription_strategy = "sticky"
         max_connections = 7
         connect_timeout = 3
-        park_after_ms = 0
+        park_after_ms = 200
         max_topic_length = 100
         max_topic_levels = 8
         max_subscriptions_per_client = 20
@@ -157,7 +157,7 @@ fn file_only() {
             shared_subscription_strategy: Strategy::Sticky,
             max_connections: 7,
             connect_timeout: 3,
-            park_after_ms: 0,
+            park_after_ms: 200,
             max_topic_length: 100,
             max_topic_levels: 8,
             max_subscriptions_per_client: 20,
