@@ -1433,7 +1433,7 @@ mod tests {
             shared_strategy: Strategy::default(),
             connections: ConnectionLimit::new(10),
             connect_timeout: Duration::from_secs(10),
-            park_after: Some(Duration::from_millis(200)),
+            park_after: None,
             max_client_id_length: 64,
             auth: Arc::default(),
             abuse: AbuseLimits::default(),

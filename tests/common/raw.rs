@@ -152,9 +152,18 @@ impl Raw {
 
     /// Next packet, which must be of type `kind`.
     pub async fn recv_kind(&mut self, kind: u8) -> Packet {
-        let p = self.recv().await;
-        assert_eq!(p.kind(), kind, "expected packet type {kind}, got {p:?}");
-        p
+        self.recv_kind_within(kind, RECV_TIMEOUT).await
+    }
+
+    /// Next packet within `timeout`, which must be of type `kind`.
+    pub async fn recv_kind_within(&mut self, kind: u8, timeout: Duration) -> Packet {
+        match self.try_recv(timeout).await {
+            Ok(p) => {
+                assert_eq!(p.kind(), kind, "expected packet type {kind}, got {p:?}");
+                p
+            }
+            Err(e) => panic!("expected packet type {kind} within {timeout:?}, got {e:?}"),
+        }
     }
 
     /// Sends SUBSCRIBE and returns the SUBACK codes.
@@ -184,23 +193,19 @@ impl Raw {
     /// As [`Raw::publish`], waiting up to `patience` for each answer.
     pub async fn publish_within(&mut self, publish: wire::Pub, patience: Duration) {
         self.send(&publish.encode(self.version)).await;
-        let answer = async |kind: u8, raw: &mut Raw| match raw.try_recv(patience).await {
-            Ok(packet) if packet.kind() == kind => packet.ack(),
-            other => panic!("expected packet type {kind} within {patience:?}, got {other:?}"),
-        };
         match publish.qos {
             0 => {}
             1 => {
-                let (pkid, reason) = answer(wire::PUBACK, self).await;
+                let (pkid, reason) = self.recv_kind_within(wire::PUBACK, patience).await.ack();
                 assert_eq!(pkid, publish.pkid, "PUBACK packet id");
                 assert!(reason < 0x80, "PUBACK reason {reason:#04x}");
             }
             _ => {
-                let (pkid, reason) = answer(wire::PUBREC, self).await;
+                let (pkid, reason) = self.recv_kind_within(wire::PUBREC, patience).await.ack();
                 assert_eq!(pkid, publish.pkid, "PUBREC packet id");
                 assert!(reason < 0x80, "PUBREC reason {reason:#04x}");
                 self.send(&wire::ack(wire::PUBREL, pkid)).await;
-                let (pkid, _) = answer(wire::PUBCOMP, self).await;
+                let (pkid, _) = self.recv_kind_within(wire::PUBCOMP, patience).await.ack();
                 assert_eq!(pkid, publish.pkid, "PUBCOMP packet id");
             }
         }

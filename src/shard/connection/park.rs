@@ -378,7 +378,7 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
-    /// The default `park_after_ms`.
+    /// The delay measured (`--park-after-ms 200`).
     const PARK_AFTER: Duration = Duration::from_millis(200);
 
     use super::*;

@@ -395,6 +395,33 @@ mod tests {
         assert!(arriving.subscriptions.get("t").is_none(), "route removed");
     }
 
+    /// A message from "p" on "t".
+    fn message_on_t(
+        payload: &'static [u8],
+        qos: QoS,
+        now: Instant,
+    ) -> std::sync::Arc<crate::message::Message> {
+        std::sync::Arc::new(crate::message::Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(payload),
+            qos,
+            retain: false,
+            properties: Default::default(),
+            publisher: "p".into(),
+            expires_at: None,
+            received_at: now,
+        })
+    }
+
+    /// `message`, sent on to "c" by a node that held its session.
+    fn stale_for_c(message: std::sync::Arc<crate::message::Message>) -> ShardMsg {
+        ShardMsg::Orphan {
+            client_id: "c".into(),
+            message,
+            way: crate::shard::mesh::Way::Stale,
+        }
+    }
+
     /// Everything the shard sent the cluster's place so far.
     fn sent_to_cluster(
         inbox: &crossbeam_channel::Receiver<crate::shard::mesh::Batch>,
@@ -537,29 +564,12 @@ mod tests {
             properties: Default::default(),
         });
         state.handle_packets(&conn, [subscribe], now);
-        let message = std::sync::Arc::new(crate::message::Message {
-            topic: "t".into(),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            properties: Default::default(),
-            publisher: "p".into(),
-            expires_at: None,
-            received_at: now,
-        });
+        let message = message_on_t(b"x", QoS::AtMostOnce, now);
         state.deliver_matching(&message, None, now);
         // The unreachable owner's copy got it too, and sends it on after
         // the heal; and one it alone got.
-        let stale = |payload: &'static [u8]| ShardMsg::Orphan {
-            client_id: "c".into(),
-            message: std::sync::Arc::new(crate::message::Message {
-                payload: Bytes::from_static(payload),
-                ..(*message).clone()
-            }),
-            way: crate::shard::mesh::Way::Stale,
-        };
-        state.apply(stale(b"x"), now);
-        state.apply(stale(b"y"), now);
+        state.apply(stale_for_c(message), now);
+        state.apply(stale_for_c(message_on_t(b"y", QoS::AtMostOnce, now)), now);
         let payloads: Vec<Bytes> = (conn.take_packets().into_iter())
             .filter_map(|packet| match packet {
                 Packet::Publish(publish) => Some(publish.payload),
@@ -586,21 +596,8 @@ mod tests {
             other => panic!("expected the claim, got {other:?}"),
         };
         // The old owner's stub sent this on, and it overtook the hand-over.
-        let early = ShardMsg::Orphan {
-            client_id: "c".into(),
-            message: std::sync::Arc::new(crate::message::Message {
-                topic: "t".into(),
-                payload: Bytes::from_static(b"early"),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: Default::default(),
-                publisher: "p".into(),
-                expires_at: None,
-                received_at: now,
-            }),
-            way: crate::shard::mesh::Way::Stale,
-        };
-        arriving.apply(early, now);
+        let early = message_on_t(b"early", QoS::AtLeastOnce, now);
+        arriving.apply(stale_for_c(early), now);
         let outcome = ClaimOutcome::Owner {
             epoch: 5,
             session: Some(archive),

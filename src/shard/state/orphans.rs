@@ -176,7 +176,12 @@ impl ShardState {
     /// session, once, or on to where it moved, or dropped when nothing
     /// here is it any more).
     pub(super) fn give_early_orphans(&mut self, client_id: &ByteString, now: Instant) {
-        if self.by_client_id.get(&self.sessions, client_id).is_none() && self.claiming(client_id) {
+        // Called on every CONNECT: nothing held is the common case, and
+        // costs no lookup of the session or the claims.
+        if !self.early_orphans.contains_key(client_id)
+            || (self.by_client_id.get(&self.sessions, client_id).is_none()
+                && self.claiming(client_id))
+        {
             return;
         }
         let Some(early) = self.early_orphans.remove(client_id) else {
